@@ -1,0 +1,1 @@
+"""The shared ccvault contract suite."""

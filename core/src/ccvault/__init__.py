@@ -1,0 +1,20 @@
+"""ccvault, the Customer Context Vault: what an AI agent platform knows about each customer.
+
+Entry points: :func:`load_settings` builds the validated settings; :func:`open_store` yields
+the composed, ready :class:`~ccvault.store.ProfileStore`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ccvault.registry import open_store
+from ccvault.settings import VaultSettings, load_settings
+from ccvault.store import ProfileStore
+
+try:
+    __version__ = version("ccvault")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["ProfileStore", "VaultSettings", "__version__", "load_settings", "open_store"]

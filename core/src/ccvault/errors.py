@@ -1,0 +1,93 @@
+"""The one error hierarchy of the vault.
+
+Every error a store, a wrapper or a service raises on purpose is a :class:`VaultError`.
+Bad input is refused with a :class:`ValidationError` before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ActiveFieldConflictError",
+    "ConfigurationError",
+    "ConflictError",
+    "DependentsError",
+    "EncryptionError",
+    "IdentityConflictError",
+    "NotFoundError",
+    "ProviderNotFoundError",
+    "ProviderUnavailableError",
+    "SchemaValidationError",
+    "SchemaVersionError",
+    "StorageError",
+    "ValidationError",
+    "VaultError",
+]
+
+
+class VaultError(Exception):
+    """Base of every error the vault raises on purpose."""
+
+
+class NotFoundError(VaultError, LookupError):
+    """The profile, item or definition named does not exist for this tenant (or is deleted)."""
+
+
+class ConflictError(VaultError):
+    """The write contradicts what is stored; nothing was written."""
+
+
+class IdentityConflictError(ConflictError):
+    """A channel identity (or customer id) already belongs to another live profile."""
+
+
+class ActiveFieldConflictError(ConflictError):
+    """``supersede_existing=False`` but an ACTIVE version of the field exists."""
+
+
+class DependentsError(ConflictError):
+    """The item cannot be hard-deleted while ACTIVE items derive from it."""
+
+
+class ValidationError(VaultError, ValueError):
+    """Bad input: malformed ids, bad names, non-JSON values, wrong types. Nothing was written."""
+
+
+class SchemaValidationError(ValidationError):
+    """A field's value breaks its definition; ``errors`` lists every problem at once."""
+
+    def __init__(
+        self,
+        field_name: str,
+        errors: Sequence[str],
+        error_types: Sequence[str] | None = None,
+    ) -> None:
+        self.field_name = field_name
+        self.errors = list(errors)
+        self.error_types = list(error_types) if error_types is not None else []
+        super().__init__(f"Validation failed for {field_name}: {self.errors}")
+
+
+class ConfigurationError(VaultError):
+    """Settings are missing or invalid; the message names the key and the reason."""
+
+
+class ProviderNotFoundError(ConfigurationError):
+    """No installed provider has the requested name; the message says what to install."""
+
+
+class ProviderUnavailableError(VaultError):
+    """The storage backend cannot be reached right now; the call may be retried later."""
+
+
+class StorageError(VaultError):
+    """The storage itself is unusable: not a database of ours, read-only, corrupt."""
+
+
+class SchemaVersionError(StorageError):
+    """The database was written by a newer schema version than this code knows."""
+
+
+class EncryptionError(VaultError):
+    """A value could not be encrypted or decrypted (missing key, tampered ciphertext...)."""

@@ -1,0 +1,85 @@
+"""The vault's Prometheus metrics (the seed's section 6), defined once and fed by real events.
+
+Every metric lives in :data:`REGISTRY`, the vault's own collector registry, so an embedding
+application can expose it beside its own or serve it alone (``ccvault metrics``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "DERIVATION_CHAIN_DEPTH",
+    "FIELD_STATUS_GAUGE",
+    "GAP_FILL_ATTEMPTS",
+    "GAP_FILL_SUCCESS_RATE",
+    "PROFILE_CACHE_HITS",
+    "PROFILE_CACHE_INVALIDATIONS",
+    "PROFILE_CACHE_MISSES",
+    "REGISTRY",
+    "SCHEMA_VALIDATION_ERRORS",
+    "STALE_FIELD_WARNINGS",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Cache metrics
+PROFILE_CACHE_HITS = Counter(
+    "profile_cache_hits_total", "Profile cache hit count", ["tenant_id"], registry=REGISTRY
+)
+PROFILE_CACHE_MISSES = Counter(
+    "profile_cache_misses_total", "Profile cache miss count", ["tenant_id"], registry=REGISTRY
+)
+PROFILE_CACHE_INVALIDATIONS = Counter(
+    "profile_cache_invalidations_total",
+    "Profile cache invalidation count",
+    ["tenant_id", "reason"],
+    registry=REGISTRY,
+)
+
+# Lineage metrics
+DERIVATION_CHAIN_DEPTH = Histogram(
+    "profile_derivation_chain_depth",
+    "Depth of derivation chains traversed",
+    ["tenant_id"],
+    buckets=[1, 2, 3, 5, 10, 20],
+    registry=REGISTRY,
+)
+
+# Schema metrics
+SCHEMA_VALIDATION_ERRORS = Counter(
+    "profile_schema_validation_errors_total",
+    "Schema validation error count",
+    ["tenant_id", "field_name", "error_type"],
+    registry=REGISTRY,
+)
+
+# Status metrics
+FIELD_STATUS_GAUGE = Gauge(
+    "profile_fields_by_status",
+    "Count of fields by status",
+    ["tenant_id", "status"],
+    registry=REGISTRY,
+)
+
+# Gap fill metrics
+GAP_FILL_ATTEMPTS = Counter(
+    "gap_fill_attempts_total",
+    "Gap fill attempt count",
+    ["tenant_id", "scenario_id", "source"],
+    registry=REGISTRY,
+)
+GAP_FILL_SUCCESS_RATE = Gauge(
+    "gap_fill_success_rate",
+    "Gap fill success rate",
+    ["tenant_id", "scenario_id"],
+    registry=REGISTRY,
+)
+
+# Beyond the seed: stale fields let through under stale_field_action = "warn"
+STALE_FIELD_WARNINGS = Counter(
+    "profile_stale_field_warnings_total",
+    "Stale fields accepted with a warning by missing-field evaluation",
+    ["tenant_id", "field_name"],
+    registry=REGISTRY,
+)

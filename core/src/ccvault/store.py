@@ -1,0 +1,1137 @@
+"""The ``ProfileStore`` contract, shared by every provider and every wrapper.
+
+A store has two faces:
+
+* **The public methods** (the seed's interface plus the extensions of DESIGN.md §4) are
+  implemented here, once. Each one checks its arguments and raises
+  :class:`~ccvault.errors.ValidationError` before anything is written, then applies the rules
+  that belong to the vault rather than to a database: a field whose ``expires_at`` has passed
+  is never served as ACTIVE, definitions are listed by name, requirements by
+  ``collection_order``, merge conflicts are decided by :func:`merge_winner`, missing fields are
+  evaluated by :mod:`ccvault.requirements`.
+* **The provider hooks** (the ``_``-prefixed abstract methods) are what a provider implements.
+  They receive arguments already checked and typed, and only store and fetch. Each hook's
+  docstring states its contract; the shared suite in ``ccvault-contract-tests`` checks it
+  through the public methods.
+
+A wrapper (cache, encryption) subclasses :class:`ForwardingProfileStore`, which implements
+every hook by calling the wrapped store's public method, and overrides the few it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from uuid import UUID
+
+import pydantic
+
+from ccvault import errors
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    CustomerProfile,
+    ItemStatus,
+    ItemType,
+    LineageEntry,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldDefinition,
+    RequiredLevel,
+    ScenarioFieldRequirement,
+    SourceType,
+    is_valid_field_name,
+    utcnow,
+)
+
+__all__ = [
+    "ForwardingProfileStore",
+    "MergeWinner",
+    "ProfileStore",
+    "StoreRules",
+    "merge_winner",
+]
+
+logger = logging.getLogger(__name__)
+
+StaleFieldAction = Literal["warn", "block", "ignore"]
+MergeWinner = Callable[[ProfileField, ProfileField], ProfileField]
+"""Given the target's and the source's ACTIVE version of one name, return the one to keep."""
+
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRules:
+    """The `[profile]` settings that change what a store answers."""
+
+    max_derivation_chain_depth: int = 10
+    default_freshness_seconds: int = 0
+    stale_field_action: StaleFieldAction = "warn"
+    lineage_tracking_enabled: bool = True
+
+
+def merge_winner(target: ProfileField, source: ProfileField) -> ProfileField:
+    """The merge conflict rule: the verified version wins, else the most recently collected.
+
+    On a full tie the target's version is kept.
+    """
+    if target.verified != source.verified:
+        return target if target.verified else source
+    return source if source.collected_at > target.collected_at else target
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks: every public method runs its arguments through these first
+# ---------------------------------------------------------------------------------------
+
+
+def _uuid(value: object, what: str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise errors.ValidationError(f"{what} must be a UUID, got {value!r}")
+
+
+def _optional_uuid(value: object, what: str) -> UUID | None:
+    return None if value is None else _uuid(value, what)
+
+
+def _field_name(value: object, what: str = "field_name") -> str:
+    if not is_valid_field_name(value):
+        raise errors.ValidationError(
+            f"{what} must match ^[a-z_][a-z0-9_]*$ and be at most 50 characters, got {value!r}"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def _asset_name(value: object) -> str:
+    if not (isinstance(value, str) and 0 < len(value) <= 100 and is_valid_field_name(value[:50])):
+        raise errors.ValidationError(f"asset_name is not a valid name: {value!r}")
+    return value
+
+
+def _channel(value: object) -> Channel:
+    try:
+        return Channel(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise errors.ValidationError(
+            f"channel must be one of {[c.value for c in Channel]}, got {value!r}"
+        ) from None
+
+
+def _channel_user_id(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise errors.ValidationError(f"channel_user_id must be a non-empty string, got {value!r}")
+    if any(ord(ch) < 32 for ch in value) or value != value.strip():
+        raise errors.ValidationError("channel_user_id must not hold control characters")
+    return value
+
+
+def _status(value: object) -> ItemStatus | None:
+    if value is None:
+        return None
+    try:
+        return ItemStatus(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise errors.ValidationError(
+            f"status must be an ItemStatus or None, got {value!r}"
+        ) from None
+
+
+def _item_type(value: object) -> ItemType:
+    try:
+        return ItemType(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise errors.ValidationError(
+            f"item_type must be 'profile_field' or 'profile_asset', got {value!r}"
+        ) from None
+
+
+def _required_level(value: object) -> RequiredLevel | None:
+    if value is None:
+        return None
+    try:
+        return RequiredLevel(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise errors.ValidationError(
+            f"required_level must be 'hard', 'soft' or None, got {value!r}"
+        ) from None
+
+
+def _model(cls: type[_M], value: object, what: str) -> _M:
+    """A validated private copy of ``value``, so later changes by the caller cannot leak in."""
+    if not isinstance(value, cls):
+        raise errors.ValidationError(f"{what} must be a {cls.__name__}, got {type(value).__name__}")
+    try:
+        return cls.model_validate(value.model_dump())
+    except pydantic.ValidationError as exc:
+        raise errors.ValidationError(f"invalid {what}: {exc}") from exc
+
+
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise errors.ValidationError(f"{what} must be a bool, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# presentation: expiry is decided at read time, so a stale cache or an unswept row can
+# never serve an expired value as ACTIVE
+# ---------------------------------------------------------------------------------------
+
+
+def present_field(item: ProfileField, now: datetime) -> ProfileField:
+    """``item`` as it must be served at ``now``: ACTIVE past ``expires_at`` reads as EXPIRED."""
+    if item.status is ItemStatus.ACTIVE and item.is_expired(now):
+        return item.model_copy(update={"status": ItemStatus.EXPIRED})
+    return item
+
+
+def present_profile(profile: CustomerProfile, now: datetime) -> CustomerProfile:
+    """``profile`` as it must be served at ``now``: expired fields leave ``fields``."""
+    expired = [name for name, item in profile.fields.items() if item.is_expired(now)]
+    if not expired and not profile.field_history:
+        return profile
+    fields = {n: f for n, f in profile.fields.items() if not f.is_expired(now)}
+    history = {
+        name: [present_field(version, now) for version in versions]
+        for name, versions in profile.field_history.items()
+    }
+    return profile.model_copy(update={"fields": fields, "field_history": history})
+
+
+class ProfileStore(ABC):
+    """Abstract, async, multi-tenant storage of customer profiles. See the module docstring.
+
+    Every store is an async context manager: entering runs :meth:`setup`, leaving runs
+    :meth:`aclose`. All reads and writes are scoped by ``tenant_id``; an id of another tenant
+    behaves exactly like an unknown id.
+    """
+
+    #: Optional capabilities this store has (see ``ccvault_contract_tests.capabilities``).
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(self, *, rules: StoreRules | None = None) -> None:
+        self.rules = rules or StoreRules()
+
+    def now(self) -> datetime:
+        """The store's clock (UTC). Tests may replace it."""
+        return utcnow()
+
+    # =====================================================================================
+    # lifecycle
+    # =====================================================================================
+
+    async def setup(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Create or migrate the storage schema. Idempotent, safe with concurrent starters."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release pools and connections. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        await self.setup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # =====================================================================================
+    # profiles
+    # =====================================================================================
+
+    async def get_by_customer_id(
+        self, tenant_id: UUID, customer_id: UUID, *, include_history: bool = False
+    ) -> CustomerProfile | None:
+        """The live profile with this customer id, or None (unknown, deleted, other tenant).
+
+        Without history ``fields`` holds exactly the ACTIVE, unexpired fields and ``assets``
+        the ACTIVE assets; with ``include_history`` every version is in ``field_history``
+        (newest ``collected_at`` first, ties by write order) and every asset in
+        ``asset_history``.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        customer_id = _uuid(customer_id, "customer_id")
+        include_history = _bool(include_history, "include_history")
+        found = await self._get_by_customer_id(tenant_id, customer_id, include_history)
+        return None if found is None else present_profile(found, self.now())
+
+    async def get_by_id(
+        self, tenant_id: UUID, profile_id: UUID, *, include_history: bool = False
+    ) -> CustomerProfile | None:
+        """The live profile with this id, or None. As :meth:`get_by_customer_id`."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        include_history = _bool(include_history, "include_history")
+        found = await self._get_by_id(tenant_id, profile_id, include_history)
+        return None if found is None else present_profile(found, self.now())
+
+    async def get_by_channel_identity(
+        self,
+        tenant_id: UUID,
+        channel: Channel,
+        channel_user_id: str,
+        *,
+        include_history: bool = False,
+    ) -> CustomerProfile | None:
+        """The live profile owning this channel identity, or None."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        channel = _channel(channel)
+        channel_user_id = _channel_user_id(channel_user_id)
+        include_history = _bool(include_history, "include_history")
+        found = await self._get_by_channel_identity(
+            tenant_id, channel, channel_user_id, include_history
+        )
+        return None if found is None else present_profile(found, self.now())
+
+    async def get_or_create(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str
+    ) -> CustomerProfile:
+        """The profile owning the identity, else a new one with it as primary identity.
+
+        Concurrent calls for one identity yield exactly one profile.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        channel = _channel(channel)
+        channel_user_id = _channel_user_id(channel_user_id)
+        found = await self._get_or_create(tenant_id, channel, channel_user_id)
+        return present_profile(found, self.now())
+
+    async def save(self, profile: CustomerProfile) -> UUID:
+        """Create or update the profile aggregate; return its id.
+
+        Profile attributes, channel identities and consents are replaced by the given ones
+        (an identity no longer listed is released). Fields and assets are upserted by id:
+        a field id not yet stored is written as a new ACTIVE version superseding the ACTIVE
+        one of its name; an existing id is updated in place. Nothing is ever deleted by save.
+        An identity or customer id owned by another live profile raises
+        :class:`~ccvault.errors.IdentityConflictError` and nothing is written.
+        """
+        profile = _model(CustomerProfile, profile, "profile")
+        seen: set[tuple[Channel, str]] = set()
+        for identity in profile.channel_identities:
+            key = (identity.channel, identity.channel_user_id)
+            if key in seen:
+                raise errors.ValidationError(f"identity {key} is listed twice")
+            seen.add(key)
+        for item in profile.fields.values():
+            if item.status is not ItemStatus.ACTIVE:
+                raise errors.ValidationError(
+                    f"profile.fields[{item.name!r}] must be ACTIVE, is {item.status.value}"
+                )
+        profile.field_history = {}
+        profile.asset_history = []
+        return await self._save(profile)
+
+    async def delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        """Soft-delete; True if a live profile was deleted. Its identities are released."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        return await self._delete(tenant_id, profile_id)
+
+    # =====================================================================================
+    # fields
+    # =====================================================================================
+
+    async def update_field(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        field: ProfileField,
+        *,
+        supersede_existing: bool = True,
+    ) -> UUID:
+        """Store ``field`` as the new ACTIVE version of its name; return its id.
+
+        With ``supersede_existing`` the previous ACTIVE version becomes SUPERSEDED, with
+        ``superseded_by_id`` and ``superseded_at``, in the same atomic step. Without it and an
+        ACTIVE version present: :class:`~ccvault.errors.ActiveFieldConflictError`. Unknown
+        or deleted profile: :class:`~ccvault.errors.NotFoundError`.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        supersede_existing = _bool(supersede_existing, "supersede_existing")
+        field = _model(ProfileField, field, "field")
+        field.status = ItemStatus.ACTIVE
+        field.superseded_by_id = None
+        field.superseded_at = None
+        field.updated_at = self.now()
+        return await self._update_field(tenant_id, profile_id, field, supersede_existing)
+
+    async def get_field(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        field_name: str,
+        *,
+        status: ItemStatus | None = ItemStatus.ACTIVE,
+    ) -> ProfileField | None:
+        """The most recent version of ``field_name`` with ``status`` (None: any status).
+
+        A version past ``expires_at`` counts as EXPIRED even before it is marked so.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        field_name = _field_name(field_name)
+        status = _status(status)
+        now = self.now()
+        if status is ItemStatus.EXPIRED:
+            # an ACTIVE version past expires_at is the newest expired one, if there is one
+            active = await self._get_field(tenant_id, profile_id, field_name, ItemStatus.ACTIVE)
+            if active is not None and active.is_expired(now):
+                return present_field(active, now)
+        found = await self._get_field(tenant_id, profile_id, field_name, status)
+        if found is None:
+            return None
+        found = present_field(found, now)
+        if status is not None and found.status is not status:
+            return None
+        return found
+
+    async def get_field_history(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str
+    ) -> list[ProfileField]:
+        """Every version of ``field_name``, newest ``collected_at`` first (ties: write order)."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        field_name = _field_name(field_name)
+        now = self.now()
+        versions = await self._get_field_history(tenant_id, profile_id, field_name)
+        return [present_field(version, now) for version in versions]
+
+    async def expire_stale_fields(self, tenant_id: UUID, profile_id: UUID | None = None) -> int:
+        """Mark every ACTIVE field past ``expires_at`` EXPIRED; return how many were marked.
+
+        ``profile_id=None`` sweeps the whole tenant. A second call returns 0.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _optional_uuid(profile_id, "profile_id")
+        return await self._expire_stale_fields(tenant_id, profile_id, self.now())
+
+    # =====================================================================================
+    # assets
+    # =====================================================================================
+
+    async def add_asset(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        asset: ProfileAsset,
+        *,
+        supersede_existing: bool = False,
+    ) -> UUID:
+        """Store ``asset`` ACTIVE; ``supersede_existing`` supersedes the ACTIVE one of its name."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        supersede_existing = _bool(supersede_existing, "supersede_existing")
+        asset = _model(ProfileAsset, asset, "asset")
+        asset.status = ItemStatus.ACTIVE
+        asset.superseded_by_id = None
+        asset.superseded_at = None
+        return await self._add_asset(tenant_id, profile_id, asset, supersede_existing)
+
+    async def get_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
+    ) -> ProfileAsset | None:
+        """The asset with this id on this profile, whatever its status, or None."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        asset_id = _uuid(asset_id, "asset_id")
+        return await self._get_asset(tenant_id, profile_id, asset_id)
+
+    async def get_asset_by_name(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        asset_name: str,
+        *,
+        status: ItemStatus | None = ItemStatus.ACTIVE,
+    ) -> ProfileAsset | None:
+        """The most recent asset named ``asset_name`` with ``status`` (None: any status)."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        asset_name = _asset_name(asset_name)
+        status = _status(status)
+        return await self._get_asset_by_name(tenant_id, profile_id, asset_name, status)
+
+    # =====================================================================================
+    # lineage
+    # =====================================================================================
+
+    async def get_derivation_chain(
+        self, tenant_id: UUID, item_id: UUID, item_type: str
+    ) -> list[dict[str, Any]]:
+        """The chain of items ``item_id`` derives from: root first, the item itself last.
+
+        Each entry is ``{"id", "type", "name", "source_metadata"}``. The walk follows
+        ``source_item_id`` through fields and assets and stops at a session, tool or external
+        source, at a missing item, or before an item already seen (a cycle). At most
+        ``max_derivation_chain_depth`` entries are returned: the item and its nearest
+        ancestors. An unknown item gives ``[]``.
+        """
+        from ccvault import metrics
+
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        item_id = _uuid(item_id, "item_id")
+        kind = _item_type(item_type)
+        depth = max(1, self.rules.max_derivation_chain_depth)
+        chain = await self._get_derivation_chain(tenant_id, item_id, kind, depth)
+        if chain:
+            metrics.DERIVATION_CHAIN_DEPTH.labels(tenant_id=str(tenant_id)).observe(len(chain))
+        return [
+            {
+                "id": entry.id,
+                "type": entry.type.value,
+                "name": entry.name,
+                "source_metadata": entry.source_metadata,
+            }
+            for entry in chain
+        ]
+
+    async def get_derived_items(
+        self, tenant_id: UUID, source_item_id: UUID
+    ) -> dict[str, list[Any]]:
+        """``{"fields": [...], "assets": [...]}``: every item (any status) derived directly
+        from ``source_item_id``, oldest first."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        source_item_id = _uuid(source_item_id, "source_item_id")
+        now = self.now()
+        fields, assets = await self._get_derived_items(tenant_id, source_item_id)
+        return {"fields": [present_field(f, now) for f in fields], "assets": list(assets)}
+
+    async def check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
+        """True while any ACTIVE field or asset derives directly from ``item_id``."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        item_id = _uuid(item_id, "item_id")
+        return await self._check_has_dependents(tenant_id, item_id)
+
+    # =====================================================================================
+    # channels and merge
+    # =====================================================================================
+
+    async def link_channel(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+    ) -> bool:
+        """Link ``identity`` to the profile: True when newly linked, False when already there.
+
+        Owned by another live profile: :class:`~ccvault.errors.IdentityConflictError`.
+        Unknown or deleted profile: :class:`~ccvault.errors.NotFoundError`.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        identity = _model(ChannelIdentity, identity, "identity")
+        return await self._link_channel(tenant_id, profile_id, identity)
+
+    async def merge_profiles(
+        self, tenant_id: UUID, source_profile_id: UUID, target_profile_id: UUID
+    ) -> bool:
+        """Merge the source profile into the target in one atomic step; return True.
+
+        Identities, fields (every version), assets and consents move to the target with
+        their ids unchanged, so lineage stays intact. Where both hold an ACTIVE field of one
+        name, :func:`merge_winner` decides and the loser becomes SUPERSEDED by the winner.
+        The source is soft-deleted. Unknown or deleted profile: NotFoundError.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        source_profile_id = _uuid(source_profile_id, "source_profile_id")
+        target_profile_id = _uuid(target_profile_id, "target_profile_id")
+        if source_profile_id == target_profile_id:
+            raise errors.ValidationError("cannot merge a profile into itself")
+        await self._merge_profiles(tenant_id, source_profile_id, target_profile_id, merge_winner)
+        return True
+
+    # =====================================================================================
+    # schema: field definitions
+    # =====================================================================================
+
+    async def get_field_definitions(
+        self, tenant_id: UUID, agent_id: UUID, *, enabled_only: bool = True
+    ) -> list[ProfileFieldDefinition]:
+        """The agent's field definitions ordered by name; only enabled ones by default."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        agent_id = _uuid(agent_id, "agent_id")
+        enabled_only = _bool(enabled_only, "enabled_only")
+        found = await self._get_field_definitions(tenant_id, agent_id, enabled_only)
+        return sorted(found, key=lambda definition: definition.name)
+
+    async def get_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> ProfileFieldDefinition | None:
+        """The agent's definition of ``field_name`` (enabled or not), or None."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        agent_id = _uuid(agent_id, "agent_id")
+        field_name = _field_name(field_name)
+        return await self._get_field_definition(tenant_id, agent_id, field_name)
+
+    async def save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
+        """Create or update (by tenant, agent, name) a definition; return its id.
+
+        Updating keeps the stored id and ``created_at``. A ``validation_regex`` the safe
+        engine cannot compile is refused with :class:`~ccvault.errors.ValidationError`.
+        """
+        from ccvault.validation import check_definition
+
+        definition = _model(ProfileFieldDefinition, definition, "definition")
+        check_definition(definition)
+        definition.updated_at = self.now()
+        return await self._save_field_definition(definition)
+
+    async def delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        """Delete the agent's definition of ``field_name``; True if one was deleted."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        agent_id = _uuid(agent_id, "agent_id")
+        field_name = _field_name(field_name)
+        return await self._delete_field_definition(tenant_id, agent_id, field_name)
+
+    # =====================================================================================
+    # scenario requirements
+    # =====================================================================================
+
+    async def get_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, *, step_id: UUID | None = None
+    ) -> list[ScenarioFieldRequirement]:
+        """``step_id=None``: the scenario-wide requirements only; else that step's only.
+
+        Ordered by ``collection_order``, then field name.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        scenario_id = _uuid(scenario_id, "scenario_id")
+        step_id = _optional_uuid(step_id, "step_id")
+        found = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
+        return sorted(found, key=lambda req: (req.collection_order, req.field_name))
+
+    async def save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
+        """Create or update by (tenant, scenario, step, rule, field name); return its id.
+
+        Updating keeps the stored id. A ``when_condition`` that does not parse is refused.
+        """
+        from ccvault.requirements import check_requirement
+
+        requirement = _model(ScenarioFieldRequirement, requirement, "requirement")
+        check_requirement(requirement)
+        requirement.updated_at = self.now()
+        return await self._save_scenario_requirement(requirement)
+
+    async def delete_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, *, step_id: UUID | None = None
+    ) -> int:
+        """``step_id=None``: delete all the scenario's requirements; else that step's only."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        scenario_id = _uuid(scenario_id, "scenario_id")
+        step_id = _optional_uuid(step_id, "step_id")
+        return await self._delete_scenario_requirements(tenant_id, scenario_id, step_id)
+
+    async def get_missing_fields(
+        self,
+        tenant_id: UUID,
+        profile: CustomerProfile,
+        scenario_id: UUID,
+        *,
+        step_id: UUID | None = None,
+        required_level: str | None = "hard",
+    ) -> list[ScenarioFieldRequirement]:
+        """The requirements of the scenario (or step) that ``profile`` does not meet.
+
+        Evaluated once, in :mod:`ccvault.requirements`, for every provider.
+        ``required_level=None`` means every level.
+        """
+        from ccvault.requirements import find_missing
+
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        if not isinstance(profile, CustomerProfile):
+            raise errors.ValidationError("profile must be a CustomerProfile")
+        scenario_id = _uuid(scenario_id, "scenario_id")
+        step_id = _optional_uuid(step_id, "step_id")
+        level = _required_level(required_level)
+        if profile.tenant_id != tenant_id:
+            return []
+        requirements = await self.get_scenario_requirements(tenant_id, scenario_id, step_id=step_id)
+        definitions: dict[str, ProfileFieldDefinition] = {}
+        for agent_id in dict.fromkeys(req.agent_id for req in requirements):
+            for definition in await self.get_field_definitions(tenant_id, agent_id):
+                definitions.setdefault(definition.name, definition)
+        return find_missing(
+            present_profile(profile, self.now()),
+            requirements,
+            definitions,
+            rules=self.rules,
+            required_level=level,
+            now=self.now(),
+        )
+
+    # =====================================================================================
+    # beyond the seed: erasure, portability, hard delete, orphans, operations
+    # =====================================================================================
+
+    async def purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        """Hard-delete the profile (live or soft-deleted) and everything it owns.
+
+        Afterwards no read, history or lineage query returns any of it. True if it existed.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        return await self._purge_profile(tenant_id, profile_id)
+
+    async def export_profile(self, tenant_id: UUID, profile_id: UUID) -> dict[str, Any]:
+        """Everything held about the customer, history included, as one JSON-ready dict.
+
+        Soft-deleted profiles are exported too (they are still held). Unknown: NotFoundError.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        found = await self._export_profile(tenant_id, profile_id)
+        if found is None:
+            raise errors.NotFoundError(f"profile {profile_id} not found")
+        now = self.now()
+        return {
+            "format": "ccvault.export/1",
+            "exported_at": now.isoformat(),
+            "profile": present_profile(found, now).model_dump(mode="json"),
+        }
+
+    async def delete_item(self, tenant_id: UUID, item_id: UUID, item_type: str) -> bool:
+        """Hard-delete one field version or asset; True if it existed.
+
+        Refused with :class:`~ccvault.errors.DependentsError` while an ACTIVE item derives
+        from it.
+        """
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        item_id = _uuid(item_id, "item_id")
+        kind = _item_type(item_type)
+        return await self._delete_item(tenant_id, item_id, kind)
+
+    async def mark_orphans(self, tenant_id: UUID) -> int:
+        """Mark ORPHANED every non-orphaned item whose field/asset source no longer exists."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        return await self._mark_orphans(tenant_id)
+
+    async def list_tenant_ids(self) -> list[UUID]:
+        """Every tenant that has at least one profile, sorted."""
+        return sorted(await self._list_tenant_ids())
+
+    async def count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        """``{"fields": {status: n}, "assets": {status: n}}`` with every status present."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        counted = await self._count_items_by_status(tenant_id)
+        return {
+            kind: {
+                status.value: int(counted.get(kind, {}).get(status.value, 0))
+                for status in ItemStatus
+            }
+            for kind in ("fields", "assets")
+        }
+
+    # =====================================================================================
+    # provider hooks: arguments arrive checked; implementations only store and fetch
+    # =====================================================================================
+
+    @abstractmethod
+    async def _get_by_customer_id(
+        self, tenant_id: UUID, customer_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        """The live profile, fields = ACTIVE versions (expired or not), assets = ACTIVE.
+
+        With ``include_history`` also ``field_history`` (every version, newest
+        ``collected_at`` first, ties newest write first) and ``asset_history``.
+        """
+
+    @abstractmethod
+    async def _get_by_id(
+        self, tenant_id: UUID, profile_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        """As :meth:`_get_by_customer_id`, by profile id."""
+
+    @abstractmethod
+    async def _get_by_channel_identity(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
+    ) -> CustomerProfile | None:
+        """As :meth:`_get_by_customer_id`, by an identity the live profile owns."""
+
+    @abstractmethod
+    async def _get_or_create(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str
+    ) -> CustomerProfile:
+        """Owner of the identity, else a new profile with it as primary. Race-free."""
+
+    @abstractmethod
+    async def _save(self, profile: CustomerProfile) -> UUID:
+        """Upsert the aggregate atomically, as :meth:`save` describes."""
+
+    @abstractmethod
+    async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        """Soft-delete a live profile and release its identities; False if none was live."""
+
+    @abstractmethod
+    async def _update_field(
+        self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
+    ) -> UUID:
+        """Insert ``field`` (already ACTIVE) atomically, as :meth:`update_field` describes.
+
+        Must keep one ACTIVE version per name under any concurrency; retries of
+        serialization or unique-index failures happen inside. A field id already stored:
+        :class:`~ccvault.errors.ConflictError`.
+        """
+
+    @abstractmethod
+    async def _get_field(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
+    ) -> ProfileField | None:
+        """The most recent version (collected_at, then write order) with the stored status."""
+
+    @abstractmethod
+    async def _get_field_history(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str
+    ) -> list[ProfileField]:
+        """Every version, newest ``collected_at`` first, ties newest write first."""
+
+    @abstractmethod
+    async def _expire_stale_fields(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    ) -> int:
+        """Set EXPIRED on every ACTIVE field with ``expires_at <= now``; return the count."""
+
+    @abstractmethod
+    async def _add_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
+    ) -> UUID:
+        """Insert ``asset`` (ACTIVE), superseding the ACTIVE one of its name if asked."""
+
+    @abstractmethod
+    async def _get_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
+    ) -> ProfileAsset | None:
+        """The asset by id, any status."""
+
+    @abstractmethod
+    async def _get_asset_by_name(
+        self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
+    ) -> ProfileAsset | None:
+        """The most recent (uploaded_at, then write order) asset of that name and status."""
+
+    async def _get_derivation_chain(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType, max_depth: int
+    ) -> list[LineageEntry]:
+        """Root first, item last, at most ``max_depth`` entries, cycle-safe.
+
+        This default walks :meth:`_get_lineage_node` one item at a time; a provider that can
+        do it in one query (a recursive CTE, ``$graphLookup``) overrides this instead.
+        """
+        chain: list[LineageEntry] = []
+        seen: set[UUID] = set()
+        next_id: UUID | None = item_id
+        next_type: ItemType | None = item_type
+        while next_id is not None and next_type is not None and len(chain) < max_depth:
+            if next_id in seen:
+                break
+            node = await self._get_lineage_node(tenant_id, next_id, next_type)
+            if node is None:
+                break
+            seen.add(node.id)
+            chain.append(node)
+            next_id = node.source_item_id
+            next_type = _lineage_target(node.source_item_type)
+        chain.reverse()
+        return chain
+
+    async def _get_lineage_node(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType
+    ) -> LineageEntry | None:
+        """One field (any version) or asset as a lineage entry, or None when missing.
+
+        Needed only by the default :meth:`_get_derivation_chain`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement _get_lineage_node")
+
+    @abstractmethod
+    async def _get_derived_items(
+        self, tenant_id: UUID, source_item_id: UUID
+    ) -> tuple[list[ProfileField], list[ProfileAsset]]:
+        """Fields and assets (any status) whose ``source_item_id`` is this id, oldest first."""
+
+    @abstractmethod
+    async def _check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
+        """Whether any ACTIVE field or asset has ``source_item_id`` = ``item_id``."""
+
+    @abstractmethod
+    async def _link_channel(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+    ) -> bool:
+        """As :meth:`link_channel`; race-free against concurrent links of one identity."""
+
+    @abstractmethod
+    async def _merge_profiles(
+        self,
+        tenant_id: UUID,
+        source_profile_id: UUID,
+        target_profile_id: UUID,
+        choose_winner: MergeWinner,
+    ) -> None:
+        """As :meth:`merge_profiles`, atomically; ``choose_winner(target, source)`` decides."""
+
+    @abstractmethod
+    async def _get_field_definitions(
+        self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+    ) -> list[ProfileFieldDefinition]:
+        """The agent's definitions, any order."""
+
+    @abstractmethod
+    async def _get_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> ProfileFieldDefinition | None:
+        """One definition by name, enabled or not."""
+
+    @abstractmethod
+    async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
+        """Upsert by (tenant, agent, name), keeping a stored id and created_at; return the id."""
+
+    @abstractmethod
+    async def _delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        """Delete by (tenant, agent, name); True if one was deleted."""
+
+    @abstractmethod
+    async def _get_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> list[ScenarioFieldRequirement]:
+        """Requirements with exactly this ``step_id`` (None: scenario-wide ones), any order."""
+
+    @abstractmethod
+    async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
+        """Upsert by (tenant, scenario, step, rule, field name), keeping a stored id."""
+
+    @abstractmethod
+    async def _delete_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> int:
+        """``step_id=None``: every requirement of the scenario; else that step's. The count."""
+
+    @abstractmethod
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        """Hard-delete the profile, live or soft-deleted, with all it owns, atomically."""
+
+    @abstractmethod
+    async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
+        """The profile (live or soft-deleted) with full history, or None."""
+
+    @abstractmethod
+    async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
+        """Hard-delete one item; DependentsError if an ACTIVE item derives from it, checked
+        in the same atomic step as the delete."""
+
+    @abstractmethod
+    async def _mark_orphans(self, tenant_id: UUID) -> int:
+        """Items (not already ORPHANED) whose profile_field/profile_asset source is gone
+        become ORPHANED; return how many."""
+
+    @abstractmethod
+    async def _list_tenant_ids(self) -> list[UUID]:
+        """Every tenant with at least one profile (live or soft-deleted)."""
+
+    @abstractmethod
+    async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        """``{"fields": {status_value: n}, "assets": {...}}``; absent statuses may be omitted."""
+
+
+def _lineage_target(source_type: SourceType | None) -> ItemType | None:
+    """The item type a lineage link points at, or None when the chain ends there."""
+    if source_type is SourceType.PROFILE_FIELD:
+        return ItemType.PROFILE_FIELD
+    if source_type is SourceType.PROFILE_ASSET:
+        return ItemType.PROFILE_ASSET
+    return None
+
+
+class ForwardingProfileStore(ProfileStore):
+    """A store that wraps another: every hook calls the inner store's public method.
+
+    Wrappers (cache, encryption) subclass this and override what they change. Lifecycle is
+    forwarded too, so entering the outermost store sets up the whole stack.
+    """
+
+    def __init__(self, inner: ProfileStore) -> None:
+        super().__init__(rules=inner.rules)
+        self.inner = inner
+        self.capabilities = inner.capabilities
+
+    def now(self) -> datetime:
+        return self.inner.now()
+
+    async def setup(self) -> None:
+        await self.inner.setup()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def _get_by_customer_id(
+        self, tenant_id: UUID, customer_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self.inner.get_by_customer_id(
+            tenant_id, customer_id, include_history=include_history
+        )
+
+    async def _get_by_id(
+        self, tenant_id: UUID, profile_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self.inner.get_by_id(tenant_id, profile_id, include_history=include_history)
+
+    async def _get_by_channel_identity(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self.inner.get_by_channel_identity(
+            tenant_id, channel, channel_user_id, include_history=include_history
+        )
+
+    async def _get_or_create(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str
+    ) -> CustomerProfile:
+        return await self.inner.get_or_create(tenant_id, channel, channel_user_id)
+
+    async def _save(self, profile: CustomerProfile) -> UUID:
+        return await self.inner.save(profile)
+
+    async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        return await self.inner.delete(tenant_id, profile_id)
+
+    async def _update_field(
+        self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
+    ) -> UUID:
+        return await self.inner.update_field(
+            tenant_id, profile_id, field, supersede_existing=supersede_existing
+        )
+
+    async def _get_field(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
+    ) -> ProfileField | None:
+        # the inner store applies the expiry rule itself; ask it with the stored status
+        return await self.inner.get_field(tenant_id, profile_id, field_name, status=status)
+
+    async def _get_field_history(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str
+    ) -> list[ProfileField]:
+        return await self.inner.get_field_history(tenant_id, profile_id, field_name)
+
+    async def _expire_stale_fields(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    ) -> int:
+        return await self.inner.expire_stale_fields(tenant_id, profile_id)
+
+    async def _add_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
+    ) -> UUID:
+        return await self.inner.add_asset(
+            tenant_id, profile_id, asset, supersede_existing=supersede_existing
+        )
+
+    async def _get_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
+    ) -> ProfileAsset | None:
+        return await self.inner.get_asset(tenant_id, profile_id, asset_id)
+
+    async def _get_asset_by_name(
+        self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
+    ) -> ProfileAsset | None:
+        return await self.inner.get_asset_by_name(tenant_id, profile_id, asset_name, status=status)
+
+    async def _get_derivation_chain(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType, max_depth: int
+    ) -> list[LineageEntry]:
+        chain = await self.inner.get_derivation_chain(tenant_id, item_id, item_type.value)
+        return [LineageEntry.model_validate(entry) for entry in chain]
+
+    async def _get_derived_items(
+        self, tenant_id: UUID, source_item_id: UUID
+    ) -> tuple[list[ProfileField], list[ProfileAsset]]:
+        derived = await self.inner.get_derived_items(tenant_id, source_item_id)
+        return derived["fields"], derived["assets"]
+
+    async def _check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
+        return await self.inner.check_has_dependents(tenant_id, item_id)
+
+    async def _link_channel(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+    ) -> bool:
+        return await self.inner.link_channel(tenant_id, profile_id, identity)
+
+    async def _merge_profiles(
+        self,
+        tenant_id: UUID,
+        source_profile_id: UUID,
+        target_profile_id: UUID,
+        choose_winner: MergeWinner,
+    ) -> None:
+        await self.inner.merge_profiles(tenant_id, source_profile_id, target_profile_id)
+
+    async def _get_field_definitions(
+        self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+    ) -> list[ProfileFieldDefinition]:
+        return await self.inner.get_field_definitions(
+            tenant_id, agent_id, enabled_only=enabled_only
+        )
+
+    async def _get_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> ProfileFieldDefinition | None:
+        return await self.inner.get_field_definition(tenant_id, agent_id, field_name)
+
+    async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
+        return await self.inner.save_field_definition(definition)
+
+    async def _delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        return await self.inner.delete_field_definition(tenant_id, agent_id, field_name)
+
+    async def _get_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> list[ScenarioFieldRequirement]:
+        return await self.inner.get_scenario_requirements(tenant_id, scenario_id, step_id=step_id)
+
+    async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
+        return await self.inner.save_scenario_requirement(requirement)
+
+    async def _delete_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> int:
+        return await self.inner.delete_scenario_requirements(
+            tenant_id, scenario_id, step_id=step_id
+        )
+
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        return await self.inner.purge_profile(tenant_id, profile_id)
+
+    async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
+        try:
+            document = await self.inner.export_profile(tenant_id, profile_id)
+        except errors.NotFoundError:
+            return None
+        return CustomerProfile.model_validate(document["profile"])
+
+    async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
+        return await self.inner.delete_item(tenant_id, item_id, item_type.value)
+
+    async def _mark_orphans(self, tenant_id: UUID) -> int:
+        return await self.inner.mark_orphans(tenant_id)
+
+    async def _list_tenant_ids(self) -> list[UUID]:
+        return await self.inner.list_tenant_ids()
+
+    async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        return await self.inner.count_items_by_status(tenant_id)

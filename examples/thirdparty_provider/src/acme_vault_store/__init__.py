@@ -1,0 +1,1 @@
+"""ACME example third-party ccvault provider."""

@@ -1,0 +1,1 @@
+"""ccvault provider package."""
