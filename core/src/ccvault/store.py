@@ -490,7 +490,7 @@ class ProfileStore(ABC):
         item_id = _uuid(item_id, "item_id")
         kind = _item_type(item_type)
         depth = max(1, self.rules.max_derivation_chain_depth)
-        chain = await self._get_derivation_chain(tenant_id, item_id, kind, depth)
+        chain = (await self._get_derivation_chain(tenant_id, item_id, kind, depth))[-depth:]
         if chain:
             metrics.DERIVATION_CHAIN_DEPTH.labels(tenant_id=str(tenant_id)).observe(len(chain))
         return [
@@ -967,9 +967,17 @@ class ForwardingProfileStore(ProfileStore):
     """
 
     def __init__(self, inner: ProfileStore) -> None:
-        super().__init__(rules=inner.rules)
         self.inner = inner
         self.capabilities = inner.capabilities
+
+    @property  # type: ignore[override]
+    def rules(self) -> StoreRules:
+        """The wrapped store's rules: one stack, one set of rules."""
+        return self.inner.rules
+
+    @rules.setter
+    def rules(self, value: StoreRules) -> None:
+        self.inner.rules = value
 
     def now(self) -> datetime:
         return self.inner.now()
