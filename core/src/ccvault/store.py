@@ -970,7 +970,7 @@ class ForwardingProfileStore(ProfileStore):
         self.inner = inner
         self.capabilities = inner.capabilities
 
-    @property  # type: ignore[override]
+    @property
     def rules(self) -> StoreRules:
         """The wrapped store's rules: one stack, one set of rules."""
         return self.inner.rules
