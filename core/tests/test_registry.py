@@ -1,0 +1,87 @@
+"""Provider discovery through entry points, lazy loading, clear errors, open_store."""
+
+from __future__ import annotations
+
+import sys
+from uuid import uuid4
+
+import pytest
+from pydantic import BaseModel
+
+import ccvault
+from ccvault import errors, registry
+from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault.models import Channel
+
+
+def test_builtin_providers_are_found_by_entry_point() -> None:
+    installed = registry.installed_providers()
+    for name, dist in registry.KNOWN_PROVIDERS.items():
+        assert name in installed
+        assert installed[name].distribution == dist
+        assert installed[name].version
+
+
+def test_listing_imports_no_provider_module() -> None:
+    registry.installed_providers()
+    # mongo is the one provider no other core test selects
+    assert "ccvault_mongo.plugin" not in sys.modules or "ccvault_mongo.plugin" in registry._loaded
+
+
+def test_unknown_provider_lists_installed_and_what_to_install() -> None:
+    with pytest.raises(errors.ProviderNotFoundError) as raised:
+        registry.load_provider("cassandra")
+    message = str(raised.value)
+    assert "cassandra" in message and "inmemory" in message and "sqlite" in message
+
+
+def test_known_but_uninstalled_provider_names_its_distribution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "installed_providers", lambda: {})
+    monkeypatch.setattr(registry, "_loaded", {})
+    with pytest.raises(errors.ProviderNotFoundError, match="pip install ccvault-postgres"):
+        registry.load_provider("postgres")
+
+
+def test_load_provider_returns_its_spec() -> None:
+    spec = registry.load_provider("inmemory")
+    assert spec.name == "inmemory"
+    assert spec.distribution == "ccvault-inmemory"
+
+
+class _Options(BaseModel):
+    flavour: str = "plain"
+
+
+class _InProcessPlugin:
+    @hookimpl
+    def ccvault_provider(self) -> ProviderSpec:
+        from ccvault_inmemory.store import InMemoryProfileStore
+
+        return ProviderSpec(
+            name="inprocess-test",
+            distribution="(test)",
+            settings_model=_Options,
+            create_store=lambda options, rules: InMemoryProfileStore(rules=rules),
+        )
+
+
+def test_in_process_registration_and_provider_options() -> None:
+    registry.register_provider(_InProcessPlugin())
+    settings = ccvault.load_settings(
+        store_provider="inprocess-test", providers={"inprocess-test": {"flavour": 3}}
+    )
+    with pytest.raises(errors.ConfigurationError, match=r"providers\.inprocess-test\.flavour"):
+        registry.create_store(settings)
+
+
+async def test_open_store_yields_a_ready_store() -> None:
+    settings = ccvault.load_settings(
+        store_provider="inmemory", cache_enabled=False, auto_encrypt_pii=False
+    )
+    tenant = uuid4()
+    async with ccvault.open_store(settings) as store:
+        profile = await store.get_or_create(tenant, Channel.WHATSAPP, "+15550100")
+        again = await store.get_by_channel_identity(tenant, "whatsapp", "+15550100")
+        assert again is not None and again.id == profile.id
