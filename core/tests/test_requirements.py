@@ -36,12 +36,19 @@ def _req(name: str, **kw: object) -> ScenarioFieldRequirement:
     )
 
 
-def _missing(profile: CustomerProfile, reqs: list[ScenarioFieldRequirement], **kw: object) -> list[str]:
+def _missing(
+    profile: CustomerProfile, reqs: list[ScenarioFieldRequirement], **kw: object
+) -> list[str]:
     definitions = kw.pop("definitions", {})
     rules = kw.pop("rules", StoreRules())
     level = kw.pop("required_level", RequiredLevel.HARD)
     found = find_missing(
-        profile, reqs, definitions, rules=rules, required_level=level, now=NOW  # type: ignore[arg-type]
+        profile,
+        reqs,
+        definitions,
+        rules=rules,
+        required_level=level,
+        now=NOW,  # type: ignore[arg-type]
     )
     return [r.field_name for r in found]
 
@@ -49,8 +56,16 @@ def _missing(profile: CustomerProfile, reqs: list[ScenarioFieldRequirement], **k
 @pytest.mark.parametrize(
     ("expression", "values", "expected"),
     [
-        ('order_type == "international" and age >= 18', {"order_type": "international", "age": 30}, True),
-        ('order_type == "international" and age >= 18', {"order_type": "international", "age": 12}, False),
+        (
+            'order_type == "international" and age >= 18',
+            {"order_type": "international", "age": 30},
+            True,
+        ),
+        (
+            'order_type == "international" and age >= 18',
+            {"order_type": "international", "age": 12},
+            False,
+        ),
         ('order_type == "international"', {}, False),  # missing name: false, not an error
         ("age >= 18", {"age": "old"}, False),  # type error: false
         ('country in ["DE", "FR"]', {"country": "FR"}, True),
@@ -91,7 +106,9 @@ def test_absent_field_is_missing_and_present_is_not() -> None:
 
 def test_expired_field_counts_as_missing() -> None:
     profile = _profile()
-    profile.fields["email"] = ProfileField(name="email", value="a@b.c", expires_at=NOW - timedelta(seconds=1))
+    profile.fields["email"] = ProfileField(
+        name="email", value="a@b.c", expires_at=NOW - timedelta(seconds=1)
+    )
     assert _missing(profile, [_req("email")]) == ["email"]
 
 
@@ -108,7 +125,10 @@ def test_when_condition_and_dependencies_gate_a_requirement() -> None:
         _req("address", depends_on_fields=["country"]),
     ]
     assert _missing(_profile(order_type="domestic"), reqs) == []
-    assert _missing(_profile(order_type="international", country="DE"), reqs) == ["passport", "address"]
+    assert _missing(_profile(order_type="international", country="DE"), reqs) == [
+        "passport",
+        "address",
+    ]
 
 
 def test_verification_required_by_definition() -> None:
@@ -142,6 +162,8 @@ def test_definition_freshness_overrides_default() -> None:
         tenant_id=TENANT, agent_id=AGENT, name="email", freshness_seconds=60
     )
     rules = StoreRules(default_freshness_seconds=0, stale_field_action="block")
-    assert _missing(profile, [_req("email")], rules=rules, definitions={"email": definition}) == ["email"]
+    assert _missing(profile, [_req("email")], rules=rules, definitions={"email": definition}) == [
+        "email"
+    ]
     never_stale = definition.model_copy(update={"freshness_seconds": 0})
     assert _missing(profile, [_req("email")], rules=rules, definitions={"email": never_stale}) == []

@@ -33,7 +33,9 @@ def test_default_toml_equals_builtin_defaults(monkeypatch: pytest.MonkeyPatch) -
 
 def test_partial_file_changes_only_its_keys(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[profile]\nstore_provider = "sqlite"\n[profile.freshness]\nstale_field_action = "block"\n')
+    path.write_text(
+        '[profile]\nstore_provider = "sqlite"\n[profile.freshness]\nstale_field_action = "block"\n'
+    )
     settings = ccvault.load_settings(path)
     assert settings.profile.store_provider == "sqlite"
     assert settings.profile.freshness.stale_field_action == "block"
@@ -82,7 +84,10 @@ def test_keyword_overrides_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ("toml", "key"),
     [
         ("[profile]\ncache_ttl_seconds = -5\n", "profile.cache_ttl_seconds"),
-        ('[profile.freshness]\nstale_field_action = "explode"\n', "profile.freshness.stale_field_action"),
+        (
+            '[profile.freshness]\nstale_field_action = "explode"\n',
+            "profile.freshness.stale_field_action",
+        ),
         ("[profile]\ncache_enabld = true\n", "profile.cache_enabld"),
         ('[redis]\ncluster = "sometimes"\n', "redis.cluster"),
     ],

@@ -6,7 +6,16 @@ application can expose it beside its own or serve it alone (``ccvault metrics``)
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from threading import Thread
+    from wsgiref.simple_server import WSGIServer
+
+    from ccvault.store import ProfileStore
 
 __all__ = [
     "DERIVATION_CHAIN_DEPTH",
@@ -19,6 +28,8 @@ __all__ = [
     "REGISTRY",
     "SCHEMA_VALIDATION_ERRORS",
     "STALE_FIELD_WARNINGS",
+    "refresh_status_gauge",
+    "serve",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -83,3 +94,18 @@ STALE_FIELD_WARNINGS = Counter(
     ["tenant_id", "field_name"],
     registry=REGISTRY,
 )
+
+
+def serve(host: str = "127.0.0.1", port: int = 9464) -> tuple[WSGIServer, Thread]:
+    """Serve :data:`REGISTRY` for Prometheus at ``http://host:port/metrics`` from a daemon
+    thread; ``port=0`` picks a free port (``server.server_port``). Stop with
+    ``server.shutdown()``."""
+    return start_http_server(port, addr=host, registry=REGISTRY)
+
+
+async def refresh_status_gauge(store: ProfileStore, tenant_id: UUID) -> dict[str, int]:
+    """Set ``profile_fields_by_status`` for the tenant from the store; return the counts."""
+    counts = (await store.count_items_by_status(tenant_id))["fields"]
+    for status, count in counts.items():
+        FIELD_STATUS_GAUGE.labels(tenant_id=str(tenant_id), status=status).set(count)
+    return counts

@@ -30,9 +30,20 @@ __all__ = ["check_condition", "check_requirement", "condition_holds", "find_miss
 
 logger = logging.getLogger(__name__)
 
-# Nodes a condition may contain beyond simpleeval's own list: no calls at all, since a
-# condition only compares stored values.
-_FORBIDDEN = (ast.Call, ast.Attribute, ast.Lambda, ast.NamedExpr, ast.Subscript)
+# Nodes refused even though simpleeval knows them: no calls, no attribute access and no
+# comprehensions, since a condition only compares stored values.
+_FORBIDDEN = (
+    ast.Call,
+    ast.Attribute,
+    ast.Lambda,
+    ast.NamedExpr,
+    ast.Subscript,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+_OPERATOR_NODES = (ast.operator, ast.unaryop, ast.cmpop)
 
 
 def _evaluator(names: Mapping[str, Any]) -> EvalWithCompoundTypes:
@@ -46,10 +57,15 @@ def check_condition(expression: str) -> ast.Expression:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         raise errors.ValidationError(f"when_condition does not parse: {exc.msg}") from None
-    allowed = tuple(_evaluator({}).nodes)
+    evaluator = _evaluator({})
+    allowed = tuple(evaluator.nodes)
+    operators = tuple(evaluator.operators)
     for node in ast.walk(tree):
-        if isinstance(node, _FORBIDDEN) or (
-            isinstance(node, ast.expr) and not isinstance(node, allowed)
+        if (
+            isinstance(node, _FORBIDDEN)
+            or (isinstance(node, ast.expr) and not isinstance(node, allowed))
+            # an operator simpleeval does not know (``@``) would fail at every evaluation
+            or (isinstance(node, _OPERATOR_NODES) and not isinstance(node, operators))
         ):
             raise errors.ValidationError(
                 f"when_condition may not use {type(node).__name__}: {expression!r}"
@@ -78,6 +94,11 @@ def condition_holds(expression: str | None, values: Mapping[str, Any]) -> bool:
         return bool(_evaluator(values).eval(expression.strip()))
     except (InvalidExpression, TypeError, ValueError, ArithmeticError, KeyError) as exc:
         logger.debug("when_condition %r is false: %s", expression, exc)
+        return False
+    except Exception as exc:  # a condition must never break a read
+        # conditions are checked at save, but a stored one may predate the check or come
+        # from another writer; whatever it raises, it does not hold
+        logger.warning("when_condition %r could not be evaluated: %r", expression, exc)
         return False
 
 

@@ -121,6 +121,8 @@ class RedisSettings(_Section):
     socket_timeout_seconds: float = Field(default=0.25, gt=0)
     connect_timeout_seconds: float = Field(default=0.25, gt=0)
     retry_after_seconds: float = Field(default=1.0, ge=0)
+    # hard bound on one whole cache operation (a cluster client may reconnect inside it)
+    operation_timeout_seconds: float = Field(default=0.5, gt=0)
 
 
 class MetricsSettings(_Section):
@@ -128,6 +130,8 @@ class MetricsSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
+    # how often `ccvault metrics` refreshes profile_fields_by_status from the store
+    refresh_interval_seconds: float = Field(default=15.0, gt=0)
 
 
 _toml_data: ContextVar[dict[str, Any] | None] = ContextVar("ccvault_toml_data", default=None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -45,6 +46,7 @@ from ccvault.models import (
     RequiredLevel,
     ScenarioFieldRequirement,
     SourceType,
+    check_json_value,
     is_valid_field_name,
     utcnow,
 )
@@ -64,6 +66,9 @@ MergeWinner = Callable[[ProfileField, ProfileField], ProfileField]
 """Given the target's and the source's ACTIVE version of one name, return the one to keep."""
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)
+
+# set while a derivation chain is being computed, so stacked stores observe the depth once
+_chain_traversal: ContextVar[bool] = ContextVar("ccvault_chain_traversal", default=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +179,9 @@ def _model(cls: type[_M], value: object, what: str) -> _M:
     if not isinstance(value, cls):
         raise errors.ValidationError(f"{what} must be a {cls.__name__}, got {type(value).__name__}")
     try:
-        return cls.model_validate(value.model_dump())
+        # warnings=False: a model built with model_construct may hold anything; validation
+        # below reports it as a ValidationError instead of a serializer warning
+        return cls.model_validate(value.model_dump(warnings=False))
     except pydantic.ValidationError as exc:
         raise errors.ValidationError(f"invalid {what}: {exc}") from exc
 
@@ -490,8 +497,14 @@ class ProfileStore(ABC):
         item_id = _uuid(item_id, "item_id")
         kind = _item_type(item_type)
         depth = max(1, self.rules.max_derivation_chain_depth)
-        chain = (await self._get_derivation_chain(tenant_id, item_id, kind, depth))[-depth:]
-        if chain:
+        # a stack of wrappers calls this once per layer: only the outermost call observes
+        outermost = not _chain_traversal.get()
+        token = _chain_traversal.set(True)
+        try:
+            chain = (await self._get_derivation_chain(tenant_id, item_id, kind, depth))[-depth:]
+        finally:
+            _chain_traversal.reset(token)
+        if chain and outermost:
             metrics.DERIVATION_CHAIN_DEPTH.labels(tenant_id=str(tenant_id)).observe(len(chain))
         return [
             {
@@ -738,6 +751,44 @@ class ProfileStore(ABC):
             for kind in ("fields", "assets")
         }
 
+    async def list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
+        """Every profile of the tenant, live or soft-deleted, sorted. For operator sweeps
+        (key rotation, exports); not meant for request paths."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        return sorted(await self._list_profile_ids(tenant_id))
+
+    async def rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        """Overwrite in place ``value`` and ``source_metadata`` of existing field versions
+        (any status) of the profile, ``{field_id: (value, source_metadata)}``, atomically,
+        and nothing else (no status, timestamp or id changes). Returns how many versions
+        were found and rewritten; ids not on the profile are ignored. Used to re-encrypt
+        PII under a new key (``ccvault rotate-keys``)."""
+        tenant_id = _uuid(tenant_id, "tenant_id")
+        profile_id = _uuid(profile_id, "profile_id")
+        if not isinstance(payloads, dict):
+            raise errors.ValidationError("payloads must be a dict {field_id: (value, metadata)}")
+        checked: dict[UUID, tuple[Any, dict[str, Any]]] = {}
+        for field_id, payload in payloads.items():
+            if not (isinstance(payload, tuple) and len(payload) == 2):
+                raise errors.ValidationError("each payload must be (value, source_metadata)")
+            value, metadata = payload
+            if not isinstance(metadata, dict):
+                raise errors.ValidationError("source_metadata must be a dict")
+            try:
+                check_json_value(value)
+                check_json_value(metadata)
+            except ValueError as exc:
+                raise errors.ValidationError(f"payload of field {field_id}: {exc}") from None
+            checked[_uuid(field_id, "field_id")] = (value, metadata)
+        if not checked:
+            return 0
+        return await self._rewrite_field_payloads(tenant_id, profile_id, checked)
+
     # =====================================================================================
     # provider hooks: arguments arrive checked; implementations only store and fetch
     # =====================================================================================
@@ -949,6 +1000,27 @@ class ProfileStore(ABC):
     async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         """``{"fields": {status_value: n}, "assets": {...}}``; absent statuses may be omitted."""
 
+    # Operator hooks (key rotation). Not abstract yet so providers can add them in their own
+    # time; a provider without them makes ``ccvault rotate-keys`` fail with a clear error.
+    async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
+        """Ids of every profile of the tenant, live or soft-deleted, any order."""
+        raise errors.StorageError(
+            f"{type(self).__name__} cannot list profile ids (_list_profile_ids not implemented)"
+        )
+
+    async def _rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        """Set ``value`` and ``source_metadata`` of the listed field versions of the profile
+        (any status, soft-deleted profile too), in one atomic step; return how many matched."""
+        raise errors.StorageError(
+            f"{type(self).__name__} cannot rewrite field payloads "
+            "(_rewrite_field_payloads not implemented)"
+        )
+
 
 def _lineage_target(source_type: SourceType | None) -> ItemType | None:
     """The item type a lineage link points at, or None when the chain ends there."""
@@ -1143,3 +1215,14 @@ class ForwardingProfileStore(ProfileStore):
 
     async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         return await self.inner.count_items_by_status(tenant_id)
+
+    async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
+        return await self.inner.list_profile_ids(tenant_id)
+
+    async def _rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        return await self.inner.rewrite_field_payloads(tenant_id, profile_id, payloads)

@@ -1,0 +1,66 @@
+"""``ProfileStoreContract``: every contract mixin in one base class for providers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccvault_contract_tests.capabilities import OPTIONAL_CAPABILITIES
+from ccvault_contract_tests.suite_assets import AssetsContract
+from ccvault_contract_tests.suite_bad_input import BadInputContract
+from ccvault_contract_tests.suite_channels import ChannelsContract
+from ccvault_contract_tests.suite_concurrency import ConcurrencyContract
+from ccvault_contract_tests.suite_expiry import ExpiryContract
+from ccvault_contract_tests.suite_fields import FieldsContract
+from ccvault_contract_tests.suite_isolation import IsolationContract
+from ccvault_contract_tests.suite_lifecycle import LifecycleContract
+from ccvault_contract_tests.suite_lineage import LineageContract
+from ccvault_contract_tests.suite_missing import MissingFieldsContract
+from ccvault_contract_tests.suite_profiles import ProfilesContract
+from ccvault_contract_tests.suite_schema import SchemaContract
+
+__all__ = ["ProfileStoreContract"]
+
+
+class ProfileStoreContract(
+    ProfilesContract,
+    FieldsContract,
+    ExpiryContract,
+    AssetsContract,
+    LineageContract,
+    ChannelsContract,
+    SchemaContract,
+    MissingFieldsContract,
+    LifecycleContract,
+    IsolationContract,
+    BadInputContract,
+    ConcurrencyContract,
+):
+    """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::
+
+        class TestMyStoreContract(ProfileStoreContract):
+            capabilities = frozenset()      # optional capabilities (capabilities.py)
+            known_gaps = {}                 # {"test_name": "reason"}: strict xfail
+
+            @pytest.fixture
+            async def store(self):
+                async with MyStore(...) as s:
+                    yield s
+
+    Subclass definitions are checked at import: an unknown capability or a known gap that
+    names no test of the suite is an error (a typo would otherwise silently do nothing).
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = sorted(set(cls.capabilities) - set(OPTIONAL_CAPABILITIES))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.capabilities names unknown capabilities {unknown}; "
+                f"known: {sorted(OPTIONAL_CAPABILITIES)}"
+            )
+        tests = {name for name in dir(cls) if name.startswith("test_")}
+        strangers = sorted(set(cls.known_gaps) - tests)
+        if strangers:
+            raise TypeError(
+                f"{cls.__name__}.known_gaps names no test of the contract suite: {strangers}"
+            )

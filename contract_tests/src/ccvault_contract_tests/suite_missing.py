@@ -1,0 +1,315 @@
+"""get_missing_fields: conditions, dependencies, verification, freshness, levels."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from ccvault.models import CustomerProfile, RequiredLevel
+from ccvault.store import ProfileStore, StoreRules
+
+from ccvault_contract_tests.base import ContractBase
+from ccvault_contract_tests.helpers import (
+    make_definition,
+    make_field,
+    make_requirement,
+    new_profile,
+    ts,
+)
+
+__all__ = ["MissingFieldsContract"]
+
+
+def _stale_warnings(labels: dict[str, str]) -> float:
+    from ccvault import metrics
+
+    value = metrics.REGISTRY.get_sample_value("profile_stale_field_warnings_total", labels)
+    return value or 0.0
+
+
+class MissingFieldsContract(ContractBase):
+    async def _profile(self, store: ProfileStore, tenant: UUID, **values: Any) -> CustomerProfile:
+        profile = await new_profile(store, tenant)
+        for name, value in values.items():
+            await store.update_field(tenant, profile.id, make_field(name, value))
+        found = await store.get_by_id(tenant, profile.id)
+        assert found is not None
+        return found
+
+    async def _missing(
+        self,
+        store: ProfileStore,
+        tenant: UUID,
+        profile: CustomerProfile,
+        scenario: UUID,
+        **kwargs: Any,
+    ) -> list[str]:
+        return [
+            r.field_name
+            for r in await store.get_missing_fields(tenant, profile, scenario, **kwargs)
+        ]
+
+    async def test_absent_field_is_missing_present_one_is_not(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        for name in ("email", "phone"):
+            await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, name))
+        profile = await self._profile(store, tenant, email="a@x.org")
+        assert await self._missing(store, tenant, profile, scenario) == ["phone"]
+
+    async def test_missing_fields_follow_collection_order(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        for name, order in (("c_field", 1), ("a_field", 3), ("b_field", 2)):
+            await store.save_scenario_requirement(
+                make_requirement(tenant, agent, scenario, name, collection_order=order)
+            )
+        profile = await self._profile(store, tenant)
+        assert await self._missing(store, tenant, profile, scenario) == [
+            "c_field",
+            "b_field",
+            "a_field",
+        ]
+
+    async def test_when_condition_gates_the_requirement(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_scenario_requirement(
+            make_requirement(
+                tenant,
+                agent,
+                scenario,
+                "passport_number",
+                when_condition='order_type == "international" and age >= 18',
+            )
+        )
+        abroad = await self._profile(store, tenant, order_type="international", age=30)
+        home = await self._profile(store, tenant, order_type="domestic", age=30)
+        minor = await self._profile(store, tenant, order_type="international", age=12)
+        assert await self._missing(store, tenant, abroad, scenario) == ["passport_number"]
+        assert await self._missing(store, tenant, home, scenario) == []
+        assert await self._missing(store, tenant, minor, scenario) == []
+
+    @pytest.mark.parametrize(
+        ("condition", "applies"),
+        [
+            ('country in ["FR", "DE"]', True),
+            ('country not in ["FR", "DE"]', False),
+            ("age > 18 or vip", True),
+            ("not vip", True),
+            ("age >= 21 and vip", False),
+            ('plan == "gold" or (age < 30 and country == "FR")', False),
+            ("score * 2 > 9", True),
+            ("1 < age < 100", True),
+            ('"@" in email', True),
+        ],
+    )
+    async def test_condition_expressions(
+        self,
+        store: ProfileStore,
+        tenant: UUID,
+        agent: UUID,
+        scenario: UUID,
+        condition: str,
+        applies: bool,
+    ) -> None:
+        await store.save_scenario_requirement(
+            make_requirement(tenant, agent, scenario, "target_field", when_condition=condition)
+        )
+        profile = await self._profile(
+            store,
+            tenant,
+            country="FR",
+            age=40,
+            vip=False,
+            plan="silver",
+            score=5,
+            email="a@x.org",
+        )
+        expected = ["target_field"] if applies else []
+        assert await self._missing(store, tenant, profile, scenario) == expected
+
+    async def test_condition_naming_an_absent_field_is_false(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_scenario_requirement(
+            make_requirement(tenant, agent, scenario, "vat_number", when_condition="is_business")
+        )
+        profile = await self._profile(store, tenant)
+        assert await self._missing(store, tenant, profile, scenario) == []
+        business = await self._profile(store, tenant, is_business=True)
+        assert await self._missing(store, tenant, business, scenario) == ["vat_number"]
+
+    async def test_condition_comparing_incompatible_values_is_false(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_scenario_requirement(
+            make_requirement(tenant, agent, scenario, "guardian", when_condition="age < 18")
+        )
+        profile = await self._profile(store, tenant, age="seventeen")
+        assert await self._missing(store, tenant, profile, scenario) == []
+
+    async def test_depends_on_fields_must_all_be_present(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_scenario_requirement(
+            make_requirement(
+                tenant, agent, scenario, "postcode", depends_on_fields=["country", "city"]
+            )
+        )
+        partial = await self._profile(store, tenant, country="FR")
+        complete = await self._profile(store, tenant, country="FR", city="Paris")
+        assert await self._missing(store, tenant, partial, scenario) == []
+        assert await self._missing(store, tenant, complete, scenario) == ["postcode"]
+
+    async def test_unverified_field_is_missing_when_verification_is_required(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_field_definition(
+            make_definition(tenant, agent, "email", required_verification=True)
+        )
+        await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, "email"))
+        unverified = await self._profile(store, tenant, email="a@x.org")
+        assert await self._missing(store, tenant, unverified, scenario) == ["email"]
+        verified = await new_profile(store, tenant)
+        await store.update_field(tenant, verified.id, make_field("email", "a@x.org", verified=True))
+        found = await store.get_by_id(tenant, verified.id)
+        assert found is not None
+        assert await self._missing(store, tenant, found, scenario) == []
+
+    async def test_stale_field_blocks_when_the_action_is_block(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_field_definition(
+            make_definition(tenant, agent, "address", freshness_seconds=3600)
+        )
+        await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, "address"))
+        profile = await new_profile(store, tenant)
+        await store.update_field(
+            tenant, profile.id, make_field("address", "old", collected_at=ts(-7200))
+        )
+        found = await store.get_by_id(tenant, profile.id)
+        assert found is not None
+        store.rules = StoreRules(stale_field_action="block")
+        assert await self._missing(store, tenant, found, scenario) == ["address"]
+
+    async def test_stale_field_is_only_warned_about_when_the_action_is_warn(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_field_definition(
+            make_definition(tenant, agent, "address", freshness_seconds=3600)
+        )
+        await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, "address"))
+        profile = await new_profile(store, tenant)
+        await store.update_field(
+            tenant, profile.id, make_field("address", "old", collected_at=ts(-7200))
+        )
+        found = await store.get_by_id(tenant, profile.id)
+        assert found is not None
+        store.rules = StoreRules(stale_field_action="warn")
+        labels = {"tenant_id": str(tenant), "field_name": "address"}
+        before = _stale_warnings(labels)
+        assert await self._missing(store, tenant, found, scenario) == []
+        # "warn" counts the stale field (the Prometheus counter) instead of blocking
+        assert _stale_warnings(labels) == before + 1
+
+    async def test_staleness_is_not_checked_when_the_action_is_ignore(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, "address"))
+        profile = await new_profile(store, tenant)
+        await store.update_field(
+            tenant, profile.id, make_field("address", "old", collected_at=ts(-7200))
+        )
+        found = await store.get_by_id(tenant, profile.id)
+        assert found is not None
+        store.rules = StoreRules(stale_field_action="ignore", default_freshness_seconds=60)
+        assert await self._missing(store, tenant, found, scenario) == []
+
+    async def test_fresh_field_is_not_stale(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_field_definition(
+            make_definition(tenant, agent, "address", freshness_seconds=3600)
+        )
+        await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, "address"))
+        profile = await self._profile(store, tenant, address="new")
+        store.rules = StoreRules(stale_field_action="block")
+        assert await self._missing(store, tenant, profile, scenario) == []
+
+    async def test_default_freshness_applies_without_a_definition(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, "address"))
+        profile = await new_profile(store, tenant)
+        await store.update_field(
+            tenant, profile.id, make_field("address", "old", collected_at=ts(-7200))
+        )
+        found = await store.get_by_id(tenant, profile.id)
+        assert found is not None
+        store.rules = StoreRules(stale_field_action="block", default_freshness_seconds=3600)
+        assert await self._missing(store, tenant, found, scenario) == ["address"]
+        store.rules = StoreRules(stale_field_action="block", default_freshness_seconds=0)
+        assert await self._missing(store, tenant, found, scenario) == []
+
+    async def test_definition_freshness_zero_means_never_stale(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_field_definition(
+            make_definition(tenant, agent, "address", freshness_seconds=0)
+        )
+        await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, "address"))
+        profile = await new_profile(store, tenant)
+        await store.update_field(
+            tenant, profile.id, make_field("address", "old", collected_at=ts(-7200))
+        )
+        found = await store.get_by_id(tenant, profile.id)
+        assert found is not None
+        store.rules = StoreRules(stale_field_action="block", default_freshness_seconds=60)
+        assert await self._missing(store, tenant, found, scenario) == []
+
+    async def test_required_level_filter(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        await store.save_scenario_requirement(
+            make_requirement(tenant, agent, scenario, "hard_one", required_level=RequiredLevel.HARD)
+        )
+        await store.save_scenario_requirement(
+            make_requirement(tenant, agent, scenario, "soft_one", required_level=RequiredLevel.SOFT)
+        )
+        profile = await self._profile(store, tenant)
+        assert await self._missing(store, tenant, profile, scenario) == ["hard_one"]
+        assert await self._missing(store, tenant, profile, scenario, required_level="soft") == [
+            "soft_one"
+        ]
+        assert sorted(
+            await self._missing(store, tenant, profile, scenario, required_level=None)
+        ) == ["hard_one", "soft_one"]
+
+    async def test_step_requirements_are_evaluated_per_step(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        step = uuid4()
+        await store.save_scenario_requirement(make_requirement(tenant, agent, scenario, "wide"))
+        await store.save_scenario_requirement(
+            make_requirement(tenant, agent, scenario, "stepped", step_id=step)
+        )
+        profile = await self._profile(store, tenant)
+        assert await self._missing(store, tenant, profile, scenario) == ["wide"]
+        assert await self._missing(store, tenant, profile, scenario, step_id=step) == ["stepped"]
+
+    async def test_unknown_scenario_has_nothing_missing(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        profile = await self._profile(store, tenant)
+        assert await self._missing(store, tenant, profile, uuid4()) == []
+
+    async def test_missing_fields_are_the_stored_requirements(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        requirement = make_requirement(tenant, agent, scenario, "email", collection_order=7)
+        await store.save_scenario_requirement(requirement)
+        profile = await self._profile(store, tenant)
+        (missing,) = await store.get_missing_fields(tenant, profile, scenario)
+        assert missing.id == requirement.id and missing.collection_order == 7

@@ -1,0 +1,374 @@
+"""The plugin's promises: strict-mode support, capabilities, known gaps, the conformance
+summary, and that the suite actually catches broken stores.
+
+Each test writes a tiny provider test module and runs pytest on it in a subprocess (the
+way a third party runs the suite), filtered with ``-k`` to keep it fast.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+STRICT_INI = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+"""
+
+HEADER = """
+from collections.abc import AsyncIterator
+
+import asyncio
+import pytest
+
+from ccvault.models import ItemStatus
+from ccvault_contract_tests import ProfileStoreContract
+from ccvault_inmemory import InMemoryProfileStore
+"""
+
+
+def _module(body: str, *, store_class: str = "InMemoryProfileStore", extra: str = "") -> str:
+    return (
+        HEADER
+        + textwrap.dedent(extra)
+        + textwrap.dedent(
+            f"""
+
+            class TestProviderContract(ProfileStoreContract):
+            {textwrap.indent(textwrap.dedent(body), "    ")}
+
+                @pytest.fixture
+                async def store(self) -> AsyncIterator[InMemoryProfileStore]:
+                    async with {store_class}() as store:
+                        yield store
+            """
+        )
+    )
+
+
+def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(test_provider=source)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+
+
+def test_suite_runs_in_strict_asyncio_mode(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        _module("capabilities = frozenset()"),
+        "-k",
+        "get_or_create or 50_concurrent or isolation and get_by_id",
+        "-W",
+        "error::pytest.PytestDeprecationWarning",
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 5 and set(outcomes) <= {"passed", "deselected"}, outcomes
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*TestProviderContract: CONFORMANT*"])
+
+
+def test_undeclared_capabilities_skip_their_tests_and_are_reported(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _run(pytester, _module("capabilities = frozenset()"), "-k", "mebibyte or nul_")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*TestProviderContract: CONFORMANT*",
+            "*skipped 1 optional:*large_values*",
+            "*skipped 1 optional:*nul_characters*",
+        ]
+    )
+
+
+def test_declared_capabilities_run_their_tests(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        _module('capabilities = frozenset({"large_values", "nul_characters"})'),
+        "-k",
+        "mebibyte or nul_",
+    )
+    result.assert_outcomes(passed=3)
+
+
+def test_unknown_capability_is_an_error(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, _module('capabilities = frozenset({"time_travel"})'))
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*unknown capabilities*time_travel*"])
+
+
+def test_known_gap_naming_no_test_is_an_error(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, _module('known_gaps = {"test_does_not_exist": "typo"}'))
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*known_gaps names no test*test_does_not_exist*"])
+
+
+def test_a_known_gap_that_passes_fails_the_run(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        _module('known_gaps = {"test_delete_unknown_is_false": "we thought it was broken"}'),
+        "-k",
+        "test_delete_unknown_is_false",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*NOT CONFORMANT*", "*known gaps that now pass*"])
+
+
+BROKEN_DELETE = """
+class BrokenDeleteStore(InMemoryProfileStore):
+    async def _delete(self, tenant_id, profile_id):
+        return False  # never deletes anything
+"""
+
+
+def test_a_required_known_gap_is_xfail_but_reported_not_conformant(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _run(
+        pytester,
+        _module(
+            'known_gaps = {"test_delete_is_true_once_then_false": "soft delete not built yet"}',
+            store_class="BrokenDeleteStore",
+            extra=BROKEN_DELETE,
+        ),
+        "-k",
+        "test_delete_is_true_once_then_false",
+    )
+    result.assert_outcomes(xfailed=1)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "*TestProviderContract: NOT CONFORMANT*",
+            "*REQUIRED BEHAVIOUR DECLARED AS KNOWN GAP*test_delete_is_true_once_then_false*",
+        ]
+    )
+
+
+def test_required_tests_skipped_by_the_fixture_are_not_verified(
+    pytester: pytest.Pytester,
+) -> None:
+    source = HEADER + textwrap.dedent(
+        """
+        class TestNoServer(ProfileStoreContract):
+            @pytest.fixture
+            async def store(self):
+                pytest.skip("database server not reachable")
+                yield None
+        """
+    )
+    result = _run(pytester, source, "-k", "test_delete_unknown_is_false")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*TestNoServer: NOT VERIFIED*",
+            "*skipped 1 REQUIRED: database server not reachable*",
+        ]
+    )
+
+
+def test_forgetting_the_store_fixture_fails_clearly(pytester: pytest.Pytester) -> None:
+    source = HEADER + textwrap.dedent(
+        """
+        class TestNoStore(ProfileStoreContract):
+            pass
+        """
+    )
+    result = _run(pytester, source, "-k", "test_delete_unknown_is_false")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*must override the `store` fixture*"])
+
+
+# ------------------------------------------------------------------------------------------
+# mutants: deliberately broken stores the suite must reject
+# ------------------------------------------------------------------------------------------
+
+MUTANTS = {
+    "no_supersede": (
+        """
+        from ccvault_inmemory.store import _Field
+
+        class Mutant(InMemoryProfileStore):
+            async def _update_field(self, tenant_id, profile_id, field, supersede_existing):
+                async with self._lock:
+                    tenant = self._tenant(tenant_id)
+                    self._live(tenant, profile_id)
+                    tenant.fields[field.id] = _Field(profile_id, next(self._seq), field)
+                    return field.id
+        """,
+        "test_update_field_supersedes_the_active_version",
+    ),
+    "racy_supersede": (
+        """
+        from ccvault_inmemory.store import _Field
+
+        class Mutant(InMemoryProfileStore):
+            async def _update_field(self, tenant_id, profile_id, field, supersede_existing):
+                previous = await self._get_field(tenant_id, profile_id, field.name,
+                                                 ItemStatus.ACTIVE)
+                await asyncio.sleep(0)  # check-then-act: another writer slips in here
+                async with self._lock:
+                    tenant = self._tenant(tenant_id)
+                    self._live(tenant, profile_id)
+                    if previous is not None:
+                        row = tenant.fields[previous.id]
+                        row.item = row.item.model_copy(update={
+                            "status": ItemStatus.SUPERSEDED,
+                            "superseded_by_id": field.id,
+                            "superseded_at": field.updated_at,
+                        })
+                    tenant.fields[field.id] = _Field(profile_id, next(self._seq), field)
+                    return field.id
+        """,
+        "test_50_concurrent_updates_of_one_name_keep_one_active_and_an_unbroken_chain",
+    ),
+    "racy_get_or_create": (
+        """
+        from ccvault.models import ChannelIdentity, CustomerProfile
+
+        class Mutant(InMemoryProfileStore):
+            async def _get_or_create(self, tenant_id, channel, channel_user_id):
+                found = await self._get_by_channel_identity(
+                    tenant_id, channel, channel_user_id, False
+                )
+                await asyncio.sleep(0)  # check-then-act: another caller slips in here
+                if found is not None:
+                    return found
+                identity = ChannelIdentity(
+                    channel=channel, channel_user_id=channel_user_id, primary=True
+                )
+                profile = CustomerProfile(tenant_id=tenant_id, channel_identities=[identity])
+                await self._save(profile)
+                return profile
+        """,
+        "test_20_concurrent_get_or_create_yield_one_profile",
+    ),
+    "leaky_tenant": (
+        """
+        class Mutant(InMemoryProfileStore):
+            async def _get_by_id(self, tenant_id, profile_id, include_history):
+                for tid in list(self._tenants):
+                    found = await super()._get_by_id(tid, profile_id, include_history)
+                    if found is not None:
+                        return found
+                return None
+        """,
+        "test_get_by_id_of_another_tenant_is_none",
+    ),
+    "oldest_first_history": (
+        """
+        class Mutant(InMemoryProfileStore):
+            async def _get_field_history(self, tenant_id, profile_id, field_name):
+                return list(reversed(await super()._get_field_history(
+                    tenant_id, profile_id, field_name)))
+        """,
+        "test_field_history_is_newest_collected_first",
+    ),
+    "half_applied_merge": (
+        """
+        from ccvault import errors
+
+        class Mutant(InMemoryProfileStore):
+            async def _merge_profiles(self, tenant_id, source_id, target_id, choose_winner):
+                tenant = self._tenant(tenant_id)
+                for row in tenant.fields.values():
+                    if row.profile_id == target_id:
+                        row.profile_id = source_id   # moved before checking the source
+                self._live(tenant, source_id)
+                await super()._merge_profiles(tenant_id, source_id, target_id, choose_winner)
+        """,
+        "test_merge_with_an_unknown_source_is_not_found",
+    ),
+    "purge_keeps_items": (
+        """
+        class Mutant(InMemoryProfileStore):
+            async def _purge_profile(self, tenant_id, profile_id):
+                tenant = self._tenant(tenant_id)
+                row = tenant.profiles.get(profile_id)
+                if row is None:
+                    return False
+                row.deleted = True   # a soft delete pretending to be a purge
+                for key, owner in list(tenant.identities.items()):
+                    if owner == profile_id:
+                        del tenant.identities[key]
+                return True
+        """,
+        "test_purge_leaves_no_item_history_or_lineage",
+    ),
+    "loops_on_cycles": (
+        """
+        class Mutant(InMemoryProfileStore):
+            async def _get_derivation_chain(self, tenant_id, item_id, item_type, max_depth):
+                chain = []
+                next_id, next_type = item_id, item_type
+                while next_id is not None and len(chain) < max_depth:
+                    node = await self._get_lineage_node(tenant_id, next_id, next_type)
+                    if node is None:
+                        break
+                    chain.append(node)
+                    next_id = node.source_item_id
+                chain.reverse()
+                return chain
+        """,
+        "test_chain_never_loops_on_a_cycle",
+    ),
+}
+
+
+def _mutant_class_name(mutant: str) -> str:
+    return "Test" + "".join(part.title() for part in mutant.split("_"))
+
+
+@pytest.fixture(scope="module")
+def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One pytest session over every mutant, each limited to the test that must kill it."""
+    root = tmp_path_factory.mktemp("mutants")
+    (root / "pytest.ini").write_text(STRICT_INI)
+    parts = [HEADER]
+    selections = []
+    for mutant, (code, killer) in sorted(MUTANTS.items()):
+        cls = _mutant_class_name(mutant)
+        body = textwrap.dedent(code).replace("class Mutant(", f"class {cls}Store(")
+        parts.append(body)
+        parts.append(
+            textwrap.dedent(
+                f"""
+                class {cls}(ProfileStoreContract):
+                    @pytest.fixture
+                    async def store(self):
+                        async with {cls}Store() as store:
+                            yield store
+                """
+            )
+        )
+        selections.append(f"({cls} and {killer})")
+    (root / "test_mutants.py").write_text("\n".join(parts))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-rf",
+            "-k",
+            " or ".join(selections),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_the_suite_catches_a_broken_store(mutant_run: str, mutant: str) -> None:
+    _, killer = MUTANTS[mutant]
+    assert f"FAILED test_mutants.py::{_mutant_class_name(mutant)}::{killer}" in mutant_run, (
+        mutant_run[-5000:]
+    )

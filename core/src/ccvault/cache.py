@@ -1,0 +1,971 @@
+"""``CachedProfileStore``: a Redis read-through cache in front of any :class:`ProfileStore`.
+
+What is cached (DESIGN.md §5; ``P`` is the configured ``key_prefix``, ``{T}`` the tenant id as
+a Redis Cluster hash tag, so every key of one tenant lives in one slot and the multi-key
+scripts below are legal on a cluster):
+
+=======================================  ==================================================
+``P profile:{T}:<profile_id>``           the profile without history (a "body")
+``P profile:{T}:customer:<customer_id>``  pointer: customer id -> profile id
+``P profile:{T}:identity:<ch>:<user>``   pointer: channel identity -> profile id
+``P field_defs:{T}:<agent_id>``          every field definition of the agent
+``P scenario_reqs:{T}:<scenario_id>``    a hash: step id (``-`` = scenario-wide) -> list
+``P deriv:{T}:<type>:<item_id>:<depth>``  a derivation chain
+``P epoch:{T}``                          a hash of random per-tenant epoch tokens
+=======================================  ==================================================
+
+Reads with ``include_history=True`` bypass the cache. Expiry of fields is applied by the
+public layer at read time, so a cached body never serves an expired field as ACTIVE.
+
+**No stale reads: leases plus epochs.** The seed's read-through (miss, read the database,
+``SET``) has a race: a reader that read the old row before a writer committed, and writes it
+back after the writer invalidated, leaves stale data for the whole TTL. Here an entry's value
+is either ``D<epoch><payload>`` (data) or ``L<epoch><token>`` (a lease):
+
+* a reader that misses atomically (one Lua script) puts a lease on the key *before* it reads
+  the backend (or shares the lease already there), and afterwards stores its result only if
+  that very lease is still in place and the epoch unchanged (a compare-and-set in Lua);
+* every write, after the backend committed, deletes the keys it changed (data *and* leases)
+  and, for tenant-wide changes, deletes the epoch token of the affected namespace
+  (``p`` profiles, ``l`` lineage, ``s`` schema), which makes every entry stamped with the old
+  token unreadable and every open lease of that namespace unusable.
+
+So a value can only be stored by a reader whose backend read began after the last
+invalidation of that key had completed: once a write has completed, every entry that could
+predate it is gone and cannot come back. Epoch tokens are random (never counters), so a lost
+or evicted epoch key can never make old entries valid again; a lost lease only fails a fill.
+Pointers need no lease: a body reached through a pointer is used only if it still carries
+the customer id or identity looked up, and bodies themselves are always current.
+
+**Redis faults.** Every Redis call is bounded by ``operation_timeout``. On any Redis error
+the cache is bypassed (reads and writes go to the backend only) for ``retry_after`` seconds.
+A write that could not invalidate (Redis down or slow, the call cancelled, or the backend
+write's outcome unknown) *poisons* its tenant: the tenant's cache is not read again until
+its whole epoch hash has been deleted in Redis, which the first operation after
+``retry_after`` does before trusting anything (more than ``max_dirty_tenants`` poisoned
+tenants: every epoch key under the prefix is deleted). Entries that missed an invalidation
+while Redis was away, even ones restored from a snapshot, are therefore never served by this
+process. (Another process sharing the Redis cannot know about this process's lost
+invalidations; it is protected once this process reconnects, and by the TTL.)
+
+Metrics (:mod:`ccvault.metrics`): every cached read counts a hit or a miss (a read served by
+the backend because the cache is bypassed counts as a miss); every write that invalidated
+something counts one ``profile_cache_invalidations_total{reason}`` (reason = the write, or
+``redis_recovery`` when a poisoned tenant is cleared).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+from pydantic import TypeAdapter
+from redis.exceptions import RedisError
+
+from ccvault import errors, metrics
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    CustomerProfile,
+    ItemType,
+    LineageEntry,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldDefinition,
+    ScenarioFieldRequirement,
+)
+from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore
+
+if TYPE_CHECKING:
+    from ccvault.settings import VaultSettings
+
+__all__ = ["CachedProfileStore"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# epoch namespaces: a tenant-wide invalidation of one namespace leaves the others valid
+_NS_PROFILES = "p"
+_NS_LINEAGE = "l"
+_NS_SCHEMA = "s"
+
+_DEFS = TypeAdapter(list[ProfileFieldDefinition])
+_REQS = TypeAdapter(list[ScenarioFieldRequirement])
+_CHAIN = TypeAdapter(list[LineageEntry])
+
+#: Errors after which the backend call's outcome is known to be "nothing written".
+_NOTHING_WRITTEN = (errors.ValidationError, errors.NotFoundError, errors.ConflictError)
+
+# KEYS: epoch hash, entry key (or pointer key). ARGV: namespace, epoch to create if missing,
+# hash field ('' = string key), lease token, ttl ms, body key prefix ('' = KEYS[2] is the
+# entry itself, else KEYS[2] is a pointer whose value completes the body key).
+# Returns {1, payload, target} on a hit, {2, epoch, token, target} with a lease,
+# {0, epoch} on a miss without a lease (no pointer).
+_READ = """
+local e = redis.call('HGET', KEYS[1], ARGV[1])
+if not e then
+  e = ARGV[2]
+  redis.call('HSET', KEYS[1], ARGV[1], e)
+end
+local key = KEYS[2]
+local target = false
+if ARGV[6] ~= '' then
+  target = redis.call('GET', key)
+  if not target then return {0, e} end
+  key = ARGV[6] .. target
+end
+local field = ARGV[3]
+local v
+if field == '' then v = redis.call('GET', key) else v = redis.call('HGET', key, field) end
+if v and string.sub(v, 2, 17) == e then
+  local kind = string.sub(v, 1, 1)
+  if kind == 'D' then return {1, string.sub(v, 18), target} end
+  if kind == 'L' then return {2, e, string.sub(v, 18), target} end
+end
+local lease = 'L' .. e .. ARGV[4]
+if field == '' then
+  redis.call('SET', key, lease, 'PX', ARGV[5])
+else
+  redis.call('HSET', key, field, lease)
+  if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[5]) end
+end
+return {2, e, ARGV[4], target}
+"""
+
+# KEYS: epoch hash, entry key ('' allowed when only pointers are set), pointer keys...
+# ARGV: namespace, epoch, hash field, lease token ('' = no lease), ttl ms, payload,
+# pointer value. Stores the payload only while our lease is in place under the same epoch.
+_FILL = """
+for i = 3, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[7], 'PX', ARGV[5])
+end
+if ARGV[4] == '' then return 0 end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local lease = 'L' .. ARGV[2] .. ARGV[4]
+local field = ARGV[3]
+if field == '' then
+  if redis.call('GET', KEYS[2]) ~= lease then return 0 end
+  redis.call('SET', KEYS[2], 'D' .. ARGV[2] .. ARGV[6], 'PX', ARGV[5])
+else
+  if redis.call('HGET', KEYS[2], field) ~= lease then return 0 end
+  redis.call('HSET', KEYS[2], field, 'D' .. ARGV[2] .. ARGV[6])
+end
+return 1
+"""
+
+# KEYS: epoch hash, keys to delete... ARGV: epoch namespaces to reset.
+_INVALIDATE = """
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 1, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+return 1
+"""
+
+
+def _token() -> str:
+    return os.urandom(8).hex()
+
+
+def _ms(delta: timedelta) -> int:
+    return max(1, int(delta.total_seconds() * 1000))
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """The answer of the read script."""
+
+    kind: int  # 0 miss without lease, 1 hit, 2 miss holding a lease
+    payload: bytes = b""
+    epoch: str = ""
+    token: str = ""
+    target: str | None = None
+
+
+@dataclass
+class _Invalidation:
+    keys: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.namespaces)
+
+
+class CachedProfileStore(ForwardingProfileStore):
+    """A :class:`ProfileStore` that caches another one in Redis. See the module docstring.
+
+    ``redis_client`` is a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``
+    created with ``decode_responses=False``; it is closed by :meth:`aclose` only when
+    ``close_client`` (as :meth:`from_settings` does for the client it creates).
+    ``lineage_ttl`` defaults to ``cache_ttl``. ``operation_timeout`` bounds every Redis call;
+    after a Redis error the cache is bypassed for ``retry_after`` seconds.
+    """
+
+    def __init__(
+        self,
+        backend: ProfileStore,
+        redis_client: Any,
+        cache_ttl: timedelta = timedelta(minutes=30),
+        field_defs_ttl: timedelta = timedelta(hours=1),
+        scenario_reqs_ttl: timedelta = timedelta(hours=1),
+        *,
+        key_prefix: str = "",
+        lineage_ttl: timedelta | None = None,
+        operation_timeout: float = 0.5,
+        retry_after: float = 1.0,
+        max_dirty_tenants: int = 10_000,
+        close_client: bool = False,
+    ) -> None:
+        super().__init__(backend)
+        if "{" in key_prefix or "}" in key_prefix:
+            raise errors.ConfigurationError(
+                f"redis.key_prefix must not contain braces (they are the cluster hash tag): "
+                f"{key_prefix!r}"
+            )
+        for name, ttl in (
+            ("cache_ttl", cache_ttl),
+            ("field_defs_ttl", field_defs_ttl),
+            ("scenario_reqs_ttl", scenario_reqs_ttl),
+        ):
+            if ttl.total_seconds() <= 0:
+                raise errors.ConfigurationError(f"{name} must be positive, got {ttl}")
+        if operation_timeout <= 0:
+            raise errors.ConfigurationError("operation_timeout must be positive")
+        self.redis = redis_client
+        self.key_prefix = key_prefix
+        self._profile_ttl = _ms(cache_ttl)
+        self._defs_ttl = _ms(field_defs_ttl)
+        self._reqs_ttl = _ms(scenario_reqs_ttl)
+        self._lineage_ttl = _ms(lineage_ttl or cache_ttl)
+        self.operation_timeout = operation_timeout
+        self.retry_after = retry_after
+        self.max_dirty_tenants = max_dirty_tenants
+        self._close_client = close_client
+        self._read_script = redis_client.register_script(_READ)
+        self._fill_script = redis_client.register_script(_FILL)
+        self._invalidate_script = redis_client.register_script(_INVALIDATE)
+        # health: the cache is bypassed while monotonic() < _down_until
+        self._down_until = 0.0
+        # tenants whose cache may have missed an invalidation; _dirty_all: too many to list
+        self._dirty: dict[UUID, int] = {}
+        self._dirty_all = False
+        # bumped whenever a tenant is poisoned, so a hit fetched meanwhile is discarded
+        self._poison_gen = 0
+        self._recovering = False
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> CachedProfileStore:
+        """Wrap ``inner`` with a Redis client built from ``settings.redis`` (closed by
+        :meth:`aclose`) and the TTLs of ``settings.profile``."""
+        from redis.asyncio import Redis
+        from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        conf = settings.redis
+        options: dict[str, Any] = {
+            "socket_timeout": conf.socket_timeout_seconds,
+            "socket_connect_timeout": conf.connect_timeout_seconds,
+            # no retries inside the client: a failure must reach us quickly so the cache
+            # is bypassed; we retry after retry_after_seconds ourselves
+            "retry": Retry(NoBackoff(), 0),
+        }
+        client: Any
+        if conf.cluster:
+            client = RedisCluster.from_url(conf.url, **options)
+        else:
+            client = Redis.from_url(conf.url, **options)
+        profile = settings.profile
+        return cls(
+            inner,
+            client,
+            timedelta(seconds=profile.cache_ttl_seconds),
+            timedelta(seconds=profile.field_definitions_ttl_seconds),
+            timedelta(seconds=profile.scenario_requirements_ttl_seconds),
+            key_prefix=conf.key_prefix,
+            operation_timeout=conf.operation_timeout_seconds,
+            retry_after=conf.retry_after_seconds,
+            close_client=True,
+        )
+
+    async def aclose(self) -> None:
+        """Close the inner store, and the Redis client when this store created it."""
+        try:
+            await self.inner.aclose()
+        finally:
+            if self._close_client and not self._closed:
+                self._closed = True
+                await self.redis.aclose()
+
+    # =====================================================================================
+    # keys
+    # =====================================================================================
+
+    def _epoch_key(self, tenant: UUID) -> str:
+        return f"{self.key_prefix}epoch:{{{tenant}}}"
+
+    def _body_prefix(self, tenant: UUID) -> str:
+        return f"{self.key_prefix}profile:{{{tenant}}}:"
+
+    def _body_key(self, tenant: UUID, profile_id: UUID) -> str:
+        return f"{self.key_prefix}profile:{{{tenant}}}:{profile_id}"
+
+    def _customer_key(self, tenant: UUID, customer_id: UUID) -> str:
+        return f"{self.key_prefix}profile:{{{tenant}}}:customer:{customer_id}"
+
+    def _identity_key(self, tenant: UUID, channel: Channel, channel_user_id: str) -> str:
+        return f"{self.key_prefix}profile:{{{tenant}}}:identity:{channel.value}:{channel_user_id}"
+
+    def _defs_key(self, tenant: UUID, agent_id: UUID) -> str:
+        return f"{self.key_prefix}field_defs:{{{tenant}}}:{agent_id}"
+
+    def _reqs_key(self, tenant: UUID, scenario_id: UUID) -> str:
+        return f"{self.key_prefix}scenario_reqs:{{{tenant}}}:{scenario_id}"
+
+    def _deriv_key(self, tenant: UUID, item_id: UUID, item_type: ItemType, depth: int) -> str:
+        return f"{self.key_prefix}deriv:{{{tenant}}}:{item_type.value}:{item_id}:{depth}"
+
+    def _pointer_keys(self, profile: CustomerProfile) -> list[str]:
+        keys = [self._customer_key(profile.tenant_id, profile.customer_id)]
+        keys.extend(
+            self._identity_key(profile.tenant_id, i.channel, i.channel_user_id)
+            for i in profile.channel_identities
+        )
+        return keys
+
+    # =====================================================================================
+    # health and poisoning
+    # =====================================================================================
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the cache is in use right now (Redis reachable, nothing left to clear)."""
+        return (
+            time.monotonic() >= self._down_until
+            and not self._dirty
+            and not self._dirty_all
+            and not self._recovering
+        )
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if time.monotonic() >= self._down_until:
+            logger.warning(
+                "Redis cache unavailable (%s: %s); serving from the backend for %.1fs",
+                type(exc).__name__,
+                exc,
+                self.retry_after,
+            )
+        self._down_until = time.monotonic() + self.retry_after
+
+    def _poison(self, tenant: UUID) -> None:
+        """``tenant``'s cache may have missed an invalidation: stop reading it until cleared."""
+        self._poison_gen += 1
+        if self._dirty_all:
+            return
+        # the generation tells recovery whether the tenant was poisoned again meanwhile
+        self._dirty[tenant] = self._poison_gen
+        if len(self._dirty) > self.max_dirty_tenants:
+            self._dirty.clear()
+            self._dirty_all = True
+
+    async def _redis(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one Redis call, bounded by ``operation_timeout``."""
+        async with asyncio.timeout(self.operation_timeout):
+            return await call()
+
+    async def _ready(self, tenant: UUID) -> bool:
+        """Whether ``tenant``'s cache may be used now; clears poisoned tenants first."""
+        if time.monotonic() < self._down_until or self._recovering:
+            return False
+        if self._dirty or self._dirty_all:
+            return await self._recover()
+        return True
+
+    async def _recover(self) -> bool:
+        """Delete the epoch hash of every poisoned tenant; True when none is left."""
+        self._recovering = True
+        try:
+            while self._dirty or self._dirty_all:
+                if self._dirty_all:
+                    self._dirty_all = False
+                    try:
+                        await self._redis(self._delete_all_epochs)
+                    except BaseException:
+                        self._dirty_all = True
+                        raise
+                    metrics.PROFILE_CACHE_INVALIDATIONS.labels(
+                        tenant_id="*", reason="redis_recovery"
+                    ).inc()
+                batch = dict(self._dirty)
+                if batch:
+                    epochs = [self._epoch_key(tenant) for tenant in batch]
+                    await self._redis(partial(self._delete_keys, epochs))
+                    for tenant, generation in batch.items():
+                        if self._dirty.get(tenant) == generation:
+                            del self._dirty[tenant]
+                    for tenant in batch:
+                        metrics.PROFILE_CACHE_INVALIDATIONS.labels(
+                            tenant_id=str(tenant), reason="redis_recovery"
+                        ).inc()
+            logger.info("Redis cache in use again")
+            return True
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            return False
+        finally:
+            self._recovering = False
+
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        # one key per command: different tenants live in different cluster slots
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.delete(key)
+        await pipe.execute()
+
+    async def _delete_all_epochs(self) -> None:
+        pattern = f"{self.key_prefix}epoch:*"
+        batch: list[str] = []
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                await self._delete_keys(batch)
+                batch = []
+        if batch:
+            await self._delete_keys(batch)
+
+    # =====================================================================================
+    # the read-through machinery
+    # =====================================================================================
+
+    async def _lookup(
+        self,
+        tenant: UUID,
+        namespace: str,
+        key: str,
+        hash_field: str,
+        ttl: int,
+        body_prefix: str = "",
+    ) -> _Lookup:
+        answer = await self._redis(
+            lambda: self._read_script(
+                keys=[self._epoch_key(tenant), key],
+                args=[namespace, _token(), hash_field, _token(), ttl, body_prefix],
+            )
+        )
+        kind = int(answer[0])
+        if kind == 1:
+            target = answer[2] if len(answer) > 2 and answer[2] else None
+            return _Lookup(1, payload=answer[1], target=_text(target))
+        if kind == 2:
+            target = answer[3] if len(answer) > 3 and answer[3] else None
+            return _Lookup(2, epoch=_text(answer[1]) or "", token=_text(answer[2]) or "",
+                           target=_text(target))
+        return _Lookup(0, epoch=_text(answer[1]) or "")
+
+    async def _fill(
+        self,
+        tenant: UUID,
+        namespace: str,
+        key: str,
+        hash_field: str,
+        ttl: int,
+        lookup: _Lookup | None,
+        payload: bytes | str,
+        pointers: Sequence[str] = (),
+        pointer_value: str = "",
+    ) -> None:
+        """Store ``payload`` under our lease and set ``pointers``; failures only cost a miss."""
+        token = lookup.token if lookup is not None and lookup.kind == 2 else ""
+        epoch = lookup.epoch if lookup is not None else ""
+        if not token and not pointers:
+            return
+        try:
+            await self._redis(
+                lambda: self._fill_script(
+                    keys=[self._epoch_key(tenant), key, *pointers],
+                    args=[namespace, epoch, hash_field, token, ttl, payload, pointer_value],
+                )
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+
+    async def _cached(
+        self,
+        tenant: UUID,
+        namespace: str,
+        key: str,
+        hash_field: str,
+        ttl: int,
+        load: Callable[[], Awaitable[_T]],
+        decode: Callable[[bytes], _T],
+        encode: Callable[[_T], bytes],
+    ) -> _T:
+        """Read-through for a plain entry (no pointer): hit, else load and fill."""
+        label = str(tenant)
+        lookup: _Lookup | None = None
+        if await self._ready(tenant):
+            generation = self._poison_gen
+            try:
+                lookup = await self._lookup(tenant, namespace, key, hash_field, ttl)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._mark_down(exc)
+            if lookup is not None and lookup.kind == 1 and generation == self._poison_gen:
+                metrics.PROFILE_CACHE_HITS.labels(tenant_id=label).inc()
+                return decode(lookup.payload)
+        metrics.PROFILE_CACHE_MISSES.labels(tenant_id=label).inc()
+        value = await load()
+        if lookup is not None and lookup.kind == 2:
+            await self._fill(tenant, namespace, key, hash_field, ttl, lookup, encode(value))
+        return value
+
+    async def _cached_profile(
+        self,
+        tenant: UUID,
+        key: str,
+        via_pointer: bool,
+        matches: Callable[[CustomerProfile], bool],
+        load: Callable[[], Awaitable[CustomerProfile | None]],
+    ) -> CustomerProfile | None:
+        """Read-through for profile bodies, directly by id or through a pointer key."""
+        label = str(tenant)
+        lookup: _Lookup | None = None
+        if await self._ready(tenant):
+            generation = self._poison_gen
+            try:
+                lookup = await self._lookup(
+                    tenant,
+                    _NS_PROFILES,
+                    key,
+                    "",
+                    self._profile_ttl,
+                    self._body_prefix(tenant) if via_pointer else "",
+                )
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._mark_down(exc)
+            if lookup is not None and lookup.kind == 1:
+                cached = CustomerProfile.model_validate_json(lookup.payload)
+                # a body is always current, so it answers the lookup iff it matches it
+                if matches(cached) and generation == self._poison_gen:
+                    metrics.PROFILE_CACHE_HITS.labels(tenant_id=label).inc()
+                    return cached
+                lookup = _Lookup(0, epoch=lookup.epoch)
+        metrics.PROFILE_CACHE_MISSES.labels(tenant_id=label).inc()
+        profile = await load()
+        if profile is None or lookup is None:
+            return profile
+        body_key = self._body_key(tenant, profile.id)
+        leased_key = self._body_prefix(tenant) + (lookup.target or "") if via_pointer else key
+        # only the key leased before the backend read may be filled
+        leased = lookup.kind == 2 and leased_key == body_key
+        await self._fill(
+            tenant,
+            _NS_PROFILES,
+            body_key,
+            "",
+            self._profile_ttl,
+            lookup if leased else None,
+            profile.model_dump_json() if leased else b"",
+            self._pointer_keys(profile),
+            str(profile.id),
+        )
+        return profile
+
+    # =====================================================================================
+    # invalidation
+    # =====================================================================================
+
+    async def _invalidate(self, tenant: UUID, reason: str, what: _Invalidation) -> None:
+        """Apply ``what`` in Redis, or poison the tenant when that cannot be done."""
+        if not what:
+            return
+        if time.monotonic() < self._down_until:
+            self._poison(tenant)
+            return
+        done = False
+        try:
+            await self._redis(
+                lambda: self._invalidate_script(
+                    keys=[self._epoch_key(tenant), *what.keys], args=what.namespaces
+                )
+            )
+            done = True
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+        finally:
+            # also when cancelled: a lost invalidation must never go unnoticed
+            if not done:
+                self._poison(tenant)
+        if done:
+            metrics.PROFILE_CACHE_INVALIDATIONS.labels(tenant_id=str(tenant), reason=reason).inc()
+
+    async def _write(
+        self,
+        tenant: UUID,
+        reason: str,
+        call: Awaitable[_T],
+        plan: Callable[[_T], _Invalidation],
+    ) -> _T:
+        """Run the backend write, then invalidate what ``plan(result)`` says it changed.
+
+        When the write fails with an error that means "nothing written", nothing is
+        invalidated; on any other error (its outcome unknown) the tenant is poisoned.
+        """
+        try:
+            result = await call
+        except _NOTHING_WRITTEN:
+            raise
+        except BaseException:
+            self._poison(tenant)
+            raise
+        await self._invalidate(tenant, reason, plan(result))
+        return result
+
+    # =====================================================================================
+    # profiles
+    # =====================================================================================
+
+    async def _get_by_customer_id(
+        self, tenant_id: UUID, customer_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        if include_history:
+            return await super()._get_by_customer_id(tenant_id, customer_id, True)
+        return await self._cached_profile(
+            tenant_id,
+            self._customer_key(tenant_id, customer_id),
+            True,
+            lambda p: p.customer_id == customer_id,
+            lambda: self.inner.get_by_customer_id(tenant_id, customer_id),
+        )
+
+    async def _get_by_id(
+        self, tenant_id: UUID, profile_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        if include_history:
+            return await super()._get_by_id(tenant_id, profile_id, True)
+        return await self._cached_profile(
+            tenant_id,
+            self._body_key(tenant_id, profile_id),
+            False,
+            lambda p: p.id == profile_id,
+            lambda: self.inner.get_by_id(tenant_id, profile_id),
+        )
+
+    async def _get_by_channel_identity(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
+    ) -> CustomerProfile | None:
+        if include_history:
+            return await super()._get_by_channel_identity(
+                tenant_id, channel, channel_user_id, True
+            )
+        return await self._cached_profile(
+            tenant_id,
+            self._identity_key(tenant_id, channel, channel_user_id),
+            True,
+            _owns(channel, channel_user_id),
+            lambda: self.inner.get_by_channel_identity(tenant_id, channel, channel_user_id),
+        )
+
+    async def _get_or_create(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str
+    ) -> CustomerProfile:
+        # creating a profile changes no cached entry (nothing negative is cached)
+        found = await self._cached_profile(
+            tenant_id,
+            self._identity_key(tenant_id, channel, channel_user_id),
+            True,
+            _owns(channel, channel_user_id),
+            lambda: self.inner.get_or_create(tenant_id, channel, channel_user_id),
+        )
+        assert found is not None
+        return found
+
+    async def _save(self, profile: CustomerProfile) -> UUID:
+        tenant = profile.tenant_id
+        # save may rewrite stored items in place, which can change derivation chains
+        lineage = [_NS_LINEAGE] if profile.fields or profile.assets else []
+        return await self._write(
+            tenant,
+            "save",
+            self.inner.save(profile),
+            lambda _: _Invalidation([self._body_key(tenant, profile.id)], lineage),
+        )
+
+    async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        return await self._write(
+            tenant_id,
+            "delete",
+            self.inner.delete(tenant_id, profile_id),
+            lambda deleted: _Invalidation(
+                [self._body_key(tenant_id, profile_id)], [_NS_LINEAGE]
+            )
+            if deleted
+            else _Invalidation(),
+        )
+
+    # =====================================================================================
+    # fields and assets
+    # =====================================================================================
+
+    def _profile_and_lineage(self, tenant: UUID, profile_id: UUID) -> _Invalidation:
+        # a new item may complete a chain that stopped at its (then missing) id
+        return _Invalidation([self._body_key(tenant, profile_id)], [_NS_LINEAGE])
+
+    async def _update_field(
+        self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
+    ) -> UUID:
+        return await self._write(
+            tenant_id,
+            "update_field",
+            self.inner.update_field(
+                tenant_id, profile_id, field, supersede_existing=supersede_existing
+            ),
+            lambda _: self._profile_and_lineage(tenant_id, profile_id),
+        )
+
+    async def _expire_stale_fields(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    ) -> int:
+        def plan(count: int) -> _Invalidation:
+            if count == 0:
+                return _Invalidation()
+            if profile_id is None:
+                return _Invalidation([], [_NS_PROFILES])
+            return _Invalidation([self._body_key(tenant_id, profile_id)])
+
+        return await self._write(
+            tenant_id, "expire", self.inner.expire_stale_fields(tenant_id, profile_id), plan
+        )
+
+    async def _add_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
+    ) -> UUID:
+        return await self._write(
+            tenant_id,
+            "add_asset",
+            self.inner.add_asset(
+                tenant_id, profile_id, asset, supersede_existing=supersede_existing
+            ),
+            lambda _: self._profile_and_lineage(tenant_id, profile_id),
+        )
+
+    # =====================================================================================
+    # lineage
+    # =====================================================================================
+
+    async def _get_derivation_chain(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType, max_depth: int
+    ) -> list[LineageEntry]:
+        async def load() -> list[LineageEntry]:
+            chain = await self.inner.get_derivation_chain(tenant_id, item_id, item_type.value)
+            return [LineageEntry.model_validate(entry) for entry in chain]
+
+        return await self._cached(
+            tenant_id,
+            _NS_LINEAGE,
+            self._deriv_key(tenant_id, item_id, item_type, max_depth),
+            "",
+            self._lineage_ttl,
+            load,
+            _CHAIN.validate_json,
+            _CHAIN.dump_json,
+        )
+
+    # =====================================================================================
+    # channels and merge
+    # =====================================================================================
+
+    async def _link_channel(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+    ) -> bool:
+        return await self._write(
+            tenant_id,
+            "link_channel",
+            self.inner.link_channel(tenant_id, profile_id, identity),
+            lambda linked: _Invalidation([self._body_key(tenant_id, profile_id)])
+            if linked
+            else _Invalidation(),
+        )
+
+    async def _merge_profiles(
+        self,
+        tenant_id: UUID,
+        source_profile_id: UUID,
+        target_profile_id: UUID,
+        choose_winner: MergeWinner,
+    ) -> None:
+        # items keep their ids, names and sources: derivation chains do not change
+        await self._write(
+            tenant_id,
+            "merge",
+            self.inner.merge_profiles(tenant_id, source_profile_id, target_profile_id),
+            lambda _: _Invalidation(
+                [
+                    self._body_key(tenant_id, source_profile_id),
+                    self._body_key(tenant_id, target_profile_id),
+                ]
+            ),
+        )
+
+    # =====================================================================================
+    # schema and requirements
+    # =====================================================================================
+
+    async def _all_definitions(
+        self, tenant_id: UUID, agent_id: UUID
+    ) -> list[ProfileFieldDefinition]:
+        return await self._cached(
+            tenant_id,
+            _NS_SCHEMA,
+            self._defs_key(tenant_id, agent_id),
+            "",
+            self._defs_ttl,
+            lambda: self.inner.get_field_definitions(tenant_id, agent_id, enabled_only=False),
+            _DEFS.validate_json,
+            _DEFS.dump_json,
+        )
+
+    async def _get_field_definitions(
+        self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+    ) -> list[ProfileFieldDefinition]:
+        found = await self._all_definitions(tenant_id, agent_id)
+        return [d for d in found if d.enabled or not enabled_only]
+
+    async def _get_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> ProfileFieldDefinition | None:
+        for definition in await self._all_definitions(tenant_id, agent_id):
+            if definition.name == field_name:
+                return definition
+        return None
+
+    async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
+        tenant, agent = definition.tenant_id, definition.agent_id
+        return await self._write(
+            tenant,
+            "field_definition",
+            self.inner.save_field_definition(definition),
+            lambda _: _Invalidation([self._defs_key(tenant, agent)]),
+        )
+
+    async def _delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        return await self._write(
+            tenant_id,
+            "field_definition",
+            self.inner.delete_field_definition(tenant_id, agent_id, field_name),
+            lambda deleted: _Invalidation([self._defs_key(tenant_id, agent_id)])
+            if deleted
+            else _Invalidation(),
+        )
+
+    async def _get_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> list[ScenarioFieldRequirement]:
+        return await self._cached(
+            tenant_id,
+            _NS_SCHEMA,
+            self._reqs_key(tenant_id, scenario_id),
+            "-" if step_id is None else str(step_id),
+            self._reqs_ttl,
+            lambda: self.inner.get_scenario_requirements(tenant_id, scenario_id, step_id=step_id),
+            _REQS.validate_json,
+            _REQS.dump_json,
+        )
+
+    async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
+        tenant, scenario = requirement.tenant_id, requirement.scenario_id
+        # the whole scenario hash goes: an upsert may touch any step's list
+        return await self._write(
+            tenant,
+            "scenario_requirement",
+            self.inner.save_scenario_requirement(requirement),
+            lambda _: _Invalidation([self._reqs_key(tenant, scenario)]),
+        )
+
+    async def _delete_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> int:
+        return await self._write(
+            tenant_id,
+            "scenario_requirement",
+            self.inner.delete_scenario_requirements(tenant_id, scenario_id, step_id=step_id),
+            lambda count: _Invalidation([self._reqs_key(tenant_id, scenario_id)])
+            if count
+            else _Invalidation(),
+        )
+
+    # =====================================================================================
+    # erasure, hard delete, orphans
+    # =====================================================================================
+
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        return await self._write(
+            tenant_id,
+            "purge",
+            self.inner.purge_profile(tenant_id, profile_id),
+            lambda purged: self._profile_and_lineage(tenant_id, profile_id)
+            if purged
+            else _Invalidation(),
+        )
+
+    async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
+        # the owning profile is not known here: every body of the tenant goes
+        return await self._write(
+            tenant_id,
+            "delete_item",
+            self.inner.delete_item(tenant_id, item_id, item_type.value),
+            lambda deleted: _Invalidation([], [_NS_PROFILES, _NS_LINEAGE])
+            if deleted
+            else _Invalidation(),
+        )
+
+    async def _rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        # values and source_metadata change: the body, and chains (they show source_metadata)
+        return await self._write(
+            tenant_id,
+            "rewrite_field_payloads",
+            self.inner.rewrite_field_payloads(tenant_id, profile_id, payloads),
+            lambda count: self._profile_and_lineage(tenant_id, profile_id)
+            if count
+            else _Invalidation(),
+        )
+
+    async def _mark_orphans(self, tenant_id: UUID) -> int:
+        # statuses change in unknown profiles; chains hold no status
+        return await self._write(
+            tenant_id,
+            "mark_orphans",
+            self.inner.mark_orphans(tenant_id),
+            lambda count: _Invalidation([], [_NS_PROFILES]) if count else _Invalidation(),
+        )
+
+
+def _owns(channel: Channel, channel_user_id: str) -> Callable[[CustomerProfile], bool]:
+    def matches(profile: CustomerProfile) -> bool:
+        return any(
+            i.channel == channel and i.channel_user_id == channel_user_id
+            for i in profile.channel_identities
+        )
+
+    return matches
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+

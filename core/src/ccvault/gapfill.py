@@ -1,0 +1,675 @@
+"""Gap fill: finding the values a scenario needs, and what to do when they cannot be found.
+
+:class:`GapFillService` fills one field at a time: from the profile, then from the session's
+variables, then by extraction from the last ``max_turns`` turns of the conversation, keeping
+an extracted value only at ``min_confidence`` or above and flagging it for confirmation below
+``confirm_confidence``. Candidates are checked against the field's definition before they
+count as filled. :meth:`GapFillService.persist_extracted_values` validates again and writes
+with lineage to the session.
+
+:class:`EnhancedGapFillService` drives this from a scenario's requirements: it finds the
+unmet ones, fills what it can (the requirement's ``fallback_action`` decides the order and
+what happens to the rest), persists what was found and returns the results in
+``collection_order``.
+
+Metrics: ``gap_fill_attempts_total{tenant_id, scenario_id, source}`` counts every source
+tried; ``gap_fill_success_rate{tenant_id, scenario_id}`` is the share of fields filled among
+those this process tried to fill (``scenario_id="none"`` outside a scenario).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Self
+from uuid import UUID
+
+from ccvault import errors, metrics
+from ccvault.extraction import (
+    Extraction,
+    ExtractionError,
+    ExtractionRequest,
+    Extractor,
+    OfflineExtractor,
+)
+from ccvault.models import (
+    CustomerProfile,
+    FallbackAction,
+    FieldValueType,
+    GapFillResult,
+    GapFillSource,
+    JsonValue,
+    ProfileField,
+    ProfileFieldDefinition,
+    ProfileFieldSource,
+    RequiredLevel,
+    ScenarioFieldRequirement,
+    Session,
+    SourceType,
+    is_valid_field_name,
+)
+from ccvault.settings import ProfileSettings, VaultSettings
+from ccvault.store import ProfileStore
+from ccvault.validation import SchemaValidationService
+
+__all__ = [
+    "EnhancedGapFillService",
+    "GapFillService",
+    "default_prompt",
+    "scenario_blocked",
+]
+
+logger = logging.getLogger(__name__)
+
+_NO_SCENARIO = "none"
+SESSION_VARIABLE_METHOD = "session_variable"
+
+
+def default_prompt(field_name: str, definition: ProfileFieldDefinition | None) -> str:
+    """The definition's ``collection_prompt``, else a plain question naming the field."""
+    if definition is not None and definition.collection_prompt:
+        return definition.collection_prompt
+    label = (definition.display_name if definition is not None else "") or field_name.replace(
+        "_", " "
+    )
+    return f"Could you tell me your {label}?"
+
+
+def scenario_blocked(results: Mapping[str, GapFillResult]) -> bool:
+    """True when any requirement with ``fallback_action=block`` is still unmet."""
+    return any(result.blocked for result in results.values())
+
+
+class _SuccessRate:
+    """Per (tenant, scenario): fields tried and fields filled, feeding the gauge."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], list[int]] = {}
+
+    def record(self, tenant_id: UUID, scenario_id: UUID | None, filled: bool) -> None:
+        key = (str(tenant_id), str(scenario_id) if scenario_id else _NO_SCENARIO)
+        with self._lock:
+            counts = self._counts.setdefault(key, [0, 0])
+            counts[0] += 1
+            counts[1] += int(filled)
+            rate = counts[1] / counts[0]
+        metrics.GAP_FILL_SUCCESS_RATE.labels(tenant_id=key[0], scenario_id=key[1]).set(rate)
+
+
+_SUCCESS = _SuccessRate()
+
+
+def _attempt(session: Session, scenario_id: UUID | None, source: GapFillSource) -> None:
+    metrics.GAP_FILL_ATTEMPTS.labels(
+        tenant_id=str(session.tenant_id),
+        scenario_id=str(scenario_id) if scenario_id else _NO_SCENARIO,
+        source=source.value,
+    ).inc()
+
+
+def _json_type(value: JsonValue) -> str:
+    """The value type a value without a definition is recorded with."""
+    if isinstance(value, bool):
+        return FieldValueType.BOOLEAN.value
+    if isinstance(value, (int, float)):
+        return FieldValueType.NUMBER.value
+    if isinstance(value, (dict, list)):
+        return FieldValueType.JSON.value
+    return FieldValueType.STRING.value
+
+
+def _check_name(field_name: object) -> str:
+    if not is_valid_field_name(field_name):
+        raise errors.ValidationError(f"not a valid field name: {field_name!r}")
+    assert isinstance(field_name, str)
+    return field_name
+
+
+class GapFillService:
+    """Fills one missing field at a time: profile, then session variables, then extraction.
+
+    ``extractor`` defaults to :class:`~ccvault.extraction.OfflineExtractor`; ``validator``
+    to a :class:`~ccvault.validation.SchemaValidationService` over the same store (its
+    cache is where definitions come from).
+    """
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        *,
+        extractor: Extractor | None = None,
+        validator: SchemaValidationService | None = None,
+        min_confidence: float = 0.5,
+        confirm_confidence: float = 0.85,
+        max_turns: int = 20,
+    ) -> None:
+        for name, value in (
+            ("min_confidence", min_confidence),
+            ("confirm_confidence", confirm_confidence),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise errors.ConfigurationError(f"{name} must be in [0, 1], got {value}")
+        if max_turns < 1:
+            raise errors.ConfigurationError(f"max_turns must be >= 1, got {max_turns}")
+        self.store = store
+        self.extractor: Extractor = extractor if extractor is not None else OfflineExtractor()
+        self.validator = validator if validator is not None else SchemaValidationService(store)
+        self.min_confidence = min_confidence
+        self.confirm_confidence = confirm_confidence
+        self.max_turns = max_turns
+
+    @classmethod
+    def from_settings(
+        cls,
+        store: ProfileStore,
+        settings: VaultSettings | ProfileSettings,
+        *,
+        extractor: Extractor | None = None,
+        validator: SchemaValidationService | None = None,
+    ) -> Self:
+        """A service configured by ``[profile]`` and ``[profile.gap_fill]``."""
+        profile = settings.profile if isinstance(settings, VaultSettings) else settings
+        return cls(
+            store,
+            extractor=extractor,
+            validator=validator or SchemaValidationService.from_settings(store, profile),
+            min_confidence=profile.gap_fill.min_confidence,
+            confirm_confidence=profile.gap_fill.confirm_confidence,
+            max_turns=profile.gap_fill.max_turns,
+        )
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    async def _profile(self, session: Session) -> CustomerProfile:
+        profile = await self.store.get_by_id(session.tenant_id, session.customer_profile_id)
+        if profile is None:
+            raise errors.NotFoundError(
+                f"profile {session.customer_profile_id} of session {session.session_id} not found"
+            )
+        return profile
+
+    async def _definitions(self, session: Session) -> dict[str, ProfileFieldDefinition]:
+        return await self.validator.get_definitions(session.tenant_id, session.agent_id)
+
+    async def _definition(
+        self,
+        session: Session,
+        field_name: str,
+        definition: ProfileFieldDefinition | None,
+        definitions: Mapping[str, ProfileFieldDefinition] | None,
+    ) -> tuple[ProfileFieldDefinition | None, Mapping[str, ProfileFieldDefinition]]:
+        if definitions is None:
+            definitions = await self._definitions(session)
+        if definition is None:
+            definition = definitions.get(field_name)
+        elif field_name not in definitions:
+            definitions = {**definitions, field_name: definition}
+        return definition, definitions
+
+    async def _problems(
+        self,
+        session: Session,
+        field_name: str,
+        value: JsonValue,
+        definitions: Mapping[str, ProfileFieldDefinition],
+    ) -> list[str]:
+        """Why ``value`` could not be stored as ``field_name`` (empty: it could)."""
+        candidate = ProfileField(name=field_name, value=value)
+        problems = await self.validator.check(
+            session.tenant_id, session.agent_id, candidate, definitions=definitions
+        )
+        return [problem.message for problem in problems]
+
+    # -- the three sources -------------------------------------------------------------------
+
+    async def try_profile_fill(
+        self,
+        field_name: str,
+        session: Session,
+        *,
+        profile: CustomerProfile | None = None,
+        scenario_id: UUID | None = None,
+    ) -> GapFillResult:
+        """The profile's ACTIVE (unexpired) value of ``field_name``, if it has one."""
+        field_name = _check_name(field_name)
+        _attempt(session, scenario_id, GapFillSource.PROFILE)
+        if profile is None:
+            profile = await self._profile(session)
+        stored = profile.fields.get(field_name)
+        if stored is None:
+            return GapFillResult(field_name=field_name)
+        return GapFillResult(
+            field_name=field_name,
+            filled=True,
+            value=stored.value,
+            source=GapFillSource.PROFILE,
+            confidence=stored.confidence,
+            needs_confirmation=stored.requires_confirmation,
+            source_item_id=stored.id,
+            source_item_type=SourceType.PROFILE_FIELD,
+        )
+
+    async def try_session_fill(
+        self,
+        field_name: str,
+        session: Session,
+        *,
+        definition: ProfileFieldDefinition | None = None,
+        definitions: Mapping[str, ProfileFieldDefinition] | None = None,
+        scenario_id: UUID | None = None,
+    ) -> GapFillResult:
+        """The session variable named ``field_name``, if set and valid for the definition.
+
+        Session variables are set by the platform (tools, forms), so a valid one is taken at
+        confidence 1.0.
+        """
+        field_name = _check_name(field_name)
+        _attempt(session, scenario_id, GapFillSource.SESSION)
+        definition, definitions = await self._definition(
+            session, field_name, definition, definitions
+        )
+        value = session.variables.get(field_name)
+        result = GapFillResult(field_name=field_name, field_definition=definition)
+        if value is None:
+            return result
+        problems = await self._problems(session, field_name, value, definitions)
+        if problems:
+            result.validation_errors = problems
+            return result
+        return GapFillResult(
+            field_name=field_name,
+            filled=True,
+            value=value,
+            source=GapFillSource.SESSION,
+            confidence=1.0,
+            field_definition=definition,
+            source_item_id=session.session_id,
+            source_item_type=SourceType.SESSION,
+            source_metadata={
+                "session_id": str(session.session_id),
+                "extraction_method": SESSION_VARIABLE_METHOD,
+                "quote": None,
+                "variable": field_name,
+            },
+        )
+
+    async def try_conversation_extraction(
+        self,
+        field_name: str,
+        session: Session,
+        *,
+        definition: ProfileFieldDefinition | None = None,
+        definitions: Mapping[str, ProfileFieldDefinition] | None = None,
+        field_type: FieldValueType | str | None = None,
+        field_description: str | None = None,
+        scenario_id: UUID | None = None,
+    ) -> GapFillResult:
+        """Extract ``field_name`` from the last ``max_turns`` turns.
+
+        Filled when the extractor's confidence reaches ``min_confidence`` and the value
+        passes the definition; ``needs_confirmation`` below ``confirm_confidence``. When
+        not filled, ``confidence``, ``extraction_quote`` and ``validation_errors`` say why.
+        Without a definition, ``field_type`` and ``field_description`` guide the extractor.
+        """
+        field_name = _check_name(field_name)
+        _attempt(session, scenario_id, GapFillSource.EXTRACTION)
+        definition, definitions = await self._definition(
+            session, field_name, definition, definitions
+        )
+        result = GapFillResult(field_name=field_name, field_definition=definition)
+        turns = session.turns[-self.max_turns :]
+        if not turns:
+            return result
+        request = ExtractionRequest.for_field(
+            field_name, definition, value_type=field_type, description=field_description
+        )
+        try:
+            extraction = await self.extractor.extract(request, turns)
+        except ExtractionError as exc:
+            logger.warning("extraction of %s failed, treated as not found: %s", field_name, exc)
+            return result
+        if extraction is None:
+            return result
+        result.confidence = extraction.confidence
+        result.extraction_quote = extraction.quote
+        if extraction.confidence < self.min_confidence:
+            return result
+        problems = await self._problems(session, field_name, extraction.value, definitions)
+        if problems:
+            result.validation_errors = problems
+            return result
+        return self._extracted(field_name, session, definition, extraction)
+
+    def _extracted(
+        self,
+        field_name: str,
+        session: Session,
+        definition: ProfileFieldDefinition | None,
+        extraction: Extraction,
+    ) -> GapFillResult:
+        return GapFillResult(
+            field_name=field_name,
+            filled=True,
+            value=extraction.value,
+            source=GapFillSource.EXTRACTION,
+            confidence=extraction.confidence,
+            needs_confirmation=extraction.confidence < self.confirm_confidence,
+            extraction_quote=extraction.quote,
+            field_definition=definition,
+            source_item_id=session.session_id,
+            source_item_type=SourceType.SESSION,
+            source_metadata={
+                "session_id": str(session.session_id),
+                "extraction_method": extraction.method,
+                "quote": extraction.quote,
+                "source": extraction.source.value,
+            },
+        )
+
+    # -- one field, several fields -----------------------------------------------------------
+
+    async def fill_gap(
+        self,
+        field_name: str,
+        session: Session,
+        *,
+        definition: ProfileFieldDefinition | None = None,
+        field_type: FieldValueType | str | None = None,
+        field_description: str | None = None,
+        scenario_id: UUID | None = None,
+        profile: CustomerProfile | None = None,
+        definitions: Mapping[str, ProfileFieldDefinition] | None = None,
+    ) -> GapFillResult:
+        """Try the profile, then session variables, then extraction; the first fill wins.
+
+        An unknown profile raises :class:`~ccvault.errors.NotFoundError`. When nothing is
+        found the result carries the definition and the prompt to ask with.
+        """
+        field_name = _check_name(field_name)
+        definition, definitions = await self._definition(
+            session, field_name, definition, definitions
+        )
+        result = await self.try_profile_fill(
+            field_name, session, profile=profile, scenario_id=scenario_id
+        )
+        if not result.filled:
+            result = await self.try_session_fill(
+                field_name,
+                session,
+                definition=definition,
+                definitions=definitions,
+                scenario_id=scenario_id,
+            )
+        if not result.filled:
+            extracted = await self.try_conversation_extraction(
+                field_name,
+                session,
+                definition=definition,
+                definitions=definitions,
+                field_type=field_type,
+                field_description=field_description,
+                scenario_id=scenario_id,
+            )
+            extracted.validation_errors = result.validation_errors + extracted.validation_errors
+            result = extracted
+        result.field_definition = definition
+        if not result.filled:
+            result.next_action = FallbackAction.ASK
+            result.prompt = default_prompt(field_name, definition)
+        _SUCCESS.record(session.tenant_id, scenario_id, result.filled)
+        return result
+
+    async def fill_multiple(
+        self,
+        field_names: Iterable[str],
+        session: Session,
+        *,
+        scenario_id: UUID | None = None,
+    ) -> dict[str, GapFillResult]:
+        """:meth:`fill_gap` for each name (the profile and definitions are read once)."""
+        names = [_check_name(name) for name in dict.fromkeys(field_names)]
+        profile = await self._profile(session)
+        definitions = await self._definitions(session)
+        return {
+            name: await self.fill_gap(
+                name, session, scenario_id=scenario_id, profile=profile, definitions=definitions
+            )
+            for name in names
+        }
+
+    # -- persisting --------------------------------------------------------------------------
+
+    async def persist_extracted_values(
+        self,
+        session: Session,
+        results: Mapping[str, GapFillResult] | Iterable[GapFillResult],
+        *,
+        scenario_id: UUID | None = None,
+        step_id: UUID | None = None,
+    ) -> dict[str, UUID]:
+        """Write the values found in the session (variables or extraction) to the profile.
+
+        Every value is validated first (all of them, before the first write); one that fails
+        is not written, and its result becomes unfilled with the ``validation_errors``.
+        Each written version supersedes the ACTIVE one, with ``source_item_type=session``,
+        ``source_item_id`` = the session id, ``source_metadata`` holding the session id,
+        the extraction method and the quote, its confidence, and ``requires_confirmation``
+        when below ``confirm_confidence``. Results from the profile are not rewritten.
+        Returns field name -> id of the new version.
+        """
+        items = list(results.values()) if isinstance(results, Mapping) else list(results)
+        definitions = await self._definitions(session)
+        pending: list[tuple[GapFillResult, ProfileField]] = []
+        for result in items:
+            if not result.filled or result.source not in (
+                GapFillSource.SESSION,
+                GapFillSource.EXTRACTION,
+            ):
+                continue
+            definition = result.field_definition or definitions.get(result.field_name)
+            field = self._field_for(session, result, definition, scenario_id, step_id)
+            known = definitions if definition is None else {**definitions, field.name: definition}
+            try:
+                await self.validator.validate_and_raise(
+                    session.tenant_id, session.agent_id, field, definitions=known
+                )
+            except errors.SchemaValidationError as exc:
+                result.filled = False
+                result.validation_errors = list(exc.errors)
+                continue
+            pending.append((result, field))
+        written: dict[str, UUID] = {}
+        for result, field in pending:
+            written[result.field_name] = await self.store.update_field(
+                session.tenant_id, session.customer_profile_id, field, supersede_existing=True
+            )
+        return written
+
+    def _field_for(
+        self,
+        session: Session,
+        result: GapFillResult,
+        definition: ProfileFieldDefinition | None,
+        scenario_id: UUID | None,
+        step_id: UUID | None,
+    ) -> ProfileField:
+        confidence = 1.0 if result.confidence is None else result.confidence
+        method = result.source_metadata.get("extraction_method")
+        try:
+            # the extractor said how it obtained the value (offline patterns, an LLM...)
+            how = ProfileFieldSource(str(result.source_metadata.get("source")))
+        except ValueError:
+            how = ProfileFieldSource.SYSTEM_INFERRED
+        metadata = {
+            "session_id": str(session.session_id),
+            "extraction_method": method if isinstance(method, str) else SESSION_VARIABLE_METHOD,
+            "quote": result.extraction_quote,
+            **{k: v for k, v in result.source_metadata.items() if k not in {"session_id"}},
+        }
+        return ProfileField(
+            name=result.field_name,
+            value=result.value,
+            value_type=(
+                definition.value_type.value if definition is not None else _json_type(result.value)
+            ),
+            source=how,
+            source_session_id=session.session_id,
+            source_scenario_id=scenario_id,
+            source_step_id=step_id,
+            source_item_id=session.session_id,
+            source_item_type=SourceType.SESSION,
+            source_metadata=metadata,
+            confidence=confidence,
+            requires_confirmation=confidence < self.confirm_confidence,
+            field_definition_id=definition.id if definition is not None else None,
+        )
+
+
+_LEVEL_RANK = {RequiredLevel.HARD: 0, RequiredLevel.SOFT: 1}
+
+
+class EnhancedGapFillService(GapFillService):
+    """Gap fill driven by a scenario's requirements and the agent's field definitions."""
+
+    async def fill_scenario_requirements(
+        self,
+        session: Session,
+        scenario_id: UUID,
+        step_id: UUID | None = None,
+        *,
+        required_level: RequiredLevel | str | None = None,
+        persist: bool = True,
+    ) -> dict[str, GapFillResult]:
+        """Fill the scenario's (or step's) unmet requirements; field name -> result.
+
+        The results are ordered by ``collection_order`` (then field name). Definitions are
+        read once per call and no field is extracted twice. Per ``fallback_action``:
+
+        * ``extract``: extraction first, then session variables; if still unfilled, ask.
+        * ``ask``: session variables, then extraction; if unfilled, ``next_action=ask`` with
+          the definition's ``collection_prompt``.
+        * ``block``: as ask, but an unfilled field sets ``blocked`` (the scenario cannot
+          proceed; see :func:`scenario_blocked`).
+        * ``skip``: as ask, but an unfilled *soft* requirement is skipped. A hard
+          requirement cannot be skipped: it is asked for.
+
+        A field whose definition requires verification is not filled automatically (an
+        unverified value would not meet it); its fallback applies at once. Where several
+        requirements name one field, the first hard one (in collection order) governs.
+        With ``persist`` the values found are validated and written with lineage to the
+        session (:meth:`persist_extracted_values`); one that fails validation is reported
+        unfilled and its fallback applies. An unknown profile raises NotFoundError.
+        """
+        profile = await self._profile(session)
+        missing = await self.store.get_missing_fields(
+            session.tenant_id,
+            profile,
+            scenario_id,
+            step_id=step_id,
+            required_level=required_level,
+        )
+        definitions = await self._definitions(session)
+        governing: dict[str, ScenarioFieldRequirement] = {}
+        for requirement in sorted(missing, key=lambda r: (r.collection_order, r.field_name)):
+            current = governing.get(requirement.field_name)
+            if current is None or (
+                _LEVEL_RANK[requirement.required_level] < _LEVEL_RANK[current.required_level]
+            ):
+                governing[requirement.field_name] = requirement
+        ordered = sorted(governing.values(), key=lambda r: (r.collection_order, r.field_name))
+
+        results: dict[str, GapFillResult] = {}
+        for requirement in ordered:
+            results[requirement.field_name] = await self._fill_requirement(
+                session,
+                requirement,
+                definitions.get(requirement.field_name),
+                definitions,
+                scenario_id,
+            )
+        if persist:
+            await self.persist_extracted_values(
+                session, results, scenario_id=scenario_id, step_id=step_id
+            )
+        for requirement in ordered:
+            result = results[requirement.field_name]
+            if not result.filled:
+                self._apply_fallback(result, requirement)
+            _SUCCESS.record(session.tenant_id, scenario_id, result.filled)
+        return results
+
+    async def _fill_requirement(
+        self,
+        session: Session,
+        requirement: ScenarioFieldRequirement,
+        definition: ProfileFieldDefinition | None,
+        definitions: Mapping[str, ProfileFieldDefinition],
+        scenario_id: UUID,
+    ) -> GapFillResult:
+        name = requirement.field_name
+        if definition is not None and definition.required_verification:
+            return GapFillResult(
+                field_name=name,
+                field_definition=definition,
+                validation_errors=[
+                    "the field requires verification; it must be collected "
+                    "through a verified channel"
+                ],
+            )
+        # The profile is skipped: the requirement is unmet precisely because the profile
+        # has no usable value. Each source is tried at most once.
+        order: Sequence[str] = (
+            ("extraction", "session")
+            if requirement.fallback_action is FallbackAction.EXTRACT
+            else ("session", "extraction")
+        )
+        errors_seen: list[str] = []
+        last: GapFillResult | None = None
+        for source in order:
+            if source == "session":
+                result = await self.try_session_fill(
+                    name,
+                    session,
+                    definition=definition,
+                    definitions=definitions,
+                    scenario_id=scenario_id,
+                )
+            else:
+                result = await self.try_conversation_extraction(
+                    name,
+                    session,
+                    definition=definition,
+                    definitions=definitions,
+                    scenario_id=scenario_id,
+                )
+            if result.filled:
+                return result
+            errors_seen.extend(result.validation_errors)
+            if last is None or result.confidence is not None:
+                last = result
+        assert last is not None
+        last.validation_errors = errors_seen
+        last.field_definition = definition
+        return last
+
+    @staticmethod
+    def _apply_fallback(result: GapFillResult, requirement: ScenarioFieldRequirement) -> None:
+        definition = result.field_definition
+        action = requirement.fallback_action
+        result.prompt = default_prompt(requirement.field_name, definition)
+        if action is FallbackAction.BLOCK:
+            result.next_action = FallbackAction.BLOCK
+            result.blocked = True
+        elif action is FallbackAction.SKIP and requirement.required_level is RequiredLevel.SOFT:
+            result.next_action = FallbackAction.SKIP
+            result.prompt = None
+        else:
+            if action is FallbackAction.SKIP:
+                logger.info(
+                    "requirement %s of scenario %s is hard: not skipped, asked for",
+                    requirement.field_name,
+                    requirement.scenario_id,
+                )
+            result.next_action = FallbackAction.ASK

@@ -1,0 +1,253 @@
+"""The background worker: expiry sweeps, orphan marking and the status gauge, tenant by tenant.
+
+Every ``expire_check_interval_seconds`` the worker walks every tenant
+(``list_tenant_ids()``) and, for each tenant it can claim: expires stale fields (when
+``auto_expire_enabled``), marks orphans (when ``lineage_tracking_enabled``) and refreshes
+``profile_fields_by_status``. It logs one line per tenant saying what it did.
+
+Several workers at once
+    A tenant is processed under a *claim*: a Redis key ``{prefix}ccvault:worker:{tenant}``
+    set with ``SET NX PX`` to a random token, valid for one interval and renewed while the
+    tenant is being processed. A worker that cannot set it skips the tenant. The claim is not
+    released when the tenant is done: it lapses at the end of the interval, so across all
+    workers a tenant is processed at most once per interval, and never by two at a time. A
+    worker that dies mid-tenant leaves a claim that lapses after one interval; every step is
+    idempotent, so the next sweep finishes the job. Redis (``[redis] url``) is used because it
+    is shared by every worker whatever the storage provider; the lease is a small protocol,
+    so another implementation (e.g. a PostgreSQL advisory lock) can be passed in.
+
+Stopping
+    :meth:`Worker.request_stop` (wired to SIGTERM/SIGINT by ``ccvault worker``) lets the
+    tenant in progress finish, then returns; no tenant is abandoned half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
+
+from ccvault import errors, metrics
+from ccvault.settings import VaultSettings
+from ccvault.store import ProfileStore
+
+__all__ = ["RedisTenantLease", "TenantLease", "TenantReport", "Worker"]
+
+logger = logging.getLogger("ccvault.worker")
+
+# claim if free, or extend if already ours; never take another worker's claim
+_ACQUIRE = """
+local holder = redis.call('get', KEYS[1])
+if not holder then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+# compare-and-extend: only the holder of the token may renew its claim
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class TenantLease(Protocol):
+    """Who may process a tenant right now. ``acquire`` returns a token or None (taken)."""
+
+    async def acquire(self, tenant_id: UUID, ttl_seconds: float) -> str | None: ...
+
+    async def renew(self, tenant_id: UUID, token: str, ttl_seconds: float) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RedisTenantLease:
+    """Tenant claims as Redis keys holding this lease's token, set only when free (or
+    already ours) and renewed by compare-and-extend, both atomic Lua scripts.
+
+    One instance = one worker: its claims are re-entrant, so a worker whose claim from the
+    previous sweep has not lapsed yet still processes the tenant on its next sweep.
+    """
+
+    def __init__(self, client: Any, key_prefix: str = "") -> None:
+        self._redis = client
+        self._prefix = key_prefix
+        self.token = secrets.token_hex(16)
+
+    @classmethod
+    def from_settings(cls, settings: VaultSettings) -> RedisTenantLease:
+        """A lease on ``[redis] url`` (Redis Cluster when ``[redis] cluster``)."""
+        from redis.asyncio import Redis
+        from redis.asyncio.cluster import RedisCluster
+
+        options: dict[str, Any] = {
+            "socket_timeout": max(settings.redis.socket_timeout_seconds, 1.0),
+            "socket_connect_timeout": max(settings.redis.connect_timeout_seconds, 1.0),
+        }
+        client: Any
+        if settings.redis.cluster:
+            client = RedisCluster.from_url(settings.redis.url, **options)
+        else:
+            client = Redis.from_url(settings.redis.url, **options)
+        return cls(client, settings.redis.key_prefix)
+
+    def key(self, tenant_id: UUID) -> str:
+        """The claim key of a tenant (hash-tagged by tenant, like the cache's keys)."""
+        return f"{self._prefix}ccvault:worker:{{{tenant_id}}}"
+
+    async def acquire(self, tenant_id: UUID, ttl_seconds: float) -> str | None:
+        token = self.token
+        try:
+            won = await self._redis.eval(
+                _ACQUIRE, 1, self.key(tenant_id), token, max(1, int(ttl_seconds * 1000))
+            )
+        except Exception as exc:  # redis raises its own ConnectionError/TimeoutError family
+            raise errors.ProviderUnavailableError(
+                f"worker lease: Redis is unreachable ({type(exc).__name__}: {exc})"
+            ) from exc
+        return token if won else None
+
+    async def renew(self, tenant_id: UUID, token: str, ttl_seconds: float) -> bool:
+        try:
+            renewed = await self._redis.eval(
+                _RENEW, 1, self.key(tenant_id), token, max(1, int(ttl_seconds * 1000))
+            )
+        except Exception:  # a missed renewal only shortens the claim; the next one retries
+            logger.warning("could not renew the claim on tenant %s", tenant_id)
+            return False
+        return bool(renewed)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+@dataclass
+class TenantReport:
+    """What one sweep did for one tenant."""
+
+    tenant_id: UUID
+    processed: bool
+    expired: int = 0
+    orphaned: int = 0
+    fields_by_status: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Sweeps every tenant every ``expire_check_interval_seconds``; see the module docstring."""
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        settings: VaultSettings,
+        lease: TenantLease,
+        *,
+        tenant_ids: Iterable[UUID] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.lease = lease
+        self.tenant_ids = list(tenant_ids) if tenant_ids is not None else None
+        self.interval = float(settings.profile.expire_check_interval_seconds)
+        self._stop = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        """Finish the tenant in progress, then stop. Safe to call from a signal handler."""
+        self._stop.set()
+
+    @contextlib.asynccontextmanager
+    async def _claim(self, tenant_id: UUID) -> AsyncIterator[bool]:
+        token = await self.lease.acquire(tenant_id, self.interval)
+        if token is None:
+            yield False
+            return
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self.interval / 3)
+                await self.lease.renew(tenant_id, token, self.interval)
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield True
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            # the claim is kept until it lapses: nobody else sweeps this tenant this interval
+            await self.lease.renew(tenant_id, token, self.interval)
+
+    async def process_tenant(self, tenant_id: UUID) -> TenantReport:
+        """Claim and sweep one tenant (expire, orphans, gauge); skipped if claimed elsewhere."""
+        profile = self.settings.profile
+        async with self._claim(tenant_id) as claimed:
+            if not claimed:
+                logger.info("tenant=%s skipped (claimed by another worker)", tenant_id)
+                return TenantReport(tenant_id, processed=False)
+            # shielded so a cancellation (e.g. a second Ctrl-C) cannot cut a tenant in half
+            report = await asyncio.shield(self._sweep(tenant_id, profile.auto_expire_enabled))
+        logger.info(
+            "tenant=%s processed expired=%d orphaned=%d fields_by_status=%s",
+            tenant_id,
+            report.expired,
+            report.orphaned,
+            ",".join(f"{k}:{v}" for k, v in sorted(report.fields_by_status.items())),
+        )
+        return report
+
+    async def _sweep(self, tenant_id: UUID, expire: bool) -> TenantReport:
+        report = TenantReport(tenant_id, processed=True)
+        if expire:
+            report.expired = await self.store.expire_stale_fields(tenant_id)
+        if self.settings.profile.lineage_tracking_enabled:
+            report.orphaned = await self.store.mark_orphans(tenant_id)
+        report.fields_by_status = await metrics.refresh_status_gauge(self.store, tenant_id)
+        return report
+
+    async def run_once(self) -> list[TenantReport]:
+        """One sweep over every tenant (or the configured ones); stops early when asked."""
+        tenants = (
+            self.tenant_ids if self.tenant_ids is not None else await self.store.list_tenant_ids()
+        )
+        reports = []
+        for tenant_id in tenants:
+            if self.stopping:
+                logger.info("stop requested: leaving before tenant=%s", tenant_id)
+                break
+            reports.append(await self.process_tenant(tenant_id))
+        done = sum(1 for r in reports if r.processed)
+        logger.info(
+            "sweep done tenants=%d processed=%d expired=%d orphaned=%d",
+            len(tenants),
+            done,
+            sum(r.expired for r in reports),
+            sum(r.orphaned for r in reports),
+        )
+        return reports
+
+    async def run(self) -> None:
+        """Sweep, wait one interval (or until a stop is requested), repeat."""
+        logger.info(
+            "worker started interval=%ss auto_expire=%s",
+            self.interval,
+            self.settings.profile.auto_expire_enabled,
+        )
+        while not self.stopping:
+            await self.run_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
+        logger.info("worker stopped")

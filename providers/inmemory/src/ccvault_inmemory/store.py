@@ -1,0 +1,782 @@
+"""The in-memory reference provider: dicts, one lock, deep copies in and out.
+
+Every hook runs its whole read-check-write sequence under one ``asyncio.Lock`` and never
+awaits inside it, so each call is one atomic step: a supersede cannot be lost, a profile
+has at most one ACTIVE version per field name, and concurrent ``get_or_create`` calls for
+one identity see each other's profile. Everything stored is a private deep copy and
+everything returned is a fresh deep copy, so callers can never change stored state by
+mutating a model they passed in or got back.
+
+Data lives only as long as the store object; nothing is persisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from ccvault import errors
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    CustomerProfile,
+    ItemStatus,
+    ItemType,
+    LineageEntry,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldDefinition,
+    ScenarioFieldRequirement,
+    SourceType,
+)
+from ccvault.store import MergeWinner, ProfileStore, StoreRules
+
+__all__ = ["InMemoryProfileStore"]
+
+_IdentityKey = tuple[Channel, str]
+_RequirementKey = tuple[UUID, UUID | None, UUID | None, str]
+
+
+@dataclass
+class _Profile:
+    """The profile's own attributes (no fields or assets) and whether it is soft-deleted."""
+
+    profile: CustomerProfile
+    deleted: bool = False
+
+
+@dataclass
+class _Field:
+    profile_id: UUID
+    seq: int
+    item: ProfileField
+
+
+@dataclass
+class _Asset:
+    profile_id: UUID
+    seq: int
+    item: ProfileAsset
+
+
+@dataclass
+class _Tenant:
+    profiles: dict[UUID, _Profile] = field(default_factory=dict)
+    fields: dict[UUID, _Field] = field(default_factory=dict)
+    assets: dict[UUID, _Asset] = field(default_factory=dict)
+    # identities and customer ids owned by LIVE profiles only
+    identities: dict[_IdentityKey, UUID] = field(default_factory=dict)
+    customers: dict[UUID, UUID] = field(default_factory=dict)
+    definitions: dict[tuple[UUID, str], ProfileFieldDefinition] = field(default_factory=dict)
+    requirements: dict[_RequirementKey, ScenarioFieldRequirement] = field(default_factory=dict)
+
+
+def _newest_first_field(row: _Field) -> tuple[datetime, int]:
+    return (row.item.collected_at, row.seq)
+
+
+def _newest_first_asset(row: _Asset) -> tuple[datetime, int]:
+    return (row.item.uploaded_at, row.seq)
+
+
+class InMemoryProfileStore(ProfileStore):
+    """A complete :class:`~ccvault.store.ProfileStore` held in process memory."""
+
+    #: every optional capability of the contract suite (see ``ccvault_contract_tests``)
+    capabilities: frozenset[str] = frozenset({"large_values", "nul_characters", "high_concurrency"})
+
+    def __init__(self, *, rules: StoreRules | None = None) -> None:
+        super().__init__(rules=rules)
+        self._tenants: dict[UUID, _Tenant] = {}
+        self._lock = asyncio.Lock()
+        # write order: breaks ties between equal timestamps, newest write first
+        self._seq = itertools.count(1)
+
+    # -------------------------------------------------------------------------------------
+    # helpers (called with the lock held, or from code that never awaits)
+    # -------------------------------------------------------------------------------------
+
+    def _tenant(self, tenant_id: UUID, *, create: bool = False) -> _Tenant:
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            tenant = _Tenant()
+            if create:
+                self._tenants[tenant_id] = tenant
+        return tenant
+
+    def _live(self, tenant: _Tenant, profile_id: UUID) -> _Profile:
+        row = tenant.profiles.get(profile_id)
+        if row is None or row.deleted:
+            raise errors.NotFoundError(f"profile {profile_id} not found")
+        return row
+
+    @staticmethod
+    def _fields_of(tenant: _Tenant, profile_id: UUID) -> Iterator[_Field]:
+        return (row for row in tenant.fields.values() if row.profile_id == profile_id)
+
+    @staticmethod
+    def _assets_of(tenant: _Tenant, profile_id: UUID) -> Iterator[_Asset]:
+        return (row for row in tenant.assets.values() if row.profile_id == profile_id)
+
+    def _active_field(self, tenant: _Tenant, profile_id: UUID, name: str) -> _Field | None:
+        for row in self._fields_of(tenant, profile_id):
+            if row.item.name == name and row.item.status is ItemStatus.ACTIVE:
+                return row
+        return None
+
+    def _assemble(self, tenant: _Tenant, row: _Profile, include_history: bool) -> CustomerProfile:
+        """A deep copy of the aggregate: ACTIVE fields/assets, history when asked."""
+        profile = row.profile.model_copy(deep=True)
+        fields = sorted(self._fields_of(tenant, profile.id), key=_newest_first_field, reverse=True)
+        assets = sorted(self._assets_of(tenant, profile.id), key=_newest_first_asset, reverse=True)
+        profile.fields = {
+            f.item.name: f.item.model_copy(deep=True)
+            for f in reversed(fields)
+            if f.item.status is ItemStatus.ACTIVE
+        }
+        profile.assets = [
+            a.item.model_copy(deep=True) for a in assets if a.item.status is ItemStatus.ACTIVE
+        ]
+        if include_history:
+            history: dict[str, list[ProfileField]] = {}
+            for f in fields:
+                history.setdefault(f.item.name, []).append(f.item.model_copy(deep=True))
+            profile.field_history = history
+            profile.asset_history = [a.item.model_copy(deep=True) for a in assets]
+        else:
+            profile.field_history = {}
+            profile.asset_history = []
+        return profile
+
+    def _find_item_exists(self, tenant: _Tenant, item_id: UUID, kind: SourceType) -> bool:
+        if kind is SourceType.PROFILE_FIELD:
+            return item_id in tenant.fields
+        return item_id in tenant.assets
+
+    # -------------------------------------------------------------------------------------
+    # profiles
+    # -------------------------------------------------------------------------------------
+
+    async def _get_by_customer_id(
+        self, tenant_id: UUID, customer_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            profile_id = tenant.customers.get(customer_id)
+            if profile_id is None:
+                return None
+            return self._assemble(tenant, tenant.profiles[profile_id], include_history)
+
+    async def _get_by_id(
+        self, tenant_id: UUID, profile_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            row = tenant.profiles.get(profile_id)
+            if row is None or row.deleted:
+                return None
+            return self._assemble(tenant, row, include_history)
+
+    async def _get_by_channel_identity(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
+    ) -> CustomerProfile | None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            profile_id = tenant.identities.get((channel, channel_user_id))
+            if profile_id is None:
+                return None
+            return self._assemble(tenant, tenant.profiles[profile_id], include_history)
+
+    async def _get_or_create(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str
+    ) -> CustomerProfile:
+        async with self._lock:
+            tenant = self._tenant(tenant_id, create=True)
+            key = (channel, channel_user_id)
+            owner = tenant.identities.get(key)
+            if owner is not None:
+                return self._assemble(tenant, tenant.profiles[owner], False)
+            now = self.now()
+            profile = CustomerProfile(
+                tenant_id=tenant_id,
+                channel_identities=[
+                    ChannelIdentity(
+                        channel=channel,
+                        channel_user_id=channel_user_id,
+                        primary=True,
+                        created_at=now,
+                    )
+                ],
+                created_at=now,
+                updated_at=now,
+            )
+            tenant.profiles[profile.id] = _Profile(profile=profile.model_copy(deep=True))
+            tenant.identities[key] = profile.id
+            tenant.customers[profile.customer_id] = profile.id
+            return self._assemble(tenant, tenant.profiles[profile.id], False)
+
+    async def _save(self, profile: CustomerProfile) -> UUID:
+        async with self._lock:
+            tenant = self._tenant(profile.tenant_id, create=True)
+            existing = tenant.profiles.get(profile.id)
+            if existing is not None and existing.deleted:
+                raise errors.NotFoundError(f"profile {profile.id} is deleted")
+            # --- check everything before writing anything
+            owner = tenant.customers.get(profile.customer_id)
+            if owner is not None and owner != profile.id:
+                raise errors.IdentityConflictError(
+                    f"customer id {profile.customer_id} belongs to another profile"
+                )
+            for identity in profile.channel_identities:
+                owner = tenant.identities.get((identity.channel, identity.channel_user_id))
+                if owner is not None and owner != profile.id:
+                    raise errors.IdentityConflictError(
+                        f"{identity.channel.value}:{identity.channel_user_id} belongs to "
+                        "another profile"
+                    )
+            for item in profile.fields.values():
+                stored = tenant.fields.get(item.id)
+                if stored is not None and stored.profile_id != profile.id:
+                    raise errors.ConflictError(f"field {item.id} belongs to another profile")
+            for asset in profile.assets:
+                stored_asset = tenant.assets.get(asset.id)
+                if stored_asset is not None and stored_asset.profile_id != profile.id:
+                    raise errors.ConflictError(f"asset {asset.id} belongs to another profile")
+            # --- write
+            if existing is not None:
+                for identity in existing.profile.channel_identities:
+                    tenant.identities.pop((identity.channel, identity.channel_user_id), None)
+                tenant.customers.pop(existing.profile.customer_id, None)
+            base = profile.model_copy(deep=True)
+            base.fields, base.assets, base.field_history, base.asset_history = {}, [], {}, []
+            if existing is not None:
+                base.created_at = existing.profile.created_at
+            tenant.profiles[profile.id] = _Profile(profile=base)
+            for identity in base.channel_identities:
+                tenant.identities[(identity.channel, identity.channel_user_id)] = profile.id
+            tenant.customers[base.customer_id] = profile.id
+            now = self.now()
+            for item in profile.fields.values():
+                stored = tenant.fields.get(item.id)
+                if stored is not None:
+                    # update in place; the lifecycle (status, supersede links) stays the store's
+                    stored.item = item.model_copy(
+                        deep=True,
+                        update={
+                            "status": stored.item.status,
+                            "superseded_by_id": stored.item.superseded_by_id,
+                            "superseded_at": stored.item.superseded_at,
+                        },
+                    )
+                    continue
+                self._insert_field(tenant, profile.id, item, supersede=True, now=now)
+            for asset in profile.assets:
+                stored_asset = tenant.assets.get(asset.id)
+                if stored_asset is not None:
+                    stored_asset.item = asset.model_copy(
+                        deep=True,
+                        update={
+                            "status": stored_asset.item.status,
+                            "superseded_by_id": stored_asset.item.superseded_by_id,
+                            "superseded_at": stored_asset.item.superseded_at,
+                        },
+                    )
+                    continue
+                self._insert_asset(tenant, profile.id, asset, supersede=True, now=now)
+            return profile.id
+
+    async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            row = tenant.profiles.get(profile_id)
+            if row is None or row.deleted:
+                return False
+            row.deleted = True
+            row.profile.updated_at = self.now()
+            for identity in row.profile.channel_identities:
+                tenant.identities.pop((identity.channel, identity.channel_user_id), None)
+            tenant.customers.pop(row.profile.customer_id, None)
+            return True
+
+    # -------------------------------------------------------------------------------------
+    # fields
+    # -------------------------------------------------------------------------------------
+
+    def _insert_field(
+        self,
+        tenant: _Tenant,
+        profile_id: UUID,
+        item: ProfileField,
+        *,
+        supersede: bool,
+        now: datetime,
+    ) -> UUID:
+        if item.id in tenant.fields:
+            raise errors.ConflictError(f"field id {item.id} is already stored")
+        active = self._active_field(tenant, profile_id, item.name)
+        if active is not None:
+            if not supersede:
+                raise errors.ActiveFieldConflictError(
+                    f"field {item.name!r} already has an ACTIVE version ({active.item.id})"
+                )
+        stored = item.model_copy(
+            deep=True,
+            update={"status": ItemStatus.ACTIVE, "superseded_by_id": None, "superseded_at": None},
+        )
+        if active is not None:
+            active.item = active.item.model_copy(
+                update={
+                    "status": ItemStatus.SUPERSEDED,
+                    "superseded_by_id": stored.id,
+                    "superseded_at": now,
+                    "updated_at": now,
+                }
+            )
+        tenant.fields[stored.id] = _Field(profile_id=profile_id, seq=next(self._seq), item=stored)
+        return stored.id
+
+    async def _update_field(
+        self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
+    ) -> UUID:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            self._live(tenant, profile_id)
+            return self._insert_field(
+                tenant, profile_id, field, supersede=supersede_existing, now=field.updated_at
+            )
+
+    async def _get_field(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
+    ) -> ProfileField | None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            row = tenant.profiles.get(profile_id)
+            if row is None or row.deleted:
+                return None
+            candidates = [
+                f
+                for f in self._fields_of(tenant, profile_id)
+                if f.item.name == field_name and (status is None or f.item.status is status)
+            ]
+            if not candidates:
+                return None
+            return max(candidates, key=_newest_first_field).item.model_copy(deep=True)
+
+    async def _get_field_history(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str
+    ) -> list[ProfileField]:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            row = tenant.profiles.get(profile_id)
+            if row is None or row.deleted:
+                return []
+            versions = [f for f in self._fields_of(tenant, profile_id) if f.item.name == field_name]
+            versions.sort(key=_newest_first_field, reverse=True)
+            return [f.item.model_copy(deep=True) for f in versions]
+
+    async def _expire_stale_fields(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    ) -> int:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            count = 0
+            for row in tenant.fields.values():
+                if profile_id is not None and row.profile_id != profile_id:
+                    continue
+                if row.item.status is ItemStatus.ACTIVE and row.item.is_expired(now):
+                    row.item = row.item.model_copy(
+                        update={"status": ItemStatus.EXPIRED, "updated_at": now}
+                    )
+                    count += 1
+            return count
+
+    # -------------------------------------------------------------------------------------
+    # assets
+    # -------------------------------------------------------------------------------------
+
+    def _insert_asset(
+        self,
+        tenant: _Tenant,
+        profile_id: UUID,
+        asset: ProfileAsset,
+        *,
+        supersede: bool,
+        now: datetime,
+    ) -> UUID:
+        if asset.id in tenant.assets:
+            raise errors.ConflictError(f"asset id {asset.id} is already stored")
+        stored = asset.model_copy(
+            deep=True,
+            update={"status": ItemStatus.ACTIVE, "superseded_by_id": None, "superseded_at": None},
+        )
+        if supersede:
+            for row in self._assets_of(tenant, profile_id):
+                if row.item.name == asset.name and row.item.status is ItemStatus.ACTIVE:
+                    row.item = row.item.model_copy(
+                        update={
+                            "status": ItemStatus.SUPERSEDED,
+                            "superseded_by_id": stored.id,
+                            "superseded_at": now,
+                        }
+                    )
+        tenant.assets[stored.id] = _Asset(profile_id=profile_id, seq=next(self._seq), item=stored)
+        return stored.id
+
+    async def _add_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
+    ) -> UUID:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            self._live(tenant, profile_id)
+            return self._insert_asset(
+                tenant, profile_id, asset, supersede=supersede_existing, now=self.now()
+            )
+
+    async def _get_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
+    ) -> ProfileAsset | None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            row = tenant.assets.get(asset_id)
+            profile = tenant.profiles.get(profile_id)
+            if row is None or row.profile_id != profile_id or profile is None or profile.deleted:
+                return None
+            return row.item.model_copy(deep=True)
+
+    async def _get_asset_by_name(
+        self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
+    ) -> ProfileAsset | None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            profile = tenant.profiles.get(profile_id)
+            if profile is None or profile.deleted:
+                return None
+            candidates = [
+                a
+                for a in self._assets_of(tenant, profile_id)
+                if a.item.name == asset_name and (status is None or a.item.status is status)
+            ]
+            if not candidates:
+                return None
+            return max(candidates, key=_newest_first_asset).item.model_copy(deep=True)
+
+    # -------------------------------------------------------------------------------------
+    # lineage
+    # -------------------------------------------------------------------------------------
+
+    async def _get_lineage_node(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType
+    ) -> LineageEntry | None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            if item_type is ItemType.PROFILE_FIELD:
+                found = tenant.fields.get(item_id)
+                if found is None:
+                    return None
+                return LineageEntry(
+                    id=found.item.id,
+                    type=ItemType.PROFILE_FIELD,
+                    name=found.item.name,
+                    source_metadata=found.item.model_copy(deep=True).source_metadata,
+                    source_item_id=found.item.source_item_id,
+                    source_item_type=found.item.source_item_type,
+                )
+            asset = tenant.assets.get(item_id)
+            if asset is None:
+                return None
+            return LineageEntry(
+                id=asset.item.id,
+                type=ItemType.PROFILE_ASSET,
+                name=asset.item.name,
+                source_metadata={},
+                source_item_id=asset.item.source_item_id,
+                source_item_type=asset.item.source_item_type,
+            )
+
+    async def _get_derived_items(
+        self, tenant_id: UUID, source_item_id: UUID
+    ) -> tuple[list[ProfileField], list[ProfileAsset]]:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            fields = sorted(
+                (f for f in tenant.fields.values() if f.item.source_item_id == source_item_id),
+                key=lambda f: f.seq,
+            )
+            assets = sorted(
+                (a for a in tenant.assets.values() if a.item.source_item_id == source_item_id),
+                key=lambda a: a.seq,
+            )
+            return (
+                [f.item.model_copy(deep=True) for f in fields],
+                [a.item.model_copy(deep=True) for a in assets],
+            )
+
+    def _has_dependents(self, tenant: _Tenant, item_id: UUID) -> bool:
+        return any(
+            f.item.source_item_id == item_id and f.item.status is ItemStatus.ACTIVE
+            for f in tenant.fields.values()
+        ) or any(
+            a.item.source_item_id == item_id and a.item.status is ItemStatus.ACTIVE
+            for a in tenant.assets.values()
+        )
+
+    async def _check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
+        async with self._lock:
+            return self._has_dependents(self._tenant(tenant_id), item_id)
+
+    # -------------------------------------------------------------------------------------
+    # channels and merge
+    # -------------------------------------------------------------------------------------
+
+    async def _link_channel(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+    ) -> bool:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            row = self._live(tenant, profile_id)
+            key = (identity.channel, identity.channel_user_id)
+            owner = tenant.identities.get(key)
+            if owner == profile_id:
+                return False
+            if owner is not None:
+                raise errors.IdentityConflictError(
+                    f"{identity.channel.value}:{identity.channel_user_id} belongs to another "
+                    "profile"
+                )
+            row.profile.channel_identities.append(identity.model_copy(deep=True))
+            row.profile.updated_at = self.now()
+            tenant.identities[key] = profile_id
+            return True
+
+    async def _merge_profiles(
+        self,
+        tenant_id: UUID,
+        source_profile_id: UUID,
+        target_profile_id: UUID,
+        choose_winner: MergeWinner,
+    ) -> None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            source = self._live(tenant, source_profile_id)
+            target = self._live(tenant, target_profile_id)
+            now = self.now()
+            # decide every conflict first (pure), then apply: nothing half-done on error
+            losers: list[tuple[_Field, UUID]] = []
+            for row in list(self._fields_of(tenant, source_profile_id)):
+                if row.item.status is not ItemStatus.ACTIVE:
+                    continue
+                mine = self._active_field(tenant, target_profile_id, row.item.name)
+                if mine is None:
+                    continue
+                winner = choose_winner(mine.item, row.item)
+                loser = row if winner.id == mine.item.id else mine
+                losers.append((loser, winner.id))
+            for loser, winner_id in losers:
+                loser.item = loser.item.model_copy(
+                    update={
+                        "status": ItemStatus.SUPERSEDED,
+                        "superseded_by_id": winner_id,
+                        "superseded_at": now,
+                        "updated_at": now,
+                    }
+                )
+            for f in tenant.fields.values():
+                if f.profile_id == source_profile_id:
+                    f.profile_id = target_profile_id
+            for a in tenant.assets.values():
+                if a.profile_id == source_profile_id:
+                    a.profile_id = target_profile_id
+            for identity in source.profile.channel_identities:
+                moved = identity.model_copy(update={"primary": False})
+                target.profile.channel_identities.append(moved)
+                tenant.identities[(identity.channel, identity.channel_user_id)] = target_profile_id
+            target.profile.consents.extend(c.model_copy(deep=True) for c in source.profile.consents)
+            target.profile.updated_at = now
+            source.profile.channel_identities = []
+            source.profile.consents = []
+            source.profile.updated_at = now
+            source.deleted = True
+            tenant.customers.pop(source.profile.customer_id, None)
+
+    # -------------------------------------------------------------------------------------
+    # field definitions
+    # -------------------------------------------------------------------------------------
+
+    async def _get_field_definitions(
+        self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+    ) -> list[ProfileFieldDefinition]:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            return [
+                d.model_copy(deep=True)
+                for (agent, _), d in tenant.definitions.items()
+                if agent == agent_id and (d.enabled or not enabled_only)
+            ]
+
+    async def _get_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> ProfileFieldDefinition | None:
+        async with self._lock:
+            found = self._tenant(tenant_id).definitions.get((agent_id, field_name))
+            return None if found is None else found.model_copy(deep=True)
+
+    async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
+        async with self._lock:
+            tenant = self._tenant(definition.tenant_id, create=True)
+            key = (definition.agent_id, definition.name)
+            stored = definition.model_copy(deep=True)
+            existing = tenant.definitions.get(key)
+            if existing is not None:
+                stored.id = existing.id
+                stored.created_at = existing.created_at
+            tenant.definitions[key] = stored
+            return stored.id
+
+    async def _delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        async with self._lock:
+            return self._tenant(tenant_id).definitions.pop((agent_id, field_name), None) is not None
+
+    # -------------------------------------------------------------------------------------
+    # scenario requirements
+    # -------------------------------------------------------------------------------------
+
+    async def _get_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> list[ScenarioFieldRequirement]:
+        async with self._lock:
+            return [
+                r.model_copy(deep=True)
+                for r in self._tenant(tenant_id).requirements.values()
+                if r.scenario_id == scenario_id and r.step_id == step_id
+            ]
+
+    async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
+        async with self._lock:
+            tenant = self._tenant(requirement.tenant_id, create=True)
+            key = (
+                requirement.scenario_id,
+                requirement.step_id,
+                requirement.rule_id,
+                requirement.field_name,
+            )
+            stored = requirement.model_copy(deep=True)
+            existing = tenant.requirements.get(key)
+            if existing is not None:
+                stored.id = existing.id
+                stored.created_at = existing.created_at
+            tenant.requirements[key] = stored
+            return stored.id
+
+    async def _delete_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> int:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            doomed = [
+                key
+                for key, r in tenant.requirements.items()
+                if r.scenario_id == scenario_id and (step_id is None or r.step_id == step_id)
+            ]
+            for key in doomed:
+                del tenant.requirements[key]
+            return len(doomed)
+
+    # -------------------------------------------------------------------------------------
+    # erasure, portability, hard delete, orphans, operations
+    # -------------------------------------------------------------------------------------
+
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            row = tenant.profiles.pop(profile_id, None)
+            if row is None:
+                return False
+            for key, owner in list(tenant.identities.items()):
+                if owner == profile_id:
+                    del tenant.identities[key]
+            for customer, owner in list(tenant.customers.items()):
+                if owner == profile_id:
+                    del tenant.customers[customer]
+            for field_id in [i for i, f in tenant.fields.items() if f.profile_id == profile_id]:
+                del tenant.fields[field_id]
+            for asset_id in [i for i, a in tenant.assets.items() if a.profile_id == profile_id]:
+                del tenant.assets[asset_id]
+            return True
+
+    async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            row = tenant.profiles.get(profile_id)
+            if row is None:
+                return None
+            return self._assemble(tenant, row, True)
+
+    async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            table: dict[UUID, _Field] | dict[UUID, _Asset] = (
+                tenant.fields if item_type is ItemType.PROFILE_FIELD else tenant.assets
+            )
+            if item_id not in table:
+                return False
+            if self._has_dependents(tenant, item_id):
+                raise errors.DependentsError(
+                    f"{item_type.value} {item_id} still has ACTIVE items derived from it"
+                )
+            del table[item_id]
+            return True
+
+    async def _mark_orphans(self, tenant_id: UUID) -> int:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            count = 0
+            now = self.now()
+            for f in tenant.fields.values():
+                if self._orphaned(
+                    tenant, f.item.status, f.item.source_item_id, f.item.source_item_type
+                ):
+                    f.item = f.item.model_copy(
+                        update={"status": ItemStatus.ORPHANED, "updated_at": now}
+                    )
+                    count += 1
+            for a in tenant.assets.values():
+                if self._orphaned(
+                    tenant, a.item.status, a.item.source_item_id, a.item.source_item_type
+                ):
+                    a.item = a.item.model_copy(update={"status": ItemStatus.ORPHANED})
+                    count += 1
+            return count
+
+    def _orphaned(
+        self,
+        tenant: _Tenant,
+        status: ItemStatus,
+        source_id: UUID | None,
+        source_type: SourceType | None,
+    ) -> bool:
+        if status is ItemStatus.ORPHANED or source_id is None:
+            return False
+        if source_type not in (SourceType.PROFILE_FIELD, SourceType.PROFILE_ASSET):
+            return False
+        return not self._find_item_exists(tenant, source_id, source_type)
+
+    async def _list_tenant_ids(self) -> list[UUID]:
+        async with self._lock:
+            return [tid for tid, tenant in self._tenants.items() if tenant.profiles]
+
+    async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            fields: dict[str, int] = {}
+            assets: dict[str, int] = {}
+            for f in tenant.fields.values():
+                fields[f.item.status.value] = fields.get(f.item.status.value, 0) + 1
+            for a in tenant.assets.values():
+                assets[a.item.status.value] = assets.get(a.item.status.value, 0) + 1
+            return {"fields": fields, "assets": assets}

@@ -1,0 +1,1327 @@
+"""``MongoProfileStore``: the vault on MongoDB, through PyMongo's native async API.
+
+The store talks to one object, ``client``, through the subset of the
+``pymongo.AsyncMongoClient`` / ``AsyncDatabase`` / ``AsyncCollection`` API listed in the
+README. In production that is an ``AsyncMongoClient``; the test suite may hand in the
+in-process emulation of :mod:`ccvault_mongo.emulation` instead, which exposes the same
+methods. Nothing else differs between the two.
+
+Atomicity (see the README for the full table):
+
+* **transactions** (replica set or sharded cluster, ``transactions = "auto"`` or ``"on"``):
+  every multi-document write (supersede, merge, purge, save, delete, delete_item) runs in
+  one multi-document transaction through ``ClientSession.with_transaction``, which retries
+  transient conflicts.
+* **standalone** (no transactions): each write is an ordering of single-document writes
+  chosen so that the unique indexes keep the invariants at every moment, with retries when
+  a concurrent writer wins a race. A new field version is first stored with the internal
+  status ``pending`` (invisible to every read), then the ACTIVE version is superseded and
+  pointed at it, then it is made ACTIVE; the partial unique index rejects a second ACTIVE
+  version, and the loser of that race supersedes the winner and tries again. No version is
+  ever deleted by a write, so none is lost, and an interrupted write is finished (rolled
+  forward) by :meth:`MongoProfileStore.recover_interrupted_writes`, which ``setup()`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID, uuid4
+
+import pydantic
+from ccvault import errors
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    Consent,
+    CustomerProfile,
+    ItemStatus,
+    ItemType,
+    LineageEntry,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldDefinition,
+    ScenarioFieldRequirement,
+    SourceType,
+    VerificationLevel,
+)
+from ccvault.store import MergeWinner, ProfileStore, StoreRules
+from pymongo import ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from ccvault_mongo.codec import decode, dt, encode, pack_json, uid, unpack_json
+from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
+from ccvault_mongo.settings import MongoSettings
+
+__all__ = ["MongoProfileStore"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
+#: every status a read may return (``pending`` never is)
+_STATUSES = [status.value for status in ItemStatus]
+_NEWEST_FIELD_FIRST = [("collected_at", -1), ("seq", -1)]
+_OLDEST_FIELD_FIRST = [("collected_at", 1), ("seq", 1)]
+_NEWEST_ASSET_FIRST = [("uploaded_at", -1), ("seq", -1)]
+_OLDEST_ASSET_FIRST = [("uploaded_at", 1), ("seq", 1)]
+_FIELD_JSON = ("value", "source_metadata")
+_ASSET_JSON = ("verification_result",)
+_DEFINITION_JSON = ("allowed_values",)
+_LINEAGE_SOURCES = [SourceType.PROFILE_FIELD.value, SourceType.PROFILE_ASSET.value]
+
+
+def _to_model(cls: type[_M], document: dict[str, Any], json_keys: Iterable[str] = ()) -> _M:
+    """The model stored in ``document``: internal keys dropped, ``_id`` back to ``id``."""
+    data = decode(dict(document))
+    if "_id" in data and "id" in cls.model_fields:
+        data["id"] = data.pop("_id")
+    for key in json_keys:
+        unpack_json(data, key)
+    return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+
+
+def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """Driver errors become vault errors: unreachable server -> ProviderUnavailableError."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await fn(*args, **kwargs)
+        except errors.VaultError:
+            raise
+        except DuplicateKeyError as exc:
+            raise errors.ConflictError(f"MongoDB refused a duplicate: {exc}") from exc
+        except ConnectionFailure as exc:
+            raise errors.ProviderUnavailableError(f"MongoDB is unreachable: {exc}") from exc
+        except PyMongoError as exc:
+            raise errors.StorageError(f"MongoDB error: {exc}") from exc
+
+    return wrapper
+
+
+class MongoProfileStore(ProfileStore):
+    """A :class:`~ccvault.store.ProfileStore` on MongoDB. See the module docstring.
+
+    ``client``: an ``AsyncMongoClient`` (or the emulation) to use instead of opening one
+    from ``settings.uri``; a client passed in is not closed by :meth:`aclose`.
+    """
+
+    #: declared to the contract suite: 1 MiB values, NUL characters, 200 concurrent writers
+    capabilities = frozenset({"large_values", "nul_characters", "high_concurrency"})
+
+    def __init__(
+        self,
+        settings: MongoSettings | None = None,
+        *,
+        client: Any | None = None,
+        rules: StoreRules | None = None,
+    ) -> None:
+        super().__init__(rules=rules)
+        self.settings = settings or MongoSettings()
+        self._given_client = client
+        self._client: Any | None = None
+        self._db: Any | None = None
+        #: decided by :meth:`setup`: True when multi-document transactions are used
+        self.transactions_enabled: bool | None = None
+
+    # =====================================================================================
+    # lifecycle
+    # =====================================================================================
+
+    @_translate
+    async def setup(self) -> None:
+        """Connect, decide the atomicity mode, create the indexes, finish interrupted writes.
+
+        Idempotent and safe when several processes start at once.
+        """
+        if self._client is None:
+            if self._given_client is not None:
+                self._client = self._given_client
+            else:
+                from pymongo import AsyncMongoClient
+
+                self._client = AsyncMongoClient(
+                    self.settings.uri, **self.settings.client_options()
+                )
+        self._db = self._client[self.settings.database]
+        hello = await self._client.admin.command("hello")
+        supported = self.server_supports_transactions(hello)
+        if self.settings.transactions == "on" and not supported:
+            raise errors.ConfigurationError(
+                "providers.mongo.transactions: 'on' needs a replica set or a sharded cluster, "
+                "but the server is a standalone; use 'auto' or 'off'"
+            )
+        self.transactions_enabled = supported and self.settings.transactions != "off"
+        for name in COLLECTIONS:
+            await self._c(name).create_indexes(INDEXES[name])
+        await self.recover_interrupted_writes()
+
+    async def aclose(self) -> None:
+        """Close the client if this store opened it. Idempotent."""
+        client, self._client = self._client, None
+        self._db = None
+        if client is not None and client is not self._given_client:
+            await client.close()
+
+    @staticmethod
+    def server_supports_transactions(hello: dict[str, Any]) -> bool:
+        """Whether the ``hello`` reply is a replica-set member or a mongos (sessions needed)."""
+        has_sessions = hello.get("logicalSessionTimeoutMinutes") is not None
+        return has_sessions and (bool(hello.get("setName")) or hello.get("msg") == "isdbgrid")
+
+    def _c(self, name: str) -> Any:
+        if self._db is None:
+            raise errors.ConfigurationError("the MongoDB store is not set up: use `async with`")
+        return self._db[self.settings.collection_prefix + name]
+
+    async def _atomic(self, work: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Run ``work(session)`` in one transaction, or ``work(None)`` on a standalone.
+
+        Multi-query reads use it too: in a transaction they read one snapshot."""
+        if not self.transactions_enabled:
+            return await work(None)
+        assert self._client is not None
+        async with self._client.start_session() as session:
+            result: _T = await session.with_transaction(
+                work,
+                read_concern=ReadConcern("snapshot"),
+                write_concern=WriteConcern("majority"),
+            )
+            return result
+
+    # =====================================================================================
+    # documents
+    # =====================================================================================
+
+    @staticmethod
+    def _field_doc(
+        tenant_id: UUID, profile_id: UUID, item: ProfileField, seq: int
+    ) -> dict[str, Any]:
+        doc: dict[str, Any] = encode(item.model_dump(mode="python"))
+        doc["_id"] = doc.pop("id")
+        for key in _FIELD_JSON:
+            pack_json(doc, key)
+        return {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "seq": seq, **doc}
+
+    @staticmethod
+    def _asset_doc(
+        tenant_id: UUID, profile_id: UUID, item: ProfileAsset, seq: int
+    ) -> dict[str, Any]:
+        doc: dict[str, Any] = encode(item.model_dump(mode="python"))
+        doc["_id"] = doc.pop("id")
+        for key in _ASSET_JSON:
+            pack_json(doc, key)
+        return {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "seq": seq, **doc}
+
+    @staticmethod
+    def _identity_doc(
+        tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity, position: int
+    ) -> dict[str, Any]:
+        doc: dict[str, Any] = encode(identity.model_dump(mode="python"))
+        return {"tenant_id": uid(tenant_id), **doc, "profile_id": uid(profile_id),
+                "position": position}
+
+    @staticmethod
+    def _profile_attrs(profile: CustomerProfile) -> dict[str, Any]:
+        attrs: dict[str, Any] = encode(
+            profile.model_dump(
+                mode="python",
+                include={
+                    "customer_id",
+                    "verification_level",
+                    "created_at",
+                    "updated_at",
+                    "last_interaction_at",
+                },
+            )
+        )
+        return attrs
+
+    async def _claim_seq(
+        self, tenant_id: UUID, profile_id: UUID, session: Any, count: int = 1
+    ) -> int:
+        """Check the profile is live (NotFoundError otherwise) and claim ``count`` numbers of
+        its write order; return the last. One round trip; in a transaction it also makes
+        concurrent writers of one profile conflict, so they are serialised."""
+        found = await self._c("profiles").find_one_and_update(
+            {"tenant_id": uid(tenant_id), "_id": uid(profile_id), "live": True,
+             "merging_into": None},
+            {"$inc": {"write_seq": count}},
+            projection={"write_seq": 1},
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        if found is None:
+            raise errors.NotFoundError(f"profile {profile_id} not found")
+        return int(found["write_seq"])
+
+    # =====================================================================================
+    # profile reads: a fixed number of round trips, whatever the number of fields
+    # =====================================================================================
+
+    async def _load(
+        self,
+        tenant_id: UUID,
+        key: dict[str, Any],
+        include_history: bool,
+        *,
+        live_only: bool = True,
+        session: Any = None,
+    ) -> CustomerProfile | None:
+        """Five queries, whatever the number of fields: one ``find_one`` for the profile,
+        then identities, fields, assets and consents. Without a session the four run at
+        once (two round-trip latencies); in a transaction (a session cannot run operations
+        concurrently) they run one after another on one snapshot."""
+        query: dict[str, Any] = {"tenant_id": uid(tenant_id), **key}
+        if live_only:
+            query["live"] = True
+        else:
+            query["purging"] = None  # a profile half-way through a purge is gone already
+        doc = await self._c("profiles").find_one(query, session=session)
+        if doc is None:
+            return None
+        owner = {"tenant_id": uid(tenant_id), "profile_id": doc["_id"]}
+        field_status: Any = {"$in": _STATUSES} if include_history else ItemStatus.ACTIVE.value
+        asset_status: Any = {"$in": _STATUSES} if include_history else ItemStatus.ACTIVE.value
+        queries: list[tuple[str, dict[str, Any], list[tuple[str, int]]]] = [
+            ("identities", owner, [("position", 1)]),
+            ("fields", {**owner, "status": field_status}, [("name", 1), *_NEWEST_FIELD_FIRST]),
+            ("assets", {**owner, "status": asset_status}, _OLDEST_ASSET_FIRST),
+            ("consents", owner, [("position", 1)]),
+        ]
+
+        async def run(name: str, query: dict[str, Any], sort: Any) -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = await self._c(name).find(
+                query, sort=sort, session=session
+            ).to_list(None)
+            return found
+
+        if session is None:
+            results = await asyncio.gather(*(run(*q) for q in queries))
+        else:
+            results = [await run(*q) for q in queries]
+        identities, fields, assets, consents = results
+        data = decode(doc)
+        identity_docs = identities if data.get("live") else data.get("released_identities") or []
+        profile = CustomerProfile(
+            id=data["_id"],
+            tenant_id=data["tenant_id"],
+            customer_id=data["customer_id"],
+            verification_level=data.get("verification_level", VerificationLevel.UNVERIFIED),
+            created_at=data["created_at"],
+            updated_at=data["updated_at"],
+            last_interaction_at=data.get("last_interaction_at"),
+            channel_identities=[_to_model(ChannelIdentity, d) for d in identity_docs],
+            consents=[_to_model(Consent, d) for d in consents],
+        )
+        for item in (_to_model(ProfileField, d, _FIELD_JSON) for d in fields):
+            if item.status is ItemStatus.ACTIVE:
+                profile.fields.setdefault(item.name, item)  # newest first: first one wins
+            if include_history:
+                profile.field_history.setdefault(item.name, []).append(item)
+        for asset in (_to_model(ProfileAsset, d, _ASSET_JSON) for d in assets):
+            if asset.status is ItemStatus.ACTIVE:
+                profile.assets.append(asset)
+            if include_history:
+                profile.asset_history.append(asset)
+        return profile
+
+    async def _get_by_customer_id(
+        self, tenant_id: UUID, customer_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        key = {"customer_id": uid(customer_id)}
+        return await self._atomic(
+            lambda session: self._load(tenant_id, key, include_history, session=session)
+        )
+
+    async def _get_by_id(
+        self, tenant_id: UUID, profile_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        key = {"_id": uid(profile_id)}
+        return await self._atomic(
+            lambda session: self._load(tenant_id, key, include_history, session=session)
+        )
+
+    async def _get_by_channel_identity(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
+    ) -> CustomerProfile | None:
+        async def work(session: Any) -> CustomerProfile | None:
+            identity = await self._c("identities").find_one(
+                {"tenant_id": uid(tenant_id), "channel": channel.value,
+                 "channel_user_id": channel_user_id},
+                projection={"profile_id": 1},
+                session=session,
+            )
+            if identity is None:
+                return None
+            return await self._load(
+                tenant_id, {"_id": identity["profile_id"]}, include_history, session=session
+            )
+
+        return await self._atomic(work)
+
+    # =====================================================================================
+    # profile writes
+    # =====================================================================================
+
+    async def _release_if_stale(self, tenant_id: UUID, identity: dict[str, Any]) -> bool:
+        """Delete an identity whose profile is no longer live (left by an interrupted
+        delete on a standalone server); True if it was stale."""
+        owner = await self._c("profiles").find_one(
+            {"tenant_id": uid(tenant_id), "_id": identity["profile_id"], "live": True},
+            projection={"_id": 1},
+        )
+        if owner is not None:
+            return False
+        await self._c("identities").delete_one(
+            {"tenant_id": uid(tenant_id), "_id": identity["_id"],
+             "profile_id": identity["profile_id"]}
+        )
+        return True
+
+    async def _get_or_create(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str
+    ) -> CustomerProfile:
+        key = {"tenant_id": uid(tenant_id), "channel": channel.value,
+               "channel_user_id": channel_user_id}
+        for _ in range(self.settings.max_write_retries):
+            owner = await self._c("identities").find_one(key, projection={"profile_id": 1})
+            if owner is not None:
+                found = await self._load(tenant_id, {"_id": owner["profile_id"]}, False)
+                if found is not None:
+                    return found
+                await self._release_if_stale(tenant_id, owner)
+                continue
+            now = self.now()
+            profile = CustomerProfile(
+                tenant_id=tenant_id,
+                channel_identities=[
+                    ChannelIdentity(channel=channel, channel_user_id=channel_user_id,
+                                    primary=True, created_at=now)
+                ],
+                created_at=now,
+                updated_at=now,
+            )
+            # the profile first, then the identity that makes it findable: the unique
+            # identity index decides a race, and the loser removes its unreachable profile
+            await self._c("profiles").insert_one(
+                {"_id": uid(profile.id), "tenant_id": uid(tenant_id),
+                 **self._profile_attrs(profile), "live": True, "write_seq": 1}
+            )
+            try:
+                await self._c("identities").insert_one(
+                    self._identity_doc(tenant_id, profile.id, profile.channel_identities[0], 1)
+                )
+            except DuplicateKeyError:
+                await self._c("profiles").delete_one(
+                    {"tenant_id": uid(tenant_id), "_id": uid(profile.id)}
+                )
+                continue
+            return profile
+        raise errors.ConflictError("get_or_create lost too many races; retry")
+
+    async def _save(self, profile: CustomerProfile) -> UUID:
+        tenant_id, profile_id = profile.tenant_id, profile.id
+        t = uid(tenant_id)
+        # every check first, so a conflict is raised before anything is written
+        keys = [{"channel": i.channel.value, "channel_user_id": i.channel_user_id}
+                for i in profile.channel_identities]
+        if keys:
+            owned = await self._c("identities").find(
+                {"tenant_id": t, "$or": keys, "profile_id": {"$ne": uid(profile_id)}},
+            ).to_list(None)
+            for doc in owned:
+                if not await self._release_if_stale(tenant_id, doc):
+                    raise errors.IdentityConflictError(
+                        f"identity {doc['channel']}:{doc['channel_user_id']} belongs to "
+                        "another profile"
+                    )
+        other = await self._c("profiles").find_one(
+            {"tenant_id": t, "customer_id": uid(profile.customer_id), "live": True,
+             "_id": {"$ne": uid(profile_id)}},
+            projection={"_id": 1},
+        )
+        if other is not None:
+            raise errors.IdentityConflictError(
+                f"customer id {profile.customer_id} belongs to another profile"
+            )
+        item_ids = [uid(f.id) for f in profile.fields.values()]
+        asset_ids = [uid(a.id) for a in profile.assets]
+        stored_fields = {
+            d["_id"]: d["profile_id"]
+            for d in await self._c("fields").find(
+                {"tenant_id": t, "_id": {"$in": item_ids}}, projection={"profile_id": 1}
+            ).to_list(None)
+        }
+        stored_assets = {
+            d["_id"]: d["profile_id"]
+            for d in await self._c("assets").find(
+                {"tenant_id": t, "_id": {"$in": asset_ids}}, projection={"profile_id": 1}
+            ).to_list(None)
+        }
+        for owner in [*stored_fields.values(), *stored_assets.values()]:
+            if owner != uid(profile_id):
+                raise errors.ConflictError("an item id of the profile belongs to another profile")
+
+        async def work(session: Any) -> UUID:
+            count = len(profile.channel_identities) + len(profile.consents) + len(item_ids) + len(
+                asset_ids
+            ) + 1
+            try:
+                before = await self._c("profiles").find_one_and_update(
+                    {"tenant_id": t, "_id": uid(profile_id)},
+                    {
+                        "$set": {**self._profile_attrs(profile), "live": True},
+                        "$unset": {"deleted_at": "", "released_identities": "",
+                                   "merging_into": ""},
+                        "$inc": {"write_seq": count},
+                    },
+                    upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                    session=session,
+                )
+            except DuplicateKeyError:
+                raise errors.IdentityConflictError(
+                    f"customer id {profile.customer_id} belongs to another profile"
+                ) from None
+            seq = 0 if before is None else int(before.get("write_seq", 0))
+            owner = {"tenant_id": t, "profile_id": uid(profile_id)}
+            # identities are claimed before any is released; the unique index arbitrates
+            claimed: list[Any] = []
+            for identity in profile.channel_identities:
+                seq += 1
+                doc = self._identity_doc(tenant_id, profile_id, identity, seq)
+                try:
+                    result = await self._c("identities").update_one(
+                        {"tenant_id": t, "channel": doc["channel"],
+                         "channel_user_id": doc["channel_user_id"], "profile_id": uid(profile_id)},
+                        {"$set": doc},
+                        upsert=True,
+                        session=session,
+                    )
+                except DuplicateKeyError:
+                    if session is None:  # standalone: undo this call's writes, then refuse
+                        await self._undo_profile_write(t, uid(profile_id), before, claimed)
+                    raise errors.IdentityConflictError(
+                        f"identity {doc['channel']}:{doc['channel_user_id']} belongs to "
+                        "another profile"
+                    ) from None
+                if result.upserted_id is not None:
+                    claimed.append(result.upserted_id)
+            listed = [(i.channel.value, i.channel_user_id) for i in profile.channel_identities]
+            current = await self._c("identities").find(
+                owner, projection={"channel": 1, "channel_user_id": 1}, session=session
+            ).to_list(None)
+            gone = [d["_id"] for d in current if (d["channel"], d["channel_user_id"]) not in listed]
+            if gone:
+                await self._c("identities").delete_many(
+                    {**owner, "_id": {"$in": gone}}, session=session
+                )
+            await self._c("consents").delete_many(owner, session=session)
+            if profile.consents:
+                docs = []
+                for consent in profile.consents:
+                    seq += 1
+                    docs.append({**owner, **encode(consent.model_dump(mode="python")),
+                                 "position": seq})
+                await self._c("consents").insert_many(docs, session=session)
+            for item in profile.fields.values():
+                seq += 1
+                if uid(item.id) in stored_fields:
+                    doc = self._field_doc(tenant_id, profile_id, item, seq)
+                    del doc["_id"], doc["seq"]
+                    await self._c("fields").update_one(
+                        {**owner, "_id": uid(item.id)}, {"$set": doc}, session=session
+                    )
+                else:
+                    await self._put_field(tenant_id, profile_id, item, True, seq, session)
+            for asset in profile.assets:
+                seq += 1
+                doc = self._asset_doc(tenant_id, profile_id, asset, seq)
+                if uid(asset.id) in stored_assets:
+                    del doc["seq"]
+                    await self._c("assets").update_one(
+                        {**owner, "_id": doc.pop("_id")}, {"$set": doc}, session=session
+                    )
+                else:
+                    await self._c("assets").insert_one(doc, session=session)
+            return profile_id
+
+        if self.transactions_enabled:
+            return await self._atomic(work)
+        try:  # standalone: new field versions are written under the profile's lease
+            _, token = await self._lock(tenant_id, profile_id, count=0, state={})
+        except errors.NotFoundError:
+            return await work(None)  # a new profile: nobody else can write to it yet
+        try:
+            return await work(None)
+        finally:
+            await self._unlock(tenant_id, profile_id, token)
+
+    async def _undo_profile_write(
+        self, t: Any, p: Any, before: dict[str, Any] | None, claimed: list[Any]
+    ) -> None:
+        """Standalone ``save`` lost an identity race after its first writes: remove the
+        identities it claimed and put the profile document back as it was (or remove it,
+        if this call created it), so a refused save leaves nothing behind."""
+        if claimed:
+            await self._c("identities").delete_many(
+                {"tenant_id": t, "_id": {"$in": claimed}, "profile_id": p}
+            )
+        if before is None:
+            await self._c("profiles").delete_one({"tenant_id": t, "_id": p})
+            return
+        restored = {k: v for k, v in before.items() if k not in ("_id", "write_seq", "lock",
+                                                                 "lock_until")}
+        dropped = {k: "" for k in ("deleted_at", "released_identities", "merging_into")
+                   if k not in before}
+        update: dict[str, Any] = {"$set": restored}
+        if dropped:
+            update["$unset"] = dropped
+        await self._c("profiles").update_one({"tenant_id": t, "_id": p}, update)
+
+    async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        t, p = uid(tenant_id), uid(profile_id)
+
+        async def work(session: Any) -> bool:
+            owned = await self._c("identities").find(
+                {"tenant_id": t, "profile_id": p}, sort=[("position", 1)], session=session
+            ).to_list(None)
+            # the profile stops being live first, then its identities are released; an
+            # interruption in between leaves identities that get_or_create releases itself
+            result = await self._c("profiles").update_one(
+                {"tenant_id": t, "_id": p, "live": True},
+                {"$set": {"live": False, "deleted_at": dt(self.now()),
+                          "released_identities": owned}},
+                session=session,
+            )
+            if result.matched_count == 0:
+                return False
+            await self._c("identities").delete_many(
+                {"tenant_id": t, "profile_id": p}, session=session
+            )
+            return True
+
+        return await self._atomic(work)
+
+    # =====================================================================================
+    # fields
+    # =====================================================================================
+
+    async def _update_field(
+        self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
+    ) -> UUID:
+        if self.transactions_enabled:
+
+            async def work(session: Any) -> UUID:
+                seq = await self._claim_seq(tenant_id, profile_id, session)
+                await self._put_field(tenant_id, profile_id, field, supersede_existing, seq,
+                                      session)
+                return field.id
+
+            return await self._atomic(work)
+        seq, token = await self._lock(tenant_id, profile_id)
+        try:
+            await self._put_field(tenant_id, profile_id, field, supersede_existing, seq, None)
+        finally:
+            released = await self._unlock(tenant_id, profile_id, token)
+        if not released:
+            # a purge that ran while this write was in flight must not leave it behind
+            alive = await self._c("profiles").find_one(
+                {"tenant_id": uid(tenant_id), "_id": uid(profile_id), "purging": None},
+                projection={"_id": 1},
+            )
+            if alive is None:
+                await self._c("fields").delete_one(
+                    {"tenant_id": uid(tenant_id), "_id": uid(field.id)}
+                )
+                raise errors.NotFoundError(f"profile {profile_id} was purged")
+        return field.id
+
+    # -- the standalone write lease -----------------------------------------------------
+
+    async def _lock(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        *,
+        count: int = 1,
+        state: dict[str, Any] | None = None,
+    ) -> tuple[int, str]:
+        """Take the profile's write lease (standalone servers) and claim ``count`` numbers
+        of its write order; return the last one and the lease token.
+
+        Field writers of one profile hold the lease one at a time, so each supersedes the
+        version its predecessor made ACTIVE: the supersede chain stays a single line. The
+        lease is one field of the profile document, taken with one conditional update; a
+        writer that finds it taken retries with a short, growing, jittered pause. A lease
+        left by a dead process expires after ``write_lease_ms``; whoever takes it over
+        first finishes the dead writer's ``pending`` versions. The one-ACTIVE-per-name
+        index does not depend on the lease: it holds even if a paused writer outlives it.
+        ``state``: what the profile must look like (default: live and not being merged);
+        NotFoundError if it does not.
+        """
+        t, p = uid(tenant_id), uid(profile_id)
+        wanted = {"live": True, "merging_into": None} if state is None else state
+        token = uuid4().hex
+        lease = timedelta(milliseconds=self.settings.write_lease_ms)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * lease.total_seconds() + 5
+        pause = 0.002
+        while True:
+            now = datetime.now(UTC)  # wall clock: leases are shared between processes
+            before = await self._c("profiles").find_one_and_update(
+                {"tenant_id": t, "_id": p, **wanted,
+                 "$or": [{"lock": None}, {"lock_until": {"$lte": dt(now)}}]},
+                {"$set": {"lock": token, "lock_until": dt(now + lease)},
+                 "$inc": {"write_seq": count}},
+                projection={"write_seq": 1, "lock": 1},
+            )
+            if before is not None:
+                if before.get("lock") is not None:
+                    logger.warning("took over the expired write lease of profile %s", profile_id)
+                    await self._finish_pending(t, p)
+                return int(before.get("write_seq", 0)) + count, token
+            exists = await self._c("profiles").find_one(
+                {"tenant_id": t, "_id": p, **wanted}, projection={"_id": 1}
+            )
+            if exists is None:
+                raise errors.NotFoundError(f"profile {profile_id} not found")
+            if loop.time() > deadline:
+                raise errors.ConflictError(f"profile {profile_id} stayed busy; retry")
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 0.025)
+
+    async def _unlock(self, tenant_id: UUID, profile_id: UUID, token: str) -> bool:
+        """Give the lease back; False if it was not ours any more (expired, or purged)."""
+        result = await self._c("profiles").update_one(
+            {"tenant_id": uid(tenant_id), "_id": uid(profile_id), "lock": token},
+            {"$set": {"lock": None, "lock_until": None}},
+        )
+        return bool(result.matched_count)
+
+    async def _finish_pending(self, t: Any, p: Any) -> int:
+        """Roll forward the ``pending`` versions of one profile, oldest write first."""
+        stuck = await self._c("fields").find(
+            {"tenant_id": t, "profile_id": p, "status": PENDING}, sort=[("seq", 1)]
+        ).to_list(None)
+        for doc in stuck:
+            now = dt(self.now())
+            await self._activate_pending(
+                {"tenant_id": t, "profile_id": p, "name": doc["name"]},
+                doc["_id"],
+                {"$set": {"status": ItemStatus.SUPERSEDED.value, "superseded_by_id": doc["_id"],
+                          "superseded_at": now, "updated_at": now}},
+            )
+        return len(stuck)
+
+    async def _put_field(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        field: ProfileField,
+        supersede: bool,
+        seq: int,
+        session: Any,
+    ) -> None:
+        """Store ``field`` as the ACTIVE version of its name (see the module docstring)."""
+        t, p = uid(tenant_id), uid(profile_id)
+        fields = self._c("fields")
+        doc = self._field_doc(tenant_id, profile_id, field, seq)
+        now = dt(field.updated_at)
+        name_key = {"tenant_id": t, "profile_id": p, "name": field.name}
+        supersede_update = {"$set": {"status": ItemStatus.SUPERSEDED.value,
+                                     "superseded_by_id": doc["_id"], "superseded_at": now,
+                                     "updated_at": now}}
+        if not supersede:
+            # an ACTIVE version past expires_at is not served as active, so it does not
+            # block a new one: it is marked EXPIRED first
+            await fields.update_one(
+                {**name_key, "status": ItemStatus.ACTIVE.value, "expires_at": {"$lte": now}},
+                {"$set": {"status": ItemStatus.EXPIRED.value, "updated_at": now}},
+                session=session,
+            )
+            if session is not None:
+                if await fields.find_one({"tenant_id": t, "_id": doc["_id"]},
+                                         projection={"_id": 1}, session=session):
+                    raise errors.ConflictError(f"field id {field.id} is already stored")
+                if await fields.find_one({**name_key, "status": ItemStatus.ACTIVE.value},
+                                         projection={"_id": 1}, session=session):
+                    raise errors.ActiveFieldConflictError(
+                        f"field {field.name!r} has an ACTIVE version"
+                    )
+                await fields.insert_one(doc, session=session)
+                return
+            try:
+                await fields.insert_one(doc)
+            except DuplicateKeyError:
+                raise await self._field_conflict(tenant_id, field) from None
+            return
+        if session is not None:
+            # in a transaction the order does not matter: nobody sees the steps
+            if await fields.find_one({"tenant_id": t, "_id": doc["_id"]}, projection={"_id": 1},
+                                     session=session):
+                raise errors.ConflictError(f"field id {field.id} is already stored")
+            await fields.update_one({**name_key, "status": ItemStatus.ACTIVE.value},
+                                    supersede_update, session=session)
+            await fields.insert_one(doc, session=session)
+            return
+        # standalone: pending -> supersede the ACTIVE one -> activate, retried on a lost race
+        try:
+            await fields.insert_one({**doc, "status": PENDING, "pending_since": now})
+        except DuplicateKeyError:
+            raise await self._field_conflict(tenant_id, field) from None
+        await self._activate_pending(name_key, doc["_id"], supersede_update)
+
+    async def _activate_pending(
+        self, name_key: dict[str, Any], item_id: Any, supersede_update: dict[str, Any]
+    ) -> None:
+        fields = self._c("fields")
+        for _ in range(self.settings.max_write_retries):
+            await fields.update_one(
+                {**name_key, "status": ItemStatus.ACTIVE.value, "_id": {"$ne": item_id}},
+                supersede_update,
+            )
+            try:
+                await fields.update_one(
+                    {"tenant_id": name_key["tenant_id"], "_id": item_id, "status": PENDING},
+                    {"$set": {"status": ItemStatus.ACTIVE.value}, "$unset": {"pending_since": ""}},
+                )
+                return
+            except DuplicateKeyError:
+                # another writer made its version ACTIVE in between: supersede it, retry
+                continue
+        raise errors.ConflictError(
+            f"field {name_key['name']!r}: too many concurrent writers; the version is stored "
+            "and will be made ACTIVE by recover_interrupted_writes()"
+        )
+
+    async def _field_conflict(self, tenant_id: UUID, field: ProfileField) -> errors.ConflictError:
+        """Which unique index refused ``field``: its id, or the one-ACTIVE-per-name index."""
+        same_id = await self._c("fields").find_one(
+            {"tenant_id": uid(tenant_id), "_id": uid(field.id)}, projection={"_id": 1}
+        )
+        if same_id is not None:
+            return errors.ConflictError(f"field id {field.id} is already stored")
+        return errors.ActiveFieldConflictError(f"field {field.name!r} has an ACTIVE version")
+
+    async def recover_interrupted_writes(self, older_than: timedelta = timedelta(minutes=1)) -> int:
+        """Finish field writes interrupted on a standalone server (a process died between
+        storing a version and making it ACTIVE) by rolling them forward; return how many."""
+        cutoff = dt(self.now() - older_than)
+        stuck = await self._c("fields").find(
+            {"status": PENDING, "pending_since": {"$lte": cutoff}},
+            projection={"tenant_id": 1, "profile_id": 1},
+        ).to_list(None)
+        finished = 0
+        for t, p in dict.fromkeys((doc["tenant_id"], doc["profile_id"]) for doc in stuck):
+            tenant_id, profile_id = decode(t), decode(p)
+            try:
+                _, token = await self._lock(tenant_id, profile_id, count=0, state={})
+            except errors.NotFoundError:
+                continue  # purged meanwhile: nothing left to finish
+            try:
+                finished += await self._finish_pending(t, p)
+            finally:
+                await self._unlock(tenant_id, profile_id, token)
+        if finished:
+            logger.warning("finished %d interrupted field writes", finished)
+        return finished
+
+    async def _get_field(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
+    ) -> ProfileField | None:
+        doc = await self._c("fields").find_one(
+            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "name": field_name,
+             "status": status.value if status is not None else {"$in": _STATUSES}},
+            sort=_NEWEST_FIELD_FIRST,
+        )
+        return None if doc is None else _to_model(ProfileField, doc, _FIELD_JSON)
+
+    async def _get_field_history(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str
+    ) -> list[ProfileField]:
+        docs = await self._c("fields").find(
+            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "name": field_name,
+             "status": {"$in": _STATUSES}},
+            sort=_NEWEST_FIELD_FIRST,
+        ).to_list(None)
+        return [_to_model(ProfileField, d, _FIELD_JSON) for d in docs]
+
+    async def _expire_stale_fields(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    ) -> int:
+        query: dict[str, Any] = {"tenant_id": uid(tenant_id)}
+        if profile_id is not None:
+            query["profile_id"] = uid(profile_id)
+        query["status"] = ItemStatus.ACTIVE.value
+        query["expires_at"] = {"$lte": dt(now)}
+        result = await self._c("fields").update_many(
+            query, {"$set": {"status": ItemStatus.EXPIRED.value, "updated_at": dt(now)}}
+        )
+        return int(result.modified_count)
+
+    # =====================================================================================
+    # assets
+    # =====================================================================================
+
+    async def _add_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
+    ) -> UUID:
+        t, p = uid(tenant_id), uid(profile_id)
+
+        async def put(seq: int, session: Any) -> UUID:
+            doc = self._asset_doc(tenant_id, profile_id, asset, seq)
+            try:
+                await self._c("assets").insert_one(doc, session=session)
+            except DuplicateKeyError:
+                raise errors.ConflictError(f"asset id {asset.id} is already stored") from None
+            if supersede_existing:
+                # several assets of one name may be ACTIVE; the new one replaces those
+                # written before it (writers hold the lease or a transaction, one at a time)
+                now = dt(self.now())
+                await self._c("assets").update_many(
+                    {"tenant_id": t, "profile_id": p, "name": asset.name,
+                     "status": ItemStatus.ACTIVE.value, "seq": {"$lt": seq}},
+                    {"$set": {"status": ItemStatus.SUPERSEDED.value,
+                              "superseded_by_id": doc["_id"], "superseded_at": now}},
+                    session=session,
+                )
+            return asset.id
+
+        if self.transactions_enabled:
+
+            async def work(session: Any) -> UUID:
+                return await put(await self._claim_seq(tenant_id, profile_id, session), session)
+
+            return await self._atomic(work)
+        seq, token = await self._lock(tenant_id, profile_id)
+        try:
+            return await put(seq, None)
+        finally:
+            await self._unlock(tenant_id, profile_id, token)
+
+    async def _get_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
+    ) -> ProfileAsset | None:
+        doc = await self._c("assets").find_one(
+            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "_id": uid(asset_id)}
+        )
+        return None if doc is None else _to_model(ProfileAsset, doc, _ASSET_JSON)
+
+    async def _get_asset_by_name(
+        self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
+    ) -> ProfileAsset | None:
+        doc = await self._c("assets").find_one(
+            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "name": asset_name,
+             "status": status.value if status is not None else {"$in": _STATUSES}},
+            sort=_NEWEST_ASSET_FIRST,
+        )
+        return None if doc is None else _to_model(ProfileAsset, doc, _ASSET_JSON)
+
+    # =====================================================================================
+    # lineage: the core's bounded, cycle-guarded walk over _get_lineage_node. $graphLookup
+    # cannot follow links that alternate between two collections (fields and assets).
+    # =====================================================================================
+
+    async def _get_lineage_node(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType
+    ) -> LineageEntry | None:
+        collection = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"
+        doc = await self._c(collection).find_one(
+            {"tenant_id": uid(tenant_id), "_id": uid(item_id), "status": {"$in": _STATUSES}},
+            projection={"name": 1, "source_metadata": 1, "source_metadata__json": 1,
+                        "source_item_id": 1, "source_item_type": 1},
+        )
+        if doc is None:
+            return None
+        data = decode(doc)
+        unpack_json(data, "source_metadata")
+        return LineageEntry(
+            id=data["_id"],
+            type=item_type,
+            name=data["name"],
+            source_metadata=data.get("source_metadata") or {},
+            source_item_id=data.get("source_item_id"),
+            source_item_type=data.get("source_item_type"),
+        )
+
+    async def _get_derived_items(
+        self, tenant_id: UUID, source_item_id: UUID
+    ) -> tuple[list[ProfileField], list[ProfileAsset]]:
+        query = {"tenant_id": uid(tenant_id), "source_item_id": uid(source_item_id),
+                 "status": {"$in": _STATUSES}}
+        fields, assets = await asyncio.gather(
+            self._c("fields").find(query, sort=_OLDEST_FIELD_FIRST).to_list(None),
+            self._c("assets").find(query, sort=_OLDEST_ASSET_FIRST).to_list(None),
+        )
+        return (
+            [_to_model(ProfileField, d, _FIELD_JSON) for d in fields],
+            [_to_model(ProfileAsset, d, _ASSET_JSON) for d in assets],
+        )
+
+    async def _check_has_dependents(
+        self, tenant_id: UUID, item_id: UUID, session: Any = None
+    ) -> bool:
+        query = {"tenant_id": uid(tenant_id), "source_item_id": uid(item_id),
+                 "status": ItemStatus.ACTIVE.value}
+        for collection in ("fields", "assets"):
+            if await self._c(collection).find_one(query, projection={"_id": 1}, session=session):
+                return True
+        return False
+
+    # =====================================================================================
+    # channels and merge
+    # =====================================================================================
+
+    async def _link_channel(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+    ) -> bool:
+        key = {"tenant_id": uid(tenant_id), "channel": identity.channel.value,
+               "channel_user_id": identity.channel_user_id}
+        for _ in range(self.settings.max_write_retries):
+            seq = await self._claim_seq(tenant_id, profile_id, None)
+            try:
+                await self._c("identities").insert_one(
+                    self._identity_doc(tenant_id, profile_id, identity, seq)
+                )
+                return True
+            except DuplicateKeyError:
+                owner = await self._c("identities").find_one(key)
+            if owner is None:
+                continue  # released in between: try again
+            if owner["profile_id"] == uid(profile_id):
+                return False
+            if not await self._release_if_stale(tenant_id, owner):
+                raise errors.IdentityConflictError(
+                    f"identity {identity.channel.value}:{identity.channel_user_id} belongs to "
+                    "another profile"
+                )
+        raise errors.ConflictError("link_channel lost too many races; retry")
+
+    async def _merge_profiles(
+        self,
+        tenant_id: UUID,
+        source_profile_id: UUID,
+        target_profile_id: UUID,
+        choose_winner: MergeWinner,
+    ) -> None:
+        t, src, dst = uid(tenant_id), uid(source_profile_id), uid(target_profile_id)
+        profiles, fields = self._c("profiles"), self._c("fields")
+
+        async def work(session: Any) -> None:
+            # 1. mark the source as being merged: from now on nothing else writes to it,
+            #    and a merge interrupted on a standalone server is finished by calling again
+            source = await profiles.find_one_and_update(
+                {"tenant_id": t, "_id": src, "live": True, "merging_into": {"$in": [None, dst]}},
+                {"$set": {"merging_into": dst}},
+                session=session,
+            )
+            if source is None:
+                raise errors.NotFoundError(f"profile {source_profile_id} not found")
+            # 2. the target's write order continues after every moved item's
+            target = await profiles.find_one_and_update(
+                {"tenant_id": t, "_id": dst, "live": True, "merging_into": None},
+                {"$max": {"write_seq": int(source.get("write_seq", 0))}},
+                session=session,
+            )
+            if target is None:
+                await profiles.update_one(
+                    {"tenant_id": t, "_id": src, "merging_into": dst},
+                    {"$unset": {"merging_into": ""}}, session=session,
+                )
+                raise errors.NotFoundError(f"profile {target_profile_id} not found")
+            # 3. identities, consents and assets move as they are (ids unchanged)
+            has_primary = await self._c("identities").find_one(
+                {"tenant_id": t, "profile_id": dst, "primary": True}, projection={"_id": 1},
+                session=session,
+            )
+            moved: dict[str, Any] = {"profile_id": dst}
+            if has_primary:
+                moved["primary"] = False
+            await self._c("identities").update_many(
+                {"tenant_id": t, "profile_id": src}, {"$set": moved}, session=session
+            )
+            for collection in ("consents", "assets"):
+                await self._c(collection).update_many(
+                    {"tenant_id": t, "profile_id": src}, {"$set": {"profile_id": dst}},
+                    session=session,
+                )
+            # 4. fields: settle each name ACTIVE on both sides, then move every version; the
+            #    one-ACTIVE index refuses the move if a new conflict appeared: settle again
+            for _ in range(self.settings.max_write_retries):
+                await self._settle_conflicts(t, src, dst, choose_winner, session)
+                try:
+                    await fields.update_many(
+                        {"tenant_id": t, "profile_id": src}, {"$set": {"profile_id": dst}},
+                        session=session,
+                    )
+                    break
+                except DuplicateKeyError:
+                    if session is not None:
+                        raise
+            else:
+                raise errors.ConflictError("merge lost too many races; call it again to finish")
+            # 5. the source is soft-deleted last
+            await profiles.update_one(
+                {"tenant_id": t, "_id": src},
+                {"$set": {"live": False, "deleted_at": dt(self.now()), "merged_into": dst,
+                          "released_identities": []},
+                 "$unset": {"merging_into": ""}},
+                session=session,
+            )
+
+        if self.transactions_enabled:
+            await self._atomic(work)
+            return
+        # standalone: both write leases, always taken in the same order (no deadlock)
+        states: dict[UUID, dict[str, Any]] = {
+            source_profile_id: {"live": True, "merging_into": {"$in": [None, dst]}},
+            target_profile_id: {"live": True, "merging_into": None},
+        }
+        held: list[tuple[UUID, str]] = []
+        try:
+            for profile_id in sorted(states, key=lambda u: u.bytes):
+                _, token = await self._lock(tenant_id, profile_id, count=0,
+                                            state=states[profile_id])
+                held.append((profile_id, token))
+            await work(None)
+        finally:
+            for profile_id, token in held:
+                await self._unlock(tenant_id, profile_id, token)
+
+    async def _settle_conflicts(
+        self, t: Any, src: Any, dst: Any, choose_winner: MergeWinner, session: Any
+    ) -> None:
+        fields = self._c("fields")
+        actives = await fields.find(
+            {"tenant_id": t, "profile_id": {"$in": [src, dst]},
+             "status": ItemStatus.ACTIVE.value},
+            session=session,
+        ).to_list(None)
+        by_name: dict[str, dict[Any, ProfileField]] = {}
+        for doc in actives:
+            by_name.setdefault(doc["name"], {})[doc["profile_id"]] = _to_model(
+                ProfileField, doc, _FIELD_JSON
+            )
+        now = dt(self.now())
+        for pair in by_name.values():
+            if len(pair) < 2:
+                continue
+            kept, dropped = pair[dst], pair[src]
+            winner = choose_winner(kept, dropped)
+            loser = dropped if winner is kept else kept
+            await fields.update_one(
+                {"tenant_id": t, "_id": uid(loser.id), "status": ItemStatus.ACTIVE.value},
+                {"$set": {"status": ItemStatus.SUPERSEDED.value,
+                          "superseded_by_id": uid(winner.id), "superseded_at": now,
+                          "updated_at": now}},
+                session=session,
+            )
+
+    # =====================================================================================
+    # field definitions and scenario requirements: upserts on their natural keys
+    # =====================================================================================
+
+    async def _upsert(
+        self, collection: str, key: dict[str, Any], document: dict[str, Any]
+    ) -> UUID:
+        """Insert or update by ``key``, keeping a stored ``_id`` and ``created_at``."""
+        keep = {"_id": document.pop("_id"), "created_at": document.pop("created_at")}
+        for attempt in range(2):
+            try:
+                stored = await self._c(collection).find_one_and_update(
+                    key,
+                    {"$set": document, "$setOnInsert": keep},
+                    upsert=True,
+                    projection={"_id": 1},
+                    return_document=ReturnDocument.AFTER,
+                )
+                found: UUID = decode(stored["_id"])
+                return found
+            except DuplicateKeyError:
+                # two upserts raced to insert: the second attempt finds the first's row
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _get_field_definitions(
+        self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+    ) -> list[ProfileFieldDefinition]:
+        query: dict[str, Any] = {"tenant_id": uid(tenant_id), "agent_id": uid(agent_id)}
+        if enabled_only:
+            query["enabled"] = True
+        docs = await self._c("definitions").find(query, sort=[("name", 1)]).to_list(None)
+        return [_to_model(ProfileFieldDefinition, d, _DEFINITION_JSON) for d in docs]
+
+    async def _get_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> ProfileFieldDefinition | None:
+        doc = await self._c("definitions").find_one(
+            {"tenant_id": uid(tenant_id), "agent_id": uid(agent_id), "name": field_name}
+        )
+        return None if doc is None else _to_model(ProfileFieldDefinition, doc, _DEFINITION_JSON)
+
+    async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
+        doc: dict[str, Any] = encode(definition.model_dump(mode="python"))
+        doc["_id"] = doc.pop("id")
+        for json_key in _DEFINITION_JSON:
+            pack_json(doc, json_key)
+        key = {"tenant_id": doc.pop("tenant_id"), "agent_id": doc.pop("agent_id"),
+               "name": doc.pop("name")}
+        return await self._upsert("definitions", key, doc)
+
+    async def _delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        result = await self._c("definitions").delete_one(
+            {"tenant_id": uid(tenant_id), "agent_id": uid(agent_id), "name": field_name}
+        )
+        return bool(result.deleted_count)
+
+    async def _get_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> list[ScenarioFieldRequirement]:
+        docs = await self._c("requirements").find(
+            {"tenant_id": uid(tenant_id), "scenario_id": uid(scenario_id),
+             "step_id": None if step_id is None else uid(step_id)},
+            sort=[("collection_order", 1), ("field_name", 1)],
+        ).to_list(None)
+        return [_to_model(ScenarioFieldRequirement, d) for d in docs]
+
+    async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
+        doc: dict[str, Any] = encode(requirement.model_dump(mode="python"))
+        doc["_id"] = doc.pop("id")
+        key = {name: doc.pop(name) for name in
+               ("tenant_id", "scenario_id", "step_id", "rule_id", "field_name")}
+        return await self._upsert("requirements", key, doc)
+
+    async def _delete_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> int:
+        query: dict[str, Any] = {"tenant_id": uid(tenant_id), "scenario_id": uid(scenario_id)}
+        if step_id is not None:
+            query["step_id"] = uid(step_id)
+        result = await self._c("requirements").delete_many(query)
+        return int(result.deleted_count)
+
+    # =====================================================================================
+    # erasure, portability, hard delete, orphans, operations
+    # =====================================================================================
+
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        t, p = uid(tenant_id), uid(profile_id)
+
+        async def work(session: Any) -> bool:
+            # reads stop first; then what it owns goes; the profile document goes last, so
+            # a purge interrupted on a standalone server is finished by calling it again
+            marked = await self._c("profiles").find_one_and_update(
+                {"tenant_id": t, "_id": p},
+                {"$set": {"live": False, "purging": True}},
+                projection={"_id": 1},
+                session=session,
+            )
+            if marked is None:
+                return False
+            for collection in ("fields", "assets", "identities", "consents"):
+                await self._c(collection).delete_many(
+                    {"tenant_id": t, "profile_id": p}, session=session
+                )
+            await self._c("profiles").delete_one({"tenant_id": t, "_id": p}, session=session)
+            return True
+
+        return await self._atomic(work)
+
+    async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
+        key = {"_id": uid(profile_id)}
+        return await self._atomic(
+            lambda session: self._load(tenant_id, key, True, live_only=False, session=session)
+        )
+
+    async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
+        collection = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"
+
+        async def work(session: Any) -> bool:
+            if await self._check_has_dependents(tenant_id, item_id, session):
+                raise errors.DependentsError(f"ACTIVE items derive from {item_id}")
+            result = await self._c(collection).delete_one(
+                {"tenant_id": uid(tenant_id), "_id": uid(item_id), "status": {"$in": _STATUSES}},
+                session=session,
+            )
+            return bool(result.deleted_count)
+
+        return await self._atomic(work)
+
+    async def _mark_orphans(self, tenant_id: UUID) -> int:
+        t = uid(tenant_id)
+        live = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
+        candidates: dict[str, list[dict[str, Any]]] = {}
+        for collection in ("fields", "assets"):
+            candidates[collection] = await self._c(collection).find(
+                {"tenant_id": t, "status": {"$in": live},
+                 "source_item_type": {"$in": _LINEAGE_SOURCES}},
+                projection={"source_item_id": 1, "source_item_type": 1},
+            ).to_list(None)
+        def source_collection(doc: dict[str, Any]) -> str:
+            return "fields" if doc["source_item_type"] == SourceType.PROFILE_FIELD else "assets"
+
+        wanted: dict[str, set[Any]] = {"fields": set(), "assets": set()}
+        for docs in candidates.values():
+            for doc in docs:
+                wanted[source_collection(doc)].add(doc["source_item_id"])
+        existing: dict[str, set[Any]] = {}
+        for collection, ids in wanted.items():
+            found = await self._c(collection).find(
+                {"tenant_id": t, "_id": {"$in": list(ids)}}, projection={"_id": 1}
+            ).to_list(None) if ids else []
+            existing[collection] = {d["_id"] for d in found}
+        marked = 0
+        now = dt(self.now())
+        for collection, docs in candidates.items():
+            orphans = [
+                d["_id"] for d in docs
+                if d["source_item_id"] not in existing[source_collection(d)]
+            ]
+            if orphans:
+                result = await self._c(collection).update_many(
+                    {"tenant_id": t, "_id": {"$in": orphans}, "status": {"$in": live}},
+                    {"$set": {"status": ItemStatus.ORPHANED.value, "updated_at": now}},
+                )
+                marked += int(result.modified_count)
+        return marked
+
+    async def _list_tenant_ids(self) -> list[UUID]:
+        found = await self._c("profiles").distinct("tenant_id")
+        return [decode(value) for value in found]
+
+    async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for kind in ("fields", "assets"):
+            cursor = await self._c(kind).aggregate(
+                [
+                    {"$match": {"tenant_id": uid(tenant_id), "status": {"$in": _STATUSES}}},
+                    {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+                ]
+            )
+            counts[kind] = {row["_id"]: int(row["n"]) for row in await cursor.to_list(None)}
+        return counts
+
+
+# every provider hook (and setup) turns driver errors into vault errors
+for _name in [
+    name
+    for name, value in vars(MongoProfileStore).items()
+    if name.startswith("_") and not name.startswith("__") and asyncio.iscoroutinefunction(value)
+    and name in vars(ProfileStore)
+]:
+    setattr(MongoProfileStore, _name, _translate(getattr(MongoProfileStore, _name)))

@@ -1,0 +1,614 @@
+"""The MongoDB-specific code paths, checked by the exact commands the store sends.
+
+These tests always use the emulation's recording seam (no server needed): what is
+asserted is what the store hands to the driver, which is what a real server would receive.
+``test_every_recorded_call_binds_to_the_real_async_driver`` checks that each recorded call
+is one PyMongo's ``AsyncCollection`` accepts, with the same arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from bson.binary import Binary
+from ccvault import errors
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    ItemStatus,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldDefinition,
+    ScenarioFieldRequirement,
+    SourceType,
+)
+from ccvault_mongo import MongoProfileStore, MongoSettings
+from ccvault_mongo.codec import dt, uid
+from ccvault_mongo.emulation import Command, EmulatedMongoClient
+from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
+from pymongo.asynchronous.collection import AsyncCollection
+
+NOW = datetime(2026, 5, 1, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+class FixedClockStore(MongoProfileStore):
+    """A store whose clock stands still, so timestamps in commands are predictable."""
+
+    def now(self) -> datetime:
+        return NOW
+
+
+async def _open(transactions: bool) -> AsyncIterator[tuple[MongoProfileStore, EmulatedMongoClient]]:
+    client = EmulatedMongoClient(transactions=transactions)
+    settings = MongoSettings(database="cmd", transactions="on" if transactions else "off")
+    async with FixedClockStore(settings, client=client) as store:
+        client.clear_commands()
+        yield store, client
+
+
+@pytest.fixture
+async def standalone() -> AsyncIterator[tuple[MongoProfileStore, EmulatedMongoClient]]:
+    async for pair in _open(False):
+        yield pair
+
+
+@pytest.fixture
+async def replica_set() -> AsyncIterator[tuple[MongoProfileStore, EmulatedMongoClient]]:
+    async for pair in _open(True):
+        yield pair
+
+
+def _calls(client: EmulatedMongoClient) -> list[tuple[str, str]]:
+    return [(c.collection, c.method) for c in client.commands]
+
+
+async def _profile(store: MongoProfileStore, tenant: UUID) -> UUID:
+    profile = await store.get_or_create(tenant, Channel.WHATSAPP, f"+1555{uuid4().int % 10**7}")
+    return profile.id
+
+
+# ---------------------------------------------------------------------------------------
+# setup: indexes
+# ---------------------------------------------------------------------------------------
+
+
+async def test_setup_asks_hello_then_creates_every_index_in_one_command_per_collection() -> None:
+    client = EmulatedMongoClient()
+    async with MongoProfileStore(MongoSettings(database="idx"), client=client) as store:
+        assert store.transactions_enabled is False
+    assert client.commands[0] == Command("admin", "command", ("hello",))
+    creates = [c for c in client.commands if c.method == "create_indexes"]
+    assert [c.collection for c in creates] == list(COLLECTIONS)
+    for command in creates:
+        assert command.args == ([m.document for m in INDEXES[command.collection]],)
+
+
+def test_the_index_definitions_are_exactly_these() -> None:
+    documents = {
+        name: [dict(m.document) for m in models] for name, models in INDEXES.items()
+    }
+    fields = {d["name"]: d for d in documents["fields"]}
+    assert dict(fields["one_active_field"]["key"]) == {
+        "tenant_id": 1, "profile_id": 1, "name": 1
+    }
+    assert fields["one_active_field"]["unique"] is True
+    assert fields["one_active_field"]["partialFilterExpression"] == {"status": "active"}
+    assert dict(fields["fields_by_source_item"]["key"]) == {"tenant_id": 1, "source_item_id": 1}
+    assert dict(fields["fields_by_expiry"]["key"]) == {
+        "tenant_id": 1, "status": 1, "expires_at": 1
+    }
+    identities = {d["name"]: d for d in documents["identities"]}
+    assert dict(identities["identity_unique"]["key"]) == {
+        "tenant_id": 1, "channel": 1, "channel_user_id": 1
+    }
+    assert identities["identity_unique"]["unique"] is True
+    requirements = {d["name"]: d for d in documents["requirements"]}
+    assert list(requirements["requirement_natural_key"]["key"]) == [
+        "tenant_id", "scenario_id", "step_id", "rule_id", "field_name"
+    ]
+    assert requirements["requirement_natural_key"]["unique"] is True
+    definitions = {d["name"]: d for d in documents["definitions"]}
+    assert list(definitions["definition_natural_key"]["key"]) == ["tenant_id", "agent_id", "name"]
+    # shardable on tenant: every index but the recovery one starts with tenant_id
+    for name, docs in documents.items():
+        for doc in docs:
+            if doc["name"] != "interrupted_writes":
+                assert next(iter(doc["key"])) == "tenant_id", (name, doc["name"])
+
+
+async def test_setup_is_idempotent_on_a_database_with_data() -> None:
+    client = EmulatedMongoClient()
+    settings = MongoSettings(database="twice")
+    tenant = uuid4()
+    async with MongoProfileStore(settings, client=client) as store:
+        profile = await _profile(store, tenant)
+        await store.update_field(tenant, profile, ProfileField(name="email", value="a"))
+        await store.update_field(tenant, profile, ProfileField(name="email", value="b"))
+    async with MongoProfileStore(settings, client=client) as again:
+        field = await again.get_field(tenant, profile, "email")
+        assert field is not None and field.value == "b"
+
+
+async def test_the_partial_unique_index_refuses_a_second_active_version(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    from pymongo.errors import DuplicateKeyError
+
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    await store.update_field(tenant, profile, ProfileField(name="email", value="a"))
+    rogue = store._field_doc(tenant, profile, ProfileField(name="email", value="b"), 99)
+    with pytest.raises(DuplicateKeyError):
+        await client["cmd"]["fields"].insert_one(rogue)
+    rogue["status"] = "superseded"
+    await client["cmd"]["fields"].insert_one(rogue)  # any other status is fine
+
+
+# ---------------------------------------------------------------------------------------
+# fields: the standalone ordering and the transaction
+# ---------------------------------------------------------------------------------------
+
+
+async def test_standalone_supersede_is_pending_then_supersede_then_activate(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    first = ProfileField(name="email", value="a", collected_at=NOW)
+    await store.update_field(tenant, profile, first)
+    client.clear_commands()
+    second = ProfileField(name="email", value="b", collected_at=NOW)
+    await store.update_field(tenant, profile, second)
+    t, p, now = uid(tenant), uid(profile), dt(NOW)
+    name_key = {"tenant_id": t, "profile_id": p, "name": "email"}
+    lock, pending, supersede, activate, unlock = client.commands
+    # the profile's write lease: one conditional update that also claims the write order
+    token = lock.args[1]["$set"]["lock"]
+    lease_until = lock.args[1]["$set"]["lock_until"]
+    assert lock == Command(
+        "profiles", "find_one_and_update",
+        ({"tenant_id": t, "_id": p, "live": True, "merging_into": None,
+          "$or": [{"lock": None}, {"lock_until": {"$lte": lock.args[0]["$or"][1]["lock_until"]
+                                                  ["$lte"]}}]},
+         {"$set": {"lock": token, "lock_until": lease_until}, "$inc": {"write_seq": 1}}),
+        {"projection": {"write_seq": 1, "lock": 1}},
+    )
+    assert lease_until > lock.args[0]["$or"][1]["lock_until"]["$lte"]
+    assert pending.method == "insert_one"
+    assert pending.args[0]["status"] == PENDING
+    assert pending.args[0]["pending_since"] == now
+    assert pending.args[0]["_id"] == uid(second.id)
+    assert supersede == Command(
+        "fields", "update_one",
+        ({**name_key, "status": "active", "_id": {"$ne": uid(second.id)}},
+         {"$set": {"status": "superseded", "superseded_by_id": uid(second.id),
+                   "superseded_at": now, "updated_at": now}}),
+    )
+    assert activate == Command(
+        "fields", "update_one",
+        ({"tenant_id": t, "_id": uid(second.id), "status": PENDING},
+         {"$set": {"status": "active"}, "$unset": {"pending_since": ""}}),
+    )
+    assert unlock == Command(
+        "profiles", "update_one",
+        ({"tenant_id": t, "_id": p, "lock": token}, {"$set": {"lock": None, "lock_until": None}}),
+    )
+    assert not any(c.in_transaction for c in client.commands)
+
+
+async def test_standalone_without_supersede_is_one_guarded_insert(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    await store.update_field(tenant, profile, ProfileField(name="email", value="a"))
+    client.clear_commands()
+    with pytest.raises(errors.ActiveFieldConflictError):
+        await store.update_field(
+            tenant, profile, ProfileField(name="email", value="b"), supersede_existing=False
+        )
+    # lease, expire a stale ACTIVE one, the insert the unique index refuses, which index,
+    # lease given back
+    assert _calls(client) == [
+        ("profiles", "find_one_and_update"),
+        ("fields", "update_one"),
+        ("fields", "insert_one"),
+        ("fields", "find_one"),
+        ("profiles", "update_one"),
+    ]
+    expire = client.commands[1]
+    assert expire.args[0]["expires_at"] == {"$lte": dt(NOW)}
+    assert expire.args[1] == {"$set": {"status": "expired", "updated_at": dt(NOW)}}
+
+
+async def test_transactional_supersede_runs_every_step_in_one_transaction(
+    replica_set: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = replica_set
+    assert store.transactions_enabled is True
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    await store.update_field(tenant, profile, ProfileField(name="email", value="a"))
+    client.clear_commands()
+    committed = client.committed_transactions
+    second = ProfileField(name="email", value="b")
+    await store.update_field(tenant, profile, second)
+    assert _calls(client) == [
+        ("profiles", "find_one_and_update"),
+        ("fields", "find_one"),
+        ("fields", "update_one"),
+        ("fields", "insert_one"),
+    ]
+    assert all(c.in_transaction for c in client.commands)
+    assert client.commands[3].args[0]["status"] == "active"  # no pending step needed
+    assert client.committed_transactions == committed + 1
+
+
+async def test_an_aborted_transaction_leaves_nothing_behind(
+    replica_set: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = replica_set
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    first = ProfileField(name="email", value="a")
+    await store.update_field(tenant, profile, first)
+    before = await store.export_profile(tenant, profile)
+    aborted = client.aborted_transactions
+    with pytest.raises(errors.ConflictError):
+        await store.update_field(tenant, profile, ProfileField(id=first.id, name="phone", value=1))
+    assert client.aborted_transactions == aborted + 1
+    after = await store.export_profile(tenant, profile)
+    assert after["profile"] == before["profile"]
+
+
+async def test_the_standalone_loser_of_a_race_supersedes_the_winner_and_retries() -> None:
+    """Another writer's version becomes ACTIVE between this writer's supersede and its
+    activation: the unique index refuses the activation, the writer supersedes the winner
+    and activates on the second try. One ACTIVE version at every step, none lost."""
+    tenant = uuid4()
+    rival = ProfileField(name="email", value="rival")
+
+    class RacingClient(EmulatedMongoClient):
+        raced = False
+
+        def _record(self, collection: str, method: str, args: tuple[Any, ...],
+                    kwargs: dict[str, Any], session: Any) -> None:
+            super()._record(collection, method, args, kwargs, session)
+            if (method == "update_one" and args[0].get("status") == PENDING
+                    and not self.raced):
+                self.raced = True  # the rival's version lands right before our activation
+                doc = store._field_doc(tenant, profile, rival, 99)
+                self._sync["race"]["fields"].insert_one(doc)
+
+    client = RacingClient()
+    settings = MongoSettings(database="race", transactions="off")
+    async with FixedClockStore(settings, client=client) as store:
+        profile = await _profile(store, tenant)
+        first = ProfileField(name="email", value="first")
+        await store.update_field(tenant, profile, first)  # raced: first loses to rival
+        history = {f.value: f for f in await store.get_field_history(tenant, profile, "email")}
+        assert history["first"].status is ItemStatus.ACTIVE
+        assert history["rival"].status is ItemStatus.SUPERSEDED
+        assert history["rival"].superseded_by_id == first.id
+        activations = [c for c in client.commands if c.method == "update_one"
+                       and c.args[0].get("status") == PENDING]
+        assert len(activations) == 2  # refused by the unique index once, then accepted
+        second = ProfileField(name="email", value="second")
+        await store.update_field(tenant, profile, second)
+        history = {f.value: f for f in await store.get_field_history(tenant, profile, "email")}
+        assert [v for v, f in history.items() if f.status is ItemStatus.ACTIVE] == ["second"]
+        assert history["first"].superseded_by_id == second.id
+
+
+async def test_interrupted_writes_are_rolled_forward_by_setup() -> None:
+    client = EmulatedMongoClient()
+    settings = MongoSettings(database="crash", transactions="off")
+    tenant = uuid4()
+    async with MongoProfileStore(settings, client=client) as store:
+        profile = await _profile(store, tenant)
+        old = ProfileField(name="email", value="old")
+        await store.update_field(tenant, profile, old)
+        # a process died after storing its version and superseding the ACTIVE one
+        stuck = ProfileField(name="email", value="new")
+        doc = store._field_doc(tenant, profile, stuck, 9)
+        doc.update(status=PENDING, pending_since=dt(store.now() - timedelta(minutes=5)))
+        await client["crash"]["fields"].insert_one(doc)
+        await client["crash"]["fields"].update_one(
+            {"tenant_id": uid(tenant), "_id": uid(old.id)},
+            {"$set": {"status": "superseded", "superseded_by_id": uid(stuck.id)}},
+        )
+        assert await store.get_field(tenant, profile, "email") is None  # pending is invisible
+        assert len(await store.get_field_history(tenant, profile, "email")) == 1
+    async with MongoProfileStore(settings, client=client) as restarted:
+        field = await restarted.get_field(tenant, profile, "email")
+        assert field is not None and field.id == stuck.id
+        history = await restarted.get_field_history(tenant, profile, "email")
+        assert [f.id for f in history if f.status is ItemStatus.SUPERSEDED] == [old.id]
+
+
+async def test_an_interrupted_merge_is_finished_by_calling_merge_again(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    tenant = uuid4()
+    source, target = await _profile(store, tenant), await _profile(store, tenant)
+    await store.update_field(tenant, source, ProfileField(name="email", value="s"))
+    # the merge died right after marking the source
+    await client["cmd"]["profiles"].update_one(
+        {"tenant_id": uid(tenant), "_id": uid(source)}, {"$set": {"merging_into": uid(target)}}
+    )
+    with pytest.raises(errors.NotFoundError):  # nothing writes to a source being merged
+        await store.update_field(tenant, source, ProfileField(name="phone", value="1"))
+    assert await store.merge_profiles(tenant, source, target)
+    merged = await store.get_by_id(tenant, target)
+    assert merged is not None and merged.fields["email"].value == "s"
+    assert await store.get_by_id(tenant, source) is None
+
+
+async def test_identities_left_by_an_interrupted_delete_are_released(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    tenant = uuid4()
+    first = await store.get_or_create(tenant, Channel.SMS, "+15550001")
+    # the delete died after the profile stopped being live, before its identities went
+    await client["cmd"]["profiles"].update_one(
+        {"tenant_id": uid(tenant), "_id": uid(first.id)}, {"$set": {"live": False}}
+    )
+    assert await store.get_by_channel_identity(tenant, Channel.SMS, "+15550001") is None
+    fresh = await store.get_or_create(tenant, Channel.SMS, "+15550001")
+    assert fresh.id != first.id
+    assert await store.link_channel(
+        tenant, fresh.id, ChannelIdentity(channel=Channel.SMS, channel_user_id="+15550001")
+    ) is False
+
+
+# ---------------------------------------------------------------------------------------
+# reads: bounded round trips; expiry; lineage; aggregation
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transactions", [False, True])
+@pytest.mark.parametrize("history", [False, True])
+async def test_a_whole_profile_read_costs_five_queries_whatever_the_field_count(
+    transactions: bool, history: bool
+) -> None:
+    async for store, client in _open(transactions):
+        await _check_read_cost(store, client, history)
+        # in a transaction the five queries read one snapshot
+        assert all(c.in_transaction for c in client.commands) is transactions
+
+
+async def _check_read_cost(
+    store: MongoProfileStore, client: EmulatedMongoClient, history: bool
+) -> None:
+    tenant = uuid4()
+    counts = []
+    for n in (1, 60):
+        profile = await _profile(store, tenant)
+        for i in range(n):
+            await store.update_field(tenant, profile, ProfileField(name=f"f{i}", value=i))
+            await store.update_field(tenant, profile, ProfileField(name=f"f{i}", value=-i))
+        client.clear_commands()
+        read = await store.get_by_id(tenant, profile, include_history=history)
+        assert read is not None and len(read.fields) == n
+        counts.append(_calls(client))
+    assert counts[0] == counts[1] == [
+        ("profiles", "find_one"),
+        ("identities", "find"),
+        ("fields", "find"),
+        ("assets", "find"),
+        ("consents", "find"),
+    ]
+    fields_query = client.commands[2]
+    expected_status: Any = {"$in": [s.value for s in ItemStatus]} if history else "active"
+    assert fields_query.args[0]["status"] == expected_status
+    assert fields_query.kwargs["sort"] == [("name", 1), ("collected_at", -1), ("seq", -1)]
+
+
+async def test_expire_stale_fields_is_one_update_many(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    for i in range(3):
+        await store.update_field(
+            tenant, profile, ProfileField(name=f"f{i}", value=i, expires_at=NOW - timedelta(1))
+        )
+    client.clear_commands()
+    assert await store.expire_stale_fields(tenant) == 3
+    assert client.commands == [
+        Command(
+            "fields", "update_many",
+            ({"tenant_id": uid(tenant), "status": "active", "expires_at": {"$lte": dt(NOW)}},
+             {"$set": {"status": "expired", "updated_at": dt(NOW)}}),
+        )
+    ]
+    client.clear_commands()
+    assert await store.expire_stale_fields(tenant, profile) == 0
+    assert list(client.commands[0].args[0]) == ["tenant_id", "profile_id", "status", "expires_at"]
+
+
+async def test_lineage_is_a_bounded_loop_that_stops_on_a_cycle(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    a, b = uuid4(), uuid4()
+    # a <- b <- a: a cycle written directly (the store never checks links on write)
+    await store.update_field(tenant, profile, ProfileField(
+        id=a, name="a", value=1, source_item_id=b, source_item_type=SourceType.PROFILE_FIELD))
+    await store.update_field(tenant, profile, ProfileField(
+        id=b, name="b", value=2, source_item_id=a, source_item_type=SourceType.PROFILE_FIELD))
+    client.clear_commands()
+    chain = await store.get_derivation_chain(tenant, b, "profile_field")
+    assert [entry["id"] for entry in chain] == [a, b]
+    # b, then a; a's source b was seen already: the walk stops without a third query
+    assert _calls(client) == [("fields", "find_one")] * 2
+
+
+async def test_count_items_by_status_is_this_aggregation(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    await store.update_field(tenant, profile, ProfileField(name="email", value="a"))
+    await store.update_field(tenant, profile, ProfileField(name="email", value="b"))
+    await store.add_asset(tenant, profile, ProfileAsset(
+        name="scan", asset_type="document", storage_provider="s3", storage_path="s3://x"))
+    client.clear_commands()
+    counts = await store.count_items_by_status(tenant)
+    assert counts["fields"]["active"] == 1 and counts["fields"]["superseded"] == 1
+    assert counts["assets"]["active"] == 1
+    pipeline = [
+        {"$match": {"tenant_id": uid(tenant), "status": {"$in": [s.value for s in ItemStatus]}}},
+        {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+    ]
+    assert client.commands == [
+        Command("fields", "aggregate", (pipeline,)),
+        Command("assets", "aggregate", (pipeline,)),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# every call: tenant first, and a call the real async driver accepts
+# ---------------------------------------------------------------------------------------
+
+
+async def _workload(store: MongoProfileStore) -> None:
+    tenant, agent, scenario = uuid4(), uuid4(), uuid4()
+    source = await store.get_or_create(tenant, Channel.WEB, "visitor-1")
+    target = await store.get_or_create(tenant, Channel.EMAIL, "ada@example.com")
+    await store.link_channel(tenant, target.id,
+                             ChannelIdentity(channel=Channel.SMS, channel_user_id="+15550002"))
+    email = ProfileField(name="email", value="a@example.com")
+    await store.update_field(tenant, source.id, email)
+    await store.update_field(tenant, target.id, ProfileField(
+        name="email", value="b@example.com", verified=True))
+    await store.update_field(tenant, target.id, ProfileField(
+        name="nickname", value="ada", source_item_id=email.id,
+        source_item_type=SourceType.PROFILE_FIELD, expires_at=NOW - timedelta(1)),
+        supersede_existing=False)
+    asset = ProfileAsset(name="scan", asset_type="document", storage_provider="s3",
+                         storage_path="s3://x", source_item_id=email.id,
+                         source_item_type=SourceType.PROFILE_FIELD)
+    await store.add_asset(tenant, target.id, asset, supersede_existing=True)
+    await store.get_field(tenant, target.id, "email", status=None)
+    await store.get_field_history(tenant, target.id, "email")
+    await store.get_asset(tenant, target.id, asset.id)
+    await store.get_asset_by_name(tenant, target.id, "scan")
+    await store.get_derivation_chain(tenant, asset.id, "profile_asset")
+    await store.get_derived_items(tenant, email.id)
+    await store.check_has_dependents(tenant, email.id)
+    await store.expire_stale_fields(tenant)
+    await store.merge_profiles(tenant, source.id, target.id)
+    await store.get_by_customer_id(tenant, target.customer_id, include_history=True)
+    await store.get_by_channel_identity(tenant, Channel.WEB, "visitor-1")
+    profile = await store.get_by_id(tenant, target.id)
+    assert profile is not None
+    await store.save(profile)
+    await store.save_field_definition(ProfileFieldDefinition(
+        tenant_id=tenant, agent_id=agent, name="prefs", value_type="json",
+        allowed_values=[{"a.b": 1}]))
+    await store.get_field_definitions(tenant, agent)
+    await store.get_field_definition(tenant, agent, "email")
+    await store.save_scenario_requirement(ScenarioFieldRequirement(
+        tenant_id=tenant, agent_id=agent, scenario_id=scenario, field_name="email"))
+    await store.get_scenario_requirements(tenant, scenario)
+    await store.get_missing_fields(tenant, profile, scenario)
+    await store.delete_scenario_requirements(tenant, scenario)
+    await store.delete_field_definition(tenant, agent, "prefs")
+    await store.mark_orphans(tenant)
+    await store.count_items_by_status(tenant)
+    await store.export_profile(tenant, target.id)
+    await store.delete_item(tenant, asset.id, "profile_asset")
+    await store.delete(tenant, target.id)
+    await store.purge_profile(tenant, target.id)
+
+
+#: calls that cannot name one tenant: the server handshake, index builds, the list of
+#: tenants, and the start-up sweep for interrupted writes
+_NOT_TENANT_SCOPED = {("admin", "command"), ("profiles", "distinct")}
+
+
+@pytest.mark.parametrize("transactions", [False, True])
+async def test_every_query_filters_by_tenant_first(transactions: bool) -> None:
+    async for store, client in _open(transactions):
+        await _workload(store)
+        await store.list_tenant_ids()
+        checked = 0
+        for command in client.commands:
+            if command.method == "create_indexes" or (
+                command.collection, command.method) in _NOT_TENANT_SCOPED:
+                continue
+            if command.method in ("insert_one", "insert_many"):
+                docs = command.args[0] if command.method == "insert_many" else [command.args[0]]
+                assert all("tenant_id" in d for d in docs), command
+                continue
+            query = command.args[0][0]["$match"] if command.method == "aggregate" else (
+                command.args[0])
+            assert next(iter(query)) == "tenant_id", command
+            assert isinstance(query["tenant_id"], Binary), command
+            checked += 1
+        assert checked > 60
+
+
+async def test_every_recorded_call_is_one_the_real_async_driver_accepts() -> None:
+    """Each call binds to ``AsyncCollection``'s signature; every filter, update and document
+    encodes to BSON with the driver's default codec options (no stray native UUID); every
+    update document is one the driver accepts; ``find`` arguments build a real ``AsyncCursor``
+    (an unconnected ``AsyncMongoClient``: no server needed to validate them)."""
+    import bson
+    from pymongo import AsyncMongoClient
+    from pymongo.common import validate_ok_for_update
+
+    real = AsyncMongoClient("mongodb://127.0.0.1:9", connect=False)
+    try:
+        for transactions in (False, True):
+            async for store, client in _open(transactions):
+                await _workload(store)
+                await store.list_tenant_ids()
+                for command in client.commands:
+                    if command.collection == "admin":
+                        continue
+                    kwargs = dict(command.kwargs)
+                    if command.in_transaction:
+                        kwargs["session"] = None
+                    method = getattr(AsyncCollection, command.method)
+                    inspect.signature(method).bind(None, *command.args, **kwargs)
+                    collection = real["check"][command.collection]
+                    if command.method in ("find", "find_one"):
+                        collection.find(*command.args, **command.kwargs)
+                    if command.method in ("update_one", "update_many", "find_one_and_update"):
+                        validate_ok_for_update(command.args[1])
+                    documents = (
+                        command.args[0] if command.method in ("insert_many", "aggregate",
+                                                              "create_indexes")
+                        else [a for a in command.args if isinstance(a, dict)]
+                    )
+                    for document in documents:
+                        bson.encode(document)
+    finally:
+        await real.close()
+
+
+def test_the_emulated_collection_has_the_async_shape_of_the_real_one() -> None:
+    from ccvault_mongo.emulation import EmulatedCollection
+
+    used = [name for name in vars(EmulatedCollection) if not name.startswith("_")]
+    assert "find" in used and "aggregate" in used
+    for name in used:
+        real = getattr(AsyncCollection, name)
+        fake = getattr(EmulatedCollection, name)
+        assert inspect.iscoroutinefunction(real) == inspect.iscoroutinefunction(fake), name

@@ -1,0 +1,639 @@
+"""Every SQL statement of the provider, as constants.
+
+Nothing here is ever formatted with a caller's value: column lists are spliced in once, at
+import time, from the constant tuples below; every value travels as a bind parameter. Each
+statement is prepared once per pooled connection (asyncpg's statement cache).
+"""
+
+from __future__ import annotations
+
+# Model attributes stored as columns of the same name (table order).
+FIELD_COLS: tuple[str, ...] = (
+    "id",
+    "name",
+    "value",
+    "value_type",
+    "source",
+    "source_session_id",
+    "source_scenario_id",
+    "source_step_id",
+    "source_item_id",
+    "source_item_type",
+    "source_metadata",
+    "status",
+    "superseded_by_id",
+    "superseded_at",
+    "verified",
+    "verification_method",
+    "verified_at",
+    "verified_by",
+    "confidence",
+    "requires_confirmation",
+    "collected_at",
+    "updated_at",
+    "expires_at",
+    "field_definition_id",
+)
+
+ASSET_COLS: tuple[str, ...] = (
+    "id",
+    "name",
+    "asset_type",
+    "storage_provider",
+    "storage_path",
+    "mime_type",
+    "size_bytes",
+    "checksum",
+    "uploaded_at",
+    "uploaded_in_session_id",
+    "uploaded_in_scenario_id",
+    "source_item_id",
+    "source_item_type",
+    "derived_from_tool",
+    "status",
+    "superseded_by_id",
+    "superseded_at",
+    "verified",
+    "verification_result",
+    "retention_policy",
+    "expires_at",
+    "analysis_field_ids",
+)
+
+DEFINITION_COLS: tuple[str, ...] = (
+    "tenant_id",
+    "id",
+    "agent_id",
+    "name",
+    "display_name",
+    "description",
+    "value_type",
+    "validation_regex",
+    "validation_tool_id",
+    "allowed_values",
+    "required_verification",
+    "verification_methods",
+    "collection_prompt",
+    "extraction_examples",
+    "extraction_prompt_hint",
+    "is_pii",
+    "encryption_required",
+    "retention_days",
+    "freshness_seconds",
+    "created_at",
+    "updated_at",
+    "enabled",
+)
+
+REQUIREMENT_COLS: tuple[str, ...] = (
+    "tenant_id",
+    "id",
+    "agent_id",
+    "scenario_id",
+    "step_id",
+    "rule_id",
+    "field_name",
+    "required_level",
+    "fallback_action",
+    "when_condition",
+    "depends_on_fields",
+    "collection_order",
+    "created_at",
+    "updated_at",
+)
+
+
+def _params(first: int, count: int) -> str:
+    return ", ".join(f"${i}" for i in range(first, first + count))
+
+
+def _assign_excluded(cols: tuple[str, ...], keep: tuple[str, ...]) -> str:
+    return ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c not in keep)
+
+
+_FIELD_LIST = ", ".join(FIELD_COLS)
+_ASSET_LIST = ", ".join(ASSET_COLS)
+_N_FIELD = len(FIELD_COLS)
+_N_ASSET = len(ASSET_COLS)
+
+# ---------------------------------------------------------------------------------------
+# whole-profile reads: one statement, one round trip, whatever the number of fields.
+# Child rows come back as arrays of the tables' composite types, which asyncpg decodes in
+# binary (no JSON text to build and parse). Without history only ACTIVE rows are read, via
+# the partial indexes, so the cost does not grow with the number of old versions.
+# ---------------------------------------------------------------------------------------
+
+# Field columns travel as one array per column (decoded in C by asyncpg, no per-row record
+# objects) plus ONE json text holding every value and source_metadata (parsed in one call).
+# All aggregates of one query level see the rows in the same order, so the arrays align.
+FIELD_SCALAR_COLS: tuple[str, ...] = tuple(
+    c for c in FIELD_COLS if c not in ("value", "source_metadata")
+)
+_FIELD_ARRAYS = ",\n           ".join(
+    f"array_agg(f.{c}) AS f_{c}" for c in (*FIELD_SCALAR_COLS, "seq")
+)
+
+_PROFILE_TEMPLATE = (
+    """
+WITH p AS ({locate})
+SELECT p.id, p.tenant_id, p.customer_id, p.verification_level, p.created_at, p.updated_at,
+       p.last_interaction_at, p.deleted_at,
+       ARRAY(SELECT ci FROM channel_identities ci
+             WHERE ci.tenant_id = $1 AND ci.profile_id = p.id
+             ORDER BY ci.created_at, ci.seq) AS identities,
+       ARRAY(SELECT c FROM consents c
+             WHERE c.tenant_id = $1 AND c.profile_id = p.id
+             ORDER BY c.position) AS consents,
+       ARRAY(SELECT a FROM profile_assets a
+             WHERE a.tenant_id = $1 AND a.profile_id = p.id {asset_filter}
+             ORDER BY a.uploaded_at, a.seq) AS assets,
+       fa.*
+FROM p
+CROSS JOIN LATERAL (
+    SELECT """
+    + _FIELD_ARRAYS.replace("{", "{{").replace("}", "}}")
+    + """,
+           json_agg(json_build_array(f.value, f.source_metadata))::text AS f_json
+    FROM profile_fields f
+    WHERE f.tenant_id = $1 AND f.profile_id = p.id {field_filter}
+) AS fa
+"""
+)
+
+_LOCATE_BY_ID = (
+    "SELECT * FROM customer_profiles WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
+)
+_LOCATE_BY_CUSTOMER = (
+    "SELECT * FROM customer_profiles"
+    " WHERE tenant_id = $1 AND customer_id = $2 AND deleted_at IS NULL"
+)
+_LOCATE_BY_IDENTITY = """
+    SELECT cp.* FROM channel_identities ci
+    JOIN customer_profiles cp ON cp.tenant_id = ci.tenant_id AND cp.id = ci.profile_id
+    WHERE ci.tenant_id = $1 AND ci.channel = $2 AND ci.channel_user_id = $3
+      AND NOT ci.released AND cp.deleted_at IS NULL
+"""
+_LOCATE_ANY_BY_ID = "SELECT * FROM customer_profiles WHERE tenant_id = $1 AND id = $2"
+
+
+def _profile_sql(locate: str, history: bool) -> str:
+    active = "" if history else "AND {alias}.status = 'active'"
+    return _PROFILE_TEMPLATE.format(
+        locate=locate,
+        field_filter=active.format(alias="f"),
+        asset_filter=active.format(alias="a"),
+    )
+
+
+PROFILE_BY_ID = {h: _profile_sql(_LOCATE_BY_ID, h) for h in (False, True)}
+PROFILE_BY_CUSTOMER = {h: _profile_sql(_LOCATE_BY_CUSTOMER, h) for h in (False, True)}
+PROFILE_BY_IDENTITY = {h: _profile_sql(_LOCATE_BY_IDENTITY, h) for h in (False, True)}
+PROFILE_EXPORT = _profile_sql(_LOCATE_ANY_BY_ID, True)
+
+# ---------------------------------------------------------------------------------------
+# profiles
+# ---------------------------------------------------------------------------------------
+
+# get_or_create: profile and primary identity in one statement; a lost race is a unique
+# violation of channel_identities_owner and the whole statement is undone.
+CREATE_WITH_IDENTITY = """
+WITH p AS (
+    INSERT INTO customer_profiles
+        (tenant_id, id, customer_id, verification_level, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $5)
+    RETURNING tenant_id, id
+)
+INSERT INTO channel_identities
+    (tenant_id, profile_id, channel, channel_user_id, verified, is_primary, created_at)
+SELECT p.tenant_id, p.id, $6, $7, false, true, $5 FROM p
+"""
+
+LOCK_PROFILE_FOR_SAVE = """
+SELECT deleted_at IS NULL AS live FROM customer_profiles
+WHERE tenant_id = $1 AND id = $2 FOR UPDATE
+"""
+
+UPSERT_PROFILE = """
+INSERT INTO customer_profiles (tenant_id, id, customer_id, verification_level, created_at,
+                               updated_at, last_interaction_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (tenant_id, id) DO UPDATE
+SET customer_id = EXCLUDED.customer_id, verification_level = EXCLUDED.verification_level,
+    created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+    last_interaction_at = EXCLUDED.last_interaction_at, deleted_at = NULL,
+    merged_into_id = NULL
+"""
+
+# identities not listed any more are released (deleted); listed ones are upserted
+DELETE_UNLISTED_IDENTITIES = """
+DELETE FROM channel_identities ci
+WHERE ci.tenant_id = $1 AND ci.profile_id = $2
+  AND (ci.channel, ci.channel_user_id) NOT IN (
+      SELECT u.channel, u.channel_user_id
+      FROM unnest($3::text[], $4::text[]) AS u (channel, channel_user_id))
+"""
+
+UPSERT_IDENTITIES = """
+INSERT INTO channel_identities
+    (tenant_id, profile_id, channel, channel_user_id, verified, verified_at, is_primary,
+     created_at)
+SELECT $1, $2, u.channel, u.channel_user_id, u.verified, u.verified_at, u.is_primary,
+       u.created_at
+FROM unnest($3::text[], $4::text[], $5::boolean[], $6::timestamptz[], $7::boolean[],
+            $8::timestamptz[])
+     AS u (channel, channel_user_id, verified, verified_at, is_primary, created_at)
+ON CONFLICT (tenant_id, profile_id, channel, channel_user_id) DO UPDATE
+SET verified = EXCLUDED.verified, verified_at = EXCLUDED.verified_at,
+    is_primary = EXCLUDED.is_primary, created_at = EXCLUDED.created_at, released = false
+"""
+
+DELETE_CONSENTS = "DELETE FROM consents WHERE tenant_id = $1 AND profile_id = $2"
+
+INSERT_CONSENTS = """
+INSERT INTO consents (tenant_id, profile_id, position, consent_type, granted, granted_at,
+                      revoked_at, source_session_id, ip_address)
+SELECT $1, $2, u.ord - 1, u.consent_type, u.granted, u.granted_at, u.revoked_at,
+       u.source_session_id, u.ip_address
+FROM unnest($3::text[], $4::boolean[], $5::timestamptz[], $6::timestamptz[], $7::uuid[],
+            $8::text[])
+     WITH ORDINALITY AS u (consent_type, granted, granted_at, revoked_at, source_session_id,
+                           ip_address, ord)
+"""
+
+FIND_ITEM_OWNERS = """
+SELECT id, profile_id FROM {table} WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+"""
+FIND_FIELD_OWNERS = FIND_ITEM_OWNERS.format(table="profile_fields")
+FIND_ASSET_OWNERS = FIND_ITEM_OWNERS.format(table="profile_assets")
+
+# soft delete: the profile stays (export, audit) but its identities are released
+SOFT_DELETE = """
+WITH d AS (
+    UPDATE customer_profiles SET deleted_at = $3, updated_at = $3
+    WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+    RETURNING id
+), r AS (
+    UPDATE channel_identities ci SET released = true
+    FROM d WHERE ci.tenant_id = $1 AND ci.profile_id = d.id
+)
+SELECT count(*) FROM d
+"""
+
+PURGE = "DELETE FROM customer_profiles WHERE tenant_id = $1 AND id = $2"
+
+LINK_CHANNEL = """
+WITH p AS (
+    SELECT id FROM customer_profiles
+    WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+    FOR KEY SHARE
+), ins AS (
+    INSERT INTO channel_identities
+        (tenant_id, profile_id, channel, channel_user_id, verified, verified_at, is_primary,
+         created_at)
+    SELECT $1, p.id, $3, $4, $5, $6, $7, $8 FROM p
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM p) AS found,
+       EXISTS (SELECT 1 FROM ins) AS inserted,
+       (SELECT ci.profile_id FROM channel_identities ci
+        WHERE ci.tenant_id = $1 AND ci.channel = $3 AND ci.channel_user_id = $4
+          AND NOT ci.released) AS owner
+"""
+
+# ---------------------------------------------------------------------------------------
+# fields
+# ---------------------------------------------------------------------------------------
+
+# update_field in ONE statement (so one round trip and its own transaction):
+#   prof  - the live profile, key-share locked so a concurrent merge waits for us (and we
+#           for it);
+#   old   - the ACTIVE version becomes SUPERSEDED by the new id ($N+3 = supersede); without
+#           supersede only a version already past expires_at is closed (as EXPIRED);
+#   ins   - the new ACTIVE version; it reads `old` first, so the supersede has happened
+#           before the insert checks the one-ACTIVE-per-name unique index.
+# A concurrent writer that won the race makes this fail with a unique violation of
+# profile_fields_one_active; the whole statement is undone and the provider retries.
+UPDATE_FIELD = f"""
+WITH prof AS (
+    SELECT id FROM customer_profiles
+    WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+    FOR KEY SHARE
+), old AS (
+    UPDATE profile_fields f
+    SET status = CASE WHEN ${_N_FIELD + 3}::boolean THEN 'superseded' ELSE 'expired' END,
+        superseded_by_id = CASE WHEN ${_N_FIELD + 3}::boolean THEN $3::uuid END,
+        superseded_at = CASE WHEN ${_N_FIELD + 3}::boolean THEN ${_N_FIELD + 4}::timestamptz END,
+        updated_at = ${_N_FIELD + 4}::timestamptz
+    FROM prof
+    WHERE f.tenant_id = $1 AND f.profile_id = prof.id AND f.name = $4 AND f.status = 'active'
+      AND (${_N_FIELD + 3}::boolean OR f.expires_at <= ${_N_FIELD + 4}::timestamptz)
+    RETURNING f.id
+), ins AS (
+    INSERT INTO profile_fields (tenant_id, profile_id, {_FIELD_LIST})
+    SELECT $1, prof.id, {_params(3, _N_FIELD)}
+    FROM prof CROSS JOIN (SELECT count(*) FROM old) AS superseded
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM prof) AS found, (SELECT id FROM ins) AS new_id
+"""
+
+UPDATE_FIELD_IN_PLACE = f"""
+UPDATE profile_fields SET ({_FIELD_LIST}) = ({_params(3, _N_FIELD)})
+WHERE tenant_id = $1 AND id = $3 AND profile_id = $2
+"""
+
+GET_FIELD_ACTIVE = """
+SELECT * FROM profile_fields
+WHERE tenant_id = $1 AND profile_id = $2 AND name = $3 AND status = 'active'
+"""
+GET_FIELD_WITH_STATUS = """
+SELECT * FROM profile_fields
+WHERE tenant_id = $1 AND profile_id = $2 AND name = $3 AND status = $4
+ORDER BY collected_at DESC, seq DESC LIMIT 1
+"""
+GET_FIELD_ANY = """
+SELECT * FROM profile_fields
+WHERE tenant_id = $1 AND profile_id = $2 AND name = $3
+ORDER BY collected_at DESC, seq DESC LIMIT 1
+"""
+FIELD_HISTORY = """
+SELECT * FROM profile_fields
+WHERE tenant_id = $1 AND profile_id = $2 AND name = $3
+ORDER BY collected_at DESC, seq DESC
+"""
+
+# one set-based statement; the partial index on ACTIVE expires_at finds the due rows
+EXPIRE_TENANT = """
+UPDATE profile_fields SET status = 'expired', updated_at = $2
+WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2
+"""
+EXPIRE_PROFILE = """
+UPDATE profile_fields SET status = 'expired', updated_at = $2
+WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2 AND profile_id = $3
+"""
+
+# ---------------------------------------------------------------------------------------
+# assets
+# ---------------------------------------------------------------------------------------
+
+INSERT_ASSET = f"""
+WITH prof AS (
+    SELECT id FROM customer_profiles
+    WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+    FOR KEY SHARE
+), ins AS (
+    INSERT INTO profile_assets (tenant_id, profile_id, {_ASSET_LIST})
+    SELECT $1, prof.id, {_params(3, _N_ASSET)} FROM prof
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM prof) AS found, (SELECT id FROM ins) AS new_id
+"""
+
+# assets have no one-ACTIVE-per-name index (adding without supersede may keep several), so
+# a superseding add first locks the profile row; the statement after it sees every
+# committed asset (READ COMMITTED takes a new snapshot per statement)
+LOCK_PROFILE_FOR_ASSET = """
+SELECT true FROM customer_profiles
+WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+FOR NO KEY UPDATE
+"""
+
+SUPERSEDE_ASSETS = """
+UPDATE profile_assets SET status = 'superseded', superseded_by_id = $4, superseded_at = $5
+WHERE tenant_id = $1 AND profile_id = $2 AND name = $3 AND status = 'active'
+"""
+
+INSERT_ASSET_PLAIN = f"""
+INSERT INTO profile_assets (tenant_id, profile_id, {_ASSET_LIST})
+VALUES ($1, $2, {_params(3, _N_ASSET)})
+"""
+
+UPDATE_ASSET_IN_PLACE = f"""
+UPDATE profile_assets SET ({_ASSET_LIST}) = ({_params(3, _N_ASSET)})
+WHERE tenant_id = $1 AND id = $3 AND profile_id = $2
+"""
+
+GET_ASSET = "SELECT * FROM profile_assets WHERE tenant_id = $1 AND profile_id = $2 AND id = $3"
+GET_ASSET_WITH_STATUS = """
+SELECT * FROM profile_assets
+WHERE tenant_id = $1 AND profile_id = $2 AND name = $3 AND status = $4
+ORDER BY uploaded_at DESC, seq DESC LIMIT 1
+"""
+GET_ASSET_ANY = """
+SELECT * FROM profile_assets
+WHERE tenant_id = $1 AND profile_id = $2 AND name = $3
+ORDER BY uploaded_at DESC, seq DESC LIMIT 1
+"""
+
+# ---------------------------------------------------------------------------------------
+# lineage: one recursive query; depth limit ($4) and cycle guard (the path array)
+# ---------------------------------------------------------------------------------------
+
+_LINEAGE_NODE = """
+    SELECT f.id, 'profile_field'::text AS type, f.name, f.source_metadata,
+           f.source_item_id, f.source_item_type
+    FROM profile_fields f
+    WHERE {type_} = 'profile_field' AND f.tenant_id = $1 AND f.id = {id_}
+    UNION ALL
+    SELECT a.id, 'profile_asset'::text AS type, a.name, '{{}}'::jsonb,
+           a.source_item_id, a.source_item_type
+    FROM profile_assets a
+    WHERE {type_} = 'profile_asset' AND a.tenant_id = $1 AND a.id = {id_}
+"""
+
+DERIVATION_CHAIN = f"""
+WITH RECURSIVE chain (id, type, name, source_metadata, source_item_id, source_item_type,
+                      depth, path) AS (
+    SELECT n.id, n.type, n.name, n.source_metadata, n.source_item_id, n.source_item_type,
+           1, ARRAY[n.id]
+    FROM ({_LINEAGE_NODE.format(type_="$3::text", id_="$2::uuid")}) AS n
+    UNION ALL
+    SELECT n.id, n.type, n.name, n.source_metadata, n.source_item_id, n.source_item_type,
+           c.depth + 1, c.path || n.id
+    FROM chain c
+    CROSS JOIN LATERAL ({_LINEAGE_NODE.format(type_="c.source_item_type", id_="c.source_item_id")}
+    ) AS n
+    WHERE c.depth < $4 AND n.id <> ALL (c.path)
+)
+SELECT id, type, name, source_metadata, source_item_id, source_item_type
+FROM chain ORDER BY depth DESC
+"""
+
+DERIVED_ITEMS = """
+SELECT ARRAY(SELECT f FROM profile_fields f WHERE f.tenant_id = $1 AND f.source_item_id = $2
+             ORDER BY f.collected_at, f.seq) AS fields,
+       ARRAY(SELECT a FROM profile_assets a WHERE a.tenant_id = $1 AND a.source_item_id = $2
+             ORDER BY a.uploaded_at, a.seq) AS assets
+"""
+
+HAS_DEPENDENTS = """
+SELECT EXISTS (SELECT 1 FROM profile_fields
+               WHERE tenant_id = $1 AND source_item_id = $2 AND status = 'active')
+    OR EXISTS (SELECT 1 FROM profile_assets
+               WHERE tenant_id = $1 AND source_item_id = $2 AND status = 'active')
+"""
+
+# the item row is locked first, so the dependents check and the delete see one state
+DELETE_ITEM = """
+WITH item AS (
+    SELECT id FROM {table} WHERE tenant_id = $1 AND id = $2 FOR UPDATE
+), dep AS (
+    SELECT EXISTS (SELECT 1 FROM profile_fields
+                   WHERE tenant_id = $1 AND source_item_id = $2 AND status = 'active')
+        OR EXISTS (SELECT 1 FROM profile_assets
+                   WHERE tenant_id = $1 AND source_item_id = $2 AND status = 'active') AS has
+), del AS (
+    DELETE FROM {table} t USING item
+    WHERE t.tenant_id = $1 AND t.id = item.id AND NOT (SELECT has FROM dep)
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM item) AS present, (SELECT has FROM dep) AS has_dependents,
+       (SELECT count(*) FROM del) AS deleted
+"""
+DELETE_FIELD_ITEM = DELETE_ITEM.format(table="profile_fields")
+DELETE_ASSET_ITEM = DELETE_ITEM.format(table="profile_assets")
+
+_SOURCE_GONE = """
+    {alias}.source_item_id IS NOT NULL AND (
+        ({alias}.source_item_type = 'profile_field' AND NOT EXISTS (
+            SELECT 1 FROM profile_fields s
+            WHERE s.tenant_id = $1 AND s.id = {alias}.source_item_id))
+     OR ({alias}.source_item_type = 'profile_asset' AND NOT EXISTS (
+            SELECT 1 FROM profile_assets s
+            WHERE s.tenant_id = $1 AND s.id = {alias}.source_item_id)))
+"""
+
+MARK_ORPHANS = f"""
+WITH f AS (
+    UPDATE profile_fields f SET status = 'orphaned', updated_at = $2
+    WHERE f.tenant_id = $1 AND f.status <> 'orphaned' AND {_SOURCE_GONE.format(alias="f")}
+    RETURNING 1
+), a AS (
+    UPDATE profile_assets a SET status = 'orphaned'
+    WHERE a.tenant_id = $1 AND a.status <> 'orphaned' AND {_SOURCE_GONE.format(alias="a")}
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM f) + (SELECT count(*) FROM a)
+"""
+
+# ---------------------------------------------------------------------------------------
+# merge (run in one transaction by the store)
+# ---------------------------------------------------------------------------------------
+
+# both profiles locked in id order, so two opposite merges cannot deadlock
+MERGE_LOCK = """
+SELECT id FROM customer_profiles
+WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND deleted_at IS NULL
+ORDER BY id FOR UPDATE
+"""
+
+MERGE_CONFLICTS = """
+SELECT t AS target, s AS source
+FROM profile_fields s
+JOIN profile_fields t
+  ON t.tenant_id = $1 AND t.profile_id = $3 AND t.name = s.name AND t.status = 'active'
+WHERE s.tenant_id = $1 AND s.profile_id = $2 AND s.status = 'active'
+"""
+
+MERGE_SUPERSEDE = """
+UPDATE profile_fields f
+SET status = 'superseded', superseded_by_id = u.winner, superseded_at = $4, updated_at = $4
+FROM unnest($2::uuid[], $3::uuid[]) AS u (loser, winner)
+WHERE f.tenant_id = $1 AND f.id = u.loser
+"""
+
+MERGE_MOVE = """
+WITH mf AS (
+    UPDATE profile_fields SET profile_id = $3 WHERE tenant_id = $1 AND profile_id = $2
+), ma AS (
+    UPDATE profile_assets SET profile_id = $3 WHERE tenant_id = $1 AND profile_id = $2
+), mi AS (
+    UPDATE channel_identities
+    SET profile_id = $3,
+        is_primary = is_primary AND NOT EXISTS (
+            SELECT 1 FROM channel_identities
+            WHERE tenant_id = $1 AND profile_id = $3 AND is_primary)
+    WHERE tenant_id = $1 AND profile_id = $2
+), mc AS (
+    UPDATE consents
+    SET profile_id = $3,
+        position = position + (SELECT coalesce(max(position) + 1, 0) FROM consents
+                               WHERE tenant_id = $1 AND profile_id = $3)
+    WHERE tenant_id = $1 AND profile_id = $2
+), src AS (
+    UPDATE customer_profiles SET deleted_at = $4, updated_at = $4, merged_into_id = $3
+    WHERE tenant_id = $1 AND id = $2
+)
+UPDATE customer_profiles SET updated_at = $4 WHERE tenant_id = $1 AND id = $3
+"""
+
+# ---------------------------------------------------------------------------------------
+# definitions and requirements
+# ---------------------------------------------------------------------------------------
+
+_DEF_LIST = ", ".join(DEFINITION_COLS)
+UPSERT_DEFINITION = f"""
+INSERT INTO profile_field_definitions ({_DEF_LIST})
+VALUES ({_params(1, len(DEFINITION_COLS))})
+ON CONFLICT ON CONSTRAINT profile_field_definitions_name DO UPDATE
+SET {_assign_excluded(DEFINITION_COLS, ("tenant_id", "id", "agent_id", "name", "created_at"))}
+RETURNING id
+"""
+# the id exists under another name: rename it in place
+UPDATE_DEFINITION_BY_ID = f"""
+UPDATE profile_field_definitions SET ({_DEF_LIST}) = ({_params(1, len(DEFINITION_COLS))})
+WHERE tenant_id = $1 AND id = $2
+RETURNING id
+"""
+GET_DEFINITIONS = """
+SELECT * FROM profile_field_definitions
+WHERE tenant_id = $1 AND agent_id = $2 AND (enabled OR NOT $3::boolean)
+"""
+GET_DEFINITION = """
+SELECT * FROM profile_field_definitions WHERE tenant_id = $1 AND agent_id = $2 AND name = $3
+"""
+DELETE_DEFINITION = """
+DELETE FROM profile_field_definitions WHERE tenant_id = $1 AND agent_id = $2 AND name = $3
+"""
+
+_REQ_LIST = ", ".join(REQUIREMENT_COLS)
+UPSERT_REQUIREMENT = f"""
+INSERT INTO scenario_field_requirements ({_REQ_LIST})
+VALUES ({_params(1, len(REQUIREMENT_COLS))})
+ON CONFLICT ON CONSTRAINT scenario_field_requirements_key DO UPDATE
+SET {
+    _assign_excluded(
+        REQUIREMENT_COLS,
+        ("tenant_id", "id", "scenario_id", "step_id", "rule_id", "field_name", "created_at"),
+    )
+}
+RETURNING id
+"""
+UPDATE_REQUIREMENT_BY_ID = f"""
+UPDATE scenario_field_requirements SET ({_REQ_LIST}) = ({_params(1, len(REQUIREMENT_COLS))})
+WHERE tenant_id = $1 AND id = $2
+RETURNING id
+"""
+GET_REQUIREMENTS = """
+SELECT * FROM scenario_field_requirements
+WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
+"""
+DELETE_REQUIREMENTS_ALL = """
+DELETE FROM scenario_field_requirements WHERE tenant_id = $1 AND scenario_id = $2
+"""
+DELETE_REQUIREMENTS_STEP = """
+DELETE FROM scenario_field_requirements WHERE tenant_id = $1 AND scenario_id = $2 AND step_id = $3
+"""
+
+# ---------------------------------------------------------------------------------------
+# operations
+# ---------------------------------------------------------------------------------------
+
+LIST_TENANTS = "SELECT DISTINCT tenant_id FROM customer_profiles"
+COUNT_BY_STATUS = """
+SELECT 'fields' AS kind, status, count(*) AS n FROM profile_fields WHERE tenant_id = $1
+GROUP BY status
+UNION ALL
+SELECT 'assets', status, count(*) FROM profile_assets WHERE tenant_id = $1 GROUP BY status
+"""

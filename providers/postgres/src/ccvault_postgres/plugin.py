@@ -1,0 +1,32 @@
+"""The ``postgres`` entry point of the ``ccvault.providers`` group."""
+
+from __future__ import annotations
+
+from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault.store import ProfileStore, StoreRules
+from pydantic import BaseModel
+
+from ccvault_postgres.settings import PostgresSettings
+
+
+def _create_store(options: BaseModel, rules: StoreRules) -> ProfileStore:
+    from ccvault_postgres.store import PostgresProfileStore
+
+    settings = (
+        options
+        if isinstance(options, PostgresSettings)
+        else PostgresSettings.model_validate(options.model_dump(by_alias=True))
+    )
+    return PostgresProfileStore(settings, rules=rules)
+
+
+@hookimpl
+def ccvault_provider() -> ProviderSpec:
+    """The PostgreSQL provider. Cheap, no I/O: the pool is opened by the store's setup()."""
+    return ProviderSpec(
+        name="postgres",
+        distribution="ccvault-postgres",
+        settings_model=PostgresSettings,
+        create_store=_create_store,
+        description="PostgreSQL on asyncpg: the production store",
+    )

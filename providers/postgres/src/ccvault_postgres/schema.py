@@ -1,0 +1,216 @@
+"""The versioned schema of the PostgreSQL provider.
+
+:data:`MIGRATIONS` is an ordered list; ``setup()`` applies, in one transaction under an
+advisory lock, every migration whose version is not yet recorded in ``ccvault_schema_version``.
+A migration is never edited once released: changes go in a new, higher version.
+
+Every primary key, unique constraint and foreign key starts with ``tenant_id``, so the tables
+can be distributed by tenant (Citus-style) without redesign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MIGRATIONS", "VERSION_TABLE", "Migration"]
+
+VERSION_TABLE = "ccvault_schema_version"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+_V1 = """
+CREATE TABLE customer_profiles (
+    tenant_id           uuid        NOT NULL,
+    id                  uuid        NOT NULL,
+    customer_id         uuid        NOT NULL,
+    verification_level  text        NOT NULL,
+    created_at          timestamptz NOT NULL,
+    updated_at          timestamptz NOT NULL,
+    last_interaction_at timestamptz,
+    deleted_at          timestamptz,
+    merged_into_id      uuid,
+    PRIMARY KEY (tenant_id, id)
+);
+-- a customer id belongs to at most one live profile
+CREATE UNIQUE INDEX customer_profiles_live_customer
+    ON customer_profiles (tenant_id, customer_id) WHERE deleted_at IS NULL;
+
+CREATE TABLE channel_identities (
+    tenant_id       uuid        NOT NULL,
+    profile_id      uuid        NOT NULL,
+    channel         text        NOT NULL,
+    channel_user_id text        NOT NULL,
+    verified        boolean     NOT NULL,
+    verified_at     timestamptz,
+    is_primary      boolean     NOT NULL,
+    created_at      timestamptz NOT NULL,
+    -- released when the profile is soft-deleted, so the channel user can start afresh
+    released        boolean     NOT NULL DEFAULT false,
+    seq             bigint      GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (tenant_id, profile_id, channel, channel_user_id),
+    FOREIGN KEY (tenant_id, profile_id)
+        REFERENCES customer_profiles (tenant_id, id) ON DELETE CASCADE
+);
+-- an identity belongs to at most one live profile
+CREATE UNIQUE INDEX channel_identities_owner
+    ON channel_identities (tenant_id, channel, channel_user_id) WHERE NOT released;
+
+CREATE TABLE consents (
+    tenant_id         uuid        NOT NULL,
+    profile_id        uuid        NOT NULL,
+    position          integer     NOT NULL,
+    consent_type      text        NOT NULL,
+    granted           boolean     NOT NULL,
+    granted_at        timestamptz,
+    revoked_at        timestamptz,
+    source_session_id uuid,
+    ip_address        text,
+    PRIMARY KEY (tenant_id, profile_id, position),
+    FOREIGN KEY (tenant_id, profile_id)
+        REFERENCES customer_profiles (tenant_id, id) ON DELETE CASCADE
+);
+
+CREATE TABLE profile_fields (
+    tenant_id             uuid             NOT NULL,
+    id                    uuid             NOT NULL,
+    profile_id            uuid             NOT NULL,
+    name                  text             NOT NULL,
+    value                 jsonb,
+    value_type            text             NOT NULL,
+    source                text             NOT NULL,
+    source_session_id     uuid,
+    source_scenario_id    uuid,
+    source_step_id        uuid,
+    source_item_id        uuid,
+    source_item_type      text,
+    source_metadata       jsonb            NOT NULL,
+    status                text             NOT NULL,
+    superseded_by_id      uuid,
+    superseded_at         timestamptz,
+    verified              boolean          NOT NULL,
+    verification_method   text,
+    verified_at           timestamptz,
+    verified_by           text,
+    confidence            double precision NOT NULL,
+    requires_confirmation boolean          NOT NULL,
+    collected_at          timestamptz      NOT NULL,
+    updated_at            timestamptz      NOT NULL,
+    expires_at            timestamptz,
+    field_definition_id   uuid,
+    -- write order: breaks ties between versions collected at the same instant
+    seq                   bigint           GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, profile_id)
+        REFERENCES customer_profiles (tenant_id, id) ON DELETE CASCADE,
+    CHECK (status IN ('active', 'superseded', 'expired', 'orphaned')),
+    CHECK (source IN ('user_provided', 'llm_extracted', 'tool_result', 'document_extracted',
+                      'human_entered', 'system_inferred')),
+    CHECK (source_item_type IN ('profile_field', 'profile_asset', 'session', 'tool', 'external'))
+);
+-- the invariant: at most one ACTIVE version per (profile, name); also serves active reads
+CREATE UNIQUE INDEX profile_fields_one_active
+    ON profile_fields (tenant_id, profile_id, name) WHERE status = 'active';
+-- history and get_field: newest collected first, then newest write
+CREATE INDEX profile_fields_history
+    ON profile_fields (tenant_id, profile_id, name, collected_at DESC, seq DESC);
+CREATE INDEX profile_fields_source_item
+    ON profile_fields (tenant_id, source_item_id) WHERE source_item_id IS NOT NULL;
+CREATE INDEX profile_fields_expiry
+    ON profile_fields (tenant_id, expires_at) WHERE status = 'active' AND expires_at IS NOT NULL;
+
+CREATE TABLE profile_assets (
+    tenant_id               uuid        NOT NULL,
+    id                      uuid        NOT NULL,
+    profile_id              uuid        NOT NULL,
+    name                    text        NOT NULL,
+    asset_type              text        NOT NULL,
+    storage_provider        text        NOT NULL,
+    storage_path            text        NOT NULL,
+    mime_type               text,
+    size_bytes              bigint      NOT NULL,
+    checksum                text,
+    uploaded_at             timestamptz NOT NULL,
+    uploaded_in_session_id  uuid,
+    uploaded_in_scenario_id uuid,
+    source_item_id          uuid,
+    source_item_type        text,
+    derived_from_tool       text,
+    status                  text        NOT NULL,
+    superseded_by_id        uuid,
+    superseded_at           timestamptz,
+    verified                boolean     NOT NULL,
+    verification_result     jsonb,
+    retention_policy        text,
+    expires_at              timestamptz,
+    analysis_field_ids      uuid[]      NOT NULL,
+    seq                     bigint      GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, profile_id)
+        REFERENCES customer_profiles (tenant_id, id) ON DELETE CASCADE,
+    CHECK (status IN ('active', 'superseded', 'expired', 'orphaned')),
+    CHECK (source_item_type IN ('profile_field', 'profile_asset', 'session', 'tool', 'external'))
+);
+CREATE INDEX profile_assets_by_name
+    ON profile_assets (tenant_id, profile_id, name, uploaded_at DESC, seq DESC);
+CREATE INDEX profile_assets_active
+    ON profile_assets (tenant_id, profile_id) WHERE status = 'active';
+CREATE INDEX profile_assets_source_item
+    ON profile_assets (tenant_id, source_item_id) WHERE source_item_id IS NOT NULL;
+
+CREATE TABLE profile_field_definitions (
+    tenant_id              uuid        NOT NULL,
+    id                     uuid        NOT NULL,
+    agent_id               uuid        NOT NULL,
+    name                   text        NOT NULL,
+    display_name           text        NOT NULL,
+    description            text,
+    value_type             text        NOT NULL,
+    validation_regex       text,
+    validation_tool_id     text,
+    allowed_values         jsonb,
+    required_verification  boolean     NOT NULL,
+    verification_methods   text[]      NOT NULL,
+    collection_prompt      text,
+    extraction_examples    text[]      NOT NULL,
+    extraction_prompt_hint text,
+    is_pii                 boolean     NOT NULL,
+    encryption_required    boolean     NOT NULL,
+    retention_days         integer,
+    freshness_seconds      bigint,
+    created_at             timestamptz NOT NULL,
+    updated_at             timestamptz NOT NULL,
+    enabled                boolean     NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    CONSTRAINT profile_field_definitions_name UNIQUE (tenant_id, agent_id, name)
+);
+
+CREATE TABLE scenario_field_requirements (
+    tenant_id         uuid        NOT NULL,
+    id                uuid        NOT NULL,
+    agent_id          uuid        NOT NULL,
+    scenario_id       uuid        NOT NULL,
+    step_id           uuid,
+    rule_id           uuid,
+    field_name        text        NOT NULL,
+    required_level    text        NOT NULL,
+    fallback_action   text        NOT NULL,
+    when_condition    text,
+    depends_on_fields text[]      NOT NULL,
+    collection_order  integer     NOT NULL,
+    created_at        timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    CONSTRAINT scenario_field_requirements_key UNIQUE NULLS NOT DISTINCT
+        (tenant_id, scenario_id, step_id, rule_id, field_name)
+);
+"""
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "initial schema", _V1),
+]

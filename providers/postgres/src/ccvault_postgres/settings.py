@@ -1,0 +1,76 @@
+"""``[providers.postgres]``: how the PostgreSQL provider connects.
+
+Example::
+
+    [providers.postgres]
+    dsn = "${DATABASE_URL}"            # or CCVAULT_PROVIDERS__POSTGRES__DSN in the environment
+    schema = "ccvault"                 # optional; default: "public"
+    min_pool_size = 2
+    max_pool_size = 20
+    statement_timeout_seconds = 30
+"""
+
+from __future__ import annotations
+
+import re
+
+from ccvault.settings import expand_env
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["DEFAULT_DSN", "PostgresSettings"]
+
+DEFAULT_DSN = "postgresql://127.0.0.1:5432/postgres"
+
+# A schema name is spliced into DDL (it cannot be a bind parameter), so it is restricted to
+# plain lower-case identifiers: nothing a caller types can ever reach SQL text unchecked.
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class PostgresSettings(BaseModel):
+    """Validated ``[providers.postgres]`` options. Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    dsn: str = Field(default=DEFAULT_DSN, min_length=1)
+    #: The PostgreSQL schema holding the vault's tables (created by ``setup()``).
+    db_schema: str = Field(default="public", alias="schema")
+    min_pool_size: int = Field(default=1, ge=0, le=1000)
+    max_pool_size: int = Field(default=10, ge=1, le=1000)
+    #: Server-side ``statement_timeout`` for every statement; 0 disables it.
+    statement_timeout_seconds: float = Field(default=30.0, ge=0)
+    #: How long to wait for a TCP connection to the server.
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    #: How long a call waits for a free pooled connection before giving up.
+    pool_acquire_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Client-side guard against a server that stops answering (0: none).
+    command_timeout_seconds: float = Field(default=0.0, ge=0)
+    #: Idle pooled connections are closed after this many seconds (0: never).
+    max_inactive_connection_lifetime_seconds: float = Field(default=300.0, ge=0)
+    #: Attempts for a write that lost a race (unique violation, serialization, deadlock).
+    max_write_attempts: int = Field(default=50, ge=1, le=10_000)
+
+    @field_validator("dsn", mode="before")
+    @classmethod
+    def _expand_dsn(cls, value: object) -> object:
+        # `load_settings` already expands ${VAR} in TOML; options built by hand get it too
+        return expand_env(value)
+
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("dsn must be a postgresql:// URL (is ${VAR} set in the environment?)")
+        return value
+
+    @field_validator("db_schema")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if not _SCHEMA_RE.match(value):
+            raise ValueError("schema must match ^[a-z_][a-z0-9_]{0,62}$")
+        return value
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> PostgresSettings:
+        if self.min_pool_size > self.max_pool_size:
+            raise ValueError("min_pool_size must not exceed max_pool_size")
+        return self

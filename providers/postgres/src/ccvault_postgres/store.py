@@ -1,0 +1,1078 @@
+"""``PostgresProfileStore``: the production store, on asyncpg.
+
+Design, in short:
+
+* **One round trip per read.** A whole profile (identities, consents, fields, assets) comes
+  back from one statement as arrays of the tables' composite types, decoded by asyncpg in
+  binary. Without history only ACTIVE rows are touched (partial indexes), so the cost of a
+  read does not grow with the number of old versions; with history the same statement
+  returns every version.
+* **One statement per field write.** ``update_field`` supersedes and inserts in a single
+  statement (so a single round trip and an implicit transaction). The partial unique index
+  on ACTIVE (tenant, profile, name) is the arbiter between concurrent writers, in this or
+  any other process; the loser's statement is undone and retried here.
+* **Set-based sweeps.** Expiry and orphan marking are one UPDATE each; lineage is one
+  recursive query with a depth limit and a cycle guard.
+* **Errors.** A lost connection, a server restarting or shutting down, an exhausted pool or
+  a statement timeout raise :class:`~ccvault.errors.ProviderUnavailableError`; statements are
+  atomic, so nothing is ever half-written, and the pool replaces broken connections itself.
+  Unique violations become the matching :class:`~ccvault.errors.ConflictError`.
+* **No SQL built from values.** Every statement is a constant in :mod:`ccvault_postgres._sql`;
+  values are bind parameters. The one identifier that is configurable, the schema name, is
+  validated by the settings model and set as the connections' ``search_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+import asyncpg.exceptions as pgerr
+import orjson
+from ccvault import errors
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    Consent,
+    CustomerProfile,
+    ItemStatus,
+    ItemType,
+    LineageEntry,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldDefinition,
+    ProfileFieldSource,
+    ScenarioFieldRequirement,
+    SourceType,
+    VerificationLevel,
+)
+from ccvault.store import MergeWinner, ProfileStore, StoreRules
+from pydantic import BaseModel
+
+from ccvault_postgres import _sql as sql
+from ccvault_postgres.schema import MIGRATIONS, VERSION_TABLE
+from ccvault_postgres.settings import PostgresSettings
+
+__all__ = ["PostgresProfileStore"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# unique indexes whose violation means "another writer got there first"
+_ACTIVE_FIELD_INDEX = "profile_fields_one_active"
+_IDENTITY_INDEX = "channel_identities_owner"
+_CUSTOMER_INDEX = "customer_profiles_live_customer"
+
+# errors after which the connection (or the server) is gone: the call may be retried later
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    pgerr.PostgresConnectionError,  # class 08: connection lost / cannot be made
+    pgerr.OperatorInterventionError,  # class 57: admin/crash shutdown, starting up, timeout
+    pgerr.InsufficientResourcesError,  # class 53: too many connections, out of memory/disk
+    pgerr.ConnectionDoesNotExistError,
+    OSError,  # refused, reset, unreachable, name resolution
+    TimeoutError,  # connect, pool acquire or client-side command timeout
+)
+
+_LONG_INT = re.compile(rb"\d{19}")
+# a float written with a positive exponent ("1e+16"): jsonb's numeric would give it back
+# as the integer 10000000000000000 (and lose the float's exact value for large ones)
+_POSITIVE_EXPONENT = re.compile(rb"\d[eE]\+?\d")
+
+
+def _exact_json(value: Any) -> str:
+    """JSON text that survives jsonb's numeric normalisation: floats with a positive
+    exponent are written out positionally with a ``.0``, and big integers exactly."""
+    if isinstance(value, float):
+        text = repr(value)
+        if "e+" in text:
+            return format(Decimal(text), "f") + ".0"
+        return json.dumps(value, allow_nan=False)
+    if isinstance(value, dict):
+        items = (json.dumps(k, ensure_ascii=False) + ":" + _exact_json(v) for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_exact_json(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _json_dumps(value: Any) -> bytes:
+    """JSONB binary format: a version byte, then the JSON text (orjson; an exact slow path
+    for the rare values jsonb would otherwise change)."""
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        # orjson refuses integers beyond 64 bits, which JSON (and jsonb) allow
+        return b"\x01" + _exact_json(value).encode()
+    if _POSITIVE_EXPONENT.search(text):
+        return b"\x01" + _exact_json(value).encode()
+    return b"\x01" + text
+
+
+def _json_loads(data: bytes) -> Any:
+    body = data[1:]
+    if _LONG_INT.search(body):
+        # orjson would turn integers beyond 64 bits into floats; keep them exact
+        return json.loads(body)
+    return orjson.loads(body)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog", format="binary"
+    )
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to undo (asyncpg has already rolled back any transaction)."""
+
+
+def _migration_lock_key(schema: str) -> int:
+    """A stable signed 64-bit advisory-lock key for migrating ``schema``."""
+    digest = hashlib.blake2b(f"ccvault.migrate:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _translate(exc: BaseException) -> BaseException | None:
+    """The ``ccvault.errors`` error for a driver/server error, or None to let it through."""
+    if isinstance(exc, errors.VaultError | asyncio.CancelledError):
+        return None
+    if isinstance(exc, pgerr.QueryCanceledError):
+        return errors.ProviderUnavailableError(
+            f"PostgreSQL statement timed out or was cancelled: {exc}"
+        )
+    if isinstance(exc, _UNAVAILABLE):
+        return errors.ProviderUnavailableError(f"PostgreSQL is unavailable: {exc!r}")
+    if isinstance(exc, asyncpg.InterfaceError | pgerr.InternalClientError):
+        # the connection was closed or left mid-protocol by a server going away
+        return errors.ProviderUnavailableError(f"PostgreSQL connection lost: {exc!r}")
+    if isinstance(exc, pgerr.DataError | UnicodeError):
+        # e.g. a NUL character, which PostgreSQL text and jsonb cannot hold
+        return errors.ValidationError(f"value cannot be stored in PostgreSQL: {exc}")
+    if isinstance(exc, pgerr.UniqueViolationError):
+        if exc.constraint_name in (_IDENTITY_INDEX, _CUSTOMER_INDEX):
+            return errors.IdentityConflictError(
+                "channel identity or customer id already belongs to another live profile"
+            )
+        return errors.ConflictError(f"already stored ({exc.constraint_name}): {exc.detail}")
+    if isinstance(exc, pgerr.IntegrityConstraintViolationError):
+        return errors.ConflictError(f"write contradicts stored data: {exc}")
+    if isinstance(exc, pgerr.UndefinedTableError | pgerr.UndefinedObjectError):
+        return errors.StorageError(f"the vault schema is missing; run setup() first: {exc}")
+    if isinstance(exc, pgerr.PostgresError):
+        return errors.StorageError(f"PostgreSQL error: {exc!r}")
+    return None
+
+
+def _breaks_connection(exc: BaseException) -> bool:
+    """Whether the connection that raised ``exc`` must be discarded."""
+    if isinstance(exc, pgerr.QueryCanceledError):
+        return False  # a statement timeout leaves the session usable
+    return isinstance(exc, (*_UNAVAILABLE, asyncpg.InterfaceError, pgerr.InternalClientError))
+
+
+def _is_race(exc: BaseException) -> bool:
+    """Errors that mean "a concurrent transaction interfered": retry the whole write."""
+    return isinstance(exc, pgerr.SerializationError | pgerr.DeadlockDetectedError)
+
+
+# ---------------------------------------------------------------------------------------
+# rows <-> models
+# ---------------------------------------------------------------------------------------
+
+
+def _field_params(item: ProfileField) -> tuple[Any, ...]:
+    return (
+        item.id,
+        item.name,
+        item.value,
+        item.value_type,
+        item.source.value,
+        item.source_session_id,
+        item.source_scenario_id,
+        item.source_step_id,
+        item.source_item_id,
+        None if item.source_item_type is None else item.source_item_type.value,
+        item.source_metadata,
+        item.status.value,
+        item.superseded_by_id,
+        item.superseded_at,
+        item.verified,
+        item.verification_method,
+        item.verified_at,
+        item.verified_by,
+        item.confidence,
+        item.requires_confirmation,
+        item.collected_at,
+        item.updated_at,
+        item.expires_at,
+        item.field_definition_id,
+    )
+
+
+def _asset_params(item: ProfileAsset) -> tuple[Any, ...]:
+    return (
+        item.id,
+        item.name,
+        item.asset_type,
+        item.storage_provider,
+        item.storage_path,
+        item.mime_type,
+        item.size_bytes,
+        item.checksum,
+        item.uploaded_at,
+        item.uploaded_in_session_id,
+        item.uploaded_in_scenario_id,
+        item.source_item_id,
+        None if item.source_item_type is None else item.source_item_type.value,
+        item.derived_from_tool,
+        item.status.value,
+        item.superseded_by_id,
+        item.superseded_at,
+        item.verified,
+        item.verification_result,
+        item.retention_policy,
+        item.expires_at,
+        list(item.analysis_field_ids),
+    )
+
+
+def _definition_params(item: ProfileFieldDefinition) -> tuple[Any, ...]:
+    data = item.model_dump()
+    data["value_type"] = item.value_type.value
+    return tuple(data[col] for col in sql.DEFINITION_COLS)
+
+
+def _requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
+    data = item.model_dump()
+    data["required_level"] = item.required_level.value
+    data["fallback_action"] = item.fallback_action.value
+    return tuple(data[col] for col in sql.REQUIREMENT_COLS)
+
+
+_setattr = object.__setattr__
+_STATUS = {s.value: s for s in ItemStatus}
+_FIELD_SOURCE = {s.value: s for s in ProfileFieldSource}
+_SOURCE_TYPE: dict[str | None, SourceType | None] = {s.value: s for s in SourceType}
+_SOURCE_TYPE[None] = None
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _trusted(cls: type[_M], values: dict[str, Any]) -> _M:
+    """A model instance from values read back from our own tables, without re-validation.
+
+    Every row was validated by the same model when it was written, and the schema's CHECK
+    constraints guard the enumerations; validating 50 fields again on every read would cost
+    more than the database round trip. This is what ``model_construct`` does, minus its
+    per-field default handling (every field is present here); ``test_trusted_rows_equal_
+    validated_models`` keeps it honest.
+    """
+    item = cls.__new__(cls)
+    _setattr(item, "__dict__", values)
+    _setattr(item, "__pydantic_fields_set__", set(values))
+    _setattr(item, "__pydantic_extra__", None)
+    _setattr(item, "__pydantic_private__", None)
+    return item
+
+
+def _field(row: Mapping[str, Any]) -> ProfileField:
+    values = {col: row[col] for col in sql.FIELD_COLS}
+    values["source"] = _FIELD_SOURCE[values["source"]]
+    values["source_item_type"] = _SOURCE_TYPE[values["source_item_type"]]
+    values["status"] = _STATUS[values["status"]]
+    return _trusted(ProfileField, values)
+
+
+def _asset(row: Mapping[str, Any]) -> ProfileAsset:
+    values = {col: row[col] for col in sql.ASSET_COLS}
+    values["source_item_type"] = _SOURCE_TYPE[values["source_item_type"]]
+    values["status"] = _STATUS[values["status"]]
+    return _trusted(ProfileAsset, values)
+
+
+def _identity(row: Mapping[str, Any]) -> ChannelIdentity:
+    return ChannelIdentity(
+        channel=row["channel"],
+        channel_user_id=row["channel_user_id"],
+        verified=row["verified"],
+        verified_at=row["verified_at"],
+        primary=row["is_primary"],
+        created_at=row["created_at"],
+    )
+
+
+def _consent(row: Mapping[str, Any]) -> Consent:
+    return Consent.model_validate(
+        {
+            "consent_type": row["consent_type"],
+            "granted": row["granted"],
+            "granted_at": row["granted_at"],
+            "revoked_at": row["revoked_at"],
+            "source_session_id": row["source_session_id"],
+            "ip_address": row["ip_address"],
+        }
+    )
+
+
+def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
+    return ProfileFieldDefinition.model_validate({col: row[col] for col in sql.DEFINITION_COLS})
+
+
+def _requirement(row: Mapping[str, Any]) -> ScenarioFieldRequirement:
+    return ScenarioFieldRequirement.model_validate({col: row[col] for col in sql.REQUIREMENT_COLS})
+
+
+def _profile_fields(row: Mapping[str, Any], include_history: bool) -> list[ProfileField]:
+    """The field versions of a whole-profile row (column arrays + one json text).
+
+    With history they come ordered by name, then newest ``collected_at``, then newest write.
+    """
+    if row["f_id"] is None:  # no rows: every array_agg is NULL
+        return []
+    columns = [row["f_" + col] for col in sql.FIELD_SCALAR_COLS]
+    payload = row["f_json"].encode()
+    pairs = json.loads(payload) if _LONG_INT.search(payload) else orjson.loads(payload)
+    versions = []
+    for scalars, (value, metadata) in zip(zip(*columns, strict=True), pairs, strict=True):
+        values = dict(zip(sql.FIELD_SCALAR_COLS, scalars, strict=True))
+        values["value"] = value
+        values["source_metadata"] = metadata
+        values["source"] = _FIELD_SOURCE[values["source"]]
+        values["source_item_type"] = _SOURCE_TYPE[values["source_item_type"]]
+        values["status"] = _STATUS[values["status"]]
+        versions.append(_trusted(ProfileField, values))
+    if include_history:
+        seq = dict(zip(row["f_id"], row["f_seq"], strict=True))
+        versions.sort(key=lambda v: (v.collected_at, seq[v.id]), reverse=True)
+        versions.sort(key=lambda v: v.name)  # stable: newest first within each name
+    return versions
+
+
+def _profile(row: Mapping[str, Any], include_history: bool) -> CustomerProfile:
+    versions = _profile_fields(row, include_history)
+    assets = [_asset(a) for a in row["assets"]]
+    history: dict[str, list[ProfileField]] = {}
+    if include_history:
+        for version in versions:  # ordered by name, newest first
+            history.setdefault(version.name, []).append(version)
+    return CustomerProfile(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        customer_id=row["customer_id"],
+        channel_identities=[_identity(i) for i in row["identities"]],
+        fields={f.name: f for f in versions if f.status is ItemStatus.ACTIVE},
+        field_history=history,
+        assets=[a for a in assets if a.status is ItemStatus.ACTIVE],
+        asset_history=assets if include_history else [],
+        verification_level=VerificationLevel(row["verification_level"]),
+        consents=[_consent(c) for c in row["consents"]],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_interaction_at=row["last_interaction_at"],
+    )
+
+
+def _affected(status: str) -> int:
+    """The row count of a command tag such as ``UPDATE 42``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresProfileStore(ProfileStore):
+    """The vault on PostgreSQL. Enter it (or call :meth:`setup`) before use.
+
+    ``setup()`` creates the connection pool and applies pending migrations under an
+    advisory lock, so many processes may start at once. ``applied_migrations`` lists the
+    versions this instance applied (empty when another process had done it).
+    """
+
+    def __init__(
+        self, settings: PostgresSettings | None = None, *, rules: StoreRules | None = None
+    ) -> None:
+        super().__init__(rules=rules)
+        self.settings = settings or PostgresSettings()
+        self._pool: asyncpg.Pool | None = None
+        self._setup_lock = asyncio.Lock()
+        self.applied_migrations: list[int] = []
+
+    # =====================================================================================
+    # lifecycle and connections
+    # =====================================================================================
+
+    async def setup(self) -> None:
+        """Open the pool and migrate the schema. Idempotent; safe with concurrent starters."""
+        async with self._setup_lock:
+            if self._pool is not None:
+                return
+            options = self.settings
+            server_settings = {
+                "search_path": options.db_schema,
+                "application_name": "ccvault",
+                "statement_timeout": str(int(options.statement_timeout_seconds * 1000)),
+            }
+            try:
+                pool = await asyncpg.create_pool(
+                    options.dsn,
+                    min_size=options.min_pool_size,
+                    max_size=options.max_pool_size,
+                    init=_init_connection,
+                    # the store's statements leave no session state (only SET LOCAL and
+                    # transaction-scoped locks), so releasing a connection needs no reset
+                    # query: that would double the round trips of every call
+                    reset=_no_reset,
+                    server_settings=server_settings,
+                    timeout=options.connect_timeout_seconds,
+                    command_timeout=options.command_timeout_seconds or None,
+                    max_inactive_connection_lifetime=(
+                        options.max_inactive_connection_lifetime_seconds
+                    ),
+                )
+            except BaseException as exc:
+                raise (_translate(exc) or exc) from exc
+            try:
+                async with pool.acquire(timeout=options.pool_acquire_timeout_seconds) as conn:
+                    self.applied_migrations = await self._migrate(conn)
+            except BaseException as exc:
+                pool.terminate()
+                raise (_translate(exc) or exc) from exc
+            self._pool = pool
+
+    async def _migrate(self, conn: asyncpg.Connection) -> list[int]:
+        schema = self.settings.db_schema
+        applied: list[int] = []
+        async with conn.transaction():
+            # waiting for another process's migration must not trip statement_timeout
+            await conn.execute("SET LOCAL statement_timeout = 0")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _migration_lock_key(schema))
+            # the schema name passed the settings' identifier pattern; it cannot be a parameter
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
+                " version integer PRIMARY KEY, description text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now(),"
+                " applied_by_pid integer NOT NULL DEFAULT pg_backend_pid())"
+            )
+            done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")}
+            newest = MIGRATIONS[-1].version
+            if done and max(done) > newest:
+                raise errors.SchemaVersionError(
+                    f"schema {schema!r} is at version {max(done)}, newer than this "
+                    f"ccvault-postgres knows ({newest}); upgrade ccvault-postgres"
+                )
+            for migration in MIGRATIONS:
+                if migration.version in done:
+                    continue
+                logger.info("applying migration %s: %s", migration.version, migration.description)
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    f"INSERT INTO {VERSION_TABLE} (version, description) VALUES ($1, $2)",
+                    migration.version,
+                    migration.description,
+                )
+                applied.append(migration.version)
+        # types may have been created after this connection cached its type information
+        await conn.reload_schema_state()
+        return applied
+
+    async def aclose(self) -> None:
+        """Close the pool (waiting for calls in progress, then terminating). Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for operational use (and tests); errors leave as
+        ``ccvault.errors``.
+
+        Statements run with the store's ``search_path`` and ``statement_timeout``. Session
+        state the caller changes (SET, LISTEN, advisory locks...) is reset on release.
+        """
+        async with self._conn() as conn:
+            try:
+                yield conn
+            finally:
+                if not conn.is_closed():
+                    await conn.reset()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for the store's own statements (no reset round trip on
+        release: they leave no session state behind); errors leave as ``ccvault.errors``."""
+        pool = self._pool
+        if pool is None:
+            raise errors.ProviderUnavailableError(
+                "the PostgreSQL store is not open: use `async with store` or call setup()"
+            )
+        try:
+            async with pool.acquire(timeout=self.settings.pool_acquire_timeout_seconds) as conn:
+                try:
+                    yield conn
+                except BaseException as exc:
+                    if _breaks_connection(exc):
+                        # the protocol may be mid-message (say, the server died before
+                        # ReadyForQuery): never hand this connection out again; the pool
+                        # opens a fresh one on demand
+                        conn.terminate()
+                    raise
+        except BaseException as exc:
+            translated = _translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    async def _write(
+        self,
+        attempt: Callable[[asyncpg.Connection], Awaitable[_T]],
+        *,
+        retry_if: Callable[[BaseException], bool] = _is_race,
+    ) -> _T:
+        """Run ``attempt`` (one atomic write) until it does not lose a race.
+
+        ``attempt`` must be atomic: one statement, or one transaction of its own. A lost
+        connection is never retried here: the write may have committed.
+        """
+        async with self._conn() as conn:
+            for number in range(1, self.settings.max_write_attempts + 1):
+                try:
+                    return await attempt(conn)
+                except (asyncpg.PostgresError, errors.VaultError) as exc:
+                    if number == self.settings.max_write_attempts or not retry_if(exc):
+                        raise
+                # back off a little, with jitter, so racing writers spread out
+                await asyncio.sleep(random.uniform(0, 0.002 * min(number, 10)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # =====================================================================================
+    # profiles
+    # =====================================================================================
+
+    async def _read_profile(
+        self, query: str, include_history: bool, *args: Any
+    ) -> CustomerProfile | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(query, *args)
+        return None if row is None else _profile(row, include_history)
+
+    async def _get_by_customer_id(
+        self, tenant_id: UUID, customer_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self._read_profile(
+            sql.PROFILE_BY_CUSTOMER[include_history], include_history, tenant_id, customer_id
+        )
+
+    async def _get_by_id(
+        self, tenant_id: UUID, profile_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self._read_profile(
+            sql.PROFILE_BY_ID[include_history], include_history, tenant_id, profile_id
+        )
+
+    async def _get_by_channel_identity(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self._read_profile(
+            sql.PROFILE_BY_IDENTITY[include_history],
+            include_history,
+            tenant_id,
+            channel.value,
+            channel_user_id,
+        )
+
+    async def _get_or_create(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str
+    ) -> CustomerProfile:
+        for _ in range(self.settings.max_write_attempts):
+            found = await self._get_by_channel_identity(tenant_id, channel, channel_user_id, False)
+            if found is not None:
+                return found
+            now = self.now()
+            profile = CustomerProfile(
+                tenant_id=tenant_id,
+                channel_identities=[
+                    ChannelIdentity(
+                        channel=channel,
+                        channel_user_id=channel_user_id,
+                        primary=True,
+                        created_at=now,
+                    )
+                ],
+                created_at=now,
+                updated_at=now,
+            )
+            try:
+                async with self._conn() as conn:
+                    await conn.execute(
+                        sql.CREATE_WITH_IDENTITY,
+                        tenant_id,
+                        profile.id,
+                        profile.customer_id,
+                        profile.verification_level.value,
+                        now,
+                        channel.value,
+                        channel_user_id,
+                    )
+            except errors.IdentityConflictError:
+                continue  # another caller created it first: read theirs
+            return profile
+        raise errors.ProviderUnavailableError("get_or_create kept losing races; try again")
+
+    async def _save(self, profile: CustomerProfile) -> UUID:
+        tenant_id, profile_id = profile.tenant_id, profile.id
+        identities = profile.channel_identities
+        consents = profile.consents
+        fields = list(profile.fields.values())
+        assets = profile.assets
+
+        async def attempt(conn: asyncpg.Connection) -> UUID:
+            async with conn.transaction():
+                await conn.execute(sql.LOCK_PROFILE_FOR_SAVE, tenant_id, profile_id)
+                await conn.execute(
+                    sql.UPSERT_PROFILE,
+                    tenant_id,
+                    profile_id,
+                    profile.customer_id,
+                    profile.verification_level.value,
+                    profile.created_at,
+                    profile.updated_at,
+                    profile.last_interaction_at,
+                )
+                channels = [i.channel.value for i in identities]
+                user_ids = [i.channel_user_id for i in identities]
+                await conn.execute(
+                    sql.DELETE_UNLISTED_IDENTITIES, tenant_id, profile_id, channels, user_ids
+                )
+                if identities:
+                    await conn.execute(
+                        sql.UPSERT_IDENTITIES,
+                        tenant_id,
+                        profile_id,
+                        channels,
+                        user_ids,
+                        [i.verified for i in identities],
+                        [i.verified_at for i in identities],
+                        [i.primary for i in identities],
+                        [i.created_at for i in identities],
+                    )
+                await conn.execute(sql.DELETE_CONSENTS, tenant_id, profile_id)
+                if consents:
+                    await conn.execute(
+                        sql.INSERT_CONSENTS,
+                        tenant_id,
+                        profile_id,
+                        [c.consent_type for c in consents],
+                        [c.granted for c in consents],
+                        [c.granted_at for c in consents],
+                        [c.revoked_at for c in consents],
+                        [c.source_session_id for c in consents],
+                        [None if c.ip_address is None else str(c.ip_address) for c in consents],
+                    )
+                await self._save_items(conn, tenant_id, profile_id, fields, assets)
+            return profile_id
+
+        return await self._write(attempt, retry_if=_is_active_field_race)
+
+    async def _save_items(
+        self,
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        profile_id: UUID,
+        fields: Sequence[ProfileField],
+        assets: Sequence[ProfileAsset],
+    ) -> None:
+        """Upsert fields and assets by id inside the caller's transaction."""
+        now = self.now()
+        if fields:
+            owners = {
+                r["id"]: r["profile_id"]
+                for r in await conn.fetch(sql.FIND_FIELD_OWNERS, tenant_id, [f.id for f in fields])
+            }
+            _check_owned(owners, profile_id, "field")
+            in_place = [f for f in fields if f.id in owners]
+            new = [f for f in fields if f.id not in owners]
+            if in_place:
+                await conn.executemany(
+                    sql.UPDATE_FIELD_IN_PLACE,
+                    [(tenant_id, profile_id, *_field_params(f)) for f in in_place],
+                )
+            if new:
+                await conn.executemany(
+                    sql.UPDATE_FIELD,
+                    [(tenant_id, profile_id, *_field_params(f), True, now) for f in new],
+                )
+        if assets:
+            owners = {
+                r["id"]: r["profile_id"]
+                for r in await conn.fetch(sql.FIND_ASSET_OWNERS, tenant_id, [a.id for a in assets])
+            }
+            _check_owned(owners, profile_id, "asset")
+            in_place_assets = [a for a in assets if a.id in owners]
+            new_assets = [a for a in assets if a.id not in owners]
+            if in_place_assets:
+                await conn.executemany(
+                    sql.UPDATE_ASSET_IN_PLACE,
+                    [(tenant_id, profile_id, *_asset_params(a)) for a in in_place_assets],
+                )
+            if new_assets:
+                await conn.executemany(
+                    sql.INSERT_ASSET_PLAIN,
+                    [(tenant_id, profile_id, *_asset_params(a)) for a in new_assets],
+                )
+
+    async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        async with self._conn() as conn:
+            deleted = await conn.fetchval(sql.SOFT_DELETE, tenant_id, profile_id, self.now())
+        return bool(deleted)
+
+    # =====================================================================================
+    # fields
+    # =====================================================================================
+
+    async def _update_field(
+        self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
+    ) -> UUID:
+        params = (tenant_id, profile_id, *_field_params(field), supersede_existing, self.now())
+
+        async def attempt(conn: asyncpg.Connection) -> UUID:
+            try:
+                row = await conn.fetchrow(sql.UPDATE_FIELD, *params)
+            except pgerr.UniqueViolationError as exc:
+                if exc.constraint_name == _ACTIVE_FIELD_INDEX and not supersede_existing:
+                    raise errors.ActiveFieldConflictError(
+                        f"field {field.name!r} already has an ACTIVE version"
+                    ) from exc
+                raise
+            assert row is not None
+            if not row["found"]:
+                raise errors.NotFoundError(f"profile {profile_id} not found")
+            new_id: UUID = row["new_id"]
+            return new_id
+
+        return await self._write(attempt, retry_if=_is_active_field_race)
+
+    async def _get_field(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
+    ) -> ProfileField | None:
+        async with self._conn() as conn:
+            if status is ItemStatus.ACTIVE:
+                row = await conn.fetchrow(sql.GET_FIELD_ACTIVE, tenant_id, profile_id, field_name)
+            elif status is None:
+                row = await conn.fetchrow(sql.GET_FIELD_ANY, tenant_id, profile_id, field_name)
+            else:
+                row = await conn.fetchrow(
+                    sql.GET_FIELD_WITH_STATUS, tenant_id, profile_id, field_name, status.value
+                )
+        return None if row is None else _field(row)
+
+    async def _get_field_history(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str
+    ) -> list[ProfileField]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.FIELD_HISTORY, tenant_id, profile_id, field_name)
+        return [_field(r) for r in rows]
+
+    async def _expire_stale_fields(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    ) -> int:
+        async with self._conn() as conn:
+            if profile_id is None:
+                status = await conn.execute(sql.EXPIRE_TENANT, tenant_id, now)
+            else:
+                status = await conn.execute(sql.EXPIRE_PROFILE, tenant_id, now, profile_id)
+        return _affected(status)
+
+    # =====================================================================================
+    # assets
+    # =====================================================================================
+
+    async def _add_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
+    ) -> UUID:
+        params = _asset_params(asset)
+        if not supersede_existing:
+            async with self._conn() as conn:
+                row = await conn.fetchrow(sql.INSERT_ASSET, tenant_id, profile_id, *params)
+            assert row is not None
+            if not row["found"]:
+                raise errors.NotFoundError(f"profile {profile_id} not found")
+            return asset.id
+
+        async def attempt(conn: asyncpg.Connection) -> UUID:
+            async with conn.transaction():
+                if not await conn.fetchval(sql.LOCK_PROFILE_FOR_ASSET, tenant_id, profile_id):
+                    raise errors.NotFoundError(f"profile {profile_id} not found")
+                await conn.execute(
+                    sql.SUPERSEDE_ASSETS, tenant_id, profile_id, asset.name, asset.id, self.now()
+                )
+                await conn.execute(sql.INSERT_ASSET_PLAIN, tenant_id, profile_id, *params)
+            return asset.id
+
+        return await self._write(attempt)
+
+    async def _get_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
+    ) -> ProfileAsset | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(sql.GET_ASSET, tenant_id, profile_id, asset_id)
+        return None if row is None else _asset(row)
+
+    async def _get_asset_by_name(
+        self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
+    ) -> ProfileAsset | None:
+        async with self._conn() as conn:
+            if status is None:
+                row = await conn.fetchrow(sql.GET_ASSET_ANY, tenant_id, profile_id, asset_name)
+            else:
+                row = await conn.fetchrow(
+                    sql.GET_ASSET_WITH_STATUS, tenant_id, profile_id, asset_name, status.value
+                )
+        return None if row is None else _asset(row)
+
+    # =====================================================================================
+    # lineage
+    # =====================================================================================
+
+    async def _get_derivation_chain(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType, max_depth: int
+    ) -> list[LineageEntry]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                sql.DERIVATION_CHAIN, tenant_id, item_id, item_type.value, max_depth
+            )
+        return [LineageEntry.model_validate(dict(r)) for r in rows]
+
+    async def _get_derived_items(
+        self, tenant_id: UUID, source_item_id: UUID
+    ) -> tuple[list[ProfileField], list[ProfileAsset]]:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(sql.DERIVED_ITEMS, tenant_id, source_item_id)
+        assert row is not None
+        return [_field(f) for f in row["fields"]], [_asset(a) for a in row["assets"]]
+
+    async def _check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
+        async with self._conn() as conn:
+            return bool(await conn.fetchval(sql.HAS_DEPENDENTS, tenant_id, item_id))
+
+    # =====================================================================================
+    # channels and merge
+    # =====================================================================================
+
+    async def _link_channel(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+    ) -> bool:
+        async def attempt(conn: asyncpg.Connection) -> bool:
+            row = await conn.fetchrow(
+                sql.LINK_CHANNEL,
+                tenant_id,
+                profile_id,
+                identity.channel.value,
+                identity.channel_user_id,
+                identity.verified,
+                identity.verified_at,
+                identity.primary,
+                identity.created_at,
+            )
+            assert row is not None
+            if not row["found"]:
+                raise errors.NotFoundError(f"profile {profile_id} not found")
+            if row["inserted"]:
+                return True
+            if row["owner"] == profile_id:
+                return False
+            if row["owner"] is None:
+                # the owner committed after this statement's snapshot: look again
+                raise _LinkRace
+            raise errors.IdentityConflictError(
+                f"{identity.channel.value}:{identity.channel_user_id} belongs to another profile"
+            )
+
+        return await self._write(attempt, retry_if=lambda exc: isinstance(exc, _LinkRace))
+
+    async def _merge_profiles(
+        self,
+        tenant_id: UUID,
+        source_profile_id: UUID,
+        target_profile_id: UUID,
+        choose_winner: MergeWinner,
+    ) -> None:
+        async def attempt(conn: asyncpg.Connection) -> None:
+            now = self.now()
+            async with conn.transaction():
+                locked = await conn.fetch(
+                    sql.MERGE_LOCK, tenant_id, [source_profile_id, target_profile_id]
+                )
+                if len(locked) != 2:
+                    found = {r["id"] for r in locked}
+                    missing = (
+                        source_profile_id if source_profile_id not in found else target_profile_id
+                    )
+                    raise errors.NotFoundError(f"profile {missing} not found")
+                losers: list[UUID] = []
+                winners: list[UUID] = []
+                for pair in await conn.fetch(
+                    sql.MERGE_CONFLICTS, tenant_id, source_profile_id, target_profile_id
+                ):
+                    target, source = _field(pair["target"]), _field(pair["source"])
+                    winner = choose_winner(target, source)
+                    loser = source if winner is target else target
+                    losers.append(loser.id)
+                    winners.append(winner.id)
+                if losers:
+                    await conn.execute(sql.MERGE_SUPERSEDE, tenant_id, losers, winners, now)
+                await conn.execute(
+                    sql.MERGE_MOVE, tenant_id, source_profile_id, target_profile_id, now
+                )
+
+        await self._write(attempt)
+
+    # =====================================================================================
+    # definitions and requirements
+    # =====================================================================================
+
+    async def _get_field_definitions(
+        self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+    ) -> list[ProfileFieldDefinition]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.GET_DEFINITIONS, tenant_id, agent_id, enabled_only)
+        return [_definition(r) for r in rows]
+
+    async def _get_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> ProfileFieldDefinition | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(sql.GET_DEFINITION, tenant_id, agent_id, field_name)
+        return None if row is None else _definition(row)
+
+    async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
+        params = _definition_params(definition)
+        return await self._upsert_by_key_or_id(
+            sql.UPSERT_DEFINITION, sql.UPDATE_DEFINITION_BY_ID, params
+        )
+
+    async def _upsert_by_key_or_id(self, upsert: str, by_id: str, params: Sequence[Any]) -> UUID:
+        """Upsert on the natural key, keeping a stored id; an id stored under another key
+        is updated in place (renamed). Both statements are single, atomic statements."""
+
+        async def attempt(conn: asyncpg.Connection) -> UUID:
+            try:
+                stored: UUID = await conn.fetchval(upsert, *params)
+                return stored
+            except pgerr.UniqueViolationError as exc:
+                if not (exc.constraint_name or "").endswith("_pkey"):
+                    raise
+            renamed: UUID | None = await conn.fetchval(by_id, *params)
+            if renamed is None:
+                raise _UpsertRace  # the row went away in between
+            return renamed
+
+        return await self._write(
+            attempt, retry_if=lambda exc: _is_race(exc) or isinstance(exc, _UpsertRace)
+        )
+
+    async def _delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(sql.DELETE_DEFINITION, tenant_id, agent_id, field_name)
+        return _affected(status) > 0
+
+    async def _get_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> list[ScenarioFieldRequirement]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.GET_REQUIREMENTS, tenant_id, scenario_id, step_id)
+        return [_requirement(r) for r in rows]
+
+    async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
+        params = _requirement_params(requirement)
+        return await self._upsert_by_key_or_id(
+            sql.UPSERT_REQUIREMENT, sql.UPDATE_REQUIREMENT_BY_ID, params
+        )
+
+    async def _delete_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> int:
+        async with self._conn() as conn:
+            if step_id is None:
+                status = await conn.execute(sql.DELETE_REQUIREMENTS_ALL, tenant_id, scenario_id)
+            else:
+                status = await conn.execute(
+                    sql.DELETE_REQUIREMENTS_STEP, tenant_id, scenario_id, step_id
+                )
+        return _affected(status)
+
+    # =====================================================================================
+    # erasure, portability, hard delete, orphans, operations
+    # =====================================================================================
+
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        # one statement: the foreign keys cascade to everything the profile owns
+        async with self._conn() as conn:
+            status = await conn.execute(sql.PURGE, tenant_id, profile_id)
+        return _affected(status) > 0
+
+    async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
+        return await self._read_profile(sql.PROFILE_EXPORT, True, tenant_id, profile_id)
+
+    async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
+        query = (
+            sql.DELETE_FIELD_ITEM if item_type is ItemType.PROFILE_FIELD else sql.DELETE_ASSET_ITEM
+        )
+        async with self._conn() as conn:
+            row = await conn.fetchrow(query, tenant_id, item_id)
+        assert row is not None
+        if row["present"] and row["has_dependents"]:
+            raise errors.DependentsError(f"active items still derive from {item_id}")
+        return bool(row["deleted"])
+
+    async def _mark_orphans(self, tenant_id: UUID) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval(sql.MARK_ORPHANS, tenant_id, self.now()))
+
+    async def _list_tenant_ids(self) -> list[UUID]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.LIST_TENANTS)
+        return [r["tenant_id"] for r in rows]
+
+    async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.COUNT_BY_STATUS, tenant_id)
+        counts: dict[str, dict[str, int]] = {"fields": {}, "assets": {}}
+        for r in rows:
+            counts[r["kind"]][r["status"]] = int(r["n"])
+        return counts
+
+
+class _LinkRace(errors.VaultError):
+    """Internal: an identity's owner committed after the statement's snapshot; retry."""
+
+
+class _UpsertRace(errors.VaultError):
+    """Internal: a row to update by id vanished between two statements; retry."""
+
+
+def _is_active_field_race(exc: BaseException) -> bool:
+    """A concurrent writer stored an ACTIVE version first: retry (supersede it)."""
+    if isinstance(exc, pgerr.UniqueViolationError):
+        return bool(exc.constraint_name == _ACTIVE_FIELD_INDEX)
+    return _is_race(exc)
+
+
+def _check_owned(owners: Mapping[UUID, UUID], profile_id: UUID, what: str) -> None:
+    for item_id, owner in owners.items():
+        if owner != profile_id:
+            raise errors.ConflictError(f"{what} id {item_id} belongs to another profile")

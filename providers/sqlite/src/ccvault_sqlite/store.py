@@ -1,0 +1,1258 @@
+"""``SqliteProfileStore``: the vault on one SQLite file (or a private in-memory database).
+
+Concurrency model
+-----------------
+One store holds one aiosqlite connection (in autocommit mode: every transaction here is
+explicit) and one :class:`asyncio.Lock`; every operation runs under the lock, so the
+statements of one transaction never interleave with another coroutine's. Every write runs
+in ``BEGIN IMMEDIATE``, which takes SQLite's single database write lock up front: writers
+in other store instances or other processes on the same file wait for it (``busy_timeout``),
+and if it is still held the whole transaction is rolled back and retried with bounded
+exponential back-off (see :class:`~ccvault_sqlite.settings.SqliteSettings`). Because the
+write lock is held from the first statement, read-then-write sequences inside a write
+transaction are race-free across processes. Reads of several tables run inside one
+``BEGIN`` ... ``COMMIT`` so they see one snapshot (WAL mode lets them proceed while another
+process writes).
+
+Every multi-row change (save, supersede, merge, purge, soft delete) is one transaction: any
+failure rolls all of it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import sqlite3
+import stat
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import aiosqlite
+from ccvault import errors
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    Consent,
+    CustomerProfile,
+    ItemStatus,
+    ItemType,
+    LineageEntry,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldDefinition,
+    ScenarioFieldRequirement,
+    SourceType,
+    VerificationLevel,
+)
+from ccvault.store import MergeWinner, ProfileStore, StoreRules
+
+from ccvault_sqlite import codec
+from ccvault_sqlite.codec import (
+    ASSET_COLUMNS,
+    ASSET_SELECT,
+    CONSENT_COLUMNS,
+    CONSENT_SELECT,
+    DEFINITION_COLUMNS,
+    DEFINITION_SELECT,
+    FIELD_COLUMNS,
+    FIELD_SELECT,
+    IDENTITY_SELECT,
+    REQUIREMENT_COLUMNS,
+    REQUIREMENT_SELECT,
+    ts,
+)
+from ccvault_sqlite.schema import LATEST_VERSION, migrate, read_version
+from ccvault_sqlite.settings import MEMORY, SqliteSettings
+
+__all__ = ["SqliteProfileStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Op = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_NOTADB = 26
+_ACTIVE = ItemStatus.ACTIVE.value
+_SUPERSEDED = ItemStatus.SUPERSEDED.value
+
+_PROFILE_SELECT = (
+    "id, customer_id, verification_level, created_at, updated_at, last_interaction_at"
+)
+
+
+
+def _insert(table: str, columns: Sequence[str], *, if_live: bool) -> str:
+    """INSERT of one item with parameters (tenant, profile, *columns).
+
+    ``seq`` is the tenant's next write-order number: the transaction holds the database
+    write lock, so ``MAX + 1`` cannot be taken twice. ``if_live`` inserts nothing (0 rows)
+    unless the profile exists and is not soft-deleted.
+    """
+    values = ", ".join(f"?{n}" for n in range(1, len(columns) + 3))
+    seq = f"(SELECT COALESCE(MAX(seq), 0) + 1 FROM {table} WHERE tenant_id = ?1)"
+    head = f"INSERT INTO {table} (tenant_id, profile_id, {', '.join(columns)}, seq) "
+    if not if_live:
+        return f"{head}VALUES ({values}, {seq})"
+    return (
+        f"{head}SELECT {values}, {seq} WHERE EXISTS "
+        "(SELECT 1 FROM profiles WHERE tenant_id = ?1 AND id = ?2 AND deleted_at IS NULL)"
+    )
+
+
+_INSERT_FIELD = _insert("fields", FIELD_COLUMNS, if_live=False)
+_INSERT_FIELD_IF_LIVE = _insert("fields", FIELD_COLUMNS, if_live=True)
+_UPDATE_FIELD = (
+    f"UPDATE fields SET {', '.join(f'{c} = ?' for c in FIELD_COLUMNS[1:])} "
+    "WHERE tenant_id = ? AND id = ?"
+)
+_SUPERSEDE_FIELD = (
+    "UPDATE fields SET status = 'superseded', superseded_by_id = ?, superseded_at = ?, "
+    "updated_at = ? WHERE tenant_id = ? AND profile_id = ? AND name = ? AND status = 'active'"
+)
+_INSERT_ASSET = _insert("assets", ASSET_COLUMNS, if_live=False)
+_INSERT_ASSET_IF_LIVE = _insert("assets", ASSET_COLUMNS, if_live=True)
+_UPDATE_ASSET = (
+    f"UPDATE assets SET {', '.join(f'{c} = ?' for c in ASSET_COLUMNS[1:])} "
+    "WHERE tenant_id = ? AND id = ?"
+)
+_SUPERSEDE_ASSET = (
+    "UPDATE assets SET status = 'superseded', superseded_by_id = ?, superseded_at = ? "
+    "WHERE tenant_id = ? AND profile_id = ? AND name = ? AND status = 'active'"
+)
+_INSERT_IDENTITY = (
+    "INSERT INTO channel_identities (tenant_id, profile_id, position, "
+    f"{IDENTITY_SELECT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_CONSENT = (
+    f"INSERT INTO consents (tenant_id, profile_id, position, {CONSENT_SELECT}) "
+    f"VALUES (?, ?, ?, {', '.join('?' * len(CONSENT_COLUMNS))})"
+)
+_UPSERT_DEFINITION = (
+    f"INSERT INTO field_definitions ({DEFINITION_SELECT}) "
+    f"VALUES ({', '.join('?' * len(DEFINITION_COLUMNS))}) "
+    "ON CONFLICT (tenant_id, agent_id, name) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in DEFINITION_COLUMNS
+        if c not in ("id", "tenant_id", "agent_id", "name", "created_at")
+    )
+    + " RETURNING id"
+)
+_UPSERT_REQUIREMENT = (
+    f"INSERT INTO scenario_requirements ({REQUIREMENT_SELECT}) "
+    f"VALUES ({', '.join('?' * len(REQUIREMENT_COLUMNS))}) "
+    "ON CONFLICT (tenant_id, scenario_id, ifnull(step_id, ''), ifnull(rule_id, ''), field_name) "
+    "DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in REQUIREMENT_COLUMNS
+        if c
+        not in ("id", "tenant_id", "scenario_id", "step_id", "rule_id", "field_name", "created_at")
+    )
+    + " RETURNING id"
+)
+# the whole derivation chain in one statement: item first, then each source, PK lookups only
+_DERIVATION_CHAIN = """
+WITH RECURSIVE chain (depth, kind, id, name, source_metadata, source_item_id, source_item_type)
+AS (
+    SELECT 0, 'profile_field', id, name, source_metadata, source_item_id, source_item_type
+      FROM fields WHERE tenant_id = :tenant AND id = :item AND :kind = 'profile_field'
+    UNION ALL
+    SELECT 0, 'profile_asset', id, name, '{}', source_item_id, source_item_type
+      FROM assets WHERE tenant_id = :tenant AND id = :item AND :kind = 'profile_asset'
+    UNION ALL
+    SELECT c.depth + 1, 'profile_field', f.id, f.name, f.source_metadata, f.source_item_id,
+           f.source_item_type
+      FROM chain AS c JOIN fields AS f ON f.tenant_id = :tenant AND f.id = c.source_item_id
+     WHERE c.source_item_type = 'profile_field' AND c.depth + 1 < :max_depth
+    UNION ALL
+    SELECT c.depth + 1, 'profile_asset', a.id, a.name, '{}', a.source_item_id,
+           a.source_item_type
+      FROM chain AS c JOIN assets AS a ON a.tenant_id = :tenant AND a.id = c.source_item_id
+     WHERE c.source_item_type = 'profile_asset' AND c.depth + 1 < :max_depth
+)
+SELECT kind, id, name, source_metadata, source_item_id, source_item_type
+  FROM chain ORDER BY depth
+"""
+_MARK_ORPHANS = """
+UPDATE {table} SET status = 'orphaned'{touch}
+ WHERE tenant_id = :tenant AND status != 'orphaned' AND source_item_id IS NOT NULL AND (
+       (source_item_type = 'profile_field' AND NOT EXISTS (
+            SELECT 1 FROM fields AS s
+             WHERE s.tenant_id = :tenant AND s.id = {table}.source_item_id))
+    OR (source_item_type = 'profile_asset' AND NOT EXISTS (
+            SELECT 1 FROM assets AS s
+             WHERE s.tenant_id = :tenant AND s.id = {table}.source_item_id))
+ )
+"""
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _writable(path: Path) -> bool:
+    """Writable for us, and not marked read-only (root ignores permission bits, we don't)."""
+    mode = path.stat().st_mode
+    return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+class SqliteProfileStore(ProfileStore):
+    """The vault's embedded store on SQLite, through aiosqlite.
+
+    ``SqliteProfileStore(path=":memory:")`` or ``SqliteProfileStore(SqliteSettings(...))``.
+    Use it as an async context manager (``setup()`` on entry, ``aclose()`` on exit).
+    ``setup()`` refuses, with :class:`~ccvault.errors.StorageError` and without touching the
+    file, a file that is not SQLite, a read-only file, a database of another application,
+    or (:class:`~ccvault.errors.SchemaVersionError`) a schema newer than this code.
+    """
+
+    def __init__(
+        self,
+        settings: SqliteSettings | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        rules: StoreRules | None = None,
+    ) -> None:
+        super().__init__(rules=rules)
+        settings = settings or SqliteSettings()
+        if path is not None:
+            settings = SqliteSettings.model_validate(
+                {**settings.model_dump(), "path": os.fspath(path)}
+            )
+        self.settings = settings
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        #: How many times a transaction was retried because the database was locked.
+        self.lock_retries = 0
+
+    # =====================================================================================
+    # lifecycle
+    # =====================================================================================
+
+    @property
+    def path(self) -> str:
+        """The database path as configured (``":memory:"`` for an in-memory database)."""
+        return self.settings.path
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The open connection, for diagnostics and tests. Do not run transactions on it."""
+        if self._conn is None:
+            raise errors.StorageError("the SQLite store is not set up (use `async with`)")
+        return self._conn
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this code writes (the database is at it after ``setup()``)."""
+        return LATEST_VERSION
+
+    async def setup(self) -> None:
+        """Open the database, refuse what is not ours, set WAL mode, migrate. Idempotent."""
+        async with self._lock:
+            if self._conn is not None:
+                return
+            self._conn = await self._open()
+
+    def _database(self) -> str:
+        if self.settings.path == MEMORY:
+            return MEMORY
+        path = Path(self.settings.path).expanduser()
+        if path.exists():
+            if not path.is_file():
+                raise errors.StorageError(f"SQLite database path {path} is not a regular file")
+            with path.open("rb") as file:
+                header = file.read(len(_SQLITE_HEADER))
+            if header and header != _SQLITE_HEADER:
+                raise errors.StorageError(f"{path} is not a SQLite database (wrong file header)")
+            if not _writable(path):
+                raise errors.StorageError(
+                    f"SQLite database {path} is read-only; the vault needs to write to it"
+                )
+        elif not path.parent.is_dir():
+            if not self.settings.create_parent_dirs:
+                raise errors.StorageError(
+                    f"folder {path.parent} of the SQLite database does not exist"
+                )
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise errors.StorageError(f"cannot create folder {path.parent}: {exc}") from exc
+        return str(path)
+
+    async def _open(self) -> aiosqlite.Connection:
+        database = self._database()
+        try:
+            conn = await aiosqlite.connect(
+                database,
+                isolation_level=None,
+                timeout=self.settings.busy_timeout_ms / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise errors.StorageError(f"cannot open SQLite database {database}: {exc}") from exc
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            # read-only checks first: a foreign or newer database must be left as it is
+            await read_version(conn)
+            if database != MEMORY:
+                rows = await self._retry_busy(
+                    lambda: conn.execute_fetchall("PRAGMA journal_mode = WAL")
+                )
+                mode = str(next(iter(rows))[0]).lower()
+                if mode != "wal":
+                    logger.warning("SQLite kept journal_mode=%s for %s", mode, database)
+            await conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+            version = await self._retry_busy(lambda: migrate(conn, ts(self.now())))
+            logger.debug("SQLite database %s at schema version %d", database, version)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._storage_error(exc, database) from exc
+            raise
+        return conn
+
+    @staticmethod
+    def _storage_error(exc: sqlite3.Error, database: str) -> errors.VaultError:
+        code = _primary_code(exc)
+        if code == _SQLITE_NOTADB:
+            return errors.StorageError(f"{database} is not a SQLite database: {exc}")
+        if code == _SQLITE_READONLY:
+            return errors.StorageError(f"SQLite database {database} is read-only: {exc}")
+        if _is_busy(exc):
+            return errors.ProviderUnavailableError(
+                f"SQLite database {database} stayed locked by another writer: {exc}"
+            )
+        return errors.StorageError(f"SQLite database {database} is unusable: {exc}")
+
+    async def aclose(self) -> None:
+        """Close the connection (a WAL checkpoint happens on the last close). Idempotent."""
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+    # =====================================================================================
+    # transactions
+    # =====================================================================================
+
+    def _backoff(self, attempt: int) -> float:
+        delay_ms = min(
+            self.settings.lock_retry_max_ms,
+            self.settings.lock_retry_initial_ms * float(2 ** (attempt - 1)),
+        )
+        # jitter, so two retrying writers do not collide again in lock step
+        return delay_ms * random.uniform(0.5, 1.0) / 1000
+
+    async def _retry_busy(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, retried with back-off while SQLite reports the database locked."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except sqlite3.OperationalError as exc:
+                attempt += 1
+                if not _is_busy(exc) or attempt >= self.settings.lock_retry_attempts:
+                    raise
+                self.lock_retries += 1
+                logger.info("SQLite database locked, retry %d: %s", attempt, exc)
+                await asyncio.sleep(self._backoff(attempt))
+
+    async def _transaction(self, op: Op[T], *, write: bool) -> T:
+        """Run ``op`` in one transaction under the store's lock; all or nothing.
+
+        Writes use ``BEGIN IMMEDIATE``. A busy/locked database rolls back and retries the
+        whole transaction (``op`` must be safe to run again). SQLite errors are mapped to
+        the vault's errors; the transaction is always rolled back on failure.
+        """
+        async with self._lock:
+            conn = self.connection
+            begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+
+            async def attempt() -> T:
+                await conn.execute(begin)
+                try:
+                    result = await op(conn)
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    await self._rollback(conn)
+                    raise
+                return result
+
+            try:
+                return await self._retry_busy(attempt)
+            except sqlite3.IntegrityError as exc:
+                raise errors.ConflictError(f"the write conflicts with stored data: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise self._storage_error(exc, self.settings.path) from exc
+            except (OverflowError, UnicodeEncodeError) as exc:
+                raise errors.ValidationError(f"value cannot be stored in SQLite: {exc}") from exc
+
+    @staticmethod
+    async def _rollback(conn: aiosqlite.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                await conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # pragma: no cover - e.g. a COMMIT cancelled late
+                logger.warning("ROLLBACK found no transaction to undo: %s", exc)
+
+    async def _write(self, op: Op[T]) -> T:
+        return await self._transaction(op, write=True)
+
+    async def _read(self, op: Op[T]) -> T:
+        return await self._transaction(op, write=False)
+
+    async def _fetch(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        """One SELECT (one statement reads one snapshot; no transaction needed)."""
+
+        async def op(conn: aiosqlite.Connection) -> list[Any]:
+            return list(await conn.execute_fetchall(sql, params))
+
+        async with self._lock:
+            conn = self.connection
+            try:
+                return await self._retry_busy(lambda: op(conn))
+            except sqlite3.Error as exc:
+                raise self._storage_error(exc, self.settings.path) from exc
+
+    # =====================================================================================
+    # profiles
+    # =====================================================================================
+
+    @staticmethod
+    async def _load_profile(
+        conn: aiosqlite.Connection,
+        tenant_id: UUID,
+        where: str,
+        params: dict[str, Any],
+        include_history: bool,
+    ) -> CustomerProfile | None:
+        """The profile matched by ``where`` (over ``profiles AS p``), in ONE statement.
+
+        One statement reads one snapshot, so no transaction is needed and the number of
+        round trips is the same for 1 field or 1,000 versions.
+        """
+        sql = _profile_query(where, include_history)
+        rows = await conn.execute_fetchall(sql, {"tenant": str(tenant_id), **params})
+        return _assemble_profile(tenant_id, rows, include_history)
+
+    async def _read_profile(
+        self, tenant_id: UUID, where: str, params: dict[str, Any], include_history: bool
+    ) -> CustomerProfile | None:
+        rows = await self._fetch(
+            _profile_query(where, include_history), {"tenant": str(tenant_id), **params}
+        )
+        return _assemble_profile(tenant_id, rows, include_history)
+
+    async def _get_by_customer_id(
+        self, tenant_id: UUID, customer_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self._read_profile(
+            tenant_id, _LIVE_BY_CUSTOMER, {"key": str(customer_id)}, include_history
+        )
+
+    async def _get_by_id(
+        self, tenant_id: UUID, profile_id: UUID, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self._read_profile(
+            tenant_id, _LIVE_BY_ID, {"key": str(profile_id)}, include_history
+        )
+
+    async def _get_by_channel_identity(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
+    ) -> CustomerProfile | None:
+        return await self._read_profile(
+            tenant_id,
+            _LIVE_BY_IDENTITY,
+            {"channel": channel.value, "user": channel_user_id},
+            include_history,
+        )
+
+    async def _get_or_create(
+        self, tenant_id: UUID, channel: Channel, channel_user_id: str
+    ) -> CustomerProfile:
+        found = await self._get_by_channel_identity(tenant_id, channel, channel_user_id, False)
+        if found is not None:
+            return found
+
+        async def op(conn: aiosqlite.Connection) -> CustomerProfile:
+            # under the write lock: nobody can create the owner between this read and insert
+            owner = await self._load_profile(
+                conn,
+                tenant_id,
+                _LIVE_BY_IDENTITY,
+                {"channel": channel.value, "user": channel_user_id},
+                False,
+            )
+            if owner is not None:
+                return owner
+            now = self.now()
+            identity = ChannelIdentity(
+                channel=channel, channel_user_id=channel_user_id, primary=True, created_at=now
+            )
+            profile = CustomerProfile(
+                tenant_id=tenant_id,
+                channel_identities=[identity],
+                created_at=now,
+                updated_at=now,
+            )
+            await self._insert_profile_row(conn, profile)
+            await conn.execute(
+                _INSERT_IDENTITY,
+                (str(tenant_id), str(profile.id), 0, *codec.identity_params(identity)),
+            )
+            return profile
+
+        return await self._write(op)
+
+    @staticmethod
+    async def _insert_profile_row(conn: aiosqlite.Connection, profile: CustomerProfile) -> None:
+        await conn.execute(
+            "INSERT INTO profiles (tenant_id, id, customer_id, verification_level, created_at, "
+            "updated_at, last_interaction_at, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL) "
+            "ON CONFLICT (tenant_id, id) DO UPDATE SET customer_id = excluded.customer_id, "
+            "verification_level = excluded.verification_level, "
+            "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+            "last_interaction_at = excluded.last_interaction_at",
+            (
+                str(profile.tenant_id),
+                str(profile.id),
+                str(profile.customer_id),
+                profile.verification_level.value,
+                ts(profile.created_at),
+                ts(profile.updated_at),
+                codec.ts_opt(profile.last_interaction_at),
+            ),
+        )
+
+    async def _save(self, profile: CustomerProfile) -> UUID:
+        tenant = str(profile.tenant_id)
+        profile_id = str(profile.id)
+        # encode everything before the transaction: bad values fail before any statement
+        field_rows = [codec.field_params(item) for item in profile.fields.values()]
+        asset_rows = [codec.asset_params(item) for item in profile.assets]
+        identity_rows = [
+            (tenant, profile_id, n, *codec.identity_params(item))
+            for n, item in enumerate(profile.channel_identities)
+        ]
+        consent_rows = [
+            (tenant, profile_id, n, *codec.consent_params(item))
+            for n, item in enumerate(profile.consents)
+        ]
+
+        async def op(conn: aiosqlite.Connection) -> UUID:
+            rows = await conn.execute_fetchall(
+                "SELECT id, deleted_at IS NOT NULL FROM profiles WHERE tenant_id = ? AND "
+                "(id = ? OR (customer_id = ? AND deleted_at IS NULL))",
+                (tenant, profile_id, str(profile.customer_id)),
+            )
+            # like every other write, a save to a soft-deleted profile finds nothing
+            if any(row[0] == profile_id and row[1] for row in rows):
+                raise errors.NotFoundError(f"profile {profile.id} is deleted")
+            if any(row[0] != profile_id for row in rows):
+                raise errors.IdentityConflictError(
+                    f"customer id {profile.customer_id} belongs to another live profile"
+                )
+            if identity_rows:
+                owned = await conn.execute_fetchall(
+                    "SELECT channel, channel_user_id FROM channel_identities "
+                    "WHERE tenant_id = ? AND profile_id != ? AND (channel, channel_user_id) IN "
+                    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+                    "FROM json_each(?))",
+                    (
+                        tenant,
+                        profile_id,
+                        codec.dumps([[r[3], r[4]] for r in identity_rows], "identities"),
+                    ),
+                )
+                if owned:
+                    taken = ", ".join(f"{row[0]}:{row[1]}" for row in owned)
+                    raise errors.IdentityConflictError(
+                        f"identity {taken} belongs to another live profile"
+                    )
+            await self._insert_profile_row(conn, profile)
+            await conn.execute(
+                "DELETE FROM channel_identities WHERE tenant_id = ? AND profile_id = ?",
+                (tenant, profile_id),
+            )
+            if identity_rows:
+                await conn.executemany(_INSERT_IDENTITY, identity_rows)
+            await conn.execute(
+                "DELETE FROM consents WHERE tenant_id = ? AND profile_id = ?", (tenant, profile_id)
+            )
+            if consent_rows:
+                await conn.executemany(_INSERT_CONSENT, consent_rows)
+            await self._upsert_items(conn, "fields", tenant, profile_id, field_rows)
+            await self._upsert_items(conn, "assets", tenant, profile_id, asset_rows)
+            return profile.id
+
+        return await self._write(op)
+
+    async def _upsert_items(
+        self,
+        conn: aiosqlite.Connection,
+        table: str,
+        tenant: str,
+        profile_id: str,
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """Update stored ids in place, insert new ones (new fields supersede their name)."""
+        if not rows:
+            return
+        stored = {
+            row[0]: row[1]
+            for row in await conn.execute_fetchall(
+                f"SELECT id, profile_id FROM {table} WHERE tenant_id = ? "
+                "AND id IN (SELECT value FROM json_each(?))",
+                (tenant, codec.dumps([r[0] for r in rows], "ids")),
+            )
+        }
+        elsewhere = sorted(i for i, owner in stored.items() if owner != profile_id)
+        if elsewhere:
+            raise errors.ConflictError(
+                f"{table[:-1]} id(s) {elsewhere} already belong to another profile"
+            )
+        updates = [(*row[1:], tenant, row[0]) for row in rows if row[0] in stored]
+        inserts = [(tenant, profile_id, *row) for row in rows if row[0] not in stored]
+        if table == "fields":
+            if updates:
+                await conn.executemany(_UPDATE_FIELD, updates)
+            if inserts:
+                now = ts(self.now())
+                await conn.executemany(
+                    _SUPERSEDE_FIELD,
+                    [(row[2], now, now, tenant, profile_id, row[3]) for row in inserts],
+                )
+                await conn.executemany(_INSERT_FIELD, inserts)
+        else:
+            if updates:
+                await conn.executemany(_UPDATE_ASSET, updates)
+            if inserts:
+                await conn.executemany(_INSERT_ASSET, inserts)
+
+    async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        key = (str(tenant_id), str(profile_id))
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute(
+                "UPDATE profiles SET deleted_at = ? "
+                "WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL",
+                (ts(self.now()), *key),
+            )
+            if cursor.rowcount != 1:
+                return False
+            # release the identities: the same channel user can start afresh
+            await conn.execute(
+                "DELETE FROM channel_identities WHERE tenant_id = ? AND profile_id = ?", key
+            )
+            return True
+
+        return await self._write(op)
+
+    # =====================================================================================
+    # fields
+    # =====================================================================================
+
+    async def _update_field(
+        self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
+    ) -> UUID:
+        tenant, profile = str(tenant_id), str(profile_id)
+        params = codec.field_params(field)
+
+        async def op(conn: aiosqlite.Connection) -> UUID:
+            if supersede_existing:
+                now = ts(self.now())
+                await conn.execute(
+                    _SUPERSEDE_FIELD, (str(field.id), now, now, tenant, profile, field.name)
+                )
+            try:
+                cursor = await conn.execute(
+                    _INSERT_FIELD_IF_LIVE, (tenant, profile, *params)
+                )
+            except sqlite3.IntegrityError as exc:
+                reason = getattr(exc, "sqlite_errorname", "")
+                if reason == "SQLITE_CONSTRAINT_PRIMARYKEY":
+                    raise errors.ConflictError(f"field id {field.id} is already stored") from exc
+                if reason == "SQLITE_CONSTRAINT_UNIQUE":  # the one-ACTIVE-per-name index
+                    raise errors.ActiveFieldConflictError(
+                        f"field {field.name!r} already has an ACTIVE version"
+                    ) from exc
+                raise
+            if cursor.rowcount != 1:
+                raise errors.NotFoundError(f"profile {profile_id} not found")
+            return field.id
+
+        return await self._write(op)
+
+    async def _get_field(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
+    ) -> ProfileField | None:
+        status_filter = "" if status is None else " AND status = ?"
+        params: tuple[str, ...] = (str(tenant_id), str(profile_id), field_name)
+        if status is not None:
+            params = (*params, status.value)
+        rows = await self._fetch(
+            f"SELECT {FIELD_SELECT} FROM fields WHERE tenant_id = ? AND profile_id = ? "
+            f"AND name = ?{status_filter} ORDER BY collected_at DESC, seq DESC LIMIT 1",
+            params,
+        )
+        return codec.field_from_row(rows[0]) if rows else None
+
+    async def _get_field_history(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str
+    ) -> list[ProfileField]:
+        rows = await self._fetch(
+            f"SELECT {FIELD_SELECT} FROM fields WHERE tenant_id = ? AND profile_id = ? "
+            "AND name = ? ORDER BY collected_at DESC, seq DESC",
+            (str(tenant_id), str(profile_id), field_name),
+        )
+        return [codec.field_from_row(row) for row in rows]
+
+    async def _expire_stale_fields(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    ) -> int:
+        sql = (
+            "UPDATE fields SET status = 'expired', updated_at = :now "
+            "WHERE tenant_id = :tenant AND status = 'active' AND expires_at IS NOT NULL "
+            "AND expires_at <= :now"
+        )
+        params = {"tenant": str(tenant_id), "now": ts(now)}
+        if profile_id is not None:
+            sql += " AND profile_id = :profile"
+            params["profile"] = str(profile_id)
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(sql, params)
+            return max(cursor.rowcount, 0)
+
+        return await self._write(op)
+
+    # =====================================================================================
+    # assets
+    # =====================================================================================
+
+    async def _add_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
+    ) -> UUID:
+        tenant, profile = str(tenant_id), str(profile_id)
+        params = codec.asset_params(asset)
+
+        async def op(conn: aiosqlite.Connection) -> UUID:
+            if supersede_existing:
+                await conn.execute(
+                    _SUPERSEDE_ASSET,
+                    (str(asset.id), ts(self.now()), tenant, profile, asset.name),
+                )
+            try:
+                cursor = await conn.execute(
+                    _INSERT_ASSET_IF_LIVE, (tenant, profile, *params)
+                )
+            except sqlite3.IntegrityError as exc:
+                if getattr(exc, "sqlite_errorname", "") != "SQLITE_CONSTRAINT_PRIMARYKEY":
+                    raise
+                raise errors.ConflictError(f"asset id {asset.id} is already stored") from exc
+            if cursor.rowcount != 1:
+                raise errors.NotFoundError(f"profile {profile_id} not found")
+            return asset.id
+
+        return await self._write(op)
+
+    async def _get_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
+    ) -> ProfileAsset | None:
+        rows = await self._fetch(
+            f"SELECT {ASSET_SELECT} FROM assets WHERE tenant_id = ? AND profile_id = ? AND id = ?",
+            (str(tenant_id), str(profile_id), str(asset_id)),
+        )
+        return codec.asset_from_row(rows[0]) if rows else None
+
+    async def _get_asset_by_name(
+        self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
+    ) -> ProfileAsset | None:
+        status_filter = "" if status is None else " AND status = ?"
+        params: tuple[str, ...] = (str(tenant_id), str(profile_id), asset_name)
+        if status is not None:
+            params = (*params, status.value)
+        rows = await self._fetch(
+            f"SELECT {ASSET_SELECT} FROM assets WHERE tenant_id = ? AND profile_id = ? "
+            f"AND name = ?{status_filter} ORDER BY uploaded_at DESC, seq DESC LIMIT 1",
+            params,
+        )
+        return codec.asset_from_row(rows[0]) if rows else None
+
+    # =====================================================================================
+    # lineage
+    # =====================================================================================
+
+    async def _get_derivation_chain(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType, max_depth: int
+    ) -> list[LineageEntry]:
+        rows = await self._fetch(
+            _DERIVATION_CHAIN,
+            {
+                "tenant": str(tenant_id),
+                "item": str(item_id),
+                "kind": item_type.value,
+                "max_depth": max_depth,
+            },
+        )
+        chain: list[LineageEntry] = []
+        seen: set[str] = set()
+        for kind, found_id, name, metadata, source_id, source_type in rows:
+            if found_id in seen:  # a cycle: stop before the item comes round again
+                break
+            seen.add(found_id)
+            chain.append(
+                LineageEntry(
+                    id=found_id,
+                    type=ItemType(kind),
+                    name=name,
+                    source_metadata=codec.loads(metadata) or {},
+                    source_item_id=source_id,
+                    source_item_type=None if source_type is None else SourceType(source_type),
+                )
+            )
+        chain.reverse()
+        return chain
+
+    async def _get_derived_items(
+        self, tenant_id: UUID, source_item_id: UUID
+    ) -> tuple[list[ProfileField], list[ProfileAsset]]:
+        key = (str(tenant_id), str(source_item_id))
+
+        async def op(conn: aiosqlite.Connection) -> tuple[list[ProfileField], list[ProfileAsset]]:
+            field_rows = await conn.execute_fetchall(
+                f"SELECT {FIELD_SELECT} FROM fields WHERE tenant_id = ? AND source_item_id = ? "
+                "ORDER BY collected_at, seq",
+                key,
+            )
+            asset_rows = await conn.execute_fetchall(
+                f"SELECT {ASSET_SELECT} FROM assets WHERE tenant_id = ? AND source_item_id = ? "
+                "ORDER BY uploaded_at, seq",
+                key,
+            )
+            return (
+                [codec.field_from_row(row) for row in field_rows],
+                [codec.asset_from_row(row) for row in asset_rows],
+            )
+
+        return await self._read(op)
+
+    _HAS_DEPENDENTS = (
+        "SELECT EXISTS (SELECT 1 FROM fields WHERE tenant_id = :tenant "
+        "AND source_item_id = :item AND status = 'active') "
+        "OR EXISTS (SELECT 1 FROM assets WHERE tenant_id = :tenant "
+        "AND source_item_id = :item AND status = 'active')"
+    )
+
+    async def _check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
+        rows = await self._fetch(
+            self._HAS_DEPENDENTS, {"tenant": str(tenant_id), "item": str(item_id)}
+        )
+        return bool(rows[0][0])
+
+    # =====================================================================================
+    # channels and merge
+    # =====================================================================================
+
+    async def _link_channel(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+    ) -> bool:
+        tenant, profile = str(tenant_id), str(profile_id)
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            await self._require_live(conn, tenant, profile)
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT profile_id FROM channel_identities "
+                    "WHERE tenant_id = ? AND channel = ? AND channel_user_id = ?",
+                    (tenant, identity.channel.value, identity.channel_user_id),
+                )
+            )
+            if rows:
+                if rows[0][0] == profile:
+                    return False
+                raise errors.IdentityConflictError(
+                    f"identity {identity.channel.value}:{identity.channel_user_id} belongs to "
+                    "another live profile"
+                )
+            position = await self._next_position(conn, "channel_identities", tenant, profile)
+            await conn.execute(
+                _INSERT_IDENTITY, (tenant, profile, position, *codec.identity_params(identity))
+            )
+            return True
+
+        return await self._write(op)
+
+    @staticmethod
+    async def _require_live(conn: aiosqlite.Connection, tenant: str, profile: str) -> None:
+        rows = await conn.execute_fetchall(
+            "SELECT 1 FROM profiles WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL",
+            (tenant, profile),
+        )
+        if not rows:
+            raise errors.NotFoundError(f"profile {profile} not found")
+
+    @staticmethod
+    async def _next_position(
+        conn: aiosqlite.Connection, table: str, tenant: str, profile: str
+    ) -> int:
+        rows = await conn.execute_fetchall(
+            f"SELECT COALESCE(MAX(position), -1) + 1 FROM {table} "
+            "WHERE tenant_id = ? AND profile_id = ?",
+            (tenant, profile),
+        )
+        return int(next(iter(rows))[0])
+
+    async def _merge_profiles(
+        self,
+        tenant_id: UUID,
+        source_profile_id: UUID,
+        target_profile_id: UUID,
+        choose_winner: MergeWinner,
+    ) -> None:
+        tenant, source, target = str(tenant_id), str(source_profile_id), str(target_profile_id)
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await self._require_live(conn, tenant, source)
+            await self._require_live(conn, tenant, target)
+            now = ts(self.now())
+            rows = await conn.execute_fetchall(
+                f"SELECT profile_id, {FIELD_SELECT} FROM fields WHERE tenant_id = ? "
+                "AND profile_id IN (?, ?) AND status = 'active'",
+                (tenant, source, target),
+            )
+            active: dict[str, dict[str, ProfileField]] = {source: {}, target: {}}
+            for row in rows:
+                item = codec.field_from_row(row[1:])
+                active[row[0]][item.name] = item
+            losers: list[tuple[str, str, str, str, str]] = []
+            for name, source_item in active[source].items():
+                target_item = active[target].get(name)
+                if target_item is None:
+                    continue
+                winner = choose_winner(target_item, source_item)
+                loser = source_item if winner is target_item else target_item
+                losers.append((str(winner.id), now, now, tenant, str(loser.id)))
+            if losers:
+                await conn.executemany(
+                    "UPDATE fields SET status = 'superseded', superseded_by_id = ?, "
+                    "superseded_at = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
+                    losers,
+                )
+            moved = (target, tenant, source)
+            await conn.execute(
+                "UPDATE fields SET profile_id = ? WHERE tenant_id = ? AND profile_id = ?", moved
+            )
+            await conn.execute(
+                "UPDATE assets SET profile_id = ? WHERE tenant_id = ? AND profile_id = ?", moved
+            )
+            offset = await self._next_position(conn, "channel_identities", tenant, target)
+            has_primary = await conn.execute_fetchall(
+                "SELECT 1 FROM channel_identities WHERE tenant_id = ? AND profile_id = ? "
+                "AND is_primary = 1",
+                (tenant, target),
+            )
+            # the target keeps its primary identity; moved ones become secondary
+            await conn.execute(
+                "UPDATE channel_identities SET profile_id = ?, position = position + ?, "
+                "is_primary = CASE WHEN ? THEN 0 ELSE is_primary END "
+                "WHERE tenant_id = ? AND profile_id = ?",
+                (target, offset, int(bool(has_primary)), tenant, source),
+            )
+            offset = await self._next_position(conn, "consents", tenant, target)
+            await conn.execute(
+                "UPDATE consents SET profile_id = ?, position = position + ? "
+                "WHERE tenant_id = ? AND profile_id = ?",
+                (target, offset, tenant, source),
+            )
+            await conn.execute(
+                "UPDATE profiles SET deleted_at = ? WHERE tenant_id = ? AND id = ?",
+                (now, tenant, source),
+            )
+            await conn.execute(
+                "UPDATE profiles SET updated_at = ? WHERE tenant_id = ? AND id = ?",
+                (now, tenant, target),
+            )
+
+        await self._write(op)
+
+    # =====================================================================================
+    # field definitions
+    # =====================================================================================
+
+    async def _get_field_definitions(
+        self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+    ) -> list[ProfileFieldDefinition]:
+        enabled = " AND enabled = 1" if enabled_only else ""
+        rows = await self._fetch(
+            f"SELECT {DEFINITION_SELECT} FROM field_definitions WHERE tenant_id = ? "
+            f"AND agent_id = ?{enabled} ORDER BY name",
+            (str(tenant_id), str(agent_id)),
+        )
+        return [codec.definition_from_row(row) for row in rows]
+
+    async def _get_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> ProfileFieldDefinition | None:
+        rows = await self._fetch(
+            f"SELECT {DEFINITION_SELECT} FROM field_definitions WHERE tenant_id = ? "
+            "AND agent_id = ? AND name = ?",
+            (str(tenant_id), str(agent_id), field_name),
+        )
+        return codec.definition_from_row(rows[0]) if rows else None
+
+    async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
+        params = codec.definition_params(definition)
+
+        async def op(conn: aiosqlite.Connection) -> UUID:
+            try:
+                rows = await conn.execute_fetchall(_UPSERT_DEFINITION, params)
+            except sqlite3.IntegrityError as exc:
+                raise errors.ConflictError(
+                    f"definition id {definition.id} is already stored under another name"
+                ) from exc
+            return UUID(next(iter(rows))[0])
+
+        return await self._write(op)
+
+    async def _delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        async def op(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute(
+                "DELETE FROM field_definitions WHERE tenant_id = ? AND agent_id = ? AND name = ?",
+                (str(tenant_id), str(agent_id), field_name),
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(op)
+
+    # =====================================================================================
+    # scenario requirements
+    # =====================================================================================
+
+    async def _get_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> list[ScenarioFieldRequirement]:
+        rows = await self._fetch(
+            f"SELECT {REQUIREMENT_SELECT} FROM scenario_requirements WHERE tenant_id = ? "
+            "AND scenario_id = ? AND step_id IS ? ORDER BY collection_order, field_name",
+            (str(tenant_id), str(scenario_id), codec.uid(step_id)),
+        )
+        return [codec.requirement_from_row(row) for row in rows]
+
+    async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
+        params = codec.requirement_params(requirement)
+
+        async def op(conn: aiosqlite.Connection) -> UUID:
+            try:
+                rows = await conn.execute_fetchall(_UPSERT_REQUIREMENT, params)
+            except sqlite3.IntegrityError as exc:
+                raise errors.ConflictError(
+                    f"requirement id {requirement.id} is already stored under another key"
+                ) from exc
+            return UUID(next(iter(rows))[0])
+
+        return await self._write(op)
+
+    async def _delete_scenario_requirements(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> int:
+        sql = "DELETE FROM scenario_requirements WHERE tenant_id = ? AND scenario_id = ?"
+        params: tuple[str, ...] = (str(tenant_id), str(scenario_id))
+        if step_id is not None:
+            sql += " AND step_id = ?"
+            params = (*params, str(step_id))
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(sql, params)
+            return max(cursor.rowcount, 0)
+
+        return await self._write(op)
+
+    # =====================================================================================
+    # erasure, portability, hard delete, orphans, operations
+    # =====================================================================================
+
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        async def op(conn: aiosqlite.Connection) -> bool:
+            # identities, consents, fields and assets go with it (ON DELETE CASCADE)
+            cursor = await conn.execute(
+                "DELETE FROM profiles WHERE tenant_id = ? AND id = ?",
+                (str(tenant_id), str(profile_id)),
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(op)
+
+    async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
+        return await self._read_profile(tenant_id, "p.id = :key", {"key": str(profile_id)}, True)
+
+    async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
+        table = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"
+        params = {"tenant": str(tenant_id), "item": str(item_id)}
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            rows = await conn.execute_fetchall(self._HAS_DEPENDENTS, params)
+            if next(iter(rows))[0]:
+                raise errors.DependentsError(
+                    f"{item_type.value} {item_id} has ACTIVE items derived from it"
+                )
+            cursor = await conn.execute(
+                f"DELETE FROM {table} WHERE tenant_id = :tenant AND id = :item", params
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(op)
+
+    async def _mark_orphans(self, tenant_id: UUID) -> int:
+        params = {"tenant": str(tenant_id), "now": ts(self.now())}
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            fields = await conn.execute(
+                _MARK_ORPHANS.format(table="fields", touch=", updated_at = :now"), params
+            )
+            assets = await conn.execute(_MARK_ORPHANS.format(table="assets", touch=""), params)
+            return max(fields.rowcount, 0) + max(assets.rowcount, 0)
+
+        return await self._write(op)
+
+    async def _list_tenant_ids(self) -> list[UUID]:
+        rows = await self._fetch("SELECT DISTINCT tenant_id FROM profiles", ())
+        return [UUID(row[0]) for row in rows]
+
+    async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        rows = await self._fetch(
+            "SELECT 'fields', status, COUNT(*) FROM fields WHERE tenant_id = :tenant "
+            "GROUP BY status UNION ALL "
+            "SELECT 'assets', status, COUNT(*) FROM assets WHERE tenant_id = :tenant "
+            "GROUP BY status",
+            {"tenant": str(tenant_id)},
+        )
+        counted: dict[str, dict[str, int]] = {"fields": {}, "assets": {}}
+        for kind, status, count in rows:
+            counted[kind][status] = int(count)
+        return counted
+
+
+# ---------------------------------------------------------------------------------------
+# the one-statement profile read
+# ---------------------------------------------------------------------------------------
+
+_LIVE_BY_ID = "p.id = :key AND p.deleted_at IS NULL"
+_LIVE_BY_CUSTOMER = "p.customer_id = :key AND p.deleted_at IS NULL"
+_LIVE_BY_IDENTITY = (
+    "p.deleted_at IS NULL AND p.id = (SELECT profile_id FROM channel_identities AS ci "
+    "WHERE ci.tenant_id = :tenant AND ci.channel = :channel AND ci.channel_user_id = :user)"
+)
+
+# Every part of the aggregate comes back as rows of one UNION ALL: (kind, 3 sort keys,
+# then the part's own columns padded with NULLs to a common width).
+_PROFILE, _IDENTITY, _CONSENT, _FIELD, _ASSET = range(5)
+_WIDTH = max(len(FIELD_COLUMNS), len(ASSET_COLUMNS))
+_PROFILE_COLUMNS = _PROFILE_SELECT.split(", ")
+_IDENTITY_COLUMNS = IDENTITY_SELECT.split(", ")
+
+
+def _padded(alias: str, columns: Sequence[str]) -> str:
+    return ", ".join([f"{alias}.{c}" for c in columns] + ["NULL"] * (_WIDTH - len(columns)))
+
+
+def _profile_query(where: str, include_history: bool) -> str:
+    """The statement reading a whole profile: ordered so that identities and consents come
+    in list order, field versions grouped by name newest first (``collected_at``, then
+    write order), assets oldest first."""
+    active = "" if include_history else " AND f.status = 'active'"
+    active_assets = "" if include_history else " AND a.status = 'active'"
+    # the partial index holds exactly the ACTIVE rows; without statistics the planner
+    # would otherwise walk every version through fields_history
+    field_index = "" if include_history else " INDEXED BY fields_one_active"
+    return f"""
+WITH p AS (
+    SELECT tenant_id, {_PROFILE_SELECT} FROM profiles AS p WHERE p.tenant_id = :tenant AND {where}
+)
+SELECT {_PROFILE}, NULL, NULL, NULL, {_padded("p", _PROFILE_COLUMNS)} FROM p
+UNION ALL
+SELECT {_IDENTITY}, i.position, NULL, NULL, {_padded("i", _IDENTITY_COLUMNS)}
+  FROM p JOIN channel_identities AS i ON i.tenant_id = p.tenant_id AND i.profile_id = p.id
+UNION ALL
+SELECT {_CONSENT}, c.position, NULL, NULL, {_padded("c", CONSENT_COLUMNS)}
+  FROM p JOIN consents AS c ON c.tenant_id = p.tenant_id AND c.profile_id = p.id
+UNION ALL
+SELECT {_FIELD}, f.name, f.collected_at, f.seq, {_padded("f", FIELD_COLUMNS)}
+  FROM p JOIN fields AS f{field_index}
+    ON f.tenant_id = p.tenant_id AND f.profile_id = p.id{active}
+UNION ALL
+SELECT {_ASSET}, a.uploaded_at, NULL, -a.seq, {_padded("a", ASSET_COLUMNS)}
+  FROM p JOIN assets AS a ON a.tenant_id = p.tenant_id AND a.profile_id = p.id{active_assets}
+ORDER BY 1, 2, 3 DESC, 4 DESC
+"""
+
+
+def _assemble_profile(
+    tenant_id: UUID, rows: Iterable[Sequence[Any]], include_history: bool
+) -> CustomerProfile | None:
+    head: Sequence[Any] | None = None
+    identities: list[ChannelIdentity] = []
+    consents: list[Consent] = []
+    fields: dict[str, ProfileField] = {}
+    history: dict[str, list[ProfileField]] = {}
+    assets: list[ProfileAsset] = []
+    asset_history: list[ProfileAsset] = []
+    for row in rows:
+        kind, data = row[0], row[4:]
+        if kind == _FIELD:
+            item = codec.field_from_row(data)
+            # with history, the ACTIVE version is the same object in fields and history
+            if include_history:
+                history.setdefault(item.name, []).append(item)
+            if item.status is ItemStatus.ACTIVE:
+                fields[item.name] = item
+        elif kind == _ASSET:
+            asset = codec.asset_from_row(data)
+            if include_history:
+                asset_history.append(asset)
+            if asset.status is ItemStatus.ACTIVE:
+                assets.append(asset)
+        elif kind == _IDENTITY:
+            identities.append(codec.identity_from_row(data))
+        elif kind == _CONSENT:
+            consents.append(codec.consent_from_row(data))
+        else:
+            head = data
+    if head is None:
+        return None
+    return CustomerProfile(
+        id=head[0],
+        tenant_id=tenant_id,
+        customer_id=head[1],
+        verification_level=VerificationLevel(head[2]),
+        created_at=head[3],
+        updated_at=head[4],
+        last_interaction_at=head[5],
+        channel_identities=identities,
+        consents=consents,
+        fields=fields,
+        field_history=history,
+        assets=assets,
+        asset_history=asset_history,
+    )

@@ -1,0 +1,31 @@
+"""The shared contract suite against the SQLite store: on a file and in memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from ccvault_contract_tests import ProfileStoreContract
+from ccvault_sqlite import SqliteProfileStore
+from ccvault_sqlite.plugin import CAPABILITIES
+
+
+class TestSqliteFileContract(ProfileStoreContract):
+    capabilities = CAPABILITIES
+    known_gaps = {}
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[SqliteProfileStore]:
+        async with SqliteProfileStore(path=tmp_path / "vault.db") as s:
+            yield s
+
+
+class TestSqliteMemoryContract(ProfileStoreContract):
+    capabilities = CAPABILITIES
+    known_gaps = {}
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[SqliteProfileStore]:
+        async with SqliteProfileStore(path=":memory:") as s:
+            yield s
