@@ -39,6 +39,9 @@ from ccvault_postgres.testing import (
 )
 
 FIELDS = 50
+RAW_READ = (
+    "SELECT * FROM profile_fields WHERE tenant_id = $1 AND profile_id = $2 AND status = 'active'"
+)
 SCHEMA = "bench"
 _results: list[tuple[str, float, str, bool]] = []
 
@@ -66,6 +69,82 @@ async def throughput(
     start = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(clients)))
     return done / (time.perf_counter() - start)
+
+
+WORKER_PROCESSES = 4  # 16 clients = 4 processes x 4 coroutines, each process its own pool
+
+
+async def worker(args: argparse.Namespace) -> None:
+    """A client process: ``--clients`` coroutines reading one profile, raw or through the
+    store; prints the number of reads done in ``--seconds`` after the parent says go."""
+    tenant, profile, customer = (uuid.UUID(x) for x in (args.tenant, args.profile, args.customer))
+    settings = {"search_path": SCHEMA}
+    if args.worker == "raw":
+        pool = await asyncpg.create_pool(
+            args.dsn, min_size=args.clients, max_size=args.clients, server_settings=settings
+        )
+
+        async def operation() -> Any:
+            return await pool.fetch(RAW_READ, tenant, profile)
+
+    else:
+        store = PostgresProfileStore(
+            PostgresSettings(
+                dsn=args.dsn, schema=SCHEMA, min_pool_size=args.clients,
+                max_pool_size=args.clients,
+            )
+        )  # fmt: skip
+        await store.setup()
+
+        async def operation() -> Any:
+            return await store.get_by_customer_id(tenant, customer)
+
+    for _ in range(50):
+        await operation()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    done = 0
+    deadline = time.perf_counter() + args.seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await operation()
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(args.clients)))
+    print(done / (time.perf_counter() - start), flush=True)
+
+
+async def multiprocess_throughput(
+    kind: str, dsn: str, ids: list[uuid.UUID], seconds: float
+) -> float:
+    """Reads per second of ``WORKER_PROCESSES`` x 4 concurrent clients (``kind``: raw/store)."""
+    command = [
+        sys.executable, __file__, "--worker", kind, "--dsn", dsn, "--clients", "4",
+        "--seconds", str(seconds), "--tenant", str(ids[0]), "--profile", str(ids[1]),
+        "--customer", str(ids[2]),
+    ]  # fmt: skip
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        for _ in range(WORKER_PROCESSES)
+    ]
+    for proc in procs:  # everyone warmed up and connected before the clock starts
+        assert proc.stdout is not None
+        assert (await proc.stdout.readline()).strip() == b"ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+    rates = []
+    for proc in procs:
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        rates.append(float(out.decode().split()[-1]))
+    return sum(rates)
 
 
 async def load_versions(
@@ -132,15 +211,10 @@ async def bench_reads(dsn: str, seconds: float) -> None:
     found = await single.get_by_customer_id(tenant, p20.customer_id)
     assert found is not None and len(found.fields) == FIELDS
 
-    raw_sql = (
-        "SELECT * FROM profile_fields"
-        " WHERE tenant_id = $1 AND profile_id = $2 AND status = 'active'"
-    )
+    raw_sql = RAW_READ
     settings = {"search_path": SCHEMA}
     raw_conn = await asyncpg.connect(dsn, server_settings=settings)
-    raw_pool = await asyncpg.create_pool(
-        dsn, min_size=16, max_size=16, server_settings=settings
-    )
+    raw_pool = await asyncpg.create_pool(dsn, min_size=16, max_size=16, server_settings=settings)
     assert len(await raw_conn.fetch(raw_sql, tenant, p20.id)) == FIELDS
 
     async def raw_read() -> None:
@@ -149,24 +223,44 @@ async def bench_reads(dsn: str, seconds: float) -> None:
     async def raw_pool_read() -> None:
         await raw_pool.fetch(raw_sql, tenant, p20.id)
 
-    def store_read(store: PostgresProfileStore, customer: uuid.UUID) -> Callable[[], Awaitable[Any]]:
+    def store_read(
+        store: PostgresProfileStore, customer: uuid.UUID
+    ) -> Callable[[], Awaitable[Any]]:
         return lambda: store.get_by_customer_id(tenant, customer)
 
-    for clients, store, raw in ((1, single, raw_read), (16, many, raw_pool_read)):
-        raw_rate = await throughput(raw, seconds, clients)
-        ours = await throughput(store_read(store, p20.customer_id), seconds, clients)
-        print(f"  {clients:>2} client(s): raw 50-row query {raw_rate:9.0f}/s,"
-              f" get_by_customer_id {ours:9.0f}/s")  # fmt: skip
-        report(f"read vs raw ({clients} client(s))", ours / raw_rate, ">= 0.5", ours >= 0.5 * raw_rate)
+    # single connection: alternate raw and store rounds, so machine noise hits both alike
+    rounds: dict[str, list[float]] = {"raw": [], "store": []}
+    for _ in range(5):
+        rounds["raw"].append(await throughput(raw_read, seconds / 5))
+        rounds["store"].append(await throughput(store_read(single, p20.customer_id), seconds / 5))
+    raw_rate, ours = statistics.median(rounds["raw"]), statistics.median(rounds["store"])
+    print(f"   1 client: raw 50-row query {raw_rate:9.0f}/s, get_by_customer_id {ours:9.0f}/s")
+    report("read vs raw (1 connection)", ours / raw_rate, ">= 0.5", ours >= 0.5 * raw_rate)
+
+    ids = [tenant, p20.id, p20.customer_id]
+    rounds = {"raw": [], "store": []}
+    for _ in range(3):
+        rounds["raw"].append(await multiprocess_throughput("raw", dsn, ids, seconds / 3))
+        rounds["store"].append(await multiprocess_throughput("store", dsn, ids, seconds / 3))
+    raw_rate, ours = statistics.median(rounds["raw"]), statistics.median(rounds["store"])
+    print(f"  16 clients ({WORKER_PROCESSES} processes x 4): raw {raw_rate:9.0f}/s,"
+          f" get_by_customer_id {ours:9.0f}/s")  # fmt: skip
+    report("read vs raw (16 clients)", ours / raw_rate, ">= 0.5", ours >= 0.5 * raw_rate)
+
+    # for information: 16 coroutines in ONE process measure that process's CPU, not the store
+    raw_rate = await throughput(raw_pool_read, seconds / 2, 16)
+    ours = await throughput(store_read(many, p20.customer_id), seconds / 2, 16)
+    print(f"  (info) 16 coroutines in this one process: raw {raw_rate:9.0f}/s,"
+          f" get_by_customer_id {ours:9.0f}/s, ratio {ours / raw_rate:.3f}")  # fmt: skip
 
     print("\n[2] the same read with 0 and with 100 versions per field (single connection)")
     rates = {}
     # interleave short rounds so drift on the machine affects both alike
     samples: dict[int, list[float]] = {0: [], 100: []}
-    for _ in range(3):
+    for _ in range(5):
         for versions in (0, 100):
             samples[versions].append(
-                await throughput(store_read(single, profiles[versions].customer_id), seconds / 3)
+                await throughput(store_read(single, profiles[versions].customer_id), seconds / 5)
             )
     rates = {v: statistics.median(s) for v, s in samples.items()}
     print(f"  0 versions {rates[0]:9.0f}/s, 100 versions {rates[100]:9.0f}/s")
@@ -309,7 +403,14 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput figure")
     parser.add_argument("--expire-rows", type=int, default=1_000_000)
+    parser.add_argument("--worker", choices=["raw", "store"], help=argparse.SUPPRESS)
+    for option in ("--dsn", "--tenant", "--profile", "--customer"):
+        parser.add_argument(option, help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        await worker(args)
+        return 0
     server = admin_dsn()
     name = await create_database(server, prefix="ccvault_bench")
     dsn = dsn_with_database(server, name)

@@ -107,6 +107,29 @@ def test_known_gap_naming_no_test_is_an_error(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(["*known_gaps names no test*test_does_not_exist*"])
 
 
+def test_a_known_gap_can_name_one_parametrized_case(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        _module(
+            'known_gaps = {"test_json_values_round_trip[float]": "floats come back as text"}',
+            store_class="FloatsAsTextStore",
+            extra="""
+            class FloatsAsTextStore(InMemoryProfileStore):
+                async def _get_field(self, tenant_id, profile_id, field_name, status):
+                    found = await super()._get_field(tenant_id, profile_id, field_name, status)
+                    if found is not None and found.value == 3.25:
+                        found.value = str(found.value)
+                    return found
+            """,
+        ),
+        "-k",
+        "test_json_values_round_trip",
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("xfailed") == 1 and "failed" not in outcomes, outcomes
+    result.stdout.fnmatch_lines(["*NOT CONFORMANT*"])
+
+
 def test_a_known_gap_that_passes_fails_the_run(pytester: pytest.Pytester) -> None:
     result = _run(
         pytester,
@@ -297,6 +320,18 @@ MUTANTS = {
                 return True
         """,
         "test_purge_leaves_no_item_history_or_lineage",
+    ),
+    "newest_write_wins_any_status": (
+        """
+        class Mutant(InMemoryProfileStore):
+            async def _get_field(self, tenant_id, profile_id, field_name, status):
+                if status is not None:
+                    return await super()._get_field(tenant_id, profile_id, field_name, status)
+                history = await super()._get_field_history(tenant_id, profile_id, field_name)
+                # ignores collected_at: the last write wins
+                return max(history, key=lambda v: v.updated_at, default=None)
+        """,
+        "test_random_operation_sequences_match_a_reference_model",
     ),
     "loops_on_cycles": (
         """

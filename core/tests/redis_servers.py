@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from ccvault.store import ForwardingProfileStore, ProfileStore
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from ccvault.store import ForwardingProfileStore, ProfileStore
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"

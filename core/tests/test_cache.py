@@ -13,8 +13,11 @@ from types import ModuleType
 from typing import Any
 from uuid import UUID
 
-import ccvault
 import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+import ccvault
 from ccvault import errors, metrics
 from ccvault.cache import CachedProfileStore
 from ccvault.models import (
@@ -34,8 +37,6 @@ from ccvault_contract_tests.helpers import (
     unique_user,
 )
 from ccvault_inmemory import InMemoryProfileStore
-from redis.asyncio import Redis
-from redis.crc import key_slot
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -528,3 +529,61 @@ def test_every_write_hook_is_handled_by_the_cache() -> None:
     forwarded = {name for name in hooks if name in vars(ForwardingProfileStore)}
     unhandled = forwarded - overridden - UNCACHED_READS
     assert not unhandled, f"hooks neither cached/invalidated nor declared read-only: {unhandled}"
+
+
+class RewritingStore(CountingStore):  # type: ignore[misc, valid-type]
+    """Adds the key-rotation hook the in-memory provider lacks (via an in-place save), and
+    can fail a write after it committed (its outcome then unknown to the caller)."""
+
+    fail_after_commit = False
+
+    async def _rewrite_field_payloads(
+        self, tenant_id: UUID, profile_id: UUID, payloads: dict[UUID, Any]
+    ) -> int:
+        profile = await self.inner.get_by_id(tenant_id, profile_id)
+        assert profile is not None
+        count = 0
+        for item in profile.fields.values():
+            if item.id in payloads:
+                item.value, item.source_metadata = payloads[item.id]
+                count += 1
+        await self.inner.save(profile)
+        return count
+
+    async def _update_field(self, *args: Any) -> Any:
+        result = await super()._update_field(*args)
+        if self.fail_after_commit:
+            raise ConnectionResetError("connection lost after COMMIT")
+        return result
+
+
+async def test_rewrite_field_payloads_invalidates(client: Redis, prefix: str, tenant: UUID) -> None:
+    backend = RewritingStore(InMemoryProfileStore())
+    async with CachedProfileStore(backend, client, key_prefix=prefix) as store:
+        profile = await new_profile(store, tenant)
+        email = await store.get_field(tenant, profile.id, "email")
+        assert email is not None
+        await _cache(store, profile)
+        assert await store.rewrite_field_payloads(
+            tenant, profile.id, {email.id: ("rotated", {"k": 2})}
+        ) == 1
+        found = await store.get_by_customer_id(tenant, profile.customer_id)
+        assert found is not None and found.fields["email"].value == "rotated"
+
+
+async def test_a_write_with_unknown_outcome_poisons_the_tenant(
+    client: Redis, prefix: str, tenant: UUID
+) -> None:
+    backend = RewritingStore(InMemoryProfileStore())
+    async with CachedProfileStore(backend, client, key_prefix=prefix) as store:
+        profile = await new_profile(store, tenant)
+        await _cache(store, profile)
+        backend.fail_after_commit = True
+        with pytest.raises(ConnectionResetError):
+            await store.update_field(tenant, profile.id, make_field("email", "new@example.com"))
+        backend.fail_after_commit = False
+        assert not store.healthy
+        found = await store.get_by_id(tenant, profile.id)  # recovers first, then reads
+        assert found is not None and found.fields["email"].value == "new@example.com"
+        assert store.healthy
+        assert sample("profile_cache_invalidations_total", tenant, reason="redis_recovery") == 1

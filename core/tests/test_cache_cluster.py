@@ -17,8 +17,11 @@ from types import ModuleType
 from typing import Any
 from uuid import UUID
 
-import ccvault
 import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio.cluster import RedisCluster
+
+import ccvault
 from ccvault import metrics
 from ccvault.cache import CachedProfileStore
 from ccvault.models import Channel, SourceType
@@ -29,8 +32,6 @@ from ccvault_contract_tests.helpers import (
     unique_user,
 )
 from ccvault_inmemory import InMemoryProfileStore
-from redis import Redis as SyncRedis
-from redis.asyncio.cluster import RedisCluster
 
 
 def _helpers() -> ModuleType:
@@ -184,7 +185,7 @@ async def test_recovery_clears_poisoned_tenants_on_every_node(
     for tenant in tenants:
         profile = await store.get_or_create(tenant, Channel.WEB, unique_user("web"))
         await store.get_by_id(tenant, profile.id)
-    epochs = [f"{store.key_prefix}epoch:{{{t}}}" for t in tenants]
+    epochs = [f"{store.key_prefix}epoch:{{{t}}}:p" for t in tenants]
 
     def existing() -> int:
         return sum(len([e for e in epochs if e in names]) for names in

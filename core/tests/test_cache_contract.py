@@ -1,24 +1,32 @@
 """The whole shared contract suite, unchanged, over ``CachedProfileStore`` on real Redis.
 
-Runs over the in-memory provider and, when the PostgreSQL provider is installed and its
-server reachable, over PostgreSQL. Each store gets its own key prefix on the shared Redis
+Runs over the in-memory provider and over PostgreSQL (a throw-away database on the shared
+server; the suite's tests use fresh tenants, so they share one schema). Each store gets its own key prefix on the shared Redis
 (127.0.0.1:6379), and its keys are deleted afterwards.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
+
 from ccvault.cache import CachedProfileStore
 from ccvault.store import ProfileStore
 from ccvault_contract_tests import ProfileStoreContract
+from ccvault_contract_tests.capabilities import HIGH_CONCURRENCY, LARGE_VALUES
 from ccvault_inmemory import InMemoryProfileStore
-from redis.asyncio import Redis
+from ccvault_postgres import PostgresProfileStore, PostgresSettings
+from ccvault_postgres.testing import (
+    admin_dsn,
+    create_database,
+    drop_database,
+    dsn_with_database,
+)
 
 REDIS_URL = os.environ.get("CCVAULT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -52,26 +60,25 @@ class TestCachedInMemoryContract(ProfileStoreContract):
             yield store
 
 
-def _postgres_store() -> Any:
-    """A fresh PostgreSQL store, as the provider's own tests build one, or None."""
-    if importlib.util.find_spec("ccvault_postgres") is None:
-        return None
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    """A throw-away database on the shared PostgreSQL server (fails if it is unreachable)."""
+    server = admin_dsn()
+    name = asyncio.run(create_database(server))
     try:
-        from ccvault_postgres.testing import fresh_store  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return fresh_store
+        yield dsn_with_database(server, name)
+    finally:
+        asyncio.run(drop_database(server, name))
 
 
-_fresh_postgres = _postgres_store()
-
-
-@pytest.mark.skipif(_fresh_postgres is None, reason="ccvault-postgres test helper not available")
 class TestCachedPostgresContract(ProfileStoreContract):
+    capabilities = frozenset({LARGE_VALUES, HIGH_CONCURRENCY})
     known_gaps: dict[str, str] = {}
 
     @pytest.fixture
-    async def store(self) -> AsyncIterator[ProfileStore]:
-        async with _fresh_postgres() as inner:
-            async for store in cached(inner):
-                yield store
+    async def store(self, pg_dsn: str) -> AsyncIterator[ProfileStore]:
+        # one schema for the module: every suite test works in fresh tenants of its own,
+        # and the cache of each test has a fresh key prefix
+        inner = PostgresProfileStore(PostgresSettings(dsn=pg_dsn, schema="cache_contract"))
+        async for store in cached(inner):
+            yield store

@@ -19,14 +19,15 @@ from types import ModuleType
 from typing import Any
 from uuid import UUID
 
-import ccvault
 import pytest
+from redis import Redis as SyncRedis
+
+import ccvault
 from ccvault import metrics
 from ccvault.cache import CachedProfileStore
 from ccvault.models import Channel, CustomerProfile
 from ccvault_contract_tests.helpers import make_field, unique_user
 from ccvault_inmemory import InMemoryProfileStore
-from redis import Redis as SyncRedis
 
 
 def _helpers() -> ModuleType:

@@ -21,13 +21,14 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from redis.asyncio import Redis
+
 from ccvault import metrics
 from ccvault.cache import CachedProfileStore
 from ccvault.models import Channel, CustomerProfile, ProfileField
 from ccvault.store import ForwardingProfileStore, ProfileStore
 from ccvault_contract_tests.helpers import make_definition, make_field, unique_user
 from ccvault_inmemory import InMemoryProfileStore
-from redis.asyncio import Redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -17,6 +17,9 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
+from click.testing import CliRunner
+from pydantic import BaseModel
+
 from ccvault import errors, registry
 from ccvault.cli import cli
 from ccvault.crypto import EncryptedProfileStore, Keyring, generate_key_entry, key_id_of
@@ -24,8 +27,6 @@ from ccvault.hookspecs import ProviderSpec, hookimpl
 from ccvault.models import Channel, ProfileField, ProfileFieldDefinition
 from ccvault.store import ForwardingProfileStore, ProfileStore, StoreRules
 from ccvault_inmemory import InMemoryProfileStore
-from click.testing import CliRunner
-from pydantic import BaseModel
 
 PYTHON = sys.executable
 COMMANDS = [
@@ -380,6 +381,8 @@ def _inmemory_config(tmp_path: Path, port: int, prefix: str) -> Path:
         "[metrics]\n"
         f"port = {port}\n"
         "refresh_interval_seconds = 0.2\n"
+        "[worker]\n"
+        f'lease_dir = "{tmp_path / "leases"}"\n'
     )
     return path
 

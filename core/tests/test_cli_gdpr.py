@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import ccvault
 import pytest
+from redis.asyncio import Redis
+
+import ccvault
 from ccvault.crypto import generate_key_entry
 from ccvault.models import Channel, ProfileField, ProfileFieldDefinition
 from ccvault_postgres.testing import admin_dsn, dsn_with_database
-from redis.asyncio import Redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PHONE = "+31655544433"

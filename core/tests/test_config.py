@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import ccvault
 import pytest
+
+import ccvault
 from ccvault import errors, registry
 from ccvault.settings import VaultSettings
 
@@ -59,6 +60,8 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "metrics.host": ("ccvault.cli",),
     "metrics.port": ("ccvault.cli",),
     "metrics.refresh_interval_seconds": ("ccvault.cli",),
+    "worker.lease": ("ccvault.worker",),
+    "worker.lease_dir": ("ccvault.worker",),
     "providers.postgres.dsn": ("provider:postgres",),
     "providers.sqlite.path": ("provider:sqlite",),
     "providers.mongo.uri": ("provider:mongo",),
@@ -74,6 +77,8 @@ CHANGED_STRINGS: dict[str, Any] = {
     "redis.url": "redis://127.0.0.1:6379/5",
     "redis.key_prefix": "changed:",
     "metrics.host": "0.0.0.0",
+    "worker.lease": "file",
+    "worker.lease_dir": "/tmp/changed-leases",
     "providers.postgres.dsn": "postgresql://127.0.0.1:5432/test",
     "providers.sqlite.path": "/tmp/changed.db",
     "providers.mongo.uri": "mongodb://127.0.0.1:27018",
@@ -266,3 +271,18 @@ def test_key_setting_reaches_the_keyring() -> None:
             registry.create_store(settings),
             ccvault.load_settings(store_provider="inmemory", pii_encryption_key_id=""),
         )
+
+
+def test_worker_lease_keys_choose_the_lease(tmp_path: Path) -> None:
+    from ccvault.worker import FileTenantLease, RedisTenantLease, lease_from_settings
+
+    def lease(**worker: str) -> object:
+        return lease_from_settings(
+            ccvault.load_settings(cache_enabled=worker.pop("cache", "1") == "1", worker=worker)
+        )
+
+    assert isinstance(lease(), RedisTenantLease)  # auto, cache on
+    chosen = lease(cache="0", lease_dir=str(tmp_path))
+    assert isinstance(chosen, FileTenantLease) and chosen.directory == tmp_path
+    assert isinstance(lease(lease="file"), FileTenantLease)
+    assert isinstance(lease(cache="0", lease="redis"), RedisTenantLease)

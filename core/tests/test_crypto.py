@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID, uuid4
 
-import ccvault
 import pytest
+
+import ccvault
 from ccvault import errors
 from ccvault.crypto import (
     ENVELOPE_PREFIX,
@@ -455,3 +456,28 @@ async def test_rotation_reencrypts_every_version_under_the_newest_key(
     # idempotent
     again = await new.rotate_keys()
     assert sum(r.rewritten for r in again) == 0
+
+
+async def test_rewrite_through_the_wrapper_seals_pii_payloads(
+    store: EncryptedProfileStore, inner: RotatableInMemory
+) -> None:
+    await _pii(store)
+    pid = await _profile(store)
+    email = ProfileField(name="email", value="a@example.com")
+    note = ProfileField(name="note", value="n1")
+    await store.update_field(TENANT, pid, email)
+    await store.update_field(TENANT, pid, note)
+    count = await store.rewrite_field_payloads(
+        TENANT,
+        pid,
+        {email.id: ("b@example.com", {"k": "v"}), note.id: ("n2", {}), uuid4(): ("x", {})},
+    )
+    assert count == 2
+    raw = await _stored(inner, TENANT, pid, "email")
+    assert "b@example" not in raw.model_dump_json()
+    got = await store.get_field(TENANT, pid, "email")
+    assert got is not None and got.value == "b@example.com" and got.source_metadata == {"k": "v"}
+    raw_note = await _stored(inner, TENANT, pid, "note")
+    assert raw_note.value == "n2"
+    with pytest.raises(errors.ValidationError, match="reserved"):
+        await store.rewrite_field_payloads(TENANT, pid, {note.id: (f"{ENVELOPE_PREFIX}k1:AA", {})})

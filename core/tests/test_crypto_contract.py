@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+
 from ccvault.crypto import EncryptedProfileStore, Keyring, generate_key_entry
 from ccvault.store import ProfileStore
 from ccvault_contract_tests import ProfileStoreContract

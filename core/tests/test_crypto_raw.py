@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import ccvault
 import pytest
+from redis.asyncio import Redis
+
+import ccvault
 from ccvault.crypto import ENVELOPE_PREFIX, EncryptedProfileStore, generate_key_entry
 from ccvault.models import Channel, ProfileField, ProfileFieldDefinition, SourceType
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
 from ccvault_postgres.testing import admin_dsn, dsn_with_database
-from redis.asyncio import Redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET_EMAIL = "alice.secret.4711@example.com"

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from uuid import UUID, uuid4
 
-import ccvault
 import pytest
+from redis.asyncio import Redis
+
+import ccvault
 from ccvault import errors, metrics
 from ccvault.models import Channel, ItemStatus, ProfileField, SourceType, utcnow
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
-from ccvault.worker import RedisTenantLease, Worker
+from ccvault.worker import FileTenantLease, RedisTenantLease, Worker
 from ccvault_inmemory import InMemoryProfileStore
-from redis.asyncio import Redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -261,3 +264,79 @@ async def test_stop_request_finishes_the_tenant_in_progress_then_stops(prefix: s
         assert (await store.count_items_by_status(first))["fields"]["expired"] == 1
         for tenant in sorted(tenants)[1:]:
             assert (await store.count_items_by_status(tenant))["fields"]["expired"] == 0
+
+
+async def test_file_lease_is_exclusive_reentrant_lapses_and_works_across_processes(
+    tmp_path: Path,
+) -> None:
+    a, b = FileTenantLease(tmp_path), FileTenantLease(tmp_path)
+    tenant = uuid4()
+    token = await a.acquire(tenant, 30)
+    assert token is not None
+    assert await b.acquire(tenant, 30) is None
+    assert await a.acquire(tenant, 30) == token
+    assert not await b.renew(tenant, b.token, 30)
+    # another process cannot take it either
+    script = (
+        "import asyncio, sys, uuid\n"
+        "from ccvault.worker import FileTenantLease\n"
+        "lease = FileTenantLease(sys.argv[1])\n"
+        "print(asyncio.run(lease.acquire(uuid.UUID(sys.argv[2]), 30)) is not None)\n"
+    )
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(tmp_path), str(tenant), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(probe.communicate(), timeout=60)
+    assert out.decode().strip() == "False"
+    assert await a.renew(tenant, token, 0.05)
+    deadline = asyncio.get_running_loop().time() + 5
+    while await b.acquire(tenant, 30) is None:
+        assert asyncio.get_running_loop().time() < deadline, "the claim never lapsed"
+        await asyncio.sleep(0.01)
+
+
+async def test_concurrent_workers_with_file_leases_never_process_a_tenant_twice(
+    tmp_path: Path, prefix: str
+) -> None:
+    settings = _settings(prefix)
+    tenants = [uuid4() for _ in range(8)]
+    async with InMemoryProfileStore() as store:
+        for tenant in tenants:
+            await _seed(store, tenant, stale=2)
+        workers = [Worker(store, settings, FileTenantLease(tmp_path)) for _ in range(3)]
+        results = await asyncio.gather(*(w.run_once() for w in workers))
+    processed = [r.tenant_id for reports in results for r in reports if r.processed]
+    assert sorted(processed) == sorted(tenants)
+
+
+class _FlakyStore(InMemoryProfileStore):
+    """Fails the sweep of one tenant, as a lost database connection would."""
+
+    def __init__(self, broken: UUID) -> None:
+        super().__init__()
+        self.broken = broken
+
+    async def _mark_orphans(self, tenant_id: UUID) -> int:
+        if tenant_id == self.broken:
+            raise errors.ProviderUnavailableError("connection lost")
+        return await super()._mark_orphans(tenant_id)
+
+
+async def test_a_failing_tenant_is_logged_and_does_not_stop_the_others(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(prefix)
+    tenants = sorted([uuid4(), uuid4(), uuid4()])
+    async with _FlakyStore(tenants[1]) as store:
+        for tenant in tenants:
+            await _seed(store, tenant, stale=1)
+        lease = _lease(prefix)
+        caplog.set_level(logging.INFO, logger="ccvault.worker")
+        try:
+            reports = await Worker(store, settings, lease).run_once()
+        finally:
+            await lease.aclose()
+    assert [r.processed for r in reports] == [True, False, True]
+    assert reports[1].error == "connection lost"
+    assert f"tenant={tenants[1]} failed: connection lost" in caplog.text
+    assert "processed=2 failed=1" in caplog.text

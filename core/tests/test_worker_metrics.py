@@ -12,9 +12,12 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import ccvault
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+import ccvault
 from ccvault import metrics
 from ccvault.crypto import generate_key_entry
 from ccvault.gapfill import EnhancedGapFillService
@@ -30,8 +33,6 @@ from ccvault.models import (
 )
 from ccvault.validation import SchemaValidationService
 from ccvault.worker import RedisTenantLease, Worker
-from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NINE = {

@@ -1,7 +1,7 @@
 """Several real ``ccvault worker`` processes on one database never process a tenant twice.
 
-Run on the shared SQLite file and on the real PostgreSQL server, with the tenant claims in
-the real Redis. Every process sweeps once (``--once``) and logs what it did; across all of
+Run on a shared SQLite file (claims in lock files) and on the real PostgreSQL server (claims
+in the real Redis). Every process sweeps once (``--once``) and logs what it did; across all of
 them each tenant is processed exactly once and every stale field is expired exactly once.
 """
 
@@ -19,11 +19,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
-import ccvault
 import pytest
+from redis.asyncio import Redis
+
+import ccvault
 from ccvault.models import Channel, ProfileField, utcnow
 from ccvault_postgres.testing import admin_dsn, dsn_with_database
-from redis.asyncio import Redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WORKERS = 3
@@ -48,17 +49,22 @@ def prefix() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def config(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> Iterator[Path]:
+    """SQLite embedded style (no cache, claims in files); PostgreSQL with the Redis cache
+    and claims in Redis."""
     schema = f"t_workers_{uuid.uuid4().hex[:16]}"
     dsn = dsn_with_database(admin_dsn(), "test")
     if request.param == "sqlite":
-        options = f'[providers.sqlite]\npath = "{tmp_path / "vault.db"}"\n'
+        options = (
+            f'[providers.sqlite]\npath = "{tmp_path / "vault.db"}"\n'
+            f'[worker]\nlease = "file"\nlease_dir = "{tmp_path / "leases"}"\n'
+        )
     else:
         options = f'[providers.postgres]\ndsn = "{dsn}"\nschema = "{schema}"\n'
     path = tmp_path / "vault.toml"
     path.write_text(
         "[profile]\n"
         f'store_provider = "{request.param}"\n'
-        "cache_enabled = true\n"
+        f"cache_enabled = {'true' if request.param == 'postgres' else 'false'}\n"
         "auto_encrypt_pii = false\n"
         "expire_check_interval_seconds = 60\n"
         f'[redis]\nurl = "{REDIS_URL}"\nkey_prefix = "{prefix}"\n' + options

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault.store import ProfileStore
 
 __all__ = ["ContractBase"]

@@ -87,8 +87,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ITEMS] = {}
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"ccvault contract suite {CONTRACT_VERSION} (ccvault core {core_version()})"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"ccvault contract suite {CONTRACT_VERSION} (ccvault core {core_version()})"]
+    if ".".join(core_version().split(".")[:2]) != CONTRACT_VERSION:
+        lines.append(
+            f"WARNING: the installed ccvault {core_version()} is not the {CONTRACT_VERSION}.x "
+            "release this suite describes; install matching ccvault-contract-tests"
+        )
+    return lines
 
 
 def _contract_class(item: pytest.Item) -> type[Any] | None:
@@ -137,10 +143,10 @@ def pytest_collection_modifyitems(
         name = getattr(item, "originalname", item.name)
         needed = required_capabilities(item)
         missing = sorted(needed - frozenset(cls.capabilities))
-        gap_reason = cls.known_gaps.get(name)
+        gap_reason = cls.known_gaps.get(item.name, cls.known_gaps.get(name))
         infos[item.nodeid] = _ItemInfo(
             cls_name=f"{cls.__module__}.{cls.__qualname__}",
-            test_name=name,
+            test_name=item.name,
             optional=bool(needed),
             gap=gap_reason is not None,
         )

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import (
     Channel,
@@ -27,7 +28,6 @@ from ccvault.models import (
     ScenarioFieldRequirement,
 )
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import (
     make_asset,

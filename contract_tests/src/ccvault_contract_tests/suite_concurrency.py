@@ -13,7 +13,6 @@ from uuid import UUID
 from ccvault import errors
 from ccvault.models import Channel, ChannelIdentity, ItemStatus
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.capabilities import HIGH_CONCURRENCY, requires
 from ccvault_contract_tests.helpers import (

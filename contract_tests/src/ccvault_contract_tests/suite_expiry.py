@@ -6,7 +6,6 @@ from uuid import UUID
 
 from ccvault.models import ItemStatus
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import make_field, make_requirement, new_profile, ts
 

@@ -6,10 +6,10 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import ItemStatus, ProfileFieldSource, SourceType
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.capabilities import LARGE_VALUES, NUL_CHARACTERS, requires
 from ccvault_contract_tests.helpers import (

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import Channel, ChannelIdentity, CustomerProfile, SourceType
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import (
     make_asset,

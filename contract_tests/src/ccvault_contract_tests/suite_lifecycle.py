@@ -7,10 +7,10 @@ import json
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import Consent, ItemStatus, SourceType
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import make_asset, make_field, new_profile, snapshot, ts
 

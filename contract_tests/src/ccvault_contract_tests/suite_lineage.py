@@ -5,10 +5,10 @@ from __future__ import annotations
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import ItemStatus, SourceType
 from ccvault.store import ProfileStore, StoreRules
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import make_asset, make_field, new_profile
 

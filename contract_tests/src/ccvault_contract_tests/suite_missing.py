@@ -6,9 +6,9 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault.models import CustomerProfile, RequiredLevel
 from ccvault.store import ProfileStore, StoreRules
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import (
     make_definition,

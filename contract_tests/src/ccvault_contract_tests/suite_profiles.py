@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import (
     Channel,
@@ -15,7 +16,6 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import (
     make_asset,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import FallbackAction, FieldValueType, RequiredLevel
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import make_definition, make_requirement, snapshot, ts
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+
 from ccvault import load_settings, open_store
 from ccvault.registry import load_provider
 from ccvault.store import ProfileStore
-
 from ccvault_contract_tests.contract import ProfileStoreContract
 from ccvault_contract_tests.plugin import zero_code_config_path
 

@@ -2,46 +2,53 @@
 
 What is cached (DESIGN.md §5; ``P`` is the configured ``key_prefix``, ``{T}`` the tenant id as
 a Redis Cluster hash tag, so every key of one tenant lives in one slot and the multi-key
-scripts below are legal on a cluster):
+commands and scripts below are legal on a cluster):
 
-=======================================  ==================================================
-``P profile:{T}:<profile_id>``           the profile without history (a "body")
+========================================  =================================================
+``P profile:{T}:<profile_id>``            the profile without history (a "body")
 ``P profile:{T}:customer:<customer_id>``  pointer: customer id -> profile id
-``P profile:{T}:identity:<ch>:<user>``   pointer: channel identity -> profile id
-``P field_defs:{T}:<agent_id>``          every field definition of the agent
-``P scenario_reqs:{T}:<scenario_id>``    a hash: step id (``-`` = scenario-wide) -> list
+``P profile:{T}:identity:<ch>:<user>``    pointer: channel identity -> profile id
+``P field_defs:{T}:<agent_id>``           every field definition of the agent
+``P scenario_reqs:{T}:<scenario_id>``     a hash: step id (``-`` = scenario-wide) -> list
 ``P deriv:{T}:<type>:<item_id>:<depth>``  a derivation chain
-``P epoch:{T}``                          a hash of random per-tenant epoch tokens
-=======================================  ==================================================
+``P epoch:{T}:<ns>``                      the tenant's random epoch token of a namespace:
+                                          ``p`` profiles, ``l`` lineage, ``s`` schema
+========================================  =================================================
 
 Reads with ``include_history=True`` bypass the cache. Expiry of fields is applied by the
 public layer at read time, so a cached body never serves an expired field as ACTIVE.
+Definitions are cached per agent as one list (enabled or not), requirements per scenario and
+step, derivation chains per item; TTLs: ``cache_ttl`` (bodies, pointers, chains),
+``field_defs_ttl``, ``scenario_reqs_ttl``.
 
 **No stale reads: leases plus epochs.** The seed's read-through (miss, read the database,
 ``SET``) has a race: a reader that read the old row before a writer committed, and writes it
 back after the writer invalidated, leaves stale data for the whole TTL. Here an entry's value
 is either ``D<epoch><payload>`` (data) or ``L<epoch><token>`` (a lease):
 
+* a hit is one ``MGET epoch entry`` (atomic; the entry counts only if it carries the current
+  epoch token);
 * a reader that misses atomically (one Lua script) puts a lease on the key *before* it reads
   the backend (or shares the lease already there), and afterwards stores its result only if
   that very lease is still in place and the epoch unchanged (a compare-and-set in Lua);
-* every write, after the backend committed, deletes the keys it changed (data *and* leases)
-  and, for tenant-wide changes, deletes the epoch token of the affected namespace
-  (``p`` profiles, ``l`` lineage, ``s`` schema), which makes every entry stamped with the old
-  token unreadable and every open lease of that namespace unusable.
+* every write, after the backend committed, deletes in one ``DEL`` the keys it changed (data
+  *and* leases) and, for tenant-wide changes, the epoch key of the affected namespace, which
+  makes every entry stamped with the old token unreadable and every open lease of that
+  namespace unusable.
 
 So a value can only be stored by a reader whose backend read began after the last
 invalidation of that key had completed: once a write has completed, every entry that could
 predate it is gone and cannot come back. Epoch tokens are random (never counters), so a lost
 or evicted epoch key can never make old entries valid again; a lost lease only fails a fill.
-Pointers need no lease: a body reached through a pointer is used only if it still carries
-the customer id or identity looked up, and bodies themselves are always current.
+Pointers need no lease and may even be stale (they are also kept in process memory): a body
+reached through a pointer is used only if it still carries the customer id or identity looked
+up, and bodies themselves are always current.
 
 **Redis faults.** Every Redis call is bounded by ``operation_timeout``. On any Redis error
 the cache is bypassed (reads and writes go to the backend only) for ``retry_after`` seconds.
 A write that could not invalidate (Redis down or slow, the call cancelled, or the backend
 write's outcome unknown) *poisons* its tenant: the tenant's cache is not read again until
-its whole epoch hash has been deleted in Redis, which the first operation after
+all its epoch keys have been deleted in Redis, which the first operation after
 ``retry_after`` does before trusting anything (more than ``max_dirty_tenants`` poisoned
 tenants: every epoch key under the prefix is deleted). Entries that missed an invalidation
 while Redis was away, even ones restored from a snapshot, are therefore never served by this
@@ -60,7 +67,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -105,25 +113,26 @@ _CHAIN = TypeAdapter(list[LineageEntry])
 #: Errors after which the backend call's outcome is known to be "nothing written".
 _NOTHING_WRITTEN = (errors.ValidationError, errors.NotFoundError, errors.ConflictError)
 
-# KEYS: epoch hash, entry key (or pointer key). ARGV: namespace, epoch to create if missing,
-# hash field ('' = string key), lease token, ttl ms, body key prefix ('' = KEYS[2] is the
-# entry itself, else KEYS[2] is a pointer whose value completes the body key).
+# KEYS: the namespace's epoch key, the entry key (or a pointer key). ARGV: epoch to create
+# if missing, hash field ('' = string key), lease token, ttl ms, body key prefix ('' = KEYS[2]
+# is the entry itself, else KEYS[2] is a pointer whose value completes the body key; that
+# body key is in the same slot, as it carries the same hash tag).
 # Returns {1, payload, target} on a hit, {2, epoch, token, target} with a lease,
 # {0, epoch} on a miss without a lease (no pointer).
 _READ = """
-local e = redis.call('HGET', KEYS[1], ARGV[1])
+local e = redis.call('GET', KEYS[1])
 if not e then
-  e = ARGV[2]
-  redis.call('HSET', KEYS[1], ARGV[1], e)
+  e = ARGV[1]
+  redis.call('SET', KEYS[1], e)
 end
 local key = KEYS[2]
 local target = false
-if ARGV[6] ~= '' then
+if ARGV[5] ~= '' then
   target = redis.call('GET', key)
   if not target then return {0, e} end
-  key = ARGV[6] .. target
+  key = ARGV[5] .. target
 end
-local field = ARGV[3]
+local field = ARGV[2]
 local v
 if field == '' then v = redis.call('GET', key) else v = redis.call('HGET', key, field) end
 if v and string.sub(v, 2, 17) == e then
@@ -131,43 +140,38 @@ if v and string.sub(v, 2, 17) == e then
   if kind == 'D' then return {1, string.sub(v, 18), target} end
   if kind == 'L' then return {2, e, string.sub(v, 18), target} end
 end
-local lease = 'L' .. e .. ARGV[4]
+local lease = 'L' .. e .. ARGV[3]
 if field == '' then
-  redis.call('SET', key, lease, 'PX', ARGV[5])
+  redis.call('SET', key, lease, 'PX', ARGV[4])
 else
   redis.call('HSET', key, field, lease)
-  if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[5]) end
+  if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[4]) end
 end
-return {2, e, ARGV[4], target}
+return {2, e, ARGV[3], target}
 """
 
-# KEYS: epoch hash, entry key ('' allowed when only pointers are set), pointer keys...
-# ARGV: namespace, epoch, hash field, lease token ('' = no lease), ttl ms, payload,
-# pointer value. Stores the payload only while our lease is in place under the same epoch.
+# KEYS: the namespace's epoch key, the entry key, pointer keys... ARGV: epoch, hash field,
+# lease token ('' = set the pointers only), ttl ms, payload, pointer value.
+# Stores the payload only while our lease is in place under the same epoch.
 _FILL = """
 for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[7], 'PX', ARGV[5])
+  redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[4])
 end
-if ARGV[4] == '' then return 0 end
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-local lease = 'L' .. ARGV[2] .. ARGV[4]
-local field = ARGV[3]
+if ARGV[3] == '' then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local lease = 'L' .. ARGV[1] .. ARGV[3]
+local field = ARGV[2]
 if field == '' then
   if redis.call('GET', KEYS[2]) ~= lease then return 0 end
-  redis.call('SET', KEYS[2], 'D' .. ARGV[2] .. ARGV[6], 'PX', ARGV[5])
+  redis.call('SET', KEYS[2], 'D' .. ARGV[1] .. ARGV[5], 'PX', ARGV[4])
 else
   if redis.call('HGET', KEYS[2], field) ~= lease then return 0 end
-  redis.call('HSET', KEYS[2], field, 'D' .. ARGV[2] .. ARGV[6])
+  redis.call('HSET', KEYS[2], field, 'D' .. ARGV[1] .. ARGV[5])
 end
 return 1
 """
 
-# KEYS: epoch hash, keys to delete... ARGV: epoch namespaces to reset.
-_INVALIDATE = """
-for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
-for i = 1, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
-return 1
-"""
+_NAMESPACES = (_NS_PROFILES, _NS_LINEAGE, _NS_SCHEMA)
 
 
 def _token() -> str:
@@ -221,6 +225,7 @@ class CachedProfileStore(ForwardingProfileStore):
         operation_timeout: float = 0.5,
         retry_after: float = 1.0,
         max_dirty_tenants: int = 10_000,
+        pointer_cache_size: int = 100_000,
         close_client: bool = False,
     ) -> None:
         super().__init__(backend)
@@ -248,9 +253,11 @@ class CachedProfileStore(ForwardingProfileStore):
         self.retry_after = retry_after
         self.max_dirty_tenants = max_dirty_tenants
         self._close_client = close_client
+        self.pointer_cache_size = pointer_cache_size
+        # pointer key -> profile id, least recently used first
+        self._pointers: OrderedDict[str, str] = OrderedDict()
         self._read_script = redis_client.register_script(_READ)
         self._fill_script = redis_client.register_script(_FILL)
-        self._invalidate_script = redis_client.register_script(_INVALIDATE)
         # health: the cache is bypassed while monotonic() < _down_until
         self._down_until = 0.0
         # tenants whose cache may have missed an invalidation; _dirty_all: too many to list
@@ -309,8 +316,11 @@ class CachedProfileStore(ForwardingProfileStore):
     # keys
     # =====================================================================================
 
-    def _epoch_key(self, tenant: UUID) -> str:
-        return f"{self.key_prefix}epoch:{{{tenant}}}"
+    def _epoch_key(self, tenant: UUID, namespace: str) -> str:
+        return f"{self.key_prefix}epoch:{{{tenant}}}:{namespace}"
+
+    def _epoch_keys(self, tenant: UUID) -> list[str]:
+        return [self._epoch_key(tenant, namespace) for namespace in _NAMESPACES]
 
     def _body_prefix(self, tenant: UUID) -> str:
         return f"{self.key_prefix}profile:{{{tenant}}}:"
@@ -406,7 +416,7 @@ class CachedProfileStore(ForwardingProfileStore):
                     ).inc()
                 batch = dict(self._dirty)
                 if batch:
-                    epochs = [self._epoch_key(tenant) for tenant in batch]
+                    epochs = [self._epoch_keys(tenant) for tenant in batch]
                     await self._redis(partial(self._delete_keys, epochs))
                     for tenant, generation in batch.items():
                         if self._dirty.get(tenant) == generation:
@@ -423,11 +433,11 @@ class CachedProfileStore(ForwardingProfileStore):
         finally:
             self._recovering = False
 
-    async def _delete_keys(self, keys: Sequence[str]) -> None:
-        # one key per command: different tenants live in different cluster slots
+    async def _delete_keys(self, groups: Sequence[Sequence[str]]) -> None:
+        # one command per group: each group is one tenant's, so one cluster slot
         pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(key)
+        for keys in groups:
+            pipe.delete(*keys)
         await pipe.execute()
 
     async def _delete_all_epochs(self) -> None:
@@ -436,10 +446,10 @@ class CachedProfileStore(ForwardingProfileStore):
         async for key in self.redis.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= 500:
-                await self._delete_keys(batch)
+                await self._delete_keys([[key] for key in batch])
                 batch = []
         if batch:
-            await self._delete_keys(batch)
+            await self._delete_keys([[key] for key in batch])
 
     # =====================================================================================
     # the read-through machinery
@@ -454,20 +464,31 @@ class CachedProfileStore(ForwardingProfileStore):
         ttl: int,
         body_prefix: str = "",
     ) -> _Lookup:
+        """Look ``key`` up; on a miss the read script leases it (or the pointed-at body)."""
+        epoch_key = self._epoch_key(tenant, namespace)
+        if not hash_field and not body_prefix:
+            # the hit path is one plain MGET (atomic, one slot): no script, no copies
+            epoch, value = await self._redis(lambda: self.redis.mget([epoch_key, key]))
+            if epoch is not None and value is not None and value[:1] == b"D":
+                if value[1:17] == epoch:
+                    return _Lookup(1, payload=value[17:])
         answer = await self._redis(
             lambda: self._read_script(
-                keys=[self._epoch_key(tenant), key],
-                args=[namespace, _token(), hash_field, _token(), ttl, body_prefix],
+                keys=[epoch_key, key], args=[_token(), hash_field, _token(), ttl, body_prefix]
             )
         )
         kind = int(answer[0])
         if kind == 1:
-            target = answer[2] if len(answer) > 2 and answer[2] else None
-            return _Lookup(1, payload=answer[1], target=_text(target))
+            return _Lookup(
+                1, payload=answer[1], target=_text(answer[2] if len(answer) > 2 else None)
+            )
         if kind == 2:
-            target = answer[3] if len(answer) > 3 and answer[3] else None
-            return _Lookup(2, epoch=_text(answer[1]) or "", token=_text(answer[2]) or "",
-                           target=_text(target))
+            return _Lookup(
+                2,
+                epoch=_text(answer[1]) or "",
+                token=_text(answer[2]) or "",
+                target=_text(answer[3] if len(answer) > 3 else None),
+            )
         return _Lookup(0, epoch=_text(answer[1]) or "")
 
     async def _fill(
@@ -490,8 +511,8 @@ class CachedProfileStore(ForwardingProfileStore):
         try:
             await self._redis(
                 lambda: self._fill_script(
-                    keys=[self._epoch_key(tenant), key, *pointers],
-                    args=[namespace, epoch, hash_field, token, ttl, payload, pointer_value],
+                    keys=[self._epoch_key(tenant, namespace), key, *pointers],
+                    args=[epoch, hash_field, token, ttl, payload, pointer_value],
                 )
             )
         except (RedisError, OSError, TimeoutError) as exc:
@@ -526,6 +547,14 @@ class CachedProfileStore(ForwardingProfileStore):
             await self._fill(tenant, namespace, key, hash_field, ttl, lookup, encode(value))
         return value
 
+    def _remember(self, pointer_keys: Iterable[str], profile_id: str) -> None:
+        """Keep pointers in process memory too (they are checked on use, never trusted)."""
+        for pointer in pointer_keys:
+            self._pointers[pointer] = profile_id
+            self._pointers.move_to_end(pointer)
+        while len(self._pointers) > self.pointer_cache_size:
+            self._pointers.popitem(last=False)
+
     async def _cached_profile(
         self,
         tenant: UUID,
@@ -534,37 +563,50 @@ class CachedProfileStore(ForwardingProfileStore):
         matches: Callable[[CustomerProfile], bool],
         load: Callable[[], Awaitable[CustomerProfile | None]],
     ) -> CustomerProfile | None:
-        """Read-through for profile bodies, directly by id or through a pointer key."""
+        """Read-through for profile bodies, by id or through a pointer key.
+
+        A pointer (customer id or identity -> profile id) is taken from process memory when
+        known, else resolved inside the read script. Either way the body found is used only
+        if it ``matches`` the lookup: bodies are always current, pointers need not be.
+        """
         label = str(tenant)
         lookup: _Lookup | None = None
+        body_prefix = self._body_prefix(tenant)
+        entry_key, resolve = key, ""
+        if via_pointer:
+            known = self._pointers.get(key)
+            if known is not None:
+                entry_key = body_prefix + known
+            else:
+                resolve = body_prefix
         if await self._ready(tenant):
             generation = self._poison_gen
             try:
                 lookup = await self._lookup(
-                    tenant,
-                    _NS_PROFILES,
-                    key,
-                    "",
-                    self._profile_ttl,
-                    self._body_prefix(tenant) if via_pointer else "",
+                    tenant, _NS_PROFILES, entry_key, "", self._profile_ttl, resolve
                 )
             except (RedisError, OSError, TimeoutError) as exc:
                 self._mark_down(exc)
             if lookup is not None and lookup.kind == 1:
                 cached = CustomerProfile.model_validate_json(lookup.payload)
-                # a body is always current, so it answers the lookup iff it matches it
                 if matches(cached) and generation == self._poison_gen:
                     metrics.PROFILE_CACHE_HITS.labels(tenant_id=label).inc()
+                    if resolve and lookup.target:
+                        self._remember([key], lookup.target)
                     return cached
+                self._pointers.pop(key, None)
                 lookup = _Lookup(0, epoch=lookup.epoch)
         metrics.PROFILE_CACHE_MISSES.labels(tenant_id=label).inc()
         profile = await load()
         if profile is None or lookup is None:
+            if profile is None:
+                self._pointers.pop(key, None)
             return profile
         body_key = self._body_key(tenant, profile.id)
-        leased_key = self._body_prefix(tenant) + (lookup.target or "") if via_pointer else key
+        leased_key = body_prefix + (lookup.target or "") if resolve else entry_key
         # only the key leased before the backend read may be filled
         leased = lookup.kind == 2 and leased_key == body_key
+        pointers = self._pointer_keys(profile)
         await self._fill(
             tenant,
             _NS_PROFILES,
@@ -573,9 +615,10 @@ class CachedProfileStore(ForwardingProfileStore):
             self._profile_ttl,
             lookup if leased else None,
             profile.model_dump_json() if leased else b"",
-            self._pointer_keys(profile),
+            pointers,
             str(profile.id),
         )
+        self._remember(pointers, str(profile.id))
         return profile
 
     # =====================================================================================
@@ -589,13 +632,12 @@ class CachedProfileStore(ForwardingProfileStore):
         if time.monotonic() < self._down_until:
             self._poison(tenant)
             return
+        # one DEL (atomic, one slot): the entries and leases changed, and the epoch keys of
+        # the namespaces reset tenant-wide
+        keys = [*what.keys, *(self._epoch_key(tenant, ns) for ns in what.namespaces)]
         done = False
         try:
-            await self._redis(
-                lambda: self._invalidate_script(
-                    keys=[self._epoch_key(tenant), *what.keys], args=what.namespaces
-                )
-            )
+            await self._redis(lambda: self.redis.delete(*keys))
             done = True
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
@@ -662,9 +704,7 @@ class CachedProfileStore(ForwardingProfileStore):
         self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
     ) -> CustomerProfile | None:
         if include_history:
-            return await super()._get_by_channel_identity(
-                tenant_id, channel, channel_user_id, True
-            )
+            return await super()._get_by_channel_identity(tenant_id, channel, channel_user_id, True)
         return await self._cached_profile(
             tenant_id,
             self._identity_key(tenant_id, channel, channel_user_id),
@@ -703,11 +743,11 @@ class CachedProfileStore(ForwardingProfileStore):
             tenant_id,
             "delete",
             self.inner.delete(tenant_id, profile_id),
-            lambda deleted: _Invalidation(
-                [self._body_key(tenant_id, profile_id)], [_NS_LINEAGE]
-            )
-            if deleted
-            else _Invalidation(),
+            lambda deleted: (
+                _Invalidation([self._body_key(tenant_id, profile_id)], [_NS_LINEAGE])
+                if deleted
+                else _Invalidation()
+            ),
         )
 
     # =====================================================================================
@@ -789,9 +829,11 @@ class CachedProfileStore(ForwardingProfileStore):
             tenant_id,
             "link_channel",
             self.inner.link_channel(tenant_id, profile_id, identity),
-            lambda linked: _Invalidation([self._body_key(tenant_id, profile_id)])
-            if linked
-            else _Invalidation(),
+            lambda linked: (
+                _Invalidation([self._body_key(tenant_id, profile_id)])
+                if linked
+                else _Invalidation()
+            ),
         )
 
     async def _merge_profiles(
@@ -862,9 +904,9 @@ class CachedProfileStore(ForwardingProfileStore):
             tenant_id,
             "field_definition",
             self.inner.delete_field_definition(tenant_id, agent_id, field_name),
-            lambda deleted: _Invalidation([self._defs_key(tenant_id, agent_id)])
-            if deleted
-            else _Invalidation(),
+            lambda deleted: (
+                _Invalidation([self._defs_key(tenant_id, agent_id)]) if deleted else _Invalidation()
+            ),
         )
 
     async def _get_scenario_requirements(
@@ -898,9 +940,11 @@ class CachedProfileStore(ForwardingProfileStore):
             tenant_id,
             "scenario_requirement",
             self.inner.delete_scenario_requirements(tenant_id, scenario_id, step_id=step_id),
-            lambda count: _Invalidation([self._reqs_key(tenant_id, scenario_id)])
-            if count
-            else _Invalidation(),
+            lambda count: (
+                _Invalidation([self._reqs_key(tenant_id, scenario_id)])
+                if count
+                else _Invalidation()
+            ),
         )
 
     # =====================================================================================
@@ -912,9 +956,9 @@ class CachedProfileStore(ForwardingProfileStore):
             tenant_id,
             "purge",
             self.inner.purge_profile(tenant_id, profile_id),
-            lambda purged: self._profile_and_lineage(tenant_id, profile_id)
-            if purged
-            else _Invalidation(),
+            lambda purged: (
+                self._profile_and_lineage(tenant_id, profile_id) if purged else _Invalidation()
+            ),
         )
 
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
@@ -923,9 +967,9 @@ class CachedProfileStore(ForwardingProfileStore):
             tenant_id,
             "delete_item",
             self.inner.delete_item(tenant_id, item_id, item_type.value),
-            lambda deleted: _Invalidation([], [_NS_PROFILES, _NS_LINEAGE])
-            if deleted
-            else _Invalidation(),
+            lambda deleted: (
+                _Invalidation([], [_NS_PROFILES, _NS_LINEAGE]) if deleted else _Invalidation()
+            ),
         )
 
     async def _rewrite_field_payloads(
@@ -939,9 +983,9 @@ class CachedProfileStore(ForwardingProfileStore):
             tenant_id,
             "rewrite_field_payloads",
             self.inner.rewrite_field_payloads(tenant_id, profile_id, payloads),
-            lambda count: self._profile_and_lineage(tenant_id, profile_id)
-            if count
-            else _Invalidation(),
+            lambda count: (
+                self._profile_and_lineage(tenant_id, profile_id) if count else _Invalidation()
+            ),
         )
 
     async def _mark_orphans(self, tenant_id: UUID) -> int:
@@ -968,4 +1012,3 @@ def _text(value: bytes | str | None) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else value
-

@@ -480,21 +480,27 @@ def _serve_metrics(settings: VaultSettings) -> Any:
 def worker(ctx: click.Context, once: bool, tenant: tuple[UUID, ...], serve_metrics: bool) -> None:
     """Expire stale fields, mark orphans and refresh the status gauge, for every tenant,
     every expire_check_interval_seconds. Stops cleanly on SIGTERM/SIGINT, after the tenant
-    in progress. Several workers may run at once: a tenant claim in Redis keeps them apart."""
-    from ccvault.worker import RedisTenantLease, Worker
+    in progress. Several workers may run at once: a tenant claim ([worker] lease: in Redis,
+    or in files on one host) keeps them apart."""
+    from ccvault.worker import Worker, lease_from_settings
 
     settings = _settings(ctx)
     logging.getLogger("ccvault").setLevel(logging.INFO)
 
     async def work(store: ProfileStore) -> None:
-        lease = RedisTenantLease.from_settings(settings)
+        lease = lease_from_settings(settings)
         job = Worker(store, settings, lease, tenant_ids=tenant or None)
         # signal handlers first: from the moment metrics answer, SIGTERM is a clean stop
         with _on_stop_signals(job.request_stop):
             server = _serve_metrics(settings) if serve_metrics else None
             try:
                 if once:
-                    await job.run_once()
+                    failed = [r for r in await job.run_once() if r.error is not None]
+                    if failed:
+                        raise errors.VaultError(
+                            f"{len(failed)} tenant(s) failed, first: tenant {failed[0].tenant_id}: "
+                            f"{failed[0].error}"
+                        )
                 else:
                     await job.run()
             finally:

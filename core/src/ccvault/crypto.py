@@ -438,6 +438,31 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 )
             )
 
+    async def _rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        # plaintext payloads from a caller: seal the PII ones, as every other write path does
+        try:
+            document = await self.inner.export_profile(tenant_id, profile_id)
+        except errors.NotFoundError:
+            return 0
+        raw = CustomerProfile.model_validate(document["profile"])
+        stored = {item.id: item for versions in raw.field_history.values() for item in versions}
+        seal = await self._sealer(tenant_id)
+        sealed: dict[UUID, tuple[Any, dict[str, Any]]] = {}
+        for field_id, (value, metadata) in payloads.items():
+            item = stored.get(field_id)
+            if item is None:
+                continue
+            new = seal(item.model_copy(update={"value": value, "source_metadata": metadata}))
+            sealed[field_id] = (new.value, new.source_metadata)
+        if not sealed:
+            return 0
+        return await self.inner.rewrite_field_payloads(tenant_id, profile_id, sealed)
+
     # ---------------------------------------------------------------------------------
     # key rotation
     # ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ __all__ = [
     "ProfileSettings",
     "RedisSettings",
     "VaultSettings",
+    "WorkerSettings",
     "expand_env",
     "load_settings",
 ]
@@ -134,6 +135,15 @@ class MetricsSettings(_Section):
     refresh_interval_seconds: float = Field(default=15.0, gt=0)
 
 
+class WorkerSettings(_Section):
+    """``[worker]``: how several ``ccvault worker`` processes keep out of each other's way."""
+
+    # "redis": tenant claims in [redis] (any number of hosts); "file": claim files in
+    # lease_dir (one host, no servers); "auto": redis when the cache is on, else file
+    lease: Literal["auto", "redis", "file"] = "auto"
+    lease_dir: str = ".ccvault/leases"
+
+
 _toml_data: ContextVar[dict[str, Any] | None] = ContextVar("ccvault_toml_data", default=None)
 
 
@@ -158,6 +168,7 @@ class VaultSettings(BaseSettings):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -13,8 +13,10 @@ Several workers at once
     workers a tenant is processed at most once per interval, and never by two at a time. A
     worker that dies mid-tenant leaves a claim that lapses after one interval; every step is
     idempotent, so the next sweep finishes the job. Redis (``[redis] url``) is used because it
-    is shared by every worker whatever the storage provider; the lease is a small protocol,
-    so another implementation (e.g. a PostgreSQL advisory lock) can be passed in.
+    is shared by every worker whatever the storage provider. Without Redis (the embedded
+    setup) :class:`FileTenantLease` keeps the same claims in ``flock``-guarded files on one
+    host; ``[worker] lease`` picks (``auto``: Redis when the cache is on). The lease is a
+    small protocol, so another implementation (e.g. a database lease row) can be passed in.
 
 Stopping
     :meth:`Worker.request_stop` (wired to SIGTERM/SIGINT by ``ccvault worker``) lets the
@@ -25,10 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -36,7 +42,14 @@ from ccvault import errors, metrics
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
 
-__all__ = ["RedisTenantLease", "TenantLease", "TenantReport", "Worker"]
+__all__ = [
+    "FileTenantLease",
+    "RedisTenantLease",
+    "TenantLease",
+    "TenantReport",
+    "Worker",
+    "lease_from_settings",
+]
 
 logger = logging.getLogger("ccvault.worker")
 
@@ -132,6 +145,72 @@ class RedisTenantLease:
         await self._redis.aclose()
 
 
+class FileTenantLease:
+    """Tenant claims as small files in one directory, for workers on a single host without
+    Redis (the embedded SQLite setup). Same semantics as :class:`RedisTenantLease`.
+
+    Each claim file holds ``TOKEN EXPIRES_AT``; it is read and rewritten only under an
+    exclusive ``flock`` of the file, so check-and-claim is atomic between processes.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.token = secrets.token_hex(16)
+
+    @classmethod
+    def from_settings(cls, settings: VaultSettings) -> FileTenantLease:
+        return cls(settings.worker.lease_dir)
+
+    def path(self, tenant_id: UUID) -> Path:
+        return self.directory / f"{tenant_id}.lease"
+
+    def _claim(self, tenant_id: UUID, ttl_seconds: float, *, take_free: bool) -> bool:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path(tenant_id), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise errors.ConfigurationError(
+                f"worker.lease_dir: cannot use {self.directory} ({exc.strerror or exc})"
+            ) from None
+        with os.fdopen(fd, "r+", encoding="ascii") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+            holder, _, until = handle.read().partition(" ")
+            now = time.time()
+            try:
+                expires = float(until)
+            except ValueError:  # empty or torn file: nobody holds it
+                expires = 0.0
+            free = not holder or expires <= now
+            if holder != self.token and not (take_free and free):
+                return False
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{self.token} {now + ttl_seconds}")
+            return True
+
+    async def acquire(self, tenant_id: UUID, ttl_seconds: float) -> str | None:
+        won = await asyncio.to_thread(self._claim, tenant_id, ttl_seconds, take_free=True)
+        return self.token if won else None
+
+    async def renew(self, tenant_id: UUID, token: str, ttl_seconds: float) -> bool:
+        if token != self.token:
+            return False
+        return await asyncio.to_thread(self._claim, tenant_id, ttl_seconds, take_free=False)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def lease_from_settings(settings: VaultSettings) -> TenantLease:
+    """The lease ``[worker] lease`` names (``auto``: Redis when the cache is on)."""
+    kind = settings.worker.lease
+    if kind == "auto":
+        kind = "redis" if settings.profile.cache_enabled else "file"
+    if kind == "redis":
+        return RedisTenantLease.from_settings(settings)
+    return FileTenantLease.from_settings(settings)
+
+
 @dataclass
 class TenantReport:
     """What one sweep did for one tenant."""
@@ -141,6 +220,7 @@ class TenantReport:
     expired: int = 0
     orphaned: int = 0
     fields_by_status: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
 
 
 class Worker:
@@ -228,12 +308,19 @@ class Worker:
             if self.stopping:
                 logger.info("stop requested: leaving before tenant=%s", tenant_id)
                 break
-            reports.append(await self.process_tenant(tenant_id))
+            try:
+                reports.append(await self.process_tenant(tenant_id))
+            except errors.VaultError as exc:
+                # one tenant's failure (a lost connection...) must not stop the others; its
+                # claim lapses after one interval and the next sweep retries it
+                logger.error("tenant=%s failed: %s", tenant_id, exc)
+                reports.append(TenantReport(tenant_id, processed=False, error=str(exc)))
         done = sum(1 for r in reports if r.processed)
         logger.info(
-            "sweep done tenants=%d processed=%d expired=%d orphaned=%d",
+            "sweep done tenants=%d processed=%d failed=%d expired=%d orphaned=%d",
             len(tenants),
             done,
+            sum(1 for r in reports if r.error is not None),
             sum(r.expired for r in reports),
             sum(r.orphaned for r in reports),
         )
@@ -247,7 +334,10 @@ class Worker:
             self.settings.profile.auto_expire_enabled,
         )
         while not self.stopping:
-            await self.run_once()
+            try:
+                await self.run_once()
+            except errors.VaultError as exc:  # listing tenants failed: try again next time
+                logger.error("sweep failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
         logger.info("worker stopped")

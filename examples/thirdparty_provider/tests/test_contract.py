@@ -1,6 +1,7 @@
 """ACME gates its releases on the unchanged ccvault contract suite."""
 
 import pytest
+
 from acme_vault_store import AcmeProfileStore
 from ccvault_contract_tests import ProfileStoreContract
 

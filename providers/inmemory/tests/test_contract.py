@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+
 from ccvault.store import ProfileStore
 from ccvault_contract_tests import OPTIONAL_CAPABILITIES, ProfileStoreContract
 from ccvault_inmemory import InMemoryProfileStore

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+
 from ccvault.store import StoreRules
 from ccvault_postgres import PostgresProfileStore, PostgresSettings
 from ccvault_postgres.testing import (

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import pytest
+
 from ccvault_contract_tests import ProfileStoreContract
 from ccvault_contract_tests.capabilities import HIGH_CONCURRENCY, LARGE_VALUES
 from ccvault_postgres import PostgresProfileStore

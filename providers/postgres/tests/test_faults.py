@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import Channel, ItemStatus, ProfileAsset, ProfileField
 from ccvault_postgres import PostgresProfileStore, PostgresSettings

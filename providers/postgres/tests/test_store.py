@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from ccvault import errors
 from ccvault.models import Channel, ItemStatus, ProfileAsset, ProfileField, SourceType
 from ccvault.registry import create_store, load_provider

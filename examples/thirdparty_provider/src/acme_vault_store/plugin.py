@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ccvault.hookspecs import ProviderSpec, hookimpl
-from ccvault.store import ProfileStore, StoreRules
 from pydantic import BaseModel, ConfigDict
 
 from acme_vault_store.store import AcmeProfileStore
+from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault.store import ProfileStore, StoreRules
 
 __all__ = ["AcmeSettings", "ccvault_provider"]
 

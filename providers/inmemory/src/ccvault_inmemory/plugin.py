@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ccvault.hookspecs import ProviderSpec, hookimpl
-from ccvault.store import ProfileStore, StoreRules
 from pydantic import BaseModel, ConfigDict
 
+from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault.store import ProfileStore, StoreRules
 from ccvault_inmemory.store import InMemoryProfileStore
 
 __all__ = ["InMemorySettings", "ccvault_provider"]

@@ -13,9 +13,11 @@ Example::
 from __future__ import annotations
 
 import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ccvault.settings import expand_env
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["DEFAULT_DSN", "PostgresSettings"]
 
@@ -44,8 +46,14 @@ class PostgresSettings(BaseModel):
     pool_acquire_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Client-side guard against a server that stops answering (0: none).
     command_timeout_seconds: float = Field(default=0.0, ge=0)
-    #: Idle pooled connections are closed after this many seconds (0: never).
-    max_inactive_connection_lifetime_seconds: float = Field(default=300.0, ge=0)
+    #: Idle pooled connections are closed after this many seconds (0: never, the default:
+    #: the idle timer costs a little on every call, and idle connections are cheap).
+    max_inactive_connection_lifetime_seconds: float = Field(default=0.0, ge=0)
+    #: Every statement is a key lookup whose best plan does not depend on the values, so
+    #: prepared statements use one generic plan instead of being re-planned per call.
+    plan_cache_mode: Literal["auto", "force_generic_plan", "force_custom_plan"] = (
+        "force_generic_plan"
+    )
     #: Attempts for a write that lost a race (unique violation, serialization, deadlock).
     max_write_attempts: int = Field(default=50, ge=1, le=10_000)
 

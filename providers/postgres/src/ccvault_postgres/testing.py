@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
 from ccvault.models import ItemStatus, ProfileField
 
 __all__ = [

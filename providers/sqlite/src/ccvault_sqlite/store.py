@@ -10,9 +10,10 @@ in other store instances or other processes on the same file wait for it (``busy
 and if it is still held the whole transaction is rolled back and retried with bounded
 exponential back-off (see :class:`~ccvault_sqlite.settings.SqliteSettings`). Because the
 write lock is held from the first statement, read-then-write sequences inside a write
-transaction are race-free across processes. Reads of several tables run inside one
-``BEGIN`` ... ``COMMIT`` so they see one snapshot (WAL mode lets them proceed while another
-process writes).
+transaction are race-free across processes. A whole profile is read by one statement
+(so it is one snapshot, and one round trip whatever its size); the few other reads of
+several tables run inside one ``BEGIN`` ... ``COMMIT``. WAL mode lets reads proceed while
+another process writes.
 
 Every multi-row change (save, supersede, merge, purge, soft delete) is one transaction: any
 failure rolls all of it back.
