@@ -147,6 +147,27 @@ async def multiprocess_throughput(
     return sum(rates)
 
 
+async def paired(
+    baseline: Callable[[], Awaitable[float]], candidate: Callable[[], Awaitable[float]], pairs: int
+) -> tuple[float, float, float]:
+    """Median baseline rate, median candidate rate, and the median of per-pair ratios.
+
+    Rounds alternate A-B, B-A, ... so drift and other load on the machine hit both alike; the
+    ratio of each adjacent pair is what is compared.
+    """
+    base: list[float] = []
+    cand: list[float] = []
+    for number in range(pairs):
+        if number % 2 == 0:
+            base.append(await baseline())
+            cand.append(await candidate())
+        else:
+            cand.append(await candidate())
+            base.append(await baseline())
+    ratios = [c / b for b, c in zip(base, cand, strict=True)]
+    return statistics.median(base), statistics.median(cand), statistics.median(ratios)
+
+
 async def load_versions(
     store: PostgresProfileStore, tenant: uuid.UUID, profile: uuid.UUID, versions: int
 ) -> None:
@@ -228,24 +249,24 @@ async def bench_reads(dsn: str, seconds: float) -> None:
     ) -> Callable[[], Awaitable[Any]]:
         return lambda: store.get_by_customer_id(tenant, customer)
 
-    # single connection: alternate raw and store rounds, so machine noise hits both alike
-    rounds: dict[str, list[float]] = {"raw": [], "store": []}
-    for _ in range(5):
-        rounds["raw"].append(await throughput(raw_read, seconds / 5))
-        rounds["store"].append(await throughput(store_read(single, p20.customer_id), seconds / 5))
-    raw_rate, ours = statistics.median(rounds["raw"]), statistics.median(rounds["store"])
+    # single connection
+    raw_rate, ours, ratio = await paired(
+        lambda: throughput(raw_read, seconds / 10),
+        lambda: throughput(store_read(single, p20.customer_id), seconds / 10),
+        10,
+    )
     print(f"   1 client: raw 50-row query {raw_rate:9.0f}/s, get_by_customer_id {ours:9.0f}/s")
-    report("read vs raw (1 connection)", ours / raw_rate, ">= 0.5", ours >= 0.5 * raw_rate)
+    report("read vs raw (1 connection)", ratio, ">= 0.5", ratio >= 0.5)
 
     ids = [tenant, p20.id, p20.customer_id]
-    rounds = {"raw": [], "store": []}
-    for _ in range(3):
-        rounds["raw"].append(await multiprocess_throughput("raw", dsn, ids, seconds / 3))
-        rounds["store"].append(await multiprocess_throughput("store", dsn, ids, seconds / 3))
-    raw_rate, ours = statistics.median(rounds["raw"]), statistics.median(rounds["store"])
+    raw_rate, ours, ratio = await paired(
+        lambda: multiprocess_throughput("raw", dsn, ids, seconds / 4),
+        lambda: multiprocess_throughput("store", dsn, ids, seconds / 4),
+        4,
+    )
     print(f"  16 clients ({WORKER_PROCESSES} processes x 4): raw {raw_rate:9.0f}/s,"
           f" get_by_customer_id {ours:9.0f}/s")  # fmt: skip
-    report("read vs raw (16 clients)", ours / raw_rate, ">= 0.5", ours >= 0.5 * raw_rate)
+    report("read vs raw (16 clients)", ratio, ">= 0.5", ratio >= 0.5)
 
     # for information: 16 coroutines in ONE process measure that process's CPU, not the store
     raw_rate = await throughput(raw_pool_read, seconds / 2, 16)
@@ -254,17 +275,12 @@ async def bench_reads(dsn: str, seconds: float) -> None:
           f" get_by_customer_id {ours:9.0f}/s, ratio {ours / raw_rate:.3f}")  # fmt: skip
 
     print("\n[2] the same read with 0 and with 100 versions per field (single connection)")
-    rates = {}
-    # interleave short rounds so drift on the machine affects both alike
-    samples: dict[int, list[float]] = {0: [], 100: []}
-    for _ in range(5):
-        for versions in (0, 100):
-            samples[versions].append(
-                await throughput(store_read(single, profiles[versions].customer_id), seconds / 5)
-            )
-    rates = {v: statistics.median(s) for v, s in samples.items()}
-    print(f"  0 versions {rates[0]:9.0f}/s, 100 versions {rates[100]:9.0f}/s")
-    ratio = rates[100] / rates[0]
+    zero, hundred, ratio = await paired(
+        lambda: throughput(store_read(single, profiles[0].customer_id), seconds / 10),
+        lambda: throughput(store_read(single, profiles[100].customer_id), seconds / 10),
+        10,
+    )
+    print(f"  0 versions {zero:9.0f}/s, 100 versions {hundred:9.0f}/s")
     report("read 100 vs 0 versions", ratio, "within 0.8..1.2", 0.8 <= ratio <= 1.2)
 
     await raw_conn.close()
@@ -315,10 +331,13 @@ async def bench_update(dsn: str, seconds: float) -> None:
                              confidence=0.9)  # fmt: skip
         await store.update_field(tenant, profile, field)
 
-    raw_rate = await throughput(raw_update, seconds)
-    ours = await throughput(store_update, seconds)
+    raw_rate, ours, ratio = await paired(
+        lambda: throughput(raw_update, seconds / 6),
+        lambda: throughput(store_update, seconds / 6),
+        6,
+    )
     print(f"  raw UPDATE + INSERT {raw_rate:9.0f}/s, update_field {ours:9.0f}/s")
-    report("update_field vs 2 raw statements", ours / raw_rate, ">= 0.5", ours >= 0.5 * raw_rate)
+    report("update_field vs 2 raw statements", ratio, ">= 0.5", ratio >= 0.5)
     history = await store.get_field_history(tenant, profile, "counter")
     assert sum(1 for v in history if v.status.value == "active") == 1
     await raw.close()

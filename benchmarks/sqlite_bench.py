@@ -24,6 +24,7 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 import aiosqlite
+
 from ccvault.models import Channel, ProfileField
 from ccvault_sqlite import SqliteProfileStore, codec
 

@@ -64,6 +64,7 @@ something counts one ``profile_cache_invalidations_total{reason}`` (reason = the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -150,15 +151,20 @@ end
 return {2, e, ARGV[3], target}
 """
 
-# KEYS: the namespace's epoch key, the entry key, pointer keys... ARGV: epoch, hash field,
-# lease token ('' = set the pointers only), ttl ms, payload, pointer value.
-# Stores the payload only while our lease is in place under the same epoch.
+# KEYS: the namespace's epoch key, the entry key, an index set, pointer keys...
+# ARGV: epoch, hash field, lease token ('' = set the pointers only), ttl ms, payload,
+# pointer value, what the index set records ('p' the pointers, 'e' the entry, '' nothing).
+# Nothing happens unless the epoch is still the one seen before the backend read; the
+# payload is stored only while our lease is in place. The index sets let an erasure find
+# every key that holds a purged profile's ids or items.
 _FILL = """
-for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[4])
-end
-if ARGV[3] == '' then return 0 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 4, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[4])
+  if ARGV[7] == 'p' then redis.call('SADD', KEYS[3], KEYS[i]) end
+end
+if ARGV[7] == 'p' and #KEYS > 3 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
+if ARGV[3] == '' then return 0 end
 local lease = 'L' .. ARGV[1] .. ARGV[3]
 local field = ARGV[2]
 if field == '' then
@@ -168,6 +174,22 @@ else
   if redis.call('HGET', KEYS[2], field) ~= lease then return 0 end
   redis.call('HSET', KEYS[2], field, 'D' .. ARGV[1] .. ARGV[5])
 end
+if ARGV[7] == 'e' then
+  redis.call('SADD', KEYS[3], KEYS[2])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return 1
+"""
+
+# KEYS: ARGV[1] index sets, then keys to delete. Deletes every key listed in the sets, the
+# sets, and the keys, in one atomic step (all in one slot: one tenant's keys).
+_ERASE = """
+local sets = tonumber(ARGV[1])
+for i = 1, sets do
+  local members = redis.call('SMEMBERS', KEYS[i])
+  for _, key in ipairs(members) do redis.call('DEL', key) end
+end
+for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 
@@ -197,6 +219,8 @@ class _Lookup:
 class _Invalidation:
     keys: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
+    #: index sets whose members are deleted too (erasure: purge, delete_item)
+    erase: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.keys or self.namespaces)
@@ -258,6 +282,7 @@ class CachedProfileStore(ForwardingProfileStore):
         self._pointers: OrderedDict[str, str] = OrderedDict()
         self._read_script = redis_client.register_script(_READ)
         self._fill_script = redis_client.register_script(_FILL)
+        self._erase_script = redis_client.register_script(_ERASE)
         # health: the cache is bypassed while monotonic() < _down_until
         self._down_until = 0.0
         # tenants whose cache may have missed an invalidation; _dirty_all: too many to list
@@ -332,7 +357,17 @@ class CachedProfileStore(ForwardingProfileStore):
         return f"{self.key_prefix}profile:{{{tenant}}}:customer:{customer_id}"
 
     def _identity_key(self, tenant: UUID, channel: Channel, channel_user_id: str) -> str:
-        return f"{self.key_prefix}profile:{{{tenant}}}:identity:{channel.value}:{channel_user_id}"
+        # hashed: a channel user id (a phone number, an address) is personal data
+        digest = hashlib.blake2b(
+            f"{channel.value}\0{channel_user_id}".encode(), digest_size=16
+        ).hexdigest()
+        return f"{self.key_prefix}profile:{{{tenant}}}:identity:{digest}"
+
+    def _pointer_index(self, tenant: UUID, profile_id: UUID) -> str:
+        return f"{self.key_prefix}pointers:{{{tenant}}}:{profile_id}"
+
+    def _deriv_index(self, tenant: UUID) -> str:
+        return f"{self.key_prefix}deriv_index:{{{tenant}}}"
 
     def _defs_key(self, tenant: UUID, agent_id: UUID) -> str:
         return f"{self.key_prefix}field_defs:{{{tenant}}}:{agent_id}"
@@ -502,8 +537,13 @@ class CachedProfileStore(ForwardingProfileStore):
         payload: bytes | str,
         pointers: Sequence[str] = (),
         pointer_value: str = "",
+        index: str = "",
+        index_mode: str = "",
     ) -> None:
-        """Store ``payload`` under our lease and set ``pointers``; failures only cost a miss."""
+        """Store ``payload`` under our lease and set ``pointers``; failures only cost a miss.
+
+        ``index`` is a set recording the pointers (``index_mode`` "p") or the entry ("e").
+        """
         token = lookup.token if lookup is not None and lookup.kind == 2 else ""
         epoch = lookup.epoch if lookup is not None else ""
         if not token and not pointers:
@@ -511,8 +551,8 @@ class CachedProfileStore(ForwardingProfileStore):
         try:
             await self._redis(
                 lambda: self._fill_script(
-                    keys=[self._epoch_key(tenant, namespace), key, *pointers],
-                    args=[epoch, hash_field, token, ttl, payload, pointer_value],
+                    keys=[self._epoch_key(tenant, namespace), key, index or key, *pointers],
+                    args=[epoch, hash_field, token, ttl, payload, pointer_value, index_mode],
                 )
             )
         except (RedisError, OSError, TimeoutError) as exc:
@@ -528,8 +568,12 @@ class CachedProfileStore(ForwardingProfileStore):
         load: Callable[[], Awaitable[_T]],
         decode: Callable[[bytes], _T],
         encode: Callable[[_T], bytes],
+        index: str = "",
     ) -> _T:
-        """Read-through for a plain entry (no pointer): hit, else load and fill."""
+        """Read-through for a plain entry (no pointer): hit, else load and fill.
+
+        ``index``: a set that records the entry once stored (for erasure).
+        """
         label = str(tenant)
         lookup: _Lookup | None = None
         if await self._ready(tenant):
@@ -544,7 +588,17 @@ class CachedProfileStore(ForwardingProfileStore):
         metrics.PROFILE_CACHE_MISSES.labels(tenant_id=label).inc()
         value = await load()
         if lookup is not None and lookup.kind == 2:
-            await self._fill(tenant, namespace, key, hash_field, ttl, lookup, encode(value))
+            await self._fill(
+                tenant,
+                namespace,
+                key,
+                hash_field,
+                ttl,
+                lookup,
+                encode(value),
+                index=index,
+                index_mode="e" if index else "",
+            )
         return value
 
     def _remember(self, pointer_keys: Iterable[str], profile_id: str) -> None:
@@ -617,6 +671,8 @@ class CachedProfileStore(ForwardingProfileStore):
             profile.model_dump_json() if leased else b"",
             pointers,
             str(profile.id),
+            self._pointer_index(tenant, profile.id),
+            "p",
         )
         self._remember(pointers, str(profile.id))
         return profile
@@ -637,7 +693,12 @@ class CachedProfileStore(ForwardingProfileStore):
         keys = [*what.keys, *(self._epoch_key(tenant, ns) for ns in what.namespaces)]
         done = False
         try:
-            await self._redis(lambda: self.redis.delete(*keys))
+            if what.erase:
+                await self._redis(
+                    lambda: self._erase_script(keys=[*what.erase, *keys], args=[len(what.erase)])
+                )
+            else:
+                await self._redis(lambda: self.redis.delete(*keys))
             done = True
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
@@ -816,6 +877,7 @@ class CachedProfileStore(ForwardingProfileStore):
             load,
             _CHAIN.validate_json,
             _CHAIN.dump_json,
+            self._deriv_index(tenant_id),
         )
 
     # =====================================================================================
@@ -951,14 +1013,28 @@ class CachedProfileStore(ForwardingProfileStore):
     # erasure, hard delete, orphans
     # =====================================================================================
 
+    def _erasure(self, tenant: UUID, profile_id: UUID) -> _Invalidation:
+        """Everything a purge must take out of Redis (right to erasure), not just hide.
+
+        The body, every pointer ever set to the profile (they hold its ids) and every cached
+        chain (they may show its items) are deleted; the profile epoch is reset too, so a
+        read that loaded the profile before the purge cannot put its pointers back.
+        """
+        target = str(profile_id)
+        for pointer in [k for k, v in self._pointers.items() if v == target]:
+            del self._pointers[pointer]
+        return _Invalidation(
+            [self._body_key(tenant, profile_id)],
+            [_NS_PROFILES, _NS_LINEAGE],
+            [self._pointer_index(tenant, profile_id), self._deriv_index(tenant)],
+        )
+
     async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
         return await self._write(
             tenant_id,
             "purge",
             self.inner.purge_profile(tenant_id, profile_id),
-            lambda purged: (
-                self._profile_and_lineage(tenant_id, profile_id) if purged else _Invalidation()
-            ),
+            lambda purged: self._erasure(tenant_id, profile_id) if purged else _Invalidation(),
         )
 
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
@@ -968,7 +1044,9 @@ class CachedProfileStore(ForwardingProfileStore):
             "delete_item",
             self.inner.delete_item(tenant_id, item_id, item_type.value),
             lambda deleted: (
-                _Invalidation([], [_NS_PROFILES, _NS_LINEAGE]) if deleted else _Invalidation()
+                _Invalidation([], [_NS_PROFILES, _NS_LINEAGE], [self._deriv_index(tenant_id)])
+                if deleted
+                else _Invalidation()
             ),
         )
 

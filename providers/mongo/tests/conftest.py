@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from ccvault_mongo import MongoProfileStore, MongoSettings
 from ccvault_mongo.emulation import EmulatedMongoClient
 

@@ -16,6 +16,8 @@ from uuid import UUID, uuid4
 
 import pytest
 from bson.binary import Binary
+from pymongo.asynchronous.collection import AsyncCollection
+
 from ccvault import errors
 from ccvault.models import (
     Channel,
@@ -31,7 +33,6 @@ from ccvault_mongo import MongoProfileStore, MongoSettings
 from ccvault_mongo.codec import dt, uid
 from ccvault_mongo.emulation import Command, EmulatedMongoClient
 from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
-from pymongo.asynchronous.collection import AsyncCollection
 
 NOW = datetime(2026, 5, 1, 9, 30, 0, 123456, tzinfo=UTC)
 
@@ -612,3 +613,68 @@ def test_the_emulated_collection_has_the_async_shape_of_the_real_one() -> None:
         real = getattr(AsyncCollection, name)
         fake = getattr(EmulatedCollection, name)
         assert inspect.iscoroutinefunction(real) == inspect.iscoroutinefunction(fake), name
+
+
+# ---------------------------------------------------------------------------------------
+# the standalone write lease
+# ---------------------------------------------------------------------------------------
+
+
+async def test_a_writer_waits_for_the_lease_and_then_writes(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    import asyncio
+
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    key = {"tenant_id": uid(tenant), "_id": uid(profile)}
+    held_until = dt(datetime.now(UTC) + timedelta(minutes=5))
+    await client["cmd"]["profiles"].update_one(
+        key, {"$set": {"lock": "someone-else", "lock_until": held_until}}
+    )
+    client.clear_commands()
+    writer = asyncio.ensure_future(
+        store.update_field(tenant, profile, ProfileField(name="email", value="after"))
+    )
+
+    def attempts() -> int:
+        return sum(1 for c in client.commands if c.method == "find_one_and_update")
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while attempts() < 3:  # it has found the lease taken, more than once
+        assert loop.time() < deadline and not writer.done()
+        await asyncio.sleep(0.001)
+    assert await store.get_field(tenant, profile, "email") is None
+    await client["cmd"]["profiles"].update_one(key, {"$set": {"lock": None}})
+    await asyncio.wait_for(writer, 10)
+    field = await store.get_field(tenant, profile, "email")
+    assert field is not None and field.value == "after"
+    doc = await client["cmd"]["profiles"].find_one(key)
+    assert doc is not None and doc["lock"] is None
+
+
+async def test_an_expired_lease_is_taken_over_and_the_dead_writers_version_finished(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    old = ProfileField(name="email", value="old")
+    await store.update_field(tenant, profile, old)
+    # a writer died holding the lease, after storing its version as pending
+    dead = ProfileField(name="email", value="dead")
+    doc = store._field_doc(tenant, profile, dead, 40)
+    doc.update(status=PENDING, pending_since=dt(NOW))
+    await client["cmd"]["fields"].insert_one(doc)
+    await client["cmd"]["profiles"].update_one(
+        {"tenant_id": uid(tenant), "_id": uid(profile)},
+        {"$set": {"lock": "dead-writer", "lock_until": dt(datetime.now(UTC) - timedelta(1))}},
+    )
+    new = ProfileField(name="email", value="new")
+    await store.update_field(tenant, profile, new)
+    history = {f.value: f for f in await store.get_field_history(tenant, profile, "email")}
+    assert history["old"].superseded_by_id == dead.id  # the dead write was finished first
+    assert history["dead"].superseded_by_id == new.id
+    assert history["new"].status is ItemStatus.ACTIVE

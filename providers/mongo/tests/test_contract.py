@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+
 from ccvault import errors
 from ccvault_contract_tests import ProfileStoreContract
 from ccvault_mongo import MongoProfileStore

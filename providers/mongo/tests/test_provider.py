@@ -9,6 +9,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import Channel, ProfileField
 from ccvault.registry import create_store, installed_providers, load_provider
@@ -182,6 +183,7 @@ def test_what_the_driver_decodes_is_what_the_emulation_returns() -> None:
     """A real server's reply goes through ``bson.decode`` (64-bit integers come back as
     ``Int64``); decoding normalises it, so both targets hand pydantic the same values."""
     import bson
+
     from ccvault_mongo.codec import decode, encode
 
     original = {"id": uuid4(), "n": 2**40, "small": 7, "values": [2**62, {"x": -(2**50)}]}

@@ -11,6 +11,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.models import Channel, ProfileField
 from ccvault_contract_tests.helpers import assert_unbroken_chain

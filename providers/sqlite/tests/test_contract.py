@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from ccvault_contract_tests import ProfileStoreContract
 from ccvault_sqlite import SqliteProfileStore
 from ccvault_sqlite.plugin import CAPABILITIES

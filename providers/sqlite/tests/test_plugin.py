@@ -8,8 +8,9 @@ import sqlite3
 from pathlib import Path
 from uuid import uuid4
 
-import ccvault
 import pytest
+
+import ccvault
 from ccvault import errors
 from ccvault.models import Channel, ProfileField, ProfileFieldDefinition
 from ccvault.registry import create_store, installed_providers, load_provider

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault.models import Channel, ProfileAsset, ProfileField, SourceType
 from ccvault_sqlite import SqliteProfileStore
 

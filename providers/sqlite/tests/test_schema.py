@@ -13,6 +13,7 @@ from uuid import uuid4
 
 import aiosqlite
 import pytest
+
 from ccvault import errors
 from ccvault.models import Channel, ItemStatus, ProfileField
 from ccvault_sqlite import LATEST_VERSION, SqliteProfileStore, SqliteSettings

@@ -34,6 +34,11 @@ from typing import Any, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
 import pydantic
+from pymongo import ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
 from ccvault import errors
 from ccvault.models import (
     Channel,
@@ -51,11 +56,6 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
-from pymongo import ReturnDocument
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
-from pymongo.read_concern import ReadConcern
-from pymongo.write_concern import WriteConcern
-
 from ccvault_mongo.codec import decode, dt, encode, pack_json, uid, unpack_json
 from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
 from ccvault_mongo.settings import MongoSettings

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+
 from ccvault import errors
 from ccvault.models import (
     ChannelIdentity,

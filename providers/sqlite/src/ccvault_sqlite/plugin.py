@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ccvault.hookspecs import ProviderSpec, hookimpl
-from ccvault.store import ProfileStore, StoreRules
 from pydantic import BaseModel
 
+from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault.store import ProfileStore, StoreRules
 from ccvault_sqlite.settings import SqliteSettings
 
 __all__ = ["CAPABILITIES", "ccvault_provider", "create_store"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aiosqlite
+
 from ccvault import errors
 
 __all__ = [

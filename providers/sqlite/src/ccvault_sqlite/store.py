@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import aiosqlite
+
 from ccvault import errors
 from ccvault.models import (
     Channel,
@@ -51,7 +52,6 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
-
 from ccvault_sqlite import codec
 from ccvault_sqlite.codec import (
     ASSET_COLUMNS,
