@@ -251,9 +251,9 @@ async def bench_reads(dsn: str, seconds: float) -> None:
 
     # single connection
     raw_rate, ours, ratio = await paired(
-        lambda: throughput(raw_read, seconds / 10),
-        lambda: throughput(store_read(single, p20.customer_id), seconds / 10),
-        10,
+        lambda: throughput(raw_read, seconds / 20),
+        lambda: throughput(store_read(single, p20.customer_id), seconds / 20),
+        20,
     )
     print(f"   1 client: raw 50-row query {raw_rate:9.0f}/s, get_by_customer_id {ours:9.0f}/s")
     report("read vs raw (1 connection)", ratio, ">= 0.5", ratio >= 0.5)
@@ -276,9 +276,9 @@ async def bench_reads(dsn: str, seconds: float) -> None:
 
     print("\n[2] the same read with 0 and with 100 versions per field (single connection)")
     zero, hundred, ratio = await paired(
-        lambda: throughput(store_read(single, profiles[0].customer_id), seconds / 10),
-        lambda: throughput(store_read(single, profiles[100].customer_id), seconds / 10),
-        10,
+        lambda: throughput(store_read(single, profiles[0].customer_id), seconds / 20),
+        lambda: throughput(store_read(single, profiles[100].customer_id), seconds / 20),
+        20,
     )
     print(f"  0 versions {zero:9.0f}/s, 100 versions {hundred:9.0f}/s")
     report("read 100 vs 0 versions", ratio, "within 0.8..1.2", 0.8 <= ratio <= 1.2)

@@ -453,7 +453,15 @@ async def test_every_key_of_a_tenant_shares_one_cluster_slot(
     await _cache(store, profile)
     keys = [key.decode() async for key in client.scan_iter(match=f"{prefix}*")]
     kinds = {key[len(prefix) :].split(":", 1)[0] for key in keys}
-    assert kinds == {"epoch", "profile", "field_defs", "scenario_reqs", "deriv"}
+    assert kinds == {
+        "epoch",
+        "profile",
+        "pointers",
+        "field_defs",
+        "scenario_reqs",
+        "deriv",
+        "deriv_index",
+    }
     assert all(f"{{{tenant}}}" in key for key in keys)
     assert len({key_slot(key.encode()) for key in keys}) == 1
 
@@ -564,9 +572,12 @@ async def test_rewrite_field_payloads_invalidates(client: Redis, prefix: str, te
         email = await store.get_field(tenant, profile.id, "email")
         assert email is not None
         await _cache(store, profile)
-        assert await store.rewrite_field_payloads(
-            tenant, profile.id, {email.id: ("rotated", {"k": 2})}
-        ) == 1
+        assert (
+            await store.rewrite_field_payloads(
+                tenant, profile.id, {email.id: ("rotated", {"k": 2})}
+            )
+            == 1
+        )
         found = await store.get_by_customer_id(tenant, profile.customer_id)
         assert found is not None and found.fields["email"].value == "rotated"
 
@@ -587,3 +598,93 @@ async def test_a_write_with_unknown_outcome_poisons_the_tenant(
         assert found is not None and found.fields["email"].value == "new@example.com"
         assert store.healthy
         assert sample("profile_cache_invalidations_total", tenant, reason="redis_recovery") == 1
+
+
+async def test_purge_erases_the_profile_from_redis(
+    store: CachedProfileStore, client: Redis, prefix: str, tenant: UUID
+) -> None:
+    """Right to erasure: nothing of the purged profile stays in Redis, not even unreadable."""
+    keep, gone = await new_profile(store, tenant), await new_profile(store, tenant)
+    source = await store.get_field(tenant, gone.id, "email")
+    assert source is not None
+    derived = make_field(
+        "domain", "example.com", source_item_id=source.id, source_item_type=SourceType.PROFILE_FIELD
+    )
+    await store.update_field(tenant, keep.id, derived)
+    await _cache(store, keep, gone)
+    channel, user = ident(gone)
+    await store.get_by_channel_identity(tenant, channel, user)
+    await store.get_derivation_chain(tenant, derived.id, "profile_field")
+
+    async def dump() -> bytes:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        parts = []
+        for key in keys:
+            kind = await client.type(key)
+            if kind == b"string":
+                parts.append(key + (await client.get(key) or b""))
+            elif kind == b"set":
+                parts.append(key + b"".join(await client.smembers(key)))
+            else:
+                parts.append(
+                    key + b"".join(b"".join(kv) for kv in (await client.hgetall(key)).items())
+                )
+        return b"".join(parts)
+
+    traces = [
+        str(gone.id).encode(),
+        str(gone.customer_id).encode(),
+        user.encode(),
+    ]
+    # (the surviving profile's derived field still names its source id, as in the database)
+    before = await dump()
+    assert all(trace in before for trace in traces[:2])
+    assert await store.purge_profile(tenant, gone.id) is True
+    left = await dump()
+    for trace in traces:
+        assert trace not in left, f"{trace!r} left in Redis"
+    assert await store.get_by_channel_identity(tenant, channel, user) is None
+    found = await store.get_by_id(tenant, keep.id)
+    assert found is not None and "domain" in found.fields
+
+
+async def test_a_pointer_to_a_profile_that_lost_the_lookup_is_repaired(
+    store: CachedProfileStore, backend: Any, tenant: UUID
+) -> None:
+    """customer id C moves from P to Q: lookups by C stop hitting P and soon hit Q."""
+    first = await new_profile(store, tenant)
+    await _cache(store, first)
+    moved = await store.get_by_id(tenant, first.id)
+    assert moved is not None
+    old_customer = moved.customer_id
+    moved.customer_id = uuid.uuid4()
+    await store.save(moved)
+    await store.get_by_id(tenant, first.id)  # P's body cached again, with its new customer id
+    second = await store.get_or_create(tenant, Channel.SMS, unique_user())
+    second.customer_id = old_customer
+    await store.save(second)
+    for _ in range(3):
+        found = await store.get_by_customer_id(tenant, old_customer)
+        assert found is not None and found.id == second.id
+    before = sum(backend.reads.values())
+    found = await store.get_by_customer_id(tenant, old_customer)
+    assert found is not None and found.id == second.id
+    assert sum(backend.reads.values()) == before, "the pointer was never repaired"
+
+
+async def test_the_chain_index_is_bounded(
+    store: CachedProfileStore, backend: Any, client: Redis, prefix: str, tenant: UUID
+) -> None:
+    store.index_limit = 2
+    profile = await new_profile(store, tenant)
+    items = []
+    for n in range(4):
+        item = make_field(f"f{n}", n)
+        await store.update_field(tenant, profile.id, item)
+        items.append(item)
+    for _ in range(2):
+        for item in items:
+            chain = await store.get_derivation_chain(tenant, item.id, "profile_field")
+            assert [entry["id"] for entry in chain] == [item.id]
+    assert await client.scard(f"{prefix}deriv_index:{{{tenant}}}") == 2
+    assert backend.reads["get_derivation_chain"] == 6  # 2 cached, 2 always from the backend

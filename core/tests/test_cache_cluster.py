@@ -110,7 +110,9 @@ async def test_cached_stack_runs_on_the_cluster(
         root = await store.get_field(tenant, profile.id, "email")
         assert root is not None
         derived = make_field(
-            "domain", "example.com", source_item_id=root.id,
+            "domain",
+            "example.com",
+            source_item_id=root.id,
             source_item_type=SourceType.PROFILE_FIELD,
         )
         await store.update_field(tenant, profile.id, derived)
@@ -188,8 +190,10 @@ async def test_recovery_clears_poisoned_tenants_on_every_node(
     epochs = [f"{store.key_prefix}epoch:{{{t}}}:p" for t in tenants]
 
     def existing() -> int:
-        return sum(len([e for e in epochs if e in names]) for names in
-                   node_keys(cluster, store.key_prefix).values())
+        return sum(
+            len([e for e in epochs if e in names])
+            for names in node_keys(cluster, store.key_prefix).values()
+        )
 
     assert existing() == 4
     for tenant in tenants[:2]:

@@ -1,8 +1,8 @@
 """The whole shared contract suite, unchanged, over ``CachedProfileStore`` on real Redis.
 
 Runs over the in-memory provider and over PostgreSQL (a throw-away database on the shared
-server; the suite's tests use fresh tenants, so they share one schema). Each store gets its own key prefix on the shared Redis
-(127.0.0.1:6379), and its keys are deleted afterwards.
+server; the suite's tests use fresh tenants, so they share one schema). Each store gets its
+own key prefix on the shared Redis (127.0.0.1:6379), and its keys are deleted afterwards.
 """
 
 from __future__ import annotations

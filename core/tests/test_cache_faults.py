@@ -211,9 +211,7 @@ async def test_a_cancelled_invalidation_poisons_the_tenant(server: Any, backend:
         await cached_again(store, profile, "new@example.com")
 
 
-async def test_too_many_poisoned_tenants_clear_every_epoch(
-    server: Any, backend: Any
-) -> None:
+async def test_too_many_poisoned_tenants_clear_every_epoch(server: Any, backend: Any) -> None:
     async with make_store(server, backend) as store:
         store.max_dirty_tenants = 1
         profiles = [await warm(store), await warm(store), await warm(store)]
@@ -243,9 +241,7 @@ async def test_no_stale_read_while_redis_stops_freezes_and_restarts(
     backend.after_read = jitter
     async with make_store(server, backend) as store:
         tenant = uuid.uuid4()
-        profiles = [
-            await store.get_or_create(tenant, Channel.SMS, unique_user()) for _ in range(3)
-        ]
+        profiles = [await store.get_or_create(tenant, Channel.SMS, unique_user()) for _ in range(3)]
         completed: dict[UUID, int] = {}
         for profile in profiles:
             await store.update_field(tenant, profile.id, make_field("counter", 0))

@@ -118,7 +118,7 @@ _NOTHING_WRITTEN = (errors.ValidationError, errors.NotFoundError, errors.Conflic
 # if missing, hash field ('' = string key), lease token, ttl ms, body key prefix ('' = KEYS[2]
 # is the entry itself, else KEYS[2] is a pointer whose value completes the body key; that
 # body key is in the same slot, as it carries the same hash tag).
-# Returns {1, payload, target} on a hit, {2, epoch, token, target} with a lease,
+# Returns {1, payload, target, epoch} on a hit, {2, epoch, token, target} with a lease,
 # {0, epoch} on a miss without a lease (no pointer).
 _READ = """
 local e = redis.call('GET', KEYS[1])
@@ -138,7 +138,7 @@ local v
 if field == '' then v = redis.call('GET', key) else v = redis.call('HGET', key, field) end
 if v and string.sub(v, 2, 17) == e then
   local kind = string.sub(v, 1, 1)
-  if kind == 'D' then return {1, string.sub(v, 18), target} end
+  if kind == 'D' then return {1, string.sub(v, 18), target, e} end
   if kind == 'L' then return {2, e, string.sub(v, 18), target} end
 end
 local lease = 'L' .. e .. ARGV[3]
@@ -153,7 +153,9 @@ return {2, e, ARGV[3], target}
 
 # KEYS: the namespace's epoch key, the entry key, an index set, pointer keys...
 # ARGV: epoch, hash field, lease token ('' = set the pointers only), ttl ms, payload,
-# pointer value, what the index set records ('p' the pointers, 'e' the entry, '' nothing).
+# pointer value, what the index set records ('p' the pointers, 'e' the entry, '' nothing),
+# the most members an 'e' index may hold (a full index means: do not cache the entry; the
+# index expires with its entries, as it is not refreshed any more).
 # Nothing happens unless the epoch is still the one seen before the backend read; the
 # payload is stored only while our lease is in place. The index sets let an erasure find
 # every key that holds a purged profile's ids or items.
@@ -165,6 +167,7 @@ for i = 4, #KEYS do
 end
 if ARGV[7] == 'p' and #KEYS > 3 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
 if ARGV[3] == '' then return 0 end
+if ARGV[7] == 'e' and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[8]) then return 0 end
 local lease = 'L' .. ARGV[1] .. ARGV[3]
 local field = ARGV[2]
 if field == '' then
@@ -233,7 +236,11 @@ class CachedProfileStore(ForwardingProfileStore):
     created with ``decode_responses=False``; it is closed by :meth:`aclose` only when
     ``close_client`` (as :meth:`from_settings` does for the client it creates).
     ``lineage_ttl`` defaults to ``cache_ttl``. ``operation_timeout`` bounds every Redis call;
-    after a Redis error the cache is bypassed for ``retry_after`` seconds.
+    after a Redis error the cache is bypassed for ``retry_after`` seconds (then one caller
+    probes Redis while the others keep bypassing it). ``max_dirty_tenants``: poisoned
+    tenants tracked one by one before a recovery clears every epoch under the prefix;
+    ``pointer_cache_size``: pointers kept in process memory; ``index_limit``: derivation
+    chains one tenant may have cached at once.
     """
 
     def __init__(
@@ -250,6 +257,7 @@ class CachedProfileStore(ForwardingProfileStore):
         retry_after: float = 1.0,
         max_dirty_tenants: int = 10_000,
         pointer_cache_size: int = 100_000,
+        index_limit: int = 10_000,
         close_client: bool = False,
     ) -> None:
         super().__init__(backend)
@@ -278,6 +286,9 @@ class CachedProfileStore(ForwardingProfileStore):
         self.max_dirty_tenants = max_dirty_tenants
         self._close_client = close_client
         self.pointer_cache_size = pointer_cache_size
+        # most derivation chains one tenant may have cached at once (they are indexed for
+        # erasure; beyond this, chains are served from the backend until the index expires)
+        self.index_limit = index_limit
         # pointer key -> profile id, least recently used first
         self._pointers: OrderedDict[str, str] = OrderedDict()
         self._read_script = redis_client.register_script(_READ)
@@ -424,18 +435,25 @@ class CachedProfileStore(ForwardingProfileStore):
     async def _redis(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run one Redis call, bounded by ``operation_timeout``."""
         async with asyncio.timeout(self.operation_timeout):
-            return await call()
+            result = await call()
+        if self._down_until:
+            self._down_until = 0.0  # Redis answered: it is reachable again
+        return result
 
     async def _ready(self, tenant: UUID) -> bool:
         """Whether ``tenant``'s cache may be used now; clears poisoned tenants first."""
-        if time.monotonic() < self._down_until or self._recovering:
+        now = time.monotonic()
+        if now < self._down_until or self._recovering:
             return False
+        if self._down_until:
+            # Redis failed before: this caller probes it, the others keep bypassing it
+            self._down_until = now + self.retry_after
         if self._dirty or self._dirty_all:
             return await self._recover()
         return True
 
     async def _recover(self) -> bool:
-        """Delete the epoch hash of every poisoned tenant; True when none is left."""
+        """Delete the epoch keys of every poisoned tenant; True when none is left."""
         self._recovering = True
         try:
             while self._dirty or self._dirty_all:
@@ -506,7 +524,7 @@ class CachedProfileStore(ForwardingProfileStore):
             epoch, value = await self._redis(lambda: self.redis.mget([epoch_key, key]))
             if epoch is not None and value is not None and value[:1] == b"D":
                 if value[1:17] == epoch:
-                    return _Lookup(1, payload=value[17:])
+                    return _Lookup(1, payload=value[17:], epoch=epoch.decode())
         answer = await self._redis(
             lambda: self._read_script(
                 keys=[epoch_key, key], args=[_token(), hash_field, _token(), ttl, body_prefix]
@@ -515,7 +533,10 @@ class CachedProfileStore(ForwardingProfileStore):
         kind = int(answer[0])
         if kind == 1:
             return _Lookup(
-                1, payload=answer[1], target=_text(answer[2] if len(answer) > 2 else None)
+                1,
+                payload=answer[1],
+                target=_text(answer[2] if len(answer) > 2 else None),
+                epoch=_text(answer[3] if len(answer) > 3 else None) or "",
             )
         if kind == 2:
             return _Lookup(
@@ -552,7 +573,16 @@ class CachedProfileStore(ForwardingProfileStore):
             await self._redis(
                 lambda: self._fill_script(
                     keys=[self._epoch_key(tenant, namespace), key, index or key, *pointers],
-                    args=[epoch, hash_field, token, ttl, payload, pointer_value, index_mode],
+                    args=[
+                        epoch,
+                        hash_field,
+                        token,
+                        ttl,
+                        payload,
+                        pointer_value,
+                        index_mode,
+                        self.index_limit,
+                    ],
                 )
             )
         except (RedisError, OSError, TimeoutError) as exc:

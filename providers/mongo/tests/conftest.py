@@ -16,6 +16,8 @@ from ccvault_mongo.emulation import EmulatedMongoClient
 MONGO_URL = os.environ.get("CCVAULT_TEST_MONGO_URL", "").strip()
 #: the emulation's interleaving seed; set CCVAULT_TEST_MONGO_SEED to replay or vary it
 EMULATION_SEED = int(os.environ.get("CCVAULT_TEST_MONGO_SEED", "20260501"))
+#: at most this many event-loop yields before each emulated call (more: wilder interleaving)
+EMULATION_YIELDS = int(os.environ.get("CCVAULT_TEST_MONGO_YIELDS", "3"))
 
 EMULATED = (
     "MongoDB contract target: in-process emulation (mongomock) - "
@@ -60,7 +62,9 @@ async def open_mongo_store(*, transactions: str = "auto") -> AsyncIterator[Mongo
                                  server_selection_timeout_ms=5000)
         store = MongoProfileStore(settings)
     else:
-        client = EmulatedMongoClient(transactions=transactions == "on", seed=EMULATION_SEED)
+        client = EmulatedMongoClient(
+            transactions=transactions == "on", seed=EMULATION_SEED, max_yields=EMULATION_YIELDS
+        )
         settings = MongoSettings(database=database, transactions=transactions)
         store = MongoProfileStore(settings, client=client)
     async with store:

@@ -678,3 +678,114 @@ async def test_an_expired_lease_is_taken_over_and_the_dead_writers_version_finis
     assert history["old"].superseded_by_id == dead.id  # the dead write was finished first
     assert history["dead"].superseded_by_id == new.id
     assert history["new"].status is ItemStatus.ACTIVE
+
+
+async def test_a_purge_waits_for_the_writer_holding_the_lease(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    import asyncio
+
+    store, client = standalone
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    key = {"tenant_id": uid(tenant), "_id": uid(profile)}
+    await client["cmd"]["profiles"].update_one(
+        key, {"$set": {"lock": "writer", "lock_until": dt(datetime.now(UTC) + timedelta(1))}}
+    )
+    client.clear_commands()
+    purge = asyncio.ensure_future(store.purge_profile(tenant, profile))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while sum(1 for c in client.commands if c.method == "find_one_and_update") < 3:
+        assert loop.time() < deadline and not purge.done()
+        await asyncio.sleep(0.001)
+    # hidden from reads already, but nothing deleted while the writer holds the lease
+    assert await store.get_by_id(tenant, profile) is None
+    assert await client["cmd"]["identities"].count_documents({"profile_id": uid(profile)}) == 1
+    # the writer in flight finishes its version, then gives the lease back
+    late = store._field_doc(tenant, profile, ProfileField(name="late", value=1), 99)
+    await client["cmd"]["fields"].insert_one(late)
+    await client["cmd"]["profiles"].update_one(key, {"$set": {"lock": None}})
+    assert await asyncio.wait_for(purge, 10) is True
+    for name in ("profiles", "fields", "identities"):
+        assert await client["cmd"][name].count_documents({"tenant_id": uid(tenant)}) == 0
+
+
+def test_the_emulated_client_and_session_have_the_shape_of_the_real_ones() -> None:
+    from pymongo import AsyncMongoClient
+    from pymongo.asynchronous.client_session import AsyncClientSession
+    from pymongo.asynchronous.database import AsyncDatabase
+
+    from ccvault_mongo.emulation import EmulatedSession, _EmulatedAdmin
+
+    pairs = [
+        (AsyncMongoClient.start_session, EmulatedMongoClient.start_session),
+        (AsyncMongoClient.close, EmulatedMongoClient.close),
+        (AsyncMongoClient.drop_database, EmulatedMongoClient.drop_database),
+        (AsyncDatabase.command, _EmulatedAdmin.command),
+        (AsyncClientSession.with_transaction, EmulatedSession.with_transaction),
+        (AsyncClientSession.end_session, EmulatedSession.end_session),
+    ]
+    for real, fake in pairs:
+        assert inspect.iscoroutinefunction(real) == inspect.iscoroutinefunction(fake), real
+    # the store's call binds to the real signature
+    inspect.signature(AsyncClientSession.with_transaction).bind(
+        None, lambda s: None, read_concern=None, write_concern=None
+    )
+
+
+@pytest.mark.parametrize("transactions", [False, True])
+async def test_merge_sends_this_sequence(transactions: bool) -> None:
+    async for store, client in _open(transactions):
+        tenant = uuid4()
+        source, target = await _profile(store, tenant), await _profile(store, tenant)
+        loser = ProfileField(name="email", value="s", collected_at=NOW - timedelta(1))
+        winner = ProfileField(name="email", value="t", collected_at=NOW)
+        await store.update_field(tenant, source, loser)
+        await store.update_field(tenant, target, winner)
+        client.clear_commands()
+        await store.merge_profiles(tenant, source, target)
+        t, src, dst = uid(tenant), uid(source), uid(target)
+        commands = list(client.commands)
+        if not transactions:
+            first, second = commands[:2]
+            order = sorted([source, target], key=lambda u: u.bytes)
+            assert [first.args[0]["_id"], second.args[0]["_id"]] == [uid(u) for u in order]
+            assert all("$or" in c.args[0] for c in (first, second))  # the two leases
+            unlocks = commands[-2:]
+            assert {c.args[0]["_id"] for c in unlocks} == {src, dst}
+            assert all(c.args[1] == {"$set": {"lock": None, "lock_until": None}}
+                       for c in unlocks)
+            commands = commands[2:-2]
+        assert all(c.in_transaction is transactions for c in commands)
+        assert [(c.collection, c.method) for c in commands] == [
+            ("profiles", "find_one_and_update"),  # mark the source
+            ("profiles", "find_one_and_update"),  # check the target, continue its order
+            ("identities", "find_one"),
+            ("identities", "update_many"),
+            ("consents", "update_many"),
+            ("assets", "update_many"),
+            ("fields", "find"),  # the ACTIVE versions of both
+            ("fields", "update_one"),  # the loser superseded by the winner
+            ("fields", "update_many"),  # every version moves
+            ("profiles", "update_one"),  # the source soft-deleted
+        ]
+        mark, keep = commands[0], commands[1]
+        assert mark.args == (
+            {"tenant_id": t, "_id": src, "live": True, "merging_into": {"$in": [None, dst]}},
+            {"$set": {"merging_into": dst}},
+        )
+        assert keep.args[0] == {"tenant_id": t, "_id": dst, "live": True, "merging_into": None}
+        assert list(keep.args[1]) == ["$max"]
+        settle = commands[7]
+        assert settle.args == (
+            {"tenant_id": t, "_id": uid(loser.id), "status": "active"},
+            {"$set": {"status": "superseded", "superseded_by_id": uid(winner.id),
+                      "superseded_at": dt(NOW), "updated_at": dt(NOW)}},
+        )
+        assert commands[8].args == (
+            {"tenant_id": t, "profile_id": src}, {"$set": {"profile_id": dst}}
+        )
+        final = commands[9].args[1]
+        assert final["$set"]["live"] is False and final["$set"]["merged_into"] == dst
+        assert final["$unset"] == {"merging_into": ""}

@@ -242,6 +242,14 @@ async def test_one_statement_per_read_and_per_update_field(make_store: Any) -> N
         profile.id,
         ProfileAsset(name="doc", asset_type="pdf", storage_provider="s3", storage_path="a/b"),
     )
+    # each statement once first: preparing it (and asyncpg's one-time type introspection)
+    # happens once per connection, not per call
+    await store.get_by_id(tenant, profile.id)
+    await store.get_by_id(tenant, profile.id, include_history=True)
+    await store.get_by_channel_identity(tenant, Channel.WEB, "round-trips")
+    await store.get_by_customer_id(tenant, profile.customer_id)
+    await store.get_derivation_chain(tenant, uuid.uuid4(), "profile_field")
+    await store.expire_stale_fields(tenant)
     statements: list[str] = []
     async with store.connection() as conn:  # the pool's only connection
         conn.add_query_logger(lambda record: statements.append(record.query))

@@ -13,13 +13,15 @@ Atomicity (see the README for the full table):
   one multi-document transaction through ``ClientSession.with_transaction``, which retries
   transient conflicts.
 * **standalone** (no transactions): each write is an ordering of single-document writes
-  chosen so that the unique indexes keep the invariants at every moment, with retries when
-  a concurrent writer wins a race. A new field version is first stored with the internal
-  status ``pending`` (invisible to every read), then the ACTIVE version is superseded and
-  pointed at it, then it is made ACTIVE; the partial unique index rejects a second ACTIVE
-  version, and the loser of that race supersedes the winner and tries again. No version is
-  ever deleted by a write, so none is lost, and an interrupted write is finished (rolled
-  forward) by :meth:`MongoProfileStore.recover_interrupted_writes`, which ``setup()`` runs.
+  chosen so that the unique indexes keep the invariants at every moment. Field writers of
+  one profile take turns through a lease on the profile document (:meth:`_lock`), so each
+  supersedes exactly the version its predecessor made ACTIVE. A new field version is first
+  stored with the internal status ``pending`` (invisible to every read), then the ACTIVE
+  version is superseded and pointed at it, then it is made ACTIVE; the partial unique index
+  refuses a second ACTIVE version whatever happens, and a writer refused that way
+  supersedes the winner and tries again. No version is ever deleted by a write, so none is
+  lost; a write interrupted by a dead process is finished (rolled forward) by whoever takes
+  over its expired lease, or by :meth:`MongoProfileStore.recover_interrupted_writes`.
 """
 
 from __future__ import annotations
@@ -1233,6 +1235,14 @@ class MongoProfileStore(ProfileStore):
             )
             if marked is None:
                 return False
+            if session is None:
+                # standalone: wait for a writer that holds the lease to finish first (no
+                # new one can take it: they need a live profile); the lease is never
+                # given back, it goes with the profile document
+                try:
+                    await self._lock(tenant_id, profile_id, count=0, state={})
+                except errors.NotFoundError:
+                    return True  # a concurrent purge finished the job
             for collection in ("fields", "assets", "identities", "consents"):
                 await self._c(collection).delete_many(
                     {"tenant_id": t, "profile_id": p}, session=session

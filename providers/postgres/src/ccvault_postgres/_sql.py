@@ -124,17 +124,28 @@ _N_ASSET = len(ASSET_COLS)
 # ---------------------------------------------------------------------------------------
 
 # Field columns travel as one array per column (decoded in C by asyncpg, no per-row record
-# objects) plus ONE json text holding every value and source_metadata (parsed in one call).
+# objects); value and source_metadata as arrays of JSON text, parsed client-side in ONE call.
 # All aggregates of one query level see the rows in the same order, so the arrays align.
-FIELD_SCALAR_COLS: tuple[str, ...] = tuple(
-    c for c in FIELD_COLS if c not in ("value", "source_metadata")
-)
-_FIELD_ARRAYS = ",\n           ".join(
-    f"array_agg(f.{c}) AS f_{c}" for c in (*FIELD_SCALAR_COLS, "seq")
-)
+# A read without history fetches only ACTIVE rows, whose status and superseded_* columns
+# are known, so those arrays are not sent at all.
+_JSON_COLS = ("value", "source_metadata")
+_ACTIVE_CONSTANT_COLS = ("status", "superseded_by_id", "superseded_at")
+FIELD_ARRAY_COLS: dict[bool, tuple[str, ...]] = {
+    True: tuple(c for c in FIELD_COLS if c not in _JSON_COLS),
+    False: tuple(c for c in FIELD_COLS if c not in _JSON_COLS + _ACTIVE_CONSTANT_COLS),
+}
 
-_PROFILE_TEMPLATE = (
-    """
+
+def _field_arrays(history: bool) -> str:
+    arrays = [f"array_agg(f.{c}) AS f_{c}" for c in FIELD_ARRAY_COLS[history]]
+    if history:
+        arrays.append("array_agg(f.seq) AS f_seq")  # write order, to sort ties
+    arrays.append("array_agg(coalesce(f.value::text, 'null')) AS f_value_json")
+    arrays.append("array_agg(f.source_metadata::text) AS f_metadata_json")
+    return ",\n           ".join(arrays)
+
+
+_PROFILE_TEMPLATE = """
 WITH p AS ({locate})
 SELECT p.id, p.tenant_id, p.customer_id, p.verification_level, p.created_at, p.updated_at,
        p.last_interaction_at, p.deleted_at,
@@ -150,15 +161,11 @@ SELECT p.id, p.tenant_id, p.customer_id, p.verification_level, p.created_at, p.u
        fa.*
 FROM p
 CROSS JOIN LATERAL (
-    SELECT """
-    + _FIELD_ARRAYS.replace("{", "{{").replace("}", "}}")
-    + """,
-           json_agg(json_build_array(f.value, f.source_metadata))::text AS f_json
+    SELECT {field_arrays}
     FROM profile_fields f
     WHERE f.tenant_id = $1 AND f.profile_id = p.id {field_filter}
 ) AS fa
 """
-)
 
 _LOCATE_BY_ID = (
     "SELECT * FROM customer_profiles WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
@@ -180,6 +187,7 @@ def _profile_sql(locate: str, history: bool) -> str:
     active = "" if history else "AND {alias}.status = 'active'"
     return _PROFILE_TEMPLATE.format(
         locate=locate,
+        field_arrays=_field_arrays(history),
         field_filter=active.format(alias="f"),
         asset_filter=active.format(alias="a"),
     )

@@ -345,34 +345,51 @@ def _requirement(row: Mapping[str, Any]) -> ScenarioFieldRequirement:
     return ScenarioFieldRequirement.model_validate({col: row[col] for col in sql.REQUIREMENT_COLS})
 
 
-_PROFILE_FIELD_KEYS = (*sql.FIELD_SCALAR_COLS, "value", "source_metadata")
-_SOURCE_AT = sql.FIELD_SCALAR_COLS.index("source")
-_SOURCE_TYPE_AT = sql.FIELD_SCALAR_COLS.index("source_item_type")
-_STATUS_AT = sql.FIELD_SCALAR_COLS.index("status")
+_PROFILE_FIELD_KEYS = {
+    history: (*cols, "value", "source_metadata")
+    if history
+    else (*cols, "value", "source_metadata", "status", "superseded_by_id", "superseded_at")
+    for history, cols in sql.FIELD_ARRAY_COLS.items()
+}
 
 
 def _profile_fields(row: Mapping[str, Any], include_history: bool) -> list[ProfileField]:
-    """The field versions of a whole-profile row (column arrays + one json text).
+    """The field versions of a whole-profile row (column arrays + JSON text arrays).
 
     With history they come ordered by name, then newest ``collected_at``, then newest write.
     """
+    names = sql.FIELD_ARRAY_COLS[include_history]
     if row["f_id"] is None:  # no rows: every array_agg is NULL
         return []
-    pairs = _loads(row["f_json"].encode())
-    columns = [row["f_" + col] for col in sql.FIELD_SCALAR_COLS]
-    # enumerations column by column, then one dict per version (this loop is the hot path
-    # of every profile read)
-    columns[_SOURCE_AT] = [_FIELD_SOURCE[x] for x in columns[_SOURCE_AT]]
-    columns[_SOURCE_TYPE_AT] = [_SOURCE_TYPE[x] for x in columns[_SOURCE_TYPE_AT]]
-    columns[_STATUS_AT] = [_STATUS[x] for x in columns[_STATUS_AT]]
-    columns.append([pair[0] for pair in pairs])
-    columns.append([pair[1] for pair in pairs])
-    count = len(pairs)
-    if any(len(column) != count for column in columns):
+    # every value and every source_metadata of the profile parsed in one call
+    values, metadata = _loads(
+        (
+            "[[" + ",".join(row["f_value_json"]) + "],[" + ",".join(row["f_metadata_json"]) + "]]"
+        ).encode()
+    )
+    count = len(values)
+    columns = [row["f_" + col] for col in names]
+    at = names.index
+    columns[at("source")] = [_FIELD_SOURCE[x] for x in columns[at("source")]]
+    columns[at("source_item_type")] = [_SOURCE_TYPE[x] for x in columns[at("source_item_type")]]
+    columns.append(values)
+    columns.append(metadata)
+    if include_history:
+        columns[at("status")] = [_STATUS[x] for x in columns[at("status")]]
+    else:
+        columns.append(repeat(ItemStatus.ACTIVE, count))
+        columns.append(repeat(None, count))
+        columns.append(repeat(None, count))
+    if any(len(column) != count for column in columns if isinstance(column, list)):
         raise errors.StorageError("profile read returned misaligned field columns")
     # the loop of _trusted(), spelled with map() so it runs in C: this is the hot path
     dicts = list(
-        map(dict, map(zip, repeat(_PROFILE_FIELD_KEYS, count), zip(*columns, strict=True)))
+        map(
+            dict,
+            map(
+                zip, repeat(_PROFILE_FIELD_KEYS[include_history], count), zip(*columns, strict=True)
+            ),
+        )
     )
     versions: list[ProfileField] = list(map(_new, repeat(ProfileField, count)))
     deque(map(_setattr, versions, repeat("__dict__"), dicts), maxlen=0)
