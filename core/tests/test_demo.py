@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+
 from ccvault import VaultSettings, load_settings, open_store
 from ccvault.demo import SCENARIO_ID, TENANT_ID, WHATSAPP_NUMBER, _story, run_demo
 from ccvault.models import Channel
-from rich.console import Console
 
 
 def _console() -> tuple[Console, io.StringIO]:

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+
 from ccvault import errors
 from ccvault.extraction import (
     Extraction,

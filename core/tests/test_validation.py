@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+
 from ccvault import errors, load_settings, metrics, open_store
 from ccvault.models import (
     Channel,

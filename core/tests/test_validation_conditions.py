@@ -8,6 +8,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+
 from ccvault import errors, load_settings, open_store
 from ccvault.models import Channel, ProfileField, ScenarioFieldRequirement
 from ccvault.requirements import check_condition, condition_holds

@@ -16,6 +16,7 @@ from ccvault_contract_tests.suite_lifecycle import LifecycleContract
 from ccvault_contract_tests.suite_lineage import LineageContract
 from ccvault_contract_tests.suite_missing import MissingFieldsContract
 from ccvault_contract_tests.suite_model import ModelBasedContract
+from ccvault_contract_tests.suite_operations import OperationsContract
 from ccvault_contract_tests.suite_profiles import ProfilesContract
 from ccvault_contract_tests.suite_schema import SchemaContract
 
@@ -32,6 +33,7 @@ class ProfileStoreContract(
     SchemaContract,
     MissingFieldsContract,
     LifecycleContract,
+    OperationsContract,
     IsolationContract,
     BadInputContract,
     ConcurrencyContract,

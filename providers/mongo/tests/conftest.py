@@ -29,7 +29,10 @@ def target_description() -> str:
     """One line saying what the MongoDB tests run against."""
     if MONGO_URL:
         return f"MongoDB contract target: REAL server at {_redact(MONGO_URL)}"
-    return f"{EMULATED} (interleaving seed {EMULATION_SEED})"
+    return (
+        f"{EMULATED} (transactions emulated by serial execution; "
+        f"interleaving seed {EMULATION_SEED})"
+    )
 
 
 def _redact(url: str) -> str:

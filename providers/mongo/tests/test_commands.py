@@ -533,6 +533,10 @@ async def _workload(store: MongoProfileStore) -> None:
     await store.mark_orphans(tenant)
     await store.count_items_by_status(tenant)
     await store.export_profile(tenant, target.id)
+    await store.list_profile_ids(tenant)
+    await store.rewrite_field_payloads(
+        tenant, target.id, {email.id: ({"big": 2**70}, {"key.id": "k2"})}
+    )
     await store.delete_item(tenant, asset.id, "profile_asset")
     await store.delete(tenant, target.id)
     await store.purge_profile(tenant, target.id)

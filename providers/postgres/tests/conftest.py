@@ -49,7 +49,7 @@ async def make_store(pg_dsn: str) -> AsyncIterator[StoreFactory]:
     async def make(
         *, schema: str | None = None, rules: StoreRules | None = None, **options: Any
     ) -> PostgresProfileStore:
-        settings = PostgresSettings(dsn=pg_dsn, schema=schema or fresh_schema(), **options)
+        settings = PostgresSettings(dsn=pg_dsn, db_schema=schema or fresh_schema(), **options)
         store = PostgresProfileStore(settings, rules=rules)
         await store.setup()
         opened.append(store)

@@ -37,7 +37,7 @@ async def test_server_restart_mid_load(server: PrivateServer) -> None:
     store = PostgresProfileStore(
         PostgresSettings(
             dsn=server.dsn,
-            schema="restart",
+            db_schema="restart",
             min_pool_size=4,
             max_pool_size=8,
             connect_timeout_seconds=2,
@@ -116,7 +116,7 @@ async def test_server_down_then_back(server: PrivateServer) -> None:
     store = PostgresProfileStore(
         PostgresSettings(
             dsn=server.dsn,
-            schema="down",
+            db_schema="down",
             min_pool_size=2,
             max_pool_size=4,
             connect_timeout_seconds=2,

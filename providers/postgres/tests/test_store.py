@@ -140,7 +140,7 @@ async def test_newer_schema_is_refused(make_store: Any, pg_dsn: str) -> None:
         await conn.execute(
             "INSERT INTO ccvault_schema_version (version, description) VALUES (9999, 'x')"
         )
-    newer = PostgresProfileStore(PostgresSettings(dsn=pg_dsn, schema="from_the_future"))
+    newer = PostgresProfileStore(PostgresSettings(dsn=pg_dsn, db_schema="from_the_future"))
     with pytest.raises(errors.SchemaVersionError, match="9999"):
         await newer.setup()
 
@@ -194,7 +194,7 @@ async def _run_processes(script: str, args_list: list[list[str]]) -> list[str]:
 
 _SETUP_BODY = """
     store = PostgresProfileStore(
-        PostgresSettings(dsn=sys.argv[1], schema=sys.argv[2], min_pool_size=1, max_pool_size=1)
+        PostgresSettings(dsn=sys.argv[1], db_schema=sys.argv[2], min_pool_size=1, max_pool_size=1)
     )
     await store.setup()
     print(json.dumps(store.applied_migrations))
@@ -287,7 +287,7 @@ _WRITER_BODY = """
     from ccvault.models import ProfileField
     import uuid
     store = PostgresProfileStore(
-        PostgresSettings(dsn=sys.argv[1], schema=sys.argv[2], min_pool_size=4, max_pool_size=4)
+        PostgresSettings(dsn=sys.argv[1], db_schema=sys.argv[2], min_pool_size=4, max_pool_size=4)
     )
     await store.setup()
     tenant, profile = uuid.UUID(sys.argv[3]), uuid.UUID(sys.argv[4])
@@ -491,7 +491,8 @@ async def test_numbers_round_trip_exactly_with_their_type(store: PostgresProfile
     await store.update_field(tenant, profile.id, ProfileField(name="n", value=value))
     stored = await store.get_field(tenant, profile.id, "n")
     assert stored is not None and stored.value == value
-    assert [type(x) for x in stored.value["list"]] == [type(x) for x in value["list"]]
+    numbers: list[Any] = value["list"]  # type: ignore[assignment]
+    assert [type(x) for x in stored.value["list"]] == [type(x) for x in numbers]
     assert isinstance(stored.value["big"], int)
 
 

@@ -13,10 +13,12 @@ Data lives only as long as the store object; nothing is persisted.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from ccvault import errors
@@ -780,3 +782,22 @@ class InMemoryProfileStore(ProfileStore):
             for a in tenant.assets.values():
                 assets[a.item.status.value] = assets.get(a.item.status.value, 0) + 1
             return {"fields": fields, "assets": assets}
+
+    async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
+        async with self._lock:
+            return list(self._tenant(tenant_id).profiles)
+
+    async def _rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            rows = [tenant.fields.get(field_id) for field_id in payloads]
+            matched = [row for row in rows if row is not None and row.profile_id == profile_id]
+            for row in matched:
+                value, metadata = copy.deepcopy(payloads[row.item.id])
+                row.item = row.item.model_copy(update={"value": value, "source_metadata": metadata})
+            return len(matched)

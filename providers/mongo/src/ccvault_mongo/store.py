@@ -58,7 +58,7 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
-from ccvault_mongo.codec import decode, dt, encode, pack_json, uid, unpack_json
+from ccvault_mongo.codec import JSON_SUFFIX, decode, dt, encode, pack_json, uid, unpack_json
 from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
 from ccvault_mongo.settings import MongoSettings
 
@@ -1309,6 +1309,50 @@ class MongoProfileStore(ProfileStore):
                 )
                 marked += int(result.modified_count)
         return marked
+
+    async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
+        found = await self._c("profiles").find(
+            {"tenant_id": uid(tenant_id), "purging": None}, projection={"_id": 1}
+        ).to_list(None)
+        return [decode(doc["_id"]) for doc in found]
+
+    async def _rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        t, p = uid(tenant_id), uid(profile_id)
+
+        async def work(session: Any) -> int:
+            rewritten = 0
+            for field_id, (value, metadata) in payloads.items():
+                stored: dict[str, Any] = {"value": value, "source_metadata": metadata}
+                for key in _FIELD_JSON:
+                    pack_json(stored, key)
+                update: dict[str, Any] = {"$set": stored}
+                stale = {k + JSON_SUFFIX: "" for k in _FIELD_JSON if k + JSON_SUFFIX not in stored}
+                if stale:
+                    update["$unset"] = stale
+                result = await self._c("fields").update_one(
+                    {"tenant_id": t, "profile_id": p, "_id": uid(field_id)}, update,
+                    session=session,
+                )
+                rewritten += int(result.matched_count)
+            return rewritten
+
+        if self.transactions_enabled:
+            return await self._atomic(work)
+        # standalone: under the profile's lease, so no field writer runs meanwhile; each
+        # version is rewritten atomically, the set of them is not (see the README)
+        try:
+            _, token = await self._lock(tenant_id, profile_id, count=0, state={"purging": None})
+        except errors.NotFoundError:
+            return 0
+        try:
+            return await work(None)
+        finally:
+            await self._unlock(tenant_id, profile_id, token)
 
     async def _list_tenant_ids(self) -> list[UUID]:
         found = await self._c("profiles").distinct("tenant_id")

@@ -639,6 +639,14 @@ DELETE FROM scenario_field_requirements WHERE tenant_id = $1 AND scenario_id = $
 # ---------------------------------------------------------------------------------------
 
 LIST_TENANTS = "SELECT DISTINCT tenant_id FROM customer_profiles"
+LIST_PROFILE_IDS = "SELECT id FROM customer_profiles WHERE tenant_id = $1"
+
+# key rotation: new payloads for existing versions, one statement, nothing else touched
+REWRITE_PAYLOADS = """
+UPDATE profile_fields f SET value = u.value, source_metadata = u.metadata
+FROM unnest($3::uuid[], $4::jsonb[], $5::jsonb[]) AS u (id, value, metadata)
+WHERE f.tenant_id = $1 AND f.profile_id = $2 AND f.id = u.id
+"""
 COUNT_BY_STATUS = """
 SELECT 'fields' AS kind, status, count(*) AS n FROM profile_fields WHERE tenant_id = $1
 GROUP BY status

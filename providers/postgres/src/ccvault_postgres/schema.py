@@ -108,10 +108,7 @@ CREATE TABLE profile_fields (
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, profile_id)
         REFERENCES customer_profiles (tenant_id, id) ON DELETE CASCADE,
-    CHECK (status IN ('active', 'superseded', 'expired', 'orphaned')),
-    CHECK (source IN ('user_provided', 'llm_extracted', 'tool_result', 'document_extracted',
-                      'human_entered', 'system_inferred')),
-    CHECK (source_item_type IN ('profile_field', 'profile_asset', 'session', 'tool', 'external'))
+    CHECK (status IN ('active', 'superseded', 'expired', 'orphaned'))
 );
 -- the invariant: at most one ACTIVE version per (profile, name); also serves active reads
 CREATE UNIQUE INDEX profile_fields_one_active
@@ -153,8 +150,7 @@ CREATE TABLE profile_assets (
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, profile_id)
         REFERENCES customer_profiles (tenant_id, id) ON DELETE CASCADE,
-    CHECK (status IN ('active', 'superseded', 'expired', 'orphaned')),
-    CHECK (source_item_type IN ('profile_field', 'profile_asset', 'session', 'tool', 'external'))
+    CHECK (status IN ('active', 'superseded', 'expired', 'orphaned'))
 );
 CREATE INDEX profile_assets_by_name
     ON profile_assets (tenant_id, profile_id, name, uploaded_at DESC, seq DESC);

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from itertools import repeat
 from types import TracebackType
 from typing import Any, TypeVar
@@ -274,18 +275,31 @@ def _requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
 
 _setattr = object.__setattr__
 _new = object.__new__
-_STATUS = {s.value: s for s in ItemStatus}
-_FIELD_SOURCE = {s.value: s for s in ProfileFieldSource}
-_SOURCE_TYPE: dict[str | None, SourceType | None] = {s.value: s for s in SourceType}
-_SOURCE_TYPE[None] = None
+class _EnumLookup(dict[str | None, Any]):
+    """value -> member, a dict lookup on the hot path; None maps to None; anything else
+    goes through the enum itself (so a stored value the enum does not know fails loudly)."""
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__({member.value: member for member in enum})
+        self[None] = None
+        self._enum = enum
+
+    def __missing__(self, key: str | None) -> Any:
+        return self._enum(str(key))
+
+
+_STATUS = _EnumLookup(ItemStatus)
+_FIELD_SOURCE = _EnumLookup(ProfileFieldSource)
+_SOURCE_TYPE = _EnumLookup(SourceType)
+_CHANNEL = _EnumLookup(Channel)
 _M = TypeVar("_M", bound=BaseModel)
 
 
 def _trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     """A model instance from values read back from our own tables, without re-validation.
 
-    Every row was validated by the same model when it was written, and the schema's CHECK
-    constraints guard the enumerations; validating 50 fields again on every read would cost
+    Every row was validated by the same model when it was written (enumerations are
+    mapped back to their members by the caller); validating 50 fields again on every read would cost
     more than the database round trip. This is what ``model_construct`` does, minus its
     per-field default handling (every field is present here); ``test_trusted_rows_equal_
     validated_models`` keeps it honest.
@@ -314,13 +328,16 @@ def _asset(row: Mapping[str, Any]) -> ProfileAsset:
 
 
 def _identity(row: Mapping[str, Any]) -> ChannelIdentity:
-    return ChannelIdentity(
-        channel=row["channel"],
-        channel_user_id=row["channel_user_id"],
-        verified=row["verified"],
-        verified_at=row["verified_at"],
-        primary=row["is_primary"],
-        created_at=row["created_at"],
+    return _trusted(
+        ChannelIdentity,
+        {
+            "channel": _CHANNEL[row["channel"]],
+            "channel_user_id": row["channel_user_id"],
+            "verified": row["verified"],
+            "verified_at": row["verified_at"],
+            "primary": row["is_primary"],
+            "created_at": row["created_at"],
+        },
     )
 
 
@@ -417,7 +434,11 @@ def _profile(row: Mapping[str, Any], include_history: bool) -> CustomerProfile:
             "tenant_id": row["tenant_id"],
             "customer_id": row["customer_id"],
             "channel_identities": [_identity(i) for i in row["identities"]],
-            "fields": {f.name: f for f in versions if f.status is ItemStatus.ACTIVE},
+            "fields": (
+                {f.name: f for f in versions if f.status is ItemStatus.ACTIVE}
+                if include_history
+                else {f.name: f for f in versions}  # only ACTIVE rows were read
+            ),
             "field_history": history,
             "assets": [a for a in assets if a.status is ItemStatus.ACTIVE],
             "asset_history": assets if include_history else [],
@@ -1081,6 +1102,31 @@ class PostgresProfileStore(ProfileStore):
             rows = await conn.fetch(sql.LIST_TENANTS)
         return [r["tenant_id"] for r in rows]
 
+    async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.LIST_PROFILE_IDS, tenant_id)
+        return [r["id"] for r in rows]
+
+    async def _rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        if not payloads:
+            return 0
+        ids = list(payloads)
+        async with self._conn() as conn:
+            status = await conn.execute(
+                sql.REWRITE_PAYLOADS,
+                tenant_id,
+                profile_id,
+                ids,
+                [payloads[i][0] for i in ids],
+                [payloads[i][1] for i in ids],
+            )
+        return _affected(status)
+
     async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         async with self._conn() as conn:
             rows = await conn.fetch(sql.COUNT_BY_STATUS, tenant_id)
@@ -1107,8 +1153,11 @@ class _Lease:
 
     async def __aenter__(self) -> asyncpg.Connection:
         try:
-            async with asyncio.timeout(self._timeout):
-                self._conn = await self._pool.acquire()
+            if self._pool.get_idle_size():
+                self._conn = await self._pool.acquire()  # will not wait: skip the timer
+            else:
+                async with asyncio.timeout(self._timeout):
+                    self._conn = await self._pool.acquire()
         except BaseException as exc:
             raise (_translate(exc) or exc) from exc
         return self._conn
@@ -1123,8 +1172,10 @@ class _Lease:
         assert conn is not None
         if exc is not None and _breaks_connection(exc):
             # the protocol may be mid-message (say, the server died before ReadyForQuery):
-            # never hand this connection out again; the pool opens a fresh one on demand
-            conn.terminate()
+            # never hand this connection out again; the pool opens a fresh one on demand.
+            # (If the server closed it, asyncpg has already detached it from the pool.)
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
         try:
             await self._pool.release(conn)
         except BaseException as release_error:

@@ -1154,6 +1154,39 @@ class SqliteProfileStore(ProfileStore):
             counted[kind][status] = int(count)
         return counted
 
+    async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
+        rows = await self._fetch("SELECT id FROM profiles WHERE tenant_id = ?", (str(tenant_id),))
+        return [UUID(row[0]) for row in rows]
+
+    async def _rewrite_field_payloads(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]],
+    ) -> int:
+        # encode before the transaction: a value SQLite cannot hold fails before any statement
+        rows = [
+            (
+                codec.dumps(value, f"field {field_id} value"),
+                codec.dumps(metadata, f"field {field_id} source_metadata"),
+                str(tenant_id),
+                str(profile_id),
+                str(field_id),
+            )
+            for field_id, (value, metadata) in payloads.items()
+        ]
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            # status, timestamps and supersede links are not touched; rowcount sums all rows
+            cursor = await conn.executemany(
+                "UPDATE fields SET value = ?, source_metadata = ? "
+                "WHERE tenant_id = ? AND profile_id = ? AND id = ?",
+                rows,
+            )
+            return max(cursor.rowcount, 0)
+
+        return await self._write(op)
+
 
 # ---------------------------------------------------------------------------------------
 # the one-statement profile read
