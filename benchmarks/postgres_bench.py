@@ -405,19 +405,26 @@ async def bench_expire(dsn: str, total: int) -> None:
         await raw.execute("VACUUM ANALYZE profile_fields")
 
     timings: dict[str, list[float]] = {"raw": [], "ours": []}
-    for _ in range(2):  # alternate, so caches and bloat treat both alike
+
+    async def run_ours() -> None:
         await reset()
         start = time.perf_counter()
         count = await store.expire_stale_fields(tenant)
         timings["ours"].append(time.perf_counter() - start)
         assert count == due, count
+
+    async def run_raw() -> None:
         await reset()
         start = time.perf_counter()
         status = await raw.execute(raw_update, tenant, datetime.now(UTC))
         timings["raw"].append(time.perf_counter() - start)
         assert status == f"UPDATE {due}", status
+
+    for first, second in ((run_ours, run_raw), (run_raw, run_ours), (run_ours, run_raw)):
+        await first()  # alternate the order, so caches and bloat treat both alike
+        await second()
     raw_time, ours = min(timings["raw"]), min(timings["ours"])
-    print(f"  raw UPDATE {raw_time:.3f}s, expire_stale_fields {ours:.3f}s (best of 2)")
+    print(f"  raw UPDATE {raw_time:.3f}s, expire_stale_fields {ours:.3f}s (best of 3)")
     report("expire vs raw UPDATE (time)", ours / raw_time, "<= 1.5", ours <= 1.5 * raw_time)
     await raw.close()
     await store.aclose()
