@@ -118,9 +118,9 @@ _N_ASSET = len(ASSET_COLS)
 
 # ---------------------------------------------------------------------------------------
 # whole-profile reads: one statement, one round trip, whatever the number of fields.
-# Child rows come back as arrays of the tables' composite types, which asyncpg decodes in
-# binary (no JSON text to build and parse). Without history only ACTIVE rows are read, via
-# the partial indexes, so the cost does not grow with the number of old versions.
+# Identities, consents and assets (few per profile) come back as arrays of the tables'
+# composite types, decoded by asyncpg in binary. Without history only ACTIVE rows are read,
+# via the partial indexes, so the cost does not grow with the number of old versions.
 # ---------------------------------------------------------------------------------------
 
 # Field columns travel as one array per column (decoded in C by asyncpg, no per-row record

@@ -3,10 +3,11 @@
 Design, in short:
 
 * **One round trip per read.** A whole profile (identities, consents, fields, assets) comes
-  back from one statement as arrays of the tables' composite types, decoded by asyncpg in
-  binary. Without history only ACTIVE rows are touched (partial indexes), so the cost of a
-  read does not grow with the number of old versions; with history the same statement
-  returns every version.
+  back from one statement: field columns as arrays decoded in C by asyncpg, values and
+  metadata as JSON text parsed in one ``orjson`` call, and models built from these trusted
+  rows without re-validation. Without history only ACTIVE rows are touched (partial
+  indexes), so the cost of a read does not grow with the number of old versions; with
+  history the same statement returns every version.
 * **One statement per field write.** ``update_field`` supersedes and inserts in a single
   statement (so a single round trip and an implicit transaction). The partial unique index
   on ACTIVE (tenant, profile, name) is the arbiter between concurrent writers, in this or
@@ -605,8 +606,13 @@ class PostgresProfileStore(ProfileStore):
                 try:
                     return await attempt(conn)
                 except (asyncpg.PostgresError, errors.VaultError) as exc:
-                    if number == self.settings.max_write_attempts or not retry_if(exc):
+                    if not retry_if(exc):
                         raise
+                    if number == self.settings.max_write_attempts:
+                        raise errors.ConflictError(
+                            f"the write lost {number} races in a row to concurrent writers; "
+                            "nothing was written"
+                        ) from exc
                 # back off a little, with jitter, so racing writers spread out
                 await asyncio.sleep(random.uniform(0, 0.002 * min(number, 10)))
         raise AssertionError("unreachable")  # pragma: no cover
