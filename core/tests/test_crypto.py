@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -36,32 +35,6 @@ def _key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
-class RotatableInMemory(InMemoryProfileStore):
-    """The in-memory store plus the two operator hooks rotation needs.
-
-    Stop-gap until ccvault-inmemory implements ``_list_profile_ids`` and
-    ``_rewrite_field_payloads`` itself (reported to the lead).
-    """
-
-    async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
-        return list(self._tenant(tenant_id).profiles)
-
-    async def _rewrite_field_payloads(
-        self, tenant_id: UUID, profile_id: UUID, payloads: dict[UUID, tuple[Any, dict[str, Any]]]
-    ) -> int:
-        async with self._lock:
-            tenant = self._tenant(tenant_id)
-            count = 0
-            for field_id, (value, metadata) in payloads.items():
-                row = tenant.fields.get(field_id)
-                if row is not None and row.profile_id == profile_id:
-                    row.item = row.item.model_copy(
-                        update={"value": value, "source_metadata": metadata}
-                    )
-                    count += 1
-            return count
-
-
 TENANT = uuid4()
 AGENT = uuid4()
 
@@ -72,13 +45,13 @@ def keyring() -> Keyring:
 
 
 @pytest.fixture
-async def inner() -> AsyncIterator[RotatableInMemory]:
-    async with RotatableInMemory() as store:
+async def inner() -> AsyncIterator[InMemoryProfileStore]:
+    async with InMemoryProfileStore() as store:
         yield store
 
 
 @pytest.fixture
-def store(inner: RotatableInMemory, keyring: Keyring) -> EncryptedProfileStore:
+def store(inner: InMemoryProfileStore, keyring: Keyring) -> EncryptedProfileStore:
     return EncryptedProfileStore(inner, keyring)
 
 
@@ -173,7 +146,7 @@ async def test_open_store_composes_the_wrapper_from_the_environment(
 
 
 async def test_pii_value_and_metadata_are_stored_only_as_ciphertext(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     await _pii(store)
     pid = await _profile(store)
@@ -205,7 +178,7 @@ async def test_pii_value_and_metadata_are_stored_only_as_ciphertext(
 
 
 async def test_non_pii_fields_stay_plaintext(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     await _pii(store)
     pid = await _profile(store)
@@ -215,7 +188,7 @@ async def test_non_pii_fields_stay_plaintext(
 
 
 async def test_encryption_required_also_marks_pii(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     await store.save_field_definition(
         ProfileFieldDefinition(
@@ -229,7 +202,7 @@ async def test_encryption_required_also_marks_pii(
 
 
 async def test_any_agents_definition_makes_the_name_pii_for_the_tenant(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     other_agent = uuid4()
     await store.save_field_definition(
@@ -251,7 +224,7 @@ async def test_any_agents_definition_makes_the_name_pii_for_the_tenant(
 
 
 async def test_registry_is_sticky_and_shared_by_every_wrapper_on_the_store(
-    store: EncryptedProfileStore, inner: RotatableInMemory, keyring: Keyring
+    store: EncryptedProfileStore, inner: InMemoryProfileStore, keyring: Keyring
 ) -> None:
     await _pii(store)
     assert await store.delete_field_definition(TENANT, AGENT, "email")
@@ -269,7 +242,7 @@ async def test_registry_is_sticky_and_shared_by_every_wrapper_on_the_store(
 
 
 async def test_save_encrypts_pii_fields_of_the_aggregate(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     await _pii(store, "phone")
     profile = await store.get_or_create(TENANT, Channel.SMS, "+31611111111")
@@ -291,7 +264,7 @@ async def test_json_values_of_every_shape_round_trip(store: EncryptedProfileStor
 
 
 async def test_reserved_envelope_values_are_refused_before_writing(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     pid = await _profile(store)
     with pytest.raises(errors.ValidationError, match="reserved"):
@@ -348,7 +321,7 @@ async def _stored(inner: ProfileStore, tenant: UUID, pid: UUID, name: str) -> Pr
 
 @pytest.mark.parametrize("target", ["other_row_same_field", "other_profile", "other_name"])
 async def test_ciphertext_copied_to_another_row_does_not_decrypt(
-    store: EncryptedProfileStore, inner: RotatableInMemory, target: str
+    store: EncryptedProfileStore, inner: InMemoryProfileStore, target: str
 ) -> None:
     await _pii(store, "email")
     await _pii(store, "backup_email")
@@ -372,7 +345,7 @@ async def test_ciphertext_copied_to_another_row_does_not_decrypt(
 
 
 async def test_ciphertext_copied_to_another_tenant_does_not_decrypt(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     await _pii(store)
     alice = await _profile(store)
@@ -387,7 +360,7 @@ async def test_ciphertext_copied_to_another_tenant_does_not_decrypt(
 
 
 async def test_tampered_ciphertext_and_unknown_key_are_refused(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     await _pii(store)
     pid = await _profile(store)
@@ -409,7 +382,7 @@ async def test_tampered_ciphertext_and_unknown_key_are_refused(
 
 
 async def test_rotation_reencrypts_every_version_under_the_newest_key(
-    inner: RotatableInMemory,
+    inner: InMemoryProfileStore,
 ) -> None:
     k1 = f"k1:{_key()}"
     old = EncryptedProfileStore(inner, Keyring.parse(k1))
@@ -459,7 +432,7 @@ async def test_rotation_reencrypts_every_version_under_the_newest_key(
 
 
 async def test_rewrite_through_the_wrapper_seals_pii_payloads(
-    store: EncryptedProfileStore, inner: RotatableInMemory
+    store: EncryptedProfileStore, inner: InMemoryProfileStore
 ) -> None:
     await _pii(store)
     pid = await _profile(store)

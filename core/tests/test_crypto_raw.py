@@ -187,18 +187,6 @@ async def test_postgres_rows_and_redis_hold_no_plaintext(
         await redis_cleanup(prefix)
 
 
-def _providers_rotate() -> dict[str, bool]:
-    from ccvault.store import ProfileStore
-    from ccvault_postgres import PostgresProfileStore
-    from ccvault_sqlite.store import SqliteProfileStore
-
-    return {
-        cls.__name__: cls._rewrite_field_payloads is not ProfileStore._rewrite_field_payloads
-        and cls._list_profile_ids is not ProfileStore._list_profile_ids
-        for cls in (SqliteProfileStore, PostgresProfileStore)
-    }
-
-
 @pytest.mark.parametrize("provider", ["sqlite", "postgres"])
 async def test_rotate_keys_on_the_real_databases(
     provider: str,
@@ -207,11 +195,6 @@ async def test_rotate_keys_on_the_real_databases(
     pg_schema: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    supported = _providers_rotate()
-    name = {"sqlite": "SqliteProfileStore", "postgres": "PostgresProfileStore"}[provider]
-    # SQLite has the hooks: its case always runs (a regression fails, it never xfails)
-    if provider == "postgres" and not supported[name]:
-        pytest.xfail(f"{name} does not implement _list_profile_ids/_rewrite_field_payloads yet")
     k1, k2 = generate_key_entry("k1"), generate_key_entry("k2")
     settings = _settings(prefix, monkeypatch, store_provider=provider)
     dsn, schema = pg_schema

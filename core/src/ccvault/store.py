@@ -1000,14 +1000,11 @@ class ProfileStore(ABC):
     async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         """``{"fields": {status_value: n}, "assets": {...}}``; absent statuses may be omitted."""
 
-    # Operator hooks (key rotation). Not abstract yet so providers can add them in their own
-    # time; a provider without them makes ``ccvault rotate-keys`` fail with a clear error.
+    @abstractmethod
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         """Ids of every profile of the tenant, live or soft-deleted, any order."""
-        raise errors.StorageError(
-            f"{type(self).__name__} cannot list profile ids (_list_profile_ids not implemented)"
-        )
 
+    @abstractmethod
     async def _rewrite_field_payloads(
         self,
         tenant_id: UUID,
@@ -1016,10 +1013,6 @@ class ProfileStore(ABC):
     ) -> int:
         """Set ``value`` and ``source_metadata`` of the listed field versions of the profile
         (any status, soft-deleted profile too), in one atomic step; return how many matched."""
-        raise errors.StorageError(
-            f"{type(self).__name__} cannot rewrite field payloads "
-            "(_rewrite_field_payloads not implemented)"
-        )
 
 
 def _lineage_target(source_type: SourceType | None) -> ItemType | None:
