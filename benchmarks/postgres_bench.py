@@ -1,6 +1,7 @@
 """Speed of the PostgreSQL provider against raw asyncpg on the same server, in one run.
 
     .venv/bin/python benchmarks/postgres_bench.py [--seconds 3] [--expire-rows 1000000]
+        [--only read1|read|update|expire]
 
 Works in a database of its own (created on CCVAULT_TEST_POSTGRES_DSN's server, default the
 local one on 5432, and dropped at the end). Prints every figure and the four ratios of
@@ -217,7 +218,7 @@ async def load_versions(
         await conn.execute("ANALYZE profile_fields")
 
 
-async def bench_reads(dsn: str, seconds: float) -> None:
+async def bench_reads(dsn: str, seconds: float, single_only: bool = False) -> None:
     print("\n[1] get_by_customer_id, 50 active fields x 20 superseded versions, vs raw asyncpg")
     single = PostgresProfileStore(
         PostgresSettings(dsn=dsn, db_schema=SCHEMA, min_pool_size=1, max_pool_size=1)
@@ -262,6 +263,12 @@ async def bench_reads(dsn: str, seconds: float) -> None:
     )
     print(f"   1 client: raw 50-row query {raw_rate:9.0f}/s, get_by_customer_id {ours:9.0f}/s")
     report("read vs raw (1 connection)", ratio, ">= 0.5", ratio >= 0.5)
+    if single_only:  # --only read1: the quick figure to iterate on
+        await raw_conn.close()
+        await raw_pool.close()
+        await single.aclose()
+        await many.aclose()
+        return
 
     ids = [tenant, p20.id, p20.customer_id]
     raw_rate, ours, ratio = await paired(
@@ -434,6 +441,11 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput figure")
     parser.add_argument("--expire-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--only",
+        choices=["read1", "read", "update", "expire"],
+        help="run one section (read1: the single-connection read figure alone)",
+    )
     parser.add_argument("--worker", choices=["raw", "store"], help=argparse.SUPPRESS)
     for option in ("--dsn", "--tenant", "--profile", "--customer"):
         parser.add_argument(option, help=argparse.SUPPRESS)
@@ -448,9 +460,12 @@ async def main() -> int:
     print(f"database {name} on {server}")
     started = time.perf_counter()
     try:
-        await bench_reads(dsn, args.seconds)
-        await bench_update(dsn, args.seconds)
-        await bench_expire(dsn, args.expire_rows)
+        if args.only in (None, "read", "read1"):
+            await bench_reads(dsn, args.seconds, single_only=args.only == "read1")
+        if args.only in (None, "update"):
+            await bench_update(dsn, args.seconds)
+        if args.only in (None, "expire"):
+            await bench_expire(dsn, args.expire_rows)
     finally:
         await drop_database(server, name)
     print(f"\nsummary ({time.perf_counter() - started:.0f}s):")

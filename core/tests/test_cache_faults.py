@@ -23,7 +23,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 import ccvault
-from ccvault import metrics
+from ccvault import errors, metrics
 from ccvault.cache import CachedProfileStore
 from ccvault.models import Channel, CustomerProfile
 from ccvault_contract_tests.helpers import make_field, unique_user
@@ -113,6 +113,17 @@ async def warm(store: CachedProfileStore, value: str = "old@example.com") -> Cus
     assert await email(store, profile) == value
     assert hits(tenant) == before + 1, "not cached to begin with"
     return profile
+
+
+def traces(server: Any, profile: CustomerProfile) -> list[bytes]:
+    """Every key of Redis that holds the profile's body, one of its pointers or their index."""
+    tenant = profile.tenant_id
+    with SyncRedis(host="127.0.0.1", port=server.port) as raw:
+        found = [
+            *raw.scan_iter(match=f"t:profile:{{{tenant}}}:*"),
+            *raw.scan_iter(match=f"t:pointers:{{{tenant}}}:*"),
+        ]
+    return [key for key in found if isinstance(key, bytes)]
 
 
 def body(server: Any, profile: CustomerProfile) -> bytes | None:
@@ -300,3 +311,95 @@ async def test_no_stale_read_while_redis_stops_freezes_and_restarts(
                     break
                 assert asyncio.get_running_loop().time() < deadline, "cache never used again"
                 await asyncio.sleep(0.05)
+
+
+async def purge_while_redis_is_away(
+    store: CachedProfileStore, server: Any, backend: Any
+) -> CustomerProfile:
+    """Cache a profile (body and pointers), then purge it while Redis is down; Redis comes
+    back from a snapshot that still holds all of it."""
+    profile = await warm(store)
+    found = await store.get_by_customer_id(profile.tenant_id, profile.customer_id)
+    assert found is not None
+    assert len(traces(server, profile)) >= 3, "body, pointers and their index not cached"
+    await asyncio.to_thread(server.shutdown_save)
+    with pytest.raises(errors.ProviderUnavailableError, match="cache erasure pending"):
+        await asyncio.wait_for(store.purge_profile(profile.tenant_id, profile.id), 10)
+    assert await backend.get_by_id(profile.tenant_id, profile.id) is None, "not purged"
+    assert not store.healthy
+    return profile
+
+
+async def test_a_purge_retried_after_its_cache_erasure_failed_erases(
+    server: Any, backend: Any
+) -> None:
+    async with make_store(server, backend) as store:
+        # no background retry during this test: the retried purge must do the erasure
+        store.retry_after = store.max_retry_interval = 3600
+        profile = await purge_while_redis_is_away(store, server, backend)
+        await asyncio.to_thread(server.start)
+        assert traces(server, profile), "the snapshot did not restore the erased profile"
+        # the backend has nothing left to purge, the cache erasure is still done
+        assert await store.purge_profile(profile.tenant_id, profile.id) is False
+        assert traces(server, profile) == []
+        assert await store.get_by_id(profile.tenant_id, profile.id) is None
+        assert await store.get_by_customer_id(profile.tenant_id, profile.customer_id) is None
+
+
+async def test_aclose_completes_a_pending_cache_erasure(server: Any, backend: Any) -> None:
+    store = make_store(server, backend)
+    async with store:
+        store.retry_after = store.max_retry_interval = 3600
+        profile = await purge_while_redis_is_away(store, server, backend)
+        await asyncio.to_thread(server.start)
+        assert traces(server, profile), "the snapshot did not restore the erased profile"
+    assert traces(server, profile) == []
+
+
+async def test_a_pending_erasure_is_retried_in_the_background(server: Any, backend: Any) -> None:
+    async with make_store(server, backend) as store:
+        profile = await purge_while_redis_is_away(store, server, backend)
+        await asyncio.to_thread(server.start)
+        # no further call on the store: its background retry erases once Redis answers
+        deadline = asyncio.get_running_loop().time() + 15
+        while traces(server, profile):
+            assert asyncio.get_running_loop().time() < deadline, "erasure never retried"
+            await asyncio.sleep(0.05)
+        assert store.healthy
+
+
+async def test_another_process_stops_serving_what_a_lost_invalidation_left(
+    server: Any, backend: Any
+) -> None:
+    """Process A's invalidation is lost while Redis is away; Redis comes back with B's old
+    entry. A clears its poisoned tenant in the background, without any further call, so B
+    stops serving the old value."""
+    async with make_store(server, backend) as a, make_store(server, backend) as b:
+        profile = await warm(b)
+        await asyncio.to_thread(server.shutdown_save)
+        await a.update_field(profile.tenant_id, profile.id, make_field("email", "new@example.com"))
+        assert not a.healthy
+        await asyncio.to_thread(server.start)
+        assert body(server, profile) is not None, "snapshot did not restore B's entry"
+        deadline = asyncio.get_running_loop().time() + 15
+        while not a.healthy:  # A is never called: only its background retry can clear it
+            assert asyncio.get_running_loop().time() < deadline, "A never retried"
+            await asyncio.sleep(0.05)
+        assert await email(b, profile) == "new@example.com"
+        await cached_again(b, profile, "new@example.com")
+
+
+async def test_aclose_flushes_a_lost_invalidation(server: Any, backend: Any) -> None:
+    async with make_store(server, backend) as b:
+        profile = await warm(b)
+        a = make_store(server, backend)
+        async with a:
+            a.retry_after = a.max_retry_interval = 3600  # only aclose may clear it
+            await asyncio.to_thread(server.shutdown_save)
+            await a.update_field(
+                profile.tenant_id, profile.id, make_field("email", "new@example.com")
+            )
+            await asyncio.to_thread(server.start)
+            assert body(server, profile) is not None, "snapshot did not restore B's entry"
+            assert not a.healthy
+        assert await email(b, profile) == "new@example.com"

@@ -11,6 +11,7 @@ from ccvault_contract_tests.suite_channels import ChannelsContract
 from ccvault_contract_tests.suite_concurrency import ConcurrencyContract
 from ccvault_contract_tests.suite_expiry import ExpiryContract
 from ccvault_contract_tests.suite_fields import FieldsContract
+from ccvault_contract_tests.suite_integrity import IntegrityContract
 from ccvault_contract_tests.suite_isolation import IsolationContract
 from ccvault_contract_tests.suite_lifecycle import LifecycleContract
 from ccvault_contract_tests.suite_lineage import LineageContract
@@ -34,6 +35,7 @@ class ProfileStoreContract(
     MissingFieldsContract,
     LifecycleContract,
     OperationsContract,
+    IntegrityContract,
     IsolationContract,
     BadInputContract,
     ConcurrencyContract,

@@ -114,11 +114,15 @@ class ModelBasedContract(ContractBase):
         name: str,
     ) -> None:
         supersede = rng.random() < 0.8
-        active = model.active(profile, name)
         now = store.now()
-        if not supersede and active is not None and active.served_status(now) is ItemStatus.EXPIRED:
-            # an expired but unswept ACTIVE version without supersede is left undefined
-            supersede = True
+        if not supersede:
+            # a non-superseding write first marks the profile's expired versions EXPIRED, as
+            # expire_stale_fields would, so an expired value never blocks it
+            for (owner, _name), versions in model.versions.items():
+                if owner == profile:
+                    for version in versions:
+                        version.status = version.served_status(now)
+        active = model.active(profile, name)
         expires_at = ts(-500) if rng.random() < 0.2 else None
         item = make_field(
             name, rng.randint(0, 999), collected_at=rng.choice(moments), expires_at=expires_at

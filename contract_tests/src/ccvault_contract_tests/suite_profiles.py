@@ -295,7 +295,8 @@ class ProfilesContract(ContractBase):
         owner = await new_profile(store, tenant)
         other = await new_profile(store, tenant)
         before = await snapshot(store, tenant, profiles=(owner.id, other.id))
-        other.channel_identities.append(owner.channel_identities[0].model_copy())
+        claimed = owner.channel_identities[0].model_copy(update={"primary": False})
+        other.channel_identities.append(claimed)
         other.verification_level = VerificationLevel.KYC_COMPLETE
         with pytest.raises(errors.IdentityConflictError):
             await store.save(other)

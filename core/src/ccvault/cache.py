@@ -259,6 +259,8 @@ class CachedProfileStore(ForwardingProfileStore):
         pointer_cache_size: int = 100_000,
         index_limit: int = 10_000,
         close_client: bool = False,
+        max_retry_interval: float = 5.0,
+        close_timeout: float = 2.0,
     ) -> None:
         super().__init__(backend)
         if "{" in key_prefix or "}" in key_prefix:
@@ -303,6 +305,12 @@ class CachedProfileStore(ForwardingProfileStore):
         self._poison_gen = 0
         self._recovering = False
         self._closed = False
+        # purged profiles whose cache erasure has not been completed yet: (tenant, profile)
+        self._erasures: dict[tuple[UUID, UUID], None] = {}
+        # the background task retrying pending invalidations and erasures (bounded back-off)
+        self.max_retry_interval = max(max_retry_interval, retry_after)
+        self.close_timeout = close_timeout
+        self._retry_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> CachedProfileStore:
@@ -340,13 +348,44 @@ class CachedProfileStore(ForwardingProfileStore):
         )
 
     async def aclose(self) -> None:
-        """Close the inner store, and the Redis client when this store created it."""
+        """Flush what is pending, close the inner store, and the Redis client when this
+        store created it.
+
+        Pending invalidations (poisoned tenants) and cache erasures of purged profiles are
+        retried once more, bounded by ``close_timeout`` seconds, so that other processes
+        sharing the Redis stop serving what this process could not invalidate; whatever is
+        still pending afterwards is logged (it then lasts at most until the entries' TTL).
+        """
         try:
-            await self.inner.aclose()
+            await self._flush()
         finally:
-            if self._close_client and not self._closed:
-                self._closed = True
-                await self.redis.aclose()
+            try:
+                await self.inner.aclose()
+            finally:
+                if self._close_client and not self._closed:
+                    self._closed = True
+                    await self.redis.aclose()
+
+    async def _flush(self) -> None:
+        task, self._retry_task = self._retry_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if not self._pending() or self._recovering:
+            return
+        done = False
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                done = await self._recover()
+        except TimeoutError:
+            done = False
+        if not done:
+            logger.warning(
+                "closing with %d cache erasure(s) and %s poisoned tenant(s) still pending in "
+                "Redis: other processes may serve those entries until their TTL",
+                len(self._erasures),
+                "all" if self._dirty_all else len(self._dirty),
+            )
 
     # =====================================================================================
     # keys
@@ -404,12 +443,11 @@ class CachedProfileStore(ForwardingProfileStore):
     @property
     def healthy(self) -> bool:
         """Whether the cache is in use right now (Redis reachable, nothing left to clear)."""
-        return (
-            time.monotonic() >= self._down_until
-            and not self._dirty
-            and not self._dirty_all
-            and not self._recovering
-        )
+        return time.monotonic() >= self._down_until and not self._pending() and not self._recovering
+
+    def _pending(self) -> bool:
+        """Whether an invalidation or erasure is still owed to Redis."""
+        return bool(self._dirty or self._dirty_all or self._erasures)
 
     def _mark_down(self, exc: BaseException) -> None:
         if time.monotonic() >= self._down_until:
@@ -424,6 +462,7 @@ class CachedProfileStore(ForwardingProfileStore):
     def _poison(self, tenant: UUID) -> None:
         """``tenant``'s cache may have missed an invalidation: stop reading it until cleared."""
         self._poison_gen += 1
+        self._schedule_retry()
         if self._dirty_all:
             return
         # the generation tells recovery whether the tenant was poisoned again meanwhile
@@ -431,6 +470,32 @@ class CachedProfileStore(ForwardingProfileStore):
         if len(self._dirty) > self.max_dirty_tenants:
             self._dirty.clear()
             self._dirty_all = True
+
+    def _schedule_retry(self) -> None:
+        """Start the background retry of what is pending, unless it already runs.
+
+        Other processes sharing the Redis cannot know about this process's lost
+        invalidations, so waiting for this process's next cache call is not enough: the
+        retry clears them as soon as Redis answers again (back-off from ``retry_after``
+        doubling up to ``max_retry_interval``).
+        """
+        if self._closed or (self._retry_task is not None and not self._retry_task.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (never the case in an async call): next call clears
+            return
+        self._retry_task = loop.create_task(self._retry_pending())
+
+    async def _retry_pending(self) -> None:
+        delay = self.retry_after
+        while self._pending() and not self._closed:
+            await asyncio.sleep(delay)  # back-off between attempts, not a synchronisation
+            if self._recovering:
+                continue  # a caller is clearing it right now
+            if not self._pending() or await self._recover():
+                return
+            delay = min(delay * 2, self.max_retry_interval)
 
     async def _redis(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run one Redis call, bounded by ``operation_timeout``."""
@@ -448,15 +513,22 @@ class CachedProfileStore(ForwardingProfileStore):
         if self._down_until:
             # Redis failed before: this caller probes it, the others keep bypassing it
             self._down_until = now + self.retry_after
-        if self._dirty or self._dirty_all:
+        if self._pending():
             return await self._recover()
         return True
 
     async def _recover(self) -> bool:
-        """Delete the epoch keys of every poisoned tenant; True when none is left."""
+        """Complete pending erasures, delete the epoch keys of every poisoned tenant; True
+        when nothing is left."""
         self._recovering = True
         try:
-            while self._dirty or self._dirty_all:
+            while self._pending():
+                for tenant, profile_id in list(self._erasures):
+                    await self._redis(partial(self._erase, tenant, profile_id))
+                    self._erasures.pop((tenant, profile_id), None)
+                    metrics.PROFILE_CACHE_INVALIDATIONS.labels(
+                        tenant_id=str(tenant), reason="purge"
+                    ).inc()
                 if self._dirty_all:
                     self._dirty_all = False
                     try:
@@ -1043,29 +1115,67 @@ class CachedProfileStore(ForwardingProfileStore):
     # erasure, hard delete, orphans
     # =====================================================================================
 
-    def _erasure(self, tenant: UUID, profile_id: UUID) -> _Invalidation:
-        """Everything a purge must take out of Redis (right to erasure), not just hide.
+    async def _erase(self, tenant: UUID, profile_id: UUID) -> None:
+        """Take everything of a purged profile out of Redis (right to erasure), not just
+        hide it. Idempotent: erasing twice, or a profile never cached, is harmless.
 
         The body, every pointer ever set to the profile (they hold its ids) and every cached
         chain (they may show its items) are deleted; the profile epoch is reset too, so a
         read that loaded the profile before the purge cannot put its pointers back.
         """
+        keys = [
+            self._pointer_index(tenant, profile_id),
+            self._deriv_index(tenant),
+            self._body_key(tenant, profile_id),
+            self._epoch_key(tenant, _NS_PROFILES),
+            self._epoch_key(tenant, _NS_LINEAGE),
+        ]
+        await self._erase_script(keys=keys, args=[2])
+
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        """Purge in the backend, then erase the profile from Redis.
+
+        The erasure runs even when the backend had nothing to purge: a purge retried after
+        its cache erasure failed must complete that erasure. When Redis cannot be reached
+        (it is tried even while the cache is bypassed) the erasure stays pending: the tenant
+        is poisoned, the background retry and :meth:`aclose` keep trying, and the caller gets
+        :class:`~ccvault.errors.ProviderUnavailableError` so that it retries the purge.
+        """
+        pending = (tenant_id, profile_id)
         target = str(profile_id)
         for pointer in [k for k, v in self._pointers.items() if v == target]:
             del self._pointers[pointer]
-        return _Invalidation(
-            [self._body_key(tenant, profile_id)],
-            [_NS_PROFILES, _NS_LINEAGE],
-            [self._pointer_index(tenant, profile_id), self._deriv_index(tenant)],
-        )
-
-    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
-        return await self._write(
-            tenant_id,
-            "purge",
-            self.inner.purge_profile(tenant_id, profile_id),
-            lambda purged: self._erasure(tenant_id, profile_id) if purged else _Invalidation(),
-        )
+        try:
+            purged = await self.inner.purge_profile(tenant_id, profile_id)
+        except _NOTHING_WRITTEN:
+            raise
+        except BaseException:
+            # outcome unknown: it may have been purged, so the erasure is owed anyway
+            self._erasures[pending] = None
+            self._poison(tenant_id)
+            raise
+        done = False
+        failure: BaseException | None = None
+        try:
+            await self._redis(partial(self._erase, tenant_id, profile_id))
+            done = True
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            failure = exc
+        finally:
+            # also when cancelled: an erasure owed must never be forgotten
+            if done:
+                self._erasures.pop(pending, None)
+            else:
+                self._erasures[pending] = None
+                self._poison(tenant_id)
+        if failure is not None:
+            raise errors.ProviderUnavailableError(
+                f"profile {profile_id} was erased from the database; cache erasure pending "
+                f"(Redis unreachable: {type(failure).__name__}) — retry the purge"
+            ) from failure
+        metrics.PROFILE_CACHE_INVALIDATIONS.labels(tenant_id=str(tenant_id), reason="purge").inc()
+        return purged
 
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         # the owning profile is not known here: every body of the tenant goes

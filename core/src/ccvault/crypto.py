@@ -2,7 +2,10 @@
 
 With ``[profile] auto_encrypt_pii = true``, ``ccvault.open_store`` puts this wrapper on top of
 the stack (above the cache), so the value and ``source_metadata`` of every PII field reach the
-cache and the database only as AES-GCM ciphertext.
+cache and the database only as AES-GCM ciphertext. The ``source_metadata`` of every *other*
+field is sealed too (when not empty): it holds lineage such as the quote a value was extracted
+from, which may name a customer whatever the field is (``newsletter`` extracted from "sign me
+up at bob@example.com"). Values of non-PII fields stay plaintext.
 
 Keys
     ``pii_encryption_key_id`` (by default ``${PROFILE_PII_ENCRYPTION_KEY}``) holds a keyring:
@@ -40,13 +43,19 @@ Which fields are PII
     definition is written. Every write reads the registry (through the cache, when enabled),
     so several processes agree. The registry is sticky: un-marking or deleting a definition
     never makes a name plaintext again (another agent may still mark it, and failing safe
-    is the point). Reads decrypt whatever is ciphertext, whatever the registry says.
+    is the point); saving or deleting a definition of the reserved agent through this
+    wrapper raises :class:`~ccvault.errors.ValidationError`. When a name becomes PII, the
+    values of that name already stored in plaintext are re-sealed at once (bounded by
+    ``reseal_limit`` profiles; beyond it a warning asks for ``ccvault rotate-keys``, see
+    :meth:`EncryptedProfileStore.register_pii_names`). Reads decrypt whatever is
+    ciphertext, whatever the registry says.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -88,6 +97,8 @@ ENVELOPE_PREFIX = "ccvault:pii:v1:"
 METADATA_KEY = "ccvault:pii"
 #: The reserved agent under which the per-tenant PII-name registry is kept as definitions.
 PII_REGISTRY_AGENT_ID = uuid5(UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "urn:ccvault:pii")
+
+logger = logging.getLogger(__name__)
 
 _KID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _ENVELOPE = re.compile(r"^ccvault:pii:v1:([A-Za-z0-9_.-]{1,32}):([A-Za-z0-9_=-]+)$")
@@ -224,10 +235,19 @@ class EncryptedProfileStore(ForwardingProfileStore):
     every value encrypted). See the module docstring for formats and rules.
     """
 
-    def __init__(self, inner: ProfileStore, keyring: Keyring, *, encrypt_all: bool = False) -> None:
+    def __init__(
+        self,
+        inner: ProfileStore,
+        keyring: Keyring,
+        *,
+        encrypt_all: bool = False,
+        reseal_limit: int = 1000,
+    ) -> None:
         super().__init__(inner)
         self.keyring = keyring
         self.encrypt_all = encrypt_all
+        #: At most this many profiles are re-sealed inline when a name becomes PII.
+        self.reseal_limit = reseal_limit
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> ProfileStore:
@@ -254,15 +274,28 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 f"source_metadata key {METADATA_KEY!r} are reserved for encrypted data"
             )
 
-    def encrypt_field(self, tenant_id: UUID, item: ProfileField) -> ProfileField:
-        """A copy of ``item`` with value and source_metadata sealed under the current key."""
-        value = self.keyring.encrypt(
-            orjson.dumps(item.value), _aad(tenant_id, item.id, item.name, "value")
-        )
-        metadata = self.keyring.encrypt(
-            orjson.dumps(item.source_metadata), _aad(tenant_id, item.id, item.name, "metadata")
-        )
-        return item.model_copy(update={"value": value, "source_metadata": {METADATA_KEY: metadata}})
+    def encrypt_field(
+        self, tenant_id: UUID, item: ProfileField, *, pii: bool = True
+    ) -> ProfileField:
+        """A copy of ``item`` sealed under the current key.
+
+        ``pii=True``: value and source_metadata are sealed. ``pii=False``: only a non-empty
+        source_metadata is sealed (lineage quotes of any field may hold personal data, e.g.
+        the sentence an email address was extracted from for a ``newsletter`` flag); the
+        value stays plaintext.
+        """
+        update: dict[str, Any] = {}
+        if pii:
+            update["value"] = self.keyring.encrypt(
+                orjson.dumps(item.value), _aad(tenant_id, item.id, item.name, "value")
+            )
+        if pii or item.source_metadata:
+            metadata = self.keyring.encrypt(
+                orjson.dumps(item.source_metadata),
+                _aad(tenant_id, item.id, item.name, "metadata"),
+            )
+            update["source_metadata"] = {METADATA_KEY: metadata}
+        return item.model_copy(update=update) if update else item
 
     def decrypt_field(self, tenant_id: UUID, item: ProfileField) -> ProfileField:
         """A copy of ``item`` with any sealed value or metadata opened."""
@@ -306,9 +339,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
         def seal(item: ProfileField) -> ProfileField:
             self._refuse_envelopes(item)
-            if names is None or item.name in names:
-                return self.encrypt_field(tenant_id, item)
-            return item
+            return self.encrypt_field(tenant_id, item, pii=names is None or item.name in names)
 
         return seal
 
@@ -410,21 +441,47 @@ class EncryptedProfileStore(ForwardingProfileStore):
             tenant_id, source_profile_id, target_profile_id, choose_winner
         )
 
+    @staticmethod
+    def _refuse_registry_agent(agent_id: UUID) -> None:
+        if agent_id == PII_REGISTRY_AGENT_ID:
+            # the registry decides what is encrypted: editing or deleting a marker through
+            # the public API would make later writes of that name plaintext
+            raise errors.ValidationError(
+                f"agent_id {PII_REGISTRY_AGENT_ID} is reserved for the PII registry; its "
+                "definitions cannot be saved or deleted"
+            )
+
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
-        if (definition.is_pii or definition.encryption_required) and (
-            definition.agent_id != PII_REGISTRY_AGENT_ID
-        ):
+        self._refuse_registry_agent(definition.agent_id)
+        if definition.is_pii or definition.encryption_required:
             # registered first: there is never a moment where the definition says PII and
             # a concurrent write does not know it yet
             await self.register_pii_names(definition.tenant_id, [definition.name])
         return await super()._save_field_definition(definition)
 
-    async def register_pii_names(self, tenant_id: UUID, names: Iterable[str]) -> None:
-        """Mark ``names`` as PII for the tenant (idempotent, sticky)."""
+    async def _delete_field_definition(
+        self, tenant_id: UUID, agent_id: UUID, field_name: str
+    ) -> bool:
+        self._refuse_registry_agent(agent_id)
+        return await super()._delete_field_definition(tenant_id, agent_id, field_name)
+
+    async def register_pii_names(self, tenant_id: UUID, names: Iterable[str]) -> list[str]:
+        """Mark ``names`` as PII for the tenant (idempotent, sticky); return the new ones.
+
+        Values of a newly registered name written *before* it became PII are re-sealed
+        right away (every version, every profile of the tenant), as long as the tenant has
+        at most :attr:`reseal_limit` profiles: marking a field PII is a rare administrative
+        write, and leaving plaintext behind silently is worse than a slow save. Above the
+        limit only the first ``reseal_limit`` profiles are re-sealed here and a warning
+        names ``ccvault rotate-keys --tenant TENANT``, which seals the rest (it is
+        idempotent and also re-seals plaintext of PII names).
+        """
         known = await self.pii_field_names(tenant_id)
+        added: list[str] = []
         for name in names:
-            if name in known:
+            if name in known or name in added:
                 continue
+            added.append(name)
             await self.inner.save_field_definition(
                 ProfileFieldDefinition(
                     tenant_id=tenant_id,
@@ -437,6 +494,31 @@ class EncryptedProfileStore(ForwardingProfileStore):
                     enabled=False,
                 )
             )
+        if added and not self.encrypt_all:
+            await self._reseal_existing(tenant_id, added)
+        return added
+
+    async def _reseal_existing(self, tenant_id: UUID, names: list[str]) -> int:
+        """Seal the plaintext versions of ``names`` already stored (bounded, see above)."""
+        profile_ids = await self.inner.list_profile_ids(tenant_id)
+        rewritten = 0
+        for profile_id in profile_ids[: self.reseal_limit]:
+            # rotate_profile rewrites exactly the versions not yet sealed under the current
+            # key: here the plaintext versions of the new names (and nothing else, unless a
+            # rotation is pending anyway)
+            rewritten += await self.rotate_profile(tenant_id, profile_id)
+        if len(profile_ids) > self.reseal_limit:
+            logger.warning(
+                "tenant %s: %s became PII; existing values were re-sealed in %d of %d "
+                "profiles only (reseal_limit); run `ccvault rotate-keys --tenant %s` to seal "
+                "the rest",
+                tenant_id,
+                ",".join(names),
+                self.reseal_limit,
+                len(profile_ids),
+                tenant_id,
+            )
+        return rewritten
 
     async def _rewrite_field_payloads(
         self,
@@ -468,12 +550,23 @@ class EncryptedProfileStore(ForwardingProfileStore):
     # ---------------------------------------------------------------------------------
 
     def _needs_rewrite(self, item: ProfileField, names: frozenset[str]) -> bool:
-        envelopes = [item.value, _metadata_envelope(item.source_metadata)]
+        value_kid = key_id_of(item.value)
+        metadata_envelope = _metadata_envelope(item.source_metadata)
+        metadata_kid = key_id_of(metadata_envelope)
+        current = self.keyring.current
         if item.name in names or self.encrypt_all:
             # PII: rewrite unless both parts are already under the current key
-            return any(key_id_of(part) != self.keyring.current for part in envelopes)
-        # not PII (anymore): only ciphertext under an old key needs re-sealing
-        return any(key_id_of(part) not in (None, self.keyring.current) for part in envelopes)
+            return value_kid != current or metadata_kid != current
+        # not PII: metadata must be sealed under the current key (when not empty), and a
+        # value sealed under an old key (the name was PII under encrypt_all) is re-sealed
+        if item.source_metadata and metadata_kid != current:
+            return True
+        return value_kid not in (None, current)
+
+    def _reseal(self, tenant_id: UUID, item: ProfileField, names: frozenset[str]) -> ProfileField:
+        opened = self.decrypt_field(tenant_id, item)
+        pii = self.encrypt_all or item.name in names or _is_envelope(item.value)
+        return self.encrypt_field(tenant_id, opened, pii=pii)
 
     async def rotate_profile(self, tenant_id: UUID, profile_id: UUID) -> int:
         """Re-encrypt under the current key every field version of one profile that holds
@@ -488,7 +581,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         for versions in raw.field_history.values():
             for item in versions:
                 if self._needs_rewrite(item, names):
-                    sealed = self.encrypt_field(tenant_id, self.decrypt_field(tenant_id, item))
+                    sealed = self._reseal(tenant_id, item, names)
                     payloads[item.id] = (sealed.value, sealed.source_metadata)
         if not payloads:
             return 0

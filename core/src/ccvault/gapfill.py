@@ -127,6 +127,80 @@ def _check_name(field_name: object) -> str:
     return field_name
 
 
+# Argument checks: every public method runs its arguments through these first, so bad
+# input is a ccvault ValidationError raised before anything is read or written.
+
+
+def _check_names(field_names: object) -> list[str]:
+    # a str is an Iterable[str] too: "email" would be filled letter by letter
+    if isinstance(field_names, (str, bytes)) or not isinstance(field_names, Iterable):
+        raise errors.ValidationError(
+            f"field_names must be a list (or other iterable) of field names, "
+            f"got {type(field_names).__name__}"
+        )
+    return [_check_name(name) for name in dict.fromkeys(field_names)]
+
+
+def _check_session(session: object) -> Session:
+    if not isinstance(session, Session):
+        raise errors.ValidationError(f"session must be a Session, got {type(session).__name__}")
+    return session
+
+
+def _check_uuid(value: object, what: str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise errors.ValidationError(f"{what} must be a UUID, got {type(value).__name__}")
+
+
+def _check_optional_uuid(value: object, what: str) -> UUID | None:
+    return None if value is None else _check_uuid(value, what)
+
+
+def _check_definition(value: object) -> ProfileFieldDefinition | None:
+    if value is not None and not isinstance(value, ProfileFieldDefinition):
+        raise errors.ValidationError(
+            f"definition must be a ProfileFieldDefinition or None, got {type(value).__name__}"
+        )
+    return value
+
+
+def _check_definitions(
+    value: object,
+) -> Mapping[str, ProfileFieldDefinition] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+        isinstance(item, ProfileFieldDefinition) for item in value.values()
+    ):
+        raise errors.ValidationError(
+            "definitions must be a mapping of field name to ProfileFieldDefinition"
+        )
+    return value
+
+
+def _check_results(results: object) -> list[GapFillResult]:
+    if isinstance(results, Mapping):
+        items = list(results.values())
+    elif isinstance(results, Iterable) and not isinstance(results, (str, bytes)):
+        items = list(results)
+    else:
+        raise errors.ValidationError(
+            f"results must be a mapping or list of GapFillResult, got {type(results).__name__}"
+        )
+    for item in items:
+        if not isinstance(item, GapFillResult):
+            raise errors.ValidationError(
+                f"results must hold GapFillResult objects, got {type(item).__name__}"
+            )
+    return items
+
+
 class GapFillService:
     """Fills one missing field at a time: profile, then session variables, then extraction.
 
@@ -234,6 +308,12 @@ class GapFillService:
     ) -> GapFillResult:
         """The profile's ACTIVE (unexpired) value of ``field_name``, if it has one."""
         field_name = _check_name(field_name)
+        session = _check_session(session)
+        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
+        if profile is not None and not isinstance(profile, CustomerProfile):
+            raise errors.ValidationError(
+                f"profile must be a CustomerProfile or None, got {type(profile).__name__}"
+            )
         _attempt(session, scenario_id, GapFillSource.PROFILE)
         if profile is None:
             profile = await self._profile(session)
@@ -266,6 +346,10 @@ class GapFillService:
         confidence 1.0.
         """
         field_name = _check_name(field_name)
+        session = _check_session(session)
+        definition = _check_definition(definition)
+        definitions = _check_definitions(definitions)
+        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
         _attempt(session, scenario_id, GapFillSource.SESSION)
         definition, definitions = await self._definition(
             session, field_name, definition, definitions
@@ -314,6 +398,10 @@ class GapFillService:
         Without a definition, ``field_type`` and ``field_description`` guide the extractor.
         """
         field_name = _check_name(field_name)
+        session = _check_session(session)
+        definition = _check_definition(definition)
+        definitions = _check_definitions(definitions)
+        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
         _attempt(session, scenario_id, GapFillSource.EXTRACTION)
         definition, definitions = await self._definition(
             session, field_name, definition, definitions
@@ -385,9 +473,14 @@ class GapFillService:
         """Try the profile, then session variables, then extraction; the first fill wins.
 
         An unknown profile raises :class:`~ccvault.errors.NotFoundError`. When nothing is
-        found the result carries the definition and the prompt to ask with.
+        found the result carries the definition and the prompt to ask with. Bad arguments
+        raise :class:`~ccvault.errors.ValidationError` before anything is read.
         """
         field_name = _check_name(field_name)
+        session = _check_session(session)
+        definition = _check_definition(definition)
+        definitions = _check_definitions(definitions)
+        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
         definition, definitions = await self._definition(
             session, field_name, definition, definitions
         )
@@ -428,8 +521,14 @@ class GapFillService:
         *,
         scenario_id: UUID | None = None,
     ) -> dict[str, GapFillResult]:
-        """:meth:`fill_gap` for each name (the profile and definitions are read once)."""
-        names = [_check_name(name) for name in dict.fromkeys(field_names)]
+        """:meth:`fill_gap` for each name (the profile and definitions are read once).
+
+        ``field_names`` is a list (or other iterable) of names; a single ``str`` is refused
+        with :class:`~ccvault.errors.ValidationError` rather than filled letter by letter.
+        """
+        names = _check_names(field_names)
+        session = _check_session(session)
+        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
         profile = await self._profile(session)
         definitions = await self._definitions(session)
         return {
@@ -457,9 +556,13 @@ class GapFillService:
         ``source_item_id`` = the session id, ``source_metadata`` holding the session id,
         the extraction method and the quote, its confidence, and ``requires_confirmation``
         when below ``confirm_confidence``. Results from the profile are not rewritten.
-        Returns field name -> id of the new version.
+        Returns field name -> id of the new version. Bad arguments raise
+        :class:`~ccvault.errors.ValidationError` before anything is written.
         """
-        items = list(results.values()) if isinstance(results, Mapping) else list(results)
+        session = _check_session(session)
+        items = _check_results(results)
+        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
+        step_id = _check_optional_uuid(step_id, "step_id")
         definitions = await self._definitions(session)
         pending: list[tuple[GapFillResult, ProfileField]] = []
         for result in items:
@@ -560,8 +663,14 @@ class EnhancedGapFillService(GapFillService):
         requirements name one field, the first hard one (in collection order) governs.
         With ``persist`` the values found are validated and written with lineage to the
         session (:meth:`persist_extracted_values`); one that fails validation is reported
-        unfilled and its fallback applies. An unknown profile raises NotFoundError.
+        unfilled and its fallback applies. An unknown profile raises NotFoundError; bad
+        arguments raise :class:`~ccvault.errors.ValidationError` before anything is read.
         """
+        session = _check_session(session)
+        scenario_id = _check_uuid(scenario_id, "scenario_id")
+        step_id = _check_optional_uuid(step_id, "step_id")
+        if not isinstance(persist, bool):
+            raise errors.ValidationError(f"persist must be a bool, got {persist!r}")
         profile = await self._profile(session)
         missing = await self.store.get_missing_fields(
             session.tenant_id,

@@ -20,6 +20,7 @@ every hook by calling the wrapped store's public method, and overrides the few i
 
 from __future__ import annotations
 
+import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -81,11 +82,17 @@ class StoreRules:
     lineage_tracking_enabled: bool = True
 
 
-def merge_winner(target: ProfileField, source: ProfileField) -> ProfileField:
+def merge_winner(
+    target: ProfileField, source: ProfileField, *, now: datetime | None = None
+) -> ProfileField:
     """The merge conflict rule: the verified version wins, else the most recently collected.
 
-    On a full tie the target's version is kept.
+    Given ``now``, a version past its ``expires_at`` first loses to one that is not: an
+    expired value is never served, so it must not push out a valid one. On a full tie the
+    target's version is kept.
     """
+    if now is not None and target.is_expired(now) != source.is_expired(now):
+        return source if target.is_expired(now) else target
     if target.verified != source.verified:
         return target if target.verified else source
     return source if source.collected_at > target.collected_at else target
@@ -323,9 +330,11 @@ class ProfileStore(ABC):
         """Create or update the profile aggregate; return its id.
 
         Profile attributes, channel identities and consents are replaced by the given ones
-        (an identity no longer listed is released). Fields and assets are upserted by id:
-        a field id not yet stored is written as a new ACTIVE version superseding the ACTIVE
-        one of its name; an existing id is updated in place. Nothing is ever deleted by save.
+        (an identity no longer listed is released; at most one may be primary). Fields and
+        assets are upserted by id: a field id not yet stored is written as a new ACTIVE
+        version superseding the ACTIVE one of its name; an existing id is updated in place
+        but keeps its name (a rename is a :class:`~ccvault.errors.ConflictError`). Nothing
+        is ever deleted by save. A soft-deleted profile is not found.
         An identity or customer id owned by another live profile raises
         :class:`~ccvault.errors.IdentityConflictError` and nothing is written.
         """
@@ -336,6 +345,8 @@ class ProfileStore(ABC):
             if key in seen:
                 raise errors.ValidationError(f"identity {key} is listed twice")
             seen.add(key)
+        if sum(identity.primary for identity in profile.channel_identities) > 1:
+            raise errors.ValidationError("at most one channel identity may be primary")
         for item in profile.fields.values():
             if item.status is not ItemStatus.ACTIVE:
                 raise errors.ValidationError(
@@ -366,9 +377,11 @@ class ProfileStore(ABC):
         """Store ``field`` as the new ACTIVE version of its name; return its id.
 
         With ``supersede_existing`` the previous ACTIVE version becomes SUPERSEDED, with
-        ``superseded_by_id`` and ``superseded_at``, in the same atomic step. Without it and an
-        ACTIVE version present: :class:`~ccvault.errors.ActiveFieldConflictError`. Unknown
-        or deleted profile: :class:`~ccvault.errors.NotFoundError`.
+        ``superseded_by_id`` and ``superseded_at``, in the same atomic step. Without it, the
+        profile's versions past ``expires_at`` are first marked EXPIRED (as
+        :meth:`expire_stale_fields` would), and an unexpired ACTIVE version present raises
+        :class:`~ccvault.errors.ActiveFieldConflictError`. Unknown or deleted profile:
+        :class:`~ccvault.errors.NotFoundError`.
         """
         tenant_id = _uuid(tenant_id, "tenant_id")
         profile_id = _uuid(profile_id, "profile_id")
@@ -378,6 +391,10 @@ class ProfileStore(ABC):
         field.superseded_by_id = None
         field.superseded_at = None
         field.updated_at = self.now()
+        if not supersede_existing:
+            # an ACTIVE version past expires_at is no longer served, so it must not block
+            # the write: mark it EXPIRED first (a no-op for what is not yet due)
+            await self._expire_stale_fields(tenant_id, profile_id, field.updated_at)
         return await self._update_field(tenant_id, profile_id, field, supersede_existing)
 
     async def get_field(
@@ -542,12 +559,16 @@ class ProfileStore(ABC):
     ) -> bool:
         """Link ``identity`` to the profile: True when newly linked, False when already there.
 
-        Owned by another live profile: :class:`~ccvault.errors.IdentityConflictError`.
-        Unknown or deleted profile: :class:`~ccvault.errors.NotFoundError`.
+        A linked identity is always secondary (``primary=False``), so a profile never ends
+        up with two primaries; to change which identity is primary, :meth:`save` the
+        profile. Owned by another live profile:
+        :class:`~ccvault.errors.IdentityConflictError`. Unknown or deleted profile:
+        :class:`~ccvault.errors.NotFoundError`.
         """
         tenant_id = _uuid(tenant_id, "tenant_id")
         profile_id = _uuid(profile_id, "profile_id")
         identity = _model(ChannelIdentity, identity, "identity")
+        identity.primary = False
         return await self._link_channel(tenant_id, profile_id, identity)
 
     async def merge_profiles(
@@ -557,7 +578,9 @@ class ProfileStore(ABC):
 
         Identities, fields (every version), assets and consents move to the target with
         their ids unchanged, so lineage stays intact. Where both hold an ACTIVE field of one
-        name, :func:`merge_winner` decides and the loser becomes SUPERSEDED by the winner.
+        name, :func:`merge_winner` decides (an unexpired version beats an expired one, then
+        the verified one wins, then the most recently collected) and the loser becomes
+        SUPERSEDED by the winner.
         The source is soft-deleted. Unknown or deleted profile: NotFoundError.
         """
         tenant_id = _uuid(tenant_id, "tenant_id")
@@ -565,7 +588,12 @@ class ProfileStore(ABC):
         target_profile_id = _uuid(target_profile_id, "target_profile_id")
         if source_profile_id == target_profile_id:
             raise errors.ValidationError("cannot merge a profile into itself")
-        await self._merge_profiles(tenant_id, source_profile_id, target_profile_id, merge_winner)
+        await self._merge_profiles(
+            tenant_id,
+            source_profile_id,
+            target_profile_id,
+            functools.partial(merge_winner, now=self.now()),
+        )
         return True
 
     # =====================================================================================
@@ -668,8 +696,7 @@ class ProfileStore(ABC):
         from ccvault.requirements import find_missing
 
         tenant_id = _uuid(tenant_id, "tenant_id")
-        if not isinstance(profile, CustomerProfile):
-            raise errors.ValidationError("profile must be a CustomerProfile")
+        profile = _model(CustomerProfile, profile, "profile")
         scenario_id = _uuid(scenario_id, "scenario_id")
         step_id = _optional_uuid(step_id, "step_id")
         level = _required_level(required_level)
@@ -823,7 +850,9 @@ class ProfileStore(ABC):
 
     @abstractmethod
     async def _save(self, profile: CustomerProfile) -> UUID:
-        """Upsert the aggregate atomically, as :meth:`save` describes."""
+        """Upsert the aggregate atomically, as :meth:`save` describes: a soft-deleted profile
+        raises NotFoundError; a stored field/asset id saved under another name, or owned by
+        another profile, raises ConflictError; nothing is written in either case."""
 
     @abstractmethod
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:

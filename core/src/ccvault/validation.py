@@ -17,6 +17,9 @@ is validated first, and definition writes through it refresh the validator's cac
 
 Regular expressions run on RE2 (google-re2), whose matching time is linear in the input, so
 no ``validation_regex`` can hang the process with catastrophic backtracking.
+
+Error messages never quote the value being checked (``value is not a valid email address``):
+values are often personal data, and messages end up in logs and API responses.
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ def _date_problem(value: object) -> str | None:
     try:
         date.fromisoformat(value)
     except ValueError:
-        return f"{value!r} is not an ISO 8601 date (YYYY-MM-DD)"
+        return "value is not an ISO 8601 date (YYYY-MM-DD)"
     return None
 
 
@@ -135,8 +138,9 @@ def _email_problem(value: object) -> str | None:
     try:
         # syntax only: no DNS lookups, ever
         email_validator.validate_email(value, check_deliverability=False)
-    except email_validator.EmailNotValidError as exc:
-        return f"{value!r} is not a valid email address: {exc}"
+    except email_validator.EmailNotValidError:
+        # the library's reason may quote parts of the address: never echo the value
+        return "value is not a valid email address"
     return None
 
 
@@ -144,16 +148,17 @@ def _phone_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return f"expected an E.164 phone number string, got {type(value).__name__}"
     if not value.startswith("+"):
-        return f"{value!r} is not in E.164 form (+ and country code, digits only)"
+        return "value is not in E.164 form (+ and country code, digits only)"
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException as exc:
-        return f"{value!r} is not a phone number: {exc}"
+        # the library's reasons are fixed texts that never quote the input
+        return f"value is not a phone number: {exc}"
     if not phonenumbers.is_valid_number(number):
-        return f"{value!r} is not a valid phone number"
+        return "value is not a valid phone number"
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if e164 != value:
-        return f"{value!r} is not in E.164 form; write it as {e164!r}"
+        return "value is not in E.164 form (+ and country code, digits only, no punctuation)"
     return None
 
 
@@ -162,7 +167,7 @@ def _simple(predicate: Callable[[object], bool], expected: str) -> Callable[[obj
         if predicate(value):
             return None
         if isinstance(value, float) and not math.isfinite(value):
-            return f"expected {expected}, got {value!r} (not a finite number)"
+            return f"expected {expected}, got a non-finite number"
         return f"expected {expected}, got {type(value).__name__}"
 
     return check
@@ -256,7 +261,7 @@ def check_value(
         found.append(
             FieldProblem(
                 ErrorType.ALLOWED_VALUES,
-                f"{value!r} is not one of the allowed values {definition.allowed_values!r}",
+                f"value is not one of the allowed values {definition.allowed_values!r}",
             )
         )
     if definition.required_verification and not verified:
@@ -271,6 +276,35 @@ def check_value(
 # ---------------------------------------------------------------------------------------
 # the service
 # ---------------------------------------------------------------------------------------
+
+
+def _check_uuid(value: object, what: str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise errors.ValidationError(f"{what} must be a UUID, got {type(value).__name__}")
+
+
+def _check_field(field: object) -> ProfileField:
+    if not isinstance(field, ProfileField):
+        raise errors.ValidationError(f"field must be a ProfileField, got {type(field).__name__}")
+    return field
+
+
+def _check_definitions(value: object) -> Mapping[str, ProfileFieldDefinition] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+        isinstance(item, ProfileFieldDefinition) for item in value.values()
+    ):
+        raise errors.ValidationError(
+            "definitions must be a mapping of field name to ProfileFieldDefinition"
+        )
+    return value
 
 _Key = tuple[UUID, UUID]
 
@@ -331,7 +365,8 @@ class SchemaValidationService:
         self, tenant_id: UUID, agent_id: UUID
     ) -> dict[str, ProfileFieldDefinition]:
         """The agent's enabled definitions by name (cached; one store call per miss)."""
-        key = (tenant_id, agent_id)
+        key = (_check_uuid(tenant_id, "tenant_id"), _check_uuid(agent_id, "agent_id"))
+        tenant_id, agent_id = key
         now = self._clock()
         with self._lock:
             entry = self._cache.get(key)
@@ -399,6 +434,11 @@ class SchemaValidationService:
 
         Not subject to ``validation_enabled`` and not counted: a pure check.
         """
+        field = _check_field(field)
+        if not isinstance(definition, ProfileFieldDefinition):
+            raise errors.ValidationError(
+                f"definition must be a ProfileFieldDefinition, got {type(definition).__name__}"
+            )
         return [p.message for p in check_value(field.value, definition, verified=field.verified)]
 
     async def check(
@@ -413,7 +453,12 @@ class SchemaValidationService:
         ``profile_schema_validation_errors_total``. Empty when valid or validation is off.
 
         ``definitions`` (name -> definition) spares a lookup when the caller has them.
+        Bad arguments raise :class:`~ccvault.errors.ValidationError`.
         """
+        tenant_id = _check_uuid(tenant_id, "tenant_id")
+        agent_id = _check_uuid(agent_id, "agent_id")
+        field = _check_field(field)
+        definitions = _check_definitions(definitions)
         if not self.enabled:
             return []
         if definitions is None:
@@ -472,8 +517,17 @@ class SchemaValidationService:
         Nothing is written when validation fails. With a definition, the field is stored with
         the definition's ``value_type`` and (unless it has one) its ``field_definition_id``.
         This is the write path for agents: the store itself cannot validate, since
-        definitions are agent-scoped and ``update_field`` carries no agent.
+        definitions are agent-scoped and ``update_field`` carries no agent. Bad arguments
+        raise :class:`~ccvault.errors.ValidationError` before anything is written.
         """
+        tenant_id = _check_uuid(tenant_id, "tenant_id")
+        agent_id = _check_uuid(agent_id, "agent_id")
+        profile_id = _check_uuid(profile_id, "profile_id")
+        field = _check_field(field)
+        if not isinstance(supersede_existing, bool):
+            raise errors.ValidationError(
+                f"supersede_existing must be a bool, got {supersede_existing!r}"
+            )
         definitions = await self.get_definitions(tenant_id, agent_id)
         await self.validate_and_raise(tenant_id, agent_id, field, definitions=definitions)
         definition = definitions.get(field.name)

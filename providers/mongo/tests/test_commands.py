@@ -175,7 +175,7 @@ async def test_standalone_supersede_is_pending_then_supersede_then_activate(
     lease_until = lock.args[1]["$set"]["lock_until"]
     assert lock == Command(
         "profiles", "find_one_and_update",
-        ({"tenant_id": t, "_id": p, "live": True, "merging_into": None,
+        ({"tenant_id": t, "id": p, "live": True, "merging_into": None,
           "$or": [{"lock": None}, {"lock_until": {"$lte": lock.args[0]["$or"][1]["lock_until"]
                                                   ["$lte"]}}]},
          {"$set": {"lock": token, "lock_until": lease_until}, "$inc": {"write_seq": 1}}),
@@ -185,21 +185,21 @@ async def test_standalone_supersede_is_pending_then_supersede_then_activate(
     assert pending.method == "insert_one"
     assert pending.args[0]["status"] == PENDING
     assert pending.args[0]["pending_since"] == now
-    assert pending.args[0]["_id"] == uid(second.id)
+    assert pending.args[0]["id"] == uid(second.id)
     assert supersede == Command(
         "fields", "update_one",
-        ({**name_key, "status": "active", "_id": {"$ne": uid(second.id)}},
+        ({**name_key, "status": "active", "id": {"$ne": uid(second.id)}},
          {"$set": {"status": "superseded", "superseded_by_id": uid(second.id),
                    "superseded_at": now, "updated_at": now}}),
     )
     assert activate == Command(
         "fields", "update_one",
-        ({"tenant_id": t, "_id": uid(second.id), "status": PENDING},
+        ({"tenant_id": t, "id": uid(second.id), "status": PENDING},
          {"$set": {"status": "active"}, "$unset": {"pending_since": ""}}),
     )
     assert unlock == Command(
         "profiles", "update_one",
-        ({"tenant_id": t, "_id": p, "lock": token}, {"$set": {"lock": None, "lock_until": None}}),
+        ({"tenant_id": t, "id": p, "lock": token}, {"$set": {"lock": None, "lock_until": None}}),
     )
     assert not any(c.in_transaction for c in client.commands)
 
@@ -212,22 +212,24 @@ async def test_standalone_without_supersede_is_one_guarded_insert(
     profile = await _profile(store, tenant)
     await store.update_field(tenant, profile, ProfileField(name="email", value="a"))
     client.clear_commands()
+    second = ProfileField(name="email", value="b")
     with pytest.raises(errors.ActiveFieldConflictError):
-        await store.update_field(
-            tenant, profile, ProfileField(name="email", value="b"), supersede_existing=False
-        )
-    # lease, expire a stale ACTIVE one, the insert the unique index refuses, which index,
-    # lease given back
+        await store.update_field(tenant, profile, second, supersede_existing=False)
+    # the core's expiry of the profile's stale fields, then: lease, expire a stale ACTIVE
+    # one of this name (again, under the lease), the insert the unique index refuses,
+    # which index, lease given back
     assert _calls(client) == [
+        ("fields", "update_many"),
         ("profiles", "find_one_and_update"),
         ("fields", "update_one"),
         ("fields", "insert_one"),
         ("fields", "find_one"),
         ("profiles", "update_one"),
     ]
-    expire = client.commands[1]
-    assert expire.args[0]["expires_at"] == {"$lte": dt(NOW)}
-    assert expire.args[1] == {"$set": {"status": "expired", "updated_at": dt(NOW)}}
+    for expire in (client.commands[0], client.commands[2]):
+        assert expire.args[0]["expires_at"] == {"$lte": dt(NOW)}
+        assert expire.args[1] == {"$set": {"status": "expired", "updated_at": dt(NOW)}}
+    assert client.commands[4].args[0] == {"tenant_id": uid(tenant), "id": uid(second.id)}
 
 
 async def test_transactional_supersede_runs_every_step_in_one_transaction(
@@ -323,7 +325,7 @@ async def test_interrupted_writes_are_rolled_forward_by_setup() -> None:
         doc.update(status=PENDING, pending_since=dt(store.now() - timedelta(minutes=5)))
         await client["crash"]["fields"].insert_one(doc)
         await client["crash"]["fields"].update_one(
-            {"tenant_id": uid(tenant), "_id": uid(old.id)},
+            {"tenant_id": uid(tenant), "id": uid(old.id)},
             {"$set": {"status": "superseded", "superseded_by_id": uid(stuck.id)}},
         )
         assert await store.get_field(tenant, profile, "email") is None  # pending is invisible
@@ -344,7 +346,7 @@ async def test_an_interrupted_merge_is_finished_by_calling_merge_again(
     await store.update_field(tenant, source, ProfileField(name="email", value="s"))
     # the merge died right after marking the source
     await client["cmd"]["profiles"].update_one(
-        {"tenant_id": uid(tenant), "_id": uid(source)}, {"$set": {"merging_into": uid(target)}}
+        {"tenant_id": uid(tenant), "id": uid(source)}, {"$set": {"merging_into": uid(target)}}
     )
     with pytest.raises(errors.NotFoundError):  # nothing writes to a source being merged
         await store.update_field(tenant, source, ProfileField(name="phone", value="1"))
@@ -362,7 +364,7 @@ async def test_identities_left_by_an_interrupted_delete_are_released(
     first = await store.get_or_create(tenant, Channel.SMS, "+15550001")
     # the delete died after the profile stopped being live, before its identities went
     await client["cmd"]["profiles"].update_one(
-        {"tenant_id": uid(tenant), "_id": uid(first.id)}, {"$set": {"live": False}}
+        {"tenant_id": uid(tenant), "id": uid(first.id)}, {"$set": {"live": False}}
     )
     assert await store.get_by_channel_identity(tenant, Channel.SMS, "+15550001") is None
     fresh = await store.get_or_create(tenant, Channel.SMS, "+15550001")
@@ -632,7 +634,7 @@ async def test_a_writer_waits_for_the_lease_and_then_writes(
     store, client = standalone
     tenant = uuid4()
     profile = await _profile(store, tenant)
-    key = {"tenant_id": uid(tenant), "_id": uid(profile)}
+    key = {"tenant_id": uid(tenant), "id": uid(profile)}
     held_until = dt(datetime.now(UTC) + timedelta(minutes=5))
     await client["cmd"]["profiles"].update_one(
         key, {"$set": {"lock": "someone-else", "lock_until": held_until}}
@@ -673,7 +675,7 @@ async def test_an_expired_lease_is_taken_over_and_the_dead_writers_version_finis
     doc.update(status=PENDING, pending_since=dt(NOW))
     await client["cmd"]["fields"].insert_one(doc)
     await client["cmd"]["profiles"].update_one(
-        {"tenant_id": uid(tenant), "_id": uid(profile)},
+        {"tenant_id": uid(tenant), "id": uid(profile)},
         {"$set": {"lock": "dead-writer", "lock_until": dt(datetime.now(UTC) - timedelta(1))}},
     )
     new = ProfileField(name="email", value="new")
@@ -692,7 +694,7 @@ async def test_a_purge_waits_for_the_writer_holding_the_lease(
     store, client = standalone
     tenant = uuid4()
     profile = await _profile(store, tenant)
-    key = {"tenant_id": uid(tenant), "_id": uid(profile)}
+    key = {"tenant_id": uid(tenant), "id": uid(profile)}
     await client["cmd"]["profiles"].update_one(
         key, {"$set": {"lock": "writer", "lock_until": dt(datetime.now(UTC) + timedelta(1))}}
     )
@@ -754,10 +756,10 @@ async def test_merge_sends_this_sequence(transactions: bool) -> None:
         if not transactions:
             first, second = commands[:2]
             order = sorted([source, target], key=lambda u: u.bytes)
-            assert [first.args[0]["_id"], second.args[0]["_id"]] == [uid(u) for u in order]
+            assert [first.args[0]["id"], second.args[0]["id"]] == [uid(u) for u in order]
             assert all("$or" in c.args[0] for c in (first, second))  # the two leases
             unlocks = commands[-2:]
-            assert {c.args[0]["_id"] for c in unlocks} == {src, dst}
+            assert {c.args[0]["id"] for c in unlocks} == {src, dst}
             assert all(c.args[1] == {"$set": {"lock": None, "lock_until": None}}
                        for c in unlocks)
             commands = commands[2:-2]
@@ -776,14 +778,14 @@ async def test_merge_sends_this_sequence(transactions: bool) -> None:
         ]
         mark, keep = commands[0], commands[1]
         assert mark.args == (
-            {"tenant_id": t, "_id": src, "live": True, "merging_into": {"$in": [None, dst]}},
+            {"tenant_id": t, "id": src, "live": True, "merging_into": {"$in": [None, dst]}},
             {"$set": {"merging_into": dst}},
         )
-        assert keep.args[0] == {"tenant_id": t, "_id": dst, "live": True, "merging_into": None}
+        assert keep.args[0] == {"tenant_id": t, "id": dst, "live": True, "merging_into": None}
         assert list(keep.args[1]) == ["$max"]
         settle = commands[7]
         assert settle.args == (
-            {"tenant_id": t, "_id": uid(loser.id), "status": "active"},
+            {"tenant_id": t, "id": uid(loser.id), "status": "active"},
             {"$set": {"status": "superseded", "superseded_by_id": uid(winner.id),
                       "superseded_at": dt(NOW), "updated_at": dt(NOW)}},
         )

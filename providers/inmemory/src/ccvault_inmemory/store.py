@@ -244,10 +244,14 @@ class InMemoryProfileStore(ProfileStore):
                 stored = tenant.fields.get(item.id)
                 if stored is not None and stored.profile_id != profile.id:
                     raise errors.ConflictError(f"field {item.id} belongs to another profile")
+                if stored is not None and stored.item.name != item.name:
+                    raise errors.ConflictError(f"field {item.id} keeps its stored name")
             for asset in profile.assets:
                 stored_asset = tenant.assets.get(asset.id)
                 if stored_asset is not None and stored_asset.profile_id != profile.id:
                     raise errors.ConflictError(f"asset {asset.id} belongs to another profile")
+                if stored_asset is not None and stored_asset.item.name != asset.name:
+                    raise errors.ConflictError(f"asset {asset.id} keeps its stored name")
             # --- write
             if existing is not None:
                 for identity in existing.profile.channel_identities:

@@ -1,9 +1,18 @@
 """The collections and indexes of the MongoDB provider.
 
 Every index starts with ``tenant_id`` (a sharded deployment can shard every collection on
-``tenant_id``), except the small recovery index on interrupted writes. ``setup()`` creates
-them with ``create_indexes``, which a server treats as a no-op for an index that already
-exists with the same name and options, so starting several processes at once is safe.
+``tenant_id``), except the small recovery index on interrupted writes.
+
+A vault id (of a profile, field, asset, definition or requirement) is stored as ``id`` and
+is unique per tenant through a ``(tenant_id, id)`` unique index; ``_id`` is left to the
+driver (an ``ObjectId``) and never looked up by vault id. So two tenants may hold the same
+id, and a write refused for a duplicate id never tells one tenant that another holds it.
+A unique ``_id`` per tenant would not do: on a sharded collection a unique index must start
+with the shard key, which ``(tenant_id, id)`` does.
+
+``setup()`` creates the indexes with ``create_indexes``, which a server treats as a no-op
+for an index that already exists with the same name and options, so starting several
+processes at once is safe.
 """
 
 from __future__ import annotations
@@ -28,6 +37,12 @@ COLLECTIONS = (
 
 INDEXES: dict[str, list[IndexModel]] = {
     "profiles": [
+        # ids are unique per tenant, not globally: another tenant may reuse the same id
+        IndexModel(
+            [("tenant_id", ASCENDING), ("id", ASCENDING)],
+            name="profile_id_unique",
+            unique=True,
+        ),
         # a customer id belongs to at most one live profile per tenant
         IndexModel(
             [("tenant_id", ASCENDING), ("customer_id", ASCENDING)],
@@ -55,6 +70,12 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "fields": [
+        # ids are unique per tenant, not globally: another tenant may reuse the same id
+        IndexModel(
+            [("tenant_id", ASCENDING), ("id", ASCENDING)],
+            name="field_id_unique",
+            unique=True,
+        ),
         # the heart of the contract: at most one ACTIVE version per (tenant, profile, name)
         IndexModel(
             [("tenant_id", ASCENDING), ("profile_id", ASCENDING), ("name", ASCENDING)],
@@ -87,6 +108,12 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "assets": [
+        # ids are unique per tenant, not globally: another tenant may reuse the same id
+        IndexModel(
+            [("tenant_id", ASCENDING), ("id", ASCENDING)],
+            name="asset_id_unique",
+            unique=True,
+        ),
         IndexModel(
             [
                 ("tenant_id", ASCENDING),
@@ -103,6 +130,12 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "definitions": [
+        # ids are unique per tenant, not globally: another tenant may reuse the same id
+        IndexModel(
+            [("tenant_id", ASCENDING), ("id", ASCENDING)],
+            name="definition_id_unique",
+            unique=True,
+        ),
         IndexModel(
             [("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("name", ASCENDING)],
             name="definition_natural_key",
@@ -110,6 +143,12 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "requirements": [
+        # ids are unique per tenant, not globally: another tenant may reuse the same id
+        IndexModel(
+            [("tenant_id", ASCENDING), ("id", ASCENDING)],
+            name="requirement_id_unique",
+            unique=True,
+        ),
         IndexModel(
             [
                 ("tenant_id", ASCENDING),

@@ -83,13 +83,16 @@ _LINEAGE_SOURCES = [SourceType.PROFILE_FIELD.value, SourceType.PROFILE_ASSET.val
 
 
 def _to_model(cls: type[_M], document: dict[str, Any], json_keys: Iterable[str] = ()) -> _M:
-    """The model stored in ``document``: internal keys dropped, ``_id`` back to ``id``."""
+    """The model stored in ``document``: internal keys (``_id``, ``tenant_id``...) dropped."""
     data = decode(dict(document))
-    if "_id" in data and "id" in cls.model_fields:
-        data["id"] = data.pop("_id")
     for key in json_keys:
         unpack_json(data, key)
     return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+
+
+def _gone(profile: dict[str, Any]) -> bool:
+    """Whether a stored profile document is soft-deleted, merged away or being merged."""
+    return not profile.get("live") or profile.get("merging_into") is not None
 
 
 def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
@@ -120,6 +123,9 @@ class MongoProfileStore(ProfileStore):
 
     #: declared to the contract suite: 1 MiB values, NUL characters, 200 concurrent writers
     capabilities = frozenset({"large_values", "nul_characters", "high_concurrency"})
+    #: derived items examined per page by ``mark_orphans``: bounds its memory and the size
+    #: of each ``$in`` it sends (far below the 16 MiB command limit)
+    orphan_batch_size = 5000
 
     def __init__(
         self,
@@ -210,7 +216,6 @@ class MongoProfileStore(ProfileStore):
         tenant_id: UUID, profile_id: UUID, item: ProfileField, seq: int
     ) -> dict[str, Any]:
         doc: dict[str, Any] = encode(item.model_dump(mode="python"))
-        doc["_id"] = doc.pop("id")
         for key in _FIELD_JSON:
             pack_json(doc, key)
         return {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "seq": seq, **doc}
@@ -220,7 +225,6 @@ class MongoProfileStore(ProfileStore):
         tenant_id: UUID, profile_id: UUID, item: ProfileAsset, seq: int
     ) -> dict[str, Any]:
         doc: dict[str, Any] = encode(item.model_dump(mode="python"))
-        doc["_id"] = doc.pop("id")
         for key in _ASSET_JSON:
             pack_json(doc, key)
         return {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "seq": seq, **doc}
@@ -256,7 +260,7 @@ class MongoProfileStore(ProfileStore):
         its write order; return the last. One round trip; in a transaction it also makes
         concurrent writers of one profile conflict, so they are serialised."""
         found = await self._c("profiles").find_one_and_update(
-            {"tenant_id": uid(tenant_id), "_id": uid(profile_id), "live": True,
+            {"tenant_id": uid(tenant_id), "id": uid(profile_id), "live": True,
              "merging_into": None},
             {"$inc": {"write_seq": count}},
             projection={"write_seq": 1},
@@ -292,7 +296,7 @@ class MongoProfileStore(ProfileStore):
         doc = await self._c("profiles").find_one(query, session=session)
         if doc is None:
             return None
-        owner = {"tenant_id": uid(tenant_id), "profile_id": doc["_id"]}
+        owner = {"tenant_id": uid(tenant_id), "profile_id": doc["id"]}
         field_status: Any = {"$in": _STATUSES} if include_history else ItemStatus.ACTIVE.value
         asset_status: Any = {"$in": _STATUSES} if include_history else ItemStatus.ACTIVE.value
         queries: list[tuple[str, dict[str, Any], list[tuple[str, int]]]] = [
@@ -316,7 +320,7 @@ class MongoProfileStore(ProfileStore):
         data = decode(doc)
         identity_docs = identities if data.get("live") else data.get("released_identities") or []
         profile = CustomerProfile(
-            id=data["_id"],
+            id=data["id"],
             tenant_id=data["tenant_id"],
             customer_id=data["customer_id"],
             verification_level=data.get("verification_level", VerificationLevel.UNVERIFIED),
@@ -349,7 +353,7 @@ class MongoProfileStore(ProfileStore):
     async def _get_by_id(
         self, tenant_id: UUID, profile_id: UUID, include_history: bool
     ) -> CustomerProfile | None:
-        key = {"_id": uid(profile_id)}
+        key = {"id": uid(profile_id)}
         return await self._atomic(
             lambda session: self._load(tenant_id, key, include_history, session=session)
         )
@@ -367,7 +371,7 @@ class MongoProfileStore(ProfileStore):
             if identity is None:
                 return None
             return await self._load(
-                tenant_id, {"_id": identity["profile_id"]}, include_history, session=session
+                tenant_id, {"id": identity["profile_id"]}, include_history, session=session
             )
 
         return await self._atomic(work)
@@ -380,8 +384,8 @@ class MongoProfileStore(ProfileStore):
         """Delete an identity whose profile is no longer live (left by an interrupted
         delete on a standalone server); True if it was stale."""
         owner = await self._c("profiles").find_one(
-            {"tenant_id": uid(tenant_id), "_id": identity["profile_id"], "live": True},
-            projection={"_id": 1},
+            {"tenant_id": uid(tenant_id), "id": identity["profile_id"], "live": True},
+            projection={"id": 1},
         )
         if owner is not None:
             return False
@@ -399,7 +403,7 @@ class MongoProfileStore(ProfileStore):
         for _ in range(self.settings.max_write_retries):
             owner = await self._c("identities").find_one(key, projection={"profile_id": 1})
             if owner is not None:
-                found = await self._load(tenant_id, {"_id": owner["profile_id"]}, False)
+                found = await self._load(tenant_id, {"id": owner["profile_id"]}, False)
                 if found is not None:
                     return found
                 await self._release_if_stale(tenant_id, owner)
@@ -417,7 +421,7 @@ class MongoProfileStore(ProfileStore):
             # the profile first, then the identity that makes it findable: the unique
             # identity index decides a race, and the loser removes its unreachable profile
             await self._c("profiles").insert_one(
-                {"_id": uid(profile.id), "tenant_id": uid(tenant_id),
+                {"id": uid(profile.id), "tenant_id": uid(tenant_id),
                  **self._profile_attrs(profile), "live": True, "write_seq": 1}
             )
             try:
@@ -426,7 +430,7 @@ class MongoProfileStore(ProfileStore):
                 )
             except DuplicateKeyError:
                 await self._c("profiles").delete_one(
-                    {"tenant_id": uid(tenant_id), "_id": uid(profile.id)}
+                    {"tenant_id": uid(tenant_id), "id": uid(profile.id)}
                 )
                 continue
             return profile
@@ -435,7 +439,10 @@ class MongoProfileStore(ProfileStore):
     async def _save(self, profile: CustomerProfile) -> UUID:
         tenant_id, profile_id = profile.tenant_id, profile.id
         t = uid(tenant_id)
-        # every check first, so a conflict is raised before anything is written
+        # every check first, so a conflict is raised before anything is written; first of
+        # all, a soft-deleted, merged-away or half-merged profile stays gone: save never
+        # brings it back (NotFoundError), as no other write does
+        await self._refuse_gone_profile(t, profile_id, None)
         keys = [{"channel": i.channel.value, "channel_user_id": i.channel_user_id}
                 for i in profile.channel_identities]
         if keys:
@@ -450,8 +457,8 @@ class MongoProfileStore(ProfileStore):
                     )
         other = await self._c("profiles").find_one(
             {"tenant_id": t, "customer_id": uid(profile.customer_id), "live": True,
-             "_id": {"$ne": uid(profile_id)}},
-            projection={"_id": 1},
+             "id": {"$ne": uid(profile_id)}},
+            projection={"id": 1},
         )
         if other is not None:
             raise errors.IdentityConflictError(
@@ -460,15 +467,17 @@ class MongoProfileStore(ProfileStore):
         item_ids = [uid(f.id) for f in profile.fields.values()]
         asset_ids = [uid(a.id) for a in profile.assets]
         stored_fields = {
-            d["_id"]: d["profile_id"]
+            d["id"]: d["profile_id"]
             for d in await self._c("fields").find(
-                {"tenant_id": t, "_id": {"$in": item_ids}}, projection={"profile_id": 1}
+                {"tenant_id": t, "id": {"$in": item_ids}},
+                projection={"id": 1, "profile_id": 1},
             ).to_list(None)
         }
         stored_assets = {
-            d["_id"]: d["profile_id"]
+            d["id"]: d["profile_id"]
             for d in await self._c("assets").find(
-                {"tenant_id": t, "_id": {"$in": asset_ids}}, projection={"profile_id": 1}
+                {"tenant_id": t, "id": {"$in": asset_ids}},
+                projection={"id": 1, "profile_id": 1},
             ).to_list(None)
         }
         for owner in [*stored_fields.values(), *stored_assets.values()]:
@@ -479,20 +488,32 @@ class MongoProfileStore(ProfileStore):
             count = len(profile.channel_identities) + len(profile.consents) + len(item_ids) + len(
                 asset_ids
             ) + 1
+            if session is not None:  # the check again, on the transaction's snapshot
+                await self._refuse_gone_profile(t, profile_id, session)
             try:
+                # only a live profile matches; a new one is inserted with the filter's
+                # equalities (live, no merge), so nothing here can revive a deleted one:
+                # if it was deleted since the check above, the insert collides with it on
+                # the (tenant_id, id) unique index
                 before = await self._c("profiles").find_one_and_update(
-                    {"tenant_id": t, "_id": uid(profile_id)},
-                    {
-                        "$set": {**self._profile_attrs(profile), "live": True},
-                        "$unset": {"deleted_at": "", "released_identities": "",
-                                   "merging_into": ""},
-                        "$inc": {"write_seq": count},
-                    },
+                    {"tenant_id": t, "id": uid(profile_id), "live": True, "merging_into": None},
+                    {"$set": self._profile_attrs(profile), "$inc": {"write_seq": count}},
                     upsert=True,
                     return_document=ReturnDocument.BEFORE,
                     session=session,
                 )
             except DuplicateKeyError:
+                if session is None:  # standalone: which unique index refused it?
+                    raced = await self._c("profiles").find_one(
+                        {"tenant_id": t, "id": uid(profile_id)},
+                        projection={"live": 1, "merging_into": 1},
+                    )
+                    if raced is not None and _gone(raced):
+                        raise errors.NotFoundError(f"profile {profile_id} is deleted") from None
+                    if raced is not None:
+                        raise errors.ConflictError(
+                            f"profile {profile_id} was created concurrently; retry"
+                        ) from None
                 raise errors.IdentityConflictError(
                     f"customer id {profile.customer_id} belongs to another profile"
                 ) from None
@@ -541,9 +562,9 @@ class MongoProfileStore(ProfileStore):
                 seq += 1
                 if uid(item.id) in stored_fields:
                     doc = self._field_doc(tenant_id, profile_id, item, seq)
-                    del doc["_id"], doc["seq"]
+                    del doc["id"], doc["seq"]
                     await self._c("fields").update_one(
-                        {**owner, "_id": uid(item.id)}, {"$set": doc}, session=session
+                        {**owner, "id": uid(item.id)}, {"$set": doc}, session=session
                     )
                 else:
                     await self._put_field(tenant_id, profile_id, item, True, seq, session)
@@ -553,7 +574,7 @@ class MongoProfileStore(ProfileStore):
                 if uid(asset.id) in stored_assets:
                     del doc["seq"]
                     await self._c("assets").update_one(
-                        {**owner, "_id": doc.pop("_id")}, {"$set": doc}, session=session
+                        {**owner, "id": doc.pop("id")}, {"$set": doc}, session=session
                     )
                 else:
                     await self._c("assets").insert_one(doc, session=session)
@@ -570,6 +591,15 @@ class MongoProfileStore(ProfileStore):
         finally:
             await self._unlock(tenant_id, profile_id, token)
 
+    async def _refuse_gone_profile(self, t: Any, profile_id: UUID, session: Any) -> None:
+        """NotFoundError if the profile is stored but soft-deleted or merged (away)."""
+        stored = await self._c("profiles").find_one(
+            {"tenant_id": t, "id": uid(profile_id)},
+            projection={"live": 1, "merging_into": 1}, session=session,
+        )
+        if stored is not None and _gone(stored):
+            raise errors.NotFoundError(f"profile {profile_id} is deleted")
+
     async def _undo_profile_write(
         self, t: Any, p: Any, before: dict[str, Any] | None, claimed: list[Any]
     ) -> None:
@@ -581,16 +611,16 @@ class MongoProfileStore(ProfileStore):
                 {"tenant_id": t, "_id": {"$in": claimed}, "profile_id": p}
             )
         if before is None:
-            await self._c("profiles").delete_one({"tenant_id": t, "_id": p})
+            await self._c("profiles").delete_one({"tenant_id": t, "id": p})
             return
-        restored = {k: v for k, v in before.items() if k not in ("_id", "write_seq", "lock",
+        restored = {k: v for k, v in before.items() if k not in ("_id", "id", "write_seq", "lock",
                                                                  "lock_until")}
         dropped = {k: "" for k in ("deleted_at", "released_identities", "merging_into")
                    if k not in before}
         update: dict[str, Any] = {"$set": restored}
         if dropped:
             update["$unset"] = dropped
-        await self._c("profiles").update_one({"tenant_id": t, "_id": p}, update)
+        await self._c("profiles").update_one({"tenant_id": t, "id": p}, update)
 
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
         t, p = uid(tenant_id), uid(profile_id)
@@ -602,7 +632,7 @@ class MongoProfileStore(ProfileStore):
             # the profile stops being live first, then its identities are released; an
             # interruption in between leaves identities that get_or_create releases itself
             result = await self._c("profiles").update_one(
-                {"tenant_id": t, "_id": p, "live": True},
+                {"tenant_id": t, "id": p, "live": True},
                 {"$set": {"live": False, "deleted_at": dt(self.now()),
                           "released_identities": owned}},
                 session=session,
@@ -640,12 +670,12 @@ class MongoProfileStore(ProfileStore):
         if not released:
             # a purge that ran while this write was in flight must not leave it behind
             alive = await self._c("profiles").find_one(
-                {"tenant_id": uid(tenant_id), "_id": uid(profile_id), "purging": None},
-                projection={"_id": 1},
+                {"tenant_id": uid(tenant_id), "id": uid(profile_id), "purging": None},
+                projection={"id": 1},
             )
             if alive is None:
                 await self._c("fields").delete_one(
-                    {"tenant_id": uid(tenant_id), "_id": uid(field.id)}
+                    {"tenant_id": uid(tenant_id), "id": uid(field.id)}
                 )
                 raise errors.NotFoundError(f"profile {profile_id} was purged")
         return field.id
@@ -683,7 +713,7 @@ class MongoProfileStore(ProfileStore):
         while True:
             now = datetime.now(UTC)  # wall clock: leases are shared between processes
             before = await self._c("profiles").find_one_and_update(
-                {"tenant_id": t, "_id": p, **wanted,
+                {"tenant_id": t, "id": p, **wanted,
                  "$or": [{"lock": None}, {"lock_until": {"$lte": dt(now)}}]},
                 {"$set": {"lock": token, "lock_until": dt(now + lease)},
                  "$inc": {"write_seq": count}},
@@ -695,7 +725,7 @@ class MongoProfileStore(ProfileStore):
                     await self._finish_pending(t, p)
                 return int(before.get("write_seq", 0)) + count, token
             exists = await self._c("profiles").find_one(
-                {"tenant_id": t, "_id": p, **wanted}, projection={"_id": 1}
+                {"tenant_id": t, "id": p, **wanted}, projection={"id": 1}
             )
             if exists is None:
                 raise errors.NotFoundError(f"profile {profile_id} not found")
@@ -707,7 +737,7 @@ class MongoProfileStore(ProfileStore):
     async def _unlock(self, tenant_id: UUID, profile_id: UUID, token: str) -> bool:
         """Give the lease back; False if it was not ours any more (expired, or purged)."""
         result = await self._c("profiles").update_one(
-            {"tenant_id": uid(tenant_id), "_id": uid(profile_id), "lock": token},
+            {"tenant_id": uid(tenant_id), "id": uid(profile_id), "lock": token},
             {"$set": {"lock": None, "lock_until": None}},
         )
         return bool(result.matched_count)
@@ -721,8 +751,8 @@ class MongoProfileStore(ProfileStore):
             now = dt(self.now())
             await self._activate_pending(
                 {"tenant_id": t, "profile_id": p, "name": doc["name"]},
-                doc["_id"],
-                {"$set": {"status": ItemStatus.SUPERSEDED.value, "superseded_by_id": doc["_id"],
+                doc["id"],
+                {"$set": {"status": ItemStatus.SUPERSEDED.value, "superseded_by_id": doc["id"],
                           "superseded_at": now, "updated_at": now}},
             )
         return len(stuck)
@@ -743,7 +773,7 @@ class MongoProfileStore(ProfileStore):
         now = dt(field.updated_at)
         name_key = {"tenant_id": t, "profile_id": p, "name": field.name}
         supersede_update = {"$set": {"status": ItemStatus.SUPERSEDED.value,
-                                     "superseded_by_id": doc["_id"], "superseded_at": now,
+                                     "superseded_by_id": doc["id"], "superseded_at": now,
                                      "updated_at": now}}
         if not supersede:
             # an ACTIVE version past expires_at is not served as active, so it does not
@@ -754,11 +784,11 @@ class MongoProfileStore(ProfileStore):
                 session=session,
             )
             if session is not None:
-                if await fields.find_one({"tenant_id": t, "_id": doc["_id"]},
-                                         projection={"_id": 1}, session=session):
+                if await fields.find_one({"tenant_id": t, "id": doc["id"]},
+                                         projection={"id": 1}, session=session):
                     raise errors.ConflictError(f"field id {field.id} is already stored")
                 if await fields.find_one({**name_key, "status": ItemStatus.ACTIVE.value},
-                                         projection={"_id": 1}, session=session):
+                                         projection={"id": 1}, session=session):
                     raise errors.ActiveFieldConflictError(
                         f"field {field.name!r} has an ACTIVE version"
                     )
@@ -771,7 +801,7 @@ class MongoProfileStore(ProfileStore):
             return
         if session is not None:
             # in a transaction the order does not matter: nobody sees the steps
-            if await fields.find_one({"tenant_id": t, "_id": doc["_id"]}, projection={"_id": 1},
+            if await fields.find_one({"tenant_id": t, "id": doc["id"]}, projection={"id": 1},
                                      session=session):
                 raise errors.ConflictError(f"field id {field.id} is already stored")
             await fields.update_one({**name_key, "status": ItemStatus.ACTIVE.value},
@@ -783,7 +813,7 @@ class MongoProfileStore(ProfileStore):
             await fields.insert_one({**doc, "status": PENDING, "pending_since": now})
         except DuplicateKeyError:
             raise await self._field_conflict(tenant_id, field) from None
-        await self._activate_pending(name_key, doc["_id"], supersede_update)
+        await self._activate_pending(name_key, doc["id"], supersede_update)
 
     async def _activate_pending(
         self, name_key: dict[str, Any], item_id: Any, supersede_update: dict[str, Any]
@@ -791,12 +821,12 @@ class MongoProfileStore(ProfileStore):
         fields = self._c("fields")
         for _ in range(self.settings.max_write_retries):
             await fields.update_one(
-                {**name_key, "status": ItemStatus.ACTIVE.value, "_id": {"$ne": item_id}},
+                {**name_key, "status": ItemStatus.ACTIVE.value, "id": {"$ne": item_id}},
                 supersede_update,
             )
             try:
                 await fields.update_one(
-                    {"tenant_id": name_key["tenant_id"], "_id": item_id, "status": PENDING},
+                    {"tenant_id": name_key["tenant_id"], "id": item_id, "status": PENDING},
                     {"$set": {"status": ItemStatus.ACTIVE.value}, "$unset": {"pending_since": ""}},
                 )
                 return
@@ -811,12 +841,13 @@ class MongoProfileStore(ProfileStore):
     async def _field_conflict(self, tenant_id: UUID, field: ProfileField) -> errors.ConflictError:
         """Which unique index refused ``field``: its id, or the one-ACTIVE-per-name index."""
         same_id = await self._c("fields").find_one(
-            {"tenant_id": uid(tenant_id), "_id": uid(field.id)}, projection={"_id": 1}
+            {"tenant_id": uid(tenant_id), "id": uid(field.id)}, projection={"id": 1}
         )
         if same_id is not None:
             return errors.ConflictError(f"field id {field.id} is already stored")
         return errors.ActiveFieldConflictError(f"field {field.name!r} has an ACTIVE version")
 
+    @_translate
     async def recover_interrupted_writes(self, older_than: timedelta = timedelta(minutes=1)) -> int:
         """Finish field writes interrupted on a standalone server (a process died between
         storing a version and making it ACTIVE) by rolling them forward; return how many."""
@@ -896,7 +927,7 @@ class MongoProfileStore(ProfileStore):
                     {"tenant_id": t, "profile_id": p, "name": asset.name,
                      "status": ItemStatus.ACTIVE.value, "seq": {"$lt": seq}},
                     {"$set": {"status": ItemStatus.SUPERSEDED.value,
-                              "superseded_by_id": doc["_id"], "superseded_at": now}},
+                              "superseded_by_id": doc["id"], "superseded_at": now}},
                     session=session,
                 )
             return asset.id
@@ -917,7 +948,7 @@ class MongoProfileStore(ProfileStore):
         self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
     ) -> ProfileAsset | None:
         doc = await self._c("assets").find_one(
-            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "_id": uid(asset_id)}
+            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "id": uid(asset_id)}
         )
         return None if doc is None else _to_model(ProfileAsset, doc, _ASSET_JSON)
 
@@ -941,8 +972,8 @@ class MongoProfileStore(ProfileStore):
     ) -> LineageEntry | None:
         collection = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"
         doc = await self._c(collection).find_one(
-            {"tenant_id": uid(tenant_id), "_id": uid(item_id), "status": {"$in": _STATUSES}},
-            projection={"name": 1, "source_metadata": 1, "source_metadata__json": 1,
+            {"tenant_id": uid(tenant_id), "id": uid(item_id), "status": {"$in": _STATUSES}},
+            projection={"id": 1, "name": 1, "source_metadata": 1, "source_metadata__json": 1,
                         "source_item_id": 1, "source_item_type": 1},
         )
         if doc is None:
@@ -950,7 +981,7 @@ class MongoProfileStore(ProfileStore):
         data = decode(doc)
         unpack_json(data, "source_metadata")
         return LineageEntry(
-            id=data["_id"],
+            id=data["id"],
             type=item_type,
             name=data["name"],
             source_metadata=data.get("source_metadata") or {},
@@ -978,7 +1009,7 @@ class MongoProfileStore(ProfileStore):
         query = {"tenant_id": uid(tenant_id), "source_item_id": uid(item_id),
                  "status": ItemStatus.ACTIVE.value}
         for collection in ("fields", "assets"):
-            if await self._c(collection).find_one(query, projection={"_id": 1}, session=session):
+            if await self._c(collection).find_one(query, projection={"id": 1}, session=session):
                 return True
         return False
 
@@ -1025,7 +1056,7 @@ class MongoProfileStore(ProfileStore):
             # 1. mark the source as being merged: from now on nothing else writes to it,
             #    and a merge interrupted on a standalone server is finished by calling again
             source = await profiles.find_one_and_update(
-                {"tenant_id": t, "_id": src, "live": True, "merging_into": {"$in": [None, dst]}},
+                {"tenant_id": t, "id": src, "live": True, "merging_into": {"$in": [None, dst]}},
                 {"$set": {"merging_into": dst}},
                 session=session,
             )
@@ -1033,13 +1064,13 @@ class MongoProfileStore(ProfileStore):
                 raise errors.NotFoundError(f"profile {source_profile_id} not found")
             # 2. the target's write order continues after every moved item's
             target = await profiles.find_one_and_update(
-                {"tenant_id": t, "_id": dst, "live": True, "merging_into": None},
+                {"tenant_id": t, "id": dst, "live": True, "merging_into": None},
                 {"$max": {"write_seq": int(source.get("write_seq", 0))}},
                 session=session,
             )
             if target is None:
                 await profiles.update_one(
-                    {"tenant_id": t, "_id": src, "merging_into": dst},
+                    {"tenant_id": t, "id": src, "merging_into": dst},
                     {"$unset": {"merging_into": ""}}, session=session,
                 )
                 raise errors.NotFoundError(f"profile {target_profile_id} not found")
@@ -1076,7 +1107,7 @@ class MongoProfileStore(ProfileStore):
                 raise errors.ConflictError("merge lost too many races; call it again to finish")
             # 5. the source is soft-deleted last
             await profiles.update_one(
-                {"tenant_id": t, "_id": src},
+                {"tenant_id": t, "id": src},
                 {"$set": {"live": False, "deleted_at": dt(self.now()), "merged_into": dst,
                           "released_identities": []},
                  "$unset": {"merging_into": ""}},
@@ -1124,7 +1155,7 @@ class MongoProfileStore(ProfileStore):
             winner = choose_winner(kept, dropped)
             loser = dropped if winner is kept else kept
             await fields.update_one(
-                {"tenant_id": t, "_id": uid(loser.id), "status": ItemStatus.ACTIVE.value},
+                {"tenant_id": t, "id": uid(loser.id), "status": ItemStatus.ACTIVE.value},
                 {"$set": {"status": ItemStatus.SUPERSEDED.value,
                           "superseded_by_id": uid(winner.id), "superseded_at": now,
                           "updated_at": now}},
@@ -1139,17 +1170,17 @@ class MongoProfileStore(ProfileStore):
         self, collection: str, key: dict[str, Any], document: dict[str, Any]
     ) -> UUID:
         """Insert or update by ``key``, keeping a stored ``_id`` and ``created_at``."""
-        keep = {"_id": document.pop("_id"), "created_at": document.pop("created_at")}
+        keep = {"id": document.pop("id"), "created_at": document.pop("created_at")}
         for attempt in range(2):
             try:
                 stored = await self._c(collection).find_one_and_update(
                     key,
                     {"$set": document, "$setOnInsert": keep},
                     upsert=True,
-                    projection={"_id": 1},
+                    projection={"id": 1},
                     return_document=ReturnDocument.AFTER,
                 )
-                found: UUID = decode(stored["_id"])
+                found: UUID = decode(stored["id"])
                 return found
             except DuplicateKeyError:
                 # two upserts raced to insert: the second attempt finds the first's row
@@ -1176,7 +1207,6 @@ class MongoProfileStore(ProfileStore):
 
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
         doc: dict[str, Any] = encode(definition.model_dump(mode="python"))
-        doc["_id"] = doc.pop("id")
         for json_key in _DEFINITION_JSON:
             pack_json(doc, json_key)
         key = {"tenant_id": doc.pop("tenant_id"), "agent_id": doc.pop("agent_id"),
@@ -1203,7 +1233,6 @@ class MongoProfileStore(ProfileStore):
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         doc: dict[str, Any] = encode(requirement.model_dump(mode="python"))
-        doc["_id"] = doc.pop("id")
         key = {name: doc.pop(name) for name in
                ("tenant_id", "scenario_id", "step_id", "rule_id", "field_name")}
         return await self._upsert("requirements", key, doc)
@@ -1228,9 +1257,9 @@ class MongoProfileStore(ProfileStore):
             # reads stop first; then what it owns goes; the profile document goes last, so
             # a purge interrupted on a standalone server is finished by calling it again
             marked = await self._c("profiles").find_one_and_update(
-                {"tenant_id": t, "_id": p},
+                {"tenant_id": t, "id": p},
                 {"$set": {"live": False, "purging": True}},
-                projection={"_id": 1},
+                projection={"id": 1},
                 session=session,
             )
             if marked is None:
@@ -1247,13 +1276,13 @@ class MongoProfileStore(ProfileStore):
                 await self._c(collection).delete_many(
                     {"tenant_id": t, "profile_id": p}, session=session
                 )
-            await self._c("profiles").delete_one({"tenant_id": t, "_id": p}, session=session)
+            await self._c("profiles").delete_one({"tenant_id": t, "id": p}, session=session)
             return True
 
         return await self._atomic(work)
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
-        key = {"_id": uid(profile_id)}
+        key = {"id": uid(profile_id)}
         return await self._atomic(
             lambda session: self._load(tenant_id, key, True, live_only=False, session=session)
         )
@@ -1265,7 +1294,7 @@ class MongoProfileStore(ProfileStore):
             if await self._check_has_dependents(tenant_id, item_id, session):
                 raise errors.DependentsError(f"ACTIVE items derive from {item_id}")
             result = await self._c(collection).delete_one(
-                {"tenant_id": uid(tenant_id), "_id": uid(item_id), "status": {"$in": _STATUSES}},
+                {"tenant_id": uid(tenant_id), "id": uid(item_id), "status": {"$in": _STATUSES}},
                 session=session,
             )
             return bool(result.deleted_count)
@@ -1273,48 +1302,66 @@ class MongoProfileStore(ProfileStore):
         return await self._atomic(work)
 
     async def _mark_orphans(self, tenant_id: UUID) -> int:
+        """Page through the tenant's derived items in ``id`` order, ``orphan_batch_size`` at
+        a time (keyset pagination on the ``(tenant_id, id)`` index: no cursor held open,
+        memory and every command bounded by the batch, whatever the tenant's size); per
+        page, one ``$in`` query per source collection finds which sources still exist and
+        one ``update_many`` per collection marks the rest ORPHANED."""
         t = uid(tenant_id)
         live = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
-        candidates: dict[str, list[dict[str, Any]]] = {}
+        batch = self.orphan_batch_size
+        marked = 0
         for collection in ("fields", "assets"):
-            candidates[collection] = await self._c(collection).find(
-                {"tenant_id": t, "status": {"$in": live},
-                 "source_item_type": {"$in": _LINEAGE_SOURCES}},
-                projection={"source_item_id": 1, "source_item_type": 1},
-            ).to_list(None)
+            after: Any = None
+            while True:
+                query: dict[str, Any] = {"tenant_id": t, "status": {"$in": live},
+                                         "source_item_type": {"$in": _LINEAGE_SOURCES}}
+                if after is not None:
+                    query["id"] = {"$gt": after}
+                page = await self._c(collection).find(
+                    query,
+                    projection={"id": 1, "source_item_id": 1, "source_item_type": 1},
+                    sort=[("id", 1)],
+                    limit=batch,
+                ).to_list(None)
+                if not page:
+                    break
+                after = page[-1]["id"]
+                marked += await self._mark_orphan_page(t, collection, page, live)
+                if len(page) < batch:
+                    break
+        return marked
+
+    async def _mark_orphan_page(
+        self, t: Any, collection: str, page: list[dict[str, Any]], live: list[str]
+    ) -> int:
         def source_collection(doc: dict[str, Any]) -> str:
             return "fields" if doc["source_item_type"] == SourceType.PROFILE_FIELD else "assets"
 
         wanted: dict[str, set[Any]] = {"fields": set(), "assets": set()}
-        for docs in candidates.values():
-            for doc in docs:
-                wanted[source_collection(doc)].add(doc["source_item_id"])
+        for doc in page:
+            wanted[source_collection(doc)].add(doc["source_item_id"])
         existing: dict[str, set[Any]] = {}
-        for collection, ids in wanted.items():
-            found = await self._c(collection).find(
-                {"tenant_id": t, "_id": {"$in": list(ids)}}, projection={"_id": 1}
+        for name, ids in wanted.items():
+            found = await self._c(name).find(
+                {"tenant_id": t, "id": {"$in": list(ids)}}, projection={"id": 1}
             ).to_list(None) if ids else []
-            existing[collection] = {d["_id"] for d in found}
-        marked = 0
-        now = dt(self.now())
-        for collection, docs in candidates.items():
-            orphans = [
-                d["_id"] for d in docs
-                if d["source_item_id"] not in existing[source_collection(d)]
-            ]
-            if orphans:
-                result = await self._c(collection).update_many(
-                    {"tenant_id": t, "_id": {"$in": orphans}, "status": {"$in": live}},
-                    {"$set": {"status": ItemStatus.ORPHANED.value, "updated_at": now}},
-                )
-                marked += int(result.modified_count)
-        return marked
+            existing[name] = {d["id"] for d in found}
+        orphans = [d["id"] for d in page
+                   if d["source_item_id"] not in existing[source_collection(d)]]
+        if not orphans:
+            return 0
+        result = await self._c(collection).update_many(
+            {"tenant_id": t, "id": {"$in": orphans}, "status": {"$in": live}},
+            {"$set": {"status": ItemStatus.ORPHANED.value, "updated_at": dt(self.now())}},
+        )
+        return int(result.modified_count)
 
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         found = await self._c("profiles").find(
-            {"tenant_id": uid(tenant_id), "purging": None}, projection={"_id": 1}
+            {"tenant_id": uid(tenant_id), "purging": None}, projection={"id": 1}
         ).to_list(None)
-        return [decode(doc["_id"]) for doc in found]
+        return [decode(doc["id"]) for doc in found]
 
     async def _rewrite_field_payloads(
         self,
@@ -1335,7 +1382,7 @@ class MongoProfileStore(ProfileStore):
                 if stale:
                     update["$unset"] = stale
                 result = await self._c("fields").update_one(
-                    {"tenant_id": t, "profile_id": p, "_id": uid(field_id)}, update,
+                    {"tenant_id": t, "profile_id": p, "id": uid(field_id)}, update,
                     session=session,
                 )
                 rewritten += int(result.matched_count)

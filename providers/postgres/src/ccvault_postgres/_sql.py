@@ -123,32 +123,56 @@ _N_ASSET = len(ASSET_COLS)
 # via the partial indexes, so the cost does not grow with the number of old versions.
 # ---------------------------------------------------------------------------------------
 
-# Field columns travel as one array per column (decoded in C by asyncpg, no per-row record
-# objects); value and source_metadata as arrays of JSON text, parsed client-side in ONE call.
-# All aggregates of one query level see the rows in the same order, so the arrays align.
-# A read without history fetches only ACTIVE rows, whose status and superseded_* columns
-# are known, so those arrays are not sent at all.
+# The statement returns one row per field version plus one row for the profile itself
+# (UNION ALL; many rows of one statement are still one round trip). Plain rows cost the
+# server less than aggregating every column into arrays, and asyncpg decodes them in C.
+# Every row has the same columns: first the field's, then the profile's; a field row has
+# NULL profile columns and the profile row NULL field columns (a field's id never is
+# NULL, which tells the profile row apart). value and source_metadata travel as JSON text,
+# so the client parses every value of the profile in ONE call. A read without history
+# fetches only ACTIVE rows, whose status and superseded_* columns are known, so those are
+# not sent at all.
 _JSON_COLS = ("value", "source_metadata")
 _ACTIVE_CONSTANT_COLS = ("status", "superseded_by_id", "superseded_at")
-FIELD_ARRAY_COLS: dict[bool, tuple[str, ...]] = {
+FIELD_ROW_COLS: dict[bool, tuple[str, ...]] = {
     True: tuple(c for c in FIELD_COLS if c not in _JSON_COLS),
     False: tuple(c for c in FIELD_COLS if c not in _JSON_COLS + _ACTIVE_CONSTANT_COLS),
 }
+#: Columns of a profile read after the field columns (history reads add ``seq``).
+PROFILE_ROW_COLS: tuple[str, ...] = (
+    "id",
+    "tenant_id",
+    "customer_id",
+    "verification_level",
+    "created_at",
+    "updated_at",
+    "last_interaction_at",
+    "identities",
+    "consents",
+    "assets",
+)
 
 
-def _field_arrays(history: bool) -> str:
-    arrays = [f"array_agg(f.{c}) AS f_{c}" for c in FIELD_ARRAY_COLS[history]]
+def field_row_width(history: bool) -> int:
+    """How many leading columns of a profile read belong to the field: the columns of
+    :data:`FIELD_ROW_COLS`, ``seq`` (history only), value and source_metadata as JSON."""
+    return len(FIELD_ROW_COLS[history]) + (3 if history else 2)
+
+
+def _field_select(history: bool) -> str:
+    cols = [f"f.{c}" for c in FIELD_ROW_COLS[history]]
     if history:
-        arrays.append("array_agg(f.seq) AS f_seq")  # write order, to sort ties
-    arrays.append("array_agg(coalesce(f.value::text, 'null')) AS f_value_json")
-    arrays.append("array_agg(f.source_metadata::text) AS f_metadata_json")
-    return ",\n           ".join(arrays)
+        cols.append("f.seq")  # write order, to sort ties
+    cols.append("coalesce(f.value::text, 'null')")
+    cols.append("f.source_metadata::text")
+    return ", ".join(cols)
 
 
 _PROFILE_TEMPLATE = """
 WITH p AS ({locate})
-SELECT p.id, p.tenant_id, p.customer_id, p.verification_level, p.created_at, p.updated_at,
-       p.last_interaction_at, p.deleted_at,
+SELECT {field_nulls},
+       p.id, p.tenant_id, p.customer_id, p.verification_level, p.created_at, p.updated_at,
+       p.last_interaction_at,
        ARRAY(SELECT ci FROM channel_identities ci
              WHERE ci.tenant_id = $1 AND ci.profile_id = p.id
              ORDER BY ci.created_at, ci.seq) AS identities,
@@ -157,14 +181,12 @@ SELECT p.id, p.tenant_id, p.customer_id, p.verification_level, p.created_at, p.u
              ORDER BY c.position) AS consents,
        ARRAY(SELECT a FROM profile_assets a
              WHERE a.tenant_id = $1 AND a.profile_id = p.id {asset_filter}
-             ORDER BY a.uploaded_at, a.seq) AS assets,
-       fa.*
+             ORDER BY a.uploaded_at, a.seq) AS assets
 FROM p
-CROSS JOIN LATERAL (
-    SELECT {field_arrays}
-    FROM profile_fields f
-    WHERE f.tenant_id = $1 AND f.profile_id = p.id {field_filter}
-) AS fa
+UNION ALL
+SELECT {field_cols}, {profile_nulls}
+FROM p
+JOIN profile_fields f ON f.tenant_id = $1 AND f.profile_id = p.id {field_filter}
 """
 
 _LOCATE_BY_ID = (
@@ -187,7 +209,9 @@ def _profile_sql(locate: str, history: bool) -> str:
     active = "" if history else "AND {alias}.status = 'active'"
     return _PROFILE_TEMPLATE.format(
         locate=locate,
-        field_arrays=_field_arrays(history),
+        field_nulls=", ".join(["NULL"] * field_row_width(history)),
+        field_cols=_field_select(history),
+        profile_nulls=", ".join(["NULL"] * len(PROFILE_ROW_COLS)),
         field_filter=active.format(alias="f"),
         asset_filter=active.format(alias="a"),
     )
@@ -228,8 +252,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (tenant_id, id) DO UPDATE
 SET customer_id = EXCLUDED.customer_id, verification_level = EXCLUDED.verification_level,
     created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
-    last_interaction_at = EXCLUDED.last_interaction_at, deleted_at = NULL,
-    merged_into_id = NULL
+    last_interaction_at = EXCLUDED.last_interaction_at
 """
 
 # identities not listed any more are released (deleted); listed ones are upserted

@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from itertools import repeat
+from itertools import islice, repeat
 from types import TracebackType
 from typing import Any, TypeVar
 from uuid import UUID
@@ -274,8 +274,15 @@ def _requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
     return tuple(data[col] for col in sql.REQUIREMENT_COLS)
 
 
-_setattr = object.__setattr__
 _new = object.__new__
+# the slots of pydantic's BaseModel, set through their descriptors directly (skipping the
+# attribute lookup of object.__setattr__): this runs once per field of every read
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
 class _EnumLookup(dict[str | None, Any]):
     """value -> member, a dict lookup on the hot path; None maps to None; anything else
     goes through the enum itself (so a stored value the enum does not know fails loudly)."""
@@ -293,6 +300,7 @@ _STATUS = _EnumLookup(ItemStatus)
 _FIELD_SOURCE = _EnumLookup(ProfileFieldSource)
 _SOURCE_TYPE = _EnumLookup(SourceType)
 _CHANNEL = _EnumLookup(Channel)
+_VERIFICATION_LEVEL = _EnumLookup(VerificationLevel)
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -305,11 +313,11 @@ def _trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     per-field default handling (every field is present here); ``test_trusted_rows_equal_
     validated_models`` keeps it honest.
     """
-    item = cls.__new__(cls)
-    _setattr(item, "__dict__", values)
-    _setattr(item, "__pydantic_fields_set__", set(values))
-    _setattr(item, "__pydantic_extra__", None)
-    _setattr(item, "__pydantic_private__", None)
+    item = _new(cls)
+    _SET_DICT(item, values)
+    _SET_FIELDS_SET(item, set(values))
+    _SET_EXTRA(item, None)
+    _SET_PRIVATE(item, None)
     return item
 
 
@@ -363,30 +371,36 @@ def _requirement(row: Mapping[str, Any]) -> ScenarioFieldRequirement:
     return ScenarioFieldRequirement.model_validate({col: row[col] for col in sql.REQUIREMENT_COLS})
 
 
+# the keys of a ProfileField's __dict__, in the order _profile_fields() lays the values out
 _PROFILE_FIELD_KEYS = {
     history: (*cols, "value", "source_metadata")
     if history
     else (*cols, "value", "source_metadata", "status", "superseded_by_id", "superseded_at")
-    for history, cols in sql.FIELD_ARRAY_COLS.items()
+    for history, cols in sql.FIELD_ROW_COLS.items()
 }
+# a ProfileField's fields-set is every field: copying a set is cheaper than building one
+_ALL_FIELDS_SET = {history: set(keys) for history, keys in _PROFILE_FIELD_KEYS.items()}
+_FIELD_WIDTH = {history: sql.field_row_width(history) for history in (False, True)}
 
 
-def _profile_fields(row: Mapping[str, Any], include_history: bool) -> list[ProfileField]:
-    """The field versions of a whole-profile row (column arrays + JSON text arrays).
+def _profile_fields(rows: Sequence[Sequence[Any]], include_history: bool) -> list[ProfileField]:
+    """The field versions of a whole-profile read, from its field rows.
 
     With history they come ordered by name, then newest ``collected_at``, then newest write.
     """
-    names = sql.FIELD_ARRAY_COLS[include_history]
-    if row["f_id"] is None:  # no rows: every array_agg is NULL
+    count = len(rows)
+    if not count:
         return []
+    names = sql.FIELD_ROW_COLS[include_history]
+    # the rows turned into columns (in C), keeping only the field's leading columns
+    columns: list[Any] = list(islice(zip(*rows, strict=True), _FIELD_WIDTH[include_history]))
+    metadata_json = columns.pop()
+    value_json = columns.pop()
+    seqs = columns.pop() if include_history else None
     # every value and every source_metadata of the profile parsed in one call
     values, metadata = _loads(
-        (
-            "[[" + ",".join(row["f_value_json"]) + "],[" + ",".join(row["f_metadata_json"]) + "]]"
-        ).encode()
+        ("[[" + ",".join(value_json) + "],[" + ",".join(metadata_json) + "]]").encode()
     )
-    count = len(values)
-    columns = [row["f_" + col] for col in names]
     at = names.index
     columns[at("source")] = [_FIELD_SOURCE[x] for x in columns[at("source")]]
     columns[at("source_item_type")] = [_SOURCE_TYPE[x] for x in columns[at("source_item_type")]]
@@ -398,8 +412,6 @@ def _profile_fields(row: Mapping[str, Any], include_history: bool) -> list[Profi
         columns.append(repeat(ItemStatus.ACTIVE, count))
         columns.append(repeat(None, count))
         columns.append(repeat(None, count))
-    if any(len(column) != count for column in columns if isinstance(column, list)):
-        raise errors.StorageError("profile read returned misaligned field columns")
     # the loop of _trusted(), spelled with map() so it runs in C: this is the hot path
     dicts = list(
         map(
@@ -410,20 +422,35 @@ def _profile_fields(row: Mapping[str, Any], include_history: bool) -> list[Profi
         )
     )
     versions: list[ProfileField] = list(map(_new, repeat(ProfileField, count)))
-    deque(map(_setattr, versions, repeat("__dict__"), dicts), maxlen=0)
-    deque(map(_setattr, versions, repeat("__pydantic_fields_set__"), map(set, dicts)), maxlen=0)
-    deque(map(_setattr, versions, repeat("__pydantic_extra__"), repeat(None)), maxlen=0)
-    deque(map(_setattr, versions, repeat("__pydantic_private__"), repeat(None)), maxlen=0)
+    fields_set = _ALL_FIELDS_SET[include_history]
+    deque(map(_SET_DICT, versions, dicts), maxlen=0)
+    deque(map(_SET_FIELDS_SET, versions, map(set.copy, repeat(fields_set, count))), maxlen=0)
+    deque(map(_SET_EXTRA, versions, repeat(None, count)), maxlen=0)
+    deque(map(_SET_PRIVATE, versions, repeat(None, count)), maxlen=0)
     if include_history:
-        seq = dict(zip(row["f_id"], row["f_seq"], strict=True))
+        assert seqs is not None
+        seq = dict(zip(columns[0], seqs, strict=True))  # id -> write order
         versions.sort(key=lambda v: (v.collected_at, seq[v.id]), reverse=True)
         versions.sort(key=lambda v: v.name)  # stable: newest first within each name
     return versions
 
 
-def _profile(row: Mapping[str, Any], include_history: bool) -> CustomerProfile:
-    versions = _profile_fields(row, include_history)
-    assets = [_asset(a) for a in row["assets"]]
+def _profile(rows: Sequence[Sequence[Any]], include_history: bool) -> CustomerProfile:
+    """A whole profile from the rows of one profile read (see ``sql._PROFILE_TEMPLATE``):
+    the profile's own row, the one whose field id is NULL, and one row per field version."""
+    width = _FIELD_WIDTH[include_history]
+    head = rows[0]
+    if head[0] is None:  # where UNION ALL puts it: no search, no copy but a slice
+        field_rows: Sequence[Sequence[Any]] = rows[1:]
+    else:
+        head = next(r for r in rows if r[0] is None)
+        field_rows = [r for r in rows if r[0] is not None]
+    (
+        profile_id, tenant_id, customer_id, verification_level, created_at, updated_at,
+        last_interaction_at, identities, consents, asset_rows,
+    ) = tuple(head)[width:]  # fmt: skip
+    versions = _profile_fields(field_rows, include_history)
+    assets = [_asset(a) for a in asset_rows]
     history: dict[str, list[ProfileField]] = {}
     if include_history:
         for version in versions:  # ordered by name, newest first
@@ -431,10 +458,10 @@ def _profile(row: Mapping[str, Any], include_history: bool) -> CustomerProfile:
     return _trusted(
         CustomerProfile,
         {
-            "id": row["id"],
-            "tenant_id": row["tenant_id"],
-            "customer_id": row["customer_id"],
-            "channel_identities": [_identity(i) for i in row["identities"]],
+            "id": profile_id,
+            "tenant_id": tenant_id,
+            "customer_id": customer_id,
+            "channel_identities": [_identity(i) for i in identities],
             "fields": (
                 {f.name: f for f in versions if f.status is ItemStatus.ACTIVE}
                 if include_history
@@ -443,11 +470,11 @@ def _profile(row: Mapping[str, Any], include_history: bool) -> CustomerProfile:
             "field_history": history,
             "assets": [a for a in assets if a.status is ItemStatus.ACTIVE],
             "asset_history": assets if include_history else [],
-            "verification_level": VerificationLevel(row["verification_level"]),
-            "consents": [_consent(c) for c in row["consents"]],
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
-            "last_interaction_at": row["last_interaction_at"],
+            "verification_level": _VERIFICATION_LEVEL[verification_level],
+            "consents": [_consent(c) for c in consents],
+            "created_at": created_at,
+            "updated_at": updated_at,
+            "last_interaction_at": last_interaction_at,
         },
     )
 
@@ -625,8 +652,8 @@ class PostgresProfileStore(ProfileStore):
         self, query: str, include_history: bool, *args: Any
     ) -> CustomerProfile | None:
         async with self._conn() as conn:
-            row = await conn.fetchrow(query, *args)
-        return None if row is None else _profile(row, include_history)
+            rows = await conn.fetch(query, *args)
+        return _profile(rows, include_history) if rows else None
 
     async def _get_by_customer_id(
         self, tenant_id: UUID, customer_id: UUID, include_history: bool
@@ -700,7 +727,10 @@ class PostgresProfileStore(ProfileStore):
 
         async def attempt(conn: asyncpg.Connection) -> UUID:
             async with conn.transaction():
-                await conn.execute(sql.LOCK_PROFILE_FOR_SAVE, tenant_id, profile_id)
+                # like every other write, a save to a soft-deleted (or merged-away) profile
+                # finds nothing: a stale caller must not undo a deletion or a merge
+                if await conn.fetchval(sql.LOCK_PROFILE_FOR_SAVE, tenant_id, profile_id) is False:
+                    raise errors.NotFoundError(f"profile {profile_id} is deleted")
                 await conn.execute(
                     sql.UPSERT_PROFILE,
                     tenant_id,
@@ -1150,17 +1180,19 @@ class _Lease:
     its overhead is part of every read.
     """
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_conn", "_pool", "_timeout", "_ch")
 
     def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: asyncpg.Connection | None = None
+        self._ch = None
 
     async def __aenter__(self) -> asyncpg.Connection:
         try:
             if self._pool.get_idle_size():
-                self._conn = await self._pool.acquire()  # will not wait: skip the timer
+                self._ch = self._pool._queue.get_nowait()
+                self._conn = await self._ch.acquire()
             else:
                 async with asyncio.timeout(self._timeout):
                     self._conn = await self._pool.acquire()
@@ -1183,7 +1215,12 @@ class _Lease:
             with contextlib.suppress(asyncpg.InterfaceError):
                 conn.terminate()
         try:
-            await self._pool.release(conn)
+            if self._ch is not None:
+                ch, self._ch = self._ch, None
+                conn._con._on_release()
+                await ch.release(None)
+            else:
+                await self._pool.release(conn)
         except BaseException as release_error:
             if exc is None:
                 raise (_translate(release_error) or release_error) from release_error

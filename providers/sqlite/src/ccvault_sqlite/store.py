@@ -618,19 +618,21 @@ class SqliteProfileStore(ProfileStore):
         """Update stored ids in place, insert new ones (new fields supersede their name)."""
         if not rows:
             return
-        stored = {
-            row[0]: row[1]
-            for row in await conn.execute_fetchall(
-                f"SELECT id, profile_id FROM {table} WHERE tenant_id = ? "
-                "AND id IN (SELECT value FROM json_each(?))",
-                (tenant, codec.dumps([r[0] for r in rows], "ids")),
-            )
-        }
+        found = await conn.execute_fetchall(
+            f"SELECT id, profile_id, name FROM {table} WHERE tenant_id = ? "
+            "AND id IN (SELECT value FROM json_each(?))",
+            (tenant, codec.dumps([r[0] for r in rows], "ids")),
+        )
+        stored = {row[0]: row[1] for row in found}
         elsewhere = sorted(i for i, owner in stored.items() if owner != profile_id)
         if elsewhere:
             raise errors.ConflictError(
                 f"{table[:-1]} id(s) {elsewhere} already belong to another profile"
             )
+        names = {row[0]: row[2] for row in found}
+        renamed = sorted(row[0] for row in rows if row[0] in names and names[row[0]] != row[1])
+        if renamed:
+            raise errors.ConflictError(f"{table[:-1]} id(s) {renamed} keep their stored name")
         updates = [(*row[1:], tenant, row[0]) for row in rows if row[0] in stored]
         inserts = [(tenant, profile_id, *row) for row in rows if row[0] not in stored]
         if table == "fields":
