@@ -688,3 +688,99 @@ async def test_the_chain_index_is_bounded(
             assert [entry["id"] for entry in chain] == [item.id]
     assert await client.scard(f"{prefix}deriv_index:{{{tenant}}}") == 2
     assert backend.reads["get_derivation_chain"] == 6  # 2 cached, 2 always from the backend
+
+
+# ---------------------------------------------------------------------------------------
+# derivation chains: only closed chains are cached, so new items invalidate none
+# ---------------------------------------------------------------------------------------
+
+
+def _ids(chain: list[dict[str, Any]]) -> list[Any]:
+    return [entry["id"] for entry in chain]
+
+
+async def test_writing_new_items_keeps_cached_chains(
+    store: CachedProfileStore, backend: Any, tenant: UUID
+) -> None:
+    profile = await new_profile(store, tenant)
+    root = await store.get_field(tenant, profile.id, "email")
+    assert root is not None
+    derived = make_field(
+        "domain", "example.com", source_item_id=root.id, source_item_type=SourceType.PROFILE_FIELD
+    )
+    await store.update_field(tenant, profile.id, derived)
+    assert _ids(await store.get_derivation_chain(tenant, derived.id, "profile_field")) == [
+        root.id,
+        derived.id,
+    ]
+    reads = backend.reads["get_derivation_chain"]
+    # new items of the tenant, and a new version superseding the chain's root
+    await store.update_field(tenant, profile.id, make_field("nickname", "ada"))
+    await store.add_asset(tenant, profile.id, make_asset("passport"))
+    await store.update_field(tenant, profile.id, make_field("email", "b@example.com"))
+    other = await new_profile(store, tenant)
+    await store.update_field(tenant, other.id, make_field("phone", "+4915100"))
+    for _ in range(2):
+        chain = await store.get_derivation_chain(tenant, derived.id, "profile_field")
+        assert _ids(chain) == [root.id, derived.id]
+    assert backend.reads["get_derivation_chain"] == reads, "a new item invalidated the chain"
+    # a write that changes stored items still resets the chains (here: delete_item)
+    assert await store.delete_item(tenant, derived.id, "profile_field") is True
+    assert await store.get_derivation_chain(tenant, derived.id, "profile_field") == []
+    assert backend.reads["get_derivation_chain"] == reads + 1
+
+
+async def test_a_chain_stopping_at_a_missing_item_is_completed_when_it_is_written(
+    store: CachedProfileStore, backend: Any, tenant: UUID
+) -> None:
+    profile = await new_profile(store, tenant)
+    missing = uuid.uuid4()
+    derived = make_field(
+        "domain", "example.com", source_item_id=missing, source_item_type=SourceType.PROFILE_FIELD
+    )
+    await store.update_field(tenant, profile.id, derived)
+    unknown = make_field("nickname", "ada")
+    for _ in range(2):  # neither chain is cached: the missing items may be written next
+        chain = await store.get_derivation_chain(tenant, derived.id, "profile_field")
+        assert _ids(chain) == [derived.id]
+        assert await store.get_derivation_chain(tenant, unknown.id, "profile_field") == []
+    assert backend.reads["get_derivation_chain"] == 4
+    await store.update_field(tenant, profile.id, make_field("source", "x", id=missing))
+    await store.update_field(tenant, profile.id, unknown)
+    for _ in range(2):
+        chain = await store.get_derivation_chain(tenant, derived.id, "profile_field")
+        assert _ids(chain) == [missing, derived.id]
+        assert _ids(await store.get_derivation_chain(tenant, unknown.id, "profile_field")) == [
+            unknown.id
+        ]
+    assert backend.reads["get_derivation_chain"] == 6  # now closed: cached
+
+
+async def test_without_source_links_only_full_depth_chains_are_cached(
+    client: Redis, prefix: str, tenant: UUID
+) -> None:
+    """A backend whose chain entries lack source links (a plain forwarding wrapper) cannot
+    tell a chain that ended from one that stopped at a missing item: never cached then."""
+    from ccvault.store import ForwardingProfileStore
+
+    inner = InMemoryProfileStore()
+    async with CachedProfileStore(
+        ForwardingProfileStore(inner), client, key_prefix=prefix
+    ) as store:
+        profile = await new_profile(store, tenant)
+        missing = uuid.uuid4()
+        derived = make_field(
+            "domain",
+            "example.com",
+            source_item_id=missing,
+            source_item_type=SourceType.PROFILE_FIELD,
+        )
+        await store.update_field(tenant, profile.id, derived)
+        assert _ids(await store.get_derivation_chain(tenant, derived.id, "profile_field")) == [
+            derived.id
+        ]
+        await store.update_field(tenant, profile.id, make_field("source", "x", id=missing))
+        assert _ids(await store.get_derivation_chain(tenant, derived.id, "profile_field")) == [
+            missing,
+            derived.id,
+        ]

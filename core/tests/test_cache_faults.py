@@ -259,6 +259,7 @@ async def test_no_stale_read_while_redis_stops_freezes_and_restarts(
             completed[profile.id] = 0
         stop = asyncio.Event()
         violations: list[str] = []
+        done = {"reads": 0, "writes": 0}
 
         async def writer(profile: CustomerProfile) -> None:
             seq = 0
@@ -266,6 +267,7 @@ async def test_no_stale_read_while_redis_stops_freezes_and_restarts(
                 seq += 1
                 await store.update_field(tenant, profile.id, make_field("counter", seq))
                 completed[profile.id] = seq
+                done["writes"] += 1
                 await asyncio.sleep(0.002)
 
         async def reader(worker: int) -> None:
@@ -282,21 +284,36 @@ async def test_no_stale_read_while_redis_stops_freezes_and_restarts(
                 assert isinstance(value, int)
                 if value < floor:
                     violations.append(f"read {value} after write {floor}")
+                done["reads"] += 1
                 await asyncio.sleep(0)
+
+        async def progress(phase: str, reads: int = 20, writes: int = 6) -> None:
+            """Wait until the workload completed ``reads`` reads and ``writes`` writes in
+            this phase (polled, bounded), however slow the machine."""
+            start = dict(done)
+            deadline = asyncio.get_running_loop().time() + 30
+            while (
+                done["reads"] - start["reads"] < reads or done["writes"] - start["writes"] < writes
+            ):
+                for task in tasks:
+                    if task.done():
+                        task.result()  # a failed worker fails the test now
+                assert asyncio.get_running_loop().time() < deadline, f"no progress: {phase}"
+                await asyncio.sleep(0.01)
 
         tasks = [asyncio.create_task(writer(p)) for p in profiles]
         tasks += [asyncio.create_task(reader(i)) for i in range(8)]
         try:
             for round_ in range(2):
-                await asyncio.sleep(0.2)  # let the workload run (not a synchronisation)
+                await progress("Redis up")
                 await asyncio.to_thread(server.shutdown_save if round_ else server.stop)
-                await asyncio.sleep(0.2)
+                await progress("Redis down")
                 await asyncio.to_thread(server.start)
-                await asyncio.sleep(0.2)
+                await progress("Redis restarted")
                 server.pause()
-                await asyncio.sleep(0.2)
+                await progress("Redis frozen")
                 server.resume()
-            await asyncio.sleep(0.2)
+            await progress("Redis resumed")
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), 30)

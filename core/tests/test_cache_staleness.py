@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from ccvault import metrics
 from ccvault.cache import CachedProfileStore
-from ccvault.models import Channel, CustomerProfile, ProfileField
+from ccvault.models import Channel, CustomerProfile, ProfileField, SourceType
 from ccvault.store import ForwardingProfileStore, ProfileStore
 from ccvault_contract_tests.helpers import make_definition, make_field, unique_user
 from ccvault_inmemory import InMemoryProfileStore
@@ -162,6 +162,36 @@ async def test_the_race_on_definitions(client: Redis) -> None:
     await reader
     found = await store.get_field_definition(tenant, agent, "email")
     assert found is not None and found.display_name == "2"
+
+
+async def test_the_race_on_a_chain_whose_missing_source_is_written(client: Redis) -> None:
+    """A chain reader holds "derived -> (missing source)" while a writer adds that source:
+    no write of a new item resets chains, yet the held chain must never be cached."""
+    backend = CountingStore(InMemoryProfileStore())
+    store = CachedProfileStore(backend, client, key_prefix=client.test_prefix)  # type: ignore[attr-defined]
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WHATSAPP, unique_user())
+    missing = uuid.uuid4()
+    derived = make_field(
+        "domain", "example.com", source_item_id=missing, source_item_type=SourceType.PROFILE_FIELD
+    )
+    await store.update_field(tenant, profile.id, derived)
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(_: str) -> None:
+        backend.after_read = None
+        held.set()
+        await release.wait()
+
+    backend.after_read = hold
+    reader = asyncio.create_task(store.get_derivation_chain(tenant, derived.id, "profile_field"))
+    await asyncio.wait_for(held.wait(), 10)
+    await store.update_field(tenant, profile.id, make_field("source", "x", id=missing))
+    release.set()
+    assert [e["id"] for e in await reader] == [derived.id]
+    for _ in range(2):
+        chain = await store.get_derivation_chain(tenant, derived.id, "profile_field")
+        assert [e["id"] for e in chain] == [missing, derived.id]
 
 
 async def test_many_concurrent_readers_and_writers_never_read_stale(client: Redis) -> None:

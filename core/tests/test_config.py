@@ -278,7 +278,11 @@ def test_worker_lease_keys_choose_the_lease(tmp_path: Path) -> None:
 
     def lease(**worker: str) -> object:
         return lease_from_settings(
-            ccvault.load_settings(cache_enabled=worker.pop("cache", "1") == "1", worker=worker)
+            ccvault.load_settings(
+                store_provider=worker.pop("provider", "sqlite"),
+                cache_enabled=worker.pop("cache", "1") == "1",
+                worker=worker,
+            )
         )
 
     assert isinstance(lease(), RedisTenantLease)  # auto, cache on

@@ -71,7 +71,7 @@ BAD_CALLS: list[tuple[str, BadCall]] = [
     ("fill_gap definitions=list", lambda g, s: g.fill_gap("email", s, definitions=[1])),  # type: ignore[arg-type]
     ("try_profile_fill profile=dict", lambda g, s: g.try_profile_fill("email", s, profile={})),  # type: ignore[arg-type]
     ("try_session_fill scenario_id=1", lambda g, s: g.try_session_fill("email", s, scenario_id=1)),  # type: ignore[arg-type]
-    ("try_conversation_extraction session=dict", lambda g, s: g.try_conversation_extraction("email", {})),  # type: ignore[arg-type]
+    ("extraction session=dict", lambda g, s: g.try_conversation_extraction("email", {})),  # type: ignore[arg-type]
     ("fill_multiple session=None", lambda g, s: g.fill_multiple(["email"], None)),  # type: ignore[arg-type]
     ("fill_scenario scenario_id=x", lambda g, s: g.fill_scenario_requirements(s, "x")),  # type: ignore[arg-type]
     ("fill_scenario step_id=x", lambda g, s: g.fill_scenario_requirements(s, uuid4(), "x")),  # type: ignore[arg-type]

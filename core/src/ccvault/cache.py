@@ -44,16 +44,36 @@ Pointers need no lease and may even be stale (they are also kept in process memo
 reached through a pointer is used only if it still carries the customer id or identity looked
 up, and bodies themselves are always current.
 
+**Derivation chains** are cached only when *closed*: full depth, or ending at an item
+without a source item, or at a cycle. A chain that stopped at a missing source item (or the
+``[]`` of an unknown item) is always read from the backend, since the next item written may
+be that very one. So writes that only add items (``update_field``, ``add_asset``: a new item
+has a new id, and superseding changes statuses, which chains do not show) leave cached
+chains alone; writes that change or remove stored items (save, delete, delete_item, purge,
+rewrite_field_payloads) reset the tenant's lineage epoch.
+
 **Redis faults.** Every Redis call is bounded by ``operation_timeout``. On any Redis error
 the cache is bypassed (reads and writes go to the backend only) for ``retry_after`` seconds.
 A write that could not invalidate (Redis down or slow, the call cancelled, or the backend
 write's outcome unknown) *poisons* its tenant: the tenant's cache is not read again until
-all its epoch keys have been deleted in Redis, which the first operation after
-``retry_after`` does before trusting anything (more than ``max_dirty_tenants`` poisoned
-tenants: every epoch key under the prefix is deleted). Entries that missed an invalidation
-while Redis was away, even ones restored from a snapshot, are therefore never served by this
-process. (Another process sharing the Redis cannot know about this process's lost
-invalidations; it is protected once this process reconnects, and by the TTL.)
+all its epoch keys have been deleted in Redis (more than ``max_dirty_tenants`` poisoned
+tenants: every epoch key under the prefix is deleted). That recovery is run by the first
+operation after ``retry_after``, by a background task that retries with a bounded back-off
+(``retry_after`` doubling up to ``max_retry_interval``) without waiting for another call, and
+once more, bounded by ``close_timeout``, by :meth:`aclose`. Entries that missed an
+invalidation while Redis was away, even ones restored from a snapshot, are therefore never
+served by this process. **Remaining window:** another process sharing the Redis cannot know
+about this process's lost invalidations; it may serve such an entry until this process
+reaches Redis again and its retry has run (at most ``max_retry_interval`` after Redis
+answers again), or, if this process never reaches Redis again (it dies, or only its own
+connection stays broken), until the entry's TTL.
+
+**Erasure.** ``purge_profile`` deletes, after the backend purge, every key that holds the
+profile (body, pointers, cached chains). If that cannot be done, the erasure stays pending
+(retried like a lost invalidation) and the purge raises
+:class:`~ccvault.errors.ProviderUnavailableError`: the profile is gone from the database,
+the caller retries the purge, and a retried purge (the backend then has nothing left and
+answers False) still performs the erasure, which is idempotent.
 
 Metrics (:mod:`ccvault.metrics`): every cached read counts a hit or a miss (a read served by
 the backend because the cache is bypassed counts as a miss); every write that invalidated
@@ -91,7 +111,7 @@ from ccvault.models import (
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
 )
-from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore
+from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore, _lineage_target
 
 if TYPE_CHECKING:
     from ccvault.settings import VaultSettings
@@ -240,7 +260,9 @@ class CachedProfileStore(ForwardingProfileStore):
     probes Redis while the others keep bypassing it). ``max_dirty_tenants``: poisoned
     tenants tracked one by one before a recovery clears every epoch under the prefix;
     ``pointer_cache_size``: pointers kept in process memory; ``index_limit``: derivation
-    chains one tenant may have cached at once.
+    chains one tenant may have cached at once; ``max_retry_interval``: the longest pause of
+    the background retry of pending invalidations and erasures; ``close_timeout``: how long
+    :meth:`aclose` may spend flushing them.
     """
 
     def __init__(
@@ -311,6 +333,12 @@ class CachedProfileStore(ForwardingProfileStore):
         self.max_retry_interval = max(max_retry_interval, retry_after)
         self.close_timeout = close_timeout
         self._retry_task: asyncio.Task[None] | None = None
+        self._closing = False
+        # whether the backend's chain hook gives each entry's source link (see
+        # _get_derivation_chain); a backend may say so with a ``lineage_sources`` attribute
+        self._chain_sources = bool(
+            getattr(backend, "lineage_sources", not isinstance(backend, ForwardingProfileStore))
+        )
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> CachedProfileStore:
@@ -367,6 +395,7 @@ class CachedProfileStore(ForwardingProfileStore):
                     await self.redis.aclose()
 
     async def _flush(self) -> None:
+        self._closing = True
         task, self._retry_task = self._retry_task, None
         if task is not None and not task.done():
             task.cancel()
@@ -479,7 +508,7 @@ class CachedProfileStore(ForwardingProfileStore):
         retry clears them as soon as Redis answers again (back-off from ``retry_after``
         doubling up to ``max_retry_interval``).
         """
-        if self._closed or (self._retry_task is not None and not self._retry_task.done()):
+        if self._closing or (self._retry_task is not None and not self._retry_task.done()):
             return
         try:
             loop = asyncio.get_running_loop()
@@ -489,12 +518,15 @@ class CachedProfileStore(ForwardingProfileStore):
 
     async def _retry_pending(self) -> None:
         delay = self.retry_after
-        while self._pending() and not self._closed:
+        while self._pending() and not self._closing:
             await asyncio.sleep(delay)  # back-off between attempts, not a synchronisation
             if self._recovering:
                 continue  # a caller is clearing it right now
-            if not self._pending() or await self._recover():
-                return
+            try:
+                if not self._pending() or await self._recover():
+                    return
+            except Exception:  # never let the retry die silently; keep trying
+                logger.exception("retrying pending Redis invalidations failed")
             delay = min(delay * 2, self.max_retry_interval)
 
     async def _redis(self, call: Callable[[], Awaitable[_T]]) -> _T:
@@ -671,10 +703,12 @@ class CachedProfileStore(ForwardingProfileStore):
         decode: Callable[[bytes], _T],
         encode: Callable[[_T], bytes],
         index: str = "",
+        cacheable: Callable[[_T], bool] | None = None,
     ) -> _T:
         """Read-through for a plain entry (no pointer): hit, else load and fill.
 
-        ``index``: a set that records the entry once stored (for erasure).
+        ``index``: a set that records the entry once stored (for erasure); ``cacheable``:
+        whether a loaded value may be stored (else it is served and forgotten).
         """
         label = str(tenant)
         lookup: _Lookup | None = None
@@ -689,7 +723,7 @@ class CachedProfileStore(ForwardingProfileStore):
                 return decode(lookup.payload)
         metrics.PROFILE_CACHE_MISSES.labels(tenant_id=label).inc()
         value = await load()
-        if lookup is not None and lookup.kind == 2:
+        if lookup is not None and lookup.kind == 2 and (cacheable is None or cacheable(value)):
             await self._fill(
                 tenant,
                 namespace,
@@ -918,8 +952,13 @@ class CachedProfileStore(ForwardingProfileStore):
     # =====================================================================================
 
     def _profile_and_lineage(self, tenant: UUID, profile_id: UUID) -> _Invalidation:
-        # a new item may complete a chain that stopped at its (then missing) id
         return _Invalidation([self._body_key(tenant, profile_id)], [_NS_LINEAGE])
+
+    def _new_item(self, tenant: UUID, profile_id: UUID) -> _Invalidation:
+        # a new item (its id is new: reusing a stored id is a ConflictError) changes no
+        # cached chain, as only closed chains are cached (see _get_derivation_chain); the
+        # version it supersedes changes status only, which chains do not show
+        return _Invalidation([self._body_key(tenant, profile_id)])
 
     async def _update_field(
         self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
@@ -930,7 +969,7 @@ class CachedProfileStore(ForwardingProfileStore):
             self.inner.update_field(
                 tenant_id, profile_id, field, supersede_existing=supersede_existing
             ),
-            lambda _: self._profile_and_lineage(tenant_id, profile_id),
+            lambda _: self._new_item(tenant_id, profile_id),
         )
 
     async def _expire_stale_fields(
@@ -956,7 +995,7 @@ class CachedProfileStore(ForwardingProfileStore):
             self.inner.add_asset(
                 tenant_id, profile_id, asset, supersede_existing=supersede_existing
             ),
-            lambda _: self._profile_and_lineage(tenant_id, profile_id),
+            lambda _: self._new_item(tenant_id, profile_id),
         )
 
     # =====================================================================================
@@ -966,9 +1005,42 @@ class CachedProfileStore(ForwardingProfileStore):
     async def _get_derivation_chain(
         self, tenant_id: UUID, item_id: UUID, item_type: ItemType, max_depth: int
     ) -> list[LineageEntry]:
-        async def load() -> list[LineageEntry]:
-            chain = await self.inner.get_derivation_chain(tenant_id, item_id, item_type.value)
-            return [LineageEntry.model_validate(entry) for entry in chain]
+        """Chains are cached only when *closed*: no write that adds an item can change them.
+
+        A chain is closed when it has ``max_depth`` entries, or its root has no source
+        item, or the root's source is already in the chain (a cycle). A chain that stopped
+        at a missing source item (or an unknown item: ``[]``) is served from the backend
+        and never cached, because the item written next may be exactly that missing one.
+        So writes of new items (update_field, add_asset) need not touch cached chains,
+        and only writes that change or remove stored items reset the lineage epoch.
+        Telling "no source" from "source missing" needs each entry's source link, which
+        only the backend's own hook gives (a public ``get_derivation_chain`` omits it, so a
+        :class:`ForwardingProfileStore` backend loses it): unless the backend says it gives
+        them (a true ``lineage_sources`` attribute; default: it is not a forwarding store),
+        only chains of ``max_depth`` entries are cached.
+        """
+        if self._chain_sources:
+
+            async def load() -> list[LineageEntry]:
+                return await self.inner._get_derivation_chain(
+                    tenant_id, item_id, item_type, max_depth
+                )
+
+        else:
+
+            async def load() -> list[LineageEntry]:
+                chain = await self.inner.get_derivation_chain(tenant_id, item_id, item_type.value)
+                return [LineageEntry.model_validate(entry) for entry in chain]
+
+        def closed(chain: list[LineageEntry]) -> bool:
+            if len(chain) >= max_depth:
+                return True
+            if not chain or not self._chain_sources:
+                return False
+            root = chain[0]
+            if root.source_item_id is None or _lineage_target(root.source_item_type) is None:
+                return True
+            return any(entry.id == root.source_item_id for entry in chain)
 
         return await self._cached(
             tenant_id,
@@ -980,6 +1052,7 @@ class CachedProfileStore(ForwardingProfileStore):
             _CHAIN.validate_json,
             _CHAIN.dump_json,
             self._deriv_index(tenant_id),
+            closed,
         )
 
     # =====================================================================================

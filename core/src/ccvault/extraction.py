@@ -256,6 +256,17 @@ class OfflineExtractor:
     async def extract(
         self, request: ExtractionRequest, turns: Sequence[ConversationTurn]
     ) -> Extraction | None:
+        """The value ``request`` asks for, from the customer's turns of ``turns`` (oldest
+        first), or None when no turn holds a candidate.
+
+        Reads the turns newest first and answers from the newest customer turn holding a
+        candidate; agent turns (``assistant``, ``agent``, ``bot``, ``system``) are never
+        quoted, only used to tell whether the field was just asked about. The value is of
+        ``request.value_type`` (or one of ``request.allowed_values``), the confidence is
+        the one of the table in the class docstring, the quote is the sentence it was found
+        in, ``method`` is ``offline:<rule>``. Pure, deterministic, no I/O: never raises
+        :class:`ExtractionError`.
+        """
         keywords = request.keywords()
         for index in range(len(turns) - 1, -1, -1):
             turn = turns[index]
@@ -575,6 +586,16 @@ class OpenAICompatibleExtractor:
     async def extract(
         self, request: ExtractionRequest, turns: Sequence[ConversationTurn]
     ) -> Extraction | None:
+        """Ask the endpoint for the value ``request`` describes, in ``turns`` (oldest first).
+
+        One ``chat/completions`` request per call (none when ``turns`` is empty: None).
+        Returns None when the model says it found nothing; else an :class:`Extraction` with
+        the model's JSON value (any JSON type: gap fill validates it against the definition,
+        the adapter does not), its confidence clamped to [0, 1] and capped at 0.3 when the
+        quote does not occur in the conversation, ``method`` ``llm:<model>`` and source
+        ``llm_extracted``. Raises :class:`ExtractionError` on a transport failure, a non-200
+        answer or an answer that is not the expected JSON object.
+        """
         if not turns:
             return None
         body: dict[str, Any] = {

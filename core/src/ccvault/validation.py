@@ -306,6 +306,7 @@ def _check_definitions(value: object) -> Mapping[str, ProfileFieldDefinition] | 
         )
     return value
 
+
 _Key = tuple[UUID, UUID]
 
 

@@ -115,6 +115,14 @@ def test_the_index_definitions_are_exactly_these() -> None:
     assert requirements["requirement_natural_key"]["unique"] is True
     definitions = {d["name"]: d for d in documents["definitions"]}
     assert list(definitions["definition_natural_key"]["key"]) == ["tenant_id", "agent_id", "name"]
+    # vault ids are unique per tenant, not globally (``_id`` is the driver's ObjectId)
+    for collection, name in [("profiles", "profile_id_unique"), ("fields", "field_id_unique"),
+                             ("assets", "asset_id_unique"),
+                             ("definitions", "definition_id_unique"),
+                             ("requirements", "requirement_id_unique")]:
+        [index] = [d for d in documents[collection] if d["name"] == name]
+        assert list(index["key"]) == ["tenant_id", "id"] and index["unique"] is True
+        assert "partialFilterExpression" not in index
     # shardable on tenant: every index but the recovery one starts with tenant_id
     for name, docs in documents.items():
         for doc in docs:
@@ -795,3 +803,109 @@ async def test_merge_sends_this_sequence(transactions: bool) -> None:
         final = commands[9].args[1]
         assert final["$set"]["live"] is False and final["$set"]["merged_into"] == dst
         assert final["$unset"] == {"merging_into": ""}
+
+
+# ---------------------------------------------------------------------------------------
+# save: only a live profile is updated; a gone one is never brought back
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transactions", [False, True])
+async def test_save_updates_only_a_live_profile_and_revives_nothing(transactions: bool) -> None:
+    async for store, client in _open(transactions):
+        tenant = uuid4()
+        profile = await store.get_or_create(tenant, Channel.SMS, "+15550201")
+        client.clear_commands()
+        await store.save(profile)
+        t, p = uid(tenant), uid(profile.id)
+        gone_checks = [c for c in client.commands
+                       if (c.collection, c.method) == ("profiles", "find_one")
+                       and c.args[0] == {"tenant_id": t, "id": p}]
+        # before anything else; on a replica set once more inside the transaction
+        assert client.commands[0] == gone_checks[0]
+        assert gone_checks[0].kwargs == {"projection": {"live": 1, "merging_into": 1}}
+        assert [c.in_transaction for c in gone_checks] == ([False, True] if transactions
+                                                           else [False])
+        [upsert] = [c for c in client.commands if c.kwargs.get("upsert")
+                    and c.collection == "profiles"]
+        assert upsert.method == "find_one_and_update"
+        assert upsert.args[0] == {"tenant_id": t, "id": p, "live": True, "merging_into": None}
+        assert list(upsert.args[1]) == ["$set", "$inc"]  # no $unset: nothing is revived
+        assert not {"live", "deleted_at", "merging_into", "merged_into"} & set(
+            upsert.args[1]["$set"])
+        assert upsert.in_transaction is transactions
+
+
+async def test_a_profile_deleted_between_the_check_and_the_upsert_is_not_revived() -> None:
+    """Standalone: the profile is soft-deleted right after save checked it. The upsert no
+    longer matches it and its insert collides with it on ``(tenant_id, id)``: NotFoundError,
+    and the profile stays deleted."""
+    tenant = uuid4()
+
+    class RacingClient(EmulatedMongoClient):
+        armed = False
+
+        def _record(self, collection: str, method: str, args: tuple[Any, ...],
+                    kwargs: dict[str, Any], session: Any) -> None:
+            super()._record(collection, method, args, kwargs, session)
+            if self.armed and collection == "profiles" and kwargs.get("upsert"):
+                self.armed = False
+                self._sync["gone"]["profiles"].update_one(
+                    {"tenant_id": uid(tenant), "id": args[0]["id"]},
+                    {"$set": {"live": False, "deleted_at": dt(NOW)}},
+                )
+
+    client = RacingClient()
+    settings = MongoSettings(database="gone", transactions="off")
+    async with FixedClockStore(settings, client=client) as store:
+        profile = await store.get_or_create(tenant, Channel.SMS, "+15550202")
+        client.armed = True
+        with pytest.raises(errors.NotFoundError):
+            await store.save(profile)
+        assert not client.armed
+        docs = await client["gone"]["profiles"].find({"tenant_id": uid(tenant)}).to_list(None)
+        assert len(docs) == 1 and docs[0]["live"] is False and docs[0]["lock"] is None
+        assert await store.get_by_id(tenant, profile.id) is None
+
+
+# ---------------------------------------------------------------------------------------
+# mark_orphans: bounded pages
+# ---------------------------------------------------------------------------------------
+
+
+async def test_mark_orphans_sends_bounded_pages(
+    standalone: tuple[MongoProfileStore, EmulatedMongoClient],
+) -> None:
+    store, client = standalone
+    store.orphan_batch_size = 3
+    tenant = uuid4()
+    profile = await _profile(store, tenant)
+    for i in range(7):  # each derived from its own source, never stored
+        await store.update_field(tenant, profile, ProfileField(
+            name=f"f{i}", value=i, source_item_id=uuid4(),
+            source_item_type=SourceType.PROFILE_FIELD))
+    client.clear_commands()
+    assert await store.mark_orphans(tenant) == 7
+    t = uid(tenant)
+    live = [s.value for s in ItemStatus if s is not ItemStatus.ORPHANED]
+    candidates = {"tenant_id": t, "status": {"$in": live},
+                  "source_item_type": {"$in": ["profile_field", "profile_asset"]}}
+    page_kwargs = {"projection": {"id": 1, "source_item_id": 1, "source_item_type": 1},
+                   "sort": [("id", 1)], "limit": 3}
+    # per page of at most 3: the page, which of its sources exist, the orphans marked;
+    # the third page is short, so the walk over fields ends there; assets: one empty page
+    assert _calls(client) == [
+        ("fields", "find"), ("fields", "find"), ("fields", "update_many"),
+    ] * 3 + [("assets", "find")]
+    pages = [c for c in client.commands if c.kwargs.get("limit") is not None]
+    assert [c.collection for c in pages] == ["fields"] * 3 + ["assets"]
+    assert pages[0].args == (candidates,) and pages[0].kwargs == page_kwargs
+    assert pages[3].args == (candidates,) and pages[3].kwargs == page_kwargs
+    for page in pages[1:3]:  # keyset pagination: after the last id of the page before
+        assert set(page.args[0]) == {*candidates, "id"}
+        assert list(page.args[0]["id"]) == ["$gt"]
+    sizes = [len(c.args[0]["id"]["$in"]) for c in client.commands
+             if "$in" in c.args[0].get("id", {})]
+    assert sizes == [3, 3, 3, 3, 1, 1]  # sources looked up, orphans marked: never above 3
+    for mark in (c for c in client.commands if c.method == "update_many"):
+        assert mark.args[1] == {"$set": {"status": "orphaned", "updated_at": dt(NOW)}}

@@ -421,7 +421,7 @@ class MongoProfileStore(ProfileStore):
             # the profile first, then the identity that makes it findable: the unique
             # identity index decides a race, and the loser removes its unreachable profile
             await self._c("profiles").insert_one(
-                {"id": uid(profile.id), "tenant_id": uid(tenant_id),
+                {"tenant_id": uid(tenant_id), "id": uid(profile.id),
                  **self._profile_attrs(profile), "live": True, "write_seq": 1}
             )
             try:

@@ -66,6 +66,7 @@ from ccvault.models import (
 )
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_postgres import _sql as sql
+from ccvault_postgres.pool import ConnectionPool
 from ccvault_postgres.schema import MIGRATIONS, VERSION_TABLE
 from ccvault_postgres.settings import PostgresSettings
 
@@ -145,10 +146,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog", format="binary"
     )
-
-
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    """Pool reset hook: nothing to undo (asyncpg has already rolled back any transaction)."""
 
 
 def _migration_lock_key(schema: str) -> int:
@@ -497,7 +494,7 @@ class PostgresProfileStore(ProfileStore):
     ) -> None:
         super().__init__(rules=rules)
         self.settings = settings or PostgresSettings()
-        self._pool: asyncpg.Pool | None = None
+        self._pool: ConnectionPool | None = None
         self._setup_lock = asyncio.Lock()
         self.applied_migrations: list[int] = []
 
@@ -517,28 +514,37 @@ class PostgresProfileStore(ProfileStore):
                 "statement_timeout": str(int(options.statement_timeout_seconds * 1000)),
                 "plan_cache_mode": options.plan_cache_mode,
             }
-            try:
-                pool = await asyncpg.create_pool(
+
+            async def connect() -> asyncpg.Connection:
+                conn = await asyncpg.connect(
                     options.dsn,
-                    min_size=options.min_pool_size,
-                    max_size=options.max_pool_size,
-                    init=_init_connection,
-                    # the store's statements leave no session state (only SET LOCAL and
-                    # transaction-scoped locks), so releasing a connection needs no reset
-                    # query: that would double the round trips of every call
-                    reset=_no_reset,
                     server_settings=server_settings,
                     timeout=options.connect_timeout_seconds,
                     command_timeout=options.command_timeout_seconds or None,
-                    max_inactive_connection_lifetime=(
-                        options.max_inactive_connection_lifetime_seconds
-                    ),
                 )
+                try:
+                    await _init_connection(conn)
+                except BaseException:
+                    conn.terminate()
+                    raise
+                return conn
+
+            pool = ConnectionPool(
+                connect,
+                min_size=options.min_pool_size,
+                max_size=options.max_pool_size,
+                max_inactive=options.max_inactive_connection_lifetime_seconds,
+            )
+            try:
+                await pool.start()
             except BaseException as exc:
                 raise (_translate(exc) or exc) from exc
             try:
-                async with pool.acquire(timeout=options.pool_acquire_timeout_seconds) as conn:
+                conn = await pool.acquire(options.pool_acquire_timeout_seconds)
+                try:
                     self.applied_migrations = await self._migrate(conn)
+                finally:
+                    pool.release(conn)
             except BaseException as exc:
                 pool.terminate()
                 raise (_translate(exc) or exc) from exc
@@ -604,7 +610,11 @@ class PostgresProfileStore(ProfileStore):
                 yield conn
             finally:
                 if not conn.is_closed():
-                    await conn.reset()
+                    try:
+                        await conn.reset()
+                    except BaseException:
+                        conn.terminate()  # session state may be left: never reuse it
+                        raise
 
     def _conn(self) -> _Lease:
         """A pooled connection for the store's own statements; errors leave as
@@ -1175,27 +1185,20 @@ class PostgresProfileStore(ProfileStore):
 class _Lease:
     """``async with``: one pooled connection, driver errors translated on the way out.
 
-    A plain class rather than ``contextlib.asynccontextmanager``, and ``asyncio.timeout``
-    rather than ``acquire(timeout=...)`` (which spawns a task): this wraps every call, so
+    A plain class rather than ``contextlib.asynccontextmanager``: this wraps every call, so
     its overhead is part of every read.
     """
 
-    __slots__ = ("_conn", "_pool", "_timeout", "_ch")
+    __slots__ = ("_conn", "_pool", "_timeout")
 
-    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+    def __init__(self, pool: ConnectionPool, timeout: float) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: asyncpg.Connection | None = None
-        self._ch = None
 
     async def __aenter__(self) -> asyncpg.Connection:
         try:
-            if self._pool.get_idle_size():
-                self._ch = self._pool._queue.get_nowait()
-                self._conn = await self._ch.acquire()
-            else:
-                async with asyncio.timeout(self._timeout):
-                    self._conn = await self._pool.acquire()
+            self._conn = await self._pool.acquire(self._timeout)
         except BaseException as exc:
             raise (_translate(exc) or exc) from exc
         return self._conn
@@ -1210,20 +1213,9 @@ class _Lease:
         assert conn is not None
         if exc is not None and _breaks_connection(exc):
             # the protocol may be mid-message (say, the server died before ReadyForQuery):
-            # never hand this connection out again; the pool opens a fresh one on demand.
-            # (If the server closed it, asyncpg has already detached it from the pool.)
-            with contextlib.suppress(asyncpg.InterfaceError):
-                conn.terminate()
-        try:
-            if self._ch is not None:
-                ch, self._ch = self._ch, None
-                conn._con._on_release()
-                await ch.release(None)
-            else:
-                await self._pool.release(conn)
-        except BaseException as release_error:
-            if exc is None:
-                raise (_translate(release_error) or release_error) from release_error
+            # never hand this connection out again; the pool opens a fresh one on demand
+            conn.terminate()
+        self._pool.release(conn)
         if exc is not None:
             translated = _translate(exc)
             if translated is not None:
