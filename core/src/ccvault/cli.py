@@ -481,7 +481,7 @@ def worker(ctx: click.Context, once: bool, tenant: tuple[UUID, ...], serve_metri
     """Expire stale fields, mark orphans and refresh the status gauge, for every tenant,
     every expire_check_interval_seconds. Stops cleanly on SIGTERM/SIGINT, after the tenant
     in progress. Several workers may run at once: a tenant claim ([worker] lease: in Redis,
-    or in files on one host) keeps them apart."""
+    PostgreSQL advisory locks, or files on one host) keeps them apart."""
     from ccvault.worker import Worker, lease_from_settings
 
     settings = _settings(ctx)

@@ -138,9 +138,11 @@ class MetricsSettings(_Section):
 class WorkerSettings(_Section):
     """``[worker]``: how several ``ccvault worker`` processes keep out of each other's way."""
 
-    # "redis": tenant claims in [redis] (any number of hosts); "file": claim files in
-    # lease_dir (one host, no servers); "auto": redis when the cache is on, else file
-    lease: Literal["auto", "redis", "file"] = "auto"
+    # "redis": tenant claims in [redis] (any number of hosts); "postgres": advisory locks
+    # in the postgres provider's database; "file": claim files in lease_dir (one host, no
+    # servers); "auto": redis when the cache is on, else postgres on the postgres provider,
+    # else file on sqlite/inmemory
+    lease: Literal["auto", "redis", "postgres", "file"] = "auto"
     lease_dir: str = ".ccvault/leases"
 
 

@@ -390,6 +390,8 @@ def lease_from_settings(settings: VaultSettings) -> TenantLease:
             )
     if kind == "redis":
         return RedisTenantLease.from_settings(settings)
+    if kind == "postgres":
+        return PostgresAdvisoryLease.from_settings(settings)
     return FileTenantLease.from_settings(settings)
 
 
