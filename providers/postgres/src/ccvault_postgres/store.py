@@ -3,11 +3,11 @@
 Design, in short:
 
 * **One round trip per read.** A whole profile (identities, consents, fields, assets) comes
-  back from one statement: field columns as arrays decoded in C by asyncpg, values and
-  metadata as JSON text parsed in one ``orjson`` call, and models built from these trusted
-  rows without re-validation. Without history only ACTIVE rows are touched (partial
-  indexes), so the cost of a read does not grow with the number of old versions; with
-  history the same statement returns every version.
+  back from one statement: the profile's row and one plain row per field version, decoded
+  in C by asyncpg, values and metadata as JSON text parsed in one ``orjson`` call, and
+  models built from these trusted rows without re-validation. Without history only ACTIVE
+  rows are touched (partial indexes), so the cost of a read does not grow with the number
+  of old versions; with history the same statement returns every version.
 * **One statement per field write.** ``update_field`` supersedes and inserts in a single
   statement (so a single round trip and an implicit transaction). The partial unique index
   on ACTIVE (tenant, profile, name) is the arbiter between concurrent writers, in this or
