@@ -1,0 +1,91 @@
+"""The shared contract suite, unchanged, over the stacks deployments run, built exactly as
+they are in production: by ``ccvault.open_store`` from settings.
+
+* production: PostgreSQL, then the Redis cache, then PII encryption;
+* embedded: SQLite, then PII encryption (no servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+import ccvault
+from ccvault.cache import CachedProfileStore
+from ccvault.crypto import EncryptedProfileStore, generate_key_entry
+from ccvault.store import ProfileStore
+from ccvault_contract_tests import ProfileStoreContract
+from ccvault_contract_tests.capabilities import HIGH_CONCURRENCY, LARGE_VALUES, NUL_CHARACTERS
+from ccvault_postgres.testing import admin_dsn, create_database, drop_database, dsn_with_database
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+EMBEDDED_CONFIG = Path(__file__).resolve().parents[2] / "config" / "embedded.toml"
+KEYRING = f"{generate_key_entry('old')},{generate_key_entry('new')}"
+
+
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    """A throw-away database on the shared PostgreSQL server (fails if it is unreachable)."""
+    server = admin_dsn()
+    name = asyncio.run(create_database(server))
+    try:
+        yield dsn_with_database(server, name)
+    finally:
+        asyncio.run(drop_database(server, name))
+
+
+async def _drop_prefix(prefix: str) -> None:
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+class TestProductionStackContract(ProfileStoreContract):
+    capabilities = frozenset({LARGE_VALUES, HIGH_CONCURRENCY})
+    known_gaps: dict[str, str] = {}
+
+    @pytest.fixture
+    async def store(
+        self, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[ProfileStore]:
+        monkeypatch.setenv("PROFILE_PII_ENCRYPTION_KEY", KEYRING)
+        prefix = f"ccvault-test:{uuid.uuid4().hex}:"
+        settings = ccvault.load_settings(
+            store_provider="postgres",
+            providers={"postgres": {"dsn": pg_dsn, "schema": "stack_contract"}},
+            redis={"url": REDIS_URL, "key_prefix": prefix},
+        )
+        try:
+            async with ccvault.open_store(settings) as store:
+                assert isinstance(store, EncryptedProfileStore)
+                assert isinstance(store.inner, CachedProfileStore)
+                yield store
+        finally:
+            await _drop_prefix(prefix)
+
+
+class TestEmbeddedStackContract(ProfileStoreContract):
+    capabilities = frozenset({LARGE_VALUES, HIGH_CONCURRENCY, NUL_CHARACTERS})
+    known_gaps: dict[str, str] = {}
+
+    @pytest.fixture
+    async def store(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[ProfileStore]:
+        monkeypatch.setenv("PROFILE_PII_ENCRYPTION_KEY", KEYRING)
+        settings = ccvault.load_settings(
+            EMBEDDED_CONFIG,
+            providers={"sqlite": {"path": str(tmp_path / "vault.db")}},
+        )
+        async with ccvault.open_store(settings) as store:
+            assert isinstance(store, EncryptedProfileStore)
+            yield store
