@@ -250,22 +250,17 @@ MUTANTS = {
     ),
     "racy_get_or_create": (
         """
-        from ccvault.models import ChannelIdentity, CustomerProfile
-
         class Mutant(InMemoryProfileStore):
-            async def _get_or_create(self, tenant_id, channel, channel_user_id):
+            async def _get_or_create(self, tenant_id, candidate):
+                identity = candidate.channel_identities[0]
                 found = await self._get_by_channel_identity(
-                    tenant_id, channel, channel_user_id, False
+                    tenant_id, identity.channel, identity.channel_user_id, False
                 )
                 await asyncio.sleep(0)  # check-then-act: another caller slips in here
                 if found is not None:
                     return found
-                identity = ChannelIdentity(
-                    channel=channel, channel_user_id=channel_user_id, primary=True
-                )
-                profile = CustomerProfile(tenant_id=tenant_id, channel_identities=[identity])
-                await self._save(profile)
-                return profile
+                await self._save(candidate)
+                return candidate
         """,
         "test_20_concurrent_get_or_create_yield_one_profile",
     ),

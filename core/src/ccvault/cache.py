@@ -910,10 +910,10 @@ class CachedProfileStore(ForwardingProfileStore):
             lambda: self.inner.get_by_channel_identity(tenant_id, channel, channel_user_id),
         )
 
-    async def _get_or_create(
-        self, tenant_id: UUID, channel: Channel, channel_user_id: str
-    ) -> CustomerProfile:
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
         # creating a profile changes no cached entry (nothing negative is cached)
+        identity = candidate.channel_identities[0]
+        channel, channel_user_id = identity.channel, identity.channel_user_id
         found = await self._cached_profile(
             tenant_id,
             self._identity_key(tenant_id, channel, channel_user_id),

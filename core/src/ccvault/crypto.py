@@ -368,12 +368,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
             )
         )
 
-    async def _get_or_create(
-        self, tenant_id: UUID, channel: Channel, channel_user_id: str
-    ) -> CustomerProfile:
-        return self._decrypt_profile(
-            await super()._get_or_create(tenant_id, channel, channel_user_id)
-        )
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
+        return self._decrypt_profile(await super()._get_or_create(tenant_id, candidate))
 
     async def _get_field(
         self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None

@@ -323,7 +323,18 @@ class ProfileStore(ABC):
         tenant_id = _uuid(tenant_id, "tenant_id")
         channel = _channel(channel)
         channel_user_id = _channel_user_id(channel_user_id)
-        found = await self._get_or_create(tenant_id, channel, channel_user_id)
+        now = self.now()
+        candidate = CustomerProfile(
+            tenant_id=tenant_id,
+            channel_identities=[
+                ChannelIdentity(
+                    channel=channel, channel_user_id=channel_user_id, primary=True, created_at=now
+                )
+            ],
+            created_at=now,
+            updated_at=now,
+        )
+        found = await self._get_or_create(tenant_id, candidate)
         return present_profile(found, self.now())
 
     async def save(self, profile: CustomerProfile) -> UUID:
@@ -843,10 +854,15 @@ class ProfileStore(ABC):
         """As :meth:`_get_by_customer_id`, by an identity the live profile owns."""
 
     @abstractmethod
-    async def _get_or_create(
-        self, tenant_id: UUID, channel: Channel, channel_user_id: str
-    ) -> CustomerProfile:
-        """Owner of the identity, else a new profile with it as primary. Race-free."""
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
+        """The live owner of ``candidate.channel_identities[0]``, else ``candidate`` stored.
+
+        ``candidate`` is a new profile of ``tenant_id`` built by :meth:`get_or_create`: its
+        only identity is primary and it has no fields, assets or consents. Store it as is
+        (ids and timestamps included) and return it only if no live profile owns that
+        identity. Race-free: concurrent calls for one identity yield exactly one profile,
+        whichever candidate wins (a retry after a lost race may reuse the same candidate).
+        """
 
     @abstractmethod
     async def _save(self, profile: CustomerProfile) -> UUID:
@@ -1101,10 +1117,10 @@ class ForwardingProfileStore(ProfileStore):
             tenant_id, channel, channel_user_id, include_history=include_history
         )
 
-    async def _get_or_create(
-        self, tenant_id: UUID, channel: Channel, channel_user_id: str
-    ) -> CustomerProfile:
-        return await self.inner.get_or_create(tenant_id, channel, channel_user_id)
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
+        # the inner store builds its own candidate: only the identity is forwarded
+        identity = candidate.channel_identities[0]
+        return await self.inner.get_or_create(tenant_id, identity.channel, identity.channel_user_id)
 
     async def _save(self, profile: CustomerProfile) -> UUID:
         return await self.inner.save(profile)

@@ -193,33 +193,18 @@ class InMemoryProfileStore(ProfileStore):
                 return None
             return self._assemble(tenant, tenant.profiles[profile_id], include_history)
 
-    async def _get_or_create(
-        self, tenant_id: UUID, channel: Channel, channel_user_id: str
-    ) -> CustomerProfile:
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
+        identity = candidate.channel_identities[0]
         async with self._lock:
             tenant = self._tenant(tenant_id, create=True)
-            key = (channel, channel_user_id)
+            key = (identity.channel, identity.channel_user_id)
             owner = tenant.identities.get(key)
             if owner is not None:
                 return self._assemble(tenant, tenant.profiles[owner], False)
-            now = self.now()
-            profile = CustomerProfile(
-                tenant_id=tenant_id,
-                channel_identities=[
-                    ChannelIdentity(
-                        channel=channel,
-                        channel_user_id=channel_user_id,
-                        primary=True,
-                        created_at=now,
-                    )
-                ],
-                created_at=now,
-                updated_at=now,
-            )
-            tenant.profiles[profile.id] = _Profile(profile=profile.model_copy(deep=True))
-            tenant.identities[key] = profile.id
-            tenant.customers[profile.customer_id] = profile.id
-            return self._assemble(tenant, tenant.profiles[profile.id], False)
+            tenant.profiles[candidate.id] = _Profile(profile=candidate.model_copy(deep=True))
+            tenant.identities[key] = candidate.id
+            tenant.customers[candidate.customer_id] = candidate.id
+            return self._assemble(tenant, tenant.profiles[candidate.id], False)
 
     async def _save(self, profile: CustomerProfile) -> UUID:
         async with self._lock:

@@ -395,11 +395,10 @@ class MongoProfileStore(ProfileStore):
         )
         return True
 
-    async def _get_or_create(
-        self, tenant_id: UUID, channel: Channel, channel_user_id: str
-    ) -> CustomerProfile:
-        key = {"tenant_id": uid(tenant_id), "channel": channel.value,
-               "channel_user_id": channel_user_id}
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
+        identity = candidate.channel_identities[0]
+        key = {"tenant_id": uid(tenant_id), "channel": identity.channel.value,
+               "channel_user_id": identity.channel_user_id}
         for _ in range(self.settings.max_write_retries):
             owner = await self._c("identities").find_one(key, projection={"profile_id": 1})
             if owner is not None:
@@ -408,32 +407,23 @@ class MongoProfileStore(ProfileStore):
                     return found
                 await self._release_if_stale(tenant_id, owner)
                 continue
-            now = self.now()
-            profile = CustomerProfile(
-                tenant_id=tenant_id,
-                channel_identities=[
-                    ChannelIdentity(channel=channel, channel_user_id=channel_user_id,
-                                    primary=True, created_at=now)
-                ],
-                created_at=now,
-                updated_at=now,
-            )
             # the profile first, then the identity that makes it findable: the unique
             # identity index decides a race, and the loser removes its unreachable profile
+            # (so a retry may insert the same candidate again)
             await self._c("profiles").insert_one(
-                {"tenant_id": uid(tenant_id), "id": uid(profile.id),
-                 **self._profile_attrs(profile), "live": True, "write_seq": 1}
+                {"tenant_id": uid(tenant_id), "id": uid(candidate.id),
+                 **self._profile_attrs(candidate), "live": True, "write_seq": 1}
             )
             try:
                 await self._c("identities").insert_one(
-                    self._identity_doc(tenant_id, profile.id, profile.channel_identities[0], 1)
+                    self._identity_doc(tenant_id, candidate.id, identity, 1)
                 )
             except DuplicateKeyError:
                 await self._c("profiles").delete_one(
-                    {"tenant_id": uid(tenant_id), "id": uid(profile.id)}
+                    {"tenant_id": uid(tenant_id), "id": uid(candidate.id)}
                 )
                 continue
-            return profile
+            return candidate
         raise errors.ConflictError("get_or_create lost too many races; retry")
 
     async def _save(self, profile: CustomerProfile) -> UUID:

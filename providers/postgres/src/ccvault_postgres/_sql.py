@@ -1,106 +1,27 @@
 """Every SQL statement of the provider, as constants.
 
 Nothing here is ever formatted with a caller's value: column lists are spliced in once, at
-import time, from the constant tuples below; every value travels as a bind parameter. Each
-statement is prepared once per pooled connection (asyncpg's statement cache).
+import time, from the column tuples below (derived from the models); every value travels
+as a bind parameter. Each statement is prepared once per pooled connection (asyncpg's
+statement cache).
 """
 
 from __future__ import annotations
 
-# Model attributes stored as columns of the same name (table order).
-FIELD_COLS: tuple[str, ...] = (
-    "id",
-    "name",
-    "value",
-    "value_type",
-    "source",
-    "source_session_id",
-    "source_scenario_id",
-    "source_step_id",
-    "source_item_id",
-    "source_item_type",
-    "source_metadata",
-    "status",
-    "superseded_by_id",
-    "superseded_at",
-    "verified",
-    "verification_method",
-    "verified_at",
-    "verified_by",
-    "confidence",
-    "requires_confirmation",
-    "collected_at",
-    "updated_at",
-    "expires_at",
-    "field_definition_id",
+from ccvault.models import (
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldDefinition,
+    ScenarioFieldRequirement,
 )
+from ccvault.storage import columns
 
-ASSET_COLS: tuple[str, ...] = (
-    "id",
-    "name",
-    "asset_type",
-    "storage_provider",
-    "storage_path",
-    "mime_type",
-    "size_bytes",
-    "checksum",
-    "uploaded_at",
-    "uploaded_in_session_id",
-    "uploaded_in_scenario_id",
-    "source_item_id",
-    "source_item_type",
-    "derived_from_tool",
-    "status",
-    "superseded_by_id",
-    "superseded_at",
-    "verified",
-    "verification_result",
-    "retention_policy",
-    "expires_at",
-    "analysis_field_ids",
-)
-
-DEFINITION_COLS: tuple[str, ...] = (
-    "tenant_id",
-    "id",
-    "agent_id",
-    "name",
-    "display_name",
-    "description",
-    "value_type",
-    "validation_regex",
-    "validation_tool_id",
-    "allowed_values",
-    "required_verification",
-    "verification_methods",
-    "collection_prompt",
-    "extraction_examples",
-    "extraction_prompt_hint",
-    "is_pii",
-    "encryption_required",
-    "retention_days",
-    "freshness_seconds",
-    "created_at",
-    "updated_at",
-    "enabled",
-)
-
-REQUIREMENT_COLS: tuple[str, ...] = (
-    "tenant_id",
-    "id",
-    "agent_id",
-    "scenario_id",
-    "step_id",
-    "rule_id",
-    "field_name",
-    "required_level",
-    "fallback_action",
-    "when_condition",
-    "depends_on_fields",
-    "collection_order",
-    "created_at",
-    "updated_at",
-)
+# Model attributes stored as columns of the same name (the model's order; definitions and
+# requirements lead with tenant_id, id, which the UPDATE ... WHERE statements rely on).
+FIELD_COLS = columns(ProfileField)
+ASSET_COLS = columns(ProfileAsset)
+DEFINITION_COLS = columns(ProfileFieldDefinition, first=("tenant_id", "id"))
+REQUIREMENT_COLS = columns(ScenarioFieldRequirement, first=("tenant_id", "id"))
 
 
 def _params(first: int, count: int) -> str:

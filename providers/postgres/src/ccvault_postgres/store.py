@@ -64,6 +64,7 @@ from ccvault.models import (
     SourceType,
     VerificationLevel,
 )
+from ccvault.storage import row_values
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_postgres import _sql as sql
 from ccvault_postgres.pool import ConnectionPool
@@ -202,73 +203,41 @@ def _is_race(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
+def _enum_value(member: StrEnum | None) -> str | None:
+    return None if member is None else member.value
+
+
 def _field_params(item: ProfileField) -> tuple[Any, ...]:
-    return (
-        item.id,
-        item.name,
-        item.value,
-        item.value_type,
-        item.source.value,
-        item.source_session_id,
-        item.source_scenario_id,
-        item.source_step_id,
-        item.source_item_id,
-        None if item.source_item_type is None else item.source_item_type.value,
-        item.source_metadata,
-        item.status.value,
-        item.superseded_by_id,
-        item.superseded_at,
-        item.verified,
-        item.verification_method,
-        item.verified_at,
-        item.verified_by,
-        item.confidence,
-        item.requires_confirmation,
-        item.collected_at,
-        item.updated_at,
-        item.expires_at,
-        item.field_definition_id,
+    return row_values(
+        item,
+        sql.FIELD_COLS,
+        source=item.source.value,
+        source_item_type=_enum_value(item.source_item_type),
+        status=item.status.value,
     )
 
 
 def _asset_params(item: ProfileAsset) -> tuple[Any, ...]:
-    return (
-        item.id,
-        item.name,
-        item.asset_type,
-        item.storage_provider,
-        item.storage_path,
-        item.mime_type,
-        item.size_bytes,
-        item.checksum,
-        item.uploaded_at,
-        item.uploaded_in_session_id,
-        item.uploaded_in_scenario_id,
-        item.source_item_id,
-        None if item.source_item_type is None else item.source_item_type.value,
-        item.derived_from_tool,
-        item.status.value,
-        item.superseded_by_id,
-        item.superseded_at,
-        item.verified,
-        item.verification_result,
-        item.retention_policy,
-        item.expires_at,
-        list(item.analysis_field_ids),
+    return row_values(
+        item,
+        sql.ASSET_COLS,
+        source_item_type=_enum_value(item.source_item_type),
+        status=item.status.value,
+        analysis_field_ids=list(item.analysis_field_ids),
     )
 
 
 def _definition_params(item: ProfileFieldDefinition) -> tuple[Any, ...]:
-    data = item.model_dump()
-    data["value_type"] = item.value_type.value
-    return tuple(data[col] for col in sql.DEFINITION_COLS)
+    return row_values(item, sql.DEFINITION_COLS, value_type=item.value_type.value)
 
 
 def _requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
-    data = item.model_dump()
-    data["required_level"] = item.required_level.value
-    data["fallback_action"] = item.fallback_action.value
-    return tuple(data[col] for col in sql.REQUIREMENT_COLS)
+    return row_values(
+        item,
+        sql.REQUIREMENT_COLS,
+        required_level=item.required_level.value,
+        fallback_action=item.fallback_action.value,
+    )
 
 
 _new = object.__new__
@@ -690,42 +659,29 @@ class PostgresProfileStore(ProfileStore):
             channel_user_id,
         )
 
-    async def _get_or_create(
-        self, tenant_id: UUID, channel: Channel, channel_user_id: str
-    ) -> CustomerProfile:
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
+        identity = candidate.channel_identities[0]
+        channel, channel_user_id = identity.channel, identity.channel_user_id
         for _ in range(self.settings.max_write_attempts):
             found = await self._get_by_channel_identity(tenant_id, channel, channel_user_id, False)
             if found is not None:
                 return found
-            now = self.now()
-            profile = CustomerProfile(
-                tenant_id=tenant_id,
-                channel_identities=[
-                    ChannelIdentity(
-                        channel=channel,
-                        channel_user_id=channel_user_id,
-                        primary=True,
-                        created_at=now,
-                    )
-                ],
-                created_at=now,
-                updated_at=now,
-            )
             try:
                 async with self._conn() as conn:
+                    # one statement: a lost race inserts neither row, so a retry may reuse ids
                     await conn.execute(
                         sql.CREATE_WITH_IDENTITY,
                         tenant_id,
-                        profile.id,
-                        profile.customer_id,
-                        profile.verification_level.value,
-                        now,
+                        candidate.id,
+                        candidate.customer_id,
+                        candidate.verification_level.value,
+                        candidate.created_at,
                         channel.value,
                         channel_user_id,
                     )
             except errors.IdentityConflictError:
                 continue  # another caller created it first: read theirs
-            return profile
+            return candidate
         raise errors.ProviderUnavailableError("get_or_create kept losing races; try again")
 
     async def _save(self, profile: CustomerProfile) -> UUID:

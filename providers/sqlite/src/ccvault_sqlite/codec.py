@@ -1,7 +1,9 @@
 """Conversions between the vault's models and SQLite rows.
 
-Column tuples below are the single source of truth for column order: ``*_params`` builds the
-bound values in that order, ``*_from_row`` reads a row selected with ``*_SELECT``.
+Column tuples below are derived from the models (:func:`ccvault.storage.columns`) and are
+the single source of truth for column order: ``*_params`` builds the bound values in that
+order (by name, through :func:`ccvault.storage.row_values`), ``*_from_row`` reads a row
+selected with ``*_SELECT``.
 Timestamps become fixed-width ISO-8601 UTC text, so comparing the text compares the times.
 JSON values are stored as JSON text written by orjson; a value orjson cannot write
 losslessly (an integer beyond 64 bits, a string with lone surrogates) is refused with
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +29,7 @@ from ccvault.models import (
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
 )
+from ccvault.storage import columns, row_values
 
 Row = Sequence[Any]
 
@@ -55,6 +59,10 @@ def dumps(value: Any, what: str) -> str:
         raise errors.ValidationError(f"{what} cannot be stored as JSON: {exc}") from None
 
 
+def enum_opt(member: StrEnum | None) -> str | None:
+    return None if member is None else member.value
+
+
 def loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
@@ -67,61 +75,34 @@ def _zip(columns: Sequence[str], row: Row) -> dict[str, Any]:
 # fields
 # ---------------------------------------------------------------------------------------
 
-FIELD_COLUMNS = (
-    "id",
-    "name",
-    "value",
-    "value_type",
-    "source",
-    "source_session_id",
-    "source_scenario_id",
-    "source_step_id",
-    "source_item_id",
-    "source_item_type",
-    "source_metadata",
-    "status",
-    "superseded_by_id",
-    "superseded_at",
-    "verified",
-    "verification_method",
-    "verified_at",
-    "verified_by",
-    "confidence",
-    "requires_confirmation",
-    "collected_at",
-    "updated_at",
-    "expires_at",
-    "field_definition_id",
-)
+FIELD_COLUMNS = columns(ProfileField)
 FIELD_SELECT = ", ".join(FIELD_COLUMNS)
 
 
 def field_params(item: ProfileField) -> tuple[Any, ...]:
-    return (
-        str(item.id),
-        item.name,
-        dumps(item.value, f"field {item.name!r} value"),
-        item.value_type,
-        item.source.value,
-        uid(item.source_session_id),
-        uid(item.source_scenario_id),
-        uid(item.source_step_id),
-        uid(item.source_item_id),
-        None if item.source_item_type is None else item.source_item_type.value,
-        dumps(item.source_metadata, f"field {item.name!r} source_metadata"),
-        item.status.value,
-        uid(item.superseded_by_id),
-        ts_opt(item.superseded_at),
-        int(item.verified),
-        item.verification_method,
-        ts_opt(item.verified_at),
-        item.verified_by,
-        float(item.confidence),
-        int(item.requires_confirmation),
-        ts(item.collected_at),
-        ts(item.updated_at),
-        ts_opt(item.expires_at),
-        uid(item.field_definition_id),
+    return row_values(
+        item,
+        FIELD_COLUMNS,
+        id=str(item.id),
+        value=dumps(item.value, f"field {item.name!r} value"),
+        source=item.source.value,
+        source_session_id=uid(item.source_session_id),
+        source_scenario_id=uid(item.source_scenario_id),
+        source_step_id=uid(item.source_step_id),
+        source_item_id=uid(item.source_item_id),
+        source_item_type=enum_opt(item.source_item_type),
+        source_metadata=dumps(item.source_metadata, f"field {item.name!r} source_metadata"),
+        status=item.status.value,
+        superseded_by_id=uid(item.superseded_by_id),
+        superseded_at=ts_opt(item.superseded_at),
+        verified=int(item.verified),
+        verified_at=ts_opt(item.verified_at),
+        confidence=float(item.confidence),
+        requires_confirmation=int(item.requires_confirmation),
+        collected_at=ts(item.collected_at),
+        updated_at=ts(item.updated_at),
+        expires_at=ts_opt(item.expires_at),
+        field_definition_id=uid(item.field_definition_id),
     )
 
 
@@ -138,30 +119,7 @@ def field_from_row(row: Row) -> ProfileField:
 # assets
 # ---------------------------------------------------------------------------------------
 
-ASSET_COLUMNS = (
-    "id",
-    "name",
-    "asset_type",
-    "storage_provider",
-    "storage_path",
-    "mime_type",
-    "size_bytes",
-    "checksum",
-    "uploaded_at",
-    "uploaded_in_session_id",
-    "uploaded_in_scenario_id",
-    "source_item_id",
-    "source_item_type",
-    "derived_from_tool",
-    "status",
-    "superseded_by_id",
-    "superseded_at",
-    "verified",
-    "verification_result",
-    "retention_policy",
-    "expires_at",
-    "analysis_field_ids",
-)
+ASSET_COLUMNS = columns(ProfileAsset)
 ASSET_SELECT = ", ".join(ASSET_COLUMNS)
 
 _MAX_INT64 = 2**63 - 1
@@ -170,31 +128,24 @@ _MAX_INT64 = 2**63 - 1
 def asset_params(item: ProfileAsset) -> tuple[Any, ...]:
     if item.size_bytes > _MAX_INT64:
         raise errors.ValidationError(f"asset {item.name!r} size_bytes is too large")
-    return (
-        str(item.id),
-        item.name,
-        item.asset_type,
-        item.storage_provider,
-        item.storage_path,
-        item.mime_type,
-        item.size_bytes,
-        item.checksum,
-        ts(item.uploaded_at),
-        uid(item.uploaded_in_session_id),
-        uid(item.uploaded_in_scenario_id),
-        uid(item.source_item_id),
-        None if item.source_item_type is None else item.source_item_type.value,
-        item.derived_from_tool,
-        item.status.value,
-        uid(item.superseded_by_id),
-        ts_opt(item.superseded_at),
-        int(item.verified),
-        None
+    return row_values(
+        item,
+        ASSET_COLUMNS,
+        id=str(item.id),
+        uploaded_at=ts(item.uploaded_at),
+        uploaded_in_session_id=uid(item.uploaded_in_session_id),
+        uploaded_in_scenario_id=uid(item.uploaded_in_scenario_id),
+        source_item_id=uid(item.source_item_id),
+        source_item_type=enum_opt(item.source_item_type),
+        status=item.status.value,
+        superseded_by_id=uid(item.superseded_by_id),
+        superseded_at=ts_opt(item.superseded_at),
+        verified=int(item.verified),
+        verification_result=None
         if item.verification_result is None
         else dumps(item.verification_result, f"asset {item.name!r} verification_result"),
-        item.retention_policy,
-        ts_opt(item.expires_at),
-        dumps([str(i) for i in item.analysis_field_ids], "analysis_field_ids"),
+        expires_at=ts_opt(item.expires_at),
+        analysis_field_ids=dumps([str(i) for i in item.analysis_field_ids], "analysis_field_ids"),
     )
 
 
@@ -237,25 +188,19 @@ def identity_from_row(row: Row) -> ChannelIdentity:
     )
 
 
-CONSENT_COLUMNS = (
-    "consent_type",
-    "granted",
-    "granted_at",
-    "revoked_at",
-    "source_session_id",
-    "ip_address",
-)
+CONSENT_COLUMNS = columns(Consent)
 CONSENT_SELECT = ", ".join(CONSENT_COLUMNS)
 
 
 def consent_params(item: Consent) -> tuple[Any, ...]:
-    return (
-        item.consent_type,
-        int(item.granted),
-        ts_opt(item.granted_at),
-        ts_opt(item.revoked_at),
-        uid(item.source_session_id),
-        None if item.ip_address is None else str(item.ip_address),
+    return row_values(
+        item,
+        CONSENT_COLUMNS,
+        granted=int(item.granted),
+        granted_at=ts_opt(item.granted_at),
+        revoked_at=ts_opt(item.revoked_at),
+        source_session_id=uid(item.source_session_id),
+        ip_address=None if item.ip_address is None else str(item.ip_address),
     )
 
 
@@ -269,60 +214,30 @@ def consent_from_row(row: Row) -> Consent:
 # field definitions and scenario requirements
 # ---------------------------------------------------------------------------------------
 
-DEFINITION_COLUMNS = (
-    "id",
-    "tenant_id",
-    "agent_id",
-    "name",
-    "display_name",
-    "description",
-    "value_type",
-    "validation_regex",
-    "validation_tool_id",
-    "allowed_values",
-    "required_verification",
-    "verification_methods",
-    "collection_prompt",
-    "extraction_examples",
-    "extraction_prompt_hint",
-    "is_pii",
-    "encryption_required",
-    "retention_days",
-    "freshness_seconds",
-    "created_at",
-    "updated_at",
-    "enabled",
-)
+DEFINITION_COLUMNS = columns(ProfileFieldDefinition)
 DEFINITION_SELECT = ", ".join(DEFINITION_COLUMNS)
 _DEFINITION_BOOLS = ("required_verification", "is_pii", "encryption_required", "enabled")
 
 
 def definition_params(item: ProfileFieldDefinition) -> tuple[Any, ...]:
-    return (
-        str(item.id),
-        str(item.tenant_id),
-        str(item.agent_id),
-        item.name,
-        item.display_name,
-        item.description,
-        item.value_type.value,
-        item.validation_regex,
-        item.validation_tool_id,
-        None
+    return row_values(
+        item,
+        DEFINITION_COLUMNS,
+        id=str(item.id),
+        tenant_id=str(item.tenant_id),
+        agent_id=str(item.agent_id),
+        value_type=item.value_type.value,
+        allowed_values=None
         if item.allowed_values is None
         else dumps(item.allowed_values, "allowed_values"),
-        int(item.required_verification),
-        dumps(item.verification_methods, "verification_methods"),
-        item.collection_prompt,
-        dumps(item.extraction_examples, "extraction_examples"),
-        item.extraction_prompt_hint,
-        int(item.is_pii),
-        int(item.encryption_required),
-        item.retention_days,
-        item.freshness_seconds,
-        ts(item.created_at),
-        ts(item.updated_at),
-        int(item.enabled),
+        required_verification=int(item.required_verification),
+        verification_methods=dumps(item.verification_methods, "verification_methods"),
+        extraction_examples=dumps(item.extraction_examples, "extraction_examples"),
+        is_pii=int(item.is_pii),
+        encryption_required=int(item.encryption_required),
+        created_at=ts(item.created_at),
+        updated_at=ts(item.updated_at),
+        enabled=int(item.enabled),
     )
 
 
@@ -336,43 +251,27 @@ def definition_from_row(row: Row) -> ProfileFieldDefinition:
     return ProfileFieldDefinition.model_validate(data)
 
 
-REQUIREMENT_COLUMNS = (
-    "id",
-    "tenant_id",
-    "agent_id",
-    "scenario_id",
-    "step_id",
-    "rule_id",
-    "field_name",
-    "required_level",
-    "fallback_action",
-    "when_condition",
-    "depends_on_fields",
-    "collection_order",
-    "created_at",
-    "updated_at",
-)
+REQUIREMENT_COLUMNS = columns(ScenarioFieldRequirement)
 REQUIREMENT_SELECT = ", ".join(REQUIREMENT_COLUMNS)
 
 
 def requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
     if abs(item.collection_order) > _MAX_INT64:
         raise errors.ValidationError("collection_order is out of the 64-bit range")
-    return (
-        str(item.id),
-        str(item.tenant_id),
-        str(item.agent_id),
-        str(item.scenario_id),
-        uid(item.step_id),
-        uid(item.rule_id),
-        item.field_name,
-        item.required_level.value,
-        item.fallback_action.value,
-        item.when_condition,
-        dumps(item.depends_on_fields, "depends_on_fields"),
-        item.collection_order,
-        ts(item.created_at),
-        ts(item.updated_at),
+    return row_values(
+        item,
+        REQUIREMENT_COLUMNS,
+        id=str(item.id),
+        tenant_id=str(item.tenant_id),
+        agent_id=str(item.agent_id),
+        scenario_id=str(item.scenario_id),
+        step_id=uid(item.step_id),
+        rule_id=uid(item.rule_id),
+        required_level=item.required_level.value,
+        fallback_action=item.fallback_action.value,
+        depends_on_fields=dumps(item.depends_on_fields, "depends_on_fields"),
+        created_at=ts(item.created_at),
+        updated_at=ts(item.updated_at),
     )
 
 

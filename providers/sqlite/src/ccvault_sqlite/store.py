@@ -487,10 +487,11 @@ class SqliteProfileStore(ProfileStore):
             include_history,
         )
 
-    async def _get_or_create(
-        self, tenant_id: UUID, channel: Channel, channel_user_id: str
-    ) -> CustomerProfile:
-        found = await self._get_by_channel_identity(tenant_id, channel, channel_user_id, False)
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
+        identity = candidate.channel_identities[0]
+        found = await self._get_by_channel_identity(
+            tenant_id, identity.channel, identity.channel_user_id, False
+        )
         if found is not None:
             return found
 
@@ -500,27 +501,17 @@ class SqliteProfileStore(ProfileStore):
                 conn,
                 tenant_id,
                 _LIVE_BY_IDENTITY,
-                {"channel": channel.value, "user": channel_user_id},
+                {"channel": identity.channel.value, "user": identity.channel_user_id},
                 False,
             )
             if owner is not None:
                 return owner
-            now = self.now()
-            identity = ChannelIdentity(
-                channel=channel, channel_user_id=channel_user_id, primary=True, created_at=now
-            )
-            profile = CustomerProfile(
-                tenant_id=tenant_id,
-                channel_identities=[identity],
-                created_at=now,
-                updated_at=now,
-            )
-            await self._insert_profile_row(conn, profile)
+            await self._insert_profile_row(conn, candidate)
             await conn.execute(
                 _INSERT_IDENTITY,
-                (str(tenant_id), str(profile.id), 0, *codec.identity_params(identity)),
+                (str(tenant_id), str(candidate.id), 0, *codec.identity_params(identity)),
             )
-            return profile
+            return candidate
 
         return await self._write(op)
 
