@@ -50,7 +50,7 @@ from ccvault.models import (
     is_valid_field_name,
 )
 from ccvault.settings import ProfileSettings, VaultSettings
-from ccvault.store import ProfileStore
+from ccvault.store import ProfileStore, check_optional_uuid, check_uuid
 from ccvault.validation import SchemaValidationService
 
 __all__ = [
@@ -145,21 +145,6 @@ def _check_session(session: object) -> Session:
     if not isinstance(session, Session):
         raise errors.ValidationError(f"session must be a Session, got {type(session).__name__}")
     return session
-
-
-def _check_uuid(value: object, what: str) -> UUID:
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return UUID(value)
-        except ValueError:
-            pass
-    raise errors.ValidationError(f"{what} must be a UUID, got {type(value).__name__}")
-
-
-def _check_optional_uuid(value: object, what: str) -> UUID | None:
-    return None if value is None else _check_uuid(value, what)
 
 
 def _check_definition(value: object) -> ProfileFieldDefinition | None:
@@ -309,7 +294,7 @@ class GapFillService:
         """The profile's ACTIVE (unexpired) value of ``field_name``, if it has one."""
         field_name = _check_name(field_name)
         session = _check_session(session)
-        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
+        scenario_id = check_optional_uuid(scenario_id, "scenario_id")
         if profile is not None and not isinstance(profile, CustomerProfile):
             raise errors.ValidationError(
                 f"profile must be a CustomerProfile or None, got {type(profile).__name__}"
@@ -349,7 +334,7 @@ class GapFillService:
         session = _check_session(session)
         definition = _check_definition(definition)
         definitions = _check_definitions(definitions)
-        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
+        scenario_id = check_optional_uuid(scenario_id, "scenario_id")
         _attempt(session, scenario_id, GapFillSource.SESSION)
         definition, definitions = await self._definition(
             session, field_name, definition, definitions
@@ -401,7 +386,7 @@ class GapFillService:
         session = _check_session(session)
         definition = _check_definition(definition)
         definitions = _check_definitions(definitions)
-        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
+        scenario_id = check_optional_uuid(scenario_id, "scenario_id")
         _attempt(session, scenario_id, GapFillSource.EXTRACTION)
         definition, definitions = await self._definition(
             session, field_name, definition, definitions
@@ -480,7 +465,7 @@ class GapFillService:
         session = _check_session(session)
         definition = _check_definition(definition)
         definitions = _check_definitions(definitions)
-        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
+        scenario_id = check_optional_uuid(scenario_id, "scenario_id")
         definition, definitions = await self._definition(
             session, field_name, definition, definitions
         )
@@ -528,7 +513,7 @@ class GapFillService:
         """
         names = _check_names(field_names)
         session = _check_session(session)
-        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
+        scenario_id = check_optional_uuid(scenario_id, "scenario_id")
         profile = await self._profile(session)
         definitions = await self._definitions(session)
         return {
@@ -561,8 +546,8 @@ class GapFillService:
         """
         session = _check_session(session)
         items = _check_results(results)
-        scenario_id = _check_optional_uuid(scenario_id, "scenario_id")
-        step_id = _check_optional_uuid(step_id, "step_id")
+        scenario_id = check_optional_uuid(scenario_id, "scenario_id")
+        step_id = check_optional_uuid(step_id, "step_id")
         definitions = await self._definitions(session)
         pending: list[tuple[GapFillResult, ProfileField]] = []
         for result in items:
@@ -667,8 +652,8 @@ class EnhancedGapFillService(GapFillService):
         arguments raise :class:`~ccvault.errors.ValidationError` before anything is read.
         """
         session = _check_session(session)
-        scenario_id = _check_uuid(scenario_id, "scenario_id")
-        step_id = _check_optional_uuid(step_id, "step_id")
+        scenario_id = check_uuid(scenario_id, "scenario_id")
+        step_id = check_optional_uuid(step_id, "step_id")
         if not isinstance(persist, bool):
             raise errors.ValidationError(f"persist must be a bool, got {persist!r}")
         profile = await self._profile(session)

@@ -57,6 +57,8 @@ __all__ = [
     "MergeWinner",
     "ProfileStore",
     "StoreRules",
+    "check_optional_uuid",
+    "check_uuid",
     "merge_winner",
 ]
 
@@ -103,7 +105,8 @@ def merge_winner(
 # ---------------------------------------------------------------------------------------
 
 
-def _uuid(value: object, what: str) -> UUID:
+def check_uuid(value: object, what: str) -> UUID:
+    """``value`` as a UUID (a UUID or its string form), else a ValidationError naming ``what``."""
     if isinstance(value, UUID):
         return value
     if isinstance(value, str):
@@ -114,8 +117,9 @@ def _uuid(value: object, what: str) -> UUID:
     raise errors.ValidationError(f"{what} must be a UUID, got {value!r}")
 
 
-def _optional_uuid(value: object, what: str) -> UUID | None:
-    return None if value is None else _uuid(value, what)
+def check_optional_uuid(value: object, what: str) -> UUID | None:
+    """As :func:`check_uuid`, with None allowed."""
+    return None if value is None else check_uuid(value, what)
 
 
 def _field_name(value: object, what: str = "field_name") -> str:
@@ -279,8 +283,8 @@ class ProfileStore(ABC):
         (newest ``collected_at`` first, ties by write order) and every asset in
         ``asset_history``.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        customer_id = _uuid(customer_id, "customer_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        customer_id = check_uuid(customer_id, "customer_id")
         include_history = _bool(include_history, "include_history")
         found = await self._get_by_customer_id(tenant_id, customer_id, include_history)
         return None if found is None else present_profile(found, self.now())
@@ -289,8 +293,8 @@ class ProfileStore(ABC):
         self, tenant_id: UUID, profile_id: UUID, *, include_history: bool = False
     ) -> CustomerProfile | None:
         """The live profile with this id, or None. As :meth:`get_by_customer_id`."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         include_history = _bool(include_history, "include_history")
         found = await self._get_by_id(tenant_id, profile_id, include_history)
         return None if found is None else present_profile(found, self.now())
@@ -304,7 +308,7 @@ class ProfileStore(ABC):
         include_history: bool = False,
     ) -> CustomerProfile | None:
         """The live profile owning this channel identity, or None."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
         channel = _channel(channel)
         channel_user_id = _channel_user_id(channel_user_id)
         include_history = _bool(include_history, "include_history")
@@ -320,7 +324,7 @@ class ProfileStore(ABC):
 
         Concurrent calls for one identity yield exactly one profile.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
         channel = _channel(channel)
         channel_user_id = _channel_user_id(channel_user_id)
         now = self.now()
@@ -369,8 +373,8 @@ class ProfileStore(ABC):
 
     async def delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
         """Soft-delete; True if a live profile was deleted. Its identities are released."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         return await self._delete(tenant_id, profile_id)
 
     # =====================================================================================
@@ -394,8 +398,8 @@ class ProfileStore(ABC):
         :class:`~ccvault.errors.ActiveFieldConflictError`. Unknown or deleted profile:
         :class:`~ccvault.errors.NotFoundError`.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         supersede_existing = _bool(supersede_existing, "supersede_existing")
         field = _model(ProfileField, field, "field")
         field.status = ItemStatus.ACTIVE
@@ -420,8 +424,8 @@ class ProfileStore(ABC):
 
         A version past ``expires_at`` counts as EXPIRED even before it is marked so.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         field_name = _field_name(field_name)
         status = _status(status)
         now = self.now()
@@ -442,8 +446,8 @@ class ProfileStore(ABC):
         self, tenant_id: UUID, profile_id: UUID, field_name: str
     ) -> list[ProfileField]:
         """Every version of ``field_name``, newest ``collected_at`` first (ties: write order)."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         field_name = _field_name(field_name)
         now = self.now()
         versions = await self._get_field_history(tenant_id, profile_id, field_name)
@@ -454,8 +458,8 @@ class ProfileStore(ABC):
 
         ``profile_id=None`` sweeps the whole tenant. A second call returns 0.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _optional_uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_optional_uuid(profile_id, "profile_id")
         return await self._expire_stale_fields(tenant_id, profile_id, self.now())
 
     # =====================================================================================
@@ -471,8 +475,8 @@ class ProfileStore(ABC):
         supersede_existing: bool = False,
     ) -> UUID:
         """Store ``asset`` ACTIVE; ``supersede_existing`` supersedes the ACTIVE one of its name."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         supersede_existing = _bool(supersede_existing, "supersede_existing")
         asset = _model(ProfileAsset, asset, "asset")
         asset.status = ItemStatus.ACTIVE
@@ -484,9 +488,9 @@ class ProfileStore(ABC):
         self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
     ) -> ProfileAsset | None:
         """The asset with this id on this profile, whatever its status, or None."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
-        asset_id = _uuid(asset_id, "asset_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
+        asset_id = check_uuid(asset_id, "asset_id")
         return await self._get_asset(tenant_id, profile_id, asset_id)
 
     async def get_asset_by_name(
@@ -498,8 +502,8 @@ class ProfileStore(ABC):
         status: ItemStatus | None = ItemStatus.ACTIVE,
     ) -> ProfileAsset | None:
         """The most recent asset named ``asset_name`` with ``status`` (None: any status)."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         asset_name = _asset_name(asset_name)
         status = _status(status)
         return await self._get_asset_by_name(tenant_id, profile_id, asset_name, status)
@@ -521,8 +525,8 @@ class ProfileStore(ABC):
         """
         from ccvault import metrics
 
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        item_id = _uuid(item_id, "item_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        item_id = check_uuid(item_id, "item_id")
         kind = _item_type(item_type)
         depth = max(1, self.rules.max_derivation_chain_depth)
         # a stack of wrappers calls this once per layer: only the outermost call observes
@@ -549,16 +553,16 @@ class ProfileStore(ABC):
     ) -> dict[str, list[Any]]:
         """``{"fields": [...], "assets": [...]}``: every item (any status) derived directly
         from ``source_item_id``, oldest first."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        source_item_id = _uuid(source_item_id, "source_item_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        source_item_id = check_uuid(source_item_id, "source_item_id")
         now = self.now()
         fields, assets = await self._get_derived_items(tenant_id, source_item_id)
         return {"fields": [present_field(f, now) for f in fields], "assets": list(assets)}
 
     async def check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
         """True while any ACTIVE field or asset derives directly from ``item_id``."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        item_id = _uuid(item_id, "item_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        item_id = check_uuid(item_id, "item_id")
         return await self._check_has_dependents(tenant_id, item_id)
 
     # =====================================================================================
@@ -576,8 +580,8 @@ class ProfileStore(ABC):
         :class:`~ccvault.errors.IdentityConflictError`. Unknown or deleted profile:
         :class:`~ccvault.errors.NotFoundError`.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         identity = _model(ChannelIdentity, identity, "identity")
         identity.primary = False
         return await self._link_channel(tenant_id, profile_id, identity)
@@ -594,9 +598,9 @@ class ProfileStore(ABC):
         SUPERSEDED by the winner.
         The source is soft-deleted. Unknown or deleted profile: NotFoundError.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        source_profile_id = _uuid(source_profile_id, "source_profile_id")
-        target_profile_id = _uuid(target_profile_id, "target_profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        source_profile_id = check_uuid(source_profile_id, "source_profile_id")
+        target_profile_id = check_uuid(target_profile_id, "target_profile_id")
         if source_profile_id == target_profile_id:
             raise errors.ValidationError("cannot merge a profile into itself")
         await self._merge_profiles(
@@ -615,8 +619,8 @@ class ProfileStore(ABC):
         self, tenant_id: UUID, agent_id: UUID, *, enabled_only: bool = True
     ) -> list[ProfileFieldDefinition]:
         """The agent's field definitions ordered by name; only enabled ones by default."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        agent_id = _uuid(agent_id, "agent_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        agent_id = check_uuid(agent_id, "agent_id")
         enabled_only = _bool(enabled_only, "enabled_only")
         found = await self._get_field_definitions(tenant_id, agent_id, enabled_only)
         return sorted(found, key=lambda definition: definition.name)
@@ -625,8 +629,8 @@ class ProfileStore(ABC):
         self, tenant_id: UUID, agent_id: UUID, field_name: str
     ) -> ProfileFieldDefinition | None:
         """The agent's definition of ``field_name`` (enabled or not), or None."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        agent_id = _uuid(agent_id, "agent_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        agent_id = check_uuid(agent_id, "agent_id")
         field_name = _field_name(field_name)
         return await self._get_field_definition(tenant_id, agent_id, field_name)
 
@@ -647,8 +651,8 @@ class ProfileStore(ABC):
         self, tenant_id: UUID, agent_id: UUID, field_name: str
     ) -> bool:
         """Delete the agent's definition of ``field_name``; True if one was deleted."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        agent_id = _uuid(agent_id, "agent_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        agent_id = check_uuid(agent_id, "agent_id")
         field_name = _field_name(field_name)
         return await self._delete_field_definition(tenant_id, agent_id, field_name)
 
@@ -663,9 +667,9 @@ class ProfileStore(ABC):
 
         Ordered by ``collection_order``, then field name.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        scenario_id = _uuid(scenario_id, "scenario_id")
-        step_id = _optional_uuid(step_id, "step_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        scenario_id = check_uuid(scenario_id, "scenario_id")
+        step_id = check_optional_uuid(step_id, "step_id")
         found = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
         return sorted(found, key=lambda req: (req.collection_order, req.field_name))
 
@@ -685,9 +689,9 @@ class ProfileStore(ABC):
         self, tenant_id: UUID, scenario_id: UUID, *, step_id: UUID | None = None
     ) -> int:
         """``step_id=None``: delete all the scenario's requirements; else that step's only."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        scenario_id = _uuid(scenario_id, "scenario_id")
-        step_id = _optional_uuid(step_id, "step_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        scenario_id = check_uuid(scenario_id, "scenario_id")
+        step_id = check_optional_uuid(step_id, "step_id")
         return await self._delete_scenario_requirements(tenant_id, scenario_id, step_id)
 
     async def get_missing_fields(
@@ -706,10 +710,10 @@ class ProfileStore(ABC):
         """
         from ccvault.requirements import find_missing
 
-        tenant_id = _uuid(tenant_id, "tenant_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
         profile = _model(CustomerProfile, profile, "profile")
-        scenario_id = _uuid(scenario_id, "scenario_id")
-        step_id = _optional_uuid(step_id, "step_id")
+        scenario_id = check_uuid(scenario_id, "scenario_id")
+        step_id = check_optional_uuid(step_id, "step_id")
         level = _required_level(required_level)
         if profile.tenant_id != tenant_id:
             return []
@@ -736,8 +740,8 @@ class ProfileStore(ABC):
 
         Afterwards no read, history or lineage query returns any of it. True if it existed.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         return await self._purge_profile(tenant_id, profile_id)
 
     async def export_profile(self, tenant_id: UUID, profile_id: UUID) -> dict[str, Any]:
@@ -745,8 +749,8 @@ class ProfileStore(ABC):
 
         Soft-deleted profiles are exported too (they are still held). Unknown: NotFoundError.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         found = await self._export_profile(tenant_id, profile_id)
         if found is None:
             raise errors.NotFoundError(f"profile {profile_id} not found")
@@ -763,14 +767,14 @@ class ProfileStore(ABC):
         Refused with :class:`~ccvault.errors.DependentsError` while an ACTIVE item derives
         from it.
         """
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        item_id = _uuid(item_id, "item_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        item_id = check_uuid(item_id, "item_id")
         kind = _item_type(item_type)
         return await self._delete_item(tenant_id, item_id, kind)
 
     async def mark_orphans(self, tenant_id: UUID) -> int:
         """Mark ORPHANED every non-orphaned item whose field/asset source no longer exists."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
         return await self._mark_orphans(tenant_id)
 
     async def list_tenant_ids(self) -> list[UUID]:
@@ -779,7 +783,7 @@ class ProfileStore(ABC):
 
     async def count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         """``{"fields": {status: n}, "assets": {status: n}}`` with every status present."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
         counted = await self._count_items_by_status(tenant_id)
         return {
             kind: {
@@ -792,7 +796,7 @@ class ProfileStore(ABC):
     async def list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         """Every profile of the tenant, live or soft-deleted, sorted. For operator sweeps
         (key rotation, exports); not meant for request paths."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
         return sorted(await self._list_profile_ids(tenant_id))
 
     async def rewrite_field_payloads(
@@ -806,8 +810,8 @@ class ProfileStore(ABC):
         and nothing else (no status, timestamp or id changes). Returns how many versions
         were found and rewritten; ids not on the profile are ignored. Used to re-encrypt
         PII under a new key (``ccvault rotate-keys``)."""
-        tenant_id = _uuid(tenant_id, "tenant_id")
-        profile_id = _uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         if not isinstance(payloads, dict):
             raise errors.ValidationError("payloads must be a dict {field_id: (value, metadata)}")
         checked: dict[UUID, tuple[Any, dict[str, Any]]] = {}
@@ -822,7 +826,7 @@ class ProfileStore(ABC):
                 check_json_value(metadata)
             except ValueError as exc:
                 raise errors.ValidationError(f"payload of field {field_id}: {exc}") from None
-            checked[_uuid(field_id, "field_id")] = (value, metadata)
+            checked[check_uuid(field_id, "field_id")] = (value, metadata)
         if not checked:
             return 0
         return await self._rewrite_field_payloads(tenant_id, profile_id, checked)

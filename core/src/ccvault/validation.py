@@ -44,7 +44,7 @@ import re2
 from ccvault import errors, metrics
 from ccvault.models import CustomerProfile, FieldValueType, ProfileField, ProfileFieldDefinition
 from ccvault.settings import ProfileSettings, VaultSettings
-from ccvault.store import ForwardingProfileStore, ProfileStore
+from ccvault.store import ForwardingProfileStore, ProfileStore, check_uuid
 
 __all__ = [
     "ErrorType",
@@ -278,17 +278,6 @@ def check_value(
 # ---------------------------------------------------------------------------------------
 
 
-def _check_uuid(value: object, what: str) -> UUID:
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return UUID(value)
-        except ValueError:
-            pass
-    raise errors.ValidationError(f"{what} must be a UUID, got {type(value).__name__}")
-
-
 def _check_field(field: object) -> ProfileField:
     if not isinstance(field, ProfileField):
         raise errors.ValidationError(f"field must be a ProfileField, got {type(field).__name__}")
@@ -366,7 +355,7 @@ class SchemaValidationService:
         self, tenant_id: UUID, agent_id: UUID
     ) -> dict[str, ProfileFieldDefinition]:
         """The agent's enabled definitions by name (cached; one store call per miss)."""
-        key = (_check_uuid(tenant_id, "tenant_id"), _check_uuid(agent_id, "agent_id"))
+        key = (check_uuid(tenant_id, "tenant_id"), check_uuid(agent_id, "agent_id"))
         tenant_id, agent_id = key
         now = self._clock()
         with self._lock:
@@ -456,8 +445,8 @@ class SchemaValidationService:
         ``definitions`` (name -> definition) spares a lookup when the caller has them.
         Bad arguments raise :class:`~ccvault.errors.ValidationError`.
         """
-        tenant_id = _check_uuid(tenant_id, "tenant_id")
-        agent_id = _check_uuid(agent_id, "agent_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        agent_id = check_uuid(agent_id, "agent_id")
         field = _check_field(field)
         definitions = _check_definitions(definitions)
         if not self.enabled:
@@ -521,9 +510,9 @@ class SchemaValidationService:
         definitions are agent-scoped and ``update_field`` carries no agent. Bad arguments
         raise :class:`~ccvault.errors.ValidationError` before anything is written.
         """
-        tenant_id = _check_uuid(tenant_id, "tenant_id")
-        agent_id = _check_uuid(agent_id, "agent_id")
-        profile_id = _check_uuid(profile_id, "profile_id")
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        agent_id = check_uuid(agent_id, "agent_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         field = _check_field(field)
         if not isinstance(supersede_existing, bool):
             raise errors.ValidationError(
