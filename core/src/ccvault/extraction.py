@@ -611,9 +611,10 @@ class OpenAICompatibleExtractor:
         except httpx.HTTPError as exc:
             raise ExtractionError(f"extraction endpoint {self.url} failed: {exc!r}") from exc
         if response.status_code != 200:
+            # the body is not quoted: a server that echoes its request would put the
+            # conversation (personal data) into logs and error reports
             raise ExtractionError(
-                f"extraction endpoint {self.url} answered HTTP {response.status_code}: "
-                f"{response.text[:200]}"
+                f"extraction endpoint {self.url} answered HTTP {response.status_code}"
             )
         try:
             content = response.json()["choices"][0]["message"]["content"]

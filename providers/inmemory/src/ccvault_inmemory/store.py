@@ -244,8 +244,6 @@ class InMemoryProfileStore(ProfileStore):
                 tenant.customers.pop(existing.profile.customer_id, None)
             base = profile.model_copy(deep=True)
             base.fields, base.assets, base.field_history, base.asset_history = {}, [], {}, []
-            if existing is not None:
-                base.created_at = existing.profile.created_at
             tenant.profiles[profile.id] = _Profile(profile=base)
             for identity in base.channel_identities:
                 tenant.identities[(identity.channel, identity.channel_user_id)] = profile.id
