@@ -345,7 +345,61 @@ MUTANTS = {
         """,
         "test_chain_never_loops_on_a_cycle",
     ),
+    "instance_local_lock": (
+        """
+        from ccvault_inmemory.store import _Field
+
+        class Mutant(InMemoryProfileStore):
+            # correct within one instance (its lock serialises every write), broken across
+            # two instances over the same data: a process-local lock guarding shared state
+            async def _update_field(self, tenant_id, profile_id, field, supersede_existing):
+                async with self._lock:
+                    tenant = self._tenant(tenant_id)
+                    self._live(tenant, profile_id)
+                    previous = self._active_field(tenant, profile_id, field.name)
+                    await asyncio.sleep(0)  # a round trip to the shared backend
+                    if previous is not None:
+                        previous.item = previous.item.model_copy(update={
+                            "status": ItemStatus.SUPERSEDED,
+                            "superseded_by_id": field.id,
+                            "superseded_at": field.updated_at,
+                        })
+                    tenant.fields[field.id] = _Field(profile_id, next(self._seq), field)
+                    return field.id
+        """,
+        "test_50_concurrent_updates_of_one_name_keep_one_active_and_an_unbroken_chain",
+    ),
+    "merge_moves_a_snapshot": (
+        """
+        class Mutant(InMemoryProfileStore):
+            # moves the source's fields as listed before a round trip: correct within one
+            # instance, but a write through another instance in between stays behind
+            # (no conflicting names in the killer, so conflicts are not handled here)
+            async def _merge_profiles(self, tenant_id, source_id, target_id, choose_winner):
+                async with self._lock:
+                    tenant = self._tenant(tenant_id)
+                    source = self._live(tenant, source_id)
+                    target = self._live(tenant, target_id)
+                    listed = [row for row in tenant.fields.values() if row.profile_id == source_id]
+                    await asyncio.sleep(0)  # a round trip to the shared backend
+                    for row in listed:
+                        row.profile_id = target_id
+                    for identity in source.profile.channel_identities:
+                        moved = identity.model_copy(update={"primary": False})
+                        target.profile.channel_identities.append(moved)
+                        tenant.identities[(identity.channel, identity.channel_user_id)] = target_id
+                    source.profile.channel_identities = []
+                    source.deleted = True
+                    tenant.customers.pop(source.profile.customer_id, None)
+        """,
+        "test_merge_racing_updates_of_the_source_loses_no_field",
+    ),
 }
+
+#: Mutants whose test class also gets ``other_store``: a second instance of the mutant
+#: sharing the first one's data but not its lock (two processes over one database). Each is
+#: also run without it, where its killer must pass: only the second instance exposes it.
+SHARED_DATA_MUTANTS = frozenset({"instance_local_lock", "merge_moves_a_snapshot"})
 
 
 def _mutant_class_name(mutant: str) -> str:
@@ -375,6 +429,21 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
             )
         )
         selections.append(f"({cls} and {killer})")
+        if mutant in SHARED_DATA_MUTANTS:
+            parts.append(
+                textwrap.dedent(
+                    f"""
+                    class {cls}SharedData({cls}):
+                        @pytest.fixture
+                        async def other_store(self, store):
+                            async with {cls}Store() as other:
+                                # the same data, its own lock
+                                other._tenants, other._seq = store._tenants, store._seq
+                                yield other
+                    """
+                )
+            )
+            selections.append(f"({cls}SharedData and {killer})")
     (root / "test_mutants.py").write_text("\n".join(parts))
     result = subprocess.run(
         [
@@ -383,7 +452,7 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
             "pytest",
             "-p",
             "no:cacheprovider",
-            "-rf",
+            "-rfp",
             "-k",
             " or ".join(selections),
         ],
@@ -399,6 +468,9 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_the_suite_catches_a_broken_store(mutant_run: str, mutant: str) -> None:
     _, killer = MUTANTS[mutant]
-    assert f"FAILED test_mutants.py::{_mutant_class_name(mutant)}::{killer}" in mutant_run, (
-        mutant_run[-5000:]
-    )
+    cls = _mutant_class_name(mutant)
+    if mutant in SHARED_DATA_MUTANTS:
+        # one instance serialises the race away; the second instance over the data exposes it
+        assert f"PASSED test_mutants.py::{cls}::{killer}" in mutant_run, mutant_run[-5000:]
+        cls += "SharedData"
+    assert f"FAILED test_mutants.py::{cls}::{killer}" in mutant_run, mutant_run[-5000:]

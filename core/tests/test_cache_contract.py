@@ -37,10 +37,13 @@ async def _drop_prefix(client: Redis, prefix: str) -> None:
         await client.delete(*keys)
 
 
-async def cached(inner: ProfileStore) -> AsyncIterator[CachedProfileStore]:
-    """``inner`` wrapped in a cache with a fresh key prefix; the prefix is dropped after."""
+async def cached(
+    inner: ProfileStore, prefix: str | None = None
+) -> AsyncIterator[CachedProfileStore]:
+    """``inner`` wrapped in a cache with its own Redis client, on ``prefix`` (default: a
+    fresh one); the prefix is dropped after."""
     client = Redis.from_url(REDIS_URL)
-    prefix = f"ccvault-test:{uuid.uuid4().hex}:"
+    prefix = prefix or f"ccvault-test:{uuid.uuid4().hex}:"
     store = CachedProfileStore(inner, client, key_prefix=prefix)
     try:
         async with store:
@@ -82,3 +85,13 @@ class TestCachedPostgresContract(ProfileStoreContract):
         inner = PostgresProfileStore(PostgresSettings(dsn=pg_dsn, schema="cache_contract"))
         async for store in cached(inner):
             yield store
+
+    @pytest.fixture
+    async def other_store(
+        self, store: CachedProfileStore, pg_dsn: str
+    ) -> AsyncIterator[ProfileStore]:
+        """A second cache (own Redis client, SAME key prefix) over a second PostgreSQL store
+        (own pool, same schema): what a second application process runs."""
+        inner = PostgresProfileStore(PostgresSettings(dsn=pg_dsn, schema="cache_contract"))
+        async for other in cached(inner, store.key_prefix):
+            yield other

@@ -54,23 +54,35 @@ class TestProductionStackContract(ProfileStoreContract):
     known_gaps: dict[str, str] = {}
 
     @pytest.fixture
-    async def store(
+    async def settings(
         self, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
-    ) -> AsyncIterator[ProfileStore]:
+    ) -> AsyncIterator[ccvault.VaultSettings]:
+        """One deployment's settings (a fresh Redis key prefix, dropped after)."""
         monkeypatch.setenv("PROFILE_PII_ENCRYPTION_KEY", KEYRING)
         prefix = f"ccvault-test:{uuid.uuid4().hex}:"
-        settings = ccvault.load_settings(
-            store_provider="postgres",
-            providers={"postgres": {"dsn": pg_dsn, "schema": "stack_contract"}},
-            redis={"url": REDIS_URL, "key_prefix": prefix},
-        )
         try:
-            async with ccvault.open_store(settings) as store:
-                assert isinstance(store, EncryptedProfileStore)
-                assert isinstance(store.inner, CachedProfileStore)
-                yield store
+            yield ccvault.load_settings(
+                store_provider="postgres",
+                providers={"postgres": {"dsn": pg_dsn, "schema": "stack_contract"}},
+                redis={"url": REDIS_URL, "key_prefix": prefix},
+            )
         finally:
             await _drop_prefix(prefix)
+
+    @pytest.fixture
+    async def store(self, settings: ccvault.VaultSettings) -> AsyncIterator[ProfileStore]:
+        async with ccvault.open_store(settings) as store:
+            assert isinstance(store, EncryptedProfileStore)
+            assert isinstance(store.inner, CachedProfileStore)
+            yield store
+
+    @pytest.fixture
+    async def other_store(
+        self, store: ProfileStore, settings: ccvault.VaultSettings
+    ) -> AsyncIterator[ProfileStore]:
+        """A second process of the same deployment: same database, same Redis key prefix."""
+        async with ccvault.open_store(settings) as other:
+            yield other
 
 
 class TestEmbeddedStackContract(ProfileStoreContract):
@@ -78,14 +90,23 @@ class TestEmbeddedStackContract(ProfileStoreContract):
     known_gaps: dict[str, str] = {}
 
     @pytest.fixture
-    async def store(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> AsyncIterator[ProfileStore]:
+    def settings(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ccvault.VaultSettings:
         monkeypatch.setenv("PROFILE_PII_ENCRYPTION_KEY", KEYRING)
-        settings = ccvault.load_settings(
+        return ccvault.load_settings(
             EMBEDDED_CONFIG,
             providers={"sqlite": {"path": str(tmp_path / "vault.db")}},
         )
+
+    @pytest.fixture
+    async def store(self, settings: ccvault.VaultSettings) -> AsyncIterator[ProfileStore]:
         async with ccvault.open_store(settings) as store:
             assert isinstance(store, EncryptedProfileStore)
             yield store
+
+    @pytest.fixture
+    async def other_store(
+        self, store: ProfileStore, settings: ccvault.VaultSettings
+    ) -> AsyncIterator[ProfileStore]:
+        """A second process of the same deployment: same SQLite file."""
+        async with ccvault.open_store(settings) as other:
+            yield other

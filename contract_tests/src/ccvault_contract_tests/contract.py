@@ -52,6 +52,18 @@ class ProfileStoreContract(
                 async with MyStore(...) as s:
                     yield s
 
+            @pytest.fixture                 # optional; default: `store` itself
+            async def other_store(self, store):
+                async with MyStore(...) as s:   # a second instance over the SAME data
+                    yield s
+
+    ``other_store`` is a second store instance over the same backing data as ``store``
+    (another connection pool on the same DSN and schema, another handle on the same file,
+    another cache client on the same Redis key prefix). The concurrency tests split their
+    racing calls between the two, so races between processes are exercised and not only
+    those one instance's internal locks serialise. Override it wherever a second process
+    could open the data; the default (``store`` itself) suits in-process-only stores.
+
     Subclass definitions are checked at import: an unknown capability or a known gap that
     names no test of the suite is an error (a typo would otherwise silently do nothing).
     """

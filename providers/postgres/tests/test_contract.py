@@ -24,3 +24,12 @@ class TestPostgresContract(ProfileStoreContract):
         self, make_store: Callable[..., Awaitable[PostgresProfileStore]]
     ) -> AsyncIterator[PostgresProfileStore]:
         yield await make_store(schema="contract")
+
+    @pytest.fixture
+    async def other_store(
+        self,
+        store: PostgresProfileStore,
+        make_store: Callable[..., Awaitable[PostgresProfileStore]],
+    ) -> AsyncIterator[PostgresProfileStore]:
+        """A second store with its own pool on the same database and schema."""
+        yield await make_store(schema="contract")

@@ -21,6 +21,14 @@ class TestSqliteFileContract(ProfileStoreContract):
         async with SqliteProfileStore(path=tmp_path / "vault.db") as s:
             yield s
 
+    @pytest.fixture
+    async def other_store(
+        self, store: SqliteProfileStore, tmp_path: Path
+    ) -> AsyncIterator[SqliteProfileStore]:
+        """A second store with its own connection on the same file (as a second process)."""
+        async with SqliteProfileStore(path=tmp_path / "vault.db") as s:
+            yield s
+
 
 class TestSqliteMemoryContract(ProfileStoreContract):
     capabilities = CAPABILITIES
