@@ -31,6 +31,7 @@ services:
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: venv
 	$(BIN)/mypy core/src providers/inmemory/src providers/sqlite/src \

@@ -61,8 +61,12 @@ async def open_mongo_store(*, transactions: str = "auto") -> AsyncIterator[Mongo
     """
     database = f"ccvault_test_{uuid.uuid4().hex[:12]}"
     if MONGO_URL:
-        settings = MongoSettings(uri=MONGO_URL, database=database, transactions=transactions,
-                                 server_selection_timeout_ms=5000)
+        settings = MongoSettings(
+            uri=MONGO_URL,
+            database=database,
+            transactions=transactions,
+            server_selection_timeout_ms=5000,
+        )
         store = MongoProfileStore(settings)
     else:
         client = EmulatedMongoClient(

@@ -90,36 +90,39 @@ async def test_setup_asks_hello_then_creates_every_index_in_one_command_per_coll
 
 
 def test_the_index_definitions_are_exactly_these() -> None:
-    documents = {
-        name: [dict(m.document) for m in models] for name, models in INDEXES.items()
-    }
+    documents = {name: [dict(m.document) for m in models] for name, models in INDEXES.items()}
     fields = {d["name"]: d for d in documents["fields"]}
-    assert dict(fields["one_active_field"]["key"]) == {
-        "tenant_id": 1, "profile_id": 1, "name": 1
-    }
+    assert dict(fields["one_active_field"]["key"]) == {"tenant_id": 1, "profile_id": 1, "name": 1}
     assert fields["one_active_field"]["unique"] is True
     assert fields["one_active_field"]["partialFilterExpression"] == {"status": "active"}
     assert dict(fields["fields_by_source_item"]["key"]) == {"tenant_id": 1, "source_item_id": 1}
-    assert dict(fields["fields_by_expiry"]["key"]) == {
-        "tenant_id": 1, "status": 1, "expires_at": 1
-    }
+    assert dict(fields["fields_by_expiry"]["key"]) == {"tenant_id": 1, "status": 1, "expires_at": 1}
     identities = {d["name"]: d for d in documents["identities"]}
     assert dict(identities["identity_unique"]["key"]) == {
-        "tenant_id": 1, "channel": 1, "channel_user_id": 1
+        "tenant_id": 1,
+        "channel": 1,
+        "channel_user_id": 1,
     }
     assert identities["identity_unique"]["unique"] is True
     requirements = {d["name"]: d for d in documents["requirements"]}
     assert list(requirements["requirement_natural_key"]["key"]) == [
-        "tenant_id", "scenario_id", "step_id", "rule_id", "field_name"
+        "tenant_id",
+        "scenario_id",
+        "step_id",
+        "rule_id",
+        "field_name",
     ]
     assert requirements["requirement_natural_key"]["unique"] is True
     definitions = {d["name"]: d for d in documents["definitions"]}
     assert list(definitions["definition_natural_key"]["key"]) == ["tenant_id", "agent_id", "name"]
     # vault ids are unique per tenant, not globally (``_id`` is the driver's ObjectId)
-    for collection, name in [("profiles", "profile_id_unique"), ("fields", "field_id_unique"),
-                             ("assets", "asset_id_unique"),
-                             ("definitions", "definition_id_unique"),
-                             ("requirements", "requirement_id_unique")]:
+    for collection, name in [
+        ("profiles", "profile_id_unique"),
+        ("fields", "field_id_unique"),
+        ("assets", "asset_id_unique"),
+        ("definitions", "definition_id_unique"),
+        ("requirements", "requirement_id_unique"),
+    ]:
         [index] = [d for d in documents[collection] if d["name"] == name]
         assert list(index["key"]) == ["tenant_id", "id"] and index["unique"] is True
         assert "partialFilterExpression" not in index
@@ -182,11 +185,21 @@ async def test_standalone_supersede_is_pending_then_supersede_then_activate(
     token = lock.args[1]["$set"]["lock"]
     lease_until = lock.args[1]["$set"]["lock_until"]
     assert lock == Command(
-        "profiles", "find_one_and_update",
-        ({"tenant_id": t, "id": p, "live": True, "merging_into": None,
-          "$or": [{"lock": None}, {"lock_until": {"$lte": lock.args[0]["$or"][1]["lock_until"]
-                                                  ["$lte"]}}]},
-         {"$set": {"lock": token, "lock_until": lease_until}, "$inc": {"write_seq": 1}}),
+        "profiles",
+        "find_one_and_update",
+        (
+            {
+                "tenant_id": t,
+                "id": p,
+                "live": True,
+                "merging_into": None,
+                "$or": [
+                    {"lock": None},
+                    {"lock_until": {"$lte": lock.args[0]["$or"][1]["lock_until"]["$lte"]}},
+                ],
+            },
+            {"$set": {"lock": token, "lock_until": lease_until}, "$inc": {"write_seq": 1}},
+        ),
         {"projection": {"write_seq": 1, "lock": 1}},
     )
     assert lease_until > lock.args[0]["$or"][1]["lock_until"]["$lte"]
@@ -195,18 +208,31 @@ async def test_standalone_supersede_is_pending_then_supersede_then_activate(
     assert pending.args[0]["pending_since"] == now
     assert pending.args[0]["id"] == uid(second.id)
     assert supersede == Command(
-        "fields", "update_one",
-        ({**name_key, "status": "active", "id": {"$ne": uid(second.id)}},
-         {"$set": {"status": "superseded", "superseded_by_id": uid(second.id),
-                   "superseded_at": now, "updated_at": now}}),
+        "fields",
+        "update_one",
+        (
+            {**name_key, "status": "active", "id": {"$ne": uid(second.id)}},
+            {
+                "$set": {
+                    "status": "superseded",
+                    "superseded_by_id": uid(second.id),
+                    "superseded_at": now,
+                    "updated_at": now,
+                }
+            },
+        ),
     )
     assert activate == Command(
-        "fields", "update_one",
-        ({"tenant_id": t, "id": uid(second.id), "status": PENDING},
-         {"$set": {"status": "active"}, "$unset": {"pending_since": ""}}),
+        "fields",
+        "update_one",
+        (
+            {"tenant_id": t, "id": uid(second.id), "status": PENDING},
+            {"$set": {"status": "active"}, "$unset": {"pending_since": ""}},
+        ),
     )
     assert unlock == Command(
-        "profiles", "update_one",
+        "profiles",
+        "update_one",
         ({"tenant_id": t, "id": p, "lock": token}, {"$set": {"lock": None, "lock_until": None}}),
     )
     assert not any(c.in_transaction for c in client.commands)
@@ -290,11 +316,16 @@ async def test_the_standalone_loser_of_a_race_supersedes_the_winner_and_retries(
     class RacingClient(EmulatedMongoClient):
         raced = False
 
-        def _record(self, collection: str, method: str, args: tuple[Any, ...],
-                    kwargs: dict[str, Any], session: Any) -> None:
+        def _record(
+            self,
+            collection: str,
+            method: str,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            session: Any,
+        ) -> None:
             super()._record(collection, method, args, kwargs, session)
-            if (method == "update_one" and args[0].get("status") == PENDING
-                    and not self.raced):
+            if method == "update_one" and args[0].get("status") == PENDING and not self.raced:
                 self.raced = True  # the rival's version lands right before our activation
                 doc = store._field_doc(tenant, profile, rival, 99)
                 self._sync["race"]["fields"].insert_one(doc)
@@ -309,8 +340,11 @@ async def test_the_standalone_loser_of_a_race_supersedes_the_winner_and_retries(
         assert history["first"].status is ItemStatus.ACTIVE
         assert history["rival"].status is ItemStatus.SUPERSEDED
         assert history["rival"].superseded_by_id == first.id
-        activations = [c for c in client.commands if c.method == "update_one"
-                       and c.args[0].get("status") == PENDING]
+        activations = [
+            c
+            for c in client.commands
+            if c.method == "update_one" and c.args[0].get("status") == PENDING
+        ]
         assert len(activations) == 2  # refused by the unique index once, then accepted
         second = ProfileField(name="email", value="second")
         await store.update_field(tenant, profile, second)
@@ -377,9 +411,12 @@ async def test_identities_left_by_an_interrupted_delete_are_released(
     assert await store.get_by_channel_identity(tenant, Channel.SMS, "+15550001") is None
     fresh = await store.get_or_create(tenant, Channel.SMS, "+15550001")
     assert fresh.id != first.id
-    assert await store.link_channel(
-        tenant, fresh.id, ChannelIdentity(channel=Channel.SMS, channel_user_id="+15550001")
-    ) is False
+    assert (
+        await store.link_channel(
+            tenant, fresh.id, ChannelIdentity(channel=Channel.SMS, channel_user_id="+15550001")
+        )
+        is False
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -412,13 +449,17 @@ async def _check_read_cost(
         read = await store.get_by_id(tenant, profile, include_history=history)
         assert read is not None and len(read.fields) == n
         counts.append(_calls(client))
-    assert counts[0] == counts[1] == [
-        ("profiles", "find_one"),
-        ("identities", "find"),
-        ("fields", "find"),
-        ("assets", "find"),
-        ("consents", "find"),
-    ]
+    assert (
+        counts[0]
+        == counts[1]
+        == [
+            ("profiles", "find_one"),
+            ("identities", "find"),
+            ("fields", "find"),
+            ("assets", "find"),
+            ("consents", "find"),
+        ]
+    )
     fields_query = client.commands[2]
     expected_status: Any = {"$in": [s.value for s in ItemStatus]} if history else "active"
     assert fields_query.args[0]["status"] == expected_status
@@ -439,9 +480,12 @@ async def test_expire_stale_fields_is_one_update_many(
     assert await store.expire_stale_fields(tenant) == 3
     assert client.commands == [
         Command(
-            "fields", "update_many",
-            ({"tenant_id": uid(tenant), "status": "active", "expires_at": {"$lte": dt(NOW)}},
-             {"$set": {"status": "expired", "updated_at": dt(NOW)}}),
+            "fields",
+            "update_many",
+            (
+                {"tenant_id": uid(tenant), "status": "active", "expires_at": {"$lte": dt(NOW)}},
+                {"$set": {"status": "expired", "updated_at": dt(NOW)}},
+            ),
         )
     ]
     client.clear_commands()
@@ -457,10 +501,20 @@ async def test_lineage_is_a_bounded_loop_that_stops_on_a_cycle(
     profile = await _profile(store, tenant)
     a, b = uuid4(), uuid4()
     # a <- b <- a: a cycle written directly (the store never checks links on write)
-    await store.update_field(tenant, profile, ProfileField(
-        id=a, name="a", value=1, source_item_id=b, source_item_type=SourceType.PROFILE_FIELD))
-    await store.update_field(tenant, profile, ProfileField(
-        id=b, name="b", value=2, source_item_id=a, source_item_type=SourceType.PROFILE_FIELD))
+    await store.update_field(
+        tenant,
+        profile,
+        ProfileField(
+            id=a, name="a", value=1, source_item_id=b, source_item_type=SourceType.PROFILE_FIELD
+        ),
+    )
+    await store.update_field(
+        tenant,
+        profile,
+        ProfileField(
+            id=b, name="b", value=2, source_item_id=a, source_item_type=SourceType.PROFILE_FIELD
+        ),
+    )
     client.clear_commands()
     chain = await store.get_derivation_chain(tenant, b, "profile_field")
     assert [entry["id"] for entry in chain] == [a, b]
@@ -476,8 +530,13 @@ async def test_count_items_by_status_is_this_aggregation(
     profile = await _profile(store, tenant)
     await store.update_field(tenant, profile, ProfileField(name="email", value="a"))
     await store.update_field(tenant, profile, ProfileField(name="email", value="b"))
-    await store.add_asset(tenant, profile, ProfileAsset(
-        name="scan", asset_type="document", storage_provider="s3", storage_path="s3://x"))
+    await store.add_asset(
+        tenant,
+        profile,
+        ProfileAsset(
+            name="scan", asset_type="document", storage_provider="s3", storage_path="s3://x"
+        ),
+    )
     client.clear_commands()
     counts = await store.count_items_by_status(tenant)
     assert counts["fields"]["active"] == 1 and counts["fields"]["superseded"] == 1
@@ -501,19 +560,34 @@ async def _workload(store: MongoProfileStore) -> None:
     tenant, agent, scenario = uuid4(), uuid4(), uuid4()
     source = await store.get_or_create(tenant, Channel.WEB, "visitor-1")
     target = await store.get_or_create(tenant, Channel.EMAIL, "ada@example.com")
-    await store.link_channel(tenant, target.id,
-                             ChannelIdentity(channel=Channel.SMS, channel_user_id="+15550002"))
+    await store.link_channel(
+        tenant, target.id, ChannelIdentity(channel=Channel.SMS, channel_user_id="+15550002")
+    )
     email = ProfileField(name="email", value="a@example.com")
     await store.update_field(tenant, source.id, email)
-    await store.update_field(tenant, target.id, ProfileField(
-        name="email", value="b@example.com", verified=True))
-    await store.update_field(tenant, target.id, ProfileField(
-        name="nickname", value="ada", source_item_id=email.id,
-        source_item_type=SourceType.PROFILE_FIELD, expires_at=NOW - timedelta(1)),
-        supersede_existing=False)
-    asset = ProfileAsset(name="scan", asset_type="document", storage_provider="s3",
-                         storage_path="s3://x", source_item_id=email.id,
-                         source_item_type=SourceType.PROFILE_FIELD)
+    await store.update_field(
+        tenant, target.id, ProfileField(name="email", value="b@example.com", verified=True)
+    )
+    await store.update_field(
+        tenant,
+        target.id,
+        ProfileField(
+            name="nickname",
+            value="ada",
+            source_item_id=email.id,
+            source_item_type=SourceType.PROFILE_FIELD,
+            expires_at=NOW - timedelta(1),
+        ),
+        supersede_existing=False,
+    )
+    asset = ProfileAsset(
+        name="scan",
+        asset_type="document",
+        storage_provider="s3",
+        storage_path="s3://x",
+        source_item_id=email.id,
+        source_item_type=SourceType.PROFILE_FIELD,
+    )
     await store.add_asset(tenant, target.id, asset, supersede_existing=True)
     await store.get_field(tenant, target.id, "email", status=None)
     await store.get_field_history(tenant, target.id, "email")
@@ -529,13 +603,22 @@ async def _workload(store: MongoProfileStore) -> None:
     profile = await store.get_by_id(tenant, target.id)
     assert profile is not None
     await store.save(profile)
-    await store.save_field_definition(ProfileFieldDefinition(
-        tenant_id=tenant, agent_id=agent, name="prefs", value_type="json",
-        allowed_values=[{"a.b": 1}]))
+    await store.save_field_definition(
+        ProfileFieldDefinition(
+            tenant_id=tenant,
+            agent_id=agent,
+            name="prefs",
+            value_type="json",
+            allowed_values=[{"a.b": 1}],
+        )
+    )
     await store.get_field_definitions(tenant, agent)
     await store.get_field_definition(tenant, agent, "email")
-    await store.save_scenario_requirement(ScenarioFieldRequirement(
-        tenant_id=tenant, agent_id=agent, scenario_id=scenario, field_name="email"))
+    await store.save_scenario_requirement(
+        ScenarioFieldRequirement(
+            tenant_id=tenant, agent_id=agent, scenario_id=scenario, field_name="email"
+        )
+    )
     await store.get_scenario_requirements(tenant, scenario)
     await store.get_missing_fields(tenant, profile, scenario)
     await store.delete_scenario_requirements(tenant, scenario)
@@ -564,15 +647,18 @@ async def test_every_query_filters_by_tenant_first(transactions: bool) -> None:
         await store.list_tenant_ids()
         checked = 0
         for command in client.commands:
-            if command.method == "create_indexes" or (
-                command.collection, command.method) in _NOT_TENANT_SCOPED:
+            if (
+                command.method == "create_indexes"
+                or (command.collection, command.method) in _NOT_TENANT_SCOPED
+            ):
                 continue
             if command.method in ("insert_one", "insert_many"):
                 docs = command.args[0] if command.method == "insert_many" else [command.args[0]]
                 assert all("tenant_id" in d for d in docs), command
                 continue
-            query = command.args[0][0]["$match"] if command.method == "aggregate" else (
-                command.args[0])
+            query = (
+                command.args[0][0]["$match"] if command.method == "aggregate" else (command.args[0])
+            )
             assert next(iter(query)) == "tenant_id", command
             assert isinstance(query["tenant_id"], Binary), command
             checked += 1
@@ -608,8 +694,8 @@ async def test_every_recorded_call_is_one_the_real_async_driver_accepts() -> Non
                     if command.method in ("update_one", "update_many", "find_one_and_update"):
                         validate_ok_for_update(command.args[1])
                     documents = (
-                        command.args[0] if command.method in ("insert_many", "aggregate",
-                                                              "create_indexes")
+                        command.args[0]
+                        if command.method in ("insert_many", "aggregate", "create_indexes")
                         else [a for a in command.args if isinstance(a, dict)]
                     )
                     for document in documents:
@@ -768,8 +854,7 @@ async def test_merge_sends_this_sequence(transactions: bool) -> None:
             assert all("$or" in c.args[0] for c in (first, second))  # the two leases
             unlocks = commands[-2:]
             assert {c.args[0]["id"] for c in unlocks} == {src, dst}
-            assert all(c.args[1] == {"$set": {"lock": None, "lock_until": None}}
-                       for c in unlocks)
+            assert all(c.args[1] == {"$set": {"lock": None, "lock_until": None}} for c in unlocks)
             commands = commands[2:-2]
         assert all(c.in_transaction is transactions for c in commands)
         assert [(c.collection, c.method) for c in commands] == [
@@ -794,11 +879,18 @@ async def test_merge_sends_this_sequence(transactions: bool) -> None:
         settle = commands[7]
         assert settle.args == (
             {"tenant_id": t, "id": uid(loser.id), "status": "active"},
-            {"$set": {"status": "superseded", "superseded_by_id": uid(winner.id),
-                      "superseded_at": dt(NOW), "updated_at": dt(NOW)}},
+            {
+                "$set": {
+                    "status": "superseded",
+                    "superseded_by_id": uid(winner.id),
+                    "superseded_at": dt(NOW),
+                    "updated_at": dt(NOW),
+                }
+            },
         )
         assert commands[8].args == (
-            {"tenant_id": t, "profile_id": src}, {"$set": {"profile_id": dst}}
+            {"tenant_id": t, "profile_id": src},
+            {"$set": {"profile_id": dst}},
         )
         final = commands[9].args[1]
         assert final["$set"]["live"] is False and final["$set"]["merged_into"] == dst
@@ -818,21 +910,27 @@ async def test_save_updates_only_a_live_profile_and_revives_nothing(transactions
         client.clear_commands()
         await store.save(profile)
         t, p = uid(tenant), uid(profile.id)
-        gone_checks = [c for c in client.commands
-                       if (c.collection, c.method) == ("profiles", "find_one")
-                       and c.args[0] == {"tenant_id": t, "id": p}]
+        gone_checks = [
+            c
+            for c in client.commands
+            if (c.collection, c.method) == ("profiles", "find_one")
+            and c.args[0] == {"tenant_id": t, "id": p}
+        ]
         # before anything else; on a replica set once more inside the transaction
         assert client.commands[0] == gone_checks[0]
         assert gone_checks[0].kwargs == {"projection": {"live": 1, "merging_into": 1}}
-        assert [c.in_transaction for c in gone_checks] == ([False, True] if transactions
-                                                           else [False])
-        [upsert] = [c for c in client.commands if c.kwargs.get("upsert")
-                    and c.collection == "profiles"]
+        assert [c.in_transaction for c in gone_checks] == (
+            [False, True] if transactions else [False]
+        )
+        [upsert] = [
+            c for c in client.commands if c.kwargs.get("upsert") and c.collection == "profiles"
+        ]
         assert upsert.method == "find_one_and_update"
         assert upsert.args[0] == {"tenant_id": t, "id": p, "live": True, "merging_into": None}
         assert list(upsert.args[1]) == ["$set", "$inc"]  # no $unset: nothing is revived
         assert not {"live", "deleted_at", "merging_into", "merged_into"} & set(
-            upsert.args[1]["$set"])
+            upsert.args[1]["$set"]
+        )
         assert upsert.in_transaction is transactions
 
 
@@ -845,8 +943,14 @@ async def test_a_profile_deleted_between_the_check_and_the_upsert_is_not_revived
     class RacingClient(EmulatedMongoClient):
         armed = False
 
-        def _record(self, collection: str, method: str, args: tuple[Any, ...],
-                    kwargs: dict[str, Any], session: Any) -> None:
+        def _record(
+            self,
+            collection: str,
+            method: str,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            session: Any,
+        ) -> None:
             super()._record(collection, method, args, kwargs, session)
             if self.armed and collection == "profiles" and kwargs.get("upsert"):
                 self.armed = False
@@ -881,21 +985,36 @@ async def test_mark_orphans_sends_bounded_pages(
     tenant = uuid4()
     profile = await _profile(store, tenant)
     for i in range(7):  # each derived from its own source, never stored
-        await store.update_field(tenant, profile, ProfileField(
-            name=f"f{i}", value=i, source_item_id=uuid4(),
-            source_item_type=SourceType.PROFILE_FIELD))
+        await store.update_field(
+            tenant,
+            profile,
+            ProfileField(
+                name=f"f{i}",
+                value=i,
+                source_item_id=uuid4(),
+                source_item_type=SourceType.PROFILE_FIELD,
+            ),
+        )
     client.clear_commands()
     assert await store.mark_orphans(tenant) == 7
     t = uid(tenant)
     live = [s.value for s in ItemStatus if s is not ItemStatus.ORPHANED]
-    candidates = {"tenant_id": t, "status": {"$in": live},
-                  "source_item_type": {"$in": ["profile_field", "profile_asset"]}}
-    page_kwargs = {"projection": {"id": 1, "source_item_id": 1, "source_item_type": 1},
-                   "sort": [("id", 1)], "limit": 3}
+    candidates = {
+        "tenant_id": t,
+        "status": {"$in": live},
+        "source_item_type": {"$in": ["profile_field", "profile_asset"]},
+    }
+    page_kwargs = {
+        "projection": {"id": 1, "source_item_id": 1, "source_item_type": 1},
+        "sort": [("id", 1)],
+        "limit": 3,
+    }
     # per page of at most 3: the page, which of its sources exist, the orphans marked;
     # the third page is short, so the walk over fields ends there; assets: one empty page
     assert _calls(client) == [
-        ("fields", "find"), ("fields", "find"), ("fields", "update_many"),
+        ("fields", "find"),
+        ("fields", "find"),
+        ("fields", "update_many"),
     ] * 3 + [("assets", "find")]
     pages = [c for c in client.commands if c.kwargs.get("limit") is not None]
     assert [c.collection for c in pages] == ["fields"] * 3 + ["assets"]
@@ -904,8 +1023,9 @@ async def test_mark_orphans_sends_bounded_pages(
     for page in pages[1:3]:  # keyset pagination: after the last id of the page before
         assert set(page.args[0]) == {*candidates, "id"}
         assert list(page.args[0]["id"]) == ["$gt"]
-    sizes = [len(c.args[0]["id"]["$in"]) for c in client.commands
-             if "$in" in c.args[0].get("id", {})]
+    sizes = [
+        len(c.args[0]["id"]["$in"]) for c in client.commands if "$in" in c.args[0].get("id", {})
+    ]
     assert sizes == [3, 3, 3, 3, 1, 1]  # sources looked up, orphans marked: never above 3
     for mark in (c for c in client.commands if c.method == "update_many"):
         assert mark.args[1] == {"$set": {"status": "orphaned", "updated_at": dt(NOW)}}

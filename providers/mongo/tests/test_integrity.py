@@ -60,8 +60,13 @@ async def _stored(store: MongoProfileStore, tenant: UUID) -> dict[str, list[dict
 
 
 def _asset(name: str = "scan", **extra: Any) -> ProfileAsset:
-    return ProfileAsset(name=name, asset_type="document", storage_provider="s3",
-                        storage_path=f"s3://bucket/{name}", **extra)
+    return ProfileAsset(
+        name=name,
+        asset_type="document",
+        storage_provider="s3",
+        storage_path=f"s3://bucket/{name}",
+        **extra,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,8 +132,9 @@ async def test_save_still_creates_and_updates_a_live_profile(store: MongoProfile
     tenant = uuid4()
     fresh = CustomerProfile(
         tenant_id=tenant,
-        channel_identities=[ChannelIdentity(channel=Channel.WEB, channel_user_id="v-1",
-                                            primary=True)],
+        channel_identities=[
+            ChannelIdentity(channel=Channel.WEB, channel_user_id="v-1", primary=True)
+        ],
     )
     assert await store.save(fresh) == fresh.id
     loaded = await store.get_by_id(tenant, fresh.id)
@@ -152,21 +158,51 @@ async def test_every_kind_of_id_can_be_reused_by_another_tenant(store: MongoProf
     definition_id, requirement_id = uuid4(), uuid4()
     agent, scenario = uuid4(), uuid4()
     for tenant, who in ((tenant_a, "a"), (tenant_b, "b")):
-        assert await store.save(CustomerProfile(
-            id=profile_id, tenant_id=tenant,
-            channel_identities=[ChannelIdentity(channel=Channel.WEB, channel_user_id="v",
-                                                primary=True)],
-        )) == profile_id
-        await store.update_field(tenant, profile_id, ProfileField(id=field_id, name="email",
-                                                                  value=f"{who}@x.org"))
-        await store.add_asset(tenant, profile_id, _asset(id=asset_id, source_item_id=field_id,
-                                                         source_item_type=SourceType.PROFILE_FIELD))
-        assert await store.save_field_definition(ProfileFieldDefinition(
-            id=definition_id, tenant_id=tenant, agent_id=agent, name="email",
-            value_type="string", description=who)) == definition_id
-        assert await store.save_scenario_requirement(ScenarioFieldRequirement(
-            id=requirement_id, tenant_id=tenant, agent_id=agent, scenario_id=scenario,
-            field_name="email")) == requirement_id
+        assert (
+            await store.save(
+                CustomerProfile(
+                    id=profile_id,
+                    tenant_id=tenant,
+                    channel_identities=[
+                        ChannelIdentity(channel=Channel.WEB, channel_user_id="v", primary=True)
+                    ],
+                )
+            )
+            == profile_id
+        )
+        await store.update_field(
+            tenant, profile_id, ProfileField(id=field_id, name="email", value=f"{who}@x.org")
+        )
+        await store.add_asset(
+            tenant,
+            profile_id,
+            _asset(id=asset_id, source_item_id=field_id, source_item_type=SourceType.PROFILE_FIELD),
+        )
+        assert (
+            await store.save_field_definition(
+                ProfileFieldDefinition(
+                    id=definition_id,
+                    tenant_id=tenant,
+                    agent_id=agent,
+                    name="email",
+                    value_type="string",
+                    description=who,
+                )
+            )
+            == definition_id
+        )
+        assert (
+            await store.save_scenario_requirement(
+                ScenarioFieldRequirement(
+                    id=requirement_id,
+                    tenant_id=tenant,
+                    agent_id=agent,
+                    scenario_id=scenario,
+                    field_name="email",
+                )
+            )
+            == requirement_id
+        )
     # each tenant reads its own copy
     for tenant, who in ((tenant_a, "a"), (tenant_b, "b")):
         profile = await store.get_by_id(tenant, profile_id)
@@ -203,21 +239,25 @@ async def test_a_duplicate_id_within_one_tenant_is_still_a_conflict(
     await store.update_field(tenant, first.id, field)
     await store.add_asset(tenant, first.id, asset)
     with pytest.raises(errors.ConflictError):
-        await store.update_field(tenant, second.id, ProfileField(id=field.id, name="phone",
-                                                                 value="1"))
+        await store.update_field(
+            tenant, second.id, ProfileField(id=field.id, name="phone", value="1")
+        )
     with pytest.raises(errors.ConflictError):
-        await store.update_field(tenant, first.id, ProfileField(id=field.id, name="phone",
-                                                                value="1"))
+        await store.update_field(
+            tenant, first.id, ProfileField(id=field.id, name="phone", value="1")
+        )
     with pytest.raises(errors.ConflictError):
         await store.add_asset(tenant, second.id, _asset(id=asset.id))
     agent = uuid4()
-    definition = ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name="email",
-                                        value_type="string")
+    definition = ProfileFieldDefinition(
+        tenant_id=tenant, agent_id=agent, name="email", value_type="string"
+    )
     await store.save_field_definition(definition)
     with pytest.raises(errors.ConflictError):  # the same id under another natural key
         await store.save_field_definition(definition.model_copy(update={"name": "phone"}))
-    requirement = ScenarioFieldRequirement(tenant_id=tenant, agent_id=agent,
-                                           scenario_id=uuid4(), field_name="email")
+    requirement = ScenarioFieldRequirement(
+        tenant_id=tenant, agent_id=agent, scenario_id=uuid4(), field_name="email"
+    )
     await store.save_scenario_requirement(requirement)
     with pytest.raises(errors.ConflictError):
         await store.save_scenario_requirement(requirement.model_copy(update={"field_name": "x"}))
@@ -246,34 +286,52 @@ async def test_mark_orphans_pages_through_a_tenant_and_marks_every_orphan(
     orphans: set[UUID] = set()
     alive: set[UUID] = set()
     for i in range(8):
-        item = ProfileField(name=f"lost{i}", value=i, source_item_id=gone_field,
-                            source_item_type=SourceType.PROFILE_FIELD)
+        item = ProfileField(
+            name=f"lost{i}",
+            value=i,
+            source_item_id=gone_field,
+            source_item_type=SourceType.PROFILE_FIELD,
+        )
         await store.update_field(tenant, profile, item)
         orphans.add(item.id)
     for i in range(4):
-        item = ProfileField(name=f"kept{i}", value=i, source_item_id=kept.id,
-                            source_item_type=SourceType.PROFILE_FIELD)
+        item = ProfileField(
+            name=f"kept{i}",
+            value=i,
+            source_item_id=kept.id,
+            source_item_type=SourceType.PROFILE_FIELD,
+        )
         await store.update_field(tenant, profile, item)
         alive.add(item.id)
     for i in range(4):
-        asset = _asset(name=f"scan{i}", source_item_id=gone_asset if i % 2 else kept.id,
-                       source_item_type=(SourceType.PROFILE_ASSET if i % 2
-                                         else SourceType.PROFILE_FIELD))
+        asset = _asset(
+            name=f"scan{i}",
+            source_item_id=gone_asset if i % 2 else kept.id,
+            source_item_type=(SourceType.PROFILE_ASSET if i % 2 else SourceType.PROFILE_FIELD),
+        )
         await store.add_asset(tenant, profile, asset)
         (orphans if i % 2 else alive).add(asset.id)
     other = uuid4()  # another tenant's orphan is not this tenant's business
     other_profile = (await store.get_or_create(other, Channel.SMS, "+15550108")).id
-    await store.update_field(other, other_profile, ProfileField(
-        name="lost", value=0, source_item_id=gone_field,
-        source_item_type=SourceType.PROFILE_FIELD))
+    await store.update_field(
+        other,
+        other_profile,
+        ProfileField(
+            name="lost",
+            value=0,
+            source_item_id=gone_field,
+            source_item_type=SourceType.PROFILE_FIELD,
+        ),
+    )
 
     assert await store.mark_orphans(tenant) == len(orphans) == 10
     exported = await store.export_profile(tenant, profile)
     statuses = {
         UUID(str(item["id"])): item["status"]
-        for item in [*(v for versions in exported["profile"]["field_history"].values()
-                       for v in versions),
-                     *exported["profile"]["asset_history"]]
+        for item in [
+            *(v for versions in exported["profile"]["field_history"].values() for v in versions),
+            *exported["profile"]["asset_history"],
+        ]
     }
     assert {i for i, s in statuses.items() if s == ItemStatus.ORPHANED.value} == orphans
     assert all(statuses[i] == ItemStatus.ACTIVE.value for i in alive)

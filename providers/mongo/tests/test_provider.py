@@ -161,8 +161,9 @@ async def test_json_values_round_trip_exactly(value: Any) -> None:
         tenant = uuid4()
         profile = await store.get_or_create(tenant, Channel.WEB, "codec")
         collected = datetime(2026, 1, 1, 0, 0, 0, 123457, tzinfo=UTC)  # sub-millisecond
-        field = ProfileField(name="v", value=value, source_metadata={"k.dot": value},
-                             collected_at=collected)
+        field = ProfileField(
+            name="v", value=value, source_metadata={"k.dot": value}, collected_at=collected
+        )
         await store.update_field(tenant, profile.id, field)
         stored = await store.get_field(tenant, profile.id, "v")
         assert stored is not None

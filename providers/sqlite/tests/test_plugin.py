@@ -69,8 +69,9 @@ async def test_open_store_on_embedded_config_persists_across_runs(
         async with ccvault.open_store(settings) as store:
             if run == 0:
                 await store.save_field_definition(
-                    ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name="email",
-                                           is_pii=True)
+                    ProfileFieldDefinition(
+                        tenant_id=tenant, agent_id=agent, name="email", is_pii=True
+                    )
                 )
             profile = await store.get_or_create(tenant, Channel.EMAIL, "ada@example.com")
             await store.update_field(

@@ -103,8 +103,14 @@ class EmulatedMongoClient:
 
     # -- execution --------------------------------------------------------------------
 
-    def _record(self, collection: str, method: str, args: tuple[Any, ...],
-                kwargs: dict[str, Any], session: EmulatedSession | None) -> None:
+    def _record(
+        self,
+        collection: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        session: EmulatedSession | None,
+    ) -> None:
         in_txn = session is not None and session.in_transaction
         self.commands.append(
             Command(collection, method, copy.deepcopy(args), copy.deepcopy(kwargs), in_txn)
@@ -170,8 +176,12 @@ class EmulatedSession:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.end_session()
 
     async def end_session(self) -> None:
@@ -251,8 +261,9 @@ def _recorded(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     returns_documents = name in ("find_one", "find_one_and_update", "distinct")
 
     @functools.wraps(method)
-    async def wrapper(self: EmulatedCollection, *args: Any, session: Any = None,
-                      **kwargs: Any) -> Any:
+    async def wrapper(
+        self: EmulatedCollection, *args: Any, session: Any = None, **kwargs: Any
+    ) -> Any:
         self._client._record(self.name, name, args, kwargs, session)
         sync = getattr(self._sync, name)
         result = await self._client._execute(session, lambda: sync(*args, **kwargs))
@@ -280,8 +291,9 @@ class EmulatedCollection:
 
         return EmulatedCursor(run)
 
-    async def aggregate(self, pipeline: list[dict[str, Any]], *, session: Any = None,
-                        **kwargs: Any) -> EmulatedCursor:
+    async def aggregate(
+        self, pipeline: list[dict[str, Any]], *, session: Any = None, **kwargs: Any
+    ) -> EmulatedCursor:
         self._client._record(self.name, "aggregate", (pipeline,), kwargs, session)
         rows = await self._client._execute(
             session, lambda: list(self._sync.aggregate(pipeline, **kwargs))
@@ -292,13 +304,15 @@ class EmulatedCollection:
 
         return EmulatedCursor(run)
 
-    async def create_indexes(self, indexes: Iterable[IndexModel], *, session: Any = None,
-                             **kwargs: Any) -> list[str]:
+    async def create_indexes(
+        self, indexes: Iterable[IndexModel], *, session: Any = None, **kwargs: Any
+    ) -> list[str]:
         """As a server does: an index that exists with the same key and options is left as
         it is (mongomock would re-check a partial unique index against every document)."""
         models = list(indexes)
-        self._client._record(self.name, "create_indexes", ([m.document for m in models],),
-                             kwargs, session)
+        self._client._record(
+            self.name, "create_indexes", ([m.document for m in models],), kwargs, session
+        )
 
         def run() -> list[str]:
             existing = self._sync.index_information()

@@ -15,8 +15,10 @@ def create_store(options: BaseModel, rules: StoreRules) -> ProfileStore:
     """An unopened :class:`~ccvault_mongo.store.MongoProfileStore` (``setup()`` connects)."""
     from ccvault_mongo.store import MongoProfileStore
 
-    settings = options if isinstance(options, MongoSettings) else MongoSettings.model_validate(
-        options.model_dump()
+    settings = (
+        options
+        if isinstance(options, MongoSettings)
+        else MongoSettings.model_validate(options.model_dump())
     )
     return MongoProfileStore(settings, rules=rules)
 

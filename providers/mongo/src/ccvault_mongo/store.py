@@ -158,9 +158,7 @@ class MongoProfileStore(ProfileStore):
             else:
                 from pymongo import AsyncMongoClient
 
-                self._client = AsyncMongoClient(
-                    self.settings.uri, **self.settings.client_options()
-                )
+                self._client = AsyncMongoClient(self.settings.uri, **self.settings.client_options())
         self._db = self._client[self.settings.database]
         hello = await self._client.admin.command("hello")
         supported = self.server_supports_transactions(hello)
@@ -234,8 +232,12 @@ class MongoProfileStore(ProfileStore):
         tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity, position: int
     ) -> dict[str, Any]:
         doc: dict[str, Any] = encode(identity.model_dump(mode="python"))
-        return {"tenant_id": uid(tenant_id), **doc, "profile_id": uid(profile_id),
-                "position": position}
+        return {
+            "tenant_id": uid(tenant_id),
+            **doc,
+            "profile_id": uid(profile_id),
+            "position": position,
+        }
 
     @staticmethod
     def _profile_attrs(profile: CustomerProfile) -> dict[str, Any]:
@@ -260,8 +262,12 @@ class MongoProfileStore(ProfileStore):
         its write order; return the last. One round trip; in a transaction it also makes
         concurrent writers of one profile conflict, so they are serialised."""
         found = await self._c("profiles").find_one_and_update(
-            {"tenant_id": uid(tenant_id), "id": uid(profile_id), "live": True,
-             "merging_into": None},
+            {
+                "tenant_id": uid(tenant_id),
+                "id": uid(profile_id),
+                "live": True,
+                "merging_into": None,
+            },
             {"$inc": {"write_seq": count}},
             projection={"write_seq": 1},
             return_document=ReturnDocument.AFTER,
@@ -307,9 +313,9 @@ class MongoProfileStore(ProfileStore):
         ]
 
         async def run(name: str, query: dict[str, Any], sort: Any) -> list[dict[str, Any]]:
-            found: list[dict[str, Any]] = await self._c(name).find(
-                query, sort=sort, session=session
-            ).to_list(None)
+            found: list[dict[str, Any]] = (
+                await self._c(name).find(query, sort=sort, session=session).to_list(None)
+            )
             return found
 
         if session is None:
@@ -363,8 +369,11 @@ class MongoProfileStore(ProfileStore):
     ) -> CustomerProfile | None:
         async def work(session: Any) -> CustomerProfile | None:
             identity = await self._c("identities").find_one(
-                {"tenant_id": uid(tenant_id), "channel": channel.value,
-                 "channel_user_id": channel_user_id},
+                {
+                    "tenant_id": uid(tenant_id),
+                    "channel": channel.value,
+                    "channel_user_id": channel_user_id,
+                },
                 projection={"profile_id": 1},
                 session=session,
             )
@@ -390,15 +399,21 @@ class MongoProfileStore(ProfileStore):
         if owner is not None:
             return False
         await self._c("identities").delete_one(
-            {"tenant_id": uid(tenant_id), "_id": identity["_id"],
-             "profile_id": identity["profile_id"]}
+            {
+                "tenant_id": uid(tenant_id),
+                "_id": identity["_id"],
+                "profile_id": identity["profile_id"],
+            }
         )
         return True
 
     async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
         identity = candidate.channel_identities[0]
-        key = {"tenant_id": uid(tenant_id), "channel": identity.channel.value,
-               "channel_user_id": identity.channel_user_id}
+        key = {
+            "tenant_id": uid(tenant_id),
+            "channel": identity.channel.value,
+            "channel_user_id": identity.channel_user_id,
+        }
         for _ in range(self.settings.max_write_retries):
             owner = await self._c("identities").find_one(key, projection={"profile_id": 1})
             if owner is not None:
@@ -411,8 +426,13 @@ class MongoProfileStore(ProfileStore):
             # identity index decides a race, and the loser removes its unreachable profile
             # (so a retry may insert the same candidate again)
             await self._c("profiles").insert_one(
-                {"tenant_id": uid(tenant_id), "id": uid(candidate.id),
-                 **self._profile_attrs(candidate), "live": True, "write_seq": 1}
+                {
+                    "tenant_id": uid(tenant_id),
+                    "id": uid(candidate.id),
+                    **self._profile_attrs(candidate),
+                    "live": True,
+                    "write_seq": 1,
+                }
             )
             try:
                 await self._c("identities").insert_one(
@@ -433,12 +453,18 @@ class MongoProfileStore(ProfileStore):
         # all, a soft-deleted, merged-away or half-merged profile stays gone: save never
         # brings it back (NotFoundError), as no other write does
         await self._refuse_gone_profile(t, profile_id, None)
-        keys = [{"channel": i.channel.value, "channel_user_id": i.channel_user_id}
-                for i in profile.channel_identities]
+        keys = [
+            {"channel": i.channel.value, "channel_user_id": i.channel_user_id}
+            for i in profile.channel_identities
+        ]
         if keys:
-            owned = await self._c("identities").find(
-                {"tenant_id": t, "$or": keys, "profile_id": {"$ne": uid(profile_id)}},
-            ).to_list(None)
+            owned = (
+                await self._c("identities")
+                .find(
+                    {"tenant_id": t, "$or": keys, "profile_id": {"$ne": uid(profile_id)}},
+                )
+                .to_list(None)
+            )
             for doc in owned:
                 if not await self._release_if_stale(tenant_id, doc):
                     raise errors.IdentityConflictError(
@@ -446,8 +472,12 @@ class MongoProfileStore(ProfileStore):
                         "another profile"
                     )
         other = await self._c("profiles").find_one(
-            {"tenant_id": t, "customer_id": uid(profile.customer_id), "live": True,
-             "id": {"$ne": uid(profile_id)}},
+            {
+                "tenant_id": t,
+                "customer_id": uid(profile.customer_id),
+                "live": True,
+                "id": {"$ne": uid(profile_id)},
+            },
             projection={"id": 1},
         )
         if other is not None:
@@ -458,26 +488,34 @@ class MongoProfileStore(ProfileStore):
         asset_ids = [uid(a.id) for a in profile.assets]
         stored_fields = {
             d["id"]: d["profile_id"]
-            for d in await self._c("fields").find(
+            for d in await self._c("fields")
+            .find(
                 {"tenant_id": t, "id": {"$in": item_ids}},
                 projection={"id": 1, "profile_id": 1},
-            ).to_list(None)
+            )
+            .to_list(None)
         }
         stored_assets = {
             d["id"]: d["profile_id"]
-            for d in await self._c("assets").find(
+            for d in await self._c("assets")
+            .find(
                 {"tenant_id": t, "id": {"$in": asset_ids}},
                 projection={"id": 1, "profile_id": 1},
-            ).to_list(None)
+            )
+            .to_list(None)
         }
         for owner in [*stored_fields.values(), *stored_assets.values()]:
             if owner != uid(profile_id):
                 raise errors.ConflictError("an item id of the profile belongs to another profile")
 
         async def work(session: Any) -> UUID:
-            count = len(profile.channel_identities) + len(profile.consents) + len(item_ids) + len(
-                asset_ids
-            ) + 1
+            count = (
+                len(profile.channel_identities)
+                + len(profile.consents)
+                + len(item_ids)
+                + len(asset_ids)
+                + 1
+            )
             if session is not None:  # the check again, on the transaction's snapshot
                 await self._refuse_gone_profile(t, profile_id, session)
             try:
@@ -516,8 +554,12 @@ class MongoProfileStore(ProfileStore):
                 doc = self._identity_doc(tenant_id, profile_id, identity, seq)
                 try:
                     result = await self._c("identities").update_one(
-                        {"tenant_id": t, "channel": doc["channel"],
-                         "channel_user_id": doc["channel_user_id"], "profile_id": uid(profile_id)},
+                        {
+                            "tenant_id": t,
+                            "channel": doc["channel"],
+                            "channel_user_id": doc["channel_user_id"],
+                            "profile_id": uid(profile_id),
+                        },
                         {"$set": doc},
                         upsert=True,
                         session=session,
@@ -532,9 +574,11 @@ class MongoProfileStore(ProfileStore):
                 if result.upserted_id is not None:
                     claimed.append(result.upserted_id)
             listed = [(i.channel.value, i.channel_user_id) for i in profile.channel_identities]
-            current = await self._c("identities").find(
-                owner, projection={"channel": 1, "channel_user_id": 1}, session=session
-            ).to_list(None)
+            current = (
+                await self._c("identities")
+                .find(owner, projection={"channel": 1, "channel_user_id": 1}, session=session)
+                .to_list(None)
+            )
             gone = [d["_id"] for d in current if (d["channel"], d["channel_user_id"]) not in listed]
             if gone:
                 await self._c("identities").delete_many(
@@ -545,8 +589,9 @@ class MongoProfileStore(ProfileStore):
                 docs = []
                 for consent in profile.consents:
                     seq += 1
-                    docs.append({**owner, **encode(consent.model_dump(mode="python")),
-                                 "position": seq})
+                    docs.append(
+                        {**owner, **encode(consent.model_dump(mode="python")), "position": seq}
+                    )
                 await self._c("consents").insert_many(docs, session=session)
             for item in profile.fields.values():
                 seq += 1
@@ -585,7 +630,8 @@ class MongoProfileStore(ProfileStore):
         """NotFoundError if the profile is stored but soft-deleted or merged (away)."""
         stored = await self._c("profiles").find_one(
             {"tenant_id": t, "id": uid(profile_id)},
-            projection={"live": 1, "merging_into": 1}, session=session,
+            projection={"live": 1, "merging_into": 1},
+            session=session,
         )
         if stored is not None and _gone(stored):
             raise errors.NotFoundError(f"profile {profile_id} is deleted")
@@ -603,10 +649,14 @@ class MongoProfileStore(ProfileStore):
         if before is None:
             await self._c("profiles").delete_one({"tenant_id": t, "id": p})
             return
-        restored = {k: v for k, v in before.items() if k not in ("_id", "id", "write_seq", "lock",
-                                                                 "lock_until")}
-        dropped = {k: "" for k in ("deleted_at", "released_identities", "merging_into")
-                   if k not in before}
+        restored = {
+            k: v
+            for k, v in before.items()
+            if k not in ("_id", "id", "write_seq", "lock", "lock_until")
+        }
+        dropped = {
+            k: "" for k in ("deleted_at", "released_identities", "merging_into") if k not in before
+        }
         update: dict[str, Any] = {"$set": restored}
         if dropped:
             update["$unset"] = dropped
@@ -616,15 +666,22 @@ class MongoProfileStore(ProfileStore):
         t, p = uid(tenant_id), uid(profile_id)
 
         async def work(session: Any) -> bool:
-            owned = await self._c("identities").find(
-                {"tenant_id": t, "profile_id": p}, sort=[("position", 1)], session=session
-            ).to_list(None)
+            owned = (
+                await self._c("identities")
+                .find({"tenant_id": t, "profile_id": p}, sort=[("position", 1)], session=session)
+                .to_list(None)
+            )
             # the profile stops being live first, then its identities are released; an
             # interruption in between leaves identities that get_or_create releases itself
             result = await self._c("profiles").update_one(
                 {"tenant_id": t, "id": p, "live": True},
-                {"$set": {"live": False, "deleted_at": dt(self.now()),
-                          "released_identities": owned}},
+                {
+                    "$set": {
+                        "live": False,
+                        "deleted_at": dt(self.now()),
+                        "released_identities": owned,
+                    }
+                },
                 session=session,
             )
             if result.matched_count == 0:
@@ -647,8 +704,9 @@ class MongoProfileStore(ProfileStore):
 
             async def work(session: Any) -> UUID:
                 seq = await self._claim_seq(tenant_id, profile_id, session)
-                await self._put_field(tenant_id, profile_id, field, supersede_existing, seq,
-                                      session)
+                await self._put_field(
+                    tenant_id, profile_id, field, supersede_existing, seq, session
+                )
                 return field.id
 
             return await self._atomic(work)
@@ -703,10 +761,16 @@ class MongoProfileStore(ProfileStore):
         while True:
             now = datetime.now(UTC)  # wall clock: leases are shared between processes
             before = await self._c("profiles").find_one_and_update(
-                {"tenant_id": t, "id": p, **wanted,
-                 "$or": [{"lock": None}, {"lock_until": {"$lte": dt(now)}}]},
-                {"$set": {"lock": token, "lock_until": dt(now + lease)},
-                 "$inc": {"write_seq": count}},
+                {
+                    "tenant_id": t,
+                    "id": p,
+                    **wanted,
+                    "$or": [{"lock": None}, {"lock_until": {"$lte": dt(now)}}],
+                },
+                {
+                    "$set": {"lock": token, "lock_until": dt(now + lease)},
+                    "$inc": {"write_seq": count},
+                },
                 projection={"write_seq": 1, "lock": 1},
             )
             if before is not None:
@@ -734,16 +798,24 @@ class MongoProfileStore(ProfileStore):
 
     async def _finish_pending(self, t: Any, p: Any) -> int:
         """Roll forward the ``pending`` versions of one profile, oldest write first."""
-        stuck = await self._c("fields").find(
-            {"tenant_id": t, "profile_id": p, "status": PENDING}, sort=[("seq", 1)]
-        ).to_list(None)
+        stuck = (
+            await self._c("fields")
+            .find({"tenant_id": t, "profile_id": p, "status": PENDING}, sort=[("seq", 1)])
+            .to_list(None)
+        )
         for doc in stuck:
             now = dt(self.now())
             await self._activate_pending(
                 {"tenant_id": t, "profile_id": p, "name": doc["name"]},
                 doc["id"],
-                {"$set": {"status": ItemStatus.SUPERSEDED.value, "superseded_by_id": doc["id"],
-                          "superseded_at": now, "updated_at": now}},
+                {
+                    "$set": {
+                        "status": ItemStatus.SUPERSEDED.value,
+                        "superseded_by_id": doc["id"],
+                        "superseded_at": now,
+                        "updated_at": now,
+                    }
+                },
             )
         return len(stuck)
 
@@ -762,9 +834,14 @@ class MongoProfileStore(ProfileStore):
         doc = self._field_doc(tenant_id, profile_id, field, seq)
         now = dt(field.updated_at)
         name_key = {"tenant_id": t, "profile_id": p, "name": field.name}
-        supersede_update = {"$set": {"status": ItemStatus.SUPERSEDED.value,
-                                     "superseded_by_id": doc["id"], "superseded_at": now,
-                                     "updated_at": now}}
+        supersede_update = {
+            "$set": {
+                "status": ItemStatus.SUPERSEDED.value,
+                "superseded_by_id": doc["id"],
+                "superseded_at": now,
+                "updated_at": now,
+            }
+        }
         if not supersede:
             # an ACTIVE version past expires_at is not served as active, so it does not
             # block a new one: it is marked EXPIRED first
@@ -774,11 +851,15 @@ class MongoProfileStore(ProfileStore):
                 session=session,
             )
             if session is not None:
-                if await fields.find_one({"tenant_id": t, "id": doc["id"]},
-                                         projection={"id": 1}, session=session):
+                if await fields.find_one(
+                    {"tenant_id": t, "id": doc["id"]}, projection={"id": 1}, session=session
+                ):
                     raise errors.ConflictError(f"field id {field.id} is already stored")
-                if await fields.find_one({**name_key, "status": ItemStatus.ACTIVE.value},
-                                         projection={"id": 1}, session=session):
+                if await fields.find_one(
+                    {**name_key, "status": ItemStatus.ACTIVE.value},
+                    projection={"id": 1},
+                    session=session,
+                ):
                     raise errors.ActiveFieldConflictError(
                         f"field {field.name!r} has an ACTIVE version"
                     )
@@ -791,11 +872,13 @@ class MongoProfileStore(ProfileStore):
             return
         if session is not None:
             # in a transaction the order does not matter: nobody sees the steps
-            if await fields.find_one({"tenant_id": t, "id": doc["id"]}, projection={"id": 1},
-                                     session=session):
+            if await fields.find_one(
+                {"tenant_id": t, "id": doc["id"]}, projection={"id": 1}, session=session
+            ):
                 raise errors.ConflictError(f"field id {field.id} is already stored")
-            await fields.update_one({**name_key, "status": ItemStatus.ACTIVE.value},
-                                    supersede_update, session=session)
+            await fields.update_one(
+                {**name_key, "status": ItemStatus.ACTIVE.value}, supersede_update, session=session
+            )
             await fields.insert_one(doc, session=session)
             return
         # standalone: pending -> supersede the ACTIVE one -> activate, retried on a lost race
@@ -842,10 +925,14 @@ class MongoProfileStore(ProfileStore):
         """Finish field writes interrupted on a standalone server (a process died between
         storing a version and making it ACTIVE) by rolling them forward; return how many."""
         cutoff = dt(self.now() - older_than)
-        stuck = await self._c("fields").find(
-            {"status": PENDING, "pending_since": {"$lte": cutoff}},
-            projection={"tenant_id": 1, "profile_id": 1},
-        ).to_list(None)
+        stuck = (
+            await self._c("fields")
+            .find(
+                {"status": PENDING, "pending_since": {"$lte": cutoff}},
+                projection={"tenant_id": 1, "profile_id": 1},
+            )
+            .to_list(None)
+        )
         finished = 0
         for t, p in dict.fromkeys((doc["tenant_id"], doc["profile_id"]) for doc in stuck):
             tenant_id, profile_id = decode(t), decode(p)
@@ -865,8 +952,12 @@ class MongoProfileStore(ProfileStore):
         self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
     ) -> ProfileField | None:
         doc = await self._c("fields").find_one(
-            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "name": field_name,
-             "status": status.value if status is not None else {"$in": _STATUSES}},
+            {
+                "tenant_id": uid(tenant_id),
+                "profile_id": uid(profile_id),
+                "name": field_name,
+                "status": status.value if status is not None else {"$in": _STATUSES},
+            },
             sort=_NEWEST_FIELD_FIRST,
         )
         return None if doc is None else _to_model(ProfileField, doc, _FIELD_JSON)
@@ -874,11 +965,19 @@ class MongoProfileStore(ProfileStore):
     async def _get_field_history(
         self, tenant_id: UUID, profile_id: UUID, field_name: str
     ) -> list[ProfileField]:
-        docs = await self._c("fields").find(
-            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "name": field_name,
-             "status": {"$in": _STATUSES}},
-            sort=_NEWEST_FIELD_FIRST,
-        ).to_list(None)
+        docs = (
+            await self._c("fields")
+            .find(
+                {
+                    "tenant_id": uid(tenant_id),
+                    "profile_id": uid(profile_id),
+                    "name": field_name,
+                    "status": {"$in": _STATUSES},
+                },
+                sort=_NEWEST_FIELD_FIRST,
+            )
+            .to_list(None)
+        )
         return [_to_model(ProfileField, d, _FIELD_JSON) for d in docs]
 
     async def _expire_stale_fields(
@@ -914,10 +1013,20 @@ class MongoProfileStore(ProfileStore):
                 # written before it (writers hold the lease or a transaction, one at a time)
                 now = dt(self.now())
                 await self._c("assets").update_many(
-                    {"tenant_id": t, "profile_id": p, "name": asset.name,
-                     "status": ItemStatus.ACTIVE.value, "seq": {"$lt": seq}},
-                    {"$set": {"status": ItemStatus.SUPERSEDED.value,
-                              "superseded_by_id": doc["id"], "superseded_at": now}},
+                    {
+                        "tenant_id": t,
+                        "profile_id": p,
+                        "name": asset.name,
+                        "status": ItemStatus.ACTIVE.value,
+                        "seq": {"$lt": seq},
+                    },
+                    {
+                        "$set": {
+                            "status": ItemStatus.SUPERSEDED.value,
+                            "superseded_by_id": doc["id"],
+                            "superseded_at": now,
+                        }
+                    },
                     session=session,
                 )
             return asset.id
@@ -946,8 +1055,12 @@ class MongoProfileStore(ProfileStore):
         self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
     ) -> ProfileAsset | None:
         doc = await self._c("assets").find_one(
-            {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "name": asset_name,
-             "status": status.value if status is not None else {"$in": _STATUSES}},
+            {
+                "tenant_id": uid(tenant_id),
+                "profile_id": uid(profile_id),
+                "name": asset_name,
+                "status": status.value if status is not None else {"$in": _STATUSES},
+            },
             sort=_NEWEST_ASSET_FIRST,
         )
         return None if doc is None else _to_model(ProfileAsset, doc, _ASSET_JSON)
@@ -963,8 +1076,14 @@ class MongoProfileStore(ProfileStore):
         collection = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"
         doc = await self._c(collection).find_one(
             {"tenant_id": uid(tenant_id), "id": uid(item_id), "status": {"$in": _STATUSES}},
-            projection={"id": 1, "name": 1, "source_metadata": 1, "source_metadata__json": 1,
-                        "source_item_id": 1, "source_item_type": 1},
+            projection={
+                "id": 1,
+                "name": 1,
+                "source_metadata": 1,
+                "source_metadata__json": 1,
+                "source_item_id": 1,
+                "source_item_type": 1,
+            },
         )
         if doc is None:
             return None
@@ -982,8 +1101,11 @@ class MongoProfileStore(ProfileStore):
     async def _get_derived_items(
         self, tenant_id: UUID, source_item_id: UUID
     ) -> tuple[list[ProfileField], list[ProfileAsset]]:
-        query = {"tenant_id": uid(tenant_id), "source_item_id": uid(source_item_id),
-                 "status": {"$in": _STATUSES}}
+        query = {
+            "tenant_id": uid(tenant_id),
+            "source_item_id": uid(source_item_id),
+            "status": {"$in": _STATUSES},
+        }
         fields, assets = await asyncio.gather(
             self._c("fields").find(query, sort=_OLDEST_FIELD_FIRST).to_list(None),
             self._c("assets").find(query, sort=_OLDEST_ASSET_FIRST).to_list(None),
@@ -996,8 +1118,11 @@ class MongoProfileStore(ProfileStore):
     async def _check_has_dependents(
         self, tenant_id: UUID, item_id: UUID, session: Any = None
     ) -> bool:
-        query = {"tenant_id": uid(tenant_id), "source_item_id": uid(item_id),
-                 "status": ItemStatus.ACTIVE.value}
+        query = {
+            "tenant_id": uid(tenant_id),
+            "source_item_id": uid(item_id),
+            "status": ItemStatus.ACTIVE.value,
+        }
         for collection in ("fields", "assets"):
             if await self._c(collection).find_one(query, projection={"id": 1}, session=session):
                 return True
@@ -1010,8 +1135,11 @@ class MongoProfileStore(ProfileStore):
     async def _link_channel(
         self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
     ) -> bool:
-        key = {"tenant_id": uid(tenant_id), "channel": identity.channel.value,
-               "channel_user_id": identity.channel_user_id}
+        key = {
+            "tenant_id": uid(tenant_id),
+            "channel": identity.channel.value,
+            "channel_user_id": identity.channel_user_id,
+        }
         for _ in range(self.settings.max_write_retries):
             seq = await self._claim_seq(tenant_id, profile_id, None)
             try:
@@ -1061,12 +1189,14 @@ class MongoProfileStore(ProfileStore):
             if target is None:
                 await profiles.update_one(
                     {"tenant_id": t, "id": src, "merging_into": dst},
-                    {"$unset": {"merging_into": ""}}, session=session,
+                    {"$unset": {"merging_into": ""}},
+                    session=session,
                 )
                 raise errors.NotFoundError(f"profile {target_profile_id} not found")
             # 3. identities, consents and assets move as they are (ids unchanged)
             has_primary = await self._c("identities").find_one(
-                {"tenant_id": t, "profile_id": dst, "primary": True}, projection={"_id": 1},
+                {"tenant_id": t, "profile_id": dst, "primary": True},
+                projection={"_id": 1},
                 session=session,
             )
             moved: dict[str, Any] = {"profile_id": dst}
@@ -1077,7 +1207,8 @@ class MongoProfileStore(ProfileStore):
             )
             for collection in ("consents", "assets"):
                 await self._c(collection).update_many(
-                    {"tenant_id": t, "profile_id": src}, {"$set": {"profile_id": dst}},
+                    {"tenant_id": t, "profile_id": src},
+                    {"$set": {"profile_id": dst}},
                     session=session,
                 )
             # 4. fields: settle each name ACTIVE on both sides, then move every version; the
@@ -1086,7 +1217,8 @@ class MongoProfileStore(ProfileStore):
                 await self._settle_conflicts(t, src, dst, choose_winner, session)
                 try:
                     await fields.update_many(
-                        {"tenant_id": t, "profile_id": src}, {"$set": {"profile_id": dst}},
+                        {"tenant_id": t, "profile_id": src},
+                        {"$set": {"profile_id": dst}},
                         session=session,
                     )
                     break
@@ -1098,9 +1230,15 @@ class MongoProfileStore(ProfileStore):
             # 5. the source is soft-deleted last
             await profiles.update_one(
                 {"tenant_id": t, "id": src},
-                {"$set": {"live": False, "deleted_at": dt(self.now()), "merged_into": dst,
-                          "released_identities": []},
-                 "$unset": {"merging_into": ""}},
+                {
+                    "$set": {
+                        "live": False,
+                        "deleted_at": dt(self.now()),
+                        "merged_into": dst,
+                        "released_identities": [],
+                    },
+                    "$unset": {"merging_into": ""},
+                },
                 session=session,
             )
 
@@ -1115,8 +1253,9 @@ class MongoProfileStore(ProfileStore):
         held: list[tuple[UUID, str]] = []
         try:
             for profile_id in sorted(states, key=lambda u: u.bytes):
-                _, token = await self._lock(tenant_id, profile_id, count=0,
-                                            state=states[profile_id])
+                _, token = await self._lock(
+                    tenant_id, profile_id, count=0, state=states[profile_id]
+                )
                 held.append((profile_id, token))
             await work(None)
         finally:
@@ -1128,8 +1267,7 @@ class MongoProfileStore(ProfileStore):
     ) -> None:
         fields = self._c("fields")
         actives = await fields.find(
-            {"tenant_id": t, "profile_id": {"$in": [src, dst]},
-             "status": ItemStatus.ACTIVE.value},
+            {"tenant_id": t, "profile_id": {"$in": [src, dst]}, "status": ItemStatus.ACTIVE.value},
             session=session,
         ).to_list(None)
         by_name: dict[str, dict[Any, ProfileField]] = {}
@@ -1146,9 +1284,14 @@ class MongoProfileStore(ProfileStore):
             loser = dropped if winner is kept else kept
             await fields.update_one(
                 {"tenant_id": t, "id": uid(loser.id), "status": ItemStatus.ACTIVE.value},
-                {"$set": {"status": ItemStatus.SUPERSEDED.value,
-                          "superseded_by_id": uid(winner.id), "superseded_at": now,
-                          "updated_at": now}},
+                {
+                    "$set": {
+                        "status": ItemStatus.SUPERSEDED.value,
+                        "superseded_by_id": uid(winner.id),
+                        "superseded_at": now,
+                        "updated_at": now,
+                    }
+                },
                 session=session,
             )
 
@@ -1156,9 +1299,7 @@ class MongoProfileStore(ProfileStore):
     # field definitions and scenario requirements: upserts on their natural keys
     # =====================================================================================
 
-    async def _upsert(
-        self, collection: str, key: dict[str, Any], document: dict[str, Any]
-    ) -> UUID:
+    async def _upsert(self, collection: str, key: dict[str, Any], document: dict[str, Any]) -> UUID:
         """Insert or update by ``key``, keeping a stored ``_id`` and ``created_at``."""
         keep = {"id": document.pop("id"), "created_at": document.pop("created_at")}
         for attempt in range(2):
@@ -1199,8 +1340,11 @@ class MongoProfileStore(ProfileStore):
         doc: dict[str, Any] = encode(definition.model_dump(mode="python"))
         for json_key in _DEFINITION_JSON:
             pack_json(doc, json_key)
-        key = {"tenant_id": doc.pop("tenant_id"), "agent_id": doc.pop("agent_id"),
-               "name": doc.pop("name")}
+        key = {
+            "tenant_id": doc.pop("tenant_id"),
+            "agent_id": doc.pop("agent_id"),
+            "name": doc.pop("name"),
+        }
         return await self._upsert("definitions", key, doc)
 
     async def _delete_field_definition(
@@ -1214,17 +1358,26 @@ class MongoProfileStore(ProfileStore):
     async def _get_scenario_requirements(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> list[ScenarioFieldRequirement]:
-        docs = await self._c("requirements").find(
-            {"tenant_id": uid(tenant_id), "scenario_id": uid(scenario_id),
-             "step_id": None if step_id is None else uid(step_id)},
-            sort=[("collection_order", 1), ("field_name", 1)],
-        ).to_list(None)
+        docs = (
+            await self._c("requirements")
+            .find(
+                {
+                    "tenant_id": uid(tenant_id),
+                    "scenario_id": uid(scenario_id),
+                    "step_id": None if step_id is None else uid(step_id),
+                },
+                sort=[("collection_order", 1), ("field_name", 1)],
+            )
+            .to_list(None)
+        )
         return [_to_model(ScenarioFieldRequirement, d) for d in docs]
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         doc: dict[str, Any] = encode(requirement.model_dump(mode="python"))
-        key = {name: doc.pop(name) for name in
-               ("tenant_id", "scenario_id", "step_id", "rule_id", "field_name")}
+        key = {
+            name: doc.pop(name)
+            for name in ("tenant_id", "scenario_id", "step_id", "rule_id", "field_name")
+        }
         return await self._upsert("requirements", key, doc)
 
     async def _delete_scenario_requirements(
@@ -1304,16 +1457,23 @@ class MongoProfileStore(ProfileStore):
         for collection in ("fields", "assets"):
             after: Any = None
             while True:
-                query: dict[str, Any] = {"tenant_id": t, "status": {"$in": live},
-                                         "source_item_type": {"$in": _LINEAGE_SOURCES}}
+                query: dict[str, Any] = {
+                    "tenant_id": t,
+                    "status": {"$in": live},
+                    "source_item_type": {"$in": _LINEAGE_SOURCES},
+                }
                 if after is not None:
                     query["id"] = {"$gt": after}
-                page = await self._c(collection).find(
-                    query,
-                    projection={"id": 1, "source_item_id": 1, "source_item_type": 1},
-                    sort=[("id", 1)],
-                    limit=batch,
-                ).to_list(None)
+                page = (
+                    await self._c(collection)
+                    .find(
+                        query,
+                        projection={"id": 1, "source_item_id": 1, "source_item_type": 1},
+                        sort=[("id", 1)],
+                        limit=batch,
+                    )
+                    .to_list(None)
+                )
                 if not page:
                     break
                 after = page[-1]["id"]
@@ -1333,12 +1493,17 @@ class MongoProfileStore(ProfileStore):
             wanted[source_collection(doc)].add(doc["source_item_id"])
         existing: dict[str, set[Any]] = {}
         for name, ids in wanted.items():
-            found = await self._c(name).find(
-                {"tenant_id": t, "id": {"$in": list(ids)}}, projection={"id": 1}
-            ).to_list(None) if ids else []
+            found = (
+                await self._c(name)
+                .find({"tenant_id": t, "id": {"$in": list(ids)}}, projection={"id": 1})
+                .to_list(None)
+                if ids
+                else []
+            )
             existing[name] = {d["id"] for d in found}
-        orphans = [d["id"] for d in page
-                   if d["source_item_id"] not in existing[source_collection(d)]]
+        orphans = [
+            d["id"] for d in page if d["source_item_id"] not in existing[source_collection(d)]
+        ]
         if not orphans:
             return 0
         result = await self._c(collection).update_many(
@@ -1348,9 +1513,11 @@ class MongoProfileStore(ProfileStore):
         return int(result.modified_count)
 
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
-        found = await self._c("profiles").find(
-            {"tenant_id": uid(tenant_id), "purging": None}, projection={"id": 1}
-        ).to_list(None)
+        found = (
+            await self._c("profiles")
+            .find({"tenant_id": uid(tenant_id), "purging": None}, projection={"id": 1})
+            .to_list(None)
+        )
         return [decode(doc["id"]) for doc in found]
 
     async def _rewrite_field_payloads(
@@ -1372,7 +1539,8 @@ class MongoProfileStore(ProfileStore):
                 if stale:
                     update["$unset"] = stale
                 result = await self._c("fields").update_one(
-                    {"tenant_id": t, "profile_id": p, "id": uid(field_id)}, update,
+                    {"tenant_id": t, "profile_id": p, "id": uid(field_id)},
+                    update,
                     session=session,
                 )
                 rewritten += int(result.matched_count)
@@ -1412,7 +1580,9 @@ class MongoProfileStore(ProfileStore):
 for _name in [
     name
     for name, value in vars(MongoProfileStore).items()
-    if name.startswith("_") and not name.startswith("__") and asyncio.iscoroutinefunction(value)
+    if name.startswith("_")
+    and not name.startswith("__")
+    and asyncio.iscoroutinefunction(value)
     and name in vars(ProfileStore)
 ]:
     setattr(MongoProfileStore, _name, _translate(getattr(MongoProfileStore, _name)))

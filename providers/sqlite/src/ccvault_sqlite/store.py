@@ -85,10 +85,7 @@ _SQLITE_NOTADB = 26
 _ACTIVE = ItemStatus.ACTIVE.value
 _SUPERSEDED = ItemStatus.SUPERSEDED.value
 
-_PROFILE_SELECT = (
-    "id, customer_id, verification_level, created_at, updated_at, last_interaction_at"
-)
-
+_PROFILE_SELECT = "id, customer_id, verification_level, created_at, updated_at, last_interaction_at"
 
 
 def _insert(table: str, columns: Sequence[str], *, if_live: bool) -> str:
@@ -678,9 +675,7 @@ class SqliteProfileStore(ProfileStore):
                     _SUPERSEDE_FIELD, (str(field.id), now, now, tenant, profile, field.name)
                 )
             try:
-                cursor = await conn.execute(
-                    _INSERT_FIELD_IF_LIVE, (tenant, profile, *params)
-                )
+                cursor = await conn.execute(_INSERT_FIELD_IF_LIVE, (tenant, profile, *params))
             except sqlite3.IntegrityError as exc:
                 reason = getattr(exc, "sqlite_errorname", "")
                 if reason == "SQLITE_CONSTRAINT_PRIMARYKEY":
@@ -756,9 +751,7 @@ class SqliteProfileStore(ProfileStore):
                     (str(asset.id), ts(self.now()), tenant, profile, asset.name),
                 )
             try:
-                cursor = await conn.execute(
-                    _INSERT_ASSET_IF_LIVE, (tenant, profile, *params)
-                )
+                cursor = await conn.execute(_INSERT_ASSET_IF_LIVE, (tenant, profile, *params))
             except sqlite3.IntegrityError as exc:
                 if getattr(exc, "sqlite_errorname", "") != "SQLITE_CONSTRAINT_PRIMARYKEY":
                     raise
