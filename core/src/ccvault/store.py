@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +50,7 @@ from ccvault.models import (
     is_valid_field_name,
     utcnow,
 )
+from ccvault.rules.merge import MergeWinner, merge_winner
 
 __all__ = [
     "ForwardingProfileStore",
@@ -65,8 +65,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 StaleFieldAction = Literal["warn", "block", "ignore"]
-MergeWinner = Callable[[ProfileField, ProfileField], ProfileField]
-"""Given the target's and the source's ACTIVE version of one name, return the one to keep."""
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)
 
@@ -82,22 +80,6 @@ class StoreRules:
     default_freshness_seconds: int = 0
     stale_field_action: StaleFieldAction = "warn"
     lineage_tracking_enabled: bool = True
-
-
-def merge_winner(
-    target: ProfileField, source: ProfileField, *, now: datetime | None = None
-) -> ProfileField:
-    """The merge conflict rule: the verified version wins, else the most recently collected.
-
-    Given ``now``, a version past its ``expires_at`` first loses to one that is not: an
-    expired value is never served, so it must not push out a valid one. On a full tie the
-    target's version is kept.
-    """
-    if now is not None and target.is_expired(now) != source.is_expired(now):
-        return source if target.is_expired(now) else target
-    if target.verified != source.verified:
-        return target if target.verified else source
-    return source if source.collected_at > target.collected_at else target
 
 
 # ---------------------------------------------------------------------------------------
@@ -983,7 +965,14 @@ class ProfileStore(ABC):
         target_profile_id: UUID,
         choose_winner: MergeWinner,
     ) -> None:
-        """As :meth:`merge_profiles`, atomically; ``choose_winner(target, source)`` decides."""
+        """As :meth:`merge_profiles`, atomically: the rule is computed in core.
+
+        Inside one atomic step, read both live profiles' identities and ACTIVE field
+        versions (NotFoundError if either is unknown or gone), call
+        :func:`ccvault.rules.merge.plan_merge` with ``choose_winner`` and apply exactly the
+        returned plan (superseded losers, identity placements with their ``primary`` flags,
+        every item and consent moved, the source soft-deleted).
+        """
 
     @abstractmethod
     async def _get_field_definitions(
