@@ -13,7 +13,7 @@ from typing import Final
 
 __all__ = ["CONTRACT_VERSION", "core_version"]
 
-CONTRACT_VERSION: Final = "0.1"
+CONTRACT_VERSION: Final = "0.2"
 
 
 def core_version() -> str:
