@@ -25,8 +25,10 @@ DISTRIBUTIONS = [
 @pytest.mark.parametrize("folder", DISTRIBUTIONS)
 def test_wheel_ships_license_and_metadata(folder: str, tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(tmp_path), str(ROOT / folder)],
+        [
+            *(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
+            *("-w", str(tmp_path), str(ROOT / folder)),
+        ],
         check=True,
         capture_output=True,
     )
