@@ -1,21 +1,33 @@
 """Scenario requirements: which fields a scenario still needs from a profile.
 
 ``when_condition`` is a small expression over the profile's active values, for example
-``order_type == "international" and age >= 18``. It is evaluated by simpleeval, never by
-``eval``: only expressions (no calls, no attribute access, no comprehensions) are allowed.
-A condition that does not parse is refused when the requirement is saved; one that names a
-field the profile lacks, or compares incompatible values, is simply false.
+``order_type == "international" and age >= 18``. Its language (docs/conditions.md) is a
+whitelisted subset of Python expressions, compiled once and evaluated by a small tree walker
+of our own, never by ``eval``: names, literals, ``and``/``or``/``not``, comparisons
+(``== != < <= > >= in not in``, ``is None``), ``+ - * / // %`` on numbers, ``+`` on strings
+and lists, and ``a if c else b``. There are no calls, attribute access, subscripts,
+comprehensions, powers, shifts or string formatting.
+
+Every evaluation is bounded by construction: the expression's length, node count and
+nesting depth are capped when it is saved, a walk visits each node at most once (there are
+no loops), and every operation checks the size of its operands before it runs (numbers of
+at most 1,024 bits, concatenations of at most 10,000 items). A condition that breaks any
+rule is refused at save with a :class:`~ccvault.errors.ValidationError`; one that is
+accepted always evaluates: a name the profile lacks, or values of the wrong type or size,
+make it false (never an exception).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import logging
-from collections.abc import Iterable, Mapping
+import math
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from simpleeval import EvalWithCompoundTypes, InvalidExpression
 
 from ccvault import errors, metrics
 from ccvault.models import (
@@ -26,55 +38,288 @@ from ccvault.models import (
 )
 from ccvault.store import StoreRules
 
-__all__ = ["check_condition", "check_requirement", "condition_holds", "find_missing"]
+__all__ = [
+    "MAX_CONDITION_DEPTH",
+    "MAX_CONDITION_LENGTH",
+    "MAX_CONDITION_NODES",
+    "CompiledCondition",
+    "check_condition",
+    "check_requirement",
+    "compile_condition",
+    "condition_holds",
+    "find_missing",
+]
 
 logger = logging.getLogger(__name__)
 
-# Nodes refused even though simpleeval knows them: no calls, no attribute access and no
-# comprehensions, since a condition only compares stored values.
-_FORBIDDEN = (
-    ast.Call,
-    ast.Attribute,
-    ast.Lambda,
-    ast.NamedExpr,
-    ast.Subscript,
-    ast.ListComp,
-    ast.SetComp,
-    ast.DictComp,
-    ast.GeneratorExp,
+#: The longest condition accepted, in characters.
+MAX_CONDITION_LENGTH = 1000
+#: The most syntax-tree nodes a condition may have (each is visited at most once).
+MAX_CONDITION_NODES = 200
+#: The deepest nesting of a condition's syntax tree.
+MAX_CONDITION_DEPTH = 24
+#: Integer literals (and integer operands of arithmetic) are at most this large in magnitude.
+MAX_LITERAL = 10**18
+#: Integer operands of arithmetic have at most this many bits (values come from profiles).
+MAX_OPERAND_BITS = 1024
+#: ``+`` on strings or lists yields at most this many characters or items.
+MAX_CONCAT_LENGTH = 10_000
+
+
+class _Undefined(Exception):
+    """The condition does not hold for these values (a missing name, a type that does not
+    fit, an operand too large): the evaluation is false, never an error."""
+
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+}
+_NODES = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+    ast.Set,
+    *_BINARY,
+    *_COMPARE,
 )
-_OPERATOR_NODES = (ast.operator, ast.unaryop, ast.cmpop)
 
 
-def _evaluator(names: Mapping[str, Any]) -> EvalWithCompoundTypes:
-    return EvalWithCompoundTypes(names=dict(names), functions={})
+def _refuse(reason: str) -> errors.ValidationError:
+    # the message names the rule, never the condition's text (it may quote a customer value)
+    return errors.ValidationError(f"when_condition {reason}")
+
+
+def _check_constant(value: object) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_LITERAL:
+            raise _refuse(f"may not use numbers larger than {MAX_LITERAL} in magnitude")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > MAX_LITERAL:
+            raise _refuse(f"may not use numbers larger than {MAX_LITERAL} in magnitude")
+        return
+    raise _refuse(f"may not use a {type(value).__name__} literal")
+
+
+def _check_tree(tree: ast.Expression) -> None:
+    """Walk ``tree`` without recursion; refuse what the language does not have."""
+    count = 0
+    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONDITION_NODES:
+            raise _refuse(f"is too complex (more than {MAX_CONDITION_NODES} parts)")
+        if depth > MAX_CONDITION_DEPTH:
+            raise _refuse(f"is nested too deeply (more than {MAX_CONDITION_DEPTH} levels)")
+        if not isinstance(node, _NODES):
+            raise _refuse(f"may not use {type(node).__name__}")
+        if isinstance(node, ast.Constant):
+            _check_constant(node.value)
+        elif isinstance(node, ast.BinOp) and not isinstance(node.op, ast.Add):
+            if any(
+                isinstance(side, ast.Constant) and isinstance(side.value, str)
+                for side in (node.left, node.right)
+            ):
+                raise _refuse("may not repeat or format strings (only + joins them)")
+        elif isinstance(node, ast.Compare):
+            for op, right in zip(node.ops, node.comparators, strict=True):
+                if isinstance(op, ast.Is | ast.IsNot) and not (
+                    isinstance(right, ast.Constant)
+                    and any(right.value is allowed for allowed in (None, True, False))
+                ):
+                    raise _refuse("may use 'is' only with None, True or False")
+        elif isinstance(node, ast.Name) and node.id.startswith("__"):
+            raise _refuse("may not use names starting with '__'")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        if value.bit_length() > MAX_OPERAND_BITS:
+            raise _Undefined("number too large")
+        return value
+    if isinstance(value, float):
+        return value
+    raise _Undefined("not a number")
+
+
+def _check_concat(left: str | list[Any] | tuple[Any, ...], right: object) -> None:
+    if not isinstance(right, str | list | tuple) or len(left) + len(right) > MAX_CONCAT_LENGTH:
+        raise _Undefined("concatenation too long")
+
+
+def _binary(op: type[ast.operator], left: Any, right: Any) -> Any:
+    if op is ast.Add:
+        if isinstance(left, str) and isinstance(right, str):
+            _check_concat(left, right)
+            return left + right
+        if isinstance(left, list) and isinstance(right, list):
+            _check_concat(left, right)
+            return left + right
+        if isinstance(left, tuple) and isinstance(right, tuple):
+            _check_concat(left, right)
+            return left + right
+    # everything else is arithmetic on numbers only: no string repetition or formatting
+    result = _BINARY[op](_number(left), _number(right))
+    if isinstance(result, float) and not math.isfinite(result):
+        raise _Undefined("not a finite number")
+    return result
+
+
+def _contained(needle: Any, haystack: Any) -> bool:
+    if isinstance(haystack, str):
+        if not isinstance(needle, str):
+            raise _Undefined("'in' a string needs a string")
+        return needle in haystack
+    if isinstance(haystack, list | tuple | set | frozenset | dict):
+        return needle in haystack
+    raise _Undefined("'in' needs a string, list or object")
+
+
+def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
+    # recursion is bounded by MAX_CONDITION_DEPTH, checked when the condition was compiled
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body, names)
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in ("True", "False", "None"):  # pragma: no cover - parsed as Constant
+            return {"True": True, "False": False, "None": None}[node.id]
+        try:
+            return names[node.id]
+        except KeyError:
+            raise _Undefined("a name the profile lacks") from None
+    if isinstance(node, ast.BoolOp):
+        if isinstance(node.op, ast.And):
+            result: Any = True
+            for value in node.values:
+                result = _evaluate(value, names)
+                if not result:
+                    return result
+            return result
+        result = False
+        for value in node.values:
+            result = _evaluate(value, names)
+            if result:
+                return result
+        return result
+    if isinstance(node, ast.UnaryOp):
+        operand = _evaluate(node.operand, names)
+        if isinstance(node.op, ast.Not):
+            return not operand
+        number = _number(operand)
+        return -number if isinstance(node.op, ast.USub) else +number
+    if isinstance(node, ast.BinOp):
+        return _binary(type(node.op), _evaluate(node.left, names), _evaluate(node.right, names))
+    if isinstance(node, ast.Compare):
+        left = _evaluate(node.left, names)
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
+            right = _evaluate(comparator, names)
+            if isinstance(op, ast.In):
+                holds = _contained(left, right)
+            elif isinstance(op, ast.NotIn):
+                holds = not _contained(left, right)
+            else:
+                holds = bool(_COMPARE[type(op)](left, right))
+            if not holds:
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.IfExp):
+        if _evaluate(node.test, names):
+            return _evaluate(node.body, names)
+        return _evaluate(node.orelse, names)
+    if isinstance(node, ast.List | ast.Tuple):
+        items = [_evaluate(item, names) for item in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Set):
+        return {_evaluate(item, names) for item in node.elts}
+    raise _Undefined(f"unexpected {type(node).__name__}")  # pragma: no cover - refused
+
+
+@dataclass(frozen=True)
+class CompiledCondition:
+    """A condition that passed every check; :meth:`holds` always answers."""
+
+    tree: ast.Expression
+
+    def holds(self, values: Mapping[str, Any]) -> bool:
+        """True when the condition is truthy over ``values``; false when it is undefined
+        for them (a missing name, values of the wrong type or size)."""
+        try:
+            return bool(_evaluate(self.tree, values))
+        except _Undefined:
+            return False
+        except (TypeError, ValueError, ArithmeticError, RecursionError):
+            # comparing values that do not order (``None < 1``), dividing by zero, or
+            # comparing deeply nested stored JSON: undefined, so false
+            return False
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_condition(expression: str) -> CompiledCondition:
+    """Check and compile ``expression``; raise :class:`~ccvault.errors.ValidationError`
+    saying which rule it breaks (the message never quotes the condition)."""
+    text = expression.strip()
+    if not text:
+        raise _refuse("is empty")
+    if len(text) > MAX_CONDITION_LENGTH:
+        raise _refuse(f"is longer than {MAX_CONDITION_LENGTH} characters")
+    if "\x00" in text:
+        raise _refuse("may not contain NUL characters")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise _refuse(f"does not parse: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise _refuse("is nested too deeply") from None
+    _check_tree(tree)
+    return CompiledCondition(tree)
 
 
 def check_condition(expression: str) -> ast.Expression:
     """Parse ``expression``; raise :class:`~ccvault.errors.ValidationError` saying why if it
     is not an allowed condition."""
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise errors.ValidationError(f"when_condition does not parse: {exc.msg}") from None
-    evaluator = _evaluator({})
-    allowed = tuple(evaluator.nodes)
-    operators = tuple(evaluator.operators)
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, _FORBIDDEN)
-            or (isinstance(node, ast.expr) and not isinstance(node, allowed))
-            # an operator simpleeval does not know (``@``) would fail at every evaluation
-            or (isinstance(node, _OPERATOR_NODES) and not isinstance(node, operators))
-        ):
-            raise errors.ValidationError(
-                f"when_condition may not use {type(node).__name__}: {expression!r}"
-            )
-    return tree
+    return compile_condition(expression).tree
 
 
 def check_requirement(requirement: ScenarioFieldRequirement) -> None:
-    """Refuse a requirement whose condition does not parse or that depends on itself."""
+    """Refuse a requirement whose condition is not allowed or that depends on itself."""
     if requirement.when_condition is not None and requirement.when_condition.strip():
         check_condition(requirement.when_condition)
     if requirement.field_name in requirement.depends_on_fields:
@@ -86,20 +331,18 @@ def check_requirement(requirement: ScenarioFieldRequirement) -> None:
 def condition_holds(expression: str | None, values: Mapping[str, Any]) -> bool:
     """True when ``expression`` is empty or evaluates truthy over ``values``.
 
-    A missing name or a type error makes it false rather than raising.
+    A missing name or a type error makes it false rather than raising. A stored condition
+    that the current rules refuse (written before they existed, or by another writer) is
+    false too, and logged without its text.
     """
     if expression is None or not expression.strip():
         return True
     try:
-        return bool(_evaluator(values).eval(expression.strip()))
-    except (InvalidExpression, TypeError, ValueError, ArithmeticError, KeyError) as exc:
-        logger.debug("when_condition %r is false: %s", expression, exc)
+        compiled = compile_condition(expression)
+    except errors.ValidationError as exc:
+        logger.warning("a stored when_condition is not allowed and never holds: %s", exc)
         return False
-    except Exception as exc:  # a condition must never break a read
-        # conditions are checked at save, but a stored one may predate the check or come
-        # from another writer; whatever it raises, it does not hold
-        logger.warning("when_condition %r could not be evaluated: %r", expression, exc)
-        return False
+    return compiled.holds(values)
 
 
 def find_missing(
