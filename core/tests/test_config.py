@@ -50,7 +50,8 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "profile.gap_fill.min_confidence": ("ccvault.gapfill",),
     "profile.gap_fill.confirm_confidence": ("ccvault.gapfill",),
     "profile.gap_fill.max_turns": ("ccvault.gapfill",),
-    "redis.url": ("ccvault.cache", "ccvault.worker"),
+    # cache and worker connect with RedisSettings.connection_url(), which reads it
+    "redis.url": ("ccvault.settings",),
     "redis.cluster": ("ccvault.cache", "ccvault.worker"),
     "redis.key_prefix": ("ccvault.cache", "ccvault.worker"),
     "redis.socket_timeout_seconds": ("ccvault.cache", "ccvault.worker"),
@@ -133,7 +134,8 @@ def _lookup(settings: VaultSettings, key: str) -> Any:
     node: Any = settings
     for part in parts:
         node = getattr(node, part)
-    return node
+    # secrets (the keyring, the Redis URL) are secret types: compare their real value
+    return node.get_secret_value() if hasattr(node, "get_secret_value") else node
 
 
 def test_every_key_of_the_file_has_a_consumer() -> None:

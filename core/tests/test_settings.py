@@ -21,7 +21,7 @@ def test_builtin_defaults_are_the_seeds() -> None:
     assert settings.profile.field_definitions_ttl_seconds == 3600
     assert settings.profile.max_derivation_chain_depth == 10
     assert settings.profile.freshness.stale_field_action == "warn"
-    assert settings.redis.url == "redis://127.0.0.1:6379/0"
+    assert settings.redis.url.get_secret_value() == "redis://127.0.0.1:6379/0"
 
 
 def test_default_toml_equals_builtin_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,7 +50,7 @@ def test_env_var_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     path.write_text('[providers.postgres]\ndsn = "${MY_DSN}"\n')
     settings = ccvault.load_settings(path)
     assert settings.provider_options("postgres")["dsn"] == "postgresql://db.example/vault"
-    assert settings.profile.pii_encryption_key_id == "secret-from-env"
+    assert settings.profile.pii_encryption_key_id.get_secret_value() == "secret-from-env"
 
 
 def test_unset_variable_expands_to_empty(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,7 +65,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("CCVAULT_REDIS__URL", "redis://127.0.0.1:6380/1")
     settings = ccvault.load_settings(path)
     assert settings.profile.cache_ttl_seconds == 20
-    assert settings.redis.url == "redis://127.0.0.1:6380/1"
+    assert settings.redis.url.get_secret_value() == "redis://127.0.0.1:6380/1"
     # env overrides only its key: the rest of [profile] still comes from the file/defaults
     assert settings.profile.field_definitions_ttl_seconds == 3600
 

@@ -359,9 +359,9 @@ class CachedProfileStore(ForwardingProfileStore):
         }
         client: Any
         if conf.cluster:
-            client = RedisCluster.from_url(conf.url, **options)
+            client = RedisCluster.from_url(conf.connection_url(), **options)
         else:
-            client = Redis.from_url(conf.url, **options)
+            client = Redis.from_url(conf.connection_url(), **options)
         profile = settings.profile
         return cls(
             inner,

@@ -254,7 +254,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
         """Wrap ``inner`` when ``auto_encrypt_pii`` is on; ConfigurationError without a key."""
         if not settings.profile.auto_encrypt_pii:
             return inner
-        return cls(inner, Keyring.parse(settings.profile.pii_encryption_key_id))
+        keyring = settings.profile.pii_encryption_key_id.get_secret_value()
+        return cls(inner, Keyring.parse(keyring))
 
     # ---------------------------------------------------------------------------------
     # the cipher

@@ -6,6 +6,14 @@ Precedence, highest first: keyword overrides to :func:`load_settings`, environme
 need only hold the keys it changes. ``${VAR}`` in any string value is replaced by that
 environment variable (empty when unset). Everything is validated with pydantic at load; a bad
 value raises :class:`~ccvault.errors.ConfigurationError` naming the key and the reason.
+
+Secrets (the PII keyring, the Redis URL and password, providers' DSNs and URIs) are secret
+types: ``repr``, ``str``, logs, errors and ``model_dump_json`` show them masked. Each can come
+from a file, as container platforms provide them: ``${VAR}`` falls back to the contents of the
+file named by ``VAR_FILE`` (``PROFILE_PII_ENCRYPTION_KEY_FILE``), and a secret key ``NAME``
+of any table can be given as ``NAME_file`` (``CCVAULT_PROVIDERS__POSTGRES__DSN_FILE``,
+``CCVAULT_REDIS__URL_FILE``, ``CCVAULT_REDIS__PASSWORD_FILE``, or ``dsn_file = "..."`` in
+TOML). Setting both ``NAME`` and ``NAME_file`` (or ``VAR`` and ``VAR_FILE``) is an error.
 """
 
 from __future__ import annotations
@@ -16,9 +24,10 @@ import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +35,13 @@ from pydantic_settings import (
 )
 
 from ccvault import errors
+from ccvault.secretvalues import (
+    SecretUrl,
+    check_port,
+    mask_options,
+    read_secret_file,
+    resolve_file_keys,
+)
 from ccvault.store import StoreRules
 
 __all__ = [
@@ -34,6 +50,7 @@ __all__ = [
     "MetricsSettings",
     "ProfileSettings",
     "RedisSettings",
+    "SecretUrl",
     "VaultSettings",
     "WorkerSettings",
     "expand_env",
@@ -43,10 +60,22 @@ __all__ = [
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def _env_value(name: str) -> str:
+    """``$name``, else the contents of the file named by ``$name_FILE``, else empty."""
+    value = os.environ.get(name)
+    file = os.environ.get(f"{name}_FILE")
+    if file is not None:
+        if value is not None:
+            raise errors.ConfigurationError(f"{name} and {name}_FILE are both set; set only one")
+        return read_secret_file(file, source=f"{name}_FILE")
+    return value or ""
+
+
 def expand_env(value: Any) -> Any:
-    """Replace ``${VAR}`` in every string inside ``value`` by the environment's value."""
+    """Replace ``${VAR}`` in every string inside ``value`` by the environment's value (or
+    the contents of the file named by ``VAR_FILE``)."""
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
+        return _ENV_REF.sub(lambda m: _env_value(m.group(1)), value)
     if isinstance(value, dict):
         return {key: expand_env(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -76,6 +105,9 @@ class GapFillSettings(_Section):
 class ProfileSettings(_Section):
     """``[profile]``: the seed's keys, with the seed's defaults."""
 
+    # assigned secrets are wrapped too (tests and tools set the keyring after loading)
+    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+
     store_provider: str = "postgres"
     # Redis caching
     cache_enabled: bool = True
@@ -93,15 +125,18 @@ class ProfileSettings(_Section):
     max_derivation_chain_depth: int = Field(default=10, ge=1, le=1000)
     # Privacy
     auto_encrypt_pii: bool = True
-    pii_encryption_key_id: str = "${PROFILE_PII_ENCRYPTION_KEY}"
+    #: The keyring ``KID:BASE64[,KID:BASE64...]`` (key material: a secret, shown masked).
+    pii_encryption_key_id: SecretStr = SecretStr("${PROFILE_PII_ENCRYPTION_KEY}")
 
     freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
     gap_fill: GapFillSettings = Field(default_factory=GapFillSettings)
 
-    @field_validator("pii_encryption_key_id", mode="after")
+    @field_validator("pii_encryption_key_id", mode="before")
     @classmethod
-    def _expand(cls, value: str) -> str:
-        return str(expand_env(value))
+    def _expand(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return expand_env(value)
 
     def store_rules(self) -> StoreRules:
         """The settings that change what a store answers."""
@@ -116,7 +151,10 @@ class ProfileSettings(_Section):
 class RedisSettings(_Section):
     """``[redis]``: where the cache lives and how long to wait for it."""
 
-    url: str = "redis://127.0.0.1:6379/0"
+    #: The Redis URL; a password in it is a secret (shown masked).
+    url: SecretUrl = SecretUrl("redis://127.0.0.1:6379/0")
+    #: The Redis password when it is not in ``url`` (e.g. from ``CCVAULT_REDIS__PASSWORD_FILE``).
+    password: SecretStr | None = None
     cluster: bool = False
     key_prefix: str = ""
     socket_timeout_seconds: float = Field(default=0.25, gt=0)
@@ -124,6 +162,30 @@ class RedisSettings(_Section):
     retry_after_seconds: float = Field(default=1.0, ge=0)
     # hard bound on one whole cache operation (a cluster client may reconnect inside it)
     operation_timeout_seconds: float = Field(default=0.5, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretUrl) -> SecretUrl:
+        url = value.get_secret_value()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must be a redis://, rediss:// or unix:// URL")
+        try:
+            check_port(url)
+        except ValueError as exc:
+            raise ValueError(f"url {exc}") from None
+        return value
+
+    def connection_url(self) -> str:
+        """The URL to connect with, ``password`` merged in: only for the code that connects."""
+        url = self.url.get_secret_value()
+        if self.password is None:
+            return url
+        scheme, sep, rest = url.partition("://")
+        authority, slash, tail = rest.partition("/")
+        user = authority.rpartition("@")[0].partition(":")[0] if "@" in authority else ""
+        host = authority.rpartition("@")[2]
+        secret = quote(self.password.get_secret_value(), safe="")
+        return f"{scheme}{sep}{user}:{secret}@{host}{slash}{tail}"
 
 
 class MetricsSettings(_Section):
@@ -159,6 +221,20 @@ class _TomlSource(PydanticBaseSettingsSource):
         return dict(_toml_data.get() or {})
 
 
+class _EnvFilesSource(PydanticBaseSettingsSource):
+    """The environment, with ``CCVAULT_..._FILE`` secrets read from their files."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return resolve_file_keys(self._env(), where="")
+
+
 class VaultSettings(BaseSettings):
     """All settings of a vault: ``[profile]``, ``[providers.NAME]``, ``[redis]``, ``[metrics]``."""
 
@@ -181,11 +257,25 @@ class VaultSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlSource(settings_cls))
+        return (
+            init_settings,
+            _EnvFilesSource(settings_cls, env_settings),
+            _TomlSource(settings_cls),
+        )
 
     def provider_options(self, name: str) -> dict[str, Any]:
         """The raw ``[providers.NAME]`` table (empty when absent)."""
         return dict(self.providers.get(name, {}))
+
+    @field_serializer("providers")
+    def _mask_providers(self, providers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        # DSNs and URIs of the raw provider tables never reach a dump unmasked (the raw
+        # values are read with provider_options)
+        return mask_options(providers)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, (mask_options(value) if name == "providers" else value)
 
 
 _TOP_LEVEL = set(VaultSettings.model_fields)
@@ -231,7 +321,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             raise errors.ConfigurationError(
                 f"config file {file}: unknown table(s) {unknown}; known: {sorted(_TOP_LEVEL)}"
             )
-        data = expand_env(data)
+        data = resolve_file_keys(expand_env(data), where="")
     init: dict[str, Any] = {}
     profile_overrides = {k: v for k, v in overrides.items() if k not in _TOP_LEVEL}
     for key in _TOP_LEVEL & set(overrides):

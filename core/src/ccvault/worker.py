@@ -137,9 +137,9 @@ class RedisTenantLease:
         }
         client: Any
         if settings.redis.cluster:
-            client = RedisCluster.from_url(settings.redis.url, **options)
+            client = RedisCluster.from_url(settings.redis.connection_url(), **options)
         else:
-            client = Redis.from_url(settings.redis.url, **options)
+            client = Redis.from_url(settings.redis.connection_url(), **options)
         return cls(client, settings.redis.key_prefix)
 
     def key(self, tenant_id: UUID) -> str:

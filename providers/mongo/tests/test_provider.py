@@ -41,7 +41,7 @@ def test_default_toml_configures_the_provider() -> None:
     settings = load_settings(REPO / "config" / "default.toml", store_provider="mongo")
     store = create_store(settings)
     assert isinstance(store, MongoProfileStore)
-    assert store.settings.uri == "mongodb://127.0.0.1:27017"
+    assert store.settings.uri.get_secret_value() == "mongodb://127.0.0.1:27017"
     assert store.settings.database == "ccvault"
     assert store.settings.transactions == "auto"
 

@@ -30,14 +30,15 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_settings_defaults() -> None:
     options = PostgresSettings()
-    assert options.dsn == "postgresql://127.0.0.1:5432/postgres"
+    assert options.dsn.get_secret_value() == "postgresql://127.0.0.1:5432/postgres"
     assert options.db_schema == "public"
     assert options.min_pool_size <= options.max_pool_size
 
 
 def test_dsn_from_environment_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAULT_PG", "postgresql://db.example:6543/vault")
-    assert PostgresSettings(dsn="${VAULT_PG}").dsn == "postgresql://db.example:6543/vault"
+    dsn = PostgresSettings(dsn="${VAULT_PG}").dsn.get_secret_value()
+    assert dsn == "postgresql://db.example:6543/vault"
 
 
 def test_dsn_from_ccvault_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,7 +46,7 @@ def test_dsn_from_ccvault_environment_variable(monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings(store_provider="postgres")
     store = create_store(settings)
     assert isinstance(store, PostgresProfileStore)
-    assert store.settings.dsn == "postgresql://db.example:6543/vault"
+    assert store.settings.dsn.get_secret_value() == "postgresql://db.example:6543/vault"
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ccvault.secretvalues import SecretUrl
 
 __all__ = ["MongoSettings"]
 
@@ -23,7 +25,9 @@ class MongoSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    uri: str = Field(default="mongodb://127.0.0.1:27017", min_length=1)
+    #: The connection URI; a password in it is a secret (shown masked; the store connects
+    #: with ``uri.get_secret_value()``).
+    uri: SecretUrl = SecretUrl("mongodb://127.0.0.1:27017")
     database: str = Field(default="ccvault", min_length=1, max_length=63, pattern=r"^[^/\\. \"$]+$")
     #: prepended to every collection name, so several vaults can share one database
     collection_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_]*$", max_length=40)
@@ -37,6 +41,13 @@ class MongoSettings(BaseModel):
     max_write_retries: int = Field(default=50, ge=1)
     #: standalone servers: how long a field writer may hold a profile's write lease
     write_lease_ms: int = Field(default=15000, ge=100)
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: SecretUrl) -> SecretUrl:
+        if not value.get_secret_value().strip():
+            raise ValueError("uri must be a mongodb:// URI")
+        return value
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`pymongo.AsyncMongoClient`."""

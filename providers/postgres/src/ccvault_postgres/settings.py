@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ccvault.secretvalues import SecretUrl, check_port
 from ccvault.settings import expand_env
 
 __all__ = ["DEFAULT_DSN", "PostgresSettings"]
@@ -33,7 +34,9 @@ class PostgresSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
-    dsn: str = Field(default=DEFAULT_DSN, min_length=1)
+    #: The connection URL; its password is a secret (``repr``, ``str`` and JSON show it
+    #: masked; the store connects with ``dsn.get_secret_value()``).
+    dsn: SecretUrl = SecretUrl(DEFAULT_DSN)
     #: The PostgreSQL schema holding the vault's tables (created by ``setup()``).
     db_schema: str = Field(default="public", alias="schema")
     min_pool_size: int = Field(default=1, ge=0, le=1000)
@@ -65,9 +68,14 @@ class PostgresSettings(BaseModel):
 
     @field_validator("dsn")
     @classmethod
-    def _check_dsn(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
+    def _check_dsn(cls, value: SecretUrl) -> SecretUrl:
+        dsn = value.get_secret_value()
+        if not dsn.startswith(("postgresql://", "postgres://")):
             raise ValueError("dsn must be a postgresql:// URL (is ${VAR} set in the environment?)")
+        try:
+            check_port(dsn)  # a clear error here, not a traceback from the driver
+        except ValueError as exc:
+            raise ValueError(f"dsn {exc}") from None
         return value
 
     @field_validator("db_schema")

@@ -486,7 +486,7 @@ class PostgresProfileStore(ProfileStore):
 
             async def connect() -> asyncpg.Connection:
                 conn = await asyncpg.connect(
-                    options.dsn,
+                    options.dsn.get_secret_value(),
                     server_settings=server_settings,
                     timeout=options.connect_timeout_seconds,
                     command_timeout=options.command_timeout_seconds or None,
