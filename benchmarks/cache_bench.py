@@ -1,16 +1,27 @@
-"""CachedProfileStore hit throughput vs a raw Redis GET + pydantic parse, and the hit ratio
-of a realistic 95/5 read/write mix. Real Redis (127.0.0.1:6379 or $CCVAULT_BENCH_REDIS_URL),
-its own key prefix, dropped afterwards.
+"""CachedProfileStore hits against raw Redis GET baselines and the uncached PostgreSQL read,
+in paired interleaved rounds; and the hit ratio of a realistic 95/5 read/write mix.
 
-    .venv/bin/python benchmarks/cache_bench.py [--seconds 8] [--profiles 200]
+    .venv/bin/python benchmarks/cache_bench.py [--seconds 16] [--pairs 10] [--profiles 200]
+        [--mix-operations 20000] [--no-results]
 
-Prints, measured in one run:
-* ops/s of the baseline: ``GET key`` of the same serialized 50-field profile plus
-  ``CustomerProfile.model_validate_json`` (what any Redis cache must at least do);
-* ops/s of cache hits through the public API (``get_by_id``, ``get_by_customer_id``,
-  ``get_by_channel_identity``), and each as a ratio of the baseline (target >= 60%);
-* the hit ratio of a 95% read / 5% write mix over many profiles (reads pick a profile and a
-  lookup kind at random; writes are ``update_field`` on a random profile).
+The stack is the production one without encryption: ``CachedProfileStore`` over a
+``PostgresProfileStore`` (a database of its own on CCVAULT_TEST_POSTGRES_DSN's server,
+default the local one, dropped at the end) and real Redis (127.0.0.1:6379 or
+$CCVAULT_BENCH_REDIS_URL) under a key prefix of its own, deleted afterwards.
+
+Every round runs each of these for a moment, the order rotating round by round:
+
+* ``GET`` of the profile's JSON body (the same 50-field profile, ``model_dump_json``) +
+  ``orjson.loads``: the least any Redis cache must do;
+* ``GET`` of that body + ``CustomerProfile.model_validate_json``;
+* cache hits through the public API: ``get_by_id``, ``get_by_customer_id``,
+  ``get_by_channel_identity``;
+* the same three reads from the PostgreSQL store with no cache in front.
+
+Per round, each hit is divided by GET + orjson (goal >= 0.8x), by GET + pydantic (info)
+and by the uncached read of the same lookup (goal >= 3x); the medians, spreads and pair
+counts are printed and written to ``benchmarks/RESULTS.md`` unless ``--no-results``.
+Not a test: nothing here runs under ``make test``.
 """
 
 from __future__ import annotations
@@ -19,154 +30,171 @@ import argparse
 import asyncio
 import os
 import random
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import orjson
+from _common import FIELDS, Report, Spread, bench_field, fill, interleaved, ratio, write_results
 from redis.asyncio import Redis
 
 from ccvault import metrics
 from ccvault.cache import CachedProfileStore
-from ccvault.models import Channel, CustomerProfile, ProfileField
-from ccvault_inmemory import InMemoryProfileStore
+from ccvault.models import Channel, CustomerProfile
+from ccvault_postgres import PostgresProfileStore, PostgresSettings
+from ccvault_postgres.testing import admin_dsn, create_database, drop_database, dsn_with_database
 
 REDIS_URL = os.environ.get("CCVAULT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def field(i: int) -> ProfileField:
-    return ProfileField(
-        name=f"field_{i:02d}",
-        value=f"value number {i} with some realistic length to it",
-        source_metadata={"session": str(uuid.uuid4()), "step": i},
-        confidence=0.9,
-    )
-
-
-async def rates(
-    candidates: dict[str, Callable[[], Awaitable[Any]]], seconds: float, batch: int = 100
-) -> dict[str, float]:
-    """Calls per second of each candidate, measured in interleaved rounds of ``batch`` calls
-    for about ``seconds`` in all; each candidate's best round counts, so that load from
-    other processes (which comes and goes) skews no candidate more than another."""
-    for call in candidates.values():  # warm up
-        for _ in range(batch):
-            await call()
-    best = dict.fromkeys(candidates, 0.0)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for name, call in candidates.items():
-            start = time.perf_counter()
-            for _ in range(batch):
-                await call()
-            best[name] = max(best[name], batch / (time.perf_counter() - start))
-    return best
+LOOKUPS = ("get_by_id", "get_by_customer_id", "get_by_channel_identity")
 
 
 def sample(name: str, tenant: uuid.UUID) -> float:
     return metrics.REGISTRY.get_sample_value(name, {"tenant_id": str(tenant)}) or 0.0
 
 
-async def main(seconds: float, profiles: int) -> None:
+async def bench_hits(
+    store: CachedProfileStore,
+    backend: PostgresProfileStore,
+    client: Redis,
+    prefix: str,
+    report: Report,
+    args: argparse.Namespace,
+) -> None:
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WHATSAPP, "+15550000001")
+    await fill(store, tenant, profile.id)
+    loaded = await store.get_by_id(tenant, profile.id)
+    assert loaded is not None and len(loaded.fields) == FIELDS
+    identity = loaded.channel_identities[0]
+    channel, user = identity.channel, identity.channel_user_id
+    raw_key = f"{prefix}raw:{profile.id}"
+    payload = loaded.model_dump_json()
+    await client.set(raw_key, payload)
+
+    async def get_orjson() -> Any:
+        data = await client.get(raw_key)
+        assert data is not None
+        return orjson.loads(data)
+
+    async def get_pydantic() -> CustomerProfile:
+        data = await client.get(raw_key)
+        assert data is not None
+        return CustomerProfile.model_validate_json(data)
+
+    def reads(source: Any) -> dict[str, Any]:
+        return {
+            "get_by_id": lambda: source.get_by_id(tenant, profile.id),
+            "get_by_customer_id": lambda: source.get_by_customer_id(tenant, loaded.customer_id),
+            "get_by_channel_identity": lambda: source.get_by_channel_identity(
+                tenant, channel, user
+            ),
+        }
+
+    ops: dict[str, Any] = {"GET+orjson": get_orjson, "GET+pydantic": get_pydantic}
+    ops |= {f"hit {name}": op for name, op in reads(store).items()}
+    ops |= {f"uncached {name}": op for name, op in reads(backend).items()}
+    for name in LOOKUPS:  # fill the cache: body and pointers
+        for _ in range(2):
+            found = await ops[f"hit {name}"]()
+            assert found is not None and len(found.fields) == FIELDS
+    misses_before = sample("profile_cache_misses_total", tenant)
+    hits_before = sample("profile_cache_hits_total", tenant)
+    print(f"serialized {FIELDS}-field profile: {len(payload):,} bytes")
+    rates = await interleaved(ops, args.pairs, args.seconds / args.pairs / len(ops))
+    # every timed read through the cache was a hit
+    assert sample("profile_cache_misses_total", tenant) == misses_before
+    assert sample("profile_cache_hits_total", tenant) > hits_before
+    for name, values in rates.items():
+        print(f"  {name:<32} {Spread.of(values).median:9,.0f} ops/s (median of rounds)")
+    for name in LOOKUPS:
+        hit = f"hit {name}"
+        report.figure(f"cache hit {name} vs GET+orjson", ratio(rates, hit, "GET+orjson"), ">= 0.8")
+        report.figure(f"cache hit {name} vs GET+pydantic", ratio(rates, hit, "GET+pydantic"))
+        report.figure(
+            f"cache hit {name} vs uncached PostgreSQL",
+            ratio(rates, hit, f"uncached {name}"),
+            ">= 3",
+        )
+    report.figure(
+        "GET+pydantic vs GET+orjson (what validation costs)",
+        ratio(rates, "GET+pydantic", "GET+orjson"),
+    )
+    report.notes.append(f"cached body: the {FIELDS}-field profile, {len(payload):,} bytes of JSON")
+
+
+async def bench_mix(store: CachedProfileStore, report: Report, args: argparse.Namespace) -> None:
+    """95% reads (a random profile, a random lookup) / 5% update_field over many profiles."""
+    tenant = uuid.uuid4()
+    rng = random.Random(1)
+    people = []
+    for n in range(args.profiles):
+        person = await store.get_or_create(tenant, Channel.SMS, f"+1666{n:07d}")
+        for i in range(10):
+            await store.update_field(tenant, person.id, bench_field(i))
+        people.append(person)
+    hits0 = sample("profile_cache_hits_total", tenant)
+    misses0 = sample("profile_cache_misses_total", tenant)
+    operations, writes = args.mix_operations, 0
+    start = time.perf_counter()
+    for _ in range(operations):
+        person = rng.choice(people)
+        roll = rng.random()
+        if roll < 0.05:
+            await store.update_field(tenant, person.id, bench_field(rng.randrange(10), writes))
+            writes += 1
+        elif roll < 0.40:
+            await store.get_by_id(tenant, person.id)
+        elif roll < 0.70:
+            await store.get_by_customer_id(tenant, person.customer_id)
+        else:
+            ident = person.channel_identities[0]
+            await store.get_by_channel_identity(tenant, ident.channel, ident.channel_user_id)
+    elapsed = time.perf_counter() - start
+    hits = sample("profile_cache_hits_total", tenant) - hits0
+    misses = sample("profile_cache_misses_total", tenant) - misses0
+    line = (
+        f"95/5 mix over {args.profiles} profiles, {operations:,} operations ({writes} writes): "
+        f"hit ratio {hits / (hits + misses):.1%} ({hits:.0f} hits, {misses:.0f} misses), "
+        f"{operations / elapsed:,.0f} ops/s"
+    )
+    print(line)
+    report.notes.append(line)
+
+
+async def main(args: argparse.Namespace) -> int:
+    report = Report("cache_bench.py")
+    server = admin_dsn()
+    name = await create_database(server, prefix="ccvault_bench")
+    dsn = dsn_with_database(server, name)
     client = Redis.from_url(REDIS_URL)
     prefix = f"ccvault-bench:{uuid.uuid4().hex}:"
-    store = CachedProfileStore(InMemoryProfileStore(), client, key_prefix=prefix)
+    backend = PostgresProfileStore(PostgresSettings(dsn=dsn, min_pool_size=1, max_pool_size=1))
+    store = CachedProfileStore(backend, client, key_prefix=prefix)
+    print(f"database {name} on {server}; Redis {REDIS_URL} prefix {prefix}")
     try:
         async with store:
-            tenant = uuid.uuid4()
-            profile = await store.get_or_create(tenant, Channel.WHATSAPP, "+15550000001")
-            for i in range(50):
-                await store.update_field(tenant, profile.id, field(i))
-            loaded = await store.get_by_id(tenant, profile.id)
-            assert loaded is not None and len(loaded.fields) == 50
-            identity = loaded.channel_identities[0]
-            for _ in range(2):  # fill body and pointers
-                await store.get_by_customer_id(tenant, loaded.customer_id)
-                await store.get_by_channel_identity(
-                    tenant, identity.channel, identity.channel_user_id
-                )
-            raw_key = f"{prefix}raw:{profile.id}"
-            payload = loaded.model_dump_json()
-            await client.set(raw_key, payload)
-
-            async def raw() -> CustomerProfile:
-                data = await client.get(raw_key)
-                assert data is not None
-                return CustomerProfile.model_validate_json(data)
-
-            hits_before = sample("profile_cache_hits_total", tenant)
-            misses_before = sample("profile_cache_misses_total", tenant)
-            measured = await rates(
-                {
-                    "raw": raw,
-                    "get_by_id": lambda: store.get_by_id(tenant, profile.id),
-                    "get_by_customer_id": lambda: store.get_by_customer_id(
-                        tenant, loaded.customer_id
-                    ),
-                    "get_by_channel_identity": lambda: store.get_by_channel_identity(
-                        tenant, identity.channel, identity.channel_user_id
-                    ),
-                },
-                seconds,
-            )
-            # every timed call was a cache hit
-            assert sample("profile_cache_misses_total", tenant) == misses_before
-            assert sample("profile_cache_hits_total", tenant) > hits_before
-            baseline = measured.pop("raw")
-            print(f"serialized 50-field profile: {len(payload)} bytes")
-            print(f"raw GET + model_validate_json: {baseline:,.0f} ops/s")
-            for name, value in measured.items():
-                print(
-                    f"cache hit {name:<24} {value:>8,.0f} ops/s = "
-                    f"{value / baseline:.0%} of the raw baseline (target >= 60%)"
-                )
-
-            # 95/5 read/write mix over many profiles
-            mix_tenant = uuid.uuid4()
-            rng = random.Random(1)
-            people = []
-            for n in range(profiles):
-                person = await store.get_or_create(mix_tenant, Channel.SMS, f"+1666{n:07d}")
-                for i in range(10):
-                    await store.update_field(mix_tenant, person.id, field(i))
-                people.append(person)
-            hits0 = sample("profile_cache_hits_total", mix_tenant)
-            misses0 = sample("profile_cache_misses_total", mix_tenant)
-            operations, writes = 20_000, 0
-            start = time.perf_counter()
-            for _ in range(operations):
-                person = rng.choice(people)
-                roll = rng.random()
-                if roll < 0.05:
-                    await store.update_field(mix_tenant, person.id, field(rng.randrange(10)))
-                    writes += 1
-                elif roll < 0.40:
-                    await store.get_by_id(mix_tenant, person.id)
-                elif roll < 0.70:
-                    await store.get_by_customer_id(mix_tenant, person.customer_id)
-                else:
-                    ident = person.channel_identities[0]
-                    await store.get_by_channel_identity(
-                        mix_tenant, ident.channel, ident.channel_user_id
-                    )
-            elapsed = time.perf_counter() - start
-            hits = sample("profile_cache_hits_total", mix_tenant) - hits0
-            misses = sample("profile_cache_misses_total", mix_tenant) - misses0
-            print(
-                f"95/5 mix over {profiles} profiles, {operations} operations "
-                f"({writes} writes): hit ratio {hits / (hits + misses):.1%} "
-                f"({hits:.0f} hits, {misses:.0f} misses), {operations / elapsed:,.0f} ops/s"
-            )
+            await bench_hits(store, backend, client, prefix, report, args)
+            if args.mix_operations:
+                await bench_mix(store, report, args)
     finally:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
         if keys:
             await client.delete(*keys)
         await client.aclose()
+        await drop_database(server, name)
+    report.summary()
+    if not args.no_results:
+        write_results(report, Path(__file__).with_name("RESULTS.md"))
+    return 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=16.0, help="all hit rounds together")
+    parser.add_argument("--pairs", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--profiles", type=int, default=200)
-    args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.profiles))
+    parser.add_argument("--mix-operations", type=int, default=20_000, help="0: skip the mix")
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    sys.exit(asyncio.run(main(parser.parse_args())))

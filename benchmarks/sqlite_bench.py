@@ -1,182 +1,361 @@
-"""SQLite provider throughput beside raw aiosqlite, measured in the same run.
+"""SQLite provider throughput beside raw aiosqlite running the store's own SQL, in one run.
 
-A profile of 50 fields x 20 versions each (1,000 field rows) in a WAL-mode file. Measured:
+    .venv/bin/python benchmarks/sqlite_bench.py [--seconds 5] [--pairs 10] [--quick]
+        [--no-results]
 
-* ``get_by_customer_id`` (the whole profile: 50 ACTIVE fields, identities, assets, consents)
-  against a raw aiosqlite single query for the same 50 ACTIVE field rows (tuples only),
-  and against that raw query plus building the 50 ``ProfileField`` models;
-* ``update_field`` (validate, supersede the ACTIVE version and insert, one ``BEGIN
-  IMMEDIATE`` transaction) against the same two statements in a raw aiosqlite transaction.
+WAL-mode files in a temporary folder. Every baseline does the work the store asks of SQLite
+and nothing else: the statements are captured with the connection's trace callback while
+the store runs the operation once (``store.connection`` is public for diagnostics), and the
+baseline runs exactly those statements, on its own connection with the store's pragmas,
+and returns the rows as tuples. Figures (paired interleaved rounds, see ``_common``):
 
-Run: ``.venv/bin/python benchmarks/sqlite_bench.py [--reads N] [--writes N]``. Not a test:
-figures depend on the machine; the ratios are the point.
+1. ``get_by_customer_id`` of 50 ACTIVE fields (x 20 versions stored) vs raw: goal >= 0.7x;
+2. the same with ``include_history`` (1,000 versions) vs raw: goal >= 0.7x;
+3. ``update_field`` vs a raw ``BEGIN IMMEDIATE``, the store's supersede UPDATE and INSERT,
+   ``COMMIT`` (checked statement by statement against the store's, literals aside): info;
+4. embedded stack: read through ``EncryptedProfileStore`` (every value sealed) vs the same
+   store without it: goal >= 0.85x;
+5. ``get_missing_fields`` (50 requirements) vs the raw queries it runs: goal <= 1.5x cost;
+6. scale curves: history depth 0/10/100 versions per field, tenant size 1k/10k profiles.
+
+Writes its table to ``benchmarks/RESULTS.md`` ("## Store throughput") unless
+``--no-results``. Not a test: nothing here runs under ``make test``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import aiosqlite
+from _common import (
+    FIELDS,
+    Report,
+    Spread,
+    bench_field,
+    encryption_pair,
+    interleaved,
+    missing_fields_setup,
+    paired,
+    plot,
+    ratio,
+    write_results,
+)
 
-from ccvault.models import Channel, ProfileField
+from ccvault.models import Channel, ChannelIdentity, CustomerProfile, ProfileField
 from ccvault_sqlite import SqliteProfileStore, codec
 
-FIELDS = 50
 VERSIONS = 20
-ROUNDS = 15  # many short rounds: the best of each survives noise from a busy machine
 
 
-async def timed(
-    calls: list[Callable[[], Awaitable[object]]], count: int, rounds: int = ROUNDS
-) -> list[float]:
-    """Best per-call seconds of each of ``calls`` over ``rounds`` rounds of ``count`` calls.
-
-    The calls take turns round by round, so load from elsewhere on the machine hits the
-    store and its baseline alike.
-    """
-    best = [float("inf")] * len(calls)
-    for _ in range(rounds):
-        for i, call in enumerate(calls):
-            start = time.perf_counter()
-            for _ in range(count):
-                await call()
-            best[i] = min(best[i], (time.perf_counter() - start) / count)
-    return best
+async def captured(store: SqliteProfileStore, call: Callable[[], Awaitable[Any]]) -> list[str]:
+    """The SQL statements the store runs for ``call()`` (with their parameters inlined)."""
+    seen: list[str] = []
+    await store.connection.set_trace_callback(seen.append)
+    try:
+        await call()
+    finally:
+        await store.connection.set_trace_callback(None)
+    return seen
 
 
-async def build(store: SqliteProfileStore) -> tuple[UUID, UUID, UUID]:
-    tenant = uuid4()
-    profile = await store.get_or_create(tenant, Channel.WHATSAPP, "+15550000000")
+_LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\bNULL\b|\?\d*")
+
+
+def shape(sql: str) -> str:
+    """A statement with every literal and parameter replaced by ``?`` and blanks collapsed."""
+    return " ".join(_LITERAL.sub("?", sql).split())
+
+
+async def raw_connection(store: SqliteProfileStore) -> aiosqlite.Connection:
+    """A second connection to the store's file with the store's pragmas."""
+    raw = await aiosqlite.connect(store.path, isolation_level=None)
+    await raw.execute(f"PRAGMA busy_timeout = {store.settings.busy_timeout_ms}")
+    await raw.execute("PRAGMA foreign_keys = ON")
+    await raw.execute(f"PRAGMA synchronous = {store.settings.synchronous}")
+    return raw
+
+
+def replay(raw: aiosqlite.Connection, statements: list[str]) -> Callable[[], Awaitable[Any]]:
+    async def run() -> Any:
+        rows: list[Any] = []
+        for sql in statements:
+            rows.extend(await raw.execute_fetchall(sql))
+        return rows
+
+    return run
+
+
+async def add_versions(
+    store: SqliteProfileStore, tenant: UUID, profile_id: UUID, versions: int
+) -> None:
+    """``versions`` rounds of saving all 50 fields anew: each round supersedes the last."""
     start = datetime.now(UTC) - timedelta(days=30)
-    for version in range(VERSIONS):
-        current = await store.get_by_id(tenant, profile.id)
+    for version in range(versions):
+        current = await store.get_by_id(tenant, profile_id)
         assert current is not None
         for n in range(FIELDS):
-            current.fields[f"field_{n:02d}"] = ProfileField(
-                name=f"field_{n:02d}",
-                value={"n": n, "version": version, "text": "x" * 40},
-                source_metadata={"session": str(uuid4())},
-                collected_at=start + timedelta(minutes=version),
-                confidence=0.9,
+            item = bench_field(n, version)
+            current.fields[item.name] = item.model_copy(
+                update={"collected_at": start + timedelta(minutes=version)}
             )
         await store.save(current)
-    return tenant, profile.id, profile.customer_id
 
 
-def rate(seconds: float) -> str:
-    return f"{1 / seconds:>9,.0f} ops/s  ({seconds * 1e6:>8,.1f} us/op)"
+async def bench_reads(store: SqliteProfileStore, report: Report, args: argparse.Namespace) -> None:
+    tenant = uuid4()
+    profile = await store.get_or_create(tenant, Channel.WHATSAPP, "+15550000000")
+    await add_versions(store, tenant, profile.id, VERSIONS)
+    customer = profile.customer_id
+    history = await store.get_by_customer_id(tenant, customer, include_history=True)
+    assert history is not None
+    assert sum(map(len, history.field_history.values())) == FIELDS * VERSIONS
+
+    read_sql = await captured(store, lambda: store.get_by_customer_id(tenant, customer))
+    history_sql = await captured(
+        store, lambda: store.get_by_customer_id(tenant, customer, include_history=True)
+    )
+    print(f"  the store runs {len(read_sql)} statement(s) per read: replayed as the baseline")
+    raw = await raw_connection(store)
+    try:
+        raw_read, raw_history = replay(raw, read_sql), replay(raw, history_sql)
+        assert len(await raw_read()) > FIELDS
+
+        print(f"\n[1] get_by_customer_id, {FIELDS} fields x {VERSIONS} versions, vs raw")
+        base, cand, r = await paired(
+            raw_read,
+            lambda: store.get_by_customer_id(tenant, customer),
+            args.pairs,
+            args.seconds / args.pairs / 2,
+        )
+        print(f"  raw {base.median:9,.0f}/s   get_by_customer_id {cand.median:9,.0f}/s")
+        report.figure("sqlite read vs raw (same SQL)", r, ">= 0.7")
+
+        print(f"\n[2] get_by_customer_id(include_history), {FIELDS * VERSIONS} versions, vs raw")
+        base, cand, r = await paired(
+            raw_history,
+            lambda: store.get_by_customer_id(tenant, customer, include_history=True),
+            args.pairs,
+            args.seconds / args.pairs / 2,
+            warmup=2,
+        )
+        print(f"  raw {base.median:9,.0f}/s   include_history {cand.median:9,.0f}/s")
+        report.figure("sqlite history read (1,000 versions) vs raw", r, ">= 0.7")
+
+        print("\n[3] update_field vs raw BEGIN IMMEDIATE / UPDATE / INSERT / COMMIT")
+        await bench_update(store, raw, tenant, profile.id, report, args)
+    finally:
+        await raw.close()
 
 
-async def main(reads: int, writes: int) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "bench.db"
-        async with SqliteProfileStore(path=path) as store:
-            tenant, profile_id, customer_id = await build(store)
-            found = await store.get_by_customer_id(tenant, customer_id)
-            assert found is not None and len(found.fields) == FIELDS
-            history = await store.get_by_customer_id(tenant, customer_id, include_history=True)
-            assert history is not None
-            assert sum(map(len, history.field_history.values())) == FIELDS * VERSIONS
+SUPERSEDE = (
+    "UPDATE fields SET status = 'superseded', superseded_by_id = ?, superseded_at = ?, "
+    "updated_at = ? WHERE tenant_id = ? AND profile_id = ? AND name = ? AND status = 'active'"
+)
 
-            raw = await aiosqlite.connect(path, isolation_level=None)
-            # the store's durability setting, so the write baseline commits the same way
-            await raw.execute(f"PRAGMA synchronous = {store.settings.synchronous}")
-            try:
-                # the best single query for the 50 ACTIVE rows: through the partial
-                # one-ACTIVE-per-name index, not a walk over all 1,000 versions
-                sql = (
-                    f"SELECT {codec.FIELD_SELECT} FROM fields INDEXED BY fields_one_active "
-                    "WHERE tenant_id = ? AND profile_id = ? AND status = 'active'"
-                )
-                key = (str(tenant), str(profile_id))
 
-                async def raw_read() -> object:
-                    rows = list(await raw.execute_fetchall(sql, key))
-                    assert len(rows) == FIELDS
-                    return rows
+def insert_sql() -> str:
+    values = ", ".join(f"?{n}" for n in range(1, len(codec.FIELD_COLUMNS) + 3))
+    return (
+        f"INSERT INTO fields (tenant_id, profile_id, {codec.FIELD_SELECT}, seq) "
+        f"SELECT {values}, (SELECT COALESCE(MAX(seq), 0) + 1 FROM fields WHERE tenant_id = ?1) "
+        "WHERE EXISTS "
+        "(SELECT 1 FROM profiles WHERE tenant_id = ?1 AND id = ?2 AND deleted_at IS NULL)"
+    )
 
-                async def raw_read_models() -> object:
-                    rows = await raw.execute_fetchall(sql, key)
-                    return [codec.field_from_row(row) for row in rows]
 
-                async def store_read() -> object:
-                    return await store.get_by_customer_id(tenant, customer_id)
+async def bench_update(
+    store: SqliteProfileStore,
+    raw: aiosqlite.Connection,
+    tenant: UUID,
+    profile_id: UUID,
+    report: Report,
+    args: argparse.Namespace,
+) -> None:
+    key = (str(tenant), str(profile_id))
+    insert = insert_sql()
+    counter = iter(range(10**9))
 
-                async def store_read_history() -> object:
-                    return await store.get_by_customer_id(tenant, customer_id, include_history=True)
+    async def raw_update() -> None:
+        n = next(counter)
+        item = ProfileField(name=f"field_{n % FIELDS:02d}", value={"n": n})
+        now = codec.ts(datetime.now(UTC))
+        await raw.execute("BEGIN IMMEDIATE")
+        await raw.execute(SUPERSEDE, (str(item.id), now, now, *key, item.name))
+        cursor = await raw.execute(insert, (*key, *codec.field_params(item)))
+        assert cursor.rowcount == 1
+        await raw.execute("COMMIT")
 
-                await timed([raw_read, raw_read_models, store_read], 20, rounds=1)  # warm up
-                t_raw, t_raw_models, t_store = await timed(
-                    [raw_read, raw_read_models, store_read], max(reads // ROUNDS, 1)
-                )
-                (t_history,) = await timed([store_read_history], 5, rounds=5)
+    async def store_update() -> None:
+        n = next(counter)
+        item = ProfileField(name=f"field_{n % FIELDS:02d}", value={"n": n})
+        await store.update_field(tenant, profile_id, item)
 
-                counter = iter(range(10**9))
+    # the baseline must run the store's statements: compare them, literals aside
+    ours = [shape(s) for s in await captured(store, store_update)]
+    theirs: list[str] = []
+    await raw.set_trace_callback(theirs.append)
+    await raw_update()
+    await raw.set_trace_callback(None)
+    same = ours == [shape(s) for s in theirs]
+    if not same:
+        print("  WARNING: the raw update no longer runs the store's statements:")
+        for line in ours:
+            print(f"    store: {line[:150]}")
+    base, cand, r = await paired(
+        raw_update, store_update, args.pairs, args.seconds / args.pairs / 2
+    )
+    print(f"  raw transaction {base.median:9,.0f}/s   update_field {cand.median:9,.0f}/s")
+    report.figure(
+        "sqlite update_field vs raw one transaction",
+        r,
+        detail="same statements" if same else "baseline statements DIFFER from the store's",
+    )
+    for n in range(FIELDS):
+        versions = await store.get_field_history(tenant, profile_id, f"field_{n:02d}")
+        assert sum(v.status.value == "active" for v in versions) == 1
 
-                async def store_write() -> object:
-                    n = next(counter)
-                    return await store.update_field(
-                        tenant,
-                        profile_id,
-                        ProfileField(name=f"field_{n % FIELDS:02d}", value={"n": n}),
+
+async def bench_encryption(
+    store: SqliteProfileStore, report: Report, args: argparse.Namespace
+) -> None:
+    print("\n[4] embedded stack: read with every value sealed vs the plaintext store")
+    plain, sealed = await encryption_pair(store)
+    base, cand, r = await paired(plain, sealed, args.pairs, args.seconds / args.pairs / 2)
+    print(f"  plaintext {base.median:9,.0f}/s   encrypted {cand.median:9,.0f}/s")
+    report.figure("sqlite encrypted read vs plaintext", r, ">= 0.85")
+
+
+async def bench_missing(
+    store: SqliteProfileStore, report: Report, args: argparse.Namespace
+) -> None:
+    print("\n[5] get_missing_fields, 50 requirements, vs the raw queries it runs")
+    tenant, _agent, scenario, profile = await missing_fields_setup(store)
+    statements = await captured(store, lambda: store.get_missing_fields(tenant, profile, scenario))
+    print(f"  the store runs {len(statements)} statement(s): replayed as the baseline")
+    raw = await raw_connection(store)
+    try:
+        base, cand, r = await paired(
+            replay(raw, statements),
+            lambda: store.get_missing_fields(tenant, profile, scenario),
+            args.pairs,
+            args.seconds / args.pairs / 2,
+        )
+    finally:
+        await raw.close()
+    print(f"  raw queries {base.median:9,.0f}/s   get_missing_fields {cand.median:9,.0f}/s")
+    report.figure("sqlite get_missing_fields vs its raw queries", r.inverse(), "<= 1.5", cost=True)
+
+
+async def bench_depth(store: SqliteProfileStore, report: Report, args: argparse.Namespace) -> None:
+    print("\n[6a] scale: get_by_customer_id with 0 / 10 / 100 versions per field")
+    tenant = uuid4()
+    ops = {}
+    for depth in (0, 10, 100):
+        person = await store.get_or_create(tenant, Channel.WEB, f"depth-{depth}")
+        await add_versions(store, tenant, person.id, depth + 1)
+        customer = person.customer_id
+
+        def read(customer: UUID = customer) -> Awaitable[Any]:
+            return store.get_by_customer_id(tenant, customer)
+
+        ops[depth] = read
+    rates = await interleaved(
+        {str(d): op for d, op in ops.items()}, args.pairs, args.seconds / args.pairs / 3
+    )
+    for depth in ops:
+        report.point(
+            "sqlite read vs history depth (versions per field)", depth, Spread.of(rates[str(depth)])
+        )
+        print(f"  {depth:3d} versions: {Spread.of(rates[str(depth)]).median:9,.0f}/s")
+    report.figure("sqlite read, 10 vs 0 versions per field", ratio(rates, "10", "0"))
+    report.figure("sqlite read, 100 vs 0 versions per field", ratio(rates, "100", "0"))
+
+
+async def tenant_store(folder: Path, profiles: int) -> tuple[SqliteProfileStore, UUID, UUID]:
+    """A database holding one tenant of ``profiles`` profiles (5 fields each, saved through
+    the store) plus the measured profile of 50 fields."""
+    store = SqliteProfileStore(path=folder / f"tenant-{profiles}.db")
+    await store.setup()
+    tenant = uuid4()
+    started = time.perf_counter()
+    for n in range(profiles - 1):
+        await store.save(
+            CustomerProfile(
+                tenant_id=tenant,
+                channel_identities=[
+                    ChannelIdentity(
+                        channel=Channel.SMS, channel_user_id=f"+1{n:010d}", primary=True
                     )
+                ],
+                fields={f.name: f for f in (bench_field(i) for i in range(5))},
+            )
+        )
+    person = await store.get_or_create(tenant, Channel.WEB, "measured")
+    for n in range(FIELDS):
+        await store.update_field(tenant, person.id, bench_field(n))
+    print(f"  {profiles:,} profiles loaded in {time.perf_counter() - started:.1f}s")
+    return store, tenant, person.customer_id
 
-                supersede = (
-                    "UPDATE fields SET status = 'superseded', superseded_by_id = ?, "
-                    "superseded_at = ?, updated_at = ? WHERE tenant_id = ? AND profile_id = ? "
-                    "AND name = ? AND status = 'active'"
-                )
-                values = ", ".join(f"?{n}" for n in range(1, len(codec.FIELD_COLUMNS) + 3))
-                insert = (
-                    f"INSERT INTO fields (tenant_id, profile_id, {codec.FIELD_SELECT}, seq) "
-                    f"VALUES ({values}, "
-                    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM fields WHERE tenant_id = ?1))"
-                )
 
-                async def raw_write() -> object:
-                    n = next(counter)
-                    item = ProfileField(name=f"field_{n % FIELDS:02d}", value={"n": n})
-                    now = codec.ts(datetime.now(UTC))
-                    await raw.execute("BEGIN IMMEDIATE")
-                    await raw.execute(supersede, (str(item.id), now, now, *key, item.name))
-                    await raw.execute(insert, (*key, *codec.field_params(item)))
-                    await raw.execute("COMMIT")
-                    return item.id
+async def bench_tenant_size(folder: Path, report: Report, args: argparse.Namespace) -> None:
+    sizes = (1_000, 10_000) if not args.quick else (100, 1_000)
+    print(f"\n[6b] scale: get_by_customer_id in a tenant of {sizes[0]:,} vs {sizes[1]:,} profiles")
+    stores = [await tenant_store(folder, size) for size in sizes]
+    try:
+        rates = await interleaved(
+            {
+                str(size): (lambda s=s, t=t, c=c: s.get_by_customer_id(t, c))
+                for size, (s, t, c) in zip(sizes, stores, strict=True)
+            },
+            args.pairs,
+            args.seconds / args.pairs / 2,
+        )
+    finally:
+        for store, *_ in stores:
+            await store.aclose()
+    for size in sizes:
+        report.point("sqlite read vs tenant size (profiles)", size, Spread.of(rates[str(size)]))
+        print(f"  {size:6,d} profiles: {Spread.of(rates[str(size)]).median:9,.0f}/s")
+    report.figure(
+        f"sqlite read, tenant of {sizes[1]:,} vs {sizes[0]:,} profiles",
+        ratio(rates, str(sizes[1]), str(sizes[0])),
+    )
 
-                await timed([raw_write, store_write], 20, rounds=1)  # warm up
-                t_raw_write, t_store_write = await timed(
-                    [raw_write, store_write], max(writes // ROUNDS, 1)
-                )
-                for name in (f"field_{n:02d}" for n in range(FIELDS)):
-                    versions = await store.get_field_history(tenant, profile_id, name)
-                    assert sum(v.status.value == "active" for v in versions) == 1
-            finally:
-                await raw.close()
 
-    print(f"SQLite provider benchmark: {FIELDS} fields x {VERSIONS} versions, WAL file")
-    print(f"  raw aiosqlite, 50 active rows (tuples) {rate(t_raw)}")
-    print(f"  raw aiosqlite + 50 ProfileField models {rate(t_raw_models)}")
-    print(f"  get_by_customer_id                     {rate(t_store)}")
-    print(f"  get_by_customer_id(include_history)    {rate(t_history)}")
-    print(f"  raw aiosqlite supersede+insert txn     {rate(t_raw_write)}")
-    print(f"  update_field                           {rate(t_store_write)}")
-    print("ratios (time per op, store / raw baseline):")
-    print(f"  get_by_customer_id / raw single query      {t_store / t_raw:6.2f}x")
-    print(f"  get_by_customer_id / raw query + models    {t_store / t_raw_models:6.2f}x")
-    print(f"  update_field / raw supersede+insert txn    {t_store_write / t_raw_write:6.2f}x")
-    print(f"  (history read of 1,000 rows / plain read   {t_history / t_store:6.2f}x)")
+async def main(args: argparse.Namespace) -> int:
+    report = Report("sqlite_bench.py")
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        async with SqliteProfileStore(path=folder / "bench.db") as store:
+            await bench_reads(store, report, args)
+            await bench_encryption(store, report, args)
+            await bench_missing(store, report, args)
+            if not args.no_scale:
+                await bench_depth(store, report, args)
+        if not args.no_scale:
+            await bench_tenant_size(folder, report, args)
+    report.summary()
+    plot(report, Path(__file__).with_name("sqlite_scale.png"))
+    if not args.no_results:
+        write_results(report)
+    return 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reads", type=int, default=3000)
-    parser.add_argument("--writes", type=int, default=1500)
-    args = parser.parse_args()
-    asyncio.run(main(args.reads, args.writes))
+    parser.add_argument("--seconds", type=float, default=5.0, help="per figure, all rounds")
+    parser.add_argument("--pairs", type=int, default=10, help="paired rounds per figure")
+    parser.add_argument("--quick", action="store_true", help="tenant sizes 100 / 1,000")
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale curves")
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    sys.exit(asyncio.run(main(parser.parse_args())))
