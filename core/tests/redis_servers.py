@@ -264,12 +264,5 @@ class CountingStore(ForwardingProfileStore):
             "get_scenario_requirements", super()._get_scenario_requirements(*args)
         )
 
-    #: the chain hook below gives each entry's source link (the cache relies on it)
-    lineage_sources = True
-
     async def _get_derivation_chain(self, *args: Any) -> Any:
-        # the inner store's own hook, not its public method: that keeps the source links
-        return await self._count(
-            "get_derivation_chain",
-            self.inner._get_derivation_chain(*args),
-        )
+        return await self._count("get_derivation_chain", super()._get_derivation_chain(*args))

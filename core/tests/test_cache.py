@@ -756,11 +756,11 @@ async def test_a_chain_stopping_at_a_missing_item_is_completed_when_it_is_writte
     assert backend.reads["get_derivation_chain"] == 6  # now closed: cached
 
 
-async def test_without_source_links_only_full_depth_chains_are_cached(
+async def test_behind_a_forwarding_wrapper_a_chain_stopped_at_a_missing_item_is_not_cached(
     client: Redis, prefix: str, tenant: UUID
 ) -> None:
-    """A backend whose chain entries lack source links (a plain forwarding wrapper) cannot
-    tell a chain that ended from one that stopped at a missing item: never cached then."""
+    """Wrappers forward hook to hook, so the source links of the backend's chain reach the
+    cache through any wrapper: a chain that stopped at a missing item is never cached."""
     from ccvault.store import ForwardingProfileStore
 
     inner = InMemoryProfileStore()

@@ -18,8 +18,19 @@ from ccvault_inmemory import InMemoryProfileStore
 _KEYRING = Keyring.parse(f"{generate_key_entry('old')},{generate_key_entry('new')}")
 
 
+async def _second(store: EncryptedProfileStore) -> AsyncIterator[ProfileStore]:
+    """A second encrypted store over a second in-memory store sharing the first one's data
+    (what a second process of the deployment runs)."""
+    inner = InMemoryProfileStore()
+    assert isinstance(store.inner, InMemoryProfileStore)
+    inner.share_state_with(store.inner)
+    async with EncryptedProfileStore(inner, _KEYRING, encrypt_all=store.encrypt_all) as other:
+        yield other
+
+
 class TestEncryptedInMemoryContract(ProfileStoreContract):
-    capabilities = InMemoryProfileStore.capabilities
+    provider_name = "inmemory"
+    core_rule_tests = False  # run by the in-memory provider and the production stack
     known_gaps = {}
 
     @pytest.fixture
@@ -27,9 +38,15 @@ class TestEncryptedInMemoryContract(ProfileStoreContract):
         async with EncryptedProfileStore(InMemoryProfileStore(), _KEYRING) as store:
             yield store
 
+    @pytest.fixture
+    async def other_store(self, store: EncryptedProfileStore) -> AsyncIterator[ProfileStore]:
+        async for other in _second(store):
+            yield other
+
 
 class TestEverythingEncryptedInMemoryContract(ProfileStoreContract):
-    capabilities = InMemoryProfileStore.capabilities
+    provider_name = "inmemory"
+    core_rule_tests = False
     known_gaps = {}
 
     @pytest.fixture
@@ -37,3 +54,8 @@ class TestEverythingEncryptedInMemoryContract(ProfileStoreContract):
         inner = InMemoryProfileStore()
         async with EncryptedProfileStore(inner, _KEYRING, encrypt_all=True) as store:
             yield store
+
+    @pytest.fixture
+    async def other_store(self, store: EncryptedProfileStore) -> AsyncIterator[ProfileStore]:
+        async for other in _second(store):
+            yield other

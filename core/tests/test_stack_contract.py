@@ -20,7 +20,6 @@ from ccvault.cache import CachedProfileStore
 from ccvault.crypto import EncryptedProfileStore, generate_key_entry
 from ccvault.store import ProfileStore
 from ccvault_contract_tests import ProfileStoreContract
-from ccvault_contract_tests.capabilities import HIGH_CONCURRENCY, LARGE_VALUES, NUL_CHARACTERS
 from ccvault_postgres.testing import admin_dsn, create_database, drop_database, dsn_with_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -50,7 +49,10 @@ async def _drop_prefix(prefix: str) -> None:
 
 
 class TestProductionStackContract(ProfileStoreContract):
-    capabilities = frozenset({LARGE_VALUES, HIGH_CONCURRENCY})
+    """Also runs the core-rule tests (``core_rule_tests``), with the in-memory provider's
+    class: the deployed stack, through both wrappers."""
+
+    provider_name = "postgres"
     known_gaps: dict[str, str] = {}
 
     @pytest.fixture
@@ -86,7 +88,8 @@ class TestProductionStackContract(ProfileStoreContract):
 
 
 class TestEmbeddedStackContract(ProfileStoreContract):
-    capabilities = frozenset({LARGE_VALUES, HIGH_CONCURRENCY, NUL_CHARACTERS})
+    provider_name = "sqlite"
+    core_rule_tests = False  # run by the in-memory provider and the production stack
     known_gaps: dict[str, str] = {}
 
     @pytest.fixture

@@ -9,6 +9,7 @@ from ccvault_contract_tests.suite_assets import AssetsContract
 from ccvault_contract_tests.suite_bad_input import BadInputContract
 from ccvault_contract_tests.suite_channels import ChannelsContract
 from ccvault_contract_tests.suite_concurrency import ConcurrencyContract
+from ccvault_contract_tests.suite_edges import EdgesContract
 from ccvault_contract_tests.suite_expiry import ExpiryContract
 from ccvault_contract_tests.suite_fields import FieldsContract
 from ccvault_contract_tests.suite_integrity import IntegrityContract
@@ -40,6 +41,7 @@ class ProfileStoreContract(
     BadInputContract,
     ConcurrencyContract,
     ModelBasedContract,
+    EdgesContract,
 ):
     """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::
 

@@ -111,7 +111,7 @@ from ccvault.models import (
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
 )
-from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore, _lineage_target
+from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore, lineage_target
 
 if TYPE_CHECKING:
     from ccvault.settings import VaultSettings
@@ -334,11 +334,6 @@ class CachedProfileStore(ForwardingProfileStore):
         self.close_timeout = close_timeout
         self._retry_task: asyncio.Task[None] | None = None
         self._closing = False
-        # whether the backend's chain hook gives each entry's source link (see
-        # _get_derivation_chain); a backend may say so with a ``lineage_sources`` attribute
-        self._chain_sources = bool(
-            getattr(backend, "lineage_sources", not isinstance(backend, ForwardingProfileStore))
-        )
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> CachedProfileStore:
@@ -388,7 +383,7 @@ class CachedProfileStore(ForwardingProfileStore):
             await self._flush()
         finally:
             try:
-                await self.inner.aclose()
+                await super().aclose()
             finally:
                 if self._close_client and not self._closed:
                     self._closed = True
@@ -881,7 +876,7 @@ class CachedProfileStore(ForwardingProfileStore):
             self._customer_key(tenant_id, customer_id),
             True,
             lambda p: p.customer_id == customer_id,
-            lambda: self.inner.get_by_customer_id(tenant_id, customer_id),
+            partial(super()._get_by_customer_id, tenant_id, customer_id, False),
         )
 
     async def _get_by_id(
@@ -894,7 +889,7 @@ class CachedProfileStore(ForwardingProfileStore):
             self._body_key(tenant_id, profile_id),
             False,
             lambda p: p.id == profile_id,
-            lambda: self.inner.get_by_id(tenant_id, profile_id),
+            partial(super()._get_by_id, tenant_id, profile_id, False),
         )
 
     async def _get_by_channel_identity(
@@ -907,7 +902,7 @@ class CachedProfileStore(ForwardingProfileStore):
             self._identity_key(tenant_id, channel, channel_user_id),
             True,
             _owns(channel, channel_user_id),
-            lambda: self.inner.get_by_channel_identity(tenant_id, channel, channel_user_id),
+            partial(super()._get_by_channel_identity, tenant_id, channel, channel_user_id, False),
         )
 
     async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
@@ -919,7 +914,7 @@ class CachedProfileStore(ForwardingProfileStore):
             self._identity_key(tenant_id, channel, channel_user_id),
             True,
             _owns(channel, channel_user_id),
-            lambda: self.inner.get_or_create(tenant_id, channel, channel_user_id),
+            partial(super()._get_or_create, tenant_id, candidate),
         )
         assert found is not None
         return found
@@ -931,7 +926,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant,
             "save",
-            self.inner.save(profile),
+            super()._save(profile),
             lambda _: _Invalidation([self._body_key(tenant, profile.id)], lineage),
         )
 
@@ -939,7 +934,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "delete",
-            self.inner.delete(tenant_id, profile_id),
+            super()._delete(tenant_id, profile_id),
             lambda deleted: (
                 _Invalidation([self._body_key(tenant_id, profile_id)], [_NS_LINEAGE])
                 if deleted
@@ -966,9 +961,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "update_field",
-            self.inner.update_field(
-                tenant_id, profile_id, field, supersede_existing=supersede_existing
-            ),
+            super()._update_field(tenant_id, profile_id, field, supersede_existing),
             lambda _: self._new_item(tenant_id, profile_id),
         )
 
@@ -983,7 +976,7 @@ class CachedProfileStore(ForwardingProfileStore):
             return _Invalidation([self._body_key(tenant_id, profile_id)])
 
         return await self._write(
-            tenant_id, "expire", self.inner.expire_stale_fields(tenant_id, profile_id), plan
+            tenant_id, "expire", super()._expire_stale_fields(tenant_id, profile_id, now), plan
         )
 
     async def _add_asset(
@@ -992,9 +985,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "add_asset",
-            self.inner.add_asset(
-                tenant_id, profile_id, asset, supersede_existing=supersede_existing
-            ),
+            super()._add_asset(tenant_id, profile_id, asset, supersede_existing),
             lambda _: self._new_item(tenant_id, profile_id),
         )
 
@@ -1014,31 +1005,18 @@ class CachedProfileStore(ForwardingProfileStore):
         So writes of new items (update_field, add_asset) need not touch cached chains,
         and only writes that change or remove stored items reset the lineage epoch.
         Telling "no source" from "source missing" needs each entry's source link, which
-        only the backend's own hook gives (a public ``get_derivation_chain`` omits it, so a
-        :class:`ForwardingProfileStore` backend loses it): unless the backend says it gives
-        them (a true ``lineage_sources`` attribute; default: it is not a forwarding store),
-        only chains of ``max_depth`` entries are cached.
+        every ``_get_derivation_chain`` hook gives (:class:`~ccvault.models.LineageEntry`
+        carries ``source_item_id`` and ``source_item_type``).
         """
-        if self._chain_sources:
-
-            async def load() -> list[LineageEntry]:
-                return await self.inner._get_derivation_chain(
-                    tenant_id, item_id, item_type, max_depth
-                )
-
-        else:
-
-            async def load() -> list[LineageEntry]:
-                chain = await self.inner.get_derivation_chain(tenant_id, item_id, item_type.value)
-                return [LineageEntry.model_validate(entry) for entry in chain]
+        load = partial(super()._get_derivation_chain, tenant_id, item_id, item_type, max_depth)
 
         def closed(chain: list[LineageEntry]) -> bool:
             if len(chain) >= max_depth:
                 return True
-            if not chain or not self._chain_sources:
+            if not chain:
                 return False
             root = chain[0]
-            if root.source_item_id is None or _lineage_target(root.source_item_type) is None:
+            if root.source_item_id is None or lineage_target(root.source_item_type) is None:
                 return True
             return any(entry.id == root.source_item_id for entry in chain)
 
@@ -1065,7 +1043,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "link_channel",
-            self.inner.link_channel(tenant_id, profile_id, identity),
+            super()._link_channel(tenant_id, profile_id, identity),
             lambda linked: (
                 _Invalidation([self._body_key(tenant_id, profile_id)])
                 if linked
@@ -1084,7 +1062,7 @@ class CachedProfileStore(ForwardingProfileStore):
         await self._write(
             tenant_id,
             "merge",
-            self.inner.merge_profiles(tenant_id, source_profile_id, target_profile_id),
+            super()._merge_profiles(tenant_id, source_profile_id, target_profile_id, choose_winner),
             lambda _: _Invalidation(
                 [
                     self._body_key(tenant_id, source_profile_id),
@@ -1106,7 +1084,7 @@ class CachedProfileStore(ForwardingProfileStore):
             self._defs_key(tenant_id, agent_id),
             "",
             self._defs_ttl,
-            lambda: self.inner.get_field_definitions(tenant_id, agent_id, enabled_only=False),
+            partial(super()._get_field_definitions, tenant_id, agent_id, False),
             _DEFS.validate_json,
             _DEFS.dump_json,
         )
@@ -1130,7 +1108,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant,
             "field_definition",
-            self.inner.save_field_definition(definition),
+            super()._save_field_definition(definition),
             lambda _: _Invalidation([self._defs_key(tenant, agent)]),
         )
 
@@ -1140,7 +1118,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "field_definition",
-            self.inner.delete_field_definition(tenant_id, agent_id, field_name),
+            super()._delete_field_definition(tenant_id, agent_id, field_name),
             lambda deleted: (
                 _Invalidation([self._defs_key(tenant_id, agent_id)]) if deleted else _Invalidation()
             ),
@@ -1155,7 +1133,7 @@ class CachedProfileStore(ForwardingProfileStore):
             self._reqs_key(tenant_id, scenario_id),
             "-" if step_id is None else str(step_id),
             self._reqs_ttl,
-            lambda: self.inner.get_scenario_requirements(tenant_id, scenario_id, step_id=step_id),
+            partial(super()._get_scenario_requirements, tenant_id, scenario_id, step_id),
             _REQS.validate_json,
             _REQS.dump_json,
         )
@@ -1166,7 +1144,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant,
             "scenario_requirement",
-            self.inner.save_scenario_requirement(requirement),
+            super()._save_scenario_requirement(requirement),
             lambda _: _Invalidation([self._reqs_key(tenant, scenario)]),
         )
 
@@ -1176,7 +1154,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "scenario_requirement",
-            self.inner.delete_scenario_requirements(tenant_id, scenario_id, step_id=step_id),
+            super()._delete_scenario_requirements(tenant_id, scenario_id, step_id),
             lambda count: (
                 _Invalidation([self._reqs_key(tenant_id, scenario_id)])
                 if count
@@ -1219,7 +1197,7 @@ class CachedProfileStore(ForwardingProfileStore):
         for pointer in [k for k, v in self._pointers.items() if v == target]:
             del self._pointers[pointer]
         try:
-            purged = await self.inner.purge_profile(tenant_id, profile_id)
+            purged = await super()._purge_profile(tenant_id, profile_id)
         except _NOTHING_WRITTEN:
             raise
         except BaseException:
@@ -1255,7 +1233,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "delete_item",
-            self.inner.delete_item(tenant_id, item_id, item_type.value),
+            super()._delete_item(tenant_id, item_id, item_type),
             lambda deleted: (
                 _Invalidation([], [_NS_PROFILES, _NS_LINEAGE], [self._deriv_index(tenant_id)])
                 if deleted
@@ -1273,7 +1251,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "rewrite_field_payloads",
-            self.inner.rewrite_field_payloads(tenant_id, profile_id, payloads),
+            super()._rewrite_field_payloads(tenant_id, profile_id, payloads),
             lambda count: (
                 self._profile_and_lineage(tenant_id, profile_id) if count else _Invalidation()
             ),
@@ -1284,7 +1262,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return await self._write(
             tenant_id,
             "mark_orphans",
-            self.inner.mark_orphans(tenant_id),
+            super()._mark_orphans(tenant_id),
             lambda count: _Invalidation([], [_NS_PROFILES]) if count else _Invalidation(),
         )
 

@@ -68,6 +68,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ccvault import errors
+from ccvault.arguments import check_field_name, check_uuid
 from ccvault.models import (
     Channel,
     CustomerProfile,
@@ -263,9 +264,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
     async def pii_field_names(self, tenant_id: UUID) -> frozenset[str]:
         """The tenant's PII field names, from the registry kept in the store."""
-        markers = await self.inner.get_field_definitions(
-            tenant_id, PII_REGISTRY_AGENT_ID, enabled_only=False
-        )
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        markers = await super()._get_field_definitions(tenant_id, PII_REGISTRY_AGENT_ID, False)
         return frozenset(marker.name for marker in markers)
 
     def _refuse_envelopes(self, item: ProfileField) -> None:
@@ -473,13 +473,15 @@ class EncryptedProfileStore(ForwardingProfileStore):
         names ``ccvault rotate-keys --tenant TENANT``, which seals the rest (it is
         idempotent and also re-seals plaintext of PII names).
         """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        names = [check_field_name(name, "name") for name in names]
         known = await self.pii_field_names(tenant_id)
         added: list[str] = []
         for name in names:
             if name in known or name in added:
                 continue
             added.append(name)
-            await self.inner.save_field_definition(
+            await super()._save_field_definition(
                 ProfileFieldDefinition(
                     tenant_id=tenant_id,
                     agent_id=PII_REGISTRY_AGENT_ID,
@@ -497,7 +499,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
     async def _reseal_existing(self, tenant_id: UUID, names: list[str]) -> int:
         """Seal the plaintext versions of ``names`` already stored (bounded, see above)."""
-        profile_ids = await self.inner.list_profile_ids(tenant_id)
+        profile_ids = sorted(await super()._list_profile_ids(tenant_id))
         rewritten = 0
         for profile_id in profile_ids[: self.reseal_limit]:
             # rotate_profile rewrites exactly the versions not yet sealed under the current
@@ -524,11 +526,9 @@ class EncryptedProfileStore(ForwardingProfileStore):
         payloads: dict[UUID, tuple[Any, dict[str, Any]]],
     ) -> int:
         # plaintext payloads from a caller: seal the PII ones, as every other write path does
-        try:
-            document = await self.inner.export_profile(tenant_id, profile_id)
-        except errors.NotFoundError:
+        raw = await super()._export_profile(tenant_id, profile_id)
+        if raw is None:
             return 0
-        raw = CustomerProfile.model_validate(document["profile"])
         stored = {item.id: item for versions in raw.field_history.values() for item in versions}
         seal = await self._sealer(tenant_id)
         sealed: dict[UUID, tuple[Any, dict[str, Any]]] = {}
@@ -540,7 +540,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
             sealed[field_id] = (new.value, new.source_metadata)
         if not sealed:
             return 0
-        return await self.inner.rewrite_field_payloads(tenant_id, profile_id, sealed)
+        return await super()._rewrite_field_payloads(tenant_id, profile_id, sealed)
 
     # ---------------------------------------------------------------------------------
     # key rotation
@@ -568,12 +568,12 @@ class EncryptedProfileStore(ForwardingProfileStore):
     async def rotate_profile(self, tenant_id: UUID, profile_id: UUID) -> int:
         """Re-encrypt under the current key every field version of one profile that holds
         PII plaintext or ciphertext under an older key; return how many were rewritten."""
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
         names = await self.pii_field_names(tenant_id)
-        try:
-            document = await self.inner.export_profile(tenant_id, profile_id)
-        except errors.NotFoundError:
+        raw = await super()._export_profile(tenant_id, profile_id)
+        if raw is None:
             return 0
-        raw = CustomerProfile.model_validate(document["profile"])
         payloads: dict[UUID, tuple[Any, dict[str, Any]]] = {}
         for versions in raw.field_history.values():
             for item in versions:
@@ -582,7 +582,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                     payloads[item.id] = (sealed.value, sealed.source_metadata)
         if not payloads:
             return 0
-        return await self.inner.rewrite_field_payloads(tenant_id, profile_id, payloads)
+        return await super()._rewrite_field_payloads(tenant_id, profile_id, payloads)
 
     async def rotate_keys(
         self,
@@ -598,7 +598,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         reports = []
         for tenant_id in tenants:
             report = RotationReport(tenant_id)
-            for profile_id in await self.inner.list_profile_ids(tenant_id):
+            for profile_id in sorted(await super()._list_profile_ids(tenant_id)):
                 rewritten = await self.rotate_profile(tenant_id, profile_id)
                 report.profiles += 1
                 report.rewritten += rewritten

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import pluggy
 from pydantic import BaseModel
 
-from ccvault.store import ProfileStore, StoreRules
+from ccvault.store import ProfileStore
+from ccvault.store_rules import StoreRules
 
 __all__ = ["PROJECT_NAME", "ProviderHookSpecs", "ProviderSpec", "hookimpl", "hookspec"]
 

@@ -6,7 +6,7 @@ application can expose it beside its own or serve it alone (``ccvault metrics``)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -14,8 +14,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 if TYPE_CHECKING:
     from threading import Thread
     from wsgiref.simple_server import WSGIServer
-
-    from ccvault.store import ProfileStore
 
 __all__ = [
     "DERIVATION_CHAIN_DEPTH",
@@ -28,6 +26,7 @@ __all__ = [
     "REGISTRY",
     "SCHEMA_VALIDATION_ERRORS",
     "STALE_FIELD_WARNINGS",
+    "ItemCounter",
     "refresh_status_gauge",
     "serve",
 ]
@@ -103,7 +102,17 @@ def serve(host: str = "127.0.0.1", port: int = 9464) -> tuple[WSGIServer, Thread
     return start_http_server(port, addr=host, registry=REGISTRY)
 
 
-async def refresh_status_gauge(store: ProfileStore, tenant_id: UUID) -> dict[str, int]:
+class ItemCounter(Protocol):
+    """What :func:`refresh_status_gauge` needs of a store (any ``ProfileStore`` has it).
+
+    A protocol rather than the store class, so this module does not depend on
+    :mod:`ccvault.store` (which depends on it): the core's imports stay acyclic.
+    """
+
+    async def count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]: ...
+
+
+async def refresh_status_gauge(store: ItemCounter, tenant_id: UUID) -> dict[str, int]:
     """Set ``profile_fields_by_status`` for the tenant from the store; return the counts."""
     counts = (await store.count_items_by_status(tenant_id))["fields"]
     for status, count in counts.items():

@@ -36,7 +36,7 @@ from ccvault.models import (
     RequiredLevel,
     ScenarioFieldRequirement,
 )
-from ccvault.store import StoreRules
+from ccvault.store_rules import StoreRules
 
 __all__ = [
     "MAX_CONDITION_DEPTH",

@@ -42,7 +42,7 @@ from ccvault.secretvalues import (
     read_secret_file,
     resolve_file_keys,
 )
-from ccvault.store import StoreRules
+from ccvault.store_rules import StoreRules
 
 __all__ = [
     "FreshnessSettings",

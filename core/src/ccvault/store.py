@@ -3,19 +3,67 @@
 A store has two faces:
 
 * **The public methods** (the seed's interface plus the extensions of DESIGN.md §4) are
-  implemented here, once. Each one checks its arguments and raises
+  implemented here, once, and are *final*: marked :func:`typing.final`, and a subclass that
+  defines one fails at class creation with a :class:`TypeError` naming the hook to override
+  instead. Each one checks its arguments (:mod:`ccvault.arguments`) and raises
   :class:`~ccvault.errors.ValidationError` before anything is written, then applies the rules
   that belong to the vault rather than to a database: a field whose ``expires_at`` has passed
   is never served as ACTIVE, definitions are listed by name, requirements by
   ``collection_order``, merge conflicts are decided by :func:`merge_winner`, missing fields are
-  evaluated by :mod:`ccvault.requirements`.
-* **The provider hooks** (the ``_``-prefixed abstract methods) are what a provider implements.
-  They receive arguments already checked and typed, and only store and fetch. Each hook's
-  docstring states its contract; the shared suite in ``ccvault-contract-tests`` checks it
-  through the public methods.
+  evaluated by :mod:`ccvault.requirements`. Only the outermost store of a stack runs this
+  layer: checks, rules and presentation happen exactly once per call.
+* **The hooks** (the ``_``-prefixed methods below) are the one declared interface between the
+  public layer and storage, for providers and wrappers alike. They receive arguments already
+  checked and typed, and only store and fetch. A provider implements every abstract hook; a
+  wrapper (cache, encryption) subclasses :class:`ForwardingProfileStore`, which implements
+  every hook by calling the *same hook* of the wrapped store, and overrides the few it
+  changes. A wrapper relies on nothing of the wrapped store but its hooks, ``setup``,
+  ``aclose``, ``now``, ``rules`` and ``capabilities``. The shared suite in
+  ``ccvault-contract-tests`` checks every hook through the public methods.
 
-A wrapper (cache, encryption) subclasses :class:`ForwardingProfileStore`, which implements
-every hook by calling the wrapped store's public method, and overrides the few it changes.
+The hooks and their contract (each hook's docstring says more). *Atomic* means: all of the
+hook's writes happen or none does, and a hook that raises has written nothing. Orders are
+those of the returned lists; "newest" means greatest ``collected_at`` (assets:
+``uploaded_at``), ties broken by write order, newest write first.
+
+===============================  =====================================================
+hook                             contract
+===============================  =====================================================
+``_get_by_customer_id``          live profile or None; ``fields`` = ACTIVE versions
+``_get_by_id``                   (expired or not: the public layer presents them),
+``_get_by_channel_identity``     ``assets`` = ACTIVE; history newest first on request
+``_get_or_create``               atomic, race-free: one profile per identity
+``_save``                        atomic upsert of the aggregate; conflicts write nothing
+``_delete``                      atomic soft delete, releases identities
+``_update_field``                atomic insert (+ supersede); one ACTIVE per name always
+``_get_field``                   newest version with the *stored* status
+``_get_field_history``           every version, newest first
+``_expire_stale_fields``         ACTIVE with ``expires_at <= now`` -> EXPIRED; the count
+``_add_asset``                   atomic insert (+ supersede); one ACTIVE per name
+``_get_asset``                   by id, any status
+``_get_asset_by_name``           newest asset of that name and stored status
+``_get_derivation_chain``        root first, at most ``max_depth``, cycle-safe
+``_get_lineage_node``            one item as a lineage entry (for the default chain walk)
+``_get_derived_items``           direct dependents, any status, oldest first
+``_check_has_dependents``        any ACTIVE item derives from the id
+``_link_channel``                atomic, race-free against concurrent links
+``_merge_profiles``              one atomic step; ``choose_winner`` decides conflicts
+``_get_field_definitions``       the agent's definitions, any order
+``_get_field_definition``        one definition by name, enabled or not
+``_save_field_definition``       atomic upsert by (tenant, agent, name), keeps id
+``_delete_field_definition``     True if one was deleted
+``_get_scenario_requirements``   exactly that ``step_id``'s, any order
+``_save_scenario_requirement``   atomic upsert by (tenant, scenario, step, rule, name)
+``_delete_scenario_requirements``  the count
+``_purge_profile``               atomic hard delete of the profile and all it owns
+``_export_profile``              live or soft-deleted, full history, or None
+``_delete_item``                 atomic check-and-delete (DependentsError)
+``_mark_orphans``                items whose source is gone -> ORPHANED; the count
+``_list_tenant_ids``             any order
+``_count_items_by_status``       ``{"fields": {...}, "assets": {...}}``
+``_list_profile_ids``            live and soft-deleted, any order
+``_rewrite_field_payloads``      atomic in-place rewrite of value and metadata
+===============================  =====================================================
 """
 
 from __future__ import annotations
@@ -23,16 +71,26 @@ from __future__ import annotations
 import functools
 import logging
 from abc import ABC, abstractmethod
-from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, final
 from uuid import UUID
 
-import pydantic
-
 from ccvault import errors
+from ccvault.arguments import (
+    check_asset_name,
+    check_bool,
+    check_channel,
+    check_channel_user_id,
+    check_field_name,
+    check_item_type,
+    check_json_payload,
+    check_model,
+    check_optional_uuid,
+    check_required_level,
+    check_status,
+    check_uuid,
+)
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -43,146 +101,45 @@ from ccvault.models import (
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
-    RequiredLevel,
     ScenarioFieldRequirement,
     SourceType,
-    check_json_value,
-    is_valid_field_name,
     utcnow,
 )
 from ccvault.rules.merge import MergeWinner, merge_winner
+from ccvault.store_rules import StaleFieldAction, StoreRules
+from ccvault.value_checks import check_definition
 
 __all__ = [
     "ForwardingProfileStore",
     "MergeWinner",
     "ProfileStore",
+    "StaleFieldAction",
     "StoreRules",
     "check_optional_uuid",
     "check_uuid",
+    "final_methods",
+    "lineage_target",
     "merge_winner",
+    "present_field",
+    "present_profile",
 ]
 
 logger = logging.getLogger(__name__)
 
-StaleFieldAction = Literal["warn", "block", "ignore"]
-
-_M = TypeVar("_M", bound=pydantic.BaseModel)
-
-# set while a derivation chain is being computed, so stacked stores observe the depth once
-_chain_traversal: ContextVar[bool] = ContextVar("ccvault_chain_traversal", default=False)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRules:
-    """The `[profile]` settings that change what a store answers."""
-
-    max_derivation_chain_depth: int = 10
-    default_freshness_seconds: int = 0
-    stale_field_action: StaleFieldAction = "warn"
-    lineage_tracking_enabled: bool = True
-
-
 # ---------------------------------------------------------------------------------------
-# argument checks: every public method runs its arguments through these first
+# argument checks: every public method runs its arguments through these first. They live in
+# the leaf module ccvault.arguments; the short names below keep this module readable.
 # ---------------------------------------------------------------------------------------
 
-
-def check_uuid(value: object, what: str) -> UUID:
-    """``value`` as a UUID (a UUID or its string form), else a ValidationError naming ``what``."""
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return UUID(value)
-        except ValueError:
-            pass
-    raise errors.ValidationError(f"{what} must be a UUID, got {value!r}")
-
-
-def check_optional_uuid(value: object, what: str) -> UUID | None:
-    """As :func:`check_uuid`, with None allowed."""
-    return None if value is None else check_uuid(value, what)
-
-
-def _field_name(value: object, what: str = "field_name") -> str:
-    if not is_valid_field_name(value):
-        raise errors.ValidationError(
-            f"{what} must match ^[a-z_][a-z0-9_]*$ and be at most 50 characters, got {value!r}"
-        )
-    assert isinstance(value, str)
-    return value
-
-
-def _asset_name(value: object) -> str:
-    if not (isinstance(value, str) and 0 < len(value) <= 100 and is_valid_field_name(value[:50])):
-        raise errors.ValidationError(f"asset_name is not a valid name: {value!r}")
-    return value
-
-
-def _channel(value: object) -> Channel:
-    try:
-        return Channel(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise errors.ValidationError(
-            f"channel must be one of {[c.value for c in Channel]}, got {value!r}"
-        ) from None
-
-
-def _channel_user_id(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > 255:
-        raise errors.ValidationError(f"channel_user_id must be a non-empty string, got {value!r}")
-    if any(ord(ch) < 32 for ch in value) or value != value.strip():
-        raise errors.ValidationError("channel_user_id must not hold control characters")
-    return value
-
-
-def _status(value: object) -> ItemStatus | None:
-    if value is None:
-        return None
-    try:
-        return ItemStatus(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise errors.ValidationError(
-            f"status must be an ItemStatus or None, got {value!r}"
-        ) from None
-
-
-def _item_type(value: object) -> ItemType:
-    try:
-        return ItemType(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise errors.ValidationError(
-            f"item_type must be 'profile_field' or 'profile_asset', got {value!r}"
-        ) from None
-
-
-def _required_level(value: object) -> RequiredLevel | None:
-    if value is None:
-        return None
-    try:
-        return RequiredLevel(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise errors.ValidationError(
-            f"required_level must be 'hard', 'soft' or None, got {value!r}"
-        ) from None
-
-
-def _model(cls: type[_M], value: object, what: str) -> _M:
-    """A validated private copy of ``value``, so later changes by the caller cannot leak in."""
-    if not isinstance(value, cls):
-        raise errors.ValidationError(f"{what} must be a {cls.__name__}, got {type(value).__name__}")
-    try:
-        # warnings=False: a model built with model_construct may hold anything; validation
-        # below reports it as a ValidationError instead of a serializer warning
-        return cls.model_validate(value.model_dump(warnings=False))
-    except pydantic.ValidationError as exc:
-        raise errors.ValidationError(f"invalid {what}: {exc}") from exc
-
-
-def _bool(value: object, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise errors.ValidationError(f"{what} must be a bool, got {value!r}")
-    return value
+_field_name = check_field_name
+_asset_name = check_asset_name
+_channel = check_channel
+_channel_user_id = check_channel_user_id
+_status = check_status
+_item_type = check_item_type
+_required_level = check_required_level
+_model = check_model
+_bool = check_bool
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,6 +168,15 @@ def present_profile(profile: CustomerProfile, now: datetime) -> CustomerProfile:
     return profile.model_copy(update={"fields": fields, "field_history": history})
 
 
+def final_methods() -> frozenset[str]:
+    """The public methods of :class:`ProfileStore` no subclass may override."""
+    return frozenset(
+        name
+        for name, member in vars(ProfileStore).items()
+        if getattr(member, "__final__", False) and not name.startswith("_")
+    )
+
+
 class ProfileStore(ABC):
     """Abstract, async, multi-tenant storage of customer profiles. See the module docstring.
 
@@ -224,6 +190,24 @@ class ProfileStore(ABC):
 
     def __init__(self, *, rules: StoreRules | None = None) -> None:
         self.rules = rules or StoreRules()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that overrides a final public method (see the module docstring):
+        the checks, rules and presentation of the public layer must run exactly once."""
+        super().__init_subclass__(**kwargs)
+        for name in sorted(final_methods()):
+            if name in vars(cls):
+                hook = f"_{name}"
+                instead = (
+                    f"override the hook {hook}() instead"
+                    if hook in vars(ProfileStore)
+                    else "override the hooks it uses instead"
+                )
+                raise TypeError(
+                    f"{cls.__qualname__} overrides ProfileStore.{name}(), which is final "
+                    f"(it checks arguments, applies the vault's rules and presents the "
+                    f"result once for the whole stack); {instead}"
+                )
 
     def now(self) -> datetime:
         """The store's clock (UTC). Tests may replace it."""
@@ -255,6 +239,7 @@ class ProfileStore(ABC):
     # profiles
     # =====================================================================================
 
+    @final
     async def get_by_customer_id(
         self, tenant_id: UUID, customer_id: UUID, *, include_history: bool = False
     ) -> CustomerProfile | None:
@@ -271,6 +256,7 @@ class ProfileStore(ABC):
         found = await self._get_by_customer_id(tenant_id, customer_id, include_history)
         return None if found is None else present_profile(found, self.now())
 
+    @final
     async def get_by_id(
         self, tenant_id: UUID, profile_id: UUID, *, include_history: bool = False
     ) -> CustomerProfile | None:
@@ -281,6 +267,7 @@ class ProfileStore(ABC):
         found = await self._get_by_id(tenant_id, profile_id, include_history)
         return None if found is None else present_profile(found, self.now())
 
+    @final
     async def get_by_channel_identity(
         self,
         tenant_id: UUID,
@@ -299,6 +286,7 @@ class ProfileStore(ABC):
         )
         return None if found is None else present_profile(found, self.now())
 
+    @final
     async def get_or_create(
         self, tenant_id: UUID, channel: Channel, channel_user_id: str
     ) -> CustomerProfile:
@@ -323,6 +311,7 @@ class ProfileStore(ABC):
         found = await self._get_or_create(tenant_id, candidate)
         return present_profile(found, self.now())
 
+    @final
     async def save(self, profile: CustomerProfile) -> UUID:
         """Create or update the profile aggregate; return its id.
 
@@ -353,6 +342,7 @@ class ProfileStore(ABC):
         profile.asset_history = []
         return await self._save(profile)
 
+    @final
     async def delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
         """Soft-delete; True if a live profile was deleted. Its identities are released."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
@@ -363,6 +353,7 @@ class ProfileStore(ABC):
     # fields
     # =====================================================================================
 
+    @final
     async def update_field(
         self,
         tenant_id: UUID,
@@ -394,6 +385,7 @@ class ProfileStore(ABC):
             await self._expire_stale_fields(tenant_id, profile_id, field.updated_at)
         return await self._update_field(tenant_id, profile_id, field, supersede_existing)
 
+    @final
     async def get_field(
         self,
         tenant_id: UUID,
@@ -404,7 +396,9 @@ class ProfileStore(ABC):
     ) -> ProfileField | None:
         """The most recent version of ``field_name`` with ``status`` (None: any status).
 
-        A version past ``expires_at`` counts as EXPIRED even before it is marked so.
+        A version past ``expires_at`` counts as EXPIRED even before it is marked so:
+        ``status=EXPIRED`` gives the most recently collected of the versions marked EXPIRED
+        and an overdue ACTIVE version not yet swept.
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_uuid(profile_id, "profile_id")
@@ -412,10 +406,15 @@ class ProfileStore(ABC):
         status = _status(status)
         now = self.now()
         if status is ItemStatus.EXPIRED:
-            # an ACTIVE version past expires_at is the newest expired one, if there is one
+            # the newest expired version: the newest one marked EXPIRED, or an unswept ACTIVE
+            # version past expires_at, whichever was collected last (a tie goes to the ACTIVE
+            # one, the latest write of its name)
+            swept = await self._get_field(tenant_id, profile_id, field_name, ItemStatus.EXPIRED)
             active = await self._get_field(tenant_id, profile_id, field_name, ItemStatus.ACTIVE)
             if active is not None and active.is_expired(now):
-                return present_field(active, now)
+                if swept is None or swept.collected_at <= active.collected_at:
+                    return present_field(active, now)
+            return swept
         found = await self._get_field(tenant_id, profile_id, field_name, status)
         if found is None:
             return None
@@ -424,6 +423,7 @@ class ProfileStore(ABC):
             return None
         return found
 
+    @final
     async def get_field_history(
         self, tenant_id: UUID, profile_id: UUID, field_name: str
     ) -> list[ProfileField]:
@@ -435,6 +435,7 @@ class ProfileStore(ABC):
         versions = await self._get_field_history(tenant_id, profile_id, field_name)
         return [present_field(version, now) for version in versions]
 
+    @final
     async def expire_stale_fields(self, tenant_id: UUID, profile_id: UUID | None = None) -> int:
         """Mark every ACTIVE field past ``expires_at`` EXPIRED; return how many were marked.
 
@@ -448,6 +449,7 @@ class ProfileStore(ABC):
     # assets
     # =====================================================================================
 
+    @final
     async def add_asset(
         self,
         tenant_id: UUID,
@@ -466,6 +468,7 @@ class ProfileStore(ABC):
         asset.superseded_at = None
         return await self._add_asset(tenant_id, profile_id, asset, supersede_existing)
 
+    @final
     async def get_asset(
         self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
     ) -> ProfileAsset | None:
@@ -475,6 +478,7 @@ class ProfileStore(ABC):
         asset_id = check_uuid(asset_id, "asset_id")
         return await self._get_asset(tenant_id, profile_id, asset_id)
 
+    @final
     async def get_asset_by_name(
         self,
         tenant_id: UUID,
@@ -494,6 +498,7 @@ class ProfileStore(ABC):
     # lineage
     # =====================================================================================
 
+    @final
     async def get_derivation_chain(
         self, tenant_id: UUID, item_id: UUID, item_type: str
     ) -> list[dict[str, Any]]:
@@ -511,14 +516,9 @@ class ProfileStore(ABC):
         item_id = check_uuid(item_id, "item_id")
         kind = _item_type(item_type)
         depth = max(1, self.rules.max_derivation_chain_depth)
-        # a stack of wrappers calls this once per layer: only the outermost call observes
-        outermost = not _chain_traversal.get()
-        token = _chain_traversal.set(True)
-        try:
-            chain = (await self._get_derivation_chain(tenant_id, item_id, kind, depth))[-depth:]
-        finally:
-            _chain_traversal.reset(token)
-        if chain and outermost:
+        chain = (await self._get_derivation_chain(tenant_id, item_id, kind, depth))[-depth:]
+        if chain:
+            # only the outermost store runs this method: one observation per traversal
             metrics.DERIVATION_CHAIN_DEPTH.labels(tenant_id=str(tenant_id)).observe(len(chain))
         return [
             {
@@ -530,6 +530,7 @@ class ProfileStore(ABC):
             for entry in chain
         ]
 
+    @final
     async def get_derived_items(
         self, tenant_id: UUID, source_item_id: UUID
     ) -> dict[str, list[Any]]:
@@ -541,6 +542,7 @@ class ProfileStore(ABC):
         fields, assets = await self._get_derived_items(tenant_id, source_item_id)
         return {"fields": [present_field(f, now) for f in fields], "assets": list(assets)}
 
+    @final
     async def check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
         """True while any ACTIVE field or asset derives directly from ``item_id``."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
@@ -551,6 +553,7 @@ class ProfileStore(ABC):
     # channels and merge
     # =====================================================================================
 
+    @final
     async def link_channel(
         self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
     ) -> bool:
@@ -568,6 +571,7 @@ class ProfileStore(ABC):
         identity.primary = False
         return await self._link_channel(tenant_id, profile_id, identity)
 
+    @final
     async def merge_profiles(
         self, tenant_id: UUID, source_profile_id: UUID, target_profile_id: UUID
     ) -> bool:
@@ -597,6 +601,7 @@ class ProfileStore(ABC):
     # schema: field definitions
     # =====================================================================================
 
+    @final
     async def get_field_definitions(
         self, tenant_id: UUID, agent_id: UUID, *, enabled_only: bool = True
     ) -> list[ProfileFieldDefinition]:
@@ -607,6 +612,7 @@ class ProfileStore(ABC):
         found = await self._get_field_definitions(tenant_id, agent_id, enabled_only)
         return sorted(found, key=lambda definition: definition.name)
 
+    @final
     async def get_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
     ) -> ProfileFieldDefinition | None:
@@ -616,19 +622,19 @@ class ProfileStore(ABC):
         field_name = _field_name(field_name)
         return await self._get_field_definition(tenant_id, agent_id, field_name)
 
+    @final
     async def save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
         """Create or update (by tenant, agent, name) a definition; return its id.
 
         Updating keeps the stored id and ``created_at``. A ``validation_regex`` the safe
         engine cannot compile is refused with :class:`~ccvault.errors.ValidationError`.
         """
-        from ccvault.validation import check_definition
-
         definition = _model(ProfileFieldDefinition, definition, "definition")
         check_definition(definition)
         definition.updated_at = self.now()
         return await self._save_field_definition(definition)
 
+    @final
     async def delete_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
     ) -> bool:
@@ -642,6 +648,7 @@ class ProfileStore(ABC):
     # scenario requirements
     # =====================================================================================
 
+    @final
     async def get_scenario_requirements(
         self, tenant_id: UUID, scenario_id: UUID, *, step_id: UUID | None = None
     ) -> list[ScenarioFieldRequirement]:
@@ -655,6 +662,7 @@ class ProfileStore(ABC):
         found = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
         return sorted(found, key=lambda req: (req.collection_order, req.field_name))
 
+    @final
     async def save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         """Create or update by (tenant, scenario, step, rule, field name); return its id.
 
@@ -667,6 +675,7 @@ class ProfileStore(ABC):
         requirement.updated_at = self.now()
         return await self._save_scenario_requirement(requirement)
 
+    @final
     async def delete_scenario_requirements(
         self, tenant_id: UUID, scenario_id: UUID, *, step_id: UUID | None = None
     ) -> int:
@@ -676,6 +685,7 @@ class ProfileStore(ABC):
         step_id = check_optional_uuid(step_id, "step_id")
         return await self._delete_scenario_requirements(tenant_id, scenario_id, step_id)
 
+    @final
     async def get_missing_fields(
         self,
         tenant_id: UUID,
@@ -687,8 +697,9 @@ class ProfileStore(ABC):
     ) -> list[ScenarioFieldRequirement]:
         """The requirements of the scenario (or step) that ``profile`` does not meet.
 
-        Evaluated once, in :mod:`ccvault.requirements`, for every provider.
-        ``required_level=None`` means every level.
+        Evaluated once, in :mod:`ccvault.requirements`, for every provider. Each
+        requirement is judged by the definition of its own agent (``requirement.agent_id``),
+        enabled definitions only. ``required_level=None`` means every level.
         """
         from ccvault.requirements import find_missing
 
@@ -699,24 +710,33 @@ class ProfileStore(ABC):
         level = _required_level(required_level)
         if profile.tenant_id != tenant_id:
             return []
-        requirements = await self.get_scenario_requirements(tenant_id, scenario_id, step_id=step_id)
-        definitions: dict[str, ProfileFieldDefinition] = {}
+        now = self.now()
+        found = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
+        requirements = sorted(found, key=lambda req: (req.collection_order, req.field_name))
+        presented = present_profile(profile, now)
+        missing: set[UUID] = set()
+        # one evaluation per agent, against that agent's definitions only; the result keeps
+        # the requirements' order
         for agent_id in dict.fromkeys(req.agent_id for req in requirements):
-            for definition in await self.get_field_definitions(tenant_id, agent_id):
-                definitions.setdefault(definition.name, definition)
-        return find_missing(
-            present_profile(profile, self.now()),
-            requirements,
-            definitions,
-            rules=self.rules,
-            required_level=level,
-            now=self.now(),
-        )
+            definitions = {
+                definition.name: definition
+                for definition in await self._get_field_definitions(tenant_id, agent_id, True)
+                if definition.enabled
+            }
+            own = [req for req in requirements if req.agent_id == agent_id]
+            missing.update(
+                req.id
+                for req in find_missing(
+                    presented, own, definitions, rules=self.rules, required_level=level, now=now
+                )
+            )
+        return [req for req in requirements if req.id in missing]
 
     # =====================================================================================
     # beyond the seed: erasure, portability, hard delete, orphans, operations
     # =====================================================================================
 
+    @final
     async def purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
         """Hard-delete the profile (live or soft-deleted) and everything it owns.
 
@@ -726,6 +746,7 @@ class ProfileStore(ABC):
         profile_id = check_uuid(profile_id, "profile_id")
         return await self._purge_profile(tenant_id, profile_id)
 
+    @final
     async def export_profile(self, tenant_id: UUID, profile_id: UUID) -> dict[str, Any]:
         """Everything held about the customer, history included, as one JSON-ready dict.
 
@@ -743,6 +764,7 @@ class ProfileStore(ABC):
             "profile": present_profile(found, now).model_dump(mode="json"),
         }
 
+    @final
     async def delete_item(self, tenant_id: UUID, item_id: UUID, item_type: str) -> bool:
         """Hard-delete one field version or asset; True if it existed.
 
@@ -754,15 +776,18 @@ class ProfileStore(ABC):
         kind = _item_type(item_type)
         return await self._delete_item(tenant_id, item_id, kind)
 
+    @final
     async def mark_orphans(self, tenant_id: UUID) -> int:
         """Mark ORPHANED every non-orphaned item whose field/asset source no longer exists."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
         return await self._mark_orphans(tenant_id)
 
+    @final
     async def list_tenant_ids(self) -> list[UUID]:
         """Every tenant that has at least one profile, sorted."""
         return sorted(await self._list_tenant_ids())
 
+    @final
     async def count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         """``{"fields": {status: n}, "assets": {status: n}}`` with every status present."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
@@ -775,12 +800,14 @@ class ProfileStore(ABC):
             for kind in ("fields", "assets")
         }
 
+    @final
     async def list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         """Every profile of the tenant, live or soft-deleted, sorted. For operator sweeps
         (key rotation, exports); not meant for request paths."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
         return sorted(await self._list_profile_ids(tenant_id))
 
+    @final
     async def rewrite_field_payloads(
         self,
         tenant_id: UUID,
@@ -803,12 +830,10 @@ class ProfileStore(ABC):
             value, metadata = payload
             if not isinstance(metadata, dict):
                 raise errors.ValidationError("source_metadata must be a dict")
-            try:
-                check_json_value(value)
-                check_json_value(metadata)
-            except ValueError as exc:
-                raise errors.ValidationError(f"payload of field {field_id}: {exc}") from None
-            checked[check_uuid(field_id, "field_id")] = (value, metadata)
+            field_id = check_uuid(field_id, "field_id")
+            check_json_payload(value, f"payload of field {field_id}")
+            check_json_payload(metadata, f"payload of field {field_id}")
+            checked[field_id] = (value, metadata)
         if not checked:
             return 0
         return await self._rewrite_field_payloads(tenant_id, profile_id, checked)
@@ -928,7 +953,7 @@ class ProfileStore(ABC):
             seen.add(node.id)
             chain.append(node)
             next_id = node.source_item_id
-            next_type = _lineage_target(node.source_item_type)
+            next_type = lineage_target(node.source_item_type)
         chain.reverse()
         return chain
 
@@ -1053,7 +1078,7 @@ class ProfileStore(ABC):
         (any status, soft-deleted profile too), in one atomic step; return how many matched."""
 
 
-def _lineage_target(source_type: SourceType | None) -> ItemType | None:
+def lineage_target(source_type: SourceType | None) -> ItemType | None:
     """The item type a lineage link points at, or None when the chain ends there."""
     if source_type is SourceType.PROFILE_FIELD:
         return ItemType.PROFILE_FIELD
@@ -1062,14 +1087,23 @@ def _lineage_target(source_type: SourceType | None) -> ItemType | None:
     return None
 
 
-class ForwardingProfileStore(ProfileStore):
-    """A store that wraps another: every hook calls the inner store's public method.
+_lineage_target = lineage_target  # the former name
 
-    Wrappers (cache, encryption) subclass this and override what they change. Lifecycle is
-    forwarded too, so entering the outermost store sets up the whole stack.
+
+class ForwardingProfileStore(ProfileStore):
+    """A store that wraps another: every hook calls the *same hook* of the inner store.
+
+    Wrappers (cache, encryption) subclass this and override the hooks they change, calling
+    ``super()`` to reach the inner store; they never call the inner store's public methods
+    (that would re-run the checks, rules and presentation of the public layer) and rely on
+    nothing of it but its hooks and ``setup``, ``aclose``, ``now``, ``rules`` and
+    ``capabilities``. Lifecycle is forwarded too, so entering the outermost store sets up
+    the whole stack. The stack shares one clock and one set of rules: the inner store's.
     """
 
     def __init__(self, inner: ProfileStore) -> None:
+        if not isinstance(inner, ProfileStore):
+            raise TypeError(f"inner must be a ProfileStore, got {type(inner).__name__}")
         self.inner = inner
         self.capabilities = inner.capabilities
 
@@ -1094,92 +1128,86 @@ class ForwardingProfileStore(ProfileStore):
     async def _get_by_customer_id(
         self, tenant_id: UUID, customer_id: UUID, include_history: bool
     ) -> CustomerProfile | None:
-        return await self.inner.get_by_customer_id(
-            tenant_id, customer_id, include_history=include_history
-        )
+        return await self.inner._get_by_customer_id(tenant_id, customer_id, include_history)
 
     async def _get_by_id(
         self, tenant_id: UUID, profile_id: UUID, include_history: bool
     ) -> CustomerProfile | None:
-        return await self.inner.get_by_id(tenant_id, profile_id, include_history=include_history)
+        return await self.inner._get_by_id(tenant_id, profile_id, include_history)
 
     async def _get_by_channel_identity(
         self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
     ) -> CustomerProfile | None:
-        return await self.inner.get_by_channel_identity(
-            tenant_id, channel, channel_user_id, include_history=include_history
+        return await self.inner._get_by_channel_identity(
+            tenant_id, channel, channel_user_id, include_history
         )
 
     async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
-        # the inner store builds its own candidate: only the identity is forwarded
-        identity = candidate.channel_identities[0]
-        return await self.inner.get_or_create(tenant_id, identity.channel, identity.channel_user_id)
+        return await self.inner._get_or_create(tenant_id, candidate)
 
     async def _save(self, profile: CustomerProfile) -> UUID:
-        return await self.inner.save(profile)
+        return await self.inner._save(profile)
 
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
-        return await self.inner.delete(tenant_id, profile_id)
+        return await self.inner._delete(tenant_id, profile_id)
 
     async def _update_field(
         self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
     ) -> UUID:
-        return await self.inner.update_field(
-            tenant_id, profile_id, field, supersede_existing=supersede_existing
-        )
+        return await self.inner._update_field(tenant_id, profile_id, field, supersede_existing)
 
     async def _get_field(
         self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
     ) -> ProfileField | None:
-        # the inner store applies the expiry rule itself; ask it with the stored status
-        return await self.inner.get_field(tenant_id, profile_id, field_name, status=status)
+        return await self.inner._get_field(tenant_id, profile_id, field_name, status)
 
     async def _get_field_history(
         self, tenant_id: UUID, profile_id: UUID, field_name: str
     ) -> list[ProfileField]:
-        return await self.inner.get_field_history(tenant_id, profile_id, field_name)
+        return await self.inner._get_field_history(tenant_id, profile_id, field_name)
 
     async def _expire_stale_fields(
         self, tenant_id: UUID, profile_id: UUID | None, now: datetime
     ) -> int:
-        return await self.inner.expire_stale_fields(tenant_id, profile_id)
+        return await self.inner._expire_stale_fields(tenant_id, profile_id, now)
 
     async def _add_asset(
         self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
     ) -> UUID:
-        return await self.inner.add_asset(
-            tenant_id, profile_id, asset, supersede_existing=supersede_existing
-        )
+        return await self.inner._add_asset(tenant_id, profile_id, asset, supersede_existing)
 
     async def _get_asset(
         self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
     ) -> ProfileAsset | None:
-        return await self.inner.get_asset(tenant_id, profile_id, asset_id)
+        return await self.inner._get_asset(tenant_id, profile_id, asset_id)
 
     async def _get_asset_by_name(
         self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
     ) -> ProfileAsset | None:
-        return await self.inner.get_asset_by_name(tenant_id, profile_id, asset_name, status=status)
+        return await self.inner._get_asset_by_name(tenant_id, profile_id, asset_name, status)
 
     async def _get_derivation_chain(
         self, tenant_id: UUID, item_id: UUID, item_type: ItemType, max_depth: int
     ) -> list[LineageEntry]:
-        chain = await self.inner.get_derivation_chain(tenant_id, item_id, item_type.value)
-        return [LineageEntry.model_validate(entry) for entry in chain]
+        return await self.inner._get_derivation_chain(tenant_id, item_id, item_type, max_depth)
+
+    async def _get_lineage_node(
+        self, tenant_id: UUID, item_id: UUID, item_type: ItemType
+    ) -> LineageEntry | None:
+        return await self.inner._get_lineage_node(tenant_id, item_id, item_type)
 
     async def _get_derived_items(
         self, tenant_id: UUID, source_item_id: UUID
     ) -> tuple[list[ProfileField], list[ProfileAsset]]:
-        derived = await self.inner.get_derived_items(tenant_id, source_item_id)
-        return derived["fields"], derived["assets"]
+        return await self.inner._get_derived_items(tenant_id, source_item_id)
 
     async def _check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
-        return await self.inner.check_has_dependents(tenant_id, item_id)
+        return await self.inner._check_has_dependents(tenant_id, item_id)
 
     async def _link_channel(
         self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
     ) -> bool:
-        return await self.inner.link_channel(tenant_id, profile_id, identity)
+        return await self.inner._link_channel(tenant_id, profile_id, identity)
 
     async def _merge_profiles(
         self,
@@ -1188,67 +1216,61 @@ class ForwardingProfileStore(ProfileStore):
         target_profile_id: UUID,
         choose_winner: MergeWinner,
     ) -> None:
-        await self.inner.merge_profiles(tenant_id, source_profile_id, target_profile_id)
+        await self.inner._merge_profiles(
+            tenant_id, source_profile_id, target_profile_id, choose_winner
+        )
 
     async def _get_field_definitions(
         self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
     ) -> list[ProfileFieldDefinition]:
-        return await self.inner.get_field_definitions(
-            tenant_id, agent_id, enabled_only=enabled_only
-        )
+        return await self.inner._get_field_definitions(tenant_id, agent_id, enabled_only)
 
     async def _get_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
     ) -> ProfileFieldDefinition | None:
-        return await self.inner.get_field_definition(tenant_id, agent_id, field_name)
+        return await self.inner._get_field_definition(tenant_id, agent_id, field_name)
 
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
-        return await self.inner.save_field_definition(definition)
+        return await self.inner._save_field_definition(definition)
 
     async def _delete_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
     ) -> bool:
-        return await self.inner.delete_field_definition(tenant_id, agent_id, field_name)
+        return await self.inner._delete_field_definition(tenant_id, agent_id, field_name)
 
     async def _get_scenario_requirements(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> list[ScenarioFieldRequirement]:
-        return await self.inner.get_scenario_requirements(tenant_id, scenario_id, step_id=step_id)
+        return await self.inner._get_scenario_requirements(tenant_id, scenario_id, step_id)
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
-        return await self.inner.save_scenario_requirement(requirement)
+        return await self.inner._save_scenario_requirement(requirement)
 
     async def _delete_scenario_requirements(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> int:
-        return await self.inner.delete_scenario_requirements(
-            tenant_id, scenario_id, step_id=step_id
-        )
+        return await self.inner._delete_scenario_requirements(tenant_id, scenario_id, step_id)
 
     async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
-        return await self.inner.purge_profile(tenant_id, profile_id)
+        return await self.inner._purge_profile(tenant_id, profile_id)
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
-        try:
-            document = await self.inner.export_profile(tenant_id, profile_id)
-        except errors.NotFoundError:
-            return None
-        return CustomerProfile.model_validate(document["profile"])
+        return await self.inner._export_profile(tenant_id, profile_id)
 
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
-        return await self.inner.delete_item(tenant_id, item_id, item_type.value)
+        return await self.inner._delete_item(tenant_id, item_id, item_type)
 
     async def _mark_orphans(self, tenant_id: UUID) -> int:
-        return await self.inner.mark_orphans(tenant_id)
+        return await self.inner._mark_orphans(tenant_id)
 
     async def _list_tenant_ids(self) -> list[UUID]:
-        return await self.inner.list_tenant_ids()
+        return await self.inner._list_tenant_ids()
 
     async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
-        return await self.inner.count_items_by_status(tenant_id)
+        return await self.inner._count_items_by_status(tenant_id)
 
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
-        return await self.inner.list_profile_ids(tenant_id)
+        return await self.inner._list_profile_ids(tenant_id)
 
     async def _rewrite_field_payloads(
         self,
@@ -1256,4 +1278,4 @@ class ForwardingProfileStore(ProfileStore):
         profile_id: UUID,
         payloads: dict[UUID, tuple[Any, dict[str, Any]]],
     ) -> int:
-        return await self.inner.rewrite_field_payloads(tenant_id, profile_id, payloads)
+        return await self.inner._rewrite_field_payloads(tenant_id, profile_id, payloads)

@@ -1,0 +1,281 @@
+"""Argument checks of the public store methods: one rule for every provider and wrapper.
+
+Every public :class:`~ccvault.store.ProfileStore` method runs its arguments through these
+before anything is read or written; a bad argument raises
+:class:`~ccvault.errors.ValidationError`. Messages name the argument and the reason, never
+a stored value (values are often personal data).
+
+Edge values refused here, so that no backend ever sees them:
+
+* **Strings that cannot be encoded as UTF-8** (lone surrogates such as ``"\\ud800"``),
+  anywhere in a written model (values, nested JSON keys and values, names, metadata,
+  identities, definitions, requirements) or in a string argument.
+* **Timestamps** outside :data:`TIMESTAMP_MIN` .. :data:`TIMESTAMP_MAX` (UTC). Naive
+  timestamps are refused by the models already (every timestamp is timezone-aware UTC).
+
+A leaf module: it imports only :mod:`ccvault.errors` and :mod:`ccvault.models`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import pydantic
+
+from ccvault import errors
+from ccvault.models import (
+    Channel,
+    ItemStatus,
+    ItemType,
+    RequiredLevel,
+    check_json_value,
+    is_valid_field_name,
+)
+
+__all__ = [
+    "TIMESTAMP_MAX",
+    "TIMESTAMP_MIN",
+    "check_asset_name",
+    "check_bool",
+    "check_channel",
+    "check_channel_user_id",
+    "check_field_name",
+    "check_item_type",
+    "check_json_payload",
+    "check_model",
+    "check_optional_uuid",
+    "check_required_level",
+    "check_status",
+    "check_text",
+    "check_timestamp",
+    "check_uuid",
+    "check_written",
+]
+
+#: The earliest timestamp the vault stores (inclusive, UTC). Every provider must store and
+#: read back every timestamp in ``[TIMESTAMP_MIN, TIMESTAMP_MAX]`` exactly (to the
+#: microsecond, timezone-aware). One day inside Python's own range, so that converting an
+#: accepted value to any UTC offset can never overflow, and so that no backend maps it to
+#: a special value (asyncpg stores ``datetime.max`` in UTC as ``infinity`` and
+#: ``datetime.min`` as ``-infinity``, both read back naive).
+TIMESTAMP_MIN = datetime(1, 1, 2, tzinfo=UTC)
+#: The latest timestamp the vault stores (inclusive, UTC). See :data:`TIMESTAMP_MIN`.
+TIMESTAMP_MAX = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
+
+def check_uuid(value: object, what: str) -> UUID:
+    """``value`` as a UUID (a UUID or its string form), else a ValidationError naming ``what``."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise errors.ValidationError(f"{what} must be a UUID, got {_shown(value)}")
+
+
+def check_optional_uuid(value: object, what: str) -> UUID | None:
+    """As :func:`check_uuid`, with None allowed."""
+    return None if value is None else check_uuid(value, what)
+
+
+def check_bool(value: object, what: str) -> bool:
+    """``value`` if it is a bool (not merely truthy), else a ValidationError."""
+    if not isinstance(value, bool):
+        raise errors.ValidationError(f"{what} must be a bool, got {_shown(value)}")
+    return value
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it can be encoded as UTF-8, else a ValidationError (lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.ValidationError(
+            f"{what} holds a string that cannot be encoded as UTF-8 (a lone surrogate)"
+        ) from None
+    return value
+
+
+def check_timestamp(value: datetime, what: str) -> datetime:
+    """``value`` if timezone-aware and within [TIMESTAMP_MIN, TIMESTAMP_MAX], else a
+    ValidationError saying the supported range."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise errors.ValidationError(f"{what} must be timezone-aware")
+    try:
+        inside = TIMESTAMP_MIN <= value <= TIMESTAMP_MAX
+    except OverflowError:  # comparing converts to UTC, which may overflow at the edges
+        inside = False
+    if not inside:
+        raise errors.ValidationError(
+            f"{what} is outside the supported range {TIMESTAMP_MIN.isoformat()} .. "
+            f"{TIMESTAMP_MAX.isoformat()}"
+        )
+    return value
+
+
+def check_written(value: object, what: str) -> None:
+    """Refuse, anywhere inside ``value`` (a model, dict, list...), a string that cannot be
+    encoded as UTF-8 or a timestamp outside the supported range.
+
+    Messages name ``what`` and the model attribute, never the offending value or a key of
+    free-form JSON (either may be personal data).
+    """
+    if isinstance(value, pydantic.BaseModel):
+        for name, item in value.__dict__.items():
+            _walk(item, f"{what}.{name}")
+    else:
+        _walk(value, what)
+
+
+def _walk(value: object, where: str) -> None:
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, datetime):
+        check_timestamp(value, where)
+    elif isinstance(value, pydantic.BaseModel):
+        for name, item in value.__dict__.items():
+            _walk(item, f"{where}.{name}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str):
+                check_text(key, where)
+            _walk(item, where)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _walk(item, where)
+
+
+def check_model(cls: type[_M], value: object, what: str) -> _M:
+    """A validated private copy of ``value``, so later changes by the caller cannot leak in.
+
+    Beyond the model's own validation: every string must be encodable as UTF-8 and every
+    timestamp within the supported range (:func:`check_written`).
+    """
+    if not isinstance(value, cls):
+        raise errors.ValidationError(f"{what} must be a {cls.__name__}, got {type(value).__name__}")
+    try:
+        # warnings=False: a model built with model_construct may hold anything; validation
+        # below reports it as a ValidationError instead of a serializer warning
+        checked = cls.model_validate(value.model_dump(warnings=False))
+    except pydantic.ValidationError as exc:
+        raise errors.ValidationError(f"invalid {what}: {_describe(exc)}") from exc
+    except (OverflowError, UnicodeError):
+        # a timestamp whose conversion to UTC overflows, a string the serializer refuses
+        raise errors.ValidationError(f"invalid {what}: a value is out of range") from None
+    check_written(checked, what)
+    return checked
+
+
+def check_json_payload(value: Any, what: str) -> Any:
+    """``value`` if it is a JSON value whose strings are all encodable as UTF-8."""
+    try:
+        check_json_value(value)
+    except ValueError as exc:
+        raise errors.ValidationError(f"{what}: {exc}") from None
+    check_written(value, what)
+    return value
+
+
+def check_field_name(value: object, what: str = "field_name") -> str:
+    """``value`` if it is a valid field name (``^[a-z_][a-z0-9_]*$``, at most 50)."""
+    if not is_valid_field_name(value):
+        raise errors.ValidationError(
+            f"{what} must match ^[a-z_][a-z0-9_]*$ and be at most 50 characters, "
+            f"got {_shown(value)}"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def check_asset_name(value: object) -> str:
+    """``value`` if it is a valid asset name (as a field name, at most 100 characters)."""
+    if not (isinstance(value, str) and 0 < len(value) <= 100 and is_valid_field_name(value[:50])):
+        raise errors.ValidationError(f"asset_name is not a valid name: {_shown(value)}")
+    return value
+
+
+def check_channel(value: object) -> Channel:
+    """``value`` as a :class:`~ccvault.models.Channel`."""
+    try:
+        return Channel(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise errors.ValidationError(
+            f"channel must be one of {[c.value for c in Channel]}, got {_shown(value)}"
+        ) from None
+
+
+def check_channel_user_id(value: object) -> str:
+    """``value`` if it is a usable channel user id (1..255 characters, no control
+    characters, no surrounding blanks, encodable as UTF-8). Never echoed: it is personal
+    data (a phone number, an address)."""
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise errors.ValidationError(
+            f"channel_user_id must be a non-empty string of at most 255 characters, got "
+            f"{type(value).__name__}"
+        )
+    if any(ord(ch) < 32 for ch in value) or value != value.strip():
+        raise errors.ValidationError("channel_user_id must not hold control characters")
+    return check_text(value, "channel_user_id")
+
+
+def check_status(value: object) -> ItemStatus | None:
+    """``value`` as an :class:`~ccvault.models.ItemStatus`, or None."""
+    if value is None:
+        return None
+    try:
+        return ItemStatus(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise errors.ValidationError(
+            f"status must be an ItemStatus or None, got {_shown(value)}"
+        ) from None
+
+
+def check_item_type(value: object) -> ItemType:
+    """``value`` as an :class:`~ccvault.models.ItemType`."""
+    try:
+        return ItemType(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise errors.ValidationError(
+            f"item_type must be 'profile_field' or 'profile_asset', got {_shown(value)}"
+        ) from None
+
+
+def check_required_level(value: object) -> RequiredLevel | None:
+    """``value`` as a :class:`~ccvault.models.RequiredLevel`, or None (every level)."""
+    if value is None:
+        return None
+    try:
+        return RequiredLevel(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise errors.ValidationError(
+            f"required_level must be 'hard', 'soft' or None, got {_shown(value)}"
+        ) from None
+
+
+def _shown(value: object) -> str:
+    """A short, safe rendering of a bad argument: its repr when it is short and encodable,
+    else only its type."""
+    if isinstance(value, str | int | float | bool | UUID) or value is None:
+        text = repr(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return type(value).__name__
+        return text if len(text) <= 80 else f"{type(value).__name__} of length {len(text)}"
+    return type(value).__name__
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    """pydantic's problems without the offending input (it may be personal data)."""
+    problems = []
+    for problem in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in problem["loc"])
+        problems.append(f"{where}: {problem['msg']}" if where else problem["msg"])
+    return "; ".join(problems)

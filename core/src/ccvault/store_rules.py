@@ -1,0 +1,25 @@
+"""``StoreRules``: the ``[profile]`` settings that change what a store answers.
+
+A leaf module (it imports nothing from ``ccvault``), so that the store, the settings and the
+requirement evaluation can all depend on it without depending on each other. The name stays
+importable from :mod:`ccvault.store`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["StaleFieldAction", "StoreRules"]
+
+StaleFieldAction = Literal["warn", "block", "ignore"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRules:
+    """The `[profile]` settings that change what a store answers."""
+
+    max_derivation_chain_depth: int = 10
+    default_freshness_seconds: int = 0
+    stale_field_action: StaleFieldAction = "warn"
+    lineage_tracking_enabled: bool = True

@@ -1,0 +1,229 @@
+"""Wrappers forward hook to hook: only the outermost public layer checks, applies the rules
+and presents; side effects of the public layer happen once per call; public methods are
+final."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+from redis.asyncio import Redis
+
+from ccvault import metrics
+from ccvault import store as store_module
+from ccvault.cache import CachedProfileStore
+from ccvault.crypto import EncryptedProfileStore, Keyring, generate_key_entry
+from ccvault.models import (
+    Channel,
+    ItemStatus,
+    ProfileField,
+    ProfileFieldDefinition,
+    ScenarioFieldRequirement,
+    SourceType,
+    utcnow,
+)
+from ccvault.store import ForwardingProfileStore, ProfileStore, final_methods
+from ccvault_inmemory import InMemoryProfileStore
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class HookCounter(ForwardingProfileStore):
+    """The provider seen from the wrappers: counts every hook call that reaches it."""
+
+    def __init__(self, inner: ProfileStore) -> None:
+        super().__init__(inner)
+        self.calls: Counter[str] = Counter()
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name.startswith("_") and not name.startswith("__") and callable(attribute):
+            hooks = vars(ProfileStore)
+            if name in hooks and name != "__init__":
+                super().__getattribute__("calls")[name] += 1
+        return attribute
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[tuple[EncryptedProfileStore, HookCounter]]:
+    client = Redis.from_url(REDIS_URL)
+    prefix = f"ccvault-test:{uuid.uuid4().hex}:"
+    counter = HookCounter(InMemoryProfileStore())
+    cached = CachedProfileStore(counter, client, key_prefix=prefix)
+    encrypted = EncryptedProfileStore(
+        cached, Keyring.parse(generate_key_entry("k1")), encrypt_all=True
+    )
+    async with encrypted:
+        yield encrypted, counter
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often the public layer's argument check of models and its presentation run."""
+    seen: Counter[str] = Counter()
+
+    def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            seen[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("_model", "present_profile", "present_field"):
+        monkeypatch.setattr(store_module, name, counting(name, getattr(store_module, name)))
+    return seen
+
+
+def _chain_observations(tenant: UUID) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "profile_derivation_chain_depth_count", {"tenant_id": str(tenant)}
+    )
+    return value or 0.0
+
+
+async def test_each_public_call_checks_and_presents_once_through_cache_and_encryption(
+    stack: tuple[EncryptedProfileStore, HookCounter], counted: Counter[str]
+) -> None:
+    store, _ = stack
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WEB, "user-1")
+    assert counted["present_profile"] == 1
+
+    counted.clear()
+    await store.update_field(tenant, profile.id, ProfileField(name="email", value="a@b.c"))
+    assert counted["_model"] == 1  # the field is checked and copied once, not once per layer
+
+    counted.clear()
+    found = await store.get_by_id(tenant, profile.id)
+    assert found is not None and found.fields["email"].value == "a@b.c"
+    assert counted["present_profile"] == 1
+
+    counted.clear()
+    item = await store.get_field(tenant, profile.id, "email")
+    assert item is not None and item.value == "a@b.c"
+    assert counted["present_field"] == 1
+
+    counted.clear()
+    history = await store.get_field_history(tenant, profile.id, "email")
+    assert len(history) == 1 and counted["present_field"] == 1
+
+
+async def test_the_overdue_sweep_of_a_non_superseding_write_runs_once(
+    stack: tuple[EncryptedProfileStore, HookCounter],
+) -> None:
+    store, provider = stack
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WEB, "user-2")
+    past = utcnow() - timedelta(seconds=5)
+    await store.update_field(
+        tenant, profile.id, ProfileField(name="code", value="1", expires_at=past)
+    )
+    provider.calls.clear()
+    await store.update_field(
+        tenant, profile.id, ProfileField(name="code", value="2"), supersede_existing=False
+    )
+    assert provider.calls["_expire_stale_fields"] == 1
+    assert provider.calls["_update_field"] == 1
+    expired = await store.get_field(tenant, profile.id, "code", status=ItemStatus.EXPIRED)
+    assert expired is not None and expired.value == "1"
+
+
+async def test_a_derivation_chain_is_observed_once_per_call(
+    stack: tuple[EncryptedProfileStore, HookCounter],
+) -> None:
+    store, provider = stack
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WEB, "user-3")
+    root = ProfileField(name="scan", value="x", source_item_type=SourceType.SESSION)
+    await store.update_field(tenant, profile.id, root)
+    child = ProfileField(
+        name="dob",
+        value="2000-01-01",
+        source_item_id=root.id,
+        source_item_type=SourceType.PROFILE_FIELD,
+    )
+    await store.update_field(tenant, profile.id, child)
+    before = _chain_observations(tenant)
+    for _ in range(2):  # a miss, then a hit in the cache: one observation each
+        chain = await store.get_derivation_chain(tenant, child.id, "profile_field")
+        assert [entry["id"] for entry in chain] == [root.id, child.id]
+    assert _chain_observations(tenant) == before + 2
+    assert provider.calls["_get_derivation_chain"] == 1  # the second came from Redis
+
+
+async def test_wrappers_reach_the_provider_through_hooks_only(
+    stack: tuple[EncryptedProfileStore, HookCounter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No layer below the outermost runs a public method: a call would show up here."""
+    store, _ = stack
+    layers: list[str] = []
+    for name in sorted(final_methods()):
+        real = getattr(ProfileStore, name)
+
+        def spy(self: ProfileStore, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            layers.append(type(self).__name__)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(ProfileStore, name, spy)
+    tenant, agent, scenario = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.SMS, "+4915112345678")
+    await store.update_field(tenant, profile.id, ProfileField(name="email", value="a@b.c"))
+    await store.save_field_definition(
+        ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name="email", is_pii=True)
+    )
+    await store.save_scenario_requirement(
+        ScenarioFieldRequirement(
+            tenant_id=tenant, agent_id=agent, scenario_id=scenario, field_name="phone"
+        )
+    )
+    found = await store.get_by_id(tenant, profile.id)
+    assert found is not None
+    await store.get_missing_fields(tenant, found, scenario)
+    await store.export_profile(tenant, profile.id)
+    await store.expire_stale_fields(tenant)
+    assert set(layers) == {"EncryptedProfileStore"}
+
+
+def test_overriding_a_public_method_is_refused_at_class_creation() -> None:
+    with pytest.raises(TypeError, match=r"get_by_id\(\).*final.*_get_by_id\(\)"):
+
+        class Sneaky(InMemoryProfileStore):
+            async def get_by_id(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                return None
+
+    with pytest.raises(TypeError, match=r"get_missing_fields\(\).*hooks it uses"):
+
+        class Sneakier(ForwardingProfileStore):
+            async def get_missing_fields(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                return []
+
+
+def test_every_public_data_method_is_final() -> None:
+    public = {
+        name
+        for name, member in vars(ProfileStore).items()
+        if not name.startswith("_") and callable(member)
+    }
+    # lifecycle and the clock stay overridable: providers open pools, tests set the time
+    assert public - final_methods() == {"setup", "aclose", "now"}
+    for name in final_methods():
+        assert getattr(getattr(ProfileStore, name), "__final__", False)
+
+
+def test_the_forwarding_store_forwards_every_hook() -> None:
+    hooks = {
+        name
+        for name, member in vars(ProfileStore).items()
+        if name.startswith("_") and not name.startswith("__") and callable(member)
+    }
+    assert hooks <= set(vars(ForwardingProfileStore)), hooks - set(vars(ForwardingProfileStore))
+    assert not ForwardingProfileStore.__abstractmethods__
