@@ -333,7 +333,7 @@ async def test_adapter_sends_a_chat_completion_and_reads_the_answer(llm: FakeLLM
     assert body["messages"][0]["role"] == "system"
     prompt = body["messages"][1]["content"]
     assert "date_of_birth" in prompt and "YYYY-MM-DD" in prompt and "birthday" in prompt
-    assert "user: I was born on the twelfth of March, 1990." in prompt
+    assert '{"speaker": "customer", "text": "I was born on the twelfth of March, 1990."}' in prompt
     assert llm.headers[0]["Authorization"] == "Bearer sk-test"
 
 

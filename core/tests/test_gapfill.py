@@ -358,7 +358,8 @@ async def test_persist_validates_first_and_writes_nothing_invalid(world: World) 
     service = GapFillService(
         world.store, validator=SchemaValidationService(world.store, strict=True)
     )
-    session = world.session()
+    # a SESSION result is written only when the session really holds the value
+    session = world.session(age=41)
     from ccvault.models import GapFillResult
 
     good = GapFillResult(field_name="age", filled=True, value=41, source=GapFillSource.SESSION)

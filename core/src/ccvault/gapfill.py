@@ -19,9 +19,13 @@ those this process tried to fill (``scenario_id="none"`` outside a scenario).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Self
 from uuid import UUID
 
@@ -118,6 +122,34 @@ def _json_type(value: JsonValue) -> str:
     if isinstance(value, (dict, list)):
         return FieldValueType.JSON.value
     return FieldValueType.STRING.value
+
+
+@dataclass(frozen=True)
+class _Provenance:
+    """How the service itself obtained a value: what a written version records. Never
+    taken from a caller's :class:`GapFillResult`."""
+
+    source: ProfileFieldSource
+    confidence: float
+    metadata: dict[str, JsonValue] = dataclasses.field(default_factory=dict)
+
+    @property
+    def quote(self) -> str | None:
+        quote = self.metadata.get("quote")
+        return quote if isinstance(quote, str) else None
+
+
+#: How many values found by one service are remembered for :meth:`persist_extracted_values`.
+_MAX_PROVENANCE = 10_000
+_PLACEHOLDER = _Provenance(ProfileFieldSource.SYSTEM_INFERRED, 0.0)
+NOT_FOUND_BY_SERVICE = (
+    "not written: this value was not found in the session by the gap-fill service "
+    "(a session variable or an extraction from the customer's turns)"
+)
+
+
+def _value_key(value: JsonValue) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _check_name(field_name: object) -> str:
@@ -218,6 +250,11 @@ class GapFillService:
         self.min_confidence = min_confidence
         self.confirm_confidence = confirm_confidence
         self.max_turns = max_turns
+        # values this service found, with how it found them (bounded, oldest dropped)
+        self._provenance: OrderedDict[tuple[UUID, UUID, UUID, str, str], _Provenance] = (
+            OrderedDict()
+        )
+        self._provenance_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -347,21 +384,18 @@ class GapFillService:
         if problems:
             result.validation_errors = problems
             return result
+        provenance = self._session_provenance(session, field_name)
+        self._remember(session, field_name, value, provenance)
         return GapFillResult(
             field_name=field_name,
             filled=True,
             value=value,
             source=GapFillSource.SESSION,
-            confidence=1.0,
+            confidence=provenance.confidence,
             field_definition=definition,
             source_item_id=session.session_id,
             source_item_type=SourceType.SESSION,
-            source_metadata={
-                "session_id": str(session.session_id),
-                "extraction_method": SESSION_VARIABLE_METHOD,
-                "quote": None,
-                "variable": field_name,
-            },
+            source_metadata=dict(provenance.metadata),
         )
 
     async def try_conversation_extraction(
@@ -422,6 +456,9 @@ class GapFillService:
         definition: ProfileFieldDefinition | None,
         extraction: Extraction,
     ) -> GapFillResult:
+        self._remember(
+            session, field_name, extraction.value, self._extraction_provenance(session, extraction)
+        )
         return GapFillResult(
             field_name=field_name,
             filled=True,
@@ -535,20 +572,30 @@ class GapFillService:
     ) -> dict[str, UUID]:
         """Write the values found in the session (variables or extraction) to the profile.
 
-        Every value is validated first (all of them, before the first write); one that fails
-        is not written, and its result becomes unfilled with the ``validation_errors``.
+        Only what the stored definitions allow is written, with what the service itself
+        knows about each value: every value is validated against the agent's definition
+        *loaded from the store* (a definition inside a result is ignored), and its source,
+        confidence, quote and method are the ones this service recorded when it found the
+        value in this session (:meth:`try_session_fill`, :meth:`try_conversation_extraction`)
+        — a result's own ``confidence``, ``source_metadata`` and ``extraction_quote`` are
+        ignored. A value the service did not find (another process found it, or the caller
+        made it up) is looked up again: a session variable must hold it, or the extractor
+        must find it again in the session's turns at ``min_confidence``; otherwise it is
+        not written. All checks run before the first write; a value that fails one is not
+        written, and its result becomes unfilled with the reason in ``validation_errors``.
+
         Each written version supersedes the ACTIVE one, with ``source_item_type=session``,
         ``source_item_id`` = the session id, ``source_metadata`` holding the session id,
-        the extraction method and the quote, its confidence, and ``requires_confirmation``
-        when below ``confirm_confidence``. Results from the profile are not rewritten.
-        Returns field name -> id of the new version. Bad arguments raise
-        :class:`~ccvault.errors.ValidationError` before anything is written.
+        the extraction method and the quote, the service's confidence, and
+        ``requires_confirmation`` when below ``confirm_confidence``. Results from the
+        profile are not rewritten. Returns field name -> id of the new version. Bad
+        arguments raise :class:`~ccvault.errors.ValidationError` before anything is written.
         """
         session = _check_session(session)
         items = _check_results(results)
         scenario_id = check_optional_uuid(scenario_id, "scenario_id")
         step_id = check_optional_uuid(step_id, "step_id")
-        definitions = await self._definitions(session)
+        definitions = await self._definitions(session)  # the stored ones, never the caller's
         pending: list[tuple[GapFillResult, ProfileField]] = []
         for result in items:
             if not result.filled or result.source not in (
@@ -556,18 +603,39 @@ class GapFillService:
                 GapFillSource.EXTRACTION,
             ):
                 continue
-            definition = result.field_definition or definitions.get(result.field_name)
-            field = self._field_for(session, result, definition, scenario_id, step_id)
-            known = definitions if definition is None else {**definitions, field.name: definition}
+            definition = definitions.get(result.field_name)
             try:
                 await self.validator.validate_and_raise(
-                    session.tenant_id, session.agent_id, field, definitions=known
+                    session.tenant_id,
+                    session.agent_id,
+                    self._field_for(
+                        session, result, definition, _PLACEHOLDER, scenario_id, step_id
+                    ),
+                    definitions=definitions,
                 )
             except errors.SchemaValidationError as exc:
                 result.filled = False
                 result.validation_errors = list(exc.errors)
                 continue
-            pending.append((result, field))
+            provenance = self._recall(session, result.field_name, result.value)
+            if provenance is None:
+                provenance = await self._derive(session, result, definitions)
+            if provenance is None:
+                result.filled = False
+                result.validation_errors = [NOT_FOUND_BY_SERVICE]
+                continue
+            # the result now tells what will be recorded
+            result.confidence = provenance.confidence
+            result.needs_confirmation = provenance.confidence < self.confirm_confidence
+            result.extraction_quote = provenance.quote
+            result.source_metadata = dict(provenance.metadata)
+            result.field_definition = definition
+            pending.append(
+                (
+                    result,
+                    self._field_for(session, result, definition, provenance, scenario_id, step_id),
+                )
+            )
         written: dict[str, UUID] = {}
         for result, field in pending:
             written[result.field_name] = await self.store.update_field(
@@ -575,42 +643,118 @@ class GapFillService:
             )
         return written
 
+    # -- where a value came from -------------------------------------------------------------
+
+    @staticmethod
+    def _session_provenance(session: Session, field_name: str) -> _Provenance:
+        # session variables are set by the platform (tools, forms): confidence 1.0
+        return _Provenance(
+            ProfileFieldSource.SYSTEM_INFERRED,
+            1.0,
+            {
+                "session_id": str(session.session_id),
+                "extraction_method": SESSION_VARIABLE_METHOD,
+                "quote": None,
+                "variable": field_name,
+            },
+        )
+
+    @staticmethod
+    def _extraction_provenance(session: Session, extraction: Extraction) -> _Provenance:
+        return _Provenance(
+            extraction.source,
+            extraction.confidence,
+            {
+                "session_id": str(session.session_id),
+                "extraction_method": extraction.method,
+                "quote": extraction.quote,
+                "source": extraction.source.value,
+            },
+        )
+
+    @staticmethod
+    def _provenance_key(
+        session: Session, field_name: str, value: JsonValue
+    ) -> tuple[UUID, UUID, UUID, str, str]:
+        return (
+            session.tenant_id,
+            session.customer_profile_id,
+            session.session_id,
+            field_name,
+            _value_key(value),
+        )
+
+    def _remember(
+        self, session: Session, field_name: str, value: JsonValue, provenance: _Provenance
+    ) -> None:
+        key = self._provenance_key(session, field_name, value)
+        with self._provenance_lock:
+            self._provenance[key] = provenance
+            self._provenance.move_to_end(key)
+            while len(self._provenance) > _MAX_PROVENANCE:
+                self._provenance.popitem(last=False)
+
+    def _recall(self, session: Session, field_name: str, value: JsonValue) -> _Provenance | None:
+        key = self._provenance_key(session, field_name, value)
+        with self._provenance_lock:
+            return self._provenance.get(key)
+
+    async def _derive(
+        self,
+        session: Session,
+        result: GapFillResult,
+        definitions: Mapping[str, ProfileFieldDefinition],
+    ) -> _Provenance | None:
+        """Find ``result``'s value again in the session, the way the service would."""
+        wanted = _value_key(result.value)
+        if result.source is GapFillSource.SESSION:
+            variable = session.variables.get(result.field_name)
+            if variable is None or _value_key(variable) != wanted:
+                return None
+            return self._session_provenance(session, result.field_name)
+        turns = session.turns[-self.max_turns :]
+        if not turns:
+            return None
+        request = ExtractionRequest.for_field(result.field_name, definitions.get(result.field_name))
+        try:
+            extraction = await self.extractor.extract(request, turns)
+        except ExtractionError as exc:
+            logger.warning("re-extraction of %s failed: %s", result.field_name, exc)
+            return None
+        if (
+            extraction is None
+            or extraction.confidence < self.min_confidence
+            or _value_key(extraction.value) != wanted
+        ):
+            return None
+        provenance = self._extraction_provenance(session, extraction)
+        self._remember(session, result.field_name, extraction.value, provenance)
+        return provenance
+
     def _field_for(
         self,
         session: Session,
         result: GapFillResult,
         definition: ProfileFieldDefinition | None,
+        provenance: _Provenance,
         scenario_id: UUID | None,
         step_id: UUID | None,
     ) -> ProfileField:
-        confidence = 1.0 if result.confidence is None else result.confidence
-        method = result.source_metadata.get("extraction_method")
-        try:
-            # the extractor said how it obtained the value (offline patterns, an LLM...)
-            how = ProfileFieldSource(str(result.source_metadata.get("source")))
-        except ValueError:
-            how = ProfileFieldSource.SYSTEM_INFERRED
-        metadata = {
-            "session_id": str(session.session_id),
-            "extraction_method": method if isinstance(method, str) else SESSION_VARIABLE_METHOD,
-            "quote": result.extraction_quote,
-            **{k: v for k, v in result.source_metadata.items() if k not in {"session_id"}},
-        }
         return ProfileField(
             name=result.field_name,
             value=result.value,
             value_type=(
                 definition.value_type.value if definition is not None else _json_type(result.value)
             ),
-            source=how,
+            source=provenance.source,
             source_session_id=session.session_id,
             source_scenario_id=scenario_id,
             source_step_id=step_id,
             source_item_id=session.session_id,
             source_item_type=SourceType.SESSION,
-            source_metadata=metadata,
-            confidence=confidence,
-            requires_confirmation=confidence < self.confirm_confidence,
+            source_metadata=dict(provenance.metadata),
+            confidence=provenance.confidence,
+            requires_confirmation=provenance.confidence < self.confirm_confidence,
             field_definition_id=definition.id if definition is not None else None,
         )
 
