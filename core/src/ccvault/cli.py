@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -31,6 +33,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ccvault import errors
 from ccvault.models import Channel, CustomerProfile
@@ -45,8 +48,49 @@ EMBEDDED_CONFIG = Path("config/embedded.toml")
 _T = TypeVar("_T")
 
 
+# Control characters (C0, DEL, C1: terminal escape sequences), invisible and bidi-override
+# characters: customer strings never reach the operator's terminal with them
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+# the same, inside JSON text: C0 is already escaped by the encoder (raw ones are layout)
+_UNSAFE_IN_JSON = re.compile(
+    "[\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _safe(value: object) -> str:
+    """``value`` as text with every control or invisible character shown as an escape."""
+    return _UNSAFE.sub(_escape_char, str(value))
+
+
+def _safe_json(text: str) -> str:
+    """JSON text with the same characters as JSON ``\\uXXXX`` escapes (the same JSON)."""
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _cell(value: object) -> Text:
+    """A table cell or line: plain text, never rich markup, never a control character."""
+    return Text(_safe(value))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600, also when the file
+    existed with a wider mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        if hasattr(os, "fchmod"):
+            os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _safe(" ".join(str(exc).split()))
     return text or type(exc).__name__
 
 
@@ -124,7 +168,8 @@ class _UUIDType(click.ParamType[UUID, Any]):
         try:
             return UUID(str(value))
         except ValueError:
-            self.fail(f"{value!r} is not a UUID", param, ctx)
+            # the value is not echoed: a mistyped argument may be personal data
+            self.fail("not a UUID", param, ctx)
 
 
 UUID_TYPE = _UUIDType()
@@ -331,13 +376,14 @@ def profile_show(
 
     found = _run(_with_store(settings, work))
     if as_json:
-        click.echo(found.model_dump_json(indent=2))
+        click.echo(_safe_json(found.model_dump_json(indent=2)))
         return
+    # customer strings are Text (never markup) with control characters escaped
     console = _out_console()
-    console.print(f"[bold]profile[/bold] {found.id}  customer {found.customer_id}")
+    console.print(Text.assemble(("profile", "bold"), f" {found.id}  customer {found.customer_id}"))
     for identity in found.channel_identities:
         mark = " (primary)" if identity.primary else ""
-        console.print(f"  {identity.channel.value}: {identity.channel_user_id}{mark}")
+        console.print(_cell(f"  {identity.channel.value}: {identity.channel_user_id}{mark}"))
     table = Table("field", "value", "status", "source", "verified", "collected_at")
     rows = (
         [v for versions in found.field_history.values() for v in versions]
@@ -346,16 +392,16 @@ def profile_show(
     )
     for item in rows:
         table.add_row(
-            item.name,
-            json.dumps(item.value, ensure_ascii=False),
-            item.status.value,
-            item.source.value,
-            "yes" if item.verified else "no",
-            item.collected_at.isoformat(timespec="seconds"),
+            _cell(item.name),
+            _cell(json.dumps(item.value, ensure_ascii=False)),
+            _cell(item.status.value),
+            _cell(item.source.value),
+            _cell("yes" if item.verified else "no"),
+            _cell(item.collected_at.isoformat(timespec="seconds")),
         )
     console.print(table)
     for asset in found.assets:
-        console.print(f"  asset {asset.name} ({asset.asset_type}) {asset.storage_path}")
+        console.print(_cell(f"  asset {asset.name} ({asset.asset_type}) {asset.storage_path}"))
 
 
 @profile.command("export")
@@ -389,11 +435,11 @@ def profile_export(
         return await store.export_profile(tenant, target)
 
     document = _run(_with_store(settings, work))
-    text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True)
+    text = _safe_json(json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True))
     if output is None:
         click.echo(text)
     else:
-        output.write_text(text + "\n", encoding="utf-8")
+        _write_private(output, text + "\n")  # personal data: mode 0600
         click.echo(f"exported profile {document['profile']['id']} to {output}", err=True)
 
 
@@ -584,6 +630,26 @@ def rotate_keys(ctx: click.Context, tenant: tuple[UUID, ...]) -> None:
     click.echo(
         f"re-encrypted {rewritten} field version(s) in {profiles} profile(s) under key {current!r}"
     )
+
+
+def _register_server_commands() -> None:
+    # serve, apikey, mcp: bodies in ccvault.server.commands (the web stack loads on use)
+    from ccvault.server.commands import register
+
+    register(cli)
+
+
+_register_server_commands()
+
+
+def _register_eval_commands() -> None:
+    # eval sgd: body in ccvault.evaluation.command
+    from ccvault.evaluation.command import eval_group
+
+    cli.add_command(eval_group)
+
+
+_register_eval_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,71 @@
+"""Operator calls within the key's tenant: hard delete, sweeps, counts, payload rewrites."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
+from ccvault.models import ItemType
+from ccvault.server.deps import Admin, Reader, Store, Writer
+from ccvault.server.schemas import Count, Deleted, ItemCounts, RewriteRequest
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+class ExpireRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: omitted: every profile of the tenant
+    profile_id: UUID | None = None
+
+
+@router.delete("/items/{item_type}/{item_id}")
+async def delete_item(item_type: ItemType, item_id: UUID, caller: Admin, store: Store) -> Deleted:
+    """Hard-delete one field version or asset (409 while ACTIVE items derive from it)."""
+    return Deleted(deleted=await store.delete_item(caller.tenant_id, item_id, item_type.value))
+
+
+@router.post("/operations/expire-stale")
+async def expire_stale_fields(body: ExpireRequest, caller: Writer, store: Store) -> Count:
+    """Mark every ACTIVE field past expires_at EXPIRED (one profile or the whole tenant)."""
+    return Count(count=await store.expire_stale_fields(caller.tenant_id, body.profile_id))
+
+
+@router.post("/operations/mark-orphans")
+async def mark_orphans(caller: Admin, store: Store) -> Count:
+    """Mark ORPHANED every item whose source field or asset no longer exists."""
+    return Count(count=await store.mark_orphans(caller.tenant_id))
+
+
+@router.get("/operations/counts")
+async def count_items_by_status(caller: Reader, store: Store) -> ItemCounts:
+    """How many field versions and assets the tenant holds in each status."""
+    return ItemCounts.model_validate(await store.count_items_by_status(caller.tenant_id))
+
+
+@router.get("/operations/profile-ids")
+async def list_profile_ids(caller: Admin, store: Store) -> list[UUID]:
+    """Every profile id of the tenant, live or soft-deleted (for operator sweeps)."""
+    return await store.list_profile_ids(caller.tenant_id)
+
+
+@router.get("/operations/tenants")
+async def list_tenant_ids(caller: Admin, store: Store) -> list[UUID]:
+    """The tenants this key can see that hold a profile: its own, or none."""
+    return [caller.tenant_id] if await store.list_profile_ids(caller.tenant_id) else []
+
+
+@router.post("/profiles/{profile_id}/rewrite-payloads")
+async def rewrite_field_payloads(
+    profile_id: UUID, body: RewriteRequest, caller: Admin, store: Store
+) -> Count:
+    """Overwrite in place value and source_metadata of existing versions (key rotation)."""
+    payloads: dict[UUID, tuple[Any, dict[str, Any]]] = {
+        item.field_id: (item.value, item.source_metadata) for item in body.payloads
+    }
+    return Count(count=await store.rewrite_field_payloads(caller.tenant_id, profile_id, payloads))

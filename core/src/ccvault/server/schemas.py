@@ -1,0 +1,162 @@
+"""Request and response bodies of the HTTP API that are not vault models themselves."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ccvault.models import (
+    Channel,
+    GapFillResult,
+    ItemStatus,
+    ItemType,
+    JsonValue,
+    ProfileAsset,
+    ProfileField,
+    RequiredLevel,
+    Session,
+)
+
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+__all__ = [
+    "Count",
+    "Deleted",
+    "DerivedItems",
+    "GapFillRequest",
+    "GapFillResponse",
+    "HasDependents",
+    "Health",
+    "IdentityLookup",
+    "ItemCounts",
+    "LineageStep",
+    "Linked",
+    "MergeRequest",
+    "MissingFieldsRequest",
+    "PayloadRewrite",
+    "RewriteRequest",
+    "Saved",
+    "StatusFilter",
+    "VerifyRequest",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StatusFilter(StrEnum):
+    """A status to read, or ``any``."""
+
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    EXPIRED = "expired"
+    ORPHANED = "orphaned"
+    ANY = "any"
+
+    def status(self) -> ItemStatus | None:
+        return None if self is StatusFilter.ANY else ItemStatus(self.value)
+
+
+class Saved(_Body):
+    """The id of what was written."""
+
+    id: UUID
+
+
+class Deleted(_Body):
+    deleted: bool
+
+
+class Linked(_Body):
+    """True when the identity was newly linked, False when the profile already had it."""
+
+    linked: bool
+
+
+class Count(_Body):
+    count: int
+
+
+class HasDependents(_Body):
+    has_dependents: bool
+
+
+class Health(_Body):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class IdentityLookup(_Body):
+    """A channel identity, sent in the body so it never appears in a URL or an access log."""
+
+    channel: Channel
+    channel_user_id: ShortText
+    include_history: bool = False
+
+
+class MergeRequest(_Body):
+    source_profile_id: UUID
+    target_profile_id: UUID
+
+
+class VerifyRequest(_Body):
+    """Mark the ACTIVE version verified: a new version with the same value, verified."""
+
+    verification_method: ShortText
+    verified_by: ShortText | None = None
+
+
+class MissingFieldsRequest(_Body):
+    scenario_id: UUID
+    step_id: UUID | None = None
+    #: ``null``: every level
+    required_level: RequiredLevel | None = RequiredLevel.HARD
+
+
+class GapFillRequest(_Body):
+    """Fill a scenario's unmet requirements from the session's variables and conversation."""
+
+    session: Session
+    scenario_id: UUID
+    step_id: UUID | None = None
+    required_level: RequiredLevel | None = None
+    persist: bool = True
+
+
+class GapFillResponse(_Body):
+    results: list[GapFillResult]
+    #: True when a ``block`` requirement is still unmet: the scenario cannot proceed
+    blocked: bool
+
+
+class LineageStep(_Body):
+    """One item of a derivation chain (root first, the item itself last)."""
+
+    id: UUID
+    type: ItemType
+    name: str
+    source_metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class DerivedItems(_Body):
+    fields: list[ProfileField]
+    assets: list[ProfileAsset]
+
+
+class ItemCounts(_Body):
+    fields: dict[str, int]
+    assets: dict[str, int]
+
+
+class PayloadRewrite(_Body):
+    field_id: UUID
+    value: JsonValue
+    source_metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class RewriteRequest(_Body):
+    payloads: list[PayloadRewrite] = Field(max_length=10_000)
