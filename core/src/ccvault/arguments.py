@@ -77,7 +77,7 @@ def check_uuid(value: object, what: str) -> UUID:
             return UUID(value)
         except ValueError:
             pass
-    raise errors.ValidationError(f"{what} must be a UUID, got {_shown(value)}")
+    raise errors.ValidationError(f"{what} must be a UUID, got a {type(value).__name__}")
 
 
 def check_optional_uuid(value: object, what: str) -> UUID | None:
