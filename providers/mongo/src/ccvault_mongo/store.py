@@ -1157,8 +1157,7 @@ class MongoProfileStore(ProfileStore):
                 return False
             if not await self._release_if_stale(tenant_id, owner):
                 raise errors.IdentityConflictError(
-                    f"identity {identity.channel.value}:{identity.channel_user_id} belongs to "
-                    "another profile"
+                    f"a {identity.channel.value} identity belongs to another profile"
                 )
         raise errors.ConflictError("link_channel lost too many races; retry")
 

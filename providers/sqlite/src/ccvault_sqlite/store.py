@@ -878,8 +878,7 @@ class SqliteProfileStore(ProfileStore):
                 if rows[0][0] == profile:
                     return False
                 raise errors.IdentityConflictError(
-                    f"identity {identity.channel.value}:{identity.channel_user_id} belongs to "
-                    "another live profile"
+                    f"a {identity.channel.value} identity belongs to another live profile"
                 )
             position = await self._next_position(conn, "channel_identities", tenant, profile)
             await conn.execute(
