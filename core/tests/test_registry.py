@@ -17,10 +17,17 @@ from ccvault.models import Channel
 
 def test_builtin_providers_are_found_by_entry_point() -> None:
     installed = registry.installed_providers()
-    for name, dist in registry.KNOWN_PROVIDERS.items():
+    for name in ("inmemory", "sqlite", "postgres", "mongo"):
         assert name in installed
-        assert installed[name].distribution == dist
+        # the convention the install hint relies on: provider NAME ships as ccvault-NAME
+        assert installed[name].distribution == f"{registry.DISTRIBUTION_PREFIX}{name}"
         assert installed[name].version
+
+
+def test_core_holds_no_table_of_provider_names() -> None:
+    assert not hasattr(registry, "KNOWN_PROVIDERS")
+    with pytest.raises(errors.ProviderNotFoundError, match=r"pip install ccvault-nosuchstore"):
+        registry.load_provider("nosuchstore")
 
 
 def test_listing_imports_no_provider_module() -> None:

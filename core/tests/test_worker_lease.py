@@ -1,45 +1,26 @@
-"""Worker leases without Redis: the PostgreSQL advisory-lock lease (on the real server),
-the ``auto`` choice per provider, and a worker that loses its claim mid-tenant."""
+"""Worker leases without Redis: the ``auto`` choice per provider (asked of the provider's
+spec and the ``ccvault_worker_lease`` hook: core names no provider), a lease a plugin
+contributes, and a worker that loses its claim mid-tenant. The PostgreSQL advisory-lock
+lease is tested with its provider (providers/postgres/tests/test_lease.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from uuid import UUID, uuid4
 
-import asyncpg
 import pytest
+from pydantic import BaseModel
 
 import ccvault
 from ccvault import errors
-from ccvault.models import Channel, ProfileField, utcnow
+from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault.models import Channel
+from ccvault.registry import register_provider
 from ccvault.settings import VaultSettings
-from ccvault.worker import (
-    FileTenantLease,
-    PostgresAdvisoryLease,
-    RedisTenantLease,
-    Worker,
-    lease_from_settings,
-)
+from ccvault.store import ProfileStore
+from ccvault.store_rules import StoreRules
+from ccvault.worker import FileTenantLease, RedisTenantLease, Worker, lease_from_settings
 from ccvault_inmemory import InMemoryProfileStore
-
-DSN = os.environ.get("CCVAULT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@pytest.fixture
-def namespace() -> str:
-    """Lock keys of this test's own (a vault schema name no other test uses)."""
-    return f"t_lease_{uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def leases(namespace: str) -> AsyncIterator[list[PostgresAdvisoryLease]]:
-    made = [PostgresAdvisoryLease(DSN, namespace) for _ in range(3)]
-    yield made
-    for lease in made:
-        await lease.aclose()
 
 
 def _settings(**profile: object) -> VaultSettings:
@@ -47,134 +28,84 @@ def _settings(**profile: object) -> VaultSettings:
 
 
 # ---------------------------------------------------------------------------------------
-# the advisory-lock lease
-# ---------------------------------------------------------------------------------------
-
-
-async def test_pg_lease_is_exclusive_reentrant_and_freed_when_the_holder_closes(
-    leases: list[PostgresAdvisoryLease],
-) -> None:
-    a, b, _ = leases
-    tenant, other = uuid4(), uuid4()
-    token = await a.acquire(tenant, 30)
-    assert token is not None
-    assert await b.acquire(tenant, 30) is None
-    assert await a.acquire(tenant, 30) == token  # re-entrant
-    assert await b.acquire(other, 30) is not None  # per tenant
-    assert await a.renew(tenant, token, 30)
-    assert not await a.renew(tenant, "not-the-token", 30)
-    assert not await b.renew(tenant, b.token, 30)  # b never held it
-    await a.aclose()  # the session ends: PostgreSQL releases its locks
-    assert await b.acquire(tenant, 30) is not None
-
-
-async def test_pg_lease_keys_are_namespaced_by_schema(namespace: str) -> None:
-    tenant = uuid4()
-    one = PostgresAdvisoryLease(DSN, namespace)
-    two = PostgresAdvisoryLease(DSN, namespace + "_other")
-    try:
-        assert one.lock_key(tenant) != two.lock_key(tenant)
-        assert await one.acquire(tenant, 30) is not None
-        assert await two.acquire(tenant, 30) is not None  # another vault: no collision
-    finally:
-        await one.aclose()
-        await two.aclose()
-
-
-async def test_pg_lease_claim_lapses_after_its_ttl(leases: list[PostgresAdvisoryLease]) -> None:
-    a, b, _ = leases
-    done, busy = uuid4(), uuid4()
-    assert await a.acquire(done, 0) is not None  # ttl 0: lapses at once
-    assert await b.acquire(done, 30) is None  # still locked until a's next call
-    assert await a.acquire(busy, 30) is not None  # a's next call unlocks lapsed claims
-    assert await b.acquire(done, 30) is not None
-    assert await b.acquire(busy, 30) is None
-
-
-async def test_pg_lease_lost_session_fails_renewal_and_frees_the_tenant(
-    leases: list[PostgresAdvisoryLease],
-) -> None:
-    a, b, _ = leases
-    tenant = uuid4()
-    token = await a.acquire(tenant, 30)
-    assert token is not None
-    admin = await asyncpg.connect(DSN)
-    try:
-        await admin.fetchval("SELECT pg_terminate_backend($1)", a._conn.get_server_pid())
-    finally:
-        await admin.close()
-    assert not await a.renew(tenant, token, 30)
-    assert await b.acquire(tenant, 30) is not None
-    # a reconnects for its next claim, and cannot take b's
-    assert await a.acquire(tenant, 30) is None
-    assert await a.acquire(uuid4(), 30) is not None
-
-
-async def test_pg_lease_unreachable_server_is_a_clear_error() -> None:
-    lease = PostgresAdvisoryLease(
-        "postgresql://postgres@127.0.0.1:1/postgres", connect_timeout_seconds=1
-    )
-    try:
-        with pytest.raises(errors.ProviderUnavailableError, match="PostgreSQL is unreachable"):
-            await lease.acquire(uuid4(), 30)
-    finally:
-        await lease.aclose()
-
-
-async def test_workers_with_pg_leases_never_process_a_tenant_twice(
-    leases: list[PostgresAdvisoryLease],
-) -> None:
-    settings = _settings(store_provider="inmemory", cache_enabled=False)
-    tenants = [uuid4() for _ in range(9)]
-    past = utcnow() - timedelta(seconds=5)
-    async with InMemoryProfileStore() as store:
-        for tenant in tenants:
-            pid = (await store.get_or_create(tenant, Channel.WEB, "u")).id
-            await store.update_field(
-                tenant, pid, ProfileField(name="old", value=1, expires_at=past)
-            )
-        workers = [Worker(store, settings, lease) for lease in leases]
-        results = await asyncio.gather(*(w.run_once() for w in workers))
-    processed = [r.tenant_id for reports in results for r in reports if r.processed]
-    assert sorted(processed) == sorted(tenants)  # each exactly once
-    assert sum(r.expired for reports in results for r in reports) == len(tenants)
-
-
-# ---------------------------------------------------------------------------------------
 # the auto choice
 # ---------------------------------------------------------------------------------------
 
 
-def test_auto_lease_never_picks_per_host_files_for_a_shared_database(tmp_path: str) -> None:
+def test_auto_lease_never_picks_per_host_files_for_a_shared_database() -> None:
     def lease(provider: str, cache: bool, **worker: object) -> object:
         return lease_from_settings(
-            _settings(
-                store_provider=provider,
-                cache_enabled=cache,
-                providers={"postgres": {"dsn": DSN, "schema": "vault_a"}},
-                worker=worker,
-            )
+            _settings(store_provider=provider, cache_enabled=cache, worker=worker)
         )
 
-    assert isinstance(lease("postgres", True), RedisTenantLease)
-    chosen = lease("postgres", False)
-    assert isinstance(chosen, PostgresAdvisoryLease)
-    assert chosen.dsn == DSN and chosen.namespace == "vault_a"
+    assert isinstance(lease("mongo", True), RedisTenantLease)
+    # single-host providers (their spec says so): claim files
     assert isinstance(lease("sqlite", False), FileTenantLease)
     assert isinstance(lease("inmemory", False), FileTenantLease)
+    # a shared database without a lease of its own: Redis is required
     with pytest.raises(errors.ConfigurationError, match="Redis"):
         lease("mongo", False)
     # an explicit choice is the operator's
     assert isinstance(lease("mongo", False, lease="file"), FileTenantLease)
-    assert isinstance(lease("postgres", False, lease="redis"), RedisTenantLease)
+    assert isinstance(lease("sqlite", False, lease="redis"), RedisTenantLease)
 
 
-def test_pg_lease_refuses_a_dsn_that_is_not_postgresql() -> None:
-    settings = _settings(
-        store_provider="postgres", cache_enabled=False, providers={"postgres": {"dsn": ""}}
+def test_a_lease_no_plugin_contributes_is_a_clear_configuration_error() -> None:
+    with pytest.raises(errors.ConfigurationError, match="no_such_lease"):
+        lease_from_settings(_settings(store_provider="inmemory", worker={"lease": "no_such_lease"}))
+    with pytest.raises(errors.ConfigurationError, match=r"worker\.lease"):
+        _settings(worker={"lease": "Not A Name"})
+
+
+class _Lease:
+    async def acquire(self, tenant_id: UUID, ttl_seconds: float) -> str | None:
+        return "t"
+
+    async def renew(self, tenant_id: UUID, token: str, ttl_seconds: float) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _SharedDbPlugin:
+    """A third-party provider over a shared database, with a lease of its own."""
+
+    lease = _Lease()
+
+    @hookimpl
+    def ccvault_provider(self) -> ProviderSpec:
+        def create(options: BaseModel, rules: StoreRules) -> ProfileStore:
+            return InMemoryProfileStore(rules=rules)
+
+        return ProviderSpec(
+            name="leasetest_shared",
+            distribution="ccvault-leasetest",
+            settings_model=BaseModel,
+            create_store=create,
+        )
+
+    @hookimpl
+    def ccvault_worker_lease(self, kind: str, settings: VaultSettings) -> _Lease | None:
+        if kind == "leasetest_shared" or (
+            kind == "auto" and settings.profile.store_provider == "leasetest_shared"
+        ):
+            return self.lease
+        return None
+
+
+def test_a_provider_contributes_its_lease_through_the_hook() -> None:
+    plugin = _SharedDbPlugin()
+    register_provider(plugin)
+    auto = lease_from_settings(_settings(store_provider="leasetest_shared", cache_enabled=False))
+    assert auto is plugin.lease
+    named = lease_from_settings(
+        _settings(store_provider="inmemory", worker={"lease": "leasetest_shared"})
     )
-    with pytest.raises(errors.ConfigurationError, match=r"providers\.postgres\.dsn"):
-        lease_from_settings(settings)
+    assert named is plugin.lease
+    # the cache on: Redis, whatever the provider offers
+    cached = lease_from_settings(_settings(store_provider="leasetest_shared", cache_enabled=True))
+    assert isinstance(cached, RedisTenantLease)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pluggy
 from pydantic import BaseModel
 
+from ccvault.lease import TenantLease
 from ccvault.store import ProfileStore
 from ccvault.store_rules import StoreRules
 
-__all__ = ["PROJECT_NAME", "ProviderHookSpecs", "ProviderSpec", "hookimpl", "hookspec"]
+if TYPE_CHECKING:
+    from ccvault.settings import VaultSettings
+
+__all__ = [
+    "PROJECT_NAME",
+    "ProviderHookSpecs",
+    "ProviderSpec",
+    "TenantLease",
+    "hookimpl",
+    "hookspec",
+]
 
 PROJECT_NAME = "ccvault"
 
@@ -30,7 +42,10 @@ class ProviderSpec:
 
     ``settings_model`` validates the provider's ``[providers.NAME]`` table;
     ``create_store(options, rules)`` builds an unopened store from the validated options
-    (``open_store`` then runs its ``setup()``).
+    (``open_store`` then runs its ``setup()``). ``single_host``: every store of this
+    provider lives on one host (an embedded file, process memory), so the worker's claim
+    files keep several workers apart (``[worker] lease = "auto"`` without Redis picks them;
+    otherwise it needs Redis or a lease the provider contributes).
     """
 
     name: str
@@ -39,6 +54,7 @@ class ProviderSpec:
     create_store: Callable[[BaseModel, StoreRules], ProfileStore]
     description: str = ""
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    single_host: bool = False
 
 
 class ProviderHookSpecs:
@@ -51,4 +67,22 @@ class ProviderHookSpecs:
         Called once when the provider is first selected or listed with details. Must be
         cheap and free of I/O: connections are made later, by the store's ``setup()``.
         The returned ``name`` must equal the entry point's name.
+        """
+
+    @hookspec(firstresult=True)
+    def ccvault_worker_lease(self, kind: str, settings: VaultSettings) -> TenantLease | None:
+        """A tenant lease for ``ccvault worker``, or None when this module has none for
+        ``kind``.
+
+        ``kind`` is ``[worker] lease`` as configured: a name the module owns (by convention
+        its provider's name, e.g. ``"postgres"``), for which it returns its lease; or
+        ``"auto"`` when the cache is off, for which it returns its lease only if
+        ``settings.profile.store_provider`` is its own provider and the lease keeps workers
+        on several hosts apart. Any other ``kind``: None. The first non-None answer wins.
+
+        Must be cheap and free of I/O (the lease connects on its first ``acquire``); a bad
+        ``[providers.NAME]`` table raises :class:`~ccvault.errors.ConfigurationError`. The
+        lease must honour :class:`~ccvault.lease.TenantLease`: exclusive, re-entrant, kept
+        at least ``ttl_seconds`` after the last acquire/renew, ``renew`` False (never
+        raising) once the claim may be lost.
         """

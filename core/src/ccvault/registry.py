@@ -19,29 +19,26 @@ import pydantic
 
 from ccvault import errors
 from ccvault.hookspecs import PROJECT_NAME, ProviderHookSpecs, ProviderSpec
+from ccvault.lease import TenantLease
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
 
 __all__ = [
+    "DISTRIBUTION_PREFIX",
     "ENTRY_POINT_GROUP",
-    "KNOWN_PROVIDERS",
     "InstalledProvider",
     "create_store",
     "installed_providers",
     "load_provider",
     "open_store",
     "register_provider",
+    "worker_lease",
 ]
 
 ENTRY_POINT_GROUP = "ccvault.providers"
 
-#: Providers this project publishes, and the distribution that brings each one.
-KNOWN_PROVIDERS: dict[str, str] = {
-    "inmemory": "ccvault-inmemory",
-    "sqlite": "ccvault-sqlite",
-    "postgres": "ccvault-postgres",
-    "mongo": "ccvault-mongo",
-}
+#: A provider named NAME is published by convention as the distribution ``ccvault-NAME``.
+DISTRIBUTION_PREFIX = "ccvault-"
 
 
 @dataclass(frozen=True)
@@ -94,9 +91,8 @@ def load_provider(name: str) -> ProviderSpec:
     if name not in installed:
         listing = ", ".join(f"{p.name} ({p.distribution} {p.version})" for p in installed.values())
         hint = (
-            f"install it with: pip install {KNOWN_PROVIDERS[name]}"
-            if name in KNOWN_PROVIDERS
-            else "install the distribution that provides it"
+            f"install the distribution that provides it (by convention: pip install "
+            f"{DISTRIBUTION_PREFIX}{name})"
         )
         raise errors.ProviderNotFoundError(
             f"no storage provider named {name!r} is installed; {hint}. "
@@ -116,6 +112,23 @@ def load_provider(name: str) -> ProviderSpec:
             f"provider named {name!r} through the ccvault_provider hook"
         )
     return _loaded[name]
+
+
+def worker_lease(kind: str, settings: VaultSettings) -> TenantLease | None:
+    """The tenant lease a provider contributes for ``[worker] lease = kind`` through the
+    ``ccvault_worker_lease`` hook, or None when none does.
+
+    The configured provider is loaded first (its module may contribute for ``auto``), and
+    so is a provider named ``kind`` when one is installed (a provider-specific lease is
+    named after its provider by convention).
+    """
+    load_provider(settings.profile.store_provider)
+    if kind != "auto" and kind in installed_providers():
+        load_provider(kind)
+    lease: TenantLease | None = _plugin_manager.hook.ccvault_worker_lease(
+        kind=kind, settings=settings
+    )
+    return lease
 
 
 def create_store(settings: VaultSettings) -> ProfileStore:

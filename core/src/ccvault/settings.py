@@ -200,11 +200,12 @@ class MetricsSettings(_Section):
 class WorkerSettings(_Section):
     """``[worker]``: how several ``ccvault worker`` processes keep out of each other's way."""
 
-    # "redis": tenant claims in [redis] (any number of hosts); "postgres": advisory locks
-    # in the postgres provider's database; "file": claim files in lease_dir (one host, no
-    # servers); "auto": redis when the cache is on, else postgres on the postgres provider,
-    # else file on sqlite/inmemory
-    lease: Literal["auto", "redis", "postgres", "file"] = "auto"
+    # "redis": tenant claims in [redis] (any number of hosts); "file": claim files in
+    # lease_dir (one host, no servers); another name: a lease a provider contributes through
+    # the ccvault_worker_lease hook (e.g. "postgres": advisory locks in its database);
+    # "auto": redis when the cache is on, else the provider's own lease, else file on a
+    # single-host provider (see ccvault.worker.lease_from_settings)
+    lease: str = Field(default="auto", pattern=r"^[a-z][a-z0-9_]*$", max_length=50)
     lease_dir: str = ".ccvault/leases"
 
 

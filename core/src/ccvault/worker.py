@@ -14,9 +14,10 @@ Several workers at once
     worker that dies mid-tenant leaves a claim that lapses after one interval; every step is
     idempotent, so the next sweep finishes the job. Redis (``[redis] url``) is used because it
     is shared by every worker whatever the storage provider. ``[worker] lease`` picks the
-    lease; ``auto`` means: Redis when the cache is on; else, on PostgreSQL, a session-level
-    advisory lock per tenant (:class:`PostgresAdvisoryLease`, shared by every host on the
-    database); else, on the single-host providers (SQLite, in-memory), ``flock``-guarded
+    lease; ``auto`` means: Redis when the cache is on; else the provider's own lease when
+    it contributes one through the ``ccvault_worker_lease`` hook (the PostgreSQL provider:
+    a session-level advisory lock per tenant, shared by every host on the database); else,
+    on a provider whose spec says it is single-host (SQLite, in-memory), ``flock``-guarded
     claim files (:class:`FileTenantLease`); on any other provider start-up fails and asks
     for Redis, since per-host files would let workers on several hosts double-process.
 
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import secrets
@@ -42,16 +42,16 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from ccvault import errors, metrics
-from ccvault.settings import VaultSettings, expand_env
+from ccvault.lease import TenantLease
+from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
 
 __all__ = [
     "FileTenantLease",
-    "PostgresAdvisoryLease",
     "RedisTenantLease",
     "TenantLease",
     "TenantReport",
@@ -81,35 +81,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-class TenantLease(Protocol):
-    """Who may process a tenant right now: one instance per worker, shared by nobody.
-
-    A claim is *exclusive* (two leases never hold one tenant at once) and *re-entrant*
-    (the lease already holding a tenant gets it again). It lasts at least ``ttl_seconds``
-    after the last successful ``acquire``/``renew`` unless the lease loses it (a lost
-    connection, the process dying); it may outlive the worker's use of it, so a tenant is
-    swept at most about once per interval.
-    """
-
-    async def acquire(self, tenant_id: UUID, ttl_seconds: float) -> str | None:
-        """Claim ``tenant_id`` for ``ttl_seconds`` if free or already ours; return the
-        claim's token, or None when another lease holds it. Raises
-        :class:`~ccvault.errors.ProviderUnavailableError` when the backing service cannot
-        be reached (the caller skips the tenant) and never blocks waiting for a holder."""
-        ...
-
-    async def renew(self, tenant_id: UUID, token: str, ttl_seconds: float) -> bool:
-        """Extend our claim to ``ttl_seconds`` from now. True only if the claim identified
-        by ``token`` is still ours; False when it lapsed, was taken over or cannot be
-        confirmed (never raises): the caller must then stop working on the tenant."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release connections. Claims still held lapse (or, for session-bound locks, are
-        released) on their own. Idempotent."""
-        ...
 
 
 class RedisTenantLease:
@@ -228,171 +199,48 @@ class FileTenantLease:
         return None
 
 
-class PostgresAdvisoryLease:
-    """Tenant claims as PostgreSQL session-level advisory locks, for workers on several
-    hosts sharing one database without Redis.
-
-    The lock key is a 64-bit hash of the ``[providers.postgres] schema`` and the tenant id
-    (two vaults in one database do not collide), taken with ``pg_try_advisory_lock`` on one
-    dedicated connection per lease (opened lazily, reopened after a loss). PostgreSQL
-    releases every lock of a session when it ends, so a worker that dies or loses its
-    connection frees its tenants at once; a lease whose connection was lost answers False
-    to ``renew``. As with the other leases a claim is kept for ``ttl_seconds`` after its
-    last renewal (unlocked lazily, on this lease's next call) so a tenant is swept about
-    once per interval. Needs a direct, session-mode connection (not a transaction-pooling
-    proxy, which would hand the lock to another client).
-    """
-
-    def __init__(
-        self, dsn: str, namespace: str = "public", *, connect_timeout_seconds: float = 5.0
-    ) -> None:
-        self.dsn = dsn
-        self.namespace = namespace
-        self.connect_timeout_seconds = connect_timeout_seconds
-        self.token = secrets.token_hex(16)
-        self._conn: Any = None
-        self._held: dict[UUID, float] = {}  # tenant -> time.monotonic() the claim lapses
-        self._mutex = asyncio.Lock()  # one connection: one query at a time
-
-    @classmethod
-    def from_settings(cls, settings: VaultSettings) -> PostgresAdvisoryLease:
-        """A lease on ``[providers.postgres] dsn`` (locks namespaced by its ``schema``)."""
-        options = settings.provider_options("postgres")
-        dsn = expand_env(options.get("dsn", "postgresql://127.0.0.1:5432/postgres"))
-        if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
-            raise errors.ConfigurationError(
-                "providers.postgres.dsn must be a postgresql:// URL for the worker's "
-                "advisory-lock lease (is ${VAR} set in the environment?)"
-            )
-        timeout = options.get("connect_timeout_seconds", 5.0)
-        return cls(
-            dsn,
-            str(options.get("schema", "public")),
-            connect_timeout_seconds=float(timeout) if isinstance(timeout, int | float) else 5.0,
-        )
-
-    def lock_key(self, tenant_id: UUID) -> int:
-        """The signed 64-bit advisory-lock key of a tenant."""
-        digest = hashlib.blake2b(
-            f"ccvault-worker\0{self.namespace}\0{tenant_id}".encode(), digest_size=8
-        ).digest()
-        return int.from_bytes(digest, "big", signed=True)
-
-    async def _drop(self) -> None:
-        # the session is gone or unusable: every lock it held is gone with it
-        self._held.clear()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.terminate()
-
-    async def _connection(self) -> Any:
-        import asyncpg
-
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
-        await self._drop()
-        try:
-            self._conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_seconds)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise errors.ProviderUnavailableError(
-                f"worker lease: PostgreSQL is unreachable ({type(exc).__name__}: {exc})"
-            ) from exc
-        return self._conn
-
-    async def acquire(self, tenant_id: UUID, ttl_seconds: float) -> str | None:
-        import asyncpg
-
-        async with self._mutex:
-            conn = await self._connection()
-            now = time.monotonic()
-            try:
-                for held, until in list(self._held.items()):
-                    if held != tenant_id and until <= now:
-                        await conn.fetchval("SELECT pg_advisory_unlock($1)", self.lock_key(held))
-                        del self._held[held]
-                if tenant_id in self._held:
-                    # re-entrant without locking twice (session locks stack)
-                    self._held[tenant_id] = now + ttl_seconds
-                    return self.token
-                won = await conn.fetchval(
-                    "SELECT pg_try_advisory_lock($1)", self.lock_key(tenant_id)
-                )
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                await self._drop()
-                raise errors.ProviderUnavailableError(
-                    f"worker lease: PostgreSQL failed ({type(exc).__name__}: {exc})"
-                ) from exc
-            if not won:
-                return None
-            self._held[tenant_id] = now + ttl_seconds
-            return self.token
-
-    async def renew(self, tenant_id: UUID, token: str, ttl_seconds: float) -> bool:
-        if token != self.token:
-            return False
-        async with self._mutex:
-            conn = self._conn
-            if tenant_id not in self._held or conn is None or conn.is_closed():
-                return False
-            try:
-                # our locks live exactly as long as this session: a round trip proves it
-                await conn.fetchval("SELECT 1", timeout=max(1.0, ttl_seconds / 3))
-            except Exception as exc:  # asyncpg's connection errors, timeouts
-                logger.warning(
-                    "claim on tenant %s lost with the PostgreSQL session (%s)",
-                    tenant_id,
-                    type(exc).__name__,
-                )
-                await self._drop()
-                return False
-            self._held[tenant_id] = time.monotonic() + ttl_seconds
-            return True
-
-    async def aclose(self) -> None:
-        async with self._mutex:
-            conn, self._conn = self._conn, None
-            self._held.clear()
-            if conn is not None and not conn.is_closed():
-                with contextlib.suppress(Exception):  # closing ends the session: locks go too
-                    await conn.close(timeout=self.connect_timeout_seconds)
-                if not conn.is_closed():
-                    conn.terminate()
-
-
-# providers whose every worker runs on one host, so claim files are enough
-_SINGLE_HOST_PROVIDERS = frozenset({"sqlite", "inmemory"})
-
-
 def lease_from_settings(settings: VaultSettings) -> TenantLease:
     """The lease ``[worker] lease`` names.
 
-    ``auto``: Redis when the cache is on; else a PostgreSQL advisory-lock lease on the
-    ``postgres`` provider; else claim files on the single-host providers (``sqlite``,
-    ``inmemory``); on any other provider a :class:`~ccvault.errors.ConfigurationError`
+    ``redis`` and ``file`` are core's own leases. Any other name is a lease a provider
+    contributes through the ``ccvault_worker_lease`` hook (by convention named after the
+    provider, e.g. ``postgres``: advisory locks in its database). ``auto``: Redis when the
+    cache is on; else the configured provider's own lease, if it offers one for ``auto``;
+    else claim files when the provider's spec says it is single-host (an embedded file,
+    process memory); on any other provider a :class:`~ccvault.errors.ConfigurationError`
     asking for Redis (per-host files cannot keep workers on several hosts apart).
     """
+    from ccvault import registry
+
     kind = settings.worker.lease
     provider = settings.profile.store_provider
     if kind == "auto":
         if settings.profile.cache_enabled:
             kind = "redis"
-        elif provider == "postgres":
-            return PostgresAdvisoryLease.from_settings(settings)
-        elif provider in _SINGLE_HOST_PROVIDERS:
-            kind = "file"
         else:
-            raise errors.ConfigurationError(
-                f"worker.lease = 'auto' with profile.cache_enabled = false: provider "
-                f"{provider!r} has no lease of its own and claim files only work on one "
-                "host; configure Redis ([redis] url) and set worker.lease = 'redis' (or "
-                "profile.cache_enabled = true), or worker.lease = 'file' if every worker "
-                "runs on this host"
-            )
+            contributed = registry.worker_lease("auto", settings)
+            if contributed is not None:
+                return contributed
+            if not registry.load_provider(provider).single_host:
+                raise errors.ConfigurationError(
+                    f"worker.lease = 'auto' with profile.cache_enabled = false: provider "
+                    f"{provider!r} has no lease of its own and claim files only work on one "
+                    "host; configure Redis ([redis] url) and set worker.lease = 'redis' (or "
+                    "profile.cache_enabled = true), or worker.lease = 'file' if every worker "
+                    "runs on this host"
+                )
+            kind = "file"
     if kind == "redis":
         return RedisTenantLease.from_settings(settings)
-    if kind == "postgres":
-        return PostgresAdvisoryLease.from_settings(settings)
-    return FileTenantLease.from_settings(settings)
+    if kind == "file":
+        return FileTenantLease.from_settings(settings)
+    contributed = registry.worker_lease(kind, settings)
+    if contributed is None:
+        raise errors.ConfigurationError(
+            f"worker.lease = {kind!r}: neither a lease of core ('auto', 'redis', 'file') nor "
+            f"one an installed provider contributes (is ccvault-{kind} installed?)"
+        )
+    return contributed
 
 
 @dataclass

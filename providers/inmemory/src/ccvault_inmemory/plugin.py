@@ -41,4 +41,5 @@ def ccvault_provider() -> ProviderSpec:
         create_store=_create_store,
         description=f"dict-based reference store, nothing persisted ({_distribution_version()})",
         capabilities=InMemoryProfileStore.capabilities,
+        single_host=True,  # one file / one process: the worker's claim files suffice
     )

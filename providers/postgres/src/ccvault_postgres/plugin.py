@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault.lease import TenantLease
+from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore, StoreRules
 from ccvault_postgres.settings import PostgresSettings
 
@@ -30,3 +32,14 @@ def ccvault_provider() -> ProviderSpec:
         create_store=_create_store,
         description="PostgreSQL on asyncpg: the production store",
     )
+
+
+@hookimpl
+def ccvault_worker_lease(kind: str, settings: VaultSettings) -> TenantLease | None:
+    """Advisory locks in the vault's database for ``[worker] lease = "postgres"``, and for
+    ``"auto"`` when the configured provider is this one. Cheap: connects on first use."""
+    if kind == "postgres" or (kind == "auto" and settings.profile.store_provider == "postgres"):
+        from ccvault_postgres.lease import PostgresAdvisoryLease
+
+        return PostgresAdvisoryLease.from_settings(settings)
+    return None

@@ -38,4 +38,5 @@ def ccvault_provider() -> ProviderSpec:
         create_store=create_store,
         description="Embedded SQLite database through aiosqlite (WAL mode); no server needed",
         capabilities=CAPABILITIES,
+        single_host=True,  # one file / one process: the worker's claim files suffice
     )
