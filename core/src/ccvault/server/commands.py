@@ -28,10 +28,14 @@ _API_KEYS_OPTION = click.option(
 
 
 def _settings(ctx: click.Context, config: Path | None) -> object:
-    from ccvault.cli import _settings as cli_settings
     from ccvault.settings import load_settings
 
-    return load_settings(config) if config is not None else cli_settings(ctx)
+    if config is not None:
+        return load_settings(config)
+    # the root context's object is ccvault.cli's environment (its global --config); used
+    # through its settings() method rather than imported, so the server does not import the
+    # CLI that imports it (core's imports stay acyclic: make lint)
+    return ctx.find_root().obj.settings()
 
 
 def _key_store(api_keys: Path | None) -> object:
