@@ -17,18 +17,24 @@ An extractor that cannot do its work (endpoint down, unreadable answer) raises
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import calendar
+import functools
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
-from typing import Any, Protocol, runtime_checkable
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import email_validator
 import httpx
 import phonenumbers
+from dateutil import parser as dateutil_parser
+from rapidfuzz import fuzz
 
 from ccvault import errors
 from ccvault.models import (
@@ -40,13 +46,18 @@ from ccvault.models import (
     check_json_value,
 )
 
+if TYPE_CHECKING:
+    from ccvault.settings import VaultSettings
+
 __all__ = [
     "Extraction",
     "ExtractionError",
+    "ExtractionLimits",
     "ExtractionRequest",
     "Extractor",
     "OfflineExtractor",
     "OpenAICompatibleExtractor",
+    "extractor_from_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,16 +111,25 @@ class ExtractionRequest:
 
     def keywords(self) -> list[str]:
         """Lower-case phrases that name the field in conversation, longest first."""
-        found = {self.field_name.replace("_", " ").strip()}
+        # a namespaced name ("restaurants_2__city") is named by its last part
+        namespace, _, base = self.field_name.rpartition("__")
+        found = {base.replace("_", " ").strip()}
         if self.display_name.strip():
             found.add(self.display_name.strip().lower())
-        tokens = [t for t in self.field_name.split("_") if t]
-        if len(tokens) > 1 and len(tokens[-1]) >= 4 and tokens[-1] not in _GENERIC_TOKENS:
+        tokens = [t for t in base.split("_") if t]
+        if (
+            len(tokens) > 1
+            and len(tokens[-1]) >= 4
+            and tokens[-1] not in _GENERIC_TOKENS
+            and tokens[-1] not in namespace
+        ):
             found.add(tokens[-1])
         return sorted((k for k in found if k), key=len, reverse=True)
 
 
-_GENERIC_TOKENS = frozenset({"date", "number", "type", "code", "value", "flag", "info", "data"})
+_GENERIC_TOKENS = frozenset(
+    {"date", "number", "type", "code", "value", "flag", "info", "data", "allowed", "options"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +168,57 @@ class Extractor(Protocol):
 
 
 # =========================================================================================
+# limits on customer text
+# =========================================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionLimits:
+    """How much conversation an extractor accepts (``[extraction]`` in the settings).
+
+    A turn longer than ``max_message_chars`` or turns longer than ``max_conversation_chars``
+    in total are refused with :class:`~ccvault.errors.ValidationError` before any work is
+    done: the offline extractor's work is linear in the text, and these bound it.
+    """
+
+    max_message_chars: int = 20_000
+    max_conversation_chars: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_chars", "max_conversation_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise errors.ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_settings(cls, settings: VaultSettings) -> ExtractionLimits:
+        """The limits of ``[extraction]``."""
+        section = settings.extraction
+        return cls(section.max_message_chars, section.max_conversation_chars)
+
+    def check(self, turns: Sequence[ConversationTurn]) -> int:
+        """Raise ValidationError when ``turns`` exceed a limit; else their total length.
+
+        The message names the turn's position and the sizes, never its content.
+        """
+        total = 0
+        for index, turn in enumerate(turns):
+            size = len(turn.content)
+            if size > self.max_message_chars:
+                raise errors.ValidationError(
+                    f"conversation turn {index} has {size} characters; the limit is "
+                    f"{self.max_message_chars} ([extraction] max_message_chars)"
+                )
+            total += size
+        if total > self.max_conversation_chars:
+            raise errors.ValidationError(
+                f"the conversation has {total} characters; the limit is "
+                f"{self.max_conversation_chars} ([extraction] max_conversation_chars)"
+            )
+        return total
+
+
+# =========================================================================================
 # offline extractor
 # =========================================================================================
 
@@ -156,26 +227,211 @@ _EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z
 _ISO_DATE_RE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
 _MONTHS.update({name.lower(): i for i, name in enumerate(calendar.month_abbr) if name})
+_MONTHS["sept"] = 9
 _MONTH_ALT = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_ORD = r"(?:st|nd|rd|th)?"
 _DAY_MONTH_RE = re.compile(
-    rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_ALT})\.?,?\s+(\d{{4}})\b", re.IGNORECASE
+    rf"\b(\d{{1,2}}){_ORD}\s+(?:of\s+)?({_MONTH_ALT})\b\.?(?:,?\s+(\d{{4}})\b)?", re.IGNORECASE
 )
 _MONTH_DAY_RE = re.compile(
-    rf"\b({_MONTH_ALT})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.IGNORECASE
+    rf"\b({_MONTH_ALT})\.?\s+(?:the\s+)?(\d{{1,2}}){_ORD}\b(?:,?\s+(\d{{4}})\b)?", re.IGNORECASE
 )
 _SLASH_DATE_RE = re.compile(r"\b(\d{1,2})[/.](\d{1,2})[/.](\d{4})\b")
+_WEEKDAYS = {name.lower(): i for i, name in enumerate(calendar.day_name)}
+_WEEKDAY_ALT = "|".join(_WEEKDAYS)
+# "the 4th", "4th of this month", "today", "the day after tomorrow", "next Monday",
+# "Monday next week", "this Friday"
+_RELATIVE_DATE_RE = re.compile(
+    rf"\b(?:(?P<daynum>(?:the\s+)?(?P<day>\d{{1,2}})(?:st|nd|rd|th)(?:\s+of\s+(?:this|the)\s+month)?)"
+    rf"|(?P<after>(?:the\s+)?day\s+after\s+tomorrow)|(?P<today>today|tonight)|(?P<tomorrow>tomorrow)"
+    rf"|(?:(?P<next>next|this|coming)\s+(?P<wd1>{_WEEKDAY_ALT}))"
+    rf"|(?:(?P<wd2>{_WEEKDAY_ALT})(?:\s+(?P<nextweek>next\s+week|this\s+week))?))\b",
+    re.IGNORECASE,
+)
+_NUMBER_WORDS = {
+    word: i
+    for i, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+        "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_NUMBER_WORD_ALT = "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True))
+_HOUR = rf"(?:\d{{1,2}}|{_NUMBER_WORD_ALT})"
+_PERIOD = (
+    r"(?P<period>a\.?m\.?|p\.?m\.?|in\s+the\s+(?:morning|afternoon|evening|night)|at\s+night"
+    r"|o'?clock)"
+)
+# "7 pm", "7:30 pm", "half past 11 in the morning", "quarter to 5", "evening 4:30", "noon"
+_TIME_RE = re.compile(
+    rf"\b(?:(?P<lead>morning|afternoon|evening|night)\s+(?P<lh>\d{{1,2}}):(?P<lm>\d{{2}})"
+    rf"|(?P<frac>half\s+past|quarter\s+past|quarter\s+to)\s+(?P<fh>{_HOUR})(?:\s*{_PERIOD})?"
+    rf"|(?P<h>{_HOUR})(?::(?P<m>\d{{2}}))?(?:\s*{_PERIOD.replace('period', 'p2')})"
+    rf"|(?P<hh>\d{{1,2}}):(?P<mm>\d{{2}})|(?P<noon>noon|midday|midnight))(?![\w:])",
+    re.IGNORECASE,
+)
 # a number standing alone: not part of a word, a date (2026-12-18, 12/03) or a decimal
 _NUMBER_RE = re.compile(r"(?<![\w.+\-/:])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w/]|[.\-:]\d)")
+_NUMBER_WORD_RE = re.compile(rf"\b(?:{_NUMBER_WORD_ALT})\b", re.IGNORECASE)
+# a number that is an hour, not a count: "at 4 pm", "4 o'clock"
+_TIME_AFTER = re.compile(
+    r"\s*(?::\d|a\.?m\b|p\.?m\b|o'?clock|in the (?:morning|afternoon|evening))", re.IGNORECASE
+)
 _YES = re.compile(
     r"^\s*(?:yes|yeah|yep|yup|sure|correct|absolutely|definitely|of course|i do|please do|"
-    r"that's right|right)\b",
+    r"that's right|right|that works|sounds good|that's fine|fine)\b",
     re.IGNORECASE,
 )
 _NO = re.compile(
     r"^\s*(?:no|nope|nah|not really|never|i don't|i do not|no thanks|don't)\b", re.IGNORECASE
 )
-_NEGATION = re.compile(r"\b(?:not|no|don't|do not|never|without)\b", re.IGNORECASE)
-_CLAUSE_END = re.compile(r"[.;!?\n]|,\s|\s+and\s+|\s+but\s+", re.IGNORECASE)
+_NEGATION = re.compile(
+    r"\b(?:not|no|don't|do not|never|without|doesn't|does not|isn't|is not|aren't|won't|"
+    r"can't|cannot|dislike|hate)\b",
+    re.IGNORECASE,
+)
+_CLAUSE_END = re.compile(r"[.;!?\n]|,\s|\s+and\s+|\s+but\s+|\s+or\s+", re.IGNORECASE)
+# "any airline is fine", "I don't care", "whatever is best", "no preference"
+_DONTCARE_RE = re.compile(
+    r"\b(?:any|anything|whatever|whichever|either|don't care|do not care|doesn't matter|"
+    r"does not matter|no preference|not picky|not particular)\b",
+    re.IGNORECASE,
+)
+_DONTCARE = "dontcare"
+_TRUE_FALSE = frozenset({"true", "false"})
+# nouns that count people: "two people", "three of us", "four seats"
+_PARTY_NOUNS = re.compile(
+    r"\s*(?:people|persons?|guests?|adults?|passengers?|travell?ers?|riders?|seats?|tickets?"
+    r"|of\s+us|individuals?)\b",
+    re.IGNORECASE,
+)
+_ONE_WAY = re.compile(r"\s*-?\s*way\b", re.IGNORECASE)
+# the end of a range: "returning on the 9th", "until Monday", "to March 9th"
+_END_CUE = re.compile(
+    r"(?:return\w*|back|until|till|through|to|drop\w*|check\w*\s+out)"
+    r"[\s,]+(?:(?:on|the|of|at|by)\s+)*$",
+    re.IGNORECASE,
+)
+_END_FIELD = re.compile(r"(?:^|_)(?:return|dropoff|drop_off|end|checkout|check_out|inbound|until)")
+_PARTY_FIELD = re.compile(r"rider|travel|passenger|seat|people|guest|ticket|person|party")
+_NOUN_AFTER = re.compile(r"\s*([a-z][a-z\-]{2,20})", re.IGNORECASE)
+_KEYWORD_STOP = frozenset(
+    {
+        "has",
+        "have",
+        "is",
+        "are",
+        "of",
+        "the",
+        "a",
+        "an",
+        "for",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "number",
+        "type",
+        "name",
+        "allowed",
+        "good",
+        "new",
+        "with",
+        "and",
+        "or",
+        "next",
+        "day",
+        "days",
+        "time",
+        "date",
+    }
+)
+# characters the fuzzy matcher reads around each candidate
+_FUZZY_MAX_CHARS = 400
+
+
+@functools.lru_cache(maxsize=1024)
+def _alternation(words: tuple[str, ...], prefix: bool = False) -> re.Pattern[str] | None:
+    """One case-insensitive pattern matching any of ``words`` as whole words (or, with
+    ``prefix``, at the start of a word)."""
+    parts = [re.escape(w) for w in sorted({w for w in words if w}, key=len, reverse=True)]
+    if not parts:
+        return None
+    tail = "" if prefix else r"(?!\w)"
+    return re.compile(rf"(?<!\w)(?:{'|'.join(parts)}){tail}", re.IGNORECASE)
+
+
+class _Text:
+    """One turn's text with the positions every rule needs, each computed once.
+
+    Clause boundaries, keyword hits and negations are found by one scan each; afterwards
+    "is there a keyword earlier in this clause?" is a binary search, so the work for a
+    turn is linear in its length whatever the number of candidates. ``scanned`` counts
+    the characters read by scans (the bounded-work tests read it).
+    """
+
+    __slots__ = ("_clause_ends", "_clause_starts", "_keywords", "_negations", "scanned", "text")
+
+    def __init__(self, text: str, keywords: re.Pattern[str] | None) -> None:
+        self.text = text
+        self.scanned = 0
+        marks = [(m.start(), m.end()) for m in self.finditer(_CLAUSE_END)]
+        self._clause_starts = [end for _, end in marks]  # a clause starts after each mark
+        self._clause_ends = [start for start, _ in marks]
+        self._keywords = [(m.start(), m.end()) for m in self.finditer(keywords)] if keywords else []
+        self._negations = [(m.start(), m.end()) for m in self.finditer(_NEGATION)]
+
+    def finditer(self, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
+        self.scanned += len(self.text)
+        return pattern.finditer(self.text)
+
+    def clause_start(self, pos: int) -> int:
+        index = bisect.bisect_right(self._clause_starts, pos) - 1
+        return self._clause_starts[index] if index >= 0 else 0
+
+    def clause_end(self, pos: int) -> int:
+        index = bisect.bisect_left(self._clause_ends, pos)
+        return self._clause_ends[index] if index < len(self._clause_ends) else len(self.text)
+
+    @staticmethod
+    def _before(hits: list[tuple[int, int]], lo: int, pos: int) -> bool:
+        """A hit inside ``[lo, pos)``."""
+        index = bisect.bisect_right(hits, (pos, pos)) - 1
+        while index >= 0 and hits[index][1] > pos:
+            index -= 1
+        return index >= 0 and hits[index][0] >= lo
+
+    def keyword_before(self, pos: int) -> bool:
+        """A keyword earlier in the clause of ``pos``."""
+        return self._before(self._keywords, self.clause_start(pos), pos)
+
+    def keyword_after(self, end: int, window: int = 24) -> bool:
+        """A keyword starting within ``window`` characters after ``end``, same clause."""
+        index = bisect.bisect_left(self._keywords, (end, end))
+        if index >= len(self._keywords):
+            return False
+        start = self._keywords[index][0]
+        return start - end <= window and start <= self.clause_end(end)
+
+    def near_keyword(self, start: int, end: int) -> bool:
+        return self.keyword_before(start) or self.keyword_after(end)
+
+    def negated(self, pos: int) -> bool:
+        """A negation earlier in the clause of ``pos``."""
+        return self._before(self._negations, self.clause_start(pos), pos)
+
+    def negated_clause(self, pos: int) -> bool:
+        """A negation anywhere in the clause of ``pos``."""
+        lo, hi = self.clause_start(pos), self.clause_end(pos)
+        index = bisect.bisect_left(self._negations, (lo, lo))
+        return index < len(self._negations) and self._negations[index][0] < hi
+
+    @property
+    def has_keyword(self) -> bool:
+        return bool(self._keywords)
+
+    def first_keyword(self) -> tuple[int, int] | None:
+        return self._keywords[0] if self._keywords else None
 
 
 @dataclass(slots=True)
@@ -190,32 +446,94 @@ class _Candidate:
 
 
 def _sentence(text: str, start: int, end: int) -> str:
-    """The sentence of ``text`` around ``[start, end)``, as the quote."""
-    left = 0
+    """The sentence of ``text`` around ``[start, end)``, as the quote (at most 300 chars;
+    only a window around the candidate is searched)."""
+    lo = max(0, start - 300)
+    hi = min(len(text), end + 300)
+    left = lo
     for mark in (". ", "! ", "? ", "\n"):
-        found = text.rfind(mark, 0, start + 1)
+        found = text.rfind(mark, lo, start + 1)
         if found >= 0:
             left = max(left, found + len(mark))
-    right = len(text)
+    right = hi
     for mark in (". ", "! ", "? ", "\n"):
-        found = text.find(mark, end)
+        found = text.find(mark, end, hi)
         if found >= 0:
             right = min(right, found + 1)
     return text[left:right].strip()[:300]
 
 
-def _keyword_before(text: str, start: int, keywords: Iterable[str]) -> bool:
-    """True when a keyword occurs earlier in the same clause as position ``start``."""
-    clause_start = 0
-    for match in _CLAUSE_END.finditer(text, 0, start):
-        clause_start = match.end()
-    clause = text[clause_start:start].lower()
-    return any(re.search(rf"\b{re.escape(k)}\b", clause) for k in keywords)
+def _keyword_pattern(request: ExtractionRequest) -> re.Pattern[str] | None:
+    """What names the field in conversation. For a field with allowed values the distinctive
+    words of its name count too, at the start of a word ("bath" in "bathroom"), except the
+    words of a namespace ("ride" of "ridesharing_1__shared_ride")."""
+    words = request.keywords()
+    if not request.allowed_values:
+        return _alternation(tuple(words))
+    namespace, _, base = request.field_name.rpartition("__")
+    for token in base.split("_"):
+        if len(token) < 3 or token.isdigit() or token in _KEYWORD_STOP:
+            continue
+        stem = token[:-1] if token.endswith("s") and len(token) > 4 else token
+        if stem not in namespace:
+            words.append(stem)
+    return _alternation(tuple(words), prefix=True)
 
 
-def _mentions(text: str, keywords: Iterable[str]) -> bool:
-    lowered = text.lower()
-    return any(re.search(rf"\b{re.escape(k)}\b", lowered) for k in keywords)
+def _mentions(text: str, keywords: re.Pattern[str] | None) -> bool:
+    return keywords is not None and keywords.search(text) is not None
+
+
+def _shape(request: ExtractionRequest) -> str | None:
+    """``date`` or ``time`` when a string field holds one (by the last word of its name)."""
+    if request.value_type is FieldValueType.DATE:
+        return "date"
+    if request.value_type is not FieldValueType.STRING or request.allowed_values:
+        return None
+    last = request.field_name.rsplit("_", 1)[-1]
+    return last if last in ("date", "time") else None
+
+
+def _number_word(raw: str) -> int | None:
+    return _NUMBER_WORDS.get(raw.lower())
+
+
+def _time_of(m: re.Match[str]) -> str | None:
+    """``HH:MM`` (24 h) of a :data:`_TIME_RE` match, or None when it is not a time."""
+    g = m.groupdict()
+    if g["noon"]:
+        return "00:00" if g["noon"].lower() == "midnight" else "12:00"
+
+    def hour_of(raw: str) -> int | None:
+        return int(raw) if raw.isdigit() else _number_word(raw)
+
+    period = ""
+    if g["lead"]:
+        hour, minute, period = int(g["lh"]), int(g["lm"]), g["lead"]
+    elif g["frac"]:
+        base = hour_of(g["fh"])
+        if base is None:
+            return None
+        kind = " ".join(g["frac"].lower().split())
+        hour, minute = (base, 30) if kind == "half past" else (base, 15)
+        if kind == "quarter to":
+            hour, minute = base - 1, 45
+        period = g["period"] or ""
+    elif g["h"]:
+        found = hour_of(g["h"])
+        if found is None:
+            return None
+        hour, minute, period = found, int(g["m"] or 0), g["p2"] or ""
+    else:
+        hour, minute = int(g["hh"]), int(g["mm"])
+    period = period.lower().replace(".", "")
+    if any(p in period for p in ("pm", "afternoon", "evening", "night")) and hour < 12:
+        hour += 12
+    elif any(p in period for p in ("am", "morning")) and hour == 12:
+        hour = 0
+    if not (0 <= hour <= 23 and 0 <= minute <= 59):
+        return None
+    return f"{hour:02d}:{minute:02d}"
 
 
 class OfflineExtractor:
@@ -229,29 +547,63 @@ class OfflineExtractor:
                               points at one (0.85 when it does)
     phone                     0.9 international (+CC) form; 0.7 national form read with
                               ``default_region``; 0.45 several numbers
-    date                      0.9 ISO ``YYYY-MM-DD``; 0.85 with a month name; 0.7 for
-                              d/m/y when one part is over 12; 0.4 when d/m and m/d both fit;
-                              halved when several dates and no keyword
+    date                      0.9 ISO ``YYYY-MM-DD``; 0.85 with a month name and year; 0.7
+                              for d/m/y when one part is over 12; 0.6 without a year or
+                              relative ("the 4th", "next Monday", read against ``today``);
+                              0.4 when d/m and m/d both fit; halved when several dates and
+                              no keyword
+    time (string fields       0.8 "7 pm", "half past 6 in the evening", "18:30", as ``HH:MM``
+    named ``*_time``)         (24 h); 0.6 when several times and no keyword
     number                    0.8 after the field's keyword in the same clause; 0.7 the
                               only number in an answer to a question about the field; 0.35
-                              a lone number without context
+                              a lone number without context (numbers may be words: "two")
     boolean                   0.85 yes/no answering a question about the field; 0.6 the
                               keyword with / without a negation
-    allowed values            0.9 one allowed value named; 0.4 several; 0.3 negated
+    allowed values            0.9 one allowed value named (numbers as digits or words,
+                              ``True``/``False`` by the field's keyword and a negation,
+                              ``dontcare`` by "any", "whatever", "doesn't matter"...); 0.4
+                              several; 0.3 negated; 0.55 a bare number, a fuzzy match
     string                    0.75 "my <keyword> is X" / "<keyword>: X"; 0.55 a short reply
                               to a question about the field
     ========================  ==============================================================
 
     A value below gap fill's ``min_confidence`` (0.5 by default) is not used; one below
     ``confirm_confidence`` is used with ``requires_confirmation``.
+
+    Work is linear in the text: each turn is scanned a fixed number of times, whatever the
+    number of candidates, and :class:`ExtractionLimits` refuses oversized turns and
+    conversations with a ValidationError. Conversations longer than ``offload_chars`` are
+    extracted in a worker thread, so the event loop is never held by a long text.
     """
 
     name = "offline"
 
-    def __init__(self, *, default_region: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        default_region: str | None = None,
+        limits: ExtractionLimits | None = None,
+        today: date | None = None,
+        offload_chars: int = 4096,
+    ) -> None:
         """``default_region`` (ISO 3166 alpha-2, e.g. "US") lets national-format phone
-        numbers be read; without it only +CC numbers are."""
+        numbers be read; without it only +CC numbers are. ``today`` is the date relative
+        dates ("tomorrow", "the 4th") are read against (default: the current date)."""
         self.default_region = default_region.upper() if default_region else None
+        self.limits = limits or ExtractionLimits()
+        self.today = today
+        self.offload_chars = offload_chars
+        self._lock = threading.Lock()
+        #: characters read by pattern scans since creation (a diagnostic; see _Text)
+        self.scanned_chars = 0
+
+    @classmethod
+    def from_settings(cls, settings: VaultSettings) -> OfflineExtractor:
+        """An extractor with the ``[extraction]`` limits and ``default_region``."""
+        return cls(
+            default_region=settings.extraction.default_region,
+            limits=ExtractionLimits.from_settings(settings),
+        )
 
     async def extract(
         self, request: ExtractionRequest, turns: Sequence[ConversationTurn]
@@ -265,53 +617,80 @@ class OfflineExtractor:
         ``request.value_type`` (or one of ``request.allowed_values``), the confidence is
         the one of the table in the class docstring, the quote is the sentence it was found
         in, ``method`` is ``offline:<rule>``. Pure, deterministic, no I/O: never raises
-        :class:`ExtractionError`.
+        :class:`ExtractionError`; turns over the limits raise ValidationError.
         """
-        keywords = request.keywords()
-        for index in range(len(turns) - 1, -1, -1):
-            turn = turns[index]
-            if turn.role.lower() in _AGENT_ROLES or not turn.content.strip():
-                continue
-            asked = (
-                index > 0
-                and turns[index - 1].role.lower() in _AGENT_ROLES
-                and _mentions(turns[index - 1].content, keywords)
-            )
-            candidate = self._in_turn(request, turn.content, keywords, asked)
-            if candidate is not None:
-                return Extraction(
-                    value=candidate.value,
-                    confidence=round(candidate.confidence, 3),
-                    quote=_sentence(turn.content, candidate.start, candidate.end),
-                    method=f"offline:{candidate.rule}",
-                    source=ProfileFieldSource.SYSTEM_INFERRED,
+        total = self.limits.check(turns)
+        if total > self.offload_chars:
+            return await asyncio.to_thread(self.extract_sync, request, turns)
+        return self.extract_sync(request, turns)
+
+    def extract_sync(
+        self, request: ExtractionRequest, turns: Sequence[ConversationTurn]
+    ) -> Extraction | None:
+        """:meth:`extract` without the event loop (limits checked here too)."""
+        self.limits.check(turns)
+        keywords = _keyword_pattern(request)
+        scanned = 0
+        try:
+            for index in range(len(turns) - 1, -1, -1):
+                turn = turns[index]
+                if turn.role.lower() in _AGENT_ROLES or not turn.content.strip():
+                    continue
+                previous = turns[index - 1] if index > 0 else None
+                asked = (
+                    previous is not None
+                    and previous.role.lower() in _AGENT_ROLES
+                    and _mentions(previous.content, keywords)
                 )
-        return None
+                text = _Text(turn.content, keywords)
+                try:
+                    candidate = self._in_turn(request, text, asked, previous)
+                finally:
+                    scanned += text.scanned
+                if candidate is not None:
+                    return Extraction(
+                        value=candidate.value,
+                        confidence=round(candidate.confidence, 3),
+                        quote=_sentence(turn.content, candidate.start, candidate.end),
+                        method=f"offline:{candidate.rule}",
+                        source=ProfileFieldSource.SYSTEM_INFERRED,
+                    )
+            return None
+        finally:
+            with self._lock:
+                self.scanned_chars += scanned
 
     # -- one turn ----------------------------------------------------------------------------
 
     def _in_turn(
-        self, request: ExtractionRequest, text: str, keywords: list[str], asked: bool
+        self,
+        request: ExtractionRequest,
+        text: _Text,
+        asked: bool,
+        previous: ConversationTurn | None,
     ) -> _Candidate | None:
         kind = request.value_type
         if request.allowed_values:
-            return self._allowed(request.allowed_values, text, keywords)
+            return self._allowed(request, text, asked)
+        shape = _shape(request)
+        if shape == "time":
+            return self._time(text)
         if kind is FieldValueType.EMAIL:
-            return self._best(self._emails(text, keywords), multi=0.45, multi_keyword=0.85)
+            return self._best(self._emails(text), multi=0.45, multi_keyword=0.85)
         if kind is FieldValueType.PHONE:
-            return self._best(self._phones(text, keywords), multi=0.45, multi_keyword=0.8)
-        if kind is FieldValueType.DATE:
-            found = self._dates(text, keywords)
+            return self._best(self._phones(text), multi=0.45, multi_keyword=0.8)
+        if shape == "date":
+            found = self._by_range_role(request, text, self._dates(text))
             best = self._best(found, multi=None, multi_keyword=None)
             if best is not None and len({c.value for c in found}) > 1 and not best.near_keyword:
                 best.confidence /= 2
             return best
         if kind is FieldValueType.NUMBER:
-            return self._number(text, keywords, asked)
+            return self._number(text, asked)
         if kind is FieldValueType.BOOLEAN:
-            return self._boolean(text, keywords, asked)
+            return self._boolean(text, asked)
         if kind is FieldValueType.STRING:
-            return self._string(text, keywords, asked)
+            return self._string(request, text, asked)
         return None  # json: nothing a pattern can honestly find
 
     @staticmethod
@@ -335,9 +714,9 @@ class OfflineExtractor:
             chosen.confidence = min(chosen.confidence, multi)
         return chosen
 
-    def _emails(self, text: str, keywords: list[str]) -> list[_Candidate]:
+    def _emails(self, text: _Text) -> list[_Candidate]:
         found = []
-        for match in _EMAIL_RE.finditer(text):
+        for match in text.finditer(_EMAIL_RE):
             raw = match.group(0).rstrip(".-")
             try:
                 normalized = email_validator.validate_email(
@@ -345,131 +724,276 @@ class OfflineExtractor:
                 ).normalized
             except email_validator.EmailNotValidError:
                 continue
-            near = _keyword_before(text, match.start(), keywords)
+            near = text.keyword_before(match.start())
             end = match.start() + len(raw)
             found.append(_Candidate(normalized, 0.95, match.start(), end, "email", near))
         return found
 
-    def _phones(self, text: str, keywords: list[str]) -> list[_Candidate]:
+    def _phones(self, text: _Text) -> list[_Candidate]:
         found = []
-        for match in phonenumbers.PhoneNumberMatcher(text, self.default_region):
+        text.scanned += len(text.text)
+        for match in phonenumbers.PhoneNumberMatcher(text.text, self.default_region):
             if not phonenumbers.is_valid_number(match.number):
                 continue
             e164 = phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
             confidence = 0.9 if match.raw_string.lstrip().startswith("+") else 0.7
-            near = _keyword_before(text, match.start, keywords)
+            near = text.keyword_before(match.start)
             found.append(_Candidate(e164, confidence, match.start, match.end, "phone", near))
         return found
 
-    def _dates(self, text: str, keywords: list[str]) -> list[_Candidate]:
+    @staticmethod
+    def _by_range_role(
+        request: ExtractionRequest, text: _Text, found: list[_Candidate]
+    ) -> list[_Candidate]:
+        """Dates of a range go to the right end: a field named for the end of a range
+        (``return_date``, ``dropoff_date``) takes only dates introduced as one ("returning on
+        the 9th", "until Monday"); any other date field leaves those alone."""
+        name = request.field_name.rpartition("__")[2]
+        end_field = _END_FIELD.search(name) is not None
+        kept = []
+        for candidate in found:
+            before = text.text[max(0, candidate.start - 24) : candidate.start]
+            is_end = _END_CUE.search(before) is not None
+            if is_end == end_field or (end_field and candidate.near_keyword):
+                kept.append(candidate)
+        return kept
+
+    def _dates(self, text: _Text) -> list[_Candidate]:
         found: list[_Candidate] = []
+        today = self.today or date.today()
+        taken: list[tuple[int, int]] = []
 
-        def add(y: int, m: int, d: int, confidence: float, start: int, end: int, rule: str) -> None:
-            try:
-                value = date(y, m, d).isoformat()
-            except ValueError:
+        def overlaps(start: int, end: int) -> bool:
+            return any(s < end and start < e for s, e in taken)
+
+        def add(day: date | None, confidence: float, start: int, end: int, rule: str) -> None:
+            if day is None or overlaps(start, end):
                 return
-            near = _keyword_before(text, start, keywords)
-            found.append(_Candidate(value, confidence, start, end, rule, near))
+            taken.append((start, end))
+            near = text.keyword_before(start)
+            found.append(_Candidate(day.isoformat(), confidence, start, end, rule, near))
 
-        for m in _ISO_DATE_RE.finditer(text):
-            add(int(m[1]), int(m[2]), int(m[3]), 0.9, m.start(), m.end(), "date_iso")
-        for m in _DAY_MONTH_RE.finditer(text):
-            add(int(m[3]), _MONTHS[m[2].lower()], int(m[1]), 0.85, m.start(), m.end(), "date_text")
-        for m in _MONTH_DAY_RE.finditer(text):
-            add(int(m[3]), _MONTHS[m[1].lower()], int(m[2]), 0.85, m.start(), m.end(), "date_text")
-        for m in _SLASH_DATE_RE.finditer(text):
+        def make(y: int, m: int, d: int) -> date | None:
+            try:
+                return date(y, m, d)
+            except ValueError:
+                return None
+
+        for m in text.finditer(_ISO_DATE_RE):
+            add(make(int(m[1]), int(m[2]), int(m[3])), 0.9, m.start(), m.end(), "date_iso")
+        for m in text.finditer(_SLASH_DATE_RE):
             a, b, y = int(m[1]), int(m[2]), int(m[3])
             if a > 12 >= b:
-                add(y, b, a, 0.7, m.start(), m.end(), "date_dmy")
+                add(make(y, b, a), 0.7, m.start(), m.end(), "date_dmy")
             elif b > 12 >= a:
-                add(y, a, b, 0.7, m.start(), m.end(), "date_mdy")
+                add(make(y, a, b), 0.7, m.start(), m.end(), "date_mdy")
             else:
                 # 03/04/2020: March or April? Day-first reading, honestly unsure
-                add(y, b, a, 0.4, m.start(), m.end(), "date_ambiguous")
+                add(make(y, b, a), 0.4, m.start(), m.end(), "date_ambiguous")
+        for pattern in (_DAY_MONTH_RE, _MONTH_DAY_RE):
+            for m in text.finditer(pattern):
+                day = _parse_text_date(m.group(0), today)
+                confidence = 0.85 if m[3] else 0.6
+                add(day, confidence, m.start(), m.end(), "date_text")
+        for m in text.finditer(_RELATIVE_DATE_RE):
+            add(_relative_date(m, today), 0.6, m.start(), m.end(), "date_relative")
         found.sort(key=lambda c: c.start)
         return found
 
     @staticmethod
-    def _number(text: str, keywords: list[str], asked: bool) -> _Candidate | None:
-        matches = list(_NUMBER_RE.finditer(text))
-        if not matches:
-            return None
+    def _time(text: _Text) -> _Candidate | None:
+        found = []
+        for m in text.finditer(_TIME_RE):
+            value = _time_of(m)
+            if value is not None:
+                near = text.near_keyword(m.start(), m.end())
+                found.append(_Candidate(value, 0.8, m.start(), m.end(), "time", near))
+        best = OfflineExtractor._best(found, multi=0.6, multi_keyword=0.8)
+        return best
+
+    @staticmethod
+    def _numbers(text: _Text) -> list[tuple[int | float, int, int]]:
+        """Every number of the text, digits or words, in order: (value, start, end)."""
 
         def value_of(raw: str) -> int | float:
             raw = raw.replace(",", "")
             return float(raw) if "." in raw else int(raw)
 
-        near = [m for m in matches if _keyword_before(text, m.start(), keywords)]
-        if near:
-            m = near[0]
-            return _Candidate(value_of(m[0]), 0.8, m.start(), m.end(), "number_keyword", True)
+        found: list[tuple[int | float, int, int]] = [
+            (value_of(m[0]), m.start(), m.end()) for m in text.finditer(_NUMBER_RE)
+        ]
+        for m in text.finditer(_NUMBER_WORD_RE):
+            word = _number_word(m[0])
+            if word is not None:
+                found.append((word, m.start(), m.end()))
+        found.sort(key=lambda item: item[1])
+        return found
+
+    @classmethod
+    def _number(cls, text: _Text, asked: bool) -> _Candidate | None:
+        matches = cls._numbers(text)
+        if not matches:
+            return None
+        for value, start, end in matches:
+            if text.keyword_before(start):
+                return _Candidate(value, 0.8, start, end, "number_keyword", True)
         if len(matches) == 1:
-            m = matches[0]
+            value, start, end = matches[0]
             confidence = 0.7 if asked else 0.35
-            return _Candidate(value_of(m[0]), confidence, m.start(), m.end(), "number")
+            return _Candidate(value, confidence, start, end, "number")
         return None
 
     @staticmethod
-    def _boolean(text: str, keywords: list[str], asked: bool) -> _Candidate | None:
+    def _boolean(text: _Text, asked: bool) -> _Candidate | None:
         if asked:
-            yes, no = _YES.search(text), _NO.search(text)
+            yes, no = _YES.search(text.text), _NO.search(text.text)
             if yes and not no:
                 return _Candidate(True, 0.85, yes.start(), yes.end(), "boolean_answer")
             if no and not yes:
                 return _Candidate(False, 0.85, no.start(), no.end(), "boolean_answer")
-        lowered = text.lower()
-        for keyword in keywords:
-            hit = re.search(rf"\b{re.escape(keyword)}\b", lowered)
-            if hit is None:
-                continue
-            clause_start = 0
-            for end in _CLAUSE_END.finditer(text, 0, hit.start()):
-                clause_start = end.end()
-            clause_end_match = _CLAUSE_END.search(text, hit.end())
-            clause_end = clause_end_match.start() if clause_end_match else len(text)
-            negated = _NEGATION.search(text, clause_start, clause_end) is not None
-            return _Candidate(not negated, 0.6, clause_start, clause_end, "boolean_keyword", True)
-        return None
+        hit = text.first_keyword()
+        if hit is None:
+            return None
+        start, end = text.clause_start(hit[0]), text.clause_end(hit[0])
+        negated = text.negated_clause(hit[0])
+        return _Candidate(not negated, 0.6, start, end, "boolean_keyword", True)
 
-    @staticmethod
-    def _allowed(
-        allowed: tuple[JsonValue, ...], text: str, keywords: list[str]
-    ) -> _Candidate | None:
-        found: list[_Candidate] = []
+    def _allowed(self, request: ExtractionRequest, text: _Text, asked: bool) -> _Candidate | None:
+        allowed = request.allowed_values or ()
+        labels: dict[str, JsonValue] = {}
         for value in allowed:
             label = value if isinstance(value, str) else json.dumps(value)
-            if not label.strip():
-                continue
-            for m in re.finditer(rf"(?<!\w){re.escape(label)}(?!\w)", text, re.IGNORECASE):
-                clause_start = 0
-                for end in _CLAUSE_END.finditer(text, 0, m.start()):
-                    clause_start = end.end()
-                negated = _NEGATION.search(text, clause_start, m.start()) is not None
-                near = _keyword_before(text, m.start(), keywords)
-                found.append(
-                    _Candidate(value, 0.3 if negated else 0.9, m.start(), m.end(), "allowed", near)
-                )
+            if label.strip() and label.lower() != _DONTCARE:
+                labels.setdefault(label.lower(), value)
+        if labels and set(labels) <= _TRUE_FALSE:
+            return self._allowed_boolean(labels, text, asked)
+        party = bool(_PARTY_FIELD.search(request.field_name))
+        found: list[_Candidate] = []
+        pattern = _alternation(tuple(labels))
+        if pattern is not None:
+            for m in text.finditer(pattern):
+                value = labels[m[0].lower()]
+                found.append(self._allowed_candidate(value, text, m.start(), m.end(), party))
+        # numbers written as words ("two people") for numeric labels
+        numeric = {int(k): v for k, v in labels.items() if k.isdigit()}
+        if numeric:
+            for m in text.finditer(_NUMBER_WORD_RE):
+                word = _number_word(m[0])
+                if word is not None and word in numeric:
+                    found.append(
+                        self._allowed_candidate(numeric[word], text, m.start(), m.end(), party)
+                    )
+            found = [c for c in found if not self._is_time_or_other_count(c, text)]
+        if not found and any(str(v).lower() == _DONTCARE for v in allowed):
+            return self._dontcare(text)
+        if not found and labels:
+            return self._fuzzy(labels, text)
         if not found:
             return None
+        found.sort(key=lambda c: c.start)
         affirmed = [c for c in found if c.confidence > 0.3]
-        distinct = {json.dumps(c.value) for c in affirmed}
-        if len(distinct) == 1:
-            return affirmed[0]
         if not affirmed:
             return found[0]
+        distinct = {json.dumps(c.value) for c in affirmed}
+        near = [c for c in affirmed if c.near_keyword]
+        if len(distinct) == 1:
+            chosen = near[0] if near else affirmed[0]
+            if str(chosen.value).isdigit() and not chosen.near_keyword:
+                # a bare number ("just two") answers a question about the field, or
+                # belongs to some other count
+                if not asked:
+                    return None
+                chosen.confidence = 0.7
+            return chosen
+        if near and len({json.dumps(c.value) for c in near}) == 1:
+            return near[-1]
         chosen = affirmed[-1]
         chosen.confidence = 0.4
         return chosen
 
     @staticmethod
-    def _string(text: str, keywords: list[str], asked: bool) -> _Candidate | None:
-        for keyword in keywords:
-            pattern = re.compile(
-                rf"\b{re.escape(keyword)}\s*(?:is|'s|was|:|=)\s*([^.,;!?\n]{{1,120}})",
-                re.IGNORECASE,
-            )
-            m = pattern.search(text)
+    def _allowed_candidate(
+        value: JsonValue, text: _Text, start: int, end: int, party: bool
+    ) -> _Candidate:
+        negated = text.negated(start)
+        near = text.near_keyword(start, end)
+        if not near and party and str(value).isdigit():
+            near = _PARTY_NOUNS.match(text.text, end, min(len(text.text), end + 32)) is not None
+        return _Candidate(value, 0.3 if negated else 0.9, start, end, "allowed", near)
+
+    @staticmethod
+    def _is_time_or_other_count(candidate: _Candidate, text: _Text) -> bool:
+        """True for a number that is not this field's: an hour ("at 4 pm") or a count of
+        something the field does not name ("2 bedrooms" for a field about baths)."""
+        if not str(candidate.value).isdigit():
+            return False
+        after = text.text[candidate.end : candidate.end + 32]
+        if _TIME_AFTER.match(after) or _ONE_WAY.match(after):
+            return True
+        if candidate.near_keyword or _PARTY_NOUNS.match(after):
+            return False
+        noun = _NOUN_AFTER.match(after)
+        return noun is not None and noun[1].lower() in _COUNTED_NOUNS
+
+    def _allowed_boolean(
+        self, labels: Mapping[str, JsonValue], text: _Text, asked: bool
+    ) -> _Candidate | None:
+        """``True``/``False`` allowed values: the field's keyword, with or without a
+        negation, or a yes/no answering a question about it."""
+        found = self._boolean(text, asked)
+        if found is None:
+            return None
+        label = "true" if found.value else "false"
+        if label not in labels:
+            return None
+        found.value = labels[label]
+        found.rule = "allowed_" + found.rule
+        return found
+
+    @staticmethod
+    def _dontcare(text: _Text) -> _Candidate | None:
+        for m in text.finditer(_DONTCARE_RE):
+            if text.near_keyword(m.start(), m.end()) or m[0].lower() in (
+                "don't care",
+                "do not care",
+                "doesn't matter",
+                "does not matter",
+                "no preference",
+            ):
+                near = text.near_keyword(m.start(), m.end())
+                confidence = 0.8 if near else 0.55
+                return _Candidate(_DONTCARE, confidence, m.start(), m.end(), "dontcare", near)
+        return None
+
+    @staticmethod
+    def _fuzzy(labels: Mapping[str, JsonValue], text: _Text) -> _Candidate | None:
+        """A label written slightly differently ("premium-economy", "family counsellor"):
+        rapidfuzz's best partial alignment of each multi-word label, on a short turn only."""
+        if len(text.text) > _FUZZY_MAX_CHARS:
+            return None
+        text.scanned += len(text.text)
+        lowered = text.text.lower()
+        best: tuple[float, JsonValue, int, int] | None = None
+        for label, value in labels.items():
+            if len(label.split()) < 2:
+                continue
+            hit = fuzz.partial_ratio_alignment(label, lowered, score_cutoff=88)
+            if hit is None or not _word_bounded(lowered, hit.dest_start, hit.dest_end):
+                continue
+            if best is None or hit.score > best[0]:
+                best = (hit.score, value, hit.dest_start, hit.dest_end)
+        if best is None:
+            return None
+        _, value, start, end = best
+        negated = text.negated(start)
+        return _Candidate(value, 0.3 if negated else 0.55, start, end, "allowed_fuzzy")
+
+    @staticmethod
+    def _string(request: ExtractionRequest, text: _Text, asked: bool) -> _Candidate | None:
+        for keyword in request.keywords():
+            pattern = _keyword_statement(keyword)
+            text.scanned += len(text.text)
+            m = pattern.search(text.text)
             if m is None:
                 continue
             value = re.split(r"\s+(?:and|but)\s+", m[1], maxsplit=1, flags=re.IGNORECASE)[0]
@@ -478,16 +1002,123 @@ class OfflineExtractor:
                 start = m.start(1)
                 return _Candidate(value, 0.75, start, start + len(value), "string_keyword", True)
         if asked:
-            reply = text.strip().strip(".!").strip()
+            reply = text.text.strip().strip(".!").strip()
             if (
                 reply
+                and len(reply) <= 120
                 and len(reply.split()) <= 6
                 and not _YES.search(reply)
                 and not _NO.search(reply)
             ):
-                start = text.find(reply)
+                start = text.text.find(reply)
                 return _Candidate(reply, 0.55, start, start + len(reply), "string_reply")
         return None
+
+
+# nouns counted by numbers that are not party sizes: a number before one of these is about
+# that thing, not about a field that does not name it
+_COUNTED_NOUNS = frozenset(
+    {
+        "bedroom",
+        "bedrooms",
+        "bed",
+        "beds",
+        "bathroom",
+        "bathrooms",
+        "bath",
+        "baths",
+        "bag",
+        "bags",
+        "stop",
+        "stops",
+        "star",
+        "stars",
+        "room",
+        "rooms",
+        "night",
+        "nights",
+        "day",
+        "days",
+        "hour",
+        "hours",
+        "minute",
+        "minutes",
+        "week",
+        "weeks",
+        "month",
+        "months",
+        "year",
+        "years",
+        "transfer",
+        "transfers",
+        "kid",
+        "kids",
+        "child",
+        "children",
+        "dog",
+        "dogs",
+        "item",
+        "items",
+        "bed-room",
+        "bed-rooms",
+    }
+)
+
+
+def _word_bounded(text: str, start: int, end: int) -> bool:
+    """``text[start:end]`` neither starts nor ends inside a word."""
+    return (start == 0 or not text[start - 1].isalnum()) and (
+        end >= len(text) or not text[end].isalnum()
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _keyword_statement(keyword: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"\b{re.escape(keyword)}\s*(?:is|'s|was|:|=)\s*([^.,;!?\n]{{1,120}})", re.IGNORECASE
+    )
+
+
+def _parse_text_date(span: str, today: date) -> date | None:
+    """A date written with a month name ("March 4th", "4th of March, 2019"), by dateutil;
+    the year of ``today`` when none is written."""
+    cleaned = re.sub(r"\b(?:of|the)\b", " ", span, flags=re.IGNORECASE)
+    try:
+        parsed = dateutil_parser.parse(
+            cleaned, default=datetime(today.year, today.month, 1), fuzzy=True
+        )
+    except (ValueError, OverflowError):
+        return None
+    found: date = parsed.date()
+    return found
+
+
+def _relative_date(m: re.Match[str], today: date) -> date | None:
+    g = m.groupdict()
+    if g["today"]:
+        return today
+    if g["tomorrow"]:
+        return today + timedelta(days=1)
+    if g["after"]:
+        return today + timedelta(days=2)
+    if g["day"]:
+        try:
+            return today.replace(day=int(g["day"]))
+        except ValueError:
+            return None
+    name = (g["wd1"] or g["wd2"] or "").lower()
+    if name not in _WEEKDAYS:
+        return None
+    weekday = _WEEKDAYS[name]
+    ahead = (weekday - today.weekday()) % 7
+    qualifier = (g["next"] or g["nextweek"] or "").lower()
+    if qualifier.startswith("next") and ahead == 0:
+        ahead = 7
+    elif "next week" in qualifier:
+        # "Monday next week": the Monday of the week after this one
+        start_of_next = today + timedelta(days=7 - today.weekday())
+        return start_of_next + timedelta(days=weekday)
+    return today + timedelta(days=ahead)
 
 
 # =========================================================================================
@@ -540,7 +1171,9 @@ class OpenAICompatibleExtractor:
         timeout_seconds: float = 30.0,
         client: httpx.AsyncClient | None = None,
         json_mode: bool = True,
+        limits: ExtractionLimits | None = None,
     ) -> None:
+        self.limits = limits or ExtractionLimits()
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.name = f"llm:{model}"
@@ -616,6 +1249,7 @@ class OpenAICompatibleExtractor:
         """
         if not turns:
             return None
+        self.limits.check(turns)
         body: dict[str, Any] = {
             "model": self.model,
             "messages": self._messages(request, turns),
@@ -674,3 +1308,27 @@ def _parse_answer(content: object) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ValueError("the answer is not a JSON object")
     return parsed
+
+
+def extractor_from_settings(
+    settings: VaultSettings, *, name: Literal["offline", "openai"] | None = None
+) -> OfflineExtractor | OpenAICompatibleExtractor:
+    """The extractor ``[extraction]`` configures (``name`` overrides ``extractor``), with
+    its limits. ``openai`` needs ``[extraction.openai] base_url`` and ``model``."""
+    section = settings.extraction
+    chosen = name or section.extractor
+    if chosen == "offline":
+        return OfflineExtractor.from_settings(settings)
+    openai = section.openai
+    if not openai.base_url or not openai.model:
+        raise errors.ConfigurationError(
+            "[extraction.openai] needs base_url and model for the openai extractor"
+        )
+    return OpenAICompatibleExtractor(
+        openai.base_url,
+        openai.model,
+        api_key=openai.api_key.get_secret_value() if openai.api_key else None,
+        timeout_seconds=openai.timeout_seconds,
+        json_mode=openai.json_mode,
+        limits=ExtractionLimits.from_settings(settings),
+    )

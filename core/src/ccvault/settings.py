@@ -45,6 +45,7 @@ from ccvault.secretvalues import (
 from ccvault.store_rules import StoreRules
 
 __all__ = [
+    "ExtractionSettings",
     "FreshnessSettings",
     "GapFillSettings",
     "MetricsSettings",
@@ -209,6 +210,33 @@ class WorkerSettings(_Section):
     lease_dir: str = ".ccvault/leases"
 
 
+class OpenAIExtractionSettings(_Section):
+    """``[extraction.openai]``: an OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    base_url: str = ""
+    model: str = ""
+    #: The API key (a secret, shown masked); ``api_key = "${OPENAI_API_KEY}"`` reads it from
+    #: the environment, ``CCVAULT_EXTRACTION__OPENAI__API_KEY_FILE`` from a file.
+    api_key: SecretStr | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    json_mode: bool = True
+
+
+class ExtractionSettings(_Section):
+    """``[extraction]``: the extractor gap fill uses and how much customer text it reads.
+
+    A message longer than ``max_message_chars``, or a conversation (the turns extraction
+    reads) longer than ``max_conversation_chars``, is refused with a ValidationError.
+    """
+
+    extractor: Literal["offline", "openai"] = "offline"
+    max_message_chars: int = Field(default=20_000, ge=1)
+    max_conversation_chars: int = Field(default=100_000, ge=1)
+    #: ISO 3166 region for national-format phone numbers (offline extractor), e.g. "US"
+    default_region: str | None = None
+    openai: OpenAIExtractionSettings = Field(default_factory=OpenAIExtractionSettings)
+
+
 _toml_data: ContextVar[dict[str, Any] | None] = ContextVar("ccvault_toml_data", default=None)
 
 
@@ -248,6 +276,7 @@ class VaultSettings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
 
     @classmethod
     def settings_customise_sources(
