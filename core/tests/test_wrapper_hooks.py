@@ -227,3 +227,15 @@ def test_the_forwarding_store_forwards_every_hook() -> None:
     }
     assert hooks <= set(vars(ForwardingProfileStore)), hooks - set(vars(ForwardingProfileStore))
     assert not ForwardingProfileStore.__abstractmethods__
+
+
+async def test_a_hook_without_a_typed_forward_is_forwarded_to_the_same_hook() -> None:
+    """The fallback that keeps a hook added to ProfileStore later forwarded hook to hook."""
+
+    class Inner(InMemoryProfileStore):
+        async def _extra_hook(self, value: int, *, twice: bool = False) -> tuple[str, int]:
+            return ("inner", value * 2 if twice else value)
+
+    forward = store_module._forwarding_hook("_extra_hook")
+    wrapper = ForwardingProfileStore(Inner())
+    assert await forward(wrapper, 3, twice=True) == ("inner", 6)

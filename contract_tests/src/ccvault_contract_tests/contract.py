@@ -16,6 +16,7 @@ from ccvault_contract_tests.suite_integrity import IntegrityContract
 from ccvault_contract_tests.suite_isolation import IsolationContract
 from ccvault_contract_tests.suite_lifecycle import LifecycleContract
 from ccvault_contract_tests.suite_lineage import LineageContract
+from ccvault_contract_tests.suite_merge_rules import MergeRulesContract
 from ccvault_contract_tests.suite_missing import MissingFieldsContract
 from ccvault_contract_tests.suite_model import ModelBasedContract
 from ccvault_contract_tests.suite_operations import OperationsContract
@@ -42,6 +43,7 @@ class ProfileStoreContract(
     ConcurrencyContract,
     ModelBasedContract,
     EdgesContract,
+    MergeRulesContract,
 ):
     """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::
 

@@ -68,9 +68,12 @@ hook                             contract
 
 from __future__ import annotations
 
+import abc
 import functools
+import inspect
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, final
@@ -1279,3 +1282,26 @@ class ForwardingProfileStore(ProfileStore):
         payloads: dict[UUID, tuple[Any, dict[str, Any]]],
     ) -> int:
         return await self.inner._rewrite_field_payloads(tenant_id, profile_id, payloads)
+
+
+def _forwarding_hook(name: str) -> Callable[..., Any]:
+    async def forward(self: ForwardingProfileStore, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.inner, name)(*args, **kwargs)
+
+    forward.__name__ = name
+    forward.__qualname__ = f"ForwardingProfileStore.{name}"
+    forward.__doc__ = f"Calls the inner store's ``{name}`` hook."
+    return forward
+
+
+# A hook added to ProfileStore without a typed forward above is still forwarded hook to hook,
+# never left to a default that would act on the wrapper's own (empty) state.
+for _name, _member in list(vars(ProfileStore).items()):
+    if (
+        _name.startswith("_")
+        and not _name.startswith("__")
+        and inspect.iscoroutinefunction(_member)
+        and _name not in vars(ForwardingProfileStore)
+    ):
+        setattr(ForwardingProfileStore, _name, _forwarding_hook(_name))
+abc.update_abstractmethods(ForwardingProfileStore)

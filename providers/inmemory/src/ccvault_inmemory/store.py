@@ -35,6 +35,8 @@ from ccvault.models import (
     ScenarioFieldRequirement,
     SourceType,
 )
+from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
+from ccvault.rules.merge import MergeSide, plan_merge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 
 __all__ = ["InMemoryProfileStore"]
@@ -222,7 +224,8 @@ class InMemoryProfileStore(ProfileStore):
                 owner = tenant.identities.get((identity.channel, identity.channel_user_id))
                 if owner is not None and owner != profile.id:
                     raise errors.IdentityConflictError(
-                        f"a {identity.channel.value} identity belongs to another profile"
+                        f"{identity.channel.value}:{identity.channel_user_id} belongs to "
+                        "another profile"
                     )
             for item in profile.fields.values():
                 stored = tenant.fields.get(item.id)
@@ -532,7 +535,8 @@ class InMemoryProfileStore(ProfileStore):
                 return False
             if owner is not None:
                 raise errors.IdentityConflictError(
-                    f"a {identity.channel.value} identity belongs to another profile"
+                    f"{identity.channel.value}:{identity.channel_user_id} belongs to another "
+                    "profile"
                 )
             row.profile.channel_identities.append(identity.model_copy(deep=True))
             row.profile.updated_at = self.now()
@@ -551,22 +555,19 @@ class InMemoryProfileStore(ProfileStore):
             source = self._live(tenant, source_profile_id)
             target = self._live(tenant, target_profile_id)
             now = self.now()
-            # decide every conflict first (pure), then apply: nothing half-done on error
-            losers: list[tuple[_Field, UUID]] = []
-            for row in list(self._fields_of(tenant, source_profile_id)):
-                if row.item.status is not ItemStatus.ACTIVE:
-                    continue
-                mine = self._active_field(tenant, target_profile_id, row.item.name)
-                if mine is None:
-                    continue
-                winner = choose_winner(mine.item, row.item)
-                loser = row if winner.id == mine.item.id else mine
-                losers.append((loser, winner.id))
-            for loser, winner_id in losers:
+            # the rule is core's: read the state, plan, then apply exactly the plan
+            plan = plan_merge(
+                self._merge_side(tenant, target),
+                self._merge_side(tenant, source),
+                now,
+                choose_winner=choose_winner,
+            )
+            for entry in plan.supersede:
+                loser = tenant.fields[entry.loser_id]
                 loser.item = loser.item.model_copy(
                     update={
                         "status": ItemStatus.SUPERSEDED,
-                        "superseded_by_id": winner_id,
+                        "superseded_by_id": entry.winner_id,
                         "superseded_at": now,
                         "updated_at": now,
                     }
@@ -577,10 +578,16 @@ class InMemoryProfileStore(ProfileStore):
             for a in tenant.assets.values():
                 if a.profile_id == source_profile_id:
                     a.profile_id = target_profile_id
-            for identity in source.profile.channel_identities:
-                moved = identity.model_copy(update={"primary": False})
-                target.profile.channel_identities.append(moved)
-                tenant.identities[(identity.channel, identity.channel_user_id)] = target_profile_id
+            held = {
+                (i.channel, i.channel_user_id): i
+                for i in (*target.profile.channel_identities, *source.profile.channel_identities)
+            }
+            target.profile.channel_identities = [
+                held[placement.key].model_copy(update={"primary": placement.primary})
+                for placement in plan.identities
+            ]
+            for placement in plan.moved_identities:
+                tenant.identities[placement.key] = target_profile_id
             target.profile.consents.extend(c.model_copy(deep=True) for c in source.profile.consents)
             target.profile.updated_at = now
             source.profile.channel_identities = []
@@ -592,6 +599,15 @@ class InMemoryProfileStore(ProfileStore):
     # -------------------------------------------------------------------------------------
     # field definitions
     # -------------------------------------------------------------------------------------
+
+    def _merge_side(self, tenant: _Tenant, row: _Profile) -> MergeSide:
+        profile_id = row.profile.id
+        active = [
+            f.item
+            for f in self._fields_of(tenant, profile_id)
+            if f.item.status is ItemStatus.ACTIVE
+        ]
+        return MergeSide.of(profile_id, row.profile.channel_identities, active)
 
     async def _get_field_definitions(
         self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
@@ -615,13 +631,12 @@ class InMemoryProfileStore(ProfileStore):
         async with self._lock:
             tenant = self._tenant(definition.tenant_id, create=True)
             key = (definition.agent_id, definition.name)
-            stored = definition.model_copy(deep=True)
-            existing = tenant.definitions.get(key)
-            if existing is not None:
-                stored.id = existing.id
-                stored.created_at = existing.created_at
-            tenant.definitions[key] = stored
-            return stored.id
+            by_id = next((d for d in tenant.definitions.values() if d.id == definition.id), None)
+            plan = plan_definition_save(definition, by_id, tenant.definitions.get(key))
+            tenant.definitions[key] = definition.model_copy(
+                deep=True, update={"id": plan.id, "created_at": plan.created_at}
+            )
+            return plan.id
 
     async def _delete_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
@@ -652,13 +667,12 @@ class InMemoryProfileStore(ProfileStore):
                 requirement.rule_id,
                 requirement.field_name,
             )
-            stored = requirement.model_copy(deep=True)
-            existing = tenant.requirements.get(key)
-            if existing is not None:
-                stored.id = existing.id
-                stored.created_at = existing.created_at
-            tenant.requirements[key] = stored
-            return stored.id
+            by_id = next((r for r in tenant.requirements.values() if r.id == requirement.id), None)
+            plan = plan_requirement_save(requirement, by_id, tenant.requirements.get(key))
+            tenant.requirements[key] = requirement.model_copy(
+                deep=True, update={"id": plan.id, "created_at": plan.created_at}
+            )
+            return plan.id
 
     async def _delete_scenario_requirements(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None

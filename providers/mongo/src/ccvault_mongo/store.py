@@ -57,6 +57,8 @@ from ccvault.models import (
     SourceType,
     VerificationLevel,
 )
+from ccvault.rules.definitions import SchemaUpsert, plan_definition_save, plan_requirement_save
+from ccvault.rules.merge import MergePlan, MergeSide, plan_merge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_mongo.codec import JSON_SUFFIX, decode, dt, encode, pack_json, uid, unpack_json
 from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
@@ -1181,6 +1183,7 @@ class MongoProfileStore(ProfileStore):
             )
             if source is None:
                 raise errors.NotFoundError(f"profile {source_profile_id} not found")
+            now = self.now()
             # 2. the target's write order continues after every moved item's
             target = await profiles.find_one_and_update(
                 {"tenant_id": t, "id": dst, "live": True, "merging_into": None},
@@ -1194,28 +1197,35 @@ class MongoProfileStore(ProfileStore):
                     session=session,
                 )
                 raise errors.NotFoundError(f"profile {target_profile_id} not found")
-            # 3. identities, consents and assets move as they are (ids unchanged)
-            has_primary = await self._c("identities").find_one(
-                {"tenant_id": t, "profile_id": dst, "primary": True},
-                projection={"_id": 1},
-                session=session,
+            # 3. read the state; core's merge rule plans every write below
+            sides = (target_profile_id, source_profile_id)
+            plan = plan_merge(
+                *await self._merge_sides(t, sides, session), now, choose_winner=choose_winner
             )
-            moved: dict[str, Any] = {"profile_id": dst}
-            if has_primary:
-                moved["primary"] = False
-            await self._c("identities").update_many(
-                {"tenant_id": t, "profile_id": src}, {"$set": moved}, session=session
-            )
+            # 4. identities take the plan's primary flags; consents and assets move as they
+            #    are (ids unchanged)
+            for placement in (*plan.target_flag_changes, *plan.moved_identities):
+                await self._c("identities").update_one(
+                    {
+                        "tenant_id": t,
+                        "profile_id": {"$in": [src, dst]},
+                        "channel": placement.channel.value,
+                        "channel_user_id": placement.channel_user_id,
+                    },
+                    {"$set": {"profile_id": dst, "primary": placement.primary}},
+                    session=session,
+                )
             for collection in ("consents", "assets"):
                 await self._c(collection).update_many(
                     {"tenant_id": t, "profile_id": src},
                     {"$set": {"profile_id": dst}},
                     session=session,
                 )
-            # 4. fields: settle each name ACTIVE on both sides, then move every version; the
-            #    one-ACTIVE index refuses the move if a new conflict appeared: settle again
+            # 5. fields: supersede the plan's losers, then move every version; on a standalone
+            #    server the one-ACTIVE index refuses the move if a conflict appeared meanwhile:
+            #    read and plan again
             for _ in range(self.settings.max_write_retries):
-                await self._settle_conflicts(t, src, dst, choose_winner, session)
+                await self._supersede_losers(t, plan, session)
                 try:
                     await fields.update_many(
                         {"tenant_id": t, "profile_id": src},
@@ -1226,6 +1236,9 @@ class MongoProfileStore(ProfileStore):
                 except DuplicateKeyError:
                     if session is not None:
                         raise
+                plan = plan_merge(
+                    *await self._merge_sides(t, sides, session), now, choose_winner=choose_winner
+                )
             else:
                 raise errors.ConflictError("merge lost too many races; call it again to finish")
             # 5. the source is soft-deleted last
@@ -1263,32 +1276,45 @@ class MongoProfileStore(ProfileStore):
             for profile_id, token in held:
                 await self._unlock(tenant_id, profile_id, token)
 
-    async def _settle_conflicts(
-        self, t: Any, src: Any, dst: Any, choose_winner: MergeWinner, session: Any
-    ) -> None:
-        fields = self._c("fields")
-        actives = await fields.find(
-            {"tenant_id": t, "profile_id": {"$in": [src, dst]}, "status": ItemStatus.ACTIVE.value},
-            session=session,
-        ).to_list(None)
-        by_name: dict[str, dict[Any, ProfileField]] = {}
-        for doc in actives:
-            by_name.setdefault(doc["name"], {})[doc["profile_id"]] = _to_model(
-                ProfileField, doc, _FIELD_JSON
+    async def _merge_sides(
+        self, t: Any, profile_ids: tuple[UUID, UUID], session: Any
+    ) -> tuple[MergeSide, MergeSide]:
+        """What core's merge rule reads of each profile: identities and ACTIVE versions."""
+        keys = [uid(p) for p in profile_ids]
+        query = {"tenant_id": t, "profile_id": {"$in": keys}}
+        identities = (
+            await self._c("identities")
+            .find(query, sort=[("position", 1)], session=session)
+            .to_list(None)
+        )
+        actives = (
+            await self._c("fields")
+            .find({**query, "status": ItemStatus.ACTIVE.value}, session=session)
+            .to_list(None)
+        )
+        target, source = (
+            MergeSide.of(
+                profile_id,
+                [_to_model(ChannelIdentity, d) for d in identities if d["profile_id"] == key],
+                [
+                    _to_model(ProfileField, d, _FIELD_JSON)
+                    for d in actives
+                    if d["profile_id"] == key
+                ],
             )
-        now = dt(self.now())
-        for pair in by_name.values():
-            if len(pair) < 2:
-                continue
-            kept, dropped = pair[dst], pair[src]
-            winner = choose_winner(kept, dropped)
-            loser = dropped if winner is kept else kept
-            await fields.update_one(
-                {"tenant_id": t, "id": uid(loser.id), "status": ItemStatus.ACTIVE.value},
+            for profile_id, key in zip(profile_ids, keys, strict=True)
+        )
+        return target, source
+
+    async def _supersede_losers(self, t: Any, plan: MergePlan, session: Any) -> None:
+        now = dt(plan.now)
+        for entry in plan.supersede:
+            await self._c("fields").update_one(
+                {"tenant_id": t, "id": uid(entry.loser_id), "status": ItemStatus.ACTIVE.value},
                 {
                     "$set": {
                         "status": ItemStatus.SUPERSEDED.value,
-                        "superseded_by_id": uid(winner.id),
+                        "superseded_by_id": uid(entry.winner_id),
                         "superseded_at": now,
                         "updated_at": now,
                     }
@@ -1300,23 +1326,40 @@ class MongoProfileStore(ProfileStore):
     # field definitions and scenario requirements: upserts on their natural keys
     # =====================================================================================
 
-    async def _upsert(self, collection: str, key: dict[str, Any], document: dict[str, Any]) -> UUID:
-        """Insert or update by ``key``, keeping a stored ``_id`` and ``created_at``."""
-        keep = {"id": document.pop("id"), "created_at": document.pop("created_at")}
-        for attempt in range(2):
+    async def _planned_upsert(
+        self,
+        collection: str,
+        key: dict[str, Any],
+        document: dict[str, Any],
+        plan: Callable[[dict[str, Any] | None, dict[str, Any] | None], SchemaUpsert],
+    ) -> UUID:
+        """Read the documents with the given id and with the natural ``key``, let core's
+        rule decide (a refusal raises and nothing is written), then upsert by ``key`` and
+        every attribute the rule compared (so a document changed in between is not
+        matched: the insert then hits a unique index and the whole step runs again)."""
+        c = self._c(collection)
+        t = key["tenant_id"]
+        for attempt in range(self.settings.max_write_retries):
+            by_id = await c.find_one({"tenant_id": t, "id": document["id"]})
+            by_key = await c.find_one(key)
+            decided = plan(by_id, by_key)
+            match = {**key, "id": uid(decided.id)}
+            if "agent_id" in document:
+                match["agent_id"] = document["agent_id"]
+            body = {k: v for k, v in document.items() if k not in ("id", "created_at")}
             try:
-                stored = await self._c(collection).find_one_and_update(
-                    key,
-                    {"$set": document, "$setOnInsert": keep},
+                await c.update_one(
+                    match,
+                    {
+                        "$set": body,
+                        "$setOnInsert": {"created_at": dt(decided.created_at)},
+                    },
                     upsert=True,
-                    projection={"id": 1},
-                    return_document=ReturnDocument.AFTER,
                 )
-                found: UUID = decode(stored["id"])
-                return found
+                return decided.id
             except DuplicateKeyError:
-                # two upserts raced to insert: the second attempt finds the first's row
-                if attempt:
+                # a concurrent first save of this id or key won: read it and decide again
+                if attempt + 1 == self.settings.max_write_retries:
                     raise
         raise AssertionError("unreachable")
 
@@ -1343,10 +1386,18 @@ class MongoProfileStore(ProfileStore):
             pack_json(doc, json_key)
         key = {
             "tenant_id": doc.pop("tenant_id"),
-            "agent_id": doc.pop("agent_id"),
+            "agent_id": doc["agent_id"],
             "name": doc.pop("name"),
         }
-        return await self._upsert("definitions", key, doc)
+
+        def plan(by_id: dict[str, Any] | None, by_key: dict[str, Any] | None) -> SchemaUpsert:
+            stored = [
+                None if d is None else _to_model(ProfileFieldDefinition, d, _DEFINITION_JSON)
+                for d in (by_id, by_key)
+            ]
+            return plan_definition_save(definition, *stored)
+
+        return await self._planned_upsert("definitions", key, doc, plan)
 
     async def _delete_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
@@ -1379,7 +1430,15 @@ class MongoProfileStore(ProfileStore):
             name: doc.pop(name)
             for name in ("tenant_id", "scenario_id", "step_id", "rule_id", "field_name")
         }
-        return await self._upsert("requirements", key, doc)
+
+        def plan(by_id: dict[str, Any] | None, by_key: dict[str, Any] | None) -> SchemaUpsert:
+            stored = [
+                None if d is None else _to_model(ScenarioFieldRequirement, d)
+                for d in (by_id, by_key)
+            ]
+            return plan_requirement_save(requirement, *stored)
+
+        return await self._planned_upsert("requirements", key, doc, plan)
 
     async def _delete_scenario_requirements(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None

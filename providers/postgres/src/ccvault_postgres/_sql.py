@@ -480,13 +480,19 @@ WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND deleted_at IS NULL
 ORDER BY id FOR UPDATE
 """
 
-MERGE_CONFLICTS = """
-SELECT t AS target, s AS source
-FROM profile_fields s
-JOIN profile_fields t
-  ON t.tenant_id = $1 AND t.profile_id = $3 AND t.name = s.name AND t.status = 'active'
-WHERE s.tenant_id = $1 AND s.profile_id = $2 AND s.status = 'active'
+# the state core's merge rule reads: both profiles' identities and ACTIVE versions
+MERGE_IDENTITIES = """
+SELECT profile_id, channel, channel_user_id, is_primary FROM channel_identities
+WHERE tenant_id = $1 AND profile_id = ANY($2::uuid[]) AND NOT released
+ORDER BY created_at, seq
 """
+
+
+MERGE_ACTIVE_FIELDS = """
+SELECT * FROM profile_fields
+WHERE tenant_id = $1 AND profile_id = ANY($2::uuid[]) AND status = 'active'
+"""
+
 
 MERGE_SUPERSEDE = """
 UPDATE profile_fields f
@@ -501,12 +507,12 @@ WITH mf AS (
 ), ma AS (
     UPDATE profile_assets SET profile_id = $3 WHERE tenant_id = $1 AND profile_id = $2
 ), mi AS (
-    UPDATE channel_identities
-    SET profile_id = $3,
-        is_primary = is_primary AND NOT EXISTS (
-            SELECT 1 FROM channel_identities
-            WHERE tenant_id = $1 AND profile_id = $3 AND is_primary)
-    WHERE tenant_id = $1 AND profile_id = $2
+    -- every identity of both, on the target, with the primary flag the plan gives it
+    UPDATE channel_identities ci
+    SET profile_id = $3, is_primary = u.is_primary
+    FROM unnest($5::text[], $6::text[], $7::boolean[]) AS u (channel, channel_user_id, is_primary)
+    WHERE ci.tenant_id = $1 AND ci.profile_id IN ($2, $3) AND NOT ci.released
+      AND ci.channel = u.channel AND ci.channel_user_id = u.channel_user_id
 ), mc AS (
     UPDATE consents
     SET profile_id = $3,
@@ -532,12 +538,15 @@ ON CONFLICT ON CONSTRAINT profile_field_definitions_name DO UPDATE
 SET {_assign_excluded(DEFINITION_COLS, ("tenant_id", "id", "agent_id", "name", "created_at"))}
 RETURNING id
 """
-# the id exists under another name: rename it in place
-UPDATE_DEFINITION_BY_ID = f"""
-UPDATE profile_field_definitions SET ({_DEF_LIST}) = ({_params(1, len(DEFINITION_COLS))})
-WHERE tenant_id = $1 AND id = $2
-RETURNING id
+# the rows core's save rule reads: the one with the given id, the one with the given key
+DEFINITION_BY_ID_OR_KEY = """
+SELECT (id = $2) AS by_id, (agent_id = $3 AND name = $4) AS by_key, *
+FROM profile_field_definitions
+WHERE tenant_id = $1 AND (id = $2 OR (agent_id = $3 AND name = $4))
+FOR UPDATE
 """
+
+
 GET_DEFINITIONS = """
 SELECT * FROM profile_field_definitions
 WHERE tenant_id = $1 AND agent_id = $2 AND (enabled OR NOT $3::boolean)
@@ -562,11 +571,18 @@ SET {
 }
 RETURNING id
 """
-UPDATE_REQUIREMENT_BY_ID = f"""
-UPDATE scenario_field_requirements SET ({_REQ_LIST}) = ({_params(1, len(REQUIREMENT_COLS))})
-WHERE tenant_id = $1 AND id = $2
-RETURNING id
+REQUIREMENT_BY_ID_OR_KEY = """
+SELECT (id = $2) AS by_id,
+       (scenario_id = $3 AND step_id IS NOT DISTINCT FROM $4::uuid
+        AND rule_id IS NOT DISTINCT FROM $5::uuid AND field_name = $6) AS by_key, *
+FROM scenario_field_requirements
+WHERE tenant_id = $1 AND (id = $2 OR (scenario_id = $3
+      AND step_id IS NOT DISTINCT FROM $4::uuid AND rule_id IS NOT DISTINCT FROM $5::uuid
+      AND field_name = $6))
+FOR UPDATE
 """
+
+
 GET_REQUIREMENTS = """
 SELECT * FROM scenario_field_requirements
 WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid

@@ -64,6 +64,8 @@ from ccvault.models import (
     SourceType,
     VerificationLevel,
 )
+from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
+from ccvault.rules.merge import HeldIdentity, MergeSide, plan_merge
 from ccvault.storage import row_values
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_postgres import _sql as sql
@@ -953,7 +955,7 @@ class PostgresProfileStore(ProfileStore):
                 # the owner committed after this statement's snapshot: look again
                 raise _LinkRace
             raise errors.IdentityConflictError(
-                f"a {identity.channel.value} identity belongs to another profile"
+                f"{identity.channel.value}:{identity.channel_user_id} belongs to another profile"
             )
 
         return await self._write(attempt, retry_if=lambda exc: isinstance(exc, _LinkRace))
@@ -977,20 +979,37 @@ class PostgresProfileStore(ProfileStore):
                         source_profile_id if source_profile_id not in found else target_profile_id
                     )
                     raise errors.NotFoundError(f"profile {missing} not found")
-                losers: list[UUID] = []
-                winners: list[UUID] = []
-                for pair in await conn.fetch(
-                    sql.MERGE_CONFLICTS, tenant_id, source_profile_id, target_profile_id
-                ):
-                    target, source = _field(pair["target"]), _field(pair["source"])
-                    winner = choose_winner(target, source)
-                    loser = source if winner is target else target
-                    losers.append(loser.id)
-                    winners.append(winner.id)
-                if losers:
-                    await conn.execute(sql.MERGE_SUPERSEDE, tenant_id, losers, winners, now)
+                # read the state, let core's rule plan the merge, then write exactly the plan
+                pair = [target_profile_id, source_profile_id]
+                identities: dict[UUID, list[HeldIdentity]] = {p: [] for p in pair}
+                for row in await conn.fetch(sql.MERGE_IDENTITIES, tenant_id, pair):
+                    identities[row["profile_id"]].append(
+                        HeldIdentity(
+                            Channel(row["channel"]), row["channel_user_id"], row["is_primary"]
+                        )
+                    )
+                active: dict[UUID, list[ProfileField]] = {p: [] for p in pair}
+                for row in await conn.fetch(sql.MERGE_ACTIVE_FIELDS, tenant_id, pair):
+                    active[row["profile_id"]].append(_field(row))
+                target, source = (MergeSide.of(p, identities[p], active[p]) for p in pair)
+                plan = plan_merge(target, source, now, choose_winner=choose_winner)
+                if plan.supersede:
+                    await conn.execute(
+                        sql.MERGE_SUPERSEDE,
+                        tenant_id,
+                        [e.loser_id for e in plan.supersede],
+                        [e.winner_id for e in plan.supersede],
+                        now,
+                    )
                 await conn.execute(
-                    sql.MERGE_MOVE, tenant_id, source_profile_id, target_profile_id, now
+                    sql.MERGE_MOVE,
+                    tenant_id,
+                    source_profile_id,
+                    target_profile_id,
+                    now,
+                    [i.channel.value for i in plan.identities],
+                    [i.channel_user_id for i in plan.identities],
+                    [i.primary for i in plan.identities],
                 )
 
         await self._write(attempt)
@@ -1014,29 +1033,41 @@ class PostgresProfileStore(ProfileStore):
         return None if row is None else _definition(row)
 
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
-        params = _definition_params(definition)
-        return await self._upsert_by_key_or_id(
-            sql.UPSERT_DEFINITION, sql.UPDATE_DEFINITION_BY_ID, params
+        def plan(rows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
+            by_id = next((_definition(r) for r in rows if r["by_id"]), None)
+            by_key = next((_definition(r) for r in rows if r["by_key"]), None)
+            upsert = plan_definition_save(definition, by_id, by_key)
+            stored = definition.model_copy(
+                update={"id": upsert.id, "created_at": upsert.created_at}
+            )
+            return _definition_params(stored)
+
+        read = (definition.tenant_id, definition.id, definition.agent_id, definition.name)
+        return await self._planned_upsert(
+            sql.DEFINITION_BY_ID_OR_KEY, read, plan, sql.UPSERT_DEFINITION
         )
 
-    async def _upsert_by_key_or_id(self, upsert: str, by_id: str, params: Sequence[Any]) -> UUID:
-        """Upsert on the natural key, keeping a stored id; an id stored under another key
-        is updated in place (renamed). Both statements are single, atomic statements."""
+    async def _planned_upsert(
+        self,
+        read_sql: str,
+        read_args: Sequence[Any],
+        plan: Callable[[Sequence[Mapping[str, Any]]], Sequence[Any]],
+        upsert_sql: str,
+    ) -> UUID:
+        """Read the rows with the given id or natural key (locked), let core's rule decide
+        (a refusal raises and nothing is written), then upsert by the natural key, in one
+        transaction. Two first saves racing on one id or key: the loser's insert violates a
+        unique key, the transaction rolls back, and the retry reads the winner's row."""
 
         async def attempt(conn: asyncpg.Connection) -> UUID:
-            try:
-                stored: UUID = await conn.fetchval(upsert, *params)
+            async with conn.transaction():
+                rows = await conn.fetch(read_sql, *read_args)
+                stored: UUID = await conn.fetchval(upsert_sql, *plan(rows))
                 return stored
-            except pgerr.UniqueViolationError as exc:
-                if not (exc.constraint_name or "").endswith("_pkey"):
-                    raise
-            renamed: UUID | None = await conn.fetchval(by_id, *params)
-            if renamed is None:
-                raise _UpsertRace  # the row went away in between
-            return renamed
 
         return await self._write(
-            attempt, retry_if=lambda exc: _is_race(exc) or isinstance(exc, _UpsertRace)
+            attempt,
+            retry_if=lambda exc: _is_race(exc) or isinstance(exc, pgerr.UniqueViolationError),
         )
 
     async def _delete_field_definition(
@@ -1054,9 +1085,25 @@ class PostgresProfileStore(ProfileStore):
         return [_requirement(r) for r in rows]
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
-        params = _requirement_params(requirement)
-        return await self._upsert_by_key_or_id(
-            sql.UPSERT_REQUIREMENT, sql.UPDATE_REQUIREMENT_BY_ID, params
+        def plan(rows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
+            by_id = next((_requirement(r) for r in rows if r["by_id"]), None)
+            by_key = next((_requirement(r) for r in rows if r["by_key"]), None)
+            upsert = plan_requirement_save(requirement, by_id, by_key)
+            stored = requirement.model_copy(
+                update={"id": upsert.id, "created_at": upsert.created_at}
+            )
+            return _requirement_params(stored)
+
+        read = (
+            requirement.tenant_id,
+            requirement.id,
+            requirement.scenario_id,
+            requirement.step_id,
+            requirement.rule_id,
+            requirement.field_name,
+        )
+        return await self._planned_upsert(
+            sql.REQUIREMENT_BY_ID_OR_KEY, read, plan, sql.UPSERT_REQUIREMENT
         )
 
     async def _delete_scenario_requirements(
@@ -1180,10 +1227,6 @@ class _Lease:
 
 class _LinkRace(errors.VaultError):
     """Internal: an identity's owner committed after the statement's snapshot; retry."""
-
-
-class _UpsertRace(errors.VaultError):
-    """Internal: a row to update by id vanished between two statements; retry."""
 
 
 def _is_active_field_race(exc: BaseException) -> bool:

@@ -51,6 +51,8 @@ from ccvault.models import (
     SourceType,
     VerificationLevel,
 )
+from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
+from ccvault.rules.merge import IdentityPlacement, MergeSide, plan_merge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_sqlite import codec
 from ccvault_sqlite.codec import (
@@ -207,29 +209,6 @@ def _primary_code(exc: sqlite3.Error) -> int | None:
     return code & 0xFF if isinstance(code, int) else None
 
 
-def _make_private(path: Path) -> None:
-    """Create the database file readable by its owner only (0600), or narrow an existing one
-    and its -wal/-shm files to the owner: they hold personal data. SQLite creates -wal and
-    -shm with the database file's mode."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise errors.StorageError(f"cannot create SQLite database {path}: {exc}") from exc
-    else:
-        os.close(fd)
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            mode = stat.S_IMODE(file.stat().st_mode)
-            if mode & 0o077:
-                os.chmod(file, mode & 0o700)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            logger.warning("cannot make %s readable by its owner only: %s", file, exc)
-
-
 def _writable(path: Path) -> bool:
     """Writable for us, and not marked read-only (root ignores permission bits, we don't)."""
     mode = path.stat().st_mode
@@ -317,7 +296,6 @@ class SqliteProfileStore(ProfileStore):
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise errors.StorageError(f"cannot create folder {path.parent}: {exc}") from exc
-        _make_private(path)
         return str(path)
 
     async def _open(self) -> aiosqlite.Connection:
@@ -333,8 +311,6 @@ class SqliteProfileStore(ProfileStore):
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
             await conn.execute("PRAGMA foreign_keys = ON")
-            # deleted content is overwritten with zeros, whatever SQLite was compiled with
-            await conn.execute("PRAGMA secure_delete = ON")
             # read-only checks first: a foreign or newer database must be left as it is
             await read_version(conn)
             if database != MEMORY:
@@ -904,7 +880,8 @@ class SqliteProfileStore(ProfileStore):
                 if rows[0][0] == profile:
                     return False
                 raise errors.IdentityConflictError(
-                    f"a {identity.channel.value} identity belongs to another live profile"
+                    f"identity {identity.channel.value}:{identity.channel_user_id} belongs to "
+                    "another live profile"
                 )
             position = await self._next_position(conn, "channel_identities", tenant, profile)
             await conn.execute(
@@ -934,6 +911,33 @@ class SqliteProfileStore(ProfileStore):
         )
         return int(next(iter(rows))[0])
 
+    @staticmethod
+    async def _merge_sides(
+        conn: aiosqlite.Connection, tenant: str, profile_ids: tuple[UUID, UUID]
+    ) -> tuple[MergeSide, MergeSide]:
+        """What the merge rule reads of each profile: identities and ACTIVE versions."""
+        sides = []
+        for profile_id in profile_ids:
+            key = (tenant, str(profile_id))
+            identities = await conn.execute_fetchall(
+                f"SELECT {IDENTITY_SELECT} FROM channel_identities "
+                "WHERE tenant_id = ? AND profile_id = ? ORDER BY position",
+                key,
+            )
+            fields = await conn.execute_fetchall(
+                f"SELECT {FIELD_SELECT} FROM fields "
+                "WHERE tenant_id = ? AND profile_id = ? AND status = 'active'",
+                key,
+            )
+            sides.append(
+                MergeSide.of(
+                    profile_id,
+                    [codec.identity_from_row(row) for row in identities],
+                    [codec.field_from_row(row) for row in fields],
+                )
+            )
+        return sides[0], sides[1]
+
     async def _merge_profiles(
         self,
         tenant_id: UUID,
@@ -946,29 +950,19 @@ class SqliteProfileStore(ProfileStore):
         async def op(conn: aiosqlite.Connection) -> None:
             await self._require_live(conn, tenant, source)
             await self._require_live(conn, tenant, target)
-            now = ts(self.now())
-            rows = await conn.execute_fetchall(
-                f"SELECT profile_id, {FIELD_SELECT} FROM fields WHERE tenant_id = ? "
-                "AND profile_id IN (?, ?) AND status = 'active'",
-                (tenant, source, target),
-            )
-            active: dict[str, dict[str, ProfileField]] = {source: {}, target: {}}
-            for row in rows:
-                item = codec.field_from_row(row[1:])
-                active[row[0]][item.name] = item
-            losers: list[tuple[str, str, str, str, str]] = []
-            for name, source_item in active[source].items():
-                target_item = active[target].get(name)
-                if target_item is None:
-                    continue
-                winner = choose_winner(target_item, source_item)
-                loser = source_item if winner is target_item else target_item
-                losers.append((str(winner.id), now, now, tenant, str(loser.id)))
-            if losers:
+            now = self.now()
+            # read the state, let core's rule plan the merge, then write exactly the plan
+            sides = await self._merge_sides(conn, tenant, (target_profile_id, source_profile_id))
+            plan = plan_merge(*sides, now, choose_winner=choose_winner)
+            stamp = ts(now)
+            if plan.supersede:
                 await conn.executemany(
                     "UPDATE fields SET status = 'superseded', superseded_by_id = ?, "
                     "superseded_at = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
-                    losers,
+                    [
+                        (str(e.winner_id), stamp, stamp, tenant, str(e.loser_id))
+                        for e in plan.supersede
+                    ],
                 )
             moved = (target, tenant, source)
             await conn.execute(
@@ -978,17 +972,15 @@ class SqliteProfileStore(ProfileStore):
                 "UPDATE assets SET profile_id = ? WHERE tenant_id = ? AND profile_id = ?", moved
             )
             offset = await self._next_position(conn, "channel_identities", tenant, target)
-            has_primary = await conn.execute_fetchall(
-                "SELECT 1 FROM channel_identities WHERE tenant_id = ? AND profile_id = ? "
-                "AND is_primary = 1",
-                (tenant, target),
-            )
-            # the target keeps its primary identity; moved ones become secondary
-            await conn.execute(
+            pair = (tenant, source, target)
+            await conn.executemany(
                 "UPDATE channel_identities SET profile_id = ?, position = position + ?, "
-                "is_primary = CASE WHEN ? THEN 0 ELSE is_primary END "
-                "WHERE tenant_id = ? AND profile_id = ?",
-                (target, offset, int(bool(has_primary)), tenant, source),
+                "is_primary = ? WHERE tenant_id = ? AND profile_id IN (?, ?) AND channel = ? "
+                "AND channel_user_id = ?",
+                [
+                    (target, offset * i.from_source, int(i.primary), *pair, *_ident(i))
+                    for i in (*plan.target_flag_changes, *plan.moved_identities)
+                ],
             )
             offset = await self._next_position(conn, "consents", tenant, target)
             await conn.execute(
@@ -998,11 +990,11 @@ class SqliteProfileStore(ProfileStore):
             )
             await conn.execute(
                 "UPDATE profiles SET deleted_at = ? WHERE tenant_id = ? AND id = ?",
-                (now, tenant, source),
+                (stamp, tenant, source),
             )
             await conn.execute(
                 "UPDATE profiles SET updated_at = ? WHERE tenant_id = ? AND id = ?",
-                (now, tenant, target),
+                (stamp, tenant, target),
             )
 
         await self._write(op)
@@ -1033,15 +1025,25 @@ class SqliteProfileStore(ProfileStore):
         return codec.definition_from_row(rows[0]) if rows else None
 
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
-        params = codec.definition_params(definition)
+        tenant = str(definition.tenant_id)
 
         async def op(conn: aiosqlite.Connection) -> UUID:
-            try:
-                rows = await conn.execute_fetchall(_UPSERT_DEFINITION, params)
-            except sqlite3.IntegrityError as exc:
-                raise errors.ConflictError(
-                    f"definition id {definition.id} is already stored under another name"
-                ) from exc
+            # core's rule decides where it goes (or refuses), under the write lock
+            select = f"SELECT {DEFINITION_SELECT} FROM field_definitions WHERE tenant_id = ? AND "
+            by_id = await conn.execute_fetchall(f"{select}id = ?", (tenant, str(definition.id)))
+            by_key = await conn.execute_fetchall(
+                f"{select}agent_id = ? AND name = ?",
+                (tenant, str(definition.agent_id), definition.name),
+            )
+            plan = plan_definition_save(
+                definition,
+                *(
+                    None if row is None else codec.definition_from_row(row)
+                    for row in _first(by_id, by_key)
+                ),
+            )
+            stored = definition.model_copy(update={"id": plan.id, "created_at": plan.created_at})
+            rows = await conn.execute_fetchall(_UPSERT_DEFINITION, codec.definition_params(stored))
             return UUID(next(iter(rows))[0])
 
         return await self._write(op)
@@ -1073,15 +1075,35 @@ class SqliteProfileStore(ProfileStore):
         return [codec.requirement_from_row(row) for row in rows]
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
-        params = codec.requirement_params(requirement)
+        tenant = str(requirement.tenant_id)
 
         async def op(conn: aiosqlite.Connection) -> UUID:
-            try:
-                rows = await conn.execute_fetchall(_UPSERT_REQUIREMENT, params)
-            except sqlite3.IntegrityError as exc:
-                raise errors.ConflictError(
-                    f"requirement id {requirement.id} is already stored under another key"
-                ) from exc
+            # core's rule decides where it goes (or refuses), under the write lock
+            select = f"SELECT {REQUIREMENT_SELECT} FROM scenario_requirements WHERE tenant_id = ? "
+            by_id = await conn.execute_fetchall(
+                f"{select}AND id = ?", (tenant, str(requirement.id))
+            )
+            by_key = await conn.execute_fetchall(
+                f"{select}AND scenario_id = ? AND step_id IS ? AND rule_id IS ? AND field_name = ?",
+                (
+                    tenant,
+                    str(requirement.scenario_id),
+                    codec.uid(requirement.step_id),
+                    codec.uid(requirement.rule_id),
+                    requirement.field_name,
+                ),
+            )
+            plan = plan_requirement_save(
+                requirement,
+                *(
+                    None if row is None else codec.requirement_from_row(row)
+                    for row in _first(by_id, by_key)
+                ),
+            )
+            stored = requirement.model_copy(update={"id": plan.id, "created_at": plan.created_at})
+            rows = await conn.execute_fetchall(
+                _UPSERT_REQUIREMENT, codec.requirement_params(stored)
+            )
             return UUID(next(iter(rows))[0])
 
         return await self._write(op)
@@ -1105,27 +1127,6 @@ class SqliteProfileStore(ProfileStore):
     # erasure, portability, hard delete, orphans, operations
     # =====================================================================================
 
-    async def _after_purge(self, purged: bool) -> bool:
-        """Checkpoint the WAL into the database file and truncate it, so that purged rows do
-        not live on in the -wal file while the store runs (``secure_delete`` zeroes them in
-        the database file). Best effort: a reader in another process holding an older
-        snapshot keeps the WAL from being reset; that is logged, and the next checkpoint
-        (a later purge, SQLite's automatic ones, the last close) completes it."""
-        if not purged or self.settings.path == MEMORY:
-            return purged
-        async with self._lock:
-            conn = self.connection
-            try:
-                rows = await self._retry_busy(
-                    lambda: conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
-                )
-            except sqlite3.Error as exc:
-                logger.warning("WAL checkpoint after a purge failed: %s", exc)
-                return purged
-        if next(iter(rows))[0]:
-            logger.warning("WAL checkpoint after a purge was blocked by another connection")
-        return purged
-
     async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
         async def op(conn: aiosqlite.Connection) -> bool:
             # identities, consents, fields and assets go with it (ON DELETE CASCADE)
@@ -1135,7 +1136,7 @@ class SqliteProfileStore(ProfileStore):
             )
             return cursor.rowcount > 0
 
-        return await self._after_purge(await self._write(op))
+        return await self._write(op)
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
         return await self._read_profile(tenant_id, "p.id = :key", {"key": str(profile_id)}, True)
@@ -1237,6 +1238,15 @@ _PROFILE, _IDENTITY, _CONSENT, _FIELD, _ASSET = range(5)
 _WIDTH = max(len(FIELD_COLUMNS), len(ASSET_COLUMNS))
 _PROFILE_COLUMNS = _PROFILE_SELECT.split(", ")
 _IDENTITY_COLUMNS = IDENTITY_SELECT.split(", ")
+
+
+def _first(*results: Iterable[Any]) -> list[Any]:
+    """The first row of each result, or None where it is empty."""
+    return [next(iter(rows), None) for rows in results]
+
+
+def _ident(placement: IdentityPlacement) -> tuple[str, str]:
+    return (placement.channel.value, placement.channel_user_id)
 
 
 def _padded(alias: str, columns: Sequence[str]) -> str:
