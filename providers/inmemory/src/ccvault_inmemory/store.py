@@ -224,8 +224,7 @@ class InMemoryProfileStore(ProfileStore):
                 owner = tenant.identities.get((identity.channel, identity.channel_user_id))
                 if owner is not None and owner != profile.id:
                     raise errors.IdentityConflictError(
-                        f"{identity.channel.value}:{identity.channel_user_id} belongs to "
-                        "another profile"
+                        f"a {identity.channel.value} identity belongs to another profile"
                     )
             for item in profile.fields.values():
                 stored = tenant.fields.get(item.id)
@@ -535,8 +534,7 @@ class InMemoryProfileStore(ProfileStore):
                 return False
             if owner is not None:
                 raise errors.IdentityConflictError(
-                    f"{identity.channel.value}:{identity.channel_user_id} belongs to another "
-                    "profile"
+                    f"a {identity.channel.value} identity belongs to another profile"
                 )
             row.profile.channel_identities.append(identity.model_copy(deep=True))
             row.profile.updated_at = self.now()

@@ -955,7 +955,7 @@ class PostgresProfileStore(ProfileStore):
                 # the owner committed after this statement's snapshot: look again
                 raise _LinkRace
             raise errors.IdentityConflictError(
-                f"{identity.channel.value}:{identity.channel_user_id} belongs to another profile"
+                f"a {identity.channel.value} identity belongs to another profile"
             )
 
         return await self._write(attempt, retry_if=lambda exc: isinstance(exc, _LinkRace))

@@ -209,6 +209,29 @@ def _primary_code(exc: sqlite3.Error) -> int | None:
     return code & 0xFF if isinstance(code, int) else None
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file readable by its owner only (0600), or narrow an existing one
+    and its -wal/-shm files to the owner: they hold personal data. SQLite creates -wal and
+    -shm with the database file's mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise errors.StorageError(f"cannot create SQLite database {path}: {exc}") from exc
+    else:
+        os.close(fd)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077:
+                os.chmod(file, mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("cannot make %s readable by its owner only: %s", file, exc)
+
+
 def _writable(path: Path) -> bool:
     """Writable for us, and not marked read-only (root ignores permission bits, we don't)."""
     mode = path.stat().st_mode
@@ -296,6 +319,7 @@ class SqliteProfileStore(ProfileStore):
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise errors.StorageError(f"cannot create folder {path.parent}: {exc}") from exc
+        _make_private(path)
         return str(path)
 
     async def _open(self) -> aiosqlite.Connection:
@@ -311,6 +335,8 @@ class SqliteProfileStore(ProfileStore):
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
             await conn.execute("PRAGMA foreign_keys = ON")
+            # deleted content is overwritten with zeros, whatever SQLite was compiled with
+            await conn.execute("PRAGMA secure_delete = ON")
             # read-only checks first: a foreign or newer database must be left as it is
             await read_version(conn)
             if database != MEMORY:
@@ -880,8 +906,7 @@ class SqliteProfileStore(ProfileStore):
                 if rows[0][0] == profile:
                     return False
                 raise errors.IdentityConflictError(
-                    f"identity {identity.channel.value}:{identity.channel_user_id} belongs to "
-                    "another live profile"
+                    f"a {identity.channel.value} identity belongs to another live profile"
                 )
             position = await self._next_position(conn, "channel_identities", tenant, profile)
             await conn.execute(
@@ -1127,6 +1152,27 @@ class SqliteProfileStore(ProfileStore):
     # erasure, portability, hard delete, orphans, operations
     # =====================================================================================
 
+    async def _after_purge(self, purged: bool) -> bool:
+        """Checkpoint the WAL into the database file and truncate it, so that purged rows do
+        not live on in the -wal file while the store runs (``secure_delete`` zeroes them in
+        the database file). Best effort: a reader in another process holding an older
+        snapshot keeps the WAL from being reset; that is logged, and the next checkpoint
+        (a later purge, SQLite's automatic ones, the last close) completes it."""
+        if not purged or self.settings.path == MEMORY:
+            return purged
+        async with self._lock:
+            conn = self.connection
+            try:
+                rows = await self._retry_busy(
+                    lambda: conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+                )
+            except sqlite3.Error as exc:
+                logger.warning("WAL checkpoint after a purge failed: %s", exc)
+                return purged
+        if next(iter(rows))[0]:
+            logger.warning("WAL checkpoint after a purge was blocked by another connection")
+        return purged
+
     async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
         async def op(conn: aiosqlite.Connection) -> bool:
             # identities, consents, fields and assets go with it (ON DELETE CASCADE)
@@ -1136,7 +1182,7 @@ class SqliteProfileStore(ProfileStore):
             )
             return cursor.rowcount > 0
 
-        return await self._write(op)
+        return await self._after_purge(await self._write(op))
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
         return await self._read_profile(tenant_id, "p.id = :key", {"key": str(profile_id)}, True)
