@@ -93,7 +93,8 @@ class _SuccessRate:
         self._counts: dict[tuple[str, str], list[int]] = {}
 
     def record(self, tenant_id: UUID, scenario_id: UUID | None, filled: bool) -> None:
-        key = (str(tenant_id), str(scenario_id) if scenario_id else _NO_SCENARIO)
+        # the scenario's bounded label: a client's scenario ids cannot grow this dict either
+        key = (str(tenant_id), metrics.scenario_label(tenant_id, scenario_id or _NO_SCENARIO))
         with self._lock:
             counts = self._counts.setdefault(key, [0, 0])
             counts[0] += 1
