@@ -260,15 +260,13 @@ def check_required_level(value: object) -> RequiredLevel | None:
 
 
 def _shown(value: object) -> str:
-    """A short, safe rendering of a bad argument: its repr when it is short and encodable,
-    else only its type."""
-    if isinstance(value, str | int | float | bool | UUID) or value is None:
-        text = repr(value)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return type(value).__name__
-        return text if len(text) <= 80 else f"{type(value).__name__} of length {len(text)}"
+    """A safe rendering of a bad argument: a string is never echoed (it may be personal
+    data: an email address passed as an id), only its length; numbers, booleans and None
+    are shown; anything else by its type."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, bool | int | float) or value is None:
+        return repr(value)
     return type(value).__name__
 
 
