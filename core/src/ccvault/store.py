@@ -629,8 +629,12 @@ class ProfileStore(ABC):
     async def save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
         """Create or update (by tenant, agent, name) a definition; return its id.
 
-        Updating keeps the stored id and ``created_at``. A ``validation_regex`` the safe
-        engine cannot compile is refused with :class:`~ccvault.errors.ValidationError`.
+        Updating keeps the stored id and ``created_at``. A definition's id is bound to its
+        agent and name: saving a stored id under another agent or another name is a
+        :class:`~ccvault.errors.ConflictError` and nothing is written (a definition never
+        moves between agents; see :mod:`ccvault.rules.definitions`). A
+        ``validation_regex`` the safe engine cannot compile is refused with
+        :class:`~ccvault.errors.ValidationError`.
         """
         definition = _model(ProfileFieldDefinition, definition, "definition")
         check_definition(definition)
@@ -669,7 +673,11 @@ class ProfileStore(ABC):
     async def save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         """Create or update by (tenant, scenario, step, rule, field name); return its id.
 
-        Updating keeps the stored id. A ``when_condition`` that does not parse is refused.
+        Updating keeps the stored id. A requirement's id is bound to its agent, scenario,
+        step, rule and field name, and a stored requirement belongs to its agent: saving a
+        stored id under another agent, scenario or key, or an existing key under another
+        agent, is a :class:`~ccvault.errors.ConflictError` and nothing is written (see
+        :mod:`ccvault.rules.definitions`). A ``when_condition`` that does not parse is refused.
         """
         from ccvault.requirements import check_requirement
 
@@ -1016,7 +1024,12 @@ class ProfileStore(ABC):
 
     @abstractmethod
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
-        """Upsert by (tenant, agent, name), keeping a stored id and created_at; return the id."""
+        """Upsert by (tenant, agent, name), keeping a stored id and created_at; return the id.
+
+        In one atomic step: read the stored definition with this id and the one with this
+        key, call :func:`ccvault.rules.definitions.plan_definition_save` (it raises
+        ConflictError for an id bound elsewhere) and write what it returns.
+        """
 
     @abstractmethod
     async def _delete_field_definition(
@@ -1032,7 +1045,11 @@ class ProfileStore(ABC):
 
     @abstractmethod
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
-        """Upsert by (tenant, scenario, step, rule, field name), keeping a stored id."""
+        """Upsert by (tenant, scenario, step, rule, field name), keeping a stored id.
+
+        As :meth:`_save_field_definition`, with
+        :func:`ccvault.rules.definitions.plan_requirement_save`.
+        """
 
     @abstractmethod
     async def _delete_scenario_requirements(
