@@ -361,6 +361,27 @@ def _alternation(words: tuple[str, ...], prefix: bool = False) -> re.Pattern[str
     return re.compile(rf"(?<!\w)(?:{'|'.join(parts)}){tail}", re.IGNORECASE)
 
 
+_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+def _label_key(label: str) -> str:
+    """An allowed value as matched: lower case, spaces and hyphens alike."""
+    return _SEPARATORS.sub(" ", label.strip().lower())
+
+
+@functools.lru_cache(maxsize=1024)
+def _label_pattern(keys: tuple[str, ...]) -> re.Pattern[str] | None:
+    """Any of the label ``keys`` as whole words, a space matching spaces or hyphens
+    ("premium-economy" is "Premium Economy")."""
+    parts = [
+        r"[\s\-]+".join(re.escape(word) for word in key.split())
+        for key in sorted({k for k in keys if k}, key=len, reverse=True)
+    ]
+    if not parts:
+        return None
+    return re.compile(rf"(?<![\w\-])(?:{'|'.join(parts)})(?![\w\-])", re.IGNORECASE)
+
+
 class _Text:
     """One turn's text with the positions every rule needs, each computed once.
 
@@ -474,7 +495,7 @@ def _keyword_pattern(request: ExtractionRequest) -> re.Pattern[str] | None:
     for token in base.split("_"):
         if len(token) < 3 or token.isdigit() or token in _KEYWORD_STOP:
             continue
-        stem = token[:-1] if token.endswith("s") and len(token) > 4 else token
+        stem = token[:-1] if token.endswith("s") and len(token) >= 4 else token
         if stem not in namespace:
             words.append(stem)
     return _alternation(tuple(words), prefix=True)
@@ -864,15 +885,15 @@ class OfflineExtractor:
         for value in allowed:
             label = value if isinstance(value, str) else json.dumps(value)
             if label.strip() and label.lower() != _DONTCARE:
-                labels.setdefault(label.lower(), value)
+                labels.setdefault(_label_key(label), value)
         if labels and set(labels) <= _TRUE_FALSE:
             return self._allowed_boolean(labels, text, asked)
         party = bool(_PARTY_FIELD.search(request.field_name))
         found: list[_Candidate] = []
-        pattern = _alternation(tuple(labels))
+        pattern = _label_pattern(tuple(labels))
         if pattern is not None:
             for m in text.finditer(pattern):
-                value = labels[m[0].lower()]
+                value = labels[_label_key(m[0])]
                 found.append(self._allowed_candidate(value, text, m.start(), m.end(), party))
         # numbers written as words ("two people") for numeric labels
         numeric = {int(k): v for k, v in labels.items() if k.isdigit()}
@@ -978,10 +999,13 @@ class OfflineExtractor:
             if len(label.split()) < 2:
                 continue
             hit = fuzz.partial_ratio_alignment(label, lowered, score_cutoff=88)
-            if hit is None or not _word_bounded(lowered, hit.dest_start, hit.dest_end):
+            if hit is None:
                 continue
-            if best is None or hit.score > best[0]:
-                best = (hit.score, value, hit.dest_start, hit.dest_end)
+            # the whole words the alignment touches must match the label as a whole
+            start, end = _widen_to_words(lowered, hit.dest_start, hit.dest_end)
+            score = fuzz.ratio(label, lowered[start:end])
+            if score >= 88 and (best is None or score > best[0]):
+                best = (score, value, start, end)
         if best is None:
             return None
         _, value, start, end = best
@@ -1065,11 +1089,14 @@ _COUNTED_NOUNS = frozenset(
 )
 
 
-def _word_bounded(text: str, start: int, end: int) -> bool:
-    """``text[start:end]`` neither starts nor ends inside a word."""
-    return (start == 0 or not text[start - 1].isalnum()) and (
-        end >= len(text) or not text[end].isalnum()
-    )
+def _widen_to_words(text: str, start: int, end: int) -> tuple[int, int]:
+    """``[start, end)`` grown to the whole words it touches (text here is short: bounded by
+    ``_FUZZY_MAX_CHARS``)."""
+    while start > 0 and text[start - 1].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return start, end
 
 
 @functools.lru_cache(maxsize=1024)
