@@ -72,6 +72,8 @@ def _out_of_range() -> list[datetime]:
         # in range as written, out of range in UTC (and overflowing a naive conversion)
         datetime.max.replace(tzinfo=timezone(timedelta(hours=-5))),
         datetime.min.replace(tzinfo=timezone(timedelta(hours=5))),
+        # naive: every timestamp must be timezone-aware
+        datetime(2030, 1, 1, 12, 0),
     ]
 
 
@@ -190,7 +192,7 @@ class EdgesContract(ContractBase):
 
     # ------------------------------------------------------------------ timestamps
 
-    async def test_timestamps_outside_the_supported_range_are_refused(
+    async def test_naive_or_out_of_range_timestamps_are_refused(
         self, store: ProfileStore, tenant: UUID
     ) -> None:
         profile = await new_profile(store, tenant)
@@ -257,6 +259,21 @@ class EdgesContract(ContractBase):
         assert await store.expire_stale_fields(tenant, profile.id) == 0
         document = await store.export_profile(tenant, profile.id)
         assert document["profile"]["id"] == str(profile.id)
+
+    async def test_lone_surrogates_in_rewritten_payloads_are_refused(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        profile = await new_profile(store, tenant)
+        field_id = await store.update_field(tenant, profile.id, make_field("note", "kept"))
+        for payload in ((SURROGATE, {}), ("fine", {"quote": SURROGATE}), ({SURROGATE: 1}, {})):
+            await self._refused_without_writing(
+                store,
+                tenant,
+                profile,
+                lambda p=payload: store.rewrite_field_payloads(  # type: ignore[misc]
+                    tenant, profile.id, {field_id: p}
+                ),
+            )
 
     # ------------------------------------------------------------------ per-agent rules
 
