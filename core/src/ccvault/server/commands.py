@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from uuid import UUID
@@ -55,6 +56,10 @@ def _configure_logging() -> None:
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @click.command("serve")
@@ -126,7 +131,16 @@ def serve(
         lifespan="on",
     )
     server = uvicorn.Server(config_)
-    server.run()
+    # uvicorn finishes the requests in flight on SIGTERM/SIGINT, then re-raises the signal;
+    # that re-raise lands here and ends the process with status 0: a clean stop
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, _exit_cleanly)
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not server.started:
         raise errors.ConfigurationError(f"could not start the server on {host}:{port}")
 
