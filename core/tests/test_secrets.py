@@ -224,3 +224,25 @@ async def test_postgres_connects_with_a_dsn_from_a_file(
         assert await conn.fetchval("SELECT 1") == 1
     finally:
         await conn.close()
+
+
+def test_pydantic_errors_of_settings_built_by_hand_do_not_echo_secrets() -> None:
+    import pydantic
+
+    from ccvault.settings import RedisSettings
+    from ccvault_mongo.settings import MongoSettings
+    from ccvault_postgres.settings import PostgresSettings
+
+    attempts = [
+        lambda: PostgresSettings(dsn=f"postgresql://u:{PG_PASSWORD}@h:5x/db"),
+        lambda: PostgresSettings(dsn=f"mysql://u:{PG_PASSWORD}@h/db"),
+        lambda: RedisSettings(url=f"redis://:{REDIS_PASSWORD}@h:99999/0"),
+        lambda: MongoSettings(uri=f"mongodb://u:{MONGO_PASSWORD}@h/", bogus=1),
+        lambda: VaultSettings(redis={"url": f"http://:{REDIS_PASSWORD}@h/"}),
+    ]
+    for attempt in attempts:
+        with pytest.raises(pydantic.ValidationError) as raised:
+            attempt()
+        for secret in SECRETS:
+            assert secret not in str(raised.value)
+            assert secret not in repr(raised.value)

@@ -85,7 +85,8 @@ def expand_env(value: Any) -> Any:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # a bad value is never echoed in pydantic's errors: it may be a secret
+    model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)
 
 
 class FreshnessSettings(_Section):
@@ -107,7 +108,9 @@ class ProfileSettings(_Section):
     """``[profile]``: the seed's keys, with the seed's defaults."""
 
     # assigned secrets are wrapped too (tests and tools set the keyring after loading)
-    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, validate_assignment=True, hide_input_in_errors=True
+    )
 
     store_provider: str = "postgres"
     # Redis caching
@@ -268,7 +271,11 @@ class VaultSettings(BaseSettings):
     """All settings of a vault: ``[profile]``, ``[providers.NAME]``, ``[redis]``, ``[metrics]``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CCVAULT_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="CCVAULT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,
     )
 
     profile: ProfileSettings = Field(default_factory=ProfileSettings)

@@ -23,7 +23,7 @@ class MongoSettings(BaseModel):
     * ``"off"``: always the ordered single-document writes, even on a replica set.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     #: The connection URI; a password in it is a secret (shown masked; the store connects
     #: with ``uri.get_secret_value()``).

@@ -32,7 +32,9 @@ _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 class PostgresSettings(BaseModel):
     """Validated ``[providers.postgres]`` options. Unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, frozen=True, hide_input_in_errors=True
+    )
 
     #: The connection URL; its password is a secret (``repr``, ``str`` and JSON show it
     #: masked; the store connects with ``dsn.get_secret_value()``).
