@@ -3,10 +3,12 @@ per-pair ratios, goals judged MET / NOT MET, and the results table in RESULTS.md
 
 How a figure is measured: every operation of a comparison runs for a short round, one after
 the other, and the order rotates from round to round (A B, B A, ... for two), so drift and
-other load on the machine hit baseline and candidate alike. Each round gives one ratio per
-compared pair (candidate ops/s over baseline ops/s in that same round); a figure is the
-median of those ratios, printed with its interquartile range, its min-max and the number
-of pairs. A goal is judged on the median. Nothing is "best of": no round is dropped.
+other load on the machine hit baseline and candidate alike. Rounds are short (about 0.1 s)
+and many (30 pairs by default): on a busy machine, load comes and goes within seconds, and
+only what changes within one pair skews its ratio. Each round gives one ratio per compared
+pair (candidate ops/s over baseline ops/s in that same round); a figure is the median of
+those ratios, printed with its interquartile range, its min-max and the number of pairs. A
+goal is judged on the median. Nothing is "best of": no round is dropped.
 
 Not a benchmark itself (the leading underscore keeps ``scripts/bench.sh`` from running it).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -210,6 +213,7 @@ class Report:
             f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['memory']} RAM, "
             f"Python {info['python']}. {info['load'].capitalize()}.",
         ]
+        lines.append(f"Code: {code_state()}.")
         if info["busy"]:
             lines.append(
                 "**Measured while other work ran on the machine** (the load average above "
@@ -267,6 +271,28 @@ def machine(load_before: tuple[float, float, float] | None = None) -> dict[str, 
         "load": f"load average {before[0]:.1f} before, {now[0]:.1f} after (1 min)",
         "busy": busy,
     }
+
+
+def code_state() -> str:
+    """The commit measured, and whether the store code had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "core", "providers"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown commit"
+    if not head:
+        return "unknown commit"
+    if dirty:
+        return f"commit {head} with uncommitted changes in core/ or providers/ (work in progress)"
+    return f"commit {head}"
 
 
 def write_results(report: Report, path: Path = RESULTS) -> None:

@@ -1,7 +1,7 @@
 """CachedProfileStore hits against raw Redis GET baselines and the uncached PostgreSQL read,
 in paired interleaved rounds; and the hit ratio of a realistic 95/5 read/write mix.
 
-    .venv/bin/python benchmarks/cache_bench.py [--seconds 16] [--pairs 10] [--profiles 200]
+    .venv/bin/python benchmarks/cache_bench.py [--seconds 16] [--pairs 30] [--profiles 200]
         [--mix-operations 20000] [--no-results]
 
 The stack is the production one without encryption: ``CachedProfileStore`` over a
@@ -193,7 +193,7 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=16.0, help="all hit rounds together")
-    parser.add_argument("--pairs", type=int, default=10, help="interleaved rounds")
+    parser.add_argument("--pairs", type=int, default=30, help="interleaved rounds")
     parser.add_argument("--profiles", type=int, default=200)
     parser.add_argument("--mix-operations", type=int, default=20_000, help="0: skip the mix")
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")

@@ -1,6 +1,6 @@
 """Speed of the PostgreSQL provider against raw asyncpg on the same server, in one run.
 
-    .venv/bin/python benchmarks/postgres_bench.py [--seconds 5] [--pairs 10]
+    .venv/bin/python benchmarks/postgres_bench.py [--seconds 5] [--pairs 30]
         [--expire-rows 1000000] [--tenant-sizes 1000,10000] [--no-results]
         [--only read1|read|scale|update|expire|crypto|missing]
 
@@ -231,7 +231,7 @@ async def bench_reads(dsn: str, report: Report, args: argparse.Namespace) -> Non
             return
 
         ids = [tenant, profile.id, profile.customer_id]
-        pairs = max(2, args.pairs // 3)
+        pairs = min(4, max(2, args.pairs // 3))  # 8 process pools per pair
         base, cand, r = await paired_runs(
             lambda: multiprocess_throughput("raw", dsn, ids, args.seconds / pairs / 2),
             lambda: multiprocess_throughput("store", dsn, ids, args.seconds / pairs / 2),
@@ -545,7 +545,7 @@ SECTIONS = {
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per figure, all rounds")
-    parser.add_argument("--pairs", type=int, default=10, help="paired rounds per figure")
+    parser.add_argument("--pairs", type=int, default=30, help="paired rounds per figure")
     parser.add_argument("--expire-rows", type=int, default=1_000_000)
     parser.add_argument("--expire-pairs", type=int, default=3)
     parser.add_argument("--tenant-sizes", default="1000,10000", help="profiles, comma-separated")

@@ -1,7 +1,7 @@
 """SQLite provider throughput beside raw aiosqlite running the store's own SQL, in one run.
 
-    .venv/bin/python benchmarks/sqlite_bench.py [--seconds 5] [--pairs 10] [--quick]
-        [--no-results]
+    .venv/bin/python benchmarks/sqlite_bench.py [--seconds 5] [--pairs 30] [--quick]
+        [--no-results] [--only read|crypto|missing|depth|tenant]
 
 WAL-mode files in a temporary folder. Every baseline does the work the store asks of SQLite
 and nothing else: the statements are captured with the connection's trace callback while
@@ -304,6 +304,11 @@ async def tenant_store(folder: Path, profiles: int) -> tuple[SqliteProfileStore,
     for n in range(FIELDS):
         await store.update_field(tenant, person.id, bench_field(n))
     print(f"  {profiles:,} profiles loaded in {time.perf_counter() - started:.1f}s")
+    # reopen: the last close checkpoints the WAL, so every size starts from the same state
+    # (left as loaded, a small file is read half from the WAL, a big one from the database)
+    await store.aclose()
+    store = SqliteProfileStore(path=folder / f"tenant-{profiles}.db")
+    await store.setup()
     return store, tenant, person.customer_id
 
 
@@ -332,21 +337,30 @@ async def bench_tenant_size(folder: Path, report: Report, args: argparse.Namespa
     )
 
 
+SECTIONS = ("read", "crypto", "missing", "depth", "tenant")
+
+
 async def main(args: argparse.Namespace) -> int:
     report = Report("sqlite_bench.py")
+    wanted = set(SECTIONS) if args.only is None else {args.only}
+    if args.no_scale:
+        wanted -= {"depth", "tenant"}
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         async with SqliteProfileStore(path=folder / "bench.db") as store:
-            await bench_reads(store, report, args)
-            await bench_encryption(store, report, args)
-            await bench_missing(store, report, args)
-            if not args.no_scale:
+            if "read" in wanted:
+                await bench_reads(store, report, args)
+            if "crypto" in wanted:
+                await bench_encryption(store, report, args)
+            if "missing" in wanted:
+                await bench_missing(store, report, args)
+            if "depth" in wanted:
                 await bench_depth(store, report, args)
-        if not args.no_scale:
+        if "tenant" in wanted:
             await bench_tenant_size(folder, report, args)
     report.summary()
     plot(report, Path(__file__).with_name("sqlite_scale.png"))
-    if not args.no_results:
+    if not (args.no_results or args.only):
         write_results(report)
     return 0
 
@@ -354,8 +368,9 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per figure, all rounds")
-    parser.add_argument("--pairs", type=int, default=10, help="paired rounds per figure")
+    parser.add_argument("--pairs", type=int, default=30, help="paired rounds per figure")
     parser.add_argument("--quick", action="store_true", help="tenant sizes 100 / 1,000")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale curves")
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--only", choices=SECTIONS, help="run one section (no RESULTS.md)")
     sys.exit(asyncio.run(main(parser.parse_args())))
