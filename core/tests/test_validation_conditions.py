@@ -232,3 +232,14 @@ def test_deepest_accepted_condition_evaluates_and_one_more_is_refused() -> None:
     deepest = "not " * (depth - 1) + "x"
     assert condition_holds(deepest, {"x": True}) is ((depth - 1) % 2 == 0)
     assert condition_holds(deepest, {"x": False}) is ((depth - 1) % 2 == 1)
+
+
+def test_a_stored_refused_condition_warns_once_without_its_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    expression = f"{uuid4().int} ** 4000000 > 1"  # unique, so no earlier test cached it
+    with caplog.at_level("WARNING", logger="ccvault.requirements"):
+        for _ in range(50):
+            assert condition_holds(expression, {}) is False
+    assert len(caplog.records) == 1
+    assert expression not in caplog.text

@@ -337,12 +337,18 @@ def condition_holds(expression: str | None, values: Mapping[str, Any]) -> bool:
     """
     if expression is None or not expression.strip():
         return True
+    compiled = _stored(expression)
+    return False if compiled is None else compiled.holds(values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored(expression: str) -> CompiledCondition | None:
+    # refused ones are remembered too: one warning per condition, not one per evaluation
     try:
-        compiled = compile_condition(expression)
+        return compile_condition(expression)
     except errors.ValidationError as exc:
         logger.warning("a stored when_condition is not allowed and never holds: %s", exc)
-        return False
-    return compiled.holds(values)
+        return None
 
 
 def find_missing(
