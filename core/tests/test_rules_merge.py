@@ -1,15 +1,25 @@
-"""The merge rule as a pure plan (ccvault.rules.merge), tested without any store."""
+"""The vault rules as pure plans (ccvault.rules: merge, definitions, identity), no store."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ccvault.store
-from ccvault.models import Channel, ItemStatus, ProfileField
+from ccvault import errors
+from ccvault.models import (
+    Channel,
+    ItemStatus,
+    ProfileField,
+    ProfileFieldDefinition,
+    ScenarioFieldRequirement,
+)
+from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
+from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import (
     HeldIdentity,
     MergePlan,
@@ -260,3 +270,72 @@ def test_merge_plan_properties(
     for entry in plan.supersede:
         assert entry.winner_id == active[entry.name][0]
         assert entry.loser_id != entry.winner_id
+
+
+# ------------------------------------------------------------------ identities: link
+
+
+def test_link_outcome() -> None:
+    me, other = uuid4(), uuid4()
+    assert link_outcome(me, None, Channel.SMS) is True
+    assert link_outcome(me, me, Channel.SMS) is False
+    with pytest.raises(errors.IdentityConflictError, match="sms") as caught:
+        link_outcome(me, other, Channel.SMS)
+    assert str(other) not in str(caught.value)
+
+
+# ------------------------------------------------------------------ definitions/requirements
+
+
+def _definition(agent: UUID, name: str = "email", **extra: object) -> ProfileFieldDefinition:
+    return ProfileFieldDefinition(tenant_id=TENANT, agent_id=agent, name=name, **extra)
+
+
+def _requirement(agent: UUID, scenario: UUID, name: str = "email") -> ScenarioFieldRequirement:
+    return ScenarioFieldRequirement(
+        tenant_id=TENANT, agent_id=agent, scenario_id=scenario, field_name=name
+    )
+
+
+TENANT = uuid4()
+
+
+def test_a_new_definition_is_inserted_with_its_own_id() -> None:
+    new = _definition(uuid4())
+    plan = plan_definition_save(new, None, None)
+    assert (plan.id, plan.created_at, plan.insert) == (new.id, new.created_at, True)
+
+
+def test_a_definition_saved_by_its_key_keeps_the_stored_id() -> None:
+    agent = uuid4()
+    stored, new = _definition(agent), _definition(agent)
+    plan = plan_definition_save(new, None, stored)
+    assert (plan.id, plan.created_at, plan.insert) == (stored.id, stored.created_at, False)
+    # the same row found both ways
+    assert plan_definition_save(stored, stored, stored).id == stored.id
+
+
+@pytest.mark.parametrize("change", ["agent_id", "name"])
+def test_a_stored_definition_id_never_moves(change: str) -> None:
+    stored = _definition(uuid4())
+    moved = stored.model_copy(update={change: uuid4() if change == "agent_id" else "phone"})
+    with pytest.raises(errors.ConflictError):
+        plan_definition_save(moved, stored, None)
+
+
+@pytest.mark.parametrize("change", ["agent_id", "scenario_id", "field_name", "step_id"])
+def test_a_stored_requirement_id_never_moves(change: str) -> None:
+    stored = _requirement(uuid4(), uuid4())
+    value: object = "phone" if change == "field_name" else uuid4()
+    with pytest.raises(errors.ConflictError):
+        plan_requirement_save(stored.model_copy(update={change: value}), stored, None)
+
+
+def test_a_requirement_key_of_another_agent_is_a_conflict() -> None:
+    scenario = uuid4()
+    stored = _requirement(uuid4(), scenario)
+    with pytest.raises(errors.ConflictError):
+        plan_requirement_save(_requirement(uuid4(), scenario), None, stored)
+    same_agent = _requirement(stored.agent_id, scenario)
+    plan = plan_requirement_save(same_agent, None, stored)
+    assert (plan.id, plan.insert) == (stored.id, False)

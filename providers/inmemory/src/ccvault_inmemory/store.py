@@ -36,6 +36,7 @@ from ccvault.models import (
     SourceType,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
+from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import MergeSide, plan_merge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 
@@ -529,13 +530,8 @@ class InMemoryProfileStore(ProfileStore):
             tenant = self._tenant(tenant_id)
             row = self._live(tenant, profile_id)
             key = (identity.channel, identity.channel_user_id)
-            owner = tenant.identities.get(key)
-            if owner == profile_id:
+            if not link_outcome(profile_id, tenant.identities.get(key), identity.channel):
                 return False
-            if owner is not None:
-                raise errors.IdentityConflictError(
-                    f"a {identity.channel.value} identity belongs to another profile"
-                )
             row.profile.channel_identities.append(identity.model_copy(deep=True))
             row.profile.updated_at = self.now()
             tenant.identities[key] = profile_id

@@ -58,6 +58,7 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.rules.definitions import SchemaUpsert, plan_definition_save, plan_requirement_save
+from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import MergePlan, MergeSide, plan_merge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_mongo.codec import JSON_SUFFIX, decode, dt, encode, pack_json, uid, unpack_json
@@ -1155,12 +1156,11 @@ class MongoProfileStore(ProfileStore):
                 owner = await self._c("identities").find_one(key)
             if owner is None:
                 continue  # released in between: try again
-            if owner["profile_id"] == uid(profile_id):
-                return False
-            if not await self._release_if_stale(tenant_id, owner):
-                raise errors.IdentityConflictError(
-                    f"a {identity.channel.value} identity belongs to another profile"
-                )
+            if owner["profile_id"] != uid(profile_id) and await self._release_if_stale(
+                tenant_id, owner
+            ):
+                continue  # left by an interrupted delete: released, try again
+            return link_outcome(profile_id, decode(owner["profile_id"]), identity.channel)
         raise errors.ConflictError("link_channel lost too many races; retry")
 
     async def _merge_profiles(

@@ -65,6 +65,7 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
+from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import HeldIdentity, MergeSide, plan_merge
 from ccvault.storage import row_values
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
@@ -949,14 +950,10 @@ class PostgresProfileStore(ProfileStore):
                 raise errors.NotFoundError(f"profile {profile_id} not found")
             if row["inserted"]:
                 return True
-            if row["owner"] == profile_id:
-                return False
             if row["owner"] is None:
                 # the owner committed after this statement's snapshot: look again
                 raise _LinkRace
-            raise errors.IdentityConflictError(
-                f"a {identity.channel.value} identity belongs to another profile"
-            )
+            return link_outcome(profile_id, row["owner"], identity.channel)
 
         return await self._write(attempt, retry_if=lambda exc: isinstance(exc, _LinkRace))
 

@@ -52,6 +52,7 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
+from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import IdentityPlacement, MergeSide, plan_merge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_sqlite import codec
@@ -902,12 +903,9 @@ class SqliteProfileStore(ProfileStore):
                     (tenant, identity.channel.value, identity.channel_user_id),
                 )
             )
-            if rows:
-                if rows[0][0] == profile:
-                    return False
-                raise errors.IdentityConflictError(
-                    f"a {identity.channel.value} identity belongs to another live profile"
-                )
+            owner = UUID(rows[0][0]) if rows else None
+            if not link_outcome(profile_id, owner, identity.channel):
+                return False
             position = await self._next_position(conn, "channel_identities", tenant, profile)
             await conn.execute(
                 _INSERT_IDENTITY, (tenant, profile, position, *codec.identity_params(identity))
