@@ -246,3 +246,20 @@ def test_pydantic_errors_of_settings_built_by_hand_do_not_echo_secrets() -> None
         for secret in SECRETS:
             assert secret not in str(raised.value)
             assert secret not in repr(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://h:6379/0", "redis://:p%40ss%2Fw%3Ard@h:6379/0"),
+        ("redis://user:old@h:6379/0", "redis://user:p%40ss%2Fw%3Ard@h:6379/0"),
+        ("rediss://h", "rediss://:p%40ss%2Fw%3Ard@h"),
+        ("unix:///run/redis.sock?db=1", "unix:///run/redis.sock?db=1&password=p%40ss%2Fw%3Ard"),
+    ],
+)
+def test_redis_password_is_merged_into_the_connection_url(url: str, expected: str) -> None:
+    from ccvault.settings import RedisSettings
+
+    settings = RedisSettings(url=url, password="p@ss/w:rd")
+    assert settings.connection_url() == expected
+    assert "p@ss" not in repr(settings) and "p%40ss" not in repr(settings)

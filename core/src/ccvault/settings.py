@@ -184,11 +184,13 @@ class RedisSettings(_Section):
         url = self.url.get_secret_value()
         if self.password is None:
             return url
+        secret = quote(self.password.get_secret_value(), safe="")
         scheme, sep, rest = url.partition("://")
+        if scheme == "unix":  # unix:///path/redis.sock?db=0: the password is a query parameter
+            return f"{url}{'&' if '?' in url else '?'}password={secret}"
         authority, slash, tail = rest.partition("/")
         user = authority.rpartition("@")[0].partition(":")[0] if "@" in authority else ""
         host = authority.rpartition("@")[2]
-        secret = quote(self.password.get_secret_value(), safe="")
         return f"{scheme}{sep}{user}:{secret}@{host}{slash}{tail}"
 
 
