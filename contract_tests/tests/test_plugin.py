@@ -1,15 +1,21 @@
-"""The plugin's promises: strict-mode support, capabilities, known gaps, the conformance
-summary, and that the suite actually catches broken stores.
+"""The plugin's promises: strict-mode support, capabilities read from the provider, known
+gaps, the second instance, the verdicts and the exit status they set (the release gate), the
+JSON report (also under pytest-xdist), and that the suite actually catches broken stores.
 
-Each test writes a tiny provider test module and runs pytest on it in a subprocess (the
-way a third party runs the suite), filtered with ``-k`` to keep it fast.
+Each test writes a tiny provider test module and runs pytest on it in a subprocess (the way
+a third party runs the suite), filtered with ``-k`` to keep it fast. Providers that must be
+found through the ``ccvault.providers`` entry point are registered with a ``*.dist-info``
+folder next to the module, exactly what ``pip install`` leaves behind.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,24 +36,131 @@ from ccvault_contract_tests import ProfileStoreContract
 from ccvault_inmemory import InMemoryProfileStore
 """
 
+#: An in-memory provider whose spec declares NO optional capability (``plain``).
+PLAIN_PROVIDER = """
+from pydantic import BaseModel
 
-def _module(body: str, *, store_class: str = "InMemoryProfileStore", extra: str = "") -> str:
-    return (
-        HEADER
-        + textwrap.dedent(extra)
-        + textwrap.dedent(
-            f"""
+from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault_inmemory import InMemoryProfileStore
 
-            class TestProviderContract(ProfileStoreContract):
-            {textwrap.indent(textwrap.dedent(body), "    ")}
 
-                @pytest.fixture
-                async def store(self) -> AsyncIterator[InMemoryProfileStore]:
-                    async with {store_class}() as store:
-                        yield store
-            """
-        )
+class PlainSettings(BaseModel):
+    pass
+
+
+@hookimpl
+def ccvault_provider():
+    return ProviderSpec(
+        name="plain",
+        distribution="plain-provider",
+        settings_model=PlainSettings,
+        create_store=lambda options, rules: InMemoryProfileStore(rules=rules),
+        capabilities=frozenset(CAPABILITIES),
     )
+"""
+
+#: A provider whose stores keep their data in a shared "server" (a module-level dict per
+#: database name, as a database server would) but serialise their writes with a lock of
+#: their own: correct within one process, racy between two. Its get_or_create checks, then
+#: acts after a round trip, holding only that per-process lock.
+LOCKSTEP_PROVIDER = """
+import asyncio
+
+from pydantic import BaseModel, ConfigDict
+
+from ccvault.hookspecs import ProviderSpec, hookimpl
+from ccvault_inmemory import InMemoryProfileStore
+
+#: the "database server": the data of each database, shared by every store opened on it
+SERVER = {}
+
+
+class LockstepSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    database: str = "main"
+
+
+class LockstepStore(InMemoryProfileStore):
+    def __init__(self, database="main", rules=None):
+        super().__init__(rules=rules)
+        first = SERVER.setdefault(database, self)
+        if first is not self:
+            # the same data, but NOT the same lock: that one is per process
+            self._tenants, self._seq = first._tenants, first._seq
+        self._process_lock = asyncio.Lock()
+
+    async def _get_or_create(self, tenant_id, candidate):
+        async with self._process_lock:  # one caller at a time - in this process
+            identity = candidate.channel_identities[0]
+            found = await self._get_by_channel_identity(
+                tenant_id, identity.channel, identity.channel_user_id, False
+            )
+            await asyncio.sleep(0)  # a round trip to the shared server
+            if found is not None:
+                return found
+            await self._save(candidate)
+            return candidate
+
+
+@hookimpl
+def ccvault_provider():
+    return ProviderSpec(
+        name="lockstep",
+        distribution="lockstep-provider",
+        settings_model=LockstepSettings,
+        create_store=lambda options, rules: LockstepStore(options.database, rules),
+        capabilities=frozenset({"large_values", "nul_characters", "high_concurrency"}),
+    )
+"""
+
+LOCKSTEP_KILLER = "test_20_concurrent_get_or_create_yield_one_profile"
+
+
+def register_provider(root: Path, name: str, source: str) -> None:
+    """Install provider ``name`` into ``root`` as pip would: a module plus a dist-info folder
+    whose ``entry_points.txt`` registers it in the ``ccvault.providers`` group."""
+    module = f"{name}_provider"
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{module}-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-provider\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[ccvault.providers]\n{name} = {module}\n")
+
+
+def _module(
+    body: str = "",
+    *,
+    store_class: str = "InMemoryProfileStore",
+    extra: str = "",
+    provider: str = "inmemory",
+    other_store: bool = True,
+) -> str:
+    """A provider test module: one contract class over ``store_class``; ``body`` is more of
+    the class (indented for it here); ``other_store`` adds a second instance over the same
+    data (``share_state_with``)."""
+    lines = [
+        HEADER,
+        textwrap.dedent(extra),
+        "",
+        "class TestProviderContract(ProfileStoreContract):",
+        f"    provider_name = {provider!r}",
+        textwrap.indent(textwrap.dedent(body), "    "),
+        "    @pytest.fixture",
+        "    async def store(self) -> AsyncIterator[InMemoryProfileStore]:",
+        f"        async with {store_class}() as store:",
+        "            yield store",
+        "",
+    ]
+    if other_store:
+        lines += [
+            "    @pytest.fixture",
+            "    async def other_store(self, store):",
+            f"        async with {store_class}() as other:",
+            "            other.share_state_with(store)",
+            "            yield other",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
@@ -56,29 +169,45 @@ def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
 
 
+def _plain(pytester: pytest.Pytester, capabilities: str = "()") -> None:
+    register_provider(pytester.path, "plain", f"CAPABILITIES = {capabilities}\n{PLAIN_PROVIDER}")
+
+
+# ------------------------------------------------------------------------------------------
+# asyncio, capabilities, known gaps
+# ------------------------------------------------------------------------------------------
+
+
 def test_suite_runs_in_strict_asyncio_mode(pytester: pytest.Pytester) -> None:
     result = _run(
         pytester,
-        _module("capabilities = frozenset()"),
+        _module(),
         "-k",
         "get_or_create or 50_concurrent or isolation and get_by_id",
         "-W",
         "error::pytest.PytestDeprecationWarning",
+        "--ccvault-allow-incomplete",
     )
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) >= 5 and set(outcomes) <= {"passed", "deselected"}, outcomes
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*TestProviderContract: CONFORMANT*"])
+    result.stdout.fnmatch_lines(["*TestProviderContract: INCOMPLETE*"])
 
 
-def test_undeclared_capabilities_skip_their_tests_and_are_reported(
-    pytester: pytest.Pytester,
-) -> None:
-    result = _run(pytester, _module("capabilities = frozenset()"), "-k", "mebibyte or nul_")
+def test_capabilities_come_from_the_provider_spec(pytester: pytest.Pytester) -> None:
+    _plain(pytester)  # a provider that declares none
+    result = _run(
+        pytester,
+        _module(provider="plain"),
+        "-k",
+        "mebibyte or nul_",
+        "--ccvault-allow-incomplete",
+    )
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines(
         [
-            "*TestProviderContract: CONFORMANT*",
+            "*TestProviderContract: INCOMPLETE*",
+            "*provider plain (plain-provider 0.1); capabilities: none*",
             "*skipped 1 optional:*large_values*",
             "*skipped 1 optional:*nul_characters*",
         ]
@@ -86,19 +215,36 @@ def test_undeclared_capabilities_skip_their_tests_and_are_reported(
 
 
 def test_declared_capabilities_run_their_tests(pytester: pytest.Pytester) -> None:
+    _plain(pytester, '{"large_values", "nul_characters"}')
     result = _run(
         pytester,
-        _module('capabilities = frozenset({"large_values", "nul_characters"})'),
+        _module(provider="plain"),
         "-k",
         "mebibyte or nul_",
+        "--ccvault-allow-incomplete",
     )
     result.assert_outcomes(passed=3)
 
 
-def test_unknown_capability_is_an_error(pytester: pytest.Pytester) -> None:
-    result = _run(pytester, _module('capabilities = frozenset({"time_travel"})'))
+def test_capabilities_on_the_test_class_are_an_error(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, _module('capabilities = frozenset({"large_values"})'))
     assert result.ret != 0
-    result.stdout.fnmatch_lines(["*unknown capabilities*time_travel*"])
+    result.stdout.fnmatch_lines(["*capabilities are declared once, on the provider*"])
+
+
+def test_an_unknown_capability_in_the_spec_fails_every_test(pytester: pytest.Pytester) -> None:
+    _plain(pytester, '{"time_travel"}')
+    result = _run(pytester, _module(provider="plain"), "-k", "test_delete_unknown_is_false")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*declares unknown capabilities*time_travel*", "*TestProviderContract: NOT CONFORMANT*"]
+    )
+
+
+def test_an_uninstalled_provider_fails_every_test(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, _module(provider="nosuchdb"), "-k", "test_delete_unknown_is_false")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*provider 'nosuchdb' cannot be loaded*"])
 
 
 def test_known_gap_naming_no_test_is_an_error(pytester: pytest.Pytester) -> None:
@@ -128,6 +274,7 @@ def test_a_known_gap_can_name_one_parametrized_case(pytester: pytest.Pytester) -
     outcomes = result.parseoutcomes()
     assert outcomes.get("xfailed") == 1 and "failed" not in outcomes, outcomes
     result.stdout.fnmatch_lines(["*NOT CONFORMANT*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
 def test_a_known_gap_that_passes_fails_the_run(pytester: pytest.Pytester) -> None:
@@ -148,7 +295,7 @@ class BrokenDeleteStore(InMemoryProfileStore):
 """
 
 
-def test_a_required_known_gap_is_xfail_but_reported_not_conformant(
+def test_a_required_known_gap_is_xfail_but_not_conformant_and_fails_the_run(
     pytester: pytest.Pytester,
 ) -> None:
     result = _run(
@@ -162,47 +309,326 @@ def test_a_required_known_gap_is_xfail_but_reported_not_conformant(
         "test_delete_is_true_once_then_false",
     )
     result.assert_outcomes(xfailed=1)
-    assert result.ret == 0
+    # every test "passed" (an expected failure), yet the gate fails the run
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
             "*TestProviderContract: NOT CONFORMANT*",
             "*REQUIRED BEHAVIOUR DECLARED AS KNOWN GAP*test_delete_is_true_once_then_false*",
+            "*contract gate: 1 of 1 classes not CONFORMANT; the run fails*",
         ]
     )
 
 
-def test_required_tests_skipped_by_the_fixture_are_not_verified(
-    pytester: pytest.Pytester,
-) -> None:
+def test_allow_nonconformant_reports_without_gating(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        _module(
+            'known_gaps = {"test_delete_is_true_once_then_false": "soft delete not built yet"}',
+            store_class="BrokenDeleteStore",
+            extra=BROKEN_DELETE,
+        ),
+        "-k",
+        "test_delete_is_true_once_then_false",
+        "--ccvault-allow-nonconformant",
+    )
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*TestProviderContract: NOT CONFORMANT*"])
+
+
+def test_required_tests_skipped_by_the_fixture_are_incomplete(pytester: pytest.Pytester) -> None:
     source = HEADER + textwrap.dedent(
         """
         class TestNoServer(ProfileStoreContract):
+            provider_name = "inmemory"
+
             @pytest.fixture
             async def store(self):
                 pytest.skip("database server not reachable")
                 yield None
         """
     )
-    result = _run(pytester, source, "-k", "test_delete_unknown_is_false")
-    result.assert_outcomes(skipped=1)
+    result = _run(pytester, source)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # all skipped, none passed: not a pass
     result.stdout.fnmatch_lines(
         [
-            "*TestNoServer: NOT VERIFIED*",
-            "*skipped 1 REQUIRED: database server not reachable*",
+            "*TestNoServer: INCOMPLETE*",
+            "*0 of * required ran*",
+            "*skipped * REQUIRED: database server not reachable*",
         ]
     )
+    result.stdout.no_fnmatch_line("*TestNoServer: CONFORMANT*")
 
 
 def test_forgetting_the_store_fixture_fails_clearly(pytester: pytest.Pytester) -> None:
     source = HEADER + textwrap.dedent(
         """
         class TestNoStore(ProfileStoreContract):
-            pass
+            provider_name = "inmemory"
         """
     )
     result = _run(pytester, source, "-k", "test_delete_unknown_is_false")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*must override the `store` fixture*"])
+
+
+# ------------------------------------------------------------------------------------------
+# the second instance
+# ------------------------------------------------------------------------------------------
+
+
+def test_forgetting_other_store_fails_the_cross_instance_tests(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, _module(other_store=False), "-k", "concurrent_get_or_create")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) >= 1 and "passed" not in outcomes, outcomes
+    result.stdout.fnmatch_lines(
+        ["*must override the `other_store` fixture*", "*TestProviderContract: NOT CONFORMANT*"]
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_other_store_may_not_be_the_store_itself(pytester: pytest.Pytester) -> None:
+    body = """
+    @pytest.fixture
+    async def other_store(self, store):
+        yield store
+    """
+    result = _run(pytester, _module(body, other_store=False), "-k", LOCKSTEP_KILLER)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*other_store returned the `store` object itself*"])
+
+
+def test_single_instance_is_declared_and_reported(pytester: pytest.Pytester) -> None:
+    body = 'single_instance = "data lives in this process only"'
+    result = _run(
+        pytester, _module(body, other_store=False), "-k", "concurrent_get_or_create or isolation"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*TestProviderContract: INCOMPLETE*",
+            "*single instance (data lives in this process only): * cross-instance tests ran*",
+        ]
+    )
+
+
+def test_a_per_process_lock_is_not_conformant_in_class_mode(pytester: pytest.Pytester) -> None:
+    """The per-process lock passes the race with one instance, and fails it with two."""
+    register_provider(pytester.path, "lockstep", LOCKSTEP_PROVIDER)
+    source = HEADER + textwrap.dedent(
+        """
+        from lockstep_provider import LockstepStore
+
+
+        class TestLockstepOneInstance(ProfileStoreContract):
+            provider_name = "lockstep"
+            single_instance = "the control: one instance serialises the race away"
+
+            @pytest.fixture
+            async def store(self):
+                async with LockstepStore("one") as store:
+                    yield store
+
+
+        class TestLockstepContract(ProfileStoreContract):
+            provider_name = "lockstep"
+
+            @pytest.fixture
+            async def store(self):
+                async with LockstepStore("two") as store:
+                    yield store
+
+            @pytest.fixture
+            async def other_store(self, store):
+                async with LockstepStore("two") as other:
+                    yield other
+        """
+    )
+    result = _run(pytester, source, "-rfp", "-k", LOCKSTEP_KILLER)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [f"PASSED test_provider.py::TestLockstepOneInstance::{LOCKSTEP_KILLER}"]
+    )
+    result.stdout.fnmatch_lines(
+        [f"FAILED test_provider.py::TestLockstepContract::{LOCKSTEP_KILLER}*"]
+    )
+    result.stdout.fnmatch_lines(["*TestLockstepContract: NOT CONFORMANT*"])
+
+
+EXAMPLE_TESTS = Path(__file__).resolve().parents[2] / "examples" / "thirdparty_provider" / "tests"
+
+#: Turns the ACME example's store into one with a per-process lock over shared data, before
+#: the example's own (unchanged) test module imports it.
+PER_PROCESS_ACME = """
+import asyncio
+
+import acme_vault_store
+
+
+class PerProcessLockAcme(acme_vault_store.AcmeProfileStore):
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._process_lock = asyncio.Lock()
+
+    def share_state_with(self, other):
+        # the same data, NOT the same locks: those stay per process
+        self._tenants, self._seq = other._tenants, other._seq
+
+    async def _get_or_create(self, tenant_id, candidate):
+        async with self._process_lock:  # one caller at a time - in this process
+            identity = candidate.channel_identities[0]
+            found = await self._get_by_channel_identity(
+                tenant_id, identity.channel, identity.channel_user_id, False
+            )
+            await asyncio.sleep(0)  # a round trip to the shared server
+            if found is not None:
+                return found
+            await self._save(candidate)
+            return candidate
+
+
+acme_vault_store.AcmeProfileStore = PerProcessLockAcme
+"""
+
+
+def test_a_per_process_lock_is_not_conformant_in_the_examples_own_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(STRICT_INI)
+    pytester.makeconftest(PER_PROCESS_ACME)
+    pytester.makepyfile(test_contract=(EXAMPLE_TESTS / "test_contract.py").read_text())
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", LOCKSTEP_KILLER)
+    result.assert_outcomes(failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*TestAcmeContract: NOT CONFORMANT*"])
+
+
+# ------------------------------------------------------------------------------------------
+# verdicts: INCOMPLETE, the gate, the JSON report, xdist
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "narrowing",
+    [
+        ("-k", "test_delete_unknown_is_false"),
+        ("--deselect", "test_provider.py::TestProviderContract::test_delete_unknown_is_false"),
+        ("test_provider.py::TestProviderContract::test_delete_unknown_is_false",),
+    ],
+    ids=["keyword", "deselect", "node-id"],
+)
+def test_a_narrowed_run_is_incomplete_and_fails_the_gate(
+    pytester: pytest.Pytester, narrowing: tuple[str, ...]
+) -> None:
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(test_provider=_module())
+    args = ("-p", "no:cacheprovider", *narrowing)
+    if narrowing[0] == "--deselect":
+        # everything but one test: still not the whole suite
+        args = (*args, "-k", "test_delete")
+    result = pytester.runpytest_subprocess(*args)
+    assert "failed" not in result.parseoutcomes()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*TestProviderContract: INCOMPLETE*",
+            "* of * required ran*",
+            "*required tests did not run*",
+            "*contract gate: 1 of 1 classes not CONFORMANT; the run fails "
+            "(--ccvault-allow-incomplete for a deliberately partial run)*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*TestProviderContract: CONFORMANT*")
+
+
+def test_allow_incomplete_keeps_a_narrowed_run_green(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, _module(), "-k", "test_delete", "--ccvault-allow-incomplete")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*TestProviderContract: INCOMPLETE*"])
+
+
+def _report(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(path.read_text())
+    assert document["format"] == "ccvault-contract-report/1"
+    assert document["contract_version"] == "0.2"
+    for entry in document["classes"]:
+        counts = entry["counts"]
+        assert counts["ran"] <= counts["expected"]
+        assert len(entry["tests"]) >= counts["ran"]
+        for test in entry["tests"]:
+            assert set(test) >= {"id", "name", "required", "outcome", "reason", "duration"}
+            assert test["outcome"] in {"passed", "failed", "error", "skipped", "xfailed"}
+    return document
+
+
+def test_the_json_report_is_written(pytester: pytest.Pytester) -> None:
+    _plain(pytester, '{"large_values"}')
+    report = pytester.path / "out" / "conformance.json"
+    result = _run(pytester, _module(provider="plain"), "--ccvault-report", str(report))
+    result.stdout.fnmatch_lines(["*TestProviderContract: CONFORMANT", "*conformance report*"])
+    assert result.ret == pytest.ExitCode.OK
+    document = _report(report)
+    assert document["conformant"] is True and document["exit_status"] == 0
+    (entry,) = document["classes"]
+    assert entry["class"] == "test_provider.TestProviderContract"
+    assert entry["provider"] == "plain" and entry["distribution"] == "plain-provider"
+    assert entry["provider_version"] == "0.1" and entry["capabilities"] == ["large_values"]
+    assert entry["verdict"] == "CONFORMANT" and entry["single_instance"] is None
+    counts = entry["counts"]
+    assert counts["ran"] == counts["expected"] == counts["passed"] > 300
+    assert counts["skipped_undeclared_capability"] >= 2 and counts["failed"] == 0
+    assert counts["cross_instance_ran"] >= 10
+    outcomes = {test["outcome"] for test in entry["tests"]}
+    assert outcomes == {"passed", "skipped"}
+    assert len({test["id"] for test in entry["tests"]}) == len(entry["tests"])
+
+
+def test_verdicts_and_report_under_xdist(pytester: pytest.Pytester) -> None:
+    """The workers collect and run; the controller's verdict and report cover the whole run."""
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(
+        test_provider=_module(
+            'known_gaps = {"test_delete_is_true_once_then_false": "not built yet"}',
+            store_class="BrokenDeleteStore",
+            extra=BROKEN_DELETE,
+        )
+    )
+    serial = pytester.path / "serial.json"
+    parallel = pytester.path / "parallel.json"
+    first = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-k", "test_delete or get_or_create", "--ccvault-report", serial
+    )
+    second = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        "-k",
+        "test_delete or get_or_create",
+        "--ccvault-report",
+        parallel,
+    )
+    for result in (first, second):
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.stdout.fnmatch_lines(["*TestProviderContract: NOT CONFORMANT*"])
+    one, two = _report(serial)["classes"], _report(parallel)["classes"]
+    assert [c["counts"] for c in one] == [c["counts"] for c in two]
+    assert [c["verdict"] for c in two] == ["NOT_CONFORMANT"]
+    assert sorted((t["id"], t["outcome"]) for t in one[0]["tests"]) == sorted(
+        (t["id"], t["outcome"]) for t in two[0]["tests"]
+    )
+
+
+def test_suite_test_ids_are_deterministic(pytester: pytest.Pytester) -> None:
+    """pytest-xdist requires every worker to collect the same ids in the same order."""
+    pytester.makeini(STRICT_INI)
+    pytester.makepyfile(test_provider=_module())
+    runs = [
+        pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q")
+        for _ in range(2)
+    ]
+    ids = [[line for line in run.outlines if "::" in line] for run in runs]
+    assert len(ids[0]) > 300 and ids[0] == ids[1]
+    assert runs[0].ret == pytest.ExitCode.OK  # collecting is not a verdict
 
 
 # ------------------------------------------------------------------------------------------
@@ -398,7 +824,7 @@ MUTANTS = {
 
 #: Mutants whose test class also gets ``other_store``: a second instance of the mutant
 #: sharing the first one's data but not its lock (two processes over one database). Each is
-#: also run without it, where its killer must pass: only the second instance exposes it.
+#: also run single-instance, where its killer must pass: only the second instance exposes it.
 SHARED_DATA_MUTANTS = frozenset({"instance_local_lock", "merge_moves_a_snapshot"})
 
 
@@ -421,6 +847,9 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
             textwrap.dedent(
                 f"""
                 class {cls}(ProfileStoreContract):
+                    provider_name = "inmemory"
+                    single_instance = "the control run: one instance"
+
                     @pytest.fixture
                     async def store(self):
                         async with {cls}Store() as store:
@@ -434,6 +863,8 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
                 textwrap.dedent(
                     f"""
                     class {cls}SharedData({cls}):
+                        single_instance = None
+
                         @pytest.fixture
                         async def other_store(self, store):
                             async with {cls}Store() as other:
@@ -474,3 +905,4 @@ def test_the_suite_catches_a_broken_store(mutant_run: str, mutant: str) -> None:
         assert f"PASSED test_mutants.py::{cls}::{killer}" in mutant_run, mutant_run[-5000:]
         cls += "SharedData"
     assert f"FAILED test_mutants.py::{cls}::{killer}" in mutant_run, mutant_run[-5000:]
+    assert f"test_mutants.{cls}: NOT CONFORMANT" in mutant_run, mutant_run[-5000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccvault_contract_tests.capabilities import OPTIONAL_CAPABILITIES
+from ccvault_contract_tests.base import check_contract_class
 from ccvault_contract_tests.suite_assets import AssetsContract
 from ccvault_contract_tests.suite_bad_input import BadInputContract
 from ccvault_contract_tests.suite_channels import ChannelsContract
@@ -48,7 +48,7 @@ class ProfileStoreContract(
     """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::
 
         class TestMyStoreContract(ProfileStoreContract):
-            capabilities = frozenset()      # optional capabilities (capabilities.py)
+            provider_name = "mystore"       # entry-point name: capabilities come from its spec
             known_gaps = {}                 # {"test_name": "reason"}: strict xfail
 
             @pytest.fixture
@@ -56,7 +56,7 @@ class ProfileStoreContract(
                 async with MyStore(...) as s:
                     yield s
 
-            @pytest.fixture                 # optional; default: `store` itself
+            @pytest.fixture                 # required: no default
             async def other_store(self, store):
                 async with MyStore(...) as s:   # a second instance over the SAME data
                     yield s
@@ -65,25 +65,13 @@ class ProfileStoreContract(
     (another connection pool on the same DSN and schema, another handle on the same file,
     another cache client on the same Redis key prefix). The concurrency tests split their
     racing calls between the two, so races between processes are exercised and not only
-    those one instance's internal locks serialise. Override it wherever a second process
-    could open the data; the default (``store`` itself) suits in-process-only stores.
+    those one instance's internal locks serialise. A store whose data cannot be opened twice
+    declares ``single_instance = "why"`` instead (see ``ContractBase``).
 
-    Subclass definitions are checked at import: an unknown capability or a known gap that
-    names no test of the suite is an error (a typo would otherwise silently do nothing).
+    Subclass definitions are checked at import (``base.check_contract_class``): capabilities
+    on the class or a known gap that names no test of the suite is an error.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        unknown = sorted(set(cls.capabilities) - set(OPTIONAL_CAPABILITIES))
-        if unknown:
-            raise TypeError(
-                f"{cls.__name__}.capabilities names unknown capabilities {unknown}; "
-                f"known: {sorted(OPTIONAL_CAPABILITIES)}"
-            )
-        tests = {name for name in dir(cls) if name.startswith("test_")}
-        # a gap names a test ("test_x": every parameter) or one case ("test_x[param]")
-        strangers = sorted(gap for gap in cls.known_gaps if gap.split("[", 1)[0] not in tests)
-        if strangers:
-            raise TypeError(
-                f"{cls.__name__}.known_gaps names no test of the contract suite: {strangers}"
-            )
+        check_contract_class(cls)

@@ -7,10 +7,17 @@ from ccvault_contract_tests import ProfileStoreContract
 
 
 class TestAcmeContract(ProfileStoreContract):
-    capabilities = frozenset({"large_values", "nul_characters"})
+    provider_name = "acme"  # capabilities come from the acme ProviderSpec
     known_gaps = {}
 
     @pytest.fixture
     async def store(self):
         async with AcmeProfileStore() as store:
             yield store
+
+    @pytest.fixture
+    async def other_store(self, store):
+        # a second instance over the same data, as a second ACME process would open it
+        async with AcmeProfileStore() as other:
+            other.share_state_with(store)
+            yield other

@@ -7,15 +7,24 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ccvault.store import ProfileStore
-from ccvault_contract_tests import OPTIONAL_CAPABILITIES, ProfileStoreContract
+from ccvault_contract_tests import ProfileStoreContract
 from ccvault_inmemory import InMemoryProfileStore
 
 
 class TestInMemoryContract(ProfileStoreContract):
-    capabilities = frozenset(OPTIONAL_CAPABILITIES)
+    """Also runs the core-rule tests (``core_rule_tests``): the cheapest class of the repo."""
+
+    provider_name = "inmemory"
     known_gaps = {}
 
     @pytest.fixture
-    async def store(self) -> AsyncIterator[ProfileStore]:
+    async def store(self) -> AsyncIterator[InMemoryProfileStore]:
         async with InMemoryProfileStore() as store:
             yield store
+
+    @pytest.fixture
+    async def other_store(self, store: InMemoryProfileStore) -> AsyncIterator[ProfileStore]:
+        """A second store object over the same backing state (its data and its lock)."""
+        async with InMemoryProfileStore() as other:
+            other.share_state_with(store)
+            yield other

@@ -78,3 +78,19 @@ async def open_mongo_store(*, transactions: str = "auto") -> AsyncIterator[Mongo
         yield store
         if MONGO_URL and store._client is not None:
             await store._client.drop_database(database)
+
+
+async def open_second_mongo_store(first: MongoProfileStore) -> AsyncIterator[MongoProfileStore]:
+    """A second, independent store over ``first``'s database, as a second process opens it.
+
+    Real server: its own client on the same URI and database. Emulation: a second store on
+    the same emulated server (the emulated client is the server's state; the store keeps no
+    state of its own between calls but what it reads from there).
+    """
+    settings = first.settings
+    if MONGO_URL:
+        second = MongoProfileStore(settings)
+    else:
+        second = MongoProfileStore(settings, client=first._client)
+    async with second:
+        yield second

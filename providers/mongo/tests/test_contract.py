@@ -16,15 +16,14 @@ from ccvault import errors
 from ccvault_contract_tests import ProfileStoreContract
 from ccvault_mongo import MongoProfileStore
 
-from .conftest import open_mongo_store
-
-CAPABILITIES = MongoProfileStore.capabilities
+from .conftest import open_mongo_store, open_second_mongo_store
 
 
 class TestMongoStandaloneContract(ProfileStoreContract):
     """Ordered single-document writes (transactions = "off")."""
 
-    capabilities = CAPABILITIES
+    provider_name = "mongo"
+    core_rule_tests = False  # run by the in-memory provider and the production stack
 
     @pytest.fixture
     async def store(self) -> AsyncIterator[MongoProfileStore]:
@@ -32,11 +31,17 @@ class TestMongoStandaloneContract(ProfileStoreContract):
             assert store.transactions_enabled is False
             yield store
 
+    @pytest.fixture
+    async def other_store(self, store: MongoProfileStore) -> AsyncIterator[MongoProfileStore]:
+        async for other in open_second_mongo_store(store):
+            yield other
+
 
 class TestMongoTransactionsContract(ProfileStoreContract):
     """Multi-document transactions (transactions = "on")."""
 
-    capabilities = CAPABILITIES
+    provider_name = "mongo"
+    core_rule_tests = False
 
     @pytest.fixture
     async def store(self) -> AsyncIterator[MongoProfileStore]:
@@ -46,3 +51,8 @@ class TestMongoTransactionsContract(ProfileStoreContract):
                 yield store
         except errors.ConfigurationError as exc:
             pytest.skip(f"the MongoDB server has no transactions: {exc}")
+
+    @pytest.fixture
+    async def other_store(self, store: MongoProfileStore) -> AsyncIterator[MongoProfileStore]:
+        async for other in open_second_mongo_store(store):
+            yield other

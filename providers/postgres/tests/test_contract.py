@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ClassVar
 
 import pytest
 
 from ccvault_contract_tests import ProfileStoreContract
-from ccvault_contract_tests.capabilities import HIGH_CONCURRENCY, LARGE_VALUES
 from ccvault_postgres import PostgresProfileStore
 
 
@@ -17,7 +15,8 @@ class TestPostgresContract(ProfileStoreContract):
     works in fresh random tenants, so tests never see each other's data, and the schema is
     migrated once instead of per test."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({LARGE_VALUES, HIGH_CONCURRENCY})
+    provider_name = "postgres"
+    core_rule_tests = False  # run by the in-memory provider and the production stack
 
     @pytest.fixture
     async def store(

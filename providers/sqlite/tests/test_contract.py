@@ -9,12 +9,12 @@ import pytest
 
 from ccvault_contract_tests import ProfileStoreContract
 from ccvault_sqlite import SqliteProfileStore
-from ccvault_sqlite.plugin import CAPABILITIES
 
 
 class TestSqliteFileContract(ProfileStoreContract):
-    capabilities = CAPABILITIES
+    provider_name = "sqlite"
     known_gaps = {}
+    core_rule_tests = False  # run by the in-memory provider and the production stack
 
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[SqliteProfileStore]:
@@ -31,8 +31,14 @@ class TestSqliteFileContract(ProfileStoreContract):
 
 
 class TestSqliteMemoryContract(ProfileStoreContract):
-    capabilities = CAPABILITIES
+    """``path = ":memory:"``: a private database per store, which no second instance can
+    open, so this class runs single-instance; the file class above runs the cross-instance
+    tests over the same code."""
+
+    provider_name = "sqlite"
     known_gaps = {}
+    core_rule_tests = False
+    single_instance = "a ':memory:' database is private to the connection that created it"
 
     @pytest.fixture
     async def store(self) -> AsyncIterator[SqliteProfileStore]:

@@ -101,6 +101,12 @@ class InMemoryProfileStore(ProfileStore):
         # write order: breaks ties between equal timestamps, newest write first
         self._seq = itertools.count(1)
 
+    def share_state_with(self, other: InMemoryProfileStore) -> None:
+        """From now on read and write ``other``'s data, under ``other``'s lock: a second
+        instance over the same backing state, as two processes over one database (the
+        contract suite's ``other_store``; ``[providers.inmemory] shared_state``)."""
+        self._tenants, self._lock, self._seq = other._tenants, other._lock, other._seq
+
     # -------------------------------------------------------------------------------------
     # helpers (called with the lock held, or from code that never awaits)
     # -------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ from ccvault.hookspecs import ProviderSpec, hookimpl
 from ccvault.store import ProfileStore, StoreRules
 from ccvault_mongo.settings import MongoSettings
 
-__all__ = ["ccvault_provider", "create_store"]
+__all__ = ["CAPABILITIES", "ccvault_provider", "create_store"]
+
+#: Optional contract capabilities (``ccvault_contract_tests.capabilities``), declared once.
+CAPABILITIES = frozenset({"large_values", "nul_characters", "high_concurrency"})
 
 
 def create_store(options: BaseModel, rules: StoreRules) -> ProfileStore:
@@ -32,5 +35,5 @@ def ccvault_provider() -> ProviderSpec:
         settings_model=MongoSettings,
         create_store=create_store,
         description="MongoDB via PyMongo's async API (AsyncMongoClient)",
-        capabilities=frozenset({"large_values", "nul_characters", "high_concurrency"}),
+        capabilities=CAPABILITIES,
     )

@@ -10,6 +10,10 @@ from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore, StoreRules
 from ccvault_postgres.settings import PostgresSettings
 
+#: Optional contract capabilities (``ccvault_contract_tests.capabilities``), declared once.
+#: Not ``nul_characters``: PostgreSQL text and jsonb cannot hold U+0000.
+CAPABILITIES = frozenset({"large_values", "high_concurrency"})
+
 
 def _create_store(options: BaseModel, rules: StoreRules) -> ProfileStore:
     from ccvault_postgres.store import PostgresProfileStore
@@ -31,6 +35,7 @@ def ccvault_provider() -> ProviderSpec:
         settings_model=PostgresSettings,
         create_store=_create_store,
         description="PostgreSQL on asyncpg: the production store",
+        capabilities=CAPABILITIES,
     )
 
 
