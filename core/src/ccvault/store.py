@@ -26,44 +26,44 @@ hook's writes happen or none does, and a hook that raises has written nothing. O
 those of the returned lists; "newest" means greatest ``collected_at`` (assets:
 ``uploaded_at``), ties broken by write order, newest write first.
 
-===============================  =====================================================
-hook                             contract
-===============================  =====================================================
-``_get_by_customer_id``          live profile or None; ``fields`` = ACTIVE versions
-``_get_by_id``                   (expired or not: the public layer presents them),
-``_get_by_channel_identity``     ``assets`` = ACTIVE; history newest first on request
-``_get_or_create``               atomic, race-free: one profile per identity
-``_save``                        atomic upsert of the aggregate; conflicts write nothing
-``_delete``                      atomic soft delete, releases identities
-``_update_field``                atomic insert (+ supersede); one ACTIVE per name always
-``_get_field``                   newest version with the *stored* status
-``_get_field_history``           every version, newest first
-``_expire_stale_fields``         ACTIVE with ``expires_at <= now`` -> EXPIRED; the count
-``_add_asset``                   atomic insert (+ supersede); one ACTIVE per name
-``_get_asset``                   by id, any status
-``_get_asset_by_name``           newest asset of that name and stored status
-``_get_derivation_chain``        root first, at most ``max_depth``, cycle-safe
-``_get_lineage_node``            one item as a lineage entry (for the default chain walk)
-``_get_derived_items``           direct dependents, any status, oldest first
-``_check_has_dependents``        any ACTIVE item derives from the id
-``_link_channel``                atomic, race-free against concurrent links
-``_merge_profiles``              one atomic step; ``choose_winner`` decides conflicts
-``_get_field_definitions``       the agent's definitions, any order
-``_get_field_definition``        one definition by name, enabled or not
-``_save_field_definition``       atomic upsert by (tenant, agent, name), keeps id
-``_delete_field_definition``     True if one was deleted
-``_get_scenario_requirements``   exactly that ``step_id``'s, any order
-``_save_scenario_requirement``   atomic upsert by (tenant, scenario, step, rule, name)
-``_delete_scenario_requirements``  the count
-``_purge_profile``               atomic hard delete of the profile and all it owns
-``_export_profile``              live or soft-deleted, full history, or None
-``_delete_item``                 atomic check-and-delete (DependentsError)
-``_mark_orphans``                items whose source is gone -> ORPHANED; the count
-``_list_tenant_ids``             any order
-``_count_items_by_status``       ``{"fields": {...}, "assets": {...}}``
-``_list_profile_ids``            live and soft-deleted, any order
-``_rewrite_field_payloads``      atomic in-place rewrite of value and metadata
-===============================  =====================================================
+===================================  =====================================================
+hook                                 contract
+===================================  =====================================================
+``_get_by_customer_id``              live profile or None; ``fields`` = ACTIVE versions
+``_get_by_id``                       (expired or not: the public layer presents them),
+``_get_by_channel_identity``         ``assets`` = ACTIVE; history newest first on request
+``_get_or_create``                   atomic, race-free: one profile per identity
+``_save``                            atomic upsert of the aggregate; conflicts write nothing
+``_delete``                          atomic soft delete, releases identities
+``_update_field``                    atomic insert (+ supersede); one ACTIVE per name always
+``_get_field``                       newest version with the *stored* status
+``_get_field_history``               every version, newest first
+``_expire_stale_fields``             ACTIVE with ``expires_at <= now`` -> EXPIRED; the count
+``_add_asset``                       atomic insert (+ supersede); one ACTIVE per name
+``_get_asset``                       by id, any status
+``_get_asset_by_name``               newest asset of that name and stored status
+``_get_derivation_chain``            root first, at most ``max_depth``, cycle-safe
+``_get_lineage_node``                one item as a lineage entry (for the default chain walk)
+``_get_derived_items``               direct dependents, any status, oldest first
+``_check_has_dependents``            any ACTIVE item derives from the id
+``_link_channel``                    atomic, race-free against concurrent links
+``_merge_profiles``                  one atomic step; ``choose_winner`` decides conflicts
+``_get_field_definitions``           the agent's definitions, any order
+``_get_field_definition``            one definition by name, enabled or not
+``_save_field_definition``           atomic upsert by (tenant, agent, name), keeps id
+``_delete_field_definition``         True if one was deleted
+``_get_scenario_requirements``       exactly that ``step_id``'s, any order
+``_save_scenario_requirement``       atomic upsert by (tenant, scenario, step, rule, name)
+``_delete_scenario_requirements``    the count
+``_purge_profile``                   atomic hard delete of the profile and all it owns
+``_export_profile``                  live or soft-deleted, full history, or None
+``_delete_item``                     atomic check-and-delete (DependentsError)
+``_mark_orphans``                    items whose source is gone -> ORPHANED; the count
+``_list_tenant_ids``                 any order
+``_count_items_by_status``           ``{"fields": {...}, "assets": {...}}``
+``_list_profile_ids``                live and soft-deleted, any order
+``_rewrite_field_payloads``          atomic in-place rewrite of value and metadata
+===================================  =====================================================
 """
 
 from __future__ import annotations
