@@ -2,7 +2,9 @@
 
 A provider is a module registered under the ``ccvault.providers`` entry-point group (the
 built-in providers register exactly like third-party ones). The module carries
-implementations of the hooks below, marked with :data:`hookimpl`.
+implementations of the hooks below, marked with :data:`hookimpl`: ``ccvault_provider``
+(required: what the provider is) and ``ccvault_worker_lease`` (optional: a tenant lease of
+its own for ``ccvault worker``). Core never names a provider; it asks these hooks.
 """
 
 from __future__ import annotations
