@@ -177,3 +177,36 @@ def test_a_bad_uuid_argument_is_not_echoed_by_the_store() -> None:
     with pytest.raises(errors.ValidationError, match="tenant_id must be a UUID") as raised:
         check_uuid("ana.lopez@example.com", "tenant_id")
     assert "ana.lopez" not in str(raised.value)
+
+
+def test_export_to_a_pipe_leaves_the_pipe_alone(
+    shared: _Plugin, config: Path, tmp_path: Path
+) -> None:
+    pid = asyncio.run(_seed(shared.db))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo, 0o644)
+    os.chmod(fifo, 0o644)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that the writer can open it
+    try:
+        result = _run(
+            "-c",
+            str(config),
+            "profile",
+            "export",
+            "-t",
+            str(TENANT),
+            "-p",
+            str(pid),
+            "-o",
+            str(fifo),
+        )
+        assert result.exit_code == 0, result.output
+        data = os.read(reader, 1 << 16)
+    finally:
+        os.close(reader)
+    assert json.loads(data)["profile"]["id"] == str(pid)
+    assert _mode(fifo) == 0o644  # `-o /dev/stdout` must not chmod the terminal or a pipe
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)

@@ -19,6 +19,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
@@ -84,7 +85,8 @@ def _write_private(path: Path, text: str) -> None:
     existed with a wider mode)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        if hasattr(os, "fchmod"):
+        # a regular file only: `-o /dev/stdout` (a pipe, a terminal) is left as it is
+        if hasattr(os, "fchmod") and S_ISREG(os.fstat(handle.fileno()).st_mode):
             os.fchmod(handle.fileno(), 0o600)
         handle.write(text)
 
