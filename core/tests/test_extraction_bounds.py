@@ -309,3 +309,24 @@ async def test_numbers_written_as_words_for_number_fields() -> None:
     asked = _turns(("assistant", "How many nights (night count)?"), ("user", "three"))
     found = await _one(request, asked)
     assert found is not None and found.value == 3 and found.confidence == 0.7
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "value"),
+    [
+        ("flights_3__origin_city", "I want to fly from San Francisco to New York", "San Francisco"),
+        ("flights_3__destination_city", "I want to fly from San Francisco to New York", "New York"),
+        ("buses_1__to_location", "A bus to Long Beach, CA on March 3rd", "Long Beach"),
+        ("services_4__city", "Find me a psychologist in Fremont please", "Fremont"),
+        ("weather_1__city", "What's the weather in SFO on Monday?", "SFO"),
+    ],
+)
+async def test_places_by_the_preposition_of_their_role(name: str, text: str, value: str) -> None:
+    found = await _one(ExtractionRequest(field_name=name), _user(text))
+    assert found is not None and found.value == value and found.method == "offline:place"
+
+
+async def test_a_place_needs_a_place_field_and_a_capitalised_name() -> None:
+    assert await _one(ExtractionRequest(field_name="movie_name"), _user("a film in Paris")) is None
+    assert await _one(ExtractionRequest(field_name="city"), _user("in March please")) is None
+    assert await _one(ExtractionRequest(field_name="city"), _user("in the evening")) is None

@@ -346,6 +346,42 @@ _KEYWORD_STOP = frozenset(
         "date",
     }
 )
+# place-like fields and the preposition each role takes
+_PLACE_FIELD = re.compile(
+    r"city|location|area|destination|origin|place|address|from|(?:^|_)to(?:_|$)|where"
+)
+_FROM_FIELD = re.compile(r"origin|(?:^|_)from(?:_|$)|pickup|departure|leaving|start")
+_TO_FIELD = re.compile(r"destination|(?:^|_)to(?:_|$)|dropoff|arrival")
+# a preposition, then capitalised words ("San Jose", "Los Angeles", "SFO", "St. Louis")
+_PLACE_RE = re.compile(
+    r"\b(?P<prep>[Ff]rom|[Tt]o|[Ii]n|[Aa]t|[Nn]ear|[Aa]round)\s+"
+    r"(?P<place>[A-Z][\w'.&-]{0,30}(?:\s+(?:[A-Z][\w'.&-]{0,30}|de|del|la|of)){0,4})"
+)
+_PLACE_STOP = frozenset(
+    {
+        *_MONTHS,
+        *_WEEKDAYS,
+        "i",
+        "the",
+        "a",
+        "an",
+        "of",
+        "de",
+        "del",
+        "la",
+        "it",
+        "this",
+        "that",
+        "my",
+        "your",
+        "any",
+        "economy",
+        "business",
+        "first",
+    }
+)
+# candidate numbers the phone matcher may parse in one turn
+_PHONE_MAX_TRIES = 200
 # characters the fuzzy matcher reads around each candidate
 _FUZZY_MAX_CHARS = 400
 
@@ -711,8 +747,48 @@ class OfflineExtractor:
         if kind is FieldValueType.BOOLEAN:
             return self._boolean(text, asked)
         if kind is FieldValueType.STRING:
-            return self._string(request, text, asked)
+            said = self._string(request, text, asked)
+            if said is None or said.rule == "string_reply":
+                place = self._place(request, text)
+                said = place if place is not None else said
+            return said
         return None  # json: nothing a pattern can honestly find
+
+    @staticmethod
+    def _place(request: ExtractionRequest, text: _Text) -> _Candidate | None:
+        """A place for a field named like one (``origin_city``, ``to_location``, ``area``):
+        the capitalised words after the preposition its role takes ("from Seattle" for an
+        origin, "to Portland" for a destination, "in San Jose" for a city)."""
+        name = request.field_name.rpartition("__")[2]
+        if _PLACE_FIELD.search(name) is None:
+            return None
+        if _FROM_FIELD.search(name):
+            # a pick-up city is where one is ("a car in Los Angeles"); other origins are
+            # where one leaves from
+            wanted = {"from", "in", "at"} if "pickup" in name and "city" in name else {"from"}
+        elif _TO_FIELD.search(name):
+            wanted = {"to"}
+        else:
+            wanted = {"in", "at", "near", "around"}
+        found: list[_Candidate] = []
+        for m in text.finditer(_PLACE_RE):
+            if m["prep"].lower() not in wanted:
+                continue
+            words = m["place"].split()
+            while words and words[-1].lower() in _PLACE_STOP:
+                words.pop()
+            if not words or words[0].lower() in _PLACE_STOP:
+                continue
+            value = " ".join(words).rstrip(".,'")
+            start = m.start("place")
+            found.append(_Candidate(value, 0.6, start, start + len(value), "place"))
+        if not found:
+            return None
+        distinct = {c.value for c in found}
+        chosen = found[-1]
+        if len(distinct) > 1:
+            chosen.confidence = 0.45
+        return chosen
 
     @staticmethod
     def _best(
@@ -753,7 +829,12 @@ class OfflineExtractor:
     def _phones(self, text: _Text) -> list[_Candidate]:
         found = []
         text.scanned += len(text.text)
-        for match in phonenumbers.PhoneNumberMatcher(text.text, self.default_region):
+        # max_tries bounds the candidates the matcher parses: a text full of digits (a
+        # list of numbers) would otherwise make it parse thousands of them
+        matcher = phonenumbers.PhoneNumberMatcher(
+            text.text, self.default_region, max_tries=_PHONE_MAX_TRIES
+        )
+        for match in matcher:
             if not phonenumbers.is_valid_number(match.number):
                 continue
             e164 = phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
@@ -785,12 +866,14 @@ class OfflineExtractor:
         taken: list[tuple[int, int]] = []
 
         def overlaps(start: int, end: int) -> bool:
-            return any(s < end and start < e for s, e in taken)
+            # taken spans are disjoint and sorted: only the neighbours can overlap
+            at = bisect.bisect_left(taken, (start, end))
+            return any(s < end and start < e for s, e in taken[max(0, at - 1) : at + 1])
 
         def add(day: date | None, confidence: float, start: int, end: int, rule: str) -> None:
             if day is None or overlaps(start, end):
                 return
-            taken.append((start, end))
+            bisect.insort(taken, (start, end))
             near = text.keyword_before(start)
             found.append(_Candidate(day.isoformat(), confidence, start, end, rule, near))
 
@@ -1106,6 +1189,7 @@ def _keyword_statement(keyword: str) -> re.Pattern[str]:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_text_date(span: str, today: date) -> date | None:
     """A date written with a month name ("March 4th", "4th of March, 2019"), by dateutil;
     the year of ``today`` when none is written."""
