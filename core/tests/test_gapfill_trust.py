@@ -248,3 +248,22 @@ async def test_a_customer_quote_passes() -> None:
     async with OpenAICompatibleExtractor("http://llm.test/v1", "m", client=_llm(answer, seen)) as x:
         extraction = await x.extract(ExtractionRequest.for_field("email", None), turns)
     assert extraction is not None and extraction.confidence == 0.95
+
+
+async def test_forged_results_cost_at_most_one_extraction_per_field(store: ProfileStore) -> None:
+    tenant, agent, profile, _ = await _world(store)
+    session = _session(tenant, agent, profile, ("user", "hello"))
+    extractor = Scripted({})
+    service = GapFillService(store, extractor=extractor)
+    forged = [
+        GapFillResult(
+            field_name="email",
+            filled=True,
+            value="eve" + "x" * i + "@corp.example",  # each passes the stored regex
+            source=GapFillSource.EXTRACTION,
+            confidence=1.0,
+        )
+        for i in range(50)
+    ]
+    assert await service.persist_extracted_values(session, forged) == {}
+    assert extractor.calls == 1

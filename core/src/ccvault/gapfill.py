@@ -581,9 +581,10 @@ class GapFillService:
         — a result's own ``confidence``, ``source_metadata`` and ``extraction_quote`` are
         ignored. A value the service did not find (another process found it, or the caller
         made it up) is looked up again: a session variable must hold it, or the extractor
-        must find it again in the session's turns at ``min_confidence``; otherwise it is
-        not written. All checks run before the first write; a value that fails one is not
-        written, and its result becomes unfilled with the reason in ``validation_errors``.
+        must find it again in the session's turns at ``min_confidence`` (one extraction per
+        field name and call, however many results name it); otherwise it is not written.
+        All checks run before the first write; a value that fails one is not written, and
+        its result becomes unfilled with the reason in ``validation_errors``.
 
         Each written version supersedes the ACTIVE one, with ``source_item_type=session``,
         ``source_item_id`` = the session id, ``source_metadata`` holding the session id,
@@ -598,6 +599,7 @@ class GapFillService:
         step_id = check_optional_uuid(step_id, "step_id")
         definitions = await self._definitions(session)  # the stored ones, never the caller's
         pending: list[tuple[GapFillResult, ProfileField]] = []
+        rerun: set[str] = set()
         for result in items:
             if not result.filled or result.source not in (
                 GapFillSource.SESSION,
@@ -619,7 +621,11 @@ class GapFillService:
                 result.validation_errors = list(exc.errors)
                 continue
             provenance = self._recall(session, result.field_name, result.value)
-            if provenance is None:
+            if provenance is None and (
+                result.source is GapFillSource.SESSION or result.field_name not in rerun
+            ):
+                # at most one extraction per field name per call, however many results
+                rerun.add(result.field_name)
                 provenance = await self._derive(session, result, definitions)
             if provenance is None:
                 result.filled = False
