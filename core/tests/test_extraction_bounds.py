@@ -330,3 +330,23 @@ async def test_a_place_needs_a_place_field_and_a_capitalised_name() -> None:
     assert await _one(ExtractionRequest(field_name="movie_name"), _user("a film in Paris")) is None
     assert await _one(ExtractionRequest(field_name="city"), _user("in March please")) is None
     assert await _one(ExtractionRequest(field_name="city"), _user("in the evening")) is None
+
+
+async def test_gap_fill_from_settings_takes_the_extraction_limits() -> None:
+    store = InMemoryProfileStore()
+    tenant = uuid4()
+    profile = await store.get_or_create(tenant, Channel.WEB, "visitor-2")
+    session = Session(
+        tenant_id=tenant,
+        agent_id=uuid4(),
+        customer_profile_id=profile.id,
+        turns=_user("my city is Paris"),
+    )
+    settings = ccvault.load_settings(None, extraction={"max_message_chars": 10})
+    service = GapFillService.from_settings(store, settings)
+    assert isinstance(service.extractor, OfflineExtractor)
+    with pytest.raises(errors.ValidationError, match="the limit is 10"):
+        await service.try_conversation_extraction("city", session)
+    roomy = GapFillService.from_settings(store, ccvault.load_settings(None))
+    found = await roomy.try_conversation_extraction("city", session)
+    assert found.filled and found.value == "Paris"

@@ -36,6 +36,7 @@ from ccvault.extraction import (
     ExtractionRequest,
     Extractor,
     OfflineExtractor,
+    extractor_from_settings,
 )
 from ccvault.models import (
     CustomerProfile,
@@ -266,8 +267,12 @@ class GapFillService:
         extractor: Extractor | None = None,
         validator: SchemaValidationService | None = None,
     ) -> Self:
-        """A service configured by ``[profile]`` and ``[profile.gap_fill]``."""
+        """A service configured by ``[profile]``, ``[profile.gap_fill]`` and, given the
+        whole :class:`VaultSettings`, ``[extraction]`` (the extractor and its size limits on
+        customer text) unless ``extractor`` is given."""
         profile = settings.profile if isinstance(settings, VaultSettings) else settings
+        if extractor is None and isinstance(settings, VaultSettings):
+            extractor = extractor_from_settings(settings)
         return cls(
             store,
             extractor=extractor,
