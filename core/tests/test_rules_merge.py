@@ -339,3 +339,24 @@ def test_a_requirement_key_of_another_agent_is_a_conflict() -> None:
     same_agent = _requirement(stored.agent_id, scenario)
     plan = plan_requirement_save(same_agent, None, stored)
     assert (plan.id, plan.insert) == (stored.id, False)
+
+
+def test_a_side_from_a_loaded_profile() -> None:
+    from ccvault.models import ChannelIdentity, CustomerProfile
+
+    email = _field("email")
+    profile = CustomerProfile(
+        tenant_id=TENANT,
+        channel_identities=[
+            ChannelIdentity(channel=Channel.SMS, channel_user_id="+1", primary=True),
+            ChannelIdentity(channel=Channel.EMAIL, channel_user_id="a@x.org"),
+        ],
+        fields={"email": email},
+    )
+    side = MergeSide.from_profile(profile)
+    assert side.profile_id == profile.id
+    assert side.identities == (
+        HeldIdentity(Channel.SMS, "+1", True),
+        HeldIdentity(Channel.EMAIL, "a@x.org", False),
+    )
+    assert side.active_fields == (email,)

@@ -16,6 +16,7 @@ __all__ = [
     "EncryptionError",
     "IdentityConflictError",
     "NotFoundError",
+    "PartialWriteError",
     "ProviderNotFoundError",
     "ProviderUnavailableError",
     "SchemaValidationError",
@@ -83,6 +84,17 @@ class ProviderUnavailableError(VaultError):
 
 class StorageError(VaultError):
     """The storage itself is unusable: not a database of ours, read-only, corrupt."""
+
+
+class PartialWriteError(StorageError):
+    """A write failed after part of it was stored, and the backend could not undo it.
+
+    Only a backend without multi-document transactions can raise it (MongoDB on a
+    standalone server), and only for a failure it could not rule out before writing (a
+    concurrent writer taking a unique key in between). It is never a
+    :class:`ConflictError`: the store is NOT as before. Re-read before writing again; the
+    cache treats the data as written (it drops what it held).
+    """
 
 
 class SchemaVersionError(StorageError):

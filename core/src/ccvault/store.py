@@ -318,14 +318,28 @@ class ProfileStore(ABC):
     async def save(self, profile: CustomerProfile) -> UUID:
         """Create or update the profile aggregate; return its id.
 
-        Profile attributes, channel identities and consents are replaced by the given ones
-        (an identity no longer listed is released; at most one may be primary). Fields and
-        assets are upserted by id: a field id not yet stored is written as a new ACTIVE
-        version superseding the ACTIVE one of its name; an existing id is updated in place
-        but keeps its name (a rename is a :class:`~ccvault.errors.ConflictError`). Nothing
-        is ever deleted by save. A soft-deleted profile is not found.
-        An identity or customer id owned by another live profile raises
-        :class:`~ccvault.errors.IdentityConflictError` and nothing is written.
+        The rule is :func:`ccvault.rules.save.plan_save`, the same for every provider:
+
+        * Profile attributes, channel identities and consents are replaced by the given
+          ones (an identity no longer listed is released; at most one may be primary).
+        * Fields and assets are upserted by id. A field id not yet stored is a new ACTIVE
+          version superseding the ACTIVE one of its name; an asset id not yet stored is a
+          new ACTIVE asset (superseding nothing, as :meth:`add_asset` by default). A stored
+          id is updated in place and keeps its name (a rename is a
+          :class:`~ccvault.errors.ConflictError`). Nothing is ever deleted by save.
+        * **Save never changes a stored status it did not read as current.** A stored
+          item's ``status``, ``superseded_by_id`` and ``superseded_at`` are the store's:
+          the caller's copy of them is ignored. An item stored ACTIVE is updated in place
+          and stays ACTIVE; an item no longer ACTIVE (superseded, expired or orphaned
+          since the caller read it) is left exactly as stored, content included, and the
+          rest of the save goes ahead. A stale copy therefore neither revives an old
+          version nor conflicts with the newer one.
+        * A soft-deleted profile is not found (:class:`~ccvault.errors.NotFoundError`). An
+          identity or customer id owned by another live profile raises
+          :class:`~ccvault.errors.IdentityConflictError`; a field or asset id of another
+          profile a :class:`~ccvault.errors.ConflictError`.
+
+        Every refusal leaves the store exactly as it was: nothing of the save is written.
         """
         profile = _model(CustomerProfile, profile, "profile")
         seen: set[tuple[Channel, str]] = set()
@@ -888,9 +902,15 @@ class ProfileStore(ABC):
 
     @abstractmethod
     async def _save(self, profile: CustomerProfile) -> UUID:
-        """Upsert the aggregate atomically, as :meth:`save` describes: a soft-deleted profile
-        raises NotFoundError; a stored field/asset id saved under another name, or owned by
-        another profile, raises ConflictError; nothing is written in either case."""
+        """Upsert the aggregate atomically, as :meth:`save` describes.
+
+        Read :class:`~ccvault.rules.save.SaveState` inside the write transaction (the
+        profile row, the live owners of its customer id and listed identities, the stored
+        field/asset ids it lists), call :func:`~ccvault.rules.save.plan_save` (which raises
+        every refusal before anything is written) and apply the plan in the same
+        transaction. An in-place update writes only to an item still ACTIVE. A backend
+        that cannot undo a failure after its first write raises
+        :class:`~ccvault.errors.PartialWriteError`, never a ConflictError."""
 
     @abstractmethod
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:

@@ -916,15 +916,18 @@ async def test_save_updates_only_a_live_profile_and_revives_nothing(transactions
             if (c.collection, c.method) == ("profiles", "find_one")
             and c.args[0] == {"tenant_id": t, "id": p}
         ]
-        # before anything else; on a replica set once more inside the transaction
-        assert client.commands[0] == gone_checks[0]
-        assert gone_checks[0].kwargs == {"projection": {"live": 1, "merging_into": 1}}
-        assert [c.in_transaction for c in gone_checks] == (
-            [False, True] if transactions else [False]
-        )
+        # read once, before any write: on the transaction's snapshot (replica set) or under
+        # the profile's write lease (standalone), which is taken first
         [upsert] = [
             c for c in client.commands if c.kwargs.get("upsert") and c.collection == "profiles"
         ]
+        assert gone_checks[0].kwargs == {"projection": {"live": 1, "merging_into": 1}}
+        assert [c.in_transaction for c in gone_checks] == [transactions]
+        assert client.commands.index(gone_checks[0]) < client.commands.index(upsert)
+        if not transactions:
+            lease = client.commands[0]
+            assert (lease.collection, lease.method) == ("profiles", "find_one_and_update")
+            assert "lock" in lease.args[1]["$set"]
         assert upsert.method == "find_one_and_update"
         assert upsert.args[0] == {"tenant_id": t, "id": p, "live": True, "merging_into": None}
         assert list(upsert.args[1]) == ["$set", "$inc"]  # no $unset: nothing is revived

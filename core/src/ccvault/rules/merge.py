@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from ccvault.models import Channel, ChannelIdentity, ItemStatus, ProfileField
+from ccvault.models import Channel, ChannelIdentity, CustomerProfile, ItemStatus, ProfileField
 
 __all__ = [
     "HeldIdentity",
@@ -105,6 +105,12 @@ class MergeSide:
     ) -> MergeSide:
         held = tuple(i if isinstance(i, HeldIdentity) else HeldIdentity.of(i) for i in identities)
         return cls(profile_id, held, tuple(active_fields))
+
+    @classmethod
+    def from_profile(cls, profile: CustomerProfile) -> MergeSide:
+        """The side of a profile as a provider's own reader returns it (live, no history):
+        its identities in order and its ACTIVE fields."""
+        return cls.of(profile.id, profile.channel_identities, profile.fields.values())
 
 
 @dataclass(frozen=True, slots=True)

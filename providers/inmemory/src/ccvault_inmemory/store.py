@@ -557,8 +557,8 @@ class InMemoryProfileStore(ProfileStore):
             now = self.now()
             # the rule is core's: read the state, plan, then apply exactly the plan
             plan = plan_merge(
-                self._merge_side(tenant, target),
-                self._merge_side(tenant, source),
+                MergeSide.from_profile(self._assemble(tenant, target, False)),
+                MergeSide.from_profile(self._assemble(tenant, source, False)),
                 now,
                 choose_winner=choose_winner,
             )
@@ -599,15 +599,6 @@ class InMemoryProfileStore(ProfileStore):
     # -------------------------------------------------------------------------------------
     # field definitions
     # -------------------------------------------------------------------------------------
-
-    def _merge_side(self, tenant: _Tenant, row: _Profile) -> MergeSide:
-        profile_id = row.profile.id
-        active = [
-            f.item
-            for f in self._fields_of(tenant, profile_id)
-            if f.item.status is ItemStatus.ACTIVE
-        ]
-        return MergeSide.of(profile_id, row.profile.channel_identities, active)
 
     async def _get_field_definitions(
         self, tenant_id: UUID, agent_id: UUID, enabled_only: bool

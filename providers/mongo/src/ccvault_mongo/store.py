@@ -1200,7 +1200,9 @@ class MongoProfileStore(ProfileStore):
             # 3. read the state; core's merge rule plans every write below
             sides = (target_profile_id, source_profile_id)
             plan = plan_merge(
-                *await self._merge_sides(t, sides, session), now, choose_winner=choose_winner
+                *await self._merge_sides(tenant_id, sides, session),
+                now,
+                choose_winner=choose_winner,
             )
             # 4. identities take the plan's primary flags; consents and assets move as they
             #    are (ids unchanged)
@@ -1237,7 +1239,9 @@ class MongoProfileStore(ProfileStore):
                     if session is not None:
                         raise
                 plan = plan_merge(
-                    *await self._merge_sides(t, sides, session), now, choose_winner=choose_winner
+                    *await self._merge_sides(tenant_id, sides, session),
+                    now,
+                    choose_winner=choose_winner,
                 )
             else:
                 raise errors.ConflictError("merge lost too many races; call it again to finish")
@@ -1277,34 +1281,16 @@ class MongoProfileStore(ProfileStore):
                 await self._unlock(tenant_id, profile_id, token)
 
     async def _merge_sides(
-        self, t: Any, profile_ids: tuple[UUID, UUID], session: Any
+        self, tenant_id: UUID, profile_ids: tuple[UUID, UUID], session: Any
     ) -> tuple[MergeSide, MergeSide]:
-        """What core's merge rule reads of each profile: identities and ACTIVE versions."""
-        keys = [uid(p) for p in profile_ids]
-        query = {"tenant_id": t, "profile_id": {"$in": keys}}
-        identities = (
-            await self._c("identities")
-            .find(query, sort=[("position", 1)], session=session)
-            .to_list(None)
-        )
-        actives = (
-            await self._c("fields")
-            .find({**query, "status": ItemStatus.ACTIVE.value}, session=session)
-            .to_list(None)
-        )
-        target, source = (
-            MergeSide.of(
-                profile_id,
-                [_to_model(ChannelIdentity, d) for d in identities if d["profile_id"] == key],
-                [
-                    _to_model(ProfileField, d, _FIELD_JSON)
-                    for d in actives
-                    if d["profile_id"] == key
-                ],
-            )
-            for profile_id, key in zip(profile_ids, keys, strict=True)
-        )
-        return target, source
+        """What core's merge rule reads: each live profile as :meth:`_load` reads it."""
+        sides = []
+        for profile_id in profile_ids:
+            found = await self._load(tenant_id, {"id": uid(profile_id)}, False, session=session)
+            if found is None:
+                raise errors.NotFoundError(f"profile {profile_id} not found")
+            sides.append(MergeSide.from_profile(found))
+        return sides[0], sides[1]
 
     async def _supersede_losers(self, t: Any, plan: MergePlan, session: Any) -> None:
         now = dt(plan.now)

@@ -480,20 +480,6 @@ WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND deleted_at IS NULL
 ORDER BY id FOR UPDATE
 """
 
-# the state core's merge rule reads: both profiles' identities and ACTIVE versions
-MERGE_IDENTITIES = """
-SELECT profile_id, channel, channel_user_id, is_primary FROM channel_identities
-WHERE tenant_id = $1 AND profile_id = ANY($2::uuid[]) AND NOT released
-ORDER BY created_at, seq
-"""
-
-
-MERGE_ACTIVE_FIELDS = """
-SELECT * FROM profile_fields
-WHERE tenant_id = $1 AND profile_id = ANY($2::uuid[]) AND status = 'active'
-"""
-
-
 MERGE_SUPERSEDE = """
 UPDATE profile_fields f
 SET status = 'superseded', superseded_by_id = u.winner, superseded_at = $4, updated_at = $4

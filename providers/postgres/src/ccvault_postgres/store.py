@@ -66,7 +66,7 @@ from ccvault.models import (
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
-from ccvault.rules.merge import HeldIdentity, MergeSide, plan_merge
+from ccvault.rules.merge import MergeSide, plan_merge
 from ccvault.storage import row_values
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_postgres import _sql as sql
@@ -964,6 +964,8 @@ class PostgresProfileStore(ProfileStore):
         target_profile_id: UUID,
         choose_winner: MergeWinner,
     ) -> None:
+        read = sql.PROFILE_BY_ID[False]
+
         async def attempt(conn: asyncpg.Connection) -> None:
             now = self.now()
             async with conn.transaction():
@@ -976,19 +978,11 @@ class PostgresProfileStore(ProfileStore):
                         source_profile_id if source_profile_id not in found else target_profile_id
                     )
                     raise errors.NotFoundError(f"profile {missing} not found")
-                # read the state, let core's rule plan the merge, then write exactly the plan
-                pair = [target_profile_id, source_profile_id]
-                identities: dict[UUID, list[HeldIdentity]] = {p: [] for p in pair}
-                for row in await conn.fetch(sql.MERGE_IDENTITIES, tenant_id, pair):
-                    identities[row["profile_id"]].append(
-                        HeldIdentity(
-                            Channel(row["channel"]), row["channel_user_id"], row["is_primary"]
-                        )
-                    )
-                active: dict[UUID, list[ProfileField]] = {p: [] for p in pair}
-                for row in await conn.fetch(sql.MERGE_ACTIVE_FIELDS, tenant_id, pair):
-                    active[row["profile_id"]].append(_field(row))
-                target, source = (MergeSide.of(p, identities[p], active[p]) for p in pair)
+                # read both profiles, let core's rule plan the merge, write exactly the plan
+                target, source = [
+                    MergeSide.from_profile(_profile(await conn.fetch(read, tenant_id, p), False))
+                    for p in (target_profile_id, source_profile_id)
+                ]
                 plan = plan_merge(target, source, now, choose_winner=choose_winner)
                 if plan.supersede:
                     await conn.execute(

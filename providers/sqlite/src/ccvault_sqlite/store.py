@@ -934,33 +934,6 @@ class SqliteProfileStore(ProfileStore):
         )
         return int(next(iter(rows))[0])
 
-    @staticmethod
-    async def _merge_sides(
-        conn: aiosqlite.Connection, tenant: str, profile_ids: tuple[UUID, UUID]
-    ) -> tuple[MergeSide, MergeSide]:
-        """What the merge rule reads of each profile: identities and ACTIVE versions."""
-        sides = []
-        for profile_id in profile_ids:
-            key = (tenant, str(profile_id))
-            identities = await conn.execute_fetchall(
-                f"SELECT {IDENTITY_SELECT} FROM channel_identities "
-                "WHERE tenant_id = ? AND profile_id = ? ORDER BY position",
-                key,
-            )
-            fields = await conn.execute_fetchall(
-                f"SELECT {FIELD_SELECT} FROM fields "
-                "WHERE tenant_id = ? AND profile_id = ? AND status = 'active'",
-                key,
-            )
-            sides.append(
-                MergeSide.of(
-                    profile_id,
-                    [codec.identity_from_row(row) for row in identities],
-                    [codec.field_from_row(row) for row in fields],
-                )
-            )
-        return sides[0], sides[1]
-
     async def _merge_profiles(
         self,
         tenant_id: UUID,
@@ -971,12 +944,16 @@ class SqliteProfileStore(ProfileStore):
         tenant, source, target = str(tenant_id), str(source_profile_id), str(target_profile_id)
 
         async def op(conn: aiosqlite.Connection) -> None:
-            await self._require_live(conn, tenant, source)
-            await self._require_live(conn, tenant, target)
+            # read both live profiles, let core's rule plan the merge, write exactly the plan
+            sides = []
+            for key in (source, target):
+                found = await self._load_profile(conn, tenant_id, _LIVE_BY_ID, {"key": key}, False)
+                if found is None:
+                    raise errors.NotFoundError(f"profile {key} not found")
+                sides.append(MergeSide.from_profile(found))
+            source_side, target_side = sides
             now = self.now()
-            # read the state, let core's rule plan the merge, then write exactly the plan
-            sides = await self._merge_sides(conn, tenant, (target_profile_id, source_profile_id))
-            plan = plan_merge(*sides, now, choose_winner=choose_winner)
+            plan = plan_merge(target_side, source_side, now, choose_winner=choose_winner)
             stamp = ts(now)
             if plan.supersede:
                 await conn.executemany(
