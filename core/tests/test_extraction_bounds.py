@@ -319,11 +319,24 @@ async def test_numbers_written_as_words_for_number_fields() -> None:
         ("buses_1__to_location", "A bus to Long Beach, CA on March 3rd", "Long Beach"),
         ("services_4__city", "Find me a psychologist in Fremont please", "Fremont"),
         ("weather_1__city", "What's the weather in SFO on Monday?", "SFO"),
+        (
+            "ridesharing_1__destination",
+            "I am going to 5434 Ygnacio Valley Road #90",
+            "5434 Ygnacio Valley Road #90",
+        ),
+        ("restaurants_2__restaurant_name", "a table for 1 at Sipan for 11:30", "Sipan"),
     ],
 )
 async def test_places_by_the_preposition_of_their_role(name: str, text: str, value: str) -> None:
     found = await _one(ExtractionRequest(field_name=name), _user(text))
     assert found is not None and found.value == value and found.method == "offline:place"
+
+
+async def test_something_named() -> None:
+    request = ExtractionRequest(field_name="alarm_1__new_alarm_name")
+    found = await _one(request, _user("Set an alarm at 5 pm called Grocery run."))
+    assert found is not None and found.value == "Grocery run" and found.method == "offline:named"
+    assert await _one(ExtractionRequest(field_name="city"), _user("a town called Bree")) is None
 
 
 async def test_a_place_needs_a_place_field_and_a_capitalised_name() -> None:

@@ -355,7 +355,17 @@ _TO_FIELD = re.compile(r"destination|(?:^|_)to(?:_|$)|dropoff|arrival")
 # a preposition, then capitalised words ("San Jose", "Los Angeles", "SFO", "St. Louis")
 _PLACE_RE = re.compile(
     r"\b(?P<prep>[Ff]rom|[Tt]o|[Ii]n|[Aa]t|[Nn]ear|[Aa]round)\s+"
-    r"(?P<place>[A-Z][\w'.&-]{0,30}(?:\s+(?:[A-Z][\w'.&-]{0,30}|de|del|la|of)){0,4})"
+    r"(?P<place>(?:\d{1,6}\s+)?[A-Z][\w'.&-]{0,30}"
+    r"(?:\s+(?:[A-Z][\w'.&-]{0,30}|de|del|la|of|#\d{1,6}|\d{1,6})){0,5})"
+)
+# a venue's name: "a table at Sipan", "a reservation at Andes Cafe"
+_VENUE_FIELD = re.compile(
+    r"(?:restaurant|hotel|venue|place|property|attraction|theat(?:er|re)|cinema)_?name"
+)
+# something named: "an alarm called Grocery run", "named 'Leave for home'"
+_CALLED_RE = re.compile(
+    r"\b(?:called|named|titled|labell?ed)\s+[\"']?(?P<name>[^\"'.,;!?\n]{1,60})",
+    re.IGNORECASE,
 )
 _PLACE_STOP = frozenset(
     {
@@ -749,10 +759,23 @@ class OfflineExtractor:
         if kind is FieldValueType.STRING:
             said = self._string(request, text, asked)
             if said is None or said.rule == "string_reply":
-                place = self._place(request, text)
-                said = place if place is not None else said
+                other = self._place(request, text) or self._called(request, text)
+                said = other if other is not None else said
             return said
         return None  # json: nothing a pattern can honestly find
+
+    @staticmethod
+    def _called(request: ExtractionRequest, text: _Text) -> _Candidate | None:
+        """The name of something named in the turn ("an alarm called Grocery run"), for a
+        field whose name ends in ``name``."""
+        if not request.field_name.endswith("name"):
+            return None
+        for m in text.finditer(_CALLED_RE):
+            value = re.split(r"\s+(?:and|but|at|for|on)\s+", m["name"], maxsplit=1)[0].strip()
+            if value:
+                start = m.start("name")
+                return _Candidate(value, 0.6, start, start + len(value), "named")
+        return None
 
     @staticmethod
     def _place(request: ExtractionRequest, text: _Text) -> _Candidate | None:
@@ -760,16 +783,18 @@ class OfflineExtractor:
         the capitalised words after the preposition its role takes ("from Seattle" for an
         origin, "to Portland" for a destination, "in San Jose" for a city)."""
         name = request.field_name.rpartition("__")[2]
-        if _PLACE_FIELD.search(name) is None:
+        if _VENUE_FIELD.search(name):
+            wanted = {"at"}
+        elif _PLACE_FIELD.search(name) is None:
             return None
-        if _FROM_FIELD.search(name):
+        elif _FROM_FIELD.search(name):
             # a pick-up city is where one is ("a car in Los Angeles"); other origins are
             # where one leaves from
             wanted = {"from", "in", "at"} if "pickup" in name and "city" in name else {"from"}
         elif _TO_FIELD.search(name):
             wanted = {"to"}
         else:
-            wanted = {"in", "at", "near", "around"}
+            wanted = {"in", "near", "around"}
         found: list[_Candidate] = []
         for m in text.finditer(_PLACE_RE):
             if m["prep"].lower() not in wanted:
