@@ -253,6 +253,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/v1/operations/counts"): lambda w: ("/v1/operations/counts", None),
     ("GET", "/v1/operations/profile-ids"): lambda w: ("/v1/operations/profile-ids", None),
     ("GET", "/v1/operations/tenants"): lambda w: ("/v1/operations/tenants", None),
+    ("GET", "/v1/key"): lambda w: ("/v1/key", None),
     ("POST", "/v1/profiles/{profile_id}/rewrite-payloads"): lambda w: (
         f"/v1/profiles/{w.profile_id}/rewrite-payloads",
         {"payloads": [{"field_id": w.field_id, "value": "overwritten"}]},

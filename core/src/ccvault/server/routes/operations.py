@@ -17,6 +17,22 @@ __all__ = ["router"]
 router = APIRouter(tags=["operations"])
 
 
+class KeyInfo(BaseModel):
+    """The calling key: the tenant every call of it works in, and its scopes."""
+
+    key_id: str
+    tenant_id: UUID
+    scopes: list[str]
+
+
+@router.get("/key")
+async def whoami(caller: Reader) -> KeyInfo:
+    """Which tenant and scopes the API key in use has (clients check it before calling)."""
+    return KeyInfo(
+        key_id=caller.key.key_id, tenant_id=caller.tenant_id, scopes=sorted(caller.key.scopes)
+    )
+
+
 class ExpireRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
