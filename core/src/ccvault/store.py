@@ -598,7 +598,10 @@ class ProfileStore(ABC):
         their ids unchanged, so lineage stays intact. Where both hold an ACTIVE field of one
         name, :func:`merge_winner` decides (an unexpired version beats an expired one, then
         the verified one wins, then the most recently collected) and the loser becomes
-        SUPERSEDED by the winner.
+        SUPERSEDED by the winner. At most one identity is primary afterwards: the target's
+        primary stays primary; if the target has none, the source's primary becomes the
+        merged profile's primary; every other identity is secondary, so the merged profile
+        can be saved back as it is read. The rule is :func:`ccvault.rules.merge.plan_merge`.
         The source is soft-deleted. Unknown or deleted profile: NotFoundError.
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
