@@ -200,6 +200,15 @@ def test_overriding_a_public_method_is_refused_at_class_creation() -> None:
             async def get_by_id(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
                 return None
 
+    class Mixin:
+        async def save(self, *args: Any, **kwargs: Any) -> Any:
+            return None
+
+    with pytest.raises(TypeError, match=r"save\(\) \(through .*Mixin\).*_save\(\)"):
+
+        class Mixed(Mixin, InMemoryProfileStore):  # type: ignore[misc]
+            pass
+
     with pytest.raises(TypeError, match=r"get_missing_fields\(\).*hooks it uses"):
 
         class Sneakier(ForwardingProfileStore):

@@ -199,16 +199,19 @@ class ProfileStore(ABC):
         the checks, rules and presentation of the public layer must run exactly once."""
         super().__init_subclass__(**kwargs)
         for name in sorted(final_methods()):
-            if name in vars(cls):
+            # whoever defines it first in the MRO: a mixin listed before ProfileStore counts
+            owner = next((klass for klass in cls.__mro__ if name in vars(klass)), ProfileStore)
+            if owner is not ProfileStore:
                 hook = f"_{name}"
                 instead = (
                     f"override the hook {hook}() instead"
                     if hook in vars(ProfileStore)
                     else "override the hooks it uses instead"
                 )
+                where = "" if owner is cls else f" (through {owner.__qualname__})"
                 raise TypeError(
-                    f"{cls.__qualname__} overrides ProfileStore.{name}(), which is final "
-                    f"(it checks arguments, applies the vault's rules and presents the "
+                    f"{cls.__qualname__} overrides ProfileStore.{name}(){where}, which is "
+                    f"final (it checks arguments, applies the vault's rules and presents the "
                     f"result once for the whole stack); {instead}"
                 )
 
