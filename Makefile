@@ -38,8 +38,13 @@ typecheck: venv
 	$(BIN)/mypy core/src providers/inmemory/src providers/sqlite/src \
 		providers/postgres/src providers/mongo/src contract_tests/src
 
+# pytest-xdist, PYTEST_WORKERS processes (2: our machines have 2 cores). --dist loadgroup
+# hands out tests one by one, except modules that share a private server (xdist_group),
+# which stay on one worker. The contract plugin's verdicts and gate cover the whole run.
+PYTEST_WORKERS ?= 2
 pytest: venv services
-	$(BIN)/pytest $(wildcard $(TEST_PATHS)) -q -ra $(PYTEST_ARGS)
+	$(BIN)/pytest $(wildcard $(TEST_PATHS)) -q -ra \
+		-n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 
+#: plugins of this environment the generated projects do not use: not loading them halves
+#: the start-up time of every subprocess run
+LEAN = ("-p", "no:cacheprovider", "-p", "no:schemathesis", "-p", "no:hypothesispytest")
+
 STRICT_INI = """
 [pytest]
 asyncio_mode = strict
@@ -166,7 +170,7 @@ def _module(
 def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
     pytester.makeini(STRICT_INI)
     pytester.makepyfile(test_provider=source)
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    return pytester.runpytest_subprocess(*LEAN, *args)
 
 
 def _plain(pytester: pytest.Pytester, capabilities: str = "()") -> None:
@@ -496,7 +500,7 @@ def test_a_per_process_lock_is_not_conformant_in_the_examples_own_test(
     pytester.makeini(STRICT_INI)
     pytester.makeconftest(PER_PROCESS_ACME)
     pytester.makepyfile(test_contract=(EXAMPLE_TESTS / "test_contract.py").read_text())
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", LOCKSTEP_KILLER)
+    result = pytester.runpytest_subprocess(*LEAN, "-k", LOCKSTEP_KILLER)
     result.assert_outcomes(failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*TestAcmeContract: NOT CONFORMANT*"])
@@ -521,7 +525,7 @@ def test_a_narrowed_run_is_incomplete_and_fails_the_gate(
 ) -> None:
     pytester.makeini(STRICT_INI)
     pytester.makepyfile(test_provider=_module())
-    args = ("-p", "no:cacheprovider", *narrowing)
+    args = (*LEAN, *narrowing)
     if narrowing[0] == "--deselect":
         # everything but one test: still not the whole suite
         args = (*args, "-k", "test_delete")
@@ -595,11 +599,10 @@ def test_verdicts_and_report_under_xdist(pytester: pytest.Pytester) -> None:
     serial = pytester.path / "serial.json"
     parallel = pytester.path / "parallel.json"
     first = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-k", "test_delete or get_or_create", "--ccvault-report", serial
+        *LEAN, "-k", "test_delete or get_or_create", "--ccvault-report", serial
     )
     second = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
+        *LEAN,
         "-n",
         "2",
         "-k",
@@ -622,10 +625,7 @@ def test_suite_test_ids_are_deterministic(pytester: pytest.Pytester) -> None:
     """pytest-xdist requires every worker to collect the same ids in the same order."""
     pytester.makeini(STRICT_INI)
     pytester.makepyfile(test_provider=_module())
-    runs = [
-        pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q")
-        for _ in range(2)
-    ]
+    runs = [pytester.runpytest_subprocess(*LEAN, "--collect-only", "-q") for _ in range(2)]
     ids = [[line for line in run.outlines if "::" in line] for run in runs]
     assert len(ids[0]) > 300 and ids[0] == ids[1]
     assert runs[0].ret == pytest.ExitCode.OK  # collecting is not a verdict
@@ -881,8 +881,7 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
             sys.executable,
             "-m",
             "pytest",
-            "-p",
-            "no:cacheprovider",
+            *LEAN,
             "-rfp",
             "-k",
             " or ".join(selections),
@@ -896,6 +895,7 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.xdist_group("contract-mutants")  # one mutant session, on one worker
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_the_suite_catches_a_broken_store(mutant_run: str, mutant: str) -> None:
     _, killer = MUTANTS[mutant]

@@ -49,6 +49,9 @@ def _helpers() -> ModuleType:
 
 H = _helpers()
 
+# one private cluster per module: keep the module on one pytest-xdist worker (make test)
+pytestmark = pytest.mark.xdist_group("redis-cluster")
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:

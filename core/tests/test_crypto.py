@@ -99,6 +99,8 @@ def test_generate_key_entry_parses() -> None:
         (f"bad id:{_key()}", "invalid key id"),
         ("k1:{k},k1:{k}".format(k=_key()), "listed twice"),
     ],
+    # fixed ids: the keys are random, and pytest-xdist needs the same ids in every worker
+    ids=["empty", "blank", "not-base64", "short-key", "bad-id", "listed-twice"],
 )
 def test_bad_keyrings_are_configuration_errors(spec: str, reason: str) -> None:
     with pytest.raises(errors.ConfigurationError, match=reason) as raised:

@@ -517,6 +517,13 @@ def _summarise(write: Any, verdict: ClassVerdict) -> None:
             + ", ".join(sorted(verdict.fixed_gaps)),
             yellow=True,
         )
+    if verdict.not_implemented:
+        ranked = sorted(verdict.not_implemented.items(), key=lambda pair: (-pair[1], pair[0]))
+        write(
+            "  left to implement (NotImplementedError, by what the failing tests hit first): "
+            + ", ".join(f"{what} ({count} tests)" for what, count in ranked),
+            red=True,
+        )
     if verdict.failed:
         shown = sorted(set(verdict.failed))
         more = f" (+{len(shown) - 20} more)" if len(shown) > 20 else ""

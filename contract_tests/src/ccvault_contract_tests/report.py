@@ -154,6 +154,8 @@ class ClassVerdict:
     capability_skips: dict[str, int] = field(default_factory=dict)
     other_skips: dict[str, int] = field(default_factory=dict)
     cross_instance_ran: int = 0
+    #: failing tests by the NotImplementedError they hit first (a provider under construction)
+    not_implemented: dict[str, int] = field(default_factory=dict)
     tests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -217,6 +219,10 @@ def _count(verdict: ClassVerdict, item: ItemInfo, outcome: TestOutcome) -> None:
             verdict.fixed_gaps.append(item.name)  # a strict xfail that passed
         else:
             verdict.failed.append(item.name)
+        reason = outcome.reason or ""
+        if reason.startswith("NotImplementedError"):
+            what = reason.removeprefix("NotImplementedError").lstrip(": ").strip() or "?"
+            verdict.not_implemented[what] = verdict.not_implemented.get(what, 0) + 1
     elif outcome.outcome == "xfailed":
         verdict.gaps.append(item.name)
         if not item.optional:
@@ -282,6 +288,7 @@ def _class_document(verdict: ClassVerdict) -> dict[str, Any]:
             "cross_instance_ran": verdict.cross_instance_ran,
             "core_rule_left_out": verdict.info.core_rule_left_out,
         },
+        "not_implemented": dict(sorted(verdict.not_implemented.items())),
         "tests": verdict.tests,
     }
 

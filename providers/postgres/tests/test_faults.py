@@ -15,7 +15,8 @@ from ccvault.models import Channel, ItemStatus, ProfileAsset, ProfileField
 from ccvault_postgres import PostgresProfileStore, PostgresSettings
 from ccvault_postgres.testing import PrivateServer, chain_problems, private_server
 
-pytestmark = pytest.mark.timeout(240)
+# one private server per module: keep the module on one pytest-xdist worker (make test)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("postgres-private-server")]
 
 
 @pytest.fixture(scope="module")
