@@ -265,7 +265,12 @@ class EdgesContract(ContractBase):
     ) -> None:
         profile = await new_profile(store, tenant)
         field_id = await store.update_field(tenant, profile.id, make_field("note", "kept"))
-        for payload in ((SURROGATE, {}), ("fine", {"quote": SURROGATE}), ({SURROGATE: 1}, {})):
+        payloads: list[tuple[Any, dict[str, Any]]] = [
+            (SURROGATE, {}),
+            ("fine", {"quote": SURROGATE}),
+            ({SURROGATE: 1}, {}),
+        ]
+        for payload in payloads:
             await self._refused_without_writing(
                 store,
                 tenant,
