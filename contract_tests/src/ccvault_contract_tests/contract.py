@@ -6,6 +6,7 @@ from typing import Any
 
 from ccvault_contract_tests.base import check_contract_class
 from ccvault_contract_tests.suite_assets import AssetsContract
+from ccvault_contract_tests.suite_atomicity import AtomicityContract
 from ccvault_contract_tests.suite_bad_input import BadInputContract
 from ccvault_contract_tests.suite_channels import ChannelsContract
 from ccvault_contract_tests.suite_concurrency import ConcurrencyContract
@@ -22,6 +23,7 @@ from ccvault_contract_tests.suite_model import ModelBasedContract
 from ccvault_contract_tests.suite_operations import OperationsContract
 from ccvault_contract_tests.suite_profiles import ProfilesContract
 from ccvault_contract_tests.suite_schema import SchemaContract
+from ccvault_contract_tests.suite_timestamps import TimestampsContract
 
 __all__ = ["ProfileStoreContract"]
 
@@ -42,8 +44,10 @@ class ProfileStoreContract(
     BadInputContract,
     ConcurrencyContract,
     ModelBasedContract,
-    EdgesContract,
+    AtomicityContract,
+    TimestampsContract,
     MergeRulesContract,
+    EdgesContract,
 ):
     """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::
 

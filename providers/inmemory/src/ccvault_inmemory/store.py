@@ -38,6 +38,7 @@ from ccvault.models import (
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import MergeSide, plan_merge
+from ccvault.rules.save import SaveState, StoredItem, identity_key, plan_save
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 
 __all__ = ["InMemoryProfileStore"]
@@ -78,6 +79,10 @@ class _Tenant:
     customers: dict[UUID, UUID] = field(default_factory=dict)
     definitions: dict[tuple[UUID, str], ProfileFieldDefinition] = field(default_factory=dict)
     requirements: dict[_RequirementKey, ScenarioFieldRequirement] = field(default_factory=dict)
+
+
+def _stored(profile_id: UUID, item: ProfileField | ProfileAsset) -> StoredItem:
+    return StoredItem(profile_id, item.name, item.status, item.superseded_by_id, item.superseded_at)
 
 
 def _newest_first_field(row: _Field) -> tuple[datetime, int]:
@@ -219,71 +224,51 @@ class InMemoryProfileStore(ProfileStore):
         async with self._lock:
             tenant = self._tenant(profile.tenant_id, create=True)
             existing = tenant.profiles.get(profile.id)
-            if existing is not None and existing.deleted:
-                raise errors.NotFoundError(f"profile {profile.id} is deleted")
-            # --- check everything before writing anything
-            owner = tenant.customers.get(profile.customer_id)
-            if owner is not None and owner != profile.id:
-                raise errors.IdentityConflictError(
-                    f"customer id {profile.customer_id} belongs to another profile"
-                )
-            for identity in profile.channel_identities:
-                owner = tenant.identities.get((identity.channel, identity.channel_user_id))
-                if owner is not None and owner != profile.id:
-                    raise errors.IdentityConflictError(
-                        f"a {identity.channel.value} identity belongs to another profile"
-                    )
-            for item in profile.fields.values():
-                stored = tenant.fields.get(item.id)
-                if stored is not None and stored.profile_id != profile.id:
-                    raise errors.ConflictError(f"field {item.id} belongs to another profile")
-                if stored is not None and stored.item.name != item.name:
-                    raise errors.ConflictError(f"field {item.id} keeps its stored name")
-            for asset in profile.assets:
-                stored_asset = tenant.assets.get(asset.id)
-                if stored_asset is not None and stored_asset.profile_id != profile.id:
-                    raise errors.ConflictError(f"asset {asset.id} belongs to another profile")
-                if stored_asset is not None and stored_asset.item.name != asset.name:
-                    raise errors.ConflictError(f"asset {asset.id} keeps its stored name")
-            # --- write
+            state = SaveState(
+                exists=existing is not None,
+                gone=existing is not None and existing.deleted,
+                customer_owner=tenant.customers.get(profile.customer_id),
+                identity_owners={
+                    key: owner
+                    for identity in profile.channel_identities
+                    if (owner := tenant.identities.get(key := identity_key(identity)))
+                },
+                fields={
+                    f.id: _stored(row.profile_id, row.item)
+                    for f in profile.fields.values()
+                    if (row := tenant.fields.get(f.id)) is not None
+                },
+                assets={
+                    a.id: _stored(held.profile_id, held.item)
+                    for a in profile.assets
+                    if (held := tenant.assets.get(a.id)) is not None
+                },
+            )
+            plan = plan_save(state, profile, self.now())
+            # --- apply: nothing below can fail
             if existing is not None:
                 for identity in existing.profile.channel_identities:
-                    tenant.identities.pop((identity.channel, identity.channel_user_id), None)
+                    tenant.identities.pop(identity_key(identity), None)
                 tenant.customers.pop(existing.profile.customer_id, None)
-            base = profile.model_copy(deep=True)
-            base.fields, base.assets, base.field_history, base.asset_history = {}, [], {}, []
+            base = plan.profile.model_copy(
+                deep=True,
+                update={
+                    "channel_identities": list(plan.identities),
+                    "consents": list(plan.consents),
+                },
+            )
             tenant.profiles[profile.id] = _Profile(profile=base)
             for identity in base.channel_identities:
-                tenant.identities[(identity.channel, identity.channel_user_id)] = profile.id
+                tenant.identities[identity_key(identity)] = profile.id
             tenant.customers[base.customer_id] = profile.id
-            now = self.now()
-            for item in profile.fields.values():
-                stored = tenant.fields.get(item.id)
-                if stored is not None:
-                    # update in place; the lifecycle (status, supersede links) stays the store's
-                    stored.item = item.model_copy(
-                        deep=True,
-                        update={
-                            "status": stored.item.status,
-                            "superseded_by_id": stored.item.superseded_by_id,
-                            "superseded_at": stored.item.superseded_at,
-                        },
-                    )
-                    continue
-                self._insert_field(tenant, profile.id, item, supersede=True, now=now)
-            for asset in profile.assets:
-                stored_asset = tenant.assets.get(asset.id)
-                if stored_asset is not None:
-                    stored_asset.item = asset.model_copy(
-                        deep=True,
-                        update={
-                            "status": stored_asset.item.status,
-                            "superseded_by_id": stored_asset.item.superseded_by_id,
-                            "superseded_at": stored_asset.item.superseded_at,
-                        },
-                    )
-                    continue
-                self._insert_asset(tenant, profile.id, asset, supersede=True, now=now)
+            for item in plan.updated_fields:
+                tenant.fields[item.id].item = item.model_copy(deep=True)
+            for item in plan.new_fields:
+                self._insert_field(tenant, profile.id, item, supersede=True, now=plan.now)
+            for asset in plan.updated_assets:
+                tenant.assets[asset.id].item = asset.model_copy(deep=True)
+            for asset in plan.new_assets:
+                self._insert_asset(tenant, profile.id, asset, supersede=False, now=plan.now)
             return profile.id
 
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:

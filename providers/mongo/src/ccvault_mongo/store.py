@@ -60,6 +60,7 @@ from ccvault.models import (
 from ccvault.rules.definitions import SchemaUpsert, plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import MergePlan, MergeSide, plan_merge
+from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_mongo.codec import JSON_SUFFIX, decode, dt, encode, pack_json, uid, unpack_json
 from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
@@ -91,6 +92,23 @@ def _to_model(cls: type[_M], document: dict[str, Any], json_keys: Iterable[str] 
     for key in json_keys:
         unpack_json(data, key)
     return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+
+
+#: what save's in-place update never writes: the id, the write order and the lifecycle
+_IN_PLACE_KEEPS = ("id", "seq", "status", "superseded_by_id", "superseded_at")
+
+
+def _stored_item(doc: dict[str, Any]) -> StoredItem:
+    """A stored field/asset document as :func:`plan_save` sees it; a ``pending`` version
+    (a standalone write in flight) is not ACTIVE yet, so a save leaves it alone."""
+    status, at = str(doc["status"]), doc.get("superseded_at")
+    return StoredItem(
+        profile_id=decode(doc["profile_id"]),
+        name=doc["name"],
+        status=ItemStatus.SUPERSEDED if status == PENDING else ItemStatus(status),
+        superseded_by_id=decode(doc.get("superseded_by_id")),
+        superseded_at=None if at is None else datetime.fromisoformat(at),
+    )
 
 
 def _gone(profile: dict[str, Any]) -> bool:
@@ -453,176 +471,17 @@ class MongoProfileStore(ProfileStore):
 
     async def _save(self, profile: CustomerProfile) -> UUID:
         tenant_id, profile_id = profile.tenant_id, profile.id
-        t = uid(tenant_id)
-        # every check first, so a conflict is raised before anything is written; first of
-        # all, a soft-deleted, merged-away or half-merged profile stays gone: save never
-        # brings it back (NotFoundError), as no other write does
-        await self._refuse_gone_profile(t, profile_id, None)
-        keys = [
-            {"channel": i.channel.value, "channel_user_id": i.channel_user_id}
-            for i in profile.channel_identities
-        ]
-        if keys:
-            owned = (
-                await self._c("identities")
-                .find(
-                    {"tenant_id": t, "$or": keys, "profile_id": {"$ne": uid(profile_id)}},
-                )
-                .to_list(None)
-            )
-            for doc in owned:
-                if not await self._release_if_stale(tenant_id, doc):
-                    raise errors.IdentityConflictError(
-                        f"identity {doc['channel']}:{doc['channel_user_id']} belongs to "
-                        "another profile"
-                    )
-        other = await self._c("profiles").find_one(
-            {
-                "tenant_id": t,
-                "customer_id": uid(profile.customer_id),
-                "live": True,
-                "id": {"$ne": uid(profile_id)},
-            },
-            projection={"id": 1},
-        )
-        if other is not None:
-            raise errors.IdentityConflictError(
-                f"customer id {profile.customer_id} belongs to another profile"
-            )
-        item_ids = [uid(f.id) for f in profile.fields.values()]
-        asset_ids = [uid(a.id) for a in profile.assets]
-        stored_fields = {
-            d["id"]: d["profile_id"]
-            for d in await self._c("fields")
-            .find(
-                {"tenant_id": t, "id": {"$in": item_ids}},
-                projection={"id": 1, "profile_id": 1},
-            )
-            .to_list(None)
-        }
-        stored_assets = {
-            d["id"]: d["profile_id"]
-            for d in await self._c("assets")
-            .find(
-                {"tenant_id": t, "id": {"$in": asset_ids}},
-                projection={"id": 1, "profile_id": 1},
-            )
-            .to_list(None)
-        }
-        for owner in [*stored_fields.values(), *stored_assets.values()]:
-            if owner != uid(profile_id):
-                raise errors.ConflictError("an item id of the profile belongs to another profile")
 
         async def work(session: Any) -> UUID:
-            count = (
-                len(profile.channel_identities)
-                + len(profile.consents)
-                + len(item_ids)
-                + len(asset_ids)
-                + 1
-            )
-            if session is not None:  # the check again, on the transaction's snapshot
-                await self._refuse_gone_profile(t, profile_id, session)
-            try:
-                # only a live profile matches; a new one is inserted with the filter's
-                # equalities (live, no merge), so nothing here can revive a deleted one:
-                # if it was deleted since the check above, the insert collides with it on
-                # the (tenant_id, id) unique index
-                before = await self._c("profiles").find_one_and_update(
-                    {"tenant_id": t, "id": uid(profile_id), "live": True, "merging_into": None},
-                    {"$set": self._profile_attrs(profile), "$inc": {"write_seq": count}},
-                    upsert=True,
-                    return_document=ReturnDocument.BEFORE,
-                    session=session,
-                )
-            except DuplicateKeyError:
-                if session is None:  # standalone: which unique index refused it?
-                    raced = await self._c("profiles").find_one(
-                        {"tenant_id": t, "id": uid(profile_id)},
-                        projection={"live": 1, "merging_into": 1},
-                    )
-                    if raced is not None and _gone(raced):
-                        raise errors.NotFoundError(f"profile {profile_id} is deleted") from None
-                    if raced is not None:
-                        raise errors.ConflictError(
-                            f"profile {profile_id} was created concurrently; retry"
-                        ) from None
-                raise errors.IdentityConflictError(
-                    f"customer id {profile.customer_id} belongs to another profile"
-                ) from None
-            seq = 0 if before is None else int(before.get("write_seq", 0))
-            owner = {"tenant_id": t, "profile_id": uid(profile_id)}
-            # identities are claimed before any is released; the unique index arbitrates
-            claimed: list[Any] = []
-            for identity in profile.channel_identities:
-                seq += 1
-                doc = self._identity_doc(tenant_id, profile_id, identity, seq)
-                try:
-                    result = await self._c("identities").update_one(
-                        {
-                            "tenant_id": t,
-                            "channel": doc["channel"],
-                            "channel_user_id": doc["channel_user_id"],
-                            "profile_id": uid(profile_id),
-                        },
-                        {"$set": doc},
-                        upsert=True,
-                        session=session,
-                    )
-                except DuplicateKeyError:
-                    if session is None:  # standalone: undo this call's writes, then refuse
-                        await self._undo_profile_write(t, uid(profile_id), before, claimed)
-                    raise errors.IdentityConflictError(
-                        f"identity {doc['channel']}:{doc['channel_user_id']} belongs to "
-                        "another profile"
-                    ) from None
-                if result.upserted_id is not None:
-                    claimed.append(result.upserted_id)
-            listed = [(i.channel.value, i.channel_user_id) for i in profile.channel_identities]
-            current = (
-                await self._c("identities")
-                .find(owner, projection={"channel": 1, "channel_user_id": 1}, session=session)
-                .to_list(None)
-            )
-            gone = [d["_id"] for d in current if (d["channel"], d["channel_user_id"]) not in listed]
-            if gone:
-                await self._c("identities").delete_many(
-                    {**owner, "_id": {"$in": gone}}, session=session
-                )
-            await self._c("consents").delete_many(owner, session=session)
-            if profile.consents:
-                docs = []
-                for consent in profile.consents:
-                    seq += 1
-                    docs.append(
-                        {**owner, **encode(consent.model_dump(mode="python")), "position": seq}
-                    )
-                await self._c("consents").insert_many(docs, session=session)
-            for item in profile.fields.values():
-                seq += 1
-                if uid(item.id) in stored_fields:
-                    doc = self._field_doc(tenant_id, profile_id, item, seq)
-                    del doc["id"], doc["seq"]
-                    await self._c("fields").update_one(
-                        {**owner, "id": uid(item.id)}, {"$set": doc}, session=session
-                    )
-                else:
-                    await self._put_field(tenant_id, profile_id, item, True, seq, session)
-            for asset in profile.assets:
-                seq += 1
-                doc = self._asset_doc(tenant_id, profile_id, asset, seq)
-                if uid(asset.id) in stored_assets:
-                    del doc["seq"]
-                    await self._c("assets").update_one(
-                        {**owner, "id": doc.pop("id")}, {"$set": doc}, session=session
-                    )
-                else:
-                    await self._c("assets").insert_one(doc, session=session)
+            # read, plan (every refusal is raised here, before anything is written), apply
+            state = await self._read_save_state(profile, session)
+            plan = plan_save(state, profile, self.now())
+            await self._apply_save(plan, session)
             return profile_id
 
         if self.transactions_enabled:
             return await self._atomic(work)
-        try:  # standalone: new field versions are written under the profile's lease
+        try:  # standalone: field writers of the profile take turns through its lease
             _, token = await self._lock(tenant_id, profile_id, count=0, state={})
         except errors.NotFoundError:
             return await work(None)  # a new profile: nobody else can write to it yet
@@ -630,6 +489,211 @@ class MongoProfileStore(ProfileStore):
             return await work(None)
         finally:
             await self._unlock(tenant_id, profile_id, token)
+
+    async def _read_save_state(self, profile: CustomerProfile, session: Any) -> SaveState:
+        """What :func:`plan_save` needs: on the transaction's snapshot, or (standalone)
+        under the profile's write lease."""
+        tenant_id, profile_id = profile.tenant_id, profile.id
+        t = uid(tenant_id)
+        stored = await self._c("profiles").find_one(
+            {"tenant_id": t, "id": uid(profile_id)},
+            projection={"live": 1, "merging_into": 1},
+            session=session,
+        )
+        owner = await self._c("profiles").find_one(
+            {"tenant_id": t, "customer_id": uid(profile.customer_id), "live": True},
+            projection={"id": 1},
+            session=session,
+        )
+        identity_owners: dict[tuple[Channel, str], UUID] = {}
+        keys = [
+            {"channel": i.channel.value, "channel_user_id": i.channel_user_id}
+            for i in profile.channel_identities
+        ]
+        if keys:
+            found = (
+                await self._c("identities")
+                .find({"tenant_id": t, "$or": keys}, session=session)
+                .to_list(None)
+            )
+            for doc in found:
+                owner_id: UUID = decode(doc["profile_id"])
+                # an identity left by a delete interrupted on a standalone server is free
+                if (
+                    session is None
+                    and owner_id != profile_id
+                    and await self._release_if_stale(tenant_id, doc)
+                ):
+                    continue
+                identity_owners[(Channel(doc["channel"]), doc["channel_user_id"])] = owner_id
+        items: list[dict[UUID, StoredItem]] = []
+        for name, ids in (
+            ("fields", [uid(f.id) for f in profile.fields.values()]),
+            ("assets", [uid(a.id) for a in profile.assets]),
+        ):
+            docs = (
+                await self._c(name)
+                .find(
+                    {"tenant_id": t, "id": {"$in": ids}},
+                    projection={
+                        "id": 1,
+                        "profile_id": 1,
+                        "name": 1,
+                        "status": 1,
+                        "superseded_by_id": 1,
+                        "superseded_at": 1,
+                    },
+                    session=session,
+                )
+                .to_list(None)
+                if ids
+                else []
+            )
+            items.append({decode(d["id"]): _stored_item(d) for d in docs})
+        return SaveState(
+            exists=stored is not None,
+            gone=stored is not None and _gone(stored),
+            customer_owner=None if owner is None else decode(owner["id"]),
+            identity_owners=identity_owners,
+            fields=items[0],
+            assets=items[1],
+        )
+
+    async def _apply_save(self, plan: SavePlan, session: Any) -> None:
+        """Write ``plan`` in the transaction ``session``, or (standalone, ``None``) as an
+        ordering of single-document writes: the identity claims, which a concurrent writer
+        can still refuse, come first and are undone when refused; a failure after them
+        cannot be undone and raises :class:`~ccvault.errors.PartialWriteError`."""
+        profile = plan.profile
+        tenant_id, profile_id = profile.tenant_id, profile.id
+        t, p = uid(tenant_id), uid(profile_id)
+        count = (
+            len(plan.identities)
+            + len(plan.consents)
+            + len(plan.new_fields)
+            + len(plan.updated_fields)
+            + len(plan.new_assets)
+            + len(plan.updated_assets)
+            + 1
+        )
+        try:
+            # only a live profile matches; a new one is inserted with the filter's
+            # equalities (live, no merge), so nothing here can revive a deleted one: if it
+            # was deleted since it was read, the insert collides with it on the (tenant_id,
+            # id) unique index
+            before = await self._c("profiles").find_one_and_update(
+                {"tenant_id": t, "id": p, "live": True, "merging_into": None},
+                {"$set": self._profile_attrs(profile), "$inc": {"write_seq": count}},
+                upsert=True,
+                return_document=ReturnDocument.BEFORE,
+                session=session,
+            )
+        except DuplicateKeyError:
+            if session is None:  # standalone: which unique index refused it?
+                raced = await self._c("profiles").find_one(
+                    {"tenant_id": t, "id": p}, projection={"live": 1, "merging_into": 1}
+                )
+                if raced is not None and _gone(raced):
+                    raise errors.NotFoundError(f"profile {profile_id} is deleted") from None
+                if raced is not None:
+                    raise errors.ConflictError(
+                        f"profile {profile_id} was created concurrently; retry"
+                    ) from None
+            raise errors.IdentityConflictError(
+                "the customer id belongs to another live profile"
+            ) from None
+        seq = 0 if before is None else int(before.get("write_seq", 0))
+        # identities are claimed before any is released; the unique index arbitrates
+        claimed: list[Any] = []
+        for identity in plan.identities:
+            seq += 1
+            doc = self._identity_doc(tenant_id, profile_id, identity, seq)
+            try:
+                result = await self._c("identities").update_one(
+                    {
+                        "tenant_id": t,
+                        "channel": doc["channel"],
+                        "channel_user_id": doc["channel_user_id"],
+                        "profile_id": p,
+                    },
+                    {"$set": doc},
+                    upsert=True,
+                    session=session,
+                )
+            except DuplicateKeyError:
+                if session is None:  # standalone: undo this call's writes, then refuse
+                    await self._undo_profile_write(t, p, before, claimed)
+                raise errors.IdentityConflictError(
+                    f"a {identity.channel.value} identity belongs to another live profile"
+                ) from None
+            if result.upserted_id is not None:
+                claimed.append(result.upserted_id)
+        try:
+            await self._apply_save_rest(plan, seq, session)
+        except (errors.ConflictError, errors.NotFoundError, errors.ValidationError) as exc:
+            if session is not None:
+                raise  # the transaction is undone
+            raise errors.PartialWriteError(
+                f"save of profile {profile_id} failed after part of it was stored "
+                f"({type(exc).__name__}); re-read the profile before writing again"
+            ) from exc
+
+    async def _apply_save_rest(self, plan: SavePlan, seq: int, session: Any) -> None:
+        """Identities released, consents, fields and assets: the writes after the claims."""
+        profile = plan.profile
+        tenant_id, profile_id = profile.tenant_id, profile.id
+        owner = {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id)}
+        listed = [(i.channel.value, i.channel_user_id) for i in plan.identities]
+        current = (
+            await self._c("identities")
+            .find(owner, projection={"channel": 1, "channel_user_id": 1}, session=session)
+            .to_list(None)
+        )
+        gone = [d["_id"] for d in current if (d["channel"], d["channel_user_id"]) not in listed]
+        if gone:
+            await self._c("identities").delete_many(
+                {**owner, "_id": {"$in": gone}}, session=session
+            )
+        await self._c("consents").delete_many(owner, session=session)
+        if plan.consents:
+            docs = []
+            for consent in plan.consents:
+                seq += 1
+                docs.append({**owner, **encode(consent.model_dump(mode="python")), "position": seq})
+            await self._c("consents").insert_many(docs, session=session)
+        # in place: content only, and only while still ACTIVE (a stale copy never revives a
+        # version a concurrent sweep closed after it was read)
+        for item in plan.updated_fields:
+            seq += 1
+            doc = self._field_doc(tenant_id, profile_id, item, seq)
+            for key in _IN_PLACE_KEEPS:
+                doc.pop(key, None)
+            await self._c("fields").update_one(
+                {**owner, "id": uid(item.id), "status": ItemStatus.ACTIVE.value},
+                {"$set": doc},
+                session=session,
+            )
+        for item in plan.new_fields:
+            seq += 1
+            await self._put_field(tenant_id, profile_id, item, True, seq, session)
+        for asset in plan.updated_assets:
+            seq += 1
+            doc = self._asset_doc(tenant_id, profile_id, asset, seq)
+            for key in _IN_PLACE_KEEPS:
+                doc.pop(key, None)
+            await self._c("assets").update_one(
+                {**owner, "id": uid(asset.id), "status": ItemStatus.ACTIVE.value},
+                {"$set": doc},
+                session=session,
+            )
+        for asset in plan.new_assets:
+            seq += 1
+            try:
+                await self._c("assets").insert_one(
+                    self._asset_doc(tenant_id, profile_id, asset, seq), session=session
+                )
+            except DuplicateKeyError:
+                raise errors.ConflictError(f"asset id {asset.id} is already stored") from None
 
     async def _refuse_gone_profile(self, t: Any, profile_id: UUID, session: Any) -> None:
         """NotFoundError if the profile is stored but soft-deleted or merged (away)."""

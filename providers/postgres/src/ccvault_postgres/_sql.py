@@ -212,11 +212,23 @@ FROM unnest($3::text[], $4::boolean[], $5::timestamptz[], $6::timestamptz[], $7:
                            ip_address, ord)
 """
 
-FIND_ITEM_OWNERS = """
-SELECT id, profile_id FROM {table} WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+# what plan_save reads (inside the save's transaction, the profile row locked)
+SAVE_STATE_OWNERS = """
+SELECT 'customer' AS kind, id AS profile_id, NULL AS channel, NULL AS channel_user_id
+FROM customer_profiles WHERE tenant_id = $1 AND customer_id = $2 AND deleted_at IS NULL
+UNION ALL
+SELECT 'identity', ci.profile_id, ci.channel, ci.channel_user_id
+FROM channel_identities ci
+JOIN unnest($3::text[], $4::text[]) AS u (channel, channel_user_id)
+  ON ci.channel = u.channel AND ci.channel_user_id = u.channel_user_id
+WHERE ci.tenant_id = $1 AND NOT ci.released
 """
-FIND_FIELD_OWNERS = FIND_ITEM_OWNERS.format(table="profile_fields")
-FIND_ASSET_OWNERS = FIND_ITEM_OWNERS.format(table="profile_assets")
+FIND_ITEM_STATE = """
+SELECT id, profile_id, name, status, superseded_by_id, superseded_at
+FROM {table} WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+"""
+FIND_FIELD_STATE = FIND_ITEM_STATE.format(table="profile_fields")
+FIND_ASSET_STATE = FIND_ITEM_STATE.format(table="profile_assets")
 
 # soft delete: the profile stays (export, audit) but its identities are released
 SOFT_DELETE = """
@@ -290,9 +302,11 @@ WITH prof AS (
 SELECT EXISTS (SELECT 1 FROM prof) AS found, (SELECT id FROM ins) AS new_id
 """
 
+# save's in-place update: only of a version still ACTIVE (a stale copy never revives one
+# that a concurrent sweep closed after the save read it)
 UPDATE_FIELD_IN_PLACE = f"""
 UPDATE profile_fields SET ({_FIELD_LIST}) = ({_params(3, _N_FIELD)})
-WHERE tenant_id = $1 AND id = $3 AND profile_id = $2
+WHERE tenant_id = $1 AND id = $3 AND profile_id = $2 AND status = 'active'
 """
 
 GET_FIELD_ACTIVE = """
@@ -363,7 +377,7 @@ VALUES ($1, $2, {_params(3, _N_ASSET)})
 
 UPDATE_ASSET_IN_PLACE = f"""
 UPDATE profile_assets SET ({_ASSET_LIST}) = ({_params(3, _N_ASSET)})
-WHERE tenant_id = $1 AND id = $3 AND profile_id = $2
+WHERE tenant_id = $1 AND id = $3 AND profile_id = $2 AND status = 'active'
 """
 
 GET_ASSET = "SELECT * FROM profile_assets WHERE tenant_id = $1 AND profile_id = $2 AND id = $3"
@@ -531,8 +545,6 @@ FROM profile_field_definitions
 WHERE tenant_id = $1 AND (id = $2 OR (agent_id = $3 AND name = $4))
 FOR UPDATE
 """
-
-
 GET_DEFINITIONS = """
 SELECT * FROM profile_field_definitions
 WHERE tenant_id = $1 AND agent_id = $2 AND (enabled OR NOT $3::boolean)
@@ -567,8 +579,6 @@ WHERE tenant_id = $1 AND (id = $2 OR (scenario_id = $3
       AND field_name = $6))
 FOR UPDATE
 """
-
-
 GET_REQUIREMENTS = """
 SELECT * FROM scenario_field_requirements
 WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid

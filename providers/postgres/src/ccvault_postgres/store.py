@@ -67,6 +67,7 @@ from ccvault.models import (
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import MergeSide, plan_merge
+from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
 from ccvault.storage import row_values
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_postgres import _sql as sql
@@ -691,15 +692,16 @@ class PostgresProfileStore(ProfileStore):
         tenant_id, profile_id = profile.tenant_id, profile.id
         identities = profile.channel_identities
         consents = profile.consents
-        fields = list(profile.fields.values())
-        assets = profile.assets
+        channels = [i.channel.value for i in identities]
+        user_ids = [i.channel_user_id for i in identities]
 
         async def attempt(conn: asyncpg.Connection) -> UUID:
             async with conn.transaction():
-                # like every other write, a save to a soft-deleted (or merged-away) profile
-                # finds nothing: a stale caller must not undo a deletion or a merge
-                if await conn.fetchval(sql.LOCK_PROFILE_FOR_SAVE, tenant_id, profile_id) is False:
-                    raise errors.NotFoundError(f"profile {profile_id} is deleted")
+                # the profile row (if any) is locked first: concurrent field and asset
+                # writers of this profile wait until the plan is applied
+                live = await conn.fetchval(sql.LOCK_PROFILE_FOR_SAVE, tenant_id, profile_id)
+                state = await self._read_save_state(conn, profile, live, channels, user_ids)
+                plan = plan_save(state, profile, self.now())
                 await conn.execute(
                     sql.UPSERT_PROFILE,
                     tenant_id,
@@ -710,8 +712,6 @@ class PostgresProfileStore(ProfileStore):
                     profile.updated_at,
                     profile.last_interaction_at,
                 )
-                channels = [i.channel.value for i in identities]
-                user_ids = [i.channel_user_id for i in identities]
                 await conn.execute(
                     sql.DELETE_UNLISTED_IDENTITIES, tenant_id, profile_id, channels, user_ids
                 )
@@ -740,57 +740,85 @@ class PostgresProfileStore(ProfileStore):
                         [c.source_session_id for c in consents],
                         [None if c.ip_address is None else str(c.ip_address) for c in consents],
                     )
-                await self._save_items(conn, tenant_id, profile_id, fields, assets)
+                await self._save_items(conn, plan)
             return profile_id
 
         return await self._write(attempt, retry_if=_is_active_field_race)
 
-    async def _save_items(
-        self,
+    @staticmethod
+    async def _read_save_state(
         conn: asyncpg.Connection,
-        tenant_id: UUID,
-        profile_id: UUID,
-        fields: Sequence[ProfileField],
-        assets: Sequence[ProfileAsset],
-    ) -> None:
-        """Upsert fields and assets by id inside the caller's transaction."""
-        now = self.now()
-        if fields:
-            owners = {
-                r["id"]: r["profile_id"]
-                for r in await conn.fetch(sql.FIND_FIELD_OWNERS, tenant_id, [f.id for f in fields])
-            }
-            _check_owned(owners, profile_id, "field")
-            in_place = [f for f in fields if f.id in owners]
-            new = [f for f in fields if f.id not in owners]
-            if in_place:
-                await conn.executemany(
-                    sql.UPDATE_FIELD_IN_PLACE,
-                    [(tenant_id, profile_id, *_field_params(f)) for f in in_place],
-                )
-            if new:
-                await conn.executemany(
-                    sql.UPDATE_FIELD,
-                    [(tenant_id, profile_id, *_field_params(f), True, now) for f in new],
-                )
-        if assets:
-            owners = {
-                r["id"]: r["profile_id"]
-                for r in await conn.fetch(sql.FIND_ASSET_OWNERS, tenant_id, [a.id for a in assets])
-            }
-            _check_owned(owners, profile_id, "asset")
-            in_place_assets = [a for a in assets if a.id in owners]
-            new_assets = [a for a in assets if a.id not in owners]
-            if in_place_assets:
-                await conn.executemany(
-                    sql.UPDATE_ASSET_IN_PLACE,
-                    [(tenant_id, profile_id, *_asset_params(a)) for a in in_place_assets],
-                )
-            if new_assets:
-                await conn.executemany(
-                    sql.INSERT_ASSET_PLAIN,
-                    [(tenant_id, profile_id, *_asset_params(a)) for a in new_assets],
-                )
+        profile: CustomerProfile,
+        live: bool | None,
+        channels: list[str],
+        user_ids: list[str],
+    ) -> SaveState:
+        """What :func:`plan_save` needs, read inside the save's transaction."""
+        tenant_id = profile.tenant_id
+        customer_owner: UUID | None = None
+        identity_owners: dict[tuple[Channel, str], UUID] = {}
+        for row in await conn.fetch(
+            sql.SAVE_STATE_OWNERS, tenant_id, profile.customer_id, channels, user_ids
+        ):
+            if row["kind"] == "customer":
+                customer_owner = row["profile_id"]
+            else:
+                identity_owners[(_CHANNEL[row["channel"]], row["channel_user_id"])] = row[
+                    "profile_id"
+                ]
+        items: list[dict[UUID, StoredItem]] = []
+        for query, ids in (
+            (sql.FIND_FIELD_STATE, [f.id for f in profile.fields.values()]),
+            (sql.FIND_ASSET_STATE, [a.id for a in profile.assets]),
+        ):
+            rows = await conn.fetch(query, tenant_id, ids) if ids else []
+            items.append(
+                {
+                    r["id"]: StoredItem(
+                        r["profile_id"],
+                        r["name"],
+                        _STATUS[r["status"]],
+                        r["superseded_by_id"],
+                        r["superseded_at"],
+                    )
+                    for r in rows
+                }
+            )
+        return SaveState(
+            exists=live is not None,
+            gone=live is False,
+            customer_owner=customer_owner,
+            identity_owners=identity_owners,
+            fields=items[0],
+            assets=items[1],
+        )
+
+    async def _save_items(self, conn: asyncpg.Connection, plan: SavePlan) -> None:
+        """Apply the plan's field and asset writes inside the caller's transaction."""
+        tenant_id, profile_id = plan.profile.tenant_id, plan.profile.id
+        if plan.updated_fields:
+            await conn.executemany(
+                sql.UPDATE_FIELD_IN_PLACE,
+                [(tenant_id, profile_id, *_field_params(f)) for f in plan.updated_fields],
+            )
+        if plan.new_fields:
+            await conn.executemany(
+                sql.UPDATE_FIELD,
+                [
+                    (tenant_id, profile_id, *_field_params(f), True, plan.now)
+                    for f in plan.new_fields
+                ],
+            )
+        if plan.updated_assets:
+            await conn.executemany(
+                sql.UPDATE_ASSET_IN_PLACE,
+                [(tenant_id, profile_id, *_asset_params(a)) for a in plan.updated_assets],
+            )
+        if plan.new_assets:
+            await conn.executemany(
+                sql.INSERT_ASSET_PLAIN,
+                [(tenant_id, profile_id, *_asset_params(a)) for a in plan.new_assets],
+            )
 
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
         async with self._conn() as conn:
@@ -1225,9 +1253,3 @@ def _is_active_field_race(exc: BaseException) -> bool:
     if isinstance(exc, pgerr.UniqueViolationError):
         return bool(exc.constraint_name == _ACTIVE_FIELD_INDEX)
     return _is_race(exc)
-
-
-def _check_owned(owners: Mapping[UUID, UUID], profile_id: UUID, what: str) -> None:
-    for item_id, owner in owners.items():
-        if owner != profile_id:
-            raise errors.ConflictError(f"{what} id {item_id} belongs to another profile")

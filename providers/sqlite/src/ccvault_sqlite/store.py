@@ -54,6 +54,7 @@ from ccvault.models import (
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import IdentityPlacement, MergeSide, plan_merge
+from ccvault.rules.save import SaveState, StoredItem, plan_save
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_sqlite import codec
 from ccvault_sqlite.codec import (
@@ -565,8 +566,10 @@ class SqliteProfileStore(ProfileStore):
         tenant = str(profile.tenant_id)
         profile_id = str(profile.id)
         # encode everything before the transaction: bad values fail before any statement
-        field_rows = [codec.field_params(item) for item in profile.fields.values()]
-        asset_rows = [codec.asset_params(item) for item in profile.assets]
+        for item in profile.fields.values():
+            codec.field_params(item)
+        for asset in profile.assets:
+            codec.asset_params(asset)
         identity_rows = [
             (tenant, profile_id, n, *codec.identity_params(item))
             for n, item in enumerate(profile.channel_identities)
@@ -577,36 +580,9 @@ class SqliteProfileStore(ProfileStore):
         ]
 
         async def op(conn: aiosqlite.Connection) -> UUID:
-            rows = await conn.execute_fetchall(
-                "SELECT id, deleted_at IS NOT NULL FROM profiles WHERE tenant_id = ? AND "
-                "(id = ? OR (customer_id = ? AND deleted_at IS NULL))",
-                (tenant, profile_id, str(profile.customer_id)),
-            )
-            # like every other write, a save to a soft-deleted profile finds nothing
-            if any(row[0] == profile_id and row[1] for row in rows):
-                raise errors.NotFoundError(f"profile {profile.id} is deleted")
-            if any(row[0] != profile_id for row in rows):
-                raise errors.IdentityConflictError(
-                    f"customer id {profile.customer_id} belongs to another live profile"
-                )
-            if identity_rows:
-                owned = await conn.execute_fetchall(
-                    "SELECT channel, channel_user_id FROM channel_identities "
-                    "WHERE tenant_id = ? AND profile_id != ? AND (channel, channel_user_id) IN "
-                    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
-                    "FROM json_each(?))",
-                    (
-                        tenant,
-                        profile_id,
-                        codec.dumps([[r[3], r[4]] for r in identity_rows], "identities"),
-                    ),
-                )
-                if owned:
-                    taken = ", ".join(f"{row[0]}:{row[1]}" for row in owned)
-                    raise errors.IdentityConflictError(
-                        f"identity {taken} belongs to another live profile"
-                    )
-            await self._insert_profile_row(conn, profile)
+            state = await self._read_save_state(conn, profile)
+            plan = plan_save(state, profile, self.now())
+            await self._insert_profile_row(conn, plan.profile)
             await conn.execute(
                 "DELETE FROM channel_identities WHERE tenant_id = ? AND profile_id = ?",
                 (tenant, profile_id),
@@ -618,55 +594,91 @@ class SqliteProfileStore(ProfileStore):
             )
             if consent_rows:
                 await conn.executemany(_INSERT_CONSENT, consent_rows)
-            await self._upsert_items(conn, "fields", tenant, profile_id, field_rows)
-            await self._upsert_items(conn, "assets", tenant, profile_id, asset_rows)
+            if plan.updated_fields:
+                await conn.executemany(
+                    _UPDATE_FIELD,
+                    [(*codec.field_params(f)[1:], tenant, str(f.id)) for f in plan.updated_fields],
+                )
+            if plan.new_fields:
+                now = ts(plan.now)
+                await conn.executemany(
+                    _SUPERSEDE_FIELD,
+                    [(str(f.id), now, now, tenant, profile_id, f.name) for f in plan.new_fields],
+                )
+                await conn.executemany(
+                    _INSERT_FIELD,
+                    [(tenant, profile_id, *codec.field_params(f)) for f in plan.new_fields],
+                )
+            if plan.updated_assets:
+                await conn.executemany(
+                    _UPDATE_ASSET,
+                    [(*codec.asset_params(a)[1:], tenant, str(a.id)) for a in plan.updated_assets],
+                )
+            if plan.new_assets:
+                await conn.executemany(
+                    _INSERT_ASSET,
+                    [(tenant, profile_id, *codec.asset_params(a)) for a in plan.new_assets],
+                )
             return profile.id
 
         return await self._write(op)
 
-    async def _upsert_items(
-        self,
-        conn: aiosqlite.Connection,
-        table: str,
-        tenant: str,
-        profile_id: str,
-        rows: list[tuple[Any, ...]],
-    ) -> None:
-        """Update stored ids in place, insert new ones (new fields supersede their name)."""
-        if not rows:
-            return
-        found = await conn.execute_fetchall(
-            f"SELECT id, profile_id, name FROM {table} WHERE tenant_id = ? "
-            "AND id IN (SELECT value FROM json_each(?))",
-            (tenant, codec.dumps([r[0] for r in rows], "ids")),
+    @staticmethod
+    async def _read_save_state(conn: aiosqlite.Connection, profile: CustomerProfile) -> SaveState:
+        """What :func:`plan_save` needs, read inside the save's write transaction."""
+        tenant, profile_id = str(profile.tenant_id), str(profile.id)
+        rows = await conn.execute_fetchall(
+            "SELECT deleted_at IS NOT NULL FROM profiles WHERE tenant_id = ? AND id = ?",
+            (tenant, profile_id),
         )
-        stored = {row[0]: row[1] for row in found}
-        elsewhere = sorted(i for i, owner in stored.items() if owner != profile_id)
-        if elsewhere:
-            raise errors.ConflictError(
-                f"{table[:-1]} id(s) {elsewhere} already belong to another profile"
+        owner = await conn.execute_fetchall(
+            "SELECT id FROM profiles WHERE tenant_id = ? AND customer_id = ? "
+            "AND deleted_at IS NULL",
+            (tenant, str(profile.customer_id)),
+        )
+        identities = await conn.execute_fetchall(
+            "SELECT channel, channel_user_id, profile_id FROM channel_identities "
+            "WHERE tenant_id = ? AND (channel, channel_user_id) IN "
+            "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+            "FROM json_each(?))",
+            (
+                tenant,
+                codec.dumps(
+                    [[i.channel.value, i.channel_user_id] for i in profile.channel_identities],
+                    "identities",
+                ),
+            ),
+        )
+        items: list[dict[UUID, StoredItem]] = []
+        for table, ids in (
+            ("fields", [str(f.id) for f in profile.fields.values()]),
+            ("assets", [str(a.id) for a in profile.assets]),
+        ):
+            found = await conn.execute_fetchall(
+                f"SELECT id, profile_id, name, status, superseded_by_id, superseded_at "
+                f"FROM {table} WHERE tenant_id = ? AND id IN (SELECT value FROM json_each(?))",
+                (tenant, codec.dumps(ids, "ids")),
             )
-        names = {row[0]: row[2] for row in found}
-        renamed = sorted(row[0] for row in rows if row[0] in names and names[row[0]] != row[1])
-        if renamed:
-            raise errors.ConflictError(f"{table[:-1]} id(s) {renamed} keep their stored name")
-        updates = [(*row[1:], tenant, row[0]) for row in rows if row[0] in stored]
-        inserts = [(tenant, profile_id, *row) for row in rows if row[0] not in stored]
-        if table == "fields":
-            if updates:
-                await conn.executemany(_UPDATE_FIELD, updates)
-            if inserts:
-                now = ts(self.now())
-                await conn.executemany(
-                    _SUPERSEDE_FIELD,
-                    [(row[2], now, now, tenant, profile_id, row[3]) for row in inserts],
-                )
-                await conn.executemany(_INSERT_FIELD, inserts)
-        else:
-            if updates:
-                await conn.executemany(_UPDATE_ASSET, updates)
-            if inserts:
-                await conn.executemany(_INSERT_ASSET, inserts)
+            items.append(
+                {
+                    UUID(row[0]): StoredItem(
+                        profile_id=UUID(row[1]),
+                        name=row[2],
+                        status=ItemStatus(row[3]),
+                        superseded_by_id=None if row[4] is None else UUID(row[4]),
+                        superseded_at=None if row[5] is None else datetime.fromisoformat(row[5]),
+                    )
+                    for row in found
+                }
+            )
+        return SaveState(
+            exists=bool(rows),
+            gone=any(row[0] for row in rows),
+            customer_owner=UUID(next(iter(owner))[0]) if owner else None,
+            identity_owners={(Channel(row[0]), row[1]): UUID(row[2]) for row in identities},
+            fields=items[0],
+            assets=items[1],
+        )
 
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
         key = (str(tenant_id), str(profile_id))
