@@ -1032,3 +1032,54 @@ async def test_mark_orphans_sends_bounded_pages(
     assert sizes == [3, 3, 3, 3, 1, 1]  # sources looked up, orphans marked: never above 3
     for mark in (c for c in client.commands if c.method == "update_many"):
         assert mark.args[1] == {"$set": {"status": "orphaned", "updated_at": dt(NOW)}}
+
+
+async def test_a_standalone_save_that_cannot_be_undone_is_a_partial_write() -> None:
+    """Standalone: after save read its state and claimed its identities, another writer
+    stores an asset under the id of the save's new asset. The save cannot undo what it
+    wrote already (no transactions): PartialWriteError, never a ConflictError, and the
+    profile's write lease is given back."""
+    tenant = uuid4()
+    other_profile = uuid4()
+    stolen = ProfileAsset(
+        name="scan", asset_type="document", storage_provider="s3", storage_path="s3://b/k"
+    )
+
+    class RacingClient(EmulatedMongoClient):
+        armed = False
+
+        def _record(
+            self,
+            collection: str,
+            method: str,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            session: Any,
+        ) -> None:
+            super()._record(collection, method, args, kwargs, session)
+            if self.armed and (collection, method) == ("consents", "delete_many"):
+                self.armed = False
+                self._sync["partial"]["assets"].insert_one(
+                    {
+                        "tenant_id": uid(tenant),
+                        "profile_id": uid(other_profile),
+                        "id": uid(stolen.id),
+                        "name": "scan",
+                        "status": ItemStatus.ACTIVE.value,
+                        "seq": 1,
+                    }
+                )
+
+    client = RacingClient()
+    settings = MongoSettings(database="partial", transactions="off")
+    async with FixedClockStore(settings, client=client) as store:
+        profile = await store.get_or_create(tenant, Channel.SMS, "+15550203")
+        profile.assets = [stolen]
+        client.armed = True
+        with pytest.raises(errors.PartialWriteError) as raised:
+            await store.save(profile)
+        assert not isinstance(raised.value, errors.ConflictError)
+        assert "+15550203" not in str(raised.value)
+        assert not client.armed
+        docs = await client["partial"]["profiles"].find({"tenant_id": uid(tenant)}).to_list(None)
+        assert len(docs) == 1 and docs[0]["lock"] is None
