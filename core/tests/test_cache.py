@@ -600,6 +600,31 @@ async def test_a_write_with_unknown_outcome_poisons_the_tenant(
         assert sample("profile_cache_invalidations_total", tenant, reason="redis_recovery") == 1
 
 
+class PartiallyWritingStore(RewritingStore):  # type: ignore[misc, valid-type]
+    """A backend that stores the save, then reports it could not undo part of it."""
+
+    async def _save(self, profile: CustomerProfile) -> UUID:
+        await super()._save(profile)
+        raise errors.PartialWriteError("part of the save was stored")
+
+
+async def test_a_partial_write_is_treated_as_written(
+    client: Redis, prefix: str, tenant: UUID
+) -> None:
+    """PartialWriteError is never "nothing written": the cache drops what it held."""
+    backend = PartiallyWritingStore(InMemoryProfileStore())
+    async with CachedProfileStore(backend, client, key_prefix=prefix) as store:
+        profile = await new_profile(store, tenant)
+        await _cache(store, profile)
+        profile.verification_level = VerificationLevel.KYC_COMPLETE
+        with pytest.raises(errors.PartialWriteError):
+            await store.save(profile)
+        found = await store.get_by_id(tenant, profile.id)
+        assert found is not None and found.verification_level is VerificationLevel.KYC_COMPLETE
+        again = await store.get_by_customer_id(tenant, profile.customer_id)
+        assert again is not None and again.verification_level is VerificationLevel.KYC_COMPLETE
+
+
 async def test_purge_erases_the_profile_from_redis(
     store: CachedProfileStore, client: Redis, prefix: str, tenant: UUID
 ) -> None:
