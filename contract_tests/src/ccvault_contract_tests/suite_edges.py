@@ -361,6 +361,18 @@ class EdgesContract(ContractBase):
         assert found is not None and found.id == newer.id
         assert found.status is ItemStatus.EXPIRED
 
+    async def test_expired_lookup_returns_the_newest_of_several_swept_versions(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        profile = await new_profile(store, tenant)
+        ids = []
+        for age in (7200, 3600, 1800):
+            item = make_field("otp", str(age), collected_at=ts(-age), expires_at=ts(-age + 60))
+            ids.append(await store.update_field(tenant, profile.id, item))
+            assert await store.expire_stale_fields(tenant, profile.id) == 1
+        found = await store.get_field(tenant, profile.id, "otp", status=ItemStatus.EXPIRED)
+        assert found is not None and found.id == ids[-1]
+
     async def test_a_fresh_identity_still_works_after_refused_edge_values(
         self, store: ProfileStore, tenant: UUID
     ) -> None:
