@@ -29,14 +29,16 @@ _API_KEYS_OPTION = click.option(
 
 
 def _settings(ctx: click.Context, config: Path | None) -> object:
+    """The command's ``--config``, else what the ``ccvault`` group resolves (its context
+    object's ``settings()``: the global ``--config``, config/default.toml, defaults)."""
     from ccvault.settings import load_settings
 
     if config is not None:
         return load_settings(config)
-    # the root context's object is ccvault.cli's environment (its global --config); used
-    # through its settings() method rather than imported, so the server does not import the
-    # CLI that imports it (core's imports stay acyclic: make lint)
-    return ctx.find_root().obj.settings()
+    env = ctx.find_root().obj
+    if env is None or not hasattr(env, "settings"):
+        return load_settings(None)
+    return env.settings()
 
 
 def _key_store(api_keys: Path | None) -> object:
