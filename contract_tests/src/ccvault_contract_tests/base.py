@@ -37,7 +37,8 @@ class ContractBase:
 
     #: The provider under test: its entry-point name in the ``ccvault.providers`` group
     #: (``"postgres"``, ``"acme"``). Its ``ProviderSpec.capabilities`` decide which optional
-    #: tests run; a wrapper stack names the provider at its bottom.
+    #: tests run; a wrapper stack names the provider at its bottom. ``None``: no optional
+    #: capability (the summary says so).
     provider_name: ClassVar[str | None] = None
     #: ``{"test_name": "reason"}``: known gaps, run as strict xfail (see README).
     known_gaps: ClassVar[Mapping[str, str]] = {}

@@ -521,7 +521,9 @@ def _summarise(write: Any, verdict: ClassVerdict) -> None:
         ranked = sorted(verdict.not_implemented.items(), key=lambda pair: (-pair[1], pair[0]))
         write(
             "  left to implement (NotImplementedError, by what the failing tests hit first): "
-            + ", ".join(f"{what} ({count} tests)" for what, count in ranked),
+            + ", ".join(
+                f"{what} ({count} {'test' if count == 1 else 'tests'})" for what, count in ranked
+            ),
             red=True,
         )
     if verdict.failed:
