@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -264,8 +266,8 @@ def test_bad_data_is_one_clear_line(tmp_path: Path, break_it: Any, expected: str
         load_dataset(folder)
     assert isinstance(caught.value, errors.ValidationError)
     assert expected in str(caught.value)
-    result = CliRunner().invoke(cli, ["eval", "sgd", "--data", str(folder), "--json"])
-    assert result.exit_code == 1
+    result = CliRunner().invoke(cli, ["eval", "sgd", "--data", str(folder)])
+    assert result.exit_code not in (0, None)
     assert "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ccvault: error: ")
@@ -273,7 +275,7 @@ def test_bad_data_is_one_clear_line(tmp_path: Path, break_it: Any, expected: str
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["eval", "sgd", "--data", str(tmp_path / "none")])
-    assert result.exit_code == 1
+    assert result.exit_code not in (0, None)
     assert (
         result.output.strip() == f"ccvault: error: SGD data folder not found: {tmp_path / 'none'}"
     )
@@ -307,6 +309,21 @@ def test_offline_extractor_and_limit_through_the_command() -> None:
     assert 0.0 <= report["jga"] <= 1.0
 
 
+def test_the_environment_never_picks_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "prod.toml"
+    config.write_text(
+        '[profile]\nstore_provider = "sqlite"\n[providers.sqlite]\n'
+        f'path = "{tmp_path / "prod.db"}"\n'
+    )
+    monkeypatch.setenv("CCVAULT_CONFIG", str(config))
+    result = CliRunner().invoke(cli, ["eval", "sgd", "--data", str(SLICE), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["provider"] == "inmemory"
+    assert not (tmp_path / "prod.db").exists()
+
+
 def test_table_output_and_config_before_the_subcommand(tmp_path: Path) -> None:
     config = tmp_path / "eval.toml"
     config.write_text(
@@ -328,5 +345,114 @@ def test_openai_without_its_settings_is_a_configuration_error() -> None:
     result = CliRunner().invoke(
         cli, ["eval", "sgd", "--data", str(SLICE), "--extractor", "openai", "--json"]
     )
-    assert result.exit_code == 2
+    assert result.exit_code not in (0, 1, None)  # a configuration error
     assert "[extraction.openai]" in result.output
+
+
+# ---------------------------------------------------------------------------------------
+# the openai extractor, against a real HTTP server on loopback
+# ---------------------------------------------------------------------------------------
+
+
+class _LLM:
+    """A loopback OpenAI-compatible endpoint: answers each field with a fixed value."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.requests: list[dict[str, Any]] = []
+        self.auth: list[str] = []
+        llm = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                llm.requests.append(body)
+                llm.auth.append(self.headers.get("Authorization", ""))
+                asked = body["messages"][1]["content"]
+                found = '"field": "restaurants_2__location"' in asked
+                content = (
+                    json.dumps({"found": True, "value": "San Jose", "confidence": 0.9, "quote": ""})
+                    if found
+                    else '{"found": false}'
+                )
+                payload = json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": content}}]}
+                ).encode()
+                self.send_response(llm.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _LLM:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _openai_config(tmp_path: Path, url: str) -> Path:
+    config = tmp_path / "eval.toml"
+    config.write_text(
+        "[profile]\n"
+        'store_provider = "inmemory"\n'
+        "cache_enabled = false\n"
+        "auto_encrypt_pii = false\n"
+        "[extraction.openai]\n"
+        f'base_url = "{url}"\n'
+        'model = "tiny"\n'
+        'api_key = "${SGD_TEST_KEY}"\n'
+    )
+    return config
+
+
+def test_openai_extractor_through_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SGD_TEST_KEY", "sk-secret-test")
+    with _LLM() as llm:
+        config = _openai_config(tmp_path, llm.url)
+        result = CliRunner().invoke(
+            cli,
+            [
+                *("eval", "sgd", "--data", str(SLICE), "--extractor", "openai", "--limit", "1"),
+                *("--config", str(config), "--json"),
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["extractor"] == "openai" and report["dialogues"] == 1
+    assert report["supersede_errors"] == 0
+    # the probe, then one request per collected slot of the turn's service per user turn
+    assert len(llm.requests) > 1 and all(r["model"] == "tiny" for r in llm.requests)
+    assert set(llm.auth) == {"Bearer sk-secret-test"}
+    assert "sk-secret-test" not in result.output
+
+
+def test_an_openai_endpoint_that_fails_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SGD_TEST_KEY", "sk-secret-test")
+    with _LLM(status=500) as llm:
+        config = _openai_config(tmp_path, llm.url)
+        result = CliRunner().invoke(
+            cli,
+            [
+                *("--config", str(config), "eval", "sgd", "--data", str(SLICE)),
+                *("--extractor", "openai", "--json"),
+            ],
+        )
+    assert result.exit_code not in (0, 1, None)  # a configuration error
+    assert len(llm.requests) == 1  # the probe only
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "the openai extractor cannot run" in lines[0]
+    assert "HTTP 500" in lines[0] and "sk-secret" not in lines[0]

@@ -1,18 +1,19 @@
 """``ccvault eval sgd``: the command's body (``ccvault.cli`` only registers :data:`eval_group`).
 
-Without ``--config`` (here or before the subcommand, or ``$CCVAULT_CONFIG``) the eval runs on
-the in-memory provider with no cache and no encryption, so it never writes into a configured
-production store by accident. With ``--config`` it runs on that store and stack (cache,
-encryption), under a fresh random tenant, and removes everything it wrote when it ends.
+Without ``--config`` on the command line (here or before the subcommand; ``$CCVAULT_CONFIG``
+and system config files are ignored) the eval runs on the in-memory provider with no cache and
+no encryption, so it never writes into a configured production store by accident. With
+``--config`` it runs on that store and stack (cache, encryption), under a fresh random tenant,
+and removes everything it wrote when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,11 +34,14 @@ from ccvault.evaluation.sgd import (
     run_sgd_eval,
 )
 from ccvault.extraction import (
+    ExtractionError,
     ExtractionLimits,
+    ExtractionRequest,
     Extractor,
     OfflineExtractor,
     extractor_from_settings,
 )
+from ccvault.models import ConversationTurn
 from ccvault.settings import VaultSettings, load_settings
 
 __all__ = ["eval_group", "sgd_settings"]
@@ -80,6 +84,8 @@ async def _evaluate(
     from ccvault.registry import open_store
 
     extractor = _extractor(extractor_name, settings)
+    if extractor is not None and extractor_name == "openai":
+        await _preflight(extractor)
     task = (
         progress.add_task(f"replaying {extractor_name}", total=len(dataset.dialogues))
         if progress is not None
@@ -108,6 +114,19 @@ async def _evaluate(
         close = getattr(extractor, "aclose", None)
         if close is not None:
             await close()
+
+
+async def _preflight(extractor: Extractor) -> None:
+    """One request before the run: an endpoint that does not answer is one clear error, not
+    thousands of "extraction failed" warnings and a JGA of zero."""
+    probe = ExtractionRequest(field_name="city", description="the city the customer names")
+    try:
+        await extractor.extract(probe, [ConversationTurn(content="I live in Lisbon.")])
+    except ExtractionError as exc:
+        close = getattr(extractor, "aclose", None)
+        if close is not None:
+            await close()
+        raise errors.ConfigurationError(f"the openai extractor cannot run: {exc}") from None
 
 
 @click.group("eval")
@@ -153,8 +172,12 @@ def sgd_command(
     """Replay Schema-Guided Dialogue conversations through gap fill and score the vault:
     joint goal accuracy, slot precision/recall, get_missing_fields accuracy, supersede
     correctness, user turns per second."""
-    root: Any = ctx.find_root().params.get("config")
-    settings = sgd_settings(config if config is not None else root)
+    root = ctx.find_root()
+    if config is None and root.get_parameter_source("config") is ParameterSource.COMMANDLINE:
+        config = root.params.get("config")
+    # the root's --json (given before the subcommand) counts too
+    as_json = as_json or bool(root.params.get("as_json"))
+    settings = sgd_settings(config)
     dataset = load_dataset(data, limit=limit)
     if as_json:
         scores = asyncio.run(_evaluate(settings, dataset, extractor, None))
