@@ -167,11 +167,11 @@ def test_keygen_prints_a_usable_entry() -> None:
     assert Keyring.parse(result.output.strip()).current == "2026a"
 
 
-def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_bad_config_is_one_line_and_exit_6(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[profile]\ncache_ttl_seconds = -5\n")
     result = CliRunner().invoke(cli, ["--config", str(path), "migrate"])
-    assert result.exit_code == 2
+    assert result.exit_code == 6
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("ccvault: error:") and "cache_ttl_seconds" in result.stderr
 
@@ -180,7 +180,7 @@ def test_unknown_provider_fails_with_what_to_install(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[profile]\nstore_provider = "cassandra"\n')
     result = CliRunner().invoke(cli, ["-c", str(path), "expire"])
-    assert result.exit_code == 2
+    assert result.exit_code == 6
     assert "cassandra" in result.stderr and "inmemory" in result.stderr
 
 
@@ -191,7 +191,7 @@ def test_missing_key_with_encryption_on_fails_at_start(
     path = tmp_path / "c.toml"
     path.write_text('[profile]\nstore_provider = "inmemory"\ncache_enabled = false\n')
     result = CliRunner().invoke(cli, ["-c", str(path), "migrate"])
-    assert result.exit_code == 2
+    assert result.exit_code == 6
     assert "PROFILE_PII_ENCRYPTION_KEY" in result.stderr
 
 
@@ -202,18 +202,19 @@ def test_config_comes_from_the_environment_variable(
     path.write_text('[profile]\nstore_provider = "nosuch"\n')
     monkeypatch.setenv("CCVAULT_CONFIG", str(path))
     result = CliRunner().invoke(cli, ["migrate"])
-    assert result.exit_code == 2 and "nosuch" in result.stderr
+    assert result.exit_code == 6 and "nosuch" in result.stderr
 
 
-def test_default_config_file_is_read_from_the_working_directory(
+def test_no_config_file_is_read_from_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CCVAULT_CONFIG", raising=False)
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "default.toml").write_text('[profile]\nstore_provider = "fromcwd"\n')
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["migrate"])
-    assert result.exit_code == 2 and "fromcwd" in result.stderr
+    result = CliRunner().invoke(cli, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["settings"]["profile"]["store_provider"] == "postgres"
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,11 +276,11 @@ def test_profile_show_by_every_selector(shared: _SharedPlugin, config: Path, key
     assert json.loads(as_json.output)["fields"]["email"]["value"] == "ann@example.com"
 
 
-def test_profile_show_unknown_is_one_line_exit_1(shared: _SharedPlugin, config: Path) -> None:
+def test_profile_show_unknown_is_one_line_exit_3(shared: _SharedPlugin, config: Path) -> None:
     result = CliRunner().invoke(
         cli, ["-c", str(config), "profile", "show", "-t", str(TENANT), "-p", str(uuid4())]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stderr.startswith("ccvault: error:") and result.stderr.count("\n") == 1
 
 
@@ -354,7 +355,7 @@ def test_rotate_keys_needs_encryption_on(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[profile]\nstore_provider = "inmemory"\nauto_encrypt_pii = false\n')
     result = CliRunner().invoke(cli, ["-c", str(path), "rotate-keys"])
-    assert result.exit_code == 2 and "auto_encrypt_pii" in result.stderr
+    assert result.exit_code == 6 and "auto_encrypt_pii" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------

@@ -133,10 +133,10 @@ def _export_and_purge(
     assert purged.returncode == 0, purged.stderr
     assert f"profile {profile_id} purged" in purged.stdout
     again = _run(config, env, "profile", "purge", "-t", str(tenant), "-p", str(profile_id), "-y")
-    assert again.returncode == 1 and again.stderr.startswith("ccvault: error:")
+    assert again.returncode == 3 and again.stderr.startswith("ccvault: error:")  # not found
     show = _run(config, env, "profile", "show", "-t", str(tenant), "--channel", "whatsapp",
                 "--user", PHONE)  # fmt: skip
-    assert show.returncode == 1
+    assert show.returncode == 3
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 
 import ccvault
 from ccvault import errors, registry
-from ccvault.settings import VaultSettings
+from ccvault.settings import VaultSettings, expand_env
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "config" / "default.toml"
@@ -45,6 +45,7 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "profile.max_derivation_chain_depth": ("ccvault.settings", "ccvault.store"),
     "profile.auto_encrypt_pii": ("ccvault.registry", "ccvault.crypto"),
     "profile.pii_encryption_key_id": ("ccvault.crypto",),
+    "profile.pii_local_key_path": ("ccvault.settings",),
     "profile.freshness.default_freshness_seconds": ("ccvault.settings", "ccvault.requirements"),
     "profile.freshness.stale_field_action": ("ccvault.settings", "ccvault.requirements"),
     "profile.gap_fill.min_confidence": ("ccvault.gapfill",),
@@ -61,6 +62,10 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "metrics.host": ("ccvault.cli",),
     "metrics.port": ("ccvault.cli",),
     "metrics.refresh_interval_seconds": ("ccvault.cli",),
+    "metrics.tenant_labels": ("ccvault.cli", "ccvault.metrics"),
+    "metrics.process_metrics": ("ccvault.cli", "ccvault.metrics"),
+    "logging.format": ("ccvault.cli",),
+    "logging.level": ("ccvault.cli",),
     "worker.lease": ("ccvault.worker",),
     "worker.lease_dir": ("ccvault.worker",),
     "providers.postgres.dsn": ("provider:postgres",),
@@ -74,6 +79,9 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
 CHANGED_STRINGS: dict[str, Any] = {
     "profile.store_provider": "inmemory",
     "profile.pii_encryption_key_id": "k9:AAAA",
+    "profile.pii_local_key_path": "/tmp/changed-pii.key",
+    "logging.format": "json",
+    "logging.level": "DEBUG",
     "profile.freshness.stale_field_action": "block",
     "redis.url": "redis://127.0.0.1:6379/5",
     "redis.key_prefix": "changed:",
@@ -153,6 +161,9 @@ def test_the_file_equals_the_builtin_defaults(monkeypatch: pytest.MonkeyPatch) -
         if key == "profile.pii_encryption_key_id":
             assert value == "${PROFILE_PII_ENCRYPTION_KEY}"
             assert _lookup(builtin, key) == ""  # expanded from the (unset) environment
+            continue
+        if isinstance(value, str) and "${" in value:  # ${CCVAULT_DATA_DIR}: the data dir
+            assert _lookup(builtin, key) == expand_env(value), key
             continue
         assert _lookup(builtin, key) == value, key
 

@@ -1,6 +1,7 @@
 """ccvault, the Customer Context Vault: what an AI agent platform knows about each customer.
 
-Entry points: :func:`load_settings` builds the validated settings; :func:`open_store` yields
+Entry points: :func:`load_settings` builds the validated settings (:func:`embedded_settings`:
+SQLite in the user's data directory, no servers); :func:`open_store` yields
 the composed, ready :class:`~ccvault.store.ProfileStore`.
 """
 
@@ -8,13 +9,26 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ccvault import metrics as _metrics
 from ccvault.registry import open_store
-from ccvault.settings import VaultSettings, load_settings
-from ccvault.store import ProfileStore
+from ccvault.settings import VaultSettings, embedded_settings, load_settings
+from ccvault.store import ProfileStore, final_methods
+
+# Observability, at one point (importing any ccvault module runs this first): every public
+# store operation is timed into ccvault_operation_duration_seconds{operation, provider} and
+# its errors counted by type in ccvault_operation_errors_total.
+_metrics.instrument_operations(ProfileStore, final_methods())
 
 try:
     __version__ = version("ccvault")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["ProfileStore", "VaultSettings", "__version__", "load_settings", "open_store"]
+__all__ = [
+    "ProfileStore",
+    "VaultSettings",
+    "__version__",
+    "embedded_settings",
+    "load_settings",
+    "open_store",
+]

@@ -474,6 +474,7 @@ class CachedProfileStore(ForwardingProfileStore):
         return bool(self._dirty or self._dirty_all or self._erasures)
 
     def _mark_down(self, exc: BaseException) -> None:
+        metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
         if time.monotonic() >= self._down_until:
             logger.warning(
                 "Redis cache unavailable (%s: %s); serving from the backend for %.1fs",
@@ -536,6 +537,7 @@ class CachedProfileStore(ForwardingProfileStore):
         """Whether ``tenant``'s cache may be used now; clears poisoned tenants first."""
         now = time.monotonic()
         if now < self._down_until or self._recovering:
+            metrics.CACHE_BYPASSES.labels("recovering" if self._recovering else "redis_down").inc()
             return False
         if self._down_until:
             # Redis failed before: this caller probes it, the others keep bypassing it

@@ -1,10 +1,12 @@
 """The ``ccvault`` operator command line (``python -m ccvault`` does the same).
 
-Every command reads the same settings: ``--config FILE`` (or ``$CCVAULT_CONFIG``), by default
-``config/default.toml`` when it exists in the working directory, else the built-in defaults;
-then the environment (``CCVAULT_PROFILE__...``, ``${VAR}`` references). On failure a command
-prints one line, ``ccvault: error: REASON``, on stderr and exits non-zero: 2 for a
-configuration problem (bad settings, missing key, unknown provider) or bad usage, 1 otherwise.
+Every command reads the same settings: ``--config FILE``, else ``$CCVAULT_CONFIG``, else
+``/etc/ccvault/ccvault.toml`` when it exists, else the built-in defaults; then the
+environment (``CCVAULT_PROFILE__...``, ``${VAR}`` references). Nothing is read from the
+working directory unless named. Every command logs the sources it used (INFO, ``-v``).
+Global options (``--config``, ``-v``, ``--json``, ``--log-format``) work before or after the
+subcommand. On failure a command prints one line, ``ccvault: error: REASON`` (with
+``--json``: one JSON object), on stderr and exits with the code of :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -38,13 +40,44 @@ from rich.text import Text
 
 from ccvault import errors
 from ccvault.models import Channel, CustomerProfile
-from ccvault.settings import VaultSettings, load_settings
+from ccvault.settings import SYSTEM_CONFIG, VaultSettings, embedded_settings, load_settings
 from ccvault.store import ProfileStore
 
-__all__ = ["cli", "main"]
+__all__ = ["EXIT_CODES", "cli", "main"]
 
-DEFAULT_CONFIG = Path("config/default.toml")
-EMBEDDED_CONFIG = Path("config/embedded.toml")
+logger = logging.getLogger("ccvault.cli")
+
+#: Exit codes, by what went wrong (documented in ``ccvault --help`` and the README).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_VALIDATION = 5
+EXIT_CONFIGURATION = 6
+EXIT_UNAVAILABLE = 7
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "ok",
+    EXIT_ERROR: "error (any other failure: storage, encryption, a failed tenant...)",
+    EXIT_USAGE: "usage (bad option or argument)",
+    EXIT_NOT_FOUND: "not found (profile, item, definition)",
+    EXIT_CONFLICT: "conflict (identity taken, active field exists, dependents)",
+    EXIT_VALIDATION: "validation (a value or argument the vault refuses)",
+    EXIT_CONFIGURATION: "configuration (settings, config file, keys, provider, Redis URL)",
+    EXIT_UNAVAILABLE: "unavailable (the database or Redis cannot be reached)",
+}
+
+#: error class -> (exit code, kind), the first match in this order
+_ERROR_KINDS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (errors.NotFoundError, EXIT_NOT_FOUND, "not_found"),
+    (errors.ConflictError, EXIT_CONFLICT, "conflict"),
+    (errors.ValidationError, EXIT_VALIDATION, "validation"),
+    (errors.ConfigurationError, EXIT_CONFIGURATION, "configuration"),
+    (errors.ProviderUnavailableError, EXIT_UNAVAILABLE, "unavailable"),
+    (errors.EncryptionError, EXIT_ERROR, "encryption"),
+    (errors.VaultError, EXIT_ERROR, "error"),
+)
 
 _T = TypeVar("_T")
 
@@ -96,37 +129,179 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def error_kind(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the kind (``not_found``, ``unavailable``...) of an error."""
+    for cls, code, kind in _ERROR_KINDS:
+        if isinstance(exc, cls):
+            return code, kind
+    return EXIT_ERROR, "error"
+
+
+# global options: flags, and options taking a value (hoisted before the subcommand)
+_GLOBAL_FLAGS = frozenset({"-v", "--verbose", "--json"})
+_GLOBAL_VALUED = frozenset({"-c", "--config", "--log-format"})
+
+
+def _hoist_global_options(group: click.Group, args: list[str]) -> list[str]:
+    """``args`` with every global option written after the subcommand moved in front of it,
+    unless the (sub)command has an option of that name itself (``eval sgd --config``,
+    ``profile show --json``): those stay where they are and the command reads both."""
+    front: list[str] = []
+    rest: list[str] = []
+    command: click.Command = group
+    own: dict[str, bool] = {}  # the current command's options -> takes a value
+    inside = False  # past the first subcommand name
+    index = 0
+    while index < len(args):
+        token = args[index]
+        index += 1
+        if token == "--":
+            rest.append(token)
+            rest.extend(args[index:])
+            break
+        name, has_value, _ = token.partition("=")
+        if not inside:
+            if token.startswith("-"):
+                front.append(token)
+                if name in _GLOBAL_VALUED and not has_value and index < len(args):
+                    front.append(args[index])
+                    index += 1
+                continue
+        if token.startswith("-") and name in own:
+            rest.append(token)
+            if own[name] and not has_value and index < len(args):
+                rest.append(args[index])
+                index += 1
+            continue
+        if token.startswith("-") and name in _GLOBAL_FLAGS:
+            front.append(token)
+            continue
+        if token.startswith("-") and name in _GLOBAL_VALUED:
+            front.append(token)
+            if not has_value and index < len(args):
+                front.append(args[index])
+                index += 1
+            continue
+        if not token.startswith("-") and isinstance(command, click.Group):
+            sub = command.commands.get(token)
+            if sub is not None:
+                command, inside = sub, True
+                own = {
+                    opt: not (param.is_flag or param.count)
+                    for param in sub.params
+                    if isinstance(param, click.Option)
+                    for opt in (*param.opts, *param.secondary_opts)
+                }
+        rest.append(token)
+    return front + rest
+
+
 class _VaultGroup(click.Group):
-    """Turns every :class:`~ccvault.errors.VaultError` into one line on stderr and an exit code."""
+    """The root group: global options in any position; every error as one line on stderr
+    (``--json``: one JSON object) and its exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            args = _hoist_global_options(self, args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except errors.VaultError as exc:
-            click.echo(f"ccvault: error: {_one_line(exc)}", err=True)
-            ctx.exit(2 if isinstance(exc, errors.ConfigurationError) else 1)
+            code, kind = error_kind(exc)
+            _report_error(ctx, kind, _one_line(exc), code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one line, not a traceback: -v logs the traceback
+            logger.debug("unexpected error", exc_info=True)
+            _report_error(
+                ctx,
+                "error",
+                f'unexpected {type(exc).__name__}: {_one_line(exc)} ([logging] level = "DEBUG" for '
+                "the traceback)",
+                EXIT_ERROR,
+            )
+
+
+def _report_error(ctx: click.Context, kind: str, message: str, code: int) -> NoReturn:
+    env = ctx.find_object(_Env)
+    if env is not None and env.json:
+        document = {"error": {"kind": kind, "message": message, "exit_code": code}}
+        click.echo(json.dumps(document, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"ccvault: error: {message}", err=True)
+    ctx.exit(code)
 
 
 class _Env:
-    """What the group passes to its commands: how to get the settings."""
+    """What the group passes to its commands: how to get the settings, the global flags."""
 
-    def __init__(self, config: Path | None) -> None:
+    def __init__(
+        self,
+        config: Path | None,
+        config_source: str,
+        *,
+        as_json: bool = False,
+        verbose: bool = False,
+        log_format: str | None = None,
+    ) -> None:
         self.config = config
+        self.config_source = config_source  # "--config", "CCVAULT_CONFIG" or "system path"
+        self.json = as_json
+        self.verbose = verbose
+        self.log_format = log_format
 
-    def settings(self, fallback: Path | None = None, **defaults: Any) -> VaultSettings:
+    def settings(self, *, embedded: bool = False) -> VaultSettings:
+        """The settings of this run: the config file named (or the system one), else the
+        built-in defaults; ``embedded``: the embedded defaults when no file is named."""
         if self.config is not None:
-            return load_settings(self.config)
-        if fallback is not None and fallback.exists():
-            return load_settings(fallback)
-        if DEFAULT_CONFIG.exists() and fallback is None:
-            return load_settings(DEFAULT_CONFIG)
-        return load_settings(None, **defaults)
+            settings = load_settings(self.config)
+            where = f"config file {self.config} (from {self.config_source})"
+        elif embedded:
+            settings = embedded_settings()
+            where = "no config file: embedded defaults (--config or CCVAULT_CONFIG to change)"
+        else:
+            settings = load_settings(None)
+            where = (
+                f"no config file (--config, CCVAULT_CONFIG, or {SYSTEM_CONFIG}): built-in defaults"
+            )
+        self.apply_logging(settings)
+        from ccvault import metrics
+
+        metrics.configure(
+            tenant_labels=settings.metrics.tenant_labels,
+            process_metrics=settings.metrics.process_metrics,
+        )
+        logger.info("settings: %s; sources: %s", where, "; ".join(settings.sources()))
+        return settings
+
+    def apply_logging(self, settings: VaultSettings | None = None) -> None:
+        from ccvault import logs
+
+        fmt = self.log_format or (settings.logging.format if settings else "text")
+        level = "INFO" if self.verbose else (settings.logging.level if settings else "WARNING")
+        logs.configure("json" if fmt == "json" else "text", level)
+
+
+def _env(ctx: click.Context) -> _Env:
+    env = ctx.find_object(_Env)
+    assert env is not None
+    return env
 
 
 def _settings(ctx: click.Context) -> VaultSettings:
-    env = ctx.find_object(_Env)
-    assert env is not None
-    return env.settings()
+    return _env(ctx).settings()
+
+
+def _wants_json(ctx: click.Context, own: bool = False) -> bool:
+    return own or _env(ctx).json
+
+
+def _echo_json(document: Any) -> None:
+    click.echo(_safe_json(json.dumps(document, indent=2, ensure_ascii=False, default=str)))
 
 
 def _run(coro: Coroutine[Any, Any, _T]) -> _T:
@@ -156,7 +331,10 @@ def _err_console() -> Console:
     return Console(stderr=True)
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        _report_error(ctx, "error", message, code)
     click.echo(f"ccvault: error: {message}", err=True)
     sys.exit(code)
 
@@ -177,27 +355,55 @@ class _UUIDType(click.ParamType[UUID, Any]):
 UUID_TYPE = _UUIDType()
 
 
-@click.group(cls=_VaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_EPILOG = (
+    "Settings: --config FILE, else $CCVAULT_CONFIG, else "
+    f"{SYSTEM_CONFIG} if it exists, else the built-in defaults; then the environment "
+    "(CCVAULT_<TABLE>__<KEY>). Never a file of the working directory unless named. "
+    "Global options (--config, -v, --json, --log-format) work before or after the "
+    "subcommand.\n\nExit codes: "
+    + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+    + "."
+)
+
+
+@click.group(
+    cls=_VaultGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_EPILOG,
+)
 @click.option(
     "--config",
     "-c",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="CCVAULT_CONFIG",
     default=None,
-    help="TOML settings file (default: config/default.toml if present, else built-in "
-    "defaults; env CCVAULT_CONFIG).",
+    help=f"TOML settings file (else $CCVAULT_CONFIG, else {SYSTEM_CONFIG} if it exists, else "
+    "built-in defaults).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Log at INFO level on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Reports and errors as JSON.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text or one JSON object each (default: [logging] format).",
+)
 @click.version_option(package_name="ccvault", prog_name="ccvault")
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None, verbose: bool) -> None:
+def cli(
+    ctx: click.Context,
+    config: Path | None,
+    verbose: bool,
+    as_json: bool,
+    log_format: str | None,
+) -> None:
     """ccvault: the Customer Context Vault operator tool."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    ctx.obj = _Env(config)
+    source = "--config"
+    if config is None and os.environ.get("CCVAULT_CONFIG"):
+        config, source = Path(os.environ["CCVAULT_CONFIG"]), "CCVAULT_CONFIG"
+    elif config is None and SYSTEM_CONFIG.is_file():
+        config, source = SYSTEM_CONFIG, "system path"
+    ctx.obj = _Env(config, source, as_json=as_json, verbose=verbose, log_format=log_format)
+    ctx.obj.apply_logging()
 
 
 # -----------------------------------------------------------------------------------------
@@ -206,48 +412,74 @@ def cli(ctx: click.Context, config: Path | None, verbose: bool) -> None:
 
 
 @cli.command()
-def providers() -> None:
+@click.pass_context
+def providers(ctx: click.Context) -> None:
     """List the installed storage providers with their distribution and version."""
     from ccvault.registry import installed_providers
 
     found = installed_providers()
     if not found:
         _fail("no storage provider is installed; pip install ccvault-sqlite (for example)")
+    if _wants_json(ctx):
+        _echo_json(
+            [
+                {"provider": i.name, "distribution": i.distribution, "version": i.version}
+                for i in found.values()
+            ]
+        )
+        return
     table = Table("provider", "distribution", "version", title="Installed storage providers")
     for item in found.values():
         table.add_row(item.name, item.distribution, item.version)
     _out_console().print(table)
 
 
+#: the providers ``demo`` writes into without --allow-non-embedded
+EMBEDDED_PROVIDERS = frozenset({"sqlite", "inmemory"})
+
+
 @cli.command()
+@click.option(
+    "--allow-non-embedded",
+    is_flag=True,
+    help="Write the demo tenant even into a store that is not embedded (sqlite, inmemory).",
+)
 @click.pass_context
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, allow_non_embedded: bool) -> None:
     """Run a short end-to-end story on the embedded store and print it.
 
-    Settings: --config if given, else config/embedded.toml if present, else the in-memory
-    provider without cache or encryption.
+    Settings: --config or $CCVAULT_CONFIG if given, else the embedded defaults (SQLite in
+    $CCVAULT_DATA_DIR, default ~/.local/share/ccvault, with a generated local key when
+    PROFILE_PII_ENCRYPTION_KEY is unset). A store other than sqlite or inmemory is refused
+    unless --allow-non-embedded: the demo writes a demo tenant.
     """
     from ccvault.demo import run_demo
 
-    env = ctx.find_object(_Env)
-    assert env is not None
-    settings = env.settings(
-        fallback=EMBEDDED_CONFIG,
-        store_provider="inmemory",
-        cache_enabled=False,
-        auto_encrypt_pii=False,
-    )
+    env = _env(ctx)
+    explicit = env.config is not None and env.config_source != "system path"
+    settings = env.settings(embedded=not explicit)
+    provider = settings.profile.store_provider
+    if provider not in EMBEDDED_PROVIDERS and not allow_non_embedded:
+        raise errors.ConfigurationError(
+            f"demo writes a demo tenant and the configured store is {provider!r}, not "
+            "embedded; run it without --config, or pass --allow-non-embedded"
+        )
     _run(run_demo(settings, Console()))
 
 
 @cli.command()
 @click.argument("kid")
-def keygen(kid: str) -> None:
+@click.pass_context
+def keygen(ctx: click.Context, kid: str) -> None:
     """Print a fresh PII keyring entry KID:BASE64 (append it to PROFILE_PII_ENCRYPTION_KEY
     with a comma, then run rotate-keys)."""
     from ccvault.crypto import generate_key_entry
 
-    click.echo(generate_key_entry(kid))
+    entry = generate_key_entry(kid)
+    if _wants_json(ctx):
+        _echo_json({"kid": kid, "entry": entry})
+    else:
+        click.echo(entry)
 
 
 # -----------------------------------------------------------------------------------------
@@ -255,9 +487,58 @@ def keygen(kid: str) -> None:
 # -----------------------------------------------------------------------------------------
 
 
+async def redis_problem(settings: VaultSettings) -> tuple[str, str] | None:
+    """Why the configured Redis cannot serve as the cache — ``("auth", reason)``,
+    ``("unavailable", reason)`` — or None when it answers PING. Reasons name the masked URL
+    and the error type, never a password."""
+    from redis import exceptions as redis_errors
+
+    config = settings.redis
+    where = config.url.masked()
+    try:
+        if config.cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            client: Any = RedisCluster.from_url(
+                config.connection_url(),
+                socket_timeout=config.socket_timeout_seconds,
+                socket_connect_timeout=config.connect_timeout_seconds,
+            )
+        else:
+            from redis.asyncio import Redis
+
+            client = Redis.from_url(
+                config.connection_url(),
+                socket_timeout=config.socket_timeout_seconds,
+                socket_connect_timeout=config.connect_timeout_seconds,
+            )
+    except (ValueError, TypeError, redis_errors.RedisError) as exc:
+        return "unavailable", f"Redis at {where}: {type(exc).__name__}"
+    try:
+        async with asyncio.timeout(config.operation_timeout_seconds * 4):
+            await client.ping()
+    except redis_errors.AuthenticationError:
+        return "auth", f"Redis at {where} refused the credentials (wrong password or user)"
+    except redis_errors.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "AUTH" in str(exc):
+            return "auth", f"Redis at {where} refused the credentials (wrong password or user)"
+        return "unavailable", f"Redis at {where} answered PING with an error"
+    except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+        return "unavailable", f"cannot reach Redis at {where} ({type(exc).__name__})"
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+    return None
+
+
 async def _with_store(settings: VaultSettings, work: Callable[[ProfileStore], Awaitable[_T]]) -> _T:
     from ccvault.registry import open_store
 
+    if settings.profile.cache_enabled:
+        problem = await redis_problem(settings)
+        if problem is not None:
+            # the cache would bypass itself silently: say so once, per command
+            logger.warning("%s: the cache is bypassed, every read goes to the store", problem[1])
     async with open_store(settings) as store:
         return await work(store)
 
@@ -273,6 +554,9 @@ def migrate(ctx: click.Context) -> None:
 
     with _err_console().status(f"migrating the {settings.profile.store_provider} store"):
         _run(_with_store(settings, work))
+    if _wants_json(ctx):
+        _echo_json({"provider": settings.profile.store_provider, "status": "up to date"})
+        return
     click.echo(f"schema of the {settings.profile.store_provider} store is up to date")
 
 
@@ -298,6 +582,14 @@ def expire(ctx: click.Context, tenant: tuple[UUID, ...]) -> None:
         return done
 
     done = _run(_with_store(settings, work))
+    if _wants_json(ctx):
+        _echo_json(
+            {
+                "tenants": {str(tenant_id): count for tenant_id, count in done.items()},
+                "expired": sum(done.values()),
+            }
+        )
+        return
     for tenant_id, count in done.items():
         click.echo(f"tenant {tenant_id}: {count} field(s) expired")
     click.echo(f"total: {sum(done.values())} field(s) expired in {len(done)} tenant(s)")
@@ -377,7 +669,7 @@ def profile_show(
         )
 
     found = _run(_with_store(settings, work))
-    if as_json:
+    if _wants_json(ctx, as_json):
         click.echo(_safe_json(found.model_dump_json(indent=2)))
         return
     # customer strings are Text (never markup) with control characters escaped
@@ -474,6 +766,9 @@ def profile_purge(
     target, purged = _run(_with_store(settings, work))
     if not purged:
         raise errors.NotFoundError(f"profile {target} not found in tenant {tenant}")
+    if _wants_json(ctx):
+        _echo_json({"profile_id": str(target), "tenant_id": str(tenant), "purged": True})
+        return
     click.echo(f"profile {target} purged")
 
 
@@ -515,6 +810,14 @@ def _serve_metrics(settings: VaultSettings) -> Any:
     return server
 
 
+def _sweep_json(result: Any) -> dict[str, Any]:
+    """One tenant's sweep report as JSON (ids as text)."""
+    import dataclasses
+
+    report: dict[str, Any] = dataclasses.asdict(result)
+    return report
+
+
 @cli.command()
 @click.option("--once", is_flag=True, help="One sweep over every tenant, then exit.")
 @click.option("--tenant", "-t", type=UUID_TYPE, multiple=True, help="Only this tenant (repeat).")
@@ -543,7 +846,10 @@ def worker(ctx: click.Context, once: bool, tenant: tuple[UUID, ...], serve_metri
             server = _serve_metrics(settings) if serve_metrics else None
             try:
                 if once:
-                    failed = [r for r in await job.run_once() if r.error is not None]
+                    results = await job.run_once()
+                    if _wants_json(ctx):
+                        _echo_json([_sweep_json(r) for r in results])
+                    failed = [r for r in results if r.error is not None]
                     if failed:
                         raise errors.VaultError(
                             f"{len(failed)} tenant(s) failed, first: tenant {failed[0].tenant_id}: "
@@ -587,8 +893,10 @@ def metrics_command(ctx: click.Context, refresh_seconds: float | None) -> None:
             server = _serve_metrics(settings)
             try:
                 while not stop.is_set():
-                    for tenant_id in await store.list_tenant_ids():
+                    tenants = await store.list_tenant_ids()
+                    for tenant_id in tenants:
                         await metrics.refresh_status_gauge(store, tenant_id)
+                    metrics.forget_tenants(tenants)  # a tenant gone is no longer reported
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=interval)
             finally:
@@ -629,9 +937,130 @@ def rotate_keys(ctx: click.Context, tenant: tuple[UUID, ...]) -> None:
         return store.keyring.current, profiles, rewritten
 
     current, profiles, rewritten = _run(_with_store(settings, work))
+    if _wants_json(ctx):
+        _echo_json({"key_id": current, "profiles": profiles, "rewritten": rewritten})
+        return
     click.echo(
         f"re-encrypted {rewritten} field version(s) in {profiles} profile(s) under key {current!r}"
     )
+
+
+# -----------------------------------------------------------------------------------------
+# config show | check
+# -----------------------------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show the effective settings (secrets masked) or check that they work."""
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+        flat[prefix.rstrip(".")] = node
+    return flat
+
+
+@config_group.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the effective settings and where they came from; every secret is masked."""
+    settings = _settings(ctx)
+    # JSON mode masks every secret (SecretStr, SecretUrl, the providers' DSNs and URIs)
+    document = settings.model_dump(mode="json")
+    if _wants_json(ctx):
+        _echo_json({"sources": settings.sources(), "settings": document})
+        return
+    for source in settings.sources():
+        click.echo(_safe(f"# source: {source}"))
+    for key, value in _flatten(document).items():
+        click.echo(_safe(f"{key} = {json.dumps(value, ensure_ascii=False)}"))
+
+
+async def _check_store(settings: VaultSettings) -> str:
+    async def work(store: ProfileStore) -> str:
+        await store.list_tenant_ids()
+        return f"{settings.profile.store_provider} store answers"
+
+    from ccvault.registry import open_store
+
+    async with open_store(settings) as store:
+        return await work(store)
+
+
+@config_group.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Load the settings and try them: the provider and its store, the PII keyring, Redis
+    when the cache is on (a wrong password fails here), the extractor's settings. Exits
+    with the code of the first failure (6 configuration, 7 unavailable...)."""
+    env = _env(ctx)
+    checks: list[dict[str, Any]] = []
+    first_failure: int | None = None
+
+    def record(name: str, ok: bool, detail: str, code: int = EXIT_OK) -> None:
+        nonlocal first_failure
+        checks.append({"check": name, "ok": ok, "detail": detail})
+        if not ok and first_failure is None:
+            first_failure = code
+
+    try:
+        settings = env.settings()
+    except errors.VaultError as exc:
+        settings = None
+        record("settings", False, _one_line(exc), error_kind(exc)[0])
+    if settings is not None:
+        record("settings", True, "; ".join(settings.sources()))
+        if settings.profile.auto_encrypt_pii:
+            from ccvault.crypto import Keyring
+
+            try:
+                ring = Keyring.parse(settings.profile.pii_encryption_key_id.get_secret_value())
+                record("pii keyring", True, f"{len(ring.keys)} key(s), current {ring.current!r}")
+            except errors.VaultError as exc:
+                record("pii keyring", False, _one_line(exc), error_kind(exc)[0])
+        else:
+            record("pii keyring", True, "auto_encrypt_pii is off: no encryption at rest")
+        if settings.profile.cache_enabled:
+            problem = _run(redis_problem(settings))
+            if problem is None:
+                record("redis", True, f"{settings.redis.url.masked()} answers PING")
+            else:
+                code = EXIT_CONFIGURATION if problem[0] == "auth" else EXIT_UNAVAILABLE
+                record("redis", False, problem[1], code)
+        else:
+            record("redis", True, "cache_enabled is off: Redis not used")
+        extraction = settings.extraction
+        if extraction.extractor == "openai" and not (
+            extraction.openai.base_url and extraction.openai.model
+        ):
+            record(
+                "extraction",
+                False,
+                "extractor is openai but [extraction.openai] base_url or model is empty",
+                EXIT_CONFIGURATION,
+            )
+        else:
+            record("extraction", True, f"extractor {extraction.extractor}")
+        no_crypto = settings.model_copy(deep=True)
+        no_crypto.profile.auto_encrypt_pii = False
+        no_crypto.profile.cache_enabled = False
+        try:
+            record("store", True, _run(_check_store(no_crypto)))
+        except errors.VaultError as exc:
+            record("store", False, _one_line(exc), error_kind(exc)[0])
+    if _wants_json(ctx):
+        _echo_json({"ok": first_failure is None, "checks": checks})
+    else:
+        for check in checks:
+            mark = "ok  " if check["ok"] else "FAIL"
+            click.echo(_safe(f"{mark} {check['check']}: {check['detail']}"))
+    if first_failure is not None:
+        ctx.exit(first_failure)
 
 
 def _register_server_commands() -> None:

@@ -193,7 +193,9 @@ class Keyring:
             return key.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
         except (ValueError, InvalidTag):
             raise errors.EncryptionError(
-                "PII ciphertext does not authenticate: tampered, or copied from another row"
+                f"the key for key id {kid!r} does not decrypt this PII ciphertext: wrong key "
+                "(another key configured under the same id) or tampered data (it does not "
+                "authenticate; copied from another row?)"
             ) from None
 
 

@@ -13,8 +13,10 @@ what happens to the rest), persists what was found and returns the results in
 ``collection_order``.
 
 Metrics: ``gap_fill_attempts_total{tenant_id, scenario_id, source}`` counts every source
-tried; ``gap_fill_success_rate{tenant_id, scenario_id}`` is the share of fields filled among
-those this process tried to fill (``scenario_id="none"`` outside a scenario).
+tried; ``gap_fill_fields_tried_total`` and ``gap_fill_fields_filled_total{tenant_id,
+scenario_id}`` count the fields tried and filled (``scenario_id="none"`` outside a
+scenario): their ratio is the success rate, across every replica
+(``gap_fill_success_rate``, the seed's per-process ratio, is kept for compatibility).
 """
 
 from __future__ import annotations
@@ -87,13 +89,19 @@ def scenario_blocked(results: Mapping[str, GapFillResult]) -> bool:
 
 
 class _SuccessRate:
-    """Per (tenant, scenario): fields tried and fields filled, feeding the gauge."""
+    """Per (tenant, scenario): fields tried and fields filled, as counters (a success ratio
+    is ``filled / tried`` in PromQL, summed over every replica), and the seed's per-process
+    ratio gauge."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], list[int]] = {}
 
     def record(self, tenant_id: UUID, scenario_id: UUID | None, filled: bool) -> None:
+        labels = {"tenant_id": str(tenant_id), "scenario_id": str(scenario_id or _NO_SCENARIO)}
+        metrics.GAP_FILL_FIELDS_TRIED.labels(**labels).inc()
+        if filled:
+            metrics.GAP_FILL_FIELDS_FILLED.labels(**labels).inc()
         # the scenario's bounded label: a client's scenario ids cannot grow this dict either
         key = (str(tenant_id), metrics.scenario_label(tenant_id, scenario_id or _NO_SCENARIO))
         with self._lock:

@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from ccvault import errors, metrics
+from ccvault.logs import OncePer
 from ccvault.models import (
     CustomerProfile,
     ProfileFieldDefinition,
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_STALE_LOGGED = OncePer()
 
 #: The longest condition accepted, in characters.
 MAX_CONDITION_LENGTH = 1000
@@ -396,11 +398,15 @@ def find_missing(
                 metrics.STALE_FIELD_WARNINGS.labels(
                     tenant_id=str(profile.tenant_id), field_name=field.name
                 ).inc()
-                logger.warning(
-                    "field %s of profile %s is stale (collected %s, freshness %ss)",
+                # a hot path: WARNING once per (tenant, field) and process, then DEBUG
+                once = _STALE_LOGGED.first((profile.tenant_id, field.name))
+                logger.log(
+                    logging.WARNING if once else logging.DEBUG,
+                    "field %s of profile %s is stale (collected %s, freshness %ss)%s",
                     field.name,
                     profile.id,
                     field.collected_at.isoformat(),
                     freshness,
+                    "; further stale fields of this name are logged at DEBUG" if once else "",
                 )
     return missing

@@ -14,10 +14,19 @@ file named by ``VAR_FILE`` (``PROFILE_PII_ENCRYPTION_KEY_FILE``), and a secret k
 of any table can be given as ``NAME_file`` (``CCVAULT_PROVIDERS__POSTGRES__DSN_FILE``,
 ``CCVAULT_REDIS__URL_FILE``, ``CCVAULT_REDIS__PASSWORD_FILE``, or ``dsn_file = "..."`` in
 TOML). Setting both ``NAME`` and ``NAME_file`` (or ``VAR`` and ``VAR_FILE``) is an error.
+
+No file is ever read from the working directory implicitly: :func:`load_settings` reads the
+file it is given, and the CLI the one named by ``--config``, ``$CCVAULT_CONFIG`` or the system
+path :data:`SYSTEM_CONFIG`. ``${CCVAULT_DATA_DIR}`` is the one variable with a default:
+``$XDG_DATA_HOME/ccvault`` (``~/.local/share/ccvault``), where :func:`embedded_settings`
+keeps its SQLite database and, when no keyring is configured, its generated local key.
+Every load records which sources it used (:meth:`VaultSettings.sources`), by name only.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import re
 import tomllib
@@ -27,7 +36,15 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_serializer,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,30 +62,64 @@ from ccvault.secretvalues import (
 from ccvault.store_rules import StoreRules
 
 __all__ = [
+    "SYSTEM_CONFIG",
     "ExtractionSettings",
     "FreshnessSettings",
     "GapFillSettings",
+    "LoggingSettings",
     "MetricsSettings",
     "ProfileSettings",
     "RedisSettings",
     "SecretUrl",
     "VaultSettings",
     "WorkerSettings",
+    "data_dir",
+    "embedded_settings",
     "expand_env",
     "load_settings",
 ]
 
+logger = logging.getLogger("ccvault.settings")
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+#: The system-wide settings file the CLI reads when neither ``--config`` nor
+#: ``$CCVAULT_CONFIG`` names one (and only when it exists).
+SYSTEM_CONFIG = Path("/etc/ccvault/ccvault.toml")
+
+#: The one ``${VAR}`` with a default when unset: see :func:`data_dir`.
+DATA_DIR_VAR = "CCVAULT_DATA_DIR"
+
+# the names of the ${VAR} references (and VAR_FILE files) a load resolved: its sources
+_refs_used: ContextVar[set[str] | None] = ContextVar("ccvault_refs_used", default=None)
+
+
+def data_dir() -> Path:
+    """Where embedded data lives: ``$CCVAULT_DATA_DIR``, else ``$XDG_DATA_HOME/ccvault``,
+    else ``~/.local/share/ccvault``; never relative to the working directory."""
+    explicit = os.environ.get(DATA_DIR_VAR)
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser().absolute() / "ccvault"
 
 
 def _env_value(name: str) -> str:
-    """``$name``, else the contents of the file named by ``$name_FILE``, else empty."""
+    """``$name``, else the contents of the file named by ``$name_FILE``, else empty
+    (``$CCVAULT_DATA_DIR``: else :func:`data_dir`)."""
     value = os.environ.get(name)
     file = os.environ.get(f"{name}_FILE")
+    used = _refs_used.get()
     if file is not None:
         if value is not None:
             raise errors.ConfigurationError(f"{name} and {name}_FILE are both set; set only one")
+        if used is not None:
+            used.add(f"{name}_FILE")
         return read_secret_file(file, source=f"{name}_FILE")
+    if name == DATA_DIR_VAR and not value:
+        return str(data_dir())
+    if used is not None and value is not None:
+        used.add(name)
     return value or ""
 
 
@@ -131,6 +182,14 @@ class ProfileSettings(_Section):
     auto_encrypt_pii: bool = True
     #: The keyring ``KID:BASE64[,KID:BASE64...]`` (key material: a secret, shown masked).
     pii_encryption_key_id: SecretStr = SecretStr("${PROFILE_PII_ENCRYPTION_KEY}")
+    #: Local use only (the embedded default): when encryption is on and no keyring is
+    #: configured, read it from this file, generated (mode 0600) on first use. Empty: off.
+    pii_local_key_path: str = ""
+
+    @field_validator("pii_local_key_path", mode="before")
+    @classmethod
+    def _expand_path(cls, value: object) -> object:
+        return expand_env(value)
 
     freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
     gap_fill: GapFillSettings = Field(default_factory=GapFillSettings)
@@ -150,6 +209,29 @@ class ProfileSettings(_Section):
             stale_field_action=self.freshness.stale_field_action,
             lineage_tracking_enabled=self.lineage_tracking_enabled,
         )
+
+
+def _check_redis_url(url: str) -> None:
+    """Refuse what redis-py would refuse only when it first connects (a bad query parameter,
+    a database that is not a number), with one line naming the problem, never the URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme != "unix":
+        database = rest.partition("?")[0].partition("/")[2]
+        if database and not database.isdigit():
+            raise ValueError("url: the database (the path after the host) must be a number")
+    try:
+        import redis.asyncio as redis_asyncio
+    except ImportError:  # pragma: no cover - redis is installed with the cache
+        return
+    try:
+        client = redis_asyncio.from_url(url)
+        client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '([A-Za-z0-9_]+)'", str(exc))
+        name = unknown.group(1) if unknown else "?"
+        raise ValueError(f"url has an unknown query parameter {name!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"url: {str(exc).rstrip('.')}") from None
 
 
 class RedisSettings(_Section):
@@ -177,6 +259,7 @@ class RedisSettings(_Section):
             check_port(url)
         except ValueError as exc:
             raise ValueError(f"url {exc}") from None
+        _check_redis_url(url)
         return value
 
     def connection_url(self) -> str:
@@ -201,6 +284,20 @@ class MetricsSettings(_Section):
     port: int = Field(default=9464, ge=0, le=65535)
     # how often `ccvault metrics` refreshes profile_fields_by_status from the store
     refresh_interval_seconds: float = Field(default=15.0, gt=0)
+    #: false: every ``tenant_id`` label value is ``"_all"`` (one series per metric for all
+    #: tenants, for deployments with many tenants)
+    tenant_labels: bool = True
+    #: process and platform metrics (CPU, memory, open files, Python version) on the registry
+    process_metrics: bool = True
+
+
+class LoggingSettings(_Section):
+    """``[logging]``: how the CLI logs on stderr (``--log-format`` overrides ``format``)."""
+
+    #: "text": one human-readable line per record; "json": one JSON object per line
+    format: Literal["text", "json"] = "text"
+    #: the level without ``-v`` (``-v``: INFO)
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
 
 class WorkerSettings(_Section):
@@ -212,7 +309,12 @@ class WorkerSettings(_Section):
     # "auto": redis when the cache is on, else the provider's own lease, else file on a
     # single-host provider (see ccvault.worker.lease_from_settings)
     lease: str = Field(default="auto", pattern=r"^[a-z][a-z0-9_]*$", max_length=50)
-    lease_dir: str = ".ccvault/leases"
+    lease_dir: str = "${CCVAULT_DATA_DIR}/leases"
+
+    @field_validator("lease_dir", mode="before")
+    @classmethod
+    def _expand_dir(cls, value: object) -> object:
+        return expand_env(value)
 
 
 class OpenAIExtractionSettings(_Section):
@@ -286,6 +388,15 @@ class VaultSettings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    # where these settings came from, by name only (never a value): see sources()
+    _sources: list[str] = PrivateAttr(default_factory=list)
+
+    def sources(self) -> list[str]:
+        """The sources of these settings, highest precedence last, by name only: the file,
+        the environment variables read, a generated or read local key file."""
+        return list(self._sources)
 
     @classmethod
     def settings_customise_sources(
@@ -345,22 +456,74 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     whole tables (``providers={...}``, ``redis={...}``).
     """
     data: dict[str, Any] = {}
-    if path is not None:
-        file = Path(path)
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise errors.ConfigurationError(f"config file not found: {file}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise errors.ConfigurationError(
-                f"config file {file} is not valid TOML: {exc}"
-            ) from None
-        unknown = sorted(set(data) - _TOP_LEVEL)
-        if unknown:
-            raise errors.ConfigurationError(
-                f"config file {file}: unknown table(s) {unknown}; known: {sorted(_TOP_LEVEL)}"
-            )
-        data = resolve_file_keys(expand_env(data), where="")
+    sources = ["built-in defaults"]
+    used: set[str] = set()
+    token_refs = _refs_used.set(used)
+    try:
+        if path is not None:
+            file = Path(path)
+            try:
+                data = tomllib.loads(file.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise errors.ConfigurationError(f"config file not found: {file}") from None
+            except IsADirectoryError:
+                raise errors.ConfigurationError(f"config file is a directory: {file}") from None
+            except PermissionError:
+                raise errors.ConfigurationError(f"config file not readable: {file}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise errors.ConfigurationError(
+                    f"config file {file} is not valid TOML: {exc}"
+                ) from None
+            sources.append(f"file {file.absolute()}")
+            data = _checked_file_data(data, str(file))
+        return _load(data, sources, used, overrides)
+    finally:
+        _refs_used.reset(token_refs)
+
+
+def _checked_file_data(data: dict[str, Any], where: str) -> dict[str, Any]:
+    unknown = sorted(set(data) - _TOP_LEVEL)
+    if unknown:
+        raise errors.ConfigurationError(
+            f"config file {where}: unknown table(s) {unknown}; known: {sorted(_TOP_LEVEL)}"
+        )
+    resolved: dict[str, Any] = resolve_file_keys(expand_env(data), where="")
+    return resolved
+
+
+#: The embedded configuration (also ``config/embedded.toml``): SQLite under
+#: ``${CCVAULT_DATA_DIR}``, no Redis, PII encryption on with a generated local key when none
+#: is configured.
+EMBEDDED: dict[str, Any] = {
+    "profile": {
+        "store_provider": "sqlite",
+        "cache_enabled": False,
+        "pii_local_key_path": "${CCVAULT_DATA_DIR}/pii.key",
+    },
+    "providers": {"sqlite": {"path": "${CCVAULT_DATA_DIR}/vault.db"}},
+    "worker": {"lease_dir": "${CCVAULT_DATA_DIR}/leases"},
+}
+
+
+def embedded_settings(**overrides: Any) -> VaultSettings:
+    """The embedded settings, from any working directory: SQLite in
+    ``$CCVAULT_DATA_DIR/vault.db`` (default ``~/.local/share/ccvault``), no cache, PII
+    encryption on. The keyring comes from ``PROFILE_PII_ENCRYPTION_KEY`` when set, else from
+    ``$CCVAULT_DATA_DIR/pii.key``, generated (mode 0600) on first use with a warning: that
+    key is for local use only. Then the environment and ``overrides``, as in
+    :func:`load_settings`."""
+    used: set[str] = set()
+    token_refs = _refs_used.set(used)
+    try:
+        data = _checked_file_data(EMBEDDED, "embedded")
+        return _load(data, ["built-in defaults", "embedded defaults"], used, overrides)
+    finally:
+        _refs_used.reset(token_refs)
+
+
+def _load(
+    data: dict[str, Any], sources: list[str], used: set[str], overrides: dict[str, Any]
+) -> VaultSettings:
     init: dict[str, Any] = {}
     profile_overrides = {k: v for k, v in overrides.items() if k not in _TOP_LEVEL}
     for key in _TOP_LEVEL & set(overrides):
@@ -370,8 +533,70 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         init["profile"] = _deep_merge(init.get("profile", {}), profile_overrides)
     token = _toml_data.set(data)
     try:
-        return VaultSettings(**init)
+        settings = VaultSettings(**init)
     except pydantic.ValidationError as exc:
         raise errors.ConfigurationError(f"invalid settings: {_describe(exc)}") from None
     finally:
         _toml_data.reset(token)
+    environment = sorted(
+        name
+        for name in os.environ
+        if name.startswith("CCVAULT_")
+        and name not in ("CCVAULT_CONFIG", DATA_DIR_VAR)
+        and not name.startswith("CCVAULT_TEST")
+    )
+    named = sorted(used | ({DATA_DIR_VAR} if os.environ.get(DATA_DIR_VAR) else set()))
+    if environment or named:
+        sources.append(f"environment {', '.join(sorted(set(environment) | set(named)))}")
+    if overrides:
+        sources.append(f"keyword overrides {', '.join(sorted(overrides))}")
+    local = _local_key(settings)
+    if local is not None:
+        sources.append(local)
+    settings._sources = sources
+    return settings
+
+
+_LOCAL_KID = "local"
+
+
+def _local_key(settings: VaultSettings) -> str | None:
+    """Fill an empty keyring from ``pii_local_key_path`` (generated on first use); return
+    the source it describes, or None when it does not apply."""
+    profile = settings.profile
+    if not (profile.auto_encrypt_pii and profile.pii_local_key_path):
+        return None
+    if profile.pii_encryption_key_id.get_secret_value().strip():
+        return None
+    path = Path(profile.pii_local_key_path).expanduser()
+    generated = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            entry = f"{_LOCAL_KID}:{base64.b64encode(os.urandom(32)).decode()}"
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(entry + "\n")
+            generated = True
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            raise errors.ConfigurationError(
+                f"profile.pii_local_key_path {path} is readable by other users; "
+                f"chmod 600 it (it holds the PII key)"
+            )
+        keyring = read_secret_file(str(path), source="profile.pii_local_key_path")
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"profile.pii_local_key_path: cannot use {path} ({exc.strerror or exc})"
+        ) from None
+    if generated:
+        logger.warning(
+            "generated a PII encryption key in %s (mode 0600) for this local store: for local "
+            "use only; production takes PROFILE_PII_ENCRYPTION_KEY (see docs/operations.md). "
+            "Without this file the encrypted values cannot be read.",
+            path,
+        )
+    profile.pii_encryption_key_id = SecretStr(keyring)
+    return f"{'generated ' if generated else ''}local key file {path}"

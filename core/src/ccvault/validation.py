@@ -256,7 +256,8 @@ class SchemaValidationService:
         for problem in problems:
             metrics.SCHEMA_VALIDATION_ERRORS.labels(
                 tenant_id=str(tenant_id),
-                field_name=field.name,
+                # a label value only from a stored definition, never a client's invention
+                field_name=field.name if definition is not None else metrics.UNDEFINED_FIELD,
                 error_type=problem.error_type.value,
             ).inc()
         return problems

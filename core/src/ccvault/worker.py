@@ -380,14 +380,18 @@ class Worker:
             if self.stopping:
                 logger.info("stop requested: leaving before tenant=%s", tenant_id)
                 break
+            metrics.WORKER_HEARTBEAT.set_to_current_time()
             try:
                 reports.append(await self.process_tenant(tenant_id))
             except errors.VaultError as exc:
+                metrics.WORKER_TENANT_FAILURES.inc()
                 # one tenant's failure (a lost connection...) must not stop the others; its
                 # claim lapses after one interval and the next sweep retries it
                 logger.error("tenant=%s failed: %s", tenant_id, exc)
                 reports.append(TenantReport(tenant_id, processed=False, error=str(exc)))
         done = sum(1 for r in reports if r.processed)
+        metrics.WORKER_LAST_SWEEP.set_to_current_time()
+        metrics.WORKER_HEARTBEAT.set_to_current_time()
         logger.info(
             "sweep done tenants=%d processed=%d failed=%d expired=%d orphaned=%d",
             len(tenants),
