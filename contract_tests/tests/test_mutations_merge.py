@@ -134,6 +134,18 @@ MUTANTS = {
         """,
         "test_a_requirement_key_saved_by_another_agent_is_a_conflict",
     ),
+    # the old SQLite behaviour: a soft delete forgets which identities the profile held
+    "delete_forgets_identities": (
+        """
+        class Mutant(InMemoryProfileStore):
+            async def _delete(self, tenant_id, profile_id):
+                deleted = await super()._delete(tenant_id, profile_id)
+                if deleted:
+                    self._tenant(tenant_id).profiles[profile_id].profile.channel_identities = []
+                return deleted
+        """,
+        "test_export_of_a_deleted_profile_lists_the_identities_it_held",
+    ),
 }
 
 

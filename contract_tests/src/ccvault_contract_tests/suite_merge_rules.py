@@ -402,3 +402,31 @@ class MergeRulesContract(ContractBase):
             found = await _merged(reader, tenant, profile.id)
             assert len(found.channel_identities) == 2
             assert _primaries(found) == [_key(profile.channel_identities[0])]
+
+    # ---------------------------------------------------------------- delete cascade
+
+    async def test_export_of_a_deleted_profile_lists_the_identities_it_held(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        profile = await new_profile(store, tenant)
+        extra = ChannelIdentity(channel=Channel.EMAIL, channel_user_id=unique_user("d-"))
+        await store.link_channel(tenant, profile.id, extra)
+        held = await _merged(store, tenant, profile.id)
+        assert await store.delete(tenant, profile.id) is True
+        # released: the same channel user starts afresh on a new profile
+        fresh = await store.get_or_create(tenant, extra.channel, extra.channel_user_id)
+        assert fresh.id != profile.id
+        document = await store.export_profile(tenant, profile.id)
+        exported = document["profile"]["channel_identities"]
+        assert [(i["channel"], i["channel_user_id"], i["primary"]) for i in exported] == [
+            (i.channel.value, i.channel_user_id, i.primary) for i in held.channel_identities
+        ]
+
+    async def test_export_of_a_merged_away_source_lists_no_identities(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        source = await new_profile(store, tenant)
+        target = await new_profile(store, tenant)
+        await store.merge_profiles(tenant, source.id, target.id)
+        document = await store.export_profile(tenant, source.id)
+        assert document["profile"]["channel_identities"] == []

@@ -47,6 +47,7 @@ OWN_TABLES = (
     "assets",
     "field_definitions",
     "scenario_requirements",
+    "released_identities",
 )
 
 
@@ -278,9 +279,31 @@ _V2 = (
     """,
 )
 
+_V3 = (
+    # the identities a soft-deleted profile held: released (another profile may claim them,
+    # so they leave channel_identities) but still held, and exported, until a purge
+    """
+    CREATE TABLE IF NOT EXISTS released_identities (
+        tenant_id       TEXT NOT NULL,
+        profile_id      TEXT NOT NULL,
+        position        INTEGER NOT NULL,
+        channel         TEXT NOT NULL,
+        channel_user_id TEXT NOT NULL,
+        verified        INTEGER NOT NULL,
+        verified_at     TEXT,
+        is_primary      INTEGER NOT NULL,
+        created_at      TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, profile_id, position),
+        FOREIGN KEY (tenant_id, profile_id) REFERENCES profiles (tenant_id, id)
+            ON DELETE CASCADE
+    )
+    """,
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "profiles, identities, consents, fields, assets, definitions, requirements", _V1),
     Migration(2, "lineage and expiry indexes", _V2),
+    Migration(3, "identities held by soft-deleted profiles", _V3),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -691,7 +691,14 @@ class SqliteProfileStore(ProfileStore):
             )
             if cursor.rowcount != 1:
                 return False
-            # release the identities: the same channel user can start afresh
+            # release the identities (the same channel user can start afresh); the profile
+            # still holds, and exports, what it had until a purge
+            await conn.execute(
+                f"INSERT INTO released_identities (tenant_id, profile_id, position, "
+                f"{IDENTITY_SELECT}) SELECT tenant_id, profile_id, position, {IDENTITY_SELECT} "
+                "FROM channel_identities WHERE tenant_id = ? AND profile_id = ?",
+                key,
+            )
             await conn.execute(
                 "DELETE FROM channel_identities WHERE tenant_id = ? AND profile_id = ?", key
             )
@@ -1172,7 +1179,11 @@ class SqliteProfileStore(ProfileStore):
         return await self._after_purge(await self._write(op))
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
-        return await self._read_profile(tenant_id, "p.id = :key", {"key": str(profile_id)}, True)
+        rows = await self._fetch(
+            _profile_query("p.id = :key", True, released=True),
+            {"tenant": str(tenant_id), "key": str(profile_id)},
+        )
+        return _assemble_profile(tenant_id, rows, True)
 
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         table = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"
@@ -1286,7 +1297,7 @@ def _padded(alias: str, columns: Sequence[str]) -> str:
     return ", ".join([f"{alias}.{c}" for c in columns] + ["NULL"] * (_WIDTH - len(columns)))
 
 
-def _profile_query(where: str, include_history: bool) -> str:
+def _profile_query(where: str, include_history: bool, *, released: bool = False) -> str:
     """The statement reading a whole profile: ordered so that identities and consents come
     in list order, field versions grouped by name newest first (``collected_at``, then
     write order), assets oldest first."""
@@ -1295,6 +1306,14 @@ def _profile_query(where: str, include_history: bool) -> str:
     # the partial index holds exactly the ACTIVE rows; without statistics the planner
     # would otherwise walk every version through fields_history
     field_index = "" if include_history else " INDEXED BY fields_one_active"
+    # ``released``: also the identities a soft-deleted profile held (export)
+    identities = "channel_identities"
+    if released:
+        held = f"tenant_id, profile_id, position, {IDENTITY_SELECT}"
+        identities = (
+            f"(SELECT {held} FROM channel_identities UNION ALL "
+            f"SELECT {held} FROM released_identities)"
+        )
     return f"""
 WITH p AS (
     SELECT tenant_id, {_PROFILE_SELECT} FROM profiles AS p WHERE p.tenant_id = :tenant AND {where}
@@ -1302,7 +1321,7 @@ WITH p AS (
 SELECT {_PROFILE}, NULL, NULL, NULL, {_padded("p", _PROFILE_COLUMNS)} FROM p
 UNION ALL
 SELECT {_IDENTITY}, i.position, NULL, NULL, {_padded("i", _IDENTITY_COLUMNS)}
-  FROM p JOIN channel_identities AS i ON i.tenant_id = p.tenant_id AND i.profile_id = p.id
+  FROM p JOIN {identities} AS i ON i.tenant_id = p.tenant_id AND i.profile_id = p.id
 UNION ALL
 SELECT {_CONSENT}, c.position, NULL, NULL, {_padded("c", CONSENT_COLUMNS)}
   FROM p JOIN consents AS c ON c.tenant_id = p.tenant_id AND c.profile_id = p.id
