@@ -169,12 +169,15 @@ class _BodyLimit:
                 except ValueError:
                     declared = -1
                 if declared < 0 or declared > self.limit:
-                    status, code = (413, "payload_too_large") if declared > 0 else (400, "bad")
+                    too_large = declared > self.limit
+                    status, code = (
+                        (413, "payload_too_large") if too_large else (400, "invalid_content_length")
+                    )
                     response = error_response(
                         status,
                         code,
                         f"the request body exceeds {self.limit} bytes"
-                        if status == 413
+                        if too_large
                         else "invalid Content-Length",
                     )
                     await response(scope, receive, send)

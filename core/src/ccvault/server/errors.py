@@ -9,6 +9,8 @@ error                                      status  code
 =========================================  ======  =========================
 malformed JSON                             400     ``malformed_json``
 ``ccvault.errors.ValidationError``         400     ``invalid_argument``
+a write under the PII registry's agent id  400     ``reserved_agent``
+bad Content-Length header                  400     ``invalid_content_length``
 missing / wrong / revoked API key          401     ``unauthenticated``
 key lacks the route's scope                403     ``forbidden``
 body names another tenant than the key's   403     ``tenant_mismatch``
@@ -186,7 +188,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
-        message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, code)
+        message = {
+            404: "not found",
+            405: "method not allowed",
+            413: "the request body is too large",
+        }.get(exc.status_code, code)
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, message, headers=headers)
 

@@ -7,8 +7,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
+from ccvault.crypto import PII_REGISTRY_AGENT_ID
 from ccvault.models import ProfileFieldDefinition, ScenarioFieldRequirement
 from ccvault.server.deps import Reader, Store, Writer
+from ccvault.server.errors import ApiError
 from ccvault.server.pii import register_pii_definition
 from ccvault.server.routes._common import FieldNameParam, check_tenant, found
 from ccvault.server.schemas import Count, Deleted, Saved
@@ -16,6 +18,14 @@ from ccvault.server.schemas import Count, Deleted, Saved
 __all__ = ["router"]
 
 router = APIRouter()
+
+
+def _not_reserved(agent_id: UUID) -> None:
+    """The PII registry's agent is the vault's own: its markers are not written through the
+    API (deleting one would unmask a field for keys without pii:read)."""
+    if agent_id == PII_REGISTRY_AGENT_ID:
+        raise ApiError(400, "reserved_agent", "this agent id is reserved by the vault")
+
 
 StepId = Annotated[
     UUID | None, Query(description="a step's requirements only; omitted: the scenario-wide ones")
@@ -45,6 +55,7 @@ async def save_field_definition(
 ) -> Saved:
     """Create or update (by agent and name) a field definition."""
     check_tenant(caller, body.tenant_id)
+    _not_reserved(body.agent_id)
     await register_pii_definition(store, body)
     return Saved(id=await store.save_field_definition(body))
 
@@ -54,6 +65,7 @@ async def delete_field_definition(
     agent_id: UUID, field_name: FieldNameParam, caller: Writer, store: Store
 ) -> Deleted:
     """Delete the agent's definition of this field."""
+    _not_reserved(agent_id)
     deleted = await store.delete_field_definition(caller.tenant_id, agent_id, field_name)
     return Deleted(deleted=deleted)
 
