@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .ccvault
+# the demo's database stays in this clone (.ccvault/vault.db), not in ~/.local/share/ccvault
+export CCVAULT_DATA_DIR="${CCVAULT_DATA_DIR:-$PWD/.ccvault}"
 if [ -z "${PROFILE_PII_ENCRYPTION_KEY:-}" ]; then
   if [ ! -s .ccvault/demo.key ]; then
     (umask 077 && .venv/bin/ccvault keygen demo > .ccvault/demo.key)
