@@ -192,6 +192,8 @@ async def test_many_turns_are_each_scanned_a_bounded_number_of_times() -> None:
         ("one in the afternoon", "13:00"),
         ("12:30 pm", "12:30"),
         ("around noon", "12:00"),
+        ("the appointment needs to be at evening 5", "17:00"),
+        ('at 3 o"clock in the afternoon', "15:00"),
     ],
 )
 async def test_times_of_string_fields_named_time(text: str, value: str) -> None:
@@ -222,6 +224,10 @@ async def test_range_dates_go_to_the_right_end() -> None:
     back = await _one(ExtractionRequest(field_name="return_date"), text)
     assert departure is not None and departure.value == "2019-03-04"
     assert back is not None and back.value == "2019-03-09"
+    later = _user("Return will be on 4th of this month.")
+    assert await _one(ExtractionRequest(field_name="departure_date"), later) is None
+    found = await _one(ExtractionRequest(field_name="return_date"), later)
+    assert found is not None and found.value == "2019-03-04"
 
 
 def _counts(name: str) -> ExtractionRequest:
@@ -319,12 +325,17 @@ async def test_numbers_written_as_words_for_number_fields() -> None:
         ("buses_1__to_location", "A bus to Long Beach, CA on March 3rd", "Long Beach"),
         ("services_4__city", "Find me a psychologist in Fremont please", "Fremont"),
         ("weather_1__city", "What's the weather in SFO on Monday?", "SFO"),
+        ("restaurants_2__location", "A table in San Jose. Can you try Sino?", "San Jose"),
+        ("weather_1__city", "Is it raining in St. Louis? Thanks", "St. Louis"),
+        ("flights_3__origin_city", "one way flights out of Mexico City please", "Mexico City"),
+        ("services_4__city", "Find someone in the San Jose area", "San Jose"),
         (
             "ridesharing_1__destination",
             "I am going to 5434 Ygnacio Valley Road #90",
             "5434 Ygnacio Valley Road #90",
         ),
         ("restaurants_2__restaurant_name", "a table for 1 at Sipan for 11:30", "Sipan"),
+        ("restaurants_2__restaurant_name", "In San Jose. Can you try Sino?", "Sino"),
     ],
 )
 async def test_places_by_the_preposition_of_their_role(name: str, text: str, value: str) -> None:
@@ -336,6 +347,9 @@ async def test_something_named() -> None:
     request = ExtractionRequest(field_name="alarm_1__new_alarm_name")
     found = await _one(request, _user("Set an alarm at 5 pm called Grocery run."))
     assert found is not None and found.value == "Grocery run" and found.method == "offline:named"
+    venue = ExtractionRequest(field_name="restaurants_2__restaurant_name")
+    said = await _one(venue, _user("I heard that a place called Zaoh is really good"))
+    assert said is not None and said.value == "Zaoh"
     assert await _one(ExtractionRequest(field_name="city"), _user("a town called Bree")) is None
 
 
@@ -343,6 +357,9 @@ async def test_a_place_needs_a_place_field_and_a_capitalised_name() -> None:
     assert await _one(ExtractionRequest(field_name="movie_name"), _user("a film in Paris")) is None
     assert await _one(ExtractionRequest(field_name="city"), _user("in March please")) is None
     assert await _one(ExtractionRequest(field_name="city"), _user("in the evening")) is None
+    # "city was..." is a statement about the city; "city washington" is not
+    found = await _one(ExtractionRequest(field_name="city"), _user("from city washington to X"))
+    assert found is None or found.value != "hington to X"
 
 
 async def test_gap_fill_from_settings_takes_the_extraction_limits() -> None:

@@ -259,11 +259,11 @@ _NUMBER_WORD_ALT = "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True))
 _HOUR = rf"(?:\d{{1,2}}|{_NUMBER_WORD_ALT})"
 _PERIOD = (
     r"(?P<period>a\.?m\.?|p\.?m\.?|in\s+the\s+(?:morning|afternoon|evening|night)|at\s+night"
-    r"|o'?clock)"
+    r"|o['\"]?clock(?:\s+in\s+the\s+(?:morning|afternoon|evening|night))?)"
 )
 # "7 pm", "7:30 pm", "half past 11 in the morning", "quarter to 5", "evening 4:30", "noon"
 _TIME_RE = re.compile(
-    rf"\b(?:(?P<lead>morning|afternoon|evening|night)\s+(?P<lh>\d{{1,2}}):(?P<lm>\d{{2}})"
+    rf"\b(?:(?P<lead>morning|afternoon|evening|night)\s+(?P<lh>\d{{1,2}})(?::(?P<lm>\d{{2}}))?"
     rf"|(?P<frac>half\s+past|quarter\s+past|quarter\s+to)\s+(?P<fh>{_HOUR})(?:\s*{_PERIOD})?"
     rf"|(?P<h>{_HOUR})(?::(?P<m>\d{{2}}))?(?:\s*{_PERIOD.replace('period', 'p2')})"
     rf"|(?P<hh>\d{{1,2}}):(?P<mm>\d{{2}})|(?P<noon>noon|midday|midnight))(?![\w:])",
@@ -305,6 +305,10 @@ _PARTY_NOUNS = re.compile(
     re.IGNORECASE,
 )
 _ONE_WAY = re.compile(r"\s*-?\s*way\b", re.IGNORECASE)
+# a word that makes a date the end of a range, earlier in its clause
+_END_WORD = re.compile(r"\b(?:return\w*|until|till|drop\w*|check\w*[\s-]*out)\b", re.IGNORECASE)
+# where a thing's name stops: "called Zaoh is really good", "named Gym at 6"
+_NAME_END = re.compile(r"\s+(?:and|but|at|for|on|is|was|will|which|that)\s+", re.IGNORECASE)
 # the end of a range: "returning on the 9th", "until Monday", "to March 9th"
 _END_CUE = re.compile(
     r"(?:return\w*|back|until|till|through|to|drop\w*|check\w*\s+out)"
@@ -354,10 +358,14 @@ _FROM_FIELD = re.compile(r"origin|(?:^|_)from(?:_|$)|pickup|departure|leaving|st
 _TO_FIELD = re.compile(r"destination|(?:^|_)to(?:_|$)|dropoff|arrival")
 # a preposition, then capitalised words ("San Jose", "Los Angeles", "SFO", "St. Louis")
 _PLACE_RE = re.compile(
-    r"\b(?P<prep>[Ff]rom|[Tt]o|[Ii]n|[Aa]t|[Nn]ear|[Aa]round)\s+"
+    r"\b(?P<prep>[Ff]rom|[Tt]o|[Ii]n|[Aa]t|[Nn]ear|[Aa]round|[Ff]or|[Oo]ut\s+of|[Ll]eaving"
+    r"|[Tt]ry|[Ss]pecifically)\s+"
+    r"(?:the\s+(?:city\s+of\s+)?|city\s+(?:of\s+)?)?"
     r"(?P<place>(?:\d{1,6}\s+)?[A-Z][\w'.&-]{0,30}"
-    r"(?:\s+(?:[A-Z][\w'.&-]{0,30}|de|del|la|of|#\d{1,6}|\d{1,6})){0,5})"
+    r"(?:\s+(?:[A-Z][\w'.&-]{0,30}|de|del|la|of|city|#\d{1,6}|\d{1,6})){0,5})"
 )
+# the end of a sentence, not of an abbreviation ("St. Louis")
+_SENTENCE_END = re.compile(r"(?<!\bSt)(?<!\bMt)(?<!\bFt)(?<!\bDr)[.!?]\s")
 # a venue's name: "a table at Sipan", "a reservation at Andes Cafe"
 _VENUE_FIELD = re.compile(
     r"(?:restaurant|hotel|venue|place|property|attraction|theat(?:er|re)|cinema)_?name"
@@ -388,6 +396,8 @@ _PLACE_STOP = frozenset(
         "economy",
         "business",
         "first",
+        "next",
+        "last",
     }
 )
 # candidate numbers the phone matcher may parse in one turn
@@ -576,7 +586,7 @@ def _time_of(m: re.Match[str]) -> str | None:
 
     period = ""
     if g["lead"]:
-        hour, minute, period = int(g["lh"]), int(g["lm"]), g["lead"]
+        hour, minute, period = int(g["lh"]), int(g["lm"] or 0), g["lead"]
     elif g["frac"]:
         base = hour_of(g["fh"])
         if base is None:
@@ -771,7 +781,7 @@ class OfflineExtractor:
         if not request.field_name.endswith("name"):
             return None
         for m in text.finditer(_CALLED_RE):
-            value = re.split(r"\s+(?:and|but|at|for|on)\s+", m["name"], maxsplit=1)[0].strip()
+            value = _NAME_END.split(m["name"], maxsplit=1)[0].strip()
             if value:
                 start = m.start("name")
                 return _Candidate(value, 0.6, start, start + len(value), "named")
@@ -784,27 +794,30 @@ class OfflineExtractor:
         origin, "to Portland" for a destination, "in San Jose" for a city)."""
         name = request.field_name.rpartition("__")[2]
         if _VENUE_FIELD.search(name):
-            wanted = {"at"}
+            wanted = {"at", "try", "for", "specifically"}
         elif _PLACE_FIELD.search(name) is None:
             return None
         elif _FROM_FIELD.search(name):
             # a pick-up city is where one is ("a car in Los Angeles"); other origins are
             # where one leaves from
-            wanted = {"from", "in", "at"} if "pickup" in name and "city" in name else {"from"}
+            wanted = {"from", "out of", "leaving"}
+            if "pickup" in name and "city" in name:
+                wanted |= {"in", "at"}
         elif _TO_FIELD.search(name):
             wanted = {"to"}
         else:
-            wanted = {"in", "near", "around"}
+            wanted = {"in", "near", "around", "for"}
         found: list[_Candidate] = []
         for m in text.finditer(_PLACE_RE):
-            if m["prep"].lower() not in wanted:
+            if " ".join(m["prep"].lower().split()) not in wanted:
                 continue
             words = m["place"].split()
             while words and words[-1].lower() in _PLACE_STOP:
                 words.pop()
             if not words or words[0].lower() in _PLACE_STOP:
                 continue
-            value = " ".join(words).rstrip(".,'")
+            # a place ends with its sentence: "in San Jose. Can you..."
+            value = _SENTENCE_END.split(" ".join(words), maxsplit=1)[0].rstrip(".,'")
             start = m.start("place")
             found.append(_Candidate(value, 0.6, start, start + len(value), "place"))
         if not found:
@@ -880,7 +893,12 @@ class OfflineExtractor:
         kept = []
         for candidate in found:
             before = text.text[max(0, candidate.start - 24) : candidate.start]
-            is_end = _END_CUE.search(before) is not None
+            # "returning on the 9th", or "return will be on the 4th" earlier in the clause
+            lookback = max(text.clause_start(candidate.start), candidate.start - 48)
+            is_end = (
+                _END_CUE.search(before) is not None
+                or _END_WORD.search(text.text, lookback, candidate.start) is not None
+            )
             if is_end == end_field or (end_field and candidate.near_keyword):
                 kept.append(candidate)
         return kept
@@ -1210,7 +1228,8 @@ def _widen_to_words(text: str, start: int, end: int) -> tuple[int, int]:
 @functools.lru_cache(maxsize=1024)
 def _keyword_statement(keyword: str) -> re.Pattern[str]:
     return re.compile(
-        rf"\b{re.escape(keyword)}\s*(?:is|'s|was|:|=)\s*([^.,;!?\n]{{1,120}})", re.IGNORECASE
+        rf"\b{re.escape(keyword)}\s*(?:is\b|'s\b|was\b|:|=)\s*([^.,;!?\n]{{1,120}})",
+        re.IGNORECASE,
     )
 
 
