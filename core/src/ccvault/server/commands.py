@@ -24,21 +24,22 @@ _API_KEYS_OPTION = click.option(
     "api_keys",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The hashed API key file (default: $CCVAULT_API_KEYS_PATH or .ccvault/api-keys.db).",
+    help="The hashed API key file (default: $CCVAULT_API_KEYS_PATH, else api-keys.db in "
+    "$CCVAULT_DATA_DIR, default ~/.local/share/ccvault).",
 )
 
 
-def _settings(ctx: click.Context, config: Path | None) -> object:
-    """The command's ``--config``, else what the ``ccvault`` group resolves (its context
-    object's ``settings()``: the global ``--config``, config/default.toml, defaults)."""
-    from ccvault.settings import load_settings
+def _settings(ctx: click.Context) -> object:
+    """The settings of the ``ccvault`` group (``--config``, ``$CCVAULT_CONFIG`` or the
+    system file, anywhere on the command line); with no config file, the embedded defaults
+    (SQLite in the data directory, a generated local PII key), so ``ccvault serve`` alone
+    starts a working vault."""
+    from ccvault.settings import embedded_settings
 
-    if config is not None:
-        return load_settings(config)
     env = ctx.find_root().obj
     if env is None or not hasattr(env, "settings"):
-        return load_settings(None)
-    return env.settings()
+        return embedded_settings()
+    return env.settings(embedded=getattr(env, "config", None) is None)
 
 
 def _key_store(api_keys: Path | None) -> object:
@@ -69,13 +70,6 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="TCP port."
 )
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML settings file (same as the global --config).",
-)
 @_API_KEYS_OPTION
 @click.option(
     "--max-body-bytes",
@@ -96,22 +90,22 @@ def serve(
     ctx: click.Context,
     host: str,
     port: int,
-    config: Path | None,
     api_keys: Path | None,
     max_body_bytes: int | None,
     graceful_shutdown_seconds: float,
     no_mcp: bool,
 ) -> None:
     """Serve the vault over HTTP (/v1, /healthz, /readyz, /metrics, /openapi.json) and MCP
-    (/mcp, streamable HTTP), behind API keys (ccvault apikey create). SIGTERM finishes the
-    requests in flight, then exits."""
+    (/mcp/, streamable HTTP), behind API keys (ccvault apikey create). Settings: --config
+    (or $CCVAULT_CONFIG, or the system file), else the embedded defaults. SIGTERM finishes
+    the requests in flight, then exits."""
     import uvicorn
 
     from ccvault.server.app import create_app
     from ccvault.server.options import ServerOptions
     from ccvault.settings import VaultSettings
 
-    settings = _settings(ctx, config)
+    settings = _settings(ctx)
     assert isinstance(settings, VaultSettings)
     base = ServerOptions()
     options = ServerOptions(
@@ -241,18 +235,9 @@ def apikey_revoke(key_id: str, api_keys: Path | None) -> None:
     required=True,
     help="The key the tools act with (its tenant and scopes; env CCVAULT_API_KEY).",
 )
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML settings file (same as the global --config).",
-)
 @_API_KEYS_OPTION
 @click.pass_context
-def mcp_command(
-    ctx: click.Context, api_key: str, config: Path | None, api_keys: Path | None
-) -> None:
+def mcp_command(ctx: click.Context, api_key: str, api_keys: Path | None) -> None:
     """Serve the vault's MCP tools over stdio (for an agent that starts it as a subprocess).
     Over HTTP the same tools are at /mcp/ of `ccvault serve`."""
     import asyncio
@@ -260,7 +245,7 @@ def mcp_command(
     from ccvault.server.auth import ApiKeyStore
     from ccvault.server.mcp import run_stdio
 
-    settings = _settings(ctx, config)
+    settings = _settings(ctx)
     keys = _key_store(api_keys)
     assert isinstance(keys, ApiKeyStore)
     # stdout is the protocol channel: every log line goes to stderr

@@ -8,9 +8,15 @@ from dataclasses import dataclass, field
 
 from ccvault import errors
 
-__all__ = ["DEFAULT_API_KEYS_PATH", "ServerOptions"]
+__all__ = ["ServerOptions", "default_api_keys_path"]
 
-DEFAULT_API_KEYS_PATH = ".ccvault/api-keys.db"
+
+def default_api_keys_path() -> str:
+    """``$CCVAULT_API_KEYS_PATH``, else ``api-keys.db`` in the data directory
+    (``$CCVAULT_DATA_DIR``, default ``~/.local/share/ccvault``) beside the embedded vault."""
+    from ccvault.settings import data_dir
+
+    return os.environ.get("CCVAULT_API_KEYS_PATH") or str(data_dir() / "api-keys.db")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -26,15 +32,13 @@ def _env_int(name: str, default: int) -> int:
 @dataclass(frozen=True)
 class ServerOptions:
     """``host``/``port``: where to listen; ``api_keys_path``: the hashed key file
-    (``$CCVAULT_API_KEYS_PATH``); ``max_body_bytes``: larger request bodies get 413
-    (``$CCVAULT_MAX_BODY_BYTES``); ``graceful_shutdown_seconds``: how long SIGTERM waits
-    for in-flight requests."""
+    (``$CCVAULT_API_KEYS_PATH``, else ``api-keys.db`` in the data directory);
+    ``max_body_bytes``: larger request bodies get 413 (``$CCVAULT_MAX_BODY_BYTES``);
+    ``graceful_shutdown_seconds``: how long SIGTERM waits for in-flight requests."""
 
     host: str = "127.0.0.1"
     port: int = 8080
-    api_keys_path: str = field(
-        default_factory=lambda: os.environ.get("CCVAULT_API_KEYS_PATH") or DEFAULT_API_KEYS_PATH
-    )
+    api_keys_path: str = field(default_factory=default_api_keys_path)
     max_body_bytes: int = field(
         default_factory=lambda: _env_int("CCVAULT_MAX_BODY_BYTES", 1_048_576)
     )
