@@ -242,6 +242,7 @@ def _counts(name: str) -> ExtractionRequest:
         ("homes_1__number_of_beds", "2 bedrooms. Also, one bathroom.", "2"),
         ("homes_1__number_of_baths", "2 bedrooms. Also, one bathroom.", "1"),
         ("homes_1__number_of_beds", "I want three bed rooms", "3"),
+        ("ridesharing_1__number_of_riders", "Can you get me a cab for two please?", "2"),
     ],
 )
 async def test_counts_written_as_words_go_to_the_field_they_count(
@@ -282,6 +283,11 @@ async def test_a_namespace_word_is_not_the_fields_keyword() -> None:
     assert await _one(request, _user("I need a ride to the airport")) is None
     said = await _one(request, _user("A shared ride is fine"))
     assert said is not None and said.value == "True"
+    for agreeing in ("Ok, no problem with a shared ride.", "I'm okay to share."):
+        found = await _one(request, _user(agreeing))
+        assert found is not None and found.value == "True", agreeing
+    refused = await _one(request, _user("I don't want to share"))
+    assert refused is not None and refused.value == "False"
     answer = await _one(
         request, _turns(("assistant", "Is a shared ride ok?"), ("user", "That works for me"))
     )

@@ -316,6 +316,9 @@ _END_CUE = re.compile(
     re.IGNORECASE,
 )
 _END_FIELD = re.compile(r"(?:^|_)(?:return|dropoff|drop_off|end|checkout|check_out|inbound|until)")
+_FOR_BEFORE = re.compile(r"\bfor\s+$", re.IGNORECASE)
+# after a negation, words that turn it into agreement
+_AGREEING = re.compile(r"\s+(?:a\s+|any\s+)?(?:problem|mind|issue|worries)\b", re.IGNORECASE)
 _PARTY_FIELD = re.compile(r"rider|travel|passenger|seat|people|guest|ticket|person|party")
 _NOUN_AFTER = re.compile(r"\s*([a-z][a-z\-]{2,20})", re.IGNORECASE)
 _KEYWORD_STOP = frozenset(
@@ -456,7 +459,12 @@ class _Text:
         self._clause_starts = [end for _, end in marks]  # a clause starts after each mark
         self._clause_ends = [start for start, _ in marks]
         self._keywords = [(m.start(), m.end()) for m in self.finditer(keywords)] if keywords else []
-        self._negations = [(m.start(), m.end()) for m in self.finditer(_NEGATION)]
+        # "no problem", "don't mind": a negation that agrees
+        self._negations = [
+            (m.start(), m.end())
+            for m in self.finditer(_NEGATION)
+            if not _AGREEING.match(text, m.end(), min(len(text), m.end() + 16))
+        ]
 
     def finditer(self, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
         self.scanned += len(self.text)
@@ -552,7 +560,10 @@ def _keyword_pattern(request: ExtractionRequest) -> re.Pattern[str] | None:
         if len(token) < 3 or token.isdigit() or token in _KEYWORD_STOP:
             continue
         stem = token[:-1] if token.endswith("s") and len(token) >= 4 else token
-        if stem not in namespace:
+        if len(stem) >= 6 and stem.endswith(("ed", "ing")):
+            # "shared" names "share" and "sharing" too
+            stem = stem[:-3] if stem.endswith("ing") else stem[:-2]
+        if token not in namespace:
             words.append(stem)
     return _alternation(tuple(words), prefix=True)
 
@@ -1065,7 +1076,11 @@ class OfflineExtractor:
         negated = text.negated(start)
         near = text.near_keyword(start, end)
         if not near and party and str(value).isdigit():
-            near = _PARTY_NOUNS.match(text.text, end, min(len(text.text), end + 32)) is not None
+            # "two people", "a table for 2"
+            near = (
+                _PARTY_NOUNS.match(text.text, end, min(len(text.text), end + 32)) is not None
+                or _FOR_BEFORE.search(text.text, max(0, start - 6), start) is not None
+            )
         return _Candidate(value, 0.3 if negated else 0.9, start, end, "allowed", near)
 
     @staticmethod
