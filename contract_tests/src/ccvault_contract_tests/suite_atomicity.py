@@ -474,6 +474,55 @@ class AtomicityContract(ContractBase):
         owner = await store.get_by_channel_identity(tenant, extra.channel, extra.channel_user_id)
         assert owner is not None and owner.id == profile.id
 
+    async def test_stale_saves_racing_writers_revive_nothing_and_never_conflict(
+        self, store: ProfileStore, other_store: ProfileStore, tenant: UUID
+    ) -> None:
+        """Stale copies saved while other writers (on another instance where there is one)
+        supersede the field and the asset and sweep: whatever the interleaving, every save
+        succeeds, one version of the field and one asset of the name stay ACTIVE, the
+        supersede chain is unbroken, and every new field the saves carried is stored."""
+        import asyncio
+
+        profile = await new_profile(store, tenant)
+        first = make_field("email", "v0@example.com")
+        await store.update_field(tenant, profile.id, first)
+        scan = make_asset("id_scan")
+        await store.add_asset(tenant, profile.id, scan)
+        held = await store.get_by_id(tenant, profile.id)
+        assert held is not None
+        calls: list[Any] = []
+        for n in range(8):
+            copy = held.model_copy(deep=True)
+            copy.fields["email"] = copy.fields["email"].model_copy(update={"confidence": 0.1})
+            copy.fields[f"nick_{n}"] = make_field(f"nick_{n}", f"N{n}")
+            target = store if n % 2 else other_store
+            calls.append(target.save(copy))
+            writer = other_store if n % 2 else store
+            calls.append(
+                writer.update_field(tenant, profile.id, make_field("email", f"v{n + 1}@x.org"))
+            )
+            if n % 2:
+                calls.append(
+                    writer.add_asset(
+                        tenant, profile.id, make_asset("id_scan"), supersede_existing=True
+                    )
+                )
+            else:
+                calls.append(writer.expire_stale_fields(tenant, profile.id))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        history = await store.get_field_history(tenant, profile.id, "email")
+        assert len(history) == 9
+        assert_unbroken_chain(history)
+        assert next(v for v in history if v.id == first.id).status is ItemStatus.SUPERSEDED
+        found = await store.get_by_id(tenant, profile.id, include_history=True)
+        assert found is not None
+        assert {f"nick_{n}" for n in range(8)} <= set(found.fields)
+        scans = [a for a in found.asset_history if a.name == "id_scan"]
+        assert len(scans) == 5
+        assert [a.status for a in scans].count(ItemStatus.ACTIVE) == 1
+        assert next(a for a in scans if a.id == scan.id).status is ItemStatus.SUPERSEDED
+
     async def test_save_ignores_the_callers_copy_of_a_stored_status(
         self, store: ProfileStore, tenant: UUID
     ) -> None:
