@@ -342,6 +342,14 @@ async def test_numbers_written_as_words_for_number_fields() -> None:
         ),
         ("restaurants_2__restaurant_name", "a table for 1 at Sipan for 11:30", "Sipan"),
         ("restaurants_2__restaurant_name", "In San Jose. Can you try Sino?", "Sino"),
+        ("buses_1__to_location", "the destination is Sacramento.", "Sacramento"),
+        ("buses_1__to_location", "I wanted to leave for San Diego.", "San Diego"),
+        ("ridesharing_1__destination", "I am going to 125 crescent Drive", "125 crescent Drive"),
+        (
+            "ridesharing_1__destination",
+            "I need a cab to 100 Van Ness Avenue ASAP!",
+            "100 Van Ness Avenue",
+        ),
     ],
 )
 async def test_places_by_the_preposition_of_their_role(name: str, text: str, value: str) -> None:
@@ -353,6 +361,9 @@ async def test_something_named() -> None:
     request = ExtractionRequest(field_name="alarm_1__new_alarm_name")
     found = await _one(request, _user("Set an alarm at 5 pm called Grocery run."))
     assert found is not None and found.value == "Grocery run" and found.method == "offline:named"
+    for text in ("add an alarm and call it Grocery Run at 4:45 pm", "one called Leave for home"):
+        named = await _one(request, _user(text))
+        assert named is not None and named.value in ("Grocery Run", "Leave for home"), text
     venue = ExtractionRequest(field_name="restaurants_2__restaurant_name")
     said = await _one(venue, _user("I heard that a place called Zaoh is really good"))
     assert said is not None and said.value == "Zaoh"
@@ -363,6 +374,7 @@ async def test_a_place_needs_a_place_field_and_a_capitalised_name() -> None:
     assert await _one(ExtractionRequest(field_name="movie_name"), _user("a film in Paris")) is None
     assert await _one(ExtractionRequest(field_name="city"), _user("in March please")) is None
     assert await _one(ExtractionRequest(field_name="city"), _user("in the evening")) is None
+    assert await _one(ExtractionRequest(field_name="city"), _user("for 12 people")) is None
     # "city was..." is a statement about the city; "city washington" is not
     found = await _one(ExtractionRequest(field_name="city"), _user("from city washington to X"))
     assert found is None or found.value != "hington to X"

@@ -308,7 +308,7 @@ _ONE_WAY = re.compile(r"\s*-?\s*way\b", re.IGNORECASE)
 # a word that makes a date the end of a range, earlier in its clause
 _END_WORD = re.compile(r"\b(?:return\w*|until|till|drop\w*|check\w*[\s-]*out)\b", re.IGNORECASE)
 # where a thing's name stops: "called Zaoh is really good", "named Gym at 6"
-_NAME_END = re.compile(r"\s+(?:and|but|at|for|on|is|was|will|which|that)\s+", re.IGNORECASE)
+_NAME_END = re.compile(r"\s+(?:and|but|at|on|is|was|will|which|that)\s+", re.IGNORECASE)
 # the end of a range: "returning on the 9th", "until Monday", "to March 9th"
 _END_CUE = re.compile(
     r"(?:return\w*|back|until|till|through|to|drop\w*|check\w*\s+out)"
@@ -362,10 +362,16 @@ _TO_FIELD = re.compile(r"destination|(?:^|_)to(?:_|$)|dropoff|arrival")
 # a preposition, then capitalised words ("San Jose", "Los Angeles", "SFO", "St. Louis")
 _PLACE_RE = re.compile(
     r"\b(?P<prep>[Ff]rom|[Tt]o|[Ii]n|[Aa]t|[Nn]ear|[Aa]round|[Ff]or|[Oo]ut\s+of|[Ll]eaving"
-    r"|[Tt]ry|[Ss]pecifically)\s+"
+    r"|[Tt]ry|[Ss]pecifically|[Ll]eav(?:e|ing)\s+for|[Hh]ead(?:ing)?\s+(?:to|for)"
+    r"|[Aa]rriv(?:e|ing)\s+(?:in|at)|[Dd]estination\s+(?:is|will\s+be))\s+"
     r"(?:the\s+(?:city\s+of\s+)?|city\s+(?:of\s+)?)?"
-    r"(?P<place>(?:\d{1,6}\s+)?[A-Z][\w'.&-]{0,30}"
-    r"(?:\s+(?:[A-Z][\w'.&-]{0,30}|de|del|la|of|city|#\d{1,6}|\d{1,6})){0,5})"
+    r"(?P<place>(?:\d{1,6}\s+(?!(?:at|for|to|in|on|from|of|and|or|pm|am|people)\b)"
+    r"[A-Za-z][\w'.&-]{0,30}|[A-Z][\w'.&-]{0,30})"
+    r"(?:\s+(?:[A-Z][\w'.&-]{0,30}|de|del|la|of|city|#\d{1,6}|\d{1,6}"
+    r"|(?i:street|avenue|road|drive|lane|boulevard|highway|way|building|suite|court))){0,6})"
+)
+_STREET_WORDS = frozenset(
+    "street avenue road drive lane boulevard highway way building suite court".split()
 )
 # the end of a sentence, not of an abbreviation ("St. Louis")
 _SENTENCE_END = re.compile(r"(?<!\bSt)(?<!\bMt)(?<!\bFt)(?<!\bDr)[.!?]\s")
@@ -375,7 +381,8 @@ _VENUE_FIELD = re.compile(
 )
 # something named: "an alarm called Grocery run", "named 'Leave for home'"
 _CALLED_RE = re.compile(
-    r"\b(?:called|named|titled|labell?ed)\s+[\"']?(?P<name>[^\"'.,;!?\n]{1,60})",
+    r"\b(?:called|named|titled|labell?ed|call\s+it|name\s+it)\s+[\"']?"
+    r"(?P<name>[^\"'.,;!?\n]{1,60})",
     re.IGNORECASE,
 )
 _PLACE_STOP = frozenset(
@@ -401,6 +408,8 @@ _PLACE_STOP = frozenset(
         "first",
         "next",
         "last",
+        "asap",
+        "please",
     }
 )
 # candidate numbers the phone matcher may parse in one turn
@@ -815,7 +824,21 @@ class OfflineExtractor:
             if "pickup" in name and "city" in name:
                 wanted |= {"in", "at"}
         elif _TO_FIELD.search(name):
-            wanted = {"to"}
+            wanted = {
+                "to",
+                "leave for",
+                "leaving for",
+                "head to",
+                "heading to",
+                "head for",
+                "heading for",
+                "arrive in",
+                "arriving in",
+                "arrive at",
+                "arriving at",
+                "destination is",
+                "destination will be",
+            }
         else:
             wanted = {"in", "near", "around", "for"}
         found: list[_Candidate] = []
@@ -827,6 +850,10 @@ class OfflineExtractor:
                 words.pop()
             if not words or words[0].lower() in _PLACE_STOP:
                 continue
+            if words[0].isdigit() and not any(
+                w[:1].isupper() or w.lower() in _STREET_WORDS for w in words[1:]
+            ):
+                continue  # "for 12 people" is no address; "125 crescent Drive" is
             # a place ends with its sentence: "in San Jose. Can you..."
             value = _SENTENCE_END.split(" ".join(words), maxsplit=1)[0].rstrip(".,'")
             start = m.start("place")
