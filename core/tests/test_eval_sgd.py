@@ -456,3 +456,21 @@ def test_an_openai_endpoint_that_fails_is_one_clear_error(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "the openai extractor cannot run" in lines[0]
     assert "HTTP 500" in lines[0] and "sk-secret" not in lines[0]
+
+
+async def test_the_extractor_names_itself_and_offline_scores_are_fractions() -> None:
+    from ccvault.evaluation.sgd import SGD_TODAY
+    from ccvault.extraction import OfflineExtractor
+
+    settings = ccvault.load_settings(
+        None, store_provider="inmemory", cache_enabled=False, auto_encrypt_pii=False
+    )
+    async with ccvault.open_store(settings) as store:
+        oracle = await run_sgd_eval(store, load_dataset(SLICE, limit=1), settings=settings)
+        offline = await run_sgd_eval(
+            store, load_dataset(SLICE), extractor=OfflineExtractor(today=SGD_TODAY)
+        )
+    assert oracle.extractor == "oracle" and offline.extractor == "offline"
+    assert offline.turns == 16 and offline.supersede_errors == 0
+    for value in (offline.jga, offline.slots.precision, offline.slots.recall):
+        assert 0.0 <= value <= 1.0

@@ -736,13 +736,18 @@ async def run_sgd_eval(
         for slot in service.slots.values()
     }
     oracle = OracleExtractor(slots_by_field) if extractor is None else None
-    chosen: Extractor = oracle if oracle is not None else extractor  # type: ignore[assignment]
+    chosen: Extractor
+    if extractor is None:
+        assert oracle is not None
+        chosen = oracle
+    else:
+        chosen = extractor
     settings = settings or VaultSettings()
     gapfill = GapFillService.from_settings(store, settings, extractor=chosen)
     definitions = dataset.definitions(tenant_id, agent_id)
     requirements = dataset.requirements(tenant_id, agent_id)
     scores = SgdScores(
-        extractor=extractor_name or ("oracle" if oracle is not None else str(chosen)),
+        extractor=extractor_name or str(getattr(chosen, "name", type(chosen).__name__)),
         provider=settings.profile.store_provider,
     )
     try:
