@@ -44,6 +44,16 @@ Pointers need no lease and may even be stale (they are also kept in process memo
 reached through a pointer is used only if it still carries the customer id or identity looked
 up, and bodies themselves are always current.
 
+**Trusted entries.** A payload is a versioned, checksummed envelope
+(:mod:`ccvault.cache_codec`). Profile bodies are built on a hit *without* pydantic
+validation (they are what the backend returned, which it had validated when written): that
+is what makes a hit cheaper than a database read. Definitions, requirements and chains are
+enveloped and validated. An entry that is not intact and of this format (damaged, truncated,
+another format version or model layout, the pre-envelope JSON, a foreign value) is read as a
+miss, logged without key or content, and replaced by a lease, so the backend's data refills
+it. The checksum detects damage, not an attacker able to write to Redis (who could always
+plant a well-formed entry): Redis is inside the vault's trust boundary.
+
 **Derivation chains** are cached only when *closed*: full depth, or ending at an item
 without a source item, or at a cycle. A chain that stopped at a missing source item (or the
 ``[]`` of an unknown item) is always read from the backend, since the next item written may
@@ -100,6 +110,13 @@ from pydantic import TypeAdapter
 from redis.exceptions import RedisError
 
 from ccvault import errors, metrics
+from ccvault.cache_codec import (
+    CorruptEntry,
+    decode_json,
+    decode_profile,
+    encode_json,
+    encode_profile,
+)
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -110,7 +127,9 @@ from ccvault.models import (
     ProfileField,
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
+    UnmergeResult,
 )
+from ccvault.rules.merge import MergeLogRequest
 from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore, lineage_target
 
 if TYPE_CHECKING:
@@ -137,7 +156,8 @@ _NOTHING_WRITTEN = (errors.ValidationError, errors.NotFoundError, errors.Conflic
 # KEYS: the namespace's epoch key, the entry key (or a pointer key). ARGV: epoch to create
 # if missing, hash field ('' = string key), lease token, ttl ms, body key prefix ('' = KEYS[2]
 # is the entry itself, else KEYS[2] is a pointer whose value completes the body key; that
-# body key is in the same slot, as it carries the same hash tag).
+# body key is in the same slot, as it carries the same hash tag), '1' to replace the entry
+# found by a lease even when it is current data (the caller found it corrupt), else ''.
 # Returns {1, payload, target, epoch} on a hit, {2, epoch, token, target} with a lease,
 # {0, epoch} on a miss without a lease (no pointer).
 _READ = """
@@ -156,7 +176,7 @@ end
 local field = ARGV[2]
 local v
 if field == '' then v = redis.call('GET', key) else v = redis.call('HGET', key, field) end
-if v and string.sub(v, 2, 17) == e then
+if v and ARGV[6] ~= '1' and string.sub(v, 2, 17) == e then
   local kind = string.sub(v, 1, 1)
   if kind == 'D' then return {1, string.sub(v, 18), target, e} end
   if kind == 'L' then return {2, e, string.sub(v, 18), target} end
@@ -217,6 +237,20 @@ return 1
 """
 
 _NAMESPACES = (_NS_PROFILES, _NS_LINEAGE, _NS_SCHEMA)
+#: tenants whose hit and miss counters are kept at hand (cleared when full)
+_COUNTER_CACHE_SIZE = 10_000
+
+
+def _json_encoder(adapter: TypeAdapter[Any]) -> Callable[[Any], bytes]:
+    def encode(value: Any) -> bytes:
+        return encode_json(adapter.dump_json(value))
+
+    return encode
+
+
+def _discarding(exc: CorruptEntry) -> None:
+    # no key, no content: either may carry personal data
+    logger.warning("discarding a cache entry this vault cannot trust (%s): read as a miss", exc)
 
 
 def _token() -> str:
@@ -334,6 +368,7 @@ class CachedProfileStore(ForwardingProfileStore):
         self.close_timeout = close_timeout
         self._retry_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._tenant_counters: dict[str, tuple[Any, Any]] = {}
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> CachedProfileStore:
@@ -609,6 +644,27 @@ class CachedProfileStore(ForwardingProfileStore):
     # the read-through machinery
     # =====================================================================================
 
+    def _counters(self, tenant: UUID) -> tuple[Any, Any]:
+        """The tenant's (hits, misses) counters, kept so a hit does not look its labels up."""
+        # keyed by the label, which metrics.configure() may change (tenant_labels)
+        label = metrics.tenant_label(tenant)
+        found = self._tenant_counters.get(label)
+        if found is None:
+            found = (
+                metrics.PROFILE_CACHE_HITS.labels(tenant_id=label),
+                metrics.PROFILE_CACHE_MISSES.labels(tenant_id=label),
+            )
+            if len(self._tenant_counters) >= _COUNTER_CACHE_SIZE:
+                self._tenant_counters.clear()
+            self._tenant_counters[label] = found
+        return found
+
+    def _hit(self, tenant: UUID) -> None:
+        self._counters(tenant)[0].inc()
+
+    def _miss(self, tenant: UUID) -> None:
+        self._counters(tenant)[1].inc()
+
     async def _lookup(
         self,
         tenant: UUID,
@@ -617,10 +673,14 @@ class CachedProfileStore(ForwardingProfileStore):
         hash_field: str,
         ttl: int,
         body_prefix: str = "",
+        replace: bool = False,
     ) -> _Lookup:
-        """Look ``key`` up; on a miss the read script leases it (or the pointed-at body)."""
+        """Look ``key`` up; on a miss the read script leases it (or the pointed-at body).
+
+        ``replace``: the entry there was found corrupt; lease it whatever it holds.
+        """
         epoch_key = self._epoch_key(tenant, namespace)
-        if not hash_field and not body_prefix:
+        if not hash_field and not body_prefix and not replace:
             # the hit path is one plain MGET (atomic, one slot): no script, no copies
             epoch, value = await self._redis(lambda: self.redis.mget([epoch_key, key]))
             if epoch is not None and value is not None and value[:1] == b"D":
@@ -628,7 +688,8 @@ class CachedProfileStore(ForwardingProfileStore):
                     return _Lookup(1, payload=value[17:], epoch=epoch.decode())
         answer = await self._redis(
             lambda: self._read_script(
-                keys=[epoch_key, key], args=[_token(), hash_field, _token(), ttl, body_prefix]
+                keys=[epoch_key, key],
+                args=[_token(), hash_field, _token(), ttl, body_prefix, "1" if replace else ""],
             )
         )
         kind = int(answer[0])
@@ -707,18 +768,26 @@ class CachedProfileStore(ForwardingProfileStore):
         ``index``: a set that records the entry once stored (for erasure); ``cacheable``:
         whether a loaded value may be stored (else it is served and forgotten).
         """
-        label = str(tenant)
         lookup: _Lookup | None = None
         if await self._ready(tenant):
             generation = self._poison_gen
             try:
                 lookup = await self._lookup(tenant, namespace, key, hash_field, ttl)
+                if lookup.kind == 1:
+                    try:
+                        found = decode(lookup.payload)
+                    except CorruptEntry as exc:
+                        _discarding(exc)
+                        lookup = await self._lookup(
+                            tenant, namespace, key, hash_field, ttl, replace=True
+                        )
+                    else:
+                        if generation == self._poison_gen:
+                            self._hit(tenant)
+                            return found
             except (RedisError, OSError, TimeoutError) as exc:
                 self._mark_down(exc)
-            if lookup is not None and lookup.kind == 1 and generation == self._poison_gen:
-                metrics.PROFILE_CACHE_HITS.labels(tenant_id=label).inc()
-                return decode(lookup.payload)
-        metrics.PROFILE_CACHE_MISSES.labels(tenant_id=label).inc()
+        self._miss(tenant)
         value = await load()
         if lookup is not None and lookup.kind == 2 and (cacheable is None or cacheable(value)):
             await self._fill(
@@ -756,7 +825,6 @@ class CachedProfileStore(ForwardingProfileStore):
         known, else resolved inside the read script. Either way the body found is used only
         if it ``matches`` the lookup: bodies are always current, pointers need not be.
         """
-        label = str(tenant)
         lookup: _Lookup | None = None
         body_prefix = self._body_prefix(tenant)
         entry_key, resolve = key, ""
@@ -772,18 +840,35 @@ class CachedProfileStore(ForwardingProfileStore):
                 lookup = await self._lookup(
                     tenant, _NS_PROFILES, entry_key, "", self._profile_ttl, resolve
                 )
+                if lookup.kind == 1:
+                    try:
+                        cached = decode_profile(lookup.payload)
+                    except CorruptEntry as exc:
+                        # written by someone else, damaged or of an older format: a miss,
+                        # and the entry is replaced by our lease (then by the backend's data)
+                        _discarding(exc)
+                        corrupt = entry_key if not resolve else body_prefix + (lookup.target or "")
+                        lookup = await self._lookup(
+                            tenant, _NS_PROFILES, corrupt, "", self._profile_ttl, replace=True
+                        )
+                        if resolve and lookup.kind == 2:
+                            lookup = _Lookup(
+                                2,
+                                epoch=lookup.epoch,
+                                token=lookup.token,
+                                target=corrupt[len(body_prefix) :],
+                            )
+                    else:
+                        if matches(cached) and generation == self._poison_gen:
+                            self._hit(tenant)
+                            if resolve and lookup.target:
+                                self._remember([key], lookup.target)
+                            return cached
+                        self._pointers.pop(key, None)
+                        lookup = _Lookup(0, epoch=lookup.epoch)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._mark_down(exc)
-            if lookup is not None and lookup.kind == 1:
-                cached = CustomerProfile.model_validate_json(lookup.payload)
-                if matches(cached) and generation == self._poison_gen:
-                    metrics.PROFILE_CACHE_HITS.labels(tenant_id=label).inc()
-                    if resolve and lookup.target:
-                        self._remember([key], lookup.target)
-                    return cached
-                self._pointers.pop(key, None)
-                lookup = _Lookup(0, epoch=lookup.epoch)
-        metrics.PROFILE_CACHE_MISSES.labels(tenant_id=label).inc()
+        self._miss(tenant)
         profile = await load()
         if profile is None or lookup is None:
             if profile is None:
@@ -793,6 +878,7 @@ class CachedProfileStore(ForwardingProfileStore):
         leased_key = body_prefix + (lookup.target or "") if resolve else entry_key
         # only the key leased before the backend read may be filled
         leased = lookup.kind == 2 and leased_key == body_key
+        body = encode_profile(profile) if leased else None
         pointers = self._pointer_keys(profile)
         await self._fill(
             tenant,
@@ -800,8 +886,8 @@ class CachedProfileStore(ForwardingProfileStore):
             body_key,
             "",
             self._profile_ttl,
-            lookup if leased else None,
-            profile.model_dump_json() if leased else b"",
+            lookup if leased and body is not None else None,
+            body or b"",
             pointers,
             str(profile.id),
             self._pointer_index(tenant, profile.id),
@@ -1029,8 +1115,8 @@ class CachedProfileStore(ForwardingProfileStore):
             "",
             self._lineage_ttl,
             load,
-            _CHAIN.validate_json,
-            _CHAIN.dump_json,
+            partial(decode_json, validate=_CHAIN.validate_json),
+            _json_encoder(_CHAIN),
             self._deriv_index(tenant_id),
             closed,
         )
@@ -1059,16 +1145,33 @@ class CachedProfileStore(ForwardingProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
         # items keep their ids, names and sources: derivation chains do not change
         await self._write(
             tenant_id,
             "merge",
-            super()._merge_profiles(tenant_id, source_profile_id, target_profile_id, choose_winner),
+            super()._merge_profiles(
+                tenant_id, source_profile_id, target_profile_id, choose_winner, log
+            ),
             lambda _: _Invalidation(
                 [
                     self._body_key(tenant_id, source_profile_id),
                     self._body_key(tenant_id, target_profile_id),
+                ]
+            ),
+        )
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        # items go back with their ids, names and sources: derivation chains do not change
+        return await self._write(
+            tenant_id,
+            "unmerge",
+            super()._unmerge(tenant_id, merge_id),
+            lambda result: _Invalidation(
+                [
+                    self._body_key(tenant_id, result.source_profile_id),
+                    self._body_key(tenant_id, result.target_profile_id),
                 ]
             ),
         )
@@ -1087,8 +1190,8 @@ class CachedProfileStore(ForwardingProfileStore):
             "",
             self._defs_ttl,
             partial(super()._get_field_definitions, tenant_id, agent_id, False),
-            _DEFS.validate_json,
-            _DEFS.dump_json,
+            partial(decode_json, validate=_DEFS.validate_json),
+            _json_encoder(_DEFS),
         )
 
     async def _get_field_definitions(
@@ -1136,8 +1239,8 @@ class CachedProfileStore(ForwardingProfileStore):
             "-" if step_id is None else str(step_id),
             self._reqs_ttl,
             partial(super()._get_scenario_requirements, tenant_id, scenario_id, step_id),
-            _REQS.validate_json,
-            _REQS.dump_json,
+            partial(decode_json, validate=_REQS.validate_json),
+            _json_encoder(_REQS),
         )
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:

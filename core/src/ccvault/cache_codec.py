@@ -1,0 +1,431 @@
+"""The encoding of cached entries: versioned, checksummed envelopes the vault trusts.
+
+The Redis cache (:mod:`ccvault.cache`) stores what it read from the backend, which the
+backend had validated when it was written. Validating a 50-field profile again with pydantic
+on every hit costs more than the Redis round trip, so a hit builds the models *without*
+validation from bytes the vault itself wrote. What makes those bytes trustworthy:
+
+* **An envelope**: ``b"ccv"``, one format-version byte, five kind bytes (``P`` and a
+  fingerprint of the column layout, i.e. of the model fields: a profile body; ``J``: a JSON
+  document validated on read), a 16-byte BLAKE2b digest of the body (personalised for this
+  format), then the body. An entry of another format version,
+  of an older layout (plain pydantic JSON, as written before this module existed), a value
+  some other program put under the key, a truncated entry or one with any byte flipped
+  fails :func:`open_envelope`, and :class:`CorruptEntry` makes the cache treat it as a miss
+  (the entry is then replaced by a lease and refilled from the backend).
+* **A decoder that builds every value with the type it must have** (UUIDs, aware UTC
+  datetimes, enumeration members) from a fixed column layout, and raises on anything out of
+  place (a column of the wrong length, an unknown enumeration value, a malformed UUID or
+  timestamp): that too is a :class:`CorruptEntry`.
+
+The digest protects against corruption and foreign values, not against an attacker who can
+write to Redis: such an attacker could always plant a well-formed profile of their choosing
+(the previous pydantic-validated format accepted any valid profile too). Redis stays inside
+the vault's trust boundary (DESIGN.md §5); the decoder never evaluates anything, so a
+crafted entry can at worst yield wrong data, never run code.
+
+Profile bodies use a column layout: for each model field a list of its values over the
+profile's field versions, or ``null`` when every value is ``None`` (most optional columns),
+so decoding runs mostly in C (``map`` over columns) and the body is about a third of the
+size of ``model_dump_json()``. ``test_cache_codec.py`` checks that every model built here
+equals the one pydantic validates from the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from itertools import repeat
+from operator import attrgetter
+from typing import Any, TypeVar
+from uuid import UUID, SafeUUID
+
+import orjson
+from pydantic import BaseModel
+
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    Consent,
+    CustomerProfile,
+    ItemStatus,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldSource,
+    SourceType,
+    VerificationLevel,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CorruptEntry",
+    "decode_json",
+    "decode_profile",
+    "encode_json",
+    "encode_profile",
+    "open_envelope",
+    "seal_envelope",
+]
+
+#: Bumped whenever the layout below changes: entries of another version are misses.
+FORMAT_VERSION = 1
+_MAGIC = b"ccv" + bytes([FORMAT_VERSION])
+KIND_JSON = b"J\0\0\0\0"  # kinds are five bytes: P + the profile layout (below), J + 0s
+_KIND = 5
+_DIGEST = 16
+_PERSON = b"ccvault-cache-v1"
+_HEAD = len(_MAGIC) + _KIND + _DIGEST
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class CorruptEntry(ValueError):
+    """A cached entry that is not one this vault wrote intact: treated as a miss."""
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=_DIGEST, person=_PERSON).digest()
+
+
+def seal_envelope(kind: bytes, body: bytes) -> bytes:
+    """``body`` in an envelope of ``kind``."""
+    return _MAGIC + kind + _digest(body) + body
+
+
+def open_envelope(kind: bytes, payload: bytes) -> bytes:
+    """The body of an envelope of ``kind``; :class:`CorruptEntry` unless it is intact."""
+    if len(payload) < _HEAD or payload[: len(_MAGIC)] != _MAGIC:
+        raise CorruptEntry("not an entry of this cache format")
+    if payload[len(_MAGIC) : len(_MAGIC) + _KIND] != kind:
+        raise CorruptEntry("an entry of another kind or layout")
+    body = payload[_HEAD:]
+    if _digest(body) != payload[len(_MAGIC) + _KIND : _HEAD]:
+        raise CorruptEntry("checksum mismatch")
+    return body
+
+
+# ---------------------------------------------------------------------------------------
+# plain JSON documents (definitions, requirements, chains): checksummed, validated on read
+# ---------------------------------------------------------------------------------------
+
+
+def encode_json(data: bytes) -> bytes:
+    """A JSON document (already serialised) in an envelope."""
+    return seal_envelope(KIND_JSON, data)
+
+
+def decode_json(payload: bytes, validate: Callable[[bytes], Any]) -> Any:
+    """``validate`` (a pydantic ``validate_json``) of an intact envelope's body."""
+    body = open_envelope(KIND_JSON, payload)
+    try:
+        return validate(body)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise CorruptEntry("cached document does not validate") from exc
+
+
+# ---------------------------------------------------------------------------------------
+# trusted construction
+# ---------------------------------------------------------------------------------------
+
+_new = object.__new__
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+_SET_UUID_INT = UUID.__dict__["int"].__set__
+_SET_UUID_SAFE = UUID.__dict__["is_safe"].__set__
+_UUID_LIMIT = 1 << 128
+_UNKNOWN_SAFETY = SafeUUID.unknown
+_tzinfo = attrgetter("tzinfo")
+_UTC_ONLY = {UTC}
+_fromisoformat = datetime.fromisoformat
+_ALL_FIELDS: dict[tuple[str, ...], set[str]] = {}
+
+
+def _construct_many(cls: type[_M], keys: tuple[str, ...], dicts: list[dict[str, Any]]) -> list[_M]:
+    """Instances of ``cls`` with these ``__dict__``s, without validation (see the module
+    docstring); the loops run in C."""
+    count = len(dicts)
+    items: list[_M] = list(map(_new, repeat(cls, count)))
+    deque(map(_SET_DICT, items, dicts), maxlen=0)
+    # one set of every field name, shared: pydantic only ever adds to a model's fields-set
+    # (an assignment adds a name already there; model_copy copies the set first)
+    shared = _ALL_FIELDS.get(keys)
+    if shared is None:
+        shared = _ALL_FIELDS.setdefault(keys, set(keys))
+    deque(map(_SET_FIELDS_SET, items, repeat(shared, count)), maxlen=0)
+    deque(map(_SET_EXTRA, items, repeat(None, count)), maxlen=0)
+    deque(map(_SET_PRIVATE, items, repeat(None, count)), maxlen=0)
+    return items
+
+
+def _construct(cls: type[_M], values: dict[str, Any]) -> _M:
+    item = _new(cls)
+    _SET_DICT(item, values)
+    _SET_FIELDS_SET(item, set(values))
+    _SET_EXTRA(item, None)
+    _SET_PRIVATE(item, None)
+    return item
+
+
+def _uuid(text: str) -> UUID:
+    number = int(text, 16)
+    if not 0 <= number < _UUID_LIMIT:
+        raise CorruptEntry("malformed UUID")
+    item = _new(UUID)
+    _SET_UUID_INT(item, number)
+    _SET_UUID_SAFE(item, _UNKNOWN_SAFETY)
+    return item
+
+
+def _uuid_column(texts: list[str | None]) -> list[UUID | None]:
+    if None in texts:
+        return [None if t is None else _uuid(t) for t in texts]
+    numbers = list(map(int, texts, repeat(16)))  # type: ignore[arg-type]
+    if numbers and not (0 <= min(numbers) and max(numbers) < _UUID_LIMIT):
+        raise CorruptEntry("malformed UUID")
+    items: list[UUID | None] = list(map(_new, repeat(UUID, len(numbers))))
+    deque(map(_SET_UUID_INT, items, numbers), maxlen=0)
+    deque(map(_SET_UUID_SAFE, items, repeat(_UNKNOWN_SAFETY)), maxlen=0)
+    return items
+
+
+def _when(text: str) -> datetime:
+    value = _fromisoformat(text)
+    if value.tzinfo is not UTC:
+        raise CorruptEntry("timestamp not in UTC")
+    return value
+
+
+def _when_or_none(text: str | None) -> datetime | None:
+    return None if text is None else _when(text)
+
+
+def _when_column(texts: list[str | None]) -> list[datetime | None]:
+    if None in texts:
+        return [None if t is None else _when(t) for t in texts]
+    values = list(map(_fromisoformat, texts))  # type: ignore[arg-type]
+    if values and set(map(_tzinfo, values)) != _UTC_ONLY:
+        raise CorruptEntry("timestamp not in UTC")
+    return values  # type: ignore[return-value]
+
+
+class _Enum(dict[Any, Any]):
+    """value -> member; None -> None; anything else is corrupt."""
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__({member.value: member for member in enum})
+        self[None] = None
+
+    def __missing__(self, key: Any) -> Any:
+        raise CorruptEntry("unknown enumeration value")
+
+
+# how each model field is written (one value to JSON) and read back (a whole column)
+_Codec = tuple[Callable[[Any], Any], Callable[[list[Any]], list[Any]] | None]
+
+
+def _hex(value: UUID | None) -> str | None:
+    return None if value is None else value.hex
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _member_value(value: StrEnum | None) -> str | None:
+    return None if value is None else value.value
+
+
+def _identity_fn(value: Any) -> Any:
+    return value
+
+
+_UUID: _Codec = (_hex, _uuid_column)
+_DATETIME: _Codec = (_iso, _when_column)
+_RAW: _Codec = (_identity_fn, None)
+_UUID_LIST: _Codec = (
+    lambda us: [u.hex for u in us],
+    lambda column: [[_uuid(h) for h in hs] for hs in column],
+)
+
+
+def _enum_codec(enum: type[StrEnum]) -> _Codec:
+    lookup = _Enum(enum)
+    return (_member_value, lambda column: list(map(lookup.__getitem__, column)))
+
+
+def _spec(cls: type[BaseModel], special: dict[str, _Codec]) -> tuple[tuple[str, ...], list[_Codec]]:
+    keys = tuple(cls.model_fields)
+    unknown = set(special) - set(keys)
+    assert not unknown, unknown
+    return keys, [special.get(key, _RAW) for key in keys]
+
+
+_FIELD_KEYS, _FIELD_CODECS = _spec(
+    ProfileField,
+    {
+        "id": _UUID,
+        "source": _enum_codec(ProfileFieldSource),
+        "source_session_id": _UUID,
+        "source_scenario_id": _UUID,
+        "source_step_id": _UUID,
+        "source_item_id": _UUID,
+        "source_item_type": _enum_codec(SourceType),
+        "status": _enum_codec(ItemStatus),
+        "superseded_by_id": _UUID,
+        "superseded_at": _DATETIME,
+        "verified_at": _DATETIME,
+        "collected_at": _DATETIME,
+        "updated_at": _DATETIME,
+        "expires_at": _DATETIME,
+        "field_definition_id": _UUID,
+    },
+)
+_ASSET_KEYS, _ASSET_CODECS = _spec(
+    ProfileAsset,
+    {
+        "id": _UUID,
+        "uploaded_at": _DATETIME,
+        "uploaded_in_session_id": _UUID,
+        "uploaded_in_scenario_id": _UUID,
+        "source_item_id": _UUID,
+        "source_item_type": _enum_codec(SourceType),
+        "status": _enum_codec(ItemStatus),
+        "superseded_by_id": _UUID,
+        "superseded_at": _DATETIME,
+        "expires_at": _DATETIME,
+        "analysis_field_ids": _UUID_LIST,
+    },
+)
+_IDENTITY_KEYS, _IDENTITY_CODECS = _spec(
+    ChannelIdentity,
+    {
+        "channel": _enum_codec(Channel),
+        "verified_at": _DATETIME,
+        "created_at": _DATETIME,
+    },
+)
+_VERIFICATION = _Enum(VerificationLevel)
+
+
+def _encode_columns(
+    items: Sequence[BaseModel], keys: tuple[str, ...], codecs: list[_Codec]
+) -> list[Any]:
+    """``[count, column per key]``. A column is ``null`` when every value is None, ``{"=":
+    value}`` when every item has that same value, else the list of the values."""
+    columns: list[Any] = [len(items)]
+    dicts = [item.__dict__ for item in items]
+    for key, (encode, _) in zip(keys, codecs, strict=True):
+        values = [encode(d[key]) for d in dicts]
+        if all(v is None for v in values):
+            columns.append(None)
+        elif all(v == values[0] and type(v) is type(values[0]) for v in values):
+            columns.append({"=": values[0]})
+        else:
+            columns.append(values)
+    return columns
+
+
+_set_item = dict.__setitem__
+
+
+def _decode_columns(
+    cls: type[_M], data: list[Any], keys: tuple[str, ...], codecs: list[_Codec]
+) -> list[_M]:
+    count = data[0]
+    if type(count) is not int or count < 0 or len(data) != len(keys) + 1:
+        raise CorruptEntry("malformed column layout")
+    if not count:
+        return []
+    # the values shared by every item go into one template, copied per item; the others
+    # are set column by column
+    template: dict[str, Any] = {}
+    varying: list[tuple[str, list[Any]]] = []
+    for key, column, (_, decode) in zip(keys, data[1:], codecs, strict=True):
+        if column is None:
+            template[key] = None
+        elif type(column) is dict:
+            (constant,) = column.values()
+            template[key] = constant if decode is None else decode([constant])[0]
+        elif len(column) != count:
+            raise CorruptEntry("column of the wrong length")
+        else:
+            template[key] = None  # keeps the keys in the model's order
+            varying.append((key, column if decode is None else decode(column)))
+    dicts = list(map(dict.copy, repeat(template, count)))
+    for key, values in varying:
+        deque(map(_set_item, dicts, repeat(key), values), maxlen=0)
+    return _construct_many(cls, keys, dicts)
+
+
+# the column layout itself (model field names in order) is part of the profile envelope's
+# kind: an entry written by a process whose models differ (a rolling upgrade) is a miss
+_LAYOUT = hashlib.blake2b(
+    repr((_FIELD_KEYS, _ASSET_KEYS, _IDENTITY_KEYS, tuple(CustomerProfile.model_fields))).encode(),
+    digest_size=4,
+).digest()
+KIND_PROFILE = b"P" + _LAYOUT
+
+
+def encode_profile(profile: CustomerProfile) -> bytes | None:
+    """``profile`` (read without history) as a cache entry; None when it cannot be cached
+    (history attached, or a value JSON cannot hold losslessly, such as a 65-bit integer)."""
+    if profile.field_history or profile.asset_history:
+        return None
+    data = [
+        profile.id.hex,
+        profile.tenant_id.hex,
+        profile.customer_id.hex,
+        profile.verification_level.value,
+        profile.created_at.isoformat(),
+        profile.updated_at.isoformat(),
+        None if profile.last_interaction_at is None else profile.last_interaction_at.isoformat(),
+        _encode_columns(profile.channel_identities, _IDENTITY_KEYS, _IDENTITY_CODECS),
+        [consent.model_dump(mode="json") for consent in profile.consents],
+        _encode_columns(list(profile.fields.values()), _FIELD_KEYS, _FIELD_CODECS),
+        _encode_columns(profile.assets, _ASSET_KEYS, _ASSET_CODECS),
+    ]
+    try:
+        body = orjson.dumps(data)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    return seal_envelope(KIND_PROFILE, body)
+
+
+def decode_profile(payload: bytes) -> CustomerProfile:
+    """The profile of a cache entry; :class:`CorruptEntry` unless intact and well formed."""
+    body = open_envelope(KIND_PROFILE, payload)
+    try:
+        (
+            profile_id, tenant_id, customer_id, level, created_at, updated_at, last_at,
+            identities, consents, fields, assets,
+        ) = orjson.loads(body)  # fmt: skip
+        versions = _decode_columns(ProfileField, fields, _FIELD_KEYS, _FIELD_CODECS)
+        return _construct(
+            CustomerProfile,
+            {
+                "id": _uuid(profile_id),
+                "tenant_id": _uuid(tenant_id),
+                "customer_id": _uuid(customer_id),
+                "channel_identities": _decode_columns(
+                    ChannelIdentity, identities, _IDENTITY_KEYS, _IDENTITY_CODECS
+                ),
+                "fields": {item.name: item for item in versions},
+                "field_history": {},
+                "assets": _decode_columns(ProfileAsset, assets, _ASSET_KEYS, _ASSET_CODECS),
+                "asset_history": [],
+                "verification_level": _VERIFICATION[level],
+                "consents": [Consent.model_validate(c) for c in consents],
+                "created_at": _when(created_at),
+                "updated_at": _when(updated_at),
+                "last_interaction_at": _when_or_none(last_at),
+            },
+        )
+    except CorruptEntry:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise CorruptEntry("malformed profile entry") from exc
