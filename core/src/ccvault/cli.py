@@ -402,6 +402,10 @@ def cli(
         config, source = Path(os.environ["CCVAULT_CONFIG"]), "CCVAULT_CONFIG"
     elif config is None and SYSTEM_CONFIG.is_file():
         config, source = SYSTEM_CONFIG, "system path"
+    if source == "CCVAULT_CONFIG":
+        # commands that read the root's parameter (eval sgd) see the variable's file too;
+        # the system path is not named by the operator: they do not see it
+        ctx.params["config"] = config
     ctx.obj = _Env(config, source, as_json=as_json, verbose=verbose, log_format=log_format)
     ctx.obj.apply_logging()
 

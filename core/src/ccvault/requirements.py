@@ -396,7 +396,9 @@ def find_missing(
                 missing.append(requirement)
             else:
                 metrics.STALE_FIELD_WARNINGS.labels(
-                    tenant_id=str(profile.tenant_id), field_name=field.name
+                    tenant_id=str(profile.tenant_id),
+                    # a label value only from a stored definition
+                    field_name=field.name if definition is not None else metrics.UNDEFINED_FIELD,
                 ).inc()
                 # a hot path: WARNING once per (tenant, field) and process, then DEBUG
                 once = _STALE_LOGGED.first((profile.tenant_id, field.name))
