@@ -572,15 +572,21 @@ def _local_key(settings: VaultSettings) -> str | None:
     generated = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
+        if not path.exists():
+            # written whole under a private name, then linked into place: a concurrent
+            # starter either wins the link or reads the winner's complete key
             entry = f"{_LOCAL_KID}:{base64.b64encode(os.urandom(32)).decode()}"
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(entry + "\n")
-            generated = True
+            draft = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(entry + "\n")
+                os.link(draft, path)
+                generated = True
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink(missing_ok=True)
         if os.name == "posix" and path.stat().st_mode & 0o077:
             raise errors.ConfigurationError(
                 f"profile.pii_local_key_path {path} is readable by other users; "
