@@ -255,6 +255,21 @@ async def test_another_tenants_key_sees_nothing(setup: Setup) -> None:
         assert len(explained["history"]) == 1
 
 
+def test_http_refuses_a_foreign_host_header_on_loopback(setup: Setup) -> None:
+    """DNS rebinding: a page on another origin cannot reach the loopback server's tools."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {
+        "Authorization": f"Bearer {setup.token}",
+        "Accept": "application/json, text/event-stream",
+        "Host": "evil.example",
+        "Origin": "http://evil.example",
+    }
+    with httpx.Client(base_url=setup.server.base_url) as http:
+        response = http.post("/mcp/", json=body, headers=headers)
+    assert 400 <= response.status_code < 500
+    assert "find_customer" not in response.text
+
+
 def test_stdio_refuses_a_revoked_key(setup: Setup) -> None:
     key, token = setup.server.keys.create(setup.tenant, "read")
     setup.server.keys.revoke(key.key_id)

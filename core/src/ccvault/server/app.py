@@ -330,7 +330,7 @@ def create_app(
     if mcp_server is not None:
         from ccvault.server.mcp import http_app
 
-        app.mount("/mcp", http_app(mcp_server))
+        app.mount("/mcp", http_app(mcp_server, options.host))
 
     # the last added is the outermost: the access log sees every answer, 413s included
     app.add_middleware(_BodyLimit, limit=options.max_body_bytes)

@@ -475,11 +475,12 @@ class _RequireKey:
         await self.app(scope, receive, send)
 
 
-def http_app(server: MCPServer[Any]) -> ASGIApp:
+def http_app(server: MCPServer[Any], host: str = "127.0.0.1") -> ASGIApp:
     """The streamable HTTP endpoint (stateless, JSON responses) behind the API-key check;
-    mount it at ``/mcp``."""
+    mount it at ``/mcp``. ``host``: where the server listens; on a loopback address the
+    SDK also refuses requests whose Host/Origin is not loopback (DNS rebinding)."""
     starlette_app = server.streamable_http_app(
-        streamable_http_path="/", stateless_http=True, json_response=True
+        streamable_http_path="/", stateless_http=True, json_response=True, host=host
     )
     binding: VaultBinding = server.ccvault_binding  # type: ignore[attr-defined]
     return _RequireKey(starlette_app, binding)
