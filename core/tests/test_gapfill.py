@@ -526,6 +526,7 @@ async def test_metrics_from_real_events(world: World) -> None:
 
     # a: extraction (filled); b: session, then extraction (neither)
     assert attempts("extraction") == 2 and attempts("session") == 1 and attempts("profile") == 0
+
     def counted(name: str) -> float:
         labels = {"tenant_id": str(world.tenant), "scenario_id": str(world.scenario)}
         return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
