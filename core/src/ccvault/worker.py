@@ -391,6 +391,8 @@ class Worker:
                 reports.append(TenantReport(tenant_id, processed=False, error=str(exc)))
         done = sum(1 for r in reports if r.processed)
         metrics.WORKER_LAST_SWEEP.set_to_current_time()
+        if not self.stopping:
+            metrics.forget_tenants(tenants)  # a tenant gone is no longer reported
         metrics.WORKER_HEARTBEAT.set_to_current_time()
         logger.info(
             "sweep done tenants=%d processed=%d failed=%d expired=%d orphaned=%d",
