@@ -43,6 +43,9 @@ COMMANDS = [
     ["worker"],
     ["metrics"],
     ["rotate-keys"],
+    ["config"],
+    ["config", "show"],
+    ["config", "check"],
 ]
 
 
