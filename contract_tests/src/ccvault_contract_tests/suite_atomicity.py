@@ -140,6 +140,8 @@ async def _world(store: ProfileStore, tenant: UUID) -> _World:
     await store.update_field(tenant, alice.id, alice_city)
     alice_scan = make_asset("id_scan")
     await store.add_asset(tenant, alice.id, alice_scan)
+    # overdue but not swept: a refused write must not sweep it either
+    await store.update_field(tenant, alice.id, make_field("otp", "123456", expires_at=ts(-1)))
     bob_phone = make_field("phone", "+15550100")
     await store.update_field(tenant, bob.id, bob_phone)
     bob_scan = make_asset("id_scan")

@@ -115,22 +115,24 @@ class ModelBasedContract(ContractBase):
     ) -> None:
         supersede = rng.random() < 0.8
         now = store.now()
-        if not supersede:
-            # a non-superseding write first marks the profile's expired versions EXPIRED, as
-            # expire_stale_fields would, so an expired value never blocks it
-            for (owner, _name), versions in model.versions.items():
-                if owner == profile:
-                    for version in versions:
-                        version.status = version.served_status(now)
         active = model.active(profile, name)
         expires_at = ts(-500) if rng.random() < 0.2 else None
         item = make_field(
             name, rng.randint(0, 999), collected_at=rng.choice(moments), expires_at=expires_at
         )
-        if not supersede and active is not None:
+        if not supersede and active is not None and active.served_status(now) is ItemStatus.ACTIVE:
+            # refused, and nothing written (not even the sweep below)
             with pytest.raises(errors.ActiveFieldConflictError):
                 await store.update_field(tenant, profile, item, supersede_existing=False)
             return
+        if not supersede:
+            # a non-superseding write marks the profile's expired versions EXPIRED in the same
+            # step, as expire_stale_fields would, so an expired value never blocks it
+            for (owner, _name), versions in model.versions.items():
+                if owner == profile:
+                    for version in versions:
+                        version.status = version.served_status(now)
+            active = model.active(profile, name)
         await store.update_field(tenant, profile, item, supersede_existing=supersede)
         model.seq += 1
         if active is not None:

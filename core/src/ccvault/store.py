@@ -385,11 +385,12 @@ class ProfileStore(ABC):
         """Store ``field`` as the new ACTIVE version of its name; return its id.
 
         With ``supersede_existing`` the previous ACTIVE version becomes SUPERSEDED, with
-        ``superseded_by_id`` and ``superseded_at``, in the same atomic step. Without it, the
-        profile's versions past ``expires_at`` are first marked EXPIRED (as
-        :meth:`expire_stale_fields` would), and an unexpired ACTIVE version present raises
-        :class:`~ccvault.errors.ActiveFieldConflictError`. Unknown or deleted profile:
-        :class:`~ccvault.errors.NotFoundError`.
+        ``superseded_by_id`` and ``superseded_at``, in the same atomic step. Without it, an
+        unexpired ACTIVE version present raises
+        :class:`~ccvault.errors.ActiveFieldConflictError` and nothing is written; otherwise,
+        in the same atomic step as the insert, the profile's versions past ``expires_at``
+        are marked EXPIRED (as :meth:`expire_stale_fields` would), so an expired value never
+        blocks the write. Unknown or deleted profile: :class:`~ccvault.errors.NotFoundError`.
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_uuid(profile_id, "profile_id")
@@ -399,10 +400,6 @@ class ProfileStore(ABC):
         field.superseded_by_id = None
         field.superseded_at = None
         field.updated_at = self.now()
-        if not supersede_existing:
-            # an ACTIVE version past expires_at is no longer served, so it must not block
-            # the write: mark it EXPIRED first (a no-op for what is not yet due)
-            await self._expire_stale_fields(tenant_id, profile_id, field.updated_at)
         return await self._update_field(tenant_id, profile_id, field, supersede_existing)
 
     @final
@@ -930,7 +927,11 @@ class ProfileStore(ABC):
 
         Must keep one ACTIVE version per name under any concurrency; retries of
         serialization or unique-index failures happen inside. A field id already stored:
-        :class:`~ccvault.errors.ConflictError`.
+        :class:`~ccvault.errors.ConflictError`. Without ``supersede_existing``: an ACTIVE
+        version of the name with ``expires_at`` after ``field.updated_at`` (or none) raises
+        :class:`~ccvault.errors.ActiveFieldConflictError` with nothing written; else the
+        profile's ACTIVE versions with ``expires_at <= field.updated_at`` become EXPIRED
+        (``updated_at`` = ``field.updated_at``) in the same atomic step as the insert.
         """
 
     @abstractmethod

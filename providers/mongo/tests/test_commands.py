@@ -249,21 +249,38 @@ async def test_standalone_without_supersede_is_one_guarded_insert(
     second = ProfileField(name="email", value="b")
     with pytest.raises(errors.ActiveFieldConflictError):
         await store.update_field(tenant, profile, second, supersede_existing=False)
-    # the core's expiry of the profile's stale fields, then: lease, expire a stale ACTIVE
-    # one of this name (again, under the lease), the insert the unique index refuses,
-    # which index, lease given back
+    # lease, expire a stale ACTIVE one of this name (under the lease), the insert the
+    # unique index refuses, which index, lease given back: the profile's other overdue
+    # versions are swept only after an insert that succeeded, so a refusal writes nothing
     assert _calls(client) == [
-        ("fields", "update_many"),
         ("profiles", "find_one_and_update"),
         ("fields", "update_one"),
         ("fields", "insert_one"),
         ("fields", "find_one"),
         ("profiles", "update_one"),
     ]
-    for expire in (client.commands[0], client.commands[2]):
-        assert expire.args[0]["expires_at"] == {"$lte": dt(NOW)}
-        assert expire.args[1] == {"$set": {"status": "expired", "updated_at": dt(NOW)}}
-    assert client.commands[4].args[0] == {"tenant_id": uid(tenant), "id": uid(second.id)}
+    expire = client.commands[1]
+    assert expire.args[0]["expires_at"] == {"$lte": dt(NOW)}
+    assert expire.args[1] == {"$set": {"status": "expired", "updated_at": dt(NOW)}}
+    assert client.commands[3].args[0] == {"tenant_id": uid(tenant), "id": uid(second.id)}
+    # accepted: the same, then the profile's overdue versions, then the lease back
+    client.clear_commands()
+    third = ProfileField(name="phone", value="c")
+    await store.update_field(tenant, profile, third, supersede_existing=False)
+    assert _calls(client) == [
+        ("profiles", "find_one_and_update"),
+        ("fields", "update_one"),
+        ("fields", "insert_one"),
+        ("fields", "update_many"),
+        ("profiles", "update_one"),
+    ]
+    sweep = client.commands[3]
+    assert sweep.args[0] == {
+        "tenant_id": uid(tenant),
+        "profile_id": uid(profile),
+        "status": "active",
+        "expires_at": {"$lte": dt(NOW)},
+    }
 
 
 async def test_transactional_supersede_runs_every_step_in_one_transaction(

@@ -300,11 +300,14 @@ class InMemoryProfileStore(ProfileStore):
         if item.id in tenant.fields:
             raise errors.ConflictError(f"field id {item.id} is already stored")
         active = self._active_field(tenant, profile_id, item.name)
-        if active is not None:
-            if not supersede:
+        if not supersede:
+            if active is not None and not active.item.is_expired(now):
                 raise errors.ActiveFieldConflictError(
                     f"field {item.name!r} already has an ACTIVE version ({active.item.id})"
                 )
+            # every check passed: the profile's overdue versions close with the insert
+            self._sweep(tenant, profile_id, now)
+            active = None
         stored = item.model_copy(
             deep=True,
             update={"status": ItemStatus.ACTIVE, "superseded_by_id": None, "superseded_at": None},
@@ -364,17 +367,20 @@ class InMemoryProfileStore(ProfileStore):
         self, tenant_id: UUID, profile_id: UUID | None, now: datetime
     ) -> int:
         async with self._lock:
-            tenant = self._tenant(tenant_id)
-            count = 0
-            for row in tenant.fields.values():
-                if profile_id is not None and row.profile_id != profile_id:
-                    continue
-                if row.item.status is ItemStatus.ACTIVE and row.item.is_expired(now):
-                    row.item = row.item.model_copy(
-                        update={"status": ItemStatus.EXPIRED, "updated_at": now}
-                    )
-                    count += 1
-            return count
+            return self._sweep(self._tenant(tenant_id), profile_id, now)
+
+    @staticmethod
+    def _sweep(tenant: _Tenant, profile_id: UUID | None, now: datetime) -> int:
+        count = 0
+        for row in tenant.fields.values():
+            if profile_id is not None and row.profile_id != profile_id:
+                continue
+            if row.item.status is ItemStatus.ACTIVE and row.item.is_expired(now):
+                row.item = row.item.model_copy(
+                    update={"status": ItemStatus.EXPIRED, "updated_at": now}
+                )
+                count += 1
+        return count
 
     # -------------------------------------------------------------------------------------
     # assets

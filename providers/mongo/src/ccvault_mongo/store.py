@@ -913,12 +913,17 @@ class MongoProfileStore(ProfileStore):
         }
         if not supersede:
             # an ACTIVE version past expires_at is not served as active, so it does not
-            # block a new one: it is marked EXPIRED first
-            await fields.update_one(
-                {**name_key, "status": ItemStatus.ACTIVE.value, "expires_at": {"$lte": now}},
-                {"$set": {"status": ItemStatus.EXPIRED.value, "updated_at": now}},
-                session=session,
-            )
+            # block a new one: it is marked EXPIRED first (in a transaction, with every
+            # overdue version of the profile: a refused insert undoes it all; standalone,
+            # the other names' after the insert succeeded, so a refusal writes nothing)
+            due = {"status": ItemStatus.ACTIVE.value, "expires_at": {"$lte": now}}
+            expire = {"$set": {"status": ItemStatus.EXPIRED.value, "updated_at": now}}
+            if session is not None:
+                await fields.update_many(
+                    {"tenant_id": t, "profile_id": p, **due}, expire, session=session
+                )
+            else:
+                await fields.update_one({**name_key, **due}, expire)
             if session is not None:
                 if await fields.find_one(
                     {"tenant_id": t, "id": doc["id"]}, projection={"id": 1}, session=session
@@ -938,6 +943,7 @@ class MongoProfileStore(ProfileStore):
                 await fields.insert_one(doc)
             except DuplicateKeyError:
                 raise await self._field_conflict(tenant_id, field) from None
+            await fields.update_many({"tenant_id": t, "profile_id": p, **due}, expire)
             return
         if session is not None:
             # in a transaction the order does not matter: nobody sees the steps

@@ -832,9 +832,10 @@ class PostgresProfileStore(ProfileStore):
     async def _update_field(
         self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
     ) -> UUID:
-        params = (tenant_id, profile_id, *_field_params(field), supersede_existing, self.now())
+        now = self.now() if supersede_existing else field.updated_at
+        params = (tenant_id, profile_id, *_field_params(field), supersede_existing, now)
 
-        async def attempt(conn: asyncpg.Connection) -> UUID:
+        async def insert(conn: asyncpg.Connection) -> UUID:
             try:
                 row = await conn.fetchrow(sql.UPDATE_FIELD, *params)
             except pgerr.UniqueViolationError as exc:
@@ -848,6 +849,15 @@ class PostgresProfileStore(ProfileStore):
                 raise errors.NotFoundError(f"profile {profile_id} not found")
             new_id: UUID = row["new_id"]
             return new_id
+
+        async def attempt(conn: asyncpg.Connection) -> UUID:
+            if supersede_existing:
+                return await insert(conn)  # one statement: its own transaction
+            # the profile's overdue versions close in the insert's transaction: a refused
+            # insert (an unexpired ACTIVE version, or no live profile) undoes the sweep
+            async with conn.transaction():
+                await conn.execute(sql.EXPIRE_PROFILE, tenant_id, now, profile_id)
+                return await insert(conn)
 
         return await self._write(attempt, retry_if=_is_active_field_race)
 
