@@ -433,3 +433,25 @@ def test_demo_without_config_runs_embedded_in_the_data_dir(
     assert (data / "vault.db").is_file() and (data / "pii.key").is_file()
     assert "for local use only" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing in the cwd
+
+
+class _Broken(_Shared):
+    async def _list_tenant_ids(self) -> list[Any]:
+        raise RuntimeError("ana@example.com broke it")
+
+
+def test_an_unexpected_error_is_one_line_without_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def create(options: BaseModel, rules: StoreRules) -> ProfileStore:
+        return _Broken(InMemoryProfileStore())
+
+    spec = ProviderSpec(
+        name="broken", distribution="ccvault-tests", settings_model=_Options, create_store=create
+    )
+    monkeypatch.setitem(registry._loaded, "broken", spec)
+    config = _config(tmp_path, PLAIN.replace("fakeprod", "broken"))
+    result = _invoke("expire", "-c", str(config))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("ccvault: error: unexpected RuntimeError")
+    assert result.stderr.count("\n") == 1 and "ana@example.com" not in result.stderr

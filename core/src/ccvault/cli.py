@@ -215,13 +215,13 @@ class _VaultGroup(click.Group):
             raise
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # one line, not a traceback: -v logs the traceback
+        except Exception as exc:  # one line, not a traceback (which may quote data)
             logger.debug("unexpected error", exc_info=True)
             _report_error(
                 ctx,
                 "error",
-                f'unexpected {type(exc).__name__}: {_one_line(exc)} ([logging] level = "DEBUG" for '
-                "the traceback)",
+                f"unexpected {type(exc).__name__} (its message is not shown: it may quote "
+                'data; [logging] level = "DEBUG" logs the traceback)',
                 EXIT_ERROR,
             )
 
