@@ -43,6 +43,9 @@ __all__ = [
     "ItemType",
     "JsonValue",
     "LineageEntry",
+    "MergeIdentityMove",
+    "MergeRecord",
+    "MergeSupersede",
     "ProfileAsset",
     "ProfileField",
     "ProfileFieldDefinition",
@@ -51,6 +54,9 @@ __all__ = [
     "ScenarioFieldRequirement",
     "Session",
     "SourceType",
+    "SurvivorshipPolicy",
+    "UnmergeConflict",
+    "UnmergeResult",
     "UtcDatetime",
     "VerificationLevel",
     "check_json_value",
@@ -216,6 +222,25 @@ class GapFillSource(StrEnum):
     EXTRACTION = "extraction"
 
 
+class SurvivorshipPolicy(StrEnum):
+    """How a merge settles two ACTIVE versions of one field name (``ccvault.rules.merge``).
+
+    ``verified_first`` (the default): an unexpired version beats an expired one, then the
+    verified one wins, then the most recently collected. ``most_recent``: the most recently
+    collected. ``source_priority``: the version whose ``source`` comes first in the
+    definition's ``source_priority`` list (an unlisted source ranks last), then
+    ``verified_first``. ``most_confident``: the higher ``confidence``, then
+    ``verified_first``. ``keep_target``: the target's version. Every policy first prefers an
+    unexpired version (an expired value is never served) and keeps the target's on a full tie.
+    """
+
+    VERIFIED_FIRST = "verified_first"
+    MOST_RECENT = "most_recent"
+    SOURCE_PRIORITY = "source_priority"
+    MOST_CONFIDENT = "most_confident"
+    KEEP_TARGET = "keep_target"
+
+
 # ---------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------
@@ -350,6 +375,10 @@ class ProfileFieldDefinition(VaultModel):
     created_at: UtcDatetime = Field(default_factory=utcnow)
     updated_at: UtcDatetime = Field(default_factory=utcnow)
     enabled: bool = True
+    #: how a merge settles two ACTIVE versions of this name (see SurvivorshipPolicy)
+    survivorship: SurvivorshipPolicy = SurvivorshipPolicy.VERIFIED_FIRST
+    #: for ``source_priority``: the sources in order of preference, best first
+    source_priority: list[ProfileFieldSource] = Field(default_factory=list)
 
     @field_validator("allowed_values")
     @classmethod
@@ -463,6 +492,89 @@ class GapFillResult(VaultModel):
     next_action: FallbackAction | None = None
     prompt: str | None = None
     blocked: bool = False
+
+
+class MergeSupersede(VaultModel):
+    """One ACTIVE version a merge's survivorship rule superseded."""
+
+    name: FieldName
+    loser_id: UUID
+    winner_id: UUID
+    #: the profile the loser belonged to before the merge (target or source)
+    loser_profile_id: UUID
+    policy: SurvivorshipPolicy = SurvivorshipPolicy.VERIFIED_FIRST
+
+
+class MergeIdentityMove(VaultModel):
+    """One identity a merge moved (``from_source``) or whose primary flag it changed."""
+
+    channel: Channel
+    channel_user_id: ShortText
+    from_source: bool
+    primary_before: bool
+    primary_after: bool
+
+
+class MergeRecord(VaultModel):
+    """The merge log entry of one merge: exactly what it moved and superseded.
+
+    Stored by the provider in the merge's own transaction; listed by ``get_merge_log``,
+    part of ``export_profile``, erased by ``purge_profile`` of either profile, read by
+    ``unmerge`` (which sets ``unmerged_at``). Holds ids, names and flags, and the moved
+    consents; never a field value.
+    """
+
+    id: UUID = Field(default_factory=uuid4)
+    tenant_id: UUID
+    source_profile_id: UUID
+    target_profile_id: UUID
+    merged_at: UtcDatetime
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    actor: Annotated[str, StringConstraints(max_length=255)] | None = None
+    #: every field version of the source (any status), with its id
+    moved_field_ids: list[UUID] = Field(default_factory=list)
+    #: every asset of the source (any status)
+    moved_asset_ids: list[UUID] = Field(default_factory=list)
+    #: the source's consents, in their order
+    moved_consents: list[Consent] = Field(default_factory=list)
+    #: the source's identities (moved) and the target's whose primary flag changed
+    identities: list[MergeIdentityMove] = Field(default_factory=list)
+    superseded: list[MergeSupersede] = Field(default_factory=list)
+    unmerged_at: UtcDatetime | None = None
+
+
+class UnmergeConflict(VaultModel):
+    """Something ``unmerge`` did not restore because it changed after the merge.
+
+    ``kind``: ``superseded_after_merge`` (an item going back to the source was superseded
+    by ``other_id``, written to the target after the merge: it goes back SUPERSEDED),
+    ``item_gone`` (a moved item or a superseded version was deleted since),
+    ``loser_changed`` (a version the merge superseded no longer has the merge's winner as
+    successor: left as it is), ``identity_gone`` (a moved identity is no longer on the
+    target), ``consent_gone`` (a moved consent is no longer on the target).
+    """
+
+    kind: str
+    item_type: str | None = None
+    item_id: UUID | None = None
+    name: str | None = None
+    other_id: UUID | None = None
+    channel: Channel | None = None
+
+
+class UnmergeResult(VaultModel):
+    """What ``unmerge`` restored, and the conflicts it reported instead of guessing."""
+
+    merge_id: UUID
+    source_profile_id: UUID
+    target_profile_id: UUID
+    unmerged_at: UtcDatetime
+    restored_field_ids: list[UUID] = Field(default_factory=list)
+    restored_asset_ids: list[UUID] = Field(default_factory=list)
+    reactivated_field_ids: list[UUID] = Field(default_factory=list)
+    restored_identities: list[ChannelIdentity] = Field(default_factory=list)
+    restored_consents: int = 0
+    conflicts: list[UnmergeConflict] = Field(default_factory=list)
 
 
 def is_valid_field_name(name: object) -> bool:

@@ -23,28 +23,61 @@ The rules (DESIGN.md §4, "Channels and merge"):
   target has none, the source's primary becomes the merged profile's primary; every other
   identity is secondary.
 
+Survivorship policies (issue 16): a field definition may declare how a merge settles its
+name (:class:`~ccvault.models.SurvivorshipPolicy`). :func:`policies_from_definitions` says
+which definition applies when several agents of the tenant define one name: among the
+*enabled* definitions of that name, the first by ``agent_id`` (UUID order) that declares a
+policy other than the default ``verified_first``; none: ``verified_first``. It is decided
+once, from the definitions read before the merge, and recorded per superseded version in
+the merge log. :func:`survivorship_winner` applies one policy; :func:`should_replace` offers
+the same decision to ``update_field`` callers ("never overwrite a verified value with an
+unverified one": read the ACTIVE version, write only when it returns True).
+
+The merge log (:class:`~ccvault.models.MergeRecord`): :func:`merge_record` builds the entry
+a provider stores in the merge's own transaction, from the plan and what it moved.
+
 Nothing here performs I/O.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from uuid import UUID
+from uuid import UUID, uuid4
 
-from ccvault.models import Channel, ChannelIdentity, CustomerProfile, ItemStatus, ProfileField
+from ccvault.models import (
+    Channel,
+    ChannelIdentity,
+    Consent,
+    CustomerProfile,
+    ItemStatus,
+    MergeIdentityMove,
+    MergeRecord,
+    MergeSupersede,
+    ProfileField,
+    ProfileFieldDefinition,
+    ProfileFieldSource,
+    SurvivorshipPolicy,
+)
 
 __all__ = [
+    "FieldPolicy",
     "HeldIdentity",
     "IdentityPlacement",
+    "MergeLogRequest",
     "MergePlan",
     "MergeSide",
     "MergeWinner",
     "Supersede",
+    "merge_record",
     "merge_winner",
     "plan_merge",
+    "policies_from_definitions",
+    "should_replace",
+    "survivorship_chooser",
+    "survivorship_winner",
 ]
 
 MergeWinner = Callable[[ProfileField, ProfileField], ProfileField]
@@ -65,6 +98,102 @@ def merge_winner(
     if target.verified != source.verified:
         return target if target.verified else source
     return source if source.collected_at > target.collected_at else target
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPolicy:
+    """The survivorship policy of one field name (from its definition)."""
+
+    policy: SurvivorshipPolicy = SurvivorshipPolicy.VERIFIED_FIRST
+    source_priority: tuple[ProfileFieldSource, ...] = ()
+
+
+DEFAULT_POLICY = FieldPolicy()
+
+
+def survivorship_winner(
+    target: ProfileField,
+    source: ProfileField,
+    policy: FieldPolicy = DEFAULT_POLICY,
+    *,
+    now: datetime | None = None,
+) -> ProfileField:
+    """The version ``policy`` keeps of ``target`` and ``source`` (see SurvivorshipPolicy).
+
+    Every policy first prefers an unexpired version at ``now``; a full tie keeps the target's.
+    """
+    if now is not None and target.is_expired(now) != source.is_expired(now):
+        return source if target.is_expired(now) else target
+    kind = policy.policy
+    if kind is SurvivorshipPolicy.KEEP_TARGET:
+        return target
+    if kind is SurvivorshipPolicy.MOST_RECENT:
+        return source if source.collected_at > target.collected_at else target
+    if kind is SurvivorshipPolicy.MOST_CONFIDENT and target.confidence != source.confidence:
+        return target if target.confidence > source.confidence else source
+    if kind is SurvivorshipPolicy.SOURCE_PRIORITY:
+        order = policy.source_priority
+        rank_t = order.index(target.source) if target.source in order else len(order)
+        rank_s = order.index(source.source) if source.source in order else len(order)
+        if rank_t != rank_s:
+            return target if rank_t < rank_s else source
+    return merge_winner(target, source, now=now)
+
+
+def survivorship_chooser(
+    policies: Mapping[str, FieldPolicy], now: datetime | None = None
+) -> MergeWinner:
+    """A ``choose_winner`` for :func:`plan_merge` applying each name's policy."""
+
+    def choose(target: ProfileField, source: ProfileField) -> ProfileField:
+        policy = policies.get(target.name, DEFAULT_POLICY)
+        return survivorship_winner(target, source, policy, now=now)
+
+    return choose
+
+
+def policies_from_definitions(
+    definitions: Iterable[ProfileFieldDefinition],
+) -> dict[str, FieldPolicy]:
+    """Each name's policy: among the enabled definitions of the name, the first by
+    ``agent_id`` declaring a policy other than ``verified_first``; names without one are
+    left out (they use the default)."""
+    chosen: dict[str, FieldPolicy] = {}
+    for definition in sorted(definitions, key=lambda d: (d.agent_id.int, d.name)):
+        if not definition.enabled or definition.name in chosen:
+            continue
+        if definition.survivorship is SurvivorshipPolicy.VERIFIED_FIRST:
+            continue
+        chosen[definition.name] = FieldPolicy(
+            definition.survivorship, tuple(definition.source_priority)
+        )
+    return chosen
+
+
+def should_replace(
+    current: ProfileField | None,
+    candidate: ProfileField,
+    policy: FieldPolicy = DEFAULT_POLICY,
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """True when ``candidate`` should supersede the ACTIVE ``current`` under ``policy``.
+
+    For ``update_field`` callers: with the default policy an unverified candidate never
+    replaces a verified value. The candidate is the newer write, so it plays the merge's
+    source; a full tie replaces (the newer write wins) except under ``keep_target``.
+    """
+    if current is None or current.status is not ItemStatus.ACTIVE:
+        return True
+    if now is not None and current.is_expired(now):
+        return True
+    winner = survivorship_winner(current, candidate, policy, now=now)
+    if winner is candidate:
+        return True
+    if policy.policy is SurvivorshipPolicy.KEEP_TARGET:
+        return False
+    # a tie on every criterion of the policy: the newer write wins
+    return survivorship_winner(candidate, current, policy, now=now) is candidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,4 +369,71 @@ def plan_merge(
         now=now,
         supersede=_settle(target, source, choose_winner),
         identities=_place_identities(target, source),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MergeLogRequest:
+    """What the public layer tells the provider about a merge, for its log entry."""
+
+    merge_id: UUID = field(default_factory=uuid4)
+    reason: str | None = None
+    actor: str | None = None
+    #: the names with a policy other than the default, as decided before the merge
+    policies: Mapping[str, FieldPolicy] = field(default_factory=dict)
+
+
+def merge_record(
+    tenant_id: UUID,
+    plan: MergePlan,
+    request: MergeLogRequest,
+    *,
+    moved_field_ids: Iterable[UUID],
+    moved_asset_ids: Iterable[UUID],
+    moved_consents: Sequence[Consent],
+    source_identities: Iterable[HeldIdentity | ChannelIdentity],
+    target_identities: Iterable[HeldIdentity | ChannelIdentity],
+) -> MergeRecord:
+    """The merge log entry of ``plan``: a provider stores it in the merge's transaction.
+
+    ``moved_*``: every field version and asset of the source (any status) and its consents
+    in order, as read in the transaction; ``*_identities``: both sides as read (for the
+    flags before the merge).
+    """
+    before = {
+        (i.channel, i.channel_user_id): i.primary for i in (*target_identities, *source_identities)
+    }
+    moves = [
+        MergeIdentityMove(
+            channel=p.channel,
+            channel_user_id=p.channel_user_id,
+            from_source=p.from_source,
+            primary_before=before.get(p.key, False),
+            primary_after=p.primary,
+        )
+        for p in plan.identities
+        if p.from_source or p.changed
+    ]
+    return MergeRecord(
+        id=request.merge_id,
+        tenant_id=tenant_id,
+        source_profile_id=plan.source_id,
+        target_profile_id=plan.target_id,
+        merged_at=plan.now,
+        reason=request.reason,
+        actor=request.actor,
+        moved_field_ids=list(dict.fromkeys(moved_field_ids)),
+        moved_asset_ids=list(dict.fromkeys(moved_asset_ids)),
+        moved_consents=[c.model_copy(deep=True) for c in moved_consents],
+        identities=moves,
+        superseded=[
+            MergeSupersede(
+                name=e.name,
+                loser_id=e.loser_id,
+                winner_id=e.winner_id,
+                loser_profile_id=e.loser_profile_id,
+                policy=request.policies.get(e.name, DEFAULT_POLICY).policy,
+            )
+            for e in plan.supersede
+        ],
     )
