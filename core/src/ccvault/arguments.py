@@ -28,8 +28,10 @@ import pydantic
 from ccvault import errors
 from ccvault.models import (
     Channel,
+    CustomerProfile,
     ItemStatus,
     ItemType,
+    ProfileField,
     RequiredLevel,
     check_json_value,
     is_valid_field_name,
@@ -47,6 +49,8 @@ __all__ = [
     "check_json_payload",
     "check_model",
     "check_optional_uuid",
+    "check_read_fields",
+    "check_read_profile",
     "check_required_level",
     "check_status",
     "check_text",
@@ -171,6 +175,73 @@ def check_model(cls: type[_M], value: object, what: str) -> _M:
         raise errors.ValidationError(f"invalid {what}: a value is out of range") from None
     check_written(checked, what)
     return checked
+
+
+def check_read_profile(value: object, what: str = "profile") -> CustomerProfile:
+    """``value`` itself, if it is a :class:`~ccvault.models.CustomerProfile`, for a method
+    that only *reads* a few of its attributes and never stores or returns it
+    (``get_missing_fields``). Nothing is copied or validated here: the method checks what it
+    reads with :func:`check_read_fields`, right before it reads it (no ``await`` between),
+    so neither a history it never looks at nor the rest of the profile costs anything."""
+    if not isinstance(value, CustomerProfile):
+        raise errors.ValidationError(
+            f"{what} must be a CustomerProfile, got {type(value).__name__}"
+        )
+    if not isinstance(value.__dict__.get("tenant_id"), UUID):
+        raise errors.ValidationError(f"invalid {what}: tenant_id is not a UUID")
+    return value
+
+
+def _aware(value: object) -> bool:
+    return (
+        isinstance(value, datetime) and value.tzinfo is not None and value.utcoffset() is not None
+    )
+
+
+def check_read_fields(profile: CustomerProfile, what: str = "profile") -> dict[str, ProfileField]:
+    """A snapshot (a new dict, the same field models) of ``profile.fields``, each ACTIVE
+    version checked for what a reader of it uses: its name matches its key, its status,
+    ``verified``, ``collected_at`` and ``expires_at`` have their types, its value is JSON.
+
+    A model validated by pydantic always passes; one built with ``model_construct`` or
+    edited through ``__dict__`` may not, and is refused with a ValidationError naming the
+    attribute (never a value) rather than failing inside the evaluation.
+    """
+    fields = profile.__dict__.get("fields")
+    if not isinstance(fields, dict):
+        raise errors.ValidationError(f"invalid {what}: fields is not a mapping")
+    snapshot = dict(fields)
+    for key, item in snapshot.items():
+        if not isinstance(item, ProfileField):
+            raise errors.ValidationError(f"invalid {what}: fields holds a {type(item).__name__}")
+        values = item.__dict__
+        if values.get("name") != key:
+            raise errors.ValidationError(f"invalid {what}: a field is filed under another name")
+        expires = values.get("expires_at")
+        if (
+            values.get("status").__class__ is not ItemStatus
+            or values.get("verified").__class__ is not bool
+            or not _aware(values.get("collected_at"))
+            or not (expires is None or _aware(expires))
+        ):
+            raise errors.ValidationError(
+                f"invalid {what}: field {_name(key)} has a status, verified flag or timestamp "
+                "of the wrong type"
+            )
+        value = values.get("value")
+        if value.__class__ is not str:  # the common case, JSON already
+            try:
+                check_json_value(value)
+            except ValueError:
+                raise errors.ValidationError(
+                    f"invalid {what}: the value of field {_name(key)} is not JSON"
+                ) from None
+    return snapshot
+
+
+def _name(key: object) -> str:
+    # a key that is not a field name could be anything, personal data included
+    return repr(key) if is_valid_field_name(key) else "(not a field name)"
 
 
 def check_json_payload(value: Any, what: str) -> Any:

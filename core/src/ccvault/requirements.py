@@ -28,11 +28,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from ccvault import errors, metrics
 from ccvault.logs import OncePer
 from ccvault.models import (
     CustomerProfile,
+    ProfileField,
     ProfileFieldDefinition,
     RequiredLevel,
     ScenarioFieldRequirement,
@@ -49,6 +51,7 @@ __all__ = [
     "compile_condition",
     "condition_holds",
     "find_missing",
+    "find_missing_fields",
 ]
 
 logger = logging.getLogger(__name__)
@@ -214,6 +217,9 @@ def _contained(needle: Any, haystack: Any) -> bool:
 
 
 def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
+    """The reference semantics of a condition, a plain tree walk. Evaluations run the
+    closures :func:`_compile` builds from the same tree once; ``test_requirements_compiled``
+    checks that both always agree."""
     # recursion is bounded by MAX_CONDITION_DEPTH, checked when the condition was compiled
     if isinstance(node, ast.Expression):
         return _evaluate(node.body, names)
@@ -274,17 +280,134 @@ def _evaluate(node: ast.AST, names: Mapping[str, Any]) -> Any:
     raise _Undefined(f"unexpected {type(node).__name__}")  # pragma: no cover - refused
 
 
+_Run = Callable[[Mapping[str, Any]], Any]
+
+
+def _compile(node: ast.AST) -> _Run:
+    """``node`` as a closure that does what :func:`_evaluate` does with it, decided once
+    instead of on every evaluation (which node type, which operator). Same semantics, same
+    operand checks (``_binary``, ``_number``, ``_contained``); only accepted trees (checked
+    by ``_check_tree``) are compiled, so the recursion is bounded by MAX_CONDITION_DEPTH."""
+    if isinstance(node, ast.Expression):
+        return _compile(node.body)
+    if isinstance(node, ast.Constant):
+        constant = node.value
+        return lambda names: constant
+    if isinstance(node, ast.Name):
+        name = node.id
+
+        def lookup(names: Mapping[str, Any]) -> Any:
+            try:
+                return names[name]
+            except KeyError:
+                raise _Undefined("a name the profile lacks") from None
+
+        return lookup
+    if isinstance(node, ast.BoolOp):
+        parts = [_compile(value) for value in node.values]
+        if isinstance(node.op, ast.And):
+
+            def all_of(names: Mapping[str, Any]) -> Any:
+                result: Any = True
+                for part in parts:
+                    result = part(names)
+                    if not result:
+                        return result
+                return result
+
+            return all_of
+
+        def any_of(names: Mapping[str, Any]) -> Any:
+            result: Any = False
+            for part in parts:
+                result = part(names)
+                if result:
+                    return result
+            return result
+
+        return any_of
+    if isinstance(node, ast.UnaryOp):
+        operand = _compile(node.operand)
+        if isinstance(node.op, ast.Not):
+            return lambda names: not operand(names)
+        if isinstance(node.op, ast.USub):
+            return lambda names: -_number(operand(names))
+        return lambda names: +_number(operand(names))
+    if isinstance(node, ast.BinOp):
+        operation = type(node.op)
+        left, right = _compile(node.left), _compile(node.right)
+        return lambda names: _binary(operation, left(names), right(names))
+    if isinstance(node, ast.Compare):
+        first = _compile(node.left)
+        steps: list[tuple[Callable[[Any, Any], bool], _Run]] = []
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
+            if isinstance(op, ast.In):
+                test: Callable[[Any, Any], bool] = _contained
+            elif isinstance(op, ast.NotIn):
+                test = _not_contained
+            else:
+                test = _truth_of(_COMPARE[type(op)])
+            steps.append((test, _compile(comparator)))
+        if len(steps) == 1:
+            ((only, second),) = steps
+            return lambda names: only(first(names), second(names))
+
+        def chain(names: Mapping[str, Any]) -> bool:
+            left = first(names)
+            for holds, comparator in steps:
+                right = comparator(names)
+                if not holds(left, right):
+                    return False
+                left = right
+            return True
+
+        return chain
+    if isinstance(node, ast.IfExp):
+        decide, body, orelse = _compile(node.test), _compile(node.body), _compile(node.orelse)
+        return lambda names: body(names) if decide(names) else orelse(names)
+    if isinstance(node, ast.List):
+        items = [_compile(item) for item in node.elts]
+        return lambda names: [item(names) for item in items]
+    if isinstance(node, ast.Tuple):
+        items = [_compile(item) for item in node.elts]
+        return lambda names: tuple([item(names) for item in items])
+    if isinstance(node, ast.Set):
+        items = [_compile(item) for item in node.elts]
+        return lambda names: {item(names) for item in items}
+    kind = type(node).__name__  # pragma: no cover - refused by _check_tree
+
+    def refused(names: Mapping[str, Any]) -> Any:  # pragma: no cover
+        raise _Undefined(f"unexpected {kind}")
+
+    return refused  # pragma: no cover
+
+
+def _not_contained(needle: Any, haystack: Any) -> bool:
+    return not _contained(needle, haystack)
+
+
+def _truth_of(compare: Callable[[Any, Any], Any]) -> Callable[[Any, Any], bool]:
+    return lambda left, right: bool(compare(left, right))
+
+
 @dataclass(frozen=True)
 class CompiledCondition:
-    """A condition that passed every check; :meth:`holds` always answers."""
+    """A condition that passed every check; :meth:`holds` always answers.
+
+    ``tree`` is the checked syntax tree; the closure it compiles to (:func:`_compile`) is
+    built once, with the instance, and every evaluation runs that.
+    """
 
     tree: ast.Expression
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_run", _compile(self.tree))
 
     def holds(self, values: Mapping[str, Any]) -> bool:
         """True when the condition is truthy over ``values``; false when it is undefined
         for them (a missing name, values of the wrong type or size)."""
         try:
-            return bool(_evaluate(self.tree, values))
+            return bool(self._run(values))  # type: ignore[attr-defined]
         except _Undefined:
             return False
         except (TypeError, ValueError, ArithmeticError, RecursionError):
@@ -369,16 +492,43 @@ def find_missing(
     passed ``expires_at``), when the definition requires verification and the field is not
     verified, or when the field is stale and ``stale_field_action`` is "block".
     """
-    values = profile.active_values()
+    return find_missing_fields(
+        profile.fields,
+        requirements,
+        definitions,
+        tenant_id=profile.tenant_id,
+        profile_id=profile.id,
+        rules=rules,
+        required_level=required_level,
+        now=now,
+    )
+
+
+def find_missing_fields(
+    fields: Mapping[str, ProfileField],
+    requirements: Iterable[ScenarioFieldRequirement],
+    definitions: Mapping[str, ProfileFieldDefinition],
+    *,
+    tenant_id: UUID,
+    profile_id: UUID | None,
+    rules: StoreRules,
+    required_level: RequiredLevel | None,
+    now: datetime,
+) -> list[ScenarioFieldRequirement]:
+    """:func:`find_missing` over a profile's ACTIVE ``fields`` (name -> version) alone: all
+    it reads of a profile. The values every condition sees are gathered once; each condition
+    is compiled once per process (:func:`compile_condition`, a bounded LRU by its text)."""
+    values = {name: item.value for name, item in fields.items()}
     missing: list[ScenarioFieldRequirement] = []
     for requirement in requirements:
         if required_level is not None and requirement.required_level is not required_level:
             continue
-        if not condition_holds(requirement.when_condition, values):
+        condition = requirement.when_condition
+        if condition is not None and not condition_holds(condition, values):
             continue
-        if any(name not in profile.fields for name in requirement.depends_on_fields):
+        if any(name not in fields for name in requirement.depends_on_fields):
             continue
-        field = profile.fields.get(requirement.field_name)
+        field = fields.get(requirement.field_name)
         if field is None or field.is_expired(now):
             missing.append(requirement)
             continue
@@ -396,17 +546,17 @@ def find_missing(
                 missing.append(requirement)
             else:
                 metrics.STALE_FIELD_WARNINGS.labels(
-                    tenant_id=str(profile.tenant_id),
+                    tenant_id=str(tenant_id),
                     # a label value only from a stored definition
                     field_name=field.name if definition is not None else metrics.UNDEFINED_FIELD,
                 ).inc()
                 # a hot path: WARNING once per (tenant, field) and process, then DEBUG
-                once = _STALE_LOGGED.first((profile.tenant_id, field.name))
+                once = _STALE_LOGGED.first((tenant_id, field.name))
                 logger.log(
                     logging.WARNING if once else logging.DEBUG,
                     "field %s of profile %s is stale (collected %s, freshness %ss)%s",
                     field.name,
-                    profile.id,
+                    profile_id,
                     field.collected_at.isoformat(),
                     freshness,
                     "; further stale fields of this name are logged at DEBUG" if once else "",
