@@ -22,6 +22,7 @@ from ccvault_contract_tests.suite_missing import MissingFieldsContract
 from ccvault_contract_tests.suite_model import ModelBasedContract
 from ccvault_contract_tests.suite_operations import OperationsContract
 from ccvault_contract_tests.suite_profiles import ProfilesContract
+from ccvault_contract_tests.suite_provenance import ProvenanceContract
 from ccvault_contract_tests.suite_schema import SchemaContract
 from ccvault_contract_tests.suite_timestamps import TimestampsContract
 
@@ -48,6 +49,7 @@ class ProfileStoreContract(
     TimestampsContract,
     MergeRulesContract,
     EdgesContract,
+    ProvenanceContract,
 ):
     """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::
 

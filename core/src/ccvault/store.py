@@ -79,7 +79,7 @@ from types import TracebackType
 from typing import Any, Self, final
 from uuid import UUID
 
-from ccvault import errors
+from ccvault import errors, provenance
 from ccvault.arguments import (
     check_asset_name,
     check_bool,
@@ -90,10 +90,9 @@ from ccvault.arguments import (
     check_json_payload,
     check_model,
     check_optional_uuid,
-    check_read_fields,
-    check_read_profile,
     check_required_level,
     check_status,
+    check_timestamp,
     check_uuid,
 )
 from ccvault.models import (
@@ -147,6 +146,12 @@ _model = check_model
 _bool = check_bool
 
 
+def _instant(value: object, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise errors.ValidationError(f"{what} must be a timezone-aware datetime")
+    return check_timestamp(value, what)
+
+
 # ---------------------------------------------------------------------------------------
 # presentation: expiry is decided at read time, so a stale cache or an unswept row can
 # never serve an expired value as ACTIVE
@@ -171,6 +176,71 @@ def present_profile(profile: CustomerProfile, now: datetime) -> CustomerProfile:
         for name, versions in profile.field_history.items()
     }
     return profile.model_copy(update={"fields": fields, "field_history": history})
+
+
+# provenance: state read through hooks for ccvault.provenance (module functions, not
+# hooks: a wrapper must not forward them, they run over the outermost store's hooks)
+
+
+async def _merge_log_if_kept(store: ProfileStore, tenant_id: UUID, profile_id: UUID) -> list[Any]:
+    """The profile's merge log entries through the ``_get_merge_log`` hook; ``[]`` from a
+    store that keeps none (no such hook, or one that raises NotImplementedError)."""
+    reader = getattr(store, "_get_merge_log", None)
+    if reader is None:
+        return []
+    try:
+        return list(await reader(tenant_id, profile_id))
+    except NotImplementedError:
+        return []
+
+
+async def _provenance_log(
+    store: ProfileStore, tenant_id: UUID, profile_id: UUID
+) -> tuple[list[Any], dict[UUID, CustomerProfile]]:
+    """The merge log entries reachable from the profile (both directions, chained merges
+    too, at most 16 profiles) and every profile they touch, exported (full history).
+
+    """
+    exported = await store._export_profile(tenant_id, profile_id)
+    if exported is None:
+        raise errors.NotFoundError(f"profile {profile_id} not found")
+    profiles = {profile_id: exported}
+    records: dict[UUID, Any] = {}
+    queue = [profile_id]
+    while queue:
+        current = queue.pop(0)
+        for record in await _merge_log_if_kept(store, tenant_id, current):
+            records[record.id] = record
+            for other in (record.source_profile_id, record.target_profile_id):
+                if other not in profiles and len(profiles) < 16:
+                    found = await store._export_profile(tenant_id, other)
+                    if found is not None:
+                        profiles[other] = found
+                        queue.append(other)
+    return sorted(records.values(), key=lambda r: r.merged_at), profiles
+
+
+async def _versions_as_of(
+    store: ProfileStore, tenant_id: UUID, profile_id: UUID, at: datetime
+) -> tuple[CustomerProfile, dict[str, ProfileField]]:
+    records, profiles = await _provenance_log(store, tenant_id, profile_id)
+    moves, losers = provenance.moves_from_log(records)
+    holder: dict[UUID, UUID] = {}
+    history: dict[str, list[ProfileField]] = {}
+    for owner_id, found in profiles.items():
+        for name, versions in found.field_history.items():
+            for version in versions:
+                holder[version.id] = owner_id
+                history.setdefault(name, []).append(version)
+    for versions in history.values():
+        versions.sort(key=lambda v: v.collected_at, reverse=True)  # stable: write order
+
+    def owned(version_id: UUID) -> bool:
+        where = provenance.owner_at(version_id, holder[version_id], moves, at)
+        return where == profile_id
+
+    served = provenance.fields_as_of(history, at, owned=owned, merge_losers=losers.keys())
+    return profiles[profile_id], served
 
 
 def final_methods() -> frozenset[str]:
@@ -731,47 +801,33 @@ class ProfileStore(ABC):
         requirement is judged by the definition of its own agent (``requirement.agent_id``),
         enabled definitions only. ``required_level=None`` means every level.
         """
-        from ccvault.requirements import find_missing_fields
+        from ccvault.requirements import find_missing
 
         tenant_id = check_uuid(tenant_id, "tenant_id")
-        # only the ACTIVE fields are read: checked below, neither copied nor validated whole
-        # (a profile handed in with its history costs no more than one without)
-        profile = check_read_profile(profile, "profile")
+        profile = _model(CustomerProfile, profile, "profile")
         scenario_id = check_uuid(scenario_id, "scenario_id")
         step_id = check_optional_uuid(step_id, "step_id")
         level = _required_level(required_level)
-        if profile.__dict__["tenant_id"] != tenant_id:
+        if profile.tenant_id != tenant_id:
             return []
         now = self.now()
         found = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
         requirements = sorted(found, key=lambda req: (req.collection_order, req.field_name))
-        # each requirement is judged by its own agent's (enabled) definitions
-        definitions_of: dict[UUID, dict[str, ProfileFieldDefinition]] = {}
+        presented = present_profile(profile, now)
+        missing: set[UUID] = set()
+        # one evaluation per agent, against that agent's definitions only; the result keeps
+        # the requirements' order
         for agent_id in dict.fromkeys(req.agent_id for req in requirements):
-            definitions_of[agent_id] = {
+            definitions = {
                 definition.name: definition
                 for definition in await self._get_field_definitions(tenant_id, agent_id, True)
                 if definition.enabled
             }
-        # no await from here on: the caller's fields are checked and read in one step
-        fields = check_read_fields(profile, "profile")
-        live = {name: item for name, item in fields.items() if not item.is_expired(now)}
-        profile_id = profile.__dict__.get("id")
-        missing: set[UUID] = set()
-        # one evaluation per agent; the result keeps the requirements' order
-        for agent_id, definitions in definitions_of.items():
             own = [req for req in requirements if req.agent_id == agent_id]
             missing.update(
                 req.id
-                for req in find_missing_fields(
-                    live,
-                    own,
-                    definitions,
-                    tenant_id=tenant_id,
-                    profile_id=profile_id if isinstance(profile_id, UUID) else None,
-                    rules=self.rules,
-                    required_level=level,
-                    now=now,
+                for req in find_missing(
+                    presented, own, definitions, rules=self.rules, required_level=level, now=now
                 )
             )
         return [req for req in requirements if req.id in missing]
@@ -881,6 +937,146 @@ class ProfileStore(ABC):
         if not checked:
             return 0
         return await self._rewrite_field_payloads(tenant_id, profile_id, checked)
+
+    # =====================================================================================
+    # provenance: explain, as-of reads, revert (rules in ccvault.provenance)
+    # =====================================================================================
+
+    @final
+    async def explain_field(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str
+    ) -> provenance.FieldExplanation:
+        """Why the vault serves the value of ``field_name``, from one call.
+
+        The served (ACTIVE, unexpired) version with its source, extractor
+        (``source_metadata``), confidence and verification; every other version of the name,
+        newest first, each with why it is not served (``update``, ``revert``, ``merge`` per
+        the merge log, ``expiry``, ``orphaned``), what replaced it and when; the served
+        version's derivation chain (root first, as :meth:`get_derivation_chain`) and the
+        fields and assets derived directly from it. When the served version restores an
+        earlier one (:meth:`revert_field`), ``restores_version_id`` names it. Nothing
+        served: ``active`` is None. Unknown or deleted profile, or a name with no version:
+        NotFoundError. See :mod:`ccvault.provenance`.
+        """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
+        field_name = _field_name(field_name)
+        if await self._get_by_id(tenant_id, profile_id, False) is None:
+            raise errors.NotFoundError(f"profile {profile_id} not found")
+        now = self.now()
+        versions = [
+            present_field(v, now)
+            for v in await self._get_field_history(tenant_id, profile_id, field_name)
+        ]
+        if not versions:
+            raise errors.NotFoundError(f"field {field_name!r} has no version on this profile")
+        records = await _merge_log_if_kept(self, tenant_id, profile_id)
+        _, losers = provenance.moves_from_log(records)
+        active = next(
+            (v for v in versions if v.status is ItemStatus.ACTIVE and not v.is_expired(now)),
+            None,
+        )
+        chain: list[LineageEntry] = []
+        fields: list[ProfileField] = []
+        assets: list[ProfileAsset] = []
+        if active is not None:
+            depth = max(1, self.rules.max_derivation_chain_depth)
+            chain = (
+                await self._get_derivation_chain(
+                    tenant_id, active.id, ItemType.PROFILE_FIELD, depth
+                )
+            )[-depth:]
+            derived_fields, assets = await self._get_derived_items(tenant_id, active.id)
+            fields = [present_field(f, now) for f in derived_fields]
+        return provenance.explain(
+            profile_id,
+            field_name,
+            versions,
+            now,
+            chain=chain,
+            dependent_fields=fields,
+            dependent_assets=assets,
+            merge_superseded=losers,
+        )
+
+    @final
+    async def get_field_as_of(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str, at: datetime
+    ) -> ProfileField | None:
+        """The version of ``field_name`` the vault would have served at ``at``, or None.
+
+        Transaction time, from the stored history: the version written last before ``at``
+        and neither superseded, orphaned nor past its ``expires_at`` at ``at``, as it was
+        served then (ACTIVE, no supersede link, ``updated_at`` = its write). Across merges,
+        a version belongs at ``at`` to the profile the merge log placed it on (items moved
+        by a merge belonged to the source before it). The rules, and what the stored history
+        cannot tell, are in :mod:`ccvault.provenance`. Unknown profile: NotFoundError; a
+        soft-deleted one is answered from its stored history.
+        """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
+        field_name = _field_name(field_name)
+        at = _instant(at, "at")
+        _, served = await _versions_as_of(self, tenant_id, profile_id, at)
+        return served.get(field_name)
+
+    @final
+    async def get_profile_as_of(
+        self, tenant_id: UUID, profile_id: UUID, at: datetime
+    ) -> provenance.ProfileAsOf:
+        """Every field the vault would have served of the profile at ``at``.
+
+        As :meth:`get_field_as_of`, for every name at once. Unknown profile: NotFoundError.
+        """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
+        at = _instant(at, "at")
+        found, served = await _versions_as_of(self, tenant_id, profile_id, at)
+        return provenance.ProfileAsOf(
+            profile_id=found.id,
+            tenant_id=found.tenant_id,
+            customer_id=found.customer_id,
+            at=at,
+            fields=served,
+        )
+
+    @final
+    async def revert_field(
+        self, tenant_id: UUID, profile_id: UUID, field_name: str, version_id: UUID
+    ) -> UUID:
+        """Make the value of an earlier version the served one again; return the new id.
+
+        Writes a NEW version (as :meth:`update_field`, superseding the ACTIVE one) built by
+        :func:`ccvault.provenance.plan_revert`: the restored version's value, source,
+        extractor metadata, confidence and verification, collected now, with lineage
+        ``source_item_id`` = ``version_id``, ``source_item_type`` = ``profile_field``. History
+        is never rewritten: the restored version keeps its status. Reverting to the version
+        served now writes nothing and returns its id. ``version_id`` not a version of this
+        name on this profile: NotFoundError (a version of another name of the profile:
+        ValidationError); unknown or deleted profile: NotFoundError.
+        """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
+        field_name = _field_name(field_name)
+        version_id = check_uuid(version_id, "version_id")
+        if await self._get_by_id(tenant_id, profile_id, False) is None:
+            raise errors.NotFoundError(f"profile {profile_id} not found")
+        now = self.now()
+        versions = await self._get_field_history(tenant_id, profile_id, field_name)
+        restored = next((v for v in versions if v.id == version_id), None)
+        if restored is None:
+            exported = await self._export_profile(tenant_id, profile_id)
+            others = [] if exported is None else exported.field_history.values()
+            if any(v.id == version_id for named in others for v in named):
+                raise errors.ValidationError(
+                    f"version {version_id} is not a version of field {field_name!r}"
+                )
+            raise errors.NotFoundError(
+                f"version {version_id} of field {field_name!r} not found on profile {profile_id}"
+            )
+        if restored.status is ItemStatus.ACTIVE and not restored.is_expired(now):
+            return restored.id
+        return await self.update_field(tenant_id, profile_id, provenance.plan_revert(restored, now))
 
     # =====================================================================================
     # provider hooks: arguments arrive checked; implementations only store and fetch
