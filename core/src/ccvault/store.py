@@ -90,6 +90,8 @@ from ccvault.arguments import (
     check_json_payload,
     check_model,
     check_optional_uuid,
+    check_read_fields,
+    check_read_profile,
     check_required_level,
     check_status,
     check_timestamp,
@@ -801,33 +803,47 @@ class ProfileStore(ABC):
         requirement is judged by the definition of its own agent (``requirement.agent_id``),
         enabled definitions only. ``required_level=None`` means every level.
         """
-        from ccvault.requirements import find_missing
+        from ccvault.requirements import find_missing_fields
 
         tenant_id = check_uuid(tenant_id, "tenant_id")
-        profile = _model(CustomerProfile, profile, "profile")
+        # only the ACTIVE fields are read: checked below, neither copied nor validated whole
+        # (a profile handed in with its history costs no more than one without)
+        profile = check_read_profile(profile, "profile")
         scenario_id = check_uuid(scenario_id, "scenario_id")
         step_id = check_optional_uuid(step_id, "step_id")
         level = _required_level(required_level)
-        if profile.tenant_id != tenant_id:
+        if profile.__dict__["tenant_id"] != tenant_id:
             return []
         now = self.now()
         found = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
         requirements = sorted(found, key=lambda req: (req.collection_order, req.field_name))
-        presented = present_profile(profile, now)
-        missing: set[UUID] = set()
-        # one evaluation per agent, against that agent's definitions only; the result keeps
-        # the requirements' order
+        # each requirement is judged by its own agent's (enabled) definitions
+        definitions_of: dict[UUID, dict[str, ProfileFieldDefinition]] = {}
         for agent_id in dict.fromkeys(req.agent_id for req in requirements):
-            definitions = {
+            definitions_of[agent_id] = {
                 definition.name: definition
                 for definition in await self._get_field_definitions(tenant_id, agent_id, True)
                 if definition.enabled
             }
+        # no await from here on: the caller's fields are checked and read in one step
+        fields = check_read_fields(profile, "profile")
+        live = {name: item for name, item in fields.items() if not item.is_expired(now)}
+        profile_id = profile.__dict__.get("id")
+        missing: set[UUID] = set()
+        # one evaluation per agent; the result keeps the requirements' order
+        for agent_id, definitions in definitions_of.items():
             own = [req for req in requirements if req.agent_id == agent_id]
             missing.update(
                 req.id
-                for req in find_missing(
-                    presented, own, definitions, rules=self.rules, required_level=level, now=now
+                for req in find_missing_fields(
+                    live,
+                    own,
+                    definitions,
+                    tenant_id=tenant_id,
+                    profile_id=profile_id if isinstance(profile_id, UUID) else None,
+                    rules=self.rules,
+                    required_level=level,
+                    now=now,
                 )
             )
         return [req for req in requirements if req.id in missing]
