@@ -455,3 +455,4 @@ def test_an_unexpected_error_is_one_line_without_its_message(
     assert result.exit_code == 1
     assert result.stderr.startswith("ccvault: error: unexpected RuntimeError")
     assert result.stderr.count("\n") == 1 and "ana@example.com" not in result.stderr
+    assert "Traceback" not in result.stderr

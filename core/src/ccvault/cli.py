@@ -284,6 +284,7 @@ class _Env:
         fmt = self.log_format or (settings.logging.format if settings else "text")
         level = "INFO" if self.verbose else (settings.logging.level if settings else "WARNING")
         logs.configure("json" if fmt == "json" else "text", level)
+        logging.getLogger("ccvault").setLevel(logging.NOTSET)  # the root's level applies
 
 
 def _env(ctx: click.Context) -> _Env:
@@ -700,6 +701,32 @@ def profile_show(
     console.print(table)
     for asset in found.assets:
         console.print(_cell(f"  asset {asset.name} ({asset.asset_type}) {asset.storage_path}"))
+
+
+@profile.command("explain")
+@click.option("--tenant", "-t", type=UUID_TYPE, required=True, help="Tenant id.")
+@click.option("--profile-id", "-p", type=UUID_TYPE, required=True, help="Profile id.")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+@click.pass_context
+def profile_explain(
+    ctx: click.Context, tenant: UUID, profile_id: UUID, name: str, as_json: bool
+) -> None:
+    """Why the vault serves field NAME: source, history, lineage, dependents."""
+    from ccvault.provenance import FieldExplanation, explanation_lines
+
+    settings = _settings(ctx)
+
+    async def work(store: ProfileStore) -> FieldExplanation:
+        return await store.explain_field(tenant, profile_id, name)
+
+    found = _run(_with_store(settings, work))
+    if _wants_json(ctx, as_json):
+        click.echo(_safe_json(found.model_dump_json(indent=2)))
+        return
+    console = _out_console()  # customer strings: plain Text, control characters escaped
+    for line in explanation_lines(found):
+        console.print(_cell(line))
 
 
 @profile.command("export")
