@@ -22,6 +22,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ccvault import errors
 from ccvault.gapfill import EnhancedGapFillService, scenario_blocked
@@ -40,6 +41,7 @@ from ccvault.models import (
     Session,
     SourceType,
 )
+from ccvault.provenance import explanation_lines
 from ccvault.registry import open_store
 from ccvault.requirements import condition_holds
 from ccvault.settings import VaultSettings
@@ -255,6 +257,15 @@ async def _story(store: ProfileStore, settings: VaultSettings, out: Console) -> 
         "derivation chain of passport_number: "
         + "  ->  ".join(f"{entry['type']}:{entry['name']}" for entry in chain)
     )
+    # why does the vault believe it? one call: source, verification, history, lineage
+    explanation = await store.explain_field(TENANT_ID, profile.id, "passport_number")
+    older = len(explanation.replaced)
+    shown = explanation.model_copy(update={"replaced": explanation.replaced[:2]})
+    out.print("why the vault believes passport_number (explain_field):")
+    for line in explanation_lines(shown):
+        out.print(Text(f"  {line}"))  # customer strings: plain text, never markup
+    if older > 2:
+        out.print(f"  ... and {older - 2} older replaced versions from earlier runs")
 
     # 5 -- what the scenario needs ------------------------------------------------------------
     out.rule("5. The 'international order' scenario: what is missing?")

@@ -42,6 +42,7 @@ its service before the merge is not reconstructed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -68,6 +69,7 @@ __all__ = [
     "ReplacedVersion",
     "ReplacementReason",
     "explain",
+    "explanation_lines",
     "field_as_of",
     "fields_as_of",
     "moves_from_log",
@@ -116,6 +118,10 @@ class FieldExplanation(VaultModel):
     explained_at: UtcDatetime
     #: the served version (None: nothing is served, every version is replaced or expired)
     active: ProfileField | None = None
+    #: how the active value was extracted (``source_metadata`` "extraction_method", else
+    #: "extractor"), and the words it was taken from ("quote"), when recorded
+    extractor: str | None = None
+    quote: str | None = None
     #: when the active version is a revert: the version whose value it restores
     restores_version_id: UUID | None = None
     #: every other version of the name, newest first, each with why it is not served
@@ -360,11 +366,16 @@ def explain(
                     replaced_at=version.expires_at or end,
                 )
             )
+    metadata = {} if active is None else active.source_metadata
+    extractor = metadata.get("extraction_method", metadata.get("extractor"))
+    quote = metadata.get("quote")
     return FieldExplanation(
         profile_id=profile_id,
         name=name,
         explained_at=now,
         active=active,
+        extractor=extractor if isinstance(extractor, str) else None,
+        quote=quote if isinstance(quote, str) else None,
         restores_version_id=None if active is None else _restores(active, ids),
         replaced=replaced,
         derivation_chain=list(chain) if active is not None else [],
@@ -415,3 +426,76 @@ def plan_revert(restored: ProfileField, now: datetime) -> ProfileField:
         expires_at=expires_at,
         field_definition_id=restored.field_definition_id,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# presentation (the CLI prints these lines as plain text, never markup)
+# ---------------------------------------------------------------------------------------
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.isoformat(timespec="seconds")
+
+
+def explanation_lines(found: FieldExplanation) -> list[str]:
+    """``found`` as lines of plain text, for a terminal (customer strings included as they
+    are: the caller escapes control characters and never renders markup)."""
+    lines = [f"field {found.name} of profile {found.profile_id}"]
+    active = found.active
+    if active is None:
+        lines.append("served: nothing (every version is replaced or expired)")
+    else:
+        lines.append(f"served: {_value(active.value)}  (version {active.id})")
+        lines.append(
+            f"  source: {active.source.value}  confidence: {active.confidence:g}"
+            f"  collected: {_when(active.collected_at)}  expires: {_when(active.expires_at)}"
+        )
+        if active.source_session_id is not None:
+            lines.append(f"  session: {active.source_session_id}")
+        if found.extractor is not None:
+            lines.append(f"  extractor: {found.extractor}")
+        if found.quote is not None:
+            lines.append(f"  quote: {found.quote}")
+        if active.source_metadata:
+            lines.append(f"  metadata: {_value(active.source_metadata)}")
+        verified = "no"
+        if active.verified:
+            how = ", ".join(
+                part
+                for part in (
+                    active.verification_method,
+                    active.verified_by,
+                    _when(active.verified_at) if active.verified_at else None,
+                )
+                if part
+            )
+            verified = f"yes ({how})" if how else "yes"
+        lines.append(f"  verified: {verified}")
+        if found.restores_version_id is not None:
+            lines.append(f"  restores version {found.restores_version_id} (revert)")
+    lines.append(f"replaced versions: {len(found.replaced)}")
+    for replaced in found.replaced:
+        by = f" by {replaced.replaced_by_id}" if replaced.replaced_by_id else ""
+        merge = f" (merge {replaced.merge_id})" if replaced.merge_id else ""
+        lines.append(
+            f"  {_value(replaced.version.value)}  {replaced.reason.value}{by}{merge}"
+            f" at {_when(replaced.replaced_at)}  (version {replaced.version.id},"
+            f" source {replaced.version.source.value})"
+        )
+    if active is not None:
+        lines.append("derived from (root first):")
+        for entry in found.derivation_chain:
+            lines.append(f"  {entry.type.value} {entry.name} {entry.id}")
+        lines.append(
+            f"depends on it: {len(found.dependent_fields)} field(s),"
+            f" {len(found.dependent_assets)} asset(s)"
+        )
+        for item in found.dependent_fields:
+            lines.append(f"  field {item.name} {item.id} ({item.status.value})")
+        for asset in found.dependent_assets:
+            lines.append(f"  asset {asset.name} {asset.id} ({asset.status.value})")
+    return lines
