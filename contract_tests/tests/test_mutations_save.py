@@ -14,6 +14,9 @@ import textwrap
 
 import pytest
 
+# one mutant session (the module fixture) on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("contract-mutants-save")
+
 STRICT_INI = """
 [pytest]
 asyncio_mode = strict

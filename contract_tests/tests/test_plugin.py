@@ -565,25 +565,37 @@ def _report(path: Path) -> dict[str, Any]:
 
 
 def test_the_json_report_is_written(pytester: pytest.Pytester) -> None:
+    """Narrowed (the full CONFORMANT report is checked by the zero-code full run)."""
     _plain(pytester, '{"large_values"}')
     report = pytester.path / "out" / "conformance.json"
-    result = _run(pytester, _module(provider="plain"), "--ccvault-report", str(report))
-    result.stdout.fnmatch_lines(["*TestProviderContract: CONFORMANT", "*conformance report*"])
+    result = _run(
+        pytester,
+        _module(provider="plain"),
+        "-k",
+        "get_or_create or mebibyte or nul_",
+        "--ccvault-report",
+        str(report),
+        "--ccvault-allow-incomplete",
+    )
+    result.stdout.fnmatch_lines(["*TestProviderContract: INCOMPLETE", "*conformance report*"])
     assert result.ret == pytest.ExitCode.OK
     document = _report(report)
-    assert document["conformant"] is True and document["exit_status"] == 0
+    assert document["conformant"] is False and document["exit_status"] == 0
     (entry,) = document["classes"]
     assert entry["class"] == "test_provider.TestProviderContract"
     assert entry["provider"] == "plain" and entry["distribution"] == "plain-provider"
     assert entry["provider_version"] == "0.1" and entry["capabilities"] == ["large_values"]
-    assert entry["verdict"] == "CONFORMANT" and entry["single_instance"] is None
+    assert entry["verdict"] == "INCOMPLETE" and entry["single_instance"] is None
     counts = entry["counts"]
-    assert counts["ran"] == counts["expected"] == counts["passed"] > 300
-    assert counts["skipped_undeclared_capability"] >= 2 and counts["failed"] == 0
-    assert counts["cross_instance_ran"] >= 10
+    assert 5 <= counts["ran"] == counts["passed"] < counts["expected"]
+    assert counts["expected"] > 300 and counts["failed"] == 0
+    assert counts["skipped_undeclared_capability"] >= 1
+    assert counts["cross_instance_ran"] >= 2
     outcomes = {test["outcome"] for test in entry["tests"]}
     assert outcomes == {"passed", "skipped"}
     assert len({test["id"] for test in entry["tests"]}) == len(entry["tests"])
+    skipped = [t for t in entry["tests"] if t["outcome"] == "skipped"]
+    assert all("lacks optional capability" in t["reason"] for t in skipped)
 
 
 def test_verdicts_and_report_under_xdist(pytester: pytest.Pytester) -> None:
@@ -716,13 +728,13 @@ MUTANTS = {
         from ccvault import errors
 
         class Mutant(InMemoryProfileStore):
-            async def _merge_profiles(self, tenant_id, source_id, target_id, choose_winner):
+            async def _merge_profiles(self, tenant_id, source_id, target_id, choose_winner, *rest):
                 tenant = self._tenant(tenant_id)
                 for row in tenant.fields.values():
                     if row.profile_id == target_id:
                         row.profile_id = source_id   # moved before checking the source
                 self._live(tenant, source_id)
-                await super()._merge_profiles(tenant_id, source_id, target_id, choose_winner)
+                await super()._merge_profiles(tenant_id, source_id, target_id, choose_winner, *rest)
         """,
         "test_merge_with_an_unknown_source_is_not_found",
     ),
@@ -801,7 +813,7 @@ MUTANTS = {
             # moves the source's fields as listed before a round trip: correct within one
             # instance, but a write through another instance in between stays behind
             # (no conflicting names in the killer, so conflicts are not handled here)
-            async def _merge_profiles(self, tenant_id, source_id, target_id, choose_winner):
+            async def _merge_profiles(self, tenant_id, source_id, target_id, choose_winner, *rest):
                 async with self._lock:
                     tenant = self._tenant(tenant_id)
                     source = self._live(tenant, source_id)
