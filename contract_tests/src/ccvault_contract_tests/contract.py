@@ -25,6 +25,7 @@ from ccvault_contract_tests.suite_profiles import ProfilesContract
 from ccvault_contract_tests.suite_provenance import ProvenanceContract
 from ccvault_contract_tests.suite_schema import SchemaContract
 from ccvault_contract_tests.suite_timestamps import TimestampsContract
+from ccvault_contract_tests.suite_unmerge import UnmergeContract
 
 __all__ = ["ProfileStoreContract"]
 
@@ -49,6 +50,7 @@ class ProfileStoreContract(
     TimestampsContract,
     MergeRulesContract,
     EdgesContract,
+    UnmergeContract,
     ProvenanceContract,
 ):
     """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::

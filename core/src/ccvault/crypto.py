@@ -79,6 +79,7 @@ from ccvault.models import (
     ProfileField,
     ProfileFieldDefinition,
 )
+from ccvault.rules.merge import MergeLogRequest
 from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore
 
 if TYPE_CHECKING:
@@ -434,10 +435,13 @@ class EncryptedProfileStore(ForwardingProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
-        # ciphertexts are bound to field ids, which merge keeps: nothing to re-encrypt
+        # ciphertexts are bound to field ids, which merge keeps: nothing to re-encrypt (and
+        # unmerge, forwarded as it is, moves the same rows back). Policies compare sources,
+        # flags, confidence and times, never the (sealed) values.
         await super()._merge_profiles(
-            tenant_id, source_profile_id, target_profile_id, choose_winner
+            tenant_id, source_profile_id, target_profile_id, choose_winner, log
         )
 
     @staticmethod

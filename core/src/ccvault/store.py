@@ -47,7 +47,11 @@ hook                                 contract
 ``_get_derived_items``               direct dependents, any status, oldest first
 ``_check_has_dependents``            any ACTIVE item derives from the id
 ``_link_channel``                    atomic, race-free against concurrent links
-``_merge_profiles``                  one atomic step; ``choose_winner`` decides conflicts
+``_merge_profiles``                  one atomic step; ``choose_winner`` decides conflicts;
+                                     stores the merge log entry in the same step
+``_unmerge``                         one atomic step: read, ``plan_unmerge``, apply
+``_get_merge_log``                   entries whose source or target is the profile
+``_get_tenant_field_definitions``    every definition of the tenant, any agent, any order
 ``_get_field_definitions``           the agent's definitions, any order
 ``_get_field_definition``            one definition by name, enabled or not
 ``_save_field_definition``           atomic upsert by (tenant, agent, name), keeps id
@@ -77,7 +81,7 @@ from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, final
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from ccvault import errors, provenance
 from ccvault.arguments import (
@@ -104,14 +108,22 @@ from ccvault.models import (
     ItemStatus,
     ItemType,
     LineageEntry,
+    MergeRecord,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
     SourceType,
+    UnmergeResult,
     utcnow,
 )
-from ccvault.rules.merge import MergeWinner, merge_winner
+from ccvault.rules.merge import (
+    MergeLogRequest,
+    MergeWinner,
+    merge_winner,
+    policies_from_definitions,
+    survivorship_chooser,
+)
 from ccvault.store_rules import StaleFieldAction, StoreRules
 from ccvault.value_checks import check_definition
 
@@ -152,6 +164,19 @@ def _instant(value: object, what: str) -> datetime:
     if not isinstance(value, datetime):
         raise errors.ValidationError(f"{what} must be a timezone-aware datetime")
     return check_timestamp(value, what)
+
+
+def _optional_text(value: object, name: str, max_length: int) -> str | None:
+    """A short free-text argument (a merge's reason or actor): None or a str within bounds."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise errors.ValidationError(f"{name} must be a string or None")
+    if len(value) > max_length:
+        raise errors.ValidationError(f"{name} is longer than {max_length} characters")
+    if any(0xD800 <= ord(ch) <= 0xDFFF or ch == "\x00" for ch in value):
+        raise errors.ValidationError(f"{name} holds a lone surrogate or a NUL character")
+    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -664,32 +689,84 @@ class ProfileStore(ABC):
 
     @final
     async def merge_profiles(
-        self, tenant_id: UUID, source_profile_id: UUID, target_profile_id: UUID
+        self,
+        tenant_id: UUID,
+        source_profile_id: UUID,
+        target_profile_id: UUID,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        merge_id: UUID | None = None,
     ) -> bool:
         """Merge the source profile into the target in one atomic step; return True.
 
         Identities, fields (every version), assets and consents move to the target with
         their ids unchanged, so lineage stays intact. Where both hold an ACTIVE field of one
-        name, :func:`merge_winner` decides (an unexpired version beats an expired one, then
-        the verified one wins, then the most recently collected) and the loser becomes
-        SUPERSEDED by the winner. At most one identity is primary afterwards: the target's
-        primary stays primary; if the target has none, the source's primary becomes the
-        merged profile's primary; every other identity is secondary, so the merged profile
-        can be saved back as it is read. The rule is :func:`ccvault.rules.merge.plan_merge`.
-        The source is soft-deleted. Unknown or deleted profile: NotFoundError.
+        name, the name's survivorship policy decides (its definition's ``survivorship``,
+        chosen as :func:`ccvault.rules.merge.policies_from_definitions` says; by default
+        :func:`merge_winner`: an unexpired version beats an expired one, then the verified
+        one wins, then the most recently collected) and the loser becomes SUPERSEDED by the
+        winner. The merge is recorded in the merge log in the same atomic step
+        (:class:`~ccvault.models.MergeRecord`, id ``merge_id`` or a new one, with ``reason``
+        and ``actor``; see :meth:`get_merge_log` and :meth:`unmerge`). At most one identity
+        is primary afterwards: the target's primary stays primary; if the target has none,
+        the source's primary becomes the merged profile's primary; every other identity is
+        secondary, so the merged profile can be saved back as it is read. The rule is
+        :func:`ccvault.rules.merge.plan_merge`. The source is soft-deleted. Unknown or
+        deleted profile: NotFoundError.
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
         source_profile_id = check_uuid(source_profile_id, "source_profile_id")
         target_profile_id = check_uuid(target_profile_id, "target_profile_id")
         if source_profile_id == target_profile_id:
             raise errors.ValidationError("cannot merge a profile into itself")
+        merge_id = uuid4() if merge_id is None else check_uuid(merge_id, "merge_id")
+        reason = _optional_text(reason, "reason", 500)
+        actor = _optional_text(actor, "actor", 255)
+        # the policies are read before the merge: a definition saved concurrently may or may
+        # not apply to it (the log entry records the policy each decision used)
+        policies = policies_from_definitions(await self._get_tenant_field_definitions(tenant_id))
+        now = self.now()
+        choose = (
+            survivorship_chooser(policies, now)
+            if policies
+            else functools.partial(merge_winner, now=now)
+        )
         await self._merge_profiles(
             tenant_id,
             source_profile_id,
             target_profile_id,
-            functools.partial(merge_winner, now=self.now()),
+            choose,
+            MergeLogRequest(merge_id=merge_id, reason=reason, actor=actor, policies=policies),
         )
         return True
+
+    @final
+    async def get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
+        """The merge log entries whose source or target is the profile, oldest first.
+
+        Undone merges stay listed, with ``unmerged_at`` set. Unknown profile: an empty list.
+        """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        profile_id = check_uuid(profile_id, "profile_id")
+        found = await self._get_merge_log(tenant_id, profile_id)
+        return sorted(found, key=lambda r: (r.merged_at, r.id.int))
+
+    @final
+    async def unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        """Undo one merge in one atomic step: both profiles as they would be without it.
+
+        The rule is :func:`ccvault.rules.unmerge.plan_unmerge` (its module docstring is the
+        reference): everything the merge moved goes back to the source, which is live
+        again; versions the merge superseded are ACTIVE again where nothing newer replaced
+        them; everything written to the target after the merge stays on the target; what
+        changed since the merge is reported in :attr:`UnmergeResult.conflicts`, not guessed.
+        Unknown merge id: NotFoundError. Already undone, a chained merge to undo first (named
+        in the message), a target no longer live: ConflictError, nothing written.
+        """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        merge_id = check_uuid(merge_id, "merge_id")
+        return await self._unmerge(tenant_id, merge_id)
 
     # =====================================================================================
     # schema: field definitions
@@ -856,7 +933,8 @@ class ProfileStore(ABC):
     async def purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
         """Hard-delete the profile (live or soft-deleted) and everything it owns.
 
-        Afterwards no read, history or lineage query returns any of it. True if it existed.
+        Afterwards no read, history or lineage query returns any of it, and the merge log
+        holds no entry naming it (as source or target). True if it existed.
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_uuid(profile_id, "profile_id")
@@ -873,11 +951,16 @@ class ProfileStore(ABC):
         found = await self._export_profile(tenant_id, profile_id)
         if found is None:
             raise errors.NotFoundError(f"profile {profile_id} not found")
+        merges = sorted(
+            await self._get_merge_log(tenant_id, profile_id), key=lambda r: (r.merged_at, r.id.int)
+        )
         now = self.now()
         return {
             "format": "ccvault.export/1",
             "exported_at": now.isoformat(),
             "profile": present_profile(found, now).model_dump(mode="json"),
+            # the merge log entries touching the profile (source or target), oldest first
+            "merge_log": [record.model_dump(mode="json") for record in merges],
         }
 
     @final
@@ -1255,6 +1338,7 @@ class ProfileStore(ABC):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
         """As :meth:`merge_profiles`, atomically: the rule is computed in core.
 
@@ -1262,7 +1346,9 @@ class ProfileStore(ABC):
         versions (NotFoundError if either is unknown or gone), call
         :func:`ccvault.rules.merge.plan_merge` with ``choose_winner`` and apply exactly the
         returned plan (superseded losers, identity placements with their ``primary`` flags,
-        every item and consent moved, the source soft-deleted).
+        every item and consent moved, the source soft-deleted). A provider with a merge log
+        stores :func:`ccvault.rules.merge.merge_record` of the plan and ``log`` (a new
+        request when None) in the same step.
         """
 
     @abstractmethod
@@ -1351,6 +1437,31 @@ class ProfileStore(ABC):
     ) -> int:
         """Set ``value`` and ``source_metadata`` of the listed field versions of the profile
         (any status, soft-deleted profile too), in one atomic step; return how many matched."""
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        """As :meth:`unmerge`, atomically: the rule is computed in core.
+
+        Inside one atomic step, read the log entry (NotFoundError if unknown), the other
+        open entries touching its target or source and both profiles' state, call
+        :func:`ccvault.rules.unmerge.plan_unmerge` and apply exactly the returned plan
+        (including the entry with ``unmerged_at``); return ``plan.result``. Must serialise
+        against concurrent merges, unmerges and writes of the two profiles.
+
+        Required (contract 0.2, issue 16); the default raises NotImplementedError so a
+        provider written before it still loads and its report names the missing hook.
+        """
+        raise NotImplementedError("_unmerge")
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
+        """Every log entry whose source or target is the profile, any order. Required, as
+        :meth:`_unmerge`; the default raises NotImplementedError."""
+        raise NotImplementedError("_get_merge_log")
+
+    async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
+        """Every field definition of the tenant (every agent, enabled or not), any order
+        (merge reads the survivorship policies from them). Required, as :meth:`_unmerge`;
+        the default raises NotImplementedError."""
+        raise NotImplementedError("_get_tenant_field_definitions")
 
 
 def lineage_target(source_type: SourceType | None) -> ItemType | None:
@@ -1490,9 +1601,10 @@ class ForwardingProfileStore(ProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
         await self.inner._merge_profiles(
-            tenant_id, source_profile_id, target_profile_id, choose_winner
+            tenant_id, source_profile_id, target_profile_id, choose_winner, log
         )
 
     async def _get_field_definitions(

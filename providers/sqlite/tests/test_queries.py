@@ -98,7 +98,8 @@ async def test_profile_reads_are_bounded_by_a_constant(
         counts[label] = await read_counts(store, tenant, profile_id, include_history)
     assert counts["small"] == counts["big"]
     # the profile, its identities, consents, fields and assets: one UNION ALL statement
-    assert counts["big"] == [1, 1, 1, 1]
+    # (the export reads the merge log entries naming the profile with a second one)
+    assert counts["big"] == [1, 1, 1, 2]
 
 
 async def test_saving_many_fields_is_a_bounded_number_of_statements(

@@ -264,7 +264,7 @@ def test_every_key_leads_with_tenant_id(tmp_path: Path) -> None:
                 f"AND name != '{VERSION_TABLE}'"
             )
         ]
-        assert len(tables) == 8  # OWN_TABLES
+        assert len(tables) == 9  # OWN_TABLES
         for table in tables:
             for index in conn.execute(f"PRAGMA index_list({table})").fetchall():
                 name = index[1]

@@ -25,12 +25,14 @@ from ccvault.models import (
     ItemStatus,
     ItemType,
     LineageEntry,
+    MergeRecord,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
+    UnmergeResult,
 )
-from ccvault.rules.merge import MergeWinner
+from ccvault.rules.merge import MergeLogRequest, MergeWinner
 from ccvault.store import ProfileStore
 from ccvault.store_rules import StoreRules
 from ccvault_myprovider.settings import MySettings
@@ -159,9 +161,23 @@ class MyProfileStore(ProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
-        """As :meth:`merge_profiles`, atomically: the rule is computed in core."""
+        """As :meth:`merge_profiles`, atomically: the rule is computed in core; store
+        ``ccvault.rules.merge.merge_record(...)`` of the plan and ``log`` in the same step."""
         raise NotImplementedError("_merge_profiles")
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        """As :meth:`unmerge`: read the entry and both profiles, ``plan_unmerge``, apply."""
+        raise NotImplementedError("_unmerge")
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
+        """Every merge log entry whose source or target is the profile, any order."""
+        raise NotImplementedError("_get_merge_log")
+
+    async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
+        """Every definition of the tenant, every agent, enabled or not, any order."""
+        raise NotImplementedError("_get_tenant_field_definitions")
 
     async def _get_field_definitions(
         self, tenant_id: UUID, agent_id: UUID, enabled_only: bool

@@ -29,16 +29,19 @@ from ccvault.models import (
     ItemStatus,
     ItemType,
     LineageEntry,
+    MergeRecord,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
     SourceType,
+    UnmergeResult,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
-from ccvault.rules.merge import MergeSide, plan_merge
+from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_merge
 from ccvault.rules.save import SaveState, StoredItem, identity_key, plan_save
+from ccvault.rules.unmerge import UnmergeState, plan_unmerge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 
 __all__ = ["InMemoryProfileStore"]
@@ -79,6 +82,7 @@ class _Tenant:
     customers: dict[UUID, UUID] = field(default_factory=dict)
     definitions: dict[tuple[UUID, str], ProfileFieldDefinition] = field(default_factory=dict)
     requirements: dict[_RequirementKey, ScenarioFieldRequirement] = field(default_factory=dict)
+    merges: dict[UUID, MergeRecord] = field(default_factory=dict)
 
 
 def _stored(profile_id: UUID, item: ProfileField | ProfileAsset) -> StoredItem:
@@ -540,12 +544,15 @@ class InMemoryProfileStore(ProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
         async with self._lock:
             tenant = self._tenant(tenant_id)
             source = self._live(tenant, source_profile_id)
             target = self._live(tenant, target_profile_id)
             now = self.now()
+            if log is not None and log.merge_id in tenant.merges:
+                raise errors.ConflictError(f"merge id {log.merge_id} is already taken")
             # the rule is core's: read the state, plan, then apply exactly the plan
             plan = plan_merge(
                 MergeSide.from_profile(self._assemble(tenant, target, False)),
@@ -553,6 +560,17 @@ class InMemoryProfileStore(ProfileStore):
                 now,
                 choose_winner=choose_winner,
             )
+            record = merge_record(
+                tenant_id,
+                plan,
+                log or MergeLogRequest(),
+                moved_field_ids=[f.item.id for f in self._fields_of(tenant, source_profile_id)],
+                moved_asset_ids=[a.item.id for a in self._assets_of(tenant, source_profile_id)],
+                moved_consents=source.profile.consents,
+                source_identities=source.profile.channel_identities,
+                target_identities=target.profile.channel_identities,
+            )
+            tenant.merges[record.id] = record.model_copy(deep=True)
             for entry in plan.supersede:
                 loser = tenant.fields[entry.loser_id]
                 loser.item = loser.item.model_copy(
@@ -586,6 +604,97 @@ class InMemoryProfileStore(ProfileStore):
             source.profile.updated_at = now
             source.deleted = True
             tenant.customers.pop(source.profile.customer_id, None)
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            record = tenant.merges.get(merge_id)
+            if record is None:
+                raise errors.NotFoundError(f"merge {merge_id} not found")
+            source_id, target_id = record.source_profile_id, record.target_profile_id
+            ends = {source_id, target_id}
+            source = tenant.profiles.get(source_id)
+            target = tenant.profiles.get(target_id)
+            if source is None:
+                raise errors.NotFoundError(f"merge {merge_id} not found")
+            state = UnmergeState(
+                record=record.model_copy(deep=True),
+                open_merges=tuple(
+                    m.model_copy(deep=True)
+                    for m in tenant.merges.values()
+                    if m.id != merge_id
+                    and m.unmerged_at is None
+                    and {m.source_profile_id, m.target_profile_id} & ends
+                ),
+                target_live=target is not None and not target.deleted,
+                source_live=not source.deleted,
+                target_fields=tuple(f.item for f in self._fields_of(tenant, target_id)),
+                source_fields=tuple(f.item for f in self._fields_of(tenant, source_id)),
+                target_assets=tuple(a.item for a in self._assets_of(tenant, target_id)),
+                source_assets=tuple(a.item for a in self._assets_of(tenant, source_id)),
+                target_identities=tuple(target.profile.channel_identities) if target else (),
+                source_identities=tuple(source.profile.channel_identities),
+                target_consents=tuple(target.profile.consents) if target else (),
+                source_consents=tuple(source.profile.consents),
+            )
+            plan = plan_unmerge(state, self.now())
+            assert target is not None  # plan_unmerge refuses a target that is not live
+            now = plan.now
+            # the source's customer id must still be free among live profiles
+            owner = tenant.customers.get(source.profile.customer_id)
+            if owner is not None and owner != source_id:
+                raise errors.ConflictError("the source's customer id is taken by a live profile")
+            for field_id in plan.field_ids_to_source:
+                tenant.fields[field_id].profile_id = source_id
+            for asset_id in plan.asset_ids_to_source:
+                tenant.assets[asset_id].profile_id = source_id
+            for field_id in plan.reactivate_field_ids:
+                row = tenant.fields[field_id]
+                row.item = row.item.model_copy(
+                    update={
+                        "status": ItemStatus.ACTIVE,
+                        "superseded_by_id": None,
+                        "superseded_at": None,
+                        "updated_at": now,
+                    }
+                )
+            held = {(i.channel, i.channel_user_id): i for i in target.profile.channel_identities}
+            moving = [u for u in plan.identities if u.to_source]
+            flags = {u.key: u.primary for u in plan.identities if not u.to_source}
+            leaving = {u.key for u in moving}
+            target.profile.channel_identities = [
+                i.model_copy(
+                    update={"primary": flags.get((i.channel, i.channel_user_id), i.primary)}
+                )
+                for i in target.profile.channel_identities
+                if (i.channel, i.channel_user_id) not in leaving
+            ]
+            source.profile.channel_identities = [
+                *source.profile.channel_identities,
+                *(held[u.key].model_copy(update={"primary": u.primary}) for u in moving),
+            ]
+            for u in moving:
+                tenant.identities[u.key] = source_id
+            target.profile.consents = [c.model_copy(deep=True) for c in plan.target_consents]
+            source.profile.consents = [c.model_copy(deep=True) for c in plan.source_consents]
+            target.profile.updated_at = now
+            source.profile.updated_at = now
+            source.deleted = False
+            tenant.customers[source.profile.customer_id] = source_id
+            tenant.merges[merge_id] = plan.record.model_copy(deep=True)
+            return plan.result.model_copy(deep=True)
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
+        async with self._lock:
+            return [
+                m.model_copy(deep=True)
+                for m in self._tenant(tenant_id).merges.values()
+                if profile_id in (m.source_profile_id, m.target_profile_id)
+            ]
+
+    async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
+        async with self._lock:
+            return [d.model_copy(deep=True) for d in self._tenant(tenant_id).definitions.values()]
 
     # -------------------------------------------------------------------------------------
     # field definitions
@@ -690,6 +799,12 @@ class InMemoryProfileStore(ProfileStore):
                 del tenant.fields[field_id]
             for asset_id in [i for i, a in tenant.assets.items() if a.profile_id == profile_id]:
                 del tenant.assets[asset_id]
+            for merge_id in [
+                i
+                for i, m in tenant.merges.items()
+                if profile_id in (m.source_profile_id, m.target_profile_id)
+            ]:
+                del tenant.merges[merge_id]
             return True
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:

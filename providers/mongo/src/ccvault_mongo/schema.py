@@ -33,6 +33,7 @@ COLLECTIONS = (
     "assets",
     "definitions",
     "requirements",
+    "merge_log",
 )
 
 INDEXES: dict[str, list[IndexModel]] = {
@@ -159,6 +160,22 @@ INDEXES: dict[str, list[IndexModel]] = {
             ],
             name="requirement_natural_key",
             unique=True,
+        ),
+    ],
+    # issue 16: one document per merge (the entry itself as JSON text)
+    "merge_log": [
+        IndexModel(
+            [("tenant_id", ASCENDING), ("id", ASCENDING)],
+            name="merge_id_unique",
+            unique=True,
+        ),
+        IndexModel(
+            [("tenant_id", ASCENDING), ("source_profile_id", ASCENDING)],
+            name="merge_by_source",
+        ),
+        IndexModel(
+            [("tenant_id", ASCENDING), ("target_profile_id", ASCENDING)],
+            name="merge_by_target",
         ),
     ],
 }

@@ -50,17 +50,20 @@ from ccvault.models import (
     ItemStatus,
     ItemType,
     LineageEntry,
+    MergeRecord,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
     SourceType,
+    UnmergeResult,
     VerificationLevel,
 )
 from ccvault.rules.definitions import SchemaUpsert, plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
-from ccvault.rules.merge import MergePlan, MergeSide, plan_merge
+from ccvault.rules.merge import MergeLogRequest, MergePlan, MergeSide, merge_record, plan_merge
 from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
+from ccvault.rules.unmerge import UnmergeState, plan_unmerge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_mongo.codec import JSON_SUFFIX, decode, dt, encode, pack_json, uid, unpack_json
 from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
@@ -1239,9 +1242,11 @@ class MongoProfileStore(ProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
         t, src, dst = uid(tenant_id), uid(source_profile_id), uid(target_profile_id)
         profiles, fields = self._c("profiles"), self._c("fields")
+        request = log or MergeLogRequest()
 
         async def work(session: Any) -> None:
             # 1. mark the source as being merged: from now on nothing else writes to it,
@@ -1269,10 +1274,22 @@ class MongoProfileStore(ProfileStore):
                 raise errors.NotFoundError(f"profile {target_profile_id} not found")
             # 3. read the state; core's merge rule plans every write below
             sides = (target_profile_id, source_profile_id)
-            plan = plan_merge(
-                *await self._merge_sides(tenant_id, sides, session),
-                now,
-                choose_winner=choose_winner,
+            target_side, source_side = await self._merge_sides(tenant_id, sides, session)
+            plan = plan_merge(target_side, source_side, now, choose_winner=choose_winner)
+            # what the log entry records: everything of the source, read before it moves
+            owned = {"tenant_id": t, "profile_id": src}
+            moved_fields = await fields.find(
+                {**owned, "status": {"$in": _STATUSES}}, projection={"id": 1}, session=session
+            ).to_list(None)
+            moved_assets = (
+                await self._c("assets")
+                .find(owned, projection={"id": 1}, session=session)
+                .to_list(None)
+            )
+            moved_consents = (
+                await self._c("consents")
+                .find(owned, sort=[("position", 1)], session=session)
+                .to_list(None)
             )
             # 4. identities take the plan's primary flags; consents and assets move as they
             #    are (ids unchanged)
@@ -1315,6 +1332,32 @@ class MongoProfileStore(ProfileStore):
                 )
             else:
                 raise errors.ConflictError("merge lost too many races; call it again to finish")
+            # the log entry, before the source goes (a merge finished by calling again keeps
+            # the entry of its first attempt)
+            record = merge_record(
+                tenant_id,
+                plan,
+                request,
+                moved_field_ids=[UUID(str(decode(d)["id"])) for d in moved_fields],
+                moved_asset_ids=[UUID(str(decode(d)["id"])) for d in moved_assets],
+                moved_consents=[_to_model(Consent, d) for d in moved_consents],
+                source_identities=source_side.identities,
+                target_identities=target_side.identities,
+            )
+            await self._c("merge_log").update_one(
+                {"tenant_id": t, "id": uid(record.id)},
+                {
+                    "$setOnInsert": {
+                        "source_profile_id": src,
+                        "target_profile_id": dst,
+                        "merged_at": dt(now),
+                        "unmerged_at": None,
+                        "record": record.model_dump_json(),
+                    }
+                },
+                upsert=True,
+                session=session,
+            )
             # 5. the source is soft-deleted last
             await profiles.update_one(
                 {"tenant_id": t, "id": src},
@@ -1349,6 +1392,160 @@ class MongoProfileStore(ProfileStore):
         finally:
             for profile_id, token in held:
                 await self._unlock(tenant_id, profile_id, token)
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        t = uid(tenant_id)
+        entries = self._c("merge_log")
+
+        async def read_entry(session: Any) -> MergeRecord:
+            doc = await entries.find_one({"tenant_id": t, "id": uid(merge_id)}, session=session)
+            if doc is None:
+                raise errors.NotFoundError(f"merge {merge_id} not found")
+            return MergeRecord.model_validate_json(doc["record"])
+
+        async def work(session: Any) -> UnmergeResult:
+            record = await read_entry(session)
+            src, dst = uid(record.source_profile_id), uid(record.target_profile_id)
+            live: dict[UUID, bool] = {}
+            sides: dict[UUID, CustomerProfile | None] = {}
+            for profile_id in (record.source_profile_id, record.target_profile_id):
+                doc = await self._c("profiles").find_one(
+                    {"tenant_id": t, "id": uid(profile_id), "purging": None},
+                    projection={"live": 1},
+                    session=session,
+                )
+                live[profile_id] = bool(doc and doc.get("live"))
+                sides[profile_id] = await self._load(
+                    tenant_id, {"id": uid(profile_id)}, True, live_only=False, session=session
+                )
+            s_side, t_side = sides[record.source_profile_id], sides[record.target_profile_id]
+            if s_side is None:
+                raise errors.NotFoundError(f"merge {merge_id} not found")
+            others = await entries.find(
+                {
+                    "tenant_id": t,
+                    "id": {"$ne": uid(merge_id)},
+                    "unmerged_at": None,
+                    "$or": [
+                        {"source_profile_id": {"$in": [src, dst]}},
+                        {"target_profile_id": {"$in": [src, dst]}},
+                    ],
+                },
+                session=session,
+            ).to_list(None)
+            state = UnmergeState(
+                record=record,
+                open_merges=tuple(MergeRecord.model_validate_json(d["record"]) for d in others),
+                target_live=live[record.target_profile_id],
+                source_live=live[record.source_profile_id],
+                target_fields=_versions(t_side),
+                source_fields=_versions(s_side),
+                target_assets=tuple(t_side.asset_history) if t_side else (),
+                source_assets=tuple(s_side.asset_history),
+                target_identities=tuple(t_side.channel_identities) if t_side else (),
+                source_identities=(),
+                target_consents=tuple(t_side.consents) if t_side else (),
+                source_consents=tuple(s_side.consents),
+            )
+            plan = plan_unmerge(state, self.now())
+            now = dt(plan.now)
+            if plan.field_ids_to_source:
+                await self._c("fields").update_many(
+                    {"tenant_id": t, "id": {"$in": [uid(i) for i in plan.field_ids_to_source]}},
+                    {"$set": {"profile_id": src}},
+                    session=session,
+                )
+            if plan.asset_ids_to_source:
+                await self._c("assets").update_many(
+                    {"tenant_id": t, "id": {"$in": [uid(i) for i in plan.asset_ids_to_source]}},
+                    {"$set": {"profile_id": src}},
+                    session=session,
+                )
+            if plan.reactivate_field_ids:
+                await self._c("fields").update_many(
+                    {"tenant_id": t, "id": {"$in": [uid(i) for i in plan.reactivate_field_ids]}},
+                    {
+                        "$set": {
+                            "status": ItemStatus.ACTIVE.value,
+                            "superseded_by_id": None,
+                            "superseded_at": None,
+                            "updated_at": now,
+                        }
+                    },
+                    session=session,
+                )
+            for update in plan.identities:
+                await self._c("identities").update_one(
+                    {
+                        "tenant_id": t,
+                        "channel": update.channel.value,
+                        "channel_user_id": update.channel_user_id,
+                    },
+                    {"$set": {"profile_id": uid(update.profile_id), "primary": update.primary}},
+                    session=session,
+                )
+            for owner_id, consents in ((dst, plan.target_consents), (src, plan.source_consents)):
+                owner = {"tenant_id": t, "profile_id": owner_id}
+                await self._c("consents").delete_many(owner, session=session)
+                if consents:
+                    await self._c("consents").insert_many(
+                        [
+                            {**owner, **encode(c.model_dump(mode="python")), "position": n}
+                            for n, c in enumerate(consents)
+                        ],
+                        session=session,
+                    )
+            await self._c("profiles").update_one(
+                {"tenant_id": t, "id": src},
+                {
+                    "$set": {"live": True, "deleted_at": None, "updated_at": now},
+                    "$unset": {"merged_into": ""},
+                },
+                session=session,
+            )
+            await self._c("profiles").update_one(
+                {"tenant_id": t, "id": dst}, {"$set": {"updated_at": now}}, session=session
+            )
+            await entries.update_one(
+                {"tenant_id": t, "id": uid(merge_id)},
+                {"$set": {"unmerged_at": now, "record": plan.record.model_dump_json()}},
+                session=session,
+            )
+            return plan.result
+
+        if self.transactions_enabled:
+            return await self._atomic(work)
+        # standalone: both profiles' write leases, in the order merge takes them
+        record = await read_entry(None)
+        held: list[tuple[UUID, str]] = []
+        try:
+            for profile_id in sorted(
+                (record.source_profile_id, record.target_profile_id), key=lambda u: u.bytes
+            ):
+                _, token = await self._lock(tenant_id, profile_id, count=0, state={})
+                held.append((profile_id, token))
+            return await work(None)
+        finally:
+            for profile_id, token in held:
+                await self._unlock(tenant_id, profile_id, token)
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
+        p = uid(profile_id)
+        docs = (
+            await self._c("merge_log")
+            .find(
+                {
+                    "tenant_id": uid(tenant_id),
+                    "$or": [{"source_profile_id": p}, {"target_profile_id": p}],
+                }
+            )
+            .to_list(None)
+        )
+        return [MergeRecord.model_validate_json(d["record"]) for d in docs]
+
+    async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
+        docs = await self._c("definitions").find({"tenant_id": uid(tenant_id)}).to_list(None)
+        return [_to_model(ProfileFieldDefinition, d, _DEFINITION_JSON) for d in docs]
 
     async def _merge_sides(
         self, tenant_id: UUID, profile_ids: tuple[UUID, UUID], session: Any
@@ -1535,6 +1732,10 @@ class MongoProfileStore(ProfileStore):
                 await self._c(collection).delete_many(
                     {"tenant_id": t, "profile_id": p}, session=session
                 )
+            await self._c("merge_log").delete_many(
+                {"tenant_id": t, "$or": [{"source_profile_id": p}, {"target_profile_id": p}]},
+                session=session,
+            )
             await self._c("profiles").delete_one({"tenant_id": t, "id": p}, session=session)
             return True
 
@@ -1702,3 +1903,10 @@ for _name in [
     and name in vars(ProfileStore)
 ]:
     setattr(MongoProfileStore, _name, _translate(getattr(MongoProfileStore, _name)))
+
+
+def _versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
+    """Every field version of ``profile`` (read with history), any status."""
+    if profile is None:
+        return ()
+    return tuple(v for versions in profile.field_history.values() for v in versions)

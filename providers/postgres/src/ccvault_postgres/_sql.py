@@ -526,6 +526,70 @@ WITH mf AS (
 UPDATE customer_profiles SET updated_at = $4 WHERE tenant_id = $1 AND id = $3
 """
 
+# the merge log (issue 16): what the merge's log entry reads of the source, and unmerge
+MERGE_SOURCE_ITEMS = """
+SELECT 'field' AS kind, id, seq FROM profile_fields WHERE tenant_id = $1 AND profile_id = $2
+UNION ALL
+SELECT 'asset' AS kind, id, seq FROM profile_assets WHERE tenant_id = $1 AND profile_id = $2
+ORDER BY kind, seq
+"""
+MERGE_SOURCE_CONSENTS = """
+SELECT * FROM consents WHERE tenant_id = $1 AND profile_id = $2 ORDER BY position
+"""
+INSERT_MERGE_LOG = """
+INSERT INTO merge_log (tenant_id, id, source_profile_id, target_profile_id, merged_at,
+                       unmerged_at, record)
+VALUES ($1, $2, $3, $4, $5, NULL, $6)
+ON CONFLICT DO NOTHING
+"""
+LOCK_MERGE_LOG = "SELECT record FROM merge_log WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+OPEN_MERGES = """
+SELECT record FROM merge_log
+WHERE tenant_id = $1 AND id <> $2 AND unmerged_at IS NULL
+  AND (source_profile_id = ANY($3::uuid[]) OR target_profile_id = ANY($3::uuid[]))
+"""
+UNMERGE_LOCK = """
+SELECT id, deleted_at IS NULL AS live FROM customer_profiles
+WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+ORDER BY id FOR UPDATE
+"""
+UNMERGE_MOVE = """
+WITH mf AS (
+    UPDATE profile_fields SET profile_id = $2 WHERE tenant_id = $1 AND id = ANY($3::uuid[])
+), ma AS (
+    UPDATE profile_assets SET profile_id = $2 WHERE tenant_id = $1 AND id = ANY($4::uuid[])
+)
+UPDATE channel_identities ci
+SET profile_id = u.profile_id, is_primary = u.is_primary
+FROM unnest($5::text[], $6::text[], $7::uuid[], $8::boolean[])
+     AS u (channel, channel_user_id, profile_id, is_primary)
+WHERE ci.tenant_id = $1 AND NOT ci.released
+  AND ci.channel = u.channel AND ci.channel_user_id = u.channel_user_id
+"""
+UNMERGE_REACTIVATE = """
+UPDATE profile_fields
+SET status = 'active', superseded_by_id = NULL, superseded_at = NULL, updated_at = $3
+WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+"""
+UNMERGE_PROFILES = """
+WITH src AS (
+    UPDATE customer_profiles SET deleted_at = NULL, merged_into_id = NULL, updated_at = $4
+    WHERE tenant_id = $1 AND id = $2
+), log AS (
+    UPDATE merge_log SET unmerged_at = $4, record = $6 WHERE tenant_id = $1 AND id = $5
+)
+UPDATE customer_profiles SET updated_at = $4 WHERE tenant_id = $1 AND id = $3
+"""
+GET_MERGE_LOG = """
+SELECT record FROM merge_log
+WHERE tenant_id = $1 AND (source_profile_id = $2 OR target_profile_id = $2)
+"""
+PURGE_MERGE_LOG = """
+DELETE FROM merge_log
+WHERE tenant_id = $1 AND (source_profile_id = $2 OR target_profile_id = $2)
+"""
+GET_TENANT_DEFINITIONS = "SELECT * FROM profile_field_definitions WHERE tenant_id = $1"
+
 # ---------------------------------------------------------------------------------------
 # definitions and requirements
 # ---------------------------------------------------------------------------------------

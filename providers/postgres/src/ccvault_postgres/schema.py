@@ -207,6 +207,28 @@ CREATE TABLE scenario_field_requirements (
 );
 """
 
+_V2 = """
+-- issue 16: per-field survivorship policies and the merge log (one row per merge; the
+-- entry itself is jsonb, the columns serve the lookups by profile and the purge)
+ALTER TABLE profile_field_definitions
+    ADD COLUMN survivorship    text   NOT NULL DEFAULT 'verified_first',
+    ADD COLUMN source_priority text[] NOT NULL DEFAULT '{}';
+
+CREATE TABLE merge_log (
+    tenant_id         uuid        NOT NULL,
+    id                uuid        NOT NULL,
+    source_profile_id uuid        NOT NULL,
+    target_profile_id uuid        NOT NULL,
+    merged_at         timestamptz NOT NULL,
+    unmerged_at       timestamptz,
+    record            text        NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE INDEX merge_log_by_source ON merge_log (tenant_id, source_profile_id);
+CREATE INDEX merge_log_by_target ON merge_log (tenant_id, target_profile_id);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _V1),
+    Migration(2, "survivorship policies and the merge log", _V2),
 ]

@@ -56,18 +56,21 @@ from ccvault.models import (
     ItemStatus,
     ItemType,
     LineageEntry,
+    MergeRecord,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
     ProfileFieldSource,
     ScenarioFieldRequirement,
     SourceType,
+    UnmergeResult,
     VerificationLevel,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
-from ccvault.rules.merge import MergeSide, plan_merge
+from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_merge
 from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
+from ccvault.rules.unmerge import UnmergeState, plan_unmerge
 from ccvault.storage import row_values
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_postgres import _sql as sql
@@ -232,7 +235,13 @@ def _asset_params(item: ProfileAsset) -> tuple[Any, ...]:
 
 
 def _definition_params(item: ProfileFieldDefinition) -> tuple[Any, ...]:
-    return row_values(item, sql.DEFINITION_COLS, value_type=item.value_type.value)
+    return row_values(
+        item,
+        sql.DEFINITION_COLS,
+        value_type=item.value_type.value,
+        survivorship=item.survivorship.value,
+        source_priority=[s.value for s in item.source_priority],
+    )
 
 
 def _requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
@@ -331,6 +340,13 @@ def _consent(row: Mapping[str, Any]) -> Consent:
             "ip_address": row["ip_address"],
         }
     )
+
+
+def _versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
+    """Every field version of ``profile`` (read with history), any status."""
+    if profile is None:
+        return ()
+    return tuple(v for versions in profile.field_history.values() for v in versions)
 
 
 def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
@@ -1001,8 +1017,10 @@ class PostgresProfileStore(ProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
         read = sql.PROFILE_BY_ID[False]
+        request = log or MergeLogRequest()
 
         async def attempt(conn: asyncpg.Connection) -> None:
             now = self.now()
@@ -1022,6 +1040,30 @@ class PostgresProfileStore(ProfileStore):
                     for p in (target_profile_id, source_profile_id)
                 ]
                 plan = plan_merge(target, source, now, choose_winner=choose_winner)
+                # the log entry: everything of the source, as read in this transaction
+                items = await conn.fetch(sql.MERGE_SOURCE_ITEMS, tenant_id, source_profile_id)
+                consents = await conn.fetch(sql.MERGE_SOURCE_CONSENTS, tenant_id, source_profile_id)
+                record = merge_record(
+                    tenant_id,
+                    plan,
+                    request,
+                    moved_field_ids=[r["id"] for r in items if r["kind"] == "field"],
+                    moved_asset_ids=[r["id"] for r in items if r["kind"] == "asset"],
+                    moved_consents=[_consent(c) for c in consents],
+                    source_identities=source.identities,
+                    target_identities=target.identities,
+                )
+                inserted = await conn.execute(
+                    sql.INSERT_MERGE_LOG,
+                    tenant_id,
+                    record.id,
+                    source_profile_id,
+                    target_profile_id,
+                    now,
+                    record.model_dump_json(),
+                )
+                if _affected(inserted) != 1:
+                    raise errors.ConflictError(f"merge id {record.id} is already taken")
                 if plan.supersede:
                     await conn.execute(
                         sql.MERGE_SUPERSEDE,
@@ -1042,6 +1084,102 @@ class PostgresProfileStore(ProfileStore):
                 )
 
         await self._write(attempt)
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        async def attempt(conn: asyncpg.Connection) -> UnmergeResult:
+            async with conn.transaction():
+                # the entry first, then both profiles in id order (as merge locks them)
+                found = await conn.fetchval(sql.LOCK_MERGE_LOG, tenant_id, merge_id)
+                if found is None:
+                    raise errors.NotFoundError(f"merge {merge_id} not found")
+                record = MergeRecord.model_validate_json(found)
+                source_id, target_id = record.source_profile_id, record.target_profile_id
+                live = {
+                    r["id"]: r["live"]
+                    for r in await conn.fetch(sql.UNMERGE_LOCK, tenant_id, [source_id, target_id])
+                }
+                if source_id not in live:
+                    raise errors.NotFoundError(f"merge {merge_id} not found")
+                others = await conn.fetch(
+                    sql.OPEN_MERGES, tenant_id, merge_id, [source_id, target_id]
+                )
+                sides: dict[UUID, CustomerProfile | None] = {}
+                for key in (source_id, target_id):
+                    rows = await conn.fetch(sql.PROFILE_EXPORT, tenant_id, key)
+                    sides[key] = _profile(rows, True) if rows else None
+                s_side, t_side = sides[source_id], sides[target_id]
+                state = UnmergeState(
+                    record=record,
+                    open_merges=tuple(MergeRecord.model_validate_json(r[0]) for r in others),
+                    target_live=live.get(target_id, False),
+                    source_live=live[source_id],
+                    target_fields=_versions(t_side),
+                    source_fields=_versions(s_side),
+                    target_assets=tuple(t_side.asset_history) if t_side else (),
+                    source_assets=tuple(s_side.asset_history) if s_side else (),
+                    target_identities=tuple(t_side.channel_identities) if t_side else (),
+                    source_identities=tuple(s_side.channel_identities) if s_side else (),
+                    target_consents=tuple(t_side.consents) if t_side else (),
+                    source_consents=tuple(s_side.consents) if s_side else (),
+                )
+                plan = plan_unmerge(state, self.now())
+                await conn.execute(
+                    sql.UNMERGE_MOVE,
+                    tenant_id,
+                    source_id,
+                    list(plan.field_ids_to_source),
+                    list(plan.asset_ids_to_source),
+                    [u.channel.value for u in plan.identities],
+                    [u.channel_user_id for u in plan.identities],
+                    [u.profile_id for u in plan.identities],
+                    [u.primary for u in plan.identities],
+                )
+                if plan.reactivate_field_ids:
+                    await conn.execute(
+                        sql.UNMERGE_REACTIVATE,
+                        tenant_id,
+                        list(plan.reactivate_field_ids),
+                        plan.now,
+                    )
+                for owner, consents in (
+                    (target_id, plan.target_consents),
+                    (source_id, plan.source_consents),
+                ):
+                    await conn.execute(sql.DELETE_CONSENTS, tenant_id, owner)
+                    if consents:
+                        await conn.execute(
+                            sql.INSERT_CONSENTS,
+                            tenant_id,
+                            owner,
+                            [c.consent_type for c in consents],
+                            [c.granted for c in consents],
+                            [c.granted_at for c in consents],
+                            [c.revoked_at for c in consents],
+                            [c.source_session_id for c in consents],
+                            [None if c.ip_address is None else str(c.ip_address) for c in consents],
+                        )
+                await conn.execute(
+                    sql.UNMERGE_PROFILES,
+                    tenant_id,
+                    source_id,
+                    target_id,
+                    plan.now,
+                    merge_id,
+                    plan.record.model_dump_json(),
+                )
+                return plan.result
+
+        return await self._write(attempt)
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.GET_MERGE_LOG, tenant_id, profile_id)
+        return [MergeRecord.model_validate_json(r[0]) for r in rows]
+
+    async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.GET_TENANT_DEFINITIONS, tenant_id)
+        return [_definition(r) for r in rows]
 
     # =====================================================================================
     # definitions and requirements
@@ -1152,8 +1290,10 @@ class PostgresProfileStore(ProfileStore):
     # =====================================================================================
 
     async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
-        # one statement: the foreign keys cascade to everything the profile owns
-        async with self._conn() as conn:
+        # the foreign keys cascade to everything the profile owns; the merge log entries
+        # naming it go in the same transaction
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(sql.PURGE_MERGE_LOG, tenant_id, profile_id)
             status = await conn.execute(sql.PURGE, tenant_id, profile_id)
         return _affected(status) > 0
 

@@ -238,6 +238,8 @@ def definition_params(item: ProfileFieldDefinition) -> tuple[Any, ...]:
         created_at=ts(item.created_at),
         updated_at=ts(item.updated_at),
         enabled=int(item.enabled),
+        survivorship=item.survivorship.value,
+        source_priority=dumps([s.value for s in item.source_priority], "source_priority"),
     )
 
 
@@ -248,6 +250,7 @@ def definition_from_row(row: Row) -> ProfileFieldDefinition:
     data["allowed_values"] = loads(data["allowed_values"])
     data["verification_methods"] = orjson.loads(data["verification_methods"])
     data["extraction_examples"] = orjson.loads(data["extraction_examples"])
+    data["source_priority"] = orjson.loads(data["source_priority"])
     return ProfileFieldDefinition.model_validate(data)
 
 

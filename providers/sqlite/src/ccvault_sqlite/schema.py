@@ -48,6 +48,7 @@ OWN_TABLES = (
     "field_definitions",
     "scenario_requirements",
     "released_identities",
+    "merge_log",
 )
 
 
@@ -300,10 +301,32 @@ _V3 = (
     """,
 )
 
+_V4 = (
+    # issue 16: per-field survivorship policies, and the merge log (one row per merge; the
+    # entry itself is JSON, the columns serve the lookups by profile and the purge)
+    "ALTER TABLE field_definitions ADD COLUMN survivorship TEXT NOT NULL DEFAULT 'verified_first'",
+    "ALTER TABLE field_definitions ADD COLUMN source_priority TEXT NOT NULL DEFAULT '[]'",
+    """
+    CREATE TABLE IF NOT EXISTS merge_log (
+        tenant_id         TEXT NOT NULL,
+        id                TEXT NOT NULL,
+        source_profile_id TEXT NOT NULL,
+        target_profile_id TEXT NOT NULL,
+        merged_at         TEXT NOT NULL,
+        unmerged_at       TEXT,
+        record            TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, id)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS merge_log_by_source ON merge_log (tenant_id, source_profile_id)",
+    "CREATE INDEX IF NOT EXISTS merge_log_by_target ON merge_log (tenant_id, target_profile_id)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "profiles, identities, consents, fields, assets, definitions, requirements", _V1),
     Migration(2, "lineage and expiry indexes", _V2),
     Migration(3, "identities held by soft-deleted profiles", _V3),
+    Migration(4, "survivorship policies and the merge log", _V4),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -44,17 +44,26 @@ from ccvault.models import (
     ItemStatus,
     ItemType,
     LineageEntry,
+    MergeRecord,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
     ScenarioFieldRequirement,
     SourceType,
+    UnmergeResult,
     VerificationLevel,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import link_outcome
-from ccvault.rules.merge import IdentityPlacement, MergeSide, plan_merge
+from ccvault.rules.merge import (
+    IdentityPlacement,
+    MergeLogRequest,
+    MergeSide,
+    merge_record,
+    plan_merge,
+)
 from ccvault.rules.save import SaveState, StoredItem, plan_save
+from ccvault.rules.unmerge import UnmergeState, plan_unmerge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_sqlite import codec
 from ccvault_sqlite.codec import (
@@ -967,8 +976,10 @@ class SqliteProfileStore(ProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        log: MergeLogRequest | None = None,
     ) -> None:
         tenant, source, target = str(tenant_id), str(source_profile_id), str(target_profile_id)
+        request = log or MergeLogRequest()
 
         async def op(conn: aiosqlite.Connection) -> None:
             # read both live profiles, let core's rule plan the merge, write exactly the plan
@@ -979,9 +990,44 @@ class SqliteProfileStore(ProfileStore):
                     raise errors.NotFoundError(f"profile {key} not found")
                 sides.append(MergeSide.from_profile(found))
             source_side, target_side = sides
+            taken = await conn.execute_fetchall(
+                "SELECT 1 FROM merge_log WHERE tenant_id = ? AND id = ?",
+                (tenant, str(request.merge_id)),
+            )
+            if taken:
+                raise errors.ConflictError(f"merge id {request.merge_id} is already taken")
             now = self.now()
             plan = plan_merge(target_side, source_side, now, choose_winner=choose_winner)
             stamp = ts(now)
+            # the log entry: everything of the source, as read in this transaction
+            field_ids = await conn.execute_fetchall(
+                "SELECT id FROM fields WHERE tenant_id = ? AND profile_id = ? ORDER BY seq",
+                (tenant, source),
+            )
+            asset_ids = await conn.execute_fetchall(
+                "SELECT id FROM assets WHERE tenant_id = ? AND profile_id = ? ORDER BY seq",
+                (tenant, source),
+            )
+            consents = await conn.execute_fetchall(
+                f"SELECT {CONSENT_SELECT} FROM consents WHERE tenant_id = ? AND profile_id = ? "
+                "ORDER BY position",
+                (tenant, source),
+            )
+            record = merge_record(
+                tenant_id,
+                plan,
+                request,
+                moved_field_ids=[UUID(row[0]) for row in field_ids],
+                moved_asset_ids=[UUID(row[0]) for row in asset_ids],
+                moved_consents=[codec.consent_from_row(row) for row in consents],
+                source_identities=source_side.identities,
+                target_identities=target_side.identities,
+            )
+            await conn.execute(
+                "INSERT INTO merge_log (tenant_id, id, source_profile_id, target_profile_id, "
+                "merged_at, unmerged_at, record) VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (tenant, str(record.id), source, target, stamp, record.model_dump_json()),
+            )
             if plan.supersede:
                 await conn.executemany(
                     "UPDATE fields SET status = 'superseded', superseded_by_id = ?, "
@@ -1025,6 +1071,140 @@ class SqliteProfileStore(ProfileStore):
             )
 
         await self._write(op)
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        tenant = str(tenant_id)
+
+        async def op(conn: aiosqlite.Connection) -> UnmergeResult:
+            rows = await conn.execute_fetchall(
+                "SELECT record FROM merge_log WHERE tenant_id = ? AND id = ?",
+                (tenant, str(merge_id)),
+            )
+            if not rows:
+                raise errors.NotFoundError(f"merge {merge_id} not found")
+            record = MergeRecord.model_validate_json(next(iter(rows))[0])
+            source, target = str(record.source_profile_id), str(record.target_profile_id)
+            others = await conn.execute_fetchall(
+                "SELECT record FROM merge_log WHERE tenant_id = ? AND id <> ? "
+                "AND unmerged_at IS NULL AND (source_profile_id IN (?, ?) "
+                "OR target_profile_id IN (?, ?))",
+                (tenant, str(merge_id), source, target, source, target),
+            )
+            live = {
+                row[0]: row[1] is None
+                for row in await conn.execute_fetchall(
+                    "SELECT id, deleted_at FROM profiles WHERE tenant_id = ? AND id IN (?, ?)",
+                    (tenant, source, target),
+                )
+            }
+            if source not in live:
+                raise errors.NotFoundError(f"merge {merge_id} not found")
+            sides = {}
+            for key in (source, target):
+                sides[key] = await self._load_profile(
+                    conn, tenant_id, "p.id = :key", {"key": key}, True
+                )
+            s_side, t_side = sides[source], sides[target]
+
+            def versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
+                if profile is None:
+                    return ()
+                return tuple(v for vs in profile.field_history.values() for v in vs)
+
+            state = UnmergeState(
+                record=record,
+                open_merges=tuple(MergeRecord.model_validate_json(r[0]) for r in others),
+                target_live=live.get(target, False),
+                source_live=live[source],
+                target_fields=versions(t_side),
+                source_fields=versions(s_side),
+                target_assets=tuple(t_side.asset_history) if t_side else (),
+                source_assets=tuple(s_side.asset_history) if s_side else (),
+                target_identities=tuple(t_side.channel_identities) if t_side else (),
+                source_identities=tuple(s_side.channel_identities) if s_side else (),
+                target_consents=tuple(t_side.consents) if t_side else (),
+                source_consents=tuple(s_side.consents) if s_side else (),
+            )
+            plan = plan_unmerge(state, self.now())
+            stamp = ts(plan.now)
+            await conn.executemany(
+                "UPDATE fields SET profile_id = ? WHERE tenant_id = ? AND id = ?",
+                [(source, tenant, str(i)) for i in plan.field_ids_to_source],
+            )
+            await conn.executemany(
+                "UPDATE assets SET profile_id = ? WHERE tenant_id = ? AND id = ?",
+                [(source, tenant, str(i)) for i in plan.asset_ids_to_source],
+            )
+            await conn.executemany(
+                "UPDATE fields SET status = 'active', superseded_by_id = NULL, "
+                "superseded_at = NULL, updated_at = ? WHERE tenant_id = ? AND id = ?",
+                [(stamp, tenant, str(i)) for i in plan.reactivate_field_ids],
+            )
+            offset = await self._next_position(conn, "channel_identities", tenant, source)
+            moving = [u for u in plan.identities if u.to_source]
+            await conn.executemany(
+                "UPDATE channel_identities SET profile_id = ?, position = ?, is_primary = ? "
+                "WHERE tenant_id = ? AND channel = ? AND channel_user_id = ?",
+                [
+                    (source, offset + n, int(u.primary), tenant, u.channel.value, u.channel_user_id)
+                    for n, u in enumerate(moving)
+                ],
+            )
+            await conn.executemany(
+                "UPDATE channel_identities SET is_primary = ? "
+                "WHERE tenant_id = ? AND channel = ? AND channel_user_id = ?",
+                [
+                    (int(u.primary), tenant, u.channel.value, u.channel_user_id)
+                    for u in plan.identities
+                    if not u.to_source
+                ],
+            )
+            await conn.execute(
+                "DELETE FROM consents WHERE tenant_id = ? AND profile_id IN (?, ?)",
+                (tenant, source, target),
+            )
+            await conn.executemany(
+                _INSERT_CONSENT,
+                [
+                    (tenant, owner, n, *codec.consent_params(item))
+                    for owner, items in (
+                        (target, plan.target_consents),
+                        (source, plan.source_consents),
+                    )
+                    for n, item in enumerate(items)
+                ],
+            )
+            await conn.execute(
+                "UPDATE profiles SET deleted_at = NULL, updated_at = ? WHERE tenant_id = ? "
+                "AND id = ?",
+                (stamp, tenant, source),
+            )
+            await conn.execute(
+                "UPDATE profiles SET updated_at = ? WHERE tenant_id = ? AND id = ?",
+                (stamp, tenant, target),
+            )
+            await conn.execute(
+                "UPDATE merge_log SET unmerged_at = ?, record = ? WHERE tenant_id = ? AND id = ?",
+                (stamp, plan.record.model_dump_json(), tenant, str(merge_id)),
+            )
+            return plan.result
+
+        return await self._write(op)
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
+        rows = await self._fetch(
+            "SELECT record FROM merge_log WHERE tenant_id = ? "
+            "AND (source_profile_id = ? OR target_profile_id = ?)",
+            (str(tenant_id), str(profile_id), str(profile_id)),
+        )
+        return [MergeRecord.model_validate_json(row[0]) for row in rows]
+
+    async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
+        rows = await self._fetch(
+            f"SELECT {DEFINITION_SELECT} FROM field_definitions WHERE tenant_id = ?",
+            (str(tenant_id),),
+        )
+        return [codec.definition_from_row(row) for row in rows]
 
     # =====================================================================================
     # field definitions
@@ -1181,6 +1361,12 @@ class SqliteProfileStore(ProfileStore):
             cursor = await conn.execute(
                 "DELETE FROM profiles WHERE tenant_id = ? AND id = ?",
                 (str(tenant_id), str(profile_id)),
+            )
+            # and every merge log entry naming it (issue 16)
+            await conn.execute(
+                "DELETE FROM merge_log WHERE tenant_id = ? "
+                "AND (source_profile_id = ? OR target_profile_id = ?)",
+                (str(tenant_id), str(profile_id), str(profile_id)),
             )
             return cursor.rowcount > 0
 
