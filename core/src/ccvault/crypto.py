@@ -40,8 +40,9 @@ Which fields are PII
     lists a whole tenant's, so the wrapper keeps a per-tenant registry *in the store itself*:
     saving such a definition through the wrapper also saves a disabled marker definition of
     the same name under the reserved agent :data:`PII_REGISTRY_AGENT_ID`, before the real
-    definition is written. Every write reads the registry (through the cache, when enabled),
-    so several processes agree. The registry is sticky: un-marking or deleting a definition
+    definition is written. Writes read the registry through a per-tenant view kept in
+    process memory (see *Registry view* below), so several processes agree within
+    ``registry_ttl`` seconds. The registry is sticky: un-marking or deleting a definition
     never makes a name plaintext again (another agent may still mark it, and failing safe
     is the point); saving or deleting a definition of the reserved agent through this
     wrapper raises :class:`~ccvault.errors.ValidationError`. When a name becomes PII, the
@@ -49,15 +50,39 @@ Which fields are PII
     ``reseal_limit`` profiles; beyond it a warning asks for ``ccvault rotate-keys``, see
     :meth:`EncryptedProfileStore.register_pii_names`). Reads decrypt whatever is
     ciphertext, whatever the registry says.
+
+Registry view
+    Each process keeps, per tenant, the set of PII names it last read from the registry and
+    when. A write uses it while it is younger than ``registry_ttl`` (default 2 s), else reads
+    the registry again (through the Redis cache when stacked). A definition saved or deleted
+    through this wrapper drops the tenant's view at once, and ``register_pii_names`` adds
+    the new names to the view *before* it writes the markers (sealing more never hurts), so
+    within one process a name is sealed from the moment it is being registered. Another
+    process's registration is seen within ``registry_ttl``; a value this process wrote in
+    plaintext meanwhile (its view did not know the name yet) is remembered per tenant, and
+    re-sealed as soon as the refreshed view shows the name (bounded: beyond
+    ``plaintext_watch`` remembered profiles per tenant a warning asks for
+    ``ccvault rotate-keys --tenant``). So no value of a PII name stays plaintext for longer
+    than ``registry_ttl`` plus one write of this process after the name became PII (and the
+    registering process re-seals everything already stored, as above).
+
+Cost
+    The AES-GCM objects are built once per key (:class:`Keyring`); opening an envelope is a
+    prefix check, a dictionary lookup of the key id, a strict base64 decode and one AES-GCM
+    call (any failure falls back to the full parse, for the precise error); the associated
+    data of a field reuses per-tenant and per-name byte strings; decrypted fields are copied
+    without re-validation (the plaintext is JSON this wrapper sealed and authenticated).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,6 +94,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ccvault import errors
 from ccvault.arguments import check_field_name, check_uuid
+from ccvault.cache_codec import trusted_replace
 from ccvault.models import (
     Channel,
     CustomerProfile,
@@ -105,6 +131,11 @@ logger = logging.getLogger(__name__)
 _KID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _ENVELOPE = re.compile(r"^ccvault:pii:v1:([A-Za-z0-9_.-]{1,32}):([A-Za-z0-9_=-]+)$")
 _NONCE_BYTES = 12
+_PREFIX_LENGTH = len("ccvault:pii:v1:")
+_PADDING = ("", "===", "==", "=")  # by len(body) % 4 (1 is invalid base64 anyway)
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_a2b = binascii.a2b_base64
+_loads = orjson.loads
 _SETTING = "profile.pii_encryption_key_id"
 
 
@@ -179,6 +210,22 @@ class Keyring:
 
     def decrypt(self, envelope: str, aad: bytes) -> bytes:
         """The plaintext of an envelope; EncryptionError if unknown key or not authentic."""
+        # the fast path: a well-formed envelope of a configured key that authenticates
+        try:
+            kid, _, body = envelope[_PREFIX_LENGTH:].partition(":")
+            key = self.keys.get(kid)
+            if key is not None and envelope.startswith(ENVELOPE_PREFIX):
+                raw = _a2b(
+                    (body + _PADDING[len(body) & 3]).encode().translate(_URLSAFE_TO_STANDARD),
+                    strict_mode=True,
+                )
+                return key.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
+        except (binascii.Error, ValueError, InvalidTag, TypeError, AttributeError):
+            pass
+        return self._decrypt_checked(envelope, aad)
+
+    def _decrypt_checked(self, envelope: str, aad: bytes) -> bytes:
+        """:meth:`decrypt` parsing everything, for the precise error when it fails."""
         match = _ENVELOPE.match(envelope)
         if match is None:
             raise errors.EncryptionError("malformed PII ciphertext")
@@ -223,6 +270,25 @@ def _aad(tenant_id: UUID, field_id: UUID, name: str, part: str) -> bytes:
     return b"ccvault-pii/v1\0" + tenant_id.bytes + field_id.bytes + f"{name}\0{part}".encode()
 
 
+_AAD_NAMES: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _aads(tenant_head: bytes, field_id: UUID, name: str) -> tuple[bytes, bytes]:
+    """(value, metadata) associated data of a field version: :func:`_aad`, with the byte
+    strings of the tenant (``_tenant_head``) and of the name computed once."""
+    tails = _AAD_NAMES.get(name)
+    if tails is None:
+        tails = (f"{name}\0value".encode(), f"{name}\0metadata".encode())
+        if len(_AAD_NAMES) < 100_000:
+            _AAD_NAMES[name] = tails
+    head = tenant_head + field_id.bytes
+    return head + tails[0], head + tails[1]
+
+
+def _tenant_head(tenant_id: UUID) -> bytes:
+    return b"ccvault-pii/v1\0" + tenant_id.bytes
+
+
 @dataclass
 class RotationReport:
     """What :meth:`EncryptedProfileStore.rotate_keys` did for one tenant."""
@@ -246,12 +312,29 @@ class EncryptedProfileStore(ForwardingProfileStore):
         *,
         encrypt_all: bool = False,
         reseal_limit: int = 1000,
+        registry_ttl: float = 2.0,
+        plaintext_watch: int = 10_000,
     ) -> None:
         super().__init__(inner)
         self.keyring = keyring
         self.encrypt_all = encrypt_all
         #: At most this many profiles are re-sealed inline when a name becomes PII.
         self.reseal_limit = reseal_limit
+        #: How long (seconds) a tenant's view of the PII registry is used before re-reading
+        #: it: the longest another process's new PII name may go unseen here.
+        self.registry_ttl = registry_ttl
+        #: Profiles per tenant whose plaintext writes are remembered until the registry has
+        #: been re-read (see the module docstring, *Registry view*).
+        self.plaintext_watch = plaintext_watch
+        # tenant -> (PII names, monotonic time they were read)
+        self._registry: dict[UUID, tuple[frozenset[str], float]] = {}
+        # tenant -> name -> profiles written with a plaintext value of that name, not yet
+        # decided by a registry read begun after the write (None: too many to list)
+        self._plaintext: dict[UUID, dict[str, set[UUID]] | None] = {}
+        self._rechecks: dict[UUID, asyncio.Task[None]] = {}
+        self._closing = False
+        #: the clock the registry view's age is measured with (tests replace it)
+        self.clock: Callable[[], float] = time.monotonic
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> ProfileStore:
@@ -266,10 +349,126 @@ class EncryptedProfileStore(ForwardingProfileStore):
     # ---------------------------------------------------------------------------------
 
     async def pii_field_names(self, tenant_id: UUID) -> frozenset[str]:
-        """The tenant's PII field names, from the registry kept in the store."""
+        """The tenant's PII field names, read from the registry kept in the store."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
-        markers = await super()._get_field_definitions(tenant_id, PII_REGISTRY_AGENT_ID, False)
-        return frozenset(marker.name for marker in markers)
+        # plaintext writes that completed before this read began: this read decides them
+        written = self._plaintext.pop(tenant_id, {})
+        try:
+            markers = await super()._get_field_definitions(tenant_id, PII_REGISTRY_AGENT_ID, False)
+        except BaseException:
+            self._keep_watching(tenant_id, written)
+            raise
+        names = frozenset(marker.name for marker in markers)
+        await self._learned(tenant_id, names, written)
+        return names
+
+    async def _pii_names(self, tenant_id: UUID) -> frozenset[str]:
+        """The tenant's PII names as writes use them: the view, re-read when older than
+        ``registry_ttl`` (see the module docstring, *Registry view*)."""
+        view = self._registry.get(tenant_id)
+        if view is not None and self.clock() - view[1] < self.registry_ttl:
+            return view[0]
+        return await self.pii_field_names(tenant_id)
+
+    async def _learned(
+        self, tenant_id: UUID, names: frozenset[str], written: dict[str, set[UUID]] | None
+    ) -> None:
+        """Keep ``names`` (just read) as the tenant's view; re-seal what this process had
+        written in plaintext (``written``, completed before the read began) of a name now
+        listed. A write that lands after a registration's re-seal scan began its seal
+        decision before that registration, so its record predates any read that could
+        miss the name: such a read starts after it landed and sees the marker."""
+        previous = self._registry.get(tenant_id)
+        if len(self._registry) >= 100_000 and previous is None:
+            self._registry.clear()
+        self._registry[tenant_id] = (
+            names if previous is None else names | previous[0],
+            self.clock(),
+        )
+        if written is None:
+            logger.warning(
+                "tenant %s: the PII registry changed while this process wrote many plaintext "
+                "values; run `ccvault rotate-keys --tenant %s` to seal any of them",
+                tenant_id,
+                tenant_id,
+            )
+            return
+        late = {profile for name in names & written.keys() for profile in written[name]}
+        for profile_id in sorted(late):
+            await self.rotate_profile(tenant_id, profile_id)
+
+    def _wrote_plaintext(self, tenant_id: UUID, profile_id: UUID, names: Iterable[str]) -> None:
+        """Remember a completed (or possibly completed) write of plaintext ``names``, until
+        a registry read that began afterwards has decided it; that read is scheduled."""
+        if tenant_id not in self._plaintext:
+            self._plaintext[tenant_id] = {}
+        written = self._plaintext[tenant_id]
+        if written is not None:
+            for name in names:
+                written.setdefault(name, set()).add(profile_id)
+            if sum(len(p) for p in written.values()) > self.plaintext_watch:
+                self._plaintext[tenant_id] = None
+        self._schedule_recheck(tenant_id)
+
+    def _keep_watching(self, tenant_id: UUID, written: dict[str, set[UUID]] | None) -> None:
+        """Put back records a failed registry read could not decide."""
+        current = self._plaintext.get(tenant_id, {})
+        if written is None or current is None:
+            self._plaintext[tenant_id] = None
+        else:
+            for name, profiles in written.items():
+                current.setdefault(name, set()).update(profiles)
+            self._plaintext[tenant_id] = current
+        self._schedule_recheck(tenant_id)
+
+    def _schedule_recheck(self, tenant_id: UUID) -> None:
+        """Read the tenant's registry again in ``registry_ttl`` seconds (a timer, not a
+        synchronisation): plaintext written meanwhile is decided even if no write follows."""
+        if self._closing or tenant_id in self._rechecks:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - writes always run in a loop
+            return
+        self._rechecks[tenant_id] = loop.create_task(self._recheck(tenant_id))
+
+    async def _recheck(self, tenant_id: UUID) -> None:
+        try:
+            while tenant_id in self._plaintext and not self._closing:
+                await asyncio.sleep(self.registry_ttl)  # the view's age limit, see above
+                try:
+                    await self.pii_field_names(tenant_id)
+                except Exception:  # retried after the next interval
+                    logger.warning(
+                        "tenant %s: reading the PII registry failed; retrying", tenant_id
+                    )
+        finally:
+            self._rechecks.pop(tenant_id, None)
+
+    async def aclose(self) -> None:
+        """Decide what is pending (one last registry read per tenant with plaintext writes
+        not yet checked), then close the inner store."""
+        self._closing = True
+        tasks = list(self._rechecks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            for tenant_id in list(self._plaintext):
+                try:
+                    await self.pii_field_names(tenant_id)
+                except Exception:
+                    logger.warning(
+                        "tenant %s: could not re-check the PII registry at close; run "
+                        "`ccvault rotate-keys --tenant %s` if a name became PII just now",
+                        tenant_id,
+                        tenant_id,
+                    )
+        finally:
+            await super().aclose()
+
+    def _forget_registry(self, tenant_id: UUID) -> None:
+        self._registry.pop(tenant_id, None)
 
     def _refuse_envelopes(self, item: ProfileField) -> None:
         if _is_envelope(item.value) or METADATA_KEY in item.source_metadata:
@@ -288,30 +487,50 @@ class EncryptedProfileStore(ForwardingProfileStore):
         the sentence an email address was extracted from for a ``newsletter`` flag); the
         value stays plaintext.
         """
-        update: dict[str, Any] = {}
+        return self._encrypt_field(_tenant_head(tenant_id), item, pii)
+
+    def _encrypt_field(self, head: bytes, item: ProfileField, pii: bool) -> ProfileField:
+        values = item.__dict__
+        metadata = values["source_metadata"]
+        if not pii and not metadata:
+            return item
+        value_aad, metadata_aad = _aads(head, values["id"], values["name"])
+        update: dict[str, Any] = {
+            "source_metadata": {
+                METADATA_KEY: self.keyring.encrypt(orjson.dumps(metadata), metadata_aad)
+            }
+        }
         if pii:
-            update["value"] = self.keyring.encrypt(
-                orjson.dumps(item.value), _aad(tenant_id, item.id, item.name, "value")
-            )
-        if pii or item.source_metadata:
-            metadata = self.keyring.encrypt(
-                orjson.dumps(item.source_metadata),
-                _aad(tenant_id, item.id, item.name, "metadata"),
-            )
-            update["source_metadata"] = {METADATA_KEY: metadata}
-        return item.model_copy(update=update) if update else item
+            update["value"] = self.keyring.encrypt(orjson.dumps(values["value"]), value_aad)
+        # the envelopes are strings, a valid value and metadata: no re-validation needed
+        return trusted_replace(item, update)
 
     def decrypt_field(self, tenant_id: UUID, item: ProfileField) -> ProfileField:
         """A copy of ``item`` with any sealed value or metadata opened."""
+        return self._decrypt_field(_tenant_head(tenant_id), item)
+
+    def _decrypt_field(self, head: bytes, item: ProfileField) -> ProfileField:
+        values = item.__dict__
+        value = values["value"]
+        sealed_value = value.__class__ is str and value.startswith(ENVELOPE_PREFIX)
+        metadata = values["source_metadata"]
+        envelope = metadata.get(METADATA_KEY) if len(metadata) == 1 else None
+        if envelope.__class__ is not str:
+            envelope = None
+        if not sealed_value and envelope is None:
+            return item
+        value_aad, metadata_aad = _aads(head, values["id"], values["name"])
+        open_sealed = self.keyring.decrypt
         update: dict[str, Any] = {}
-        if _is_envelope(item.value):
-            update["value"] = orjson.loads(
-                self.keyring.decrypt(item.value, _aad(tenant_id, item.id, item.name, "value"))
-            )
-        update_meta = self._open_metadata(tenant_id, item.id, item.name, item.source_metadata)
-        if update_meta is not None:
-            update["source_metadata"] = update_meta
-        return item.model_copy(update=update) if update else item
+        if sealed_value:
+            update["value"] = _loads(open_sealed(value, value_aad))
+        if envelope is not None:
+            opened = _loads(open_sealed(envelope, metadata_aad))
+            if opened.__class__ is not dict:
+                raise errors.EncryptionError("decrypted source_metadata is not an object")
+            update["source_metadata"] = opened
+        # authenticated plaintext this wrapper sealed from validated JSON: no re-validation
+        return trusted_replace(item, update)
 
     def _open_metadata(
         self, tenant_id: UUID, item_id: UUID, name: str, metadata: dict[str, Any]
@@ -327,23 +546,31 @@ class EncryptedProfileStore(ForwardingProfileStore):
         return opened
 
     def _decrypt_profile(self, profile: CustomerProfile) -> CustomerProfile:
-        tenant = profile.tenant_id
-        fields = {name: self.decrypt_field(tenant, item) for name, item in profile.fields.items()}
+        head = _tenant_head(profile.tenant_id)
+        opened = self._decrypt_field
+        fields = {name: opened(head, item) for name, item in profile.fields.items()}
         history = {
-            name: [self.decrypt_field(tenant, item) for item in versions]
+            name: [opened(head, item) for item in versions]
             for name, versions in profile.field_history.items()
         }
-        return profile.model_copy(update={"fields": fields, "field_history": history})
+        return trusted_replace(profile, {"fields": fields, "field_history": history})
 
     def _maybe(self, profile: CustomerProfile | None) -> CustomerProfile | None:
         return None if profile is None else self._decrypt_profile(profile)
 
-    async def _sealer(self, tenant_id: UUID) -> Callable[[ProfileField], ProfileField]:
-        names = None if self.encrypt_all else await self.pii_field_names(tenant_id)
+    async def _sealer(
+        self, tenant_id: UUID, plaintext: list[str] | None = None
+    ) -> Callable[[ProfileField], ProfileField]:
+        """The sealing of one write; names it leaves plaintext are added to ``plaintext``."""
+        names = None if self.encrypt_all else await self._pii_names(tenant_id)
+        head = _tenant_head(tenant_id)
 
         def seal(item: ProfileField) -> ProfileField:
             self._refuse_envelopes(item)
-            return self.encrypt_field(tenant_id, item, pii=names is None or item.name in names)
+            pii = names is None or item.name in names
+            if not pii and plaintext is not None:
+                plaintext.append(item.name)
+            return self._encrypt_field(head, item, pii)
 
         return seal
 
@@ -419,15 +646,27 @@ class EncryptedProfileStore(ForwardingProfileStore):
     # ---------------------------------------------------------------------------------
 
     async def _save(self, profile: CustomerProfile) -> UUID:
-        seal = await self._sealer(profile.tenant_id)
+        plaintext: list[str] = []
+        seal = await self._sealer(profile.tenant_id, plaintext)
         fields = {name: seal(item) for name, item in profile.fields.items()}
-        return await super()._save(profile.model_copy(update={"fields": fields}))
+        try:
+            return await super()._save(profile.model_copy(update={"fields": fields}))
+        finally:
+            if plaintext:
+                self._wrote_plaintext(profile.tenant_id, profile.id, plaintext)
 
     async def _update_field(
         self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
     ) -> UUID:
-        seal = await self._sealer(tenant_id)
-        return await super()._update_field(tenant_id, profile_id, seal(field), supersede_existing)
+        plaintext: list[str] = []
+        seal = await self._sealer(tenant_id, plaintext)
+        sealed = seal(field)
+        try:
+            return await super()._update_field(tenant_id, profile_id, sealed, supersede_existing)
+        finally:
+            # remembered once written (or maybe written): see _learned
+            if plaintext:
+                self._wrote_plaintext(tenant_id, profile_id, plaintext)
 
     async def _merge_profiles(
         self,
@@ -456,6 +695,9 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
         self._refuse_registry_agent(definition.agent_id)
+        # the view is read again by the next write (the registry is sticky, so this is
+        # caution, not correctness: a name never stops being PII)
+        self._forget_registry(definition.tenant_id)
         if definition.is_pii or definition.encryption_required:
             # registered first: there is never a moment where the definition says PII and
             # a concurrent write does not know it yet
@@ -466,6 +708,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         self, tenant_id: UUID, agent_id: UUID, field_name: str
     ) -> bool:
         self._refuse_registry_agent(agent_id)
+        self._forget_registry(tenant_id)
         return await super()._delete_field_definition(tenant_id, agent_id, field_name)
 
     async def register_pii_names(self, tenant_id: UUID, names: Iterable[str]) -> list[str]:
@@ -487,6 +730,15 @@ class EncryptedProfileStore(ForwardingProfileStore):
             if name in known or name in added:
                 continue
             added.append(name)
+        if added:
+            # this process seals the names from now on, before the markers are written
+            # (sealing a name that then fails to register is harmless)
+            view = self._registry.get(tenant_id)
+            self._registry[tenant_id] = (
+                (view[0] if view is not None else known) | frozenset(added),
+                view[1] if view is not None else self.clock(),
+            )
+        for name in added:
             await super()._save_field_definition(
                 ProfileFieldDefinition(
                     tenant_id=tenant_id,
@@ -536,7 +788,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
         if raw is None:
             return 0
         stored = {item.id: item for versions in raw.field_history.values() for item in versions}
-        seal = await self._sealer(tenant_id)
+        plaintext: list[str] = []
+        seal = await self._sealer(tenant_id, plaintext)
         sealed: dict[UUID, tuple[Any, dict[str, Any]]] = {}
         for field_id, (value, metadata) in payloads.items():
             item = stored.get(field_id)
@@ -546,7 +799,11 @@ class EncryptedProfileStore(ForwardingProfileStore):
             sealed[field_id] = (new.value, new.source_metadata)
         if not sealed:
             return 0
-        return await super()._rewrite_field_payloads(tenant_id, profile_id, sealed)
+        try:
+            return await super()._rewrite_field_payloads(tenant_id, profile_id, sealed)
+        finally:
+            if plaintext:
+                self._wrote_plaintext(tenant_id, profile_id, plaintext)
 
     # ---------------------------------------------------------------------------------
     # key rotation
@@ -576,7 +833,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         PII plaintext or ciphertext under an older key; return how many were rewritten."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_uuid(profile_id, "profile_id")
-        names = await self.pii_field_names(tenant_id)
+        names = await self._pii_names(tenant_id)
         raw = await super()._export_profile(tenant_id, profile_id)
         if raw is None:
             return 0
