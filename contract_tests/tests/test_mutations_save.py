@@ -96,6 +96,16 @@ class Mutant(InMemoryProfileStore):
         return found
 """
 
+#: the old core/provider split of update_field(supersede_existing=False): the profile's
+#: overdue versions swept in one step, the conflict found in the next (already swept)
+_SWEEPS_FIRST = """
+class Mutant(InMemoryProfileStore):
+    async def _update_field(self, tenant_id, profile_id, field, supersede_existing):
+        if not supersede_existing:
+            await self._expire_stale_fields(tenant_id, profile_id, field.updated_at)
+        return await super()._update_field(tenant_id, profile_id, field, supersede_existing)
+"""
+
 _REFUSED = "test_a_refused_write_leaves_the_tenant_exactly_as_before"
 _ROUND_TRIP = "test_every_timestamp_round_trips_exactly_and_aware"
 
@@ -141,6 +151,11 @@ MUTANTS: dict[str, tuple[str, str, str | None]] = {
         _HALF_APPLIES,
         "test_a_refused_save_after_a_concurrent_supersede_writes_nothing",
         None,
+    ),
+    "sweeps_before_a_refused_update": (
+        _SWEEPS_FIRST,
+        _REFUSED,
+        "update_field_with_an_active_version",
     ),
     "keeps_milliseconds_only": (_MILLISECONDS, _ROUND_TRIP, "microseconds"),
     "reads_the_latest_moment_back_naive": (_NAIVE_MAX, _ROUND_TRIP, "max"),
