@@ -521,6 +521,10 @@ UNCACHED_READS = {
     "_list_tenant_ids",
     "_count_items_by_status",
     "_list_profile_ids",
+    # the merge log, and every definition of a tenant (merge reads its survivorship
+    # policies, which must be current): read from the backend each time
+    "_get_merge_log",
+    "_get_tenant_field_definitions",
 }
 
 
