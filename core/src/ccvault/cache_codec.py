@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from itertools import repeat
+from itertools import islice, repeat
 from operator import attrgetter
 from typing import Any, TypeVar
 from uuid import UUID, SafeUUID
@@ -362,19 +362,19 @@ def _decode_columns(
         return []
     # the values shared by every item go into one template, copied per item; the others
     # are set column by column
-    template: dict[str, Any] = {}
+    template: dict[str, Any] = dict.fromkeys(keys)  # None, in the model's order
     varying: list[tuple[str, list[Any]]] = []
-    for key, column, (_, decode) in zip(keys, data[1:], codecs, strict=True):
+    for key, column, (_, decode) in zip(keys, islice(data, 1, None), codecs, strict=True):
         if column is None:
-            template[key] = None
-        elif type(column) is dict:
+            continue
+        kind = column.__class__
+        if kind is list and len(column) == count:
+            varying.append((key, column if decode is None else decode(column)))
+        elif kind is dict and len(column) == 1:
             (constant,) = column.values()
             template[key] = constant if decode is None else decode([constant])[0]
-        elif len(column) != count:
-            raise CorruptEntry("column of the wrong length")
         else:
-            template[key] = None  # keeps the keys in the model's order
-            varying.append((key, column if decode is None else decode(column)))
+            raise CorruptEntry("malformed column")
     dicts = list(map(dict.copy, repeat(template, count)))
     for key, values in varying:
         deque(map(_set_item, dicts, repeat(key), values), maxlen=0)
