@@ -31,7 +31,7 @@ from ccvault.provenance import (
     owner_at,
     plan_revert,
 )
-from ccvault.store import ForwardingProfileStore, ProfileStore, StoreRules
+from ccvault.store import ForwardingProfileStore, ProfileStore, StoreRules, present_field
 from ccvault_inmemory import InMemoryProfileStore
 
 T0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
@@ -127,11 +127,14 @@ _OPS = st.lists(
 @given(_OPS)
 def test_as_of_matches_what_was_served_at_every_instant(ops: list[tuple[str, int | None]]) -> None:
     sim = _simulate(ops)
-    for at, expected in sim.served:
-        found = field_as_of(sim.versions, at)
-        assert (None if found is None else found.id) == expected, at
-        if found is not None:
-            assert found.status is ItemStatus.ACTIVE and found.superseded_by_id is None
+    # as stored, and as a reader presents them later (overdue ACTIVE versions read EXPIRED)
+    presented = [present_field(v, T0 + 100 * TICK) for v in sim.versions]
+    for versions in (sim.versions, presented):
+        for at, expected in sim.served:
+            found = field_as_of(versions, at)
+            assert (None if found is None else found.id) == expected, at
+            if found is not None:
+                assert found.status is ItemStatus.ACTIVE and found.superseded_by_id is None
 
 
 @settings(max_examples=150, deadline=None)

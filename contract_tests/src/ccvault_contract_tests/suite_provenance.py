@@ -79,6 +79,16 @@ async def _merge_log(store: ProfileStore, tenant: UUID, profile: UUID) -> list[A
         return None
 
 
+def _describe(history: list[Any]) -> str:
+    return "; ".join(
+        f"{v.id} {v.status.value} collected={v.collected_at.isoformat()}"
+        f" updated={v.updated_at.isoformat()}"
+        f" superseded={v.superseded_at and v.superseded_at.isoformat()}"
+        f" by={v.superseded_by_id} expires={v.expires_at and v.expires_at.isoformat()}"
+        for v in history
+    )
+
+
 @dataclass
 class _Written:
     id: UUID
@@ -483,7 +493,12 @@ class ProvenanceContract(ContractBase):
                     want = None if expected is None else (expected.id, expected.value)
                     one = await store.get_field_as_of(tenant, profile.id, name, at)
                     got = None if one is None else (one.id, one.value)
-                    assert got == want, f"seed {seed}, {name} at {at.isoformat()}"
+                    if got != want:
+                        stored = await store.get_field_history(tenant, profile.id, name)
+                        pytest.fail(
+                            f"seed {seed}, {name} at {at.isoformat()}: as-of gave {got},"
+                            f" the model {want}; stored: {_describe(stored)}"
+                        )
                     listed = whole.fields.get(name)
                     assert (None if listed is None else (listed.id, listed.value)) == want
             # as of now is what the store serves now

@@ -8,20 +8,24 @@ provider and wrapper answers the same way with no hook of its own. Nothing here 
 ``CustomerProfile.fields``) would have returned at the instant ``at`` of the store's clock,
 reconstructed from the stored history. A version is *served* over ``[start, end)``:
 
-* ``start`` — the instant it was written. Read from the stored timestamps, in this order:
-  the ``updated_at`` of a version still ACTIVE (``update_field`` sets it to the store's clock
-  at the write, and nothing changes it while the version stays ACTIVE); else the earliest
-  ``superseded_at`` of the versions whose ``superseded_by_id`` is this version (its own write
-  superseded them in the same atomic step); else its ``collected_at``. The last case — a
-  version no longer ACTIVE whose write replaced nothing — is the one the stored history does
-  not record exactly (``updated_at`` was moved by the later supersede, sweep or orphan
-  marking): there the caller's ``collected_at`` stands in for the write instant, which is
-  exact for writes whose ``collected_at`` is the moment of writing (the default).
+* ``start`` — the instant it was written, read from the stored timestamps in this order:
+  the ``updated_at`` of a version still ACTIVE, also when read as EXPIRED before a sweep
+  marked it (``update_field`` sets it to the store's clock at the write; nothing but an
+  in-place ``save`` of the caller's copy changes it while the version stays ACTIVE); else
+  the earliest ``superseded_at`` of the versions whose ``superseded_by_id`` is this version
+  (its own write superseded them in the same atomic step); else its ``collected_at``.
+  The last case — a version no longer ACTIVE whose write replaced nothing — is the one the
+  stored history does not record exactly (``updated_at`` was moved by the later supersede,
+  sweep or orphan marking): the caller's ``collected_at`` stands in for the write instant,
+  which is exact when ``collected_at`` is the moment of writing (the default). A per-version
+  write timestamp stored by the providers would remove this case.
 * ``end`` — the earliest of ``superseded_at``, ``expires_at`` (an expired value is never
-  served, marked EXPIRED or not), and, for an ORPHANED or EXPIRED version, the
-  ``updated_at`` at which it was so marked. ``None``: still served.
+  served, marked EXPIRED or not), and, for an ORPHANED version, the ``updated_at`` at which
+  it was so marked. ``None``: still served.
 
-At ``at`` the value of a name is the served version that started last (ties: the more
+Every instant is the store's clock (``ProfileStore.now``; a provider's own supersede
+instant when it takes one): clocks of different machines that disagree shift the answer by
+their skew. At ``at`` the value of a name is the served version that started last (ties: the more
 recently collected, then the later write); a version past ``expires_at`` at ``at`` is not
 served, and an older one does not come back in its place. Hard-deleted versions
 (``delete_item``, ``purge_profile``) are gone from the history and from every as-of answer.
@@ -149,6 +153,16 @@ class ProfileAsOf(VaultModel):
 # ---------------------------------------------------------------------------------------
 
 
+def _unswept(version: ProfileField) -> bool:
+    """An ACTIVE version read as EXPIRED (presented past ``expires_at``): a sweep marks a
+    version at or after its ``expires_at``, so an ``updated_at`` before it is the write's."""
+    return (
+        version.status is ItemStatus.EXPIRED
+        and version.expires_at is not None
+        and version.updated_at < version.expires_at
+    )
+
+
 def written_at(
     version: ProfileField,
     versions: Iterable[ProfileField],
@@ -159,7 +173,7 @@ def written_at(
     ``versions``: the versions of its name (it may be among them); ``merge_losers``: ids of
     versions a merge superseded (their ``superseded_at`` is the merge's, not a write's).
     """
-    if version.status is ItemStatus.ACTIVE:
+    if version.status is ItemStatus.ACTIVE or _unswept(version):
         return version.updated_at
     replaced = [
         other.superseded_at
@@ -186,8 +200,10 @@ def served_interval(
         ends.append(version.superseded_at)
     if version.expires_at is not None:
         ends.append(version.expires_at)
-    if version.status in (ItemStatus.ORPHANED, ItemStatus.EXPIRED):
-        ends.append(version.updated_at)
+    if version.status is ItemStatus.ORPHANED or (
+        version.status is ItemStatus.EXPIRED and version.expires_at is None
+    ):
+        ends.append(version.updated_at)  # when it was so marked
     return start, (min(ends) if ends else None)
 
 
