@@ -339,3 +339,40 @@ def test_explanation_lines_say_when_nothing_is_served() -> None:
     lines = explanation_lines(found)
     assert any("served: nothing" in line for line in lines)
     assert any("expiry" in line for line in lines)
+
+
+def test_a_version_an_unmerge_reactivated_was_served_before_the_merge_and_after_it() -> None:
+    merged, unmerged = T0 + 5 * TICK, T0 + 9 * TICK
+    before = ProfileField(
+        name="email",
+        value="old",
+        collected_at=T0,
+        status=ItemStatus.SUPERSEDED,
+        superseded_at=T0 + 2 * TICK,
+        updated_at=T0 + 2 * TICK,
+    )
+    # written at T0 + 2 (it replaced "old"), lost a merge at 5, reactivated by the unmerge at 9
+    loser = ProfileField(
+        name="email", value="mine", collected_at=T0 + 2 * TICK, updated_at=unmerged
+    )
+    before = before.model_copy(update={"superseded_by_id": loser.id})
+    versions = [loser, before]
+    gaps = {loser.id: (merged, unmerged)}
+    losers = {loser.id}
+
+    def at(tick: float) -> str | None:
+        found = field_as_of(versions, T0 + tick * TICK, merge_losers=losers, reactivated=gaps)
+        return None if found is None else str(found.value)
+
+    assert [at(t) for t in (0, 1, 2, 4.5, 5, 8.9, 9, 20)] == [
+        "old",
+        "old",
+        "mine",
+        "mine",
+        None,
+        None,
+        "mine",
+        "mine",
+    ]
+    # without the merge log's word, only the stored state: served from the unmerge on
+    assert field_as_of(versions, T0 + 3 * TICK) is None

@@ -436,6 +436,48 @@ class ProvenanceContract(ContractBase):
             }
             assert (await store.get_profile_as_of(tenant, source.id, merged)).fields == {}
 
+    async def test_as_of_across_an_unmerge_gives_each_profile_its_own_again(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        target = await new_profile(store, tenant)
+        source = await new_profile(store, tenant)
+        if await _merge_log(store, tenant, target.id) is None:
+            pytest.skip("the store keeps no merge log")
+        with _frozen(store) as clock:
+            clock.advance()
+            kept = await store.update_field(
+                tenant,
+                target.id,
+                make_field("email", "t@x.io", verified=True, collected_at=clock()),
+            )
+            lost = await store.update_field(
+                tenant, source.id, make_field("email", "s@x.io", collected_at=clock())
+            )
+            phone = await store.update_field(
+                tenant, source.id, make_field("phone", "+4900", collected_at=clock())
+            )
+            before = clock.advance()
+            clock.advance()
+            await store.merge_profiles(tenant, source.id, target.id)
+            during = clock.advance()
+            [record] = await store.get_merge_log(tenant, target.id)
+            clock.advance()
+            await store.unmerge(tenant, record.id)
+            after = clock.advance()
+
+            async def served(profile: UUID, at: datetime) -> dict[str, UUID]:
+                found = await store.get_profile_as_of(tenant, profile, at)
+                return {name: item.id for name, item in found.fields.items()}
+
+            assert await served(target.id, before) == {"email": kept}
+            assert await served(source.id, before) == {"email": lost, "phone": phone}
+            assert await served(target.id, during) == {"email": kept, "phone": phone}
+            assert await served(source.id, during) == {}
+            assert await served(target.id, after) == {"email": kept}
+            assert await served(source.id, after) == {"email": lost, "phone": phone}
+            now = await store.get_field(tenant, source.id, "email")
+            assert now is not None and now.id == lost
+
     @pytest.mark.parametrize("seed", SEEDS)
     async def test_as_of_matches_a_model_between_every_pair_of_writes(
         self, store: ProfileStore, tenant: UUID, seed: int

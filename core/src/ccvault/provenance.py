@@ -40,8 +40,8 @@ only between the merge and the unmerge. A version written after a merge was neve
 belongs to the profile it was written to. Merge losers are not counted as versions their
 winner's write replaced (their ``superseded_at`` is the merge instant, not the winner's
 write). A store without a merge log attributes every version to the profile holding it now.
-Limit: a version an unmerge made ACTIVE again is served from its stored ``updated_at`` on;
-its service before the merge is not reconstructed.
+A version a merge superseded and its unmerge made ACTIVE again was served up to the merge
+and again from the unmerge (:func:`served_intervals`).
 """
 
 from __future__ import annotations
@@ -79,11 +79,14 @@ __all__ = [
     "moves_from_log",
     "owner_at",
     "plan_revert",
+    "reactivations_from_log",
     "served_interval",
+    "served_intervals",
     "written_at",
 ]
 
 _NONE: frozenset[UUID] = frozenset()
+_NO_GAPS: Mapping[UUID, tuple[datetime, datetime]] = {}
 
 
 class ReplacementReason(StrEnum):
@@ -175,6 +178,12 @@ def written_at(
     """
     if version.status is ItemStatus.ACTIVE or _unswept(version):
         return version.updated_at
+    return _first_written(version, versions, merge_losers)
+
+
+def _first_written(
+    version: ProfileField, versions: Iterable[ProfileField], merge_losers: Container[UUID]
+) -> datetime:
     replaced = [
         other.superseded_at
         for other in versions
@@ -207,6 +216,34 @@ def served_interval(
     return start, (min(ends) if ends else None)
 
 
+def served_intervals(
+    version: ProfileField,
+    versions: Iterable[ProfileField],
+    merge_losers: Container[UUID] = _NONE,
+    reactivated: Mapping[UUID, tuple[datetime, datetime]] = _NO_GAPS,
+) -> list[tuple[datetime, datetime | None]]:
+    """Every ``(start, end)`` over which ``version`` was served, oldest first.
+
+    One interval (:func:`served_interval`), except for a version a merge superseded and its
+    unmerge made ACTIVE again (``reactivated``: version id -> (merged_at, unmerged_at), from
+    :func:`reactivations_from_log`): served from its write to the merge, and again from the
+    unmerge (``updated_at`` = the unmerge, when it did reactivate it) to its end.
+    """
+    versions = list(versions)
+    start, end = served_interval(version, versions, merge_losers)
+    gap = reactivated.get(version.id)
+    if gap is None:
+        return [(start, end)]
+    merged_at, unmerged_at = gap
+    if version.updated_at < unmerged_at or (
+        version.superseded_at is not None and version.superseded_at < unmerged_at
+    ):
+        return [(start, end)]  # the unmerge left it superseded
+    first = _first_written(version, versions, merge_losers)
+    until = merged_at if version.expires_at is None else min(merged_at, version.expires_at)
+    return [(first, until), (unmerged_at, end)]
+
+
 def _as_served(version: ProfileField, start: datetime) -> ProfileField:
     return version.model_copy(
         update={
@@ -224,6 +261,7 @@ def field_as_of(
     *,
     owned: Callable[[UUID], bool] | None = None,
     merge_losers: Container[UUID] = _NONE,
+    reactivated: Mapping[UUID, tuple[datetime, datetime]] = _NO_GAPS,
 ) -> ProfileField | None:
     """The version of one name served at ``at``, as it was served then, or None.
 
@@ -237,8 +275,11 @@ def field_as_of(
     for position, version in enumerate(versions):
         if owned is not None and not owned(version.id):
             continue
-        start, end = served_interval(version, versions, merge_losers)
-        if start > at or (end is not None and end <= at):
+        pieces = served_intervals(version, versions, merge_losers, reactivated)
+        start = next(
+            (begin for begin, end in pieces if begin <= at and (end is None or at < end)), None
+        )
+        if start is None:
             continue
         key = (start, version.collected_at, -position)
         if best is None or key > best:
@@ -254,11 +295,14 @@ def fields_as_of(
     *,
     owned: Callable[[UUID], bool] | None = None,
     merge_losers: Container[UUID] = _NONE,
+    reactivated: Mapping[UUID, tuple[datetime, datetime]] = _NO_GAPS,
 ) -> dict[str, ProfileField]:
     """Name -> the version served at ``at``, for every name of ``history`` that had one."""
     served: dict[str, ProfileField] = {}
     for name in sorted(history):
-        found = field_as_of(history[name], at, owned=owned, merge_losers=merge_losers)
+        found = field_as_of(
+            history[name], at, owned=owned, merge_losers=merge_losers, reactivated=reactivated
+        )
         if found is not None:
             served[name] = found
     return served
@@ -298,6 +342,18 @@ def moves_from_log(records: Iterable[Any]) -> tuple[list[Move], dict[UUID, UUID]
             losers[superseded.loser_id] = record.id
     moves.sort(key=lambda move: move.at)
     return moves, losers
+
+
+def reactivations_from_log(records: Iterable[Any]) -> dict[UUID, tuple[datetime, datetime]]:
+    """Version id -> (merged_at, unmerged_at) of every version an undone merge superseded
+    (the unmerge made it ACTIVE again unless something newer had replaced it)."""
+    gaps: dict[UUID, tuple[datetime, datetime]] = {}
+    for record in records:
+        if record.unmerged_at is None:
+            continue
+        for superseded in record.superseded:
+            gaps[superseded.loser_id] = (record.merged_at, record.unmerged_at)
+    return gaps
 
 
 def owner_at(item_id: UUID, holder: UUID, moves: Sequence[Move], at: datetime) -> UUID:

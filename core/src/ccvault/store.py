@@ -266,7 +266,13 @@ async def _versions_as_of(
         where = provenance.owner_at(version_id, holder[version_id], moves, at)
         return where == profile_id
 
-    served = provenance.fields_as_of(history, at, owned=owned, merge_losers=losers.keys())
+    served = provenance.fields_as_of(
+        history,
+        at,
+        owned=owned,
+        merge_losers=losers.keys(),
+        reactivated=provenance.reactivations_from_log(records),
+    )
     return profiles[profile_id], served
 
 
