@@ -1100,3 +1100,45 @@ async def test_a_standalone_save_that_cannot_be_undone_is_a_partial_write() -> N
         assert not client.armed
         docs = await client["partial"]["profiles"].find({"tenant_id": uid(tenant)}).to_list(None)
         assert len(docs) == 1 and docs[0]["lock"] is None
+
+
+async def test_a_standalone_field_write_that_cannot_be_activated_is_a_partial_write() -> None:
+    """Standalone: another writer makes its version of the name ACTIVE every time this one
+    tries to. The version stays stored (pending, finished later by
+    recover_interrupted_writes), so the error is PartialWriteError, never a ConflictError."""
+    tenant = uuid4()
+
+    class RacingClient(EmulatedMongoClient):
+        def _record(
+            self,
+            collection: str,
+            method: str,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            session: Any,
+        ) -> None:
+            super()._record(collection, method, args, kwargs, session)
+            update = args[1] if len(args) > 1 else {}
+            if (collection, method) == ("fields", "update_one") and "$unset" in update:
+                pending = self._sync["racing"]["fields"].find_one({"id": args[0]["id"]})
+                self._sync["racing"]["fields"].insert_one(
+                    {
+                        "tenant_id": pending["tenant_id"],
+                        "profile_id": pending["profile_id"],
+                        "name": pending["name"],
+                        "id": uid(uuid4()),
+                        "status": ItemStatus.ACTIVE.value,
+                        "seq": 0,
+                    }
+                )
+
+    client = RacingClient()
+    settings = MongoSettings(database="racing", transactions="off", max_write_retries=1)
+    async with FixedClockStore(settings, client=client) as store:
+        profile = await store.get_or_create(tenant, Channel.SMS, "+15550204")
+        field = ProfileField(name="email", value="a@example.com")
+        with pytest.raises(errors.PartialWriteError) as raised:
+            await store.update_field(tenant, profile.id, field)
+        assert not isinstance(raised.value, errors.ConflictError)
+        stored = await client["racing"]["fields"].find_one({"id": uid(field.id)})
+        assert stored is not None and stored["status"] == PENDING

@@ -984,7 +984,8 @@ class MongoProfileStore(ProfileStore):
             except DuplicateKeyError:
                 # another writer made its version ACTIVE in between: supersede it, retry
                 continue
-        raise errors.ConflictError(
+        # the version is stored (pending) and stays: not "nothing written"
+        raise errors.PartialWriteError(
             f"field {name_key['name']!r}: too many concurrent writers; the version is stored "
             "and will be made ACTIVE by recover_interrupted_writes()"
         )
