@@ -84,7 +84,12 @@ class MyProfileStore(ProfileStore):
         raise NotImplementedError("_get_or_create")
 
     async def _save(self, profile: CustomerProfile) -> UUID:
-        """Upsert the aggregate atomically, as :meth:`save` describes."""
+        """Upsert the aggregate atomically, as :meth:`save` describes.
+
+        In one transaction: read ``ccvault.rules.save.SaveState`` (the profile row, the live
+        owners of its customer id and identities, the stored fields/assets it lists), call
+        ``plan_save`` (it raises every refusal before you write), apply the ``SavePlan``
+        (in-place updates only to items still ACTIVE)."""
         raise NotImplementedError("_save")
 
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
@@ -94,7 +99,11 @@ class MyProfileStore(ProfileStore):
     async def _update_field(
         self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
     ) -> UUID:
-        """Insert ``field`` (already ACTIVE) atomically, as :meth:`update_field` describes."""
+        """Insert ``field`` (already ACTIVE) atomically, as :meth:`update_field` describes.
+
+        Without ``supersede_existing``: an unexpired ACTIVE version of the name refuses the
+        write (nothing written); else the profile's overdue versions become EXPIRED in the
+        same transaction as the insert."""
         raise NotImplementedError("_update_field")
 
     async def _get_field(
