@@ -551,6 +551,97 @@ class ProvenanceContract(ContractBase):
                     None if as_of_now is None else as_of_now.id
                 )
 
+    @pytest.mark.parametrize("seed", range(4))
+    async def test_as_of_matches_a_model_across_a_merge(
+        self, store: ProfileStore, tenant: UUID, seed: int
+    ) -> None:
+        """Two profiles written at random, the second merged into the first at a random step
+        (the merge's default rule: an unexpired version beats an expired one, then the more
+        recently collected; nothing is verified here), more writes to the merged profile;
+        both profiles' as-of reads against the model at every instant."""
+        rng = random.Random(1000 + seed)
+        target = await new_profile(store, tenant)
+        source = await new_profile(store, tenant)
+        if await _merge_log(store, tenant, target.id) is None:
+            pytest.skip("the store keeps no merge log")
+        models = {target.id: _Model(), source.id: _Model()}
+        merged_at: datetime | None = None
+        merge_step = rng.randrange(4, STEPS - 4)
+        probes: list[datetime] = []
+        with _frozen(store) as clock:
+            for step in range(STEPS):
+                at = clock.advance()
+                probes += [at - _TICK / 2, at]
+                if step == merge_step:
+                    for name in NAMES:
+                        mine = models[target.id].active(name)
+                        theirs = models[source.id].active(name)
+                        if mine is None or theirs is None:
+                            continue
+                        expired = {v.id: not v.served(at) for v in (mine, theirs)}
+                        if expired[mine.id] != expired[theirs.id]:
+                            loser = mine if expired[mine.id] else theirs
+                        else:
+                            loser = mine if theirs.start > mine.start else theirs
+                        loser.end = at
+                    await store.merge_profiles(tenant, source.id, target.id)
+                    merged_at = at
+                    continue
+                owner = target.id if merged_at is not None or rng.random() < 0.5 else source.id
+                name = rng.choice(NAMES)
+                lifetime = rng.choice([None, None, _TICK, 3 * _TICK])
+                value = f"{name}-{rng.randrange(1000)}"
+                item = make_field(
+                    name,
+                    value,
+                    collected_at=at,
+                    expires_at=None if lifetime is None else at + lifetime,
+                )
+                new_id = await store.update_field(tenant, owner, item)
+                if merged_at is not None:
+                    # after the merge the target holds the source's versions too
+                    active = [
+                        v
+                        for model in models.values()
+                        for v in model.versions.get(name, [])
+                        if v.end is None
+                    ]
+                    for version in active:
+                        version.end = at
+                    models[target.id].versions.setdefault(name, []).append(
+                        _Written(new_id, value, at, None if lifetime is None else at + lifetime)
+                    )
+                else:
+                    self._written(models[owner], name, new_id, value, at, lifetime)
+            probes.append(clock.advance(4 * _TICK))
+            assert merged_at is not None
+            for at in probes:
+                for profile_id in (target.id, source.id):
+                    is_target = profile_id == target.id
+                    owners = [profile_id]
+                    if is_target and at >= merged_at:
+                        owners.append(source.id)  # the moved versions are the target's
+                    if not is_target and at >= merged_at:
+                        owners = []  # moved away at the merge
+                    whole = await store.get_profile_as_of(tenant, profile_id, at)
+                    for name in NAMES:
+                        live = [
+                            v
+                            for owner in owners
+                            for v in models[owner].versions.get(name, [])
+                            if v.served(at)
+                        ]
+                        expected = max(live, key=lambda v: v.start) if live else None
+                        want = None if expected is None else expected.id
+                        listed = whole.fields.get(name)
+                        got = None if listed is None else listed.id
+                        if got != want:
+                            pytest.fail(
+                                f"seed {seed}, {'target' if is_target else 'source'} {name} at"
+                                f" {at.isoformat()} (merge {merged_at.isoformat()}):"
+                                f" as-of gave {got}, the model {want}"
+                            )
+
     @staticmethod
     def _written(
         model: _Model,
