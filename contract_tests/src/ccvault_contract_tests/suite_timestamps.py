@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -33,7 +33,14 @@ from ccvault.models import (
 )
 from ccvault.store import ProfileStore
 from ccvault_contract_tests.base import ContractBase
-from ccvault_contract_tests.helpers import make_asset, make_field, ts, unique_user
+from ccvault_contract_tests.helpers import (
+    make_asset,
+    make_definition,
+    make_field,
+    make_requirement,
+    ts,
+    unique_user,
+)
 
 __all__ = ["MOMENTS", "TimestampsContract"]
 
@@ -198,6 +205,27 @@ class TimestampsContract(ContractBase):
         document = await store.export_profile(tenant, profile.id)
         exported = CustomerProfile.model_validate(document["profile"])
         _check_profile(exported, moment, "export")
+
+    @pytest.mark.parametrize("which", sorted(MOMENTS))
+    async def test_definition_and_requirement_timestamps_round_trip_exactly(
+        self, store: ProfileStore, tenant: UUID, which: str
+    ) -> None:
+        """``created_at`` as given (``updated_at`` is the store's clock, stamped by save)."""
+        moment = MOMENTS[which]
+        agent, scenario = uuid4(), uuid4()
+        definition = make_definition(tenant, agent, "email", created_at=moment)
+        await store.save_field_definition(definition)
+        requirement = make_requirement(tenant, agent, scenario, "email", created_at=moment)
+        await store.save_scenario_requirement(requirement)
+        found = await store.get_field_definition(tenant, agent, "email")
+        assert found is not None
+        _exact(found.created_at, moment, "definition created_at")
+        _aware_utc(found.updated_at, "definition updated_at")
+        [listed] = await store.get_field_definitions(tenant, agent)
+        _exact(listed.created_at, moment, "listed definition created_at")
+        [req] = await store.get_scenario_requirements(tenant, scenario)
+        _exact(req.created_at, moment, "requirement created_at")
+        _aware_utc(req.updated_at, "requirement updated_at")
 
     async def test_timestamps_survive_an_in_place_save_and_a_supersede(
         self, store: ProfileStore, tenant: UUID
