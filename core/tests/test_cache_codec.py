@@ -233,6 +233,8 @@ def test_truncated_and_extended_entries_are_refused(payload: bytes) -> None:
         # the format written before this module: pydantic JSON of the profile
         full_profile().model_dump_json().encode(),
     ],
+    # fixed ids: the values hold random uuids, and pytest-xdist needs the same ids everywhere
+    ids=["empty", "text", "null", "empty-object", "foreign-object", "old-format-profile"],
 )
 def test_foreign_and_old_format_values_are_refused(foreign: bytes) -> None:
     with pytest.raises(CorruptEntry):
