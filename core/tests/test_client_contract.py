@@ -29,7 +29,8 @@ from ccvault_contract_tests import ProfileStoreContract
 from ccvault_contract_tests.capabilities import HIGH_CONCURRENCY, LARGE_VALUES, NUL_CHARACTERS
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-_SERVER_ARGS = ("--max-body-bytes", str(16 * 1024 * 1024))
+# the suite freezes the store's clock in some tests: the test servers honour the client's
+_SERVER_ARGS = ("--max-body-bytes", str(16 * 1024 * 1024), "--trust-client-clock")
 
 
 def _minter(server: ServerProcess) -> dict[UUID, str]:

@@ -347,7 +347,7 @@ def test_errors_never_quote_the_value(server: ServerProcess) -> None:
             body = response.json()
             assert body["code"] == code
             assert secret not in response.text
-            assert set(body) == {"code", "message", "details"}
+            assert set(body) == {"code", "message", "details", "ids"}
     log = server.log()
     assert secret not in log
 

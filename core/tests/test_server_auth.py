@@ -179,6 +179,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         "/v1/profiles/merge",
         {"source_profile_id": w.profile_id, "target_profile_id": str(uuid4())},
     ),
+    ("GET", "/v1/profiles/{profile_id}/merges"): lambda w: (
+        f"/v1/profiles/{w.profile_id}/merges",
+        None,
+    ),
+    ("POST", "/v1/merges/{merge_id}/unmerge"): lambda w: (f"/v1/merges/{uuid4()}/unmerge", None),
     ("POST", "/v1/profiles/{profile_id}/missing"): lambda w: (
         f"/v1/profiles/{w.profile_id}/missing",
         {"scenario_id": w.scenario_id},

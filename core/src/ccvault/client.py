@@ -60,17 +60,20 @@ _CONFLICTS: dict[str, type[errors.ConflictError]] = {
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
+    body: Any = None
     try:
         body = response.json()
         code, message = str(body.get("code", "")), str(body.get("message", ""))
         details = body.get("details") or []
-    except ValueError:
+    except (ValueError, AttributeError):
         code, message, details = "", response.reason_phrase, []
     status = response.status_code
     if status == 404:
         raise errors.NotFoundError(message or "not found")
     if status == 409:
-        raise _CONFLICTS.get(code, errors.ConflictError)(message)
+        ids = [str(item) for item in body.get("ids") or []] if isinstance(body, dict) else []
+        suffix = f" ({', '.join(ids)})" if ids else ""
+        raise _CONFLICTS.get(code, errors.ConflictError)(f"{message}{suffix}")
     if code == "schema_validation_failed":
         field = str(details[0]["loc"][0]) if details and details[0].get("loc") else "value"
         kinds = [str(d.get("type", "invalid")) for d in details]
@@ -83,7 +86,17 @@ def _raise_for(response: httpx.Response) -> None:
         raise RemoteAuthError(f"{status} {code}: {message}")
     if status == 503:
         raise errors.ProviderUnavailableError(message or "server unavailable")
+    if status == 501:
+        raise NotImplementedError(message or "not implemented by the server")
     raise errors.StorageError(f"server error {status} {code}")
+
+
+def _vault_model(name: str) -> Any:
+    """A model of :mod:`ccvault.models` by name (the merge log's models are newer than some
+    installations of this client)."""
+    import ccvault.models
+
+    return getattr(ccvault.models, name)
 
 
 class RemoteProfileStore(ProfileStore):
@@ -164,13 +177,18 @@ class RemoteProfileStore(ProfileStore):
         json: Any = None,
         params: Mapping[str, Any] | None = None,
     ) -> Any:
+        headers = {"Authorization": f"Bearer {token}"}
+        if "now" in vars(self):
+            # a clock set on this instance (tests freeze it) travels with the call; only a
+            # server started with --trust-client-clock (testing only) honours it
+            headers["X-Ccvault-Clock"] = self.now().isoformat()
         try:
             response = await self._client().request(
                 method,
                 path,
                 json=json,
                 params={k: v for k, v in (params or {}).items() if v is not None},
-                headers={"Authorization": f"Bearer {token}"},
+                headers=headers,
             )
         except httpx.TransportError as exc:
             raise errors.ProviderUnavailableError(
@@ -220,7 +238,7 @@ class RemoteProfileStore(ProfileStore):
             await self._maybe(
                 tenant_id,
                 f"/v1/profiles/by-customer/{customer_id}",
-                {"include_history": include_history},
+                {"include_history": include_history, "as_stored": True},
             )
         )
 
@@ -229,7 +247,9 @@ class RemoteProfileStore(ProfileStore):
     ) -> CustomerProfile | None:
         return self._profile(
             await self._maybe(
-                tenant_id, f"/v1/profiles/{profile_id}", {"include_history": include_history}
+                tenant_id,
+                f"/v1/profiles/{profile_id}",
+                {"include_history": include_history, "as_stored": True},
             )
         )
 
@@ -240,6 +260,7 @@ class RemoteProfileStore(ProfileStore):
             "channel": channel.value,
             "channel_user_id": channel_user_id,
             "include_history": include_history,
+            "as_stored": True,
         }
         try:
             data = await self._call(tenant_id, "POST", "/v1/profiles/lookup", json=body)
@@ -283,7 +304,7 @@ class RemoteProfileStore(ProfileStore):
         data = await self._maybe(
             tenant_id,
             f"/v1/profiles/{profile_id}/fields/{field_name}",
-            {"status": status.value if status is not None else _ANY},
+            {"status": status.value if status is not None else _ANY, "as_stored": True},
         )
         return None if data is None else ProfileField.model_validate(data)
 
@@ -291,7 +312,10 @@ class RemoteProfileStore(ProfileStore):
         self, tenant_id: UUID, profile_id: UUID, field_name: str
     ) -> list[ProfileField]:
         data = await self._call(
-            tenant_id, "GET", f"/v1/profiles/{profile_id}/fields/{field_name}/history"
+            tenant_id,
+            "GET",
+            f"/v1/profiles/{profile_id}/fields/{field_name}/history",
+            params={"as_stored": True},
         )
         return [ProfileField.model_validate(item) for item in data]
 
@@ -343,7 +367,9 @@ class RemoteProfileStore(ProfileStore):
     async def _get_derived_items(
         self, tenant_id: UUID, source_item_id: UUID
     ) -> tuple[list[ProfileField], list[ProfileAsset]]:
-        data = await self._call(tenant_id, "GET", f"/v1/lineage/{source_item_id}/derived")
+        data = await self._call(
+            tenant_id, "GET", f"/v1/lineage/{source_item_id}/derived", params={"as_stored": True}
+        )
         return (
             [ProfileField.model_validate(item) for item in data["fields"]],
             [ProfileAsset.model_validate(item) for item in data["assets"]],
@@ -367,13 +393,34 @@ class RemoteProfileStore(ProfileStore):
         source_profile_id: UUID,
         target_profile_id: UUID,
         choose_winner: MergeWinner,
+        *log_request: Any,
     ) -> None:
-        # the server applies the vault's merge rule (the same merge_winner)
-        body = {
+        # the server applies the vault's merge rule (and the tenant's survivorship
+        # policies) itself; ``choose_winner`` is the local copy of that decision, unused
+        body: dict[str, Any] = {
             "source_profile_id": str(source_profile_id),
             "target_profile_id": str(target_profile_id),
         }
+        # the merge-log request of newer stores (merge id, reason, actor) travels along
+        for name in ("merge_id", "reason", "actor"):
+            value = getattr(log_request[0], name, None) if log_request else None
+            if value is not None:
+                body[name] = str(value)
         await self._call(tenant_id, "POST", "/v1/profiles/merge", json=body)
+
+    async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
+        """Nothing: the public ``merge_profiles`` reads the tenant's survivorship policies
+        to build its local chooser, which this client does not use (the server decides)."""
+        return []
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[Any]:
+        data = await self._call(tenant_id, "GET", f"/v1/profiles/{profile_id}/merges")
+        record = _vault_model("MergeRecord")
+        return [record.model_validate(item) for item in data]
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> Any:
+        data = await self._call(tenant_id, "POST", f"/v1/merges/{merge_id}/unmerge")
+        return _vault_model("UnmergeResult").model_validate(data)
 
     # ---------------------------------------------------------------------------------
     # hooks: definitions and requirements
@@ -447,7 +494,9 @@ class RemoteProfileStore(ProfileStore):
         return bool(data["deleted"])
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
-        data = await self._maybe(tenant_id, f"/v1/profiles/{profile_id}/export")
+        data = await self._maybe(
+            tenant_id, f"/v1/profiles/{profile_id}/export", {"as_stored": True}
+        )
         return None if data is None else CustomerProfile.model_validate(data["profile"])
 
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -36,6 +37,7 @@ from ccvault import metrics
 from ccvault.gapfill import EnhancedGapFillService
 from ccvault.registry import open_store
 from ccvault.server.auth import ApiKeyStore
+from ccvault.server.clock import install_request_clock, request_clock
 from ccvault.server.errors import ErrorBody, error_response, install_error_handlers
 from ccvault.server.options import ServerOptions
 from ccvault.server.routes import api_router
@@ -220,6 +222,32 @@ async def _check_redis(settings: VaultSettings) -> None:
             await client.aclose()
 
 
+CLOCK_HEADER = b"x-ccvault-clock"
+
+
+class _ClientClock:
+    """Sets the request clock from ``X-Ccvault-Clock`` (installed only when trusted)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent: datetime | None = None
+        for name, value in scope.get("headers", []) if scope["type"] == "http" else []:
+            if name == CLOCK_HEADER:
+                try:
+                    sent = datetime.fromisoformat(value.decode("ascii"))
+                except ValueError:
+                    sent = None
+                if sent is not None and sent.tzinfo is None:
+                    sent = None
+        token = request_clock.set(sent.astimezone(UTC) if sent is not None else None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_clock.reset(token)
+
+
 def _operation_id(route: APIRoute) -> str:
     # the Python function's name: the same name as the ProfileStore method where one exists
     return route.name
@@ -257,6 +285,7 @@ def create_app(
             app.state.keys = key_store
             app.state.settings = settings
             app.state.gap_fill = EnhancedGapFillService.from_settings(served, settings)
+            install_request_clock(served)
             if mcp_server is not None:
                 from ccvault.server.mcp import bind_http
 
@@ -333,6 +362,8 @@ def create_app(
         app.mount("/mcp", http_app(mcp_server, options.host))
 
     # the last added is the outermost: the access log sees every answer, 413s included
+    if options.trust_client_clock:
+        app.add_middleware(_ClientClock)
     app.add_middleware(_BodyLimit, limit=options.max_body_bytes)
     app.add_middleware(_AccessLog)
     return app

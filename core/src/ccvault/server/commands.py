@@ -85,6 +85,12 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     help="On SIGTERM, how long to wait for in-flight requests.",
 )
 @click.option("--no-mcp", is_flag=True, help="Do not mount the MCP server at /mcp.")
+@click.option(
+    "--trust-client-clock",
+    is_flag=True,
+    hidden=True,
+    help="TESTING ONLY: let requests set the store's clock (X-Ccvault-Clock).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -94,6 +100,7 @@ def serve(
     max_body_bytes: int | None,
     graceful_shutdown_seconds: float,
     no_mcp: bool,
+    trust_client_clock: bool,
 ) -> None:
     """Serve the vault over HTTP (/v1, /healthz, /readyz, /metrics, /openapi.json) and MCP
     (/mcp/, streamable HTTP), behind API keys (ccvault apikey create). Settings: --config
@@ -114,6 +121,7 @@ def serve(
         api_keys_path=str(api_keys) if api_keys is not None else base.api_keys_path,
         max_body_bytes=max_body_bytes if max_body_bytes is not None else base.max_body_bytes,
         graceful_shutdown_seconds=graceful_shutdown_seconds,
+        trust_client_clock=trust_client_clock,
     )
     _configure_logging()
     app = create_app(settings, options=options, mcp=not no_mcp)

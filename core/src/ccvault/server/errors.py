@@ -30,8 +30,10 @@ anything else                              500     ``internal``
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from typing import Any
+from uuid import UUID
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,6 +46,7 @@ from ccvault import errors
 __all__ = ["ApiError", "ErrorBody", "ErrorDetail", "error_response", "install_error_handlers"]
 
 logger = logging.getLogger("ccvault.server")
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class ErrorDetail(BaseModel):
@@ -59,6 +62,8 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     details: list[ErrorDetail] = Field(default_factory=list)
+    #: ids a conflict refers to (e.g. the later merge to undo first); ids, never values
+    ids: list[UUID] = Field(default_factory=list)
 
 
 class ApiError(Exception):
@@ -84,8 +89,9 @@ def error_response(
     message: str,
     details: list[ErrorDetail] | None = None,
     headers: dict[str, str] | None = None,
+    ids: list[UUID] | None = None,
 ) -> JSONResponse:
-    body = ErrorBody(code=code, message=message, details=details or [])
+    body = ErrorBody(code=code, message=message, details=details or [], ids=ids or [])
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
@@ -138,7 +144,14 @@ def _vault_error(exc: errors.VaultError) -> JSONResponse:
                     for kind in (exc.error_types or ["invalid"])
                 ]
             headers = {"Retry-After": "1"} if status == 503 else None
-            return error_response(status, code, message, details, headers)
+            # a conflict may name the stored item it collides with: pass its id on (ids
+            # are random, never personal data; the rest of the message is not passed on)
+            ids = (
+                [UUID(found) for found in dict.fromkeys(_UUID_TEXT.findall(str(exc)))]
+                if isinstance(exc, errors.ConflictError)
+                else []
+            )
+            return error_response(status, code, message, details, headers, ids)
     return _internal(exc)
 
 

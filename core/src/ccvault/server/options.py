@@ -43,6 +43,10 @@ class ServerOptions:
         default_factory=lambda: _env_int("CCVAULT_MAX_BODY_BYTES", 1_048_576)
     )
     graceful_shutdown_seconds: float = 30.0
+    #: TESTING ONLY: a request may set the store's clock with ``X-Ccvault-Clock: <ISO time>``
+    #: (how the contract suite's frozen clock reaches a remote store). Never in production:
+    #: any key holder could then backdate what it writes.
+    trust_client_clock: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

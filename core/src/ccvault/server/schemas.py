@@ -96,11 +96,17 @@ class IdentityLookup(_Body):
     channel: Channel
     channel_user_id: ShortText
     include_history: bool = False
+    #: statuses as stored (expiry not applied at read time)
+    as_stored: bool = False
 
 
 class MergeRequest(_Body):
     source_profile_id: UUID
     target_profile_id: UUID
+    #: recorded in the merge log where the store keeps one
+    merge_id: UUID | None = None
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    actor: Annotated[str, StringConstraints(max_length=255)] | None = None
 
 
 class VerifyRequest(_Body):

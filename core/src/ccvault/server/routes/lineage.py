@@ -7,6 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from ccvault.models import ItemType
+from ccvault.server.clock import stored_view
 from ccvault.server.deps import Reader, Store
 from ccvault.server.pii import Masker
 from ccvault.server.schemas import DerivedItems, HasDependents, LineageStep
@@ -27,9 +28,12 @@ async def get_derivation_chain(
 
 
 @router.get("/lineage/{item_id}/derived")
-async def get_derived_items(item_id: UUID, caller: Reader, store: Store) -> DerivedItems:
+async def get_derived_items(
+    item_id: UUID, caller: Reader, store: Store, as_stored: bool = False
+) -> DerivedItems:
     """Every field and asset derived directly from this item, oldest first."""
-    derived = await store.get_derived_items(caller.tenant_id, item_id)
+    with stored_view(as_stored):
+        derived = await store.get_derived_items(caller.tenant_id, item_id)
     masker = await Masker.for_caller(store, caller)
     return DerivedItems(fields=masker.fields(derived["fields"]), assets=derived["assets"])
 

@@ -14,7 +14,9 @@ from ccvault.models import (
     ProfileField,
     ScenarioFieldRequirement,
 )
+from ccvault.server.clock import stored_view
 from ccvault.server.deps import Admin, PiiReader, Reader, Store, Writer
+from ccvault.server.errors import ApiError, ErrorBody
 from ccvault.server.pii import Masker
 from ccvault.server.routes._common import AssetNameParam, FieldNameParam, check_tenant, found
 from ccvault.server.schemas import (
@@ -34,6 +36,13 @@ router = APIRouter()
 PROFILE = "profile not found"
 
 History = Annotated[bool, Query(description="include every version and every asset")]
+AsStored = Annotated[
+    bool,
+    Query(
+        description="statuses as stored: expiry is not applied at read time (what a "
+        "remote ProfileStore's hooks need; its public methods apply it once)"
+    ),
+]
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,29 +62,45 @@ async def get_by_channel_identity(
     body: IdentityLookup, caller: Reader, store: Store
 ) -> CustomerProfile:
     """The live profile owning this channel identity (sent in the body, never in the URL)."""
-    profile = await store.get_by_channel_identity(
-        caller.tenant_id, body.channel, body.channel_user_id, include_history=body.include_history
-    )
+    with stored_view(body.as_stored):
+        profile = await store.get_by_channel_identity(
+            caller.tenant_id,
+            body.channel,
+            body.channel_user_id,
+            include_history=body.include_history,
+        )
     return (await Masker.for_caller(store, caller)).profile(found(profile, PROFILE))
 
 
 @router.get("/profiles/by-customer/{customer_id}", tags=["profiles"])
 async def get_by_customer_id(
-    customer_id: UUID, caller: Reader, store: Store, include_history: History = False
+    customer_id: UUID,
+    caller: Reader,
+    store: Store,
+    include_history: History = False,
+    as_stored: AsStored = False,
 ) -> CustomerProfile:
     """The live profile with this customer id."""
-    profile = await store.get_by_customer_id(
-        caller.tenant_id, customer_id, include_history=include_history
-    )
+    with stored_view(as_stored):
+        profile = await store.get_by_customer_id(
+            caller.tenant_id, customer_id, include_history=include_history
+        )
     return (await Masker.for_caller(store, caller)).profile(found(profile, PROFILE))
 
 
 @router.get("/profiles/{profile_id}", tags=["profiles"])
 async def get_by_id(
-    profile_id: UUID, caller: Reader, store: Store, include_history: History = False
+    profile_id: UUID,
+    caller: Reader,
+    store: Store,
+    include_history: History = False,
+    as_stored: AsStored = False,
 ) -> CustomerProfile:
     """The live profile with this id."""
-    profile = await store.get_by_id(caller.tenant_id, profile_id, include_history=include_history)
+    with stored_view(as_stored):
+        profile = await store.get_by_id(
+            caller.tenant_id, profile_id, include_history=include_history
+        )
     return (await Masker.for_caller(store, caller)).profile(found(profile, PROFILE))
 
 
@@ -120,18 +145,27 @@ async def get_field(
     caller: Reader,
     store: Store,
     status: StatusFilter = StatusFilter.ACTIVE,
+    as_stored: AsStored = False,
 ) -> ProfileField:
     """The most recent version of the field with this status (``any``: whatever status)."""
-    item = await store.get_field(caller.tenant_id, profile_id, field_name, status=status.status())
+    with stored_view(as_stored):
+        item = await store.get_field(
+            caller.tenant_id, profile_id, field_name, status=status.status()
+        )
     return (await Masker.for_caller(store, caller)).field(found(item, "field not found"))
 
 
 @router.get("/profiles/{profile_id}/fields/{field_name}/history", tags=["fields"])
 async def get_field_history(
-    profile_id: UUID, field_name: FieldNameParam, caller: Reader, store: Store
+    profile_id: UUID,
+    field_name: FieldNameParam,
+    caller: Reader,
+    store: Store,
+    as_stored: AsStored = False,
 ) -> list[ProfileField]:
     """Every version of the field, newest first (empty for an unknown profile or field)."""
-    versions = await store.get_field_history(caller.tenant_id, profile_id, field_name)
+    with stored_view(as_stored):
+        versions = await store.get_field_history(caller.tenant_id, profile_id, field_name)
     return (await Masker.for_caller(store, caller)).fields(versions)
 
 
@@ -221,8 +255,47 @@ async def link_channel(
 async def merge_profiles(body: MergeRequest, caller: Writer, store: Store) -> Saved:
     """Merge the source profile into the target (atomically); the source is soft-deleted.
     Returns the target's id."""
-    await store.merge_profiles(caller.tenant_id, body.source_profile_id, body.target_profile_id)
+    extra: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("merge_id", body.merge_id),
+            ("reason", body.reason),
+            ("actor", body.actor),
+        )
+        if value is not None
+    }
+    await store.merge_profiles(
+        caller.tenant_id, body.source_profile_id, body.target_profile_id, **extra
+    )
     return Saved(id=body.target_profile_id)
+
+
+_NO_LOG: dict[int | str, dict[str, Any]] = {
+    501: {"model": ErrorBody, "description": "This vault keeps no merge log"}
+}
+
+
+@router.get("/profiles/{profile_id}/merges", tags=["channels"], responses=_NO_LOG)
+async def get_merge_log(profile_id: UUID, caller: Reader, store: Store) -> list[dict[str, Any]]:
+    """The merge log entries whose source or target is this profile, oldest first (ids,
+    names and flags of what each merge moved and superseded; never a field value)."""
+    method = getattr(store, "get_merge_log", None)
+    if method is None:
+        raise ApiError(501, "not_implemented", "this vault keeps no merge log")
+    records = await method(caller.tenant_id, profile_id)
+    return [record.model_dump(mode="json") for record in records]
+
+
+@router.post("/merges/{merge_id}/unmerge", tags=["channels"], responses=_NO_LOG)
+async def unmerge(merge_id: UUID, caller: Writer, store: Store) -> dict[str, Any]:
+    """Undo one merge atomically: what it moved goes back to the source (live again); what
+    changed since is reported in ``conflicts``. Already undone or blocked: 409."""
+    method = getattr(store, "unmerge", None)
+    if method is None:
+        raise ApiError(501, "not_implemented", "this vault keeps no merge log")
+    result = await method(caller.tenant_id, merge_id)
+    dumped: dict[str, Any] = result.model_dump(mode="json")
+    return dumped
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,9 +321,12 @@ async def get_missing_fields(
 
 
 @router.get("/profiles/{profile_id}/export", tags=["privacy"])
-async def export_profile(profile_id: UUID, caller: PiiReader, store: Store) -> dict[str, Any]:
+async def export_profile(
+    profile_id: UUID, caller: PiiReader, store: Store, as_stored: AsStored = False
+) -> dict[str, Any]:
     """Everything held about the customer, history included (needs ``pii:read``)."""
-    return await store.export_profile(caller.tenant_id, profile_id)
+    with stored_view(as_stored):
+        return await store.export_profile(caller.tenant_id, profile_id)
 
 
 @router.post("/profiles/{profile_id}/purge", tags=["privacy"])
