@@ -1159,6 +1159,12 @@ class ProfileStore(ABC):
         served now writes nothing and returns its id. ``version_id`` not a version of this
         name on this profile: NotFoundError (a version of another name of the profile:
         ValidationError); unknown or deleted profile: NotFoundError.
+
+        The write supersedes whatever is ACTIVE when it happens (a concurrent write of the
+        name may land just before it). The restored value is not validated again against
+        today's field definitions (it was stored once; a caller that wants that check
+        validates ``get_field_history``'s copy first, as ``SchemaValidationService`` does
+        for new values).
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_uuid(profile_id, "profile_id")
