@@ -42,6 +42,7 @@ class Run:
     mode: str
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
 
     @property
@@ -85,8 +86,12 @@ async def drive(
                     await read(index)
                 else:
                     await write(index, sequence)
-            except Exception:
+            except Exception as exc:
                 run.errors += 1
+                kind = type(exc).__name__
+                if isinstance(exc, httpx.HTTPStatusError):
+                    kind = f"HTTP {exc.response.status_code} {exc.response.json().get('code')}"
+                run.error_kinds[kind] = run.error_kinds.get(kind, 0) + 1
                 continue
             run.latencies.append(time.perf_counter() - started)
 
@@ -191,6 +196,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         )
     if served.latencies:
         print(f"HTTP mean latency {statistics.fmean(served.latencies) * 1000:.2f} ms")
+    for run in runs:
+        if run.error_kinds:
+            print(f"errors of {run.mode}: {run.error_kinds}")
 
 
 def main() -> None:

@@ -182,18 +182,26 @@ class RemoteProfileStore(ProfileStore):
             # a clock set on this instance (tests freeze it) travels with the call; only a
             # server started with --trust-client-clock (testing only) honours it
             headers["X-Ccvault-Clock"] = self.now().isoformat()
-        try:
-            response = await self._client().request(
-                method,
-                path,
-                json=json,
-                params={k: v for k, v in (params or {}).items() if v is not None},
-                headers=headers,
-            )
-        except httpx.TransportError as exc:
-            raise errors.ProviderUnavailableError(
-                f"cannot reach the vault server ({type(exc).__name__})"
-            ) from None
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        # a read is retried once on a connection the server closed meanwhile (keep-alive
+        # race); a write is not: it may have been applied
+        attempts = 2 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                response = await self._client().request(
+                    method, path, json=json, params=query, headers=headers
+                )
+                break
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if attempt + 1 < attempts:
+                    continue
+                raise errors.ProviderUnavailableError(
+                    f"cannot reach the vault server ({type(exc).__name__})"
+                ) from None
+            except httpx.TransportError as exc:
+                raise errors.ProviderUnavailableError(
+                    f"cannot reach the vault server ({type(exc).__name__})"
+                ) from None
         _raise_for(response)
         return response.json()
 

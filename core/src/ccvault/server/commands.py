@@ -132,6 +132,10 @@ def serve(
         access_log=False,
         log_level="info",
         timeout_graceful_shutdown=int(graceful_shutdown_seconds) or 1,
+        # longer than clients and proxies keep idle connections, so the server is not the
+        # side that closes one while a request is on its way (a client sees that as a
+        # protocol error); uvicorn's default is 5 s
+        timeout_keep_alive=75,
         lifespan="on",
     )
     server = uvicorn.Server(config_)
