@@ -38,16 +38,21 @@ def test_settings_defaults_and_bad_options() -> None:
         create_store(settings)
 
 
-def test_embedded_config_selects_sqlite_without_cache() -> None:
+def test_embedded_config_selects_sqlite_without_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CCVAULT_DATA_DIR", str(tmp_path))
     settings = ccvault.load_settings(EMBEDDED)
     assert settings.profile.store_provider == "sqlite"
     assert settings.profile.cache_enabled is False
-    assert settings.provider_options("sqlite")["path"] == ".ccvault/vault.db"
+    # the database lives in the data directory, never relative to the working directory
+    assert settings.provider_options("sqlite")["path"] == f"{tmp_path}/vault.db"
     # everything else is the default configuration
     default = ccvault.load_settings(EMBEDDED.parent / "default.toml")
     mine = settings.model_dump()
     theirs = default.model_dump()
-    for key in ("store_provider", "cache_enabled"):
+    # embedded: its own local key file when no keyring is set (default.toml has none)
+    for key in ("store_provider", "cache_enabled", "pii_local_key_path", "pii_encryption_key_id"):
         mine["profile"].pop(key), theirs["profile"].pop(key)
     assert mine["profile"] == theirs["profile"]
     assert mine["redis"] == theirs["redis"] and mine["metrics"] == theirs["metrics"]
@@ -61,6 +66,7 @@ async def test_open_store_on_embedded_config_persists_across_runs(
 ) -> None:
     """What `make demo` does twice: the second run finds the first run's data."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CCVAULT_DATA_DIR", str(tmp_path / "data"))
     key = base64.b64encode(os.urandom(32)).decode()
     monkeypatch.setenv("PROFILE_PII_ENCRYPTION_KEY", f"demo:{key}")
     tenant, agent = uuid4(), uuid4()
@@ -79,7 +85,7 @@ async def test_open_store_on_embedded_config_persists_across_runs(
             )
             history = await store.get_field_history(tenant, profile.id, "email")
             assert [v.value for v in history] == [f"ada{i}@example.com" for i in range(run, -1, -1)]
-    database = tmp_path / ".ccvault" / "vault.db"
+    database = tmp_path / "data" / "vault.db"
     assert database.is_file()
     # PII is ciphertext in the file
     with sqlite3.connect(database) as conn:
