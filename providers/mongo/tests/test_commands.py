@@ -864,6 +864,9 @@ async def test_merge_sends_this_sequence(transactions: bool) -> None:
         await store.merge_profiles(tenant, source, target)
         t, src, dst = uid(tenant), uid(source), uid(target)
         commands = list(client.commands)
+        # the survivorship policies are read first, outside the merge's own step
+        assert (commands[0].collection, commands[0].method) == ("definitions", "find")
+        commands = commands[1:]
         if not transactions:
             first, second = commands[:2]
             order = sorted([source, target], key=lambda u: u.bytes)
@@ -874,26 +877,32 @@ async def test_merge_sends_this_sequence(transactions: bool) -> None:
             assert all(c.args[1] == {"$set": {"lock": None, "lock_until": None}} for c in unlocks)
             commands = commands[2:-2]
         assert all(c.in_transaction is transactions for c in commands)
-        assert [(c.collection, c.method) for c in commands] == [
+        writes = [c for c in commands if c.method not in ("find", "find_one")]
+        assert [(c.collection, c.method) for c in writes] == [
             ("profiles", "find_one_and_update"),  # mark the source
             ("profiles", "find_one_and_update"),  # check the target, continue its order
-            ("identities", "find_one"),
-            ("identities", "update_many"),
+            ("identities", "update_one"),  # each moved identity with its planned primary flag
             ("consents", "update_many"),
             ("assets", "update_many"),
-            ("fields", "find"),  # the ACTIVE versions of both
             ("fields", "update_one"),  # the loser superseded by the winner
             ("fields", "update_many"),  # every version moves
+            ("merge_log", "update_one"),  # the merge record, in the same step
             ("profiles", "update_one"),  # the source soft-deleted
         ]
-        mark, keep = commands[0], commands[1]
+        # both sides are read after the marks and before the first write, never later
+        first_write = commands.index(writes[2])
+        assert commands[:2] == writes[:2]
+        assert all(c.method in ("find", "find_one") for c in commands[2:first_write])
+        assert commands[first_write:] == writes[2:]
+        assert writes[2].args[1] == {"$set": {"profile_id": dst, "primary": False}}
+        mark, keep = writes[0], writes[1]
         assert mark.args == (
             {"tenant_id": t, "id": src, "live": True, "merging_into": {"$in": [None, dst]}},
             {"$set": {"merging_into": dst}},
         )
         assert keep.args[0] == {"tenant_id": t, "id": dst, "live": True, "merging_into": None}
         assert list(keep.args[1]) == ["$max"]
-        settle = commands[7]
+        settle = writes[5]
         assert settle.args == (
             {"tenant_id": t, "id": uid(loser.id), "status": "active"},
             {
@@ -905,11 +914,11 @@ async def test_merge_sends_this_sequence(transactions: bool) -> None:
                 }
             },
         )
-        assert commands[8].args == (
+        assert writes[6].args == (
             {"tenant_id": t, "profile_id": src},
             {"$set": {"profile_id": dst}},
         )
-        final = commands[9].args[1]
+        final = writes[8].args[1]
         assert final["$set"]["live"] is False and final["$set"]["merged_into"] == dst
         assert final["$unset"] == {"merging_into": ""}
 
