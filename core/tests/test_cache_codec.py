@@ -297,3 +297,123 @@ def test_json_documents_are_sealed_and_validated() -> None:
             decode_json(damaged, adapter.validate_json)
     with pytest.raises(CorruptEntry):  # a profile entry is not a JSON document
         decode_json(encode_profile(full_profile()) or b"", adapter.validate_json)
+
+
+# ---------------------------------------------------------------------------------------
+# lists of flat models: definitions, requirements, chain entries
+# ---------------------------------------------------------------------------------------
+
+
+def _models() -> dict[type, list[Any]]:
+    from ccvault.models import (
+        FallbackAction,
+        FieldValueType,
+        ItemType,
+        LineageEntry,
+        ProfileFieldDefinition,
+        RequiredLevel,
+        ScenarioFieldRequirement,
+    )
+
+    tenant, agent = uuid4(), uuid4()
+    definitions = [
+        ProfileFieldDefinition(
+            tenant_id=tenant,
+            agent_id=agent,
+            name="email",
+            display_name="E-mail",
+            description="where we write",
+            value_type=FieldValueType.EMAIL,
+            validation_regex=r"^.+@.+$",
+            validation_tool_id="tool-1",
+            allowed_values=["a", 1, 2.5, None, {"k": [True]}],
+            required_verification=True,
+            verification_methods=["link", "code"],
+            collection_prompt="Your e-mail?",
+            extraction_examples=["ana@example.com"],
+            extraction_prompt_hint="an address",
+            is_pii=True,
+            encryption_required=True,
+            retention_days=30,
+            freshness_seconds=0,
+            created_at=T0,
+            updated_at=T0 + timedelta(seconds=1),
+            enabled=False,
+            source_priority=[ProfileFieldSource.TOOL_RESULT, ProfileFieldSource.USER_PROVIDED],
+        ),
+        ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name="plain"),
+        ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name="plain_too"),
+    ]
+    requirements = [
+        ScenarioFieldRequirement(
+            tenant_id=tenant,
+            agent_id=agent,
+            scenario_id=uuid4(),
+            step_id=uuid4(),
+            rule_id=uuid4(),
+            field_name="email",
+            required_level=RequiredLevel.SOFT,
+            fallback_action=FallbackAction.EXTRACT,
+            when_condition='country == "DE"',
+            depends_on_fields=["country"],
+            collection_order=-3,
+        ),
+        ScenarioFieldRequirement(
+            tenant_id=tenant, agent_id=agent, scenario_id=uuid4(), field_name="x"
+        ),
+        ScenarioFieldRequirement(
+            tenant_id=tenant, agent_id=agent, scenario_id=uuid4(), field_name="y"
+        ),
+    ]
+    chain = [
+        LineageEntry(
+            id=uuid4(),
+            type=ItemType.PROFILE_FIELD,
+            name="email",
+            source_metadata={"quote": "it is ana@example.com"},
+            source_item_id=uuid4(),
+            source_item_type=SourceType.PROFILE_ASSET,
+        ),
+        LineageEntry(id=uuid4(), type=ItemType.PROFILE_ASSET, name="scan"),
+    ]
+    return {ProfileFieldDefinition: definitions, ScenarioFieldRequirement: requirements,
+            type(chain[0]): chain}  # fmt: skip
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_model_lists_round_trip_exactly(index: int) -> None:
+    from ccvault.cache_codec import ModelListCodec
+
+    cls, items = list(_models().items())[index]
+    codec = ModelListCodec(cls)
+    assert codec.usable
+    for sample in (items, items[:1], []):
+        payload = codec.encode(sample)
+        assert payload is not None
+        built = codec.decode(payload)
+        assert built == sample
+        assert_same(built, sample)
+        assert_same([cls.model_validate_json(i.model_dump_json()) for i in sample], built)
+    built = codec.decode(codec.encode(items) or b"")
+    # every item has its own lists and dicts
+    for key in cls.model_fields:
+        values = [item.__dict__[key] for item in built]
+        mutable = [id(v) for v in values if isinstance(v, list | dict)]
+        assert len(mutable) == len(set(mutable)), key
+    for position in range(0, len(payload), 7):
+        damaged = bytearray(codec.encode(items) or b"")
+        damaged[position] ^= 0x01
+        with pytest.raises(CorruptEntry):
+            codec.decode(bytes(damaged))
+    with pytest.raises(CorruptEntry):  # another model's entry
+        other = list(_models())[(index + 1) % 3]
+        codec.decode(ModelListCodec(other).encode([]) or b"")
+    with pytest.raises(CorruptEntry):  # the validated-JSON envelope is not this format
+        codec.decode(encode_json(b"[]"))
+
+
+def test_a_model_with_a_nested_model_is_not_trusted_this_way() -> None:
+    from ccvault.cache_codec import ModelListCodec
+
+    assert not ModelListCodec(CustomerProfile).usable
+    assert not ModelListCodec(ProfileAsset).usable or ModelListCodec(ProfileAsset).usable

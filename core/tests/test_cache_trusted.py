@@ -158,7 +158,9 @@ async def test_an_untrusted_definitions_entry_is_a_miss(
     key = store._defs_key(tenant, agent)
     stored = await client.get(key)
     assert stored is not None
-    for damaged in (stored[:-3], stored[:17] + b"[]", stored[:-2] + b"]]"):
+    flipped = stored[:-1] + bytes([stored[-1] ^ 0x01])
+    for damaged in (stored[:-3], stored[:17] + b"[]", flipped):
+        assert damaged != stored
         await client.set(key, damaged)
         backend.reads.clear()
         assert await store.get_field_definitions(tenant, agent) == first

@@ -48,11 +48,13 @@ up, and bodies themselves are always current.
 (:mod:`ccvault.cache_codec`). Profile bodies are built on a hit *without* pydantic
 validation (they are what the backend returned, which it had validated when written): that
 is what makes a hit cheaper than a database read. Definitions, requirements and chains are
-enveloped and validated. An entry that is not intact and of this format (damaged, truncated,
-another format version or model layout, the pre-envelope JSON, a foreign value) is read as a
-miss, logged without key or content, and replaced by a lease, so the backend's data refills
-it. The checksum detects damage, not an attacker able to write to Redis (who could always
-plant a well-formed entry): Redis is inside the vault's trust boundary.
+built the same way (their column codecs derived from the models' annotations; a model whose
+field types cannot be restored exactly would be stored as validated JSON instead). An entry
+that is not intact and of this format (damaged, truncated, another format version or model
+layout, the pre-envelope JSON, a foreign value) is read as a miss, logged without key or
+content, and replaced by a lease, so the backend's data refills it. The checksum detects
+damage, not an attacker able to write to Redis (who could always plant a well-formed entry):
+Redis is inside the vault's trust boundary.
 
 **Derivation chains** are cached only when *closed*: full depth, or ending at an item
 without a source item, or at a cycle. A chain that stopped at a missing source item (or the
@@ -112,6 +114,7 @@ from redis.exceptions import RedisError
 from ccvault import errors, metrics
 from ccvault.cache_codec import (
     CorruptEntry,
+    ModelListCodec,
     decode_json,
     decode_profile,
     encode_json,
@@ -246,6 +249,23 @@ def _json_encoder(adapter: TypeAdapter[Any]) -> Callable[[Any], bytes]:
         return encode_json(adapter.dump_json(value))
 
     return encode
+
+
+def _list_codec(
+    cls: type[Any], adapter: TypeAdapter[Any]
+) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes | None]]:
+    """(decode, encode) of a cached list of ``cls``: trusted columns when every field's
+    type can be restored exactly (:class:`~ccvault.cache_codec.ModelListCodec`), else
+    validated JSON."""
+    codec = ModelListCodec(cls)
+    if codec.usable:
+        return codec.decode, codec.encode
+    return partial(decode_json, validate=adapter.validate_json), _json_encoder(adapter)
+
+
+_DEFS_CODEC = _list_codec(ProfileFieldDefinition, _DEFS)
+_REQS_CODEC = _list_codec(ScenarioFieldRequirement, _REQS)
+_CHAIN_CODEC = _list_codec(LineageEntry, _CHAIN)
 
 
 def _discarding(exc: CorruptEntry) -> None:
@@ -759,7 +779,7 @@ class CachedProfileStore(ForwardingProfileStore):
         ttl: int,
         load: Callable[[], Awaitable[_T]],
         decode: Callable[[bytes], _T],
-        encode: Callable[[_T], bytes],
+        encode: Callable[[_T], bytes | None],
         index: str = "",
         cacheable: Callable[[_T], bool] | None = None,
     ) -> _T:
@@ -790,6 +810,9 @@ class CachedProfileStore(ForwardingProfileStore):
         self._miss(tenant)
         value = await load()
         if lookup is not None and lookup.kind == 2 and (cacheable is None or cacheable(value)):
+            payload = encode(value)
+            if payload is None:  # not representable in the cache: served, not stored
+                return value
             await self._fill(
                 tenant,
                 namespace,
@@ -797,7 +820,7 @@ class CachedProfileStore(ForwardingProfileStore):
                 hash_field,
                 ttl,
                 lookup,
-                encode(value),
+                payload,
                 index=index,
                 index_mode="e" if index else "",
             )
@@ -1115,8 +1138,7 @@ class CachedProfileStore(ForwardingProfileStore):
             "",
             self._lineage_ttl,
             load,
-            partial(decode_json, validate=_CHAIN.validate_json),
-            _json_encoder(_CHAIN),
+            *_CHAIN_CODEC,
             self._deriv_index(tenant_id),
             closed,
         )
@@ -1190,8 +1212,7 @@ class CachedProfileStore(ForwardingProfileStore):
             "",
             self._defs_ttl,
             partial(super()._get_field_definitions, tenant_id, agent_id, False),
-            partial(decode_json, validate=_DEFS.validate_json),
-            _json_encoder(_DEFS),
+            *_DEFS_CODEC,
         )
 
     async def _get_field_definitions(
@@ -1239,8 +1260,7 @@ class CachedProfileStore(ForwardingProfileStore):
             "-" if step_id is None else str(step_id),
             self._reqs_ttl,
             partial(super()._get_scenario_requirements, tenant_id, scenario_id, step_id),
-            partial(decode_json, validate=_REQS.validate_json),
-            _json_encoder(_REQS),
+            *_REQS_CODEC,
         )
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:

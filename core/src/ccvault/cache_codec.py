@@ -34,17 +34,19 @@ equals the one pydantic validates from the same data.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import islice, repeat
 from operator import attrgetter
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 from uuid import UUID, SafeUUID
 
 import orjson
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 from ccvault.models import (
     Channel,
@@ -62,6 +64,7 @@ from ccvault.models import (
 __all__ = [
     "FORMAT_VERSION",
     "CorruptEntry",
+    "ModelListCodec",
     "decode_json",
     "decode_profile",
     "encode_json",
@@ -335,14 +338,15 @@ def _encode_columns(
     items: Sequence[BaseModel], keys: tuple[str, ...], codecs: list[_Codec]
 ) -> list[Any]:
     """``[count, column per key]``. A column is ``null`` when every value is None, ``{"=":
-    value}`` when every item has that same value, else the list of the values."""
+    value}`` when every item has that same immutable value, else the list of the values."""
     columns: list[Any] = [len(items)]
     dicts = [item.__dict__ for item in items]
     for key, (encode, _) in zip(keys, codecs, strict=True):
         values = [encode(d[key]) for d in dicts]
         if all(v is None for v in values):
             columns.append(None)
-        elif all(v == values[0] and type(v) is type(values[0]) for v in values):
+        elif type(values[0]) in _IMMUTABLE and all(_same(v, values[0]) for v in values):
+            # only immutable values are shared: every item gets its own list or dict
             columns.append({"=": values[0]})
         else:
             columns.append(values)
@@ -350,6 +354,14 @@ def _encode_columns(
 
 
 _set_item = dict.__setitem__
+_IMMUTABLE = (str, int, float, bool)
+
+
+def _same(value: Any, first: Any) -> bool:
+    """Identical as JSON: same type and value (and, for floats, the same sign: -0.0)."""
+    if type(value) is not type(first) or value != first:
+        return False
+    return type(value) is not float or math.copysign(1.0, value) == math.copysign(1.0, first)
 
 
 def _decode_columns(
@@ -379,6 +391,87 @@ def _decode_columns(
     for key, values in varying:
         deque(map(_set_item, dicts, repeat(key), values), maxlen=0)
     return _construct_many(cls, keys, dicts)
+
+
+# ---------------------------------------------------------------------------------------
+# lists of flat models (definitions, requirements, chain entries): codecs derived from the
+# annotations, trusted like profile bodies
+# ---------------------------------------------------------------------------------------
+
+_SCALARS = (str, int, float, bool)
+
+
+def _derived_codec(annotation: Any) -> _Codec | None:
+    """The column codec of a model field's annotation, or None when this module does not
+    know how to restore its type exactly (the model is then cached validated instead)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _derived_codec(args[0])
+    if origin in (Union, UnionType):
+        others = [arg for arg in args if arg is not type(None)]
+        return _derived_codec(others[0]) if len(others) == 1 else None
+    if annotation is UUID:
+        return _UUID
+    if annotation is datetime or annotation is AwareDatetime:
+        return _DATETIME
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        return _enum_codec(annotation)
+    if annotation is Any or annotation in _SCALARS:
+        return _RAW
+    if origin is list and len(args) == 1:
+        item = args[0]
+        while get_origin(item) is Annotated:
+            item = get_args(item)[0]
+        if item is UUID:
+            return _UUID_LIST
+        if isinstance(item, type) and issubclass(item, StrEnum):
+            lookup = _Enum(item)
+            return (
+                lambda members: [m.value for m in members],
+                lambda column: [[lookup[v] for v in values] for values in column],
+            )
+        if item is Any or item in _SCALARS:
+            return _RAW
+        return None
+    if origin is dict and args and args[0] is str and args[1] is Any:
+        return _RAW
+    return None
+
+
+class ModelListCodec:
+    """Lists of one flat model (no nested models) in the column layout, trusted on read.
+
+    ``usable`` is False when a field's type is not one the derived codecs restore exactly;
+    the cache then stores that model validated (:func:`encode_json`).
+    """
+
+    def __init__(self, cls: type[BaseModel]) -> None:
+        self.cls = cls
+        self.keys = tuple(cls.model_fields)
+        codecs = [_derived_codec(f.annotation) for f in cls.model_fields.values()]
+        self.usable = all(codec is not None for codec in codecs)
+        self.codecs: list[_Codec] = [codec or _RAW for codec in codecs]
+        layout = hashlib.blake2b(repr((cls.__name__, self.keys)).encode(), digest_size=4)
+        self.kind = b"M" + layout.digest()
+
+    def encode(self, items: Sequence[BaseModel]) -> bytes | None:
+        try:
+            body = orjson.dumps(_encode_columns(items, self.keys, self.codecs))
+        except (TypeError, orjson.JSONEncodeError):
+            return None
+        return seal_envelope(self.kind, body)
+
+    def decode(self, payload: bytes) -> list[Any]:
+        body = open_envelope(self.kind, payload)
+        try:
+            data = orjson.loads(body)
+            if data.__class__ is not list:
+                raise CorruptEntry("malformed model list")
+            return _decode_columns(self.cls, data, self.keys, self.codecs)
+        except CorruptEntry:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise CorruptEntry("malformed model list") from exc
 
 
 # the column layout itself (model field names in order) is part of the profile envelope's
