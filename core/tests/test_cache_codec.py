@@ -417,3 +417,16 @@ def test_a_model_with_a_nested_model_is_not_trusted_this_way() -> None:
 
     assert not ModelListCodec(CustomerProfile).usable
     assert not ModelListCodec(ProfileAsset).usable or ModelListCodec(ProfileAsset).usable
+
+
+def test_no_list_or_dict_is_shared_between_decoded_fields() -> None:
+    same = CustomerProfile(
+        tenant_id=uuid4(),
+        fields={
+            name: ProfileField(name=name, value=[1], source_metadata={}) for name in ("a", "b", "c")
+        },
+    )
+    built = decode_profile(encode_profile(same) or b"")
+    built.fields["a"].source_metadata["k"] = "v"
+    built.fields["a"].value.append(2)
+    assert built.fields["b"].source_metadata == {} and built.fields["c"].value == [1]
