@@ -385,6 +385,30 @@ class ProvenanceContract(ContractBase):
             assert whole.profile_id == profile.id and set(whole.fields) == {"email"}
             assert whole.fields["email"].value == "a@x.io"
 
+    async def test_as_of_dates_a_version_created_by_save_at_the_save(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        """A version created by ``save`` carries the caller's ``updated_at`` (here one from
+        long before); it is served from the save, when it superseded the previous one."""
+        created = await new_profile(store, tenant)
+        with _frozen(store) as clock:
+            t1 = clock.advance()
+            first = await store.update_field(
+                tenant, created.id, make_field("email", "a@x.io", collected_at=t1)
+            )
+            profile = await store.get_by_id(tenant, created.id)
+            assert profile is not None
+            stale = t1 - 50 * _TICK
+            second = make_field("email", "b@x.io", collected_at=stale, updated_at=stale)
+            profile.fields["email"] = second
+            t2 = clock.advance(5 * _TICK)
+            await store.save(profile)
+            clock.advance()
+            before = await store.get_field_as_of(tenant, created.id, "email", t2 - _TICK)
+            assert before is not None and before.id == first
+            at_save = await store.get_field_as_of(tenant, created.id, "email", t2)
+            assert at_save is not None and at_save.id == second.id
+
     async def test_as_of_refuses_unknown_profiles_and_bad_instants(
         self, store: ProfileStore, tenant: UUID
     ) -> None:

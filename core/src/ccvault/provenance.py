@@ -9,16 +9,18 @@ provider and wrapper answers the same way with no hook of its own. Nothing here 
 reconstructed from the stored history. A version is *served* over ``[start, end)``:
 
 * ``start`` — the instant it was written, read from the stored timestamps in this order:
-  the ``updated_at`` of a version still ACTIVE, also when read as EXPIRED before a sweep
-  marked it (``update_field`` sets it to the store's clock at the write; nothing but an
-  in-place ``save`` of the caller's copy changes it while the version stays ACTIVE); else
   the earliest ``superseded_at`` of the versions whose ``superseded_by_id`` is this version
-  (its own write superseded them in the same atomic step); else its ``collected_at``.
-  The last case — a version no longer ACTIVE whose write replaced nothing — is the one the
-  stored history does not record exactly (``updated_at`` was moved by the later supersede,
-  sweep or orphan marking): the caller's ``collected_at`` stands in for the write instant,
-  which is exact when ``collected_at`` is the moment of writing (the default). A per-version
-  write timestamp stored by the providers would remove this case.
+  (its own write superseded them in the same atomic step; merge losers, whose
+  ``superseded_at`` is the merge's, do not count); else the ``updated_at`` of a version
+  still ACTIVE, also when read as EXPIRED before a sweep marked it (``update_field`` sets
+  it to the store's clock at the write; nothing but an in-place ``save`` of the caller's
+  copy changes it while the version stays ACTIVE; a version created by ``save`` keeps the
+  caller's); else its ``collected_at``. The last case — a version no longer ACTIVE whose
+  write replaced nothing — is the one the stored history does not record exactly
+  (``updated_at`` was moved by the later supersede, sweep or orphan marking): the caller's
+  ``collected_at`` stands in for the write instant, which is exact when ``collected_at`` is
+  the moment of writing (the default). A per-version write timestamp stored by the
+  providers would remove this case.
 * ``end`` — the earliest of ``superseded_at``, ``expires_at`` (an expired value is never
   served, marked EXPIRED or not), and, for an ORPHANED version, the ``updated_at`` at which
   it was so marked. ``None``: still served.
@@ -176,14 +178,18 @@ def written_at(
     ``versions``: the versions of its name (it may be among them); ``merge_losers``: ids of
     versions a merge superseded (their ``superseded_at`` is the merge's, not a write's).
     """
+    replaced = _replaced_at(version, versions, merge_losers)
+    if replaced is not None:
+        return replaced
     if version.status is ItemStatus.ACTIVE or _unswept(version):
         return version.updated_at
-    return _first_written(version, versions, merge_losers)
+    return version.collected_at
 
 
-def _first_written(
+def _replaced_at(
     version: ProfileField, versions: Iterable[ProfileField], merge_losers: Container[UUID]
-) -> datetime:
+) -> datetime | None:
+    """When ``version``'s own write superseded its predecessor, if it superseded one."""
     replaced = [
         other.superseded_at
         for other in versions
@@ -192,9 +198,14 @@ def _first_written(
         and other.superseded_at is not None
         and other.id not in merge_losers
     ]
-    if replaced:
-        return min(replaced)
-    return version.collected_at
+    return min(replaced) if replaced else None
+
+
+def _first_written(
+    version: ProfileField, versions: Iterable[ProfileField], merge_losers: Container[UUID]
+) -> datetime:
+    replaced = _replaced_at(version, versions, merge_losers)
+    return version.collected_at if replaced is None else replaced
 
 
 def served_interval(

@@ -678,7 +678,7 @@ class MongoProfileStore(ProfileStore):
             )
         for item in plan.new_fields:
             seq += 1
-            await self._put_field(tenant_id, profile_id, item, True, seq, session)
+            await self._put_field(tenant_id, profile_id, item, True, seq, session, plan.now)
         for asset in plan.updated_assets:
             seq += 1
             doc = self._asset_doc(tenant_id, profile_id, asset, seq)
@@ -899,12 +899,16 @@ class MongoProfileStore(ProfileStore):
         supersede: bool,
         seq: int,
         session: Any,
+        at: datetime | None = None,
     ) -> None:
-        """Store ``field`` as the ACTIVE version of its name (see the module docstring)."""
+        """Store ``field`` as the ACTIVE version of its name (see the module docstring).
+
+        The version it supersedes gets ``superseded_at`` = ``at`` (a save's ``plan.now``),
+        by default ``field.updated_at`` (``update_field`` sets it to the store's clock)."""
         t, p = uid(tenant_id), uid(profile_id)
         fields = self._c("fields")
         doc = self._field_doc(tenant_id, profile_id, field, seq)
-        now = dt(field.updated_at)
+        now = dt(field.updated_at if at is None else at)
         name_key = {"tenant_id": t, "profile_id": p, "name": field.name}
         supersede_update = {
             "$set": {
