@@ -541,6 +541,15 @@ class ProvenanceContract(ContractBase):
                     collected_at=at,
                     expires_at=None if lifetime is None else at + lifetime,
                 )
+                if rng.random() < 0.15:
+                    # a new version through save (built at the moment of saving): it
+                    # supersedes the ACTIVE version of its name as update_field does
+                    held = await store.get_by_id(tenant, profile.id)
+                    assert held is not None
+                    held.fields[name] = item.model_copy(update={"updated_at": at})
+                    await store.save(held)
+                    self._written(model, name, item.id, value, at, lifetime)
+                    continue
                 current = model.active(name)
                 if not supersede and current is not None and current.served(at):
                     with pytest.raises(errors.ActiveFieldConflictError):
