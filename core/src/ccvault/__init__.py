@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ccvault import metrics as _metrics
 from ccvault.registry import open_store
 from ccvault.settings import VaultSettings, embedded_settings, load_settings
-from ccvault.store import ProfileStore, final_methods
-
-# Observability, at one point (importing any ccvault module runs this first): every public
-# store operation is timed into ccvault_operation_duration_seconds{operation, provider} and
-# its errors counted by type in ccvault_operation_errors_total.
-_metrics.instrument_operations(ProfileStore, final_methods())
+from ccvault.store import ProfileStore
 
 try:
     __version__ = version("ccvault")

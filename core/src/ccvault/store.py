@@ -83,7 +83,7 @@ from types import TracebackType
 from typing import Any, Self, final
 from uuid import UUID, uuid4
 
-from ccvault import errors, provenance
+from ccvault import errors, metrics, provenance
 from ccvault.arguments import (
     check_asset_name,
     check_bool,
@@ -1701,3 +1701,10 @@ for _name, _member in list(vars(ProfileStore).items()):
     ):
         setattr(ForwardingProfileStore, _name, _forwarding_hook(_name))
 abc.update_abstractmethods(ForwardingProfileStore)
+
+
+# Observability at the one public layer: every public operation is timed into
+# ccvault_operation_duration_seconds{operation, provider} and its errors are counted by type
+# in ccvault_operation_errors_total. Wrapped here, where the methods are defined, so a
+# store is instrumented however ccvault is imported.
+metrics.instrument_operations(ProfileStore, final_methods())
