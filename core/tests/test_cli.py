@@ -391,7 +391,9 @@ def _inmemory_config(tmp_path: Path, port: int, prefix: str) -> Path:
     return path
 
 
-def _wait_for(predicate: Any, what: str, timeout: float = 20.0) -> Any:
+def _wait_for(predicate: Any, what: str, timeout: float = 60.0) -> Any:
+    # a bound, not a timing assertion: a loaded 2-core machine can take many seconds to
+    # start a Python process that imports the whole CLI
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
