@@ -53,6 +53,7 @@ from ccvault.models import (
     Channel,
     ChannelIdentity,
     Consent,
+    CustomerProfile,
     ItemStatus,
     MergeRecord,
     ProfileAsset,
@@ -86,6 +87,40 @@ class UnmergeState:
     source_identities: tuple[ChannelIdentity, ...] = ()
     target_consents: tuple[Consent, ...] = ()
     source_consents: tuple[Consent, ...] = ()
+
+    @classmethod
+    def from_profiles(
+        cls,
+        record: MergeRecord,
+        open_merges: tuple[MergeRecord, ...],
+        *,
+        target_live: bool,
+        source_live: bool,
+        target: CustomerProfile | None,
+        source: CustomerProfile | None,
+    ) -> UnmergeState:
+        """The state from both profiles as the provider read them WITH history (None: gone):
+        every field version and asset of any status, the identities and the consents."""
+
+        def versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
+            if profile is None:
+                return ()
+            return tuple(v for vs in profile.field_history.values() for v in vs)
+
+        return cls(
+            record=record,
+            open_merges=open_merges,
+            target_live=target_live,
+            source_live=source_live,
+            target_fields=versions(target),
+            source_fields=versions(source),
+            target_assets=tuple(target.asset_history) if target else (),
+            source_assets=tuple(source.asset_history) if source else (),
+            target_identities=tuple(target.channel_identities) if target else (),
+            source_identities=tuple(source.channel_identities) if source else (),
+            target_consents=tuple(target.consents) if target else (),
+            source_consents=tuple(source.consents) if source else (),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -342,13 +342,6 @@ def _consent(row: Mapping[str, Any]) -> Consent:
     )
 
 
-def _versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
-    """Every field version of ``profile`` (read with history), any status."""
-    if profile is None:
-        return ()
-    return tuple(v for versions in profile.field_history.values() for v in versions)
-
-
 def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
     return ProfileFieldDefinition.model_validate({col: row[col] for col in sql.DEFINITION_COLS})
 
@@ -1108,19 +1101,13 @@ class PostgresProfileStore(ProfileStore):
                     rows = await conn.fetch(sql.PROFILE_EXPORT, tenant_id, key)
                     sides[key] = _profile(rows, True) if rows else None
                 s_side, t_side = sides[source_id], sides[target_id]
-                state = UnmergeState(
-                    record=record,
-                    open_merges=tuple(MergeRecord.model_validate_json(r[0]) for r in others),
+                state = UnmergeState.from_profiles(
+                    record,
+                    tuple(MergeRecord.model_validate_json(r[0]) for r in others),
                     target_live=live.get(target_id, False),
                     source_live=live[source_id],
-                    target_fields=_versions(t_side),
-                    source_fields=_versions(s_side),
-                    target_assets=tuple(t_side.asset_history) if t_side else (),
-                    source_assets=tuple(s_side.asset_history) if s_side else (),
-                    target_identities=tuple(t_side.channel_identities) if t_side else (),
-                    source_identities=tuple(s_side.channel_identities) if s_side else (),
-                    target_consents=tuple(t_side.consents) if t_side else (),
-                    source_consents=tuple(s_side.consents) if s_side else (),
+                    target=t_side,
+                    source=s_side,
                 )
                 plan = plan_unmerge(state, self.now())
                 await conn.execute(

@@ -1106,24 +1106,13 @@ class SqliteProfileStore(ProfileStore):
                 )
             s_side, t_side = sides[source], sides[target]
 
-            def versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
-                if profile is None:
-                    return ()
-                return tuple(v for vs in profile.field_history.values() for v in vs)
-
-            state = UnmergeState(
-                record=record,
-                open_merges=tuple(MergeRecord.model_validate_json(r[0]) for r in others),
+            state = UnmergeState.from_profiles(
+                record,
+                tuple(MergeRecord.model_validate_json(r[0]) for r in others),
                 target_live=live.get(target, False),
                 source_live=live[source],
-                target_fields=versions(t_side),
-                source_fields=versions(s_side),
-                target_assets=tuple(t_side.asset_history) if t_side else (),
-                source_assets=tuple(s_side.asset_history) if s_side else (),
-                target_identities=tuple(t_side.channel_identities) if t_side else (),
-                source_identities=tuple(s_side.channel_identities) if s_side else (),
-                target_consents=tuple(t_side.consents) if t_side else (),
-                source_consents=tuple(s_side.consents) if s_side else (),
+                target=t_side,
+                source=s_side,
             )
             plan = plan_unmerge(state, self.now())
             stamp = ts(plan.now)
