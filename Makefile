@@ -5,11 +5,11 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-stamp
 PACKAGES := core providers/inmemory providers/sqlite providers/postgres providers/mongo \
-	contract_tests examples/thirdparty_provider
+	contract_tests examples/thirdparty_provider examples/redis_provider
 PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
 TEST_PATHS := core/tests providers/inmemory/tests providers/sqlite/tests \
 	providers/postgres/tests providers/mongo/tests contract_tests/tests \
-	examples/thirdparty_provider/tests
+	examples/thirdparty_provider/tests examples/redis_provider/tests
 
 .PHONY: venv demo test lint typecheck pytest services lock bench clean
 
@@ -36,7 +36,8 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy core/src providers/inmemory/src providers/sqlite/src \
-		providers/postgres/src providers/mongo/src contract_tests/src
+		providers/postgres/src providers/mongo/src contract_tests/src \
+		examples/redis_provider/src
 
 # pytest-xdist, PYTEST_WORKERS processes (2: our machines have 2 cores). --dist loadgroup
 # hands out tests one by one, except modules that share a private server (xdist_group),

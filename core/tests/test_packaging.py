@@ -19,6 +19,7 @@ DISTRIBUTIONS = [
     "providers/mongo",
     "contract_tests",
     "examples/thirdparty_provider",
+    "examples/redis_provider",
 ]
 
 
