@@ -13,6 +13,7 @@ from ccvault_contract_tests.suite_concurrency import ConcurrencyContract
 from ccvault_contract_tests.suite_edges import EdgesContract
 from ccvault_contract_tests.suite_expiry import ExpiryContract
 from ccvault_contract_tests.suite_fields import FieldsContract
+from ccvault_contract_tests.suite_identity_limits import IdentityLimitsContract
 from ccvault_contract_tests.suite_integrity import IntegrityContract
 from ccvault_contract_tests.suite_isolation import IsolationContract
 from ccvault_contract_tests.suite_lifecycle import LifecycleContract
@@ -52,6 +53,7 @@ class ProfileStoreContract(
     EdgesContract,
     UnmergeContract,
     ProvenanceContract,
+    IdentityLimitsContract,
 ):
     """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::
 

@@ -47,6 +47,7 @@ __all__ = [
     "check_field_name",
     "check_item_type",
     "check_json_payload",
+    "check_max_per_channel",
     "check_model",
     "check_optional_uuid",
     "check_read_fields",
@@ -269,6 +270,18 @@ def check_asset_name(value: object) -> str:
     """``value`` if it is a valid asset name (as a field name, at most 100 characters)."""
     if not (isinstance(value, str) and 0 < len(value) <= 100 and is_valid_field_name(value[:50])):
         raise errors.ValidationError(f"asset_name is not a valid name: {_shown(value)}")
+    return value
+
+
+def check_max_per_channel(value: object) -> int | None:
+    """``value`` if it is None (no limit) or an int (not a bool) from 1 to 100: the
+    ``max_per_channel`` of ``link_channel``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise errors.ValidationError(
+            f"max_per_channel must be None or an int from 1 to 100, got {_shown(value)}"
+        )
     return value
 
 

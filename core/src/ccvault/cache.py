@@ -1148,12 +1148,20 @@ class CachedProfileStore(ForwardingProfileStore):
     # =====================================================================================
 
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
+        # an identity evicted by max_per_channel leaves the profile's body, which is
+        # invalidated: its pointer may stay but is never followed (the body reached through
+        # it no longer carries that identity), so it resolves to nobody
         return await self._write(
             tenant_id,
             "link_channel",
-            super()._link_channel(tenant_id, profile_id, identity),
+            super()._link_channel(tenant_id, profile_id, identity, max_per_channel=max_per_channel),
             lambda linked: (
                 _Invalidation([self._body_key(tenant_id, profile_id)])
                 if linked

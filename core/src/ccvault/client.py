@@ -388,11 +388,17 @@ class RemoteProfileStore(ProfileStore):
         return bool(data["has_dependents"])
 
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
-        data = await self._call(
-            tenant_id, "POST", f"/v1/profiles/{profile_id}/channels", json=self._dump(identity)
-        )
+        body = self._dump(identity)
+        if max_per_channel is not None:
+            body["max_per_channel"] = max_per_channel
+        data = await self._call(tenant_id, "POST", f"/v1/profiles/{profile_id}/channels", json=body)
         return bool(data["linked"])
 
     async def _merge_profiles(

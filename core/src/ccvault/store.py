@@ -46,7 +46,8 @@ hook                                 contract
 ``_get_lineage_node``                one item as a lineage entry (for the default chain walk)
 ``_get_derived_items``               direct dependents, any status, oldest first
 ``_check_has_dependents``            any ACTIVE item derives from the id
-``_link_channel``                    atomic, race-free against concurrent links
+``_link_channel``                    atomic, race-free against concurrent links;
+                                     ``max_per_channel``: ``channel_eviction``, same step
 ``_merge_profiles``                  one atomic step; ``choose_winner`` decides conflicts;
                                      stores the merge log entry in the same step
 ``_unmerge``                         one atomic step: read, ``plan_unmerge``, apply
@@ -92,6 +93,7 @@ from ccvault.arguments import (
     check_field_name,
     check_item_type,
     check_json_payload,
+    check_max_per_channel,
     check_model,
     check_optional_uuid,
     check_read_fields,
@@ -677,7 +679,12 @@ class ProfileStore(ABC):
 
     @final
     async def link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
         """Link ``identity`` to the profile: True when newly linked, False when already there.
 
@@ -686,12 +693,24 @@ class ProfileStore(ABC):
         profile. Owned by another live profile:
         :class:`~ccvault.errors.IdentityConflictError`. Unknown or deleted profile:
         :class:`~ccvault.errors.NotFoundError`.
+
+        ``max_per_channel`` (None: no limit; else 1..100): when the new identity would be
+        one too many on its channel, the oldest (``created_at``, ties by channel user id)
+        that is neither primary nor verified is evicted and released in the same atomic
+        step; none evictable: :class:`~ccvault.errors.ConflictError`, nothing written
+        (:func:`ccvault.rules.identity.channel_eviction`).
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_uuid(profile_id, "profile_id")
         identity = _model(ChannelIdentity, identity, "identity")
+        max_per_channel = check_max_per_channel(max_per_channel)
         identity.primary = False
-        return await self._link_channel(tenant_id, profile_id, identity)
+        if max_per_channel is None:
+            # no limit: the hook is called as before the limit existed
+            return await self._link_channel(tenant_id, profile_id, identity)
+        return await self._link_channel(
+            tenant_id, profile_id, identity, max_per_channel=max_per_channel
+        )
 
     @final
     async def merge_profiles(
@@ -1339,9 +1358,19 @@ class ProfileStore(ABC):
 
     @abstractmethod
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
-        """As :meth:`link_channel`; race-free against concurrent links of one identity."""
+        """As :meth:`link_channel`; race-free against concurrent links of one identity.
+
+        ``max_per_channel`` (None: no limit): read the profile's identities inside the
+        atomic step, ask :func:`~ccvault.rules.identity.channel_eviction` which one the new
+        identity evicts, and remove (release) it and insert the new one in that one step;
+        concurrent limited links of one profile never leave more than the limit."""
 
     @abstractmethod
     async def _merge_profiles(
@@ -1603,9 +1632,18 @@ class ForwardingProfileStore(ProfileStore):
         return await self.inner._check_has_dependents(tenant_id, item_id)
 
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
-        return await self.inner._link_channel(tenant_id, profile_id, identity)
+        if max_per_channel is None:
+            return await self.inner._link_channel(tenant_id, profile_id, identity)
+        return await self.inner._link_channel(
+            tenant_id, profile_id, identity, max_per_channel=max_per_channel
+        )
 
     async def _merge_profiles(
         self,

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ccvault.models import (
     Channel,
+    ChannelIdentity,
     GapFillResult,
     ItemStatus,
     ItemType,
@@ -33,6 +34,7 @@ __all__ = [
     "IdentityLookup",
     "ItemCounts",
     "LineageStep",
+    "LinkChannelRequest",
     "Linked",
     "MergeRequest",
     "MissingFieldsRequest",
@@ -98,6 +100,14 @@ class IdentityLookup(_Body):
     include_history: bool = False
     #: statuses as stored (expiry not applied at read time)
     as_stored: bool = False
+
+
+class LinkChannelRequest(ChannelIdentity):
+    """A channel identity to link, with the optional per-channel limit of link_channel:
+    at the limit, the oldest identity of that channel that is neither primary nor verified
+    is evicted (none evictable: 409 ``conflict``)."""
+
+    max_per_channel: Annotated[int, Field(ge=1, le=100)] | None = None
 
 
 class MergeRequest(_Body):

@@ -159,9 +159,16 @@ class MyProfileStore(ProfileStore):
         raise NotImplementedError("_check_has_dependents")
 
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
-        """As :meth:`link_channel`; race-free against concurrent links of one identity."""
+        """As :meth:`link_channel`; race-free against concurrent links of one identity.
+        ``max_per_channel``: in the same atomic step, evict what
+        ``ccvault.rules.identity.channel_eviction`` says (see contract_tests/CHANGELOG.md)."""
         raise NotImplementedError("_link_channel")
 
     async def _merge_profiles(

@@ -38,7 +38,7 @@ from ccvault.models import (
     UnmergeResult,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
-from ccvault.rules.identity import link_outcome
+from ccvault.rules.identity import channel_eviction, link_outcome
 from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_merge
 from ccvault.rules.save import SaveState, StoredItem, identity_key, plan_save
 from ccvault.rules.unmerge import UnmergeState, plan_unmerge
@@ -525,7 +525,12 @@ class InMemoryProfileStore(ProfileStore):
     # -------------------------------------------------------------------------------------
 
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
         async with self._lock:
             tenant = self._tenant(tenant_id)
@@ -533,6 +538,17 @@ class InMemoryProfileStore(ProfileStore):
             key = (identity.channel, identity.channel_user_id)
             if not link_outcome(profile_id, tenant.identities.get(key), identity.channel):
                 return False
+            evicted = channel_eviction(
+                row.profile.channel_identities, identity.channel, max_per_channel
+            )
+            if evicted is not None:
+                # released as delete releases identities: it resolves to nobody
+                row.profile.channel_identities = [
+                    i
+                    for i in row.profile.channel_identities
+                    if (i.channel, i.channel_user_id) != (evicted.channel, evicted.channel_user_id)
+                ]
+                tenant.identities.pop((evicted.channel, evicted.channel_user_id), None)
             row.profile.channel_identities.append(identity.model_copy(deep=True))
             row.profile.updated_at = self.now()
             tenant.identities[key] = profile_id

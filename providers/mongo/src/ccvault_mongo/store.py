@@ -60,7 +60,7 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.rules.definitions import SchemaUpsert, plan_definition_save, plan_requirement_save
-from ccvault.rules.identity import link_outcome
+from ccvault.rules.identity import channel_eviction, identity_conflict, link_outcome
 from ccvault.rules.merge import MergeLogRequest, MergePlan, MergeSide, merge_record, plan_merge
 from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
 from ccvault.rules.unmerge import UnmergeState, plan_unmerge
@@ -1216,8 +1216,17 @@ class MongoProfileStore(ProfileStore):
     # =====================================================================================
 
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
+        if max_per_channel is not None:
+            return await self._link_channel_limited(
+                tenant_id, profile_id, identity, max_per_channel
+            )
         key = {
             "tenant_id": uid(tenant_id),
             "channel": identity.channel.value,
@@ -1240,6 +1249,71 @@ class MongoProfileStore(ProfileStore):
                 continue  # left by an interrupted delete: released, try again
             return link_outcome(profile_id, decode(owner["profile_id"]), identity.channel)
         raise errors.ConflictError("link_channel lost too many races; retry")
+
+    async def _link_channel_limited(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity, limit: int
+    ) -> bool:
+        """``link_channel`` with ``max_per_channel``: concurrent limited links of one profile
+        take turns (in a transaction: each claims the profile's write order, so they
+        conflict; standalone: under the profile's write lease), read its identities on the
+        channel, then claim the new identity (the unique index arbitrates against other
+        profiles) before the evicted one is released (deleted, as delete releases it)."""
+        t, p = uid(tenant_id), uid(profile_id)
+        channel = identity.channel.value
+
+        async def work(session: Any, seq: int) -> bool:
+            owner = await self._c("identities").find_one(
+                {"tenant_id": t, "channel": channel, "channel_user_id": identity.channel_user_id},
+                session=session,
+            )
+            if (
+                owner is not None
+                and session is None
+                and owner["profile_id"] != p
+                and await self._release_if_stale(tenant_id, owner)
+            ):
+                owner = None  # left by an interrupted delete: released
+            owner_id = None if owner is None else decode(owner["profile_id"])
+            if not link_outcome(profile_id, owner_id, identity.channel):
+                return False
+            held = [
+                _to_model(ChannelIdentity, d)
+                for d in await self._c("identities")
+                .find({"tenant_id": t, "profile_id": p, "channel": channel}, session=session)
+                .to_list(None)
+            ]
+            evicted = channel_eviction(held, identity.channel, limit)
+            try:
+                await self._c("identities").insert_one(
+                    self._identity_doc(tenant_id, profile_id, identity, seq), session=session
+                )
+            except DuplicateKeyError:
+                # another profile claimed it after the owner was read
+                raise identity_conflict(identity.channel) from None
+            if evicted is not None:
+                await self._c("identities").delete_one(
+                    {
+                        "tenant_id": t,
+                        "profile_id": p,
+                        "channel": channel,
+                        "channel_user_id": evicted.channel_user_id,
+                    },
+                    session=session,
+                )
+            return True
+
+        if self.transactions_enabled:
+
+            async def in_transaction(session: Any) -> bool:
+                seq = await self._claim_seq(tenant_id, profile_id, session)
+                return await work(session, seq)
+
+            return await self._atomic(in_transaction)
+        seq, token = await self._lock(tenant_id, profile_id)
+        try:
+            return await work(None, seq)
+        finally:
+            await self._unlock(tenant_id, profile_id, token)
 
     async def _merge_profiles(
         self,

@@ -265,6 +265,41 @@ SELECT EXISTS (SELECT 1 FROM p) AS found,
           AND NOT ci.released) AS owner
 """
 
+# link_channel with max_per_channel: one transaction that locks the profile (concurrent
+# limited links of one profile take turns), reads the identity's owner and the profile's
+# identities on the channel, then evicts (deletes, as save releases an unlisted identity)
+# and inserts
+LINK_LOCK_PROFILE = """
+SELECT id FROM customer_profiles
+WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+FOR UPDATE
+"""
+
+IDENTITY_OWNER = """
+SELECT profile_id FROM channel_identities
+WHERE tenant_id = $1 AND channel = $2 AND channel_user_id = $3 AND NOT released
+"""
+
+PROFILE_CHANNEL_IDENTITIES = """
+SELECT channel, channel_user_id, verified, verified_at, is_primary, created_at
+FROM channel_identities
+WHERE tenant_id = $1 AND profile_id = $2 AND channel = $3 AND NOT released
+"""
+
+EVICT_IDENTITY = """
+DELETE FROM channel_identities
+WHERE tenant_id = $1 AND profile_id = $2 AND channel = $3 AND channel_user_id = $4
+"""
+
+INSERT_IDENTITY = """
+INSERT INTO channel_identities
+    (tenant_id, profile_id, channel, channel_user_id, verified, verified_at, is_primary,
+     created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING
+RETURNING 1
+"""
+
 # ---------------------------------------------------------------------------------------
 # fields
 # ---------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
-from ccvault.rules.identity import link_outcome
+from ccvault.rules.identity import channel_eviction, link_outcome
 from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_merge
 from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
 from ccvault.rules.unmerge import UnmergeState, plan_unmerge
@@ -978,8 +978,18 @@ class PostgresProfileStore(ProfileStore):
     # =====================================================================================
 
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
+        if max_per_channel is not None:
+            return await self._link_channel_limited(
+                tenant_id, profile_id, identity, max_per_channel
+            )
+
         async def attempt(conn: asyncpg.Connection) -> bool:
             row = await conn.fetchrow(
                 sql.LINK_CHANNEL,
@@ -1003,6 +1013,62 @@ class PostgresProfileStore(ProfileStore):
             return link_outcome(profile_id, row["owner"], identity.channel)
 
         return await self._write(attempt, retry_if=lambda exc: isinstance(exc, _LinkRace))
+
+    async def _link_channel_limited(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity, limit: int
+    ) -> bool:
+        channel = identity.channel.value
+
+        async def attempt(conn: asyncpg.Connection) -> bool:
+            async with conn.transaction():
+                if await conn.fetchval(sql.LINK_LOCK_PROFILE, tenant_id, profile_id) is None:
+                    raise errors.NotFoundError(f"profile {profile_id} not found")
+                owner = await conn.fetchval(
+                    sql.IDENTITY_OWNER, tenant_id, channel, identity.channel_user_id
+                )
+                if not link_outcome(profile_id, owner, identity.channel):
+                    return False
+                held = [
+                    ChannelIdentity(
+                        channel=row["channel"],
+                        channel_user_id=row["channel_user_id"],
+                        verified=row["verified"],
+                        verified_at=row["verified_at"],
+                        primary=row["is_primary"],
+                        created_at=row["created_at"],
+                    )
+                    for row in await conn.fetch(
+                        sql.PROFILE_CHANNEL_IDENTITIES, tenant_id, profile_id, channel
+                    )
+                ]
+                evicted = channel_eviction(held, identity.channel, limit)
+                if evicted is not None:
+                    await conn.execute(
+                        sql.EVICT_IDENTITY,
+                        tenant_id,
+                        profile_id,
+                        channel,
+                        evicted.channel_user_id,
+                    )
+                inserted = await conn.fetchval(
+                    sql.INSERT_IDENTITY,
+                    tenant_id,
+                    profile_id,
+                    channel,
+                    identity.channel_user_id,
+                    identity.verified,
+                    identity.verified_at,
+                    identity.primary,
+                    identity.created_at,
+                )
+                if inserted is None:
+                    # another profile claimed it after the owner was read: undo, look again
+                    raise _LinkRace
+                return True
+
+        return await self._write(
+            attempt, retry_if=lambda exc: isinstance(exc, _LinkRace) or _is_race(exc)
+        )
 
     async def _merge_profiles(
         self,

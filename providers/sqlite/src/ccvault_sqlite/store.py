@@ -54,7 +54,7 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
-from ccvault.rules.identity import link_outcome
+from ccvault.rules.identity import channel_eviction, link_outcome
 from ccvault.rules.merge import (
     IdentityPlacement,
     MergeLogRequest,
@@ -926,7 +926,12 @@ class SqliteProfileStore(ProfileStore):
     # =====================================================================================
 
     async def _link_channel(
-        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
     ) -> bool:
         tenant, profile = str(tenant_id), str(profile_id)
 
@@ -942,6 +947,26 @@ class SqliteProfileStore(ProfileStore):
             owner = UUID(rows[0][0]) if rows else None
             if not link_outcome(profile_id, owner, identity.channel):
                 return False
+            if max_per_channel is not None:
+                # read in the write transaction (BEGIN IMMEDIATE): no concurrent link of
+                # this profile can slip in between the read and the writes
+                held = [
+                    codec.identity_from_row(row)
+                    for row in await conn.execute_fetchall(
+                        f"SELECT {IDENTITY_SELECT} FROM channel_identities "
+                        "WHERE tenant_id = ? AND profile_id = ? AND channel = ?",
+                        (tenant, profile, identity.channel.value),
+                    )
+                ]
+                evicted = channel_eviction(held, identity.channel, max_per_channel)
+                if evicted is not None:
+                    # released as delete releases identities: it leaves channel_identities
+                    # (a live profile does not keep it, so it is not in released_identities)
+                    await conn.execute(
+                        "DELETE FROM channel_identities WHERE tenant_id = ? AND profile_id = ? "
+                        "AND channel = ? AND channel_user_id = ?",
+                        (tenant, profile, evicted.channel.value, evicted.channel_user_id),
+                    )
             position = await self._next_position(conn, "channel_identities", tenant, profile)
             await conn.execute(
                 _INSERT_IDENTITY, (tenant, profile, position, *codec.identity_params(identity))

@@ -22,6 +22,7 @@ from ccvault.server.routes._common import AssetNameParam, FieldNameParam, check_
 from ccvault.server.schemas import (
     Deleted,
     IdentityLookup,
+    LinkChannelRequest,
     Linked,
     MergeRequest,
     MissingFieldsRequest,
@@ -245,10 +246,16 @@ async def get_asset(profile_id: UUID, asset_id: UUID, caller: Reader, store: Sto
 
 @router.post("/profiles/{profile_id}/channels", tags=["channels"])
 async def link_channel(
-    profile_id: UUID, body: ChannelIdentity, caller: Writer, store: Store
+    profile_id: UUID, body: LinkChannelRequest, caller: Writer, store: Store
 ) -> Linked:
-    """Link a (secondary) channel identity to the profile."""
-    return Linked(linked=await store.link_channel(caller.tenant_id, profile_id, body))
+    """Link a (secondary) channel identity to the profile; ``max_per_channel`` (optional,
+    1..100) evicts the oldest identity of that channel that is neither primary nor verified
+    when the new one would exceed it (none evictable: 409)."""
+    identity = ChannelIdentity.model_validate(body.model_dump(exclude={"max_per_channel"}))
+    linked = await store.link_channel(
+        caller.tenant_id, profile_id, identity, max_per_channel=body.max_per_channel
+    )
+    return Linked(linked=linked)
 
 
 @router.post("/profiles/merge", tags=["channels"])
