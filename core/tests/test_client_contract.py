@@ -55,6 +55,9 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
 class _RemoteContract(ProfileStoreContract):
     server_fixture = ""
+    # argument checks and requirement evaluation run in the client's own public layer, before
+    # any request: they test nothing of the server and already run for inmemory and the stack
+    core_rule_tests = False
 
     @pytest.fixture
     def server(self, request: pytest.FixtureRequest) -> ServerProcess:
