@@ -313,10 +313,17 @@ class ProvenanceContract(ContractBase):
         self, store: ProfileStore, tenant: UUID
     ) -> None:
         profile = await new_profile(store, tenant)
+        # one base instant: two ts() calls may straddle a millisecond and skew the lifetime
+        collected = ts(-3600)
         old = await store.update_field(
             tenant,
             profile.id,
-            make_field("otp", "1111", collected_at=ts(-3600), expires_at=ts(-1800)),
+            make_field(
+                "otp",
+                "1111",
+                collected_at=collected,
+                expires_at=collected + timedelta(seconds=1800),
+            ),
         )
         await store.update_field(tenant, profile.id, make_field("otp", "2222"))
         new = await store.revert_field(tenant, profile.id, "otp", old)
