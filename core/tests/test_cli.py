@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -18,14 +17,11 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 from click.testing import CliRunner
-from pydantic import BaseModel
 
 from ccvault import errors, registry
 from ccvault.cli import cli
 from ccvault.crypto import EncryptedProfileStore, Keyring, generate_key_entry, key_id_of
-from ccvault.hookspecs import ProviderSpec, hookimpl
 from ccvault.models import Channel, ProfileField, ProfileFieldDefinition
-from ccvault.store import ForwardingProfileStore, ProfileStore, StoreRules
 from ccvault_inmemory import InMemoryProfileStore
 
 PYTHON = sys.executable
@@ -55,35 +51,6 @@ COMMANDS = [
 # ---------------------------------------------------------------------------------------
 
 
-class _Shared(ForwardingProfileStore):
-    async def aclose(self) -> None:  # the shared database outlives each command
-        return None
-
-    async def setup(self) -> None:
-        return None
-
-
-class _SharedOptions(BaseModel):
-    pass
-
-
-class _SharedPlugin:
-    def __init__(self) -> None:
-        self.db = _RotatableInMemory()
-
-    @hookimpl
-    def ccvault_provider(self) -> ProviderSpec:
-        return ProviderSpec(
-            name="clitest",
-            distribution="ccvault-tests",
-            settings_model=_SharedOptions,
-            create_store=self._create,
-        )
-
-    def _create(self, options: BaseModel, rules: StoreRules) -> ProfileStore:
-        return _Shared(self.db)
-
-
 class _RotatableInMemory(InMemoryProfileStore):
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         return list(self._tenant(tenant_id).profiles)
@@ -102,10 +69,10 @@ class _RotatableInMemory(InMemoryProfileStore):
 
 
 @pytest.fixture
-def shared(monkeypatch: pytest.MonkeyPatch) -> Iterator[_SharedPlugin]:
-    plugin = _SharedPlugin()
-    monkeypatch.setitem(registry._loaded, "clitest", plugin.ccvault_provider())
-    yield plugin
+def shared(shared_provider: Any) -> Any:
+    """A provider "clitest" whose stores share one in-memory database that can also rewrite
+    payloads for rotate-keys (conftest.py): successive commands see each other's data."""
+    return shared_provider("clitest", _RotatableInMemory())
 
 
 @pytest.fixture
@@ -236,7 +203,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 # ---------------------------------------------------------------------------------------
 
 
-def test_migrate_and_expire(shared: _SharedPlugin, config: Path, key: str) -> None:
+def test_migrate_and_expire(shared: Any, config: Path, key: str) -> None:
     assert _invoke("-c", str(config), "migrate").exit_code == 0
     pid = asyncio.run(_seed(shared.db, key))
     from datetime import timedelta
@@ -257,7 +224,7 @@ def test_migrate_and_expire(shared: _SharedPlugin, config: Path, key: str) -> No
     assert "total: 0 field(s) expired in 1 tenant(s)" in again.output
 
 
-def test_profile_show_by_every_selector(shared: _SharedPlugin, config: Path, key: str) -> None:
+def test_profile_show_by_every_selector(shared: Any, config: Path, key: str) -> None:
     pid = asyncio.run(_seed(shared.db, key))
     customer = asyncio.run(shared.db.get_by_id(TENANT, pid))
     assert customer is not None
@@ -279,7 +246,7 @@ def test_profile_show_by_every_selector(shared: _SharedPlugin, config: Path, key
     assert json.loads(as_json.output)["fields"]["email"]["value"] == "ann@example.com"
 
 
-def test_profile_show_unknown_is_one_line_exit_3(shared: _SharedPlugin, config: Path) -> None:
+def test_profile_show_unknown_is_one_line_exit_3(shared: Any, config: Path) -> None:
     result = CliRunner().invoke(
         cli, ["-c", str(config), "profile", "show", "-t", str(TENANT), "-p", str(uuid4())]
     )
@@ -287,7 +254,7 @@ def test_profile_show_unknown_is_one_line_exit_3(shared: _SharedPlugin, config: 
     assert result.stderr.startswith("ccvault: error:") and result.stderr.count("\n") == 1
 
 
-def test_profile_selector_misuse_is_a_usage_error(shared: _SharedPlugin, config: Path) -> None:
+def test_profile_selector_misuse_is_a_usage_error(shared: Any, config: Path) -> None:
     result = CliRunner().invoke(cli, ["-c", str(config), "profile", "show", "-t", str(TENANT)])
     assert result.exit_code == 2
     bad = CliRunner().invoke(cli, ["-c", str(config), "profile", "show", "-t", "nope"])
@@ -295,7 +262,7 @@ def test_profile_selector_misuse_is_a_usage_error(shared: _SharedPlugin, config:
 
 
 def test_profile_export_writes_the_whole_decrypted_document(
-    shared: _SharedPlugin, config: Path, key: str, tmp_path: Path
+    shared: Any, config: Path, key: str, tmp_path: Path
 ) -> None:
     pid = asyncio.run(_seed(shared.db, key))
     out = tmp_path / "export.json"
@@ -322,7 +289,7 @@ def test_profile_export_writes_the_whole_decrypted_document(
     assert json.loads(to_stdout.output)["profile"]["id"] == str(pid)
 
 
-def test_profile_purge_erases_everything(shared: _SharedPlugin, config: Path, key: str) -> None:
+def test_profile_purge_erases_everything(shared: Any, config: Path, key: str) -> None:
     pid = asyncio.run(_seed(shared.db, key))
     refused = CliRunner().invoke(
         cli, ["-c", str(config), "profile", "purge", "-t", str(TENANT), "-p", str(pid)], input="n\n"
@@ -343,7 +310,7 @@ def test_profile_purge_erases_everything(shared: _SharedPlugin, config: Path, ke
 
 
 def test_rotate_keys_reencrypts_under_the_newest_key(
-    shared: _SharedPlugin, config: Path, key: str, monkeypatch: pytest.MonkeyPatch
+    shared: Any, config: Path, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pid = asyncio.run(_seed(shared.db, key))
     monkeypatch.setenv("PROFILE_PII_ENCRYPTION_KEY", f"{key},{generate_key_entry('k2')}")

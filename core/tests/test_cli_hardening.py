@@ -7,20 +7,16 @@ import asyncio
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 from click.testing import CliRunner
-from pydantic import BaseModel
 
-from ccvault import errors, registry
+from ccvault import errors
 from ccvault.cli import _one_line, cli
-from ccvault.hookspecs import ProviderSpec, hookimpl
 from ccvault.models import Channel, ProfileAsset, ProfileField
-from ccvault.store import ForwardingProfileStore, ProfileStore, StoreRules
 from ccvault_inmemory import InMemoryProfileStore
 
 TENANT = uuid4()
@@ -30,40 +26,10 @@ HOSTILE_VALUE = "[red]x[/] \x1b]0;pwned\x07\x1b[31mred\x1b[0m \u202egnp.exe\u202
 RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e", "\u2028", "\x00")
 
 
-class _Shared(ForwardingProfileStore):
-    async def aclose(self) -> None:
-        return None
-
-    async def setup(self) -> None:
-        return None
-
-
-class _Options(BaseModel):
-    pass
-
-
-class _Plugin:
-    def __init__(self) -> None:
-        self.db = InMemoryProfileStore()
-
-    @hookimpl
-    def ccvault_provider(self) -> ProviderSpec:
-        return ProviderSpec(
-            name="clihard",
-            distribution="ccvault-tests",
-            settings_model=_Options,
-            create_store=self._create,
-        )
-
-    def _create(self, options: BaseModel, rules: StoreRules) -> ProfileStore:
-        return _Shared(self.db)
-
-
 @pytest.fixture
-def shared(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Plugin]:
-    plugin = _Plugin()
-    monkeypatch.setitem(registry._loaded, "clihard", plugin.ccvault_provider())
-    yield plugin
+def shared(shared_provider: Any) -> Any:
+    """A provider "clihard" whose stores share one in-memory database (conftest.py)."""
+    return shared_provider("clihard")
 
 
 @pytest.fixture
@@ -99,7 +65,7 @@ def _run(*args: str) -> Any:
 
 
 def test_profile_show_renders_hostile_strings_as_plain_escaped_text(
-    shared: _Plugin, config: Path
+    shared: Any, config: Path
 ) -> None:
     pid = asyncio.run(_seed(shared.db))
     result = _run("-c", str(config), "profile", "show", "-t", str(TENANT), "-p", str(pid))
@@ -113,7 +79,7 @@ def test_profile_show_renders_hostile_strings_as_plain_escaped_text(
 
 
 def test_json_outputs_carry_no_raw_control_characters(
-    shared: _Plugin, config: Path, tmp_path: Path
+    shared: Any, config: Path, tmp_path: Path
 ) -> None:
     pid = asyncio.run(_seed(shared.db))
     shown = _run("-c", str(config), "profile", "show", "-t", str(TENANT), "-p", str(pid), "--json")
@@ -129,9 +95,7 @@ def test_json_outputs_carry_no_raw_control_characters(
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_export_file_is_private(
-    shared: _Plugin, config: Path, tmp_path: Path, existing: bool
-) -> None:
+def test_export_file_is_private(shared: Any, config: Path, tmp_path: Path, existing: bool) -> None:
     pid = asyncio.run(_seed(shared.db))
     out = tmp_path / "export.json"
     if existing:
@@ -158,7 +122,7 @@ def test_export_file_is_private(
     assert json.loads(out.read_text())["profile"]["id"] == str(pid)
 
 
-def test_a_mistyped_argument_is_not_echoed(shared: _Plugin, config: Path) -> None:
+def test_a_mistyped_argument_is_not_echoed(shared: Any, config: Path) -> None:
     result = _run("-c", str(config), "profile", "show", "-t", "ana.lopez@example.com", "-p", "x")
     assert result.exit_code == 2
     assert "not a UUID" in result.stderr and "ana.lopez@example.com" not in result.stderr
@@ -179,9 +143,7 @@ def test_a_bad_uuid_argument_is_not_echoed_by_the_store() -> None:
     assert "ana.lopez" not in str(raised.value)
 
 
-def test_export_to_a_pipe_leaves_the_pipe_alone(
-    shared: _Plugin, config: Path, tmp_path: Path
-) -> None:
+def test_export_to_a_pipe_leaves_the_pipe_alone(shared: Any, config: Path, tmp_path: Path) -> None:
     pid = asyncio.run(_seed(shared.db))
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo, 0o644)

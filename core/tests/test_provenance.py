@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
-from ccvault import registry
 from ccvault.cli import cli
-from ccvault.hookspecs import ProviderSpec, hookimpl
 from ccvault.models import ItemStatus, ProfileField, ProfileFieldSource, SourceType
 from ccvault.provenance import (
     Move,
@@ -31,8 +28,7 @@ from ccvault.provenance import (
     owner_at,
     plan_revert,
 )
-from ccvault.store import ForwardingProfileStore, ProfileStore, StoreRules, present_field
-from ccvault_inmemory import InMemoryProfileStore
+from ccvault.store import ProfileStore, present_field
 
 T0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
 TICK = timedelta(seconds=1)
@@ -237,40 +233,10 @@ def test_explain_names_reasons_merge_from_the_log_and_extractor_and_quote() -> N
 # ---------------------------------------------------------------------------------------
 
 
-class _Shared(ForwardingProfileStore):
-    async def aclose(self) -> None:
-        return None
-
-    async def setup(self) -> None:
-        return None
-
-
-class _Options(BaseModel):
-    pass
-
-
-class _Plugin:
-    def __init__(self) -> None:
-        self.db = InMemoryProfileStore()
-
-    @hookimpl
-    def ccvault_provider(self) -> ProviderSpec:
-        return ProviderSpec(
-            name="explaintest",
-            distribution="ccvault-tests",
-            settings_model=_Options,
-            create_store=self._create,
-        )
-
-    def _create(self, options: BaseModel, rules: StoreRules) -> ProfileStore:
-        return _Shared(self.db)
-
-
 @pytest.fixture
-def plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Plugin]:
-    found = _Plugin()
-    monkeypatch.setitem(registry._loaded, "explaintest", found.ccvault_provider())
-    yield found
+def plugin(shared_provider: Any) -> Any:
+    """A provider "explaintest" whose stores share one in-memory database (conftest.py)."""
+    return shared_provider("explaintest")
 
 
 @pytest.fixture
@@ -304,7 +270,7 @@ async def _seed(store: ProfileStore, tenant: UUID) -> tuple[UUID, UUID]:
     return profile.id, first
 
 
-def test_cli_explain_prints_plain_text_and_json(plugin: _Plugin, config: Path) -> None:
+def test_cli_explain_prints_plain_text_and_json(plugin: Any, config: Path) -> None:
     tenant = uuid4()
     profile_id, first = asyncio.run(_seed(plugin.db, tenant))
     args = ["-c", str(config), "profile", "explain", "-t", str(tenant), "-p", str(profile_id)]
@@ -321,7 +287,7 @@ def test_cli_explain_prints_plain_text_and_json(plugin: _Plugin, config: Path) -
     assert [r["reason"] for r in document["replaced"]] == ["update"]
 
 
-def test_cli_explain_unknown_field_is_exit_3(plugin: _Plugin, config: Path) -> None:
+def test_cli_explain_unknown_field_is_exit_3(plugin: Any, config: Path) -> None:
     tenant = uuid4()
     profile_id, _ = asyncio.run(_seed(plugin.db, tenant))
     result = CliRunner().invoke(
