@@ -38,7 +38,9 @@ hook                                 contract
 ``_update_field``                    atomic insert (+ supersede); one ACTIVE per name always
 ``_get_field``                       newest version with the *stored* status
 ``_get_field_history``               every version, newest first
-``_expire_stale_fields``             ACTIVE with ``expires_at <= now`` -> EXPIRED; the count
+``_expire_stale_fields_batch``       atomic: at most ``limit`` ACTIVE with ``expires_at <=
+                                     now`` -> EXPIRED; the count (core loops the batches)
+``_expire_stale_fields``             the former single-step form (either one is enough)
 ``_add_asset``                       atomic insert (+ supersede); one ACTIVE per name
 ``_get_asset``                       by id, any status
 ``_get_asset_by_name``               newest asset of that name and stored status
@@ -62,8 +64,14 @@ hook                                 contract
 ``_delete_scenario_requirements``    the count
 ``_purge_profile``                   atomic hard delete of the profile and all it owns
 ``_export_profile``                  live or soft-deleted, full history, or None
+``_find_subject_profiles``           every profile, live or soft-deleted, holding the
+                                     identity (released too) or the customer id
+``_erase_subject``                   atomic hard delete of several profiles, refused
+                                     (ConflictError) when their merge log changed
 ``_delete_item``                     atomic check-and-delete (DependentsError)
-``_mark_orphans``                    items whose source is gone -> ORPHANED; the count
+``_mark_orphans_batch``              atomic: at most ``limit`` items whose source is gone
+                                     -> ORPHANED; the count (core loops the batches)
+``_mark_orphans``                    the former single-step form (either one is enough)
 ``_list_tenant_ids``                 any order
 ``_count_items_by_status``           ``{"fields": {...}, "assets": {...}}``
 ``_list_profile_ids``                live and soft-deleted, any order
@@ -85,6 +93,12 @@ from typing import Any, Self, final
 from uuid import UUID, uuid4
 
 from ccvault import errors, metrics, provenance
+from ccvault.batches import (
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    ProgressCallback,
+    run_batches,
+)
 from ccvault.arguments import (
     check_asset_name,
     check_bool,
@@ -103,6 +117,7 @@ from ccvault.arguments import (
     check_timestamp,
     check_uuid,
 )
+from ccvault.migration import MigrationReport, SchemaStatus
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -118,6 +133,16 @@ from ccvault.models import (
     SourceType,
     UnmergeResult,
     utcnow,
+)
+from ccvault.rules.erasure import (
+    ErasurePlan,
+    ErasureReport,
+    SubjectKey,
+    SubjectState,
+    erasure_report,
+    next_lookups,
+    plan_erasure,
+    subject_profile,
 )
 from ccvault.rules.merge import (
     MergeLogRequest,
@@ -249,6 +274,70 @@ async def _provenance_log(
     return sorted(records.values(), key=lambda r: r.merged_at), profiles
 
 
+# erasure by data subject: the closure of ccvault.rules.erasure, driven over hooks (module
+# functions, not hooks: they run over the outermost store's hooks)
+
+
+async def _resolve_subject(
+    store: ProfileStore, tenant_id: UUID, key: SubjectKey
+) -> tuple[ErasurePlan, dict[UUID, CustomerProfile], list[MergeRecord]]:
+    """Read the subject's closure (:func:`~ccvault.rules.erasure.next_lookups`) and plan its
+    erasure; also the profiles read (full history) and the merge log entries."""
+    state = SubjectState()
+    exported: dict[UUID, CustomerProfile] = {}
+
+    async def reach(profile_ids: list[UUID]) -> None:
+        for profile_id in profile_ids:
+            state.profiles_read.add(profile_id)
+            if profile_id in state.profiles:
+                continue
+            found = await store._export_profile(tenant_id, profile_id)
+            if found is None:
+                continue
+            live = await store._get_by_id(tenant_id, profile_id, False) is not None
+            exported[profile_id] = found
+            state.profiles[profile_id] = subject_profile(found, live=live)
+
+    async def by_customer(customer_id: UUID) -> None:
+        state.customer_ids_read.add(customer_id)
+        await reach(await store._find_subject_profiles(tenant_id, None, None, customer_id))
+
+    if key.profile_id is not None:
+        await reach([key.profile_id])
+    elif key.customer_id is not None:
+        await by_customer(key.customer_id)
+    else:
+        await reach(
+            await store._find_subject_profiles(tenant_id, key.channel, key.channel_user_id, None)
+        )
+    # every round reads something not read before, and next_lookups refuses a closure past
+    # MAX_SUBJECT_PROFILES: the loop is bounded
+    while lookups := next_lookups(state):
+        for profile_id in sorted(lookups.merge_logs_of, key=lambda u: u.int):
+            state.merge_logs_read.add(profile_id)
+            state.add_merges(await _merge_log_if_kept(store, tenant_id, profile_id))
+        await reach(sorted(lookups.profile_ids, key=lambda u: u.int))
+        for customer_id in sorted(lookups.customer_ids, key=lambda u: u.int):
+            await by_customer(customer_id)
+    plan = plan_erasure(state.profiles, state.merges.values())
+    merges = sorted(
+        (state.merges[merge_id] for merge_id in plan.merge_ids),
+        key=lambda r: (r.merged_at, r.id.int),
+    )
+    return plan, exported, merges
+
+
+def _subject_key(
+    channel: object, channel_user_id: object, customer_id: object, profile_id: object
+) -> SubjectKey:
+    return SubjectKey(
+        channel=None if channel is None else _channel(channel),
+        channel_user_id=None if channel_user_id is None else _channel_user_id(channel_user_id),
+        customer_id=check_optional_uuid(customer_id, "customer_id"),
+        profile_id=check_optional_uuid(profile_id, "profile_id"),
+    )
+
+
 async def _versions_as_of(
     store: ProfileStore, tenant_id: UUID, profile_id: UUID, at: datetime
 ) -> tuple[CustomerProfile, dict[str, ProfileField]]:
@@ -331,7 +420,35 @@ class ProfileStore(ABC):
     # =====================================================================================
 
     async def setup(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Create or migrate the storage schema. Idempotent, safe with concurrent starters."""
+        """Connect and check that the storage is ready. Idempotent, safe with concurrent
+        starters. Never changes the schema (unless a provider setting such as
+        ``migrate_on_start`` says so): a missing or older schema raises
+        :class:`~ccvault.errors.SchemaNotReadyError`, a newer one
+        :class:`~ccvault.errors.SchemaVersionError` (see :mod:`ccvault.migration`)."""
+
+    async def schema_status(self) -> SchemaStatus:
+        """Where the storage schema stands (current, latest, pending steps). Reads only.
+
+        Callable on an unopened store (it then connects for the call and disconnects), so
+        ``ccvault migrate --status`` and ``config check`` work against a schema ``setup()``
+        refuses. The default, for a provider without a schema: version 0 of 0, up to date.
+        """
+        return SchemaStatus(current=0, latest=0)
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Apply every pending schema step, in order; return what was applied.
+
+        The ONLY path that changes the schema. Callable on an unopened store (it connects
+        for the call). Idempotent, and safe when several migrators run at once (a provider
+        serializes them, e.g. under a lock: the second finds nothing left and reports no
+        step applied). Each run is atomic where the storage allows it: a failure leaves the
+        schema at its previous version. A schema newer than this code:
+        :class:`~ccvault.errors.SchemaVersionError`, nothing changed. ``dry_run``: nothing
+        is changed; the report lists the steps (with their statements) that would run.
+        The default, for a provider without a schema: nothing to do.
+        """
+        status = await self.schema_status()
+        return MigrationReport(applied=(), status=status, dry_run=dry_run)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release pools and connections. Idempotent."""
@@ -560,14 +677,43 @@ class ProfileStore(ABC):
         return [present_field(version, now) for version in versions]
 
     @final
-    async def expire_stale_fields(self, tenant_id: UUID, profile_id: UUID | None = None) -> int:
+    async def expire_stale_fields(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID | None = None,
+        *,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+        estimated_total: int | None = None,
+    ) -> int:
         """Mark every ACTIVE field past ``expires_at`` EXPIRED; return how many were marked.
 
-        ``profile_id=None`` sweeps the whole tenant. A second call returns 0.
+        ``profile_id=None`` sweeps the whole tenant. A second call returns 0. The work is
+        done in batches of at most ``batch_size`` rows (default
+        :data:`~ccvault.batches.DEFAULT_BATCH_SIZE`), each its own transaction
+        (:mod:`ccvault.batches`): however large the tenant, no statement grows with it, and
+        a run cut short (crash, timeout) leaves every finished batch done; running it again
+        continues. ``progress`` is called after every batch with a
+        :class:`~ccvault.batches.BatchProgress` (``estimated_total``, when given, yields an
+        ETA). Every field due at the call's instant is covered.
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_optional_uuid(profile_id, "profile_id")
-        return await self._expire_stale_fields(tenant_id, profile_id, self.now())
+        limit = _batch_size(batch_size)
+        total = _estimated_total(estimated_total)
+        now = self.now()
+
+        async def batch(size: int) -> int:
+            return await self._expire_stale_fields_batch(tenant_id, profile_id, now, size)
+
+        return await run_batches(
+            "expire",
+            tenant_id,
+            batch,
+            batch_size=limit,
+            progress=progress,
+            estimated_total=total,
+        )
 
     # =====================================================================================
     # assets
@@ -989,6 +1135,111 @@ class ProfileStore(ABC):
         }
 
     @final
+    async def find_subject(
+        self,
+        tenant_id: UUID,
+        *,
+        channel: Channel | None = None,
+        channel_user_id: str | None = None,
+        customer_id: UUID | None = None,
+        profile_id: UUID | None = None,
+    ) -> ErasureReport:
+        """What :meth:`erase_subject` would erase for this data subject; erases nothing.
+
+        The same report as ``erase_subject(..., dry_run=True)``. The subject is named by
+        exactly one of ``channel`` + ``channel_user_id``, ``customer_id``, ``profile_id``;
+        who it reaches is the rule of :mod:`ccvault.rules.erasure`. Nobody:
+        :class:`~ccvault.errors.NotFoundError`.
+        """
+        return await self.erase_subject(
+            tenant_id,
+            channel=channel,
+            channel_user_id=channel_user_id,
+            customer_id=customer_id,
+            profile_id=profile_id,
+            dry_run=True,
+        )
+
+    @final
+    async def erase_subject(
+        self,
+        tenant_id: UUID,
+        *,
+        channel: Channel | None = None,
+        channel_user_id: str | None = None,
+        customer_id: UUID | None = None,
+        profile_id: UUID | None = None,
+        dry_run: bool = False,
+    ) -> ErasureReport:
+        """Erase everything held about one data subject (right to erasure); the report.
+
+        The subject (exactly one of ``channel`` + ``channel_user_id``, ``customer_id``,
+        ``profile_id``) reaches every profile that identity or customer id ever belonged
+        to: live, soft-deleted (released identities too), merged away, and the targets of
+        its merges, whole (:mod:`ccvault.rules.erasure` states the rule and why). All of
+        them are hard-deleted in one atomic step with their field versions, assets,
+        identities, consents and the merge log entries naming them; the cache drops every
+        entry of them. The plan is checked in that step: if a merge touching them happened
+        since it was read, nothing is written and the subject is read again (at most three
+        times, then :class:`~ccvault.errors.ConflictError`).
+
+        ``dry_run``: the same report, nothing erased. The report holds ids and counts,
+        never personal data. Nobody found: :class:`~ccvault.errors.NotFoundError`.
+        """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        key = _subject_key(channel, channel_user_id, customer_id, profile_id)
+        dry_run = _bool(dry_run, "dry_run")
+        for _attempt in range(3):
+            plan, _, _ = await _resolve_subject(self, tenant_id, key)
+            if not plan.profiles:
+                raise errors.NotFoundError(f"no profile of this subject in tenant {tenant_id}")
+            if dry_run:
+                return erasure_report(tenant_id, plan, dry_run=True)
+            try:
+                await self._erase_subject(tenant_id, list(plan.profile_ids), list(plan.merge_ids))
+            except errors.ConflictError:
+                continue  # a merge changed the subject since the read: read it again
+            return erasure_report(tenant_id, plan, dry_run=False)
+        raise errors.ConflictError("the subject kept changing during erasure; retry")
+
+    @final
+    async def export_subject(
+        self,
+        tenant_id: UUID,
+        *,
+        channel: Channel | None = None,
+        channel_user_id: str | None = None,
+        customer_id: UUID | None = None,
+        profile_id: UUID | None = None,
+    ) -> dict[str, Any]:
+        """Everything held about one data subject, as one JSON-ready dict (portability).
+
+        Covers exactly the profiles :meth:`erase_subject` would erase (live, soft-deleted,
+        merged away, merge targets), each with its full history, and the merge log entries
+        touching them. Nobody found: :class:`~ccvault.errors.NotFoundError`.
+        """
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        key = _subject_key(channel, channel_user_id, customer_id, profile_id)
+        plan, exported, merges = await _resolve_subject(self, tenant_id, key)
+        if not plan.profiles:
+            raise errors.NotFoundError(f"no profile of this subject in tenant {tenant_id}")
+        now = self.now()
+        return {
+            "format": "ccvault.subject-export/1",
+            "exported_at": now.isoformat(),
+            "profiles": [
+                {
+                    "kind": planned.kind.value,
+                    "profile": present_profile(exported[planned.profile_id], now).model_dump(
+                        mode="json"
+                    ),
+                }
+                for planned in plan.profiles
+            ],
+            "merge_log": [record.model_dump(mode="json") for record in merges],
+        }
+
+    @final
     async def delete_item(self, tenant_id: UUID, item_id: UUID, item_type: str) -> bool:
         """Hard-delete one field version or asset; True if it existed.
 
@@ -1001,10 +1252,34 @@ class ProfileStore(ABC):
         return await self._delete_item(tenant_id, item_id, kind)
 
     @final
-    async def mark_orphans(self, tenant_id: UUID) -> int:
-        """Mark ORPHANED every non-orphaned item whose field/asset source no longer exists."""
+    async def mark_orphans(
+        self,
+        tenant_id: UUID,
+        *,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+        estimated_total: int | None = None,
+    ) -> int:
+        """Mark ORPHANED every non-orphaned item whose field/asset source no longer exists;
+        return how many were marked. In batches of at most ``batch_size`` items, each its
+        own transaction, resumable, with ``progress`` after every batch: as
+        :meth:`expire_stale_fields`."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
-        return await self._mark_orphans(tenant_id)
+        limit = _batch_size(batch_size)
+        total = _estimated_total(estimated_total)
+        now = self.now()
+
+        async def batch(size: int) -> int:
+            return await self._mark_orphans_batch(tenant_id, now, size)
+
+        return await run_batches(
+            "mark_orphans",
+            tenant_id,
+            batch,
+            batch_size=limit,
+            progress=progress,
+            estimated_total=total,
+        )
 
     @final
     async def list_tenant_ids(self) -> list[UUID]:
@@ -1288,11 +1563,46 @@ class ProfileStore(ABC):
     ) -> list[ProfileField]:
         """Every version, newest ``collected_at`` first, ties newest write first."""
 
-    @abstractmethod
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
+    ) -> int:
+        """One batch of :meth:`expire_stale_fields`, atomic: set EXPIRED (and ``updated_at =
+        now``) on at most ``limit`` ACTIVE fields with ``expires_at <= now`` (of
+        ``profile_id`` only, unless None); return how many. Fewer than ``limit`` means none
+        was left due, apart from rows another transaction holds (a provider may skip rows
+        locked by a concurrent writer: that writer settles them). Core calls it until a
+        batch returns less than ``limit``; nothing may span two calls.
+
+        The default, for providers written before batching, does the whole sweep in one
+        step with :meth:`_expire_stale_fields` (and returns its count, which ends the loop
+        at the latest on the next call); a provider implements one or the other.
+        """
+        if type(self)._expire_stale_fields is ProfileStore._expire_stale_fields:
+            raise NotImplementedError(
+                f"{type(self).__qualname__} implements neither _expire_stale_fields_batch "
+                "nor _expire_stale_fields"
+            )
+        return await self._expire_stale_fields(tenant_id, profile_id, now)
+
     async def _expire_stale_fields(
         self, tenant_id: UUID, profile_id: UUID | None, now: datetime
     ) -> int:
-        """Set EXPIRED on every ACTIVE field with ``expires_at <= now``; return the count."""
+        """Set EXPIRED on every ACTIVE field with ``expires_at <= now``; return the count.
+
+        The single-step form of :meth:`_expire_stale_fields_batch`, kept for providers
+        written before batching (core no longer calls it). The default runs the batch hook
+        until nothing is due, in batches of :data:`~ccvault.batches.DEFAULT_BATCH_SIZE`.
+        """
+        if type(self)._expire_stale_fields_batch is ProfileStore._expire_stale_fields_batch:
+            raise NotImplementedError(
+                f"{type(self).__qualname__} implements neither _expire_stale_fields_batch "
+                "nor _expire_stale_fields"
+            )
+
+        async def batch(size: int) -> int:
+            return await self._expire_stale_fields_batch(tenant_id, profile_id, now, size)
+
+        return await run_batches("expire", tenant_id, batch, batch_size=DEFAULT_BATCH_SIZE)
 
     @abstractmethod
     async def _add_asset(
@@ -1452,10 +1762,42 @@ class ProfileStore(ABC):
         """Hard-delete one item; DependentsError if an ACTIVE item derives from it, checked
         in the same atomic step as the delete."""
 
-    @abstractmethod
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+        """One batch of :meth:`mark_orphans`, atomic: at most ``limit`` items (fields and
+        assets together, not already ORPHANED) whose profile_field/profile_asset source is
+        gone become ORPHANED (fields also get ``updated_at = now``); return how many. Fewer
+        than ``limit`` means no orphan was left unmarked, apart from rows another
+        transaction holds. Core calls it until a batch returns less than ``limit``.
+
+        The default, for providers written before batching, marks them all in one step with
+        :meth:`_mark_orphans`; a provider implements one or the other.
+        """
+        if type(self)._mark_orphans is ProfileStore._mark_orphans:
+            raise NotImplementedError(
+                f"{type(self).__qualname__} implements neither _mark_orphans_batch "
+                "nor _mark_orphans"
+            )
+        return await self._mark_orphans(tenant_id)
+
     async def _mark_orphans(self, tenant_id: UUID) -> int:
         """Items (not already ORPHANED) whose profile_field/profile_asset source is gone
-        become ORPHANED; return how many."""
+        become ORPHANED; return how many.
+
+        The single-step form of :meth:`_mark_orphans_batch`, kept for providers written
+        before batching (core no longer calls it). The default runs the batch hook until
+        nothing is left, in batches of :data:`~ccvault.batches.DEFAULT_BATCH_SIZE`.
+        """
+        if type(self)._mark_orphans_batch is ProfileStore._mark_orphans_batch:
+            raise NotImplementedError(
+                f"{type(self).__qualname__} implements neither _mark_orphans_batch "
+                "nor _mark_orphans"
+            )
+        now = self.now()
+
+        async def batch(size: int) -> int:
+            return await self._mark_orphans_batch(tenant_id, now, size)
+
+        return await run_batches("mark_orphans", tenant_id, batch, batch_size=DEFAULT_BATCH_SIZE)
 
     @abstractmethod
     async def _list_tenant_ids(self) -> list[UUID]:
@@ -1504,6 +1846,59 @@ class ProfileStore(ABC):
         the default raises NotImplementedError."""
         raise NotImplementedError("_get_tenant_field_definitions")
 
+    async def _find_subject_profiles(
+        self,
+        tenant_id: UUID,
+        channel: Channel | None,
+        channel_user_id: str | None,
+        customer_id: UUID | None,
+    ) -> list[UUID]:
+        """Ids of every profile, live or soft-deleted, that holds the identity (``channel``
+        and ``channel_user_id``; a soft-deleted profile's released identities count) or,
+        when those are None, has ``customer_id``; any order. The arguments come in the
+        shape of :meth:`_get_by_channel_identity`'s (a wrapper transforming the identity of
+        that lookup transforms these the same way).
+
+        This default scans the tenant through :meth:`_list_profile_ids` and
+        :meth:`_export_profile` (which must list a soft-deleted profile's released
+        identities); a provider answers it from an index instead."""
+        found: list[UUID] = []
+        for profile_id in await self._list_profile_ids(tenant_id):
+            held = await self._export_profile(tenant_id, profile_id)
+            if held is None:
+                continue
+            if channel is None:
+                if held.customer_id == customer_id:
+                    found.append(profile_id)
+            elif any(
+                i.channel == channel and i.channel_user_id == channel_user_id
+                for i in held.channel_identities
+            ):
+                found.append(profile_id)
+        return found
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        """Hard-delete the profiles (live or soft-deleted) with all they own, and every merge
+        log entry whose source or target is one of them, in one atomic step; return how
+        many profiles were deleted. ``merge_ids``: the entries touching them when the plan
+        was read; if the stored set differs (a merge or unmerge happened since), raise
+        :class:`~ccvault.errors.ConflictError` with nothing written. A provider with files
+        (SQLite) also leaves no copy in its journal (WAL checkpoint).
+
+        This default checks the merge log, then calls :meth:`_purge_profile` per profile:
+        correct, but not one atomic step; providers override it."""
+        stored: set[UUID] = set()
+        for profile_id in profile_ids:
+            stored.update(r.id for r in await _merge_log_if_kept(self, tenant_id, profile_id))
+        if stored != set(merge_ids):
+            raise errors.ConflictError("the merge log of the subject changed")
+        erased = 0
+        for profile_id in profile_ids:
+            erased += await self._purge_profile(tenant_id, profile_id)
+        return erased
+
 
 def lineage_target(source_type: SourceType | None) -> ItemType | None:
     """The item type a lineage link points at, or None when the chain ends there."""
@@ -1515,6 +1910,30 @@ def lineage_target(source_type: SourceType | None) -> ItemType | None:
 
 
 _lineage_target = lineage_target  # the former name
+
+
+def _batch_size(value: object) -> int:
+    """``value`` as the rows per batch of a bulk job: None (the default) or an int (not a
+    bool) from 1 to :data:`~ccvault.batches.MAX_BATCH_SIZE`."""
+    if value is None:
+        return DEFAULT_BATCH_SIZE
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_SIZE:
+        raise errors.ValidationError(
+            f"batch_size must be None or an int from 1 to {MAX_BATCH_SIZE}, got "
+            + (str(value) if isinstance(value, int) else type(value).__name__)
+        )
+    return value
+
+
+def _estimated_total(value: object) -> int | None:
+    """``value`` as a bulk job's estimated size: None or an int (not a bool) >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise errors.ValidationError(
+            f"estimated_total must be None or an int >= 0, got {type(value).__name__}"
+        )
+    return value
 
 
 class ForwardingProfileStore(ProfileStore):
@@ -1548,6 +1967,12 @@ class ForwardingProfileStore(ProfileStore):
 
     async def setup(self) -> None:
         await self.inner.setup()
+
+    async def schema_status(self) -> SchemaStatus:
+        return await self.inner.schema_status()
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        return await self.inner.migrate(dry_run=dry_run)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -1597,6 +2022,11 @@ class ForwardingProfileStore(ProfileStore):
         self, tenant_id: UUID, profile_id: UUID | None, now: datetime
     ) -> int:
         return await self.inner._expire_stale_fields(tenant_id, profile_id, now)
+
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
+    ) -> int:
+        return await self.inner._expire_stale_fields_batch(tenant_id, profile_id, now, limit)
 
     async def _add_asset(
         self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
@@ -1694,11 +2124,30 @@ class ForwardingProfileStore(ProfileStore):
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
         return await self.inner._export_profile(tenant_id, profile_id)
 
+    async def _find_subject_profiles(
+        self,
+        tenant_id: UUID,
+        channel: Channel | None,
+        channel_user_id: str | None,
+        customer_id: UUID | None,
+    ) -> list[UUID]:
+        return await self.inner._find_subject_profiles(
+            tenant_id, channel, channel_user_id, customer_id
+        )
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        return await self.inner._erase_subject(tenant_id, profile_ids, merge_ids)
+
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         return await self.inner._delete_item(tenant_id, item_id, item_type)
 
     async def _mark_orphans(self, tenant_id: UUID) -> int:
         return await self.inner._mark_orphans(tenant_id)
+
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+        return await self.inner._mark_orphans_batch(tenant_id, now, limit)
 
     async def _list_tenant_ids(self) -> list[UUID]:
         return await self.inner._list_tenant_ids()
