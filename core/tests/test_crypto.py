@@ -17,6 +17,7 @@ from ccvault.crypto import (
     PII_REGISTRY_AGENT_ID,
     EncryptedProfileStore,
     Keyring,
+    RotationProgress,
     generate_key_entry,
     key_id_of,
 )
@@ -406,11 +407,14 @@ async def test_rotation_reencrypts_every_version_under_the_newest_key(
 
     k2 = f"k2:{_key()}"
     new = EncryptedProfileStore(inner, Keyring.parse(f"{k1},{k2}"))
-    seen: list[UUID] = []
-    reports = await new.rotate_keys(progress=lambda t, p, n: seen.append(p))
+    seen: list[RotationProgress] = []
+    reports = await new.rotate_keys(progress=seen.append, batch_size=2)
     assert sum(r.profiles for r in reports) == 7
     assert sum(r.rewritten for r in reports) == 6 * 3 + 1
-    assert len(seen) == 7
+    # one progress report per batch of at most 2 profiles, the last one complete
+    assert 4 <= len(seen) <= 7
+    assert seen[-1].profiles_done == seen[-1].profiles_total == 7
+    assert seen[-1].rewritten == 6 * 3 + 1 and seen[-1].failed == 0
     # every version, every part, is now under k2 ...
     for tenant in tenants:
         for pid in await inner.list_profile_ids(tenant):

@@ -25,23 +25,25 @@ from stat import S_ISREG
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
-import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
-from rich.text import Text
-
 from ccvault import errors
+from ccvault.extras import requires_extra
 from ccvault.models import Channel, CustomerProfile
 from ccvault.settings import SYSTEM_CONFIG, VaultSettings, embedded_settings, load_settings
 from ccvault.store import ProfileStore
+
+with requires_extra("cli", "The ccvault command"):
+    import click
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+    from rich.text import Text
 
 __all__ = ["EXIT_CODES", "cli", "main"]
 
@@ -59,7 +61,8 @@ EXIT_UNAVAILABLE = 7
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "ok",
-    EXIT_ERROR: "error (any other failure: storage, encryption, a failed tenant...)",
+    EXIT_ERROR: "error (any other failure: storage, encryption, a failed tenant, rotate-keys "
+    "completed with errors...)",
     EXIT_USAGE: "usage (bad option or argument)",
     EXIT_NOT_FOUND: "not found (profile, item, definition)",
     EXIT_CONFLICT: "conflict (identity taken, active field exists, dependents)",
@@ -496,7 +499,8 @@ async def redis_problem(settings: VaultSettings) -> tuple[str, str] | None:
     """Why the configured Redis cannot serve as the cache — ``("auth", reason)``,
     ``("unavailable", reason)`` — or None when it answers PING. Reasons name the masked URL
     and the error type, never a password."""
-    from redis import exceptions as redis_errors
+    with requires_extra("cache", "Checking the Redis cache"):
+        from redis import exceptions as redis_errors
 
     config = settings.redis
     where = config.url.masked()
@@ -938,11 +942,22 @@ def metrics_command(ctx: click.Context, refresh_seconds: float | None) -> None:
 
 @cli.command("rotate-keys")
 @click.option("--tenant", "-t", type=UUID_TYPE, multiple=True, help="Only this tenant (repeat).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Profiles per step (progress is reported after each).",
+)
 @click.pass_context
-def rotate_keys(ctx: click.Context, tenant: tuple[UUID, ...]) -> None:
+def rotate_keys(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int) -> None:
     """Re-encrypt every PII value (every version of every profile) under the current key,
-    the last entry of the keyring; also seals PII values still stored in plaintext."""
-    from ccvault.crypto import EncryptedProfileStore
+    the last entry of the keyring; also seals PII values still stored in plaintext.
+
+    Shows profiles done, rate and ETA on stderr. A field version that cannot be decrypted
+    is named (tenant, profile, item, key id; never a value) and skipped, the run goes on,
+    and the command exits 1 "completed with errors" after printing its report."""
+    from ccvault.crypto import EncryptedProfileStore, RotationProgress, RotationReport
 
     settings = _settings(ctx)
     if not settings.profile.auto_encrypt_pii:
@@ -951,29 +966,73 @@ def rotate_keys(ctx: click.Context, tenant: tuple[UUID, ...]) -> None:
             "profile.pii_encryption_key_id"
         )
 
-    async def work(store: ProfileStore) -> tuple[str, int, int]:
+    async def work(store: ProfileStore) -> tuple[str, list[RotationReport]]:
         assert isinstance(store, EncryptedProfileStore)
         tenants = await _tenants(store, tenant)
-        profiles = 0
-        rewritten = 0
         with _progress(_err_console()) as progress:
             task = progress.add_task(
-                f"re-encrypting under key {store.keyring.current!r}", total=len(tenants)
+                f"re-encrypting under key {store.keyring.current!r}", total=None
             )
-            for tenant_id in tenants:
-                for report in await store.rotate_keys([tenant_id]):
-                    profiles += report.profiles
-                    rewritten += report.rewritten
-                progress.advance(task)
-        return store.keyring.current, profiles, rewritten
 
-    current, profiles, rewritten = _run(_with_store(settings, work))
+            def report_progress(state: RotationProgress) -> None:
+                eta = "?" if state.eta_seconds is None else f"{state.eta_seconds:.0f}s"
+                progress.update(
+                    task,
+                    completed=state.profiles_done,
+                    total=state.profiles_total,
+                    description=(
+                        f"re-encrypting under key {store.keyring.current!r}: "
+                        f"{state.rewritten} rewritten, {state.failed} failed, "
+                        f"{state.rate:.0f} profiles/s, ETA {eta}"
+                    ),
+                )
+
+            reports = await store.rotate_keys(
+                tenants, progress=report_progress, batch_size=batch_size
+            )
+        return store.keyring.current, reports
+
+    current, reports = _run(_with_store(settings, work))
+    profiles = sum(report.profiles for report in reports)
+    rewritten = sum(report.rewritten for report in reports)
+    failures = [failure for report in reports for failure in report.failures]
     if _wants_json(ctx):
-        _echo_json({"key_id": current, "profiles": profiles, "rewritten": rewritten})
-        return
-    click.echo(
-        f"re-encrypted {rewritten} field version(s) in {profiles} profile(s) under key {current!r}"
-    )
+        _echo_json(
+            {
+                "key_id": current,
+                "profiles": profiles,
+                "rewritten": rewritten,
+                "failed": [
+                    {
+                        "tenant_id": str(failure.tenant_id),
+                        "profile_id": str(failure.profile_id),
+                        "item_id": str(failure.item_id),
+                        "key_id": failure.key_id,
+                        "reason": failure.reason,
+                    }
+                    for failure in failures
+                ],
+            }
+        )
+    else:
+        click.echo(
+            f"re-encrypted {rewritten} field version(s) in {profiles} profile(s) under key "
+            f"{current!r}"
+        )
+        for failure in failures:
+            click.echo(
+                _safe(
+                    f"not decrypted, left as it is: tenant {failure.tenant_id} profile "
+                    f"{failure.profile_id} field version {failure.item_id} key id "
+                    f"{failure.key_id!r}: {failure.reason}"
+                )
+            )
+    if failures:
+        raise errors.VaultError(
+            f"rotate-keys completed with errors: {len(failures)} field version(s) could not "
+            "be decrypted and were left as they are (listed in the report and the log); "
+            "every other version was re-encrypted"
+        )
 
 
 # -----------------------------------------------------------------------------------------

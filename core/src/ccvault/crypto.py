@@ -84,17 +84,16 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ccvault import errors
 from ccvault.arguments import check_field_name, check_uuid
 from ccvault.cache_codec import trusted_replace
+from ccvault.extras import requires_extra
 from ccvault.models import (
     Channel,
     CustomerProfile,
@@ -108,6 +107,10 @@ from ccvault.models import (
 from ccvault.rules.merge import MergeLogRequest
 from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore
 
+with requires_extra("crypto", "Encryption at rest (ccvault.crypto)"):
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 if TYPE_CHECKING:
     from ccvault.settings import VaultSettings
 
@@ -117,6 +120,8 @@ __all__ = [
     "PII_REGISTRY_AGENT_ID",
     "EncryptedProfileStore",
     "Keyring",
+    "RotationFailure",
+    "RotationProgress",
     "RotationReport",
     "generate_key_entry",
 ]
@@ -289,13 +294,54 @@ def _tenant_head(tenant_id: UUID) -> bytes:
     return b"ccvault-pii/v1\0" + tenant_id.bytes
 
 
+@dataclass(frozen=True)
+class RotationFailure:
+    """One field version :meth:`EncryptedProfileStore.rotate_keys` could not re-seal.
+
+    Names the row, never its content: ``key_id`` is the key id its envelope records (None
+    when the stored text is not a well-formed envelope), ``reason`` the error class and
+    message of :class:`~ccvault.errors.EncryptionError` (which never holds a value).
+    """
+
+    tenant_id: UUID
+    profile_id: UUID
+    item_id: UUID
+    key_id: str | None
+    reason: str
+
+
 @dataclass
 class RotationReport:
-    """What :meth:`EncryptedProfileStore.rotate_keys` did for one tenant."""
+    """What :meth:`EncryptedProfileStore.rotate_keys` did for one tenant.
+
+    ``failures`` lists every field version that could not be decrypted (the run went on
+    without it); a report with failures means "completed with errors".
+    """
 
     tenant_id: UUID
     profiles: int = 0
     rewritten: int = 0
+    failures: list[RotationFailure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RotationProgress:
+    """Where a :meth:`EncryptedProfileStore.rotate_keys` run is, after each batch.
+
+    ``profiles_done`` of ``profiles_total`` (every listed tenant; the total grows as each
+    tenant's profiles are listed), field versions ``rewritten`` and ``failed`` so far,
+    ``rate`` in profiles per second since the start and ``eta_seconds`` for the profiles
+    listed so far (None before the rate is known).
+    """
+
+    tenant_id: UUID
+    profiles_done: int
+    profiles_total: int
+    rewritten: int
+    failed: int
+    elapsed_seconds: float
+    rate: float
+    eta_seconds: float | None
 
 
 class EncryptedProfileStore(ForwardingProfileStore):
@@ -830,42 +876,120 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
     async def rotate_profile(self, tenant_id: UUID, profile_id: UUID) -> int:
         """Re-encrypt under the current key every field version of one profile that holds
-        PII plaintext or ciphertext under an older key; return how many were rewritten."""
+        PII plaintext or ciphertext under an older key; return how many were rewritten.
+
+        Raises :class:`~ccvault.errors.EncryptionError` when a version cannot be decrypted
+        (nothing is rewritten then); :meth:`rotate_keys` instead skips and names it.
+        """
+        rewritten, failures = await self._rotate_profile(tenant_id, profile_id)
+        if failures:
+            first = failures[0]
+            raise errors.EncryptionError(
+                f"tenant {first.tenant_id} profile {first.profile_id}: field version "
+                f"{first.item_id} (key id {first.key_id!r}) cannot be decrypted: {first.reason}"
+            )
+        return rewritten
+
+    async def _rotate_profile(
+        self, tenant_id: UUID, profile_id: UUID, *, skip_failures: bool = False
+    ) -> tuple[int, list[RotationFailure]]:
+        """Re-seal what one profile needs; the versions that cannot be decrypted are
+        returned as failures (and, with ``skip_failures``, the others are still rewritten)."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_uuid(profile_id, "profile_id")
         names = await self._pii_names(tenant_id)
         raw = await super()._export_profile(tenant_id, profile_id)
         if raw is None:
-            return 0
+            return 0, []
         payloads: dict[UUID, tuple[Any, dict[str, Any]]] = {}
+        failures: list[RotationFailure] = []
         for versions in raw.field_history.values():
             for item in versions:
-                if self._needs_rewrite(item, names):
+                if not self._needs_rewrite(item, names):
+                    continue
+                try:
                     sealed = self._reseal(tenant_id, item, names)
-                    payloads[item.id] = (sealed.value, sealed.source_metadata)
-        if not payloads:
-            return 0
-        return await super()._rewrite_field_payloads(tenant_id, profile_id, payloads)
+                except errors.EncryptionError as exc:
+                    failures.append(
+                        RotationFailure(
+                            tenant_id=tenant_id,
+                            profile_id=profile_id,
+                            item_id=item.id,
+                            key_id=key_id_of(item.value)
+                            or key_id_of(_metadata_envelope(item.source_metadata)),
+                            reason=f"{type(exc).__name__}: {exc}",
+                        )
+                    )
+                    continue
+                payloads[item.id] = (sealed.value, sealed.source_metadata)
+        if not payloads or (failures and not skip_failures):
+            return 0, failures
+        return await super()._rewrite_field_payloads(tenant_id, profile_id, payloads), failures
 
     async def rotate_keys(
         self,
         tenant_ids: Iterable[UUID] | None = None,
-        progress: Callable[[UUID, UUID, int], None] | None = None,
+        progress: Callable[[RotationProgress], None] | None = None,
+        *,
+        batch_size: int = 100,
     ) -> list[RotationReport]:
-        """Re-encrypt everything under the current key, tenant by tenant, profile by profile.
+        """Re-encrypt everything under the current key, tenant by tenant, in batches of at
+        most ``batch_size`` profiles (ids in order).
 
-        Idempotent: a second run rewrites nothing. ``progress(tenant, profile, rewritten)``
-        is called after each profile.
+        Idempotent: a second run rewrites nothing. A field version that cannot be decrypted
+        (unknown key id, wrong key, tampered) does not stop the run: it is left as it is,
+        named in its tenant's :attr:`RotationReport.failures` and in a warning of this
+        module's logger (tenant, profile, item and key id: never a value), and every other
+        version of that profile and of every later profile is still rotated.
+        ``progress(RotationProgress)`` is called after each batch. Storage errors (the
+        database is unreachable...) still stop the run: it can simply be run again.
         """
+        if not 1 <= batch_size <= 10_000:
+            raise errors.ValidationError(f"batch_size must be 1..10000, got {batch_size}")
         tenants = list(tenant_ids) if tenant_ids is not None else await self.list_tenant_ids()
         reports = []
+        started = self.clock()
+        done = total = rewritten = failed = 0
         for tenant_id in tenants:
+            tenant_id = check_uuid(tenant_id, "tenant_id")
             report = RotationReport(tenant_id)
-            for profile_id in sorted(await super()._list_profile_ids(tenant_id)):
-                rewritten = await self.rotate_profile(tenant_id, profile_id)
-                report.profiles += 1
-                report.rewritten += rewritten
+            profile_ids = sorted(await super()._list_profile_ids(tenant_id))
+            total += len(profile_ids)
+            for start in range(0, len(profile_ids), batch_size):
+                for profile_id in profile_ids[start : start + batch_size]:
+                    count, failures = await self._rotate_profile(
+                        tenant_id, profile_id, skip_failures=True
+                    )
+                    for failure in failures:
+                        logger.warning(
+                            "rotate-keys: tenant %s profile %s field version %s (key id %s) "
+                            "cannot be decrypted, left as it is: %s",
+                            failure.tenant_id,
+                            failure.profile_id,
+                            failure.item_id,
+                            failure.key_id,
+                            failure.reason,
+                        )
+                    report.profiles += 1
+                    report.rewritten += count
+                    report.failures.extend(failures)
+                    rewritten += count
+                    failed += len(failures)
+                    done += 1
                 if progress is not None:
-                    progress(tenant_id, profile_id, rewritten)
+                    elapsed = max(self.clock() - started, 0.0)
+                    rate = done / elapsed if elapsed > 0 else 0.0
+                    progress(
+                        RotationProgress(
+                            tenant_id=tenant_id,
+                            profiles_done=done,
+                            profiles_total=total,
+                            rewritten=rewritten,
+                            failed=failed,
+                            elapsed_seconds=elapsed,
+                            rate=rate,
+                            eta_seconds=(total - done) / rate if rate > 0 else None,
+                        )
+                    )
             reports.append(report)
         return reports
