@@ -1,3 +1,3 @@
-from ccvault.cli import main
+from ccvault.entry import main
 
 main()

@@ -109,7 +109,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from pydantic import TypeAdapter
-from redis.exceptions import RedisError
 
 from ccvault import errors, metrics
 from ccvault.cache_codec import (
@@ -121,6 +120,7 @@ from ccvault.cache_codec import (
     encode_profile,
 )
 from ccvault.models import (
+from ccvault.extras import requires_extra
     Channel,
     ChannelIdentity,
     CustomerProfile,
@@ -136,6 +136,9 @@ from ccvault.rules.merge import MergeLogRequest
 from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore, lineage_target
 
 if TYPE_CHECKING:
+with requires_extra("cache", "The Redis profile cache (ccvault.cache)"):
+    from redis.exceptions import RedisError
+
     from ccvault.settings import VaultSettings
 
 __all__ = ["CachedProfileStore"]

@@ -20,9 +20,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import httpx
-
 from ccvault import errors
+from ccvault.extras import requires_extra
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -36,6 +35,9 @@ from ccvault.models import (
     ScenarioFieldRequirement,
 )
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
+
+with requires_extra("client", "The remote client (ccvault.client)"):
+    import httpx
 
 __all__ = ["RemoteAuthError", "RemoteProfileStore", "WrongTenantError"]
 

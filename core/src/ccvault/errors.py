@@ -15,10 +15,12 @@ __all__ = [
     "DependentsError",
     "EncryptionError",
     "IdentityConflictError",
+    "MissingExtraError",
     "NotFoundError",
     "PartialWriteError",
     "ProviderNotFoundError",
     "ProviderUnavailableError",
+    "SchemaNotReadyError",
     "SchemaValidationError",
     "SchemaVersionError",
     "StorageError",
@@ -72,6 +74,37 @@ class SchemaValidationError(ValidationError):
 
 class ConfigurationError(VaultError):
     """Settings are missing or invalid; the message names the key and the reason."""
+
+
+class SchemaNotReadyError(ConfigurationError):
+    """The storage schema is missing or behind this code: run ``ccvault migrate`` first.
+
+    Raised by a store's ``setup()``, which never changes the schema itself (see
+    :mod:`ccvault.migration`); nothing was created or written. A deployment error, so the
+    CLI exits with the configuration code (6).
+    """
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """A feature was used whose optional dependencies are not installed.
+
+    The message is one line naming the feature and the command that installs them
+    (``pip install 'ccvault[EXTRA]'``; another distribution's name for its own extras);
+    ``extra`` holds the extra's name. An :class:`ImportError` too, so code probing for a
+    feature with ``except ImportError`` still works.
+    """
+
+    def __init__(self, extra: str, feature: str, distribution: str = "ccvault") -> None:
+        self.extra = extra
+        self.feature = feature
+        self.distribution = distribution
+        super().__init__(
+            f"{feature} needs the optional dependencies of the {extra!r} extra: "
+            f"pip install '{distribution}[{extra}]'"
+        )
+
+    def __reduce__(self) -> tuple[type[MissingExtraError], tuple[str, str, str]]:
+        return (type(self), (self.extra, self.feature, self.distribution))
 
 
 class ProviderNotFoundError(ConfigurationError):

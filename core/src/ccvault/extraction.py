@@ -30,13 +30,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import email_validator
-import httpx
-import phonenumbers
-from dateutil import parser as dateutil_parser
-from rapidfuzz import fuzz
-
 from ccvault import errors
+from ccvault.extras import requires_extra
 from ccvault.models import (
     ConversationTurn,
     FieldValueType,
@@ -45,6 +40,13 @@ from ccvault.models import (
     ProfileFieldSource,
     check_json_value,
 )
+
+with requires_extra("extraction", "Field extraction (ccvault.extraction, used by gap fill)"):
+    import email_validator
+    import httpx
+    import phonenumbers
+    from dateutil import parser as dateutil_parser
+    from rapidfuzz import fuzz
 
 if TYPE_CHECKING:
     from ccvault.settings import VaultSettings

@@ -29,16 +29,17 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
-from prometheus_client import (
+# prometheus-client, or no-ops without the ``metrics`` extra (the store calls these always)
+from ccvault._prometheus import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    MetricWrapperBase,
     PlatformCollector,
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.metrics import MetricWrapperBase
 
 if TYPE_CHECKING:
     from threading import Thread

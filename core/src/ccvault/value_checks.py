@@ -20,12 +20,12 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
-import email_validator
-import phonenumbers
-import re2
-
 from ccvault import errors
+from ccvault.extras import requires_extra
 from ccvault.models import FieldValueType, ProfileFieldDefinition
+
+# The checking libraries are imported on first use (the ``validation`` extra): the store
+# imports this module, and a definition needing none of them works without the extra.
 
 __all__ = [
     "ErrorType",
@@ -62,8 +62,14 @@ class FieldProblem:
 _RE2_MAX_MEM = 8 << 20  # RE2's own default: a pattern needing more is refused at save
 
 
+def _re2() -> Any:
+    with requires_extra("validation", "A validation_regex (checked by RE2)"):
+        import re2
+    return re2
+
+
 def _re2_options() -> Any:
-    options = re2.Options()
+    options = _re2().Options()
     options.log_errors = False  # the reason travels in the exception; keep stderr quiet
     options.max_mem = _RE2_MAX_MEM
     return options
@@ -78,6 +84,7 @@ def _reason(exc: Exception) -> str:
 def compile_pattern(pattern: str) -> Any:
     """``pattern`` compiled by RE2 (linear-time matching); ValidationError with the reason
     when RE2 cannot compile it (back-references, look-arounds, syntax errors, too large)."""
+    re2 = _re2()
     try:
         return re2.compile(pattern, _re2_options())
     except re2.error as exc:
@@ -114,6 +121,8 @@ def _date_problem(value: object) -> str | None:
 def _email_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return f"expected an email address string, got {type(value).__name__}"
+    with requires_extra("validation", "The email value_type check"):
+        import email_validator
     try:
         # syntax only: no DNS lookups, ever
         email_validator.validate_email(value, check_deliverability=False)
@@ -128,6 +137,8 @@ def _phone_problem(value: object) -> str | None:
         return f"expected an E.164 phone number string, got {type(value).__name__}"
     if not value.startswith("+"):
         return "value is not in E.164 form (+ and country code, digits only)"
+    with requires_extra("validation", "The phone value_type check"):
+        import phonenumbers
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException as exc:

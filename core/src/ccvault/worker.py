@@ -99,8 +99,11 @@ class RedisTenantLease:
     @classmethod
     def from_settings(cls, settings: VaultSettings) -> RedisTenantLease:
         """A lease on ``[redis] url`` (Redis Cluster when ``[redis] cluster``)."""
-        from redis.asyncio import Redis
-        from redis.asyncio.cluster import RedisCluster
+        from ccvault.extras import requires_extra
+
+        with requires_extra("cache", "The Redis tenant lease"):
+            from redis.asyncio import Redis
+            from redis.asyncio.cluster import RedisCluster
 
         options: dict[str, Any] = {
             "socket_timeout": max(settings.redis.socket_timeout_seconds, 1.0),

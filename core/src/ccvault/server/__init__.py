@@ -16,7 +16,10 @@ __all__ = ["API_VERSION", "create_app"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from ccvault.server import app
+        from ccvault.extras import requires_extra
+
+        with requires_extra("server", "The HTTP/MCP server (ccvault.server)"):
+            from ccvault.server import app
 
         return getattr(app, name)
     raise AttributeError(name)

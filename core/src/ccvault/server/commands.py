@@ -106,11 +106,14 @@ def serve(
     (/mcp/, streamable HTTP), behind API keys (ccvault apikey create). Settings: --config
     (or $CCVAULT_CONFIG, or the system file), else the embedded defaults. SIGTERM finishes
     the requests in flight, then exits."""
-    import uvicorn
-
-    from ccvault.server.app import create_app
+    from ccvault.extras import requires_extra
     from ccvault.server.options import ServerOptions
     from ccvault.settings import VaultSettings
+
+    with requires_extra("server", "ccvault serve"):
+        import uvicorn
+
+        from ccvault.server.app import create_app
 
     settings = _settings(ctx)
     assert isinstance(settings, VaultSettings)
@@ -254,8 +257,11 @@ def mcp_command(ctx: click.Context, api_key: str, api_keys: Path | None) -> None
     Over HTTP the same tools are at /mcp/ of `ccvault serve`."""
     import asyncio
 
+    from ccvault.extras import requires_extra
     from ccvault.server.auth import ApiKeyStore
-    from ccvault.server.mcp import run_stdio
+
+    with requires_extra("server", "ccvault mcp"):
+        from ccvault.server.mcp import run_stdio
 
     settings = _settings(ctx)
     keys = _key_store(api_keys)

@@ -25,7 +25,8 @@ What it is honest about:
 * mongomock's own limits apply (no ``$lookup`` with ``let``/``pipeline``, no sessions);
   the store keeps to what both support.
 
-mongomock is a test dependency, not a dependency of ``ccvault-mongo``.
+mongomock comes with the ``testing`` extra (``pip install 'ccvault-mongo[testing]'``);
+importing this module without it raises :class:`~ccvault.errors.MissingExtraError`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ from typing import Any, Self
 import bson
 from pymongo import IndexModel
 from pymongo.errors import OperationFailure
+
+from ccvault import errors
+
+try:
+    import mongomock
+except ModuleNotFoundError as exc:  # the wheel ships this module; mongomock is an extra
+    if exc.name != "mongomock":
+        raise
+    raise errors.MissingExtraError(
+        "testing", "The MongoDB emulation (ccvault_mongo.emulation)", "ccvault-mongo"
+    ) from exc
 
 __all__ = ["Command", "EmulatedMongoClient"]
 
@@ -65,8 +77,6 @@ class EmulatedMongoClient:
     def __init__(
         self, *, transactions: bool = False, max_yields: int = 3, seed: int | None = None
     ) -> None:
-        import mongomock
-
         self._sync: Any = mongomock.MongoClient()
         self.transactions = transactions
         # each call yields to the event loop 1..max_yields times (seeded), so concurrent
