@@ -286,7 +286,10 @@ def test_profile_export_writes_the_whole_decrypted_document(
         "--user",
         "+31612345678",
     )
-    assert json.loads(to_stdout.output)["profile"]["id"] == str(pid)
+    # by identity: the data subject, every profile it ever had (here one)
+    subject = json.loads(to_stdout.output)
+    assert subject["format"] == "ccvault.subject-export/1"
+    assert [p["profile"]["id"] for p in subject["profiles"]] == [str(pid)]
 
 
 def test_profile_purge_erases_everything(shared: Any, config: Path, key: str) -> None:

@@ -8,9 +8,11 @@ from ccvault_contract_tests.base import check_contract_class
 from ccvault_contract_tests.suite_assets import AssetsContract
 from ccvault_contract_tests.suite_atomicity import AtomicityContract
 from ccvault_contract_tests.suite_bad_input import BadInputContract
+from ccvault_contract_tests.suite_bulk import BulkJobsContract
 from ccvault_contract_tests.suite_channels import ChannelsContract
 from ccvault_contract_tests.suite_concurrency import ConcurrencyContract
 from ccvault_contract_tests.suite_edges import EdgesContract
+from ccvault_contract_tests.suite_erasure import ErasureContract
 from ccvault_contract_tests.suite_expiry import ExpiryContract
 from ccvault_contract_tests.suite_fields import FieldsContract
 from ccvault_contract_tests.suite_identity_limits import IdentityLimitsContract
@@ -54,6 +56,8 @@ class ProfileStoreContract(
     UnmergeContract,
     ProvenanceContract,
     IdentityLimitsContract,
+    ErasureContract,
+    BulkJobsContract,
 ):
     """The shared contract of DESIGN.md §4. Subclass it in a ``test_*.py`` module::
 

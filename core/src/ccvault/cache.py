@@ -114,13 +114,14 @@ from ccvault import errors, metrics
 from ccvault.cache_codec import (
     CorruptEntry,
     ModelListCodec,
+    NearProfile,
     decode_json,
     decode_profile,
     encode_json,
     encode_profile,
 )
-from ccvault.models import (
 from ccvault.extras import requires_extra
+from ccvault.models import (
     Channel,
     ChannelIdentity,
     CustomerProfile,
@@ -135,10 +136,10 @@ from ccvault.extras import requires_extra
 from ccvault.rules.merge import MergeLogRequest
 from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore, lineage_target
 
-if TYPE_CHECKING:
 with requires_extra("cache", "The Redis profile cache (ccvault.cache)"):
     from redis.exceptions import RedisError
 
+if TYPE_CHECKING:
     from ccvault.settings import VaultSettings
 
 __all__ = ["CachedProfileStore"]
@@ -159,18 +160,28 @@ _CHAIN = TypeAdapter(list[LineageEntry])
 #: Errors after which the backend call's outcome is known to be "nothing written".
 _NOTHING_WRITTEN = (errors.ValidationError, errors.NotFoundError, errors.ConflictError)
 
-# KEYS: the namespace's epoch key, the entry key (or a pointer key). ARGV: epoch to create
-# if missing, hash field ('' = string key), lease token, ttl ms, body key prefix ('' = KEYS[2]
-# is the entry itself, else KEYS[2] is a pointer whose value completes the body key; that
-# body key is in the same slot, as it carries the same hash tag), '1' to replace the entry
-# found by a lease even when it is current data (the caller found it corrupt), else ''.
+# KEYS: the namespace's epoch key, the entry key (or a pointer key), the tenant's near-cache
+# generation key. ARGV: random part of an epoch to create if missing, hash field ('' =
+# string key), lease token, ttl ms, body key prefix ('' = KEYS[2] is the entry itself, else
+# KEYS[2] is a pointer whose value completes the body key; that body key is in the same
+# slot, as it carries the same hash tag), '1' to replace the entry found by a lease even when
+# it is current data (the caller found it corrupt), else '', random part of a generation to
+# create if missing.
+# Epochs and generations begin with the server's run tag (the start of its run_id, read
+# here, never trusted from the caller): one restored from a snapshot by a restarted server
+# carries the old tag and is replaced, which makes every entry stamped with it unusable.
 # Returns {1, payload, target, epoch} on a hit, {2, epoch, token, target} with a lease,
 # {0, epoch} on a miss without a lease (no pointer).
 _READ = """
+local tag = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)'), 1, 16)
 local e = redis.call('GET', KEYS[1])
-if not e then
-  e = ARGV[1]
+if not e or string.sub(e, 1, 16) ~= tag then
+  e = tag .. ARGV[1]
   redis.call('SET', KEYS[1], e)
+end
+local g = redis.call('GET', KEYS[3])
+if not g or string.sub(g, 1, 16) ~= tag then
+  redis.call('SET', KEYS[3], tag .. ARGV[7])
 end
 local key = KEYS[2]
 local target = false
@@ -182,10 +193,10 @@ end
 local field = ARGV[2]
 local v
 if field == '' then v = redis.call('GET', key) else v = redis.call('HGET', key, field) end
-if v and ARGV[6] ~= '1' and string.sub(v, 2, 17) == e then
+if v and ARGV[6] ~= '1' and string.sub(v, 2, 33) == e then
   local kind = string.sub(v, 1, 1)
-  if kind == 'D' then return {1, string.sub(v, 18), target, e} end
-  if kind == 'L' then return {2, e, string.sub(v, 18), target} end
+  if kind == 'D' then return {1, string.sub(v, 34), target, e} end
+  if kind == 'L' then return {2, e, string.sub(v, 34), target} end
 end
 local lease = 'L' .. e .. ARGV[3]
 if field == '' then
@@ -243,6 +254,8 @@ return 1
 """
 
 _NAMESPACES = (_NS_PROFILES, _NS_LINEAGE, _NS_SCHEMA)
+# the tenant's near-cache generation: replaced by every write of the tenant
+_GEN = "g"
 #: tenants whose hit and miss counters are kept at hand (cleared when full)
 _COUNTER_CACHE_SIZE = 10_000
 
@@ -293,6 +306,8 @@ class _Lookup:
     epoch: str = ""
     token: str = ""
     target: str | None = None
+    #: the tenant's near-cache generation read with a hit (atomically), None if unknown
+    gen: bytes | None = None
 
 
 @dataclass
@@ -340,6 +355,9 @@ class CachedProfileStore(ForwardingProfileStore):
         close_client: bool = False,
         max_retry_interval: float = 5.0,
         close_timeout: float = 2.0,
+        near_cache_size: int = 1_000,
+        near_cache_ttl: timedelta = timedelta(seconds=60),
+        max_body_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         super().__init__(backend)
         if "{" in key_prefix or "}" in key_prefix:
@@ -392,6 +410,73 @@ class CachedProfileStore(ForwardingProfileStore):
         self._retry_task: asyncio.Task[None] | None = None
         self._closing = False
         self._tenant_counters: dict[str, tuple[Any, Any]] = {}
+        # the near tier: body key -> (generation seen, decoded profile, monotonic deadline)
+        self.near_cache_size = near_cache_size
+        self._near_ttl = min(near_cache_ttl, cache_ttl).total_seconds()
+        self._near: OrderedDict[str, tuple[bytes, NearProfile, float]] = OrderedDict()
+        # bodies (encoded) larger than this are served but never cached
+        self.max_body_bytes = max_body_bytes
+        # the run tag (start of the run_id) of the Redis server this process talks to now,
+        # learned on every new connection (None: unknown, the fast paths are off)
+        self._run_tag: bytes | None = None
+        self._connects = 0
+        self._hooked = self._install_connect_hook(redis_client)
+
+    # =====================================================================================
+    # which Redis server answers (restart detection)
+    # =====================================================================================
+
+    def _install_connect_hook(self, client: Any) -> bool:
+        """Learn the server's run tag on every new connection of a plain ``redis.asyncio``
+        client (its pool's connections, present and future). A restarted server (possibly
+        restored from a snapshot holding entries that missed invalidations) has a new
+        run_id, and every connection to it is a new connection: the tag is updated before
+        the first command on it is sent, so any answer of the new server is judged against
+        the new tag. Returns False (fast paths off, every read checks in Lua) for other
+        clients (a cluster) or a client with a connect callback of its own."""
+        pool = getattr(client, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", None)
+        if not isinstance(kwargs, dict) or kwargs.get("redis_connect_func") is not None:
+            return False
+        existing = [
+            *getattr(pool, "_available_connections", ()),
+            *getattr(pool, "_in_use_connections", ()),
+        ]
+        if any(getattr(c, "redis_connect_func", None) is not None for c in existing):
+            return False
+        kwargs["redis_connect_func"] = self._on_connect
+        for connection in existing:
+            connection.redis_connect_func = self._on_connect
+        return True
+
+    async def _on_connect(self, connection: Any) -> None:
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        self._learn_run_tag(await connection.read_response())
+        self._connects += 1
+
+    def _learn_run_tag(self, info: Any) -> None:
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        for line in text.splitlines():
+            if line.startswith("run_id:"):
+                tag = line[len("run_id:") :].strip()[:16].encode()
+                if tag != self._run_tag:
+                    self._near.clear()
+                self._run_tag = tag
+                return
+
+    async def _probe_run_tag(self) -> None:
+        """Learn the run tag through a command when no new connection has told it yet.
+
+        Applied only if no connection was made meanwhile: an answer of a server that has
+        restarted since must never override the tag a new connection has learned."""
+        connects = self._connects
+        info = await self._redis(lambda: self.redis.execute_command("INFO", "server"))
+        if connects == self._connects and self._run_tag is None:
+            if isinstance(info, dict):  # parsed by the client
+                run_id = info.get("run_id")
+                info = f"run_id:{run_id}" if run_id else ""
+            self._learn_run_tag(info)
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> CachedProfileStore:
@@ -477,7 +562,13 @@ class CachedProfileStore(ForwardingProfileStore):
         return f"{self.key_prefix}epoch:{{{tenant}}}:{namespace}"
 
     def _epoch_keys(self, tenant: UUID) -> list[str]:
-        return [self._epoch_key(tenant, namespace) for namespace in _NAMESPACES]
+        return [self._epoch_key(tenant, namespace) for namespace in _NAMESPACES] + [
+            self._gen_key(tenant)
+        ]
+
+    def _gen_key(self, tenant: UUID) -> str:
+        # under the epoch: prefix, so that clearing every epoch clears generations too
+        return f"{self.key_prefix}epoch:{{{tenant}}}:{_GEN}"
 
     def _body_prefix(self, tenant: UUID) -> str:
         return f"{self.key_prefix}profile:{{{tenant}}}:"
@@ -703,16 +794,35 @@ class CachedProfileStore(ForwardingProfileStore):
         ``replace``: the entry there was found corrupt; lease it whatever it holds.
         """
         epoch_key = self._epoch_key(tenant, namespace)
-        if not hash_field and not body_prefix and not replace:
-            # the hit path is one plain MGET (atomic, one slot): no script, no copies
-            epoch, value = await self._redis(lambda: self.redis.mget([epoch_key, key]))
+        gen_key = self._gen_key(tenant)
+        if not hash_field and not body_prefix and not replace and self._run_tag is not None:
+            # the hit path is one plain MGET (atomic, one slot): no script, no copies. Only
+            # while the server's run tag is known: it is compared once the answer is in
+            # (a reconnect to a restarted server has updated it by then, see _on_connect)
+            epoch, value, gen = await self._redis(
+                lambda: self.redis.mget([epoch_key, key, gen_key])
+            )
+            run = self._run_tag
             if epoch is not None and value is not None and value[:1] == b"D":
-                if value[1:17] == epoch:
-                    return _Lookup(1, payload=value[17:], epoch=epoch.decode())
+                if value[1:33] == epoch and epoch[:16] == run:
+                    return _Lookup(
+                        1,
+                        payload=value[33:],
+                        epoch=epoch.decode(),
+                        gen=gen if gen is not None and gen[:16] == run else None,
+                    )
         answer = await self._redis(
             lambda: self._read_script(
-                keys=[epoch_key, key],
-                args=[_token(), hash_field, _token(), ttl, body_prefix, "1" if replace else ""],
+                keys=[epoch_key, key, gen_key],
+                args=[
+                    _token(),
+                    hash_field,
+                    _token(),
+                    ttl,
+                    body_prefix,
+                    "1" if replace else "",
+                    _token(),
+                ],
             )
         )
         kind = int(answer[0])
@@ -816,6 +926,9 @@ class CachedProfileStore(ForwardingProfileStore):
             payload = encode(value)
             if payload is None:  # not representable in the cache: served, not stored
                 return value
+            if len(payload) > self.max_body_bytes:
+                metrics.CACHE_OVERSIZED.labels(namespace).inc()
+                return value
             await self._fill(
                 tenant,
                 namespace,
@@ -828,6 +941,20 @@ class CachedProfileStore(ForwardingProfileStore):
                 index_mode="e" if index else "",
             )
         return value
+
+    def _keep_near(self, body_key: str, gen: bytes, profile: CustomerProfile) -> None:
+        """Keep a decoded body in the near tier (the template is built before ``profile``
+        is handed to the caller, who may change it)."""
+        if not self.near_cache_size:
+            return
+        try:
+            kept = NearProfile(profile)
+        except ValueError:
+            return
+        self._near[body_key] = (gen, kept, time.monotonic() + self._near_ttl)
+        self._near.move_to_end(body_key)
+        while len(self._near) > self.near_cache_size:
+            self._near.popitem(last=False)
 
     def _remember(self, pointer_keys: Iterable[str], profile_id: str) -> None:
         """Keep pointers in process memory too (they are checked on use, never trusted)."""
@@ -850,6 +977,14 @@ class CachedProfileStore(ForwardingProfileStore):
         A pointer (customer id or identity -> profile id) is taken from process memory when
         known, else resolved inside the read script. Either way the body found is used only
         if it ``matches`` the lookup: bodies are always current, pointers need not be.
+
+        **Near tier.** A body decoded from a hit is also kept in process memory with the
+        tenant's generation read in the same MGET. Any later read of that body is one GET of
+        the generation: when it still holds the value seen (and the server's run tag), no
+        write of the tenant has completed since, and a fresh copy of the kept profile is
+        served without fetching or decoding the body. Every write deletes the generation
+        together with the keys it invalidates (one DEL), so a read after a completed write
+        on any instance never sees the old generation again.
         """
         lookup: _Lookup | None = None
         body_prefix = self._body_prefix(tenant)
@@ -863,6 +998,24 @@ class CachedProfileStore(ForwardingProfileStore):
         if await self._ready(tenant):
             generation = self._poison_gen
             try:
+                if self._hooked and self._run_tag is None:
+                    await self._probe_run_tag()
+                if not resolve and self.near_cache_size:
+                    near = self._near.get(entry_key)
+                    if near is not None:
+                        gen_key = self._gen_key(tenant)
+                        gen = await self._redis(lambda: self.redis.get(gen_key))
+                        if (
+                            gen == near[0]
+                            and gen[:16] == self._run_tag
+                            and generation == self._poison_gen
+                            and time.monotonic() < near[2]
+                        ):
+                            cached = near[1].copy()
+                            if matches(cached):
+                                self._hit(tenant)
+                                return cached
+                        self._near.pop(entry_key, None)
                 lookup = await self._lookup(
                     tenant, _NS_PROFILES, entry_key, "", self._profile_ttl, resolve
                 )
@@ -889,6 +1042,8 @@ class CachedProfileStore(ForwardingProfileStore):
                             self._hit(tenant)
                             if resolve and lookup.target:
                                 self._remember([key], lookup.target)
+                            if lookup.gen is not None and not resolve:
+                                self._keep_near(entry_key, lookup.gen, cached)
                             return cached
                         self._pointers.pop(key, None)
                         lookup = _Lookup(0, epoch=lookup.epoch)
@@ -905,6 +1060,10 @@ class CachedProfileStore(ForwardingProfileStore):
         # only the key leased before the backend read may be filled
         leased = lookup.kind == 2 and leased_key == body_key
         body = encode_profile(profile) if leased else None
+        if body is not None and len(body) > self.max_body_bytes:
+            # served, never cached: filling it would be slow for Redis and every reader
+            metrics.CACHE_OVERSIZED.labels("profile").inc()
+            body = None
         pointers = self._pointer_keys(profile)
         await self._fill(
             tenant,
@@ -935,7 +1094,15 @@ class CachedProfileStore(ForwardingProfileStore):
             return
         # one DEL (atomic, one slot): the entries and leases changed, and the epoch keys of
         # the namespaces reset tenant-wide
-        keys = [*what.keys, *(self._epoch_key(tenant, ns) for ns in what.namespaces)]
+        # and the tenant's near-cache generation: every near copy of the tenant is judged
+        # against it, so this DEL ends them all (on every instance) as it ends the entries
+        keys = [
+            *what.keys,
+            *(self._epoch_key(tenant, ns) for ns in what.namespaces),
+            self._gen_key(tenant),
+        ]
+        for key in what.keys:
+            self._near.pop(key, None)
         done = False
         try:
             if what.erase:
@@ -1091,6 +1258,25 @@ class CachedProfileStore(ForwardingProfileStore):
 
         return await self._write(
             tenant_id, "expire", super()._expire_stale_fields(tenant_id, profile_id, now), plan
+        )
+
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
+    ) -> int:
+        # per batch: a batch that changed rows invalidates at once, so a later failing batch
+        # (or a crash between two) never leaves a cached profile showing a committed change
+        def plan(count: int) -> _Invalidation:
+            if count == 0:
+                return _Invalidation()
+            if profile_id is None:
+                return _Invalidation([], [_NS_PROFILES])
+            return _Invalidation([self._body_key(tenant_id, profile_id)])
+
+        return await self._write(
+            tenant_id,
+            "expire",
+            super()._expire_stale_fields_batch(tenant_id, profile_id, now, limit),
+            plan,
         )
 
     async def _add_asset(
@@ -1316,7 +1502,9 @@ class CachedProfileStore(ForwardingProfileStore):
             self._body_key(tenant, profile_id),
             self._epoch_key(tenant, _NS_PROFILES),
             self._epoch_key(tenant, _NS_LINEAGE),
+            self._gen_key(tenant),
         ]
+        self._near.pop(self._body_key(tenant, profile_id), None)
         await self._erase_script(keys=keys, args=[2])
 
     async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
@@ -1330,6 +1518,8 @@ class CachedProfileStore(ForwardingProfileStore):
         """
         pending = (tenant_id, profile_id)
         target = str(profile_id)
+        # the near copy goes first: this process never serves it again, whatever happens
+        self._near.pop(self._body_key(tenant_id, profile_id), None)
         for pointer in [k for k, v in self._pointers.items() if v == target]:
             del self._pointers[pointer]
         try:
@@ -1363,6 +1553,27 @@ class CachedProfileStore(ForwardingProfileStore):
             ) from failure
         metrics.PROFILE_CACHE_INVALIDATIONS.labels(tenant_id=str(tenant_id), reason="purge").inc()
         return purged
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        """Erase the subject's profiles in the backend, then each one from Redis as
+        :meth:`_purge_profile` does (body, every pointer to it: the identity and customer
+        lookup keys, chains, epochs), with the same guarantee: an erasure Redis did not take
+        stays pending and the call raises ProviderUnavailableError (issue 12)."""
+        try:
+            erased = await super()._erase_subject(tenant_id, profile_ids, merge_ids)
+        except _NOTHING_WRITTEN:
+            raise
+        except BaseException:
+            for profile_id in profile_ids:  # outcome unknown: the erasures are owed anyway
+                self._erasures[(tenant_id, profile_id)] = None
+            self._poison(tenant_id)
+            raise
+        for profile_id in profile_ids:
+            # the backend has nothing left to purge: this runs the cache erasure only
+            await self._purge_profile(tenant_id, profile_id)
+        return erased
 
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         # the owning profile is not known here: every body of the tenant goes
@@ -1399,6 +1610,15 @@ class CachedProfileStore(ForwardingProfileStore):
             tenant_id,
             "mark_orphans",
             super()._mark_orphans(tenant_id),
+            lambda count: _Invalidation([], [_NS_PROFILES]) if count else _Invalidation(),
+        )
+
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+        # invalidated per batch, as _expire_stale_fields_batch
+        return await self._write(
+            tenant_id,
+            "mark_orphans",
+            super()._mark_orphans_batch(tenant_id, now, limit),
             lambda count: _Invalidation([], [_NS_PROFILES]) if count else _Invalidation(),
         )
 

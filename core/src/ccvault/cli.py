@@ -27,7 +27,9 @@ from uuid import UUID
 
 from ccvault import errors
 from ccvault.extras import requires_extra
+from ccvault.migration import SchemaStatus, SchemaStep
 from ccvault.models import Channel, CustomerProfile
+from ccvault.rules.erasure import ErasureReport
 from ccvault.settings import SYSTEM_CONFIG, VaultSettings, embedded_settings, load_settings
 from ccvault.store import ProfileStore
 
@@ -77,6 +79,8 @@ _ERROR_KINDS: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.ConflictError, EXIT_CONFLICT, "conflict"),
     (errors.ValidationError, EXIT_VALIDATION, "validation"),
     (errors.ConfigurationError, EXIT_CONFIGURATION, "configuration"),
+    # a schema newer than this code: a deployment mismatch, as SchemaNotReadyError
+    (errors.SchemaVersionError, EXIT_CONFIGURATION, "configuration"),
     (errors.ProviderUnavailableError, EXIT_UNAVAILABLE, "unavailable"),
     (errors.EncryptionError, EXIT_ERROR, "encryption"),
     (errors.VaultError, EXIT_ERROR, "error"),
@@ -552,21 +556,118 @@ async def _with_store(settings: VaultSettings, work: Callable[[ProfileStore], Aw
         return await work(store)
 
 
+def _step_json(step: SchemaStep, *, sql: bool = False) -> dict[str, Any]:
+    document: dict[str, Any] = {"version": step.version, "description": step.description}
+    if sql:
+        document["statements"] = list(step.statements)
+    return document
+
+
+def _status_json(provider: str, status: SchemaStatus) -> dict[str, Any]:
+    return {
+        "provider": provider,
+        "location": status.location,
+        "current": status.current,
+        "latest": status.latest,
+        "pending": [_step_json(step) for step in status.pending],
+        "up_to_date": status.up_to_date,
+        "newer": status.newer,
+    }
+
+
+async def _schema_call(
+    settings: VaultSettings, call: Callable[[ProfileStore], Awaitable[_T]]
+) -> _T:
+    """``call`` on the configured provider's store, unopened and unwrapped: the schema calls
+    connect for themselves (``setup()`` would refuse an unmigrated schema)."""
+    from ccvault.registry import create_store
+
+    store = create_store(settings)
+    try:
+        return await call(store)
+    finally:
+        await store.aclose()
+
+
 @cli.command()
+@click.option(
+    "--status",
+    "show_status",
+    is_flag=True,
+    help="Only report the schema version (current, latest, pending); change nothing. "
+    "Exits 6 when migrations are pending or the schema is newer than this code.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the statements migrating would run; change nothing."
+)
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
-    """Create or migrate the storage schema (idempotent; safe with concurrent starters)."""
+def migrate(ctx: click.Context, show_status: bool, dry_run: bool) -> None:
+    """Create or upgrade the storage schema: the ONLY command that changes it (starting the
+    vault never does). Run it with a role allowed to change the schema, before starting
+    the new version. Idempotent; concurrent runs are serialized, the later ones apply
+    nothing. Reports the migrations it applied (``--json``: one object)."""
+    if show_status and dry_run:
+        raise click.UsageError("give at most one of --status and --dry-run")
     settings = _settings(ctx)
-
-    async def work(store: ProfileStore) -> None:
-        return None  # open_store runs setup(), which is the migration
-
-    with _err_console().status(f"migrating the {settings.profile.store_provider} store"):
-        _run(_with_store(settings, work))
-    if _wants_json(ctx):
-        _echo_json({"provider": settings.profile.store_provider, "status": "up to date"})
+    provider = settings.profile.store_provider
+    as_json = _wants_json(ctx)
+    if show_status:
+        status = _run(_schema_call(settings, lambda store: store.schema_status()))
+        if as_json:
+            _echo_json(_status_json(provider, status))
+        else:
+            where = f" ({status.location})" if status.location else ""
+            click.echo(_safe(f"{provider} store{where}: schema version {status.current}"))
+            click.echo(f"latest known version: {status.latest}")
+            if status.newer:
+                click.echo("the schema is NEWER than this ccvault: upgrade ccvault")
+            elif status.pending:
+                click.echo(f"pending: {len(status.pending)} migration(s)")
+                for step in status.pending:
+                    click.echo(_safe(f"  {step.version}: {step.description}"))
+            else:
+                click.echo("up to date")
+        if not status.up_to_date:
+            ctx.exit(EXIT_CONFIGURATION)
         return
-    click.echo(f"schema of the {settings.profile.store_provider} store is up to date")
+    if dry_run:
+        report = _run(_schema_call(settings, lambda store: store.migrate(dry_run=True)))
+        if as_json:
+            document = _status_json(provider, report.status)
+            document["dry_run"] = True
+            document["preamble"] = list(report.preamble)
+            document["would_apply"] = [_step_json(s, sql=True) for s in report.applied]
+            _echo_json(document)
+            return
+        if not report.applied:
+            click.echo(f"-- the schema of the {provider} store is up to date: nothing to run")
+            return
+        click.echo(f"-- dry run: ccvault migrate would run, in ONE transaction ({provider})")
+        for statement in report.preamble:
+            click.echo(_safe(f"{statement};"))
+        for step in report.applied:
+            click.echo(_safe(f"-- migration {step.version}: {step.description}"))
+            for statement in step.statements:
+                click.echo(_safe(statement.rstrip().rstrip(";") + ";"))
+        return
+    with _err_console().status(f"migrating the {provider} store"):
+        report = _run(_schema_call(settings, lambda store: store.migrate()))
+    status = report.status
+    if as_json:
+        document = _status_json(provider, status)
+        document["applied"] = [_step_json(s) for s in report.applied]
+        document["status"] = "applied" if report.applied else "up to date"
+        _echo_json(document)
+        return
+    for step in report.applied:
+        click.echo(_safe(f"applied migration {step.version}: {step.description}"))
+    if report.applied:
+        click.echo(
+            f"applied {len(report.applied)} migration(s); the schema of the {provider} store "
+            f"is at version {status.current}"
+        )
+    else:
+        click.echo(f"schema of the {provider} store is up to date (version {status.current})")
 
 
 async def _tenants(store: ProfileStore, tenant: tuple[UUID, ...]) -> list[UUID]:
@@ -736,6 +837,11 @@ def profile_explain(
 @profile.command("export")
 @_profile_selector
 @click.option(
+    "--subject",
+    is_flag=True,
+    help="With --profile-id: export the whole data subject (as --channel/--customer-id do).",
+)
+@click.option(
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -750,18 +856,29 @@ def profile_export(
     customer_id: UUID | None,
     channel: str | None,
     channel_user_id: str | None,
+    subject: bool,
     output: Path | None,
 ) -> None:
-    """Write everything held about the customer, history included, as one JSON document."""
+    """Write everything held about the customer, history included, as one JSON document.
+
+    By --channel/--user or --customer-id (or -p with --subject): the data subject, every
+    profile the identity or customer id ever belonged to (live, soft-deleted, merged away,
+    merge targets), format ``ccvault.subject-export/1``; the same set ``profile purge``
+    erases. By --profile-id alone: that one profile, format ``ccvault.export/1``.
+    """
     settings = _settings(ctx)
+    _check_subject_selector(profile_id, customer_id, channel, channel_user_id)
 
     async def work(store: ProfileStore) -> dict[str, Any]:
-        target = profile_id
-        if target is None:
-            target = (
-                await _find_profile(store, tenant, None, customer_id, channel, channel_user_id)
-            ).id
-        return await store.export_profile(tenant, target)
+        if profile_id is not None and not subject:
+            return await store.export_profile(tenant, profile_id)
+        return await store.export_subject(
+            tenant,
+            channel=None if channel is None else Channel(channel),
+            channel_user_id=channel_user_id,
+            customer_id=customer_id,
+            profile_id=profile_id,
+        )
 
     document = _run(_with_store(settings, work))
     text = _safe_json(json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True))
@@ -769,12 +886,50 @@ def profile_export(
         click.echo(text)
     else:
         _write_private(output, text + "\n")  # personal data: mode 0600
-        click.echo(f"exported profile {document['profile']['id']} to {output}", err=True)
+        if "profile" in document:
+            click.echo(f"exported profile {document['profile']['id']} to {output}", err=True)
+        else:
+            count = len(document["profiles"])
+            click.echo(f"exported {count} profile(s) of the subject to {output}", err=True)
+
+
+def _check_subject_selector(
+    profile_id: UUID | None,
+    customer_id: UUID | None,
+    channel: str | None,
+    channel_user_id: str | None,
+) -> None:
+    given = [profile_id is not None, customer_id is not None, channel is not None]
+    if sum(given) != 1 or (channel is not None) != (channel_user_id is not None):
+        raise click.UsageError("give exactly one of --profile-id, --customer-id, --channel+--user")
+
+
+def _erasure_lines(report: ErasureReport) -> list[str]:
+    """The report for people: ids and counts only (no personal data)."""
+    verb = "would be purged" if report.dry_run else "purged"
+    lines = [
+        f"profile {p.profile_id} {verb} ({p.kind.value}: {p.field_versions} field "
+        f"version(s), {p.assets} asset(s), {p.identities} identity(ies), "
+        f"{p.consents} consent(s))"
+        for p in report.profiles
+    ]
+    totals = report.totals()
+    lines.append(
+        f"{totals['profiles']} profile(s), {totals['field_versions']} field version(s), "
+        f"{totals['assets']} asset(s), {totals['identities']} identity(ies), "
+        f"{totals['consents']} consent(s), {totals['merge_log_entries']} merge log "
+        f"entry(ies) {verb}"
+    )
+    if report.dry_run:
+        lines.append("dry run: nothing was erased")
+    return lines
 
 
 @profile.command("purge")
 @_profile_selector
+@click.option("--dry-run", is_flag=True, help="Print what would be erased; erase nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def profile_purge(
     ctx: click.Context,
@@ -783,28 +938,42 @@ def profile_purge(
     customer_id: UUID | None,
     channel: str | None,
     channel_user_id: str | None,
+    dry_run: bool,
     yes: bool,
+    as_json: bool,
 ) -> None:
-    """Erase the profile and everything it owns, from the database and the cache."""
+    """Erase a data subject: every profile the identity, customer id or profile ever
+    belonged to (live, soft-deleted, merged away, and merge targets, whole), with all they
+    hold, from the database and the cache (rule: ccvault.rules.erasure). --dry-run prints
+    the same report and erases nothing. Nobody found: the not-found exit code.
+    """
     settings = _settings(ctx)
-    if not yes:
-        click.confirm("Erase this profile and all its data irreversibly?", abort=True, err=True)
+    _check_subject_selector(profile_id, customer_id, channel, channel_user_id)
+    if not yes and not dry_run:
+        click.confirm(
+            "Erase every profile of this data subject and all its data irreversibly?",
+            abort=True,
+            err=True,
+        )
 
-    async def work(store: ProfileStore) -> tuple[UUID, bool]:
-        target = profile_id
-        if target is None:
-            target = (
-                await _find_profile(store, tenant, None, customer_id, channel, channel_user_id)
-            ).id
-        return target, await store.purge_profile(tenant, target)
+    async def work(store: ProfileStore) -> ErasureReport:
+        return await store.erase_subject(
+            tenant,
+            channel=None if channel is None else Channel(channel),
+            channel_user_id=channel_user_id,
+            customer_id=customer_id,
+            profile_id=profile_id,
+            dry_run=dry_run,
+        )
 
-    target, purged = _run(_with_store(settings, work))
-    if not purged:
-        raise errors.NotFoundError(f"profile {target} not found in tenant {tenant}")
-    if _wants_json(ctx):
-        _echo_json({"profile_id": str(target), "tenant_id": str(tenant), "purged": True})
+    report = _run(_with_store(settings, work))
+    if _wants_json(ctx, as_json):
+        document = report.model_dump(mode="json")
+        document["totals"] = report.totals()
+        _echo_json(document)
         return
-    click.echo(f"profile {target} purged")
+    for line in _erasure_lines(report):
+        click.echo(line)
 
 
 # -----------------------------------------------------------------------------------------
@@ -1139,10 +1308,37 @@ def config_check(ctx: click.Context) -> None:
         no_crypto = settings.model_copy(deep=True)
         no_crypto.profile.auto_encrypt_pii = False
         no_crypto.profile.cache_enabled = False
+        # the schema first, read only: config check never changes it (nor creates a file)
         try:
-            record("store", True, _run(_check_store(no_crypto)))
+            status = _run(_schema_call(no_crypto, lambda store: store.schema_status()))
         except errors.VaultError as exc:
-            record("store", False, _one_line(exc), error_kind(exc)[0])
+            status = None
+            record("schema", False, _one_line(exc), error_kind(exc)[0])
+        if status is not None:
+            where = f"{status.location}: " if status.location else ""
+            if status.up_to_date:
+                record("schema", True, f"{where}version {status.current}, up to date")
+            elif status.newer:
+                record(
+                    "schema",
+                    False,
+                    f"{where}version {status.current} is newer than this ccvault knows "
+                    f"({status.latest}): upgrade ccvault",
+                    EXIT_CONFIGURATION,
+                )
+            else:
+                record(
+                    "schema",
+                    False,
+                    f"{where}version {status.current} of {status.latest}, "
+                    f"{len(status.pending)} migration(s) pending: run `ccvault migrate`",
+                    EXIT_CONFIGURATION,
+                )
+            if status.up_to_date:  # else opening would refuse (or, embedded, migrate)
+                try:
+                    record("store", True, _run(_check_store(no_crypto)))
+                except errors.VaultError as exc:
+                    record("store", False, _one_line(exc), error_kind(exc)[0])
     if _wants_json(ctx):
         _echo_json({"ok": first_failure is None, "checks": checks})
     else:

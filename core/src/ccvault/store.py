@@ -92,13 +92,7 @@ from types import TracebackType
 from typing import Any, Self, final
 from uuid import UUID, uuid4
 
-from ccvault import errors, metrics, provenance
-from ccvault.batches import (
-    DEFAULT_BATCH_SIZE,
-    MAX_BATCH_SIZE,
-    ProgressCallback,
-    run_batches,
-)
+from ccvault import errors, metrics, provenance, tracing
 from ccvault.arguments import (
     check_asset_name,
     check_bool,
@@ -116,6 +110,12 @@ from ccvault.arguments import (
     check_status,
     check_timestamp,
     check_uuid,
+)
+from ccvault.batches import (
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    ProgressCallback,
+    run_batches,
 )
 from ccvault.migration import MigrationReport, SchemaStatus
 from ccvault.models import (
@@ -302,14 +302,17 @@ async def _resolve_subject(
         state.customer_ids_read.add(customer_id)
         await reach(await store._find_subject_profiles(tenant_id, None, None, customer_id))
 
+    async def by_identity(channel: Channel, channel_user_id: str) -> None:
+        state.identities_read.add((channel, channel_user_id))
+        await reach(await store._find_subject_profiles(tenant_id, channel, channel_user_id, None))
+
     if key.profile_id is not None:
         await reach([key.profile_id])
     elif key.customer_id is not None:
         await by_customer(key.customer_id)
     else:
-        await reach(
-            await store._find_subject_profiles(tenant_id, key.channel, key.channel_user_id, None)
-        )
+        assert key.channel is not None and key.channel_user_id is not None
+        await by_identity(key.channel, key.channel_user_id)
     # every round reads something not read before, and next_lookups refuses a closure past
     # MAX_SUBJECT_PROFILES: the loop is bounded
     while lookups := next_lookups(state):
@@ -319,6 +322,8 @@ async def _resolve_subject(
         await reach(sorted(lookups.profile_ids, key=lambda u: u.int))
         for customer_id in sorted(lookups.customer_ids, key=lambda u: u.int):
             await by_customer(customer_id)
+        for channel, channel_user_id in sorted(lookups.identities):
+            await by_identity(channel, channel_user_id)
     plan = plan_erasure(state.profiles, state.merges.values())
     merges = sorted(
         (state.merges[merge_id] for merge_id in plan.merge_ids),
@@ -685,6 +690,7 @@ class ProfileStore(ABC):
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         estimated_total: int | None = None,
+        max_batches: int | None = None,
     ) -> int:
         """Mark every ACTIVE field past ``expires_at`` EXPIRED; return how many were marked.
 
@@ -695,7 +701,9 @@ class ProfileStore(ABC):
         a run cut short (crash, timeout) leaves every finished batch done; running it again
         continues. ``progress`` is called after every batch with a
         :class:`~ccvault.batches.BatchProgress` (``estimated_total``, when given, yields an
-        ETA). Every field due at the call's instant is covered.
+        ETA). Every field due at the call's instant is covered, unless ``max_batches``
+        (None: no limit but the bound of :mod:`ccvault.batches`) stops the job earlier: then
+        the rest stays due for the next call.
         """
         tenant_id = check_uuid(tenant_id, "tenant_id")
         profile_id = check_optional_uuid(profile_id, "profile_id")
@@ -713,6 +721,7 @@ class ProfileStore(ABC):
             batch_size=limit,
             progress=progress,
             estimated_total=total,
+            max_batches=_max_batches(max_batches),
         )
 
     # =====================================================================================
@@ -1259,6 +1268,7 @@ class ProfileStore(ABC):
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         estimated_total: int | None = None,
+        max_batches: int | None = None,
     ) -> int:
         """Mark ORPHANED every non-orphaned item whose field/asset source no longer exists;
         return how many were marked. In batches of at most ``batch_size`` items, each its
@@ -1279,6 +1289,7 @@ class ProfileStore(ABC):
             batch_size=limit,
             progress=progress,
             estimated_total=total,
+            max_batches=_max_batches(max_batches),
         )
 
     @final
@@ -1925,6 +1936,18 @@ def _batch_size(value: object) -> int:
     return value
 
 
+def _max_batches(value: object) -> int | None:
+    """``value`` as the most batches a bulk job may run: None (no limit) or an int >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise errors.ValidationError(
+            "max_batches must be None or an int >= 1, got "
+            + (str(value) if isinstance(value, int) else type(value).__name__)
+        )
+    return value
+
+
 def _estimated_total(value: object) -> int | None:
     """``value`` as a bulk job's estimated size: None or an int (not a bool) >= 0."""
     if value is None:
@@ -2195,3 +2218,5 @@ abc.update_abstractmethods(ForwardingProfileStore)
 # in ccvault_operation_errors_total. Wrapped here, where the methods are defined, so a
 # store is instrumented however ccvault is imported.
 metrics.instrument_operations(ProfileStore, final_methods())
+# OpenTelemetry spans for the same operations, wrapped only while [tracing] is enabled
+tracing.register_operations(ProfileStore, final_methods())

@@ -12,9 +12,11 @@ every provider; the public layer (``ProfileStore.find_subject``, ``erase_subject
 **The subject** of a key is the closure of these steps, starting from the key:
 
 1. *Identity*: every profile, live or soft-deleted, that holds the channel identity now or
-   held it when it was soft-deleted (a *released* identity row). An identity removed from a
-   profile by ``save``, ``link_channel(max_per_channel=...)`` eviction or an unlink is
-   deleted from storage: nothing of it remains to find or to erase.
+   held it when it was soft-deleted (a *released* identity row). The identities of every
+   profile reached (released ones included) are looked up too: the person who held a phone
+   number on an earlier profile is the person holding it on the current one. An identity
+   removed from a profile by ``save``, ``link_channel(max_per_channel=...)`` eviction or an
+   unlink is deleted from storage: nothing of it remains to find or to erase.
 2. *Customer id*: every profile, live or soft-deleted, with that customer id. A customer id
    names one customer, so the customer ids of every profile reached are looked up too.
 3. *Profile id*: the profile itself, live or soft-deleted.
@@ -22,7 +24,9 @@ every provider; the public layer (``ProfileStore.find_subject``, ``erase_subject
    source and its target are the same person. Both sides of every such entry touching a
    profile reached are reached, in both directions and over chained merges.
 
-An entry undone by ``unmerge`` states the opposite (two different people): the closure does
+The subject is thus the connected component of its key over shared identities, customer
+ids and merges: the same set whichever of its keys names it. An entry undone by
+``unmerge`` states the opposite (two different people): the closure does
 not cross it, but the entry itself is erased, since it names the subject's profile and lists
 what moved (identities, consents).
 
@@ -118,6 +122,8 @@ class SubjectProfile:
     profile_id: UUID
     customer_id: UUID
     live: bool
+    #: every identity the profile holds or held when soft-deleted (personal data: no repr)
+    identity_keys: frozenset[tuple[Channel, str]] = field(repr=False)
     field_versions: int
     assets: int
     identities: int
@@ -130,6 +136,9 @@ def subject_profile(exported: CustomerProfile, *, live: bool) -> SubjectProfile:
         profile_id=exported.id,
         customer_id=exported.customer_id,
         live=live,
+        identity_keys=frozenset(
+            (i.channel, i.channel_user_id) for i in exported.channel_identities
+        ),
         field_versions=sum(len(versions) for versions in exported.field_history.values()),
         assets=len(exported.asset_history),
         identities=len(exported.channel_identities),
@@ -147,6 +156,7 @@ class SubjectState:
     #: profile ids looked up (found or not)
     profiles_read: set[UUID] = field(default_factory=set)
     customer_ids_read: set[UUID] = field(default_factory=set)
+    identities_read: set[tuple[Channel, str]] = field(default_factory=set, repr=False)
     merges: dict[UUID, MergeRecord] = field(default_factory=dict)
 
     def add_merges(self, records: Iterable[MergeRecord]) -> None:
@@ -161,14 +171,16 @@ class Lookups:
     profile_ids: frozenset[UUID] = frozenset()
     merge_logs_of: frozenset[UUID] = frozenset()
     customer_ids: frozenset[UUID] = frozenset()
+    identities: frozenset[tuple[Channel, str]] = field(default=frozenset(), repr=False)
 
     def __bool__(self) -> bool:
-        return bool(self.profile_ids or self.merge_logs_of or self.customer_ids)
+        return bool(self.profile_ids or self.merge_logs_of or self.customer_ids or self.identities)
 
 
 def next_lookups(state: SubjectState) -> Lookups:
     """The next reads of the closure (module docstring): the merge log of every profile
-    reached, the other side of every merge not undone, the customer id of every profile.
+    reached, the other side of every merge not undone, the customer id and the identities
+    of every profile.
 
     Raises :class:`~ccvault.errors.ValidationError` once more than
     :data:`MAX_SUBJECT_PROFILES` profiles are reached.
@@ -191,6 +203,10 @@ def next_lookups(state: SubjectState) -> Lookups:
         merge_logs_of=frozenset(reached - state.merge_logs_read),
         customer_ids=frozenset(
             {p.customer_id for p in state.profiles.values()} - state.customer_ids_read
+        ),
+        identities=frozenset(
+            {key for p in state.profiles.values() for key in p.identity_keys}
+            - state.identities_read
         ),
     )
 

@@ -118,11 +118,13 @@ class MyProfileStore(ProfileStore):
         """Every version, newest ``collected_at`` first, ties newest write first."""
         raise NotImplementedError("_get_field_history")
 
-    async def _expire_stale_fields(
-        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
     ) -> int:
-        """Set EXPIRED on every ACTIVE field with ``expires_at <= now``; return the count."""
-        raise NotImplementedError("_expire_stale_fields")
+        """One transaction: set EXPIRED on at most ``limit`` ACTIVE fields with ``expires_at <=
+        now`` (of ``profile_id`` only, unless None); return the count. Core calls it until a
+        batch returns less than ``limit``."""
+        raise NotImplementedError("_expire_stale_fields_batch")
 
     async def _add_asset(
         self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
@@ -241,14 +243,30 @@ class MyProfileStore(ProfileStore):
         """The profile (live or soft-deleted) with full history, or None."""
         raise NotImplementedError("_export_profile")
 
+    # Erasure by data subject (issue 12). Optional: ProfileStore's defaults are correct (a
+    # scan through _list_profile_ids/_export_profile; _purge_profile per profile after a merge
+    # log check) but neither indexed nor one atomic step. Override both when you can:
+    #
+    # async def _find_subject_profiles(
+    #     self, tenant_id, channel, channel_user_id, customer_id
+    # ) -> list[UUID]:
+    #     """Every profile, live or soft-deleted, holding the identity (released ones too)
+    #     or, when channel is None, with the customer id."""
+    #
+    # async def _erase_subject(self, tenant_id, profile_ids, merge_ids) -> int:
+    #     """In one atomic step: ConflictError if the merge log entries touching the profiles
+    #     are not exactly merge_ids; else delete those entries and the profiles with all
+    #     they own; return how many profiles were deleted."""
+
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         """Hard-delete one item; DependentsError if an ACTIVE item derives from it, checked in the
         same atomic step as the delete."""
         raise NotImplementedError("_delete_item")
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
-        """Items whose profile_field/profile_asset source is gone become ORPHANED; the count."""
-        raise NotImplementedError("_mark_orphans")
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+        """One transaction: at most ``limit`` items whose profile_field/profile_asset source
+        is gone become ORPHANED; the count. Core calls it until a batch returns less."""
+        raise NotImplementedError("_mark_orphans_batch")
 
     async def _list_tenant_ids(self) -> list[UUID]:
         """Every tenant with at least one profile (live or soft-deleted)."""

@@ -530,18 +530,22 @@ class RedisExampleProfileStore(ProfileStore):
 
         return await self._read(tenant_id, op)
 
-    async def _expire_stale_fields(
-        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
     ) -> int:
         def op(tenant: _Tenant) -> int:
-            return self._sweep(tenant, profile_id, now)
+            return self._sweep(tenant, profile_id, now, limit)
 
         return await self._write(tenant_id, op)
 
     @staticmethod
-    def _sweep(tenant: _Tenant, profile_id: UUID | None, now: datetime) -> int:
+    def _sweep(
+        tenant: _Tenant, profile_id: UUID | None, now: datetime, limit: int | None = None
+    ) -> int:
         count = 0
         for row in tenant.fields.values():
+            if limit is not None and count >= limit:
+                break
             if profile_id is not None and row.profile_id != profile_id:
                 continue
             if row.item.status is ItemStatus.ACTIVE and row.item.is_expired(now):
@@ -1027,6 +1031,59 @@ class RedisExampleProfileStore(ProfileStore):
 
         return await self._read(tenant_id, op)
 
+    async def _find_subject_profiles(
+        self,
+        tenant_id: UUID,
+        channel: Channel | None,
+        channel_user_id: str | None,
+        customer_id: UUID | None,
+    ) -> list[UUID]:
+        # a soft-deleted profile keeps the identities it held (released): they count
+        def op(tenant: _Tenant) -> list[UUID]:
+            return [
+                profile_id
+                for profile_id, row in tenant.profiles.items()
+                if (
+                    row.profile.customer_id == customer_id
+                    if channel is None
+                    else any(
+                        i.channel == channel and i.channel_user_id == channel_user_id
+                        for i in row.profile.channel_identities
+                    )
+                )
+            ]
+
+        return await self._read(tenant_id, op)
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        # one WATCH/MULTI/EXEC write of the tenant document: all of it or nothing
+        erasing = set(profile_ids)
+
+        def op(tenant: _Tenant) -> int:
+            touching = {
+                merge_id
+                for merge_id, m in tenant.merges.items()
+                if {m.source_profile_id, m.target_profile_id} & erasing
+            }
+            if touching != set(merge_ids):
+                raise errors.ConflictError("the merge log of the subject changed")
+            erased = sum(tenant.profiles.pop(p, None) is not None for p in profile_ids)
+            for held in [k for k, owner in tenant.identities.items() if owner in erasing]:
+                del tenant.identities[held]
+            for customer in [k for k, owner in tenant.customers.items() if owner in erasing]:
+                del tenant.customers[customer]
+            for item_id in [i for i, f in tenant.fields.items() if f.profile_id in erasing]:
+                del tenant.fields[item_id]
+            for item_id in [i for i, a in tenant.assets.items() if a.profile_id in erasing]:
+                del tenant.assets[item_id]
+            for merge_id in touching:
+                del tenant.merges[merge_id]
+            return erased
+
+        return await self._write(tenant_id, op)
+
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         def op(tenant: _Tenant) -> bool:
             table: dict[UUID, _Field] | dict[UUID, _Asset] = (
@@ -1043,11 +1100,12 @@ class RedisExampleProfileStore(ProfileStore):
 
         return await self._write(tenant_id, op)
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
         def op(tenant: _Tenant) -> int:
             count = 0
-            now = self.now()
             for f in tenant.fields.values():
+                if count >= limit:
+                    return count
                 if self._orphaned(
                     tenant, f.item.status, f.item.source_item_id, f.item.source_item_type
                 ):
@@ -1056,6 +1114,8 @@ class RedisExampleProfileStore(ProfileStore):
                     )
                     count += 1
             for a in tenant.assets.values():
+                if count >= limit:
+                    return count
                 if self._orphaned(
                     tenant, a.item.status, a.item.source_item_id, a.item.source_item_type
                 ):

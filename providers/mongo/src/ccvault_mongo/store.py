@@ -1063,16 +1063,23 @@ class MongoProfileStore(ProfileStore):
         )
         return [_to_model(ProfileField, d, _FIELD_JSON) for d in docs]
 
-    async def _expire_stale_fields(
-        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
     ) -> int:
+        # the ids of at most `limit` due versions, then one update_many over those ids that
+        # re-checks the predicate (a version superseded in between is left alone); each
+        # document changes atomically, and a batch cut short leaves the rest still due
         query: dict[str, Any] = {"tenant_id": uid(tenant_id)}
         if profile_id is not None:
             query["profile_id"] = uid(profile_id)
         query["status"] = ItemStatus.ACTIVE.value
         query["expires_at"] = {"$lte": dt(now)}
+        due = await self._c("fields").find(query, projection={"id": 1}, limit=limit).to_list(None)
+        if not due:
+            return 0
         result = await self._c("fields").update_many(
-            query, {"$set": {"status": ItemStatus.EXPIRED.value, "updated_at": dt(now)}}
+            {**query, "id": {"$in": [doc["id"] for doc in due]}},
+            {"$set": {"status": ItemStatus.EXPIRED.value, "updated_at": dt(now)}},
         )
         return int(result.modified_count)
 
@@ -1826,6 +1833,43 @@ class MongoProfileStore(ProfileStore):
             lambda session: self._load(tenant_id, key, True, live_only=False, session=session)
         )
 
+    async def _find_subject_profiles(
+        self,
+        tenant_id: UUID,
+        channel: Channel | None,
+        channel_user_id: str | None,
+        customer_id: UUID | None,
+    ) -> list[UUID]:
+        """Profiles with the customer id, or holding the identity: live in ``identities``,
+        released in a soft-deleted profile's ``released_identities`` (erasure, issue 12).
+        Purging (``_erase_subject``) keeps the default: ``_purge_profile`` per profile,
+        each one this provider's atomic step (on a standalone server: resumable)."""
+        t = uid(tenant_id)
+
+        async def work(session: Any) -> list[UUID]:
+            profiles = self._c("profiles")
+            if channel is None:
+                assert customer_id is not None
+                query = {"tenant_id": t, "customer_id": uid(customer_id)}
+                docs = await profiles.find(query, projection={"id": 1}, session=session).to_list(
+                    None
+                )
+                return [decode(d)["id"] for d in docs]
+            key = {"channel": channel.value, "channel_user_id": channel_user_id}
+            held = (
+                await self._c("identities")
+                .find({"tenant_id": t, **key}, projection={"profile_id": 1}, session=session)
+                .to_list(None)
+            )
+            released = await profiles.find(
+                {"tenant_id": t, "released_identities": {"$elemMatch": key}},
+                projection={"id": 1},
+                session=session,
+            ).to_list(None)
+            return [decode(d)["profile_id"] for d in held] + [decode(d)["id"] for d in released]
+
+        return list(dict.fromkeys(await self._atomic(work)))
+
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         collection = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"
 
@@ -1840,19 +1884,22 @@ class MongoProfileStore(ProfileStore):
 
         return await self._atomic(work)
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
         """Page through the tenant's derived items in ``id`` order, ``orphan_batch_size`` at
         a time (keyset pagination on the ``(tenant_id, id)`` index: no cursor held open,
-        memory and every command bounded by the batch, whatever the tenant's size); per
-        page, one ``$in`` query per source collection finds which sources still exist and
-        one ``update_many`` per collection marks the rest ORPHANED."""
+        memory and every command bounded by the page, whatever the tenant's size); per
+        page, one ``$in`` query per source collection finds which sources still exist. The
+        first ``limit`` orphans found are marked ORPHANED by one ``update_many`` per
+        collection (re-checking the status). Items already ORPHANED leave the query, so the
+        next batch starts over and finds only what is left."""
         t = uid(tenant_id)
         live = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
-        batch = self.orphan_batch_size
+        page_size = self.orphan_batch_size
         marked = 0
         for collection in ("fields", "assets"):
+            found: list[Any] = []
             after: Any = None
-            while True:
+            while marked + len(found) < limit:
                 query: dict[str, Any] = {
                     "tenant_id": t,
                     "status": {"$in": live},
@@ -1866,21 +1913,33 @@ class MongoProfileStore(ProfileStore):
                         query,
                         projection={"id": 1, "source_item_id": 1, "source_item_type": 1},
                         sort=[("id", 1)],
-                        limit=batch,
+                        limit=page_size,
                     )
                     .to_list(None)
                 )
                 if not page:
                     break
                 after = page[-1]["id"]
-                marked += await self._mark_orphan_page(t, collection, page, live)
-                if len(page) < batch:
+                found.extend(await self._orphans_of_page(t, page))
+                if len(page) < page_size:
                     break
+            found = found[: limit - marked]
+            if found:
+                update: dict[str, Any] = {"status": ItemStatus.ORPHANED.value}
+                if collection == "fields":
+                    update["updated_at"] = dt(now)
+                result = await self._c(collection).update_many(
+                    {"tenant_id": t, "id": {"$in": found}, "status": {"$in": live}},
+                    {"$set": update},
+                )
+                marked += int(result.modified_count)
+            if marked >= limit:
+                break
         return marked
 
-    async def _mark_orphan_page(
-        self, t: Any, collection: str, page: list[dict[str, Any]], live: list[str]
-    ) -> int:
+    async def _orphans_of_page(self, t: Any, page: list[dict[str, Any]]) -> list[Any]:
+        """The ids of the page's items whose source no longer exists."""
+
         def source_collection(doc: dict[str, Any]) -> str:
             return "fields" if doc["source_item_type"] == SourceType.PROFILE_FIELD else "assets"
 
@@ -1897,16 +1956,7 @@ class MongoProfileStore(ProfileStore):
                 else []
             )
             existing[name] = {d["id"] for d in found}
-        orphans = [
-            d["id"] for d in page if d["source_item_id"] not in existing[source_collection(d)]
-        ]
-        if not orphans:
-            return 0
-        result = await self._c(collection).update_many(
-            {"tenant_id": t, "id": {"$in": orphans}, "status": {"$in": live}},
-            {"$set": {"status": ItemStatus.ORPHANED.value, "updated_at": dt(self.now())}},
-        )
-        return int(result.modified_count)
+        return [d["id"] for d in page if d["source_item_id"] not in existing[source_collection(d)]]
 
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         found = (

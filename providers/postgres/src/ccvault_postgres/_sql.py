@@ -364,10 +364,24 @@ WHERE tenant_id = $1 AND profile_id = $2 AND name = $3
 ORDER BY collected_at DESC, seq DESC
 """
 
-# one set-based statement; the partial index on ACTIVE expires_at finds the due rows
-EXPIRE_TENANT = """
+# one batch of expire_stale_fields: at most $3 due rows (found by the partial index on
+# ACTIVE expires_at), locked and updated by ctid; rows a concurrent writer holds are skipped
+# (that writer supersedes or expires them itself), so a batch never waits on a profile write
+EXPIRE_BATCH = """
 UPDATE profile_fields SET status = 'expired', updated_at = $2
-WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM profile_fields
+    WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2
+    LIMIT $3 FOR UPDATE SKIP LOCKED))
+  AND tenant_id = $1 AND status = 'active' AND expires_at <= $2
+"""
+EXPIRE_PROFILE_BATCH = """
+UPDATE profile_fields SET status = 'expired', updated_at = $2
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM profile_fields
+    WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2 AND profile_id = $4
+    LIMIT $3 FOR UPDATE SKIP LOCKED))
+  AND tenant_id = $1 AND status = 'active' AND expires_at <= $2 AND profile_id = $4
 """
 EXPIRE_PROFILE = """
 UPDATE profile_fields SET status = 'expired', updated_at = $2
@@ -505,17 +519,23 @@ _SOURCE_GONE = """
             WHERE s.tenant_id = $1 AND s.id = {alias}.source_item_id)))
 """
 
-MARK_ORPHANS = f"""
-WITH f AS (
-    UPDATE profile_fields f SET status = 'orphaned', updated_at = $2
-    WHERE f.tenant_id = $1 AND f.status <> 'orphaned' AND {_SOURCE_GONE.format(alias="f")}
-    RETURNING 1
-), a AS (
-    UPDATE profile_assets a SET status = 'orphaned'
-    WHERE a.tenant_id = $1 AND a.status <> 'orphaned' AND {_SOURCE_GONE.format(alias="a")}
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM f) + (SELECT count(*) FROM a)
+# one batch of mark_orphans, per table (fields first, then assets with what is left of the
+# batch, in one transaction): at most $3 orphans, locked and updated by ctid
+MARK_ORPHAN_FIELDS_BATCH = f"""
+UPDATE profile_fields SET status = 'orphaned', updated_at = $2
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM profile_fields o
+    WHERE o.tenant_id = $1 AND o.status <> 'orphaned' AND {_SOURCE_GONE.format(alias="o")}
+    LIMIT $3 FOR UPDATE SKIP LOCKED))
+  AND tenant_id = $1 AND status <> 'orphaned'
+"""
+MARK_ORPHAN_ASSETS_BATCH = f"""
+UPDATE profile_assets SET status = 'orphaned'
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM profile_assets o
+    WHERE o.tenant_id = $1 AND o.status <> 'orphaned' AND {_SOURCE_GONE.format(alias="o")}
+    LIMIT $2 FOR UPDATE SKIP LOCKED))
+  AND tenant_id = $1 AND status <> 'orphaned'
 """
 
 # ---------------------------------------------------------------------------------------
@@ -707,4 +727,37 @@ SELECT 'fields' AS kind, status, count(*) AS n FROM profile_fields WHERE tenant_
 GROUP BY status
 UNION ALL
 SELECT 'assets', status, count(*) FROM profile_assets WHERE tenant_id = $1 GROUP BY status
+"""
+
+# ---------------------------------------------------------------------------------------
+# erasure by data subject (issue 12): who holds the identity or customer id, any state
+# ---------------------------------------------------------------------------------------
+
+# released rows count: a soft-deleted profile keeps the identities it held
+SUBJECT_BY_IDENTITY = """
+SELECT DISTINCT profile_id FROM channel_identities
+WHERE tenant_id = $1 AND channel = $2 AND channel_user_id = $3
+"""
+SUBJECT_BY_CUSTOMER = "SELECT id FROM customer_profiles WHERE tenant_id = $1 AND customer_id = $2"
+# the profiles are locked in id order, as MERGE_LOCK does: a merge of one of them either
+# finished before (its log entry is then read below) or waits until the erasure is done
+SUBJECT_LOCK = """
+SELECT id FROM customer_profiles
+WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+ORDER BY id FOR UPDATE
+"""
+SUBJECT_MERGE_IDS = """
+SELECT id FROM merge_log
+WHERE tenant_id = $1
+  AND (source_profile_id = ANY($2::uuid[]) OR target_profile_id = ANY($2::uuid[]))
+FOR UPDATE
+"""
+SUBJECT_DELETE_MERGE_LOG = """
+DELETE FROM merge_log
+WHERE tenant_id = $1
+  AND (source_profile_id = ANY($2::uuid[]) OR target_profile_id = ANY($2::uuid[]))
+"""
+# identities (released ones too), consents, fields and assets go with it (ON DELETE CASCADE)
+SUBJECT_DELETE_PROFILES = """
+DELETE FROM customer_profiles WHERE tenant_id = $1 AND id = ANY($2::uuid[])
 """

@@ -48,6 +48,7 @@ import orjson
 from pydantic import BaseModel
 
 from ccvault import errors
+from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -75,7 +76,11 @@ from ccvault.storage import row_values
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_postgres import _sql as sql
 from ccvault_postgres.pool import ConnectionPool
-from ccvault_postgres.schema import MIGRATIONS, VERSION_TABLE
+from ccvault_postgres.schema import (
+    apply_migrations,
+    bootstrap_statements,
+    read_status,
+)
 from ccvault_postgres.settings import PostgresSettings
 
 __all__ = ["PostgresProfileStore"]
@@ -466,8 +471,10 @@ def _affected(status: str) -> int:
 class PostgresProfileStore(ProfileStore):
     """The vault on PostgreSQL. Enter it (or call :meth:`setup`) before use.
 
-    ``setup()`` creates the connection pool and applies pending migrations under an
-    advisory lock, so many processes may start at once. ``applied_migrations`` lists the
+    ``setup()`` creates the connection pool and checks the schema version: it never
+    changes the schema (unless ``migrate_on_start``), so the runtime role needs DML rights
+    only. :meth:`migrate` (``ccvault migrate``) applies pending migrations under an
+    advisory lock, so many migrators may run at once. ``applied_migrations`` lists the
     versions this instance applied (empty when another process had done it).
     """
 
@@ -484,35 +491,37 @@ class PostgresProfileStore(ProfileStore):
     # lifecycle and connections
     # =====================================================================================
 
+    async def _connect(self) -> asyncpg.Connection:
+        """One new connection with the store's session settings and codecs."""
+        options = self.settings
+        server_settings = {
+            "search_path": options.db_schema,
+            "application_name": "ccvault",
+            "statement_timeout": str(int(options.statement_timeout_seconds * 1000)),
+            "plan_cache_mode": options.plan_cache_mode,
+        }
+        conn = await asyncpg.connect(
+            options.dsn.get_secret_value(),
+            server_settings=server_settings,
+            timeout=options.connect_timeout_seconds,
+            command_timeout=options.command_timeout_seconds or None,
+        )
+        try:
+            await _init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
     async def setup(self) -> None:
-        """Open the pool and migrate the schema. Idempotent; safe with concurrent starters."""
+        """Open the pool and check the schema version (reads only; see the class
+        docstring). Idempotent; safe with concurrent starters."""
         async with self._setup_lock:
             if self._pool is not None:
                 return
             options = self.settings
-            server_settings = {
-                "search_path": options.db_schema,
-                "application_name": "ccvault",
-                "statement_timeout": str(int(options.statement_timeout_seconds * 1000)),
-                "plan_cache_mode": options.plan_cache_mode,
-            }
-
-            async def connect() -> asyncpg.Connection:
-                conn = await asyncpg.connect(
-                    options.dsn.get_secret_value(),
-                    server_settings=server_settings,
-                    timeout=options.connect_timeout_seconds,
-                    command_timeout=options.command_timeout_seconds or None,
-                )
-                try:
-                    await _init_connection(conn)
-                except BaseException:
-                    conn.terminate()
-                    raise
-                return conn
-
             pool = ConnectionPool(
-                connect,
+                self._connect,
                 min_size=options.min_pool_size,
                 max_size=options.max_pool_size,
                 max_inactive=options.max_inactive_connection_lifetime_seconds,
@@ -524,7 +533,11 @@ class PostgresProfileStore(ProfileStore):
             try:
                 conn = await pool.acquire(options.pool_acquire_timeout_seconds)
                 try:
-                    self.applied_migrations = await self._migrate(conn)
+                    status = await read_status(conn, options.db_schema)
+                    if options.migrate_on_start and status.pending and not status.newer:
+                        self.applied_migrations = await self._migrate(conn)
+                    else:
+                        require_ready(status, distribution="ccvault-postgres")
                 finally:
                     pool.release(conn)
             except BaseException as exc:
@@ -534,40 +547,53 @@ class PostgresProfileStore(ProfileStore):
 
     async def _migrate(self, conn: asyncpg.Connection) -> list[int]:
         schema = self.settings.db_schema
-        applied: list[int] = []
-        async with conn.transaction():
-            # waiting for another process's migration must not trip statement_timeout
-            await conn.execute("SET LOCAL statement_timeout = 0")
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _migration_lock_key(schema))
-            # the schema name passed the settings' identifier pattern; it cannot be a parameter
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
-                " version integer PRIMARY KEY, description text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now(),"
-                " applied_by_pid integer NOT NULL DEFAULT pg_backend_pid())"
-            )
-            done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")}
-            newest = MIGRATIONS[-1].version
-            if done and max(done) > newest:
-                raise errors.SchemaVersionError(
-                    f"schema {schema!r} is at version {max(done)}, newer than this "
-                    f"ccvault-postgres knows ({newest}); upgrade ccvault-postgres"
-                )
-            for migration in MIGRATIONS:
-                if migration.version in done:
-                    continue
-                logger.info("applying migration %s: %s", migration.version, migration.description)
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    f"INSERT INTO {VERSION_TABLE} (version, description) VALUES ($1, $2)",
-                    migration.version,
-                    migration.description,
-                )
-                applied.append(migration.version)
+        applied = await apply_migrations(conn, schema, _migration_lock_key(schema))
         # types may have been created after this connection cached its type information
         await conn.reload_schema_state()
-        return applied
+        return [m.version for m in applied]
+
+    @contextlib.asynccontextmanager
+    async def _schema_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for the schema calls: the pool's when the store is open, else one
+        of its own, closed afterwards. Errors leave as ``ccvault.errors``."""
+        if self._pool is not None:
+            async with self.connection() as conn:
+                yield conn
+            return
+        try:
+            conn = await self._connect()
+        except BaseException as exc:
+            raise (_translate(exc) or exc) from exc
+        try:
+            yield conn
+        except BaseException as exc:
+            raise (_translate(exc) or exc) from exc
+        finally:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await asyncio.wait_for(conn.close(), timeout=10)
+
+    async def schema_status(self) -> SchemaStatus:
+        async with self._schema_connection() as conn:
+            return await read_status(conn, self.settings.db_schema)
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        schema = self.settings.db_schema
+        async with self._schema_connection() as conn:
+            if dry_run:
+                status = await read_status(conn, schema)
+                if status.newer:
+                    require_ready(status, distribution="ccvault-postgres")
+                preamble = await bootstrap_statements(conn, schema) if status.pending else ()
+                return MigrationReport(
+                    applied=status.pending, status=status, dry_run=True, preamble=preamble
+                )
+            applied = await apply_migrations(conn, schema, _migration_lock_key(schema))
+            self.applied_migrations = [m.version for m in applied]
+            if applied and self._pool is not None:
+                # pooled connections cached type information from before the migration
+                await conn.reload_schema_state()
+            status = await read_status(conn, schema)
+        return MigrationReport(applied=tuple(m.step() for m in applied), status=status)
 
     async def aclose(self) -> None:
         """Close the pool (waiting for calls in progress, then terminating). Idempotent."""
@@ -891,14 +917,17 @@ class PostgresProfileStore(ProfileStore):
             rows = await conn.fetch(sql.FIELD_HISTORY, tenant_id, profile_id, field_name)
         return [_field(r) for r in rows]
 
-    async def _expire_stale_fields(
-        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
     ) -> int:
+        # one statement (its own transaction) touching at most `limit` rows
         async with self._conn() as conn:
             if profile_id is None:
-                status = await conn.execute(sql.EXPIRE_TENANT, tenant_id, now)
+                status = await conn.execute(sql.EXPIRE_BATCH, tenant_id, now, limit)
             else:
-                status = await conn.execute(sql.EXPIRE_PROFILE, tenant_id, now, profile_id)
+                status = await conn.execute(
+                    sql.EXPIRE_PROFILE_BATCH, tenant_id, now, limit, profile_id
+                )
         return _affected(status)
 
     # =====================================================================================
@@ -1353,6 +1382,39 @@ class PostgresProfileStore(ProfileStore):
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
         return await self._read_profile(sql.PROFILE_EXPORT, True, tenant_id, profile_id)
 
+    async def _find_subject_profiles(
+        self,
+        tenant_id: UUID,
+        channel: Channel | None,
+        channel_user_id: str | None,
+        customer_id: UUID | None,
+    ) -> list[UUID]:
+        async with self._conn() as conn:
+            if channel is None:
+                rows = await conn.fetch(sql.SUBJECT_BY_CUSTOMER, tenant_id, customer_id)
+                return [r["id"] for r in rows]
+            rows = await conn.fetch(
+                sql.SUBJECT_BY_IDENTITY, tenant_id, channel.value, channel_user_id
+            )
+        return [r["profile_id"] for r in rows]
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        # one transaction: lock the profiles (as a merge does), check the merge log read by
+        # the plan is still the log, delete its entries and the profiles (the foreign keys
+        # cascade to identities, released ones too, consents, fields and assets)
+        async with self._conn() as conn, conn.transaction():
+            await conn.fetch(sql.SUBJECT_LOCK, tenant_id, profile_ids)
+            stored = {
+                r["id"] for r in await conn.fetch(sql.SUBJECT_MERGE_IDS, tenant_id, profile_ids)
+            }
+            if stored != set(merge_ids):
+                raise errors.ConflictError("the merge log of the subject changed")
+            await conn.execute(sql.SUBJECT_DELETE_MERGE_LOG, tenant_id, profile_ids)
+            status = await conn.execute(sql.SUBJECT_DELETE_PROFILES, tenant_id, profile_ids)
+        return _affected(status)
+
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         query = (
             sql.DELETE_FIELD_ITEM if item_type is ItemType.PROFILE_FIELD else sql.DELETE_ASSET_ITEM
@@ -1364,9 +1426,16 @@ class PostgresProfileStore(ProfileStore):
             raise errors.DependentsError(f"active items still derive from {item_id}")
         return bool(row["deleted"])
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
-        async with self._conn() as conn:
-            return int(await conn.fetchval(sql.MARK_ORPHANS, tenant_id, self.now()))
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+        async with self._conn() as conn, conn.transaction():
+            marked = _affected(
+                await conn.execute(sql.MARK_ORPHAN_FIELDS_BATCH, tenant_id, now, limit)
+            )
+            if marked < limit:
+                marked += _affected(
+                    await conn.execute(sql.MARK_ORPHAN_ASSETS_BATCH, tenant_id, limit - marked)
+                )
+        return marked
 
     async def _list_tenant_ids(self) -> list[UUID]:
         async with self._conn() as conn:

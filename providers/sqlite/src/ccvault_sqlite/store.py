@@ -2,9 +2,12 @@
 
 Concurrency model
 -----------------
-One store holds one aiosqlite connection (in autocommit mode: every transaction here is
-explicit) and one :class:`asyncio.Lock`; every operation runs under the lock, so the
-statements of one transaction never interleave with another coroutine's. Every write runs
+One store holds two aiosqlite connections to a file (in autocommit mode: every transaction
+here is explicit), each with its own :class:`asyncio.Lock`, so the statements of one
+transaction never interleave with another coroutine's: writes run on the write connection,
+plain reads on a ``query_only`` read connection. In WAL mode a read never needs the write
+lock, so a read is never queued behind a write that waits for another process's write lock
+(an in-memory database has one connection for both). Every write runs
 in ``BEGIN IMMEDIATE``, which takes SQLite's single database write lock up front: writers
 in other store instances or other processes on the same file wait for it (``busy_timeout``),
 and if it is still held the whole transaction is rolled back and retried with bounded
@@ -22,11 +25,13 @@ failure rolls all of it back.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
 import sqlite3
 import stat
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +41,7 @@ from uuid import UUID
 import aiosqlite
 
 from ccvault import errors
+from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -80,7 +86,13 @@ from ccvault_sqlite.codec import (
     REQUIREMENT_SELECT,
     ts,
 )
-from ccvault_sqlite.schema import LATEST_VERSION, migrate, read_version
+from ccvault_sqlite.schema import (
+    LATEST_VERSION,
+    Migration,
+    migrate,
+    read_version,
+    status_at,
+)
 from ccvault_sqlite.settings import MEMORY, SqliteSettings
 
 __all__ = ["SqliteProfileStore"]
@@ -91,6 +103,9 @@ T = TypeVar("T")
 Op = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+# rows ANALYZE samples per index when PRAGMA optimize runs it (SQLite's docs: 100-1000)
+_ANALYSIS_LIMIT = 400
+_OPTIMIZE_INTERVAL_S = 3600.0
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_READONLY = 8
@@ -199,16 +214,19 @@ AS (
 SELECT kind, id, name, source_metadata, source_item_id, source_item_type
   FROM chain ORDER BY depth
 """
+# one batch: at most :limit items of {table} whose source is gone
 _MARK_ORPHANS = """
 UPDATE {table} SET status = 'orphaned'{touch}
- WHERE tenant_id = :tenant AND status != 'orphaned' AND source_item_id IS NOT NULL AND (
-       (source_item_type = 'profile_field' AND NOT EXISTS (
-            SELECT 1 FROM fields AS s
-             WHERE s.tenant_id = :tenant AND s.id = {table}.source_item_id))
-    OR (source_item_type = 'profile_asset' AND NOT EXISTS (
-            SELECT 1 FROM assets AS s
-             WHERE s.tenant_id = :tenant AND s.id = {table}.source_item_id))
- )
+ WHERE rowid IN (
+    SELECT o.rowid FROM {table} AS o
+     WHERE o.tenant_id = :tenant AND o.status != 'orphaned' AND o.source_item_id IS NOT NULL
+       AND ((o.source_item_type = 'profile_field' AND NOT EXISTS (
+                SELECT 1 FROM fields AS s
+                 WHERE s.tenant_id = :tenant AND s.id = o.source_item_id))
+         OR (o.source_item_type = 'profile_asset' AND NOT EXISTS (
+                SELECT 1 FROM assets AS s
+                 WHERE s.tenant_id = :tenant AND s.id = o.source_item_id)))
+     LIMIT :limit)
 """
 
 
@@ -280,6 +298,11 @@ class SqliteProfileStore(ProfileStore):
         self.settings = settings
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        # reads run on their own connection (see _open_reader): never queued behind a write
+        # that waits for another process's write lock
+        self._reader: aiosqlite.Connection | None = None
+        self._read_lock = asyncio.Lock()
+        self._optimized_at = 0.0
         #: How many times a transaction was retried because the database was locked.
         self.lock_retries = 0
 
@@ -301,17 +324,29 @@ class SqliteProfileStore(ProfileStore):
 
     @property
     def schema_version(self) -> int:
-        """The schema version this code writes (the database is at it after ``setup()``)."""
+        """The schema version this code writes (the database must be at it to open)."""
         return LATEST_VERSION
 
     async def setup(self) -> None:
-        """Open the database, refuse what is not ours, set WAL mode, migrate. Idempotent."""
+        """Open the database, refuse what is not ours, set WAL mode, check the schema
+        version (migrating only with ``migrate_on_start`` or for ``:memory:``). Idempotent."""
         async with self._lock:
             if self._conn is not None:
                 return
-            self._conn = await self._open()
+            self._conn = await self._open(migrating=self._migrates_on_start())
+            try:
+                self._reader = await self._open_reader(self._conn)
+            except BaseException:
+                conn, self._conn = self._conn, None
+                await conn.close()
+                raise
 
-    def _database(self) -> str:
+    def _migrates_on_start(self) -> bool:
+        return self.settings.migrate_on_start or self.settings.path == MEMORY
+
+    def _database(self, *, create: bool) -> str:
+        """The database to connect to, checked. ``create`` False: a missing file is refused
+        (:class:`~ccvault.errors.SchemaNotReadyError`) and nothing is created."""
         if self.settings.path == MEMORY:
             return MEMORY
         path = Path(self.settings.path).expanduser()
@@ -326,6 +361,8 @@ class SqliteProfileStore(ProfileStore):
                 raise errors.StorageError(
                     f"SQLite database {path} is read-only; the vault needs to write to it"
                 )
+        elif not create:
+            require_ready(status_at(0, f"SQLite file {path}"), distribution="ccvault-sqlite")
         elif not path.parent.is_dir():
             if not self.settings.create_parent_dirs:
                 raise errors.StorageError(
@@ -338,8 +375,13 @@ class SqliteProfileStore(ProfileStore):
         _make_private(path)
         return str(path)
 
-    async def _open(self) -> aiosqlite.Connection:
-        database = self._database()
+    async def _open(
+        self, *, migrating: bool, applied: list[Migration] | None = None
+    ) -> aiosqlite.Connection:
+        """A configured connection to a database at the latest schema version: migrated
+        first when ``migrating`` (the steps applied appended to ``applied``), else refused
+        unless already there (nothing written)."""
+        database = self._database(create=migrating)
         try:
             conn = await aiosqlite.connect(
                 database,
@@ -353,8 +395,10 @@ class SqliteProfileStore(ProfileStore):
             await conn.execute("PRAGMA foreign_keys = ON")
             # deleted content is overwritten with zeros, whatever SQLite was compiled with
             await conn.execute("PRAGMA secure_delete = ON")
-            # read-only checks first: a foreign or newer database must be left as it is
-            await read_version(conn)
+            # read-only checks first: a foreign, newer or unmigrated database is left as it is
+            status = status_at(await read_version(conn), self._location(database))
+            if not migrating:
+                require_ready(status, distribution="ccvault-sqlite")
             if database != MEMORY:
                 rows = await self._retry_busy(
                     lambda: conn.execute_fetchall("PRAGMA journal_mode = WAL")
@@ -363,14 +407,63 @@ class SqliteProfileStore(ProfileStore):
                 if mode != "wal":
                     logger.warning("SQLite kept journal_mode=%s for %s", mode, database)
             await conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
-            version = await self._retry_busy(lambda: migrate(conn, ts(self.now())))
-            logger.debug("SQLite database %s at schema version %d", database, version)
+            if migrating:
+                version = await self._retry_busy(
+                    lambda: migrate(conn, ts(self.now()), applied=applied)
+                )
+                logger.debug("SQLite database %s at schema version %d", database, version)
         except BaseException as exc:
             await conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise self._storage_error(exc, database) from exc
             raise
         return conn
+
+    def _shown(self) -> str:
+        """The database as messages name it."""
+        path = self.settings.path
+        return path if path == MEMORY else str(Path(path).expanduser())
+
+    @staticmethod
+    def _location(database: str) -> str:
+        return "SQLite in-memory database" if database == MEMORY else f"SQLite file {database}"
+
+    async def schema_status(self) -> SchemaStatus:
+        """The schema version of the file (reads only; a missing file: version 0, nothing
+        created). On an open store: of its connection."""
+        if self._conn is not None:
+            return status_at(await read_version(self._conn), self._location(self._shown()))
+        try:
+            database = self._database(create=False)
+        except errors.SchemaNotReadyError:  # no file: nothing created yet
+            return status_at(0, self._location(self._shown()))
+        try:
+            async with aiosqlite.connect(database, isolation_level=None) as conn:
+                return status_at(await read_version(conn), self._location(database))
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc, database) from exc
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Apply the pending migrations to the file (creating it and its folder), in one
+        ``BEGIN IMMEDIATE`` transaction: concurrent migrators serialize on the write lock.
+        ``dry_run``: reads only (a missing file stays missing)."""
+        before = await self.schema_status()
+        if before.newer:
+            require_ready(before, distribution="ccvault-sqlite")
+        if dry_run:
+            return MigrationReport(applied=before.pending, status=before, dry_run=True)
+        applied: list[Migration] = []
+        if self._conn is not None:
+            conn = self._conn
+            await self._retry_busy(lambda: migrate(conn, ts(self.now()), applied=applied))
+            after = status_at(await read_version(conn), before.location)
+        else:
+            conn = await self._open(migrating=True, applied=applied)
+            try:
+                after = status_at(await read_version(conn), before.location)
+            finally:
+                await conn.close()
+        return MigrationReport(applied=tuple(m.step() for m in applied), status=after)
 
     @staticmethod
     def _storage_error(exc: sqlite3.Error, database: str) -> errors.VaultError:
@@ -386,11 +479,90 @@ class SqliteProfileStore(ProfileStore):
         return errors.StorageError(f"SQLite database {database} is unusable: {exc}")
 
     async def aclose(self) -> None:
-        """Close the connection (a WAL checkpoint happens on the last close). Idempotent."""
+        """Close the connections (a WAL checkpoint happens on the last close), after a
+        ``PRAGMA optimize``. Idempotent."""
         async with self._lock:
             conn, self._conn = self._conn, None
+            if self._reader is not None and self._reader is not conn:
+                async with self._read_lock:  # after the read running now, if any
+                    await self._reader.close()
+            self._reader = None
             if conn is not None:
+                await self._optimize(conn, "PRAGMA optimize")
                 await conn.close()
+
+    # =====================================================================================
+    # connections
+    # =====================================================================================
+
+    @property
+    def read_connection(self) -> aiosqlite.Connection:
+        """The connection plain reads run on, for diagnostics and tests (the write
+        connection itself for ``:memory:``, whose database only that connection sees)."""
+        if self._reader is None:
+            raise errors.StorageError("the SQLite store is not set up (use `async with`)")
+        return self._reader
+
+    def _reads_lock(self) -> asyncio.Lock:
+        """The lock of the read connection: the write lock when both are one connection."""
+        return self._lock if self._reader is self._conn else self._read_lock
+
+    async def _open_reader(self, writer: aiosqlite.Connection) -> aiosqlite.Connection:
+        """The connection for reads outside write transactions.
+
+        In WAL mode a reader never needs the write lock, but one connection runs one
+        statement at a time: a write waiting (``busy_timeout``, then retries) for another
+        process's write lock would hold every read queued behind it. So reads get their own
+        connection, ``query_only`` (it can never take the write lock itself), and its own
+        :class:`asyncio.Lock`. Each statement on it (autocommit) reads the latest committed
+        state, so a read issued after a write returned sees that write.
+
+        ``PRAGMA optimize=0x10002`` runs on the write connection here, as SQLite recommends
+        for long-lived connections, and plain ``PRAGMA optimize`` before close and after a
+        write once an hour has passed: statistics cannot change the query plans (every read pins
+        its index and join order, see ``test_query_plans.py``), they only keep
+        ``sqlite_stat1`` current for anything else.
+        """
+        await self._optimize(writer, "PRAGMA optimize = 0x10002")
+        if self.settings.path == MEMORY:
+            return writer
+        database = str(Path(self.settings.path).expanduser())
+        try:
+            reader = await aiosqlite.connect(
+                database, isolation_level=None, timeout=self.settings.busy_timeout_ms / 1000
+            )
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc, database) from exc
+        try:
+            await reader.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
+            await reader.execute("PRAGMA query_only = ON")
+        except BaseException as exc:
+            await reader.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._storage_error(exc, database) from exc
+            raise
+        return reader
+
+    async def _optimize(self, conn: aiosqlite.Connection, pragma: str) -> None:
+        """Run ``pragma`` (a ``PRAGMA optimize``), best effort: bounded work
+        (``analysis_limit``, which SQLite before 3.46 does not set by itself) and no wait
+        for the write lock (``busy_timeout`` 0 meanwhile): if another connection writes,
+        statistics are refreshed another time."""
+        self._optimized_at = time.monotonic()
+        try:
+            await conn.execute(f"PRAGMA analysis_limit = {_ANALYSIS_LIMIT}")
+            await conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                await conn.execute(pragma)
+            finally:
+                await conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
+        except sqlite3.Error as exc:
+            logger.info("SQLite %s skipped: %s", pragma, exc)
+
+    async def _optimize_now_and_then(self, conn: aiosqlite.Connection) -> None:
+        """``PRAGMA optimize`` after a write once ``_OPTIMIZE_INTERVAL_S`` has passed."""
+        if time.monotonic() - self._optimized_at >= _OPTIMIZE_INTERVAL_S:
+            await self._optimize(conn, "PRAGMA optimize")
 
     # =====================================================================================
     # transactions
@@ -425,8 +597,8 @@ class SqliteProfileStore(ProfileStore):
         whole transaction (``op`` must be safe to run again). SQLite errors are mapped to
         the vault's errors; the transaction is always rolled back on failure.
         """
-        async with self._lock:
-            conn = self.connection
+        async with self._lock if write else self._reads_lock():
+            conn = self.connection if write else self.read_connection
             begin = "BEGIN IMMEDIATE" if write else "BEGIN"
 
             async def attempt() -> T:
@@ -440,7 +612,10 @@ class SqliteProfileStore(ProfileStore):
                 return result
 
             try:
-                return await self._retry_busy(attempt)
+                result = await self._retry_busy(attempt)
+                if write:
+                    await self._optimize_now_and_then(conn)
+                return result
             except sqlite3.IntegrityError as exc:
                 raise errors.ConflictError(f"the write conflicts with stored data: {exc}") from exc
             except sqlite3.Error as exc:
@@ -468,8 +643,8 @@ class SqliteProfileStore(ProfileStore):
         async def op(conn: aiosqlite.Connection) -> list[Any]:
             return list(await conn.execute_fetchall(sql, params))
 
-        async with self._lock:
-            conn = self.connection
+        async with self._reads_lock():
+            conn = self.read_connection
             try:
                 return await self._retry_busy(lambda: op(conn))
             except sqlite3.Error as exc:
@@ -784,14 +959,22 @@ class SqliteProfileStore(ProfileStore):
         )
         return [codec.field_from_row(row) for row in rows]
 
-    async def _expire_stale_fields(
-        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
     ) -> int:
-        sql = _EXPIRE_DUE
-        params = {"tenant": str(tenant_id), "now": ts(now)}
+        # the due rows (by the ACTIVE expiry index), at most `limit`, in one write transaction
+        due = (
+            "SELECT rowid FROM fields WHERE tenant_id = :tenant AND status = 'active' "
+            "AND expires_at IS NOT NULL AND expires_at <= :now"
+        )
+        params: dict[str, Any] = {"tenant": str(tenant_id), "now": ts(now), "limit": limit}
         if profile_id is not None:
-            sql += " AND profile_id = :profile"
+            due += " AND profile_id = :profile"
             params["profile"] = str(profile_id)
+        sql = (
+            "UPDATE fields SET status = 'expired', updated_at = :now "
+            f"WHERE rowid IN ({due} LIMIT :limit)"
+        )
 
         async def op(conn: aiosqlite.Connection) -> int:
             cursor = await conn.execute(sql, params)
@@ -1393,6 +1576,65 @@ class SqliteProfileStore(ProfileStore):
         )
         return _assemble_profile(tenant_id, rows, True)
 
+    # erasure by data subject (issue 12): the identity held now or released by a soft delete
+    _SUBJECT_BY_IDENTITY = (
+        "SELECT profile_id FROM channel_identities "
+        "WHERE tenant_id = :tenant AND channel = :channel AND channel_user_id = :user "
+        "UNION SELECT profile_id FROM released_identities "
+        "WHERE tenant_id = :tenant AND channel = :channel AND channel_user_id = :user"
+    )
+    _SUBJECT_BY_CUSTOMER = (
+        "SELECT id FROM profiles WHERE tenant_id = :tenant AND customer_id = :customer"
+    )
+    _SUBJECT_MERGE_LOG = (
+        "merge_log WHERE tenant_id = :tenant "
+        "AND (source_profile_id IN (SELECT value FROM json_each(:ids)) "
+        "OR target_profile_id IN (SELECT value FROM json_each(:ids)))"
+    )
+
+    async def _find_subject_profiles(
+        self,
+        tenant_id: UUID,
+        channel: Channel | None,
+        channel_user_id: str | None,
+        customer_id: UUID | None,
+    ) -> list[UUID]:
+        if channel is None:
+            params = {"tenant": str(tenant_id), "customer": str(customer_id)}
+            rows = await self._fetch(self._SUBJECT_BY_CUSTOMER, params)
+        else:
+            params = {
+                "tenant": str(tenant_id),
+                "channel": channel.value,
+                "user": str(channel_user_id),
+            }
+            rows = await self._fetch(self._SUBJECT_BY_IDENTITY, params)
+        return [UUID(row[0]) for row in rows]
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        params = {"tenant": str(tenant_id), "ids": json.dumps([str(p) for p in profile_ids])}
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            # one write transaction: the merge log the plan read must still be the log
+            rows = await conn.execute_fetchall(f"SELECT id FROM {self._SUBJECT_MERGE_LOG}", params)
+            if {UUID(row[0]) for row in rows} != set(merge_ids):
+                raise errors.ConflictError("the merge log of the subject changed")
+            await conn.execute(f"DELETE FROM {self._SUBJECT_MERGE_LOG}", params)
+            # identities (released ones too), consents, fields and assets: ON DELETE CASCADE
+            cursor = await conn.execute(
+                "DELETE FROM profiles WHERE tenant_id = :tenant "
+                "AND id IN (SELECT value FROM json_each(:ids))",
+                params,
+            )
+            return max(cursor.rowcount, 0)
+
+        erased = await self._write(op)
+        # secure_delete zeroed the rows in the database pages; the checkpoint empties the WAL
+        await self._after_purge(True)
+        return erased
+
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         table = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"
         params = {"tenant": str(tenant_id), "item": str(item_id)}
@@ -1410,15 +1652,21 @@ class SqliteProfileStore(ProfileStore):
 
         return await self._write(op)
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
-        params = {"tenant": str(tenant_id), "now": ts(self.now())}
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+        params: dict[str, Any] = {"tenant": str(tenant_id), "now": ts(now), "limit": limit}
 
         async def op(conn: aiosqlite.Connection) -> int:
+            # fields first, then assets with what is left of the batch: one transaction
             fields = await conn.execute(
                 _MARK_ORPHANS.format(table="fields", touch=", updated_at = :now"), params
             )
-            assets = await conn.execute(_MARK_ORPHANS.format(table="assets", touch=""), params)
-            return max(fields.rowcount, 0) + max(assets.rowcount, 0)
+            marked = max(fields.rowcount, 0)
+            if marked >= limit:
+                return marked
+            assets = await conn.execute(
+                _MARK_ORPHANS.format(table="assets", touch=""), {**params, "limit": limit - marked}
+            )
+            return marked + max(assets.rowcount, 0)
 
         return await self._write(op)
 
