@@ -152,6 +152,10 @@ async def open_store(settings: VaultSettings) -> AsyncIterator[ProfileStore]:
 
     ``setup()`` has run when the block starts; everything is closed when it ends.
     """
+    if settings.tracing.enabled:  # never turned off here: another store may be traced
+        from ccvault import tracing
+
+        tracing.configure(enabled=True, tenant_ids=settings.tracing.tenant_ids)
     store: ProfileStore = create_store(settings)
     if settings.profile.cache_enabled:
         from ccvault.cache import CachedProfileStore

@@ -71,6 +71,7 @@ __all__ = [
     "ProfileSettings",
     "RedisSettings",
     "SecretUrl",
+    "TracingSettings",
     "VaultSettings",
     "WorkerSettings",
     "data_dir",
@@ -291,6 +292,17 @@ class MetricsSettings(_Section):
     process_metrics: bool = True
 
 
+class TracingSettings(_Section):
+    """``[tracing]``: OpenTelemetry spans per public store operation (``ccvault.tracing``;
+    needs the ``otel`` extra). Spans carry the operation, provider, outcome and error type,
+    never personal data; they go to the tracer provider the application configures."""
+
+    #: true: one span ``ccvault.<operation>`` per public store call (applied by open_store)
+    enabled: bool = False
+    #: true: spans also carry the ``ccvault.tenant_id`` attribute
+    tenant_ids: bool = False
+
+
 class LoggingSettings(_Section):
     """``[logging]``: how the CLI logs on stderr (``--log-format`` overrides ``format``)."""
 
@@ -386,6 +398,7 @@ class VaultSettings(BaseSettings):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
