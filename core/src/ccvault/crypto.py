@@ -53,18 +53,38 @@ Which fields are PII
 
 Registry view
     Each process keeps, per tenant, the set of PII names it last read from the registry and
-    when. A write uses it while it is younger than ``registry_ttl`` (default 2 s), else reads
-    the registry again (through the Redis cache when stacked). A definition saved or deleted
-    through this wrapper drops the tenant's view at once, and ``register_pii_names`` adds
-    the new names to the view *before* it writes the markers (sealing more never hurts), so
-    within one process a name is sealed from the moment it is being registered. Another
-    process's registration is seen within ``registry_ttl``; a value this process wrote in
-    plaintext meanwhile (its view did not know the name yet) is remembered per tenant, and
-    re-sealed as soon as the refreshed view shows the name (bounded: beyond
-    ``plaintext_watch`` remembered profiles per tenant a warning asks for
-    ``ccvault rotate-keys --tenant``). So no value of a PII name stays plaintext for longer
-    than ``registry_ttl`` plus one write of this process after the name became PII (and the
-    registering process re-seals everything already stored, as above).
+    when. A write decides what to seal with it while it is younger than ``registry_ttl``
+    (default 2 s), else reads the registry again (through the Redis cache when stacked). A
+    definition saved or deleted through this wrapper drops the tenant's view at once, and
+    ``register_pii_names`` adds the new names to the view *before* it writes the markers
+    (sealing more never hurts), so within one process a name is sealed from the moment it
+    is being registered. The view only saves work; correctness comes from the fence below.
+
+Registry race (why no value of a PII name is left plaintext at rest)
+    Two parties touch a name ``N`` concurrently, possibly in different processes: a writer
+    W that writes a value of ``N`` and a registrar R that marks ``N`` PII. The protocol is
+    the classic "write yours, then read theirs" (no lock, no clock):
+
+    * R writes the marker of ``N`` (committed), *then* scans the tenant's profiles and
+      re-seals every stored plaintext value of ``N`` (:meth:`register_pii_names`).
+    * W, when its write left any value plaintext (its view did not list the name), reads
+      the registry afresh *after* the write completed, and if a name it wrote plaintext is
+      listed by now, re-seals that profile before the write returns (``_fence``).
+
+    If W's fence read sees the marker, W re-seals. If it does not, that read began before
+    R's marker committed, so W's value (committed before the fence read began) was
+    committed before R's marker and therefore before R's scan began: R's scan sees it and
+    re-seals it. Either way nothing stays plaintext once both have returned. Conditions:
+    reads see every write committed before they began (PostgreSQL and SQLite transactions;
+    the Redis cache's leases and epochs guarantee no stale read, ``cache.py``), and R's
+    scan covers the tenant (at most ``reseal_limit`` profiles; above it R warns and
+    ``ccvault rotate-keys --tenant`` closes the gap). A write whose outcome is unknown (it
+    raised) or whose fence read failed is remembered and decided by the next registry read
+    of this process, at the latest after ``registry_ttl`` (scheduled re-check) or at
+    :meth:`EncryptedProfileStore.aclose`. Cost: one registry read after each write that
+    leaves a value plaintext (a Redis GET when the cache is on); writes of PII names and
+    ``encrypt_all`` need none. ``providers/postgres/tests/test_seal_registry_race.py`` runs
+    1,000 such races between two store instances on PostgreSQL and scans the table.
 
 Cost
     The AES-GCM objects are built once per key (:class:`Keyring`); opening an envelope is a
@@ -441,7 +461,44 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return
         late = {profile for name in names & written.keys() for profile in written[name]}
         for profile_id in sorted(late):
-            await self.rotate_profile(tenant_id, profile_id)
+            await self._reseal_profile(tenant_id, profile_id)
+
+    async def _fence(self, tenant_id: UUID, profile_id: UUID, names: list[str]) -> None:
+        """After a write that left ``names`` plaintext: read the registry afresh and, if any
+        of them is PII by now, re-seal the profile before the write returns.
+
+        This is what makes the registry race-free (module docstring, *Registry race*). A
+        failed read leaves the decision to the deferred re-check (``_wrote_plaintext``):
+        the write itself has happened and is not reported as failed.
+        """
+        try:
+            registry = await self.pii_field_names(tenant_id)
+        except Exception:
+            logger.warning(
+                "tenant %s: the PII registry could not be read after a write; re-checked in %s s",
+                tenant_id,
+                self.registry_ttl,
+            )
+            self._wrote_plaintext(tenant_id, profile_id, names)
+            return
+        if not registry.isdisjoint(names):
+            await self._reseal_profile(tenant_id, profile_id)
+
+    async def _reseal_profile(self, tenant_id: UUID, profile_id: UUID) -> int:
+        """:meth:`rotate_profile` for the re-sealing of plaintext: a version that cannot be
+        decrypted is named in a warning and left as it is, the others are still sealed."""
+        rewritten, failures = await self._rotate_profile(tenant_id, profile_id, skip_failures=True)
+        for failure in failures:
+            logger.warning(
+                "tenant %s profile %s: field version %s (key id %s) cannot be decrypted; "
+                "not re-sealed: %s",
+                failure.tenant_id,
+                failure.profile_id,
+                failure.item_id,
+                failure.key_id,
+                failure.reason,
+            )
+        return rewritten
 
     def _wrote_plaintext(self, tenant_id: UUID, profile_id: UUID, names: Iterable[str]) -> None:
         """Remember a completed (or possibly completed) write of plaintext ``names``, until
@@ -696,10 +753,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
         seal = await self._sealer(profile.tenant_id, plaintext)
         fields = {name: seal(item) for name, item in profile.fields.items()}
         try:
-            return await super()._save(profile.model_copy(update={"fields": fields}))
-        finally:
-            if plaintext:
+            saved = await super()._save(profile.model_copy(update={"fields": fields}))
+        except BaseException:
+            if plaintext:  # maybe written: decided by the next registry read
                 self._wrote_plaintext(profile.tenant_id, profile.id, plaintext)
+            raise
+        if plaintext:
+            await self._fence(profile.tenant_id, profile.id, plaintext)
+        return saved
 
     async def _update_field(
         self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
@@ -708,11 +769,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
         seal = await self._sealer(tenant_id, plaintext)
         sealed = seal(field)
         try:
-            return await super()._update_field(tenant_id, profile_id, sealed, supersede_existing)
-        finally:
-            # remembered once written (or maybe written): see _learned
-            if plaintext:
+            written = await super()._update_field(tenant_id, profile_id, sealed, supersede_existing)
+        except BaseException:
+            if plaintext:  # maybe written: decided by the next registry read
                 self._wrote_plaintext(tenant_id, profile_id, plaintext)
+            raise
+        if plaintext:
+            await self._fence(tenant_id, profile_id, plaintext)
+        return written
 
     async def _merge_profiles(
         self,
@@ -809,7 +873,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
             # rotate_profile rewrites exactly the versions not yet sealed under the current
             # key: here the plaintext versions of the new names (and nothing else, unless a
             # rotation is pending anyway)
-            rewritten += await self.rotate_profile(tenant_id, profile_id)
+            rewritten += await self._reseal_profile(tenant_id, profile_id)
         if len(profile_ids) > self.reseal_limit:
             logger.warning(
                 "tenant %s: %s became PII; existing values were re-sealed in %d of %d "
@@ -846,10 +910,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
         if not sealed:
             return 0
         try:
-            return await super()._rewrite_field_payloads(tenant_id, profile_id, sealed)
-        finally:
-            if plaintext:
+            rewritten = await super()._rewrite_field_payloads(tenant_id, profile_id, sealed)
+        except BaseException:
+            if plaintext:  # maybe written: decided by the next registry read
                 self._wrote_plaintext(tenant_id, profile_id, plaintext)
+            raise
+        if plaintext:
+            await self._fence(tenant_id, profile_id, plaintext)
+        return rewritten
 
     # ---------------------------------------------------------------------------------
     # key rotation
