@@ -1,11 +1,17 @@
-"""The in-memory reference provider: dicts, one lock, deep copies in and out.
+"""The in-memory reference provider: dicts with real indexes, one lock, private copies.
 
 Every hook runs its whole read-check-write sequence under one ``asyncio.Lock`` and never
 awaits inside it, so each call is one atomic step: a supersede cannot be lost, a profile
 has at most one ACTIVE version per field name, and concurrent ``get_or_create`` calls for
-one identity see each other's profile. Everything stored is a private deep copy and
-everything returned is a fresh deep copy, so callers can never change stored state by
-mutating a model they passed in or got back.
+one identity see each other's profile. A write checks everything it needs before its first
+change, so a refused write leaves the store exactly as it was.
+
+Cost does not grow with the tenant: profiles are found through dict indexes (id, customer
+id, channel identity), a profile's fields and assets through per-profile-and-name version
+lists, lineage through a per-source index (``tables.py``), all updated in the same step as
+the rows. Versions are stored as compact tuples (``records.py``); every model handed out is
+built fresh on read, so callers can never change stored state by mutating a model they
+passed in or got back.
 
 Data lives only as long as the store object; nothing is persisted.
 """
@@ -15,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+from pydantic import BaseModel
 
 from ccvault import errors
 from ccvault.models import (
@@ -43,58 +50,57 @@ from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_m
 from ccvault.rules.save import SaveState, StoredItem, identity_key, plan_save
 from ccvault.rules.unmerge import UnmergeState, plan_unmerge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
+from ccvault_inmemory.records import ASSET, FIELD, Row, copy_json
+from ccvault_inmemory.tables import ItemTable, Tenant, TenantProfile
 
 __all__ = ["InMemoryProfileStore"]
 
-_IdentityKey = tuple[Channel, str]
-_RequirementKey = tuple[UUID, UUID | None, UUID | None, str]
+_new = object.__new__
+_SET_DICT: Any = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET: Any = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA: Any = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE: Any = BaseModel.__dict__["__pydantic_private__"].__set__
+_NO_ITEMS: dict[str, Any] = {"fields": {}, "field_history": {}, "assets": [], "asset_history": []}
 
 
-@dataclass
-class _Profile:
-    """The profile's own attributes (no fields or assets) and whether it is soft-deleted."""
-
-    profile: CustomerProfile
-    deleted: bool = False
-
-
-@dataclass
-class _Field:
-    profile_id: UUID
-    seq: int
-    item: ProfileField
+def _stored(row: Row[Any]) -> StoredItem:
+    values, codec = row.values, row.codec
+    return StoredItem(
+        row.profile_id,
+        row.name,
+        row.status,
+        values[codec.names.index("superseded_by_id")],
+        values[codec.names.index("superseded_at")],
+    )
 
 
-@dataclass
-class _Asset:
-    profile_id: UUID
-    seq: int
-    item: ProfileAsset
+def _base(profile: CustomerProfile, update: dict[str, Any] | None = None) -> CustomerProfile:
+    """The profile row to store: a private copy without fields or assets (those live in
+    the item tables)."""
+    return profile.model_copy(update={**_NO_ITEMS, **(update or {})}).model_copy(deep=True)
 
 
-@dataclass
-class _Tenant:
-    profiles: dict[UUID, _Profile] = field(default_factory=dict)
-    fields: dict[UUID, _Field] = field(default_factory=dict)
-    assets: dict[UUID, _Asset] = field(default_factory=dict)
-    # identities and customer ids owned by LIVE profiles only
-    identities: dict[_IdentityKey, UUID] = field(default_factory=dict)
-    customers: dict[UUID, UUID] = field(default_factory=dict)
-    definitions: dict[tuple[UUID, str], ProfileFieldDefinition] = field(default_factory=dict)
-    requirements: dict[_RequirementKey, ScenarioFieldRequirement] = field(default_factory=dict)
-    merges: dict[UUID, MergeRecord] = field(default_factory=dict)
+def _copy_profile(base: CustomerProfile, items: dict[str, Any]) -> CustomerProfile:
+    """A fresh profile from a stored row and freshly built items. Identities and consents
+    hold only immutable values, so shallow copies of them are private copies."""
+    data = dict(base.__dict__)
+    data["channel_identities"] = [i.model_copy() for i in base.channel_identities]
+    data["consents"] = [c.model_copy() for c in base.consents]
+    data.update(items)
+    profile = _new(CustomerProfile)
+    _SET_DICT(profile, data)
+    _SET_FIELDS_SET(profile, set(base.__pydantic_fields_set__) | items.keys())
+    _SET_EXTRA(profile, None)
+    _SET_PRIVATE(profile, None)
+    return profile
 
 
-def _stored(profile_id: UUID, item: ProfileField | ProfileAsset) -> StoredItem:
-    return StoredItem(profile_id, item.name, item.status, item.superseded_by_id, item.superseded_at)
+def _by_seq(row: Row[Any]) -> int:
+    return row.seq
 
 
-def _newest_first_field(row: _Field) -> tuple[datetime, int]:
-    return (row.item.collected_at, row.seq)
-
-
-def _newest_first_asset(row: _Asset) -> tuple[datetime, int]:
-    return (row.item.uploaded_at, row.seq)
+def _newest_first(rows: Iterable[Row[Any]]) -> list[Row[Any]]:
+    return sorted(rows, key=Row.newest_key, reverse=True)
 
 
 class InMemoryProfileStore(ProfileStore):
@@ -105,7 +111,7 @@ class InMemoryProfileStore(ProfileStore):
 
     def __init__(self, *, rules: StoreRules | None = None) -> None:
         super().__init__(rules=rules)
-        self._tenants: dict[UUID, _Tenant] = {}
+        self._tenants: dict[UUID, Tenant] = {}
         self._lock = asyncio.Lock()
         # write order: breaks ties between equal timestamps, newest write first
         self._seq = itertools.count(1)
@@ -120,62 +126,50 @@ class InMemoryProfileStore(ProfileStore):
     # helpers (called with the lock held, or from code that never awaits)
     # -------------------------------------------------------------------------------------
 
-    def _tenant(self, tenant_id: UUID, *, create: bool = False) -> _Tenant:
+    def _tenant(self, tenant_id: UUID, *, create: bool = False) -> Tenant:
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
-            tenant = _Tenant()
+            tenant = Tenant()
             if create:
                 self._tenants[tenant_id] = tenant
         return tenant
 
-    def _live(self, tenant: _Tenant, profile_id: UUID) -> _Profile:
+    def _live(self, tenant: Tenant, profile_id: UUID) -> TenantProfile:
         row = tenant.profiles.get(profile_id)
         if row is None or row.deleted:
             raise errors.NotFoundError(f"profile {profile_id} not found")
         return row
 
     @staticmethod
-    def _fields_of(tenant: _Tenant, profile_id: UUID) -> Iterator[_Field]:
-        return (row for row in tenant.fields.values() if row.profile_id == profile_id)
+    def _active_fields(tenant: Tenant, profile_id: UUID) -> list[Row[ProfileField]]:
+        """The profile's ACTIVE field versions, oldest first."""
+        active = []
+        for rows in tenant.fields.names(profile_id).values():
+            for row in reversed(rows):
+                if row.status is ItemStatus.ACTIVE:
+                    active.append(row)
+                    break
+        active.sort(key=Row.newest_key)
+        return active
 
-    @staticmethod
-    def _assets_of(tenant: _Tenant, profile_id: UUID) -> Iterator[_Asset]:
-        return (row for row in tenant.assets.values() if row.profile_id == profile_id)
-
-    def _active_field(self, tenant: _Tenant, profile_id: UUID, name: str) -> _Field | None:
-        for row in self._fields_of(tenant, profile_id):
-            if row.item.name == name and row.item.status is ItemStatus.ACTIVE:
-                return row
-        return None
-
-    def _assemble(self, tenant: _Tenant, row: _Profile, include_history: bool) -> CustomerProfile:
-        """A deep copy of the aggregate: ACTIVE fields/assets, history when asked."""
-        profile = row.profile.model_copy(deep=True)
-        fields = sorted(self._fields_of(tenant, profile.id), key=_newest_first_field, reverse=True)
-        assets = sorted(self._assets_of(tenant, profile.id), key=_newest_first_asset, reverse=True)
-        profile.fields = {
-            f.item.name: f.item.model_copy(deep=True)
-            for f in reversed(fields)
-            if f.item.status is ItemStatus.ACTIVE
+    def _assemble(
+        self, tenant: Tenant, row: TenantProfile, include_history: bool
+    ) -> CustomerProfile:
+        """A fresh copy of the aggregate: ACTIVE fields/assets, history when asked."""
+        profile_id = row.profile.id
+        assets = _newest_first(tenant.assets.of_profile(profile_id))
+        items: dict[str, Any] = {
+            "fields": {r.name: r.item for r in self._active_fields(tenant, profile_id)},
+            "assets": [a.item for a in assets if a.status is ItemStatus.ACTIVE],
+            "field_history": {},
+            "asset_history": [],
         }
-        profile.assets = [
-            a.item.model_copy(deep=True) for a in assets if a.item.status is ItemStatus.ACTIVE
-        ]
         if include_history:
-            history: dict[str, list[ProfileField]] = {}
-            for f in fields:
-                history.setdefault(f.item.name, []).append(f.item.model_copy(deep=True))
-            profile.field_history = history
-            profile.asset_history = [a.item.model_copy(deep=True) for a in assets]
-        else:
-            profile.field_history = {}
-            profile.asset_history = []
-        return profile
-
-    def _find_item_exists(self, tenant: _Tenant, item_id: UUID, kind: SourceType) -> bool:
-        if kind is SourceType.PROFILE_FIELD:
-            return item_id in tenant.fields
-        return item_id in tenant.assets
+            versions = [_newest_first(rows) for rows in tenant.fields.names(profile_id).values()]
+            versions.sort(key=lambda rows: rows[0].newest_key(), reverse=True)
+            items["field_history"] = {rows[0].name: [r.item for r in rows] for rows in versions}
+            items["asset_history"] = [a.item for a in assets]
+        return _copy_profile(row.profile, items)
 
     # -------------------------------------------------------------------------------------
     # profiles
@@ -219,7 +213,7 @@ class InMemoryProfileStore(ProfileStore):
             owner = tenant.identities.get(key)
             if owner is not None:
                 return self._assemble(tenant, tenant.profiles[owner], False)
-            tenant.profiles[candidate.id] = _Profile(profile=candidate.model_copy(deep=True))
+            tenant.profiles[candidate.id] = TenantProfile(profile=_base(candidate))
             tenant.identities[key] = candidate.id
             tenant.customers[candidate.customer_id] = candidate.id
             return self._assemble(tenant, tenant.profiles[candidate.id], False)
@@ -238,42 +232,50 @@ class InMemoryProfileStore(ProfileStore):
                     if (owner := tenant.identities.get(key := identity_key(identity)))
                 },
                 fields={
-                    f.id: _stored(row.profile_id, row.item)
+                    f.id: _stored(row)
                     for f in profile.fields.values()
                     if (row := tenant.fields.get(f.id)) is not None
                 },
                 assets={
-                    a.id: _stored(held.profile_id, held.item)
+                    a.id: _stored(held)
                     for a in profile.assets
                     if (held := tenant.assets.get(a.id)) is not None
                 },
             )
             plan = plan_save(state, profile, self.now())
+            # the inserts' ids must be free (and distinct) before anything is written
+            self._check_new_ids(tenant.fields, [f.id for f in plan.new_fields], "field")
+            self._check_new_ids(tenant.assets, [a.id for a in plan.new_assets], "asset")
             # --- apply: nothing below can fail
             if existing is not None:
                 for identity in existing.profile.channel_identities:
                     tenant.identities.pop(identity_key(identity), None)
                 tenant.customers.pop(existing.profile.customer_id, None)
-            base = plan.profile.model_copy(
-                deep=True,
-                update={
-                    "channel_identities": list(plan.identities),
-                    "consents": list(plan.consents),
-                },
+            base = _base(
+                plan.profile,
+                {"channel_identities": list(plan.identities), "consents": list(plan.consents)},
             )
-            tenant.profiles[profile.id] = _Profile(profile=base)
+            tenant.profiles[profile.id] = TenantProfile(profile=base)
             for identity in base.channel_identities:
                 tenant.identities[identity_key(identity)] = profile.id
             tenant.customers[base.customer_id] = profile.id
             for item in plan.updated_fields:
-                tenant.fields[item.id].item = item.model_copy(deep=True)
+                tenant.fields.rewrite(tenant.fields[item.id], FIELD.pack(item))
             for item in plan.new_fields:
                 self._insert_field(tenant, profile.id, item, supersede=True, now=plan.now)
             for asset in plan.updated_assets:
-                tenant.assets[asset.id].item = asset.model_copy(deep=True)
+                tenant.assets.rewrite(tenant.assets[asset.id], ASSET.pack(asset))
             for asset in plan.new_assets:
                 self._insert_asset(tenant, profile.id, asset, supersede=False, now=plan.now)
             return profile.id
+
+    @staticmethod
+    def _check_new_ids(table: ItemTable[Any], ids: list[UUID], kind: str) -> None:
+        if len(set(ids)) != len(ids):
+            raise errors.ConflictError(f"one {kind} id is used twice in one save")
+        for item_id in ids:
+            if item_id in table:
+                raise errors.ConflictError(f"{kind} id {item_id} is already stored")
 
     async def _delete(self, tenant_id: UUID, profile_id: UUID) -> bool:
         async with self._lock:
@@ -294,7 +296,7 @@ class InMemoryProfileStore(ProfileStore):
 
     def _insert_field(
         self,
-        tenant: _Tenant,
+        tenant: Tenant,
         profile_id: UUID,
         item: ProfileField,
         *,
@@ -303,30 +305,29 @@ class InMemoryProfileStore(ProfileStore):
     ) -> UUID:
         if item.id in tenant.fields:
             raise errors.ConflictError(f"field id {item.id} is already stored")
-        active = self._active_field(tenant, profile_id, item.name)
+        active = tenant.fields.active(profile_id, item.name)
         if not supersede:
             if active is not None and not active.item.is_expired(now):
                 raise errors.ActiveFieldConflictError(
-                    f"field {item.name!r} already has an ACTIVE version ({active.item.id})"
+                    f"field {item.name!r} already has an ACTIVE version ({active.values[0]})"
                 )
             # every check passed: the profile's overdue versions close with the insert
             self._sweep(tenant, profile_id, now)
             active = None
-        stored = item.model_copy(
-            deep=True,
-            update={"status": ItemStatus.ACTIVE, "superseded_by_id": None, "superseded_at": None},
+        values = FIELD.replace(
+            FIELD.pack(item),
+            {"status": ItemStatus.ACTIVE, "superseded_by_id": None, "superseded_at": None},
         )
         if active is not None:
-            active.item = active.item.model_copy(
-                update={
-                    "status": ItemStatus.SUPERSEDED,
-                    "superseded_by_id": stored.id,
-                    "superseded_at": now,
-                    "updated_at": now,
-                }
+            tenant.fields.change(
+                active,
+                status=ItemStatus.SUPERSEDED,
+                superseded_by_id=item.id,
+                superseded_at=now,
+                updated_at=now,
             )
-        tenant.fields[stored.id] = _Field(profile_id=profile_id, seq=next(self._seq), item=stored)
-        return stored.id
+        tenant.fields.add(profile_id, next(self._seq), values)
+        return item.id
 
     async def _update_field(
         self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
@@ -346,14 +347,17 @@ class InMemoryProfileStore(ProfileStore):
             row = tenant.profiles.get(profile_id)
             if row is None or row.deleted:
                 return None
+            if status is ItemStatus.ACTIVE:
+                found = tenant.fields.active(profile_id, field_name)
+                return None if found is None else found.item
             candidates = [
                 f
-                for f in self._fields_of(tenant, profile_id)
-                if f.item.name == field_name and (status is None or f.item.status is status)
+                for f in tenant.fields.versions(profile_id, field_name)
+                if status is None or f.status is status
             ]
             if not candidates:
                 return None
-            return max(candidates, key=_newest_first_field).item.model_copy(deep=True)
+            return max(candidates, key=Row.newest_key).item
 
     async def _get_field_history(
         self, tenant_id: UUID, profile_id: UUID, field_name: str
@@ -363,27 +367,39 @@ class InMemoryProfileStore(ProfileStore):
             row = tenant.profiles.get(profile_id)
             if row is None or row.deleted:
                 return []
-            versions = [f for f in self._fields_of(tenant, profile_id) if f.item.name == field_name]
-            versions.sort(key=_newest_first_field, reverse=True)
-            return [f.item.model_copy(deep=True) for f in versions]
+            versions = _newest_first(tenant.fields.versions(profile_id, field_name))
+            return [f.item for f in versions]
 
-    async def _expire_stale_fields(
-        self, tenant_id: UUID, profile_id: UUID | None, now: datetime
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
     ) -> int:
         async with self._lock:
-            return self._sweep(self._tenant(tenant_id), profile_id, now)
+            return self._sweep(self._tenant(tenant_id), profile_id, now, limit)
 
     @staticmethod
-    def _sweep(tenant: _Tenant, profile_id: UUID | None, now: datetime) -> int:
+    def _sweep(
+        tenant: Tenant, profile_id: UUID | None, now: datetime, limit: int | None = None
+    ) -> int:
+        """Expire the overdue ACTIVE versions of one profile (or of every profile), at most
+        ``limit`` of them. Looks at one version per name: the ACTIVE one."""
+        owners = tenant.fields.owners() if profile_id is None else [profile_id]
+        expires_at = FIELD.expires_at
         count = 0
-        for row in tenant.fields.values():
-            if profile_id is not None and row.profile_id != profile_id:
-                continue
-            if row.item.status is ItemStatus.ACTIVE and row.item.is_expired(now):
-                row.item = row.item.model_copy(
-                    update={"status": ItemStatus.EXPIRED, "updated_at": now}
-                )
-                count += 1
+        for owner in owners:
+            overdue = [
+                row
+                for name in tenant.fields.names(owner)
+                if (row := tenant.fields.active(owner, name)) is not None
+                and (ends := row.values[expires_at]) is not None
+                and ends <= now
+            ]
+            if limit is not None:
+                overdue = overdue[: limit - count]
+            for row in overdue:
+                tenant.fields.change(row, status=ItemStatus.EXPIRED, updated_at=now)
+            count += len(overdue)
+            if limit is not None and count >= limit:
+                break
         return count
 
     # -------------------------------------------------------------------------------------
@@ -392,7 +408,7 @@ class InMemoryProfileStore(ProfileStore):
 
     def _insert_asset(
         self,
-        tenant: _Tenant,
+        tenant: Tenant,
         profile_id: UUID,
         asset: ProfileAsset,
         *,
@@ -401,22 +417,21 @@ class InMemoryProfileStore(ProfileStore):
     ) -> UUID:
         if asset.id in tenant.assets:
             raise errors.ConflictError(f"asset id {asset.id} is already stored")
-        stored = asset.model_copy(
-            deep=True,
-            update={"status": ItemStatus.ACTIVE, "superseded_by_id": None, "superseded_at": None},
+        values = ASSET.replace(
+            ASSET.pack(asset),
+            {"status": ItemStatus.ACTIVE, "superseded_by_id": None, "superseded_at": None},
         )
         if supersede:
-            for row in self._assets_of(tenant, profile_id):
-                if row.item.name == asset.name and row.item.status is ItemStatus.ACTIVE:
-                    row.item = row.item.model_copy(
-                        update={
-                            "status": ItemStatus.SUPERSEDED,
-                            "superseded_by_id": stored.id,
-                            "superseded_at": now,
-                        }
+            for row in list(tenant.assets.versions(profile_id, asset.name)):
+                if row.status is ItemStatus.ACTIVE:
+                    tenant.assets.change(
+                        row,
+                        status=ItemStatus.SUPERSEDED,
+                        superseded_by_id=asset.id,
+                        superseded_at=now,
                     )
-        tenant.assets[stored.id] = _Asset(profile_id=profile_id, seq=next(self._seq), item=stored)
-        return stored.id
+        tenant.assets.add(profile_id, next(self._seq), values)
+        return asset.id
 
     async def _add_asset(
         self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
@@ -437,7 +452,7 @@ class InMemoryProfileStore(ProfileStore):
             profile = tenant.profiles.get(profile_id)
             if row is None or row.profile_id != profile_id or profile is None or profile.deleted:
                 return None
-            return row.item.model_copy(deep=True)
+            return row.item
 
     async def _get_asset_by_name(
         self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
@@ -449,12 +464,12 @@ class InMemoryProfileStore(ProfileStore):
                 return None
             candidates = [
                 a
-                for a in self._assets_of(tenant, profile_id)
-                if a.item.name == asset_name and (status is None or a.item.status is status)
+                for a in tenant.assets.versions(profile_id, asset_name)
+                if status is None or a.status is status
             ]
             if not candidates:
                 return None
-            return max(candidates, key=_newest_first_asset).item.model_copy(deep=True)
+            return max(candidates, key=Row.newest_key).item
 
     # -------------------------------------------------------------------------------------
     # lineage
@@ -469,24 +484,26 @@ class InMemoryProfileStore(ProfileStore):
                 found = tenant.fields.get(item_id)
                 if found is None:
                     return None
+                item = found.item  # a fresh model: its metadata is a private copy
                 return LineageEntry(
-                    id=found.item.id,
+                    id=item.id,
                     type=ItemType.PROFILE_FIELD,
-                    name=found.item.name,
-                    source_metadata=found.item.model_copy(deep=True).source_metadata,
-                    source_item_id=found.item.source_item_id,
-                    source_item_type=found.item.source_item_type,
+                    name=item.name,
+                    source_metadata=item.source_metadata,
+                    source_item_id=item.source_item_id,
+                    source_item_type=item.source_item_type,
                 )
-            asset = tenant.assets.get(item_id)
-            if asset is None:
+            held = tenant.assets.get(item_id)
+            if held is None:
                 return None
+            asset = held.item
             return LineageEntry(
-                id=asset.item.id,
+                id=asset.id,
                 type=ItemType.PROFILE_ASSET,
-                name=asset.item.name,
+                name=asset.name,
                 source_metadata={},
-                source_item_id=asset.item.source_item_id,
-                source_item_type=asset.item.source_item_type,
+                source_item_id=asset.source_item_id,
+                source_item_type=asset.source_item_type,
             )
 
     async def _get_derived_items(
@@ -494,27 +511,15 @@ class InMemoryProfileStore(ProfileStore):
     ) -> tuple[list[ProfileField], list[ProfileAsset]]:
         async with self._lock:
             tenant = self._tenant(tenant_id)
-            fields = sorted(
-                (f for f in tenant.fields.values() if f.item.source_item_id == source_item_id),
-                key=lambda f: f.seq,
-            )
-            assets = sorted(
-                (a for a in tenant.assets.values() if a.item.source_item_id == source_item_id),
-                key=lambda a: a.seq,
-            )
-            return (
-                [f.item.model_copy(deep=True) for f in fields],
-                [a.item.model_copy(deep=True) for a in assets],
-            )
+            fields = sorted(tenant.fields.derived_from(source_item_id), key=lambda f: f.seq)
+            assets = sorted(tenant.assets.derived_from(source_item_id), key=lambda a: a.seq)
+            return ([f.item for f in fields], [a.item for a in assets])
 
-    def _has_dependents(self, tenant: _Tenant, item_id: UUID) -> bool:
+    @staticmethod
+    def _has_dependents(tenant: Tenant, item_id: UUID) -> bool:
         return any(
-            f.item.source_item_id == item_id and f.item.status is ItemStatus.ACTIVE
-            for f in tenant.fields.values()
-        ) or any(
-            a.item.source_item_id == item_id and a.item.status is ItemStatus.ACTIVE
-            for a in tenant.assets.values()
-        )
+            f.status is ItemStatus.ACTIVE for f in tenant.fields.derived_from(item_id)
+        ) or any(a.status is ItemStatus.ACTIVE for a in tenant.assets.derived_from(item_id))
 
     async def _check_has_dependents(self, tenant_id: UUID, item_id: UUID) -> bool:
         async with self._lock:
@@ -576,33 +581,31 @@ class InMemoryProfileStore(ProfileStore):
                 now,
                 choose_winner=choose_winner,
             )
+            moved_fields = list(tenant.fields.of_profile(source_profile_id))
+            moved_assets = list(tenant.assets.of_profile(source_profile_id))
             record = merge_record(
                 tenant_id,
                 plan,
                 log or MergeLogRequest(),
-                moved_field_ids=[f.item.id for f in self._fields_of(tenant, source_profile_id)],
-                moved_asset_ids=[a.item.id for a in self._assets_of(tenant, source_profile_id)],
+                moved_field_ids=[f.values[0] for f in sorted(moved_fields, key=lambda r: r.seq)],
+                moved_asset_ids=[a.values[0] for a in sorted(moved_assets, key=lambda r: r.seq)],
                 moved_consents=source.profile.consents,
                 source_identities=source.profile.channel_identities,
                 target_identities=target.profile.channel_identities,
             )
-            tenant.merges[record.id] = record.model_copy(deep=True)
+            tenant.add_merge(record.model_copy(deep=True))
             for entry in plan.supersede:
-                loser = tenant.fields[entry.loser_id]
-                loser.item = loser.item.model_copy(
-                    update={
-                        "status": ItemStatus.SUPERSEDED,
-                        "superseded_by_id": entry.winner_id,
-                        "superseded_at": now,
-                        "updated_at": now,
-                    }
+                tenant.fields.change(
+                    tenant.fields[entry.loser_id],
+                    status=ItemStatus.SUPERSEDED,
+                    superseded_by_id=entry.winner_id,
+                    superseded_at=now,
+                    updated_at=now,
                 )
-            for f in tenant.fields.values():
-                if f.profile_id == source_profile_id:
-                    f.profile_id = target_profile_id
-            for a in tenant.assets.values():
-                if a.profile_id == source_profile_id:
-                    a.profile_id = target_profile_id
+            for f in moved_fields:
+                tenant.fields.move(f, target_profile_id)
+            for a in moved_assets:
+                tenant.assets.move(a, target_profile_id)
             held = {
                 (i.channel, i.channel_user_id): i
                 for i in (*target.profile.channel_identities, *source.profile.channel_identities)
@@ -628,26 +631,29 @@ class InMemoryProfileStore(ProfileStore):
             if record is None:
                 raise errors.NotFoundError(f"merge {merge_id} not found")
             source_id, target_id = record.source_profile_id, record.target_profile_id
-            ends = {source_id, target_id}
             source = tenant.profiles.get(source_id)
             target = tenant.profiles.get(target_id)
             if source is None:
                 raise errors.NotFoundError(f"merge {merge_id} not found")
+            open_merges = {
+                m.id: m
+                for end in (source_id, target_id)
+                for m in tenant.merges_naming(end)
+                if m.id != merge_id and m.unmerged_at is None
+            }
+
+            def items(table: ItemTable[Any], profile_id: UUID) -> tuple[Any, ...]:
+                return tuple(r.item for r in sorted(table.of_profile(profile_id), key=_by_seq))
+
             state = UnmergeState(
                 record=record.model_copy(deep=True),
-                open_merges=tuple(
-                    m.model_copy(deep=True)
-                    for m in tenant.merges.values()
-                    if m.id != merge_id
-                    and m.unmerged_at is None
-                    and {m.source_profile_id, m.target_profile_id} & ends
-                ),
+                open_merges=tuple(m.model_copy(deep=True) for m in open_merges.values()),
                 target_live=target is not None and not target.deleted,
                 source_live=not source.deleted,
-                target_fields=tuple(f.item for f in self._fields_of(tenant, target_id)),
-                source_fields=tuple(f.item for f in self._fields_of(tenant, source_id)),
-                target_assets=tuple(a.item for a in self._assets_of(tenant, target_id)),
-                source_assets=tuple(a.item for a in self._assets_of(tenant, source_id)),
+                target_fields=items(tenant.fields, target_id),
+                source_fields=items(tenant.fields, source_id),
+                target_assets=items(tenant.assets, target_id),
+                source_assets=items(tenant.assets, source_id),
                 target_identities=tuple(target.profile.channel_identities) if target else (),
                 source_identities=tuple(source.profile.channel_identities),
                 target_consents=tuple(target.profile.consents) if target else (),
@@ -661,18 +667,16 @@ class InMemoryProfileStore(ProfileStore):
             if owner is not None and owner != source_id:
                 raise errors.ConflictError("the source's customer id is taken by a live profile")
             for field_id in plan.field_ids_to_source:
-                tenant.fields[field_id].profile_id = source_id
+                tenant.fields.move(tenant.fields[field_id], source_id)
             for asset_id in plan.asset_ids_to_source:
-                tenant.assets[asset_id].profile_id = source_id
+                tenant.assets.move(tenant.assets[asset_id], source_id)
             for field_id in plan.reactivate_field_ids:
-                row = tenant.fields[field_id]
-                row.item = row.item.model_copy(
-                    update={
-                        "status": ItemStatus.ACTIVE,
-                        "superseded_by_id": None,
-                        "superseded_at": None,
-                        "updated_at": now,
-                    }
+                tenant.fields.change(
+                    tenant.fields[field_id],
+                    status=ItemStatus.ACTIVE,
+                    superseded_by_id=None,
+                    superseded_at=None,
+                    updated_at=now,
                 )
             held = {(i.channel, i.channel_user_id): i for i in target.profile.channel_identities}
             moving = [u for u in plan.identities if u.to_source]
@@ -697,15 +701,14 @@ class InMemoryProfileStore(ProfileStore):
             source.profile.updated_at = now
             source.deleted = False
             tenant.customers[source.profile.customer_id] = source_id
+            # same id, same ends: the merges_of index stays as it is
             tenant.merges[merge_id] = plan.record.model_copy(deep=True)
             return plan.result.model_copy(deep=True)
 
     async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
         async with self._lock:
             return [
-                m.model_copy(deep=True)
-                for m in self._tenant(tenant_id).merges.values()
-                if profile_id in (m.source_profile_id, m.target_profile_id)
+                m.model_copy(deep=True) for m in self._tenant(tenant_id).merges_naming(profile_id)
             ]
 
     async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
@@ -805,22 +808,17 @@ class InMemoryProfileStore(ProfileStore):
             row = tenant.profiles.pop(profile_id, None)
             if row is None:
                 return False
-            for key, owner in list(tenant.identities.items()):
-                if owner == profile_id:
+            # a live profile owns exactly its identities and customer id (deleted: none)
+            for identity in row.profile.channel_identities:
+                key = (identity.channel, identity.channel_user_id)
+                if tenant.identities.get(key) == profile_id:
                     del tenant.identities[key]
-            for customer, owner in list(tenant.customers.items()):
-                if owner == profile_id:
-                    del tenant.customers[customer]
-            for field_id in [i for i, f in tenant.fields.items() if f.profile_id == profile_id]:
-                del tenant.fields[field_id]
-            for asset_id in [i for i, a in tenant.assets.items() if a.profile_id == profile_id]:
-                del tenant.assets[asset_id]
-            for merge_id in [
-                i
-                for i, m in tenant.merges.items()
-                if profile_id in (m.source_profile_id, m.target_profile_id)
-            ]:
-                del tenant.merges[merge_id]
+            if tenant.customers.get(row.profile.customer_id) == profile_id:
+                del tenant.customers[row.profile.customer_id]
+            tenant.fields.remove_profile(profile_id)
+            tenant.assets.remove_profile(profile_id)
+            for merge_id in list(tenant.merges_of.get(profile_id, {})):
+                tenant.remove_merge(merge_id)
             return True
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
@@ -834,51 +832,53 @@ class InMemoryProfileStore(ProfileStore):
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         async with self._lock:
             tenant = self._tenant(tenant_id)
-            table: dict[UUID, _Field] | dict[UUID, _Asset] = (
+            table: ItemTable[Any] = (
                 tenant.fields if item_type is ItemType.PROFILE_FIELD else tenant.assets
             )
-            if item_id not in table:
+            row = table.get(item_id)
+            if row is None:
                 return False
             if self._has_dependents(tenant, item_id):
                 raise errors.DependentsError(
                     f"{item_type.value} {item_id} still has ACTIVE items derived from it"
                 )
-            del table[item_id]
+            table.remove(row)
             return True
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
         async with self._lock:
             tenant = self._tenant(tenant_id)
             count = 0
-            now = self.now()
-            for f in tenant.fields.values():
-                if self._orphaned(
-                    tenant, f.item.status, f.item.source_item_id, f.item.source_item_type
-                ):
-                    f.item = f.item.model_copy(
-                        update={"status": ItemStatus.ORPHANED, "updated_at": now}
-                    )
-                    count += 1
-            for a in tenant.assets.values():
-                if self._orphaned(
-                    tenant, a.item.status, a.item.source_item_id, a.item.source_item_type
-                ):
-                    a.item = a.item.model_copy(update={"status": ItemStatus.ORPHANED})
-                    count += 1
+            tables: tuple[tuple[ItemTable[Any], bool], ...] = (
+                (tenant.fields, True),
+                (tenant.assets, False),
+            )
+            for table, stamp in tables:
+                for source in table.sources():
+                    orphans = [
+                        row for row in table.derived_from(source) if self._orphaned(tenant, row)
+                    ][: limit - count]
+                    for row in orphans:
+                        if stamp:
+                            table.change(row, status=ItemStatus.ORPHANED, updated_at=now)
+                        else:
+                            table.change(row, status=ItemStatus.ORPHANED)
+                    count += len(orphans)
+                    if count >= limit:
+                        return count
             return count
 
-    def _orphaned(
-        self,
-        tenant: _Tenant,
-        status: ItemStatus,
-        source_id: UUID | None,
-        source_type: SourceType | None,
-    ) -> bool:
-        if status is ItemStatus.ORPHANED or source_id is None:
+    @staticmethod
+    def _orphaned(tenant: Tenant, row: Row[Any]) -> bool:
+        """Not ORPHANED yet, and its profile_field/profile_asset source is gone."""
+        if row.status is ItemStatus.ORPHANED:
             return False
-        if source_type not in (SourceType.PROFILE_FIELD, SourceType.PROFILE_ASSET):
-            return False
-        return not self._find_item_exists(tenant, source_id, source_type)
+        kind = row.values[row.codec.names.index("source_item_type")]
+        if kind is SourceType.PROFILE_FIELD:
+            return row.source_id not in tenant.fields
+        if kind is SourceType.PROFILE_ASSET:
+            return row.source_id not in tenant.assets
+        return False
 
     async def _list_tenant_ids(self) -> list[UUID]:
         async with self._lock:
@@ -890,9 +890,9 @@ class InMemoryProfileStore(ProfileStore):
             fields: dict[str, int] = {}
             assets: dict[str, int] = {}
             for f in tenant.fields.values():
-                fields[f.item.status.value] = fields.get(f.item.status.value, 0) + 1
+                fields[f.status.value] = fields.get(f.status.value, 0) + 1
             for a in tenant.assets.values():
-                assets[a.item.status.value] = assets.get(a.item.status.value, 0) + 1
+                assets[a.status.value] = assets.get(a.status.value, 0) + 1
             return {"fields": fields, "assets": assets}
 
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
@@ -910,6 +910,8 @@ class InMemoryProfileStore(ProfileStore):
             rows = [tenant.fields.get(field_id) for field_id in payloads]
             matched = [row for row in rows if row is not None and row.profile_id == profile_id]
             for row in matched:
-                value, metadata = copy.deepcopy(payloads[row.item.id])
-                row.item = row.item.model_copy(update={"value": value, "source_metadata": metadata})
+                value, metadata = payloads[row.values[0]]
+                tenant.fields.change(
+                    row, value=copy_json(copy.deepcopy(value)), source_metadata=copy_json(metadata)
+                )
             return len(matched)
