@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -232,14 +232,14 @@ class _GatedStore(InMemoryProfileStore):
         self.release = asyncio.Event()
         self.orphan_calls: list[UUID] = []
 
-    async def _expire_stale_fields(self, tenant_id, profile_id, now):  # type: ignore[no-untyped-def]
+    async def _expire_stale_fields_batch(self, tenant_id, profile_id, now, limit):  # type: ignore[no-untyped-def]
         self.entered.set()
         await self.release.wait()
-        return await super()._expire_stale_fields(tenant_id, profile_id, now)
+        return await super()._expire_stale_fields_batch(tenant_id, profile_id, now, limit)
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
         self.orphan_calls.append(tenant_id)
-        return await super()._mark_orphans(tenant_id)
+        return await super()._mark_orphans_batch(tenant_id, now, limit)
 
 
 async def test_stop_request_finishes_the_tenant_in_progress_then_stops(prefix: str) -> None:
@@ -316,10 +316,10 @@ class _FlakyStore(InMemoryProfileStore):
         super().__init__()
         self.broken = broken
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
         if tenant_id == self.broken:
             raise errors.ProviderUnavailableError("connection lost")
-        return await super()._mark_orphans(tenant_id)
+        return await super()._mark_orphans_batch(tenant_id, now, limit)
 
 
 async def test_a_failing_tenant_is_logged_and_does_not_stop_the_others(

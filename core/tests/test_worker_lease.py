@@ -6,6 +6,7 @@ lease is tested with its provider (providers/postgres/tests/test_lease.py)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from uuid import UUID, uuid4
 
 import pytest
@@ -138,13 +139,13 @@ class _SlowExpiryStore(InMemoryProfileStore):
         self.lease = lease
         self.orphan_calls = 0
 
-    async def _expire_stale_fields(self, tenant_id, profile_id, now):  # type: ignore[no-untyped-def]
+    async def _expire_stale_fields_batch(self, tenant_id, profile_id, now, limit):  # type: ignore[no-untyped-def]
         await asyncio.wait_for(self.lease.renewal_failed.wait(), timeout=10)
-        return await super()._expire_stale_fields(tenant_id, profile_id, now)
+        return await super()._expire_stale_fields_batch(tenant_id, profile_id, now, limit)
 
-    async def _mark_orphans(self, tenant_id: UUID) -> int:
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
         self.orphan_calls += 1
-        return await super()._mark_orphans(tenant_id)
+        return await super()._mark_orphans_batch(tenant_id, now, limit)
 
 
 async def test_a_worker_that_loses_its_claim_stops_sweeping_the_tenant(

@@ -336,6 +336,14 @@ class RemoteProfileStore(ProfileStore):
         data = await self._call(tenant_id, "POST", "/v1/operations/expire-stale", json=body)
         return int(data["count"])
 
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
+    ) -> int:
+        # one batch, one transaction on the server: the loop (and its progress) runs here
+        body = {"profile_id": str(profile_id) if profile_id else None, "limit": limit}
+        data = await self._call(tenant_id, "POST", "/v1/operations/expire-stale", json=body)
+        return int(data["count"])
+
     async def _add_asset(
         self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
     ) -> UUID:
@@ -521,6 +529,12 @@ class RemoteProfileStore(ProfileStore):
 
     async def _mark_orphans(self, tenant_id: UUID) -> int:
         data = await self._call(tenant_id, "POST", "/v1/operations/mark-orphans")
+        return int(data["count"])
+
+    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+        data = await self._call(
+            tenant_id, "POST", "/v1/operations/mark-orphans", params={"limit": limit}
+        )
         return int(data["count"])
 
     async def _list_tenant_ids(self) -> list[UUID]:

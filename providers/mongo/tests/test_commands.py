@@ -483,7 +483,7 @@ async def _check_read_cost(
     assert fields_query.kwargs["sort"] == [("name", 1), ("collected_at", -1), ("seq", -1)]
 
 
-async def test_expire_stale_fields_is_one_update_many(
+async def test_expire_stale_fields_is_one_bounded_find_and_one_update_many_per_batch(
     standalone: tuple[MongoProfileStore, EmulatedMongoClient],
 ) -> None:
     store, client = standalone
@@ -494,17 +494,15 @@ async def test_expire_stale_fields_is_one_update_many(
             tenant, profile, ProfileField(name=f"f{i}", value=i, expires_at=NOW - timedelta(1))
         )
     client.clear_commands()
-    assert await store.expire_stale_fields(tenant) == 3
-    assert client.commands == [
-        Command(
-            "fields",
-            "update_many",
-            (
-                {"tenant_id": uid(tenant), "status": "active", "expires_at": {"$lte": dt(NOW)}},
-                {"$set": {"status": "expired", "updated_at": dt(NOW)}},
-            ),
-        )
-    ]
+    assert await store.expire_stale_fields(tenant, batch_size=2) == 3
+    due = {"tenant_id": uid(tenant), "status": "active", "expires_at": {"$lte": dt(NOW)}}
+    # per batch: the ids of at most 2 due versions, then one update_many over those ids
+    assert _calls(client) == [("fields", "find"), ("fields", "update_many")] * 2
+    finds = [c for c in client.commands if c.method == "find"]
+    assert all(c.args == (due,) and c.kwargs["limit"] == 2 for c in finds)
+    marks = [c for c in client.commands if c.method == "update_many"]
+    assert [len(c.args[0]["id"]["$in"]) for c in marks] == [2, 1]
+    assert all(c.args[1] == {"$set": {"status": "expired", "updated_at": dt(NOW)}} for c in marks)
     client.clear_commands()
     assert await store.expire_stale_fields(tenant, profile) == 0
     assert list(client.commands[0].args[0]) == ["tenant_id", "profile_id", "status", "expires_at"]
@@ -1038,13 +1036,13 @@ async def test_mark_orphans_sends_bounded_pages(
         "sort": [("id", 1)],
         "limit": 3,
     }
-    # per page of at most 3: the page, which of its sources exist, the orphans marked;
-    # the third page is short, so the walk over fields ends there; assets: one empty page
-    assert _calls(client) == [
-        ("fields", "find"),
-        ("fields", "find"),
+    # per page of at most 3: the page, which of its sources exist; the third page is short,
+    # so the walk over fields ends there and the batch's orphans are marked at once;
+    # assets: one empty page
+    assert _calls(client) == [("fields", "find"), ("fields", "find")] * 3 + [
         ("fields", "update_many"),
-    ] * 3 + [("assets", "find")]
+        ("assets", "find"),
+    ]
     pages = [c for c in client.commands if c.kwargs.get("limit") is not None]
     assert [c.collection for c in pages] == ["fields"] * 3 + ["assets"]
     assert pages[0].args == (candidates,) and pages[0].kwargs == page_kwargs
@@ -1055,7 +1053,7 @@ async def test_mark_orphans_sends_bounded_pages(
     sizes = [
         len(c.args[0]["id"]["$in"]) for c in client.commands if "$in" in c.args[0].get("id", {})
     ]
-    assert sizes == [3, 3, 3, 3, 1, 1]  # sources looked up, orphans marked: never above 3
+    assert sizes == [3, 3, 1, 7]  # sources looked up per page, then the batch's orphans
     for mark in (c for c in client.commands if c.method == "update_many"):
         assert mark.args[1] == {"$set": {"status": "orphaned", "updated_at": dt(NOW)}}
 

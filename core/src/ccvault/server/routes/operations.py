@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
 
+from ccvault.batches import MAX_BATCH_SIZE
 from ccvault.models import ItemType
 from ccvault.server.deps import Admin, Reader, Store, Writer
 from ccvault.server.schemas import Count, Deleted, ItemCounts, RewriteRequest
@@ -38,6 +39,9 @@ class ExpireRequest(BaseModel):
 
     #: omitted: every profile of the tenant
     profile_id: UUID | None = None
+    #: set: one batch of at most this many fields (one transaction), for a client that runs
+    #: the batch loop itself; omitted: the whole job, in the server's batches
+    limit: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
 
 
 @router.delete("/items/{item_type}/{item_id}")
@@ -49,12 +53,27 @@ async def delete_item(item_type: ItemType, item_id: UUID, caller: Admin, store: 
 @router.post("/operations/expire-stale")
 async def expire_stale_fields(body: ExpireRequest, caller: Writer, store: Store) -> Count:
     """Mark every ACTIVE field past expires_at EXPIRED (one profile or the whole tenant)."""
+    if body.limit is not None:
+        return Count(
+            count=await store.expire_stale_fields(
+                caller.tenant_id, body.profile_id, batch_size=body.limit, max_batches=1
+            )
+        )
     return Count(count=await store.expire_stale_fields(caller.tenant_id, body.profile_id))
 
 
 @router.post("/operations/mark-orphans")
-async def mark_orphans(caller: Admin, store: Store) -> Count:
-    """Mark ORPHANED every item whose source field or asset no longer exists."""
+async def mark_orphans(
+    caller: Admin,
+    store: Store,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_BATCH_SIZE)] = None,
+) -> Count:
+    """Mark ORPHANED every item whose source field or asset no longer exists (``limit``:
+    one batch of at most that many items, one transaction)."""
+    if limit is not None:
+        return Count(
+            count=await store.mark_orphans(caller.tenant_id, batch_size=limit, max_batches=1)
+        )
     return Count(count=await store.mark_orphans(caller.tenant_id))
 
 
