@@ -92,6 +92,19 @@ Cost
     call (any failure falls back to the full parse, for the precise error); the associated
     data of a field reuses per-tenant and per-name byte strings; decrypted fields are copied
     without re-validation (the plaintext is JSON this wrapper sealed and authenticated).
+
+    Opened-envelope cache: each process keeps the opened value and metadata of the field
+    versions it decrypted recently (``opened_cache_size`` versions, default 20,000, oldest
+    dropped first; all dropped every ``opened_cache_ttl`` seconds, default 300; 0 turns it
+    off), keyed by the envelope text. A hit requires the same tenant, field version id,
+    name, part and both envelopes: exactly what the associated data binds, so a copied,
+    moved or tampered envelope misses and then fails as without the cache. Mutable values
+    are kept as JSON and parsed for each caller. This process holds the keys, so plaintext
+    in its memory adds no exposure beyond the moment of a read; every erasure through this
+    wrapper (``purge_profile``, subject erasure, ``delete_item``) drops the whole cache, and
+    another process's copies age out within ``opened_cache_ttl`` and are unreachable (the
+    store never returns an erased envelope again). A read of a profile read before (the
+    common case in a conversation) then costs a dictionary lookup per field, not AES-GCM.
 """
 
 from __future__ import annotations
@@ -105,7 +118,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid5
 
 import orjson
@@ -162,6 +175,7 @@ _URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _a2b = binascii.a2b_base64
 _loads = orjson.loads
 _SETTING = "profile.pii_encryption_key_id"
+_IMMUTABLE_JSON = (str, int, float, bool)
 
 
 def _b64decode(text: str) -> bytes:
@@ -380,6 +394,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
         reseal_limit: int = 1000,
         registry_ttl: float = 2.0,
         plaintext_watch: int = 10_000,
+        opened_cache_size: int = 20_000,
+        opened_cache_ttl: float = 300.0,
     ) -> None:
         super().__init__(inner)
         self.keyring = keyring
@@ -401,6 +417,15 @@ class EncryptedProfileStore(ForwardingProfileStore):
         self._closing = False
         #: the clock the registry view's age is measured with (tests replace it)
         self.clock: Callable[[], float] = time.monotonic
+        #: Opened envelopes kept in process memory (0: none), and for how long (seconds);
+        #: see the module docstring, *Cost*.
+        self.opened_cache_size = opened_cache_size
+        self.opened_cache_ttl = opened_cache_ttl
+        # first envelope of a field version -> (tenant head, field id as int, name, value
+        # sealed?, metadata envelope, value (immutable) or its JSON, immutable?, metadata
+        # JSON): see _decrypt_field
+        self._opened: dict[str, tuple[bytes, int, str, bool, str | None, Any, bool, Any]] = {}
+        self._opened_since = self.clock()
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> ProfileStore:
@@ -610,6 +635,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
     def decrypt_field(self, tenant_id: UUID, item: ProfileField) -> ProfileField:
         """A copy of ``item`` with any sealed value or metadata opened."""
+        self._expire_opened()
         return self._decrypt_field(_tenant_head(tenant_id), item)
 
     def _decrypt_field(self, head: bytes, item: ProfileField) -> ProfileField:
@@ -622,18 +648,73 @@ class EncryptedProfileStore(ForwardingProfileStore):
             envelope = None
         if not sealed_value and envelope is None:
             return item
-        value_aad, metadata_aad = _aads(head, values["id"], values["name"])
+        field_id = values["id"]
+        name = values["name"]
+        # the opened-field cache (module docstring, *Cost*): keyed by the first envelope,
+        # valid only for the same tenant, field version, name and both envelopes (the
+        # check the associated data makes: a copied envelope misses, then fails)
+        key = cast(str, value if sealed_value else envelope)
+        hit = self._opened.get(key)
+        if (
+            hit is not None
+            and hit[0] == head
+            and hit[1] == field_id.int
+            and hit[2] == name
+            and hit[3] is sealed_value
+            and hit[4] == envelope
+        ):
+            update: dict[str, Any] = {}
+            if sealed_value:
+                update["value"] = hit[5] if hit[6] else _loads(hit[5])
+            if envelope is not None:
+                update["source_metadata"] = _loads(hit[7])
+            return trusted_replace(item, update)
+        value_aad, metadata_aad = _aads(head, field_id, name)
         open_sealed = self.keyring.decrypt
-        update: dict[str, Any] = {}
+        update = {}
+        value_payload: Any = None
+        immutable = True
         if sealed_value:
-            update["value"] = _loads(open_sealed(value, value_aad))
+            plaintext = open_sealed(value, value_aad)
+            opened = update["value"] = _loads(plaintext)
+            immutable = opened is None or opened.__class__ in _IMMUTABLE_JSON
+            value_payload = opened if immutable else plaintext
+        metadata_json = None
         if envelope is not None:
-            opened = _loads(open_sealed(envelope, metadata_aad))
+            metadata_json = open_sealed(envelope, metadata_aad)
+            opened = _loads(metadata_json)
             if opened.__class__ is not dict:
                 raise errors.EncryptionError("decrypted source_metadata is not an object")
             update["source_metadata"] = opened
+        if self.opened_cache_size:
+            cache = self._opened
+            if len(cache) >= self.opened_cache_size:
+                del cache[next(iter(cache))]  # the oldest entry
+            cache[key] = (
+                head,
+                field_id.int,
+                name,
+                sealed_value,
+                envelope,
+                value_payload,
+                immutable,
+                metadata_json,
+            )
         # authenticated plaintext this wrapper sealed from validated JSON: no re-validation
         return trusted_replace(item, update)
+
+    def _expire_opened(self) -> None:
+        """Drop the opened-envelope cache when it is older than ``opened_cache_ttl``."""
+        now = self.clock()
+        if now - self._opened_since >= self.opened_cache_ttl:
+            self._opened.clear()
+            self._opened_since = now
+
+    def forget_opened(self) -> None:
+        """Drop every opened (decrypted) envelope this process keeps; called by every
+        erasure through this wrapper (purge, subject erasure, item deletion)."""
+        self._opened.clear()
+        self._opened_since = self.clock()
 
     def _open_metadata(
         self, tenant_id: UUID, item_id: UUID, name: str, metadata: dict[str, Any]
@@ -649,6 +730,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         return opened
 
     def _decrypt_profile(self, profile: CustomerProfile) -> CustomerProfile:
+        self._expire_opened()
         head = _tenant_head(profile.tenant_id)
         opened = self._decrypt_field
         fields = {name: opened(head, item) for name, item in profile.fields.items()}
@@ -792,6 +874,30 @@ class EncryptedProfileStore(ForwardingProfileStore):
         await super()._merge_profiles(
             tenant_id, source_profile_id, target_profile_id, choose_winner, log
         )
+
+    # ---------------------------------------------------------------------------------
+    # erasure: no opened copy outlives it in this process
+    # ---------------------------------------------------------------------------------
+
+    async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
+        try:
+            return await super()._purge_profile(tenant_id, profile_id)
+        finally:
+            self.forget_opened()
+
+    async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
+        try:
+            return await super()._delete_item(tenant_id, item_id, item_type)
+        finally:
+            self.forget_opened()
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        try:
+            return await super()._erase_subject(tenant_id, profile_ids, merge_ids)
+        finally:
+            self.forget_opened()
 
     @staticmethod
     def _refuse_registry_agent(agent_id: UUID) -> None:
