@@ -821,6 +821,34 @@ class InMemoryProfileStore(ProfileStore):
                 tenant.remove_merge(merge_id)
             return True
 
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        # erasure by data subject: the merge-log check and every removal under one lock
+        # (_find_subject_profiles keeps ProfileStore's scan: an operator call, not a hot path)
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            touching = {m for p in profile_ids for m in tenant.merges_of.get(p, {})}
+            if touching != set(merge_ids):
+                raise errors.ConflictError("the merge log of the subject changed")
+            erased = 0
+            for profile_id in profile_ids:
+                row = tenant.profiles.pop(profile_id, None)
+                if row is None:
+                    continue
+                erased += 1
+                for identity in row.profile.channel_identities:
+                    key = (identity.channel, identity.channel_user_id)
+                    if tenant.identities.get(key) == profile_id:
+                        del tenant.identities[key]
+                if tenant.customers.get(row.profile.customer_id) == profile_id:
+                    del tenant.customers[row.profile.customer_id]
+                tenant.fields.remove_profile(profile_id)
+                tenant.assets.remove_profile(profile_id)
+            for merge_id in touching:
+                tenant.remove_merge(merge_id)
+            return erased
+
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
         async with self._lock:
             tenant = self._tenant(tenant_id)
