@@ -19,12 +19,8 @@ from datetime import timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
 from ccvault import errors
+from ccvault.extras import requires_extra
 from ccvault.gapfill import EnhancedGapFillService, scenario_blocked
 from ccvault.models import (
     Channel,
@@ -47,6 +43,12 @@ from ccvault.requirements import condition_holds
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
 from ccvault.validation import SchemaValidationService
+
+with requires_extra("cli", "ccvault demo"):
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
 
 __all__ = ["AGENT_ID", "SCENARIO_ID", "TENANT_ID", "WHATSAPP_NUMBER", "run_demo"]
 

@@ -12,18 +12,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import click
-from click.core import ParameterSource
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
 from ccvault import errors
 from ccvault.evaluation.report import scores_json, scores_table
 from ccvault.evaluation.sgd import (
@@ -41,8 +29,22 @@ from ccvault.extraction import (
     OfflineExtractor,
     extractor_from_settings,
 )
+from ccvault.extras import requires_extra
 from ccvault.models import ConversationTurn
 from ccvault.settings import VaultSettings, load_settings
+
+with requires_extra("cli", "ccvault eval"):
+    import click
+    from click.core import ParameterSource
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
 __all__ = ["eval_group", "sgd_settings"]
 

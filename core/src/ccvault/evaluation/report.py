@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
-from rich.table import Table
-
 from ccvault.evaluation.sgd import SgdScores
+from ccvault.extras import requires_extra
+
+with requires_extra("cli", "The evaluation report"):
+    from rich.table import Table
 
 __all__ = ["scores_json", "scores_table"]
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
 
-import httpx
-
+from ccvault.extras import requires_extra
 from ccvault.server.auth import ApiKeyStore
+
+with requires_extra("testing", "The test server helpers (ccvault.server.testing)"):
+    import httpx
 
 __all__ = ["ServerProcess", "embedded_config", "free_port", "running_server"]
 
