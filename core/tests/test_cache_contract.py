@@ -94,6 +94,7 @@ class TestCachedPostgresContract(ProfileStoreContract):
         # one schema for the module: every suite test works in fresh tenants of its own,
         # and the cache of each test has a fresh key prefix
         inner = PostgresProfileStore(PostgresSettings(dsn=pg_dsn, schema="cache_contract"))
+        await inner.migrate()  # the explicit step (idempotent): setup() never migrates
         async for store in cached(inner):
             yield store
 

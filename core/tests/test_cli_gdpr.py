@@ -169,6 +169,8 @@ def test_sqlite_purge_leaves_nothing_in_the_file_or_redis(
     db = tmp_path / "vault.db"
     config, env = _config(tmp_path, prefix, "sqlite", f'path = "{db}"\n')
     monkeypatch.setenv("PROFILE_PII_ENCRYPTION_KEY", env["PROFILE_PII_ENCRYPTION_KEY"])
+    migrate = _run(config, env, "migrate")  # the explicit step: opening never migrates
+    assert migrate.returncode == 0 and "applied" in migrate.stdout, migrate.stderr
     tenant, profile_id, customer_id = asyncio.run(_seed(config))
     assert any(k for k, _ in asyncio.run(redis_dump(prefix))), "nothing was cached"
     _export_and_purge(config, env, tenant, profile_id, tmp_path)
@@ -203,6 +205,8 @@ def test_postgres_purge_leaves_no_row_or_cache_entry(
     dsn, schema = pg_schema
     config, env = _config(tmp_path, prefix, "postgres", f'dsn = "{dsn}"\nschema = "{schema}"\n')
     monkeypatch.setenv("PROFILE_PII_ENCRYPTION_KEY", env["PROFILE_PII_ENCRYPTION_KEY"])
+    migrate = _run(config, env, "migrate")  # the explicit step: opening never migrates
+    assert migrate.returncode == 0 and "applied" in migrate.stdout, migrate.stderr
     tenant, profile_id, customer_id = asyncio.run(_seed(config))
     assert asyncio.run(redis_dump(prefix)), "nothing was cached"
     migrate = _run(config, env, "migrate")

@@ -128,6 +128,7 @@ async def test_sqlite_file_and_redis_hold_no_plaintext(
     settings = _settings(prefix, monkeypatch, store_provider="sqlite")
     settings.providers["sqlite"] = {"path": str(db)}
     try:
+        await ccvault.migrate_schema(settings)  # the explicit step: opening never migrates
         async with ccvault.open_store(settings) as store:
             await write_and_read_pii(store)
             cached = await redis_dump(prefix)
@@ -177,6 +178,7 @@ async def test_postgres_rows_and_redis_hold_no_plaintext(
     settings = _settings(prefix, monkeypatch, store_provider="postgres")
     settings.providers["postgres"] = {"dsn": dsn, "schema": schema}
     try:
+        await ccvault.migrate_schema(settings)  # the explicit step: opening never migrates
         async with ccvault.open_store(settings) as store:
             await write_and_read_pii(store)
             cached = await redis_dump(prefix)
@@ -202,6 +204,7 @@ async def test_rotate_keys_on_the_real_databases(
     settings.providers["postgres"] = {"dsn": dsn, "schema": schema}
     try:
         settings.profile.pii_encryption_key_id = k1
+        await ccvault.migrate_schema(settings)  # the explicit step: opening never migrates
         async with ccvault.open_store(settings) as store:
             tenant, pid = await write_and_read_pii(store)
             await store.update_field(

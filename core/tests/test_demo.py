@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from ccvault import VaultSettings, load_settings, open_store
+from ccvault import VaultSettings, load_settings, migrate_schema, open_store
 from ccvault.demo import SCENARIO_ID, TENANT_ID, WHATSAPP_NUMBER, _story, run_demo
 from ccvault.models import Channel
 
@@ -80,6 +80,7 @@ async def test_demo_on_sqlite_runs_twice(tmp_path: Path) -> None:
     settings = _settings(
         store_provider="sqlite", providers={"sqlite": {"path": str(tmp_path / "demo.db")}}
     )
+    await migrate_schema(settings)  # a configured (not the embedded) file: migrated first
     for run in range(2):
         console, buffer = _console()
         await run_demo(settings, console)

@@ -100,7 +100,9 @@ def stack_settings(
             options["cache_enabled"] = True
             options["redis"] = {"url": REDIS_URL, "key_prefix": prefix}
     try:
-        yield ccvault.load_settings(None, **options)
+        settings = ccvault.load_settings(None, **options)
+        asyncio.run(ccvault.migrate_schema(settings))  # the explicit step
+        yield settings
     finally:
         asyncio.run(_drop_prefix(prefix))
 
@@ -334,6 +336,7 @@ def test_table_output_and_config_before_the_subcommand(tmp_path: Path) -> None:
         "[providers.sqlite]\n"
         f'path = "{tmp_path / "eval.db"}"\n'
     )
+    assert CliRunner().invoke(cli, ["--config", str(config), "migrate"]).exit_code == 0
     result = CliRunner().invoke(cli, ["--config", str(config), "eval", "sgd", "--data", str(SLICE)])
     assert result.exit_code == 0, result.output
     assert "joint goal accuracy" in result.output and "100.0%" in result.output

@@ -73,6 +73,7 @@ class TestProductionStackContract(ProfileStoreContract):
 
     @pytest.fixture
     async def store(self, settings: ccvault.VaultSettings) -> AsyncIterator[ProfileStore]:
+        await ccvault.migrate_schema(settings)  # the explicit step: opening never migrates
         async with ccvault.open_store(settings) as store:
             assert isinstance(store, EncryptedProfileStore)
             assert isinstance(store.inner, CachedProfileStore)

@@ -69,6 +69,8 @@ def config(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> Itera
         "expire_check_interval_seconds = 60\n"
         f'[redis]\nurl = "{REDIS_URL}"\nkey_prefix = "{prefix}"\n' + options
     )
+    # the explicit step a deployment runs before its processes start
+    asyncio.run(ccvault.migrate_schema(ccvault.load_settings(path)))
     yield path
     if request.param == "postgres":
 

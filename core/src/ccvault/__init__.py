@@ -2,14 +2,15 @@
 
 Entry points: :func:`load_settings` builds the validated settings (:func:`embedded_settings`:
 SQLite in the user's data directory, no servers); :func:`open_store` yields
-the composed, ready :class:`~ccvault.store.ProfileStore`.
+the composed, ready :class:`~ccvault.store.ProfileStore`; :func:`migrate_schema` applies the
+provider's schema migrations (``ccvault migrate``), which opening never does.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ccvault.registry import open_store
+from ccvault.registry import migrate_schema, open_store
 from ccvault.settings import VaultSettings, embedded_settings, load_settings
 from ccvault.store import ProfileStore
 
@@ -24,5 +25,6 @@ __all__ = [
     "__version__",
     "embedded_settings",
     "load_settings",
+    "migrate_schema",
     "open_store",
 ]

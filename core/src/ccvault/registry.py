@@ -20,6 +20,7 @@ import pydantic
 from ccvault import errors
 from ccvault.hookspecs import PROJECT_NAME, ProviderHookSpecs, ProviderSpec
 from ccvault.lease import TenantLease
+from ccvault.migration import MigrationReport
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
 
@@ -30,6 +31,7 @@ __all__ = [
     "create_store",
     "installed_providers",
     "load_provider",
+    "migrate_schema",
     "open_store",
     "register_provider",
     "worker_lease",
@@ -144,6 +146,18 @@ def create_store(settings: VaultSettings) -> ProfileStore:
         )
         raise errors.ConfigurationError(f"invalid settings: {problems}") from None
     return spec.create_store(options, settings.profile.store_rules())
+
+
+async def migrate_schema(settings: VaultSettings, *, dry_run: bool = False) -> MigrationReport:
+    """What ``ccvault migrate`` does, from code: apply the configured provider's pending
+    schema migrations (``dry_run``: report them, change nothing). The store is not opened
+    (no cache, no keys needed); run it with a role allowed to change the schema, before
+    :func:`open_store`, which never changes it."""
+    store = create_store(settings)
+    try:
+        return await store.migrate(dry_run=dry_run)
+    finally:
+        await store.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -322,6 +322,9 @@ class WorkerSettings(_Section):
     # single-host provider (see ccvault.worker.lease_from_settings)
     lease: str = Field(default="auto", pattern=r"^[a-z][a-z0-9_]*$", max_length=50)
     lease_dir: str = "${CCVAULT_DATA_DIR}/leases"
+    #: rows per batch of the bulk jobs (expire, mark-orphans) the worker and the CLI run:
+    #: each batch is one short transaction, so no statement grows with the tenant
+    batch_size: int = Field(default=5_000, ge=1, le=100_000)
 
     @field_validator("lease_dir", mode="before")
     @classmethod
@@ -513,7 +516,8 @@ EMBEDDED: dict[str, Any] = {
         "cache_enabled": False,
         "pii_local_key_path": "${CCVAULT_DATA_DIR}/pii.key",
     },
-    "providers": {"sqlite": {"path": "${CCVAULT_DATA_DIR}/vault.db"}},
+    # a local single-user file: no separate migration role, so opening migrates it
+    "providers": {"sqlite": {"path": "${CCVAULT_DATA_DIR}/vault.db", "migrate_on_start": True}},
     "worker": {"lease_dir": "${CCVAULT_DATA_DIR}/leases"},
 }
 

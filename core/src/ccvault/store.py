@@ -74,6 +74,7 @@ hook                                 contract
 ``_mark_orphans``                    the former single-step form (either one is enough)
 ``_list_tenant_ids``                 any order
 ``_count_items_by_status``           ``{"fields": {...}, "assets": {...}}``
+``_estimate_items_by_status``        the same, possibly estimated at a bounded cost
 ``_list_profile_ids``                live and soft-deleted, any order
 ``_rewrite_field_payloads``          atomic in-place rewrite of value and metadata
 ===================================  =====================================================
@@ -1311,6 +1312,23 @@ class ProfileStore(ABC):
         }
 
     @final
+    async def estimate_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        """As :meth:`count_items_by_status`, but allowed to be an *estimate* whose cost does
+        not grow with the tenant: for gauges refreshed every few seconds (the worker's
+        ``profile_fields_by_status``), never for decisions. Exact on a provider that counts
+        cheaply; the PostgreSQL provider samples a bounded number of pages of a large table
+        (exact on a small one)."""
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        counted = await self._estimate_items_by_status(tenant_id)
+        return {
+            kind: {
+                status.value: max(int(counted.get(kind, {}).get(status.value, 0)), 0)
+                for status in ItemStatus
+            }
+            for kind in ("fields", "assets")
+        }
+
+    @final
     async def list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         """Every profile of the tenant, live or soft-deleted, sorted. For operator sweeps
         (key rotation, exports); not meant for request paths."""
@@ -1818,6 +1836,12 @@ class ProfileStore(ABC):
     async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         """``{"fields": {status_value: n}, "assets": {...}}``; absent statuses may be omitted."""
 
+    async def _estimate_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        """Like :meth:`_count_items_by_status`, possibly estimated, at a cost bounded
+        whatever the tenant's size (a sample of bounded size, statistics, counters kept
+        up to date). The default is the exact count, for providers where that is cheap."""
+        return await self._count_items_by_status(tenant_id)
+
     @abstractmethod
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         """Ids of every profile of the tenant, live or soft-deleted, any order."""
@@ -2177,6 +2201,9 @@ class ForwardingProfileStore(ProfileStore):
 
     async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         return await self.inner._count_items_by_status(tenant_id)
+
+    async def _estimate_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
+        return await self.inner._estimate_items_by_status(tenant_id)
 
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
         return await self.inner._list_profile_ids(tenant_id)

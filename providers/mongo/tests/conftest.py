@@ -74,10 +74,17 @@ async def open_mongo_store(*, transactions: str = "auto") -> AsyncIterator[Mongo
         )
         settings = MongoSettings(database=database, transactions=transactions)
         store = MongoProfileStore(settings, client=client)
+    await store.migrate()  # the explicit step (`ccvault migrate`): setup() never creates indexes
     async with store:
         yield store
         if MONGO_URL and store._client is not None:
             await store._client.drop_database(database)
+
+
+async def migrated(store: MongoProfileStore) -> MongoProfileStore:
+    """``store`` after the explicit migration step (indexes and version record), unopened."""
+    await store.migrate()
+    return store
 
 
 async def open_second_mongo_store(first: MongoProfileStore) -> AsyncIterator[MongoProfileStore]:

@@ -32,7 +32,9 @@ from ccvault.models import (
 from ccvault_mongo import MongoProfileStore, MongoSettings
 from ccvault_mongo.codec import dt, uid
 from ccvault_mongo.emulation import Command, EmulatedMongoClient
-from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
+from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING, VERSION_COLLECTION
+
+from .conftest import migrated
 
 NOW = datetime(2026, 5, 1, 9, 30, 0, 123456, tzinfo=UTC)
 
@@ -47,7 +49,7 @@ class FixedClockStore(MongoProfileStore):
 async def _open(transactions: bool) -> AsyncIterator[tuple[MongoProfileStore, EmulatedMongoClient]]:
     client = EmulatedMongoClient(transactions=transactions)
     settings = MongoSettings(database="cmd", transactions="on" if transactions else "off")
-    async with FixedClockStore(settings, client=client) as store:
+    async with await migrated(FixedClockStore(settings, client=client)) as store:
         client.clear_commands()
         yield store, client
 
@@ -78,12 +80,30 @@ async def _profile(store: MongoProfileStore, tenant: UUID) -> UUID:
 # ---------------------------------------------------------------------------------------
 
 
-async def test_setup_asks_hello_then_creates_every_index_in_one_command_per_collection() -> None:
+async def test_setup_asks_hello_then_only_reads_the_schema_version() -> None:
     client = EmulatedMongoClient()
+    store = MongoProfileStore(MongoSettings(database="idx"), client=client)
+    with pytest.raises(errors.SchemaNotReadyError, match="ccvault migrate"):
+        await store.setup()
+    assert [(c.collection, c.method) for c in client.commands] == [
+        ("admin", "command"),
+        (VERSION_COLLECTION, "find"),
+    ]
+    assert client.commands[0] == Command("admin", "command", ("hello",))
+    assert client._sync["idx"].list_collection_names() == []  # nothing created
+
+
+async def test_migrate_creates_every_index_in_one_command_per_collection() -> None:
+    client = EmulatedMongoClient()
+    report = await MongoProfileStore(MongoSettings(database="idx"), client=client).migrate()
+    assert [s.version for s in report.applied] == [1] and report.status.up_to_date
+    again = await MongoProfileStore(MongoSettings(database="idx"), client=client).migrate()
+    assert again.applied == ()
     async with MongoProfileStore(MongoSettings(database="idx"), client=client) as store:
         assert store.transactions_enabled is False
     assert client.commands[0] == Command("admin", "command", ("hello",))
     creates = [c for c in client.commands if c.method == "create_indexes"]
+    creates = creates[: len(COLLECTIONS)]  # the first migrate's; the second finds them done
     assert [c.collection for c in creates] == list(COLLECTIONS)
     for command in creates:
         assert command.args == ([m.document for m in INDEXES[command.collection]],)
@@ -137,7 +157,7 @@ async def test_setup_is_idempotent_on_a_database_with_data() -> None:
     client = EmulatedMongoClient()
     settings = MongoSettings(database="twice")
     tenant = uuid4()
-    async with MongoProfileStore(settings, client=client) as store:
+    async with await migrated(MongoProfileStore(settings, client=client)) as store:
         profile = await _profile(store, tenant)
         await store.update_field(tenant, profile, ProfileField(name="email", value="a"))
         await store.update_field(tenant, profile, ProfileField(name="email", value="b"))
@@ -349,7 +369,7 @@ async def test_the_standalone_loser_of_a_race_supersedes_the_winner_and_retries(
 
     client = RacingClient()
     settings = MongoSettings(database="race", transactions="off")
-    async with FixedClockStore(settings, client=client) as store:
+    async with await migrated(FixedClockStore(settings, client=client)) as store:
         profile = await _profile(store, tenant)
         first = ProfileField(name="email", value="first")
         await store.update_field(tenant, profile, first)  # raced: first loses to rival
@@ -374,7 +394,7 @@ async def test_interrupted_writes_are_rolled_forward_by_setup() -> None:
     client = EmulatedMongoClient()
     settings = MongoSettings(database="crash", transactions="off")
     tenant = uuid4()
-    async with MongoProfileStore(settings, client=client) as store:
+    async with await migrated(MongoProfileStore(settings, client=client)) as store:
         profile = await _profile(store, tenant)
         old = ProfileField(name="email", value="old")
         await store.update_field(tenant, profile, old)
@@ -988,7 +1008,7 @@ async def test_a_profile_deleted_between_the_check_and_the_upsert_is_not_revived
 
     client = RacingClient()
     settings = MongoSettings(database="gone", transactions="off")
-    async with FixedClockStore(settings, client=client) as store:
+    async with await migrated(FixedClockStore(settings, client=client)) as store:
         profile = await store.get_or_create(tenant, Channel.SMS, "+15550202")
         client.armed = True
         with pytest.raises(errors.NotFoundError):
@@ -1096,7 +1116,7 @@ async def test_a_standalone_save_that_cannot_be_undone_is_a_partial_write() -> N
 
     client = RacingClient()
     settings = MongoSettings(database="partial", transactions="off")
-    async with FixedClockStore(settings, client=client) as store:
+    async with await migrated(FixedClockStore(settings, client=client)) as store:
         profile = await store.get_or_create(tenant, Channel.SMS, "+15550203")
         profile.assets = [stolen]
         client.armed = True
@@ -1141,7 +1161,7 @@ async def test_a_standalone_field_write_that_cannot_be_activated_is_a_partial_wr
 
     client = RacingClient()
     settings = MongoSettings(database="racing", transactions="off", max_write_retries=1)
-    async with FixedClockStore(settings, client=client) as store:
+    async with await migrated(FixedClockStore(settings, client=client)) as store:
         profile = await store.get_or_create(tenant, Channel.SMS, "+15550204")
         field = ProfileField(name="email", value="a@example.com")
         with pytest.raises(errors.PartialWriteError) as raised:

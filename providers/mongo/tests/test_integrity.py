@@ -34,7 +34,7 @@ from ccvault_mongo import MongoProfileStore
 from ccvault_mongo.codec import uid
 from ccvault_mongo.schema import COLLECTIONS
 
-from .conftest import open_mongo_store
+from .conftest import migrated, open_mongo_store
 
 
 @pytest.fixture(params=["off", "on"], ids=["standalone", "transactions"])
@@ -354,7 +354,9 @@ async def test_recover_interrupted_writes_on_an_unreachable_server_is_provider_u
     from ccvault_mongo.emulation import EmulatedMongoClient
 
     client = EmulatedMongoClient()
-    async with MongoProfileStore(MongoSettings(database="cut"), client=client) as opened:
+    async with await migrated(
+        MongoProfileStore(MongoSettings(database="cut"), client=client)
+    ) as opened:
         assert await opened.recover_interrupted_writes() == 0
 
         async def unreachable(session: Any, call: Any) -> Any:

@@ -19,7 +19,7 @@ from ccvault_mongo import MongoProfileStore, MongoSettings
 from ccvault_mongo.codec import JSON_SUFFIX, dt, is_bson_safe, pack_json
 from ccvault_mongo.emulation import EmulatedMongoClient
 
-from .conftest import MONGO_URL, open_mongo_store
+from .conftest import MONGO_URL, migrated, open_mongo_store
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -83,7 +83,7 @@ async def test_transactions_on_against_a_standalone_fails_at_setup() -> None:
 async def test_auto_uses_transactions_only_where_the_server_has_them() -> None:
     for transactions in (False, True):
         client = EmulatedMongoClient(transactions=transactions)
-        async with MongoProfileStore(MongoSettings(), client=client) as store:
+        async with await migrated(MongoProfileStore(MongoSettings(), client=client)) as store:
             assert store.transactions_enabled is transactions
         assert client.closed is False  # a client handed in is the caller's to close
 
@@ -197,7 +197,7 @@ def test_what_the_driver_decodes_is_what_the_emulation_returns() -> None:
 
 async def test_a_store_can_be_reopened_and_keeps_the_client_it_was_given() -> None:
     client = EmulatedMongoClient()
-    store = MongoProfileStore(MongoSettings(database="reopen"), client=client)
+    store = await migrated(MongoProfileStore(MongoSettings(database="reopen"), client=client))
     tenant = uuid4()
     async with store:
         profile = await store.get_or_create(tenant, Channel.WEB, "again")

@@ -43,14 +43,21 @@ def fresh_schema() -> str:
 
 @pytest.fixture
 async def make_store(pg_dsn: str) -> AsyncIterator[StoreFactory]:
-    """Factory of set-up stores, each in a fresh schema unless one is given; all closed after."""
+    """Factory of set-up stores, each in a fresh schema unless one is given, migrated first
+    (``migrate=False``: not); all closed after."""
     opened: list[PostgresProfileStore] = []
 
     async def make(
-        *, schema: str | None = None, rules: StoreRules | None = None, **options: Any
+        *,
+        schema: str | None = None,
+        rules: StoreRules | None = None,
+        migrate: bool = True,
+        **options: Any,
     ) -> PostgresProfileStore:
         settings = PostgresSettings(dsn=pg_dsn, db_schema=schema or fresh_schema(), **options)
         store = PostgresProfileStore(settings, rules=rules)
+        if migrate:  # the explicit step `ccvault migrate` runs; setup() never changes the schema
+            await store.migrate()
         await store.setup()
         opened.append(store)
         return store

@@ -45,6 +45,7 @@ async def test_server_restart_mid_load(server: PrivateServer) -> None:
             pool_acquire_timeout_seconds=5,
         )
     )
+    await store.migrate()  # the explicit step; setup() never changes the schema
     await store.setup()
     tenant = uuid.uuid4()
     profiles = [(await store.get_or_create(tenant, Channel.WEB, f"user{i}")).id for i in range(4)]
@@ -124,6 +125,7 @@ async def test_server_down_then_back(server: PrivateServer) -> None:
             pool_acquire_timeout_seconds=3,
         )
     )
+    await store.migrate()  # the explicit step; setup() never changes the schema
     await store.setup()
     tenant = uuid.uuid4()
     profile = await store.get_or_create(tenant, Channel.WEB, "down")

@@ -197,13 +197,13 @@ _SETUP_BODY = """
     store = PostgresProfileStore(
         PostgresSettings(dsn=sys.argv[1], db_schema=sys.argv[2], min_pool_size=1, max_pool_size=1)
     )
-    await store.setup()
+    await store.migrate()
     print(json.dumps(store.applied_migrations))
     await store.aclose()
 """
 
 
-async def test_ten_processes_starting_at_once_migrate_exactly_once(
+async def test_ten_processes_migrating_at_once_migrate_exactly_once(
     pg_dsn: str, make_store: Any
 ) -> None:
     schema = f"race_{uuid.uuid4().hex[:12]}"

@@ -27,8 +27,8 @@ async def wait_for(condition: object, what: str, within: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_concurrent_writers_through_one_store(tmp_path: Path) -> None:
-    async with SqliteProfileStore(path=tmp_path / "vault.db") as store:
+async def test_concurrent_writers_through_one_store(db: Path) -> None:
+    async with SqliteProfileStore(path=db) as store:
         tenant = uuid4()
         profile = await store.get_or_create(tenant, Channel.SMS, "+15550200")
         await asyncio.gather(
@@ -42,8 +42,8 @@ async def test_concurrent_writers_through_one_store(tmp_path: Path) -> None:
         assert_unbroken_chain(history)
 
 
-async def test_concurrent_writers_through_two_stores_on_one_file(tmp_path: Path) -> None:
-    path = tmp_path / "vault.db"
+async def test_concurrent_writers_through_two_stores_on_one_file(db: Path) -> None:
+    path = db
     tenant = uuid4()
     async with SqliteProfileStore(path=path) as one, SqliteProfileStore(path=path) as two:
         profiles = await asyncio.gather(
@@ -72,6 +72,7 @@ _WORKER = textwrap.dedent(
     from ccvault_sqlite import SqliteProfileStore
 
     async def main(path, tenant, worker):
+        await SqliteProfileStore(path=path).migrate()
         async with SqliteProfileStore(path=path) as store:
             profile = await store.get_or_create(UUID(tenant), Channel.SMS, "+15550202")
             for i in range(15):
@@ -86,7 +87,8 @@ _WORKER = textwrap.dedent(
 
 
 async def test_processes_starting_at_once_on_a_new_file(tmp_path: Path) -> None:
-    """Three processes migrate, create and write the same file at the same time."""
+    """Three processes migrate (the explicit step), open and write the same file at the
+    same time."""
     path = tmp_path / "shared.db"
     tenant = uuid4()
     procs = [
@@ -114,8 +116,8 @@ async def test_processes_starting_at_once_on_a_new_file(tmp_path: Path) -> None:
         assert_unbroken_chain(history)
 
 
-async def test_a_held_lock_is_waited_out_with_back_off(tmp_path: Path) -> None:
-    path = tmp_path / "vault.db"
+async def test_a_held_lock_is_waited_out_with_back_off(db: Path) -> None:
+    path = db
     settings = SqliteSettings(
         path=str(path),
         busy_timeout_ms=10,
@@ -143,9 +145,9 @@ async def test_a_held_lock_is_waited_out_with_back_off(tmp_path: Path) -> None:
 
 
 async def test_a_lock_held_past_every_retry_is_unavailable_and_writes_nothing(
-    tmp_path: Path,
+    db: Path,
 ) -> None:
-    path = tmp_path / "vault.db"
+    path = db
     settings = SqliteSettings(
         path=str(path), busy_timeout_ms=5, lock_retry_attempts=3, lock_retry_initial_ms=1
     )

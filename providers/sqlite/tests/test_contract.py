@@ -17,16 +17,17 @@ class TestSqliteFileContract(ProfileStoreContract):
     core_rule_tests = False  # run by the in-memory provider and the production stack
 
     @pytest.fixture
-    async def store(self, tmp_path: Path) -> AsyncIterator[SqliteProfileStore]:
-        async with SqliteProfileStore(path=tmp_path / "vault.db") as s:
+    async def store(self, db: Path) -> AsyncIterator[SqliteProfileStore]:
+        """A store on a new file, migrated first (the explicit ``ccvault migrate`` step)."""
+        async with SqliteProfileStore(path=db) as s:
             yield s
 
     @pytest.fixture
     async def other_store(
-        self, store: SqliteProfileStore, tmp_path: Path
+        self, store: SqliteProfileStore, db: Path
     ) -> AsyncIterator[SqliteProfileStore]:
         """A second store with its own connection on the same file (as a second process)."""
-        async with SqliteProfileStore(path=tmp_path / "vault.db") as s:
+        async with SqliteProfileStore(path=db) as s:
             yield s
 
 

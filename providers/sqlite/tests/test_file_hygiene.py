@@ -36,8 +36,7 @@ def _files(db: Path) -> list[Path]:
     return [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
 
 
-async def test_database_and_wal_files_are_created_private(tmp_path: Path, umask_022: None) -> None:
-    db = tmp_path / "vault.db"
+async def test_database_and_wal_files_are_created_private(umask_022: None, db: Path) -> None:
     async with SqliteProfileStore(path=db) as store:
         pid = (await store.get_or_create(uuid4(), Channel.WEB, "visitor")).id
         assert pid is not None
@@ -45,10 +44,7 @@ async def test_database_and_wal_files_are_created_private(tmp_path: Path, umask_
             assert file.exists() and _mode(file) == 0o600, file
 
 
-async def test_an_existing_world_readable_database_is_narrowed(
-    tmp_path: Path, umask_022: None
-) -> None:
-    db = tmp_path / "vault.db"
+async def test_an_existing_world_readable_database_is_narrowed(umask_022: None, db: Path) -> None:
     async with SqliteProfileStore(path=db):
         pass
     os.chmod(db, 0o644)
@@ -56,16 +52,13 @@ async def test_an_existing_world_readable_database_is_narrowed(
         assert _mode(db) == 0o600
 
 
-async def test_secure_delete_is_on(tmp_path: Path) -> None:
-    async with SqliteProfileStore(path=tmp_path / "vault.db") as store:
+async def test_secure_delete_is_on(db: Path) -> None:
+    async with SqliteProfileStore(path=db) as store:
         rows = await store.connection.execute_fetchall("PRAGMA secure_delete")
         assert next(iter(rows))[0] == 1
 
 
-async def test_purged_pii_survives_neither_in_the_database_nor_in_the_wal(
-    tmp_path: Path,
-) -> None:
-    db = tmp_path / "vault.db"
+async def test_purged_pii_survives_neither_in_the_database_nor_in_the_wal(db: Path) -> None:
     tenant = uuid4()
     async with SqliteProfileStore(path=db) as store:
         keep = (await store.get_or_create(tenant, Channel.WEB, "another-customer")).id

@@ -15,18 +15,22 @@ from ccvault_sqlite import SqliteProfileStore
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteProfileStore]:
-    async with SqliteProfileStore(path=tmp_path / "vault.db") as s:
+async def store(db: Path) -> AsyncIterator[SqliteProfileStore]:
+    async with SqliteProfileStore(path=db) as s:
         yield s
 
 
 async def count_statements(store: SqliteProfileStore, call: Callable[[], Awaitable[Any]]) -> int:
+    """Statements run on both connections (writes, and reads on the read connection)."""
     statements: list[str] = []
-    await store.connection.set_trace_callback(statements.append)
+    connections = {id(c): c for c in (store.connection, store.read_connection)}.values()
+    for connection in connections:
+        await connection.set_trace_callback(statements.append)
     try:
         await call()
     finally:
-        await store.connection.set_trace_callback(None)
+        for connection in connections:
+            await connection.set_trace_callback(None)
     return len(statements)
 
 

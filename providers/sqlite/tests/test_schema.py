@@ -46,8 +46,11 @@ def versions(path: Path) -> list[int]:
         conn.close()
 
 
-async def test_setup_creates_the_parent_folder_wal_and_the_latest_schema(tmp_path: Path) -> None:
+async def test_migrate_creates_the_parent_folder_wal_and_the_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "vault.db"
+    report = await SqliteProfileStore(path=path).migrate()
+    assert [s.version for s in report.applied] == [m.version for m in MIGRATIONS]
+    assert report.status.up_to_date and not report.dry_run
     async with SqliteProfileStore(path=path) as store:
         mode = await store.connection.execute_fetchall("PRAGMA journal_mode")
         assert next(iter(mode))[0] == "wal"
@@ -73,8 +76,8 @@ async def test_memory_database_needs_no_file(
     assert files_in(tmp_path) == []
 
 
-async def test_setup_is_idempotent_and_reopening_keeps_data(tmp_path: Path) -> None:
-    path = tmp_path / "vault.db"
+async def test_setup_is_idempotent_and_reopening_keeps_data(db: Path) -> None:
+    path = db
     tenant = uuid4()
     async with SqliteProfileStore(path=path) as store:
         await store.setup()  # a second setup on an open store is a no-op
@@ -85,15 +88,14 @@ async def test_setup_is_idempotent_and_reopening_keeps_data(tmp_path: Path) -> N
     assert versions(path) == [m.version for m in MIGRATIONS]
 
 
-async def test_concurrent_first_starts_migrate_once(tmp_path: Path) -> None:
+async def test_concurrent_migrators_migrate_once(tmp_path: Path) -> None:
     path = tmp_path / "vault.db"
-    stores = [SqliteProfileStore(path=path) for _ in range(4)]
-    await asyncio.gather(*(s.setup() for s in stores))
-    try:
-        assert versions(path) == [m.version for m in MIGRATIONS]
-    finally:
-        for s in stores:
-            await s.aclose()
+    reports = await asyncio.gather(*(SqliteProfileStore(path=path).migrate() for _ in range(4)))
+    applied = sorted(tuple(s.version for s in r.applied) for r in reports)
+    # the first through the write lock applied every step; the others found nothing left
+    assert applied == [(), (), (), tuple(m.version for m in MIGRATIONS)]
+    assert all(r.status.up_to_date for r in reports)
+    assert versions(path) == [m.version for m in MIGRATIONS]
 
 
 async def test_upgrade_from_migration_1_keeps_data(tmp_path: Path) -> None:
@@ -119,6 +121,15 @@ async def test_upgrade_from_migration_1_keeps_data(tmp_path: Path) -> None:
     assert versions(path) == [1]
     assert "fields_by_source" not in indexes(path)
 
+    # opening does not upgrade: it names the explicit step and leaves the file as it was
+    before = fingerprint(path)
+    with pytest.raises(errors.SchemaNotReadyError, match=r"version 1, behind.*ccvault migrate"):
+        async with SqliteProfileStore(path=path):
+            pass
+    assert fingerprint(path) == before
+    report = await SqliteProfileStore(path=path).migrate()
+    assert [s.version for s in report.applied] == [m.version for m in MIGRATIONS[1:]]
+
     async with SqliteProfileStore(path=path) as store:
         found = await store.get_by_channel_identity(tenant, Channel.SMS, "+15550002")
         assert found is not None and found.id == profile_id
@@ -133,10 +144,8 @@ async def test_upgrade_from_migration_1_keeps_data(tmp_path: Path) -> None:
     assert {"fields_by_source", "assets_by_source", "fields_expiring"} <= indexes(path)
 
 
-async def test_a_newer_schema_is_refused_and_the_file_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "vault.db"
-    async with SqliteProfileStore(path=path):
-        pass
+async def test_a_newer_schema_is_refused_and_the_file_untouched(db: Path) -> None:
+    path = db
     with sqlite3.connect(path) as conn:
         conn.execute(
             f"INSERT INTO {VERSION_TABLE} VALUES (?, 'from the future', ?)",
@@ -144,9 +153,13 @@ async def test_a_newer_schema_is_refused_and_the_file_untouched(tmp_path: Path) 
         )
     conn.close()
     before = fingerprint(path)
-    with pytest.raises(errors.SchemaVersionError, match="newer"):
+    newer = rf"version {LATEST_VERSION + 1}, newer .*\(latest {LATEST_VERSION}\)"
+    with pytest.raises(errors.SchemaVersionError, match=newer):
         async with SqliteProfileStore(path=path):
             pass
+    for dry_run in (True, False):
+        with pytest.raises(errors.SchemaVersionError, match=newer):
+            await SqliteProfileStore(path=path).migrate(dry_run=dry_run)
     assert fingerprint(path) == before
     assert sidecars(path) == []
 
@@ -172,8 +185,8 @@ async def test_a_corrupt_sqlite_file_is_refused_untouched(tmp_path: Path) -> Non
     assert fingerprint(path) == before
 
 
-async def test_a_read_only_file_is_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "vault.db"
+async def test_a_read_only_file_is_refused_untouched(db: Path) -> None:
+    path = db
     async with SqliteProfileStore(path=path) as store:
         await store.get_or_create(uuid4(), Channel.WEB, "v-1")
     path.chmod(stat.S_IRUSR | stat.S_IRGRP)
@@ -208,14 +221,13 @@ async def test_a_directory_path_is_refused(tmp_path: Path) -> None:
 async def test_missing_folder_without_create_parent_dirs_is_refused(tmp_path: Path) -> None:
     settings = SqliteSettings(path=str(tmp_path / "nope" / "vault.db"), create_parent_dirs=False)
     with pytest.raises(errors.StorageError, match="does not exist"):
-        async with SqliteProfileStore(settings):
-            pass
+        await SqliteProfileStore(settings).migrate()
     assert not (tmp_path / "nope").exists()
 
 
-async def test_the_database_itself_keeps_one_active_version_per_name(tmp_path: Path) -> None:
+async def test_the_database_itself_keeps_one_active_version_per_name(db: Path) -> None:
     """The partial unique index holds even for a writer that bypasses the store."""
-    path = tmp_path / "vault.db"
+    path = db
     tenant = uuid4()
     async with SqliteProfileStore(path=path) as store:
         profile = await store.get_or_create(tenant, Channel.WEB, "v-2")
@@ -277,3 +289,65 @@ def test_every_key_leads_with_tenant_id(tmp_path: Path) -> None:
 async def _migrate_file(path: Path) -> None:
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         await migrate(conn, NOW)
+
+
+# ---------------------------------------------------------------------------------------
+# migrations are an explicit step: opening never changes the schema
+# ---------------------------------------------------------------------------------------
+
+
+def tables(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    conn.close()
+    return [r[0] for r in rows]
+
+
+async def test_opening_a_missing_file_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "vault.db"
+    with pytest.raises(errors.SchemaNotReadyError, match=r"has not been created.*ccvault migrate"):
+        async with SqliteProfileStore(path=path):
+            pass
+    assert not (tmp_path / "sub").exists()
+
+
+async def test_opening_an_empty_database_is_refused_and_creates_no_table(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    sqlite3.connect(path).close()  # an empty SQLite file, as an operator may have made it
+    before = fingerprint(path)
+    with pytest.raises(errors.SchemaNotReadyError) as caught:
+        async with SqliteProfileStore(path=path):
+            pass
+    assert "ccvault migrate" in str(caught.value)
+    assert caught.value.__class__.__mro__[1] is errors.ConfigurationError
+    assert tables(path) == [] and fingerprint(path) == before and sidecars(path) == []
+
+
+async def test_status_and_dry_run_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    store = SqliteProfileStore(path=path)
+    status = await store.schema_status()
+    assert (status.current, status.latest) == (0, LATEST_VERSION)
+    assert [s.version for s in status.pending] == [m.version for m in MIGRATIONS]
+    dry = await store.migrate(dry_run=True)
+    assert dry.dry_run and dry.applied == status.pending
+    assert any("CREATE TABLE" in sql for step in dry.applied for sql in step.statements)
+    assert not path.exists()  # neither status nor the dry run created the file
+    assert [s.version for s in (await store.migrate()).applied] == [m.version for m in MIGRATIONS]
+    again = await store.migrate()
+    assert again.applied == () and again.status.up_to_date
+    assert (await store.schema_status()).pending == ()
+    assert (await store.migrate(dry_run=True)).applied == ()
+
+
+async def test_migrate_on_start_migrates_a_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    async with SqliteProfileStore(SqliteSettings(path=str(path), migrate_on_start=True)) as store:
+        assert (await store.schema_status()).up_to_date
+    assert versions(path) == [m.version for m in MIGRATIONS]
+
+
+async def test_migrate_on_an_open_store_is_a_no_op_when_up_to_date(db: Path) -> None:
+    async with SqliteProfileStore(path=db) as store:
+        report = await store.migrate()
+        assert report.applied == () and report.status.up_to_date

@@ -32,10 +32,8 @@ from ccvault_sqlite import SqliteProfileStore
 
 
 @pytest.fixture(params=["file", "memory"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[SqliteProfileStore]:
-    path = tmp_path / "vault.db" if request.param == "file" else ":memory:"
+async def store(request: pytest.FixtureRequest, db: Path) -> AsyncIterator[SqliteProfileStore]:
+    path = db if request.param == "file" else ":memory:"
     async with SqliteProfileStore(path=path) as s:
         yield s
 

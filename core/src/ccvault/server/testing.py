@@ -106,9 +106,21 @@ def running_server(
     *,
     env: Mapping[str, str] | None = None,
     args: tuple[str, ...] = (),
+    migrate: bool = True,
 ) -> Iterator[ServerProcess]:
     """``ccvault --config CONFIG serve`` on a free port, healthy when the block starts,
-    SIGTERMed when it ends."""
+    SIGTERMed when it ends. ``migrate``: first ``ccvault --config CONFIG migrate``, the
+    explicit step a deployment runs before starting (serving never changes the schema)."""
+    if migrate:
+        migrated = subprocess.run(
+            [sys.executable, "-m", "ccvault", "--config", str(config), "migrate"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=120,
+        )
+        if migrated.returncode != 0:
+            raise RuntimeError(f"ccvault migrate failed: {migrated.stderr.strip()}")
     port = free_port()
     keys_path = directory / "api-keys.db"
     log_path = directory / f"server-{port}.log"

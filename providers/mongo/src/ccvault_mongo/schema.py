@@ -10,16 +10,37 @@ id, and a write refused for a duplicate id never tells one tenant that another h
 A unique ``_id`` per tenant would not do: on a sharded collection a unique index must start
 with the shard key, which ``(tenant_id, id)`` does.
 
-``setup()`` creates the indexes with ``create_indexes``, which a server treats as a no-op
-for an index that already exists with the same name and options, so starting several
-processes at once is safe.
+Schema versions: ``ccvault migrate`` (``MongoProfileStore.migrate()``) creates the indexes
+with ``create_indexes``, which a server treats as a no-op for an index that already exists
+with the same name and options (so several migrators at once are safe), then records each
+step of :data:`MIGRATIONS` in the ``ccvault_schema_version`` collection (one document per
+version, ``_id`` = the version, inserted by an idempotent upsert). ``setup()`` only reads
+that collection: it never creates a collection or an index (unless ``migrate_on_start``).
+A database written before versions were recorded (indexes, no version document) is at
+version 0: ``ccvault migrate`` finds its indexes in place and records version 1.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-__all__ = ["COLLECTIONS", "INDEXES", "PENDING"]
+from ccvault.migration import SchemaStep
+
+__all__ = [
+    "COLLECTIONS",
+    "INDEXES",
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "PENDING",
+    "VERSION_COLLECTION",
+    "Migration",
+]
+
+#: The collection recording the applied schema versions (with the collection prefix).
+VERSION_COLLECTION = "ccvault_schema_version"
 
 #: The internal status of a field version written but not yet made ACTIVE (standalone
 #: servers only); never returned by a read, see ``MongoProfileStore._put_field_standalone``.
@@ -179,3 +200,32 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
 }
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: ``indexes`` are created (idempotently) per collection."""
+
+    version: int
+    description: str
+    indexes: dict[str, list[IndexModel]]
+
+    def step(self, prefix: str = "") -> SchemaStep:
+        """The step as reported: one ``createIndexes`` command per collection, as JSON."""
+        return SchemaStep(
+            self.version,
+            self.description,
+            tuple(
+                f"db.{prefix}{name}.createIndexes("
+                + json.dumps([dict(m.document) for m in models], default=str)
+                + ")"
+                for name, models in self.indexes.items()
+            ),
+        )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "collections and indexes (merge log included)", INDEXES),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version

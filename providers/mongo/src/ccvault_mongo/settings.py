@@ -41,6 +41,10 @@ class MongoSettings(BaseModel):
     max_write_retries: int = Field(default=50, ge=1)
     #: standalone servers: how long a field writer may hold a profile's write lease
     write_lease_ms: int = Field(default=15000, ge=100)
+    #: Create the indexes and record the schema version when a store starts. Off by
+    #: default: starting only reads the recorded version, ``ccvault migrate`` creates them
+    #: (a user with the ``readWrite`` role is enough to run the vault then).
+    migrate_on_start: bool = False
 
     @field_validator("uri")
     @classmethod

@@ -42,6 +42,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from ccvault import errors
+from ccvault.migration import MigrationReport, SchemaStatus, SchemaStep, require_ready
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -66,7 +67,7 @@ from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
 from ccvault.rules.unmerge import UnmergeState, plan_unmerge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_mongo.codec import JSON_SUFFIX, decode, dt, encode, pack_json, uid, unpack_json
-from ccvault_mongo.schema import COLLECTIONS, INDEXES, PENDING
+from ccvault_mongo.schema import LATEST_VERSION, MIGRATIONS, PENDING, VERSION_COLLECTION
 from ccvault_mongo.settings import MongoSettings
 
 __all__ = ["MongoProfileStore"]
@@ -172,10 +173,20 @@ class MongoProfileStore(ProfileStore):
 
     @_translate
     async def setup(self) -> None:
-        """Connect, decide the atomicity mode, create the indexes, finish interrupted writes.
-
-        Idempotent and safe when several processes start at once.
+        """Connect, decide the atomicity mode, check the schema version (reads only: no
+        collection or index is created unless ``migrate_on_start``), finish interrupted
+        writes. Idempotent and safe when several processes start at once.
         """
+        await self._connect()
+        status = await self._read_status()
+        if self.settings.migrate_on_start and status.pending and not status.newer:
+            await self._apply_migrations()
+        else:
+            require_ready(status, distribution="ccvault-mongo")
+        await self.recover_interrupted_writes()
+
+    async def _connect(self) -> None:
+        """Open (or take) the client and decide the atomicity mode. No write."""
         if self._client is None:
             if self._given_client is not None:
                 self._client = self._given_client
@@ -194,9 +205,82 @@ class MongoProfileStore(ProfileStore):
                 "but the server is a standalone; use 'auto' or 'off'"
             )
         self.transactions_enabled = supported and self.settings.transactions != "off"
-        for name in COLLECTIONS:
-            await self._c(name).create_indexes(INDEXES[name])
-        await self.recover_interrupted_writes()
+
+    async def _read_status(self) -> SchemaStatus:
+        """The recorded schema versions: one ``find`` on the version collection (reading a
+        collection that does not exist creates nothing)."""
+        documents = await self._c(VERSION_COLLECTION).find({}, {"_id": 1}).to_list(None)
+        done = {int(d["_id"]) for d in documents}
+        current = max(done, default=0)
+        prefix = self.settings.collection_prefix
+        pending = (
+            ()
+            if current > LATEST_VERSION
+            else tuple(m.step(prefix) for m in MIGRATIONS if m.version not in done)
+        )
+        return SchemaStatus(
+            current=current,
+            latest=LATEST_VERSION,
+            pending=pending,
+            location=f'MongoDB database "{self.settings.database}"',
+        )
+
+    async def _apply_migrations(self) -> list[SchemaStep]:
+        """Create every pending step's indexes (idempotent on the server), then record the
+        step with an upsert; the steps whose record THIS call inserted are returned (a
+        concurrent migrator's upsert of the same version finds the document and inserts
+        nothing)."""
+        status = await self._read_status()
+        if status.newer:
+            require_ready(status, distribution="ccvault-mongo")
+        pending = {step.version for step in status.pending}
+        applied: list[SchemaStep] = []
+        for migration in MIGRATIONS:
+            if migration.version not in pending:
+                continue
+            for name, models in migration.indexes.items():
+                await self._c(name).create_indexes(models)
+            result = await self._c(VERSION_COLLECTION).update_one(
+                {"_id": migration.version},
+                {
+                    "$setOnInsert": {
+                        "description": migration.description,
+                        "applied_at": self.now(),
+                    }
+                },
+                upsert=True,
+            )
+            if result.upserted_id is not None:
+                applied.append(migration.step(self.settings.collection_prefix))
+        return applied
+
+    @_translate
+    async def schema_status(self) -> SchemaStatus:
+        opened = self._db is None
+        try:
+            if opened:
+                await self._connect()
+            return await self._read_status()
+        finally:
+            if opened:
+                await self.aclose()
+
+    @_translate
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        opened = self._db is None
+        try:
+            if opened:
+                await self._connect()
+            if dry_run:
+                status = await self._read_status()
+                if status.newer:
+                    require_ready(status, distribution="ccvault-mongo")
+                return MigrationReport(applied=status.pending, status=status, dry_run=True)
+            applied = await self._apply_migrations()
+            return MigrationReport(applied=tuple(applied), status=await self._read_status())
+        finally:
+            if opened:
+                await self.aclose()
 
     async def aclose(self) -> None:
         """Close the client if this store opened it. Idempotent."""

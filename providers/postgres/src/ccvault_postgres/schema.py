@@ -1,8 +1,11 @@
 """The versioned schema of the PostgreSQL provider.
 
-:data:`MIGRATIONS` is an ordered list; ``setup()`` applies, in one transaction under an
-advisory lock, every migration whose version is not yet recorded in ``ccvault_schema_version``.
-A migration is never edited once released: changes go in a new, higher version.
+:data:`MIGRATIONS` is an ordered list; :func:`apply_migrations` (``ccvault migrate``, i.e.
+``PostgresProfileStore.migrate()``) applies, in one transaction under a transaction-scoped
+advisory lock, every migration whose version is not yet recorded in
+``ccvault_schema_version``. ``setup()`` only reads the recorded versions
+(:func:`read_status`) and refuses a schema that is missing, behind or newer. A migration is
+never edited once released: changes go in a new, higher version.
 
 Every primary key, unique constraint and foreign key starts with ``tenant_id``, so the tables
 can be distributed by tenant (Citus-style) without redesign.
@@ -10,18 +13,39 @@ can be distributed by tenant (Citus-style) without redesign.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-__all__ = ["MIGRATIONS", "VERSION_TABLE", "Migration"]
+import asyncpg
+
+from ccvault.migration import SchemaStatus, SchemaStep, require_ready
+
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "VERSION_TABLE",
+    "Migration",
+    "apply_migrations",
+    "bootstrap_statements",
+    "read_status",
+]
+
+logger = logging.getLogger("ccvault_postgres")
 
 VERSION_TABLE = "ccvault_schema_version"
 
 
 @dataclass(frozen=True)
 class Migration:
+    """One schema step: ``sql`` runs inside the migration transaction."""
+
     version: int
     description: str
     sql: str
+
+    def step(self) -> SchemaStep:
+        """The step as reported by ``schema_status()`` / ``migrate()``: its SQL, as run."""
+        return SchemaStep(self.version, self.description, (self.sql.strip(),))
 
 
 _V1 = """
@@ -232,3 +256,86 @@ MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _V1),
     Migration(2, "survivorship policies and the merge log", _V2),
 ]
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_VERSION_TABLE_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
+    " version integer PRIMARY KEY, description text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now(),"
+    " applied_by_pid integer NOT NULL DEFAULT pg_backend_pid())"
+)
+
+
+def _location(schema: str) -> str:
+    return f'PostgreSQL schema "{schema}"'
+
+
+async def read_status(conn: asyncpg.Connection, schema: str) -> SchemaStatus:
+    """The recorded versions of ``schema``: reads only (catalog lookups and one SELECT on
+    the version table), so a role with USAGE on the schema and SELECT on the version table
+    can run it, and nothing is created when the schema does not exist."""
+    # the schema name passed the settings' identifier pattern; it cannot be a parameter
+    table = await conn.fetchval(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relname = $2",
+        schema,
+        VERSION_TABLE,
+    )
+    done: set[int] = set()
+    if table is not None:
+        rows = await conn.fetch(f'SELECT version FROM "{schema}".{VERSION_TABLE}')
+        done = {int(r["version"]) for r in rows}
+    current = max(done, default=0)
+    pending = (
+        ()
+        if current > LATEST_VERSION
+        else tuple(m.step() for m in MIGRATIONS if m.version not in done)
+    )
+    return SchemaStatus(
+        current=current, latest=LATEST_VERSION, pending=pending, location=_location(schema)
+    )
+
+
+async def bootstrap_statements(conn: asyncpg.Connection, schema: str) -> tuple[str, ...]:
+    """The statements :func:`apply_migrations` runs before the steps: creating the schema
+    (only when it does not exist: ``CREATE SCHEMA IF NOT EXISTS`` would still need CREATE
+    on the database, which a migration role owning a prepared schema may lack) and the
+    version table."""
+    exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
+    create_schema = () if exists else (f'CREATE SCHEMA IF NOT EXISTS "{schema}"',)
+    return (*create_schema, _VERSION_TABLE_DDL)
+
+
+async def apply_migrations(conn: asyncpg.Connection, schema: str, lock_key: int) -> list[Migration]:
+    """Apply every pending migration of ``schema`` in ONE transaction; return those applied.
+
+    The transaction first takes ``pg_advisory_xact_lock(lock_key)`` (released at commit, so
+    it also works through PgBouncer in transaction mode): concurrent migrators queue, and
+    every one after the first finds nothing left. A schema newer than this code:
+    :class:`~ccvault.errors.SchemaVersionError`, nothing changed. A failing step rolls the
+    whole run back. ``conn``'s search_path must be ``schema``.
+    """
+    applied: list[Migration] = []
+    async with conn.transaction():
+        # waiting for another process's migration must not trip statement_timeout
+        await conn.execute("SET LOCAL statement_timeout = 0")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+        status = await read_status(conn, schema)
+        if status.newer:
+            require_ready(status, distribution="ccvault-postgres")
+        for statement in await bootstrap_statements(conn, schema):
+            await conn.execute(statement)
+        pending = {step.version for step in status.pending}
+        for migration in MIGRATIONS:
+            if migration.version not in pending:
+                continue
+            logger.info("applying migration %s: %s", migration.version, migration.description)
+            await conn.execute(migration.sql)
+            await conn.execute(
+                f"INSERT INTO {VERSION_TABLE} (version, description) VALUES ($1, $2)",
+                migration.version,
+                migration.description,
+            )
+            applied.append(migration)
+    return applied

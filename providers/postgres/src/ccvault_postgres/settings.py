@@ -39,7 +39,7 @@ class PostgresSettings(BaseModel):
     #: The connection URL; its password is a secret (``repr``, ``str`` and JSON show it
     #: masked; the store connects with ``dsn.get_secret_value()``).
     dsn: SecretUrl = SecretUrl(DEFAULT_DSN)
-    #: The PostgreSQL schema holding the vault's tables (created by ``setup()``).
+    #: The PostgreSQL schema holding the vault's tables (created by ``ccvault migrate``).
     db_schema: str = Field(default="public", alias="schema")
     min_pool_size: int = Field(default=1, ge=0, le=1000)
     max_pool_size: int = Field(default=10, ge=1, le=1000)
@@ -61,6 +61,11 @@ class PostgresSettings(BaseModel):
     )
     #: Attempts for a write that lost a race (unique violation, serialization, deadlock).
     max_write_attempts: int = Field(default=50, ge=1, le=10_000)
+    #: Apply pending schema migrations when a store starts. Off by default: starting never
+    #: changes the schema, ``ccvault migrate`` does (run by a role allowed to; the runtime
+    #: role then needs DML rights only, see docs/operations.md). Turn on only where the
+    #: runtime role owns the schema (a throw-away or single-user database).
+    migrate_on_start: bool = False
 
     @field_validator("dsn", mode="before")
     @classmethod

@@ -10,12 +10,13 @@ Timestamps are stored as fixed-width ISO-8601 UTC text (``YYYY-MM-DDTHH:MM:SS.ff
 so text order is time order; JSON values as JSON text; UUIDs as canonical text; booleans as
 0/1.
 
-Migrations are applied by :func:`migrate` inside one ``BEGIN IMMEDIATE`` transaction: the
-first of several processes starting at once applies them, the others wait for the write lock
-and then find nothing left to do. Each applied version is recorded in
-``ccvault_schema_version``. A database whose recorded version is newer than
-:data:`LATEST_VERSION` is refused with :class:`~ccvault.errors.SchemaVersionError` before
-anything is written.
+Migrations are applied by :func:`migrate` (``ccvault migrate``, i.e.
+``SqliteProfileStore.migrate()``; at start only with ``migrate_on_start`` or for a private
+``:memory:`` database) inside one ``BEGIN IMMEDIATE`` transaction: the first of several
+migrators applies them, the others wait for the write lock and then find nothing left to do.
+Each applied version is recorded in ``ccvault_schema_version``. A database whose recorded
+version is newer than :data:`LATEST_VERSION` is refused with
+:class:`~ccvault.errors.SchemaVersionError` before anything is written.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from ccvault import errors
+from ccvault.migration import SchemaStatus, SchemaStep
 
 __all__ = [
     "LATEST_VERSION",
@@ -34,6 +36,7 @@ __all__ = [
     "Migration",
     "migrate",
     "read_version",
+    "status_at",
 ]
 
 VERSION_TABLE = "ccvault_schema_version"
@@ -59,6 +62,12 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+
+    def step(self) -> SchemaStep:
+        """The step as reported by ``schema_status()`` / ``migrate()``: its SQL, as run."""
+        return SchemaStep(
+            self.version, self.description, tuple(" ".join(s.split()) for s in self.statements)
+        )
 
 
 _V1 = (
@@ -332,6 +341,17 @@ MIGRATIONS: tuple[Migration, ...] = (
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
+def status_at(version: int, location: str = "") -> SchemaStatus:
+    """The status of a database recorded at ``version`` (from :func:`read_version`)."""
+    pending = tuple(m.step() for m in MIGRATIONS if version < m.version)
+    return SchemaStatus(
+        current=version,
+        latest=LATEST_VERSION,
+        pending=() if version > LATEST_VERSION else pending,
+        location=location,
+    )
+
+
 async def read_version(conn: aiosqlite.Connection) -> int:
     """The schema version recorded in the database (0 for a database without our tables).
 
@@ -363,14 +383,23 @@ async def read_version(conn: aiosqlite.Connection) -> int:
     return version
 
 
-async def migrate(conn: aiosqlite.Connection, now: str, *, target: int = LATEST_VERSION) -> int:
+async def migrate(
+    conn: aiosqlite.Connection,
+    now: str,
+    *,
+    target: int = LATEST_VERSION,
+    applied: list[Migration] | None = None,
+) -> int:
     """Apply every migration above the recorded version up to ``target``; return the version.
+    The migrations this call applied are appended to ``applied`` when given (not those a
+    concurrent migrator applied before this call got the write lock).
 
     Runs in one ``BEGIN IMMEDIATE`` transaction, so concurrent starters serialize on
     SQLite's write lock and a failure leaves the database at its previous version. The
     connection must be in autocommit mode (``isolation_level=None``). Busy errors are left
     to the caller to retry.
     """
+    done: list[Migration] = []
     await conn.execute("BEGIN IMMEDIATE")
     try:
         version = await read_version(conn)
@@ -384,9 +413,12 @@ async def migrate(conn: aiosqlite.Connection, now: str, *, target: int = LATEST_
                     (migration.version, migration.description, now),
                 )
                 version = migration.version
+                done.append(migration)
         await conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             await conn.execute("ROLLBACK")
         raise
+    if applied is not None:
+        applied.extend(done)
     return version

@@ -36,6 +36,13 @@ class SqliteSettings(BaseModel):
     lock_retry_max_ms: float = Field(default=1000.0, ge=0)
     synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     create_parent_dirs: bool = True
+    #: Apply pending schema migrations when a store opens the file (creating it). Off by
+    #: default: opening never changes the schema, ``ccvault migrate`` does, and a missing
+    #: file is refused without being created. The embedded settings
+    #: (``ccvault.embedded_settings()``, ``config/embedded.toml``) turn it on: a local,
+    #: single-user file has no separate migration step. A ``":memory:"`` database, private
+    #: to its store, is always migrated when opened.
+    migrate_on_start: bool = False
 
     @field_validator("path")
     @classmethod

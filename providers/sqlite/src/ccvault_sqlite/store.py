@@ -32,6 +32,7 @@ import random
 import sqlite3
 import stat
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +46,6 @@ from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
     Channel,
     ChannelIdentity,
-    Consent,
     CustomerProfile,
     ItemStatus,
     ItemType,
@@ -57,7 +57,6 @@ from ccvault.models import (
     ScenarioFieldRequirement,
     SourceType,
     UnmergeResult,
-    VerificationLevel,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import channel_eviction, link_outcome
@@ -526,7 +525,7 @@ class SqliteProfileStore(ProfileStore):
         await self._optimize(writer, "PRAGMA optimize = 0x10002")
         if self.settings.path == MEMORY:
             return writer
-        database = str(Path(self.settings.path).expanduser())
+        database = self._shown()
         try:
             reader = await aiosqlite.connect(
                 database, isolation_level=None, timeout=self.settings.busy_timeout_ms / 1000
@@ -669,7 +668,7 @@ class SqliteProfileStore(ProfileStore):
         """
         sql = _profile_query(where, include_history)
         rows = await conn.execute_fetchall(sql, {"tenant": str(tenant_id), **params})
-        return _assemble_profile(tenant_id, rows, include_history)
+        return _assemble_profile(tenant_id, list(rows), include_history)
 
     async def _read_profile(
         self, tenant_id: UUID, where: str, params: dict[str, Any], include_history: bool
@@ -947,7 +946,7 @@ class SqliteProfileStore(ProfileStore):
             f"AND name = ?{status_filter} ORDER BY collected_at DESC, seq DESC LIMIT 1",
             params,
         )
-        return codec.field_from_row(rows[0]) if rows else None
+        return codec.fields_from_rows(rows)[0] if rows else None
 
     async def _get_field_history(
         self, tenant_id: UUID, profile_id: UUID, field_name: str
@@ -957,7 +956,7 @@ class SqliteProfileStore(ProfileStore):
             "AND name = ? ORDER BY collected_at DESC, seq DESC",
             (str(tenant_id), str(profile_id), field_name),
         )
-        return [codec.field_from_row(row) for row in rows]
+        return codec.fields_from_rows(rows)
 
     async def _expire_stale_fields_batch(
         self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
@@ -1017,7 +1016,7 @@ class SqliteProfileStore(ProfileStore):
             f"SELECT {ASSET_SELECT} FROM assets WHERE tenant_id = ? AND profile_id = ? AND id = ?",
             (str(tenant_id), str(profile_id), str(asset_id)),
         )
-        return codec.asset_from_row(rows[0]) if rows else None
+        return codec.assets_from_rows(rows)[0] if rows else None
 
     async def _get_asset_by_name(
         self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
@@ -1031,7 +1030,7 @@ class SqliteProfileStore(ProfileStore):
             f"AND name = ?{status_filter} ORDER BY uploaded_at DESC, seq DESC LIMIT 1",
             params,
         )
-        return codec.asset_from_row(rows[0]) if rows else None
+        return codec.assets_from_rows(rows)[0] if rows else None
 
     # =====================================================================================
     # lineage
@@ -1085,8 +1084,8 @@ class SqliteProfileStore(ProfileStore):
                 key,
             )
             return (
-                [codec.field_from_row(row) for row in field_rows],
-                [codec.asset_from_row(row) for row in asset_rows],
+                codec.fields_from_rows(list(field_rows)),
+                codec.assets_from_rows(list(asset_rows)),
             )
 
         return await self._read(op)
@@ -1401,7 +1400,7 @@ class SqliteProfileStore(ProfileStore):
             f"SELECT {DEFINITION_SELECT} FROM field_definitions WHERE tenant_id = ?",
             (str(tenant_id),),
         )
-        return [codec.definition_from_row(row) for row in rows]
+        return codec.definitions_from_rows(rows)
 
     # =====================================================================================
     # field definitions
@@ -1416,7 +1415,7 @@ class SqliteProfileStore(ProfileStore):
             f"AND agent_id = ?{enabled} ORDER BY name",
             (str(tenant_id), str(agent_id)),
         )
-        return [codec.definition_from_row(row) for row in rows]
+        return codec.definitions_from_rows(rows)
 
     async def _get_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
@@ -1426,7 +1425,7 @@ class SqliteProfileStore(ProfileStore):
             "AND agent_id = ? AND name = ?",
             (str(tenant_id), str(agent_id), field_name),
         )
-        return codec.definition_from_row(rows[0]) if rows else None
+        return codec.definitions_from_rows(rows)[0] if rows else None
 
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
         tenant = str(definition.tenant_id)
@@ -1476,7 +1475,7 @@ class SqliteProfileStore(ProfileStore):
             "AND scenario_id = ? AND step_id IS ? ORDER BY collection_order, field_name",
             (str(tenant_id), str(scenario_id), codec.uid(step_id)),
         )
-        return [codec.requirement_from_row(row) for row in rows]
+        return codec.requirements_from_rows(rows)
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         tenant = str(requirement.tenant_id)
@@ -1735,6 +1734,7 @@ _LIVE_BY_IDENTITY = (
 # Every part of the aggregate comes back as rows of one UNION ALL: (kind, 3 sort keys,
 # then the part's own columns padded with NULLs to a common width).
 _PROFILE, _IDENTITY, _CONSENT, _FIELD, _ASSET = range(5)
+_DATA = 4  # where a row's own columns start (after the kind and 3 sort keys)
 _WIDTH = max(len(FIELD_COLUMNS), len(ASSET_COLUMNS))
 _PROFILE_COLUMNS = _PROFILE_SELECT.split(", ")
 _IDENTITY_COLUMNS = IDENTITY_SELECT.split(", ")
@@ -1793,50 +1793,33 @@ ORDER BY 1, 2, 3 DESC, 4 DESC
 
 
 def _assemble_profile(
-    tenant_id: UUID, rows: Iterable[Sequence[Any]], include_history: bool
+    tenant_id: UUID, rows: Sequence[Sequence[Any]], include_history: bool
 ) -> CustomerProfile | None:
-    head: Sequence[Any] | None = None
-    identities: list[ChannelIdentity] = []
-    consents: list[Consent] = []
-    fields: dict[str, ProfileField] = {}
-    history: dict[str, list[ProfileField]] = {}
-    assets: list[ProfileAsset] = []
-    asset_history: list[ProfileAsset] = []
-    for row in rows:
-        kind, data = row[0], row[4:]
-        if kind == _FIELD:
-            item = codec.field_from_row(data)
-            # with history, the ACTIVE version is the same object in fields and history
-            if include_history:
-                history.setdefault(item.name, []).append(item)
-            if item.status is ItemStatus.ACTIVE:
-                fields[item.name] = item
-        elif kind == _ASSET:
-            asset = codec.asset_from_row(data)
-            if include_history:
-                asset_history.append(asset)
-            if asset.status is ItemStatus.ACTIVE:
-                assets.append(asset)
-        elif kind == _IDENTITY:
-            identities.append(codec.identity_from_row(data))
-        elif kind == _CONSENT:
-            consents.append(codec.consent_from_row(data))
-        else:
-            head = data
-    if head is None:
+    """The profile of the rows of one ``_profile_query``: ordered by kind (so each kind is
+    one slice), field versions by name then newest first."""
+    kinds = [row[0] for row in rows]
+    if not kinds or kinds[0] != _PROFILE:
         return None
-    return CustomerProfile(
-        id=head[0],
-        tenant_id=tenant_id,
-        customer_id=head[1],
-        verification_level=VerificationLevel(head[2]),
-        created_at=head[3],
-        updated_at=head[4],
-        last_interaction_at=head[5],
-        channel_identities=identities,
-        consents=consents,
-        fields=fields,
+    start = {kind: bisect_left(kinds, kind) for kind in (_IDENTITY, _CONSENT, _FIELD, _ASSET)}
+    versions = codec.fields_from_rows(rows[start[_FIELD] : start[_ASSET]], _DATA)
+    stored_assets = codec.assets_from_rows(rows[start[_ASSET] :], _DATA)
+    history: dict[str, list[ProfileField]] = {}
+    if include_history:
+        # the ACTIVE version is the same object in fields and history
+        for item in versions:
+            history.setdefault(item.name, []).append(item)
+    active = ItemStatus.ACTIVE
+    return codec.profile_from_parts(
+        tenant_id,
+        rows[0][_DATA:],
+        channel_identities=[
+            codec.identity_from_row(row[_DATA:]) for row in rows[start[_IDENTITY] : start[_CONSENT]]
+        ],
+        consents=[
+            codec.consent_from_row(row[_DATA:]) for row in rows[start[_CONSENT] : start[_FIELD]]
+        ],
+        fields={item.name: item for item in versions if item.status is active},
         field_history=history,
-        assets=assets,
-        asset_history=asset_history,
+        assets=[asset for asset in stored_assets if asset.status is active],
+        asset_history=stored_assets if include_history else [],
     )
