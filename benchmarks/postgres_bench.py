@@ -81,8 +81,23 @@ ISSUE4 = "goal of issue 4"
 
 def single_store(dsn: str, schema: str = SCHEMA, **extra: Any) -> PostgresProfileStore:
     return PostgresProfileStore(
-        PostgresSettings(dsn=dsn, db_schema=schema, min_pool_size=1, max_pool_size=1, **extra)
+        PostgresSettings(
+            dsn=dsn,
+            db_schema=schema,
+            min_pool_size=1,
+            max_pool_size=1,
+            migrate_on_start=True,
+            **extra,
+        )
     )
+
+
+async def migrated_store(dsn: str, schema: str = SCHEMA, **extra: Any) -> PostgresProfileStore:
+    """:func:`single_store` after the explicit ``ccvault migrate`` step (setup() never
+    changes the schema); idempotent for a schema already migrated."""
+    store = single_store(dsn, schema, **extra)
+    await store.migrate()
+    return store
 
 
 WORKER_PROCESSES = 4  # 16 clients = 4 processes x 4 coroutines, each process its own pool
@@ -207,7 +222,7 @@ async def load_versions(
 
 async def bench_reads(dsn: str, report: Report, args: argparse.Namespace) -> None:
     print("\n[1] get_by_customer_id, 50 active fields x 20 superseded versions, vs raw asyncpg")
-    single = single_store(dsn)
+    single = await migrated_store(dsn)
     await single.setup()
     tenant = uuid.uuid4()
     profile = await single.get_or_create(tenant, Channel.WEB, "bench-20")
@@ -247,7 +262,7 @@ async def bench_reads(dsn: str, report: Report, args: argparse.Namespace) -> Non
 
 async def bench_depth(dsn: str, report: Report, args: argparse.Namespace) -> None:
     print("\n[2a] scale: the same read with 0 / 10 / 100 versions per field")
-    store = single_store(dsn)
+    store = await migrated_store(dsn)
     await store.setup()
     tenant = uuid.uuid4()
     ops: dict[str, Callable[[], Awaitable[Any]]] = {}
@@ -277,7 +292,7 @@ async def tenant_store(
 ) -> tuple[PostgresProfileStore, uuid.UUID, uuid.UUID]:
     """A schema of its own holding one tenant of ``profiles`` profiles (5 fields each,
     COPYed), of which one is the measured profile of 50 fields."""
-    store = single_store(dsn, f"bench_tenant_{profiles}")
+    store = await migrated_store(dsn, f"bench_tenant_{profiles}")
     await store.setup()
     tenant = uuid.uuid4()
     started = time.perf_counter()
@@ -338,7 +353,7 @@ async def bench_tenant_size(dsn: str, report: Report, args: argparse.Namespace) 
 async def bench_update(dsn: str, report: Report, args: argparse.Namespace) -> None:
     print("\n[3] update_field with supersede vs one raw transaction (BEGIN; UPDATE; INSERT;"
           " COMMIT)")  # fmt: skip
-    store = single_store(dsn)
+    store = await migrated_store(dsn)
     await store.setup()
     tenant = uuid.uuid4()
     profile = (await store.get_or_create(tenant, Channel.WEB, "bench-update")).id
@@ -399,7 +414,7 @@ async def bench_expire(dsn: str, report: Report, args: argparse.Namespace) -> No
     total = args.expire_rows
     due = total // 10
     print(f"\n[4] expire_stale_fields over {total:,} fields, {due:,} due, vs one raw UPDATE")
-    store = single_store(dsn, "bench_expire", statement_timeout_seconds=0)
+    store = await migrated_store(dsn, "bench_expire", statement_timeout_seconds=0)
     await store.setup()
     tenant = uuid.uuid4()
     profiles = [uuid.uuid4() for _ in range(max(1, total // 100))]
@@ -484,7 +499,7 @@ async def bench_crypto(dsn: str, report: Report, args: argparse.Namespace) -> No
 
     from ccvault.crypto import EncryptedProfileStore, Keyring, generate_key_entry
 
-    store = single_store(dsn)
+    store = await migrated_store(dsn)
     await store.setup()
     try:
         plain, sealed = await encryption_pair(store)
@@ -521,7 +536,7 @@ async def bench_crypto(dsn: str, report: Report, args: argparse.Namespace) -> No
 
 async def bench_missing(dsn: str, report: Report, args: argparse.Namespace) -> None:
     print("\n[6] get_missing_fields, 50 requirements, vs the two raw queries it needs")
-    store = single_store(dsn)
+    store = await migrated_store(dsn)
     await store.setup()
     raw = await asyncpg.connect(dsn, server_settings={"search_path": SCHEMA})
     try:

@@ -250,6 +250,7 @@ def main() -> None:
                 )
             else:
                 local_settings = ccvault.load_settings(config)
+            asyncio.run(ccvault.migrate_schema(local_settings))  # the explicit step
             local = asyncio.run(in_process(local_settings, args))
         finally:
             if database is not None:

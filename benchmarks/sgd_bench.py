@@ -114,6 +114,7 @@ async def run_one(stack: str, extractor_name: str, data: Path, limit: int | None
                 cleanup.append(lambda: _drop_prefix(prefix))
         try:
             settings = ccvault.load_settings(None, **options)
+            await ccvault.migrate_schema(settings)  # the explicit step: opening never migrates
             dataset = load_dataset(data, limit=limit)
             extractor = _extractor(extractor_name, settings)
             async with ccvault.open_store(settings) as store:

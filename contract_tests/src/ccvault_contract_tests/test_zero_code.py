@@ -7,7 +7,8 @@ file enables. Each test gets its own freshly opened store, and the cross-instanc
 second one opened from the same file — as a second application process would open it — which
 must see the first one's data (checked before those tests run). The suite works in fresh
 random tenants, so a persistent database or a shared server may already hold data. The
-optional capabilities are the ones the provider declares in its ``ProviderSpec``.
+optional capabilities are the ones the provider declares in its ``ProviderSpec``. The
+schema is migrated first (``ccvault.migrate_schema``, what ``ccvault migrate`` does).
 
 Without ``--ccvault-config`` this module is skipped.
 """
@@ -19,7 +20,7 @@ from uuid import uuid4
 
 import pytest
 
-from ccvault import load_settings, open_store
+from ccvault import load_settings, migrate_schema, open_store
 from ccvault.models import Channel
 from ccvault.store import ProfileStore
 from ccvault_contract_tests.contract import ProfileStoreContract
@@ -39,7 +40,10 @@ class TestConfiguredStoreContract(ProfileStoreContract):
 
     @pytest.fixture
     async def store(self) -> AsyncIterator[ProfileStore]:
-        async with open_store(load_settings(_CONFIG)) as store:
+        settings = load_settings(_CONFIG)
+        # the deployment's explicit step (idempotent): opening a store never migrates
+        await migrate_schema(settings)
+        async with open_store(settings) as store:
             yield store
 
     @pytest.fixture
