@@ -520,6 +520,7 @@ UNCACHED_READS = {
     "_export_profile",
     "_list_tenant_ids",
     "_count_items_by_status",
+    "_estimate_items_by_status",
     "_list_profile_ids",
     # the merge log, and every definition of a tenant (merge reads its survivorship
     # policies, which must be current): read from the backend each time

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL_TENANTS",
     "CACHE_BYPASSES",
+    "CACHE_OVERSIZED",
     "DERIVATION_CHAIN_DEPTH",
     "FIELD_STATUS_GAUGE",
     "GAP_FILL_ATTEMPTS",
@@ -67,6 +68,8 @@ __all__ = [
     "SCHEMA_VALIDATION_ERRORS",
     "STALE_FIELD_WARNINGS",
     "UNDEFINED_FIELD",
+    "WORKER_BATCHES",
+    "WORKER_BATCH_ROWS",
     "WORKER_HEARTBEAT",
     "WORKER_LAST_SWEEP",
     "WORKER_TENANT_FAILURES",
@@ -185,6 +188,12 @@ CACHE_BYPASSES = Counter(
     "ccvault_cache_bypass_total",
     "Cache reads and writes sent to the store because Redis failed recently",
     ["reason"],
+    registry=REGISTRY,
+)
+CACHE_OVERSIZED = Counter(
+    "ccvault_cache_oversized_total",
+    "Entries served from the store but not cached: larger than the cache's own limit",
+    ["kind"],
     registry=REGISTRY,
 )
 REDIS_ERRORS = Counter(
@@ -311,6 +320,18 @@ WORKER_TENANT_FAILURES = Counter(
     "Tenants whose sweep failed",
     registry=REGISTRY,
 )
+WORKER_BATCHES = Counter(
+    "ccvault_worker_batches_total",
+    "Batches (one transaction each) the worker's bulk jobs ran, by job (expire, mark_orphans)",
+    ["job"],
+    registry=REGISTRY,
+)
+WORKER_BATCH_ROWS = Counter(
+    "ccvault_worker_batch_rows_total",
+    "Rows the worker's bulk jobs changed, by job (expire, mark_orphans)",
+    ["job"],
+    registry=REGISTRY,
+)
 
 _process_collectors: list[Any] = []
 
@@ -396,7 +417,7 @@ class ItemCounter(Protocol):
     :mod:`ccvault.store` (which depends on it): the core's imports stay acyclic.
     """
 
-    async def count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]: ...
+    async def estimate_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]: ...
 
 
 _status_by_tenant: dict[str, dict[str, int]] = {}
@@ -405,8 +426,12 @@ _status_lock = threading.Lock()
 
 async def refresh_status_gauge(store: ItemCounter, tenant_id: UUID) -> dict[str, int]:
     """Set ``profile_fields_by_status`` for the tenant from the store; return the counts.
-    With tenant labels off, the ``"_all"`` series is the sum over the tenants refreshed."""
-    counts = (await store.count_items_by_status(tenant_id))["fields"]
+    With tenant labels off, the ``"_all"`` series is the sum over the tenants refreshed.
+
+    The counts are the store's :meth:`estimate_items_by_status`: a cost bounded whatever the
+    tenant's size (exact where counting is cheap, a bounded page sample of a large
+    PostgreSQL table), never a full count of a large table every sweep."""
+    counts = (await store.estimate_items_by_status(tenant_id))["fields"]
     with _status_lock:
         _status_by_tenant[str(tenant_id)] = dict(counts)
         if _options["tenant_labels"]:

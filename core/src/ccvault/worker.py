@@ -46,6 +46,7 @@ from typing import Any
 from uuid import UUID
 
 from ccvault import errors, metrics
+from ccvault.batches import BatchProgress, ProgressCallback
 from ccvault.lease import TenantLease
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
@@ -254,14 +255,24 @@ class _Claim:
     lost: bool = False
 
 
+class _ClaimLostError(Exception):
+    """Raised by a bulk job's progress callback to stop it between two batches."""
+
+    def __init__(self, job: str, batch: int) -> None:
+        super().__init__(f"claim lost after batch {batch} of {job}")
+        self.job = job
+        self.batch = batch
+
+
 @dataclass
 class TenantReport:
-    """What one sweep did for one tenant."""
+    """What one sweep did for one tenant (``batches``: transactions its bulk jobs ran)."""
 
     tenant_id: UUID
     processed: bool
     expired: int = 0
     orphaned: int = 0
+    batches: int = 0
     fields_by_status: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
@@ -341,23 +352,54 @@ class Worker:
             )
             return report
         logger.info(
-            "tenant=%s processed expired=%d orphaned=%d fields_by_status=%s",
+            "tenant=%s processed expired=%d orphaned=%d batches=%d fields_by_status=%s",
             tenant_id,
             report.expired,
             report.orphaned,
+            report.batches,
             ",".join(f"{k}:{v}" for k, v in sorted(report.fields_by_status.items())),
         )
         return report
 
+    def _batch_progress(self, claim: _Claim, report: TenantReport) -> ProgressCallback:
+        """The progress callback of a bulk job: counts and logs every batch, and stops the
+        job between two batches once the claim is lost (each batch is committed on its own,
+        so the worker that holds the claim now continues with what is left)."""
+
+        def on_batch(progress: BatchProgress) -> None:
+            metrics.WORKER_BATCHES.labels(job=progress.job).inc()
+            metrics.WORKER_BATCH_ROWS.labels(job=progress.job).inc(progress.rows)
+            report.batches += 1
+            if progress.job == "expire":
+                report.expired = progress.done
+            else:
+                report.orphaned = progress.done
+            logger.debug(
+                "tenant=%s %s batch=%d rows=%d done=%d rate=%.0f/s",
+                progress.tenant_id,
+                progress.job,
+                progress.batch,
+                progress.rows,
+                progress.done,
+                progress.rate,
+            )
+            if claim.lost and not progress.finished:
+                raise _ClaimLostError(progress.job, progress.batch)
+
+        return on_batch
+
     async def _sweep(self, tenant_id: UUID, expire: bool, claim: _Claim) -> TenantReport:
-        # every step is idempotent, so stopping between two (claim lost) leaves nothing
-        # half-done: the worker that holds the claim now redoes what is left
+        # every step, and every batch of a step, is idempotent and committed on its own, so
+        # stopping between two (claim lost) leaves nothing half-done: the worker that holds
+        # the claim now redoes what is left
         report = TenantReport(tenant_id, processed=True)
         steps: list[tuple[str, bool]] = [
             ("expire", expire),
             ("orphans", self.settings.profile.lineage_tracking_enabled),
             ("gauge", True),
         ]
+        batch_size = self.settings.worker.batch_size
+        on_batch = self._batch_progress(claim, report)
         for step, enabled in steps:
             if claim.lost:
                 report.processed = False
@@ -365,12 +407,26 @@ class Worker:
                 return report
             if not enabled:
                 continue
-            if step == "expire":
-                report.expired = await self.store.expire_stale_fields(tenant_id)
-            elif step == "orphans":
-                report.orphaned = await self.store.mark_orphans(tenant_id)
-            else:
-                report.fields_by_status = await metrics.refresh_status_gauge(self.store, tenant_id)
+            try:
+                if step == "expire":
+                    report.expired = await self.store.expire_stale_fields(
+                        tenant_id, batch_size=batch_size, progress=on_batch
+                    )
+                elif step == "orphans":
+                    report.orphaned = await self.store.mark_orphans(
+                        tenant_id, batch_size=batch_size, progress=on_batch
+                    )
+                else:
+                    report.fields_by_status = await metrics.refresh_status_gauge(
+                        self.store, tenant_id
+                    )
+            except _ClaimLostError as lost:
+                report.processed = False
+                report.error = (
+                    f"claim lost after batch {lost.batch} of step {lost.job!r}; another "
+                    "worker may take over"
+                )
+                return report
         return report
 
     async def run_once(self) -> list[TenantReport]:

@@ -722,6 +722,22 @@ UPDATE profile_fields f SET value = u.value, source_metadata = u.metadata
 FROM unnest($3::uuid[], $4::jsonb[], $5::jsonb[]) AS u (id, value, metadata)
 WHERE f.tenant_id = $1 AND f.profile_id = $2 AND f.id = u.id
 """
+# the status gauge's estimate (estimate_items_by_status): a table's size in pages, then an
+# exact count of a small table or a page sample of a large one
+TABLE_PAGES = """
+SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint
+"""
+COUNT_STATUS_OF = {
+    table: f"SELECT status, count(*) AS n FROM {table} WHERE tenant_id = $1 GROUP BY status"
+    for table in ("profile_fields", "profile_assets")
+}
+SAMPLE_STATUS_OF = {
+    table: f"""
+SELECT status, count(*) AS n FROM {table} TABLESAMPLE SYSTEM ($2)
+WHERE tenant_id = $1 GROUP BY status
+"""
+    for table in ("profile_fields", "profile_assets")
+}
 COUNT_BY_STATUS = """
 SELECT 'fields' AS kind, status, count(*) AS n FROM profile_fields WHERE tenant_id = $1
 GROUP BY status
