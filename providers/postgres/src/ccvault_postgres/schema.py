@@ -252,9 +252,20 @@ CREATE INDEX merge_log_by_source ON merge_log (tenant_id, source_profile_id);
 CREATE INDEX merge_log_by_target ON merge_log (tenant_id, target_profile_id);
 """
 
+_V3_WORKER_CLAIMS = """
+-- issue 17: the worker's tenant claims (ccvault_postgres.lease). A claim outlives the
+-- process that took it, so two workers never sweep one tenant in the same interval
+CREATE TABLE ccvault_worker_claims (
+    tenant_id     uuid        PRIMARY KEY,
+    holder        text        NOT NULL,
+    claimed_until timestamptz NOT NULL
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _V1),
     Migration(2, "survivorship policies and the merge log", _V2),
+    Migration(3, "worker tenant claims", _V3_WORKER_CLAIMS),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -324,6 +335,10 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, lock_key: int)
         status = await read_status(conn, schema)
         if status.newer:
             require_ready(status, distribution="ccvault-postgres")
+        if not status.pending:
+            # nothing to do, and no DDL at all: even CREATE ... IF NOT EXISTS needs CREATE
+            # on the schema, which the runtime role does not have
+            return applied
         for statement in await bootstrap_statements(conn, schema):
             await conn.execute(statement)
         pending = {step.version for step in status.pending}
