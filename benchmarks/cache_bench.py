@@ -170,7 +170,9 @@ async def main(args: argparse.Namespace) -> int:
     dsn = dsn_with_database(server, name)
     client = Redis.from_url(REDIS_URL)
     prefix = f"ccvault-bench:{uuid.uuid4().hex}:"
-    backend = PostgresProfileStore(PostgresSettings(dsn=dsn, min_pool_size=1, max_pool_size=1))
+    backend = PostgresProfileStore(
+        PostgresSettings(dsn=dsn, min_pool_size=1, max_pool_size=1, migrate_on_start=True)
+    )
     store = CachedProfileStore(backend, client, key_prefix=prefix)
     print(f"database {name} on {server}; Redis {REDIS_URL} prefix {prefix}")
     try:

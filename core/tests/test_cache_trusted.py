@@ -47,6 +47,8 @@ async def drop_prefix(client: Redis, prefix: str) -> None:
 
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+#: a data entry is ``D`` + the 32-character epoch (run tag + random part) + the payload
+HEAD = 33
 
 
 @pytest.fixture
@@ -70,7 +72,8 @@ def backend() -> Any:
 
 @pytest.fixture
 async def store(backend: Any, client: Redis, prefix: str) -> AsyncIterator[CachedProfileStore]:
-    async with CachedProfileStore(backend, client, key_prefix=prefix) as cached:
+    # the Redis entries are under test: no near tier in front of them (test_cache_near.py)
+    async with CachedProfileStore(backend, client, key_prefix=prefix, near_cache_size=0) as cached:
         yield cached
 
 
@@ -127,7 +130,7 @@ async def test_an_untrusted_entry_is_a_miss_and_is_replaced(
     stored = await client.get(key)
     assert stored is not None and stored[:1] == b"D"
     change, whole = DAMAGE[damage]
-    damaged = change(stored) if whole else stored[:17] + change(stored[17:])
+    damaged = change(stored) if whole else stored[:HEAD] + change(stored[HEAD:])
     assert damaged != stored
     await client.set(key, damaged)
 
@@ -141,7 +144,7 @@ async def test_an_untrusted_entry_is_a_miss_and_is_replaced(
     # the entry was replaced by an intact one: the next reads are hits
     refilled = await client.get(key)
     assert refilled is not None and refilled != damaged
-    assert decode_profile(refilled[17:]) == truth
+    assert decode_profile(refilled[HEAD:]) == truth
     backend.reads.clear()
     for lookup in LOOKUPS:
         assert await _read(store, lookup, truth) == truth
@@ -159,7 +162,7 @@ async def test_an_untrusted_definitions_entry_is_a_miss(
     stored = await client.get(key)
     assert stored is not None
     flipped = stored[:-1] + bytes([stored[-1] ^ 0x01])
-    for damaged in (stored[:-3], stored[:17] + b"[]", flipped):
+    for damaged in (stored[:-3], stored[:HEAD] + b"[]", flipped):
         assert damaged != stored
         await client.set(key, damaged)
         backend.reads.clear()

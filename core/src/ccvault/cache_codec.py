@@ -33,12 +33,14 @@ equals the one pydantic validates from the same data.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
+from ipaddress import IPv4Address, IPv6Address
 from itertools import islice, repeat
 from operator import attrgetter
 from types import UnionType
@@ -65,6 +67,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CorruptEntry",
     "ModelListCodec",
+    "NearProfile",
     "decode_json",
     "decode_profile",
     "encode_json",
@@ -541,3 +544,117 @@ def decode_profile(payload: bytes) -> CustomerProfile:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise CorruptEntry("malformed profile entry") from exc
+
+
+# ---------------------------------------------------------------------------------------
+# near cache: a decoded profile kept in process memory, handed out as fresh copies
+# ---------------------------------------------------------------------------------------
+
+#: values of these types are immutable: every copy may share them
+_SHARED_TYPES = frozenset(
+    {str, int, float, bool, type(None), UUID, datetime, IPv4Address, IPv6Address}
+)
+
+
+def _shared(value: Any) -> bool:
+    return type(value) in _SHARED_TYPES or isinstance(value, Enum)
+
+
+def _json_native(value: Any) -> bool:
+    """Whether an orjson round trip gives back an equal value of the same types."""
+    try:
+        return bool(orjson.loads(orjson.dumps(value)) == value) and _plain(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    if kind is list:
+        return all(map(_plain, value))
+    if kind is dict:
+        return all(type(k) is str for k in value) and all(map(_plain, value.values()))
+    return kind in (str, int, float, bool, type(None))
+
+
+class _FrozenItems:
+    """Models of one class, kept as templates: the immutable values shared, the mutable
+    ones (lists, dicts) re-created for every copy, so a caller changing what it was given
+    never changes the template."""
+
+    __slots__ = ("bases", "cls", "keys", "mutable", "others", "shallow")
+
+    def __init__(self, cls: type[BaseModel], items: Sequence[BaseModel]) -> None:
+        self.cls = cls
+        self.keys = tuple(cls.model_fields)
+        self.bases: list[dict[str, Any]] = []
+        mutable: list[dict[str, Any] | None] = []
+        # values neither shared nor JSON-native (a list of UUIDs): deep-copied per copy
+        self.others: list[tuple[int, str, Any]] = []
+        # indexes into ``others`` of lists of immutable values: a new list is copy enough
+        self.shallow: set[int] = set()
+        for index, item in enumerate(items):
+            values = item.__dict__.copy()
+            native: dict[str, Any] = {}
+            for key, value in values.items():
+                if _shared(value):
+                    continue
+                if _json_native(value):
+                    native[key] = value
+                else:
+                    self.others.append((index, key, copy.deepcopy(value)))
+                    if type(value) is list and all(map(_shared, value)):
+                        self.shallow.add(len(self.others) - 1)
+            self.bases.append(values)
+            mutable.append(native or None)
+        self.mutable = orjson.dumps(mutable) if any(mutable) else None
+
+    def copies(self) -> list[Any]:
+        dicts = list(map(dict.copy, self.bases))
+        if self.mutable is not None:
+            for values, native in zip(dicts, orjson.loads(self.mutable), strict=True):
+                if native:
+                    values.update(native)
+        shallow = self.shallow
+        for number, (index, key, value) in enumerate(self.others):
+            dicts[index][key] = list(value) if number in shallow else copy.deepcopy(value)
+        return _construct_many(self.cls, self.keys, dicts)
+
+
+class NearProfile:
+    """A profile (read without history) kept in process memory by the cache's near tier.
+
+    :meth:`copy` returns a new :class:`CustomerProfile` equal to the one frozen, sharing
+    only immutable values with the template (UUIDs, timestamps, strings, numbers,
+    enumeration members): whatever a caller does to a copy, the template and every other
+    copy stay as they were. Cheaper than decoding the Redis entry again, as nothing is
+    parsed but the JSON of the mutable values.
+    """
+
+    __slots__ = ("assets", "consents", "fields", "identities", "top")
+
+    def __init__(self, profile: CustomerProfile) -> None:
+        if profile.field_history or profile.asset_history:
+            raise ValueError("only profiles read without history are kept")
+        top = profile.__dict__.copy()
+        for key in ("channel_identities", "consents", "fields", "assets"):
+            del top[key]
+        if not all(_shared(value) for key, value in top.items() if "history" not in key):
+            raise ValueError("unexpected mutable profile attribute")
+        self.top = top
+        self.identities = _FrozenItems(ChannelIdentity, profile.channel_identities)
+        self.consents = _FrozenItems(Consent, profile.consents)
+        self.fields = _FrozenItems(ProfileField, list(profile.fields.values()))
+        self.assets = _FrozenItems(ProfileAsset, profile.assets)
+
+    def copy(self) -> CustomerProfile:
+        values = self.top.copy()
+        values["field_history"] = {}
+        values["asset_history"] = []
+        values["channel_identities"] = self.identities.copies()
+        values["consents"] = self.consents.copies()
+        values["fields"] = {item.name: item for item in self.fields.copies()}
+        values["assets"] = self.assets.copies()
+        # the model's own attribute order, as a decoded or validated profile has it
+        ordered = {key: values[key] for key in CustomerProfile.model_fields}
+        return _construct(CustomerProfile, ordered)
