@@ -19,9 +19,11 @@ class TenantLease(Protocol):
 
     A claim is *exclusive* (two leases never hold one tenant at once) and *re-entrant*
     (the lease already holding a tenant gets it again). It lasts at least ``ttl_seconds``
-    after the last successful ``acquire``/``renew`` unless the lease loses it (a lost
-    connection, the process dying); it may outlive the worker's use of it, so a tenant is
-    swept at most about once per interval.
+    after the last successful ``acquire``/``renew``, *also after the lease is closed or its
+    process ends* (the worker renews a claim for one more interval when it is done with the
+    tenant, so another worker, or a second ``worker --once`` run, skips that tenant until
+    then): two workers never sweep a tenant in the same interval. A claim released when
+    its holder's connection ends (a session-level lock) does not meet this contract.
     """
 
     async def acquire(self, tenant_id: UUID, ttl_seconds: float) -> str | None:
@@ -38,6 +40,5 @@ class TenantLease(Protocol):
         ...
 
     async def aclose(self) -> None:
-        """Release connections. Claims still held lapse (or, for session-bound locks, are
-        released) on their own. Idempotent."""
+        """Release connections. Claims still held lapse on their own. Idempotent."""
         ...

@@ -179,6 +179,12 @@ class ProfileSettings(_Section):
     # Lineage
     lineage_tracking_enabled: bool = True
     max_derivation_chain_depth: int = Field(default=10, ge=1, le=1000)
+    # Size limits
+    #: The largest field value (and the largest ``source_metadata``) a write accepts, in
+    #: bytes of its JSON serialization (default 1 MiB). A larger one is refused with a
+    #: ValidationError before anything is written: one huge value must not slow every read
+    #: of its profile, nor the cache for every tenant.
+    max_field_value_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Privacy
     auto_encrypt_pii: bool = True
     #: The keyring ``KID:BASE64[,KID:BASE64...]`` (key material: a secret, shown masked).
@@ -209,6 +215,7 @@ class ProfileSettings(_Section):
             default_freshness_seconds=self.freshness.default_freshness_seconds,
             stale_field_action=self.freshness.stale_field_action,
             lineage_tracking_enabled=self.lineage_tracking_enabled,
+            max_field_value_bytes=self.max_field_value_bytes,
         )
 
 
@@ -249,6 +256,13 @@ class RedisSettings(_Section):
     retry_after_seconds: float = Field(default=1.0, ge=0)
     # hard bound on one whole cache operation (a cluster client may reconnect inside it)
     operation_timeout_seconds: float = Field(default=0.5, gt=0)
+    #: The largest cache entry (a profile body, a list of definitions...) in bytes: a larger
+    #: one is served from the store and never cached (``ccvault_cache_oversized_total``), so
+    #: one big profile cannot make cache fills time out for every tenant. Default 4 MiB.
+    max_entry_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: Profiles kept decoded in process memory per vault process (0: off); each is served
+    #: after one small GET that proves no write of its tenant completed since.
+    near_cache_size: int = Field(default=1000, ge=0)
 
     @field_validator("url")
     @classmethod
@@ -317,7 +331,7 @@ class WorkerSettings(_Section):
 
     # "redis": tenant claims in [redis] (any number of hosts); "file": claim files in
     # lease_dir (one host, no servers); another name: a lease a provider contributes through
-    # the ccvault_worker_lease hook (e.g. "postgres": advisory locks in its database);
+    # the ccvault_worker_lease hook (e.g. "postgres": claim rows in its database);
     # "auto": redis when the cache is on, else the provider's own lease, else file on a
     # single-host provider (see ccvault.worker.lease_from_settings)
     lease: str = Field(default="auto", pattern=r"^[a-z][a-z0-9_]*$", max_length=50)

@@ -16,7 +16,8 @@ Several workers at once
     is shared by every worker whatever the storage provider. ``[worker] lease`` picks the
     lease; ``auto`` means: Redis when the cache is on; else the provider's own lease when
     it contributes one through the ``ccvault_worker_lease`` hook (the PostgreSQL provider:
-    a session-level advisory lock per tenant, shared by every host on the database); else,
+    a claim row per tenant in ``ccvault_worker_claims``, shared by every host on the
+    database, outliving the worker that took it like the other leases' claims); else,
     on a provider whose spec says it is single-host (SQLite, in-memory), ``flock``-guarded
     claim files (:class:`FileTenantLease`); on any other provider start-up fails and asks
     for Redis, since per-host files would let workers on several hosts double-process.
@@ -24,6 +25,14 @@ Several workers at once
     A worker whose claim cannot be renewed (taken over, connection lost) stops processing
     that tenant before its next step and reports it as not processed: it never keeps
     sweeping a tenant it no longer holds.
+
+Batches
+    Expiry and orphan marking run in batches of ``[worker] batch_size`` rows, each its own
+    transaction (:mod:`ccvault.batches`): no statement grows with the tenant, so a large
+    tenant finishes under any ``statement_timeout``. Every batch is counted
+    (``ccvault_worker_batches_total``, ``ccvault_worker_batch_rows_total``) and logged at
+    DEBUG; a claim lost during a job stops it between two batches. The status gauge comes
+    from :meth:`~ccvault.store.ProfileStore.estimate_items_by_status` (bounded cost).
 
 Stopping
     :meth:`Worker.request_stop` (wired to SIGTERM/SIGINT by ``ccvault worker``) lets the

@@ -1,19 +1,27 @@
-"""The worker's PostgreSQL advisory-lock lease, contributed through ``ccvault_worker_lease``.
+"""The worker's PostgreSQL lease, contributed through ``ccvault_worker_lease``.
 
 ``[worker] lease = "postgres"`` (or ``"auto"`` on the postgres provider with the cache off)
-gives ``ccvault worker`` a :class:`PostgresAdvisoryLease`: tenant claims shared by every
+gives ``ccvault worker`` a :class:`PostgresTenantLease`: tenant claims shared by every
 worker on every host that uses the same database, without Redis. See
 :class:`ccvault.lease.TenantLease` for the contract every lease honours.
+
+A claim is a row of ``ccvault_worker_claims`` (created by ``ccvault migrate``, migration
+3) in the vault's schema: ``(tenant_id, holder, claimed_until)``, taken with one ``INSERT
+… ON CONFLICT DO UPDATE … WHERE claimed_until <= now() OR holder = me RETURNING`` and
+renewed by ``UPDATE … WHERE holder = me``, both on the database's clock. Unlike the
+session-level advisory locks this lease used before, a claim *outlives the process* that
+took it: a worker finishing a tenant keeps it claimed for one more interval (the worker
+renews it on the way out), so a second ``worker --once`` started meanwhile, or on another
+host, skips that tenant instead of sweeping it again. Two workers therefore never sweep a
+tenant in the same interval; a worker that dies leaves a claim that lapses after one
+interval.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import secrets
-import time
 from typing import Any
 from uuid import UUID
 
@@ -24,24 +32,40 @@ from ccvault import errors
 from ccvault.settings import VaultSettings
 from ccvault_postgres.settings import PostgresSettings
 
-__all__ = ["PostgresAdvisoryLease"]
+__all__ = ["CLAIMS_TABLE", "PostgresAdvisoryLease", "PostgresTenantLease"]
 
 logger = logging.getLogger("ccvault.worker")
 
+#: the table of tenant claims (migration 3 of :mod:`ccvault_postgres.schema`)
+CLAIMS_TABLE = "ccvault_worker_claims"
 
-class PostgresAdvisoryLease:
-    """Tenant claims as PostgreSQL session-level advisory locks, for workers on several
-    hosts sharing one database without Redis.
+# claim if free (lapsed) or already ours; never take another holder's live claim
+_ACQUIRE = """
+INSERT INTO {table} AS c (tenant_id, holder, claimed_until)
+VALUES ($1, $2, now() + make_interval(secs => $3::float8))
+ON CONFLICT (tenant_id) DO UPDATE
+    SET holder = EXCLUDED.holder, claimed_until = EXCLUDED.claimed_until
+    WHERE c.claimed_until <= now() OR c.holder = EXCLUDED.holder
+RETURNING holder
+"""
+# compare-and-extend: only the holder may renew (a lapsed claim nobody took is still ours)
+_RENEW = """
+UPDATE {table} SET claimed_until = now() + make_interval(secs => $3::float8)
+WHERE tenant_id = $1 AND holder = $2
+RETURNING holder
+"""
 
-    The lock key is a 64-bit hash of the ``[providers.postgres] schema`` and the tenant id
-    (two vaults in one database do not collide), taken with ``pg_try_advisory_lock`` on one
-    dedicated connection per lease (opened lazily, reopened after a loss). PostgreSQL
-    releases every lock of a session when it ends, so a worker that dies or loses its
-    connection frees its tenants at once; a lease whose connection was lost answers False
-    to ``renew``. As with the other leases a claim is kept for ``ttl_seconds`` after its
-    last renewal (unlocked lazily, on this lease's next call) so a tenant is swept about
-    once per interval. Needs a direct, session-mode connection (not a transaction-pooling
-    proxy, which would hand the lock to another client).
+_DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class PostgresTenantLease:
+    """Tenant claims as rows of ``ccvault_worker_claims`` in the vault's schema (see the
+    module docstring), for workers on several hosts sharing one database without Redis.
+
+    One dedicated connection per lease (opened lazily, reopened after a loss); every claim
+    is one statement, so it also works behind a transaction-pooling proxy. The table is
+    created by ``ccvault migrate``; a lease on a database where it is missing raises
+    :class:`~ccvault.errors.SchemaNotReadyError` naming that command.
     """
 
     def __init__(
@@ -51,14 +75,16 @@ class PostgresAdvisoryLease:
         self.namespace = namespace
         self.connect_timeout_seconds = connect_timeout_seconds
         self.token = secrets.token_hex(16)
+        table = f"{_quote_ident(namespace)}.{CLAIMS_TABLE}"
+        self._acquire_sql = _ACQUIRE.format(table=table)
+        self._renew_sql = _RENEW.format(table=table)
         self._conn: Any = None
-        self._held: dict[UUID, float] = {}  # tenant -> time.monotonic() the claim lapses
         self._mutex = asyncio.Lock()  # one connection: one query at a time
 
     @classmethod
-    def from_settings(cls, settings: VaultSettings) -> PostgresAdvisoryLease:
-        """A lease on ``[providers.postgres] dsn`` (locks namespaced by its ``schema``),
-        validated by the provider's own settings model."""
+    def from_settings(cls, settings: VaultSettings) -> PostgresTenantLease:
+        """A lease on ``[providers.postgres] dsn`` (claims in its ``schema``), validated by
+        the provider's own settings model."""
         try:
             options = PostgresSettings.model_validate(settings.provider_options("postgres"))
         except pydantic.ValidationError as exc:
@@ -66,25 +92,14 @@ class PostgresAdvisoryLease:
                 f"providers.postgres.{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
                 for problem in exc.errors(include_input=False, include_url=False)
             )
-            raise errors.ConfigurationError(
-                f"worker lease (PostgreSQL advisory locks): {problems}"
-            ) from None
+            raise errors.ConfigurationError(f"worker lease (PostgreSQL): {problems}") from None
         return cls(
             options.dsn.get_secret_value(),
             options.db_schema,
             connect_timeout_seconds=options.connect_timeout_seconds,
         )
 
-    def lock_key(self, tenant_id: UUID) -> int:
-        """The signed 64-bit advisory-lock key of a tenant."""
-        digest = hashlib.blake2b(
-            f"ccvault-worker\0{self.namespace}\0{tenant_id}".encode(), digest_size=8
-        ).digest()
-        return int.from_bytes(digest, "big", signed=True)
-
     async def _drop(self) -> None:
-        # the session is gone or unusable: every lock it held is gone with it
-        self._held.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
@@ -95,7 +110,7 @@ class PostgresAdvisoryLease:
         await self._drop()
         try:
             self._conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_seconds)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise errors.ProviderUnavailableError(
                 f"worker lease: PostgreSQL is unreachable ({type(exc).__name__}: {exc})"
             ) from exc
@@ -104,56 +119,62 @@ class PostgresAdvisoryLease:
     async def acquire(self, tenant_id: UUID, ttl_seconds: float) -> str | None:
         async with self._mutex:
             conn = await self._connection()
-            now = time.monotonic()
             try:
-                for held, until in list(self._held.items()):
-                    if held != tenant_id and until <= now:
-                        await conn.fetchval("SELECT pg_advisory_unlock($1)", self.lock_key(held))
-                        del self._held[held]
-                if tenant_id in self._held:
-                    # re-entrant without locking twice (session locks stack)
-                    self._held[tenant_id] = now + ttl_seconds
-                    return self.token
-                won = await conn.fetchval(
-                    "SELECT pg_try_advisory_lock($1)", self.lock_key(tenant_id)
+                holder = await conn.fetchval(
+                    self._acquire_sql, tenant_id, self.token, float(ttl_seconds)
                 )
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except asyncpg.UndefinedTableError:
+                raise errors.SchemaNotReadyError(
+                    f"worker lease: the table {CLAIMS_TABLE} is missing in PostgreSQL schema "
+                    f"{self.namespace!r}: run `ccvault migrate` first (with the postgres "
+                    "provider and this schema)"
+                ) from None
+            except _DRIVER_ERRORS as exc:
                 await self._drop()
                 raise errors.ProviderUnavailableError(
                     f"worker lease: PostgreSQL failed ({type(exc).__name__}: {exc})"
                 ) from exc
-            if not won:
-                return None
-            self._held[tenant_id] = now + ttl_seconds
-            return self.token
+        return self.token if holder == self.token else None
 
     async def renew(self, tenant_id: UUID, token: str, ttl_seconds: float) -> bool:
         if token != self.token:
             return False
         async with self._mutex:
             conn = self._conn
-            if tenant_id not in self._held or conn is None or conn.is_closed():
-                return False
             try:
-                # our locks live exactly as long as this session: a round trip proves it
-                await conn.fetchval("SELECT 1", timeout=max(1.0, ttl_seconds / 3))
-            except Exception as exc:  # asyncpg's connection errors, timeouts
-                logger.warning(
-                    "claim on tenant %s lost with the PostgreSQL session (%s)",
+                if conn is None or conn.is_closed():
+                    conn = await self._connection()
+                holder = await conn.fetchval(
+                    self._renew_sql,
                     tenant_id,
-                    type(exc).__name__,
+                    self.token,
+                    float(ttl_seconds),
+                    timeout=max(1.0, ttl_seconds / 3),
+                )
+            except Exception as exc:  # asyncpg's connection errors, timeouts, a missing table
+                logger.warning(
+                    "could not renew the claim on tenant %s (%s)", tenant_id, type(exc).__name__
                 )
                 await self._drop()
                 return False
-            self._held[tenant_id] = time.monotonic() + ttl_seconds
-            return True
+        return bool(holder == self.token)
 
     async def aclose(self) -> None:
+        """Close the connection. Claims stay in the table until they lapse (that is what
+        keeps a tenant from being swept twice in one interval)."""
         async with self._mutex:
             conn, self._conn = self._conn, None
-            self._held.clear()
             if conn is not None and not conn.is_closed():
-                with contextlib.suppress(Exception):  # closing ends the session: locks go too
+                try:
                     await conn.close(timeout=self.connect_timeout_seconds)
-                if not conn.is_closed():
+                except Exception:  # closing is best effort: a dead connection is terminated
                     conn.terminate()
+
+
+#: the former name (the lease used session-level advisory locks before issue 17)
+PostgresAdvisoryLease = PostgresTenantLease
+
+
+def _quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'

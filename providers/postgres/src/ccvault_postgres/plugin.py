@@ -41,10 +41,11 @@ def ccvault_provider() -> ProviderSpec:
 
 @hookimpl
 def ccvault_worker_lease(kind: str, settings: VaultSettings) -> TenantLease | None:
-    """Advisory locks in the vault's database for ``[worker] lease = "postgres"``, and for
-    ``"auto"`` when the configured provider is this one. Cheap: connects on first use."""
+    """Tenant claims in the vault's database (``ccvault_worker_claims``) for ``[worker]
+    lease = "postgres"``, and for ``"auto"`` when the configured provider is this one.
+    Cheap: connects on first use."""
     if kind == "postgres" or (kind == "auto" and settings.profile.store_provider == "postgres"):
-        from ccvault_postgres.lease import PostgresAdvisoryLease
+        from ccvault_postgres.lease import PostgresTenantLease
 
-        return PostgresAdvisoryLease.from_settings(settings)
+        return PostgresTenantLease.from_settings(settings)
     return None
