@@ -102,6 +102,22 @@ class IdentityLookup(_Body):
     as_stored: bool = False
 
 
+class SubjectRequest(_Body):
+    """A data subject: exactly one of channel + channel_user_id, customer_id, profile_id
+    (sent in the body so an identity never appears in a URL or an access log)."""
+
+    channel: Channel | None = None
+    channel_user_id: ShortText | None = None
+    customer_id: UUID | None = None
+    profile_id: UUID | None = None
+
+
+class EraseSubjectRequest(SubjectRequest):
+    """A data subject to erase; ``dry_run``: report only, erase nothing."""
+
+    dry_run: bool = False
+
+
 class LinkChannelRequest(ChannelIdentity):
     """A channel identity to link, with the optional per-channel limit of link_channel:
     at the limit, the oldest identity of that channel that is neither primary nor verified

@@ -14,6 +14,7 @@ from ccvault.models import (
     ProfileField,
     ScenarioFieldRequirement,
 )
+from ccvault.rules.erasure import ErasureReport
 from ccvault.server.clock import stored_view
 from ccvault.server.deps import Admin, PiiReader, Reader, Store, Writer
 from ccvault.server.errors import ApiError, ErrorBody
@@ -21,6 +22,7 @@ from ccvault.server.pii import Masker
 from ccvault.server.routes._common import AssetNameParam, FieldNameParam, check_tenant, found
 from ccvault.server.schemas import (
     Deleted,
+    EraseSubjectRequest,
     IdentityLookup,
     LinkChannelRequest,
     Linked,
@@ -28,6 +30,7 @@ from ccvault.server.schemas import (
     MissingFieldsRequest,
     Saved,
     StatusFilter,
+    SubjectRequest,
     VerifyRequest,
 )
 
@@ -340,3 +343,31 @@ async def export_profile(
 async def purge_profile(profile_id: UUID, caller: Admin, store: Store) -> Deleted:
     """Erase the profile for good, with everything it owns (needs ``admin``)."""
     return Deleted(deleted=await store.purge_profile(caller.tenant_id, profile_id))
+
+
+@router.post("/subjects/erase", tags=["privacy"], response_model=ErasureReport)
+async def erase_subject(body: EraseSubjectRequest, caller: Admin, store: Store) -> ErasureReport:
+    """Erase a data subject: every profile the identity, customer id or profile ever
+    belonged to (live, soft-deleted, merged away, merge targets), with all they hold; the
+    report holds ids and counts only. ``dry_run`` erases nothing (needs ``admin``)."""
+    return await store.erase_subject(
+        caller.tenant_id,
+        channel=body.channel,
+        channel_user_id=body.channel_user_id,
+        customer_id=body.customer_id,
+        profile_id=body.profile_id,
+        dry_run=body.dry_run,
+    )
+
+
+@router.post("/subjects/export", tags=["privacy"])
+async def export_subject(body: SubjectRequest, caller: PiiReader, store: Store) -> dict[str, Any]:
+    """Everything held about a data subject: the profiles ``subjects/erase`` would erase,
+    with full history, and their merge log (needs ``pii:read``)."""
+    return await store.export_subject(
+        caller.tenant_id,
+        channel=body.channel,
+        channel_user_id=body.channel_user_id,
+        customer_id=body.customer_id,
+        profile_id=body.profile_id,
+    )
