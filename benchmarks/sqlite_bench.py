@@ -52,20 +52,29 @@ from _common import (
 )
 
 from ccvault.models import Channel, ChannelIdentity, CustomerProfile, ProfileField
-from ccvault_sqlite import SqliteProfileStore, codec
+from ccvault_sqlite import SqliteProfileStore, SqliteSettings, codec
 
 VERSIONS = 20
 
 
 async def captured(store: SqliteProfileStore, call: Callable[[], Awaitable[Any]]) -> list[str]:
-    """The SQL statements the store runs for ``call()`` (with their parameters inlined)."""
+    """The SQL statements the store runs for ``call()`` (with their parameters inlined), on
+    its write connection and its read connection."""
     seen: list[str] = []
-    await store.connection.set_trace_callback(seen.append)
+    connections = {id(c): c for c in (store.connection, store.read_connection)}.values()
+    for connection in connections:
+        await connection.set_trace_callback(seen.append)
     try:
         await call()
     finally:
-        await store.connection.set_trace_callback(None)
+        for connection in connections:
+            await connection.set_trace_callback(None)
     return seen
+
+
+def new_store(path: Path) -> SqliteProfileStore:
+    """A store on ``path``, created and migrated on open (a benchmark's own file)."""
+    return SqliteProfileStore(SqliteSettings(path=str(path), migrate_on_start=True))
 
 
 _LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\bNULL\b|\?\d*")
@@ -284,7 +293,7 @@ async def bench_depth(store: SqliteProfileStore, report: Report, args: argparse.
 async def tenant_store(folder: Path, profiles: int) -> tuple[SqliteProfileStore, UUID, UUID]:
     """A database holding one tenant of ``profiles`` profiles (5 fields each, saved through
     the store) plus the measured profile of 50 fields."""
-    store = SqliteProfileStore(path=folder / f"tenant-{profiles}.db")
+    store = new_store(folder / f"tenant-{profiles}.db")
     await store.setup()
     tenant = uuid4()
     started = time.perf_counter()
@@ -307,7 +316,7 @@ async def tenant_store(folder: Path, profiles: int) -> tuple[SqliteProfileStore,
     # reopen: the last close checkpoints the WAL, so every size starts from the same state
     # (left as loaded, a small file is read half from the WAL, a big one from the database)
     await store.aclose()
-    store = SqliteProfileStore(path=folder / f"tenant-{profiles}.db")
+    store = new_store(folder / f"tenant-{profiles}.db")
     await store.setup()
     return store, tenant, person.customer_id
 
@@ -347,7 +356,7 @@ async def main(args: argparse.Namespace) -> int:
         wanted -= {"depth", "tenant"}
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        async with SqliteProfileStore(path=folder / "bench.db") as store:
+        async with new_store(folder / "bench.db") as store:
             if "read" in wanted:
                 await bench_reads(store, report, args)
             if "crypto" in wanted:

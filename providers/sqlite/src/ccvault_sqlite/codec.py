@@ -8,30 +8,55 @@ Timestamps become fixed-width ISO-8601 UTC text, so comparing the text compares 
 JSON values are stored as JSON text written by orjson; a value orjson cannot write
 losslessly (an integer beyond 64 bits, a string with lone surrogates) is refused with
 :class:`~ccvault.errors.ValidationError` before any statement runs.
+
+Reading: rows are the vault's own, written from validated models, so ``*s_from_rows`` build
+models column by column without pydantic validation (``_trusted_models``: the conversions
+run in C through ``map``), as the PostgreSQL provider does. Trust is checked, not assumed:
+every column is checked for exactly the form this module writes (UUID text, fixed-width
+UTC timestamps, enumeration values, 0/1, JSON text...). Rows that are not in that form (a
+row edited in SQL, or written by something else) take the validating path, so a foreign
+row in a valid form still reads correctly; one that does not validate is refused with
+:class:`~ccvault.errors.StorageError` naming the table and column, never its value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
-from uuid import UUID
+from itertools import compress, islice, repeat
+from operator import is_not
+from typing import Any, TypeVar
+from uuid import UUID, SafeUUID
 
 import orjson
+import pydantic
+from pydantic import BaseModel
 
 from ccvault import errors
 from ccvault.models import (
     ChannelIdentity,
     Consent,
+    CustomerProfile,
+    FallbackAction,
+    FieldValueType,
+    ItemStatus,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
+    ProfileFieldSource,
+    RequiredLevel,
     ScenarioFieldRequirement,
+    SourceType,
+    SurvivorshipPolicy,
+    VerificationLevel,
 )
 from ccvault.storage import columns, row_values
 
 Row = Sequence[Any]
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def ts(value: datetime) -> str:
@@ -67,8 +92,281 @@ def loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+def _stored_bool(value: Any) -> bool:
+    """A boolean column's value: 0 or 1, nothing else (not pydantic's lax "yes" or 7)."""
+    if type(value) is not int or value not in (0, 1):
+        raise ValueError("a boolean column holds something else than 0 or 1")
+    return bool(value)
+
+
 def _zip(columns: Sequence[str], row: Row) -> dict[str, Any]:
     return dict(zip(columns, row, strict=False))
+
+
+# ---------------------------------------------------------------------------------------
+# trusted rows: checked column by column, built without validation
+# ---------------------------------------------------------------------------------------
+
+
+class _NotOurs(Exception):
+    """A column is not in the form this module writes: validate the rows instead."""
+
+
+Column = Sequence[Any]
+Convert = Callable[[Column], list[Any]]
+
+_new = object.__new__
+# pydantic's BaseModel slots, set through their descriptors (the loop of model_construct,
+# minus its per-field default handling: every field is present here)
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+# a UUID's slots (what UUID.__init__ sets once it has parsed the text)
+_SET_UUID_INT = UUID.__dict__["int"].__set__
+_SET_UUID_SAFE = UUID.__dict__["is_safe"].__set__
+
+_FIELD_NAME_LINES = re.compile(r"(?:[a-z_][a-z0-9_]{0,49}\n)*")
+_ASSET_NAME_LINES = re.compile(r"(?:[a-z_][a-z0-9_]{0,99}\n)*")
+_CHECKSUM_LINES = re.compile(r"(?:[0-9a-f]{64}\n)*")
+
+
+def _lines(pattern: re.Pattern[str], column: Column) -> None:
+    """Every value of ``column`` is text, and each matches ``pattern``'s line form."""
+    try:
+        text = "\n".join(column)
+    except TypeError:
+        raise _NotOurs from None
+    # one line per value: a value holding a line break cannot pass for two
+    if text.count("\n") != len(column) - 1 or not pattern.fullmatch(text + "\n"):
+        raise _NotOurs
+
+
+def _joined(column: Column, width: int) -> str:
+    """The values of ``column``, all text of ``width`` characters, end to end."""
+    try:
+        text = "".join(column)
+    except TypeError:
+        raise _NotOurs from None
+    if len(text) != width * len(column) or set(map(len, column)) != {width}:
+        raise _NotOurs
+    return text
+
+
+def _at(text: str, width: int, marks: dict[int, str], count: int) -> None:
+    """Each ``width``-wide value of ``text`` holds ``marks`` (position -> character)."""
+    for position, mark in marks.items():
+        if text[position::width] != mark * count:
+            raise _NotOurs
+
+
+_UUID_HYPHENS = {8: "-", 13: "-", 18: "-", 23: "-"}
+
+
+def _uuids(column: Column) -> list[Any]:
+    """UUIDs from their text (what ``str(uuid)`` writes): checked and parsed a column at a
+    time in C (slices, ``bytes.fromhex``), as a regex or ``UUID()`` per value costs more than
+    reading the row."""
+    count = len(column)
+    text = _joined(column, 36)
+    _at(text, 36, _UUID_HYPHENS, count)
+    try:
+        raw = bytes.fromhex(text.replace("-", ""))
+    except ValueError:
+        raise _NotOurs from None
+    if len(raw) != 16 * count:  # fromhex skips blanks
+        raise _NotOurs
+    chunks = map(
+        raw.__getitem__, map(slice, range(0, 16 * count, 16), range(16, 16 * count + 16, 16))
+    )
+    values = list(map(_new, repeat(UUID, count)))
+    deque(map(_SET_UUID_INT, values, map(int.from_bytes, chunks)), maxlen=0)
+    deque(map(_SET_UUID_SAFE, values, repeat(SafeUUID.unknown, count)), maxlen=0)
+    return values
+
+
+# what ts() writes: 2024-01-31T12:00:00.000000+00:00
+_TS_MARKS = {
+    4: "-", 7: "-", 10: "T", 13: ":", 16: ":", 19: ".",
+    26: "+", 27: "0", 28: "0", 29: ":", 30: "0", 31: "0",
+}  # fmt: skip
+
+
+def _timestamps(column: Column) -> list[Any]:
+    """UTC datetimes from the fixed-width text ``ts()`` writes (``fromisoformat`` checks
+    the digits; the marks checked here make its timezone UTC itself)."""
+    _at(_joined(column, 32), 32, _TS_MARKS, len(column))
+    try:
+        return list(map(datetime.fromisoformat, column))
+    except ValueError:  # the right form, not a date (month 13...)
+        raise _NotOurs from None
+
+
+def _json(column: Column) -> list[Any]:
+    try:
+        return list(map(orjson.loads, column))
+    except (orjson.JSONDecodeError, TypeError):
+        raise _NotOurs from None
+
+
+def _json_of(kind: type) -> Convert:
+    def convert(column: Column) -> list[Any]:
+        values = _json(column)
+        if not set(map(type, values)) <= {kind}:
+            raise _NotOurs
+        return values
+
+    return convert
+
+
+def _text(low: int = 0, high: int | None = None) -> Convert:
+    def convert(column: Column) -> list[Any]:
+        if column and (
+            not set(map(type, column)) <= {str}
+            or min(map(len, column)) < low
+            or (high is not None and max(map(len, column)) > high)
+        ):
+            raise _NotOurs
+        return list(column)
+
+    return convert
+
+
+def _matching(pattern: re.Pattern[str]) -> Convert:
+    def convert(column: Column) -> list[Any]:
+        _lines(pattern, list(set(column)))  # names repeat: each distinct one once
+        return list(column)
+
+    return convert
+
+
+def _bools(column: Column) -> list[Any]:
+    if not set(map(type, column)) <= {int} or not set(column) <= {0, 1}:
+        raise _NotOurs
+    return list(map(bool, column))
+
+
+def _ints(low: int | None = None) -> Convert:
+    def convert(column: Column) -> list[Any]:
+        if column and (
+            not set(map(type, column)) <= {int} or (low is not None and min(column) < low)
+        ):
+            raise _NotOurs
+        return list(column)
+
+    return convert
+
+
+def _unit_floats(column: Column) -> list[Any]:
+    if column and (not set(map(type, column)) <= {float} or min(column) < 0 or max(column) > 1):
+        raise _NotOurs
+    return list(column)
+
+
+def _members(enum: type[StrEnum]) -> Convert:
+    lookup = {member.value: member for member in enum}
+
+    def convert(column: Column) -> list[Any]:
+        try:
+            return list(map(lookup.__getitem__, column))
+        except (KeyError, TypeError):
+            raise _NotOurs from None
+
+    return convert
+
+
+def _uuid_lists(column: Column) -> list[Any]:
+    lists = _json_of(list)(column)
+    return [_uuids(ids) for ids in lists]
+
+
+def _optional(convert: Convert) -> Convert:
+    """``convert`` for the non-NULL values; NULL stays None."""
+
+    def optional(column: Column) -> list[Any]:
+        nones = column.count(None)
+        if not nones:
+            return convert(column)
+        if nones == len(column):
+            return list(column)
+        # in C: where the values are, their conversion, put back in place
+        where = list(compress(range(len(column)), map(is_not, column, repeat(None))))
+        values = list(column)
+        deque(map(values.__setitem__, where, convert(list(map(values.__getitem__, where)))), 0)
+        return values
+
+    return optional
+
+
+def _trusted_models(
+    model: type[_M],
+    cols: Sequence[str],
+    converters: dict[str, Convert],
+    rows: Sequence[Row],
+    offset: int = 0,
+) -> list[_M] | None:
+    """Instances of ``model`` from ``rows`` (selected as ``cols`` from position ``offset``
+    on, maybe followed by more values), None when a column is not in our own form."""
+    count = len(rows)
+    if not count:
+        return []
+    stop = offset + len(cols)
+    try:
+        data = [
+            converters[name](column)
+            for name, column in zip(
+                cols, islice(zip(*rows, strict=True), offset, stop), strict=True
+            )
+        ]
+    except _NotOurs:
+        return None
+    dicts = list(map(dict, map(zip, repeat(cols, count), zip(*data, strict=True))))
+    models: list[_M] = list(map(_new, repeat(model, count)))
+    keyset = set(cols)
+    deque(map(_SET_DICT, models, dicts), maxlen=0)
+    deque(map(_SET_FIELDS_SET, models, map(set.copy, repeat(keyset, count))), maxlen=0)
+    deque(map(_SET_EXTRA, models, repeat(None, count)), maxlen=0)
+    deque(map(_SET_PRIVATE, models, repeat(None, count)), maxlen=0)
+    return models
+
+
+def _validated(what: str, build: Callable[[], _M]) -> _M:
+    """``build()`` (a model_validate of a row), its failure as StorageError: the row is not
+    one the vault wrote. The message names columns, never values (personal data)."""
+    try:
+        return build()
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)[:5]
+        )
+        raise errors.StorageError(f"a stored {what} row is corrupt ({problems})") from None
+    except (orjson.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise errors.StorageError(
+            f"a stored {what} row is corrupt ({type(exc).__name__})"
+        ) from None
+
+
+def _from_rows(
+    what: str,
+    model: type[_M],
+    cols: Sequence[str],
+    converters: dict[str, Convert],
+    one: Callable[[Row], _M],
+    rows: Sequence[Row],
+    offset: int = 0,
+) -> list[_M]:
+    trusted = _trusted_models(model, cols, converters, rows, offset)
+    if trusted is not None:
+        return trusted
+    return [one(row[offset:]) for row in rows]
+
+
+_UUID = _uuids
+_UUID_OPT = _optional(_uuids)
+_TS = _timestamps
+_TS_OPT = _optional(_timestamps)
+_TEXT_OPT = _optional(_text())
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,12 +404,53 @@ def field_params(item: ProfileField) -> tuple[Any, ...]:
     )
 
 
+_FIELD_CONVERTERS: dict[str, Convert] = {
+    "id": _UUID,
+    "name": _matching(_FIELD_NAME_LINES),
+    "value": _json,
+    "value_type": _text(),
+    "source": _members(ProfileFieldSource),
+    "source_session_id": _UUID_OPT,
+    "source_scenario_id": _UUID_OPT,
+    "source_step_id": _UUID_OPT,
+    "source_item_id": _UUID_OPT,
+    "source_item_type": _optional(_members(SourceType)),
+    "source_metadata": _json_of(dict),
+    "status": _members(ItemStatus),
+    "superseded_by_id": _UUID_OPT,
+    "superseded_at": _TS_OPT,
+    "verified": _bools,
+    "verification_method": _TEXT_OPT,
+    "verified_at": _TS_OPT,
+    "verified_by": _TEXT_OPT,
+    "confidence": _unit_floats,
+    "requires_confirmation": _bools,
+    "collected_at": _TS,
+    "updated_at": _TS,
+    "expires_at": _TS_OPT,
+    "field_definition_id": _UUID_OPT,
+}
+
+
+def fields_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ProfileField]:
+    """The field versions of ``rows`` (selected with ``FIELD_SELECT`` from position
+    ``offset`` on); StorageError for a row that is not a valid field."""
+    return _from_rows(
+        "field", ProfileField, FIELD_COLUMNS, _FIELD_CONVERTERS, field_from_row, rows, offset
+    )
+
+
 def field_from_row(row: Row) -> ProfileField:
+    """One row through validation (the path of rows not in our own form)."""
+    return _validated("field", lambda: _field_validated(row))
+
+
+def _field_validated(row: Row) -> ProfileField:
     data = _zip(FIELD_COLUMNS, row)
     data["value"] = orjson.loads(data["value"])
     data["source_metadata"] = orjson.loads(data["source_metadata"])
-    data["verified"] = bool(data["verified"])
-    data["requires_confirmation"] = bool(data["requires_confirmation"])
+    data["verified"] = _stored_bool(data["verified"])
+    data["requires_confirmation"] = _stored_bool(data["requires_confirmation"])
     return ProfileField.model_validate(data)
 
 
@@ -149,9 +488,48 @@ def asset_params(item: ProfileAsset) -> tuple[Any, ...]:
     )
 
 
+_ASSET_CONVERTERS: dict[str, Convert] = {
+    "id": _UUID,
+    "name": _matching(_ASSET_NAME_LINES),
+    "asset_type": _text(1, 255),
+    "storage_provider": _text(1, 255),
+    "storage_path": _text(1, 2048),
+    "mime_type": _TEXT_OPT,
+    "size_bytes": _ints(0),
+    "checksum": _optional(_matching(_CHECKSUM_LINES)),
+    "uploaded_at": _TS,
+    "uploaded_in_session_id": _UUID_OPT,
+    "uploaded_in_scenario_id": _UUID_OPT,
+    "source_item_id": _UUID_OPT,
+    "source_item_type": _optional(_members(SourceType)),
+    "derived_from_tool": _TEXT_OPT,
+    "status": _members(ItemStatus),
+    "superseded_by_id": _UUID_OPT,
+    "superseded_at": _TS_OPT,
+    "verified": _bools,
+    "verification_result": _optional(_json_of(dict)),
+    "retention_policy": _TEXT_OPT,
+    "expires_at": _TS_OPT,
+    "analysis_field_ids": _uuid_lists,
+}
+
+
+def assets_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ProfileAsset]:
+    """The assets of ``rows`` (selected with ``ASSET_SELECT`` from position ``offset`` on);
+    StorageError for a row that is not a valid asset."""
+    return _from_rows(
+        "asset", ProfileAsset, ASSET_COLUMNS, _ASSET_CONVERTERS, asset_from_row, rows, offset
+    )
+
+
 def asset_from_row(row: Row) -> ProfileAsset:
+    """One row through validation (the path of rows not in our own form)."""
+    return _validated("asset", lambda: _asset_validated(row))
+
+
+def _asset_validated(row: Row) -> ProfileAsset:
     data = _zip(ASSET_COLUMNS, row)
-    data["verified"] = bool(data["verified"])
+    data["verified"] = _stored_bool(data["verified"])
     data["verification_result"] = loads(data["verification_result"])
     data["analysis_field_ids"] = orjson.loads(data["analysis_field_ids"])
     return ProfileAsset.model_validate(data)
@@ -176,13 +554,17 @@ def identity_params(item: ChannelIdentity) -> tuple[Any, ...]:
 
 
 def identity_from_row(row: Row) -> ChannelIdentity:
+    return _validated("channel identity", lambda: _identity_validated(row))
+
+
+def _identity_validated(row: Row) -> ChannelIdentity:
     return ChannelIdentity.model_validate(
         {
             "channel": row[0],
             "channel_user_id": row[1],
-            "verified": bool(row[2]),
+            "verified": _stored_bool(row[2]),
             "verified_at": row[3],
-            "primary": bool(row[4]),
+            "primary": _stored_bool(row[4]),
             "created_at": row[5],
         }
     )
@@ -205,8 +587,12 @@ def consent_params(item: Consent) -> tuple[Any, ...]:
 
 
 def consent_from_row(row: Row) -> Consent:
+    return _validated("consent", lambda: _consent_validated(row))
+
+
+def _consent_validated(row: Row) -> Consent:
     data = _zip(CONSENT_COLUMNS, row)
-    data["granted"] = bool(data["granted"])
+    data["granted"] = _stored_bool(data["granted"])
     return Consent.model_validate(data)
 
 
@@ -243,10 +629,58 @@ def definition_params(item: ProfileFieldDefinition) -> tuple[Any, ...]:
     )
 
 
+_DEFINITION_CONVERTERS: dict[str, Convert] = {
+    "id": _UUID,
+    "tenant_id": _UUID,
+    "agent_id": _UUID,
+    "name": _matching(_FIELD_NAME_LINES),
+    "display_name": _text(),
+    "description": _TEXT_OPT,
+    "value_type": _members(FieldValueType),
+    "validation_regex": _TEXT_OPT,
+    "validation_tool_id": _TEXT_OPT,
+    "allowed_values": _optional(_json_of(list)),
+    "required_verification": _bools,
+    "verification_methods": _json_of(list),
+    "collection_prompt": _TEXT_OPT,
+    "extraction_examples": _json_of(list),
+    "extraction_prompt_hint": _TEXT_OPT,
+    "is_pii": _bools,
+    "encryption_required": _bools,
+    "retention_days": _optional(_ints(0)),
+    "freshness_seconds": _optional(_ints(0)),
+    "created_at": _TS,
+    "updated_at": _TS,
+    "enabled": _bools,
+    "survivorship": _members(SurvivorshipPolicy),
+    "source_priority": lambda column: [
+        _members(ProfileFieldSource)(items) for items in _json_of(list)(column)
+    ],
+}
+
+
+def definitions_from_rows(rows: Sequence[Row]) -> list[ProfileFieldDefinition]:
+    """The field definitions of ``rows`` (``DEFINITION_SELECT``); StorageError for a row
+    that is not a valid definition."""
+    return _from_rows(
+        "field definition",
+        ProfileFieldDefinition,
+        DEFINITION_COLUMNS,
+        _DEFINITION_CONVERTERS,
+        definition_from_row,
+        rows,
+    )
+
+
 def definition_from_row(row: Row) -> ProfileFieldDefinition:
+    """One row through validation (the path of rows not in our own form)."""
+    return _validated("field definition", lambda: _definition_validated(row))
+
+
+def _definition_validated(row: Row) -> ProfileFieldDefinition:
     data = _zip(DEFINITION_COLUMNS, row)
     for key in _DEFINITION_BOOLS:
-        data[key] = bool(data[key])
+        data[key] = _stored_bool(data[key])
     data["allowed_values"] = loads(data["allowed_values"])
     data["verification_methods"] = orjson.loads(data["verification_methods"])
     data["extraction_examples"] = orjson.loads(data["extraction_examples"])
@@ -278,7 +712,92 @@ def requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
     )
 
 
+def _field_names(column: Column) -> list[Any]:
+    lists = _json_of(list)(column)
+    return [_matching(_FIELD_NAME_LINES)(names) for names in lists]
+
+
+_REQUIREMENT_CONVERTERS: dict[str, Convert] = {
+    "id": _UUID,
+    "tenant_id": _UUID,
+    "agent_id": _UUID,
+    "scenario_id": _UUID,
+    "step_id": _UUID_OPT,
+    "rule_id": _UUID_OPT,
+    "field_name": _matching(_FIELD_NAME_LINES),
+    "required_level": _members(RequiredLevel),
+    "fallback_action": _members(FallbackAction),
+    "when_condition": _optional(_text(0, 2000)),
+    "depends_on_fields": _field_names,
+    "collection_order": _ints(),
+    "created_at": _TS,
+    "updated_at": _TS,
+}
+
+
+def requirements_from_rows(rows: Sequence[Row]) -> list[ScenarioFieldRequirement]:
+    """The scenario requirements of ``rows`` (``REQUIREMENT_SELECT``); StorageError for a
+    row that is not a valid requirement."""
+    return _from_rows(
+        "scenario requirement",
+        ScenarioFieldRequirement,
+        REQUIREMENT_COLUMNS,
+        _REQUIREMENT_CONVERTERS,
+        requirement_from_row,
+        rows,
+    )
+
+
 def requirement_from_row(row: Row) -> ScenarioFieldRequirement:
+    """One row through validation (the path of rows not in our own form)."""
+    return _validated("scenario requirement", lambda: _requirement_validated(row))
+
+
+def _requirement_validated(row: Row) -> ScenarioFieldRequirement:
     data = _zip(REQUIREMENT_COLUMNS, row)
     data["depends_on_fields"] = orjson.loads(data["depends_on_fields"])
     return ScenarioFieldRequirement.model_validate(data)
+
+
+# ---------------------------------------------------------------------------------------
+# the profile itself
+# ---------------------------------------------------------------------------------------
+
+PROFILE_COLUMNS = (
+    "id",
+    "customer_id",
+    "verification_level",
+    "created_at",
+    "updated_at",
+    "last_interaction_at",
+)
+_PROFILE_CONVERTERS: dict[str, Convert] = {
+    "id": _UUID,
+    "customer_id": _UUID,
+    "verification_level": _members(VerificationLevel),
+    "created_at": _TS,
+    "updated_at": _TS,
+    "last_interaction_at": _TS_OPT,
+}
+
+
+def profile_from_parts(tenant_id: UUID, head: Row, **parts: Any) -> CustomerProfile:
+    """The profile of the row ``head`` (``PROFILE_COLUMNS``) holding ``parts`` (its
+    identities, consents, fields, field_history, assets, asset_history: models built
+    here, keyed by their names)."""
+    built = _trusted_models(CustomerProfile, PROFILE_COLUMNS, _PROFILE_CONVERTERS, [head])
+    if built is None:
+        return _validated(
+            "profile",
+            lambda: CustomerProfile.model_validate(
+                {"tenant_id": tenant_id, **_zip(PROFILE_COLUMNS, head), **parts}
+            ),
+        )
+    profile = built[0]
+    values = profile.__dict__
+    values["tenant_id"] = tenant_id
+    values.update(parts)
+    # declaration order, as validation would leave it
+    _SET_DICT(profile, {name: values[name] for name in CustomerProfile.model_fields})
+    _SET_FIELDS_SET(profile, set(CustomerProfile.model_fields))
+    return profile
