@@ -511,6 +511,8 @@ class CachedProfileStore(ForwardingProfileStore):
             operation_timeout=conf.operation_timeout_seconds,
             retry_after=conf.retry_after_seconds,
             close_client=True,
+            near_cache_size=conf.near_cache_size,
+            max_body_bytes=conf.max_entry_bytes,
         )
 
     async def aclose(self) -> None:

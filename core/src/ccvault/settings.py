@@ -181,10 +181,10 @@ class ProfileSettings(_Section):
     max_derivation_chain_depth: int = Field(default=10, ge=1, le=1000)
     # Size limits
     #: The largest field value (and the largest ``source_metadata``) a write accepts, in
-    #: bytes of its JSON serialization (default 1 MiB). A larger one is refused with a
-    #: ValidationError before anything is written: one huge value must not slow every read
-    #: of its profile, nor the cache for every tenant.
-    max_field_value_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: bytes of its JSON serialization (default 2 MiB: a 1 MiB text fits, escaping and all).
+    #: A larger one is refused with a ValidationError before anything is written: one huge
+    #: value must not slow every read of its profile, nor the cache for every tenant.
+    max_field_value_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # Privacy
     auto_encrypt_pii: bool = True
     #: The keyring ``KID:BASE64[,KID:BASE64...]`` (key material: a secret, shown masked).

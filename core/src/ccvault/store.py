@@ -153,7 +153,7 @@ from ccvault.rules.merge import (
     survivorship_chooser,
 )
 from ccvault.store_rules import StaleFieldAction, StoreRules
-from ccvault.value_checks import check_definition
+from ccvault.value_checks import check_definition, check_value_size
 
 __all__ = [
     "ForwardingProfileStore",
@@ -588,6 +588,7 @@ class ProfileStore(ABC):
                 raise errors.ValidationError(
                     f"profile.fields[{item.name!r}] must be ACTIVE, is {item.status.value}"
                 )
+            check_value_size(item, self.rules.max_field_value_bytes, "profile field")
         profile.field_history = {}
         profile.asset_history = []
         return await self._save(profile)
@@ -626,6 +627,7 @@ class ProfileStore(ABC):
         profile_id = check_uuid(profile_id, "profile_id")
         supersede_existing = _bool(supersede_existing, "supersede_existing")
         field = _model(ProfileField, field, "field")
+        check_value_size(field, self.rules.max_field_value_bytes)
         field.status = ItemStatus.ACTIVE
         field.superseded_by_id = None
         field.superseded_at = None

@@ -23,3 +23,6 @@ class StoreRules:
     default_freshness_seconds: int = 0
     stale_field_action: StaleFieldAction = "warn"
     lineage_tracking_enabled: bool = True
+    #: the largest field ``value`` (and ``source_metadata``) accepted, in bytes of its JSON
+    #: serialization; a larger one is a ValidationError before anything is written
+    max_field_value_bytes: int = 2 * 1024 * 1024

@@ -20,9 +20,11 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from ccvault import errors
 from ccvault.extras import requires_extra
-from ccvault.models import FieldValueType, ProfileFieldDefinition
+from ccvault.models import FieldValueType, ProfileField, ProfileFieldDefinition
 
 # The checking libraries are imported on first use (the ``validation`` extra): the store
 # imports this module, and a definition needing none of them works without the extra.
@@ -33,6 +35,7 @@ __all__ = [
     "check_definition",
     "check_type",
     "check_value",
+    "check_value_size",
     "compile_pattern",
 ]
 
@@ -261,3 +264,32 @@ def check_value(
             )
         )
     return found
+
+
+# ---------------------------------------------------------------------------------------
+# size
+# ---------------------------------------------------------------------------------------
+
+
+def _json_size(value: object, limit: int) -> int:
+    """The size in bytes of ``value`` as JSON, or more than ``limit`` as soon as that is
+    certain (a string longer than ``limit`` characters is not serialized at all)."""
+    if isinstance(value, str) and len(value) > limit:
+        return len(value)
+    try:
+        return len(orjson.dumps(value))
+    except (TypeError, orjson.JSONEncodeError):
+        return 0  # not JSON orjson can write (a 65-bit integer): the model's checks decide
+
+
+def check_value_size(field: ProfileField, limit: int, what: str = "field") -> None:
+    """Refuse a field whose ``value`` or ``source_metadata`` serializes to more than
+    ``limit`` bytes of JSON (``[profile] max_field_value_bytes``), with a ValidationError
+    naming the field and the sizes, never the content."""
+    for attribute in ("value", "source_metadata"):
+        size = _json_size(getattr(field, attribute), limit)
+        if size > limit:
+            raise errors.ValidationError(
+                f"{what} {field.name!r}: its {attribute} is {size:,} bytes as JSON, more than "
+                f"the {limit:,} allowed ([profile] max_field_value_bytes)"
+            )
