@@ -230,3 +230,26 @@ class ErasureContract(ContractBase):
             tenant, channel=Channel.EMAIL, channel_user_id=email.channel_user_id
         )
         assert report.profile_ids == [profile.id]
+
+    async def test_erase_hook_refuses_a_plan_whose_merge_log_changed(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        """``_erase_subject`` re-checks, in its atomic step, that the merge log entries
+        touching the profiles are the plan's: a merge since the plan was read means the
+        plan misses the data it moved, so nothing is written (the public layer reads the
+        subject again)."""
+        subject = await new_profile(store, tenant)
+        await store.update_field(tenant, subject.id, make_field("city", "Rome"))
+        report = await store.find_subject(tenant, profile_id=subject.id)
+        assert report.merge_log_entries == 0
+        newcomer = await new_profile(store, tenant)
+        await store.update_field(tenant, newcomer.id, make_field("nickname", "Nico"))
+        await store.merge_profiles(tenant, newcomer.id, subject.id)
+        before = await snapshot(store, tenant, profiles=(subject.id, newcomer.id))
+        with pytest.raises(errors.ConflictError):
+            await store._erase_subject(tenant, list(report.profile_ids), [])
+        assert await snapshot(store, tenant, profiles=(subject.id, newcomer.id)) == before
+        # read again, the subject includes the merged-away newcomer, and goes whole
+        done = await store.erase_subject(tenant, profile_id=subject.id)
+        assert set(done.profile_ids) == {subject.id, newcomer.id}
+        assert set(await store.list_profile_ids(tenant)).isdisjoint(done.profile_ids)
