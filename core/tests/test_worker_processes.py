@@ -47,12 +47,14 @@ def prefix() -> Iterator[str]:
     asyncio.run(cleanup())
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "postgres_claims"])
 def config(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> Iterator[Path]:
     """SQLite embedded style (no cache, claims in files); PostgreSQL with the Redis cache
-    and claims in Redis."""
+    and claims in Redis; PostgreSQL without the cache, claims in its own table."""
     schema = f"t_workers_{uuid.uuid4().hex[:16]}"
     dsn = dsn_with_database(admin_dsn(), "test")
+    provider = "sqlite" if request.param == "sqlite" else "postgres"
+    cache = request.param == "postgres"
     if request.param == "sqlite":
         options = (
             f'[providers.sqlite]\npath = "{tmp_path / "vault.db"}"\n'
@@ -63,8 +65,8 @@ def config(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> Itera
     path = tmp_path / "vault.toml"
     path.write_text(
         "[profile]\n"
-        f'store_provider = "{request.param}"\n'
-        f"cache_enabled = {'true' if request.param == 'postgres' else 'false'}\n"
+        f'store_provider = "{provider}"\n'
+        f"cache_enabled = {'true' if cache else 'false'}\n"
         "auto_encrypt_pii = false\n"
         "expire_check_interval_seconds = 60\n"
         f'[redis]\nurl = "{REDIS_URL}"\nkey_prefix = "{prefix}"\n' + options
@@ -72,7 +74,7 @@ def config(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> Itera
     # the explicit step a deployment runs before its processes start
     asyncio.run(ccvault.migrate_schema(ccvault.load_settings(path)))
     yield path
-    if request.param == "postgres":
+    if provider == "postgres":
 
         async def drop() -> None:
             conn = await asyncpg.connect(dsn)
@@ -99,32 +101,28 @@ async def _seed(config: Path) -> dict[uuid.UUID, int]:
     return stale
 
 
-def test_concurrent_worker_processes_split_the_tenants(config: Path) -> None:
-    stale = asyncio.run(_seed(config))
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ccvault",
-                "-c",
-                str(config),
-                "worker",
-                "--once",
-                "--no-metrics",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        for _ in range(WORKERS)
-    ]
+def _worker_once(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ccvault", "-c", str(config), "worker", "--once", "--no-metrics"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _logs(processes: list[subprocess.Popen[str]]) -> list[str]:
     logs = []
     for process in processes:
         _, err = process.communicate(timeout=120)
         assert process.returncode == 0, err
         logs.append(err)
+    return logs
+
+
+def test_concurrent_worker_processes_split_the_tenants(config: Path) -> None:
+    stale = asyncio.run(_seed(config))
+    logs = _logs([_worker_once(config) for _ in range(WORKERS)])
     processed = [
         (uuid.UUID(m.group(1)), int(m.group(2))) for log in logs for m in PROCESSED.finditer(log)
     ]
@@ -141,3 +139,16 @@ def test_concurrent_worker_processes_split_the_tenants(config: Path) -> None:
                 assert counted["fields"]["active"] == 0
 
     asyncio.run(check())
+
+
+def test_a_later_worker_process_in_the_same_interval_sweeps_no_tenant_again(
+    config: Path,
+) -> None:
+    """Each lease keeps its claims one interval after the worker is done, even once the
+    process has exited (PostgreSQL session locks did not: a second run swept again)."""
+    stale = asyncio.run(_seed(config))
+    [first] = _logs([_worker_once(config)])
+    assert {uuid.UUID(m.group(1)) for m in PROCESSED.finditer(first)} == set(stale)
+    [second] = _logs([_worker_once(config)])
+    assert PROCESSED.findall(second) == []
+    assert second.count("skipped (claimed by another worker)") == len(stale)

@@ -26,9 +26,10 @@ from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 from ccvault import errors
+from ccvault.batches import MAX_BATCH_SIZE, BatchProgress
 from ccvault.extras import requires_extra
 from ccvault.migration import SchemaStatus, SchemaStep
-from ccvault.models import Channel, CustomerProfile
+from ccvault.models import Channel, CustomerProfile, ItemStatus
 from ccvault.rules.erasure import ErasureReport
 from ccvault.settings import SYSTEM_CONFIG, VaultSettings, embedded_settings, load_settings
 from ccvault.store import ProfileStore
@@ -674,35 +675,187 @@ async def _tenants(store: ProfileStore, tenant: tuple[UUID, ...]) -> list[UUID]:
     return list(tenant) if tenant else await store.list_tenant_ids()
 
 
+def _batch_size_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(1, MAX_BATCH_SIZE),
+        default=None,
+        help="Rows per batch, each its own transaction (default: [worker] batch_size).",
+    )(func)
+
+
+class _BulkRun:
+    """A bulk job over several tenants: a progress line per tenant on stderr (rows done,
+    rate, ETA), and the per-tenant summary (rows, batches, seconds, rate) for the report."""
+
+    def __init__(self, job: str, title: str, batch_size: int) -> None:
+        self.job = job
+        self.title = title
+        self.batch_size = batch_size
+        self.tenants: dict[UUID, dict[str, Any]] = {}
+
+    async def run(
+        self,
+        store: ProfileStore,
+        tenants: list[UUID],
+        call: Callable[[UUID, Callable[[BatchProgress], None], int | None], Awaitable[int]],
+    ) -> None:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            TextColumn("{task.completed:,.0f} rows"),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[eta]}"),
+            TimeElapsedColumn(),
+            console=_err_console(),
+            transient=False,
+        ) as progress:
+            for tenant_id in tenants:
+                # an upper bound of the job's size, at a bounded cost: the ETA is one too
+                counted = await store.estimate_items_by_status(tenant_id)
+                estimate = counted["fields"]["active"]
+                if self.job == "mark_orphans":
+                    estimate += counted["assets"]["active"]
+                task = progress.add_task(f"{self.title} {tenant_id}", total=None, rate="", eta="")
+
+                def on_batch(report: BatchProgress, task: Any = task) -> None:
+                    eta = report.eta_seconds
+                    progress.update(
+                        task,
+                        completed=report.done,
+                        rate=f"{report.rate:,.0f} rows/s",
+                        eta="" if eta is None else f"ETA <= {eta:,.0f}s",
+                    )
+                    self.tenants[report.tenant_id] = {
+                        "rows": report.done,
+                        "batches": report.batch,
+                        "seconds": round(report.elapsed_seconds, 3),
+                        "rows_per_second": round(report.rate, 1),
+                    }
+
+                await call(tenant_id, on_batch, estimate)
+                progress.update(task, eta="done")
+
+    def document(self, total_key: str) -> dict[str, Any]:
+        return {
+            "tenants": {str(tenant_id): entry for tenant_id, entry in self.tenants.items()},
+            total_key: sum(entry["rows"] for entry in self.tenants.values()),
+            "batches": sum(entry["batches"] for entry in self.tenants.values()),
+            "batch_size": self.batch_size,
+        }
+
+    def echo(self, what: str) -> None:
+        for tenant_id, entry in self.tenants.items():
+            click.echo(
+                f"tenant {tenant_id}: {entry['rows']} {what} in {entry['batches']} batch(es), "
+                f"{entry['rows_per_second']:,.0f} rows/s"
+            )
+        total = sum(entry["rows"] for entry in self.tenants.values())
+        click.echo(f"total: {total} {what} in {len(self.tenants)} tenant(s)")
+
+
 @cli.command()
 @click.option("--tenant", "-t", type=UUID_TYPE, multiple=True, help="Only this tenant (repeat).")
+@_batch_size_option
 @click.pass_context
-def expire(ctx: click.Context, tenant: tuple[UUID, ...]) -> None:
-    """Mark every ACTIVE field past expires_at EXPIRED, for every tenant or --tenant."""
+def expire(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int | None) -> None:
+    """Mark every ACTIVE field past expires_at EXPIRED, for every tenant or --tenant.
+
+    Works in batches (each its own transaction, so a large tenant finishes under any
+    statement_timeout); a run cut short is continued by the next one."""
+    settings = _settings(ctx)
+    bulk = _BulkRun("expire", "expiring stale fields of", batch_size or settings.worker.batch_size)
+
+    async def work(store: ProfileStore) -> None:
+        async def call(
+            tenant_id: UUID, on_batch: Callable[[BatchProgress], None], estimate: int | None
+        ) -> int:
+            return await store.expire_stale_fields(
+                tenant_id,
+                batch_size=bulk.batch_size,
+                progress=on_batch,
+                estimated_total=estimate,
+            )
+
+        await bulk.run(store, await _tenants(store, tenant), call)
+
+    _run(_with_store(settings, work))
+    if _wants_json(ctx):
+        _echo_json(bulk.document("expired"))
+        return
+    bulk.echo("field(s) expired")
+
+
+@cli.command("mark-orphans")
+@click.option("--tenant", "-t", type=UUID_TYPE, multiple=True, help="Only this tenant (repeat).")
+@_batch_size_option
+@click.pass_context
+def mark_orphans(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int | None) -> None:
+    """Mark ORPHANED every item whose source field or asset no longer exists, for every
+    tenant or --tenant; in batches, as expire."""
+    settings = _settings(ctx)
+    bulk = _BulkRun("mark_orphans", "marking orphans of", batch_size or settings.worker.batch_size)
+
+    async def work(store: ProfileStore) -> None:
+        async def call(
+            tenant_id: UUID, on_batch: Callable[[BatchProgress], None], estimate: int | None
+        ) -> int:
+            return await store.mark_orphans(
+                tenant_id,
+                batch_size=bulk.batch_size,
+                progress=on_batch,
+                estimated_total=estimate,
+            )
+
+        await bulk.run(store, await _tenants(store, tenant), call)
+
+    _run(_with_store(settings, work))
+    if _wants_json(ctx):
+        _echo_json(bulk.document("orphaned"))
+        return
+    bulk.echo("item(s) marked orphaned")
+
+
+@cli.command()
+@click.option("--tenant", "-t", type=UUID_TYPE, multiple=True, help="Only this tenant (repeat).")
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Count every row (slow on a large tenant) instead of the bounded estimate.",
+)
+@click.pass_context
+def status(ctx: click.Context, tenant: tuple[UUID, ...], exact: bool) -> None:
+    """Field versions and assets by status, per tenant (every tenant or --tenant).
+
+    By default the bounded-cost estimate the worker's gauge uses (exact on a small table);
+    --exact counts every row."""
     settings = _settings(ctx)
 
-    async def work(store: ProfileStore) -> dict[UUID, int]:
-        tenants = await _tenants(store, tenant)
-        done: dict[UUID, int] = {}
-        with _progress(_err_console()) as progress:
-            task = progress.add_task("expiring stale fields", total=len(tenants))
-            for tenant_id in tenants:
-                done[tenant_id] = await store.expire_stale_fields(tenant_id)
-                progress.advance(task)
-        return done
+    async def work(store: ProfileStore) -> dict[UUID, dict[str, dict[str, int]]]:
+        counts: dict[UUID, dict[str, dict[str, int]]] = {}
+        for tenant_id in await _tenants(store, tenant):
+            if exact:
+                counts[tenant_id] = await store.count_items_by_status(tenant_id)
+            else:
+                counts[tenant_id] = await store.estimate_items_by_status(tenant_id)
+        return counts
 
-    done = _run(_with_store(settings, work))
+    counts = _run(_with_store(settings, work))
     if _wants_json(ctx):
         _echo_json(
             {
-                "tenants": {str(tenant_id): count for tenant_id, count in done.items()},
-                "expired": sum(done.values()),
+                "exact": exact,
+                "tenants": {str(tenant_id): entry for tenant_id, entry in counts.items()},
             }
         )
         return
-    for tenant_id, count in done.items():
-        click.echo(f"tenant {tenant_id}: {count} field(s) expired")
-    click.echo(f"total: {sum(done.values())} field(s) expired in {len(done)} tenant(s)")
+    table = Table("tenant", "kind", *(s.value for s in ItemStatus))
+    for tenant_id, entry in counts.items():
+        for kind, by_status in entry.items():
+            table.add_row(str(tenant_id), kind, *(f"{by_status[s.value]:,}" for s in ItemStatus))
+    _out_console().print(table)
+    if not exact:
+        click.echo("(estimates on large tables; --exact counts every row)")
 
 
 # -----------------------------------------------------------------------------------------
@@ -1036,7 +1189,8 @@ def worker(ctx: click.Context, once: bool, tenant: tuple[UUID, ...], serve_metri
     """Expire stale fields, mark orphans and refresh the status gauge, for every tenant,
     every expire_check_interval_seconds. Stops cleanly on SIGTERM/SIGINT, after the tenant
     in progress. Several workers may run at once: a tenant claim ([worker] lease: in Redis,
-    PostgreSQL advisory locks, or files on one host) keeps them apart."""
+    claim rows in PostgreSQL, or files on one host) keeps them apart, so a tenant is swept
+    once per interval. Expiry and orphan marking run in batches of [worker] batch_size."""
     from ccvault.worker import Worker, lease_from_settings
 
     settings = _settings(ctx)
