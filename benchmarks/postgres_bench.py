@@ -491,6 +491,185 @@ async def bench_expire(dsn: str, report: Report, args: argparse.Namespace) -> No
     finally:
         await raw.close()
         await store.aclose()
+    if args.expire_large_rows > 0:
+        await bench_expire_large(dsn, report, args)
+
+
+# one batch of the raw baseline: the statement shape the provider uses, sent by raw asyncpg
+_RAW_EXPIRE_BATCH = """
+UPDATE profile_fields SET status = 'expired', updated_at = $2
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM profile_fields
+    WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2
+    LIMIT $3 FOR UPDATE SKIP LOCKED))
+  AND tenant_id = $1 AND status = 'active' AND expires_at <= $2
+"""
+
+
+async def bench_expire_large(dsn: str, report: Report, args: argparse.Namespace) -> None:
+    """Issue 17: a large tenant under ``statement_timeout = 3s``. The rows' ``expires_at``
+    fall in ``2 x pairs`` equal slices, interleaved over the table; run k expires slice k
+    (its ``now`` is the end of the slice), so no reset is needed between runs and every
+    run does the same work. The former single UPDATE over a slice is run first: it is
+    cancelled by the timeout (0 rows). Then paired runs: ``expire_stale_fields`` (batches of
+    ``--expire-batch``, one statement each) vs a raw asyncpg loop sending the same batch
+    statement until a batch comes back short."""
+    total, pairs, batch = args.expire_large_rows, args.expire_large_pairs, args.expire_batch
+    slices = 2 * pairs
+    per_slice = total // slices
+    print(
+        f"\n[4b] expire a {total:,}-row tenant under statement_timeout 3s: {slices} slices of "
+        f"{per_slice:,} due rows, batches of {batch:,}"
+    )
+    schema = "bench_expire_large"
+    store = await migrated_store(dsn, schema, statement_timeout_seconds=3)
+    await store.setup()
+    tenant = uuid.uuid4()
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    started = time.perf_counter()
+    loader = await asyncpg.connect(
+        dsn, server_settings={"search_path": schema, "statement_timeout": "0"}
+    )
+    try:
+        await loader.execute(
+            "INSERT INTO customer_profiles (tenant_id, id, customer_id, verification_level,"
+            " created_at, updated_at) SELECT $1, gen_random_uuid(), gen_random_uuid(),"
+            " 'unverified', $2, $2 FROM generate_series(1, $3)",
+            tenant,
+            base,
+            max(1, total // 100),
+        )
+        # field g of profile p expires in slice (row number mod slices): slices interleave
+        await loader.execute(
+            """
+            INSERT INTO profile_fields (tenant_id, id, profile_id, name, value, value_type,
+                source, source_metadata, status, verified, confidence, requires_confirmation,
+                collected_at, updated_at, expires_at)
+            SELECT p.tenant_id, gen_random_uuid(), p.id, 'field_' || g, to_jsonb(g), 'number',
+                   'user_provided', '{}'::jsonb, 'active', false, 1.0, false, $2::timestamptz,
+                   $2::timestamptz,
+                   $2::timestamptz + make_interval(mins => 1 + ((row_number() OVER ()) % $4)::int)
+            FROM customer_profiles p CROSS JOIN generate_series(1, 100) g
+            WHERE p.tenant_id = $1
+            LIMIT $3
+            """,
+            tenant,
+            base,
+            total,
+            slices,
+        )
+        await loader.execute("VACUUM ANALYZE profile_fields")
+        loaded = await loader.fetchval(
+            "SELECT count(*) FROM profile_fields WHERE tenant_id = $1", tenant
+        )
+    finally:
+        await loader.close()
+    print(f"  generated {loaded:,} rows in {time.perf_counter() - started:.1f}s")
+
+    raw = await asyncpg.connect(
+        dsn, server_settings={"search_path": schema, "statement_timeout": "3s"}
+    )
+    assert await raw.fetchval("SHOW statement_timeout") == "3s"
+    next_slice = 0
+
+    def slice_now() -> datetime:
+        nonlocal next_slice
+        next_slice += 1
+        # the end of slice k: every row of slices 0..k-1 is already expired
+        return base + timedelta(minutes=next_slice, seconds=30)
+
+    async def slice_size(now: datetime) -> int:
+        return int(
+            await raw.fetchval(
+                "SELECT count(*) FROM profile_fields WHERE tenant_id = $1 AND status = 'active'"
+                " AND expires_at <= $2",
+                tenant,
+                now,
+            )
+        )
+
+    # the former implementation: one UPDATE over the slice, cancelled by the timeout
+    first = base + timedelta(minutes=1, seconds=30)
+    due = await slice_size(first)
+    single_started = time.perf_counter()
+    transaction = raw.transaction()
+    await transaction.start()
+    try:
+        await raw.execute(
+            "UPDATE profile_fields SET status = 'expired', updated_at = $2"
+            " WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2",
+            tenant,
+            first,
+        )
+        outcome = "finished (rolled back here: the slice is too small to show the timeout)"
+    except asyncpg.QueryCanceledError:
+        outcome = "cancelled by statement_timeout: 0 rows expired"
+    finally:
+        single = time.perf_counter() - single_started
+        await transaction.rollback()  # the slice stays due for the paired runs
+    assert await slice_size(first) == due
+    print(f"  single UPDATE over {due:,} due rows: {outcome} after {single:.1f}s")
+    report.notes.append(
+        f"expire, {loaded:,}-row tenant, statement_timeout 3s: the former single UPDATE over "
+        f"{due:,} due rows was {outcome} after {single:.1f}s"
+    )
+    rates: dict[str, list[float]] = {"raw": [], "store": []}
+
+    async def run_raw() -> float:
+        now = slice_now()
+        due = await slice_size(now)
+        start = time.perf_counter()
+        done = 0
+        while True:
+            count = int((await raw.execute(_RAW_EXPIRE_BATCH, tenant, now, batch)).split()[-1])
+            done += count
+            if count < batch:
+                break
+        elapsed = time.perf_counter() - start
+        assert done == due, (done, due)
+        rates["raw"].append(done / elapsed)
+        return elapsed
+
+    async def run_store() -> float:
+        now = slice_now()
+        due = await slice_size(now)
+        store.now = lambda: now  # type: ignore[method-assign]
+        biggest = 0
+
+        def on_batch(progress: Any) -> None:
+            nonlocal biggest
+            biggest = max(biggest, progress.rows)
+
+        start = time.perf_counter()
+        done = await store.expire_stale_fields(tenant, batch_size=batch, progress=on_batch)
+        elapsed = time.perf_counter() - start
+        assert done == due and biggest <= batch, (done, due, biggest)
+        rates["store"].append(done / elapsed)
+        return elapsed
+
+    try:
+        base_s, cand_s, cost = await paired_runs(run_raw, run_store, pairs)
+        raw_rate, store_rate = Spread.of(rates["raw"]), Spread.of(rates["store"])
+        print(
+            f"  raw batched {base_s.median:.2f}s ({raw_rate.median:,.0f} rows/s), "
+            f"expire_stale_fields {cand_s.median:.2f}s ({store_rate.median:,.0f} rows/s)"
+            " (medians)"
+        )
+        report.notes.append(
+            f"expire, {loaded:,}-row tenant, statement_timeout 3s, {per_slice:,} due rows per "
+            f"run, batches of {batch:,}: expire_stale_fields {store_rate.median:,.0f} rows/s, "
+            f"raw batched UPDATE loop {raw_rate.median:,.0f} rows/s (medians of {pairs} pairs)"
+        )
+        report.figure(
+            f"pg expire_stale_fields vs raw batched UPDATE ({loaded:,}-row tenant, 3 s timeout)",
+            cost,
+            "<= 1.5",
+            cost=True,
+            detail="issue 17: batches under statement_timeout",
+        )
+    finally:
+        await raw.close()
+        await store.aclose()
 
 
 async def bench_crypto(dsn: str, report: Report, args: argparse.Namespace) -> None:
@@ -591,6 +770,14 @@ async def main() -> int:
     parser.add_argument("--pairs", type=int, default=30, help="paired rounds per figure")
     parser.add_argument("--expire-rows", type=int, default=1_000_000)
     parser.add_argument("--expire-pairs", type=int, default=3)
+    parser.add_argument(
+        "--expire-large-rows",
+        type=int,
+        default=3_000_000,
+        help="rows of the large tenant expired under statement_timeout 3s (0: skip)",
+    )
+    parser.add_argument("--expire-large-pairs", type=int, default=3)
+    parser.add_argument("--expire-batch", type=int, default=5_000, help="rows per batch")
     parser.add_argument("--tenant-sizes", default="1000,10000", help="profiles, comma-separated")
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     parser.add_argument(
