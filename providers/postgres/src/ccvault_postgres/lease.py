@@ -109,7 +109,11 @@ class PostgresTenantLease:
             return self._conn
         await self._drop()
         try:
-            self._conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_seconds)
+            # a few statements per sweep: no prepared-statement cache, so the lease also works
+            # through PgBouncer in transaction mode (providers.postgres.transaction_pooler)
+            self._conn = await asyncpg.connect(
+                self.dsn, timeout=self.connect_timeout_seconds, statement_cache_size=0
+            )
         except _DRIVER_ERRORS as exc:
             raise errors.ProviderUnavailableError(
                 f"worker lease: PostgreSQL is unreachable ({type(exc).__name__}: {exc})"

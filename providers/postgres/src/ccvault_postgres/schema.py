@@ -331,6 +331,9 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, lock_key: int)
     async with conn.transaction():
         # waiting for another process's migration must not trip statement_timeout
         await conn.execute("SET LOCAL statement_timeout = 0")
+        # the steps' unqualified names land in the schema whatever the session's search_path
+        # (behind a transaction pooler the connection carries none of ours)
+        await conn.execute(f'SET LOCAL search_path = "{schema}"')
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
         status = await read_status(conn, schema)
         if status.newer:

@@ -66,6 +66,13 @@ class PostgresSettings(BaseModel):
     #: role then needs DML rights only, see docs/operations.md). Turn on only where the
     #: runtime role owns the schema (a throw-away or single-user database).
     migrate_on_start: bool = False
+    #: Connecting through PgBouncer (or another pooler) in TRANSACTION mode: no prepared
+    #: statement cache (``statement_cache_size=0``) and no session parameters at connect
+    #: (such a pooler refuses them). ``search_path`` (= ``schema``), ``statement_timeout``
+    #: and ``plan_cache_mode`` must then be set on the role, e.g. ``ALTER ROLE app IN
+    #: DATABASE db SET search_path = ccvault``; ``setup()`` refuses a role whose
+    #: ``search_path`` does not lead to ``schema``. See docs/operations.md (PgBouncer).
+    transaction_pooler: bool = False
 
     @field_validator("dsn", mode="before")
     @classmethod

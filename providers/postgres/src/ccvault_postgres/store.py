@@ -54,6 +54,8 @@ from ccvault.models import (
     ChannelIdentity,
     Consent,
     CustomerProfile,
+    FallbackAction,
+    FieldValueType,
     ItemStatus,
     ItemType,
     LineageEntry,
@@ -62,8 +64,10 @@ from ccvault.models import (
     ProfileField,
     ProfileFieldDefinition,
     ProfileFieldSource,
+    RequiredLevel,
     ScenarioFieldRequirement,
     SourceType,
+    SurvivorshipPolicy,
     UnmergeResult,
     VerificationLevel,
 )
@@ -159,6 +163,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog", format="binary"
     )
+
+
+async def _check_role_search_path(conn: asyncpg.Connection, schema: str) -> None:
+    """Behind a transaction pooler the schema comes from the role's settings: refuse to
+    run where unqualified table names would resolve elsewhere."""
+    current = await conn.fetchval("SELECT current_setting('search_path')")
+    first = str(current).split(",")[0].strip().strip('"')
+    if first != schema:
+        raise errors.ConfigurationError(
+            f"providers.postgres.transaction_pooler: the role's search_path is {current!r}, "
+            f"not {schema!r}; run ALTER ROLE <role> IN DATABASE <database> SET "
+            f"search_path = {schema} (a transaction pooler cannot pass it at connect)"
+        )
 
 
 def _migration_lock_key(schema: str) -> int:
@@ -347,12 +364,32 @@ def _consent(row: Mapping[str, Any]) -> Consent:
     )
 
 
+_VALUE_TYPE = _EnumLookup(FieldValueType)
+_SURVIVORSHIP = _EnumLookup(SurvivorshipPolicy)
+_REQUIRED_LEVEL = _EnumLookup(RequiredLevel)
+_FALLBACK = _EnumLookup(FallbackAction)
+_DEFINITION_KEYS = tuple(ProfileFieldDefinition.model_fields)
+_REQUIREMENT_KEYS = tuple(ScenarioFieldRequirement.model_fields)
+
+
 def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
-    return ProfileFieldDefinition.model_validate({col: row[col] for col in sql.DEFINITION_COLS})
+    # trusted like profile rows (validated when written; get_missing_fields reads 50 of them
+    # per call): enumerations mapped back, arrays copied into lists, in the model's order
+    values = {col: row[col] for col in _DEFINITION_KEYS}
+    values["value_type"] = _VALUE_TYPE[values["value_type"]]
+    values["survivorship"] = _SURVIVORSHIP[values["survivorship"]]
+    values["source_priority"] = [_FIELD_SOURCE[x] for x in values["source_priority"] or ()]
+    values["verification_methods"] = list(values["verification_methods"] or ())
+    values["extraction_examples"] = list(values["extraction_examples"] or ())
+    return _trusted(ProfileFieldDefinition, values)
 
 
 def _requirement(row: Mapping[str, Any]) -> ScenarioFieldRequirement:
-    return ScenarioFieldRequirement.model_validate({col: row[col] for col in sql.REQUIREMENT_COLS})
+    values = {col: row[col] for col in _REQUIREMENT_KEYS}
+    values["required_level"] = _REQUIRED_LEVEL[values["required_level"]]
+    values["fallback_action"] = _FALLBACK[values["fallback_action"]]
+    values["depends_on_fields"] = list(values["depends_on_fields"] or ())
+    return _trusted(ScenarioFieldRequirement, values)
 
 
 # the keys of a ProfileField's __dict__, in the order _profile_fields() lays the values out
@@ -496,17 +533,21 @@ class PostgresProfileStore(ProfileStore):
     async def _connect(self) -> asyncpg.Connection:
         """One new connection with the store's session settings and codecs."""
         options = self.settings
-        server_settings = {
-            "search_path": options.db_schema,
-            "application_name": "ccvault",
-            "statement_timeout": str(int(options.statement_timeout_seconds * 1000)),
-            "plan_cache_mode": options.plan_cache_mode,
-        }
+        server_settings = {"application_name": "ccvault"}
+        if not options.transaction_pooler:  # a transaction pooler refuses session parameters
+            server_settings |= {
+                "search_path": options.db_schema,
+                "statement_timeout": str(int(options.statement_timeout_seconds * 1000)),
+                "plan_cache_mode": options.plan_cache_mode,
+            }
         conn = await asyncpg.connect(
             options.dsn.get_secret_value(),
             server_settings=server_settings,
             timeout=options.connect_timeout_seconds,
             command_timeout=options.command_timeout_seconds or None,
+            # behind a transaction pooler a named prepared statement may live on another
+            # server connection than the next transaction's: none are kept
+            statement_cache_size=0 if options.transaction_pooler else 100,
         )
         try:
             await _init_connection(conn)
@@ -535,6 +576,8 @@ class PostgresProfileStore(ProfileStore):
             try:
                 conn = await pool.acquire(options.pool_acquire_timeout_seconds)
                 try:
+                    if options.transaction_pooler:
+                        await _check_role_search_path(conn, options.db_schema)
                     status = await read_status(conn, options.db_schema)
                     if options.migrate_on_start and status.pending and not status.newer:
                         self.applied_migrations = await self._migrate(conn)

@@ -15,9 +15,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,19 +27,25 @@ import asyncpg
 from ccvault.models import ItemStatus, ProfileField
 
 __all__ = [
+    "PGBOUNCER_BIN",
     "PG_BIN",
+    "PgBouncer",
     "PrivateServer",
     "admin_dsn",
     "chain_problems",
     "create_database",
     "drop_database",
     "dsn_with_database",
+    "pgbouncer",
     "private_server",
     "temporary_database",
 ]
 
 #: Where the PostgreSQL server binaries live (override with CCVAULT_PG_BIN).
 PG_BIN = Path(os.environ.get("CCVAULT_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+#: The PgBouncer binary (override with CCVAULT_PGBOUNCER_BIN); absent: its tests skip.
+PGBOUNCER_BIN = os.environ.get("CCVAULT_PGBOUNCER_BIN") or shutil.which("pgbouncer") or ""
 
 
 def admin_dsn() -> str:
@@ -236,3 +244,91 @@ def private_server() -> Iterator[PrivateServer]:
         yield server
     finally:
         server.destroy()
+
+
+class PgBouncer:
+    """A private PgBouncer in front of ``upstream`` (host:port): a temp dir, a free loopback
+    port, ``pool_mode`` as given, no authentication (``auth_type = any``, every client
+    connects as ``user``). Run as the ``postgres`` OS user when we are root (PgBouncer
+    refuses root). Stopped and deleted by :meth:`destroy`."""
+
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        user: str = "postgres",
+        pool_mode: str = "transaction",
+        pool_size: int = 4,
+    ) -> None:
+        if not PGBOUNCER_BIN:
+            raise RuntimeError("pgbouncer is not installed")
+        self.port = _free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="ccvault-pgbouncer-"))
+        self._owner = "postgres" if os.geteuid() == 0 else None
+        self.config = self.root / "pgbouncer.ini"
+        self.log = self.root / "pgbouncer.log"
+        self.config.write_text(
+            "[databases]\n"
+            f"* = host={upstream_host} port={upstream_port} user={user}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = any\n"
+            f"pool_mode = {pool_mode}\n"
+            f"default_pool_size = {pool_size}\n"
+            "max_client_conn = 200\n"
+            f"logfile = {self.log}\n"
+            f"pidfile = {self.root / 'pgbouncer.pid'}\n"
+            # asyncpg sends no other startup parameter in transaction-pooler mode
+            "ignore_startup_parameters = extra_float_digits\n"
+        )
+        if self._owner is not None:
+            entry = pwd.getpwnam(self._owner)
+            for path in (self.root, self.config):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def dsn(self, database: str, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        """Start and wait (bounded) until the port accepts connections."""
+        command = [PGBOUNCER_BIN, str(self.config)]
+        if self._owner is not None:
+            command = ["runuser", "-u", self._owner, "--", *command]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(200):  # up to ~10 s
+            if self.process.poll() is not None:
+                _, err = self.process.communicate()
+                log = self.log.read_text() if self.log.exists() else ""
+                raise RuntimeError(f"pgbouncer exited: {err.decode(errors='replace')}{log}")
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.05)
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)  # a bounded wait for a child process to listen, not a test
+        raise RuntimeError("pgbouncer did not start listening within 10 s")
+
+    def destroy(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pgbouncer(upstream_dsn: str, **options: Any) -> Iterator[PgBouncer]:
+    """A started private :class:`PgBouncer` in front of the server of ``upstream_dsn``."""
+    parts = urlsplit(upstream_dsn)
+    bouncer = PgBouncer(parts.hostname or "127.0.0.1", parts.port or 5432, **options)
+    try:
+        bouncer.start()
+        yield bouncer
+    finally:
+        bouncer.destroy()
