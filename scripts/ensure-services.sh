@@ -14,6 +14,12 @@ if ! redis_up; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis || true
 fi
+# PgBouncer for the transaction-pooler tests (providers/postgres/tests/test_pgbouncer.py run a
+# private one; they skip, saying why, where it cannot be installed). Never started as a service.
+if ! command -v pgbouncer >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -qq pgbouncer || { apt-get update -qq && apt-get install -y -qq pgbouncer; }; } \
+    >/dev/null 2>&1 || echo "pgbouncer could not be installed: its tests will skip"
+fi
 for _ in $(seq 1 60); do
   pg_up && redis_up && exit 0
   sleep 0.5
