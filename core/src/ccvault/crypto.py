@@ -129,26 +129,34 @@ from ccvault.cache_codec import trusted_replace
 from ccvault.extras import requires_extra
 from ccvault.models import (
     Channel,
+    ChannelIdentity,
     CustomerProfile,
     ItemStatus,
     ItemType,
     LineageEntry,
+    MergeIdentityMove,
+    MergeRecord,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
+    UnmergeResult,
 )
+from ccvault.rules.identity import channel_eviction
 from ccvault.rules.merge import MergeLogRequest
 from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore
 
 with requires_extra("crypto", "Encryption at rest (ccvault.crypto)"):
     from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 if TYPE_CHECKING:
     from ccvault.settings import VaultSettings
 
 __all__ = [
     "ENVELOPE_PREFIX",
+    "IDENTITY_PREFIX",
     "METADATA_KEY",
     "PII_REGISTRY_AGENT_ID",
     "EncryptedProfileStore",
@@ -160,6 +168,10 @@ __all__ = [
 ]
 
 ENVELOPE_PREFIX = "ccvault:pii:v1:"
+#: Stored channel user ids start with this when sealed (``cid1:KID:B64``).
+IDENTITY_PREFIX = "cid1:"
+_IDENTITY_INFO = b"ccvault channel identity AES-SIV v1"
+_IDENTITY_MAX = 255  # ChannelIdentity.channel_user_id is ShortText
 METADATA_KEY = "ccvault:pii"
 #: The reserved agent under which the per-tenant PII-name registry is kept as definitions.
 PII_REGISTRY_AGENT_ID = uuid5(UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "urn:ccvault:pii")
@@ -202,6 +214,9 @@ class Keyring:
 
     keys: dict[str, AESGCM]
     current: str
+    #: per key id, the AES-SIV key (512 bits, HKDF-SHA256 of the AES key) that seals
+    #: channel user ids deterministically (see *Channel identities*)
+    identity_keys: dict[str, AESSIV] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, spec: str) -> Keyring:
@@ -214,6 +229,7 @@ class Keyring:
                 "or turn profile.auto_encrypt_pii off"
             )
         keys: dict[str, AESGCM] = {}
+        identity_keys: dict[str, AESSIV] = {}
         current = ""
         for position, entry in enumerate(entries, start=1):
             kid, sep, material = entry.rpartition(":")
@@ -237,8 +253,54 @@ class Keyring:
             if kid in keys:
                 raise errors.ConfigurationError(f"{_SETTING}: key id {kid!r} is listed twice")
             keys[kid] = AESGCM(raw)
+            identity_keys[kid] = AESSIV(
+                HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_IDENTITY_INFO).derive(
+                    raw
+                )
+            )
             current = kid
-        return cls(keys=keys, current=current)
+        return cls(keys=keys, current=current, identity_keys=identity_keys)
+
+    def seal_identity(self, user_id: str, aad: bytes, kid: str | None = None) -> str:
+        """The stored form ``cid1:KID:B64`` of a channel user id under key ``kid`` (the
+        current one by default): AES-SIV (RFC 5297, deterministic) of the id padded to a
+        multiple of 16 bytes, so equal ids give equal tokens (the store indexes and looks
+        them up) and the length shows only in steps of 16 bytes. ValidationError when the
+        token would not fit the 255 characters of a channel user id (the id is not named)."""
+        kid = self.current if kid is None else kid
+        data = user_id.encode() + b"\x80"
+        data += b"\0" * (-len(data) % 16)
+        sealed = self.identity_keys[kid].encrypt(data, [aad])
+        token = f"{IDENTITY_PREFIX}{kid}:{base64.urlsafe_b64encode(sealed).decode().rstrip('=')}"
+        if len(token) > _IDENTITY_MAX:
+            raise errors.ValidationError(
+                f"channel_user_id of {len(user_id.encode())} bytes is too long to be sealed "
+                f"under key id {kid!r} (encryption is on): its token would exceed "
+                f"{_IDENTITY_MAX} characters"
+            )
+        return token
+
+    def open_identity(self, token: str, aad: bytes) -> str:
+        """The channel user id of a token of :meth:`seal_identity`; EncryptionError when
+        malformed, of an unknown key, or not authentic for ``aad``."""
+        kid, sep, body = token[len(IDENTITY_PREFIX) :].partition(":")
+        key = self.identity_keys.get(kid)
+        if not sep or key is None:
+            raise errors.EncryptionError(
+                f"sealed channel identity under key id {kid[:32]!r}, which is not configured "
+                f"in {_SETTING} (configured: {sorted(self.identity_keys)})"
+            )
+        try:
+            data = key.decrypt(_b64decode(body), [aad])
+            opened = data.rstrip(b"\0")
+            if not opened.endswith(b"\x80"):
+                raise ValueError("bad padding")
+            return opened[:-1].decode()
+        except (ValueError, InvalidTag, UnicodeDecodeError):
+            raise errors.EncryptionError(
+                f"the key for key id {kid!r} does not open this sealed channel identity: wrong "
+                "key or tampered data (copied from another tenant or channel?)"
+            ) from None
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> str:
         """An envelope string under the current key."""
@@ -324,6 +386,19 @@ def _aads(tenant_head: bytes, field_id: UUID, name: str) -> tuple[bytes, bytes]:
     return head + tails[0], head + tails[1]
 
 
+def _identity_kid(stored: str) -> str | None:
+    """The key id of a sealed channel user id, None for a plaintext one."""
+    if not stored.startswith(IDENTITY_PREFIX):
+        return None
+    return stored[len(IDENTITY_PREFIX) :].partition(":")[0][:32] or None
+
+
+def _identity_aad(tenant_id: UUID, channel: Channel) -> bytes:
+    """Associated data of a sealed channel user id: the tenant and the channel (not the
+    profile: an identity moves between profiles on merge and is looked up without one)."""
+    return b"ccvault-cid/v1\0" + tenant_id.bytes + channel.value.encode()
+
+
 def _tenant_head(tenant_id: UUID) -> bytes:
     return b"ccvault-pii/v1\0" + tenant_id.bytes
 
@@ -356,6 +431,8 @@ class RotationReport:
     profiles: int = 0
     rewritten: int = 0
     failures: list[RotationFailure] = field(default_factory=list)
+    #: channel identities re-sealed under the current key (older key or plaintext before)
+    identities: int = 0
 
 
 @dataclass(frozen=True)
@@ -396,6 +473,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         plaintext_watch: int = 10_000,
         opened_cache_size: int = 20_000,
         opened_cache_ttl: float = 300.0,
+        legacy_identities: bool = True,
     ) -> None:
         super().__init__(inner)
         self.keyring = keyring
@@ -426,6 +504,13 @@ class EncryptedProfileStore(ForwardingProfileStore):
         # JSON): see _decrypt_field
         self._opened: dict[str, tuple[bytes, int, str, bool, str | None, Any, bool, Any]] = {}
         self._opened_since = self.clock()
+        # token -> (tenant, channel, channel user id)
+        self._opened_identities: dict[str, tuple[UUID, Channel, str]] = {}
+        #: Also look channel identities up by their plaintext id (stored before encryption
+        #: was turned on; ``rotate-keys`` seals them). Off: one lookup less on every miss.
+        self.legacy_identities = legacy_identities
+        #: channel identities re-sealed by rotation (rotate-keys reports it)
+        self.identities_rotated = 0
 
     @classmethod
     def from_settings(cls, inner: ProfileStore, settings: VaultSettings) -> ProfileStore:
@@ -708,12 +793,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
         now = self.clock()
         if now - self._opened_since >= self.opened_cache_ttl:
             self._opened.clear()
+            self._opened_identities.clear()
             self._opened_since = now
 
     def forget_opened(self) -> None:
         """Drop every opened (decrypted) envelope this process keeps; called by every
         erasure through this wrapper (purge, subject erasure, item deletion)."""
         self._opened.clear()
+        self._opened_identities.clear()
         self._opened_since = self.clock()
 
     def _open_metadata(
@@ -738,7 +825,73 @@ class EncryptedProfileStore(ForwardingProfileStore):
             name: [opened(head, item) for item in versions]
             for name, versions in profile.field_history.items()
         }
-        return trusted_replace(profile, {"fields": fields, "field_history": history})
+        update: dict[str, Any] = {"fields": fields, "field_history": history}
+        identities = profile.channel_identities
+        if identities:
+            update["channel_identities"] = self._open_identities(profile.tenant_id, identities)
+        return trusted_replace(profile, update)
+
+    # ---------------------------------------------------------------------------------
+    # channel identities: sealed, looked up by their deterministic token
+    # ---------------------------------------------------------------------------------
+
+    def _seal_identity(self, tenant_id: UUID, identity: ChannelIdentity) -> ChannelIdentity:
+        """``identity`` with its channel user id as the token under the current key."""
+        user_id = identity.channel_user_id
+        if user_id.startswith(IDENTITY_PREFIX):
+            raise errors.ValidationError(
+                f"channel_user_id values starting with {IDENTITY_PREFIX!r} are reserved for "
+                "sealed identities"
+            )
+        token = self.keyring.seal_identity(user_id, _identity_aad(tenant_id, identity.channel))
+        return trusted_replace(identity, {"channel_user_id": token})
+
+    def _identity_tokens(self, tenant_id: UUID, channel: Channel, user_id: str) -> list[str]:
+        """Every stored form the id may have: the token under the current key, then under
+        each older key (newest first; a rotation in progress), then the id itself (stored
+        before encryption was turned on). Raises like :meth:`_seal_identity`."""
+        if user_id.startswith(IDENTITY_PREFIX):
+            raise errors.ValidationError(
+                f"channel_user_id values starting with {IDENTITY_PREFIX!r} are reserved for "
+                "sealed identities"
+            )
+        aad = _identity_aad(tenant_id, channel)
+        keyring = self.keyring
+        tokens = [keyring.seal_identity(user_id, aad)]
+        for kid in reversed(keyring.identity_keys):
+            if kid != keyring.current:
+                tokens.append(keyring.seal_identity(user_id, aad, kid))
+        if self.legacy_identities:
+            tokens.append(user_id)
+        return tokens
+
+    def _open_token(self, tenant_id: UUID, channel: Channel, stored: str) -> str:
+        if not stored.startswith(IDENTITY_PREFIX):
+            return stored  # stored before encryption was on (rotate-keys seals it)
+        cache = self._opened_identities
+        hit = cache.get(stored)
+        if hit is not None and hit[0] == tenant_id and hit[1] is channel:
+            return hit[2]
+        opened = self.keyring.open_identity(stored, _identity_aad(tenant_id, channel))
+        if self.opened_cache_size:
+            if len(cache) >= self.opened_cache_size:
+                del cache[next(iter(cache))]
+            cache[stored] = (tenant_id, channel, opened)
+        return opened
+
+    def _open_identities(
+        self, tenant_id: UUID, identities: list[ChannelIdentity]
+    ) -> list[ChannelIdentity]:
+        opened = []
+        for identity in identities:
+            stored = identity.channel_user_id
+            user_id = self._open_token(tenant_id, identity.channel, stored)
+            opened.append(
+                identity
+                if user_id is stored
+                else trusted_replace(identity, {"channel_user_id": user_id})
+            )
+        return opened
 
     def _maybe(self, profile: CustomerProfile | None) -> CustomerProfile | None:
         return None if profile is None else self._decrypt_profile(profile)
@@ -778,14 +931,124 @@ class EncryptedProfileStore(ForwardingProfileStore):
     async def _get_by_channel_identity(
         self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
     ) -> CustomerProfile | None:
-        return self._maybe(
-            await super()._get_by_channel_identity(
-                tenant_id, channel, channel_user_id, include_history
+        for token in self._identity_tokens(tenant_id, channel, channel_user_id):
+            found = await super()._get_by_channel_identity(
+                tenant_id, channel, token, include_history
+            )
+            if found is not None:
+                return self._decrypt_profile(found)
+        return None
+
+    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
+        # the identity may be stored under an older key or in plaintext: found first, so
+        # that no second profile is created for it (the inner get_or_create knows only
+        # the current token)
+        for identity in candidate.channel_identities:
+            tokens = self._identity_tokens(tenant_id, identity.channel, identity.channel_user_id)
+            for token in tokens:
+                found = await super()._get_by_channel_identity(
+                    tenant_id, identity.channel, token, False
+                )
+                if found is not None:
+                    return self._decrypt_profile(found)
+        sealed = [self._seal_identity(tenant_id, i) for i in candidate.channel_identities]
+        created = await super()._get_or_create(
+            tenant_id, trusted_replace(candidate, {"channel_identities": sealed})
+        )
+        return self._decrypt_profile(created)
+
+    async def _link_channel(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        identity: ChannelIdentity,
+        *,
+        max_per_channel: int | None = None,
+    ) -> bool:
+        sealed = self._seal_identity(tenant_id, identity)
+        if max_per_channel is None:
+            return await super()._link_channel(tenant_id, profile_id, sealed)
+        await self._evict_tie_by_plaintext(tenant_id, profile_id, identity, max_per_channel)
+        return await super()._link_channel(
+            tenant_id, profile_id, sealed, max_per_channel=max_per_channel
+        )
+
+    async def _evict_tie_by_plaintext(
+        self, tenant_id: UUID, profile_id: UUID, identity: ChannelIdentity, limit: int
+    ) -> None:
+        """The eviction rule breaks a ``created_at`` tie by the smaller channel user id;
+        the store only sees tokens, whose order is unrelated. Only when the two orders
+        pick different identities, the plaintext choice is released first (a save of the
+        profile without it), and the store's limited link then has room. Not atomic with
+        the link (a concurrent link may take the room): only ties need it."""
+        raw = await super()._get_by_id(tenant_id, profile_id, False)
+        if raw is None or any(
+            i.channel == identity.channel
+            and self._open_token(tenant_id, i.channel, i.channel_user_id)
+            == identity.channel_user_id
+            for i in raw.channel_identities
+        ):
+            return
+        by_token = channel_eviction(raw.channel_identities, identity.channel, limit)
+        if by_token is None:
+            return
+        opened = self._open_identities(tenant_id, raw.channel_identities)
+        by_plaintext = channel_eviction(opened, identity.channel, limit)
+        if by_plaintext is None:
+            return
+        position = opened.index(by_plaintext)
+        if raw.channel_identities[position] is by_token:
+            return
+        kept = [i for n, i in enumerate(raw.channel_identities) if n != position]
+        await super()._save(
+            trusted_replace(
+                raw, {"channel_identities": kept, "field_history": {}, "asset_history": []}
             )
         )
 
-    async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
-        return self._decrypt_profile(await super()._get_or_create(tenant_id, candidate))
+    async def _find_subject_profiles(
+        self,
+        tenant_id: UUID,
+        channel: Channel | None,
+        channel_user_id: str | None,
+        customer_id: UUID | None,
+    ) -> list[UUID]:
+        if channel is None or channel_user_id is None:
+            return await super()._find_subject_profiles(
+                tenant_id, channel, channel_user_id, customer_id
+            )
+        found: list[UUID] = []
+        for token in self._identity_tokens(tenant_id, channel, channel_user_id):
+            for profile_id in await super()._find_subject_profiles(
+                tenant_id, channel, token, customer_id
+            ):
+                if profile_id not in found:
+                    found.append(profile_id)
+        return found
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
+        records = await super()._get_merge_log(tenant_id, profile_id)
+        return [self._open_merge_record(record) for record in records]
+
+    def _open_merge_record(self, record: MergeRecord) -> MergeRecord:
+        if not record.identities:
+            return record
+        moves: list[MergeIdentityMove] = []
+        for move in record.identities:
+            user_id = self._open_token(record.tenant_id, move.channel, move.channel_user_id)
+            moves.append(
+                move
+                if user_id is move.channel_user_id
+                else trusted_replace(move, {"channel_user_id": user_id})
+            )
+        return trusted_replace(record, {"identities": moves})
+
+    async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
+        result = await super()._unmerge(tenant_id, merge_id)
+        if not result.restored_identities:
+            return result
+        opened = self._open_identities(tenant_id, result.restored_identities)
+        return trusted_replace(result, {"restored_identities": opened})
 
     async def _get_field(
         self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
@@ -834,8 +1097,11 @@ class EncryptedProfileStore(ForwardingProfileStore):
         plaintext: list[str] = []
         seal = await self._sealer(profile.tenant_id, plaintext)
         fields = {name: seal(item) for name, item in profile.fields.items()}
+        identities = [self._seal_identity(profile.tenant_id, i) for i in profile.channel_identities]
         try:
-            saved = await super()._save(profile.model_copy(update={"fields": fields}))
+            saved = await super()._save(
+                trusted_replace(profile, {"fields": fields, "channel_identities": identities})
+            )
         except BaseException:
             if plaintext:  # maybe written: decided by the next registry read
                 self._wrote_plaintext(profile.tenant_id, profile.id, plaintext)
@@ -1096,9 +1362,72 @@ class EncryptedProfileStore(ForwardingProfileStore):
                     )
                     continue
                 payloads[item.id] = (sealed.value, sealed.source_metadata)
-        if not payloads or (failures and not skip_failures):
+        if failures and not skip_failures:
+            return 0, failures
+        # identities first: the save carries no field, so it cannot undo the rewrite below
+        await self._rotate_identities(tenant_id, raw, failures)
+        if not payloads:
             return 0, failures
         return await super()._rewrite_field_payloads(tenant_id, profile_id, payloads), failures
+
+    async def _rotate_identities(
+        self, tenant_id: UUID, raw: CustomerProfile, failures: list[RotationFailure]
+    ) -> int:
+        """Re-seal the live profile's channel identities stored under an older key or in
+        plaintext (a save of the profile's identities only: no field, no asset). Released
+        identities of a soft-deleted profile cannot be rewritten through the hooks and are
+        left as they are (they are erased with the subject). Returns how many changed."""
+        current = f"{IDENTITY_PREFIX}{self.keyring.current}:"
+        identities = raw.channel_identities
+        if all(i.channel_user_id.startswith(current) for i in identities):
+            return 0
+        resealed: list[ChannelIdentity] = []
+        changed = 0
+        for identity in identities:
+            stored = identity.channel_user_id
+            if stored.startswith(current):
+                resealed.append(identity)
+                continue
+            try:
+                user_id = self._open_token(tenant_id, identity.channel, stored)
+                resealed.append(
+                    self._seal_identity(
+                        tenant_id, trusted_replace(identity, {"channel_user_id": user_id})
+                    )
+                )
+            except errors.VaultError as exc:
+                failures.append(
+                    RotationFailure(
+                        tenant_id=tenant_id,
+                        profile_id=raw.id,
+                        item_id=raw.id,
+                        key_id=_identity_kid(stored),
+                        reason=f"channel identity ({identity.channel.value}): "
+                        f"{type(exc).__name__}: {exc}",
+                    )
+                )
+                resealed.append(identity)
+                continue
+            changed += 1
+        if not changed:
+            return 0
+        try:
+            await super()._save(
+                trusted_replace(
+                    raw,
+                    {
+                        "channel_identities": resealed,
+                        "fields": {},
+                        "field_history": {},
+                        "assets": [],
+                        "asset_history": [],
+                    },
+                )
+            )
+        except errors.NotFoundError:
+            return 0  # soft-deleted: see above
+        self.identities_rotated += changed
+        return changed
 
     async def rotate_keys(
         self,
@@ -1131,9 +1460,11 @@ class EncryptedProfileStore(ForwardingProfileStore):
             total += len(profile_ids)
             for start in range(0, len(profile_ids), batch_size):
                 for profile_id in profile_ids[start : start + batch_size]:
+                    identities_before = self.identities_rotated
                     count, failures = await self._rotate_profile(
                         tenant_id, profile_id, skip_failures=True
                     )
+                    report.identities += self.identities_rotated - identities_before
                     for failure in failures:
                         logger.warning(
                             "rotate-keys: tenant %s profile %s field version %s (key id %s) "
