@@ -195,20 +195,24 @@ _DERIVATION_CHAIN = """
 WITH RECURSIVE chain (depth, kind, id, name, source_metadata, source_item_id, source_item_type)
 AS (
     SELECT 0, 'profile_field', id, name, source_metadata, source_item_id, source_item_type
-      FROM fields WHERE tenant_id = :tenant AND id = :item AND :kind = 'profile_field'
+      FROM fields INDEXED BY sqlite_autoindex_fields_1
+     WHERE tenant_id = :tenant AND id = :item AND :kind = 'profile_field'
     UNION ALL
     SELECT 0, 'profile_asset', id, name, '{}', source_item_id, source_item_type
-      FROM assets WHERE tenant_id = :tenant AND id = :item AND :kind = 'profile_asset'
+      FROM assets INDEXED BY sqlite_autoindex_assets_1
+     WHERE tenant_id = :tenant AND id = :item AND :kind = 'profile_asset'
     UNION ALL
-    SELECT c.depth + 1, 'profile_field', f.id, f.name, f.source_metadata, f.source_item_id,
+    SELECT link.depth + 1, 'profile_field', f.id, f.name, f.source_metadata, f.source_item_id,
            f.source_item_type
-      FROM chain AS c JOIN fields AS f ON f.tenant_id = :tenant AND f.id = c.source_item_id
-     WHERE c.source_item_type = 'profile_field' AND c.depth + 1 < :max_depth
+      FROM chain AS link CROSS JOIN fields AS f INDEXED BY sqlite_autoindex_fields_1
+        ON f.tenant_id = :tenant AND f.id = link.source_item_id
+     WHERE link.source_item_type = 'profile_field' AND link.depth + 1 < :max_depth
     UNION ALL
-    SELECT c.depth + 1, 'profile_asset', a.id, a.name, '{}', a.source_item_id,
+    SELECT link.depth + 1, 'profile_asset', a.id, a.name, '{}', a.source_item_id,
            a.source_item_type
-      FROM chain AS c JOIN assets AS a ON a.tenant_id = :tenant AND a.id = c.source_item_id
-     WHERE c.source_item_type = 'profile_asset' AND c.depth + 1 < :max_depth
+      FROM chain AS link CROSS JOIN assets AS a INDEXED BY sqlite_autoindex_assets_1
+        ON a.tenant_id = :tenant AND a.id = link.source_item_id
+     WHERE link.source_item_type = 'profile_asset' AND link.depth + 1 < :max_depth
 )
 SELECT kind, id, name, source_metadata, source_item_id, source_item_type
   FROM chain ORDER BY depth
@@ -452,7 +456,9 @@ class SqliteProfileStore(ProfileStore):
         if dry_run:
             return MigrationReport(applied=before.pending, status=before, dry_run=True)
         applied: list[Migration] = []
-        if self._conn is not None:
+        if self._conn is not None and self.settings.path == MEMORY:
+            # a private in-memory database exists only on this connection (migrated when
+            # opened, so there is nothing left to apply)
             conn = self._conn
             await self._retry_busy(lambda: migrate(conn, ts(self.now()), applied=applied))
             after = status_at(await read_version(conn), before.location)
@@ -942,8 +948,9 @@ class SqliteProfileStore(ProfileStore):
         if status is not None:
             params = (*params, status.value)
         rows = await self._fetch(
-            f"SELECT {FIELD_SELECT} FROM fields WHERE tenant_id = ? AND profile_id = ? "
-            f"AND name = ?{status_filter} ORDER BY collected_at DESC, seq DESC LIMIT 1",
+            f"SELECT {FIELD_SELECT} FROM fields INDEXED BY fields_history "
+            f"WHERE tenant_id = ? AND profile_id = ? AND name = ?{status_filter} "
+            "ORDER BY collected_at DESC, seq DESC LIMIT 1",
             params,
         )
         return codec.fields_from_rows(rows)[0] if rows else None
@@ -952,8 +959,9 @@ class SqliteProfileStore(ProfileStore):
         self, tenant_id: UUID, profile_id: UUID, field_name: str
     ) -> list[ProfileField]:
         rows = await self._fetch(
-            f"SELECT {FIELD_SELECT} FROM fields WHERE tenant_id = ? AND profile_id = ? "
-            "AND name = ? ORDER BY collected_at DESC, seq DESC",
+            f"SELECT {FIELD_SELECT} FROM fields INDEXED BY fields_history "
+            "WHERE tenant_id = ? AND profile_id = ? AND name = ? "
+            "ORDER BY collected_at DESC, seq DESC",
             (str(tenant_id), str(profile_id), field_name),
         )
         return codec.fields_from_rows(rows)
@@ -1013,7 +1021,8 @@ class SqliteProfileStore(ProfileStore):
         self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
     ) -> ProfileAsset | None:
         rows = await self._fetch(
-            f"SELECT {ASSET_SELECT} FROM assets WHERE tenant_id = ? AND profile_id = ? AND id = ?",
+            f"SELECT {ASSET_SELECT} FROM assets INDEXED BY sqlite_autoindex_assets_1 "
+            "WHERE tenant_id = ? AND profile_id = ? AND id = ?",
             (str(tenant_id), str(profile_id), str(asset_id)),
         )
         return codec.assets_from_rows(rows)[0] if rows else None
@@ -1026,7 +1035,8 @@ class SqliteProfileStore(ProfileStore):
         if status is not None:
             params = (*params, status.value)
         rows = await self._fetch(
-            f"SELECT {ASSET_SELECT} FROM assets WHERE tenant_id = ? AND profile_id = ? "
+            f"SELECT {ASSET_SELECT} FROM assets INDEXED BY assets_by_name "
+            "WHERE tenant_id = ? AND profile_id = ? "
             f"AND name = ?{status_filter} ORDER BY uploaded_at DESC, seq DESC LIMIT 1",
             params,
         )
@@ -1074,12 +1084,14 @@ class SqliteProfileStore(ProfileStore):
 
         async def op(conn: aiosqlite.Connection) -> tuple[list[ProfileField], list[ProfileAsset]]:
             field_rows = await conn.execute_fetchall(
-                f"SELECT {FIELD_SELECT} FROM fields WHERE tenant_id = ? AND source_item_id = ? "
+                f"SELECT {FIELD_SELECT} FROM fields INDEXED BY fields_by_source "
+                "WHERE tenant_id = ? AND source_item_id = ? "
                 "ORDER BY collected_at, seq",
                 key,
             )
             asset_rows = await conn.execute_fetchall(
-                f"SELECT {ASSET_SELECT} FROM assets WHERE tenant_id = ? AND source_item_id = ? "
+                f"SELECT {ASSET_SELECT} FROM assets INDEXED BY assets_by_source "
+                "WHERE tenant_id = ? AND source_item_id = ? "
                 "ORDER BY uploaded_at, seq",
                 key,
             )
@@ -1091,9 +1103,9 @@ class SqliteProfileStore(ProfileStore):
         return await self._read(op)
 
     _HAS_DEPENDENTS = (
-        "SELECT EXISTS (SELECT 1 FROM fields WHERE tenant_id = :tenant "
+        "SELECT EXISTS (SELECT 1 FROM fields INDEXED BY fields_by_source WHERE tenant_id = :tenant "
         "AND source_item_id = :item AND status = 'active') "
-        "OR EXISTS (SELECT 1 FROM assets WHERE tenant_id = :tenant "
+        "OR EXISTS (SELECT 1 FROM assets INDEXED BY assets_by_source WHERE tenant_id = :tenant "
         "AND source_item_id = :item AND status = 'active')"
     )
 
@@ -1389,15 +1401,18 @@ class SqliteProfileStore(ProfileStore):
 
     async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
         rows = await self._fetch(
-            "SELECT record FROM merge_log WHERE tenant_id = ? "
-            "AND (source_profile_id = ? OR target_profile_id = ?)",
-            (str(tenant_id), str(profile_id), str(profile_id)),
+            "SELECT record FROM merge_log INDEXED BY merge_log_by_source "
+            "WHERE tenant_id = ?1 AND source_profile_id = ?2 UNION ALL "
+            "SELECT record FROM merge_log INDEXED BY merge_log_by_target "
+            "WHERE tenant_id = ?1 AND target_profile_id = ?2 AND source_profile_id <> ?2",
+            (str(tenant_id), str(profile_id)),
         )
         return [MergeRecord.model_validate_json(row[0]) for row in rows]
 
     async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
         rows = await self._fetch(
-            f"SELECT {DEFINITION_SELECT} FROM field_definitions WHERE tenant_id = ?",
+            f"SELECT {DEFINITION_SELECT} FROM field_definitions "
+            "INDEXED BY sqlite_autoindex_field_definitions_2 WHERE tenant_id = ?",
             (str(tenant_id),),
         )
         return codec.definitions_from_rows(rows)
@@ -1411,7 +1426,8 @@ class SqliteProfileStore(ProfileStore):
     ) -> list[ProfileFieldDefinition]:
         enabled = " AND enabled = 1" if enabled_only else ""
         rows = await self._fetch(
-            f"SELECT {DEFINITION_SELECT} FROM field_definitions WHERE tenant_id = ? "
+            f"SELECT {DEFINITION_SELECT} FROM field_definitions "
+            "INDEXED BY sqlite_autoindex_field_definitions_2 WHERE tenant_id = ? "
             f"AND agent_id = ?{enabled} ORDER BY name",
             (str(tenant_id), str(agent_id)),
         )
@@ -1421,7 +1437,8 @@ class SqliteProfileStore(ProfileStore):
         self, tenant_id: UUID, agent_id: UUID, field_name: str
     ) -> ProfileFieldDefinition | None:
         rows = await self._fetch(
-            f"SELECT {DEFINITION_SELECT} FROM field_definitions WHERE tenant_id = ? "
+            f"SELECT {DEFINITION_SELECT} FROM field_definitions "
+            "INDEXED BY sqlite_autoindex_field_definitions_2 WHERE tenant_id = ? "
             "AND agent_id = ? AND name = ?",
             (str(tenant_id), str(agent_id), field_name),
         )
@@ -1471,7 +1488,8 @@ class SqliteProfileStore(ProfileStore):
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> list[ScenarioFieldRequirement]:
         rows = await self._fetch(
-            f"SELECT {REQUIREMENT_SELECT} FROM scenario_requirements WHERE tenant_id = ? "
+            f"SELECT {REQUIREMENT_SELECT} FROM scenario_requirements "
+            "INDEXED BY scenario_requirements_key WHERE tenant_id = ? "
             "AND scenario_id = ? AND step_id IS ? ORDER BY collection_order, field_name",
             (str(tenant_id), str(scenario_id), codec.uid(step_id)),
         )
@@ -1675,9 +1693,10 @@ class SqliteProfileStore(ProfileStore):
 
     async def _count_items_by_status(self, tenant_id: UUID) -> dict[str, dict[str, int]]:
         rows = await self._fetch(
-            "SELECT 'fields', status, COUNT(*) FROM fields WHERE tenant_id = :tenant "
-            "GROUP BY status UNION ALL "
-            "SELECT 'assets', status, COUNT(*) FROM assets WHERE tenant_id = :tenant "
+            "SELECT 'fields', status, COUNT(*) FROM fields INDEXED BY fields_seq "
+            "WHERE tenant_id = :tenant GROUP BY status UNION ALL "
+            "SELECT 'assets', status, COUNT(*) FROM assets INDEXED BY assets_seq "
+            "WHERE tenant_id = :tenant "
             "GROUP BY status",
             {"tenant": str(tenant_id)},
         )
@@ -1687,7 +1706,10 @@ class SqliteProfileStore(ProfileStore):
         return counted
 
     async def _list_profile_ids(self, tenant_id: UUID) -> list[UUID]:
-        rows = await self._fetch("SELECT id FROM profiles WHERE tenant_id = ?", (str(tenant_id),))
+        rows = await self._fetch(
+            "SELECT id FROM profiles INDEXED BY sqlite_autoindex_profiles_1 WHERE tenant_id = ?",
+            (str(tenant_id),),
+        )
         return [UUID(row[0]) for row in rows]
 
     async def _rewrite_field_payloads(
@@ -1728,6 +1750,7 @@ _LIVE_BY_ID = "p.id = :key AND p.deleted_at IS NULL"
 _LIVE_BY_CUSTOMER = "p.customer_id = :key AND p.deleted_at IS NULL"
 _LIVE_BY_IDENTITY = (
     "p.deleted_at IS NULL AND p.id = (SELECT profile_id FROM channel_identities AS ci "
+    "INDEXED BY sqlite_autoindex_channel_identities_1 "
     "WHERE ci.tenant_id = :tenant AND ci.channel = :channel AND ci.channel_user_id = :user)"
 )
 
@@ -1753,41 +1776,58 @@ def _padded(alias: str, columns: Sequence[str]) -> str:
     return ", ".join([f"{alias}.{c}" for c in columns] + ["NULL"] * (_WIDTH - len(columns)))
 
 
+# which index finds the profile for each lookup (see _profile_query)
+_PROFILE_INDEX = {_LIVE_BY_CUSTOMER: "profiles_live_customer"}
+
+
 def _profile_query(where: str, include_history: bool, *, released: bool = False) -> str:
     """The statement reading a whole profile: ordered so that identities and consents come
     in list order, field versions grouped by name newest first (``collected_at``, then
-    write order), assets oldest first."""
+    write order), assets oldest first.
+
+    Its plan does not depend on statistics (``sqlite_stat1``, which ANALYZE and
+    ``PRAGMA optimize`` write): the profile row (``hit``) is found first and every part is
+    joined to it with ``CROSS JOIN`` (SQLite keeps that join order) through a pinned index
+    leading with (tenant_id, profile_id), so no statistics can make it walk other profiles
+    or tenants. ``test_query_plans.py`` checks the plans after ANALYZE.
+    """
     active = "" if include_history else " AND f.status = 'active'"
     active_assets = "" if include_history else " AND a.status = 'active'"
-    # the partial index holds exactly the ACTIVE rows; without statistics the planner
-    # would otherwise walk every version through fields_history
-    field_index = "" if include_history else " INDEXED BY fields_one_active"
+    # the partial index holds exactly the ACTIVE rows
+    field_index = "fields_history" if include_history else "fields_one_active"
+    profile_index = _PROFILE_INDEX.get(where, "sqlite_autoindex_profiles_1")
     # ``released``: also the identities a soft-deleted profile held (export)
-    identities = "channel_identities"
-    if released:
-        held = f"tenant_id, profile_id, position, {IDENTITY_SELECT}"
-        identities = (
-            f"(SELECT {held} FROM channel_identities UNION ALL "
-            f"SELECT {held} FROM released_identities)"
-        )
+    released_part = (
+        f"""
+UNION ALL
+SELECT {_IDENTITY}, r.position, NULL, NULL, {_padded("r", _IDENTITY_COLUMNS)}
+  FROM hit CROSS JOIN released_identities AS r INDEXED BY sqlite_autoindex_released_identities_1
+    ON r.tenant_id = hit.tenant_id AND r.profile_id = hit.id"""
+        if released
+        else ""
+    )
     return f"""
-WITH p AS (
-    SELECT tenant_id, {_PROFILE_SELECT} FROM profiles AS p WHERE p.tenant_id = :tenant AND {where}
+WITH hit AS (
+    SELECT tenant_id, {_PROFILE_SELECT} FROM profiles AS p INDEXED BY {profile_index}
+     WHERE p.tenant_id = :tenant AND {where}
 )
-SELECT {_PROFILE}, NULL, NULL, NULL, {_padded("p", _PROFILE_COLUMNS)} FROM p
+SELECT {_PROFILE}, NULL, NULL, NULL, {_padded("hit", _PROFILE_COLUMNS)} FROM hit
 UNION ALL
 SELECT {_IDENTITY}, i.position, NULL, NULL, {_padded("i", _IDENTITY_COLUMNS)}
-  FROM p JOIN {identities} AS i ON i.tenant_id = p.tenant_id AND i.profile_id = p.id
+  FROM hit CROSS JOIN channel_identities AS i INDEXED BY channel_identities_profile
+    ON i.tenant_id = hit.tenant_id AND i.profile_id = hit.id{released_part}
 UNION ALL
 SELECT {_CONSENT}, c.position, NULL, NULL, {_padded("c", CONSENT_COLUMNS)}
-  FROM p JOIN consents AS c ON c.tenant_id = p.tenant_id AND c.profile_id = p.id
+  FROM hit CROSS JOIN consents AS c INDEXED BY sqlite_autoindex_consents_1
+    ON c.tenant_id = hit.tenant_id AND c.profile_id = hit.id
 UNION ALL
 SELECT {_FIELD}, f.name, f.collected_at, f.seq, {_padded("f", FIELD_COLUMNS)}
-  FROM p JOIN fields AS f{field_index}
-    ON f.tenant_id = p.tenant_id AND f.profile_id = p.id{active}
+  FROM hit CROSS JOIN fields AS f INDEXED BY {field_index}
+    ON f.tenant_id = hit.tenant_id AND f.profile_id = hit.id{active}
 UNION ALL
 SELECT {_ASSET}, a.uploaded_at, NULL, -a.seq, {_padded("a", ASSET_COLUMNS)}
-  FROM p JOIN assets AS a ON a.tenant_id = p.tenant_id AND a.profile_id = p.id{active_assets}
+  FROM hit CROSS JOIN assets AS a INDEXED BY assets_by_name
+    ON a.tenant_id = hit.tenant_id AND a.profile_id = hit.id{active_assets}
 ORDER BY 1, 2, 3 DESC, 4 DESC
 """
 
