@@ -234,9 +234,10 @@ async def bench_load(report: Report, args: argparse.Namespace) -> None:
             lambda size=size: load_seconds_per_profile(size),
             args.load_pairs,
         )
+        # the curve in the common unit (ops/s): profiles loaded per second
         if size == sizes[1]:
-            report.point("inmemory load time per profile (ms) vs tenant size", small, _ms(base))
-        report.point("inmemory load time per profile (ms) vs tenant size", size, _ms(cand))
+            report.point("inmemory loading, profiles/s vs tenant size", small, base.inverse())
+        report.point("inmemory loading, profiles/s vs tenant size", size, cand.inverse())
         print(
             f"  {small:,}: {base.median * 1e3:.3f} ms/profile   "
             f"{size:,}: {cand.median * 1e3:.3f} ms/profile",
@@ -249,10 +250,6 @@ async def bench_load(report: Report, args: argparse.Namespace) -> None:
             cost=True,
             detail=f"{cand.median * 1e3:.3f} vs {base.median * 1e3:.3f} ms per profile",
         )
-
-
-def _ms(seconds: Spread) -> Spread:
-    return Spread.of([v * 1e3 for v in seconds.values])
 
 
 # ---------------------------------------------------------------------------------------
@@ -392,6 +389,7 @@ SECTIONS = ("lookup", "load", "memory", "depth", "chain")
 
 async def main(args: argparse.Namespace) -> int:
     report = Report("inmemory_bench.py")
+    report.notes.extend(args.note)
     wanted = set(SECTIONS) if args.only is None else {args.only}
     if "memory" in wanted:  # first: nothing else allocated yet
         await bench_memory(report, args)
@@ -419,6 +417,9 @@ if __name__ == "__main__":
     parser.add_argument("--load-pairs", type=int, default=3, help="paired load runs per size")
     parser.add_argument("--memory-versions", type=int, default=5_000)
     parser.add_argument("--memory-runs", type=int, default=3)
+    parser.add_argument(
+        "--note", action="append", default=[], help="a line for the results (e.g. before figures)"
+    )
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     parser.add_argument("--only", choices=SECTIONS, help="run one section (no RESULTS.md)")
     sys.exit(asyncio.run(main(parser.parse_args())))

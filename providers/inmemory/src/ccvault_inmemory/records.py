@@ -50,6 +50,7 @@ class Codec(Generic[M]):
         self.cls = cls
         self.names: tuple[str, ...] = tuple(cls.model_fields)
         self._get = itemgetter(*self.names)
+        self.position: dict[str, int] = {name: at for at, name in enumerate(self.names)}
         self._containers = tuple((self.names.index(name), name) for name in containers)
         self.name_at = self.names.index("name")
         self.status_at = self.names.index("status")
@@ -80,7 +81,7 @@ class Codec(Generic[M]):
         status, a supersede link, a timestamp, or a payload it copies first)."""
         changed = list(values)
         for name, value in changes.items():
-            changed[self.names.index(name)] = value
+            changed[self.position[name]] = value
         return tuple(changed)
 
 

@@ -69,8 +69,8 @@ def _stored(row: Row[Any]) -> StoredItem:
         row.profile_id,
         row.name,
         row.status,
-        values[codec.names.index("superseded_by_id")],
-        values[codec.names.index("superseded_at")],
+        values[codec.position["superseded_by_id"]],
+        values[codec.position["superseded_at"]],
     )
 
 
@@ -901,7 +901,7 @@ class InMemoryProfileStore(ProfileStore):
         """Not ORPHANED yet, and its profile_field/profile_asset source is gone."""
         if row.status is ItemStatus.ORPHANED:
             return False
-        kind = row.values[row.codec.names.index("source_item_type")]
+        kind = row.values[row.codec.position["source_item_type"]]
         if kind is SourceType.PROFILE_FIELD:
             return row.source_id not in tenant.fields
         if kind is SourceType.PROFILE_ASSET:
