@@ -218,6 +218,19 @@ class BulkJobsContract(ContractBase):
         counted = await store.count_items_by_status(tenant)
         assert counted["fields"]["orphaned"] == 7 and counted["assets"]["orphaned"] == 5
 
+    # ---------------------------------------------------------------- the status estimate
+
+    async def test_the_status_estimate_of_a_small_tenant_is_the_exact_count(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        base = ts()
+        await self._due_fields(store, tenant, base, count=3)
+        await store.expire_stale_fields(tenant, max_batches=1, batch_size=2)
+        await self._orphans(store, tenant, base)
+        exact = await store.count_items_by_status(tenant)
+        assert exact["fields"]["expired"] == 2 and exact["assets"]["active"] == 5
+        assert await store.estimate_items_by_status(tenant) == exact
+
     # ---------------------------------------------------------------- bad input
 
     @pytest.mark.parametrize("bad", [0, -1, True, 100_001, 2.5, "5"], ids=repr)
