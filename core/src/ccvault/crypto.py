@@ -172,6 +172,7 @@ ENVELOPE_PREFIX = "ccvault:pii:v1:"
 IDENTITY_PREFIX = "cid1:"
 _IDENTITY_INFO = b"ccvault channel identity AES-SIV v1"
 _IDENTITY_MAX = 255  # ChannelIdentity.channel_user_id is ShortText
+_ASSET_PATH_MAX = 2048  # ProfileAsset.storage_path
 METADATA_KEY = "ccvault:pii"
 #: The reserved agent under which the per-tenant PII-name registry is kept as definitions.
 PII_REGISTRY_AGENT_ID = uuid5(UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "urn:ccvault:pii")
@@ -829,7 +830,76 @@ class EncryptedProfileStore(ForwardingProfileStore):
         identities = profile.channel_identities
         if identities:
             update["channel_identities"] = self._open_identities(profile.tenant_id, identities)
+        if profile.assets:
+            update["assets"] = [self._open_asset(profile.tenant_id, a) for a in profile.assets]
+        if profile.asset_history:
+            update["asset_history"] = [
+                self._open_asset(profile.tenant_id, a) for a in profile.asset_history
+            ]
         return trusted_replace(profile, update)
+
+    # ---------------------------------------------------------------------------------
+    # assets: storage path and verification result sealed
+    # ---------------------------------------------------------------------------------
+
+    def _seal_asset(self, tenant_id: UUID, asset: ProfileAsset) -> ProfileAsset:
+        """``asset`` with ``storage_path`` and a non-empty ``verification_result`` sealed
+        (associated data: tenant, asset id, part). Refuses the reserved forms; a path
+        whose envelope would pass the 2,048 characters of a path is refused too."""
+        path = asset.storage_path
+        result = asset.verification_result
+        if path.startswith(ENVELOPE_PREFIX) or (result is not None and METADATA_KEY in result):
+            raise errors.ValidationError(
+                f"asset {asset.name!r}: storage_path values starting with {ENVELOPE_PREFIX!r} "
+                f"and the verification_result key {METADATA_KEY!r} are reserved for "
+                "encrypted data"
+            )
+        head = _tenant_head(tenant_id) + asset.id.bytes
+        sealed_path = self.keyring.encrypt(orjson.dumps(path), head + b"\0storage_path")
+        if len(sealed_path) > _ASSET_PATH_MAX:
+            raise errors.ValidationError(
+                f"asset {asset.name!r}: storage_path of {len(path)} characters is too long to "
+                f"be sealed (encryption is on): its envelope would exceed {_ASSET_PATH_MAX}"
+            )
+        update: dict[str, Any] = {"storage_path": sealed_path}
+        if result is not None:
+            update["verification_result"] = {
+                METADATA_KEY: self.keyring.encrypt(
+                    orjson.dumps(result), head + b"\0verification_result"
+                )
+            }
+        return trusted_replace(asset, update)
+
+    def _open_asset(self, tenant_id: UUID, asset: ProfileAsset) -> ProfileAsset:
+        path = asset.storage_path
+        result = asset.verification_result
+        sealed_result = (
+            result[METADATA_KEY]
+            if result is not None and len(result) == 1 and METADATA_KEY in result
+            else None
+        )
+        if not path.startswith(ENVELOPE_PREFIX) and sealed_result.__class__ is not str:
+            return asset  # written before encryption was on (rotate-keys seals it)
+        head = _tenant_head(tenant_id) + asset.id.bytes
+        update: dict[str, Any] = {}
+        if path.startswith(ENVELOPE_PREFIX):
+            opened = _loads(self.keyring.decrypt(path, head + b"\0storage_path"))
+            if opened.__class__ is not str:
+                raise errors.EncryptionError("decrypted storage_path is not a string")
+            update["storage_path"] = opened
+        if isinstance(sealed_result, str):
+            opened = _loads(self.keyring.decrypt(sealed_result, head + b"\0verification_result"))
+            if opened.__class__ is not dict:
+                raise errors.EncryptionError("decrypted verification_result is not an object")
+            update["verification_result"] = opened
+        return trusted_replace(asset, update)
+
+    def _asset_needs_rewrite(self, asset: ProfileAsset) -> bool:
+        current = self.keyring.current
+        if key_id_of(asset.storage_path) != current:
+            return True
+        result = asset.verification_result
+        return result is not None and key_id_of(_metadata_envelope(result)) != current
 
     # ---------------------------------------------------------------------------------
     # channel identities: sealed, looked up by their deterministic token
@@ -1084,7 +1154,28 @@ class EncryptedProfileStore(ForwardingProfileStore):
         self, tenant_id: UUID, source_item_id: UUID
     ) -> tuple[list[ProfileField], list[ProfileAsset]]:
         fields, assets = await super()._get_derived_items(tenant_id, source_item_id)
-        return [self.decrypt_field(tenant_id, item) for item in fields], assets
+        return (
+            [self.decrypt_field(tenant_id, item) for item in fields],
+            [self._open_asset(tenant_id, asset) for asset in assets],
+        )
+
+    async def _add_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset: ProfileAsset, supersede_existing: bool
+    ) -> UUID:
+        sealed = self._seal_asset(tenant_id, asset)
+        return await super()._add_asset(tenant_id, profile_id, sealed, supersede_existing)
+
+    async def _get_asset(
+        self, tenant_id: UUID, profile_id: UUID, asset_id: UUID
+    ) -> ProfileAsset | None:
+        found = await super()._get_asset(tenant_id, profile_id, asset_id)
+        return None if found is None else self._open_asset(tenant_id, found)
+
+    async def _get_asset_by_name(
+        self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
+    ) -> ProfileAsset | None:
+        found = await super()._get_asset_by_name(tenant_id, profile_id, asset_name, status)
+        return None if found is None else self._open_asset(tenant_id, found)
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
         return self._maybe(await super()._export_profile(tenant_id, profile_id))
@@ -1098,9 +1189,13 @@ class EncryptedProfileStore(ForwardingProfileStore):
         seal = await self._sealer(profile.tenant_id, plaintext)
         fields = {name: seal(item) for name, item in profile.fields.items()}
         identities = [self._seal_identity(profile.tenant_id, i) for i in profile.channel_identities]
+        assets = [self._seal_asset(profile.tenant_id, a) for a in profile.assets]
         try:
             saved = await super()._save(
-                trusted_replace(profile, {"fields": fields, "channel_identities": identities})
+                trusted_replace(
+                    profile,
+                    {"fields": fields, "channel_identities": identities, "assets": assets},
+                )
             )
         except BaseException:
             if plaintext:  # maybe written: decided by the next registry read
@@ -1379,7 +1474,23 @@ class EncryptedProfileStore(ForwardingProfileStore):
         left as they are (they are erased with the subject). Returns how many changed."""
         current = f"{IDENTITY_PREFIX}{self.keyring.current}:"
         identities = raw.channel_identities
-        if all(i.channel_user_id.startswith(current) for i in identities):
+        assets: list[ProfileAsset] = []
+        for asset in raw.assets:  # ACTIVE ones: a save updates those in place
+            if not self._asset_needs_rewrite(asset):
+                continue
+            try:
+                assets.append(self._seal_asset(tenant_id, self._open_asset(tenant_id, asset)))
+            except errors.VaultError as exc:
+                failures.append(
+                    RotationFailure(
+                        tenant_id=tenant_id,
+                        profile_id=raw.id,
+                        item_id=asset.id,
+                        key_id=key_id_of(asset.storage_path),
+                        reason=f"asset: {type(exc).__name__}: {exc}",
+                    )
+                )
+        if all(i.channel_user_id.startswith(current) for i in identities) and not assets:
             return 0
         resealed: list[ChannelIdentity] = []
         changed = 0
@@ -1409,7 +1520,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 resealed.append(identity)
                 continue
             changed += 1
-        if not changed:
+        if not changed and not assets:
             return 0
         try:
             await super()._save(
@@ -1419,7 +1530,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                         "channel_identities": resealed,
                         "fields": {},
                         "field_history": {},
-                        "assets": [],
+                        "assets": assets,
                         "asset_history": [],
                     },
                 )
