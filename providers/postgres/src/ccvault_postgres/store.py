@@ -370,6 +370,21 @@ _REQUIRED_LEVEL = _EnumLookup(RequiredLevel)
 _FALLBACK = _EnumLookup(FallbackAction)
 _DEFINITION_KEYS = tuple(ProfileFieldDefinition.model_fields)
 _REQUIREMENT_KEYS = tuple(ScenarioFieldRequirement.model_fields)
+# one fields-set per model, shared: pydantic only ever adds to it (every name is in already)
+_SHARED_FIELDS_SET = {
+    ProfileFieldDefinition: set(_DEFINITION_KEYS),
+    ScenarioFieldRequirement: set(_REQUIREMENT_KEYS),
+}
+
+
+def _trusted_flat(cls: type[_M], values: dict[str, Any]) -> _M:
+    """:func:`_trusted` with the model's shared fields-set (every field is present)."""
+    item = _new(cls)
+    _SET_DICT(item, values)
+    _SET_FIELDS_SET(item, _SHARED_FIELDS_SET[cls])
+    _SET_EXTRA(item, None)
+    _SET_PRIVATE(item, None)
+    return item
 
 
 def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
@@ -381,7 +396,7 @@ def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
     values["source_priority"] = [_FIELD_SOURCE[x] for x in values["source_priority"] or ()]
     values["verification_methods"] = list(values["verification_methods"] or ())
     values["extraction_examples"] = list(values["extraction_examples"] or ())
-    return _trusted(ProfileFieldDefinition, values)
+    return _trusted_flat(ProfileFieldDefinition, values)
 
 
 def _requirement(row: Mapping[str, Any]) -> ScenarioFieldRequirement:
@@ -389,7 +404,7 @@ def _requirement(row: Mapping[str, Any]) -> ScenarioFieldRequirement:
     values["required_level"] = _REQUIRED_LEVEL[values["required_level"]]
     values["fallback_action"] = _FALLBACK[values["fallback_action"]]
     values["depends_on_fields"] = list(values["depends_on_fields"] or ())
-    return _trusted(ScenarioFieldRequirement, values)
+    return _trusted_flat(ScenarioFieldRequirement, values)
 
 
 # the keys of a ProfileField's __dict__, in the order _profile_fields() lays the values out
