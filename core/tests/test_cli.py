@@ -32,6 +32,8 @@ COMMANDS = [
     ["keygen"],
     ["migrate"],
     ["expire"],
+    ["mark-orphans"],
+    ["status"],
     ["profile"],
     ["profile", "show"],
     ["profile", "export"],
