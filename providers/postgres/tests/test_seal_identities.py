@@ -1,0 +1,73 @@
+"""Channel user ids and asset paths/results at rest on the real PostgreSQL (issue 12,
+finding 5): after writing and reading through the encryption wrapper, every table of the
+schema is dumped as text and searched for the personal data; lookups still work."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from ccvault.crypto import EncryptedProfileStore, Keyring
+from ccvault.models import Channel, ChannelIdentity, ProfileAsset, ProfileField
+
+KEY = "k1:" + base64.b64encode(bytes(range(64, 96))).decode()
+PHONE = "+4917799887766"
+EMAIL = "seal.identity.pg@example.com"
+PATH = "s3://vault/seal-pg/ana-passport.png"
+HOLDER = "Holder Ana Sealtest"
+VISIBLE = "plainmarker-seal-4242"
+
+
+async def test_no_channel_id_path_or_result_in_any_table(
+    make_store: Callable[..., Awaitable[Any]], pg_dsn: str
+) -> None:
+    schema = f"t_sealid_{uuid.uuid4().hex[:16]}"
+    store = EncryptedProfileStore(await make_store(schema=schema), Keyring.parse(KEY))
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WHATSAPP, PHONE)
+    await store.link_channel(
+        tenant, profile.id, ChannelIdentity(channel=Channel.EMAIL, channel_user_id=EMAIL)
+    )
+    await store.add_asset(
+        tenant,
+        profile.id,
+        ProfileAsset(
+            name="passport",
+            asset_type="id_document",
+            storage_provider="s3",
+            storage_path=PATH,
+            verification_result={"holder": HOLDER},
+        ),
+    )
+    await store.update_field(tenant, profile.id, ProfileField(name="language", value=VISIBLE))
+    other = await store.get_or_create(tenant, Channel.SMS, "+4917700000001")
+    await store.merge_profiles(tenant, other.id, profile.id)
+    # every lookup works through the wrapper
+    for channel, user in ((Channel.WHATSAPP, PHONE), (Channel.EMAIL, EMAIL)):
+        found = await store.get_by_channel_identity(tenant, channel, user)
+        assert found is not None and found.id == profile.id
+        assert found.assets[0].storage_path == PATH
+        assert found.assets[0].verification_result == {"holder": HOLDER}
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        tables = [
+            row["table_name"]
+            for row in await connection.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                schema,
+            )
+        ]
+        dump = ""
+        for table in tables:
+            rows = await connection.fetch(f'SELECT t::text AS row FROM "{schema}"."{table}" t')
+            dump += "\n".join(row["row"] for row in rows)
+    finally:
+        await connection.close()
+    assert "channel_identities" in tables and "profile_assets" in tables
+    assert VISIBLE in dump  # the dump sees stored data
+    for secret in (PHONE, EMAIL, PATH, HOLDER, "+4917700000001"):
+        assert secret not in dump, secret
