@@ -32,7 +32,40 @@ Ciphertext
     profile's field do not share ciphertexts either) and because it is stable where the
     profile id is not (``merge_profiles`` moves rows, with their ids, to another profile) and
     known where the profile id is not (``get_derived_items``, ``get_derivation_chain``).
-    Each version belongs to exactly one profile, so the binding to the profile holds too.
+    Each version belongs to exactly one profile, so a ciphertext copied into a row of
+    another profile fails. What the associated data does *not* detect: a whole row (its
+    ciphertext together with its own id) moved to another profile of the tenant by someone
+    with write access to the database. Binding the profile id would need a re-seal of every
+    moved row inside ``merge_profiles``/``unmerge`` (the provider's transaction, which a
+    wrapper cannot join) and the profile id on the lineage reads; SECURITY.md records it.
+
+Channel identities
+    With encryption on, the store never holds a channel user id: it holds the token
+    ``cid1:KID:B64``, the AES-SIV (RFC 5297, ``cryptography``'s ``AESSIV``) encryption of
+    the id, padded (ISO/IEC 7816-4) to a multiple of 16 bytes, under a 512-bit key derived
+    with HKDF-SHA256 from keyring entry ``KID``, with the tenant and the channel as
+    associated data. AES-SIV is deterministic: the same id of the same channel and tenant
+    under the same key always gives the same token, so the provider indexes, looks up and
+    enforces uniqueness on tokens exactly as on ids (a keyed blind index), and the wrapper
+    opens the token back into the id on every read. It leaks equality of one id within one
+    tenant, channel and key (which lookups need) and the length in 16-byte steps; an id
+    whose token would pass the 255 characters of a channel user id (about 140-160 bytes,
+    by key-id length) is refused with ValidationError while encryption is on. Every hook
+    taking or returning a channel user id transforms it the same way: lookups, get_or_create,
+    link_channel, save, export, the merge log, unmerge and the subject lookup of erasure.
+    A lookup tries the token under the current key, then under each older key (a rotation
+    in progress), then the plaintext id (stored before encryption was turned on; turn off
+    with ``legacy_identities=False``); ``rotate-keys`` re-tokenises the identities of live
+    profiles. The eviction rule's tie-break (smaller channel user id) is kept in plaintext
+    order (``_evict_tie_by_plaintext``). Tokens are not bound to a profile: identities move
+    with merges and are looked up without one.
+
+Assets
+    ``storage_path`` and a non-empty ``verification_result`` of every asset are sealed like
+    field values (``ccvault:pii:v1:`` envelope; the result as ``{"ccvault:pii": ...}``),
+    bound to tenant, asset id and part; ``rotate-keys`` re-seals the ACTIVE ones (a save
+    updates only those in place). Consent IP addresses are not sealed: the model types them
+    as IP addresses (SECURITY.md, open findings).
 
 Which fields are PII
     A field is PII when any definition of the tenant marks its name ``is_pii`` or
