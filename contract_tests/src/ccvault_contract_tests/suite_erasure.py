@@ -10,6 +10,7 @@ subjects are untouched.
 
 from __future__ import annotations
 
+import asyncio
 from uuid import UUID
 
 import pytest
@@ -253,3 +254,29 @@ class ErasureContract(ContractBase):
         done = await store.erase_subject(tenant, profile_id=subject.id)
         assert set(done.profile_ids) == {subject.id, newcomer.id}
         assert set(await store.list_profile_ids(tenant)).isdisjoint(done.profile_ids)
+
+    async def test_erasure_racing_a_merge_of_the_subject_leaves_none_of_it(
+        self, store: ProfileStore, other_store: ProfileStore, tenant: UUID
+    ) -> None:
+        """An erasure and a merge of the subject into another profile, on two instances:
+        whichever order they take, nothing of the subject survives (the merge came first:
+        its target is erased too; the erasure came first: the merge finds no source)."""
+        for _ in range(4):
+            subject = await new_profile(store, tenant)
+            held = subject.channel_identities[0]
+            mine = await store.update_field(tenant, subject.id, make_field("city", "Rome"))
+            newcomer = await new_profile(store, tenant)
+            erased, merged = await asyncio.gather(
+                store.erase_subject(tenant, profile_id=subject.id),
+                other_store.merge_profiles(tenant, subject.id, newcomer.id),
+                return_exceptions=True,
+            )
+            assert not isinstance(erased, BaseException), erased
+            if isinstance(merged, BaseException):
+                assert isinstance(merged, errors.NotFoundError), merged
+            found = await store.get_by_channel_identity(tenant, held.channel, held.channel_user_id)
+            assert found is None
+            for profile_id in await store.list_profile_ids(tenant):
+                exported = await store.export_profile(tenant, profile_id)
+                versions = exported["profile"]["field_history"].values()
+                assert str(mine) not in {v["id"] for named in versions for v in named}

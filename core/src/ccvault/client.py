@@ -523,6 +523,32 @@ class RemoteProfileStore(ProfileStore):
         )
         return None if data is None else CustomerProfile.model_validate(data["profile"])
 
+    async def _find_subject_profiles(
+        self,
+        tenant_id: UUID,
+        channel: Channel | None,
+        channel_user_id: str | None,
+        customer_id: UUID | None,
+    ) -> list[UUID]:
+        # the identity travels in the body, never in a URL
+        body = {
+            "channel": None if channel is None else channel.value,
+            "channel_user_id": channel_user_id,
+            "customer_id": None if customer_id is None else str(customer_id),
+        }
+        data = await self._call(tenant_id, "POST", "/v1/subjects/profiles", json=body)
+        return [UUID(item) for item in data]
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        body = {
+            "profile_ids": [str(p) for p in profile_ids],
+            "merge_ids": [str(m) for m in merge_ids],
+        }
+        data = await self._call(tenant_id, "POST", "/v1/subjects/erase-profiles", json=body)
+        return int(data["erased"])
+
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         data = await self._call(tenant_id, "DELETE", f"/v1/items/{item_type.value}/{item_id}")
         return bool(data["deleted"])

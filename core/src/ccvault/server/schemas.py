@@ -112,6 +112,27 @@ class SubjectRequest(_Body):
     profile_id: UUID | None = None
 
 
+class SubjectProfilesRequest(_Body):
+    """The lookup of the remote client's ``_find_subject_profiles`` hook: an identity, or
+    (``channel`` None) a customer id."""
+
+    channel: Channel | None = None
+    channel_user_id: ShortText | None = None
+    customer_id: UUID | None = None
+
+
+class EraseProfilesRequest(_Body):
+    """The remote client's ``_erase_subject`` hook: the planned profiles and the merge log
+    entries the plan read (a changed log: 409, nothing erased)."""
+
+    profile_ids: Annotated[list[UUID], Field(max_length=1000)]
+    merge_ids: Annotated[list[UUID], Field(max_length=100_000)]
+
+
+class Erased(_Body):
+    erased: int
+
+
 class EraseSubjectRequest(SubjectRequest):
     """A data subject to erase; ``dry_run``: report only, erase nothing."""
 

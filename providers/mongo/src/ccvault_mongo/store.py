@@ -27,6 +27,7 @@ Atomicity (see the README for the full table):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -1926,8 +1927,7 @@ class MongoProfileStore(ProfileStore):
     ) -> list[UUID]:
         """Profiles with the customer id, or holding the identity: live in ``identities``,
         released in a soft-deleted profile's ``released_identities`` (erasure, issue 12).
-        Purging (``_erase_subject``) keeps the default: ``_purge_profile`` per profile,
-        each one this provider's atomic step (on a standalone server: resumable)."""
+        """
         t = uid(tenant_id)
 
         async def work(session: Any) -> list[UUID]:
@@ -1953,6 +1953,60 @@ class MongoProfileStore(ProfileStore):
             return [decode(d)["profile_id"] for d in held] + [decode(d)["id"] for d in released]
 
         return list(dict.fromkeys(await self._atomic(work)))
+
+    async def _erase_subject(
+        self, tenant_id: UUID, profile_ids: list[UUID], merge_ids: list[UUID]
+    ) -> int:
+        """One transaction (replica set). On a standalone server (no multi-document
+        transactions) the checks come first, so a refusal writes nothing: no merge of the
+        profiles in flight (``merging_into`` set on one of them or pointing at one) and the
+        merge log as planned; then, as ``_purge_profile``, the profiles stop being live (no
+        merge or write can start on them), writers holding a lease finish, and everything
+        goes, profile documents last (an interrupted erasure is finished by calling again).
+        A merge starting between the checks and that first write is not seen: the window
+        of every standalone purge."""
+        t, ids = uid(tenant_id), [uid(p) for p in profile_ids]
+        touching = {
+            "tenant_id": t,
+            "$or": [{"source_profile_id": {"$in": ids}}, {"target_profile_id": {"$in": ids}}],
+        }
+        in_flight = {
+            "tenant_id": t,
+            "$or": [
+                {"id": {"$in": ids}, "merging_into": {"$ne": None}},
+                {"merging_into": {"$in": ids}},
+            ],
+        }
+
+        async def work(session: Any) -> int:
+            profiles = self._c("profiles")
+            if await profiles.find_one(in_flight, projection={"id": 1}, session=session):
+                raise errors.ConflictError("a merge of the subject is in progress")
+            entries = (
+                await self._c("merge_log")
+                .find(touching, projection={"id": 1}, session=session)
+                .to_list(None)
+            )
+            if {decode(d)["id"] for d in entries} != set(merge_ids):
+                raise errors.ConflictError("the merge log of the subject changed")
+            if session is None:
+                await profiles.update_many(
+                    {"tenant_id": t, "id": {"$in": ids}},
+                    {"$set": {"live": False, "purging": True}},
+                )
+                for profile_id in profile_ids:
+                    with contextlib.suppress(errors.NotFoundError):  # purged meanwhile
+                        await self._lock(tenant_id, profile_id, count=0, state={})
+            for collection in ("fields", "assets", "identities", "consents"):
+                await self._c(collection).delete_many(
+                    {"tenant_id": t, "profile_id": {"$in": ids}}, session=session
+                )
+            await self._c("merge_log").delete_many(touching, session=session)
+            # the profile documents last: an interrupted erasure is found and finished again
+            done = await profiles.delete_many({"tenant_id": t, "id": {"$in": ids}}, session=session)
+            return int(done.deleted_count)
+
+        return await self._atomic(work)
 
     async def _delete_item(self, tenant_id: UUID, item_id: UUID, item_type: ItemType) -> bool:
         collection = "fields" if item_type is ItemType.PROFILE_FIELD else "assets"

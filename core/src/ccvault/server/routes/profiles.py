@@ -22,6 +22,8 @@ from ccvault.server.pii import Masker
 from ccvault.server.routes._common import AssetNameParam, FieldNameParam, check_tenant, found
 from ccvault.server.schemas import (
     Deleted,
+    Erased,
+    EraseProfilesRequest,
     EraseSubjectRequest,
     IdentityLookup,
     LinkChannelRequest,
@@ -30,6 +32,7 @@ from ccvault.server.schemas import (
     MissingFieldsRequest,
     Saved,
     StatusFilter,
+    SubjectProfilesRequest,
     SubjectRequest,
     VerifyRequest,
 )
@@ -371,3 +374,27 @@ async def export_subject(body: SubjectRequest, caller: PiiReader, store: Store) 
         customer_id=body.customer_id,
         profile_id=body.profile_id,
     )
+
+
+@router.post("/subjects/profiles", tags=["privacy"])
+async def find_subject_profiles(
+    body: SubjectProfilesRequest, caller: PiiReader, store: Store
+) -> list[UUID]:
+    """Every profile, live or soft-deleted, holding the identity (released ones too) or
+    the customer id: the remote client's ``_find_subject_profiles`` hook (needs
+    ``pii:read``)."""
+    if (body.channel is None) == (body.customer_id is None) or (body.channel is None) != (
+        body.channel_user_id is None
+    ):
+        raise ApiError(422, "validation", "give channel and channel_user_id, or customer_id")
+    return await store._find_subject_profiles(
+        caller.tenant_id, body.channel, body.channel_user_id, body.customer_id
+    )
+
+
+@router.post("/subjects/erase-profiles", tags=["privacy"])
+async def erase_subject_profiles(body: EraseProfilesRequest, caller: Admin, store: Store) -> Erased:
+    """Erase planned profiles in one step, refused (409) if their merge log is no longer
+    ``merge_ids``: the remote client's ``_erase_subject`` hook (needs ``admin``)."""
+    erased = await store._erase_subject(caller.tenant_id, body.profile_ids, body.merge_ids)
+    return Erased(erased=erased)
