@@ -95,15 +95,28 @@ ASSET: Codec[ProfileAsset] = Codec(
 
 class Row(Generic[M]):
     """One stored version: its owner, its write number (newest write wins ties of equal
-    timestamps) and its packed values."""
+    timestamps) and its packed values, in the table that indexes it (None until added)."""
 
-    __slots__ = ("codec", "profile_id", "seq", "values")
+    __slots__ = ("_profile_id", "codec", "seq", "table", "values")
 
     def __init__(self, codec: Codec[M], profile_id: Any, seq: int, values: tuple[Any, ...]):
         self.codec = codec
-        self.profile_id = profile_id
+        self._profile_id = profile_id
         self.seq = seq
         self.values = values
+        self.table: Any = None
+
+    @property
+    def profile_id(self) -> Any:
+        return self._profile_id
+
+    @profile_id.setter
+    def profile_id(self, profile_id: Any) -> None:
+        # through the table, so its per-profile index follows
+        if self.table is None:
+            self._profile_id = profile_id
+        else:
+            self.table.move(self, profile_id)
 
     @property
     def item(self) -> M:
@@ -112,9 +125,11 @@ class Row(Generic[M]):
 
     @item.setter
     def item(self, item: M) -> None:
-        # for code that plants a state (the contract suite's mutation tests): the name and
-        # the source must stay as they are, or the table's indexes no longer find the row
-        self.values = self.codec.pack(item)
+        # through the table, so its indexes follow a new name or source
+        if self.table is None:
+            self.values = self.codec.pack(item)
+        else:
+            self.table.rewrite(self, self.codec.pack(item))
 
     @property
     def name(self) -> str:

@@ -95,6 +95,16 @@ def _copy_profile(base: CustomerProfile, items: dict[str, Any]) -> CustomerProfi
     return profile
 
 
+class _Field(Row[ProfileField]):
+    """A field row built outside a table, for code that plants a state (the contract
+    suite's mutation tests: ``tenant.fields[item.id] = _Field(profile_id, seq, item)``)."""
+
+    __slots__ = ()
+
+    def __init__(self, profile_id: UUID, seq: int, item: ProfileField) -> None:
+        super().__init__(FIELD, profile_id, seq, FIELD.pack(item))
+
+
 def _by_seq(row: Row[Any]) -> int:
     return row.seq
 
@@ -139,6 +149,10 @@ class InMemoryProfileStore(ProfileStore):
         if row is None or row.deleted:
             raise errors.NotFoundError(f"profile {profile_id} not found")
         return row
+
+    @staticmethod
+    def _active_field(tenant: Tenant, profile_id: UUID, name: str) -> Row[ProfileField] | None:
+        return tenant.fields.active(profile_id, name)
 
     @staticmethod
     def _active_fields(tenant: Tenant, profile_id: UUID) -> list[Row[ProfileField]]:
@@ -305,7 +319,7 @@ class InMemoryProfileStore(ProfileStore):
     ) -> UUID:
         if item.id in tenant.fields:
             raise errors.ConflictError(f"field id {item.id} is already stored")
-        active = tenant.fields.active(profile_id, item.name)
+        active = self._active_field(tenant, profile_id, item.name)
         if not supersede:
             if active is not None and not active.item.is_expired(now):
                 raise errors.ActiveFieldConflictError(

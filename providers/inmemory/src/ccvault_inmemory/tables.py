@@ -101,13 +101,30 @@ class ItemTable(Mapping[UUID, Row[M]], Generic[M]):
 
     def add(self, profile_id: UUID, seq: int, values: tuple[Any, ...]) -> Row[M]:
         row = Row(self.codec, profile_id, seq, values)
-        item_id: UUID = values[0]
+        self._link(row)
+        return row
+
+    def __setitem__(self, item_id: UUID, row: Row[M]) -> None:
+        """Store a row built outside the table (code that plants a state, such as the
+        contract suite's mutation tests), replacing any row of that id."""
+        if row.values[0] != item_id:
+            raise ValueError("the row's id is not the key")
+        held = self._rows.get(item_id)
+        if held is not None:
+            self.remove(held)
+        self._link(row)
+
+    def _link(self, row: Row[M]) -> None:
+        item_id: UUID = row.values[0]
+        row.table = self
         self._rows[item_id] = row
-        self._by_profile.setdefault(profile_id, {}).setdefault(row.name, []).append(row)
+        rows = self._by_profile.setdefault(row.profile_id, {}).setdefault(row.name, [])
+        rows.append(row)
+        if len(rows) > 1 and rows[-2].seq > row.seq:
+            rows.sort(key=_seq)
         source = row.source_id
         if source is not None:
             self._by_source.setdefault(source, {})[item_id] = row
-        return row
 
     def rewrite(self, row: Row[M], values: tuple[Any, ...]) -> None:
         """New content for a stored version (same id); the indexes follow a new name or
@@ -133,12 +150,13 @@ class ItemTable(Mapping[UUID, Row[M]], Generic[M]):
     def move(self, row: Row[M], profile_id: UUID) -> None:
         """Give a version to another profile (merge, unmerge)."""
         self._unlink_name(row)
-        row.profile_id = profile_id
+        row._profile_id = profile_id
         self._link_name(row)
 
     def remove(self, row: Row[M]) -> None:
         item_id: UUID = row.values[0]
         del self._rows[item_id]
+        row.table = None
         self._unlink_name(row)
         if row.source_id is not None:
             self._unlink_source(row.source_id, item_id)
@@ -148,6 +166,7 @@ class ItemTable(Mapping[UUID, Row[M]], Generic[M]):
             for row in rows:
                 item_id: UUID = row.values[0]
                 del self._rows[item_id]
+                row.table = None
                 if row.source_id is not None:
                     self._unlink_source(row.source_id, item_id)
 
