@@ -333,6 +333,26 @@ async def _resolve_subject(
     return plan, exported, merges
 
 
+async def _erase_subject(
+    store: ProfileStore, tenant_id: UUID, key: SubjectKey, *, dry_run: bool
+) -> ErasureReport:
+    """Plan the subject's erasure and, unless ``dry_run``, apply it; the report. A plan
+    refused because a merge changed the subject since it was read is read again (three
+    attempts, then ConflictError)."""
+    for _attempt in range(3):
+        plan, _, _ = await _resolve_subject(store, tenant_id, key)
+        if not plan.profiles:
+            raise errors.NotFoundError(f"no profile of this subject in tenant {tenant_id}")
+        if dry_run:
+            return erasure_report(tenant_id, plan, dry_run=True)
+        try:
+            await store._erase_subject(tenant_id, list(plan.profile_ids), list(plan.merge_ids))
+        except errors.ConflictError:
+            continue  # a merge changed the subject since the read: read it again
+        return erasure_report(tenant_id, plan, dry_run=False)
+    raise errors.ConflictError("the subject kept changing during erasure; retry")
+
+
 def _subject_key(
     channel: object, channel_user_id: object, customer_id: object, profile_id: object
 ) -> SubjectKey:
@@ -1163,14 +1183,9 @@ class ProfileStore(ABC):
         who it reaches is the rule of :mod:`ccvault.rules.erasure`. Nobody:
         :class:`~ccvault.errors.NotFoundError`.
         """
-        return await self.erase_subject(
-            tenant_id,
-            channel=channel,
-            channel_user_id=channel_user_id,
-            customer_id=customer_id,
-            profile_id=profile_id,
-            dry_run=True,
-        )
+        tenant_id = check_uuid(tenant_id, "tenant_id")
+        key = _subject_key(channel, channel_user_id, customer_id, profile_id)
+        return await _erase_subject(self, tenant_id, key, dry_run=True)
 
     @final
     async def erase_subject(
@@ -1201,18 +1216,7 @@ class ProfileStore(ABC):
         tenant_id = check_uuid(tenant_id, "tenant_id")
         key = _subject_key(channel, channel_user_id, customer_id, profile_id)
         dry_run = _bool(dry_run, "dry_run")
-        for _attempt in range(3):
-            plan, _, _ = await _resolve_subject(self, tenant_id, key)
-            if not plan.profiles:
-                raise errors.NotFoundError(f"no profile of this subject in tenant {tenant_id}")
-            if dry_run:
-                return erasure_report(tenant_id, plan, dry_run=True)
-            try:
-                await self._erase_subject(tenant_id, list(plan.profile_ids), list(plan.merge_ids))
-            except errors.ConflictError:
-                continue  # a merge changed the subject since the read: read it again
-            return erasure_report(tenant_id, plan, dry_run=False)
-        raise errors.ConflictError("the subject kept changing during erasure; retry")
+        return await _erase_subject(self, tenant_id, key, dry_run=dry_run)
 
     @final
     async def export_subject(
