@@ -15,6 +15,7 @@ Not a benchmark itself (the leading underscore keeps ``scripts/bench.sh`` from r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -332,6 +333,133 @@ def write_results(report: Report, path: Path = RESULTS) -> None:
     tmp.write_text(text)
     os.replace(tmp, path)
     print(f"results written to {path} ({head})")
+    write_curves(report, path.with_name(CURVES_DIR))
+
+
+# ---------------------------------------------------------------------------------------
+# scale curves of every provider: kept as JSON beside RESULTS.md, drawn by plot_results.py
+# ---------------------------------------------------------------------------------------
+
+CURVES_DIR = "curves"
+#: the kinds of scale curve every provider's benchmark draws (``scale_point``)
+HISTORY_DEPTH = "read vs history depth (versions per field)"
+PROFILE_SIZE = "read vs profile size (fields)"
+TENANT_SIZE = "read vs tenant size (profiles)"
+CHAIN_DEPTH = "get_derivation_chain vs chain depth (links)"
+# curve names written before the "kind | provider" convention: their prefix is the provider
+_LEGACY_PREFIXES = {"pg ": "PostgreSQL", "sqlite ": "SQLite", "inmemory ": "in-memory"}
+
+
+def scale_point(report: Report, kind: str, provider: str, x: float, ops: Spread) -> None:
+    """One point of a provider's scale curve of ``kind`` (one of the constants above, or
+    any text): drawn with every other provider's curve of the same kind by
+    ``plot_results.py`` into ``benchmarks/scale_curves.png``."""
+    report.point(f"{kind} | {provider}", x, ops)
+
+
+def split_curve(name: str, bench: str = "") -> tuple[str, str]:
+    """(kind, provider) of a curve name: ``"kind | provider"``, or a legacy ``"pg read vs
+    ..."`` name (the provider is its prefix), else the whole name and the benchmark."""
+    if " | " in name:
+        kind, _, provider = name.rpartition(" | ")
+        return kind, provider
+    for prefix, provider in _LEGACY_PREFIXES.items():
+        if name.startswith(prefix):
+            return name[len(prefix) :], provider
+    return name, bench.removesuffix(".py").removesuffix("_bench")
+
+
+def write_curves(report: Report, folder: Path) -> None:
+    """The report's curves as ``folder/<bench>.json`` (replacing that benchmark's file)."""
+    if not report.curves:
+        return
+    import json
+
+    folder.mkdir(exist_ok=True)
+    data = {
+        "bench": report.bench,
+        "date": machine(report.load_before)["date"],
+        "load": machine(report.load_before)["load"],
+        "curves": {
+            name: [[x, s.median, s.low, s.high] for x, s in points]
+            for name, points in report.curves.items()
+        },
+    }
+    target = folder / f"{report.bench.removesuffix('.py')}.json"
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, target)
+
+
+async def scale_curves(
+    store: Any,
+    report: Report,
+    provider: str,
+    *,
+    pairs: int,
+    seconds: float,
+    depths: Sequence[int] = (0, 10, 100),
+    sizes: Sequence[int] = (10, 50, 200),
+    chains: Sequence[int] = (1, 10, 100),
+) -> None:
+    """History depth, profile size and chain depth curves of any provider, through its
+    public API only (``store`` set up and open; chains need ``store.rules`` to allow the
+    deepest chain). Each curve's points are measured in interleaved rounds."""
+    from uuid import uuid4
+
+    from ccvault.models import Channel, ItemType, ProfileField, SourceType
+
+    tenant = uuid4()
+    if chains and store.rules.max_derivation_chain_depth < max(chains) + 1:
+        store.rules = dataclasses.replace(store.rules, max_derivation_chain_depth=max(chains) + 1)
+
+    async def measure(kind: str, ops: dict[int, Op]) -> None:
+        rates = await interleaved(
+            {str(x): op for x, op in ops.items()}, pairs, seconds / pairs / len(ops)
+        )
+        for x in ops:
+            spread = Spread.of(rates[str(x)])
+            scale_point(report, kind, provider, x, spread)
+            print(f"  {provider}, {kind}: {x:>6,} -> {spread.median:9,.0f} ops/s", flush=True)
+
+    def read(customer: Any) -> Op:
+        return lambda: store.get_by_customer_id(tenant, customer)
+
+    ops: dict[int, Op] = {}
+    for depth in depths:  # 10 fields, each with `depth` superseded versions
+        person = await store.get_or_create(tenant, Channel.WEB, f"depth-{depth}")
+        for version in range(depth + 1):
+            for n in range(10):
+                await store.update_field(tenant, person.id, bench_field(n, version))
+        ops[depth] = read(person.customer_id)
+    await measure(HISTORY_DEPTH, ops)
+    ops = {}
+    for size in sizes:
+        person = await store.get_or_create(tenant, Channel.WEB, f"size-{size}")
+        await fill(store, tenant, person.id, size)
+        ops[size] = read(person.customer_id)
+    await measure(PROFILE_SIZE, ops)
+    ops = {}
+    for links in chains:  # a field derived from a field ... `links` deep
+        person = await store.get_or_create(tenant, Channel.WEB, f"chain-{links}")
+        previous = None
+        for n in range(links + 1):
+            item = ProfileField(
+                name=f"chain_{n:03d}",
+                value=f"derived {n}",
+                source_item_id=previous,
+                source_item_type=None if previous is None else SourceType.PROFILE_FIELD,
+            )
+            previous = await store.update_field(tenant, person.id, item)
+        last = previous
+
+        def chain(item_id: Any = last) -> Awaitable[Any]:
+            return store.get_derivation_chain(tenant, item_id, ItemType.PROFILE_FIELD.value)
+
+        found = await chain()
+        assert len(found) == links + 1, (links, len(found))
+        ops[links] = chain
+    await measure(CHAIN_DEPTH, ops)
 
 
 def plot(report: Report, path: Path) -> None:

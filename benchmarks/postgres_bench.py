@@ -1,8 +1,8 @@
 """Speed of the PostgreSQL provider against raw asyncpg on the same server, in one run.
 
     .venv/bin/python benchmarks/postgres_bench.py [--seconds 5] [--pairs 30]
-        [--expire-rows 1000000] [--tenant-sizes 1000,10000] [--no-results]
-        [--only read1|read|scale|update|expire|crypto|missing]
+        [--expire-rows 1000000] [--tenant-sizes 1000,10000,100000] [--no-results]
+        [--only read1|read|scale|update|expire|crypto|missing|peer]
 
 Works in a database of its own (created on CCVAULT_TEST_POSTGRES_DSN's server, default the
 local one on 5432, and dropped at the end). Every figure is the median of per-pair ratios
@@ -14,7 +14,9 @@ of paired interleaved rounds (baseline round, candidate round, alternating; see
    clients (4 client processes x 4 coroutines, each process with its own pool: one Python
    process driving 16 clients measures mostly its own CPU): >= 0.5x (issue 4);
 2. scale: the same read with 0 / 10 / 100 versions per field (100 vs 0 within 0.8..1.2,
-   issue 4) and in a tenant of 1k / 10k profiles (each in a schema of its own);
+   issue 4), in a tenant of 1k / 10k / 100k profiles (each in a schema of its own), of a
+   profile of 10 / 50 / 200 fields, and ``get_derivation_chain`` of 1 / 10 / 100 links
+   (curves, drawn with the other providers' by ``plot_results.py``);
 3. ``update_field`` with supersede vs ONE raw transaction doing the same work (BEGIN;
    UPDATE ... superseded; INSERT the new version; COMMIT): >= 0.5x (issue 4);
 4. ``expire_stale_fields`` over 1,000,000 fields, 100,000 due, vs one raw UPDATE: time
@@ -22,7 +24,10 @@ of paired interleaved rounds (baseline round, candidate round, alternating; see
 5. the read through ``EncryptedProfileStore`` (every value sealed) vs the same store
    without it: >= 0.85x (issue 13);
 6. ``get_missing_fields`` with 50 requirements vs the two raw queries it needs (the
-   scenario's requirements, the agent's definitions): time <= 1.5x (issue 13).
+   scenario's requirements, the agent's definitions): time <= 1.5x (issue 13);
+7. peer: LangGraph's ``AsyncPostgresStore`` (the ``bench`` extra) holding the same profile
+   as one JSON document, same server, same run: read vs ``aget``, ``update_field`` vs
+   ``aget`` + ``aput``; skipped with the reason when LangGraph is not installed.
 
 Writes its table to ``benchmarks/RESULTS.md`` ("## Store throughput") unless
 ``--no-results`` or ``--only``. Not a test: nothing here runs under ``make test``.
@@ -43,6 +48,8 @@ from typing import Any
 import asyncpg
 from _common import (
     FIELDS,
+    HISTORY_DEPTH,
+    TENANT_SIZE,
     Report,
     Spread,
     encryption_pair,
@@ -52,6 +59,8 @@ from _common import (
     paired_runs,
     plot,
     ratio,
+    scale_curves,
+    scale_point,
     write_results,
 )
 
@@ -76,6 +85,7 @@ RAW_DEFINITIONS = (
     "SELECT * FROM profile_field_definitions WHERE tenant_id = $1 AND agent_id = $2 AND enabled"
 )
 SCHEMA = "bench"
+PROVIDER = "PostgreSQL"
 ISSUE4 = "goal of issue 4"
 
 
@@ -279,7 +289,7 @@ async def bench_depth(dsn: str, report: Report, args: argparse.Namespace) -> Non
     finally:
         await store.aclose()
     for depth, values in rates.items():
-        report.point("pg read vs history depth (versions per field)", int(depth), Spread.of(values))
+        scale_point(report, HISTORY_DEPTH, PROVIDER, int(depth), Spread.of(values))
         print(f"  {depth:>3} versions: {Spread.of(values).median:9,.0f}/s")
     report.figure("pg read, 10 vs 0 versions per field", ratio(rates, "10", "0"))
     report.figure(
@@ -341,13 +351,95 @@ async def bench_tenant_size(dsn: str, report: Report, args: argparse.Namespace) 
         for store, *_ in stores:
             await store.aclose()
     for size in sizes:
-        report.point("pg read vs tenant size (profiles)", size, Spread.of(rates[str(size)]))
+        scale_point(report, TENANT_SIZE, PROVIDER, size, Spread.of(rates[str(size)]))
         print(f"  {size:>7,} profiles: {Spread.of(rates[str(size)]).median:9,.0f}/s")
     for size in sizes[1:]:
         report.figure(
             f"pg read, tenant of {size:,} vs {sizes[0]:,} profiles",
             ratio(rates, str(size), str(sizes[0])),
         )
+
+
+async def bench_curves(dsn: str, report: Report, args: argparse.Namespace) -> None:
+    print("\n[2c] scale: profile size (10 / 50 / 200 fields), chain depth (1 / 10 / 100 links)")
+    store = await migrated_store(dsn)
+    await store.setup()
+    try:
+        await scale_curves(
+            store, report, PROVIDER, pairs=args.pairs, seconds=args.seconds, depths=()
+        )
+    finally:
+        await store.aclose()
+
+
+async def bench_peer(dsn: str, report: Report, args: argparse.Namespace) -> None:
+    """LangGraph's store with its PostgreSQL backend, holding the same 50-field profile as
+    one JSON document, measured in the same run: read vs ``aget``, ``update_field`` vs a
+    read-modify-write (``aget`` + ``aput``). Skipped with the reason when not installed."""
+    print("\n[7] peer: LangGraph AsyncPostgresStore (the profile as one document)")
+    try:
+        from langgraph.store.postgres import AsyncPostgresStore
+    except ImportError as exc:
+        line = f"LangGraph peer skipped: langgraph's PostgreSQL store is not installed ({exc})"
+        print(f"  {line}")
+        report.notes.append(line)
+        return
+    store = await migrated_store(dsn)
+    await store.setup()
+    try:
+        async with AsyncPostgresStore.from_conn_string(dsn) as peer:
+            await peer.setup()
+            tenant = uuid.uuid4()
+            profile = await store.get_or_create(tenant, Channel.WEB, "peer")
+            await load_versions(store, tenant, profile.id, 0)
+            loaded = await store.get_by_customer_id(tenant, profile.customer_id)
+            assert loaded is not None and len(loaded.fields) == FIELDS
+            namespace, key = ("profiles", str(tenant)), str(profile.id)
+            await peer.aput(namespace, key, loaded.model_dump(mode="json"))
+            found = await peer.aget(namespace, key)
+            assert found is not None and len(found.value["fields"]) == FIELDS
+            rates = await interleaved(
+                {
+                    "vault read": lambda: store.get_by_customer_id(tenant, profile.customer_id),
+                    "langgraph aget": lambda: peer.aget(namespace, key),
+                },
+                args.pairs,
+                args.seconds / args.pairs / 2,
+            )
+            report.figure(
+                "pg read vs LangGraph aget (same profile, one document)",
+                ratio(rates, "vault read", "langgraph aget"),
+                detail="peer",
+            )
+            versions = iter(range(1, 10**9))
+
+            async def vault_update() -> Any:
+                n = next(versions)
+                return await store.update_field(
+                    tenant, profile.id, ProfileField(name=f"field_{n % FIELDS:02d}", value=n)
+                )
+
+            async def peer_update() -> Any:
+                n = next(versions)
+                item = await peer.aget(namespace, key)
+                assert item is not None
+                document = dict(item.value)
+                document["fields"] = dict(document["fields"])
+                document["fields"][f"field_{n % FIELDS:02d}"] = {"value": n}
+                await peer.aput(namespace, key, document)
+
+            rates = await interleaved(
+                {"vault update_field": vault_update, "langgraph get+put": peer_update},
+                args.pairs,
+                args.seconds / args.pairs / 2,
+            )
+            report.figure(
+                "pg update_field vs LangGraph aget+aput (read-modify-write)",
+                ratio(rates, "vault update_field", "langgraph get+put"),
+                detail="peer",
+            )
+    finally:
+        await store.aclose()
 
 
 async def bench_update(dsn: str, report: Report, args: argparse.Namespace) -> None:
@@ -761,6 +853,7 @@ SECTIONS = {
     "expire": bench_expire,
     "crypto": bench_crypto,
     "missing": bench_missing,
+    "peer": bench_peer,
 }
 
 
@@ -778,7 +871,9 @@ async def main() -> int:
     )
     parser.add_argument("--expire-large-pairs", type=int, default=3)
     parser.add_argument("--expire-batch", type=int, default=5_000, help="rows per batch")
-    parser.add_argument("--tenant-sizes", default="1000,10000", help="profiles, comma-separated")
+    parser.add_argument(
+        "--tenant-sizes", default="1000,10000,100000", help="profiles, comma-separated"
+    )
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     parser.add_argument(
         "--only",
@@ -806,6 +901,7 @@ async def main() -> int:
             if section == "scale":
                 await bench_depth(dsn, report, args)
                 await bench_tenant_size(dsn, report, args)
+                await bench_curves(dsn, report, args)
             else:
                 assert run is not None
                 await run(dsn, report, args)
