@@ -217,7 +217,7 @@ def lease_from_settings(settings: VaultSettings) -> TenantLease:
 
     ``redis`` and ``file`` are core's own leases. Any other name is a lease a provider
     contributes through the ``ccvault_worker_lease`` hook (by convention named after the
-    provider, e.g. ``postgres``: advisory locks in its database). ``auto``: Redis when the
+    provider, e.g. ``postgres``: claim rows in its database). ``auto``: Redis when the
     cache is on; else the configured provider's own lease, if it offers one for ``auto``;
     else claim files when the provider's spec says it is single-host (an embedded file,
     process memory); on any other provider a :class:`~ccvault.errors.ConfigurationError`

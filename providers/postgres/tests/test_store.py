@@ -448,7 +448,7 @@ async def test_hostile_strings_are_stored_verbatim(
         tables = await conn.fetchval(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
         )
-    assert tables == 9  # the version table, 7 data tables, the merge log
+    assert tables == 10  # the version table, 7 data tables, the merge log, worker claims
 
 
 @pytest.mark.parametrize("name", ["x'; DROP TABLE profile_fields; --", "Name", "a b", "ä", ""])
