@@ -1,5 +1,6 @@
 """Beyond the seed: purge (erasure), export (portability), delete_item, mark_orphans,
-list_tenant_ids and count_items_by_status."""
+list_tenant_ids, count_items_by_status, and the schema version (``schema_status``,
+``migrate``)."""
 
 from __future__ import annotations
 
@@ -345,3 +346,18 @@ class LifecycleContract(ContractBase):
     ) -> None:
         counts = await store.count_items_by_status(tenant)
         assert all(n == 0 for kind in counts.values() for n in kind.values())
+
+    # ---------------------------------------------------------------- schema version
+
+    async def test_an_open_store_is_at_the_latest_schema_and_migrate_applies_nothing(
+        self, store: ProfileStore
+    ) -> None:
+        """An opened store is exactly at the schema its code knows (``setup()`` refuses any
+        other); ``migrate()`` on it is a no-op, and a dry run lists nothing."""
+        status = await store.schema_status()
+        assert status.up_to_date and not status.newer
+        assert status.current == status.latest and status.pending == ()
+        report = await store.migrate()
+        assert report.applied == () and report.status.up_to_date and not report.dry_run
+        dry = await store.migrate(dry_run=True)
+        assert dry.dry_run and dry.applied == ()
