@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import pytest
 
 from ccvault.crypto import EncryptedProfileStore, Keyring
 from ccvault.models import Channel, ChannelIdentity, ProfileAsset, ProfileField
@@ -71,3 +72,44 @@ async def test_no_channel_id_path_or_result_in_any_table(
     assert VISIBLE in dump  # the dump sees stored data
     for secret in (PHONE, EMAIL, PATH, HOLDER, "+4917700000001"):
         assert secret not in dump, secret
+
+
+async def test_a_ciphertext_copied_to_another_profile_in_sql_is_refused(
+    make_store: Callable[..., Awaitable[Any]], pg_dsn: str
+) -> None:
+    """What the associated data detects on a real database: a sealed value (and metadata)
+    copied in SQL into the row of another profile's field of the same name is refused with
+    EncryptionError, not opened as the other customer's value. (A whole row moved with its
+    own id is not detected: crypto.py and SECURITY.md say why.)"""
+    from ccvault import errors
+    from ccvault.models import ProfileFieldDefinition
+
+    schema = f"t_sealmv_{uuid.uuid4().hex[:16]}"
+    store = EncryptedProfileStore(await make_store(schema=schema), Keyring.parse(KEY))
+    tenant = uuid.uuid4()
+    await store.save_field_definition(
+        ProfileFieldDefinition(tenant_id=tenant, agent_id=uuid.uuid4(), name="iban", is_pii=True)
+    )
+    ana = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917711111111")
+    bob = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917722222222")
+    await store.update_field(tenant, ana.id, ProfileField(name="iban", value="DE-ANA"))
+    await store.update_field(tenant, bob.id, ProfileField(name="iban", value="DE-BOB"))
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        copied = await connection.execute(
+            f'UPDATE "{schema}".profile_fields AS b SET value = a.value, '
+            "source_metadata = a.source_metadata "
+            f'FROM "{schema}".profile_fields AS a '
+            "WHERE a.profile_id = $1 AND b.profile_id = $2 AND a.name = 'iban' "
+            "AND b.name = 'iban'",
+            ana.id,
+            bob.id,
+        )
+    finally:
+        await connection.close()
+    assert copied == "UPDATE 1"
+    got = await store.get_field(tenant, ana.id, "iban")
+    assert got is not None and got.value == "DE-ANA"
+    with pytest.raises(errors.EncryptionError, match="does not decrypt") as refused:
+        await store.get_field(tenant, bob.id, "iban")
+    assert "DE-ANA" not in str(refused.value)
