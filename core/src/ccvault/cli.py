@@ -1187,8 +1187,8 @@ def _sweep_json(result: Any) -> dict[str, Any]:
 @click.pass_context
 def worker(ctx: click.Context, once: bool, tenant: tuple[UUID, ...], serve_metrics: bool) -> None:
     """Expire stale fields, mark orphans and refresh the status gauge, for every tenant,
-    every expire_check_interval_seconds. Stops cleanly on SIGTERM/SIGINT, after the tenant
-    in progress. Several workers may run at once: a tenant claim ([worker] lease: in Redis,
+    every expire_check_interval_seconds. Stops cleanly on SIGTERM/SIGINT, after the batch
+    in progress (each batch is committed; the next sweep continues). Several workers may run at once: a tenant claim ([worker] lease: in Redis,
     claim rows in PostgreSQL, or files on one host) keeps them apart, so a tenant is swept
     once per interval. Expiry and orphan marking run in batches of [worker] batch_size."""
     from ccvault.worker import Worker, lease_from_settings
@@ -1318,6 +1318,7 @@ def rotate_keys(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int) -
     current, reports = _run(_with_store(settings, work))
     profiles = sum(report.profiles for report in reports)
     rewritten = sum(report.rewritten for report in reports)
+    identities = sum(report.identities for report in reports)
     failures = [failure for report in reports for failure in report.failures]
     if _wants_json(ctx):
         _echo_json(
@@ -1325,6 +1326,7 @@ def rotate_keys(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int) -
                 "key_id": current,
                 "profiles": profiles,
                 "rewritten": rewritten,
+                "identities": identities,
                 "failed": [
                     {
                         "tenant_id": str(failure.tenant_id),
@@ -1341,6 +1343,7 @@ def rotate_keys(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int) -
         click.echo(
             f"re-encrypted {rewritten} field version(s) in {profiles} profile(s) under key "
             f"{current!r}"
+            + (f"; {identities} channel identit(y/ies) re-sealed" if identities else "")
         )
         for failure in failures:
             click.echo(
@@ -1470,8 +1473,20 @@ def config_check(ctx: click.Context) -> None:
             record("schema", False, _one_line(exc), error_kind(exc)[0])
         if status is not None:
             where = f"{status.location}: " if status.location else ""
+            # the provider applies pending migrations itself when opened (the embedded file)
+            on_start = bool(
+                no_crypto.provider_options(no_crypto.profile.store_provider).get("migrate_on_start")
+            )
             if status.up_to_date:
                 record("schema", True, f"{where}version {status.current}, up to date")
+            elif on_start and not status.newer:
+                record(
+                    "schema",
+                    True,
+                    f"{where}version {status.current} of {status.latest}: "
+                    f"{len(status.pending)} migration(s) applied when the store opens "
+                    "(migrate_on_start)",
+                )
             elif status.newer:
                 record(
                     "schema",

@@ -433,9 +433,12 @@ class SqliteProfileStore(ProfileStore):
 
     async def schema_status(self) -> SchemaStatus:
         """The schema version of the file (reads only; a missing file: version 0, nothing
-        created). On an open store: of its connection."""
+        created). On an open store: of its connection. An unopened ``:memory:`` database
+        does not exist yet and is migrated whenever it is opened: up to date."""
         if self._conn is not None:
             return status_at(await read_version(self._conn), self._location(self._shown()))
+        if self.settings.path == MEMORY:
+            return status_at(LATEST_VERSION, self._location(MEMORY))
         try:
             database = self._database(create=False)
         except errors.SchemaNotReadyError:  # no file: nothing created yet
@@ -453,8 +456,9 @@ class SqliteProfileStore(ProfileStore):
         before = await self.schema_status()
         if before.newer:
             require_ready(before, distribution="ccvault-sqlite")
-        if dry_run:
-            return MigrationReport(applied=before.pending, status=before, dry_run=True)
+        if dry_run or (self.settings.path == MEMORY and self._conn is None):
+            # (an unopened private in-memory database: nothing exists to migrate)
+            return MigrationReport(applied=before.pending, status=before, dry_run=dry_run)
         applied: list[Migration] = []
         if self._conn is not None and self.settings.path == MEMORY:
             # a private in-memory database exists only on this connection (migrated when
