@@ -129,3 +129,30 @@ async def test_a_claim_lost_during_a_job_stops_it_between_two_batches(
         ]
         assert history == [ItemStatus.EXPIRED] * 5
     assert "claim lost" in caplog.text
+
+
+class _StoppingStore(InMemoryProfileStore):
+    """Asks the worker to stop during the first expire batch."""
+
+    worker: Worker | None = None
+
+    async def _expire_stale_fields_batch(
+        self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
+    ) -> int:
+        assert self.worker is not None
+        self.worker.request_stop()
+        return await super()._expire_stale_fields_batch(tenant_id, profile_id, now, limit)
+
+
+async def test_a_stop_request_leaves_a_large_tenant_between_two_batches() -> None:
+    async with _StoppingStore() as store:
+        tenant = uuid4()
+        await _stale_profiles(store, tenant, 5)
+        worker = Worker(store, _settings(2), _GrantingLease(), tenant_ids=[tenant])
+        store.worker = worker
+        [report] = await worker.run_once()
+        assert not report.processed
+        assert report.error is not None and "stop requested" in report.error
+        assert report.expired == 2  # batch 1 committed, then the worker left
+        counted = await store.count_items_by_status(tenant)
+        assert counted["fields"]["expired"] == 2 and counted["fields"]["active"] == 3

@@ -1188,9 +1188,10 @@ def _sweep_json(result: Any) -> dict[str, Any]:
 def worker(ctx: click.Context, once: bool, tenant: tuple[UUID, ...], serve_metrics: bool) -> None:
     """Expire stale fields, mark orphans and refresh the status gauge, for every tenant,
     every expire_check_interval_seconds. Stops cleanly on SIGTERM/SIGINT, after the batch
-    in progress (each batch is committed; the next sweep continues). Several workers may run at once: a tenant claim ([worker] lease: in Redis,
-    claim rows in PostgreSQL, or files on one host) keeps them apart, so a tenant is swept
-    once per interval. Expiry and orphan marking run in batches of [worker] batch_size."""
+    in progress (each batch is committed; the next sweep continues). Several workers may
+    run at once: a tenant claim ([worker] lease: in Redis, claim rows in PostgreSQL, or
+    files on one host) keeps them apart, so a tenant is swept once per interval. Expiry and
+    orphan marking run in batches of [worker] batch_size."""
     from ccvault.worker import Worker, lease_from_settings
 
     settings = _settings(ctx)

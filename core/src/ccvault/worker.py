@@ -36,7 +36,8 @@ Batches
 
 Stopping
     :meth:`Worker.request_stop` (wired to SIGTERM/SIGINT by ``ccvault worker``) lets the
-    tenant in progress finish, then returns; no tenant is abandoned half-done.
+    batch in progress finish, then returns: a bulk job leaves between two batches (each
+    committed; the next sweep continues), so a large tenant does not delay the stop.
 """
 
 from __future__ import annotations
@@ -273,6 +274,16 @@ class _ClaimLostError(Exception):
         self.batch = batch
 
 
+class _StopRequestedError(Exception):
+    """Raised by a bulk job's progress callback once a stop is requested: the job leaves
+    between two batches instead of running a large tenant to its end."""
+
+    def __init__(self, job: str, batch: int) -> None:
+        super().__init__(f"stop requested after batch {batch} of {job}")
+        self.job = job
+        self.batch = batch
+
+
 @dataclass
 class TenantReport:
     """What one sweep did for one tenant (``batches``: transactions its bulk jobs ran)."""
@@ -309,7 +320,8 @@ class Worker:
         return self._stop.is_set()
 
     def request_stop(self) -> None:
-        """Finish the tenant in progress, then stop. Safe to call from a signal handler."""
+        """Stop after the batch in progress (see the module docstring). Safe to call from a
+        signal handler."""
         self._stop.set()
 
     @contextlib.asynccontextmanager
@@ -394,6 +406,8 @@ class Worker:
             )
             if claim.lost and not progress.finished:
                 raise _ClaimLostError(progress.job, progress.batch)
+            if self.stopping and not progress.finished:
+                raise _StopRequestedError(progress.job, progress.batch)
 
         return on_batch
 
@@ -434,6 +448,14 @@ class Worker:
                 report.error = (
                     f"claim lost after batch {lost.batch} of step {lost.job!r}; another "
                     "worker may take over"
+                )
+                return report
+            except _StopRequestedError as stopped:
+                # every batch so far is committed: the next sweep continues from there
+                report.processed = False
+                report.error = (
+                    f"stop requested: left after batch {stopped.batch} of step "
+                    f"{stopped.job!r}; the next sweep continues"
                 )
                 return report
         return report
