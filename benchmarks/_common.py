@@ -414,6 +414,8 @@ async def scale_curves(
         store.rules = dataclasses.replace(store.rules, max_derivation_chain_depth=max(chains) + 1)
 
     async def measure(kind: str, ops: dict[int, Op]) -> None:
+        if not ops:
+            return
         rates = await interleaved(
             {str(x): op for x, op in ops.items()}, pairs, seconds / pairs / len(ops)
         )

@@ -11,8 +11,9 @@ commands and scripts below are legal on a cluster):
 ``P field_defs:{T}:<agent_id>``           every field definition of the agent
 ``P scenario_reqs:{T}:<scenario_id>``     a hash: step id (``-`` = scenario-wide) -> list
 ``P deriv:{T}:<type>:<item_id>:<depth>``  a derivation chain
-``P epoch:{T}:<ns>``                      the tenant's random epoch token of a namespace:
-                                          ``p`` profiles, ``l`` lineage, ``s`` schema
+``P epoch:{T}:<ns>``                      the tenant's epoch token of a namespace:
+                                          ``p`` profiles, ``l`` lineage, ``s`` schema;
+                                          ``g``: the tenant's near-cache generation
 ========================================  =================================================
 
 Reads with ``include_history=True`` bypass the cache. Expiry of fields is applied by the
@@ -56,6 +57,36 @@ content, and replaced by a lease, so the backend's data refills it. The checksum
 damage, not an attacker able to write to Redis (who could always plant a well-formed entry):
 Redis is inside the vault's trust boundary.
 
+**Near tier.** A profile body decoded from a hit is also kept in process memory (at most
+``near_cache_size`` bodies, each for at most ``near_cache_ttl``), with the tenant's
+generation token read in the same MGET. A later read of it is one GET of that token: while
+it holds the value seen, no write of the tenant has completed on any instance since (every
+write deletes the generation in the same DEL as the keys it invalidates, and tokens are
+random), and a copy of the kept profile is served — no body fetched, nothing decoded. Copies
+share only immutable values with the kept template (:class:`~ccvault.cache_codec.NearProfile`),
+so a caller changing what it got changes nothing else. Any write of the tenant ends every
+near copy of it (coarse on purpose: the check stays one small GET); the next read takes the
+Redis entry again. A purge drops this process's copy at once; other processes' copies are
+never served again (the generation is gone) and leave memory at their next read, LRU
+eviction or ``near_cache_ttl``.
+
+**Restarts.** Epoch and generation tokens begin with the Redis server's *run tag* (the
+start of its ``run_id``, which changes on every restart). The read script reads it with
+``INFO`` on the server itself; the MGET and GET fast paths compare with the tag this
+process learned when it opened the connection the answer came on (a connect callback runs
+``INFO`` on every new connection, before the connection's first command; a restarted server
+only ever answers on new connections). So entries a restarted server restored from a
+snapshot or an append-only file — including ones whose invalidation was lost because the
+writer died while Redis was down — carry the old tag and are never served by any process;
+the first read of each tenant namespace replaces its epoch. A restart costs a cold cache.
+Without ``INFO`` (an ACL that refuses it) the cache still works, fast paths off, but
+restarts are not detected; the fast paths need a plain ``redis.asyncio.Redis`` client (a
+cluster client reads through the script, which checks the tag in Lua).
+
+**Size.** An entry larger than ``max_body_bytes`` (``[redis] max_entry_bytes``) is served
+from the backend and never cached, counted in ``ccvault_cache_oversized_total{kind}``: one
+big profile neither times out fills nor makes the cache bypassed for every tenant.
+
 **Derivation chains** are cached only when *closed*: full depth, or ending at an item
 without a source item, or at a cycle. A chain that stopped at a missing source item (or the
 ``[]`` of an unknown item) is always read from the backend, since the next item written may
@@ -74,11 +105,12 @@ operation after ``retry_after``, by a background task that retries with a bounde
 (``retry_after`` doubling up to ``max_retry_interval``) without waiting for another call, and
 once more, bounded by ``close_timeout``, by :meth:`aclose`. Entries that missed an
 invalidation while Redis was away, even ones restored from a snapshot, are therefore never
-served by this process. **Remaining window:** another process sharing the Redis cannot know
-about this process's lost invalidations; it may serve such an entry until this process
-reaches Redis again and its retry has run (at most ``max_retry_interval`` after Redis
-answers again), or, if this process never reaches Redis again (it dies, or only its own
-connection stays broken), until the entry's TTL.
+served by this process; and after a Redis *restart* by no process at all (see Restarts).
+**Remaining window:** when Redis stays up but unreachable from one process only (its own
+connection broken, a partition), other processes sharing the Redis cannot know about that
+process's lost invalidations; they may serve such an entry (or a near copy) until that
+process reaches Redis again and its retry has run (at most ``max_retry_interval`` after),
+or, if it never does (it dies while partitioned), until the entry's TTL.
 
 **Erasure.** ``purge_profile`` deletes, after the backend purge, every key that holds the
 profile (body, pointers, cached chains). If that cannot be done, the erasure stays pending
@@ -137,7 +169,7 @@ from ccvault.rules.merge import MergeLogRequest
 from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore, lineage_target
 
 with requires_extra("cache", "The Redis profile cache (ccvault.cache)"):
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError, ResponseError
 
 if TYPE_CHECKING:
     from ccvault.settings import VaultSettings
@@ -173,7 +205,10 @@ _NOTHING_WRITTEN = (errors.ValidationError, errors.NotFoundError, errors.Conflic
 # Returns {1, payload, target, epoch} on a hit, {2, epoch, token, target} with a lease,
 # {0, epoch} on a miss without a lease (no pointer).
 _READ = """
-local tag = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)'), 1, 16)
+local info = redis.pcall('INFO', 'server')
+local run = type(info) == 'string' and string.match(info, 'run_id:(%x+)')
+-- INFO refused (an ACL without +info): entries work, restarts are not detected (documented)
+local tag = run and string.sub(run, 1, 16) or '0000000000000000'
 local e = redis.call('GET', KEYS[1])
 if not e or string.sub(e, 1, 16) ~= tag then
   e = tag .. ARGV[1]
@@ -451,9 +486,17 @@ class CachedProfileStore(ForwardingProfileStore):
 
     async def _on_connect(self, connection: Any) -> None:
         await connection.on_connect()
-        await connection.send_command("INFO", "server")
-        self._learn_run_tag(await connection.read_response())
         self._connects += 1
+        await connection.send_command("INFO", "server")
+        try:
+            info = await connection.read_response()
+        except ResponseError:
+            # INFO refused (an ACL without +info): the run tag stays unknown, so the fast
+            # paths stay off and every read goes through the script (which tolerates it)
+            self._run_tag = None
+            self._near.clear()
+            return
+        self._learn_run_tag(info)
 
     def _learn_run_tag(self, info: Any) -> None:
         text = info.decode() if isinstance(info, bytes) else str(info)
