@@ -56,9 +56,11 @@ Channel identities
     A lookup tries the token under the current key, then under each older key (a rotation
     in progress), then the plaintext id (stored before encryption was turned on; turn off
     with ``legacy_identities=False``); ``rotate-keys`` re-tokenises the identities of live
-    profiles. The eviction rule's tie-break (smaller channel user id) is kept in plaintext
-    order (``_evict_tie_by_plaintext``). Tokens are not bound to a profile: identities move
-    with merges and are looked up without one.
+    profiles (through a save: a provider keeps the replaced row as a *released* identity
+    until the profile is purged or its subject erased). The eviction rule's tie-break
+    (smaller channel user id) is kept in plaintext order (``_evict_tie_by_plaintext``).
+    Tokens are not bound to a profile: identities move with merges and are looked up
+    without one.
 
 Assets
     ``storage_path`` and a non-empty ``verification_result`` of every asset are sealed like
