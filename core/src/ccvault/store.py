@@ -18,8 +18,8 @@ A store has two faces:
   wrapper (cache, encryption) subclasses :class:`ForwardingProfileStore`, which implements
   every hook by calling the *same hook* of the wrapped store, and overrides the few it
   changes. A wrapper relies on nothing of the wrapped store but its hooks, ``setup``,
-  ``aclose``, ``now``, ``rules`` and ``capabilities``. The shared suite in
-  ``ccvault-contract-tests`` checks every hook through the public methods.
+  ``aclose``, ``schema_status``, ``migrate``, ``now``, ``rules`` and ``capabilities``. The
+  shared suite in ``ccvault-contract-tests`` checks every hook through the public methods.
 
 The hooks and their contract (each hook's docstring says more). *Atomic* means: all of the
 hook's writes happen or none does, and a hook that raises has written nothing. Orders are
