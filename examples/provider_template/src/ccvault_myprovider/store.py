@@ -51,8 +51,10 @@ class MyProfileStore(ProfileStore):
         self.settings = settings or MySettings()
 
     async def setup(self) -> None:
-        """Connect, and create or migrate the schema idempotently (safe for concurrent
-        starters). Nothing to do yet."""
+        """Connect, and check the schema version without changing it (refuse a missing or
+        older schema with ``ccvault.migration.require_ready``). A backend with a schema also
+        overrides ``schema_status()`` and ``migrate(dry_run=...)``, the explicit step
+        ``ccvault migrate`` runs. Nothing to do yet."""
 
     async def aclose(self) -> None:
         """Release connections. Idempotent."""
