@@ -593,6 +593,7 @@ UPDATE profile_fields SET status = 'expired', updated_at = $2
 WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM profile_fields
     WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2
+    ORDER BY expires_at
     LIMIT $3 FOR UPDATE SKIP LOCKED))
   AND tenant_id = $1 AND status = 'active' AND expires_at <= $2
 """

@@ -364,14 +364,18 @@ WHERE tenant_id = $1 AND profile_id = $2 AND name = $3
 ORDER BY collected_at DESC, seq DESC
 """
 
-# one batch of expire_stale_fields: at most $3 due rows (found by the partial index on
-# ACTIVE expires_at), locked and updated by ctid; rows a concurrent writer holds are skipped
-# (that writer supersedes or expires them itself), so a batch never waits on a profile write
+# one batch of expire_stale_fields: at most $3 due rows, locked and updated by ctid; rows a
+# concurrent writer holds are skipped (that writer supersedes or expires them itself), so a
+# batch never waits on a profile write. ORDER BY expires_at keeps the plan on the partial
+# index of ACTIVE expires_at, which rows leave once expired: every batch reads about $3 index
+# entries wherever it stands (a sequential scan would re-read the rows expired by the
+# batches before it, each batch slower than the last, until one outlives statement_timeout)
 EXPIRE_BATCH = """
 UPDATE profile_fields SET status = 'expired', updated_at = $2
 WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM profile_fields
     WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2
+    ORDER BY expires_at
     LIMIT $3 FOR UPDATE SKIP LOCKED))
   AND tenant_id = $1 AND status = 'active' AND expires_at <= $2
 """
@@ -380,6 +384,7 @@ UPDATE profile_fields SET status = 'expired', updated_at = $2
 WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM profile_fields
     WHERE tenant_id = $1 AND status = 'active' AND expires_at <= $2 AND profile_id = $4
+    ORDER BY expires_at
     LIMIT $3 FOR UPDATE SKIP LOCKED))
   AND tenant_id = $1 AND status = 'active' AND expires_at <= $2 AND profile_id = $4
 """
