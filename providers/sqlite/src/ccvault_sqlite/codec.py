@@ -298,6 +298,22 @@ def _optional(convert: Convert) -> Convert:
     return optional
 
 
+# columns whose values are mutable (JSON objects and lists): never shared between models
+_MUTABLE_COLUMNS = frozenset(
+    {
+        "value",
+        "source_metadata",
+        "verification_result",
+        "analysis_field_ids",
+        "allowed_values",
+        "verification_methods",
+        "extraction_examples",
+        "source_priority",
+        "depends_on_fields",
+    }
+)
+
+
 def _trusted_models(
     model: type[_M],
     cols: Sequence[str],
@@ -310,17 +326,28 @@ def _trusted_models(
     count = len(rows)
     if not count:
         return []
-    stop = offset + len(cols)
+    # a column holding one value in every row (NULLs, a status, a flag...) is converted
+    # once and copied with the other constants from a template; only the others are zipped
+    # into each model's dict (the template's copy keeps the declaration order)
+    template: dict[str, Any] = dict.fromkeys(cols)
+    varying: list[str] = []
+    data: list[list[Any]] = []
     try:
-        data = [
-            converters[name](column)
-            for name, column in zip(
-                cols, islice(zip(*rows, strict=True), offset, stop), strict=True
-            )
-        ]
+        for name, column in zip(
+            cols, islice(zip(*rows, strict=True), offset, offset + len(cols)), strict=True
+        ):
+            first = column[0]
+            if name not in _MUTABLE_COLUMNS and column.count(first) == count:
+                template[name] = converters[name]((first,))[0]
+            else:
+                varying.append(name)
+                data.append(converters[name](column))
     except _NotOurs:
         return None
-    dicts = list(map(dict, map(zip, repeat(cols, count), zip(*data, strict=True))))
+    dicts = list(map(dict.copy, repeat(template, count)))
+    if varying:
+        changes = map(zip, repeat(varying, count), zip(*data, strict=True))
+        deque(map(dict.update, dicts, changes), maxlen=0)
     models: list[_M] = list(map(_new, repeat(model, count)))
     keyset = set(cols)
     deque(map(_SET_DICT, models, dicts), maxlen=0)

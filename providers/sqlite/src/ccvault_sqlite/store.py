@@ -32,9 +32,11 @@ import random
 import sqlite3
 import stat
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
+from itertools import compress, repeat
+from operator import attrgetter, is_, itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -1762,6 +1764,7 @@ _LIVE_BY_IDENTITY = (
 # then the part's own columns padded with NULLs to a common width).
 _PROFILE, _IDENTITY, _CONSENT, _FIELD, _ASSET = range(5)
 _DATA = 4  # where a row's own columns start (after the kind and 3 sort keys)
+_STATUS_OF = attrgetter("status")
 _WIDTH = max(len(FIELD_COLUMNS), len(ASSET_COLUMNS))
 _PROFILE_COLUMNS = _PROFILE_SELECT.split(", ")
 _IDENTITY_COLUMNS = IDENTITY_SELECT.split(", ")
@@ -1841,17 +1844,24 @@ def _assemble_profile(
 ) -> CustomerProfile | None:
     """The profile of the rows of one ``_profile_query``: ordered by kind (so each kind is
     one slice), field versions by name then newest first."""
-    kinds = [row[0] for row in rows]
+    kinds = list(map(itemgetter(0), rows))
     if not kinds or kinds[0] != _PROFILE:
         return None
     start = {kind: bisect_left(kinds, kind) for kind in (_IDENTITY, _CONSENT, _FIELD, _ASSET)}
-    versions = codec.fields_from_rows(rows[start[_FIELD] : start[_ASSET]], _DATA)
+    field_rows = rows[start[_FIELD] : start[_ASSET]]
+    versions = codec.fields_from_rows(field_rows, _DATA)
     stored_assets = codec.assets_from_rows(rows[start[_ASSET] :], _DATA)
     history: dict[str, list[ProfileField]] = {}
     if include_history:
-        # the ACTIVE version is the same object in fields and history
-        for item in versions:
-            history.setdefault(item.name, []).append(item)
+        # rows come grouped by name (the first sort key): one slice per name, found by
+        # bisection over the names, not a loop over every version. The ACTIVE version is
+        # the same object in fields and history.
+        names = list(map(itemgetter(1), field_rows))
+        at = 0
+        while at < len(names):
+            end = bisect_right(names, names[at], at)
+            history[versions[at].name] = versions[at:end]
+            at = end
     active = ItemStatus.ACTIVE
     return codec.profile_from_parts(
         tenant_id,
@@ -1862,7 +1872,10 @@ def _assemble_profile(
         consents=[
             codec.consent_from_row(row[_DATA:]) for row in rows[start[_CONSENT] : start[_FIELD]]
         ],
-        fields={item.name: item for item in versions if item.status is active},
+        fields={
+            item.name: item
+            for item in compress(versions, map(is_, map(_STATUS_OF, versions), repeat(active)))
+        },
         field_history=history,
         assets=[asset for asset in stored_assets if asset.status is active],
         asset_history=stored_assets if include_history else [],
