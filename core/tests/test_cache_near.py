@@ -302,3 +302,48 @@ async def test_a_snapshot_restart_after_the_writer_died_serves_nothing_stale(
             assert hits(profile.tenant_id) > before
     finally:
         server.stop()
+
+
+def test_near_copies_equal_the_profile_and_share_nothing_mutable() -> None:
+    """NearProfile alone: flat containers copied shallowly, nested JSON re-parsed, others
+    deep-copied; every copy equals the decoded profile and changing one changes no other."""
+    from ccvault.cache_codec import NearProfile, decode_profile, encode_profile
+    from ccvault.models import ChannelIdentity, Consent, ProfileAsset
+
+    tenant = uuid.uuid4()
+    original = CustomerProfile(
+        tenant_id=tenant,
+        channel_identities=[ChannelIdentity(channel=Channel.SMS, channel_user_id="+1555")],
+        fields={
+            "flat": make_field("flat", "v", source_metadata={"q": "x"}),
+            "nested": make_field("nested", {"a": [1, {"b": None}]}, source_metadata={"l": [1]}),
+            "listed": make_field("listed", ["a", "b"]),
+        },
+        consents=[Consent(consent_type="marketing", granted=True, ip_address="10.0.0.1")],
+        assets=[
+            ProfileAsset(
+                name="scan",
+                asset_type="image",
+                storage_provider="s3",
+                storage_path="k",
+                analysis_field_ids=[uuid.uuid4()],
+                verification_result={"ok": [True]},
+            )
+        ],
+    )
+    decoded = decode_profile(encode_profile(original) or b"")
+    near = NearProfile(decoded)
+    given = near.copy()
+    assert given == original and repr(given) == repr(decoded)
+    assert given.model_dump() == original.model_dump()
+    given.fields["flat"].source_metadata["q"] = "changed"
+    given.fields["nested"].value["a"][1]["b"] = "changed"  # type: ignore[index]
+    given.fields["nested"].source_metadata["l"].append(2)  # type: ignore[union-attr]
+    given.fields["listed"].value.append("c")  # type: ignore[union-attr]
+    given.fields["listed"].value = "replaced"
+    given.assets[0].analysis_field_ids.append(uuid.uuid4())
+    given.assets[0].verification_result["ok"].append(False)  # type: ignore[index, union-attr]
+    given.consents[0].granted = False
+    given.channel_identities[0].channel_user_id = "+1666"
+    given.fields.clear()
+    assert near.copy() == original

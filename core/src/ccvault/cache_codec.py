@@ -580,45 +580,60 @@ def _plain(value: Any) -> bool:
 class _FrozenItems:
     """Models of one class, kept as templates: the immutable values shared, the mutable
     ones (lists, dicts) re-created for every copy, so a caller changing what it was given
-    never changes the template."""
+    never changes the template.
 
-    __slots__ = ("bases", "cls", "keys", "mutable", "others", "shallow")
+    A list or dict of immutable values only (a flat ``source_metadata``, a list of UUIDs)
+    is copied shallowly (``.copy()``, in C); nested JSON goes through one ``orjson`` round
+    trip for all items; anything else is deep-copied."""
+
+    __slots__ = ("bases", "cls", "count", "deep", "keys", "nested", "shallow")
 
     def __init__(self, cls: type[BaseModel], items: Sequence[BaseModel]) -> None:
         self.cls = cls
         self.keys = tuple(cls.model_fields)
+        self.count = len(items)
         self.bases: list[dict[str, Any]] = []
-        mutable: list[dict[str, Any] | None] = []
-        # values neither shared nor JSON-native (a list of UUIDs): deep-copied per copy
-        self.others: list[tuple[int, str, Any]] = []
-        # indexes into ``others`` of lists of immutable values: a new list is copy enough
-        self.shallow: set[int] = set()
+        nested: list[dict[str, Any] | None] = []
+        shallow: dict[str, list[int]] = {}
+        self.deep: list[tuple[int, str, Any]] = []
         for index, item in enumerate(items):
             values = item.__dict__.copy()
             native: dict[str, Any] = {}
             for key, value in values.items():
                 if _shared(value):
                     continue
-                if _json_native(value):
+                kind = type(value)
+                if (kind is list and all(map(_shared, value))) or (
+                    kind is dict and all(map(_shared, value.values()))
+                ):
+                    values[key] = value.copy()
+                    shallow.setdefault(key, []).append(index)
+                elif _json_native(value):
                     native[key] = value
                 else:
-                    self.others.append((index, key, copy.deepcopy(value)))
-                    if type(value) is list and all(map(_shared, value)):
-                        self.shallow.add(len(self.others) - 1)
+                    self.deep.append((index, key, copy.deepcopy(value)))
             self.bases.append(values)
-            mutable.append(native or None)
-        self.mutable = orjson.dumps(mutable) if any(mutable) else None
+            nested.append(native or None)
+        self.shallow = [(key, indexes) for key, indexes in shallow.items()]
+        self.nested = orjson.dumps(nested) if any(nested) else None
 
     def copies(self) -> list[Any]:
+        if not self.count:
+            return []
         dicts = list(map(dict.copy, self.bases))
-        if self.mutable is not None:
-            for values, native in zip(dicts, orjson.loads(self.mutable), strict=True):
+        for key, indexes in self.shallow:
+            for values in map(dicts.__getitem__, indexes):
+                values[key] = values[key].copy()
+        if self.nested is not None:
+            for values, native in zip(dicts, orjson.loads(self.nested), strict=True):
                 if native:
                     values.update(native)
-        shallow = self.shallow
-        for number, (index, key, value) in enumerate(self.others):
-            dicts[index][key] = list(value) if number in shallow else copy.deepcopy(value)
+        for index, key, value in self.deep:
+            dicts[index][key] = copy.deepcopy(value)
         return _construct_many(self.cls, self.keys, dicts)
+
+
+_PROFILE_KEYS = tuple(CustomerProfile.model_fields)
 
 
 class NearProfile:
@@ -656,5 +671,5 @@ class NearProfile:
         values["fields"] = {item.name: item for item in self.fields.copies()}
         values["assets"] = self.assets.copies()
         # the model's own attribute order, as a decoded or validated profile has it
-        ordered = {key: values[key] for key in CustomerProfile.model_fields}
-        return _construct(CustomerProfile, ordered)
+        ordered = {key: values[key] for key in _PROFILE_KEYS}
+        return _construct_many(CustomerProfile, _PROFILE_KEYS, [ordered])[0]
