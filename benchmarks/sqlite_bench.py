@@ -1,7 +1,7 @@
 """SQLite provider throughput beside raw aiosqlite running the store's own SQL, in one run.
 
     .venv/bin/python benchmarks/sqlite_bench.py [--seconds 5] [--pairs 30] [--quick]
-        [--no-results] [--only read|crypto|missing|depth|tenant]
+        [--no-results] [--full] [--only read|crypto|missing|depth|size|chain|tenant]
 
 WAL-mode files in a temporary folder. Every baseline does the work the store asks of SQLite
 and nothing else: the statements are captured with the connection's trace callback while
@@ -16,7 +16,8 @@ and returns the rows as tuples. Figures (paired interleaved rounds, see ``_commo
 4. embedded stack: read through ``EncryptedProfileStore`` (every value sealed) vs the same
    store without it: goal >= 0.85x;
 5. ``get_missing_fields`` (50 requirements) vs the raw queries it runs: goal <= 1.5x cost;
-6. scale curves: history depth 0/10/100 versions per field, tenant size 1k/10k profiles.
+6. scale curves: history depth 0/10/100 versions per field, profile size 10/50/200 fields,
+   tenant size 1k/10k profiles (and 100k with ``--full``), derivation chain depth 1/10/50.
 
 Writes its table to ``benchmarks/RESULTS.md`` ("## Store throughput") unless
 ``--no-results``. Not a test: nothing here runs under ``make test``.
@@ -51,7 +52,8 @@ from _common import (
     write_results,
 )
 
-from ccvault.models import Channel, ChannelIdentity, CustomerProfile, ProfileField
+from ccvault.models import Channel, ChannelIdentity, CustomerProfile, ProfileField, SourceType
+from ccvault.store_rules import StoreRules
 from ccvault_sqlite import SqliteProfileStore, SqliteSettings, codec
 
 VERSIONS = 20
@@ -290,6 +292,79 @@ async def bench_depth(store: SqliteProfileStore, report: Report, args: argparse.
     report.figure("sqlite read, 100 vs 0 versions per field", ratio(rates, "100", "0"))
 
 
+async def bench_profile_size(
+    store: SqliteProfileStore, report: Report, args: argparse.Namespace
+) -> None:
+    print("\n[6c] scale: get_by_customer_id of a profile of 10 / 50 / 200 fields")
+    tenant = uuid4()
+    ops = {}
+    for size in (10, 50, 200):
+        person = await store.get_or_create(tenant, Channel.WEB, f"size-{size}")
+        current = await store.get_by_id(tenant, person.id)
+        assert current is not None
+        for n in range(size):
+            item = bench_field(n).model_copy(update={"name": f"field_{n:03d}"})
+            current.fields[item.name] = item
+        await store.save(current)
+
+        def read(customer: UUID = person.customer_id) -> Awaitable[Any]:
+            return store.get_by_customer_id(tenant, customer)
+
+        ops[size] = read
+    rates = await interleaved(
+        {str(n): op for n, op in ops.items()}, args.pairs, args.seconds / args.pairs / 3
+    )
+    for size in ops:
+        spread = Spread.of(rates[str(size)])
+        report.point("sqlite read vs profile size (fields)", size, spread)
+        print(f"  {size:3d} fields: {spread.median:9,.0f}/s")
+    report.figure("sqlite read, 200 vs 50 fields (ideal 0.25)", ratio(rates, "200", "50"))
+
+
+async def bench_chain_depth(
+    store: SqliteProfileStore, report: Report, args: argparse.Namespace
+) -> None:
+    print("\n[6d] scale: get_derivation_chain of 1 / 10 / 50 items")
+    # the same file, with a chain limit above the deepest chain measured (default: 10)
+    deep = SqliteProfileStore(
+        SqliteSettings(path=store.path), rules=StoreRules(max_derivation_chain_depth=100)
+    )
+    async with deep:
+        await chain_curve(deep, report, args)
+
+
+async def chain_curve(store: SqliteProfileStore, report: Report, args: argparse.Namespace) -> None:
+    tenant = uuid4()
+    person = await store.get_or_create(tenant, Channel.WEB, "chain")
+    ops = {}
+    for depth in (1, 10, 50):
+        parent: UUID | None = None
+        for n in range(depth):
+            item = ProfileField(
+                name=f"chain_{depth}_{n}",
+                value=n,
+                source_item_id=parent,
+                source_item_type=None if parent is None else SourceType.PROFILE_FIELD,
+            )
+            await store.update_field(tenant, person.id, item)
+            parent = item.id
+        assert parent is not None
+
+        def chain(leaf: UUID = parent) -> Awaitable[Any]:
+            return store.get_derivation_chain(tenant, leaf, "profile_field")
+
+        assert len(await chain()) == depth
+        ops[depth] = chain
+    rates = await interleaved(
+        {str(d): op for d, op in ops.items()}, args.pairs, args.seconds / args.pairs / 3
+    )
+    for depth in ops:
+        spread = Spread.of(rates[str(depth)])
+        report.point("sqlite derivation chain vs depth (items)", depth, spread)
+        print(f"  {depth:3d} items: {spread.median:9,.0f}/s")
+    report.figure("sqlite derivation chain, 50 vs 10 items (ideal 0.2)", ratio(rates, "50", "10"))
+
+
 async def tenant_store(folder: Path, profiles: int) -> tuple[SqliteProfileStore, UUID, UUID]:
     """A database holding one tenant of ``profiles`` profiles (5 fields each, saved through
     the store) plus the measured profile of 50 fields."""
@@ -322,7 +397,9 @@ async def tenant_store(folder: Path, profiles: int) -> tuple[SqliteProfileStore,
 
 
 async def bench_tenant_size(folder: Path, report: Report, args: argparse.Namespace) -> None:
-    sizes = (1_000, 10_000) if not args.quick else (100, 1_000)
+    sizes: tuple[int, ...] = (1_000, 10_000) if not args.quick else (100, 1_000)
+    if args.full:
+        sizes = (*sizes, 100_000)
     print(f"\n[6b] scale: get_by_customer_id in a tenant of {sizes[0]:,} vs {sizes[1]:,} profiles")
     stores = [await tenant_store(folder, size) for size in sizes]
     try:
@@ -341,19 +418,19 @@ async def bench_tenant_size(folder: Path, report: Report, args: argparse.Namespa
         report.point("sqlite read vs tenant size (profiles)", size, Spread.of(rates[str(size)]))
         print(f"  {size:6,d} profiles: {Spread.of(rates[str(size)]).median:9,.0f}/s")
     report.figure(
-        f"sqlite read, tenant of {sizes[1]:,} vs {sizes[0]:,} profiles",
-        ratio(rates, str(sizes[1]), str(sizes[0])),
+        f"sqlite read, tenant of {sizes[-1]:,} vs {sizes[0]:,} profiles",
+        ratio(rates, str(sizes[-1]), str(sizes[0])),
     )
 
 
-SECTIONS = ("read", "crypto", "missing", "depth", "tenant")
+SECTIONS = ("read", "crypto", "missing", "depth", "size", "chain", "tenant")
 
 
 async def main(args: argparse.Namespace) -> int:
     report = Report("sqlite_bench.py")
     wanted = set(SECTIONS) if args.only is None else {args.only}
     if args.no_scale:
-        wanted -= {"depth", "tenant"}
+        wanted -= {"depth", "size", "chain", "tenant"}
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         async with new_store(folder / "bench.db") as store:
@@ -365,6 +442,10 @@ async def main(args: argparse.Namespace) -> int:
                 await bench_missing(store, report, args)
             if "depth" in wanted:
                 await bench_depth(store, report, args)
+            if "size" in wanted:
+                await bench_profile_size(store, report, args)
+            if "chain" in wanted:
+                await bench_chain_depth(store, report, args)
         if "tenant" in wanted:
             await bench_tenant_size(folder, report, args)
     report.summary()
@@ -379,6 +460,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0, help="per figure, all rounds")
     parser.add_argument("--pairs", type=int, default=30, help="paired rounds per figure")
     parser.add_argument("--quick", action="store_true", help="tenant sizes 100 / 1,000")
+    parser.add_argument("--full", action="store_true", help="also a tenant of 100,000 profiles")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale curves")
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     parser.add_argument("--only", choices=SECTIONS, help="run one section (no RESULTS.md)")

@@ -225,3 +225,27 @@ async def test_a_write_waiting_for_the_lock_succeeds_once_it_is_released(
         await asyncio.wait_for(write, HANG_GUARD)
         stored = await store.get_field(tenant, profile_id, "phone")
         assert stored is not None and stored.value == "+1555"
+
+
+async def test_a_store_opens_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    """``PRAGMA optimize=0x10002`` at open does not wait (busy_timeout 0 meanwhile)."""
+    database = tmp_path / "vault.db"
+    settings = SqliteSettings(
+        path=str(database), migrate_on_start=True, busy_timeout_ms=int(HANG_GUARD * 1000)
+    )
+    async with SqliteProfileStore(settings) as first:
+        tenant = uuid4()
+        profile = await first.get_or_create(tenant, Channel.WEB, "visitor")
+    lock = LockHolder(database)
+    try:
+        lock.wait_locked()
+        reopened = SqliteProfileStore(settings.model_copy(update={"migrate_on_start": False}))
+        await asyncio.wait_for(reopened.setup(), HANG_GUARD)
+        try:
+            found = await asyncio.wait_for(reopened.get_by_id(tenant, profile.id), HANG_GUARD)
+            assert found is not None
+        finally:
+            lock.release()
+            await reopened.aclose()
+    finally:
+        lock.stop()
