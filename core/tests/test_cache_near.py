@@ -105,9 +105,10 @@ async def pair(backend: Any, prefix: str) -> AsyncIterator[tuple[Any, Any]]:
 
 async def near_warm(store: CachedProfileStore, read: Read) -> CustomerProfile:
     """Read until the near tier holds the profile (a hit that fetched no body)."""
+    found: CustomerProfile | None = None
     for _ in range(3):
         found = await read(store)
-        assert found is not None
+    assert found is not None
     assert store._near, "the near tier kept nothing"
     return found
 
@@ -119,9 +120,9 @@ async def profile_with_email(store: CachedProfileStore, value: str) -> CustomerP
     await store.update_field(
         tenant, profile.id, make_field("tags", ["a", "b"], source_metadata={"quote": "x"})
     )
-    found = await store.get_by_id(tenant, profile.id)
-    assert found is not None
-    return found
+    loaded = await store.get_by_id(tenant, profile.id)
+    assert loaded is not None
+    return loaded
 
 
 @pytest.mark.parametrize("lookup", LOOKUPS)
@@ -148,7 +149,9 @@ async def test_callers_cannot_corrupt_the_near_copy(pair: tuple[Any, Any], looku
     profile = await profile_with_email(one, "old@example.com")
     read = reader(lookup, profile)
     given = await near_warm(one, read)
-    given.fields["tags"].value.append("mine")  # type: ignore[union-attr]
+    tags = given.fields["tags"].value
+    assert isinstance(tags, list)
+    tags.append("mine")
     given.fields["tags"].source_metadata["quote"] = "changed"
     given.fields["email"].value = "changed@example.com"
     given.channel_identities.clear()
@@ -337,12 +340,15 @@ def test_near_copies_equal_the_profile_and_share_nothing_mutable() -> None:
     assert given == original and repr(given) == repr(decoded)
     assert given.model_dump() == original.model_dump()
     given.fields["flat"].source_metadata["q"] = "changed"
-    given.fields["nested"].value["a"][1]["b"] = "changed"  # type: ignore[index]
-    given.fields["nested"].source_metadata["l"].append(2)  # type: ignore[union-attr]
-    given.fields["listed"].value.append("c")  # type: ignore[union-attr]
+    nested: Any = given.fields["nested"]
+    nested.value["a"][1]["b"] = "changed"
+    nested.source_metadata["l"].append(2)
+    listed: Any = given.fields["listed"]
+    listed.value.append("c")
     given.fields["listed"].value = "replaced"
     given.assets[0].analysis_field_ids.append(uuid.uuid4())
-    given.assets[0].verification_result["ok"].append(False)  # type: ignore[index, union-attr]
+    asset: Any = given.assets[0]
+    asset.verification_result["ok"].append(False)
     given.consents[0].granted = False
     given.channel_identities[0].channel_user_id = "+1666"
     given.fields.clear()
