@@ -22,22 +22,30 @@ Keys
     ``default``. ``ccvault keygen KID`` prints a fresh entry.
 
 Ciphertext
-    A value becomes the string ``ccvault:pii:v1:KID:B64`` (B64 = URL-safe base64 of the
+    A value becomes the string ``ccvault:pii:v2:KID:B64`` (B64 = URL-safe base64 of the
     12-byte nonce followed by the AES-GCM ciphertext and tag); ``source_metadata`` becomes
-    ``{"ccvault:pii": "ccvault:pii:v1:KID:B64"}``. The associated data binds each ciphertext
-    to the tenant, the field version's id, the field name and the part (value or metadata):
-    copied to another row, another field or another tenant, it no longer authenticates and
-    reading it raises :class:`~ccvault.errors.EncryptionError`. The id of the field version is
-    used rather than the profile id because it identifies the row itself (two versions of one
-    profile's field do not share ciphertexts either) and because it is stable where the
-    profile id is not (``merge_profiles`` moves rows, with their ids, to another profile) and
-    known where the profile id is not (``get_derived_items``, ``get_derivation_chain``).
-    Each version belongs to exactly one profile, so a ciphertext copied into a row of
-    another profile fails. What the associated data does *not* detect: a whole row (its
-    ciphertext together with its own id) moved to another profile of the tenant by someone
-    with write access to the database. Binding the profile id would need a re-seal of every
-    moved row inside ``merge_profiles``/``unmerge`` (the provider's transaction, which a
-    wrapper cannot join) and the profile id on the lineage reads; SECURITY.md records it.
+    ``{"ccvault:pii": "ccvault:pii:v2:KID:B64"}``. The associated data binds each ciphertext
+    to the tenant, the field version's id, the field name, the part (value or metadata) and
+    the envelope version; the plaintext starts with the 16 bytes of the id of the profile
+    the version was sealed for (authenticated with it). So:
+
+    * a ciphertext copied to another row, field, part or tenant no longer authenticates:
+      :class:`~ccvault.errors.EncryptionError`;
+    * a whole row (ciphertext with its own id) moved to another profile authenticates but
+      names the wrong profile: every read that knows the profile (profile reads,
+      ``get_field``, ``get_field_history``, export, rotation) raises :class:`RowMovedError`
+      unless the merge log records a merge that moved this version between the two
+      profiles. ``merge_profiles`` moves rows inside the provider's transaction, which the
+      wrapper cannot join: right after it returns the wrapper re-seals the moved rows for
+      the target (``_rebind``; ``unmerge`` likewise for the source), and until then (or if
+      the process died in between) the merge log vouches for them; ``rotate-keys`` re-binds
+      what is left. What it does not cover: someone who can also write merge-log rows can
+      vouch for a move; lineage reads (``get_derived_items``, ``get_derivation_chain``) do
+      not know the profile and check only the row binding.
+
+    ``v1`` envelopes (written before profile binding: no profile id, associated data
+    without the version) stay readable and ``rotate-keys`` rewrites them as ``v2``.
+    :meth:`EncryptedProfileStore.encrypt_field` without ``profile_id`` still writes ``v1``.
 
 Channel identities
     With encryption on, the store never holds a channel user id: it holds the token
@@ -199,10 +207,15 @@ __all__ = [
     "RotationFailure",
     "RotationProgress",
     "RotationReport",
+    "RowMovedError",
     "generate_key_entry",
 ]
 
-ENVELOPE_PREFIX = "ccvault:pii:v1:"
+#: Every envelope starts with this (``v1``: field version binding; ``v2``: profile too).
+ENVELOPE_PREFIX = "ccvault:pii:"
+_V1_PREFIX = "ccvault:pii:v1:"
+_V2_PREFIX = "ccvault:pii:v2:"
+_V2_AAD = b"\0v2"  # appended to a part's associated data in a v2 envelope
 #: Stored channel user ids start with this when sealed (``cid1:KID:B64``).
 IDENTITY_PREFIX = "cid1:"
 _IDENTITY_INFO = b"ccvault channel identity AES-SIV v1"
@@ -215,7 +228,7 @@ PII_REGISTRY_AGENT_ID = uuid5(UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "urn
 logger = logging.getLogger(__name__)
 
 _KID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-_ENVELOPE = re.compile(r"^ccvault:pii:v1:([A-Za-z0-9_.-]{1,32}):([A-Za-z0-9_=-]+)$")
+_ENVELOPE = re.compile(r"^ccvault:pii:v[12]:([A-Za-z0-9_.-]{1,32}):([A-Za-z0-9_=-]+)$")
 _NONCE_BYTES = 12
 _PREFIX_LENGTH = len("ccvault:pii:v1:")
 _PADDING = ("", "===", "==", "=")  # by len(body) % 4 (1 is invalid base64 anyway)
@@ -224,6 +237,11 @@ _a2b = binascii.a2b_base64
 _loads = orjson.loads
 _SETTING = "profile.pii_encryption_key_id"
 _IMMUTABLE_JSON = (str, int, float, bool)
+
+
+class RowMovedError(errors.EncryptionError):
+    """A sealed field version read under a profile it was not sealed for, and no merge
+    moved it there (see the module docstring, *Ciphertext*)."""
 
 
 def _b64decode(text: str) -> bytes:
@@ -338,12 +356,14 @@ class Keyring:
                 "key or tampered data (copied from another tenant or channel?)"
             ) from None
 
-    def encrypt(self, plaintext: bytes, aad: bytes) -> str:
-        """An envelope string under the current key."""
+    def encrypt(self, plaintext: bytes, aad: bytes, prefix: str = _V1_PREFIX) -> str:
+        """An envelope string under the current key (``prefix``: its version)."""
         nonce = os.urandom(_NONCE_BYTES)
+        if prefix == _V2_PREFIX:  # the version is authenticated too
+            aad += _V2_AAD
         sealed = self.keys[self.current].encrypt(nonce, plaintext, aad)
         body = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
-        return f"{ENVELOPE_PREFIX}{self.current}:{body}"
+        return f"{prefix}{self.current}:{body}"
 
     def decrypt(self, envelope: str, aad: bytes) -> bytes:
         """The plaintext of an envelope; EncryptionError if unknown key or not authentic."""
@@ -351,11 +371,15 @@ class Keyring:
         try:
             kid, _, body = envelope[_PREFIX_LENGTH:].partition(":")
             key = self.keys.get(kid)
-            if key is not None and envelope.startswith(ENVELOPE_PREFIX):
+            if key is not None and (
+                envelope.startswith(_V2_PREFIX) or envelope.startswith(_V1_PREFIX)
+            ):
                 raw = _a2b(
                     (body + _PADDING[len(body) & 3]).encode().translate(_URLSAFE_TO_STANDARD),
                     strict_mode=True,
                 )
+                if envelope[13] == "2":
+                    aad += _V2_AAD
                 return key.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
         except (binascii.Error, ValueError, InvalidTag, TypeError, AttributeError):
             pass
@@ -373,6 +397,8 @@ class Keyring:
                 f"PII ciphertext was written under key id {kid!r}, which is not configured in "
                 f"{_SETTING} (configured: {sorted(self.keys)})"
             )
+        if envelope.startswith(_V2_PREFIX):
+            aad += _V2_AAD
         try:
             raw = _b64decode(body)
             return key.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
@@ -391,6 +417,10 @@ def key_id_of(envelope: object) -> str | None:
         if match:
             return match.group(1)
     return None
+
+
+def _is_v1(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(_V1_PREFIX)
 
 
 def _is_envelope(value: object) -> bool:
@@ -538,7 +568,9 @@ class EncryptedProfileStore(ForwardingProfileStore):
         # first envelope of a field version -> (tenant head, field id as int, name, value
         # sealed?, metadata envelope, value (immutable) or its JSON, immutable?, metadata
         # JSON): see _decrypt_field
-        self._opened: dict[str, tuple[bytes, int, str, bool, str | None, Any, bool, Any]] = {}
+        self._opened: dict[
+            str, tuple[bytes, int, str, bool, str | None, Any, bool, Any, int | None]
+        ] = {}
         self._opened_since = self.clock()
         # token -> (tenant, channel, channel user id)
         self._opened_identities: dict[str, tuple[UUID, Channel, str]] = {}
@@ -727,39 +759,70 @@ class EncryptedProfileStore(ForwardingProfileStore):
             )
 
     def encrypt_field(
-        self, tenant_id: UUID, item: ProfileField, *, pii: bool = True
+        self,
+        tenant_id: UUID,
+        item: ProfileField,
+        *,
+        pii: bool = True,
+        profile_id: UUID | None = None,
     ) -> ProfileField:
         """A copy of ``item`` sealed under the current key.
 
         ``pii=True``: value and source_metadata are sealed. ``pii=False``: only a non-empty
         source_metadata is sealed (lineage quotes of any field may hold personal data, e.g.
         the sentence an email address was extracted from for a ``newsletter`` flag); the
-        value stays plaintext.
+        value stays plaintext. With ``profile_id`` the envelopes (``v2``) are bound to that
+        profile too (every write of the wrapper passes it); without, ``v1``.
         """
-        return self._encrypt_field(_tenant_head(tenant_id), item, pii)
+        return self._encrypt_field(_tenant_head(tenant_id), item, pii, profile_id)
 
-    def _encrypt_field(self, head: bytes, item: ProfileField, pii: bool) -> ProfileField:
+    def _encrypt_field(
+        self, head: bytes, item: ProfileField, pii: bool, profile_id: UUID | None = None
+    ) -> ProfileField:
         values = item.__dict__
         metadata = values["source_metadata"]
         if not pii and not metadata:
             return item
         value_aad, metadata_aad = _aads(head, values["id"], values["name"])
+        encrypt = self.keyring.encrypt
+        if profile_id is None:
+            bound, prefix = b"", _V1_PREFIX
+        else:  # v2: the profile's id leads the plaintext, authenticated with it
+            bound, prefix = profile_id.bytes, _V2_PREFIX
         update: dict[str, Any] = {
             "source_metadata": {
-                METADATA_KEY: self.keyring.encrypt(orjson.dumps(metadata), metadata_aad)
+                METADATA_KEY: encrypt(bound + orjson.dumps(metadata), metadata_aad, prefix)
             }
         }
         if pii:
-            update["value"] = self.keyring.encrypt(orjson.dumps(values["value"]), value_aad)
+            update["value"] = encrypt(bound + orjson.dumps(values["value"]), value_aad, prefix)
         # the envelopes are strings, a valid value and metadata: no re-validation needed
         return trusted_replace(item, update)
 
-    def decrypt_field(self, tenant_id: UUID, item: ProfileField) -> ProfileField:
-        """A copy of ``item`` with any sealed value or metadata opened."""
-        self._expire_opened()
-        return self._decrypt_field(_tenant_head(tenant_id), item)
+    def decrypt_field(
+        self,
+        tenant_id: UUID,
+        item: ProfileField,
+        profile_id: UUID | None = None,
+        moved: dict[UUID, set[UUID]] | None = None,
+    ) -> ProfileField:
+        """A copy of ``item`` with any sealed value or metadata opened.
 
-    def _decrypt_field(self, head: bytes, item: ProfileField) -> ProfileField:
+        ``profile_id``: the profile the row is stored under; a ``v2`` envelope bound to
+        another profile raises :class:`RowMovedError` unless ``moved`` (field version id ->
+        profiles a merge moved it between, from the merge log) lists that profile. None:
+        the binding is not checked (lineage reads, which do not know the profile).
+        """
+        self._expire_opened()
+        return self._decrypt_field(_tenant_head(tenant_id), item, profile_id, moved)
+
+    def _decrypt_field(
+        self,
+        head: bytes,
+        item: ProfileField,
+        profile_id: UUID | None = None,
+        moved: dict[UUID, set[UUID]] | None = None,
+    ) -> ProfileField:
         values = item.__dict__
         value = values["value"]
         sealed_value = value.__class__ is str and value.startswith(ENVELOPE_PREFIX)
@@ -784,6 +847,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
             and hit[3] is sealed_value
             and hit[4] == envelope
         ):
+            if profile_id is not None and hit[8] is not None and hit[8] != profile_id.int:
+                self._check_moved(field_id, UUID(int=hit[8]), profile_id, moved)
             update: dict[str, Any] = {}
             if sealed_value:
                 update["value"] = hit[5] if hit[6] else _loads(hit[5])
@@ -791,22 +856,30 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 update["source_metadata"] = _loads(hit[7])
             return trusted_replace(item, update)
         value_aad, metadata_aad = _aads(head, field_id, name)
-        open_sealed = self.keyring.decrypt
         update = {}
         value_payload: Any = None
         immutable = True
+        bound: set[bytes] = set()
         if sealed_value:
-            plaintext = open_sealed(value, value_aad)
+            plaintext = self._open_part(value, value_aad, bound)
             opened = update["value"] = _loads(plaintext)
             immutable = opened is None or opened.__class__ in _IMMUTABLE_JSON
             value_payload = opened if immutable else plaintext
         metadata_json = None
         if envelope is not None:
-            metadata_json = open_sealed(envelope, metadata_aad)
+            metadata_json = self._open_part(envelope, metadata_aad, bound)
             opened = _loads(metadata_json)
             if opened.__class__ is not dict:
                 raise errors.EncryptionError("decrypted source_metadata is not an object")
             update["source_metadata"] = opened
+        if len(bound) > 1:
+            raise RowMovedError(
+                f"field version {field_id}: its value and metadata are sealed for different "
+                "profiles (tampered)"
+            )
+        bound_int = UUID(bytes=next(iter(bound))).int if bound else None
+        if profile_id is not None and bound_int is not None and bound_int != profile_id.int:
+            self._check_moved(field_id, UUID(int=bound_int), profile_id, moved)
         if self.opened_cache_size:
             cache = self._opened
             if len(cache) >= self.opened_cache_size:
@@ -820,9 +893,33 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 value_payload,
                 immutable,
                 metadata_json,
+                bound_int,
             )
         # authenticated plaintext this wrapper sealed from validated JSON: no re-validation
         return trusted_replace(item, update)
+
+    def _open_part(self, envelope: str, aad: bytes, bound: set[bytes]) -> bytes:
+        """The JSON of one envelope; a v2 envelope's profile id is added to ``bound``."""
+        if envelope.startswith(_V2_PREFIX):
+            plaintext = self.keyring.decrypt(envelope, aad)
+            if len(plaintext) < 16:
+                raise errors.EncryptionError("malformed PII ciphertext")
+            bound.add(plaintext[:16])
+            return plaintext[16:]
+        return self.keyring.decrypt(envelope, aad)
+
+    @staticmethod
+    def _check_moved(
+        field_id: UUID, bound: UUID, stored_under: UUID, moved: dict[UUID, set[UUID]] | None
+    ) -> None:
+        """A v2 envelope sealed for ``bound`` read from a row of ``stored_under``: allowed
+        only when the merge log says a merge moved this version between the two."""
+        if moved is not None and {bound, stored_under} <= moved.get(field_id, set()):
+            return
+        raise RowMovedError(
+            f"field version {field_id} of profile {stored_under} is sealed for profile "
+            f"{bound} and no merge moved it there: the row was moved (tampered)"
+        )
 
     def _expire_opened(self) -> None:
         """Drop the opened-envelope cache when it is older than ``opened_cache_ttl``."""
@@ -846,19 +943,22 @@ class EncryptedProfileStore(ForwardingProfileStore):
         if envelope is None:
             return None
         opened = orjson.loads(
-            self.keyring.decrypt(envelope, _aad(tenant_id, item_id, name, "metadata"))
+            self._open_part(envelope, _aad(tenant_id, item_id, name, "metadata"), set())
         )
         if not isinstance(opened, dict):
             raise errors.EncryptionError("decrypted source_metadata is not an object")
         return opened
 
-    def _decrypt_profile(self, profile: CustomerProfile) -> CustomerProfile:
+    def _decrypt_profile(
+        self, profile: CustomerProfile, moved: dict[UUID, set[UUID]] | None = None
+    ) -> CustomerProfile:
         self._expire_opened()
         head = _tenant_head(profile.tenant_id)
         opened = self._decrypt_field
-        fields = {name: opened(head, item) for name, item in profile.fields.items()}
+        pid = profile.id
+        fields = {name: opened(head, item, pid, moved) for name, item in profile.fields.items()}
         history = {
-            name: [opened(head, item) for item in versions]
+            name: [opened(head, item, pid, moved) for item in versions]
             for name, versions in profile.field_history.items()
         }
         update: dict[str, Any] = {"fields": fields, "field_history": history}
@@ -998,11 +1098,48 @@ class EncryptedProfileStore(ForwardingProfileStore):
             )
         return opened
 
-    def _maybe(self, profile: CustomerProfile | None) -> CustomerProfile | None:
-        return None if profile is None else self._decrypt_profile(profile)
+    async def _maybe(self, profile: CustomerProfile | None) -> CustomerProfile | None:
+        """The opened profile; the merge log is read only when a row is sealed for another
+        profile (a merge's rows not yet re-sealed, or tampering)."""
+        if profile is None:
+            return None
+        try:
+            return self._decrypt_profile(profile)
+        except RowMovedError:
+            moved = await self._moved_rows(profile.tenant_id, profile.id)
+            return self._decrypt_profile(profile, moved)
+
+    async def _open_profile(self, profile: CustomerProfile) -> CustomerProfile:
+        opened = await self._maybe(profile)
+        assert opened is not None
+        return opened
+
+    async def _open_versions(
+        self, tenant_id: UUID, profile_id: UUID, items: list[ProfileField]
+    ) -> list[ProfileField]:
+        try:
+            return [self.decrypt_field(tenant_id, item, profile_id) for item in items]
+        except RowMovedError:
+            moved = await self._moved_rows(tenant_id, profile_id)
+            return [self.decrypt_field(tenant_id, item, profile_id, moved) for item in items]
+
+    async def _moved_rows(self, tenant_id: UUID, profile_id: UUID) -> dict[UUID, set[UUID]]:
+        """Field version id -> the profiles a merge (per the merge log) moved it between,
+        for the merges touching ``profile_id``."""
+        try:
+            records = await super()._get_merge_log(tenant_id, profile_id)
+        except NotImplementedError:
+            return {}
+        moved: dict[UUID, set[UUID]] = {}
+        for record in records:
+            for field_id in record.moved_field_ids:
+                moved.setdefault(field_id, set()).update(
+                    (record.source_profile_id, record.target_profile_id)
+                )
+        return moved
 
     async def _sealer(
-        self, tenant_id: UUID, plaintext: list[str] | None = None
+        self, tenant_id: UUID, profile_id: UUID, plaintext: list[str] | None = None
     ) -> Callable[[ProfileField], ProfileField]:
         """The sealing of one write; names it leaves plaintext are added to ``plaintext``."""
         names = None if self.encrypt_all else await self._pii_names(tenant_id)
@@ -1013,7 +1150,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
             pii = names is None or item.name in names
             if not pii and plaintext is not None:
                 plaintext.append(item.name)
-            return self._encrypt_field(head, item, pii)
+            return self._encrypt_field(head, item, pii, profile_id)
 
         return seal
 
@@ -1024,14 +1161,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
     async def _get_by_customer_id(
         self, tenant_id: UUID, customer_id: UUID, include_history: bool
     ) -> CustomerProfile | None:
-        return self._maybe(
+        return await self._maybe(
             await super()._get_by_customer_id(tenant_id, customer_id, include_history)
         )
 
     async def _get_by_id(
         self, tenant_id: UUID, profile_id: UUID, include_history: bool
     ) -> CustomerProfile | None:
-        return self._maybe(await super()._get_by_id(tenant_id, profile_id, include_history))
+        return await self._maybe(await super()._get_by_id(tenant_id, profile_id, include_history))
 
     async def _get_by_channel_identity(
         self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
@@ -1041,7 +1178,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 tenant_id, channel, token, include_history
             )
             if found is not None:
-                return self._decrypt_profile(found)
+                return await self._open_profile(found)
         return None
 
     async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
@@ -1055,12 +1192,12 @@ class EncryptedProfileStore(ForwardingProfileStore):
                     tenant_id, identity.channel, token, False
                 )
                 if found is not None:
-                    return self._decrypt_profile(found)
+                    return await self._open_profile(found)
         sealed = [self._seal_identity(tenant_id, i) for i in candidate.channel_identities]
         created = await super()._get_or_create(
             tenant_id, trusted_replace(candidate, {"channel_identities": sealed})
         )
-        return self._decrypt_profile(created)
+        return await self._open_profile(created)
 
     async def _link_channel(
         self,
@@ -1150,6 +1287,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
     async def _unmerge(self, tenant_id: UUID, merge_id: UUID) -> UnmergeResult:
         result = await super()._unmerge(tenant_id, merge_id)
+        # the rows moved back are sealed for the target (re-sealed at the merge)
+        await self._rebind(tenant_id, result.source_profile_id)
         if not result.restored_identities:
             return result
         opened = self._open_identities(tenant_id, result.restored_identities)
@@ -1159,13 +1298,15 @@ class EncryptedProfileStore(ForwardingProfileStore):
         self, tenant_id: UUID, profile_id: UUID, field_name: str, status: ItemStatus | None
     ) -> ProfileField | None:
         found = await super()._get_field(tenant_id, profile_id, field_name, status)
-        return None if found is None else self.decrypt_field(tenant_id, found)
+        if found is None:
+            return None
+        return (await self._open_versions(tenant_id, profile_id, [found]))[0]
 
     async def _get_field_history(
         self, tenant_id: UUID, profile_id: UUID, field_name: str
     ) -> list[ProfileField]:
         versions = await super()._get_field_history(tenant_id, profile_id, field_name)
-        return [self.decrypt_field(tenant_id, version) for version in versions]
+        return await self._open_versions(tenant_id, profile_id, versions)
 
     async def _get_derivation_chain(
         self, tenant_id: UUID, item_id: UUID, item_type: ItemType, max_depth: int
@@ -1213,7 +1354,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         return None if found is None else self._open_asset(tenant_id, found)
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
-        return self._maybe(await super()._export_profile(tenant_id, profile_id))
+        return await self._maybe(await super()._export_profile(tenant_id, profile_id))
 
     # ---------------------------------------------------------------------------------
     # writes: encrypt PII, keep the registry
@@ -1221,7 +1362,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
     async def _save(self, profile: CustomerProfile) -> UUID:
         plaintext: list[str] = []
-        seal = await self._sealer(profile.tenant_id, plaintext)
+        seal = await self._sealer(profile.tenant_id, profile.id, plaintext)
         fields = {name: seal(item) for name, item in profile.fields.items()}
         identities = [self._seal_identity(profile.tenant_id, i) for i in profile.channel_identities]
         assets = [self._seal_asset(profile.tenant_id, a) for a in profile.assets]
@@ -1244,7 +1385,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         self, tenant_id: UUID, profile_id: UUID, field: ProfileField, supersede_existing: bool
     ) -> UUID:
         plaintext: list[str] = []
-        seal = await self._sealer(tenant_id, plaintext)
+        seal = await self._sealer(tenant_id, profile_id, plaintext)
         sealed = seal(field)
         try:
             written = await super()._update_field(tenant_id, profile_id, sealed, supersede_existing)
@@ -1264,12 +1405,52 @@ class EncryptedProfileStore(ForwardingProfileStore):
         choose_winner: MergeWinner,
         log: MergeLogRequest | None = None,
     ) -> None:
-        # ciphertexts are bound to field ids, which merge keeps: nothing to re-encrypt (and
-        # unmerge, forwarded as it is, moves the same rows back). Policies compare sources,
-        # flags, confidence and times, never the (sealed) values.
+        # Policies compare sources, flags, confidence and times, never the (sealed) values.
+        # The moved rows are sealed for the source: re-sealed for the target right after
+        # (until then, and if this process dies first, reads accept them because the merge
+        # log lists them; see the module docstring, *Ciphertext*).
         await super()._merge_profiles(
             tenant_id, source_profile_id, target_profile_id, choose_winner, log
         )
+        await self._rebind(tenant_id, target_profile_id)
+
+    async def _rebind(self, tenant_id: UUID, profile_id: UUID) -> int:
+        """Re-seal, bound to ``profile_id``, the field versions stored under it that a
+        merge or unmerge moved there (sealed for the other profile). A version sealed for
+        a profile no merge names is left alone (reads refuse it) and logged."""
+        raw = await super()._export_profile(tenant_id, profile_id)
+        if raw is None:
+            return 0
+        moved: dict[UUID, set[UUID]] | None = None
+        head = _tenant_head(tenant_id)
+        payloads: dict[UUID, tuple[Any, dict[str, Any]]] = {}
+        for versions in raw.field_history.values():
+            for item in versions:
+                try:
+                    self._decrypt_field(head, item, profile_id, {})
+                    continue  # bound here (or v1 / plaintext): nothing to do
+                except RowMovedError:
+                    pass
+                except errors.EncryptionError:
+                    continue  # undecryptable: rotate-keys names it, reads refuse it
+                if moved is None:
+                    moved = await self._moved_rows(tenant_id, profile_id)
+                try:
+                    opened = self._decrypt_field(head, item, profile_id, moved)
+                except RowMovedError:
+                    logger.warning(
+                        "tenant %s profile %s: field version %s is sealed for a profile no "
+                        "merge moved it from; left as it is (reads refuse it)",
+                        tenant_id,
+                        profile_id,
+                        item.id,
+                    )
+                    continue
+                sealed = self._encrypt_field(head, opened, _is_envelope(item.value), profile_id)
+                payloads[item.id] = (sealed.value, sealed.source_metadata)
+        if not payloads:
+            return 0
+        return await super()._rewrite_field_payloads(tenant_id, profile_id, payloads)
 
     # ---------------------------------------------------------------------------------
     # erasure: no opened copy outlives it in this process
@@ -1401,7 +1582,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return 0
         stored = {item.id: item for versions in raw.field_history.values() for item in versions}
         plaintext: list[str] = []
-        seal = await self._sealer(tenant_id, plaintext)
+        seal = await self._sealer(tenant_id, profile_id, plaintext)
         sealed: dict[UUID, tuple[Any, dict[str, Any]]] = {}
         for field_id, (value, metadata) in payloads.items():
             item = stored.get(field_id)
@@ -1430,6 +1611,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
         metadata_envelope = _metadata_envelope(item.source_metadata)
         metadata_kid = key_id_of(metadata_envelope)
         current = self.keyring.current
+        if _is_v1(item.value) or _is_v1(metadata_envelope):
+            return True  # v1: re-sealed as v2, bound to its profile
         if item.name in names or self.encrypt_all:
             # PII: rewrite unless both parts are already under the current key
             return value_kid != current or metadata_kid != current
@@ -1439,10 +1622,19 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return True
         return value_kid not in (None, current)
 
-    def _reseal(self, tenant_id: UUID, item: ProfileField, names: frozenset[str]) -> ProfileField:
-        opened = self.decrypt_field(tenant_id, item)
+    def _reseal(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        item: ProfileField,
+        names: frozenset[str],
+        moved: dict[UUID, set[UUID]] | None,
+    ) -> ProfileField:
+        """``item`` opened (its binding checked against ``profile_id``) and sealed again
+        under the current key, bound to ``profile_id``."""
+        opened = self.decrypt_field(tenant_id, item, profile_id, moved)
         pii = self.encrypt_all or item.name in names or _is_envelope(item.value)
-        return self.encrypt_field(tenant_id, opened, pii=pii)
+        return self.encrypt_field(tenant_id, opened, pii=pii, profile_id=profile_id)
 
     async def rotate_profile(self, tenant_id: UUID, profile_id: UUID) -> int:
         """Re-encrypt under the current key every field version of one profile that holds
@@ -1473,12 +1665,19 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return 0, []
         payloads: dict[UUID, tuple[Any, dict[str, Any]]] = {}
         failures: list[RotationFailure] = []
+        moved: dict[UUID, set[UUID]] | None = None
         for versions in raw.field_history.values():
             for item in versions:
                 if not self._needs_rewrite(item, names):
                     continue
                 try:
-                    sealed = self._reseal(tenant_id, item, names)
+                    try:
+                        sealed = self._reseal(tenant_id, profile_id, item, names, moved)
+                    except RowMovedError:
+                        if moved is not None:
+                            raise
+                        moved = await self._moved_rows(tenant_id, profile_id)
+                        sealed = self._reseal(tenant_id, profile_id, item, names, moved)
                 except errors.EncryptionError as exc:
                     failures.append(
                         RotationFailure(
@@ -1610,6 +1809,9 @@ class EncryptedProfileStore(ForwardingProfileStore):
                     count, failures = await self._rotate_profile(
                         tenant_id, profile_id, skip_failures=True
                     )
+                    # rows a merge moved here and nobody re-sealed (the merging process
+                    # died first): bound to this profile now
+                    count += await self._rebind(tenant_id, profile_id)
                     report.identities += self.identities_rotated - identities_before
                     for failure in failures:
                         logger.warning(

@@ -113,3 +113,46 @@ async def test_a_ciphertext_copied_to_another_profile_in_sql_is_refused(
     with pytest.raises(errors.EncryptionError, match="does not decrypt") as refused:
         await store.get_field(tenant, bob.id, "iban")
     assert "DE-ANA" not in str(refused.value)
+
+
+async def test_a_row_moved_to_another_profile_in_sql_is_refused(
+    make_store: Callable[..., Awaitable[Any]], pg_dsn: str
+) -> None:
+    """Ciphertext bound to its profile (v2 envelopes): a whole sealed row moved in SQL to
+    another profile is refused with RowMovedError (an EncryptionError naming ids only);
+    rows moved by a real merge are re-sealed for the target and read normally."""
+    from ccvault.crypto import RowMovedError
+    from ccvault.models import ProfileFieldDefinition
+
+    schema = f"t_sealrow_{uuid.uuid4().hex[:16]}"
+    store = EncryptedProfileStore(await make_store(schema=schema), Keyring.parse(KEY))
+    tenant = uuid.uuid4()
+    await store.save_field_definition(
+        ProfileFieldDefinition(tenant_id=tenant, agent_id=uuid.uuid4(), name="iban", is_pii=True)
+    )
+    ana = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917733333333")
+    bob = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917744444444")
+    await store.update_field(tenant, ana.id, ProfileField(name="iban", value="DE-ANA-ROW"))
+    carl = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917755555555")
+    await store.update_field(tenant, carl.id, ProfileField(name="iban", value="DE-CARL"))
+    # a real merge moves carl's row to bob: re-sealed, read as bob's
+    await store.merge_profiles(tenant, carl.id, bob.id)
+    got = await store.get_field(tenant, bob.id, "iban")
+    assert got is not None and got.value == "DE-CARL"
+    dave = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917766666666")
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        moved = await connection.execute(
+            f'UPDATE "{schema}".profile_fields SET profile_id = $2 '
+            "WHERE profile_id = $1 AND name = 'iban'",
+            ana.id,
+            dave.id,
+        )
+    finally:
+        await connection.close()
+    assert moved == "UPDATE 1"
+    with pytest.raises(RowMovedError, match="moved") as refused:
+        await store.get_by_id(tenant, dave.id)
+    assert "DE-ANA" not in str(refused.value)
+    with pytest.raises(RowMovedError):
+        await store.get_field(tenant, dave.id, "iban")
