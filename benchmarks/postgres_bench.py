@@ -878,7 +878,7 @@ async def main() -> int:
         help="rows of the large tenant expired under statement_timeout 3s (0: skip)",
     )
     parser.add_argument("--expire-large-pairs", type=int, default=3)
-    parser.add_argument("--expire-batch", type=int, default=5_000, help="rows per batch")
+    parser.add_argument("--expire-batch", type=int, default=1_000, help="rows per batch")
     parser.add_argument(
         "--tenant-sizes", default="1000,10000,100000", help="profiles, comma-separated"
     )

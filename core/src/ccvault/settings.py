@@ -338,7 +338,7 @@ class WorkerSettings(_Section):
     lease_dir: str = "${CCVAULT_DATA_DIR}/leases"
     #: rows per batch of the bulk jobs (expire, mark-orphans) the worker and the CLI run:
     #: each batch is one short transaction, so no statement grows with the tenant
-    batch_size: int = Field(default=5_000, ge=1, le=100_000)
+    batch_size: int = Field(default=1_000, ge=1, le=100_000)
 
     @field_validator("lease_dir", mode="before")
     @classmethod
