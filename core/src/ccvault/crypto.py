@@ -877,7 +877,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 f"field version {field_id}: its value and metadata are sealed for different "
                 "profiles (tampered)"
             )
-        bound_int = UUID(bytes=next(iter(bound))).int if bound else None
+        bound_int = int.from_bytes(next(iter(bound)), "big") if bound else None
         if profile_id is not None and bound_int is not None and bound_int != profile_id.int:
             self._check_moved(field_id, UUID(int=bound_int), profile_id, moved)
         if self.opened_cache_size:
