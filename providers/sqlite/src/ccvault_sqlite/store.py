@@ -192,7 +192,10 @@ _UPSERT_REQUIREMENT = (
     )
     + " RETURNING id"
 )
-# the whole derivation chain in one statement: item first, then each source, PK lookups only
+# the whole derivation chain in one statement: item first, then each source, PK lookups only.
+# likelihood(): the walk has few steps; without telling the planner so, once statistics
+# exist it expects many and builds a Bloom filter over the tenant's items for the join
+# (reading all of them on every call: test_query_plans.py refuses such plans)
 _DERIVATION_CHAIN = """
 WITH RECURSIVE chain (depth, kind, id, name, source_metadata, source_item_id, source_item_type)
 AS (
@@ -208,13 +211,15 @@ AS (
            f.source_item_type
       FROM chain AS link CROSS JOIN fields AS f INDEXED BY sqlite_autoindex_fields_1
         ON f.tenant_id = :tenant AND f.id = link.source_item_id
-     WHERE link.source_item_type = 'profile_field' AND link.depth + 1 < :max_depth
+     WHERE likelihood(link.source_item_type = 'profile_field', 0.001)
+       AND link.depth + 1 < :max_depth
     UNION ALL
     SELECT link.depth + 1, 'profile_asset', a.id, a.name, '{}', a.source_item_id,
            a.source_item_type
       FROM chain AS link CROSS JOIN assets AS a INDEXED BY sqlite_autoindex_assets_1
         ON a.tenant_id = :tenant AND a.id = link.source_item_id
-     WHERE link.source_item_type = 'profile_asset' AND link.depth + 1 < :max_depth
+     WHERE likelihood(link.source_item_type = 'profile_asset', 0.001)
+       AND link.depth + 1 < :max_depth
 )
 SELECT kind, id, name, source_metadata, source_item_id, source_item_type
   FROM chain ORDER BY depth
@@ -1793,10 +1798,12 @@ def _profile_query(where: str, include_history: bool, *, released: bool = False)
     write order), assets oldest first.
 
     Its plan does not depend on statistics (``sqlite_stat1``, which ANALYZE and
-    ``PRAGMA optimize`` write): the profile row (``hit``) is found first and every part is
-    joined to it with ``CROSS JOIN`` (SQLite keeps that join order) through a pinned index
-    leading with (tenant_id, profile_id), so no statistics can make it walk other profiles
-    or tenants. ``test_query_plans.py`` checks the plans after ANALYZE.
+    ``PRAGMA optimize`` write): the profile row (``hit``) is found first and every part
+    looks its rows up by (tenant_id, that profile's id: a scalar subquery run once) through
+    a pinned index. No join, so the planner cannot reorder one into a scan of other profiles
+    or tenants, nor build a Bloom filter over the whole table (which it did, with
+    statistics, for a join with ``hit``: a cost growing with the table).
+    ``test_query_plans.py`` checks the plans after ANALYZE.
     """
     active = "" if include_history else " AND f.status = 'active'"
     active_assets = "" if include_history else " AND a.status = 'active'"
@@ -1808,8 +1815,8 @@ def _profile_query(where: str, include_history: bool, *, released: bool = False)
         f"""
 UNION ALL
 SELECT {_IDENTITY}, r.position, NULL, NULL, {_padded("r", _IDENTITY_COLUMNS)}
-  FROM hit CROSS JOIN released_identities AS r INDEXED BY sqlite_autoindex_released_identities_1
-    ON r.tenant_id = hit.tenant_id AND r.profile_id = hit.id"""
+  FROM released_identities AS r INDEXED BY sqlite_autoindex_released_identities_1
+ WHERE r.tenant_id = :tenant AND r.profile_id = (SELECT id FROM hit)"""
         if released
         else ""
     )
@@ -1821,20 +1828,20 @@ WITH hit AS (
 SELECT {_PROFILE}, NULL, NULL, NULL, {_padded("hit", _PROFILE_COLUMNS)} FROM hit
 UNION ALL
 SELECT {_IDENTITY}, i.position, NULL, NULL, {_padded("i", _IDENTITY_COLUMNS)}
-  FROM hit CROSS JOIN channel_identities AS i INDEXED BY channel_identities_profile
-    ON i.tenant_id = hit.tenant_id AND i.profile_id = hit.id{released_part}
+  FROM channel_identities AS i INDEXED BY channel_identities_profile
+ WHERE i.tenant_id = :tenant AND i.profile_id = (SELECT id FROM hit){released_part}
 UNION ALL
 SELECT {_CONSENT}, c.position, NULL, NULL, {_padded("c", CONSENT_COLUMNS)}
-  FROM hit CROSS JOIN consents AS c INDEXED BY sqlite_autoindex_consents_1
-    ON c.tenant_id = hit.tenant_id AND c.profile_id = hit.id
+  FROM consents AS c INDEXED BY sqlite_autoindex_consents_1
+ WHERE c.tenant_id = :tenant AND c.profile_id = (SELECT id FROM hit)
 UNION ALL
 SELECT {_FIELD}, f.name, f.collected_at, f.seq, {_padded("f", FIELD_COLUMNS)}
-  FROM hit CROSS JOIN fields AS f INDEXED BY {field_index}
-    ON f.tenant_id = hit.tenant_id AND f.profile_id = hit.id{active}
+  FROM fields AS f INDEXED BY {field_index}
+ WHERE f.tenant_id = :tenant AND f.profile_id = (SELECT id FROM hit){active}
 UNION ALL
 SELECT {_ASSET}, a.uploaded_at, NULL, -a.seq, {_padded("a", ASSET_COLUMNS)}
-  FROM hit CROSS JOIN assets AS a INDEXED BY assets_by_name
-    ON a.tenant_id = hit.tenant_id AND a.profile_id = hit.id{active_assets}
+  FROM assets AS a INDEXED BY assets_by_name
+ WHERE a.tenant_id = :tenant AND a.profile_id = (SELECT id FROM hit){active_assets}
 ORDER BY 1, 2, 3 DESC, 4 DESC
 """
 
