@@ -38,6 +38,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from itertools import islice, repeat
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, TypeVar
 from uuid import UUID
@@ -387,10 +388,31 @@ def _trusted_flat(cls: type[_M], values: dict[str, Any]) -> _M:
     return item
 
 
+def _positional(rows: Sequence[Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Each row's values of ``keys`` as a dict in that order: the columns are found by name
+    once per result (every row of one result has the same columns), then read by position."""
+    if not rows:
+        return []
+    names = list(rows[0].keys())
+    pick = itemgetter(*(names.index(key) for key in keys))
+    return [dict(zip(keys, pick(row), strict=True)) for row in rows]
+
+
+def _definitions(rows: Sequence[Any]) -> list[ProfileFieldDefinition]:
+    return [_definition_of(values) for values in _positional(rows, _DEFINITION_KEYS)]
+
+
+def _requirements(rows: Sequence[Any]) -> list[ScenarioFieldRequirement]:
+    return [_requirement_of(values) for values in _positional(rows, _REQUIREMENT_KEYS)]
+
+
 def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
+    return _definition_of({col: row[col] for col in _DEFINITION_KEYS})
+
+
+def _definition_of(values: dict[str, Any]) -> ProfileFieldDefinition:
     # trusted like profile rows (validated when written; get_missing_fields reads 50 of them
     # per call): enumerations mapped back, arrays copied into lists, in the model's order
-    values = {col: row[col] for col in _DEFINITION_KEYS}
     values["value_type"] = _VALUE_TYPE[values["value_type"]]
     values["survivorship"] = _SURVIVORSHIP[values["survivorship"]]
     values["source_priority"] = [_FIELD_SOURCE[x] for x in values["source_priority"] or ()]
@@ -400,7 +422,10 @@ def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
 
 
 def _requirement(row: Mapping[str, Any]) -> ScenarioFieldRequirement:
-    values = {col: row[col] for col in _REQUIREMENT_KEYS}
+    return _requirement_of({col: row[col] for col in _REQUIREMENT_KEYS})
+
+
+def _requirement_of(values: dict[str, Any]) -> ScenarioFieldRequirement:
     values["required_level"] = _REQUIRED_LEVEL[values["required_level"]]
     values["fallback_action"] = _FALLBACK[values["fallback_action"]]
     values["depends_on_fields"] = list(values["depends_on_fields"] or ())
@@ -1332,7 +1357,7 @@ class PostgresProfileStore(ProfileStore):
     ) -> list[ProfileFieldDefinition]:
         async with self._conn() as conn:
             rows = await conn.fetch(sql.GET_DEFINITIONS, tenant_id, agent_id, enabled_only)
-        return [_definition(r) for r in rows]
+        return _definitions(rows)
 
     async def _get_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
@@ -1391,7 +1416,7 @@ class PostgresProfileStore(ProfileStore):
     ) -> list[ScenarioFieldRequirement]:
         async with self._conn() as conn:
             rows = await conn.fetch(sql.GET_REQUIREMENTS, tenant_id, scenario_id, step_id)
-        return [_requirement(r) for r in rows]
+        return _requirements(rows)
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         def plan(rows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
