@@ -510,6 +510,8 @@ def test_from_settings_builds_a_cluster_client_when_asked() -> None:
 
 # hooks that only read and are deliberately not cached (forwarded as they are)
 UNCACHED_READS = {
+    # erasure by data subject reads the backend: it must find every copy, never a cached one
+    "_find_subject_profiles",
     "_get_field",
     "_get_field_history",
     "_get_asset",
