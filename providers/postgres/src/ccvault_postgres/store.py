@@ -361,6 +361,7 @@ def _consent(row: Mapping[str, Any]) -> Consent:
             "revoked_at": row["revoked_at"],
             "source_session_id": row["source_session_id"],
             "ip_address": row["ip_address"],
+            "ip_address_sealed": row["ip_address_sealed"],
         }
     )
 
@@ -398,12 +399,49 @@ def _positional(rows: Sequence[Any], keys: tuple[str, ...]) -> list[dict[str, An
     return [dict(zip(keys, pick(row), strict=True)) for row in rows]
 
 
+def _map_column(dicts: list[dict[str, Any]], key: str, convert: Callable[[Any], Any]) -> None:
+    """``d[key] = convert(d[key])`` for every dict, the loop in C."""
+    column = map(convert, map(itemgetter(key), dicts))
+    deque(map(dict.__setitem__, dicts, repeat(key), column), maxlen=0)
+
+
+def _fresh_list(value: list[Any] | None) -> list[Any]:
+    # asyncpg builds a new list per row and array: only NULL needs one
+    return [] if value is None else value
+
+
+def _sources(value: list[str] | None) -> list[ProfileFieldSource]:
+    return [_FIELD_SOURCE[x] for x in value] if value else []
+
+
+def _trusted_many(cls: type[_M], dicts: list[dict[str, Any]]) -> list[_M]:
+    """:func:`_trusted_flat` over many rows, the loops in C."""
+    items: list[_M] = list(map(_new, repeat(cls, len(dicts))))
+    deque(map(_SET_DICT, items, dicts), maxlen=0)
+    deque(map(_SET_FIELDS_SET, items, repeat(_SHARED_FIELDS_SET[cls])), maxlen=0)
+    deque(map(_SET_EXTRA, items, repeat(None)), maxlen=0)
+    deque(map(_SET_PRIVATE, items, repeat(None)), maxlen=0)
+    return items
+
+
 def _definitions(rows: Sequence[Any]) -> list[ProfileFieldDefinition]:
-    return [_definition_of(values) for values in _positional(rows, _DEFINITION_KEYS)]
+    """A whole result of definition rows at once, column by column (``_definition_of``
+    row by row does the same)."""
+    dicts = _positional(rows, _DEFINITION_KEYS)
+    _map_column(dicts, "value_type", _VALUE_TYPE.__getitem__)
+    _map_column(dicts, "survivorship", _SURVIVORSHIP.__getitem__)
+    _map_column(dicts, "source_priority", _sources)
+    _map_column(dicts, "verification_methods", _fresh_list)
+    _map_column(dicts, "extraction_examples", _fresh_list)
+    return _trusted_many(ProfileFieldDefinition, dicts)
 
 
 def _requirements(rows: Sequence[Any]) -> list[ScenarioFieldRequirement]:
-    return [_requirement_of(values) for values in _positional(rows, _REQUIREMENT_KEYS)]
+    dicts = _positional(rows, _REQUIREMENT_KEYS)
+    _map_column(dicts, "required_level", _REQUIRED_LEVEL.__getitem__)
+    _map_column(dicts, "fallback_action", _FALLBACK.__getitem__)
+    _map_column(dicts, "depends_on_fields", _fresh_list)
+    return _trusted_many(ScenarioFieldRequirement, dicts)
 
 
 def _definition(row: Mapping[str, Any]) -> ProfileFieldDefinition:
@@ -859,6 +897,7 @@ class PostgresProfileStore(ProfileStore):
                         [c.revoked_at for c in consents],
                         [c.source_session_id for c in consents],
                         [None if c.ip_address is None else str(c.ip_address) for c in consents],
+                        [c.ip_address_sealed for c in consents],
                     )
                 await self._save_items(conn, plan)
             return profile_id
@@ -1324,6 +1363,7 @@ class PostgresProfileStore(ProfileStore):
                             [c.revoked_at for c in consents],
                             [c.source_session_id for c in consents],
                             [None if c.ip_address is None else str(c.ip_address) for c in consents],
+                            [c.ip_address_sealed for c in consents],
                         )
                 await conn.execute(
                     sql.UNMERGE_PROFILES,
