@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 import ccvault
 from ccvault.crypto import ENVELOPE_PREFIX, EncryptedProfileStore, generate_key_entry
-from ccvault.models import Channel, ProfileField, ProfileFieldDefinition, SourceType
+from ccvault.models import Channel, Consent, ProfileField, ProfileFieldDefinition, SourceType
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
 from ccvault_postgres.testing import admin_dsn, dsn_with_database
@@ -29,6 +29,9 @@ SECRET_EMAIL = "alice.secret.4711@example.com"
 SECRET_QUOTE = "she said her passport is XQ998877"
 SECRET_PASSPORT = "XQ998877"
 VISIBLE = "plainmarker-language-5150"
+# consent IP addresses (documentation ranges), sealed at rest like field values
+SECRET_IPV4 = "203.0.113.77"
+SECRET_IPV6 = "2001:db8::77:4711"
 
 
 @pytest.fixture
@@ -79,6 +82,12 @@ async def write_and_read_pii(store: ProfileStore) -> tuple[uuid.UUID, uuid.UUID]
             ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name=name, is_pii=True)
         )
     profile = await store.get_or_create(tenant, Channel.WHATSAPP, "+31699887766")
+    profile.consents = [
+        Consent(consent_type="marketing", granted=True, ip_address=SECRET_IPV4),
+        Consent(consent_type="calls", granted=False, ip_address=SECRET_IPV6),
+        Consent(consent_type="mail", granted=True),
+    ]
+    await store.save(profile)
     email = ProfileField(name="email", value=SECRET_EMAIL, source_metadata={"quote": SECRET_QUOTE})
     await store.update_field(tenant, profile.id, email)
     passport = ProfileField(
@@ -94,6 +103,11 @@ async def write_and_read_pii(store: ProfileStore) -> tuple[uuid.UUID, uuid.UUID]
     for _ in range(2):
         got = await store.get_by_id(tenant, profile.id)
         assert got is not None and got.fields["email"].value == SECRET_EMAIL
+        assert [(str(c.ip_address), c.ip_address_sealed) for c in got.consents] == [
+            (SECRET_IPV4, None),
+            (SECRET_IPV6, None),
+            ("None", None),
+        ]
         assert await store.get_by_customer_id(tenant, got.customer_id) is not None
         chain = await store.get_derivation_chain(tenant, passport.id, "profile_field")
         assert chain[-1]["source_metadata"] == {"ocr": SECRET_PASSPORT}
@@ -107,7 +121,7 @@ async def write_and_read_pii(store: ProfileStore) -> tuple[uuid.UUID, uuid.UUID]
 def assert_no_plaintext(raw: bytes, where: str) -> None:
     assert VISIBLE.encode() in raw, f"the raw read of {where} sees no stored data at all"
     assert ENVELOPE_PREFIX.encode() in raw, f"no ciphertext found in {where}"
-    for secret in (SECRET_EMAIL, SECRET_QUOTE, SECRET_PASSPORT):
+    for secret in (SECRET_EMAIL, SECRET_QUOTE, SECRET_PASSPORT, SECRET_IPV4, SECRET_IPV6):
         assert secret.encode() not in raw, f"plaintext {secret!r} found in {where}"
 
 
@@ -220,6 +234,10 @@ async def test_rotate_keys_on_the_real_databases(
         async with ccvault.open_store(settings) as store:
             history = await store.get_field_history(tenant, pid, "email")
             assert [v.value for v in history] == ["v2@example.com", SECRET_EMAIL]
+            # the consent IPs were re-sealed under k2 too (k1 is gone: they would not open)
+            rotated = await store.get_by_id(tenant, pid)
+            assert rotated is not None
+            assert [str(c.ip_address) for c in rotated.consents][:2] == [SECRET_IPV4, SECRET_IPV6]
             assert history[1].source_metadata == {"quote": SECRET_QUOTE}
     finally:
         await redis_cleanup(prefix)

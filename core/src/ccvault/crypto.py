@@ -74,8 +74,22 @@ Assets
     ``storage_path`` and a non-empty ``verification_result`` of every asset are sealed like
     field values (``ccvault:pii:v1:`` envelope; the result as ``{"ccvault:pii": ...}``),
     bound to tenant, asset id and part; ``rotate-keys`` re-seals the ACTIVE ones (a save
-    updates only those in place). Consent IP addresses are not sealed: the model types them
-    as IP addresses (SECURITY.md, open findings).
+    updates only those in place).
+
+Consent IP addresses
+    With encryption on, a consent's ``ip_address`` is stored as ``ip_address_sealed`` (a
+    ``ccvault:pii:v1:`` envelope of the address text; ``ip_address`` itself stored empty),
+    the associated data binding it to the tenant, the profile, the consent type and the
+    part ``consent.ip``: an envelope copied to another profile's consent, or to another
+    consent type, does not open (:class:`~ccvault.errors.EncryptionError`). Every write
+    carrying consents seals them (save, get_or_create); every read returning them opens
+    them (profile reads, export, the merge log's moved consents). A merge moves the
+    source's consent rows as they are: right after it the wrapper re-seals them for the
+    target (``_rebind``, with the field versions; unmerge likewise for the source), and
+    until then a read accepts an envelope sealed for a profile a merge of the merge log
+    names together with this one. A caller-supplied ``ip_address_sealed`` is refused
+    (ValidationError). ``rotate-keys`` re-seals consent IPs under an older key and seals
+    the plaintext ones stored before encryption was on.
 
 Which fields are PII
     A field is PII when any definition of the tenant marks its name ``is_pii`` or
@@ -161,6 +175,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID, uuid5
 
@@ -173,6 +188,7 @@ from ccvault.extras import requires_extra
 from ccvault.models import (
     Channel,
     ChannelIdentity,
+    Consent,
     CustomerProfile,
     ItemStatus,
     ItemType,
@@ -221,6 +237,7 @@ IDENTITY_PREFIX = "cid1:"
 _IDENTITY_INFO = b"ccvault channel identity AES-SIV v1"
 _IDENTITY_MAX = 255  # ChannelIdentity.channel_user_id is ShortText
 _ASSET_PATH_MAX = 2048  # ProfileAsset.storage_path
+_CONSENT_IP_PART = b"\0consent.ip"
 METADATA_KEY = "ccvault:pii"
 #: The reserved agent under which the per-tenant PII-name registry is kept as definitions.
 PII_REGISTRY_AGENT_ID = uuid5(UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "urn:ccvault:pii")
@@ -242,6 +259,23 @@ _IMMUTABLE_JSON = (str, int, float, bool)
 class RowMovedError(errors.EncryptionError):
     """A sealed field version read under a profile it was not sealed for, and no merge
     moved it there (see the module docstring, *Ciphertext*)."""
+
+
+class _ConsentMovedError(RowMovedError):
+    """A sealed consent IP that does not open under the profile it was read from: moved
+    by a merge not yet re-sealed (the merge log names the other profile) or tampered."""
+
+
+def _consent_aad(tenant_id: UUID, profile_id: UUID, consent_type: str) -> bytes:
+    """Associated data of a sealed consent IP: tenant, profile, consent type, part."""
+    kind = consent_type.encode()
+    return (
+        _tenant_head(tenant_id)
+        + profile_id.bytes
+        + len(kind).to_bytes(2, "big")
+        + kind
+        + _CONSENT_IP_PART
+    )
 
 
 def _b64decode(text: str) -> bytes:
@@ -950,7 +984,10 @@ class EncryptedProfileStore(ForwardingProfileStore):
         return opened
 
     def _decrypt_profile(
-        self, profile: CustomerProfile, moved: dict[UUID, set[UUID]] | None = None
+        self,
+        profile: CustomerProfile,
+        moved: dict[UUID, set[UUID]] | None = None,
+        partners: tuple[UUID, ...] = (),
     ) -> CustomerProfile:
         self._expire_opened()
         head = _tenant_head(profile.tenant_id)
@@ -970,6 +1007,10 @@ class EncryptedProfileStore(ForwardingProfileStore):
         if profile.asset_history:
             update["asset_history"] = [
                 self._open_asset(profile.tenant_id, a) for a in profile.asset_history
+            ]
+        if profile.consents:
+            update["consents"] = [
+                self._open_consent(profile.tenant_id, pid, c, partners) for c in profile.consents
             ]
         return trusted_replace(profile, update)
 
@@ -1035,6 +1076,147 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return True
         result = asset.verification_result
         return result is not None and key_id_of(_metadata_envelope(result)) != current
+
+    # ---------------------------------------------------------------------------------
+    # consents: the IP address sealed, bound to tenant, profile and consent type
+    # ---------------------------------------------------------------------------------
+
+    def _seal_consent(self, tenant_id: UUID, profile_id: UUID, consent: Consent) -> Consent:
+        """``consent`` with its IP address moved into ``ip_address_sealed`` (under the
+        current key, bound to ``profile_id``). Refuses a caller-supplied sealed form."""
+        if consent.ip_address_sealed is not None:
+            raise errors.ValidationError(
+                f"consent {consent.consent_type!r}: ip_address_sealed is reserved for the "
+                "encryption wrapper (give ip_address)"
+            )
+        if consent.ip_address is None:
+            return consent
+        sealed = self.keyring.encrypt(
+            str(consent.ip_address).encode(),
+            _consent_aad(tenant_id, profile_id, consent.consent_type),
+        )
+        return trusted_replace(consent, {"ip_address": None, "ip_address_sealed": sealed})
+
+    def _open_consent(
+        self,
+        tenant_id: UUID,
+        profile_id: UUID,
+        consent: Consent,
+        partners: tuple[UUID, ...] = (),
+    ) -> Consent:
+        """``consent`` with its sealed IP opened. Tries ``profile_id``, then each of
+        ``partners`` (profiles a merge of the merge log names with it). Raises
+        :class:`_ConsentMovedError` when none opens it and no partner was given, else
+        :class:`~ccvault.errors.EncryptionError`."""
+        sealed = consent.ip_address_sealed
+        if sealed is None:
+            return consent
+        for owner in (profile_id, *partners):
+            try:
+                opened = self.keyring.decrypt(
+                    sealed, _consent_aad(tenant_id, owner, consent.consent_type)
+                )
+            except errors.EncryptionError:
+                continue
+            try:
+                address = ip_address(opened.decode())
+            except ValueError:
+                raise errors.EncryptionError(
+                    "decrypted consent ip_address is not an IP address"
+                ) from None
+            return trusted_replace(consent, {"ip_address": address, "ip_address_sealed": None})
+        if not partners:
+            raise _ConsentMovedError(
+                f"tenant {tenant_id} profile {profile_id}: the sealed ip_address of consent "
+                f"{consent.consent_type!r} does not open under this profile (key id "
+                f"{key_id_of(sealed)!r}): wrong key, or tampered (copied from another "
+                "profile or consent type?)"
+            )
+        raise errors.EncryptionError(
+            f"tenant {tenant_id} profile {profile_id}: the sealed ip_address of consent "
+            f"{consent.consent_type!r} opens neither under this profile nor under a profile "
+            f"the merge log names with it (key id {key_id_of(sealed)!r}): wrong key, or "
+            "tampered (copied from another profile or consent type?)"
+        )
+
+    def _consent_needs_rewrite(self, consent: Consent) -> bool:
+        """True when the consent's IP is plaintext or sealed under an older key."""
+        if consent.ip_address_sealed is None:
+            return consent.ip_address is not None
+        return key_id_of(consent.ip_address_sealed) != self.keyring.current
+
+    async def _merge_partners(self, tenant_id: UUID, profile_id: UUID) -> tuple[UUID, ...]:
+        """The profiles a merge of the merge log names together with ``profile_id``."""
+        try:
+            records = await super()._get_merge_log(tenant_id, profile_id)
+        except NotImplementedError:
+            return ()
+        found: dict[UUID, None] = {}
+        for record in records:
+            for other in (record.source_profile_id, record.target_profile_id):
+                if other != profile_id:
+                    found[other] = None
+        return tuple(found)
+
+    async def _reseal_consents(self, raw: CustomerProfile) -> int:
+        """Re-seal, for ``raw``'s profile and under the current key, each consent IP that is
+        plaintext, under an older key or sealed for a merge partner (through a save of the
+        consents only: no field, no asset). Returns how many changed; one that opens nowhere
+        is left as it is (reads refuse it)."""
+        consents, changed = await self._resealed_consents(raw)
+        if not changed:
+            return 0
+        try:
+            await super()._save(
+                trusted_replace(
+                    raw,
+                    {
+                        "consents": consents,
+                        "fields": {},
+                        "field_history": {},
+                        "assets": [],
+                        "asset_history": [],
+                    },
+                )
+            )
+        except errors.NotFoundError:
+            return 0  # soft-deleted: erased with the subject
+        return changed
+
+    async def _resealed_consents(self, raw: CustomerProfile) -> tuple[list[Consent], int]:
+        """``raw``'s consents as :meth:`_reseal_consents` would store them, and how many
+        of them changed."""
+        if not any(
+            c.ip_address_sealed is not None or c.ip_address is not None for c in raw.consents
+        ):
+            return list(raw.consents), 0
+        tenant_id, profile_id = raw.tenant_id, raw.id
+        partners: tuple[UUID, ...] | None = None
+        consents: list[Consent] = []
+        changed = 0
+        for consent in raw.consents:
+            try:
+                opened = self._open_consent(tenant_id, profile_id, consent)
+                if not self._consent_needs_rewrite(consent):
+                    consents.append(consent)
+                    continue
+            except _ConsentMovedError:
+                if partners is None:
+                    partners = await self._merge_partners(tenant_id, profile_id)
+                try:
+                    opened = self._open_consent(tenant_id, profile_id, consent, partners)
+                except errors.EncryptionError:
+                    logger.warning(
+                        "tenant %s profile %s: a sealed consent IP opens under no profile a "
+                        "merge names; left as it is (reads refuse it)",
+                        tenant_id,
+                        profile_id,
+                    )
+                    consents.append(consent)
+                    continue
+            consents.append(self._seal_consent(tenant_id, profile_id, opened))
+            changed += 1
+        return consents, changed
 
     # ---------------------------------------------------------------------------------
     # channel identities: sealed, looked up by their deterministic token
@@ -1107,7 +1289,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return self._decrypt_profile(profile)
         except RowMovedError:
             moved = await self._moved_rows(profile.tenant_id, profile.id)
-            return self._decrypt_profile(profile, moved)
+            partners = await self._merge_partners(profile.tenant_id, profile.id)
+            return self._decrypt_profile(profile, moved, partners)
 
     async def _open_profile(self, profile: CustomerProfile) -> CustomerProfile:
         opened = await self._maybe(profile)
@@ -1194,8 +1377,10 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 if found is not None:
                     return await self._open_profile(found)
         sealed = [self._seal_identity(tenant_id, i) for i in candidate.channel_identities]
+        consents = [self._seal_consent(tenant_id, candidate.id, c) for c in candidate.consents]
         created = await super()._get_or_create(
-            tenant_id, trusted_replace(candidate, {"channel_identities": sealed})
+            tenant_id,
+            trusted_replace(candidate, {"channel_identities": sealed, "consents": consents}),
         )
         return await self._open_profile(created)
 
@@ -1273,6 +1458,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
         return [self._open_merge_record(record) for record in records]
 
     def _open_merge_record(self, record: MergeRecord) -> MergeRecord:
+        if record.moved_consents:
+            # sealed for the source when it merged (or for the target, re-sealed since)
+            partners = (record.target_profile_id,)
+            consents = [
+                self._open_consent(record.tenant_id, record.source_profile_id, c, partners)
+                for c in record.moved_consents
+            ]
+            record = trusted_replace(record, {"moved_consents": consents})
         if not record.identities:
             return record
         moves: list[MergeIdentityMove] = []
@@ -1366,11 +1559,17 @@ class EncryptedProfileStore(ForwardingProfileStore):
         fields = {name: seal(item) for name, item in profile.fields.items()}
         identities = [self._seal_identity(profile.tenant_id, i) for i in profile.channel_identities]
         assets = [self._seal_asset(profile.tenant_id, a) for a in profile.assets]
+        consents = [self._seal_consent(profile.tenant_id, profile.id, c) for c in profile.consents]
         try:
             saved = await super()._save(
                 trusted_replace(
                     profile,
-                    {"fields": fields, "channel_identities": identities, "assets": assets},
+                    {
+                        "fields": fields,
+                        "channel_identities": identities,
+                        "assets": assets,
+                        "consents": consents,
+                    },
                 )
             )
         except BaseException:
@@ -1421,6 +1620,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
         raw = await super()._export_profile(tenant_id, profile_id)
         if raw is None:
             return 0
+        # the consents moved here: re-sealed for this profile (a save of consents only)
+        await self._reseal_consents(raw)  # not counted: the count is of field versions
         moved: dict[UUID, set[UUID]] | None = None
         head = _tenant_head(tenant_id)
         payloads: dict[UUID, tuple[Any, dict[str, Any]]] = {}
@@ -1724,7 +1925,12 @@ class EncryptedProfileStore(ForwardingProfileStore):
                         reason=f"asset: {type(exc).__name__}: {exc}",
                     )
                 )
-        if all(i.channel_user_id.startswith(current) for i in identities) and not assets:
+        consents, consents_changed = await self._resealed_consents(raw)
+        if (
+            all(i.channel_user_id.startswith(current) for i in identities)
+            and not assets
+            and not consents_changed
+        ):
             return 0
         resealed: list[ChannelIdentity] = []
         changed = 0
@@ -1754,13 +1960,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 resealed.append(identity)
                 continue
             changed += 1
-        if not changed and not assets:
+        if not changed and not assets and not consents_changed:
             return 0
         try:
             await super()._save(
                 trusted_replace(
                     raw,
                     {
+                        "consents": consents,
                         "channel_identities": resealed,
                         "fields": {},
                         "field_history": {},

@@ -95,6 +95,9 @@ AssetName = Annotated[
 ]
 
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+#: the longest ``Consent.ip_address_sealed``: an envelope of the longest IPv6 text
+#: (45 characters) under a 32-character key id is about 130 characters
+CONSENT_IP_SEALED_MAX = 256
 
 _MAX_JSON_DEPTH = 64
 
@@ -271,12 +274,23 @@ class ChannelIdentity(VaultModel):
 
 
 class Consent(VaultModel):
+    """One consent of a customer (a type granted or revoked, when, from where).
+
+    ``ip_address_sealed`` holds the sealed form of ``ip_address`` at rest and is set only
+    by the encryption wrapper (:class:`ccvault.crypto.EncryptedProfileStore`): with
+    encryption on, a write moves ``ip_address`` into it (an AES-GCM envelope bound to the
+    tenant, the profile and the consent type) and every read opens it back, so callers
+    see ``ip_address`` and ``ip_address_sealed is None``. A caller-supplied value is
+    refused by that wrapper (ValidationError); without encryption it is stored as given.
+    """
+
     consent_type: ShortText
     granted: bool
     granted_at: UtcDatetime | None = None
     revoked_at: UtcDatetime | None = None
     source_session_id: UUID | None = None
     ip_address: IPvAnyAddress | None = None
+    ip_address_sealed: str | None = Field(default=None, max_length=CONSENT_IP_SEALED_MAX)
 
 
 class ProfileField(VaultModel):

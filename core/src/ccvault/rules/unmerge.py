@@ -328,11 +328,14 @@ def plan_unmerge(state: UnmergeState, now: datetime) -> UnmergePlan:
             )
         )
 
-    # consents: the moved ones leave the target (first equal match each), in their order
+    # consents: the moved ones leave the target (first equal match each), in their order;
+    # compared without ip_address_sealed: the encryption wrapper re-seals a moved consent's
+    # IP for the target after the merge (new nonce), the log keeps the source's envelope
     remaining = list(state.target_consents)
     back: list[Consent] = []
     for consent in record.moved_consents:
-        index = next((n for n, c in enumerate(remaining) if c == consent), None)
+        wanted = _consent_key(consent)
+        index = next((n for n, c in enumerate(remaining) if _consent_key(c) == wanted), None)
         if index is None:
             conflicts.append(UnmergeConflict(kind="consent_gone"))
             continue
@@ -360,4 +363,17 @@ def plan_unmerge(state: UnmergeState, now: datetime) -> UnmergePlan:
         target_consents=tuple(remaining),
         source_consents=(*state.source_consents, *back),
         result=result,
+    )
+
+
+def _consent_key(consent: Consent) -> tuple[object, ...]:
+    """What identifies a consent for unmerge: every attribute but ``ip_address_sealed``
+    (an envelope: equal plaintext, different bytes after a re-seal)."""
+    return (
+        consent.consent_type,
+        consent.granted,
+        consent.granted_at,
+        consent.revoked_at,
+        consent.source_session_id,
+        consent.ip_address,
     )

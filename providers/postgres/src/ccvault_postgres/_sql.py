@@ -203,13 +203,13 @@ DELETE_CONSENTS = "DELETE FROM consents WHERE tenant_id = $1 AND profile_id = $2
 
 INSERT_CONSENTS = """
 INSERT INTO consents (tenant_id, profile_id, position, consent_type, granted, granted_at,
-                      revoked_at, source_session_id, ip_address)
+                      revoked_at, source_session_id, ip_address, ip_address_sealed)
 SELECT $1, $2, u.ord - 1, u.consent_type, u.granted, u.granted_at, u.revoked_at,
-       u.source_session_id, u.ip_address
+       u.source_session_id, u.ip_address, u.ip_address_sealed
 FROM unnest($3::text[], $4::boolean[], $5::timestamptz[], $6::timestamptz[], $7::uuid[],
-            $8::text[])
+            $8::text[], $9::text[])
      WITH ORDINALITY AS u (consent_type, granted, granted_at, revoked_at, source_session_id,
-                           ip_address, ord)
+                           ip_address, ip_address_sealed, ord)
 """
 
 # what plan_save reads (inside the save's transaction, the profile row locked)

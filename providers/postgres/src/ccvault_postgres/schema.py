@@ -262,10 +262,17 @@ CREATE TABLE ccvault_worker_claims (
 );
 """
 
+_V4_CONSENT_IP_SEALED = """
+-- issue 12: a consent's IP address sealed by the encryption wrapper (an envelope string;
+-- ip_address then stays NULL)
+ALTER TABLE consents ADD COLUMN ip_address_sealed text;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _V1),
     Migration(2, "survivorship policies and the merge log", _V2),
     Migration(3, "worker tenant claims", _V3_WORKER_CLAIMS),
+    Migration(4, "sealed consent IP addresses", _V4_CONSENT_IP_SEALED),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -331,11 +331,18 @@ _V4 = (
     "CREATE INDEX IF NOT EXISTS merge_log_by_target ON merge_log (tenant_id, target_profile_id)",
 )
 
+_V5 = (
+    # issue 12: a consent's IP address sealed by the encryption wrapper (an envelope
+    # string; ip_address then stays NULL)
+    "ALTER TABLE consents ADD COLUMN ip_address_sealed TEXT",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "profiles, identities, consents, fields, assets, definitions, requirements", _V1),
     Migration(2, "lineage and expiry indexes", _V2),
     Migration(3, "identities held by soft-deleted profiles", _V3),
     Migration(4, "survivorship policies and the merge log", _V4),
+    Migration(5, "sealed consent IP addresses", _V5),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
