@@ -156,3 +156,70 @@ async def test_a_row_moved_to_another_profile_in_sql_is_refused(
     assert "DE-ANA" not in str(refused.value)
     with pytest.raises(RowMovedError):
         await store.get_field(tenant, dave.id, "iban")
+
+
+async def test_consent_ips_are_sealed_and_a_copied_one_is_refused(
+    make_store: Callable[..., Awaitable[Any]], pg_dsn: str
+) -> None:
+    """Consent IP addresses (issue 12, finding 5): no table holds the marker addresses
+    (IPv4 and IPv6), reads return them (a merge's moved consents too, after unmerge too),
+    and a sealed IP copied in SQL onto another profile's consent is refused with
+    EncryptionError naming no address."""
+    from ccvault import errors
+    from ccvault.models import Consent
+
+    ipv4, ipv6, other_ip = "203.0.113.77", "2001:db8::77:4711", "198.51.100.23"
+    schema = f"t_sealip_{uuid.uuid4().hex[:16]}"
+    store = EncryptedProfileStore(await make_store(schema=schema), Keyring.parse(KEY))
+    tenant = uuid.uuid4()
+    ana = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917777777777")
+    ana.consents = [
+        Consent(consent_type="marketing", granted=True, ip_address=ipv4),
+        Consent(consent_type="calls", granted=True, ip_address=ipv6),
+    ]
+    await store.save(ana)
+    await store.update_field(tenant, ana.id, ProfileField(name="language", value=VISIBLE))
+    bob = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917788888888")
+    bob.consents = [Consent(consent_type="marketing", granted=False, ip_address=other_ip)]
+    await store.save(bob)
+    carl = await store.get_or_create(tenant, Channel.WHATSAPP, "+4917799999999")
+    await store.merge_profiles(tenant, ana.id, carl.id)  # ana's consents move to carl
+    merged = await store.get_by_id(tenant, carl.id)
+    assert merged is not None
+    assert [str(c.ip_address) for c in merged.consents] == [ipv4, ipv6]
+    (record,) = await store.get_merge_log(tenant, carl.id)
+    assert (await store.unmerge(tenant, record.id)).restored_consents == 2
+    back = await store.get_by_id(tenant, ana.id)
+    assert back is not None and [str(c.ip_address) for c in back.consents] == [ipv4, ipv6]
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        tables = [
+            row["table_name"]
+            for row in await connection.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                schema,
+            )
+        ]
+        dump = ""
+        for table in tables:
+            rows = await connection.fetch(f'SELECT t::text AS row FROM "{schema}"."{table}" t')
+            dump += "\n".join(row["row"] for row in rows)
+        assert "consents" in tables and VISIBLE in dump and "ccvault:pii:v1:k1:" in dump
+        for secret in (ipv4, ipv6, other_ip):
+            assert secret not in dump, secret
+        copied = await connection.execute(
+            f'UPDATE "{schema}".consents AS b SET ip_address_sealed = a.ip_address_sealed '
+            f'FROM "{schema}".consents AS a '
+            "WHERE a.profile_id = $1 AND b.profile_id = $2 AND a.consent_type = 'marketing' "
+            "AND b.consent_type = 'marketing'",
+            ana.id,
+            bob.id,
+        )
+    finally:
+        await connection.close()
+    assert copied == "UPDATE 1"
+    with pytest.raises(errors.EncryptionError, match="consent 'marketing'") as refused:
+        await store.get_by_id(tenant, bob.id)
+    assert ipv4 not in str(refused.value) and other_ip not in str(refused.value)
+    again = await store.get_by_id(tenant, ana.id)
+    assert again is not None and str(again.consents[0].ip_address) == ipv4
