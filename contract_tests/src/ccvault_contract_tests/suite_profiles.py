@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from uuid import UUID, uuid4
 
 import pytest
@@ -15,7 +16,7 @@ from ccvault.models import (
     ItemStatus,
     VerificationLevel,
 )
-from ccvault.store import ProfileStore
+from ccvault.store import ForwardingProfileStore, ProfileStore
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import (
     make_asset,
@@ -270,6 +271,41 @@ class ProfilesContract(ContractBase):
         assert [(c.consent_type, c.granted, str(c.ip_address)) for c in found.consents] == [
             ("marketing", True, "10.0.0.1")
         ]
+
+    async def test_the_provider_stores_a_sealed_consent_ip_as_given(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        """``Consent.ip_address_sealed`` (the encryption wrapper's sealed form of the IP)
+        is stored and returned as an opaque string by the provider itself, also when a
+        merge moves the consent; checked below any wrapper (the encryption wrapper refuses
+        a caller's value: a remote store whose server encrypts refuses it too, and then
+        must have written nothing)."""
+        provider = store
+        while isinstance(provider, ForwardingProfileStore):
+            provider = provider.inner
+        sealed = "ccvault:pii:v1:contract:" + "A" * 64
+        source = await new_profile(provider, tenant)
+        source.consents = [
+            Consent(consent_type="marketing", granted=True, ip_address_sealed=sealed),
+            Consent(consent_type="calls", granted=False, ip_address="192.0.2.8"),
+        ]
+        try:
+            await provider.save(source)
+        except errors.ValidationError:  # an encrypting vault behind a remote client
+            unchanged = await provider.get_by_id(tenant, source.id)
+            assert unchanged is not None and unchanged.consents == []
+            return
+        found = await provider.get_by_id(tenant, source.id)
+        assert found is not None
+        assert [(c.ip_address, c.ip_address_sealed) for c in found.consents] == [
+            (None, sealed),
+            (ip_address("192.0.2.8"), None),
+        ]
+        target = await new_profile(provider, tenant)
+        assert await provider.merge_profiles(tenant, source.id, target.id)
+        merged = await provider.get_by_id(tenant, target.id)
+        assert merged is not None
+        assert [c.ip_address_sealed for c in merged.consents] == [sealed, None]
 
     async def test_save_writes_new_fields_and_assets(
         self, store: ProfileStore, tenant: UUID
