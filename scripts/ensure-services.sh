@@ -20,6 +20,14 @@ if ! command -v pgbouncer >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1;
   { apt-get install -y -qq pgbouncer || { apt-get update -qq && apt-get install -y -qq pgbouncer; }; } \
     >/dev/null 2>&1 || echo "pgbouncer could not be installed: its tests will skip"
 fi
+# promtool for the metrics and alert-rule checks (core/tests/test_observability.py: the test id
+# says whether promtool or the Python parser checked). Only the tool is used; no Prometheus
+# server is started.
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -qq --no-install-recommends prometheus \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }; } \
+    >/dev/null 2>&1 || echo "promtool could not be installed: the Python parser checks the metrics"
+fi
 for _ in $(seq 1 60); do
   pg_up && redis_up && exit 0
   sleep 0.5
