@@ -111,6 +111,7 @@ class _SingleStepStore(InMemoryProfileStore):
     # as if the batch hooks were not there: the defaults of ProfileStore
     _expire_stale_fields_batch = ProfileStore._expire_stale_fields_batch
     _mark_orphans_batch = ProfileStore._mark_orphans_batch
+    _mark_orphans_page = ProfileStore._mark_orphans_page
 
 
 async def test_a_provider_with_only_the_single_step_hooks_still_works() -> None:
@@ -130,6 +131,7 @@ async def test_a_provider_with_only_the_single_step_hooks_still_works() -> None:
 class _NeitherStore(InMemoryProfileStore):
     _expire_stale_fields_batch = ProfileStore._expire_stale_fields_batch
     _mark_orphans_batch = ProfileStore._mark_orphans_batch
+    _mark_orphans_page = ProfileStore._mark_orphans_page
 
 
 async def test_a_provider_with_neither_hook_gets_a_clear_error() -> None:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 import ccvault
 from ccvault import errors, metrics
+from ccvault.batches import KeysetBatch
 from ccvault.models import Channel, ItemStatus, ProfileField, SourceType, utcnow
 from ccvault.settings import VaultSettings
 from ccvault.store import ProfileStore
@@ -237,9 +238,11 @@ class _GatedStore(InMemoryProfileStore):
         await self.release.wait()
         return await super()._expire_stale_fields_batch(tenant_id, profile_id, now, limit)
 
-    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
         self.orphan_calls.append(tenant_id)
-        return await super()._mark_orphans_batch(tenant_id, now, limit)
+        return await super()._mark_orphans_page(tenant_id, now, limit, after)
 
 
 async def test_stop_request_finishes_the_tenant_in_progress_then_stops(prefix: str) -> None:
@@ -316,10 +319,12 @@ class _FlakyStore(InMemoryProfileStore):
         super().__init__()
         self.broken = broken
 
-    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
         if tenant_id == self.broken:
             raise errors.ProviderUnavailableError("connection lost")
-        return await super()._mark_orphans_batch(tenant_id, now, limit)
+        return await super()._mark_orphans_page(tenant_id, now, limit, after)
 
 
 async def test_a_failing_tenant_is_logged_and_does_not_stop_the_others(

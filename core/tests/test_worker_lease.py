@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 import ccvault
 from ccvault import errors
+from ccvault.batches import KeysetBatch
 from ccvault.hookspecs import ProviderSpec, hookimpl
 from ccvault.models import Channel
 from ccvault.registry import register_provider
@@ -143,9 +144,11 @@ class _SlowExpiryStore(InMemoryProfileStore):
         await asyncio.wait_for(self.lease.renewal_failed.wait(), timeout=10)
         return await super()._expire_stale_fields_batch(tenant_id, profile_id, now, limit)
 
-    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
         self.orphan_calls += 1
-        return await super()._mark_orphans_batch(tenant_id, now, limit)
+        return await super()._mark_orphans_page(tenant_id, now, limit, after)
 
 
 async def test_a_worker_that_loses_its_claim_stops_sweeping_the_tenant(

@@ -29,8 +29,10 @@ __all__ = [
     "MAX_BATCHES",
     "MAX_BATCH_SIZE",
     "BatchProgress",
+    "KeysetBatch",
     "ProgressCallback",
     "run_batches",
+    "run_keyset_batches",
 ]
 
 #: rows per batch when the caller names none ([worker] batch_size overrides it): small
@@ -64,6 +66,12 @@ class BatchProgress:
     batch_size: int
     estimated_total: int | None = None
     finished: bool = False
+    #: candidate rows the batch examined (keyset jobs: at most ``batch_size``; None when
+    #: the provider does not report it)
+    examined: int | None = None
+    #: the opaque resume position after this batch (keyset jobs; None when done or unknown):
+    #: passing it back as ``start_after`` continues the job from here after a crash
+    resume_after: str | None = None
 
     @property
     def rate(self) -> float:
@@ -120,6 +128,73 @@ async def run_batches(
                 finished=finished,
             )
             pending = progress(report)
+            if pending is not None:
+                await pending
+        if finished:
+            break
+    return done
+
+
+#: the longest resume position a provider may return or a caller may pass back
+MAX_CURSOR_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class KeysetBatch:
+    """What one keyset batch did: ``marked`` rows changed, ``examined`` candidate rows read
+    (at most the batch's ``limit``; None when the provider cannot tell), ``resume_after`` the
+    opaque position to continue after (None: the job is done)."""
+
+    marked: int
+    examined: int | None
+    resume_after: str | None
+
+
+async def run_keyset_batches(
+    job: str,
+    tenant_id: UUID,
+    batch: Callable[[int, str | None], Awaitable[KeysetBatch]],
+    *,
+    batch_size: int,
+    start_after: str | None = None,
+    progress: ProgressCallback | None = None,
+    estimated_total: int | None = None,
+    max_batches: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Run ``batch(batch_size, cursor)`` from ``start_after`` (None: the beginning), each
+    time with the cursor the previous batch returned, until a batch returns
+    ``resume_after=None`` (or ``max_batches`` batches ran); return the rows marked in total.
+
+    Unlike :func:`run_batches`, a batch bounds the rows it *examines*, not only the rows it
+    changes, and the next batch starts after them: the total work is linear in the tenant's
+    size however few rows are due. Marking is idempotent, so a crashed job rerun from the
+    beginning (or from the last reported ``resume_after``) stays correct."""
+    started = clock()
+    done = 0
+    cursor = start_after
+    last = min(max_batches or MAX_BATCHES, MAX_BATCHES)
+    for number in range(1, last + 1):
+        result = await batch(batch_size, cursor)
+        cursor = result.resume_after
+        done += result.marked
+        finished = cursor is None or number == last
+        if progress is not None:
+            pending = progress(
+                BatchProgress(
+                    job=job,
+                    tenant_id=tenant_id,
+                    batch=number,
+                    rows=result.marked,
+                    done=done,
+                    elapsed_seconds=clock() - started,
+                    batch_size=batch_size,
+                    estimated_total=estimated_total,
+                    finished=finished,
+                    examined=result.examined,
+                    resume_after=cursor,
+                )
+            )
             if pending is not None:
                 await pending
         if finished:

@@ -143,6 +143,7 @@ from uuid import UUID
 from pydantic import TypeAdapter
 
 from ccvault import errors, metrics
+from ccvault.batches import KeysetBatch
 from ccvault.cache_codec import (
     CorruptEntry,
     ModelListCodec,
@@ -1665,6 +1666,17 @@ class CachedProfileStore(ForwardingProfileStore):
             "mark_orphans",
             super()._mark_orphans_batch(tenant_id, now, limit),
             lambda count: _Invalidation([], [_NS_PROFILES]) if count else _Invalidation(),
+        )
+
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        # invalidated per page, as _mark_orphans_batch
+        return await self._write(
+            tenant_id,
+            "mark_orphans",
+            super()._mark_orphans_page(tenant_id, now, limit, after),
+            lambda page: _Invalidation([], [_NS_PROFILES]) if page.marked else _Invalidation(),
         )
 
 

@@ -69,8 +69,11 @@ hook                                 contract
 ``_erase_subject``                   atomic hard delete of several profiles, refused
                                      (ConflictError) when their merge log changed
 ``_delete_item``                     atomic check-and-delete (DependentsError)
+``_mark_orphans_page``               atomic: examines at most ``limit`` derived items
+                                     after a resume position, marks the orphans among
+                                     them; a KeysetBatch (core loops the pages)
 ``_mark_orphans_batch``              atomic: at most ``limit`` items whose source is gone
-                                     -> ORPHANED; the count (core loops the batches)
+                                     -> ORPHANED; the count (the pre-keyset form)
 ``_mark_orphans``                    the former single-step form (either one is enough)
 ``_list_tenant_ids``                 any order
 ``_count_items_by_status``           ``{"fields": {...}, "assets": {...}}``
@@ -115,8 +118,11 @@ from ccvault.arguments import (
 from ccvault.batches import (
     DEFAULT_BATCH_SIZE,
     MAX_BATCH_SIZE,
+    MAX_CURSOR_LENGTH,
+    KeysetBatch,
     ProgressCallback,
     run_batches,
+    run_keyset_batches,
 )
 from ccvault.migration import MigrationReport, SchemaStatus
 from ccvault.models import (
@@ -1276,27 +1282,40 @@ class ProfileStore(ABC):
         progress: ProgressCallback | None = None,
         estimated_total: int | None = None,
         max_batches: int | None = None,
+        start_after: str | None = None,
     ) -> int:
         """Mark ORPHANED every non-orphaned item whose field/asset source no longer exists;
-        return how many were marked. In batches of at most ``batch_size`` items, each its
-        own transaction, resumable, with ``progress`` after every batch: as
-        :meth:`expire_stale_fields`."""
+        return how many were marked. In batches, each its own transaction, with
+        ``progress`` after every batch: each batch *examines* at most ``batch_size`` derived
+        items in a stable order, starting after where the previous one stopped (keyset
+        pagination, see :meth:`_mark_orphans_page`), so the work is linear in the tenant's
+        size. Resumable: rerun from the beginning, or pass the last reported
+        :attr:`~ccvault.batches.BatchProgress.resume_after` as ``start_after``."""
         tenant_id = check_uuid(tenant_id, "tenant_id")
         limit = _batch_size(batch_size)
         total = _estimated_total(estimated_total)
+        batches = _max_batches(max_batches)
+        if start_after is not None and (
+            not isinstance(start_after, str) or not 0 < len(start_after) <= MAX_CURSOR_LENGTH
+        ):
+            raise errors.ValidationError(
+                f"start_after must be None or a resume position of 1 to {MAX_CURSOR_LENGTH} "
+                "characters"
+            )
         now = self.now()
 
-        async def batch(size: int) -> int:
-            return await self._mark_orphans_batch(tenant_id, now, size)
+        async def batch(size: int, after: str | None) -> KeysetBatch:
+            return await self._mark_orphans_page(tenant_id, now, size, after)
 
-        return await run_batches(
+        return await run_keyset_batches(
             "mark_orphans",
             tenant_id,
             batch,
             batch_size=limit,
+            start_after=start_after,
             progress=progress,
             estimated_total=total,
-            max_batches=_max_batches(max_batches),
+            max_batches=batches,
         )
 
     @final
@@ -1797,6 +1816,31 @@ class ProfileStore(ABC):
         """Hard-delete one item; DependentsError if an ACTIVE item derives from it, checked
         in the same atomic step as the delete."""
 
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        """One keyset batch of :meth:`mark_orphans`, atomic: read at most ``limit`` derived
+        items (fields and assets whose ``source_item_id`` is set) of the tenant in a stable
+        order the provider chooses, starting strictly after the position ``after`` (None:
+        the beginning); mark ORPHANED those among them that are not yet ORPHANED and whose
+        profile_field/profile_asset source is gone (fields also get ``updated_at = now``).
+        Return :class:`~ccvault.batches.KeysetBatch`: the count marked, the count examined
+        (at most ``limit``) and the opaque position after the last examined item, or None
+        when no derived item is left after it. The position is a string of at most
+        :data:`~ccvault.batches.MAX_CURSOR_LENGTH` characters with no personal data (ids
+        only); a provider must accept the positions it returned (a garbled one may raise
+        ValidationError). Items inserted behind the position during a job are found by the
+        next job; marking is idempotent, so a rerun from the beginning is always correct.
+
+        The default, for providers written before keyset pagination, runs one
+        :meth:`_mark_orphans_batch` (which re-reads the tenant from the start) and reports
+        ``examined=None``; it continues while a batch marks a full ``limit``.
+        """
+        marked = await self._mark_orphans_batch(tenant_id, now, limit)
+        return KeysetBatch(
+            marked=marked, examined=None, resume_after=None if marked < limit else _LEGACY_CURSOR
+        )
+
     async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
         """One batch of :meth:`mark_orphans`, atomic: at most ``limit`` items (fields and
         assets together, not already ORPHANED) whose profile_field/profile_asset source is
@@ -1951,6 +1995,11 @@ def lineage_target(source_type: SourceType | None) -> ItemType | None:
 
 
 _lineage_target = lineage_target  # the former name
+
+
+#: the resume position the pre-keyset fallback of ``_mark_orphans_page`` returns: it only
+#: means "not done yet" (a ``_mark_orphans_batch`` always starts from the beginning)
+_LEGACY_CURSOR = "legacy:again"
 
 
 def _batch_size(value: object) -> int:
@@ -2201,6 +2250,11 @@ class ForwardingProfileStore(ProfileStore):
 
     async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
         return await self.inner._mark_orphans_batch(tenant_id, now, limit)
+
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        return await self.inner._mark_orphans_page(tenant_id, now, limit, after)
 
     async def _list_tenant_ids(self) -> list[UUID]:
         return await self.inner._list_tenant_ids()

@@ -29,6 +29,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from ccvault import errors
+from ccvault.batches import KeysetBatch
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -910,6 +911,47 @@ class InMemoryProfileStore(ProfileStore):
                         return count
             return count
 
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        # keyset pages in (table, id) order, positions as the PostgreSQL provider's:
+        # "field:<uuid>", "asset:" (assets from the start), "asset:<uuid>"; a page that runs
+        # out of derived fields goes on with the assets, with what is left of the limit.
+        # The reference sorts a table's derived items per page: in-memory tenants are small
+        kind, last = _orphans_position(after)
+        examined = marked = 0
+        resume: str | None = None
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            for table_kind in ("field", "asset"):
+                if kind == "asset" and table_kind == "field":
+                    continue
+                table: ItemTable[Any] = tenant.fields if table_kind == "field" else tenant.assets
+                start = last if table_kind == kind else None
+                budget = limit - examined
+                derived = sorted(
+                    (
+                        row
+                        for source in table.sources()
+                        for row in table.derived_from(source)
+                        if start is None or row.values[0] > start
+                    ),
+                    key=lambda row: row.values[0],
+                )[:budget]
+                examined += len(derived)
+                for row in derived:
+                    if not self._orphaned(tenant, row):
+                        continue
+                    if table_kind == "field":
+                        table.change(row, status=ItemStatus.ORPHANED, updated_at=now)
+                    else:
+                        table.change(row, status=ItemStatus.ORPHANED)
+                    marked += 1
+                if len(derived) == budget:
+                    resume = f"{table_kind}:{derived[-1].values[0]}" if derived else "asset:"
+                    break
+        return KeysetBatch(marked=marked, examined=examined, resume_after=resume)
+
     @staticmethod
     def _orphaned(tenant: Tenant, row: Row[Any]) -> bool:
         """Not ORPHANED yet, and its profile_field/profile_asset source is gone."""
@@ -957,3 +999,18 @@ class InMemoryProfileStore(ProfileStore):
                     row, value=copy_json(copy.deepcopy(value)), source_metadata=copy_json(metadata)
                 )
             return len(matched)
+
+
+def _orphans_position(after: str | None) -> tuple[str, UUID | None]:
+    """A mark_orphans resume position as (table, last id examined or None)."""
+    if after is None:
+        return "field", None
+    kind, _, last = after.partition(":")
+    if kind not in ("field", "asset") or (kind == "field" and not last):
+        raise errors.ValidationError("not a mark_orphans resume position of this provider")
+    try:
+        return kind, UUID(last) if last else None
+    except ValueError:
+        raise errors.ValidationError(
+            "not a mark_orphans resume position of this provider"
+        ) from None

@@ -543,6 +543,48 @@ WHERE ctid = ANY(ARRAY(
   AND tenant_id = $1 AND status <> 'orphaned'
 """
 
+# one keyset page of mark_orphans (after: the last id of the previous page, or NULL): at
+# most `limit` derived items of one table read in id order through the partial index
+# {table}_derived_by_id (migration 5), the orphans among them marked in the same statement;
+# returns how many were examined and marked and the last id examined
+_MARK_ORPHANS_PAGE = """
+WITH page AS (
+    SELECT o.id FROM {table} o
+    WHERE o.tenant_id = $1 AND o.source_item_id IS NOT NULL AND {after}
+    ORDER BY o.id LIMIT {limit}
+), marked AS (
+    UPDATE {table} o SET status = 'orphaned'{touch}
+    FROM page
+    WHERE o.tenant_id = $1 AND o.id = page.id AND o.status <> 'orphaned'
+      AND {gone}
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM page) AS examined,
+       (SELECT id FROM page ORDER BY id DESC LIMIT 1) AS last_id,
+       (SELECT count(*) FROM marked) AS marked
+"""
+
+
+def _orphans_page(table: str, stamp: bool, first: bool) -> str:
+    # fields: ($1 tenant, $2 now, $3 after, $4 limit); assets: ($1 tenant, $2 after, $3 limit)
+    after, limit = ("$3", "$4") if stamp else ("$2", "$3")
+    return _MARK_ORPHANS_PAGE.format(
+        table=table,
+        touch=", updated_at = $2" if stamp else "",
+        after=f"{after}::uuid IS NULL" if first else f"o.id > {after}",
+        limit=limit,
+        gone=_SOURCE_GONE.format(alias="o"),
+    )
+
+
+#: keyed by "is this the first page" (no resume id yet)
+MARK_ORPHAN_FIELDS_PAGE = {
+    first: _orphans_page("profile_fields", True, first) for first in (True, False)
+}
+MARK_ORPHAN_ASSETS_PAGE = {
+    first: _orphans_page("profile_assets", False, first) for first in (True, False)
+}
+
 # ---------------------------------------------------------------------------------------
 # merge (run in one transaction by the store)
 # ---------------------------------------------------------------------------------------

@@ -268,11 +268,21 @@ _V4_CONSENT_IP_SEALED = """
 ALTER TABLE consents ADD COLUMN ip_address_sealed text;
 """
 
+_V5_DERIVED_ITEMS_KEYSET = """
+-- issue 17: mark_orphans pages through a tenant's derived items in id order (keyset
+-- pagination): each batch is an index range scan of at most its limit rows
+CREATE INDEX profile_fields_derived_by_id
+    ON profile_fields (tenant_id, id) WHERE source_item_id IS NOT NULL;
+CREATE INDEX profile_assets_derived_by_id
+    ON profile_assets (tenant_id, id) WHERE source_item_id IS NOT NULL;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _V1),
     Migration(2, "survivorship policies and the merge log", _V2),
     Migration(3, "worker tenant claims", _V3_WORKER_CLAIMS),
     Migration(4, "sealed consent IP addresses", _V4_CONSENT_IP_SEALED),
+    Migration(5, "keyset index for mark_orphans", _V5_DERIVED_ITEMS_KEYSET),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

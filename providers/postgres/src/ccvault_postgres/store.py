@@ -49,6 +49,7 @@ import orjson
 from pydantic import BaseModel
 
 from ccvault import errors
+from ccvault.batches import KeysetBatch
 from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
     Channel,
@@ -1562,6 +1563,37 @@ class PostgresProfileStore(ProfileStore):
                 )
         return marked
 
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        # keyset pages in (table, id) order: derived fields, then derived assets (a page that
+        # runs out of fields goes on with the assets, with what is left of the limit, in the
+        # same transaction); the position is "field:<uuid>", "asset:" (assets from the
+        # start) or "asset:<uuid>"
+        kind, last = _orphans_position(after)
+        examined = marked = 0
+        resume: str | None = None
+        async with self._conn() as conn, conn.transaction():
+            if kind == "field":
+                row = await conn.fetchrow(
+                    sql.MARK_ORPHAN_FIELDS_PAGE[last is None], tenant_id, now, last, limit
+                )
+                assert row is not None
+                examined, marked = int(row["examined"]), int(row["marked"])
+                if examined == limit:
+                    resume = f"field:{row['last_id']}"
+                last = None
+            if examined < limit:
+                row = await conn.fetchrow(
+                    sql.MARK_ORPHAN_ASSETS_PAGE[last is None], tenant_id, last, limit - examined
+                )
+                assert row is not None
+                examined += int(row["examined"])
+                marked += int(row["marked"])
+                if examined == limit:
+                    resume = f"asset:{row['last_id']}" if row["last_id"] else "asset:"
+        return KeysetBatch(marked=marked, examined=examined, resume_after=resume)
+
     async def _list_tenant_ids(self) -> list[UUID]:
         async with self._conn() as conn:
             rows = await conn.fetch(sql.LIST_TENANTS)
@@ -1667,3 +1699,18 @@ def _is_active_field_race(exc: BaseException) -> bool:
     if isinstance(exc, pgerr.UniqueViolationError):
         return bool(exc.constraint_name == _ACTIVE_FIELD_INDEX)
     return _is_race(exc)
+
+
+def _orphans_position(after: str | None) -> tuple[str, UUID | None]:
+    """A mark_orphans resume position as (table, last id examined or None)."""
+    if after is None:
+        return "field", None
+    table, _, last = after.partition(":")
+    if table not in ("field", "asset") or (table == "field" and not last):
+        raise errors.ValidationError("not a mark_orphans resume position of this provider")
+    try:
+        return table, UUID(last) if last else None
+    except ValueError:
+        raise errors.ValidationError(
+            "not a mark_orphans resume position of this provider"
+        ) from None

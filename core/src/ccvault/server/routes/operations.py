@@ -69,11 +69,10 @@ async def mark_orphans(
     limit: Annotated[int | None, Query(ge=1, le=MAX_BATCH_SIZE)] = None,
 ) -> Count:
     """Mark ORPHANED every item whose source field or asset no longer exists (``limit``:
-    one batch of at most that many items, one transaction)."""
+    batches of at most that many examined items, one transaction each; the whole job runs,
+    since a batch that marks fewer than ``limit`` does not mean none is left after it)."""
     if limit is not None:
-        return Count(
-            count=await store.mark_orphans(caller.tenant_id, batch_size=limit, max_batches=1)
-        )
+        return Count(count=await store.mark_orphans(caller.tenant_id, batch_size=limit))
     return Count(count=await store.mark_orphans(caller.tenant_id))
 
 
