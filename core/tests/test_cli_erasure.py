@@ -31,7 +31,7 @@ def shared(shared_provider: Any) -> Any:
 def config(tmp_path: Path, shared: Any) -> Path:
     path = tmp_path / "vault.toml"
     path.write_text(
-        "[profile]\nstore_provider = \"erasuretest\"\ncache_enabled = false\n"
+        '[profile]\nstore_provider = "erasuretest"\ncache_enabled = false\n'
         "auto_encrypt_pii = false\n"
     )
     return path
