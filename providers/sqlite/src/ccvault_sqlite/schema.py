@@ -337,12 +337,26 @@ _V5 = (
     "ALTER TABLE consents ADD COLUMN ip_address_sealed TEXT",
 )
 
+_V6_DERIVED_ITEMS_KEYSET = (
+    # issue 17: mark_orphans pages through a tenant's derived items in id order (keyset
+    # pagination): each batch reads at most its limit entries of these indexes
+    """
+    CREATE INDEX IF NOT EXISTS fields_derived_by_id
+        ON fields (tenant_id, id) WHERE source_item_id IS NOT NULL
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS assets_derived_by_id
+        ON assets (tenant_id, id) WHERE source_item_id IS NOT NULL
+    """,
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "profiles, identities, consents, fields, assets, definitions, requirements", _V1),
     Migration(2, "lineage and expiry indexes", _V2),
     Migration(3, "identities held by soft-deleted profiles", _V3),
     Migration(4, "survivorship policies and the merge log", _V4),
     Migration(5, "sealed consent IP addresses", _V5),
+    Migration(6, "keyset index for mark_orphans", _V6_DERIVED_ITEMS_KEYSET),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

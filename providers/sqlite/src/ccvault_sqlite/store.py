@@ -44,6 +44,7 @@ from uuid import UUID
 import aiosqlite
 
 from ccvault import errors
+from ccvault.batches import KeysetBatch
 from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
     Channel,
@@ -238,6 +239,45 @@ UPDATE {table} SET status = 'orphaned'{touch}
                  WHERE s.tenant_id = :tenant AND s.id = o.source_item_id)))
      LIMIT :limit)
 """
+
+
+# one keyset page of mark_orphans in one table: the ids of at most :limit derived items after
+# :after (the last id of the previous page, '' from the start), through the partial index
+# {table}_derived_by_id (migration 6); then the orphans among exactly those ids (the id range
+# of the page, in the same write transaction) are marked
+_ORPHAN_PAGE_IDS = """
+SELECT id FROM {table} INDEXED BY {table}_derived_by_id
+ WHERE tenant_id = :tenant AND source_item_id IS NOT NULL AND id > :after
+ ORDER BY id LIMIT :limit
+"""
+_MARK_ORPHANS_IN_RANGE = """
+UPDATE {table} SET status = 'orphaned'{touch}
+ WHERE tenant_id = :tenant AND source_item_id IS NOT NULL AND id > :after AND id <= :last
+   AND status != 'orphaned'
+   AND ((source_item_type = 'profile_field' AND NOT EXISTS (
+            SELECT 1 FROM fields AS s
+             WHERE s.tenant_id = :tenant AND s.id = {table}.source_item_id))
+     OR (source_item_type = 'profile_asset' AND NOT EXISTS (
+            SELECT 1 FROM assets AS s
+             WHERE s.tenant_id = :tenant AND s.id = {table}.source_item_id)))
+"""
+
+
+def _orphans_position(after: str | None) -> tuple[str, str]:
+    """A mark_orphans resume position as (table kind, last id examined or '')."""
+    if after is None:
+        return "field", ""
+    kind, _, last = after.partition(":")
+    if kind not in ("field", "asset") or (kind == "field" and not last):
+        raise errors.ValidationError("not a mark_orphans resume position of this provider")
+    if last:
+        try:
+            last = str(UUID(last))
+        except ValueError:
+            raise errors.ValidationError(
+                "not a mark_orphans resume position of this provider"
+            ) from None
+    return kind, last
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -1695,6 +1735,43 @@ class SqliteProfileStore(ProfileStore):
                 _MARK_ORPHANS.format(table="assets", touch=""), {**params, "limit": limit - marked}
             )
             return marked + max(assets.rowcount, 0)
+
+        return await self._write(op)
+
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        # keyset pages in (table, id) order: derived fields, then derived assets (a page
+        # that runs out of fields goes on with the assets, with what is left of the limit);
+        # the position is "field:<uuid>", "asset:" (assets from the start) or "asset:<uuid>"
+        kind, start = _orphans_position(after)
+
+        async def op(conn: aiosqlite.Connection) -> KeysetBatch:
+            examined = marked = 0
+            for table_kind, table, touch in (
+                ("field", "fields", ", updated_at = :now"),
+                ("asset", "assets", ""),
+            ):
+                if kind == "asset" and table_kind == "field":
+                    continue
+                budget = limit - examined
+                params: dict[str, Any] = {
+                    "tenant": str(tenant_id),
+                    "after": start if table_kind == kind else "",
+                    "limit": budget,
+                }
+                cursor = await conn.execute(_ORPHAN_PAGE_IDS.format(table=table), params)
+                ids = [row[0] for row in await cursor.fetchall()]
+                examined += len(ids)
+                if ids:
+                    changed = await conn.execute(
+                        _MARK_ORPHANS_IN_RANGE.format(table=table, touch=touch),
+                        {**params, "last": ids[-1], "now": ts(now)},
+                    )
+                    marked += max(changed.rowcount, 0)
+                if len(ids) == budget:
+                    return KeysetBatch(marked, examined, f"{table_kind}:{ids[-1]}")
+            return KeysetBatch(marked, examined, None)
 
         return await self._write(op)
 
