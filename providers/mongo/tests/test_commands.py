@@ -1045,10 +1045,9 @@ async def test_mark_orphans_sends_bounded_pages(
     client.clear_commands()
     assert await store.mark_orphans(tenant) == 7
     t = uid(tenant)
-    live = [s.value for s in ItemStatus if s is not ItemStatus.ORPHANED]
     candidates = {
         "tenant_id": t,
-        "status": {"$in": live},
+        "status": {"$in": [s.value for s in ItemStatus]},
         "source_item_type": {"$in": ["profile_field", "profile_asset"]},
     }
     page_kwargs = {
@@ -1056,13 +1055,11 @@ async def test_mark_orphans_sends_bounded_pages(
         "sort": [("id", 1)],
         "limit": 3,
     }
-    # per page of at most 3: the page, which of its sources exist; the third page is short,
-    # so the walk over fields ends there and the batch's orphans are marked at once;
-    # assets: one empty page
-    assert _calls(client) == [("fields", "find"), ("fields", "find")] * 3 + [
-        ("fields", "update_many"),
-        ("assets", "find"),
-    ]
+    # one keyset page per batch (orphan_batch_size caps it at 3): the page, which of its
+    # sources exist, the page's orphans marked; the third page is short, so the same batch
+    # goes on with the assets: one empty page
+    one_page = [("fields", "find"), ("fields", "find"), ("fields", "update_many")]
+    assert _calls(client) == one_page * 3 + [("assets", "find")]
     pages = [c for c in client.commands if c.kwargs.get("limit") is not None]
     assert [c.collection for c in pages] == ["fields"] * 3 + ["assets"]
     assert pages[0].args == (candidates,) and pages[0].kwargs == page_kwargs
@@ -1073,7 +1070,7 @@ async def test_mark_orphans_sends_bounded_pages(
     sizes = [
         len(c.args[0]["id"]["$in"]) for c in client.commands if "$in" in c.args[0].get("id", {})
     ]
-    assert sizes == [3, 3, 1, 7]  # sources looked up per page, then the batch's orphans
+    assert sizes == [3, 3, 3, 3, 1, 1]  # per page: sources looked up, then its orphans
     for mark in (c for c in client.commands if c.method == "update_many"):
         assert mark.args[1] == {"$set": {"status": "orphaned", "updated_at": dt(NOW)}}
 

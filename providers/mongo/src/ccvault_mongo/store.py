@@ -37,12 +37,14 @@ from typing import Any, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
 import pydantic
+from bson.binary import UUID_SUBTYPE, Binary, UuidRepresentation
 from pymongo import ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from ccvault import errors
+from ccvault.batches import KeysetBatch
 from ccvault.migration import MigrationReport, SchemaStatus, SchemaStep, require_ready
 from ccvault.models import (
     Channel,
@@ -2075,6 +2077,57 @@ class MongoProfileStore(ProfileStore):
                 break
         return marked
 
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        """One keyset page: at most ``limit`` (and ``orphan_batch_size``) derived items
+        (lineage sources, any stored status) in
+        (collection, ``id``) order after the position (``"field:<uuid>"``, ``"asset:"``,
+        ``"asset:<uuid>"``), fields first, then assets with what is left of the limit, read
+        on the ``(tenant_id, id)`` index; the orphans among them (one ``$in`` per source
+        collection) marked by one ``update_many`` per collection, re-checking the status."""
+        kind, last = _orphans_position(after)
+        t = uid(tenant_id)
+        live = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
+        examined = marked = 0
+        for table_kind, collection in (("field", "fields"), ("asset", "assets")):
+            if kind == "asset" and table_kind == "field":
+                continue
+            # orphan_batch_size also caps the page: it bounds each $in sent
+            budget = min(limit - examined, self.orphan_batch_size)
+            query: dict[str, Any] = {
+                "tenant_id": t,
+                "status": {"$in": _STATUSES},
+                "source_item_type": {"$in": _LINEAGE_SOURCES},
+            }
+            start = last if table_kind == kind else None
+            if start is not None:
+                query["id"] = {"$gt": uid(start)}
+            page = (
+                await self._c(collection)
+                .find(
+                    query,
+                    projection={"id": 1, "source_item_id": 1, "source_item_type": 1},
+                    sort=[("id", 1)],
+                    limit=budget,
+                )
+                .to_list(None)
+            )
+            examined += len(page)
+            found = await self._orphans_of_page(t, page) if page else []
+            if found:
+                update: dict[str, Any] = {"status": ItemStatus.ORPHANED.value}
+                if collection == "fields":
+                    update["updated_at"] = dt(now)
+                result = await self._c(collection).update_many(
+                    {"tenant_id": t, "id": {"$in": found}, "status": {"$in": live}},
+                    {"$set": update},
+                )
+                marked += int(result.modified_count)
+            if len(page) == budget:
+                return KeysetBatch(marked, examined, f"{table_kind}:{_as_uuid(page[-1]['id'])}")
+        return KeysetBatch(marked, examined, None)
+
     async def _orphans_of_page(self, t: Any, page: list[dict[str, Any]]) -> list[Any]:
         """The ids of the page's items whose source no longer exists."""
 
@@ -2177,3 +2230,28 @@ def _versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
     if profile is None:
         return ()
     return tuple(v for versions in profile.field_history.values() for v in versions)
+
+
+def _orphans_position(after: str | None) -> tuple[str, UUID | None]:
+    """A mark_orphans resume position as (collection kind, last id examined or None)."""
+    if after is None:
+        return "field", None
+    kind, _, last = after.partition(":")
+    if kind not in ("field", "asset") or (kind == "field" and not last):
+        raise errors.ValidationError("not a mark_orphans resume position of this provider")
+    try:
+        return kind, UUID(last) if last else None
+    except ValueError:
+        raise errors.ValidationError(
+            "not a mark_orphans resume position of this provider"
+        ) from None
+
+
+def _as_uuid(value: Any) -> UUID:
+    """A stored id (BSON binary subtype 4, or a UUID when the driver decodes it) as a UUID."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, Binary) and value.subtype == UUID_SUBTYPE:
+        decoded: UUID = value.as_uuid(UuidRepresentation.STANDARD)
+        return decoded
+    return UUID(bytes=bytes(value))
