@@ -1506,6 +1506,15 @@ class CachedProfileStore(ForwardingProfileStore):
             *_REQS_CODEC,
         )
 
+    async def _get_requirements_with_definitions(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
+        # not forwarded: the base default reads through this cache's own requirement and
+        # definition hooks, so a hit costs no database round trip
+        return await ProfileStore._get_requirements_with_definitions(
+            self, tenant_id, scenario_id, step_id
+        )
+
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         tenant, scenario = requirement.tenant_id, requirement.scenario_id
         # the whole scenario hash goes: an upsert may touch any step's list

@@ -60,6 +60,8 @@ hook                                 contract
 ``_save_field_definition``           atomic upsert by (tenant, agent, name), keeps id
 ``_delete_field_definition``         True if one was deleted
 ``_get_scenario_requirements``       exactly that ``step_id``'s, any order
+``_get_requirements_with_definitions``  optional: those requirements and their agents'
+                                     enabled definitions, read together (one round trip)
 ``_save_scenario_requirement``       atomic upsert by (tenant, scenario, step, rule, name)
 ``_delete_scenario_requirements``    the count
 ``_purge_profile``                   atomic hard delete of the profile and all it owns
@@ -1101,14 +1103,16 @@ class ProfileStore(ABC):
         if profile.__dict__["tenant_id"] != tenant_id:
             return []
         now = self.now()
-        found = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
+        found, definitions_by_agent = await self._get_requirements_with_definitions(
+            tenant_id, scenario_id, step_id
+        )
         requirements = sorted(found, key=lambda req: (req.collection_order, req.field_name))
         # each requirement is judged by its own agent's (enabled) definitions
         definitions_of: dict[UUID, dict[str, ProfileFieldDefinition]] = {}
         for agent_id in dict.fromkeys(req.agent_id for req in requirements):
             definitions_of[agent_id] = {
                 definition.name: definition
-                for definition in await self._get_field_definitions(tenant_id, agent_id, True)
+                for definition in definitions_by_agent.get(agent_id, ())
                 if definition.enabled
             }
         # no await from here on: the caller's fields are checked and read in one step
@@ -1789,6 +1793,27 @@ class ProfileStore(ABC):
     ) -> list[ScenarioFieldRequirement]:
         """Requirements with exactly this ``step_id`` (None: scenario-wide ones), any order."""
 
+    async def _get_requirements_with_definitions(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
+        """What ``get_missing_fields`` reads, in one go: the requirements
+        :meth:`_get_scenario_requirements` returns (any order), and for every ``agent_id``
+        among them that agent's *enabled* definitions, as :meth:`_get_field_definitions`
+        with ``enabled_only=True`` returns them (any order). An agent without any may be
+        absent from the dict or map to an empty list; other agents may be present.
+
+        Optional: this default calls those two hooks (one call per agent). A provider
+        overrides it to read both in one round trip on one connection (ideally one
+        statement, or one transaction), so the two lists are of one moment. A wrapper
+        that serves either hook itself (a cache) keeps this default, so its own hooks
+        answer.
+        """
+        requirements = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
+        definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
+        for agent_id in dict.fromkeys(req.agent_id for req in requirements):
+            definitions[agent_id] = await self._get_field_definitions(tenant_id, agent_id, True)
+        return requirements, definitions
+
     @abstractmethod
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         """Upsert by (tenant, scenario, step, rule, field name), keeping a stored id.
@@ -2211,6 +2236,11 @@ class ForwardingProfileStore(ProfileStore):
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> list[ScenarioFieldRequirement]:
         return await self.inner._get_scenario_requirements(tenant_id, scenario_id, step_id)
+
+    async def _get_requirements_with_definitions(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
+        return await self.inner._get_requirements_with_definitions(tenant_id, scenario_id, step_id)
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         return await self.inner._save_scenario_requirement(requirement)

@@ -749,6 +749,23 @@ GET_REQUIREMENTS = """
 SELECT * FROM scenario_field_requirements
 WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
 """
+# get_missing_fields in one statement (one snapshot, one round trip): the requirements and
+# the enabled definitions of their agents, each as an array of the table's row type
+# (decoded into records with the table's columns, as SELECT * would give)
+GET_REQUIREMENTS_WITH_DEFINITIONS = """
+SELECT
+  ARRAY(
+    SELECT r FROM scenario_field_requirements r
+    WHERE r.tenant_id = $1 AND r.scenario_id = $2 AND r.step_id IS NOT DISTINCT FROM $3::uuid
+  ) AS requirements,
+  ARRAY(
+    SELECT d FROM profile_field_definitions d
+    WHERE d.tenant_id = $1 AND d.enabled AND d.agent_id IN (
+      SELECT q.agent_id FROM scenario_field_requirements q
+      WHERE q.tenant_id = $1 AND q.scenario_id = $2 AND q.step_id IS NOT DISTINCT FROM $3::uuid
+    )
+  ) AS definitions
+"""
 DELETE_REQUIREMENTS_ALL = """
 DELETE FROM scenario_field_requirements WHERE tenant_id = $1 AND scenario_id = $2
 """

@@ -1459,6 +1459,20 @@ class PostgresProfileStore(ProfileStore):
             rows = await conn.fetch(sql.GET_REQUIREMENTS, tenant_id, scenario_id, step_id)
         return _requirements(rows)
 
+    async def _get_requirements_with_definitions(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
+        # one statement on one pooled connection: both lists of one snapshot
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                sql.GET_REQUIREMENTS_WITH_DEFINITIONS, tenant_id, scenario_id, step_id
+            )
+        requirements = _requirements(row["requirements"]) if row is not None else []
+        definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
+        for definition in _definitions(row["definitions"]) if row is not None else []:
+            definitions.setdefault(definition.agent_id, []).append(definition)
+        return requirements, definitions
+
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         def plan(rows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
             by_id = next((_requirement(r) for r in rows if r["by_id"]), None)

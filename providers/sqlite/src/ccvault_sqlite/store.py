@@ -99,6 +99,20 @@ from ccvault_sqlite.settings import MEMORY, SqliteSettings
 
 __all__ = ["SqliteProfileStore"]
 
+_REQUIREMENTS_OF_STEP = (
+    "FROM scenario_requirements INDEXED BY scenario_requirements_key "
+    "WHERE tenant_id = ?1 AND scenario_id = ?2 AND step_id IS ?3"
+)
+# get_missing_fields' reads in one statement (see _get_requirements_with_definitions)
+_REQUIREMENTS_WITH_DEFINITIONS = (
+    f"SELECT 0, {REQUIREMENT_SELECT}, {', '.join(['NULL'] * len(DEFINITION_COLUMNS))} "
+    f"{_REQUIREMENTS_OF_STEP} "
+    f"UNION ALL SELECT 1, {', '.join(['NULL'] * len(REQUIREMENT_COLUMNS))}, "
+    f"{DEFINITION_SELECT} FROM field_definitions "
+    "INDEXED BY sqlite_autoindex_field_definitions_2 WHERE tenant_id = ?1 AND enabled = 1 "
+    f"AND agent_id IN (SELECT agent_id {_REQUIREMENTS_OF_STEP})"
+)
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -1545,6 +1559,26 @@ class SqliteProfileStore(ProfileStore):
             (str(tenant_id), str(scenario_id), codec.uid(step_id)),
         )
         return codec.requirements_from_rows(rows)
+
+    async def _get_requirements_with_definitions(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
+        # ONE statement (one snapshot, one trip to the connection's thread): requirement
+        # rows (kind 0) and their agents' enabled definitions (kind 1) side by side, each
+        # padded with NULLs where the other kind's columns are
+        req_width, def_width = len(REQUIREMENT_COLUMNS), len(DEFINITION_COLUMNS)
+        tenant, scenario, step = str(tenant_id), str(scenario_id), codec.uid(step_id)
+        rows = await self._fetch(_REQUIREMENTS_WITH_DEFINITIONS, (tenant, scenario, step))
+        requirements = codec.requirements_from_rows(
+            [row[1 : 1 + req_width] for row in rows if row[0] == 0]
+        )
+        definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
+        found = codec.definitions_from_rows(
+            [row[1 + req_width : 1 + req_width + def_width] for row in rows if row[0] == 1]
+        )
+        for definition in found:
+            definitions.setdefault(definition.agent_id, []).append(definition)
+        return requirements, definitions
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         tenant = str(requirement.tenant_id)
