@@ -1,12 +1,14 @@
 """Bulk jobs in bounded batches: ``expire_stale_fields`` and ``mark_orphans``.
 
-Core runs the loop (:mod:`ccvault.batches`); a provider implements one batch per call
-(``_expire_stale_fields_batch``, ``_mark_orphans_batch``): at most ``limit`` rows in one
-transaction. These tests check, through the public methods, that a tenant with more due rows
-than the batch size is covered completely, that no batch does more than ``batch_size`` rows
-(the per-batch counts reported to the progress callback), and that a job cut short between
-two batches (an exception after batch 1) leaves a consistent store that a second run
-finishes.
+Core runs the loop (:mod:`ccvault.batches`); a provider implements one batch per call, in
+one transaction: ``_expire_stale_fields_batch`` (at most ``limit`` rows) and, for
+mark_orphans, the keyset page ``_mark_orphans_page`` (at most ``limit`` derived items
+*examined*, after the resume position the previous page returned). These tests check,
+through the public methods, that a tenant with more due rows than the batch size is covered
+completely, that no batch does or examines more than ``batch_size`` rows (the per-batch
+counts reported to the progress callback), that a batch marking few orphans does not end
+the job, and that a job cut short between two batches (an exception after batch 1) leaves a
+consistent store that a second run (from the start or the reported position) finishes.
 """
 
 from __future__ import annotations
@@ -194,8 +196,12 @@ class BulkJobsContract(ContractBase):
         assert (
             await store.mark_orphans(tenant, batch_size=_BATCH, progress=_recorder(reports)) == 12
         )
-        assert [r.rows for r in reports] == [5, 5, 2]
+        # keyset pages: each examines at most _BATCH derived items, each item once
+        assert all(r.rows <= _BATCH for r in reports) and sum(r.rows for r in reports) == 12
+        assert all(r.examined is not None and r.examined <= _BATCH for r in reports)
+        assert sum(r.examined or 0 for r in reports) == 12
         assert all(r.job == "mark_orphans" for r in reports)
+        assert reports[-1].finished and reports[-1].resume_after is None
         counted = await store.count_items_by_status(tenant)
         assert counted["fields"]["orphaned"] == 7 and counted["fields"]["active"] == 1
         assert counted["assets"]["orphaned"] == 5 and counted["assets"]["active"] == 0
@@ -217,6 +223,89 @@ class BulkJobsContract(ContractBase):
         assert await store.mark_orphans(tenant, batch_size=_BATCH) == 12 - _BATCH
         counted = await store.count_items_by_status(tenant)
         assert counted["fields"]["orphaned"] == 7 and counted["assets"]["orphaned"] == 5
+
+    async def test_mark_orphans_resumes_from_the_reported_position(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        await self._orphans(store, tenant, ts())
+        first: list[BatchProgress] = []
+        with pytest.raises(_Interrupted):
+            await store.mark_orphans(
+                tenant, batch_size=_BATCH, progress=_recorder(first, fail_after=1)
+            )
+        position = first[-1].resume_after
+        assert position is not None and first[-1].examined == _BATCH
+        rest: list[BatchProgress] = []
+        assert (
+            await store.mark_orphans(
+                tenant, batch_size=_BATCH, start_after=position, progress=_recorder(rest)
+            )
+            == 12 - _BATCH
+        )
+        # the resumed job reads only what lies after the position: nothing twice
+        assert sum(r.examined or 0 for r in rest) == 12 - _BATCH
+        counted = await store.count_items_by_status(tenant)
+        assert counted["fields"]["orphaned"] == 7 and counted["assets"]["orphaned"] == 5
+
+    async def test_mark_orphans_pages_through_derived_items_with_few_orphans(
+        self, store: ProfileStore, tenant: UUID
+    ) -> None:
+        """Many derived items, few orphans spread among them: every batch examines at most
+        the batch size (a batch marking fewer than the batch size does not end the job),
+        every derived item is examined exactly once, every orphan is marked."""
+        base = ts()
+        profile = await new_profile(store, tenant)
+        source = await store.update_field(
+            tenant, profile.id, make_field("source", 1, collected_at=base)
+        )
+        orphans = {3, 8, 9, 17}  # of 19 derived fields; item ids are random: spread anyhow
+        for number in range(19):
+            await store.update_field(
+                tenant,
+                profile.id,
+                make_field(
+                    f"derived_{number}",
+                    number,
+                    collected_at=base,
+                    source_item_id=uuid4() if number in orphans else source,
+                    source_item_type=SourceType.PROFILE_FIELD,
+                ),
+            )
+        for number in range(6):
+            await store.add_asset(
+                tenant,
+                profile.id,
+                make_asset(
+                    f"derived_doc_{number}",
+                    uploaded_at=base,
+                    source_item_id=uuid4() if number == 4 else source,
+                    source_item_type=SourceType.PROFILE_FIELD,
+                ),
+            )
+        reports: list[BatchProgress] = []
+        assert (
+            await store.mark_orphans(tenant, batch_size=_BATCH, progress=_recorder(reports))
+            == len(orphans) + 1
+        )
+        assert len(reports) >= (19 + 6) // _BATCH
+        assert all(r.examined is not None and r.examined <= _BATCH for r in reports)
+        assert sum(r.examined or 0 for r in reports) == 19 + 6
+        assert any(r.rows < _BATCH and not r.finished for r in reports)
+        counted = await store.count_items_by_status(tenant)
+        assert counted["fields"]["orphaned"] == len(orphans)
+        assert counted["fields"]["active"] == 1 + 19 - len(orphans)
+        assert counted["assets"]["active"] == 5 and counted["assets"]["orphaned"] == 1
+        assert await store.mark_orphans(tenant, batch_size=_BATCH) == 0
+
+    @pytest.mark.parametrize("bad", ["", "x" * 201, 5], ids=["empty", "too_long", "int"])
+    async def test_mark_orphans_refuses_a_bad_resume_position_before_writing(
+        self, store: ProfileStore, tenant: UUID, bad: object
+    ) -> None:
+        await self._orphans(store, tenant, ts())
+        before = await snapshot(store, tenant)
+        with pytest.raises(errors.ValidationError, match="start_after"):
+            await store.mark_orphans(tenant, start_after=bad)  # type: ignore[arg-type]
+        assert await snapshot(store, tenant) == before
 
     # ---------------------------------------------------------------- the status estimate
 

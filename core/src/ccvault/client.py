@@ -21,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 from ccvault import errors
+from ccvault.batches import KeysetBatch
 from ccvault.extras import requires_extra
 from ccvault.models import (
     Channel,
@@ -562,6 +563,22 @@ class RemoteProfileStore(ProfileStore):
             tenant_id, "POST", "/v1/operations/mark-orphans", params={"limit": limit}
         )
         return int(data["count"])
+
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        data = await self._call(
+            tenant_id, "POST", "/v1/operations/mark-orphans/page", params=params
+        )
+        examined, resume = data["examined"], data["resume_after"]
+        return KeysetBatch(
+            marked=int(data["marked"]),
+            examined=None if examined is None else int(examined),
+            resume_after=None if resume is None else str(resume),
+        )
 
     async def _list_tenant_ids(self) -> list[UUID]:
         """The tenants this client holds keys for that hold a profile (a key sees only its

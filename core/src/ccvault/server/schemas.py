@@ -83,6 +83,16 @@ class Count(_Body):
     count: int
 
 
+class OrphanPage(_Body):
+    """One keyset batch of mark_orphans: ``marked`` items, ``examined`` derived items read
+    (at most the limit), ``resume_after`` the opaque position to pass as ``after`` next
+    (None: done)."""
+
+    marked: int
+    examined: int | None
+    resume_after: str | None
+
+
 class HasDependents(_Body):
     has_dependents: bool
 

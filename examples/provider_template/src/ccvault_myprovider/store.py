@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from ccvault.batches import KeysetBatch
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -265,10 +266,18 @@ class MyProfileStore(ProfileStore):
         same atomic step as the delete."""
         raise NotImplementedError("_delete_item")
 
-    async def _mark_orphans_batch(self, tenant_id: UUID, now: datetime, limit: int) -> int:
-        """One transaction: at most ``limit`` items whose profile_field/profile_asset source
-        is gone become ORPHANED; the count. Core calls it until a batch returns less."""
-        raise NotImplementedError("_mark_orphans_batch")
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        """One transaction: read at most ``limit`` derived items (``source_item_id`` set) in a
+        stable order of your choice (e.g. by table, then id) strictly after the opaque
+        position ``after`` (None: the start); those not yet ORPHANED whose
+        profile_field/profile_asset source is gone become ORPHANED (fields also get
+        ``updated_at = now``). Return ``KeysetBatch(marked, examined, resume_after)``:
+        ``resume_after`` is the position after the last item read (ids only, at most 200
+        characters), None when nothing is left. Core passes it to the next call. (A provider
+        written before keyset pages may implement ``_mark_orphans_batch`` instead.)"""
+        raise NotImplementedError("_mark_orphans_page")
 
     async def _list_tenant_ids(self) -> list[UUID]:
         """Every tenant with at least one profile (live or soft-deleted)."""

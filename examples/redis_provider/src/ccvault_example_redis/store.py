@@ -40,6 +40,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from ccvault import errors
+from ccvault.batches import KeysetBatch
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -1125,6 +1126,46 @@ class RedisExampleProfileStore(ProfileStore):
 
         return await self._write(tenant_id, op)
 
+    async def _mark_orphans_page(
+        self, tenant_id: UUID, now: datetime, limit: int, after: str | None
+    ) -> KeysetBatch:
+        # keyset pages in (table, id) order: "field:<uuid>", "asset:" (assets from the
+        # start), "asset:<uuid>"; the example loads the whole tenant anyway, so the page
+        # only bounds what one write changes and examines
+        kind, last = _orphans_position(after)
+
+        def op(tenant: _Tenant) -> KeysetBatch:
+            examined = marked = 0
+            for table_kind in ("field", "asset"):
+                if kind == "asset" and table_kind == "field":
+                    continue
+                start = last if table_kind == kind else None
+                table: dict[UUID, Any] = tenant.fields if table_kind == "field" else tenant.assets
+                budget = limit - examined
+                page = sorted(
+                    item_id
+                    for item_id, row in table.items()
+                    if row.item.source_item_id is not None and (start is None or item_id > start)
+                )[:budget]
+                examined += len(page)
+                for item_id in page:
+                    row = table[item_id]
+                    item = row.item
+                    if not self._orphaned(
+                        tenant, item.status, item.source_item_id, item.source_item_type
+                    ):
+                        continue
+                    update: dict[str, Any] = {"status": ItemStatus.ORPHANED}
+                    if table_kind == "field":
+                        update["updated_at"] = now
+                    row.item = item.model_copy(update=update)
+                    marked += 1
+                if len(page) == budget:
+                    return KeysetBatch(marked, examined, f"{table_kind}:{page[-1]}")
+            return KeysetBatch(marked, examined, None)
+
+        return await self._write(tenant_id, op)
+
     def _orphaned(
         self,
         tenant: _Tenant,
@@ -1192,3 +1233,18 @@ class RedisExampleProfileStore(ProfileStore):
 def _glob_escape(text: str) -> str:
     """``text`` matched literally by a Redis glob pattern."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _orphans_position(after: str | None) -> tuple[str, UUID | None]:
+    """A mark_orphans resume position as (table kind, last id examined or None)."""
+    if after is None:
+        return "field", None
+    kind, _, last = after.partition(":")
+    if kind not in ("field", "asset") or (kind == "field" and not last):
+        raise errors.ValidationError("not a mark_orphans resume position of this provider")
+    try:
+        return kind, UUID(last) if last else None
+    except ValueError:
+        raise errors.ValidationError(
+            "not a mark_orphans resume position of this provider"
+        ) from None

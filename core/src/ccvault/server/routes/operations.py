@@ -8,10 +8,10 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from ccvault.batches import MAX_BATCH_SIZE
+from ccvault.batches import MAX_BATCH_SIZE, MAX_CURSOR_LENGTH, BatchProgress
 from ccvault.models import ItemType
 from ccvault.server.deps import Admin, Reader, Store, Writer
-from ccvault.server.schemas import Count, Deleted, ItemCounts, RewriteRequest
+from ccvault.server.schemas import Count, Deleted, ItemCounts, OrphanPage, RewriteRequest
 
 __all__ = ["router"]
 
@@ -74,6 +74,28 @@ async def mark_orphans(
     if limit is not None:
         return Count(count=await store.mark_orphans(caller.tenant_id, batch_size=limit))
     return Count(count=await store.mark_orphans(caller.tenant_id))
+
+
+@router.post("/operations/mark-orphans/page")
+async def mark_orphans_page(
+    caller: Admin,
+    store: Store,
+    limit: Annotated[int, Query(ge=1, le=MAX_BATCH_SIZE)],
+    after: Annotated[str | None, Query(min_length=1, max_length=MAX_CURSOR_LENGTH)] = None,
+) -> OrphanPage:
+    """One keyset batch of mark_orphans, one transaction: at most ``limit`` derived items
+    examined after the position ``after`` (a previous page's ``resume_after``; omitted: the
+    start), the orphans among them marked."""
+    reports: list[BatchProgress] = []
+    marked = await store.mark_orphans(
+        caller.tenant_id,
+        batch_size=limit,
+        max_batches=1,
+        start_after=after,
+        progress=reports.append,
+    )
+    last = reports[-1]
+    return OrphanPage(marked=marked, examined=last.examined, resume_after=last.resume_after)
 
 
 @router.get("/operations/counts")
