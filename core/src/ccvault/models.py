@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, ClassVar, TypeAlias
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -249,14 +250,42 @@ class SurvivorshipPolicy(StrEnum):
 # ---------------------------------------------------------------------------------------
 
 
+class _Redacted:
+    """Stands in for a personal-data value in ``repr``/``str`` of a model."""
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+
+_REDACTED = _Redacted()
+
+
 class VaultModel(BaseModel):
-    """Base of every vault model: unknown keys refused, assignments re-validated."""
+    """Base of every vault model: unknown keys refused, assignments re-validated.
+
+    ``repr()`` and ``str()`` show the fields named in ``_personal_fields`` as
+    ``<redacted>`` (personal data never reaches logs or tracebacks through a model's
+    repr); ``model_dump`` and attribute access are unchanged.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: fields holding personal data (values, identifiers, free text): masked in repr
+    _personal_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        personal = self._personal_fields
+        for name, value in super().__repr_args__():
+            if name in personal and value is not None:
+                yield name, _REDACTED
+            else:
+                yield name, value
 
 
 class ChannelIdentity(VaultModel):
     """One identity of a customer on one channel (a WhatsApp number, an email address...)."""
+
+    _personal_fields = frozenset({"channel_user_id"})
 
     channel: Channel
     channel_user_id: ShortText
@@ -284,6 +313,8 @@ class Consent(VaultModel):
     refused by that wrapper (ValidationError); without encryption it is stored as given.
     """
 
+    _personal_fields = frozenset({"ip_address", "ip_address_sealed"})
+
     consent_type: ShortText
     granted: bool
     granted_at: UtcDatetime | None = None
@@ -295,6 +326,8 @@ class Consent(VaultModel):
 
 class ProfileField(VaultModel):
     """One version of one named fact about a customer. Versions are never overwritten."""
+
+    _personal_fields = frozenset({"value", "source_metadata"})
 
     id: UUID = Field(default_factory=uuid4)
     name: FieldName
@@ -334,6 +367,8 @@ class ProfileField(VaultModel):
 
 class ProfileAsset(VaultModel):
     """A document or file held for a customer (an ID scan, a contract...)."""
+
+    _personal_fields = frozenset({"storage_path", "verification_result"})
 
     id: UUID = Field(default_factory=uuid4)
     name: AssetName
@@ -460,6 +495,8 @@ class CustomerProfile(VaultModel):
 class LineageEntry(VaultModel):
     """One step of a derivation chain, as ``get_derivation_chain`` returns it (as a dict)."""
 
+    _personal_fields = frozenset({"source_metadata"})
+
     id: UUID
     type: ItemType
     name: str
@@ -471,6 +508,8 @@ class LineageEntry(VaultModel):
 class ConversationTurn(VaultModel):
     """One message of a conversation, as gap fill reads it."""
 
+    _personal_fields = frozenset({"content"})
+
     role: str = "user"
     content: str
     at: UtcDatetime = Field(default_factory=utcnow)
@@ -478,6 +517,8 @@ class ConversationTurn(VaultModel):
 
 class Session(VaultModel):
     """The conversation an agent is in: who, which agent, session variables and the turns."""
+
+    _personal_fields = frozenset({"variables"})
 
     tenant_id: UUID
     agent_id: UUID
@@ -489,6 +530,8 @@ class Session(VaultModel):
 
 class GapFillResult(VaultModel):
     """The outcome of trying to fill one missing field."""
+
+    _personal_fields = frozenset({"value", "extraction_quote", "source_metadata"})
 
     field_name: str
     filled: bool = False
@@ -521,6 +564,8 @@ class MergeSupersede(VaultModel):
 
 class MergeIdentityMove(VaultModel):
     """One identity a merge moved (``from_source``) or whose primary flag it changed."""
+
+    _personal_fields = frozenset({"channel_user_id"})
 
     channel: Channel
     channel_user_id: ShortText
