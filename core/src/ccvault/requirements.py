@@ -526,7 +526,8 @@ def find_missing_fields(
         condition = requirement.when_condition
         if condition is not None and not condition_holds(condition, values):
             continue
-        if any(name not in fields for name in requirement.depends_on_fields):
+        depends_on = requirement.depends_on_fields
+        if depends_on and any(name not in fields for name in depends_on):
             continue
         field = fields.get(requirement.field_name)
         if field is None or field.is_expired(now):

@@ -1,0 +1,155 @@
+"""``get_missing_fields`` reads what it needs in one go (issue 13): the requirements and the
+enabled definitions of their agents come from one statement on one pooled connection, and
+are the same models the two separate hooks return."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from ccvault.models import (
+    Channel,
+    FallbackAction,
+    FieldValueType,
+    ProfileField,
+    ProfileFieldDefinition,
+    ProfileFieldSource,
+    RequiredLevel,
+    ScenarioFieldRequirement,
+    SurvivorshipPolicy,
+)
+from ccvault_postgres import PostgresProfileStore
+
+
+async def two_agents(
+    store: PostgresProfileStore,
+) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A scenario-wide requirement and a step's one per agent, each agent with a rich
+    enabled definition, a disabled one, and one agent of the tenant with no requirement.
+    Returns (tenant, first agent, second agent, scenario, step)."""
+    tenant, first, second, idle = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    scenario, step = uuid.uuid4(), uuid.uuid4()
+    for agent in (first, second, idle):
+        await store.save_field_definition(
+            ProfileFieldDefinition(
+                tenant_id=tenant,
+                agent_id=agent,
+                name="plan",
+                display_name="Plan",
+                value_type=FieldValueType.JSON,
+                allowed_values=[{"tier": "gold"}, ["basic", 3]],
+                required_verification=agent == first,
+                verification_methods=["otp", "email_link"],
+                extraction_examples=["I am on gold"],
+                is_pii=True,
+                retention_days=30,
+                freshness_seconds=3_600,
+                survivorship=SurvivorshipPolicy.SOURCE_PRIORITY,
+                source_priority=[ProfileFieldSource.TOOL_RESULT, ProfileFieldSource.USER_PROVIDED],
+            )
+        )
+        await store.save_field_definition(
+            ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name="email", enabled=False)
+        )
+    for agent, name in ((first, "plan"), (second, "email")):
+        for step_id in (None, step):
+            await store.save_scenario_requirement(
+                ScenarioFieldRequirement(
+                    tenant_id=tenant,
+                    agent_id=agent,
+                    scenario_id=scenario,
+                    step_id=step_id,
+                    field_name=name,
+                    required_level=RequiredLevel.HARD,
+                    fallback_action=FallbackAction.BLOCK,
+                    depends_on_fields=[] if name == "plan" else ["plan"],
+                    when_condition='plan != "none"' if agent == second else None,
+                )
+            )
+    return tenant, first, second, scenario, step
+
+
+def count_acquisitions(store: PostgresProfileStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A one-item list counting every connection taken from the store's pool from now on."""
+    pool = store._pool
+    assert pool is not None
+    acquire: Callable[..., Awaitable[Any]] = pool.acquire
+    taken = [0]
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        taken[0] += 1
+        return await acquire(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "acquire", counting)
+    return taken
+
+
+async def test_get_missing_fields_takes_one_connection_and_one_statement(
+    make_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store: PostgresProfileStore = await make_store(min_pool_size=1, max_pool_size=1)
+    tenant, first, second, scenario, step = await two_agents(store)
+    profile = await store.get_or_create(tenant, Channel.WEB, "one-connection")
+    await store.update_field(tenant, profile.id, ProfileField(name="plan", value={"t": "gold"}))
+    profile = await store.get_by_id(tenant, profile.id)
+    assert profile is not None
+    # once first: preparing the statement (and asyncpg's one-time introspection of the row
+    # types) happens once per connection, not per call
+    await store.get_missing_fields(tenant, profile, scenario)
+    statements: list[str] = []
+    async with store.connection() as conn:  # the pool's only connection
+        conn.add_query_logger(lambda record: statements.append(record.query))
+    taken = count_acquisitions(store, monkeypatch)
+    for step_id in (None, step):
+        missing = await store.get_missing_fields(tenant, profile, scenario, step_id=step_id)
+        # first agent: plan needs verification; second agent: email is not set
+        assert [(r.agent_id, r.field_name, r.step_id) for r in missing] == [
+            (second, "email", step_id),
+            (first, "plan", step_id),
+        ]
+    # two calls, two connections and two statements (the separate hooks would take one
+    # connection and run one statement for the requirements and one per agent)
+    assert taken[0] == 2
+    assert len(statements) == 2
+
+
+async def test_combined_read_returns_what_the_separate_hooks_return(
+    store: PostgresProfileStore,
+) -> None:
+    tenant, first, second, scenario, step = await two_agents(store)
+    for step_id in (None, step):
+        requirements, definitions = await store._get_requirements_with_definitions(
+            tenant, scenario, step_id
+        )
+        expected = await store._get_scenario_requirements(tenant, scenario, step_id)
+        assert sorted(requirements, key=lambda r: r.id) == sorted(expected, key=lambda r: r.id)
+        assert {r.step_id for r in requirements} == {step_id}
+        # exactly the requirements' agents, enabled definitions only
+        assert set(definitions) == {first, second}
+        for agent in (first, second):
+            alone = await store._get_field_definitions(tenant, agent, True)
+            assert [d.name for d in definitions[agent]] == ["plan"]
+            assert definitions[agent] == alone
+            for item in [*definitions[agent], *requirements]:
+                # trusted rows equal what pydantic validates from the same data
+                again = type(item).model_validate(item.model_dump())
+                assert again == item
+                assert item.model_dump() == again.model_dump()
+                for name, value in again.__dict__.items():
+                    stored = item.__dict__[name]
+                    assert isinstance(stored, type(value)) or isinstance(value, type(stored)), name
+
+
+async def test_combined_read_of_an_unknown_scenario_is_empty(
+    store: PostgresProfileStore,
+) -> None:
+    tenant, _, _, _, _ = await two_agents(store)
+    assert await store._get_requirements_with_definitions(tenant, uuid.uuid4(), None) == ([], {})
+    # another tenant sees nothing of this one
+    assert await store._get_requirements_with_definitions(uuid.uuid4(), uuid.uuid4(), None) == (
+        [],
+        {},
+    )
