@@ -749,22 +749,21 @@ GET_REQUIREMENTS = """
 SELECT * FROM scenario_field_requirements
 WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
 """
-# get_missing_fields in one statement (one snapshot, one round trip): the requirements and
-# the enabled definitions of their agents, each as an array of the table's row type
-# (decoded into records with the table's columns, as SELECT * would give)
-GET_REQUIREMENTS_WITH_DEFINITIONS = """
-SELECT
-  ARRAY(
-    SELECT r FROM scenario_field_requirements r
-    WHERE r.tenant_id = $1 AND r.scenario_id = $2 AND r.step_id IS NOT DISTINCT FROM $3::uuid
-  ) AS requirements,
-  ARRAY(
-    SELECT d FROM profile_field_definitions d
-    WHERE d.tenant_id = $1 AND d.enabled AND d.agent_id IN (
-      SELECT q.agent_id FROM scenario_field_requirements q
-      WHERE q.tenant_id = $1 AND q.scenario_id = $2 AND q.step_id IS NOT DISTINCT FROM $3::uuid
-    )
-  ) AS definitions
+# get_missing_fields in one statement (one snapshot, one round trip): the requirements
+# (kind 0) and the enabled definitions of their agents (kind 1), each row padded with NULLs
+# where the other kind's columns are; both column lists in the models' field order
+_REQ_FIELDS = tuple(ScenarioFieldRequirement.model_fields)
+_DEF_FIELDS = tuple(ProfileFieldDefinition.model_fields)
+GET_REQUIREMENTS_WITH_DEFINITIONS = f"""
+WITH wanted AS (
+  SELECT {", ".join(_REQ_FIELDS)} FROM scenario_field_requirements
+  WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
+)
+SELECT 0 AS kind, wanted.*, {", ".join(["NULL"] * len(_DEF_FIELDS))} FROM wanted
+UNION ALL
+SELECT 1, {", ".join(["NULL"] * len(_REQ_FIELDS))}, {", ".join(_DEF_FIELDS)}
+FROM profile_field_definitions
+WHERE tenant_id = $1 AND enabled AND agent_id IN (SELECT agent_id FROM wanted)
 """
 DELETE_REQUIREMENTS_ALL = """
 DELETE FROM scenario_field_requirements WHERE tenant_id = $1 AND scenario_id = $2

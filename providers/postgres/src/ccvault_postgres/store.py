@@ -428,7 +428,11 @@ def _trusted_many(cls: type[_M], dicts: list[dict[str, Any]]) -> list[_M]:
 def _definitions(rows: Sequence[Any]) -> list[ProfileFieldDefinition]:
     """A whole result of definition rows at once, column by column (``_definition_of``
     row by row does the same)."""
-    dicts = _positional(rows, _DEFINITION_KEYS)
+    return _definitions_of(_positional(rows, _DEFINITION_KEYS))
+
+
+def _definitions_of(dicts: list[dict[str, Any]]) -> list[ProfileFieldDefinition]:
+    """Definitions from column dicts in the model's order (values as asyncpg decodes them)."""
     _map_column(dicts, "value_type", _VALUE_TYPE.__getitem__)
     _map_column(dicts, "survivorship", _SURVIVORSHIP.__getitem__)
     _map_column(dicts, "source_priority", _sources)
@@ -438,7 +442,11 @@ def _definitions(rows: Sequence[Any]) -> list[ProfileFieldDefinition]:
 
 
 def _requirements(rows: Sequence[Any]) -> list[ScenarioFieldRequirement]:
-    dicts = _positional(rows, _REQUIREMENT_KEYS)
+    return _requirements_of(_positional(rows, _REQUIREMENT_KEYS))
+
+
+def _requirements_of(dicts: list[dict[str, Any]]) -> list[ScenarioFieldRequirement]:
+    """Requirements from column dicts in the model's order (values as asyncpg decodes them)."""
     _map_column(dicts, "required_level", _REQUIRED_LEVEL.__getitem__)
     _map_column(dicts, "fallback_action", _FALLBACK.__getitem__)
     _map_column(dicts, "depends_on_fields", _fresh_list)
@@ -1462,14 +1470,25 @@ class PostgresProfileStore(ProfileStore):
     async def _get_requirements_with_definitions(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
-        # one statement on one pooled connection: both lists of one snapshot
+        # one statement on one pooled connection: both lists of one snapshot; its columns:
+        # the row's kind, then the requirement's, then the definition's (model order)
         async with self._conn() as conn:
-            row = await conn.fetchrow(
+            rows = await conn.fetch(
                 sql.GET_REQUIREMENTS_WITH_DEFINITIONS, tenant_id, scenario_id, step_id
             )
-        requirements = _requirements(row["requirements"]) if row is not None else []
+        req_end = 1 + len(_REQUIREMENT_KEYS)
+        requirements = _requirements_of(
+            [
+                dict(zip(_REQUIREMENT_KEYS, row[1:req_end], strict=True))
+                for row in rows
+                if not row[0]
+            ]
+        )
+        found = _definitions_of(
+            [dict(zip(_DEFINITION_KEYS, row[req_end:], strict=True)) for row in rows if row[0]]
+        )
         definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
-        for definition in _definitions(row["definitions"]) if row is not None else []:
+        for definition in found:
             definitions.setdefault(definition.agent_id, []).append(definition)
         return requirements, definitions
 
