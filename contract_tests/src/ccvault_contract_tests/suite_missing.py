@@ -313,3 +313,36 @@ class MissingFieldsContract(ContractBase):
         profile = await self._profile(store, tenant)
         (missing,) = await store.get_missing_fields(tenant, profile, scenario)
         assert missing.id == requirement.id and missing.collection_order == 7
+
+    async def test_only_enabled_definitions_of_the_requirements_agents_judge(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        # what get_missing_fields reads (through _get_requirements_with_definitions where a
+        # provider reads it in one go): each requirement of that step, judged by its own
+        # agent's enabled definition; a disabled one, or another agent's, never judges
+        other, idle, step = uuid4(), uuid4(), uuid4()
+        await store.save_field_definition(
+            make_definition(tenant, agent, "email", required_verification=True)
+        )
+        await store.save_field_definition(
+            make_definition(tenant, other, "email", required_verification=True, enabled=False)
+        )
+        await store.save_field_definition(
+            make_definition(tenant, idle, "phone", required_verification=True)
+        )
+        for step_id in (None, step):
+            for owner in (agent, other):
+                await store.save_scenario_requirement(
+                    make_requirement(
+                        tenant, owner, scenario, "email", step_id=step_id, rule_id=owner
+                    )
+                )
+            await store.save_scenario_requirement(
+                make_requirement(tenant, other, scenario, "phone", step_id=step_id)
+            )
+        profile = await self._profile(store, tenant, email="a@x.org", phone="+33100000000")
+        for step_id in (None, step):
+            missing = await store.get_missing_fields(tenant, profile, scenario, step_id=step_id)
+            assert [(r.agent_id, r.field_name, r.step_id) for r in missing] == [
+                (agent, "email", step_id)
+            ]
