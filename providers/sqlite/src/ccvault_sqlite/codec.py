@@ -133,6 +133,8 @@ _CHECKSUM_LINES = re.compile(r"(?:[0-9a-f]{64}\n)*")
 
 def _lines(pattern: re.Pattern[str], column: Column) -> None:
     """Every value of ``column`` is text, and each matches ``pattern``'s line form."""
+    if not column:  # nothing to check (an empty list of names, as most rows hold)
+        return
     try:
         text = "\n".join(column)
     except TypeError:
