@@ -553,6 +553,8 @@ WITH page AS (
     WHERE o.tenant_id = $1 AND o.source_item_id IS NOT NULL AND {after}
     ORDER BY o.id LIMIT {limit}
 ), marked AS (
+    -- the source check per page item (index probes); a check in the page's own target list
+    -- lets the planner hash every id of the tenant instead (measured: 12x slower per page)
     UPDATE {table} o SET status = 'orphaned'{touch}
     FROM page
     WHERE o.tenant_id = $1 AND o.id = page.id AND o.status <> 'orphaned'
