@@ -103,12 +103,19 @@ _REQUIREMENTS_OF_STEP = (
     "FROM scenario_requirements INDEXED BY scenario_requirements_key "
     "WHERE tenant_id = ?1 AND scenario_id = ?2 AND step_id IS ?3"
 )
-# get_missing_fields' reads in one statement (see _get_requirements_with_definitions)
+# get_missing_fields' reads in one statement (see _get_requirements_with_definitions): a
+# requirement row (kind 0) and a definition row (kind 1) share the columns after the kind
+# (SQLite's columns are untyped), the narrower padded with NULLs
+_SHARED_WIDTH = max(len(REQUIREMENT_COLUMNS), len(DEFINITION_COLUMNS))
+
+
+def _in_shared_columns(columns: tuple[str, ...]) -> str:
+    return ", ".join([*columns, *["NULL"] * (_SHARED_WIDTH - len(columns))])
+
+
 _REQUIREMENTS_WITH_DEFINITIONS = (
-    f"SELECT 0, {REQUIREMENT_SELECT}, {', '.join(['NULL'] * len(DEFINITION_COLUMNS))} "
-    f"{_REQUIREMENTS_OF_STEP} "
-    f"UNION ALL SELECT 1, {', '.join(['NULL'] * len(REQUIREMENT_COLUMNS))}, "
-    f"{DEFINITION_SELECT} FROM field_definitions "
+    f"SELECT 0, {_in_shared_columns(REQUIREMENT_COLUMNS)} {_REQUIREMENTS_OF_STEP} "
+    f"UNION ALL SELECT 1, {_in_shared_columns(DEFINITION_COLUMNS)} FROM field_definitions "
     "INDEXED BY sqlite_autoindex_field_definitions_2 WHERE tenant_id = ?1 AND enabled = 1 "
     f"AND agent_id IN (SELECT agent_id {_REQUIREMENTS_OF_STEP})"
 )
@@ -1564,18 +1571,13 @@ class SqliteProfileStore(ProfileStore):
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
         # ONE statement (one snapshot, one trip to the connection's thread): requirement
-        # rows (kind 0) and their agents' enabled definitions (kind 1) side by side, each
-        # padded with NULLs where the other kind's columns are
-        req_width, def_width = len(REQUIREMENT_COLUMNS), len(DEFINITION_COLUMNS)
+        # rows (kind 0) and their agents' enabled definitions (kind 1) in shared columns
+        req_end, def_end = 1 + len(REQUIREMENT_COLUMNS), 1 + len(DEFINITION_COLUMNS)
         tenant, scenario, step = str(tenant_id), str(scenario_id), codec.uid(step_id)
         rows = await self._fetch(_REQUIREMENTS_WITH_DEFINITIONS, (tenant, scenario, step))
-        requirements = codec.requirements_from_rows(
-            [row[1 : 1 + req_width] for row in rows if row[0] == 0]
-        )
+        requirements = codec.requirements_from_rows([row[1:req_end] for row in rows if row[0] == 0])
         definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
-        found = codec.definitions_from_rows(
-            [row[1 + req_width : 1 + req_width + def_width] for row in rows if row[0] == 1]
-        )
+        found = codec.definitions_from_rows([row[1:def_end] for row in rows if row[0] == 1])
         for definition in found:
             definitions.setdefault(definition.agent_id, []).append(definition)
         return requirements, definitions
