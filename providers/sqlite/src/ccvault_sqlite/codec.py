@@ -658,6 +658,9 @@ def definition_params(item: ProfileFieldDefinition) -> tuple[Any, ...]:
     )
 
 
+# built once: a lookup per row cost as much as the rest of the row (issue 13)
+_SOURCES = _members(ProfileFieldSource)
+
 _DEFINITION_CONVERTERS: dict[str, Convert] = {
     "id": _UUID,
     "tenant_id": _UUID,
@@ -682,9 +685,7 @@ _DEFINITION_CONVERTERS: dict[str, Convert] = {
     "updated_at": _TS,
     "enabled": _bools,
     "survivorship": _members(SurvivorshipPolicy),
-    "source_priority": lambda column: [
-        _members(ProfileFieldSource)(items) for items in _json_of(list)(column)
-    ],
+    "source_priority": lambda column: [_SOURCES(items) for items in _json_of(list)(column)],
 }
 
 
