@@ -255,7 +255,27 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         {"profile_id": w.profile_id},
     ),
     ("POST", "/v1/operations/mark-orphans"): lambda w: ("/v1/operations/mark-orphans", None),
+    ("POST", "/v1/operations/mark-orphans/page"): lambda w: (
+        "/v1/operations/mark-orphans/page?limit=10",
+        None,
+    ),
     ("GET", "/v1/operations/counts"): lambda w: ("/v1/operations/counts", None),
+    ("POST", "/v1/subjects/erase"): lambda w: (
+        "/v1/subjects/erase",
+        {"channel": "whatsapp", "channel_user_id": PHONE, "dry_run": True},
+    ),
+    ("POST", "/v1/subjects/export"): lambda w: (
+        "/v1/subjects/export",
+        {"channel": "whatsapp", "channel_user_id": PHONE},
+    ),
+    ("POST", "/v1/subjects/profiles"): lambda w: (
+        "/v1/subjects/profiles",
+        {"channel": "whatsapp", "channel_user_id": PHONE},
+    ),
+    ("POST", "/v1/subjects/erase-profiles"): lambda w: (
+        "/v1/subjects/erase-profiles",
+        {"profile_ids": [w.profile_id], "merge_ids": []},
+    ),
     ("GET", "/v1/operations/profile-ids"): lambda w: ("/v1/operations/profile-ids", None),
     ("GET", "/v1/operations/tenants"): lambda w: ("/v1/operations/tenants", None),
     ("GET", "/v1/key"): lambda w: ("/v1/key", None),
