@@ -334,26 +334,42 @@ def _trusted_models(
     template: dict[str, Any] = dict.fromkeys(cols)
     varying: list[str] = []
     data: list[list[Any]] = []
+    # the UUIDs of the ``id`` column by their text: another UUID column naming rows of this
+    # same result (``superseded_by_id`` in a history) reuses them instead of parsing again
+    parsed: dict[Any, Any] = {}
     try:
         for name, column in zip(
             cols, islice(zip(*rows, strict=True), offset, offset + len(cols)), strict=True
         ):
             first = column[0]
+            convert = converters[name]
             if name not in _MUTABLE_COLUMNS and column.count(first) == count:
-                template[name] = converters[name]((first,))[0]
-            else:
-                varying.append(name)
-                data.append(converters[name](column))
+                template[name] = convert((first,))[0]
+                continue
+            varying.append(name)
+            if parsed and convert is _UUID_OPT:
+                # text already checked and parsed in the id column (None stays None)
+                known = list(map(parsed.get, column))
+                if known.count(None) == column.count(None):
+                    data.append(known)
+                    continue
+            values = convert(column)
+            if name == "id" and convert is _UUID:
+                parsed = dict(zip(column, values, strict=True))
+            data.append(values)
     except _NotOurs:
         return None
     dicts = list(map(dict.copy, repeat(template, count)))
     if varying:
-        changes = map(zip, repeat(varying, count), zip(*data, strict=True))
-        deque(map(dict.update, dicts, changes), maxlen=0)
+        for one, changed in zip(dicts, zip(*data, strict=True), strict=True):
+            one.update(zip(varying, changed, strict=True))
     models: list[_M] = list(map(_new, repeat(model, count)))
-    keyset = set(cols)
+    # every field is set, so one set serves every model of the call: pydantic only ever
+    # adds a field's name to it (an assignment), which changes nothing here, and copies it
+    # for model_copy
+    fields_set = set(cols)
     deque(map(_SET_DICT, models, dicts), maxlen=0)
-    deque(map(_SET_FIELDS_SET, models, map(set.copy, repeat(keyset, count))), maxlen=0)
+    deque(map(_SET_FIELDS_SET, models, repeat(fields_set, count)), maxlen=0)
     deque(map(_SET_EXTRA, models, repeat(None, count)), maxlen=0)
     deque(map(_SET_PRIVATE, models, repeat(None, count)), maxlen=0)
     return models
