@@ -232,7 +232,14 @@ def present_field(item: ProfileField, now: datetime) -> ProfileField:
 def present_profile(profile: CustomerProfile, now: datetime) -> CustomerProfile:
     """``profile`` as it must be served at ``now``: expired fields leave ``fields``."""
     expired = [name for name, item in profile.fields.items() if item.is_expired(now)]
-    if not expired and not profile.field_history:
+    active = ItemStatus.ACTIVE
+    if not expired and not any(
+        version.expires_at is not None and version.status is active and version.expires_at <= now
+        for versions in profile.field_history.values()
+        for version in versions
+    ):
+        # nothing to change: the provider's own fresh object, not a copy of it (a read of
+        # 1,000 versions spent more on the copy than on this check)
         return profile
     fields = {n: f for n, f in profile.fields.items() if not f.is_expired(now)}
     history = {
