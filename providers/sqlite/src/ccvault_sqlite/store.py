@@ -25,6 +25,7 @@ failure rolls all of it back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -1905,6 +1906,8 @@ def _padded(alias: str, columns: Sequence[str]) -> str:
 _PROFILE_INDEX = {_LIVE_BY_CUSTOMER: "profiles_live_customer"}
 
 
+# built once per (lookup, history, released): a handful of constant statements
+@functools.cache
 def _profile_query(where: str, include_history: bool, *, released: bool = False) -> str:
     """The statement reading a whole profile: ordered so that identities and consents come
     in list order, field versions grouped by name newest first (``collected_at``, then
