@@ -332,3 +332,40 @@ async def test_a_foreign_but_valid_row_reads_correctly(store: SqliteProfileStore
     assert old.field_definition_id is not None
     read = await store.get_by_id(tenant, profile.id, include_history=True)
     assert read is not None and old in read.field_history["email"]
+
+
+async def test_superseded_by_id_reuses_parsed_ids_only_for_our_own_text(
+    store: SqliteProfileStore,
+) -> None:
+    """A history's ``superseded_by_id`` reuses the UUIDs parsed from the ``id`` column of
+    the same result when its text is exactly theirs; any other text is converted (or
+    validated) on its own, so a foreign form still reads correctly and garbage is refused."""
+    tenant, profile = await rich_profile(store)
+    read = await store.get_by_id(tenant, profile.id, include_history=True)
+    assert read is not None
+    active, old = read.field_history["email"]
+    assert old.superseded_by_id == active.id
+    assert old.superseded_by_id is active.id  # the one parsed UUID, shared
+    where = "WHERE tenant_id = ? AND name = 'email' AND status = 'superseded'"
+    # the same id in a foreign (upper-case) form: not reused, validated, and correct
+    await store.connection.execute(
+        f"UPDATE fields SET superseded_by_id = upper(superseded_by_id) {where}", (str(tenant),)
+    )
+    read = await store.get_by_id(tenant, profile.id, include_history=True)
+    assert read is not None
+    assert read.field_history["email"][1].superseded_by_id == active.id
+    # an id outside the result: parsed on its own
+    elsewhere = uuid4()
+    await store.connection.execute(
+        f"UPDATE fields SET superseded_by_id = ? {where}", (str(elsewhere), str(tenant))
+    )
+    read = await store.get_by_id(tenant, profile.id, include_history=True)
+    assert read is not None
+    assert read.field_history["email"][1].superseded_by_id == elsewhere
+    # not a UUID at all: refused, naming the column and not the value
+    await store.connection.execute(
+        f"UPDATE fields SET superseded_by_id = 'not-a-uuid' {where}", (str(tenant),)
+    )
+    with pytest.raises(errors.StorageError, match="superseded_by_id") as caught:
+        await store.get_by_id(tenant, profile.id, include_history=True)
+    assert "not-a-uuid" not in str(caught.value)

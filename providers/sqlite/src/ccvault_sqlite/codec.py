@@ -170,6 +170,19 @@ def _uuids(column: Column) -> list[Any]:
     time in C (slices, ``bytes.fromhex``), as a regex or ``UUID()`` per value costs more than
     reading the row."""
     count = len(column)
+    if count == 1:
+        # one value (a profile's ids, a constant column): parsing it and comparing with
+        # the text str() writes back is cheaper than the column machinery below
+        only = column[0]
+        if type(only) is not str or len(only) != 36:
+            raise _NotOurs
+        try:
+            value = UUID(only)
+        except ValueError:
+            raise _NotOurs from None
+        if str(value) != only:
+            raise _NotOurs
+        return [value]
     text = _joined(column, 36)
     _at(text, 36, _UUID_HYPHENS, count)
     try:
