@@ -14,6 +14,7 @@ import ccvault
 from ccvault import errors
 from ccvault.models import Channel, ProfileField, ProfileFieldDefinition
 from ccvault.registry import create_store, installed_providers, load_provider
+from ccvault.settings import data_dir
 from ccvault_sqlite import SqliteProfileStore, SqliteSettings
 
 EMBEDDED = Path(__file__).resolve().parents[3] / "config" / "embedded.toml"
@@ -27,7 +28,9 @@ def test_the_entry_point_provides_sqlite() -> None:
 
 
 def test_settings_defaults_and_bad_options() -> None:
-    assert SqliteSettings().path == ".ccvault/vault.db"
+    # the default file is in the data directory, whatever the working directory
+    assert SqliteSettings().path == str(data_dir() / "vault.db")
+    assert Path(SqliteSettings().path).is_absolute()
     settings = ccvault.load_settings(
         store_provider="sqlite", providers={"sqlite": {"busy_timeout_ms": -1}}
     )

@@ -1,6 +1,6 @@
 """ccvault-sqlite: the vault's embedded provider, one SQLite file through aiosqlite.
 
-``SqliteProfileStore(path=".ccvault/vault.db")`` or, through configuration,
+``SqliteProfileStore(path="/var/lib/ccvault/vault.db")`` or, through configuration,
 ``[profile] store_provider = "sqlite"`` with ``[providers.sqlite] path = ...``.
 """
 

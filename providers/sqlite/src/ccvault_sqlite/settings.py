@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ccvault.settings import expand_env
+
 __all__ = ["MEMORY", "SqliteSettings"]
 
 MEMORY = ":memory:"
@@ -29,7 +31,10 @@ class SqliteSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    path: str = ".ccvault/vault.db"
+    #: ``${VAR}`` references are expanded; the default lives in the data directory
+    #: (``$CCVAULT_DATA_DIR``, else ``$XDG_DATA_HOME/ccvault`` or ``~/.local/share/ccvault``),
+    #: never relative to the working directory, so every command finds the same file
+    path: str = "${CCVAULT_DATA_DIR}/vault.db"
     busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
     lock_retry_attempts: int = Field(default=8, ge=1, le=1000)
     lock_retry_initial_ms: float = Field(default=10.0, ge=0)
@@ -43,6 +48,11 @@ class SqliteSettings(BaseModel):
     #: single-user file has no separate migration step. A ``":memory:"`` database, private
     #: to its store, is always migrated when opened.
     migrate_on_start: bool = False
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _expand_path(cls, value: object) -> object:
+        return expand_env(value)
 
     @field_validator("path")
     @classmethod
