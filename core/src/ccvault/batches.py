@@ -14,7 +14,7 @@ far as that batch could see) and after at most :data:`MAX_BATCHES` batches (a bo
 reached by a job that makes progress). After every batch the optional progress callback
 receives a :class:`BatchProgress` (rows done so far, rate, ETA when a total was estimated).
 
-A leaf module: it imports nothing from ``ccvault``.
+A leaf module: it imports only :mod:`ccvault.errors` from ``ccvault``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
 
+from ccvault import errors
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "MAX_BATCHES",
@@ -31,6 +33,7 @@ __all__ = [
     "BatchProgress",
     "KeysetBatch",
     "ProgressCallback",
+    "parse_orphans_position",
     "run_batches",
     "run_keyset_batches",
 ]
@@ -200,3 +203,24 @@ async def run_keyset_batches(
         if finished:
             break
     return done
+
+
+def parse_orphans_position(after: str | None) -> tuple[str, UUID | None]:
+    """A ``_mark_orphans_page`` resume position as (kind, last id examined or None).
+
+    Every in-repo provider walks derived fields, then derived assets, in id order and
+    writes its position as ``"field:<uuid>"``, ``"asset:"`` (assets from the start) or
+    ``"asset:<uuid>"``; ``None`` is the beginning (``("field", None)``). Anything else
+    (a position this layout never writes) is a :class:`~ccvault.errors.ValidationError`,
+    raised before the page reads or writes anything."""
+    if after is None:
+        return "field", None
+    kind, _, last = after.partition(":")
+    if kind not in ("field", "asset") or (kind == "field" and not last):
+        raise errors.ValidationError("not a mark_orphans resume position of this provider")
+    try:
+        return kind, UUID(last) if last else None
+    except ValueError:
+        raise errors.ValidationError(
+            "not a mark_orphans resume position of this provider"
+        ) from None

@@ -40,7 +40,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from ccvault import errors
-from ccvault.batches import KeysetBatch
+from ccvault.batches import KeysetBatch, parse_orphans_position
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -1132,7 +1132,7 @@ class RedisExampleProfileStore(ProfileStore):
         # keyset pages in (table, id) order: "field:<uuid>", "asset:" (assets from the
         # start), "asset:<uuid>"; the example loads the whole tenant anyway, so the page
         # only bounds what one write changes and examines
-        kind, last = _orphans_position(after)
+        kind, last = parse_orphans_position(after)
 
         def op(tenant: _Tenant) -> KeysetBatch:
             examined = marked = 0
@@ -1233,18 +1233,3 @@ class RedisExampleProfileStore(ProfileStore):
 def _glob_escape(text: str) -> str:
     """``text`` matched literally by a Redis glob pattern."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _orphans_position(after: str | None) -> tuple[str, UUID | None]:
-    """A mark_orphans resume position as (table kind, last id examined or None)."""
-    if after is None:
-        return "field", None
-    kind, _, last = after.partition(":")
-    if kind not in ("field", "asset") or (kind == "field" and not last):
-        raise errors.ValidationError("not a mark_orphans resume position of this provider")
-    try:
-        return kind, UUID(last) if last else None
-    except ValueError:
-        raise errors.ValidationError(
-            "not a mark_orphans resume position of this provider"
-        ) from None

@@ -29,7 +29,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from ccvault import errors
-from ccvault.batches import KeysetBatch
+from ccvault.batches import KeysetBatch, parse_orphans_position
 from ccvault.models import (
     Channel,
     ChannelIdentity,
@@ -918,7 +918,7 @@ class InMemoryProfileStore(ProfileStore):
         # "field:<uuid>", "asset:" (assets from the start), "asset:<uuid>"; a page that runs
         # out of derived fields goes on with the assets, with what is left of the limit.
         # The reference sorts a table's derived items per page: in-memory tenants are small
-        kind, last = _orphans_position(after)
+        kind, last = parse_orphans_position(after)
         examined = marked = 0
         resume: str | None = None
         async with self._lock:
@@ -999,18 +999,3 @@ class InMemoryProfileStore(ProfileStore):
                     row, value=copy_json(copy.deepcopy(value)), source_metadata=copy_json(metadata)
                 )
             return len(matched)
-
-
-def _orphans_position(after: str | None) -> tuple[str, UUID | None]:
-    """A mark_orphans resume position as (table, last id examined or None)."""
-    if after is None:
-        return "field", None
-    kind, _, last = after.partition(":")
-    if kind not in ("field", "asset") or (kind == "field" and not last):
-        raise errors.ValidationError("not a mark_orphans resume position of this provider")
-    try:
-        return kind, UUID(last) if last else None
-    except ValueError:
-        raise errors.ValidationError(
-            "not a mark_orphans resume position of this provider"
-        ) from None

@@ -44,7 +44,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from ccvault import errors
-from ccvault.batches import KeysetBatch
+from ccvault.batches import KeysetBatch, parse_orphans_position
 from ccvault.migration import MigrationReport, SchemaStatus, SchemaStep, require_ready
 from ccvault.models import (
     Channel,
@@ -2086,7 +2086,7 @@ class MongoProfileStore(ProfileStore):
         ``"asset:<uuid>"``), fields first, then assets with what is left of the limit, read
         on the ``(tenant_id, id)`` index; the orphans among them (one ``$in`` per source
         collection) marked by one ``update_many`` per collection, re-checking the status."""
-        kind, last = _orphans_position(after)
+        kind, last = parse_orphans_position(after)
         t = uid(tenant_id)
         live = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
         examined = marked = 0
@@ -2230,21 +2230,6 @@ def _versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
     if profile is None:
         return ()
     return tuple(v for versions in profile.field_history.values() for v in versions)
-
-
-def _orphans_position(after: str | None) -> tuple[str, UUID | None]:
-    """A mark_orphans resume position as (collection kind, last id examined or None)."""
-    if after is None:
-        return "field", None
-    kind, _, last = after.partition(":")
-    if kind not in ("field", "asset") or (kind == "field" and not last):
-        raise errors.ValidationError("not a mark_orphans resume position of this provider")
-    try:
-        return kind, UUID(last) if last else None
-    except ValueError:
-        raise errors.ValidationError(
-            "not a mark_orphans resume position of this provider"
-        ) from None
 
 
 def _as_uuid(value: Any) -> UUID:

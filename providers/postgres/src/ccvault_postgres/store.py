@@ -49,7 +49,7 @@ import orjson
 from pydantic import BaseModel
 
 from ccvault import errors
-from ccvault.batches import KeysetBatch
+from ccvault.batches import KeysetBatch, parse_orphans_position
 from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
     Channel,
@@ -1603,7 +1603,7 @@ class PostgresProfileStore(ProfileStore):
         # runs out of fields goes on with the assets, with what is left of the limit, in the
         # same transaction); the position is "field:<uuid>", "asset:" (assets from the
         # start) or "asset:<uuid>"
-        kind, last = _orphans_position(after)
+        kind, last = parse_orphans_position(after)
         examined = marked = 0
         resume: str | None = None
         async with self._conn() as conn, conn.transaction():
@@ -1732,18 +1732,3 @@ def _is_active_field_race(exc: BaseException) -> bool:
     if isinstance(exc, pgerr.UniqueViolationError):
         return bool(exc.constraint_name == _ACTIVE_FIELD_INDEX)
     return _is_race(exc)
-
-
-def _orphans_position(after: str | None) -> tuple[str, UUID | None]:
-    """A mark_orphans resume position as (table, last id examined or None)."""
-    if after is None:
-        return "field", None
-    table, _, last = after.partition(":")
-    if table not in ("field", "asset") or (table == "field" and not last):
-        raise errors.ValidationError("not a mark_orphans resume position of this provider")
-    try:
-        return table, UUID(last) if last else None
-    except ValueError:
-        raise errors.ValidationError(
-            "not a mark_orphans resume position of this provider"
-        ) from None

@@ -45,7 +45,7 @@ from uuid import UUID
 import aiosqlite
 
 from ccvault import errors
-from ccvault.batches import KeysetBatch
+from ccvault.batches import KeysetBatch, parse_orphans_position
 from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
     Channel,
@@ -283,23 +283,6 @@ UPDATE {table} SET status = 'orphaned'{touch}
             SELECT 1 FROM assets AS s
              WHERE s.tenant_id = :tenant AND s.id = {table}.source_item_id)))
 """
-
-
-def _orphans_position(after: str | None) -> tuple[str, str]:
-    """A mark_orphans resume position as (table kind, last id examined or '')."""
-    if after is None:
-        return "field", ""
-    kind, _, last = after.partition(":")
-    if kind not in ("field", "asset") or (kind == "field" and not last):
-        raise errors.ValidationError("not a mark_orphans resume position of this provider")
-    if last:
-        try:
-            last = str(UUID(last))
-        except ValueError:
-            raise errors.ValidationError(
-                "not a mark_orphans resume position of this provider"
-            ) from None
-    return kind, last
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -1781,7 +1764,8 @@ class SqliteProfileStore(ProfileStore):
         # keyset pages in (table, id) order: derived fields, then derived assets (a page
         # that runs out of fields goes on with the assets, with what is left of the limit);
         # the position is "field:<uuid>", "asset:" (assets from the start) or "asset:<uuid>"
-        kind, start = _orphans_position(after)
+        kind, last = parse_orphans_position(after)
+        start = "" if last is None else str(last)
 
         async def op(conn: aiosqlite.Connection) -> KeysetBatch:
             examined = marked = 0
