@@ -22,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 from uuid import UUID
 
 from ccvault import errors
@@ -754,6 +754,42 @@ class _BulkRun:
         click.echo(f"total: {total} {what} in {len(self.tenants)} tenant(s)")
 
 
+def _run_bulk_job(
+    ctx: click.Context,
+    tenant: tuple[UUID, ...],
+    batch_size: int | None,
+    job: Literal["expire", "mark_orphans"],
+    title: str,
+    json_key: str,
+    done: str,
+) -> None:
+    """Run one batched bulk job (``expire`` or ``mark_orphans``) over every tenant or
+    ``--tenant``, with per-tenant progress; print the summary (or ``--json``)."""
+    settings = _settings(ctx)
+    bulk = _BulkRun(job, title, batch_size or settings.worker.batch_size)
+
+    async def work(store: ProfileStore) -> None:
+        method = store.expire_stale_fields if job == "expire" else store.mark_orphans
+
+        async def call(
+            tenant_id: UUID, on_batch: Callable[[BatchProgress], None], estimate: int | None
+        ) -> int:
+            return await method(
+                tenant_id,
+                batch_size=bulk.batch_size,
+                progress=on_batch,
+                estimated_total=estimate,
+            )
+
+        await bulk.run(store, await _tenants(store, tenant), call)
+
+    _run(_with_store(settings, work))
+    if _wants_json(ctx):
+        _echo_json(bulk.document(json_key))
+        return
+    bulk.echo(done)
+
+
 @cli.command()
 @click.option("--tenant", "-t", type=UUID_TYPE, multiple=True, help="Only this tenant (repeat).")
 @_batch_size_option
@@ -763,27 +799,9 @@ def expire(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int | None)
 
     Works in batches (each its own transaction, so a large tenant finishes under any
     statement_timeout); a run cut short is continued by the next one."""
-    settings = _settings(ctx)
-    bulk = _BulkRun("expire", "expiring stale fields of", batch_size or settings.worker.batch_size)
-
-    async def work(store: ProfileStore) -> None:
-        async def call(
-            tenant_id: UUID, on_batch: Callable[[BatchProgress], None], estimate: int | None
-        ) -> int:
-            return await store.expire_stale_fields(
-                tenant_id,
-                batch_size=bulk.batch_size,
-                progress=on_batch,
-                estimated_total=estimate,
-            )
-
-        await bulk.run(store, await _tenants(store, tenant), call)
-
-    _run(_with_store(settings, work))
-    if _wants_json(ctx):
-        _echo_json(bulk.document("expired"))
-        return
-    bulk.echo("field(s) expired")
+    _run_bulk_job(
+        ctx, tenant, batch_size, "expire", "expiring stale fields of", "expired", "field(s) expired"
+    )
 
 
 @cli.command("mark-orphans")
@@ -793,27 +811,15 @@ def expire(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int | None)
 def mark_orphans(ctx: click.Context, tenant: tuple[UUID, ...], batch_size: int | None) -> None:
     """Mark ORPHANED every item whose source field or asset no longer exists, for every
     tenant or --tenant; in batches, as expire."""
-    settings = _settings(ctx)
-    bulk = _BulkRun("mark_orphans", "marking orphans of", batch_size or settings.worker.batch_size)
-
-    async def work(store: ProfileStore) -> None:
-        async def call(
-            tenant_id: UUID, on_batch: Callable[[BatchProgress], None], estimate: int | None
-        ) -> int:
-            return await store.mark_orphans(
-                tenant_id,
-                batch_size=bulk.batch_size,
-                progress=on_batch,
-                estimated_total=estimate,
-            )
-
-        await bulk.run(store, await _tenants(store, tenant), call)
-
-    _run(_with_store(settings, work))
-    if _wants_json(ctx):
-        _echo_json(bulk.document("orphaned"))
-        return
-    bulk.echo("item(s) marked orphaned")
+    _run_bulk_job(
+        ctx,
+        tenant,
+        batch_size,
+        "mark_orphans",
+        "marking orphans of",
+        "orphaned",
+        "item(s) marked orphaned",
+    )
 
 
 @cli.command()
