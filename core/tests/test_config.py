@@ -59,6 +59,7 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "redis.connect_timeout_seconds": ("ccvault.cache", "ccvault.worker"),
     "redis.retry_after_seconds": ("ccvault.cache",),
     "redis.operation_timeout_seconds": ("ccvault.cache",),
+    "redis.near_cache_invalidation": ("ccvault.cache",),
     "metrics.host": ("ccvault.cli",),
     "metrics.port": ("ccvault.cli",),
     "metrics.refresh_interval_seconds": ("ccvault.cli",),
@@ -92,6 +93,7 @@ CHANGED_STRINGS: dict[str, Any] = {
     "providers.sqlite.path": "/tmp/changed.db",
     "providers.mongo.uri": "mongodb://127.0.0.1:27018",
     "providers.mongo.database": "changed",
+    "redis.near_cache_invalidation": "push",
 }
 
 

@@ -70,6 +70,39 @@ Redis entry again. A purge drops this process's copy at once; other processes' c
 never served again (the generation is gone) and leave memory at their next read, LRU
 eviction or ``near_cache_ttl``.
 
+**Pushed invalidations** (``[redis] near_cache_invalidation = "push"``; the default
+``"check"`` is the strict behaviour above). The cache keeps one dedicated Redis connection
+of its own (not from the pool) in RESP2 with ``CLIENT TRACKING ON REDIRECT <its own id>
+BCAST PREFIX <P>epoch:`` and ``SUBSCRIBE __redis__:invalidate``: Redis then tells it about
+every change of a key under the prefix, and a background task reads those messages. A
+message naming a tenant's generation key ends the trust in that tenant's near copies (a
+per-tenant invalidation counter moves); one with no key list (``FLUSHDB``, ``FLUSHALL``)
+ends all of them. A near copy is then served with **no Redis round trip** while: the
+tracking connection has been healthy without a break since the copy's generation was read
+(a session counter moves on every connect and every failure), the tenant's counter is still
+the one taken *before* the read of that generation (so an invalidation processed between
+the read and the store of the copy is never lost), the server's run tag is unchanged, the
+near TTL holds, the tenant is not poisoned and the cache not bypassed. Otherwise the read
+falls back to the GET of the generation above (and may then trust the copy again, with a
+counter snapshot taken before that GET). The tracking connection is checked by a PING every
+``retry_after`` seconds (answer within ``operation_timeout``); when it fails or breaks, it
+is marked unhealthy at once (every copy falls back to the GET) and reconnected in the
+background with a back-off from ``retry_after`` doubling up to ``max_retry_interval``;
+reads never wait for it. It needs a plain ``redis.asyncio.Redis`` client (with a cluster
+client, ``"push"`` acts as ``"check"``, with a warning).
+
+*The trade-off, precisely:* writes of this process end its near copies synchronously (as in
+``"check"``); a write on **another** instance becomes visible here once Redis has delivered
+its invalidation message and this process's event loop has read it — Redis queues the
+message before it sends the writer the reply to its ``DEL``, so this is normally well under
+a millisecond later, but it is not at the moment the writer's ``DEL`` returns. If Redis
+becomes unreachable silently (no error, no answer), copies may be served for at most
+``retry_after`` + ``operation_timeout`` before the heartbeat notices. ``"check"`` keeps the
+strict guarantee: a read after a completed write on any instance never sees old data.
+:meth:`CachedProfileStore.sync_invalidations` restores that guarantee on demand: it sends
+a PING on the tracking connection and waits for its answer, so every invalidation of a
+write completed before the call has been processed when it returns.
+
 **Restarts.** Epoch and generation tokens begin with the Redis server's *run tag* (the
 start of its ``run_id``, which changes on every restart). The read script reads it with
 ``INFO`` on the server itself; the MGET and GET fast paths compare with the tag this
@@ -130,9 +163,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -170,6 +204,7 @@ from ccvault.rules.merge import MergeLogRequest
 from ccvault.store import ForwardingProfileStore, MergeWinner, ProfileStore, lineage_target
 
 with requires_extra("cache", "The Redis profile cache (ccvault.cache)"):
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError
 
 if TYPE_CHECKING:
@@ -294,6 +329,14 @@ _NAMESPACES = (_NS_PROFILES, _NS_LINEAGE, _NS_SCHEMA)
 _GEN = "g"
 #: tenants whose hit and miss counters are kept at hand (cleared when full)
 _COUNTER_CACHE_SIZE = 10_000
+#: near-cache invalidation modes ([redis] near_cache_invalidation)
+NEAR_INVALIDATION_MODES = ("check", "push")
+#: tenants whose last pushed invalidation is remembered one by one (beyond: a common floor)
+_INVALIDATION_MEMORY = 100_000
+#: the Pub/Sub channel Redis sends tracking invalidations to (RESP2 redirect)
+_INVALIDATE_CHANNEL = b"__redis__:invalidate"
+#: a near copy's stamp that push mode never trusts without a GET (session -1 never exists)
+_UNTRUSTED = (-1, 0)
 
 
 def _json_encoder(adapter: TypeAdapter[Any]) -> Callable[[Any], bytes]:
@@ -394,8 +437,14 @@ class CachedProfileStore(ForwardingProfileStore):
         near_cache_size: int = 1_000,
         near_cache_ttl: timedelta = timedelta(seconds=60),
         max_body_bytes: int = 4 * 1024 * 1024,
+        near_cache_invalidation: str = "check",
     ) -> None:
         super().__init__(backend)
+        if near_cache_invalidation not in NEAR_INVALIDATION_MODES:
+            raise errors.ConfigurationError(
+                f"redis.near_cache_invalidation must be one of {', '.join(NEAR_INVALIDATION_MODES)}"
+                f", got {near_cache_invalidation!r}"
+            )
         if "{" in key_prefix or "}" in key_prefix:
             raise errors.ConfigurationError(
                 f"redis.key_prefix must not contain braces (they are the cluster hash tag): "
@@ -446,10 +495,12 @@ class CachedProfileStore(ForwardingProfileStore):
         self._retry_task: asyncio.Task[None] | None = None
         self._closing = False
         self._tenant_counters: dict[str, tuple[Any, Any]] = {}
-        # the near tier: body key -> (generation seen, decoded profile, monotonic deadline)
+        # the near tier: body key -> (generation seen, decoded profile, monotonic deadline,
+        # tracking session and tenant invalidation counter seen before that generation was
+        # read: _UNTRUSTED unless push mode may serve it without a GET)
         self.near_cache_size = near_cache_size
         self._near_ttl = min(near_cache_ttl, cache_ttl).total_seconds()
-        self._near: OrderedDict[str, tuple[bytes, NearProfile, float]] = OrderedDict()
+        self._near: OrderedDict[str, tuple[bytes, NearProfile, float, int, int]] = OrderedDict()
         # bodies (encoded) larger than this are served but never cached
         self.max_body_bytes = max_body_bytes
         # the run tag (start of the run_id) of the Redis server this process talks to now,
@@ -457,6 +508,30 @@ class CachedProfileStore(ForwardingProfileStore):
         self._run_tag: bytes | None = None
         self._connects = 0
         self._hooked = self._install_connect_hook(redis_client)
+        # pushed invalidations (see the module docstring): usable with a plain client only
+        self.near_cache_invalidation = near_cache_invalidation
+        self._push = near_cache_invalidation == "push" and self._hooked and near_cache_size > 0
+        if near_cache_invalidation == "push" and not self._push and near_cache_size > 0:
+            logger.warning(
+                "redis.near_cache_invalidation = 'push' needs a plain redis.asyncio.Redis "
+                "client without a connect callback of its own: near copies are checked by a "
+                "GET on every read instead"
+            )
+        # health of the tracking connection: copies are trusted only while _track_ok and
+        # their session is the current one (moved on every connect and every failure)
+        self._track_ok = False
+        self._track_session = 0
+        self._track_conn: Any = None
+        self._track_task: asyncio.Task[None] | None = None
+        self._track_reader: asyncio.Task[None] | None = None
+        self._track_lock: asyncio.Lock | None = None
+        # one future per PING sent on the tracking connection, answered in order
+        self._pongs: deque[asyncio.Future[None]] = deque()
+        # generation key -> the sequence number of its last invalidation (least recent
+        # first); a key not listed has _inval_floor, which is never below its real one
+        self._inval_seq = 0
+        self._inval_floor = 0
+        self._invalidated: OrderedDict[str, int] = OrderedDict()
 
     # =====================================================================================
     # which Redis server answers (restart detection)
@@ -557,6 +632,7 @@ class CachedProfileStore(ForwardingProfileStore):
             close_client=True,
             near_cache_size=conf.near_cache_size,
             max_body_bytes=conf.max_entry_bytes,
+            near_cache_invalidation=conf.near_cache_invalidation,
         )
 
     async def aclose(self) -> None:
@@ -580,6 +656,7 @@ class CachedProfileStore(ForwardingProfileStore):
 
     async def _flush(self) -> None:
         self._closing = True
+        await self._stop_tracking()
         task, self._retry_task = self._retry_task, None
         if task is not None and not task.done():
             task.cancel()
@@ -599,6 +676,223 @@ class CachedProfileStore(ForwardingProfileStore):
                 len(self._erasures),
                 "all" if self._dirty_all else len(self._dirty),
             )
+
+    # =====================================================================================
+    # pushed invalidations (near_cache_invalidation = "push")
+    # =====================================================================================
+
+    async def sync_invalidations(self) -> None:
+        """Process every pushed invalidation of a write completed before this call.
+
+        Sends a PING on the tracking connection and waits for its answer: Redis queues the
+        invalidation of a write before it answers the writer's ``DEL``, and answers in
+        order, so when the PONG has been read every such invalidation has been processed.
+        If the tracking connection fails meanwhile (or is not up) it is marked unhealthy,
+        and then no near copy is served without a GET: either way, a read after this call
+        sees every write completed before it. Never raises for Redis failures. A no-op in
+        ``"check"`` mode, where every near hit checks the generation anyway.
+        """
+        if not self._push:
+            return
+        self._start_tracking()
+        await self._ping_tracking()
+
+    @property
+    def tracking_healthy(self) -> bool:
+        """Whether pushed invalidations arrive now (push mode, tracking connection up)."""
+        return self._track_ok
+
+    def _start_tracking(self) -> None:
+        """Start the task that keeps the tracking connection (once; never while closing)."""
+        if self._closing or self._track_task is not None:
+            return
+        self._track_lock = asyncio.Lock()
+        self._track_task = asyncio.get_running_loop().create_task(self._track())
+
+    async def _stop_tracking(self) -> None:
+        task, self._track_task = self._track_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._track_lost()
+
+    async def _track(self) -> None:
+        """Keep the tracking connection: open it, read it, reconnect with a back-off."""
+        delay = self.retry_after
+        warned = False
+        while not self._closing:
+            connection: Any = None
+            try:
+                connection = await self._track_open()
+                delay = self.retry_after
+                if warned:
+                    logger.info("near-cache invalidations pushed by Redis again")
+                    warned = False
+                await self._track_serve(connection)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if not warned:
+                    logger.warning(
+                        "near-cache invalidation connection unavailable (%s: %s): near "
+                        "copies are checked by a GET until it is back",
+                        type(exc).__name__,
+                        exc,
+                    )
+                    warned = True
+            except Exception:  # never let the task die silently; keep reconnecting
+                logger.exception("near-cache invalidation connection failed")
+                warned = True
+            finally:
+                self._track_lost()
+                if connection is not None:
+                    await connection.disconnect(nowait=True)
+            if self._closing:
+                return
+            await asyncio.sleep(delay)  # back-off between attempts, not a synchronisation
+            delay = min(max(delay, 0.01) * 2, self.max_retry_interval)
+
+    async def _track_open(self) -> Any:
+        """A new connection of our own (RESP2, never from the pool) that receives, as Pub/Sub
+        messages, the invalidations of every key under ``<key_prefix>epoch:``."""
+        pool = self.redis.connection_pool
+        options = dict(pool.connection_kwargs)
+        options.pop("redis_connect_func", None)
+        options["protocol"] = 2
+        options["health_check_interval"] = 0
+        # maintenance notifications are RESP3 pushes: not for this RESP2 connection
+        for key in [k for k in options if "maint_notifications" in k]:
+            del options[key]
+        options["maint_notifications_config"] = None
+        connection = pool.connection_class(**options)
+        try:
+            async with asyncio.timeout(self.operation_timeout):
+                await connection.connect()
+                await connection.send_command("CLIENT", "ID")
+                client_id = await connection.read_response()
+                await connection.send_command(
+                    "CLIENT",
+                    "TRACKING",
+                    "ON",
+                    "REDIRECT",
+                    client_id,
+                    "BCAST",
+                    "PREFIX",
+                    f"{self.key_prefix}epoch:",
+                )
+                await connection.read_response()
+                await connection.send_command("SUBSCRIBE", _INVALIDATE_CHANNEL)
+                await connection.read_response(disable_decoding=True)
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        return connection
+
+    async def _track_serve(self, connection: Any) -> None:
+        """Read the connection (a task of its own) and check it by a PING now and then."""
+        self._track_conn = connection
+        self._track_session += 1
+        self._track_ok = True
+        reader = asyncio.get_running_loop().create_task(self._track_read(connection))
+        self._track_reader = reader
+        try:
+            while True:
+                done, _ = await asyncio.wait([reader], timeout=max(self.retry_after, 0.1))
+                if done:
+                    if reader.cancelled():  # _track_broken: a PING went unanswered
+                        raise RedisConnectionError("the tracking connection stopped answering")
+                    reader.result()  # raises what ended it
+                    raise RedisConnectionError("the tracking connection closed")
+                if not await self._ping_tracking():
+                    raise RedisConnectionError("the tracking connection stopped answering")
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self._track_reader = None
+
+    async def _track_read(self, connection: Any) -> None:
+        while True:
+            message = await connection.read_response(disable_decoding=True, timeout=math.inf)
+            if not isinstance(message, list) or not message:
+                continue
+            kind = message[0]
+            if kind == b"message" and len(message) == 3 and message[1] == _INVALIDATE_CHANNEL:
+                self._on_invalidate(message[2])
+            elif kind == b"pong" and self._pongs:
+                waiter = self._pongs.popleft()  # one per PING sent, answered in order
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _ping_tracking(self) -> bool:
+        """PING on the tracking connection: True once its answer has been read (every
+        message sent before has then been processed); False (and the connection marked
+        broken) if it does not answer within ``operation_timeout``."""
+        connection, session, lock = self._track_conn, self._track_session, self._track_lock
+        if not self._track_ok or connection is None or lock is None:
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self.operation_timeout):
+                async with lock:
+                    if session != self._track_session:
+                        return False
+                    self._pongs.append(waiter)
+                    await connection.send_packed_command(
+                        connection.pack_command("PING"), check_health=False
+                    )
+                await waiter
+        except (RedisError, OSError, TimeoutError):
+            self._track_broken(session)
+            return False
+        return self._track_ok and session == self._track_session
+
+    def _track_broken(self, session: int) -> None:
+        """The tracking connection of ``session`` failed: trust no near copy, reconnect."""
+        if session != self._track_session:
+            return
+        self._track_lost()
+        reader = self._track_reader
+        if reader is not None:
+            reader.cancel()
+
+    def _track_lost(self) -> None:
+        self._track_ok = False
+        self._track_session += 1
+        self._track_conn = None
+        while self._pongs:
+            waiter = self._pongs.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_invalidate(self, keys: Any) -> None:
+        if keys is None:  # FLUSHDB, FLUSHALL: any key may be gone
+            self._invalidate_all_near()
+            return
+        suffix = f":{_GEN}"
+        for key in keys:
+            name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+            if name.endswith(suffix):
+                self._bump(name)
+
+    def _bump(self, gen_key: str) -> None:
+        """The tenant of ``gen_key`` changed: no near copy stamped before is trusted."""
+        self._inval_seq += 1
+        self._invalidated[gen_key] = self._inval_seq
+        self._invalidated.move_to_end(gen_key)
+        if len(self._invalidated) > _INVALIDATION_MEMORY:
+            # the least recent has the lowest number: forgotten tenants report the floor,
+            # never lower than their own last invalidation
+            self._inval_floor = self._invalidated.popitem(last=False)[1]
+
+    def _invalidate_all_near(self) -> None:
+        self._inval_seq += 1
+        self._inval_floor = self._inval_seq
+        self._invalidated.clear()
+        self._near.clear()
+
+    def _stamp(self, gen_key: str) -> tuple[int, int]:
+        """Taken *before* a generation is read: what a near copy holding it is trusted by."""
+        if not self._track_ok:
+            return _UNTRUSTED
+        return self._track_session, self._invalidated.get(gen_key, self._inval_floor)
 
     # =====================================================================================
     # keys
@@ -682,6 +976,8 @@ class CachedProfileStore(ForwardingProfileStore):
     def _poison(self, tenant: UUID) -> None:
         """``tenant``'s cache may have missed an invalidation: stop reading it until cleared."""
         self._poison_gen += 1
+        if self._push:
+            self._bump(self._gen_key(tenant))
         self._schedule_retry()
         if self._dirty_all:
             return
@@ -690,6 +986,8 @@ class CachedProfileStore(ForwardingProfileStore):
         if len(self._dirty) > self.max_dirty_tenants:
             self._dirty.clear()
             self._dirty_all = True
+            if self._push:
+                self._invalidate_all_near()
 
     def _schedule_retry(self) -> None:
         """Start the background retry of what is pending, unless it already runs.
@@ -988,16 +1286,18 @@ class CachedProfileStore(ForwardingProfileStore):
             )
         return value
 
-    def _keep_near(self, body_key: str, gen: bytes, profile: CustomerProfile) -> None:
+    def _keep_near(
+        self, body_key: str, gen: bytes, profile: CustomerProfile, stamp: tuple[int, int]
+    ) -> None:
         """Keep a decoded body in the near tier (the template is built before ``profile``
-        is handed to the caller, who may change it)."""
+        is handed to the caller, who may change it); ``stamp``: see :meth:`_stamp`."""
         if not self.near_cache_size:
             return
         try:
             kept = NearProfile(profile)
         except ValueError:
             return
-        self._near[body_key] = (gen, kept, time.monotonic() + self._near_ttl)
+        self._near[body_key] = (gen, kept, time.monotonic() + self._near_ttl, *stamp)
         self._near.move_to_end(body_key)
         while len(self._near) > self.near_cache_size:
             self._near.popitem(last=False)
@@ -1041,15 +1341,33 @@ class CachedProfileStore(ForwardingProfileStore):
                 entry_key = body_prefix + known
             else:
                 resolve = body_prefix
+        if self._push and self._track_task is None:
+            self._start_tracking()
         if await self._ready(tenant):
             generation = self._poison_gen
             try:
                 if self._hooked and self._run_tag is None:
                     await self._probe_run_tag()
+                stamp = _UNTRUSTED
                 if not resolve and self.near_cache_size:
                     near = self._near.get(entry_key)
                     if near is not None:
                         gen_key = self._gen_key(tenant)
+                        if (
+                            # push: nothing of the tenant invalidated since the generation
+                            # was read, the tracking connection up all along (see _stamp)
+                            near[3] == self._track_session
+                            and self._track_ok
+                            and near[4] == self._invalidated.get(gen_key, self._inval_floor)
+                            and near[0][:16] == self._run_tag
+                            and time.monotonic() < near[2]
+                        ):
+                            cached = near[1].copy()
+                            if matches(cached):
+                                self._hit(tenant)
+                                return cached
+                        if self._push:
+                            stamp = self._stamp(gen_key)
                         gen = await self._redis(lambda: self.redis.get(gen_key))
                         if (
                             gen == near[0]
@@ -1059,9 +1377,14 @@ class CachedProfileStore(ForwardingProfileStore):
                         ):
                             cached = near[1].copy()
                             if matches(cached):
+                                if stamp != _UNTRUSTED and self._near.get(entry_key) is near:
+                                    # trusted from now on: stamped before the GET
+                                    self._near[entry_key] = (*near[:3], *stamp)
                                 self._hit(tenant)
                                 return cached
                         self._near.pop(entry_key, None)
+                if self._push and not resolve:
+                    stamp = self._stamp(self._gen_key(tenant))
                 lookup = await self._lookup(
                     tenant, _NS_PROFILES, entry_key, "", self._profile_ttl, resolve
                 )
@@ -1089,7 +1412,7 @@ class CachedProfileStore(ForwardingProfileStore):
                             if resolve and lookup.target:
                                 self._remember([key], lookup.target)
                             if lookup.gen is not None and not resolve:
-                                self._keep_near(entry_key, lookup.gen, cached)
+                                self._keep_near(entry_key, lookup.gen, cached, stamp)
                             return cached
                         self._pointers.pop(key, None)
                         lookup = _Lookup(0, epoch=lookup.epoch)
@@ -1149,6 +1472,8 @@ class CachedProfileStore(ForwardingProfileStore):
         ]
         for key in what.keys:
             self._near.pop(key, None)
+        if self._push:
+            self._bump(self._gen_key(tenant))
         done = False
         try:
             if what.erase:
@@ -1161,6 +1486,8 @@ class CachedProfileStore(ForwardingProfileStore):
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
         finally:
+            if self._push:  # this process's copies end now, not when the message arrives
+                self._bump(self._gen_key(tenant))
             # also when cancelled: a lost invalidation must never go unnoticed
             if not done:
                 self._poison(tenant)
@@ -1560,7 +1887,13 @@ class CachedProfileStore(ForwardingProfileStore):
             self._gen_key(tenant),
         ]
         self._near.pop(self._body_key(tenant, profile_id), None)
-        await self._erase_script(keys=keys, args=[2])
+        if self._push:
+            self._bump(self._gen_key(tenant))
+        try:
+            await self._erase_script(keys=keys, args=[2])
+        finally:
+            if self._push:
+                self._bump(self._gen_key(tenant))
 
     async def _purge_profile(self, tenant_id: UUID, profile_id: UUID) -> bool:
         """Purge in the backend, then erase the profile from Redis.

@@ -263,6 +263,14 @@ class RedisSettings(_Section):
     #: Profiles kept decoded in process memory per vault process (0: off); each is served
     #: after one small GET that proves no write of its tenant completed since.
     near_cache_size: int = Field(default=1000, ge=0)
+    #: How a near copy learns that its tenant changed. "check": one small GET per read
+    #: proves no write of the tenant completed on any instance since (strict: a read after
+    #: a completed write never sees old data). "push": Redis pushes invalidations to one
+    #: dedicated connection (client tracking), and a near hit makes no Redis round trip; a
+    #: write on another instance is seen here once its invalidation message has arrived
+    #: (normally well under a millisecond after the writer's DEL, but not at the moment it
+    #: returns); writes of this process are seen at once. Needs a non-cluster Redis >= 6.
+    near_cache_invalidation: Literal["check", "push"] = "check"
 
     @field_validator("url")
     @classmethod
