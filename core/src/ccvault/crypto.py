@@ -155,8 +155,16 @@ Cost
     dropped first; all dropped every ``opened_cache_ttl`` seconds, default 300; 0 turns it
     off), keyed by the envelope text. A hit requires the same tenant, field version id,
     name, part and both envelopes: exactly what the associated data binds, so a copied,
-    moved or tampered envelope misses and then fails as without the cache. Mutable values
-    are kept as JSON and parsed for each caller. This process holds the keys, so plaintext
+    moved or tampered envelope misses and then fails as without the cache; a hit for
+    another profile than the one the envelope is bound to is checked against the merge log
+    as without the cache. No caller can change what another one gets: immutable values are
+    shared, a list or object of immutable values is kept as a copy of its own and served
+    as a shallow copy, anything nested is kept as JSON and parsed for each caller. Profile
+    reads (``get_by_id``, ``get_by_customer_id``, ``get_by_channel_identity``, export)
+    open the models the inner store just built for this caller in place instead of copying
+    them (every provider and the cache build new models per read; an inner store must
+    not hand out models it keeps), checking the cache hit inline; a field version is
+    changed only after all its checks passed. This process holds the keys, so plaintext
     in its memory adds no exposure beyond the moment of a read; every erasure through this
     wrapper (``purge_profile``, subject erasure, ``delete_item``) drops the whole cache, and
     another process's copies age out within ``opened_cache_ttl`` and are unreachable (the
@@ -176,10 +184,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
 import orjson
+from pydantic import BaseModel
 
 from ccvault import errors
 from ccvault.arguments import check_field_name, check_uuid
@@ -254,6 +263,21 @@ _a2b = binascii.a2b_base64
 _loads = orjson.loads
 _SETTING = "profile.pii_encryption_key_id"
 _IMMUTABLE_JSON = (str, int, float, bool)
+
+
+#: an entry of the opened-envelope cache (see ``EncryptedProfileStore._open_into``)
+_Opened = tuple[
+    bytes,
+    int,
+    str,
+    bool,
+    "str | None",
+    Any,
+    "Callable[[Any], Any] | None",
+    Any,
+    "Callable[[Any], Any]",
+    "int | None",
+]
 
 
 class RowMovedError(errors.EncryptionError):
@@ -486,6 +510,40 @@ def _aads(tenant_head: bytes, field_id: UUID, name: str) -> tuple[bytes, bytes]:
     return head + tails[0], head + tails[1]
 
 
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_OPENED_PARTS = frozenset(("value", "source_metadata"))
+
+
+def _own_fields_set(model: BaseModel, written: Iterable[str]) -> None:
+    """After attributes of ``model`` were written in place: its fields-set names them (as
+    :func:`~ccvault.cache_codec.trusted_replace` does), without changing a set that other
+    models may share."""
+    fields_set = model.__pydantic_fields_set__
+    if not fields_set.issuperset(written):
+        _SET_FIELDS_SET(model, fields_set.union(written))
+
+
+def _kept(opened: Any, json: bytes) -> tuple[Any, Callable[[Any], Any] | None]:
+    """How the opened-envelope cache keeps an opened JSON value, and how each hit serves
+    it, so that no caller can change what another one gets: an immutable value as it is
+    (None: shared), a container as :func:`_kept_container` says."""
+    if opened is None or opened.__class__ in _IMMUTABLE_JSON:
+        return opened, None
+    return _kept_container(opened, json)
+
+
+def _kept_container(opened: Any, json: bytes) -> tuple[Any, Callable[[Any], Any]]:
+    """A list or object of immutable values: a copy of its own, served as a shallow copy
+    (a complete one for it); anything nested: its JSON, parsed for each hit."""
+    cls = opened.__class__
+    if cls is dict:
+        if all(v is None or v.__class__ in _IMMUTABLE_JSON for v in opened.values()):
+            return opened.copy(), dict.copy
+    elif cls is list and all(v is None or v.__class__ in _IMMUTABLE_JSON for v in opened):
+        return opened.copy(), list.copy
+    return json, _loads
+
+
 def _identity_kid(stored: str) -> str | None:
     """The key id of a sealed channel user id, None for a plaintext one."""
     if not stored.startswith(IDENTITY_PREFIX):
@@ -600,11 +658,9 @@ class EncryptedProfileStore(ForwardingProfileStore):
         self.opened_cache_size = opened_cache_size
         self.opened_cache_ttl = opened_cache_ttl
         # first envelope of a field version -> (tenant head, field id as int, name, value
-        # sealed?, metadata envelope, value (immutable) or its JSON, immutable?, metadata
-        # JSON): see _decrypt_field
-        self._opened: dict[
-            str, tuple[bytes, int, str, bool, str | None, Any, bool, Any, int | None]
-        ] = {}
+        # sealed?, metadata envelope, value kept, its copier, metadata kept, its copier,
+        # profile bound as int): see _open_into and _kept
+        self._opened: dict[str, _Opened] = {}
         self._opened_since = self.clock()
         # token -> (tenant, channel, channel user id)
         self._opened_identities: dict[str, tuple[UUID, Channel, str]] = {}
@@ -857,21 +913,41 @@ class EncryptedProfileStore(ForwardingProfileStore):
         profile_id: UUID | None = None,
         moved: dict[UUID, set[UUID]] | None = None,
     ) -> ProfileField:
-        values = item.__dict__
+        update: dict[str, Any] = {}
+        if not self._open_into(head, item.__dict__, profile_id, moved, update):
+            return item
+        # authenticated plaintext this wrapper sealed from validated JSON: no re-validation
+        return trusted_replace(item, update)
+
+    def _open_into(
+        self,
+        head: bytes,
+        values: dict[str, Any],
+        profile_id: UUID | None,
+        moved: dict[UUID, set[UUID]] | None,
+        target: dict[str, Any],
+    ) -> bool:
+        """Open the sealed value and metadata of the field version whose attributes are
+        ``values`` and write them into ``target`` (``values`` itself: in place, for a
+        model the caller owns), only once every check passed. False: nothing is sealed."""
         value = values["value"]
-        sealed_value = value.__class__ is str and value.startswith(ENVELOPE_PREFIX)
         metadata = values["source_metadata"]
         envelope = metadata.get(METADATA_KEY) if len(metadata) == 1 else None
         if envelope.__class__ is not str:
             envelope = None
-        if not sealed_value and envelope is None:
-            return item
+        if value.__class__ is str and value.startswith(ENVELOPE_PREFIX):
+            key = value
+            sealed_value = True
+        elif envelope is None:
+            return False
+        else:
+            key = envelope
+            sealed_value = False
         field_id = values["id"]
         name = values["name"]
         # the opened-field cache (module docstring, *Cost*): keyed by the first envelope,
         # valid only for the same tenant, field version, name and both envelopes (the
         # check the associated data makes: a copied envelope misses, then fails)
-        key = cast(str, value if sealed_value else envelope)
         hit = self._opened.get(key)
         if (
             hit is not None
@@ -881,31 +957,30 @@ class EncryptedProfileStore(ForwardingProfileStore):
             and hit[3] is sealed_value
             and hit[4] == envelope
         ):
-            if profile_id is not None and hit[8] is not None and hit[8] != profile_id.int:
-                self._check_moved(field_id, UUID(int=hit[8]), profile_id, moved)
-            update: dict[str, Any] = {}
+            if profile_id is not None and hit[9] is not None and hit[9] != profile_id.int:
+                self._check_moved(field_id, UUID(int=hit[9]), profile_id, moved)
             if sealed_value:
-                update["value"] = hit[5] if hit[6] else _loads(hit[5])
+                copy = hit[6]
+                target["value"] = hit[5] if copy is None else copy(hit[5])
             if envelope is not None:
-                update["source_metadata"] = _loads(hit[7])
-            return trusted_replace(item, update)
+                target["source_metadata"] = hit[8](hit[7])
+            return True
         value_aad, metadata_aad = _aads(head, field_id, name)
-        update = {}
-        value_payload: Any = None
-        immutable = True
         bound: set[bytes] = set()
+        value_payload: Any = None
+        value_copy: Callable[[Any], Any] | None = None
         if sealed_value:
             plaintext = self._open_part(value, value_aad, bound)
-            opened = update["value"] = _loads(plaintext)
-            immutable = opened is None or opened.__class__ in _IMMUTABLE_JSON
-            value_payload = opened if immutable else plaintext
-        metadata_json = None
+            opened_value = _loads(plaintext)
+            value_payload, value_copy = _kept(opened_value, plaintext)
+        metadata_payload: Any = None
+        metadata_copy: Callable[[Any], Any] = _loads  # (not used without metadata)
         if envelope is not None:
             metadata_json = self._open_part(envelope, metadata_aad, bound)
-            opened = _loads(metadata_json)
-            if opened.__class__ is not dict:
+            opened_metadata = _loads(metadata_json)
+            if opened_metadata.__class__ is not dict:
                 raise errors.EncryptionError("decrypted source_metadata is not an object")
-            update["source_metadata"] = opened
+            metadata_payload, metadata_copy = _kept_container(opened_metadata, metadata_json)
         if len(bound) > 1:
             raise RowMovedError(
                 f"field version {field_id}: its value and metadata are sealed for different "
@@ -925,12 +1000,64 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 sealed_value,
                 envelope,
                 value_payload,
-                immutable,
-                metadata_json,
+                value_copy,
+                metadata_payload,
+                metadata_copy,
                 bound_int,
             )
-        # authenticated plaintext this wrapper sealed from validated JSON: no re-validation
-        return trusted_replace(item, update)
+        if sealed_value:
+            target["value"] = opened_value
+        if envelope is not None:
+            target["source_metadata"] = opened_metadata
+        return True
+
+    def _open_in_place(
+        self,
+        head: bytes,
+        items: Iterable[ProfileField],
+        profile_id: UUID,
+        moved: dict[UUID, set[UUID]] | None,
+    ) -> None:
+        """:meth:`_open_into` each of ``items`` in place (models only this caller holds),
+        with the hit of the opened-envelope cache inlined: the same checks, no call."""
+        cache = self._opened
+        pid = profile_id.int
+        for item in items:
+            values = item.__dict__
+            value = values["value"]
+            metadata = values["source_metadata"]
+            envelope = metadata.get(METADATA_KEY) if len(metadata) == 1 else None
+            if envelope.__class__ is not str:
+                envelope = None
+            if value.__class__ is str and value.startswith(ENVELOPE_PREFIX):
+                hit = cache.get(value)
+                sealed_value = True
+            elif envelope is None:
+                continue  # nothing sealed
+            else:
+                hit = cache.get(envelope)
+                sealed_value = False
+            if hit is not None:
+                h_head, h_id, h_name, h_sealed, h_envelope, kept, copy, m_kept, m_copy, bound = hit
+                if (
+                    h_head == head
+                    and h_id == values["id"].int
+                    and h_name == values["name"]
+                    and h_sealed is sealed_value
+                    and h_envelope == envelope
+                    and (bound is None or bound == pid)
+                ):
+                    if sealed_value:
+                        values["value"] = kept if copy is None else copy(kept)
+                    if envelope is not None:
+                        values["source_metadata"] = m_copy(m_kept)
+                    if not item.__pydantic_fields_set__ >= _OPENED_PARTS:
+                        _SET_FIELDS_SET(item, item.__pydantic_fields_set__ | _OPENED_PARTS)
+                    continue
+            if self._open_into(head, values, profile_id, moved, values):
+                fields_set = item.__pydantic_fields_set__
+                if not fields_set >= _OPENED_PARTS:
+                    _SET_FIELDS_SET(item, fields_set | _OPENED_PARTS)
 
     def _open_part(self, envelope: str, aad: bytes, bound: set[bytes]) -> bytes:
         """The JSON of one envelope; a v2 envelope's profile id is added to ``bound``."""
@@ -988,30 +1115,48 @@ class EncryptedProfileStore(ForwardingProfileStore):
         profile: CustomerProfile,
         moved: dict[UUID, set[UUID]] | None = None,
         partners: tuple[UUID, ...] = (),
+        *,
+        in_place: bool = False,
     ) -> CustomerProfile:
+        """``profile`` with everything sealed opened. ``in_place``: ``profile`` was just
+        read from the inner store for this caller alone (every provider and the cache
+        build a new model per read), so its field versions are opened where they are
+        instead of copied; a field version is changed only once all its checks passed."""
         self._expire_opened()
-        head = _tenant_head(profile.tenant_id)
-        opened = self._decrypt_field
+        tenant_id = profile.tenant_id
+        head = _tenant_head(tenant_id)
         pid = profile.id
-        fields = {name: opened(head, item, pid, moved) for name, item in profile.fields.items()}
-        history = {
-            name: [opened(head, item, pid, moved) for item in versions]
-            for name, versions in profile.field_history.items()
-        }
-        update: dict[str, Any] = {"fields": fields, "field_history": history}
+        update: dict[str, Any] = {}
+        if in_place:
+            self._open_in_place(head, profile.fields.values(), pid, moved)
+            for versions in profile.field_history.values():
+                self._open_in_place(head, versions, pid, moved)
+        else:
+            opened = self._decrypt_field
+            update["fields"] = {
+                name: opened(head, item, pid, moved) for name, item in profile.fields.items()
+            }
+            update["field_history"] = {
+                name: [opened(head, item, pid, moved) for item in versions]
+                for name, versions in profile.field_history.items()
+            }
         identities = profile.channel_identities
         if identities:
-            update["channel_identities"] = self._open_identities(profile.tenant_id, identities)
+            update["channel_identities"] = self._open_identities(tenant_id, identities)
         if profile.assets:
-            update["assets"] = [self._open_asset(profile.tenant_id, a) for a in profile.assets]
+            update["assets"] = [self._open_asset(tenant_id, a) for a in profile.assets]
         if profile.asset_history:
             update["asset_history"] = [
-                self._open_asset(profile.tenant_id, a) for a in profile.asset_history
+                self._open_asset(tenant_id, a) for a in profile.asset_history
             ]
         if profile.consents:
             update["consents"] = [
-                self._open_consent(profile.tenant_id, pid, c, partners) for c in profile.consents
+                self._open_consent(tenant_id, pid, c, partners) for c in profile.consents
             ]
+        if in_place:
+            profile.__dict__.update(update)
+            _own_fields_set(profile, update)
+            return profile
         return trusted_replace(profile, update)
 
     # ---------------------------------------------------------------------------------
@@ -1280,20 +1425,25 @@ class EncryptedProfileStore(ForwardingProfileStore):
             )
         return opened
 
-    async def _maybe(self, profile: CustomerProfile | None) -> CustomerProfile | None:
+    async def _maybe(
+        self, profile: CustomerProfile | None, *, in_place: bool = False
+    ) -> CustomerProfile | None:
         """The opened profile; the merge log is read only when a row is sealed for another
-        profile (a merge's rows not yet re-sealed, or tampering)."""
+        profile (a merge's rows not yet re-sealed, or tampering). ``in_place``: see
+        :meth:`_decrypt_profile` (the read hooks, whose result nothing else holds)."""
         if profile is None:
             return None
         try:
-            return self._decrypt_profile(profile)
+            return self._decrypt_profile(profile, in_place=in_place)
         except RowMovedError:
             moved = await self._moved_rows(profile.tenant_id, profile.id)
             partners = await self._merge_partners(profile.tenant_id, profile.id)
-            return self._decrypt_profile(profile, moved, partners)
+            return self._decrypt_profile(profile, moved, partners, in_place=in_place)
 
-    async def _open_profile(self, profile: CustomerProfile) -> CustomerProfile:
-        opened = await self._maybe(profile)
+    async def _open_profile(
+        self, profile: CustomerProfile, *, in_place: bool = False
+    ) -> CustomerProfile:
+        opened = await self._maybe(profile, in_place=in_place)
         assert opened is not None
         return opened
 
@@ -1345,13 +1495,16 @@ class EncryptedProfileStore(ForwardingProfileStore):
         self, tenant_id: UUID, customer_id: UUID, include_history: bool
     ) -> CustomerProfile | None:
         return await self._maybe(
-            await super()._get_by_customer_id(tenant_id, customer_id, include_history)
+            await super()._get_by_customer_id(tenant_id, customer_id, include_history),
+            in_place=True,
         )
 
     async def _get_by_id(
         self, tenant_id: UUID, profile_id: UUID, include_history: bool
     ) -> CustomerProfile | None:
-        return await self._maybe(await super()._get_by_id(tenant_id, profile_id, include_history))
+        return await self._maybe(
+            await super()._get_by_id(tenant_id, profile_id, include_history), in_place=True
+        )
 
     async def _get_by_channel_identity(
         self, tenant_id: UUID, channel: Channel, channel_user_id: str, include_history: bool
@@ -1361,7 +1514,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 tenant_id, channel, token, include_history
             )
             if found is not None:
-                return await self._open_profile(found)
+                return await self._open_profile(found, in_place=True)
         return None
 
     async def _get_or_create(self, tenant_id: UUID, candidate: CustomerProfile) -> CustomerProfile:
@@ -1547,7 +1700,9 @@ class EncryptedProfileStore(ForwardingProfileStore):
         return None if found is None else self._open_asset(tenant_id, found)
 
     async def _export_profile(self, tenant_id: UUID, profile_id: UUID) -> CustomerProfile | None:
-        return await self._maybe(await super()._export_profile(tenant_id, profile_id))
+        return await self._maybe(
+            await super()._export_profile(tenant_id, profile_id), in_place=True
+        )
 
     # ---------------------------------------------------------------------------------
     # writes: encrypt PII, keep the registry
