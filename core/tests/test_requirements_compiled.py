@@ -63,6 +63,18 @@ EXPRESSIONS = [
     "x or unknown",
     "x and unknown",
     "x == 2**3",  # refused at compile time (no powers): compile_condition raises
+    # a name against a constant: compiled to one closure (_name_against_constant)
+    'x == "a"',
+    'x != "a"',
+    "x < 2",
+    "x <= 3.5",
+    "x > 0",
+    "x != None",
+    "x == True",
+    "x is False",
+    "unknown != 1",
+    "1 == x",
+    'x != "a" and y != "b"',
 ]
 VALUES: list[Any] = [
     None,
@@ -116,6 +128,23 @@ def test_compiled_conditions_agree_with_the_reference_walk(expression: str) -> N
             values = {"x": x, "y": y, "z": z}
             assert compiled.holds(values) is _reference(compiled.tree, values)
     assert compiled.holds({}) is _reference(compiled.tree, {})
+
+
+@pytest.mark.parametrize(
+    ("expression", "fast"),
+    [
+        ("x == 1", True),
+        ('x != "a"', True),
+        ("x is None", True),
+        ("x in [1]", False),
+        ("1 == x", False),
+        ("x == y", False),
+        ("0 < x < 2", False),
+    ],
+)
+def test_a_name_against_a_constant_runs_as_one_closure(expression: str, fast: bool) -> None:
+    run = compile_condition(expression)._run  # type: ignore[attr-defined]
+    assert (run.__name__ == "name_against_constant") is fast
 
 
 def test_each_condition_is_compiled_once() -> None:

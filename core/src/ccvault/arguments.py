@@ -199,6 +199,11 @@ def _aware(value: object) -> bool:
     )
 
 
+def _utc_or_aware(value: object) -> bool:
+    # a model's timestamps are datetimes in UTC (UtcDatetime): that case without a call
+    return (value.__class__ is datetime and value.tzinfo is UTC) or _aware(value)
+
+
 def check_read_fields(profile: CustomerProfile, what: str = "profile") -> dict[str, ProfileField]:
     """A snapshot (a new dict, the same field models) of ``profile.fields``, each ACTIVE
     version checked for what a reader of it uses: its name matches its key, its status,
@@ -213,17 +218,20 @@ def check_read_fields(profile: CustomerProfile, what: str = "profile") -> dict[s
         raise errors.ValidationError(f"invalid {what}: fields is not a mapping")
     snapshot = dict(fields)
     for key, item in snapshot.items():
-        if not isinstance(item, ProfileField):
+        if item.__class__ is not ProfileField and not isinstance(item, ProfileField):
             raise errors.ValidationError(f"invalid {what}: fields holds a {type(item).__name__}")
         values = item.__dict__
         if values.get("name") != key:
             raise errors.ValidationError(f"invalid {what}: a field is filed under another name")
+        collected = values.get("collected_at")
         expires = values.get("expires_at")
         if (
             values.get("status").__class__ is not ItemStatus
             or values.get("verified").__class__ is not bool
-            or not _aware(values.get("collected_at"))
-            or not (expires is None or _aware(expires))
+            or not (
+                (collected.__class__ is datetime and collected.tzinfo is UTC) or _aware(collected)
+            )
+            or not (expires is None or _utc_or_aware(expires))
         ):
             raise errors.ValidationError(
                 f"invalid {what}: field {_name(key)} has a status, verified flag or timestamp "

@@ -52,6 +52,7 @@ __all__ = [
     "condition_holds",
     "find_missing",
     "find_missing_fields",
+    "find_missing_in",
 ]
 
 logger = logging.getLogger(__name__)
@@ -349,6 +350,15 @@ def _compile(node: ast.AST) -> _Run:
                 test = _truth_of(_COMPARE[type(op)])
             steps.append((test, _compile(comparator)))
         if len(steps) == 1:
+            (op,), (against,) = node.ops, node.comparators
+            if (
+                isinstance(node.left, ast.Name)
+                and isinstance(against, ast.Constant)
+                and not isinstance(op, ast.In | ast.NotIn)
+            ):
+                # the most common shape (``age >= 18``, ``kind == "x"``): the lookup, the
+                # constant and the comparison in one closure instead of four
+                return _name_against_constant(node.left.id, _COMPARE[type(op)], against.value)
             ((only, second),) = steps
             return lambda names: only(first(names), second(names))
 
@@ -380,6 +390,20 @@ def _compile(node: ast.AST) -> _Run:
         raise _Undefined(f"unexpected {kind}")
 
     return refused  # pragma: no cover
+
+
+def _name_against_constant(name: str, compare: Callable[[Any, Any], Any], constant: Any) -> _Run:
+    """``name <op> constant`` as :func:`_compile` builds it in general (``lookup``, the
+    constant, ``_truth_of(compare)``), in one closure: same lookup, same result."""
+
+    def name_against_constant(names: Mapping[str, Any]) -> bool:
+        try:
+            left = names[name]
+        except KeyError:
+            raise _Undefined("a name the profile lacks") from None
+        return bool(compare(left, constant))
+
+    return name_against_constant
 
 
 def _not_contained(needle: Any, haystack: Any) -> bool:
@@ -460,10 +484,7 @@ def condition_holds(expression: str | None, values: Mapping[str, Any]) -> bool:
     that the current rules refuse (written before they existed, or by another writer) is
     false too, and logged without its text.
     """
-    if expression is None or not expression.strip():
-        return True
-    compiled = _stored(expression)
-    return False if compiled is None else compiled.holds(values)
+    return True if expression is None else _holds(expression, values)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -518,48 +539,104 @@ def find_missing_fields(
     """:func:`find_missing` over a profile's ACTIVE ``fields`` (name -> version) alone: all
     it reads of a profile. The values every condition sees are gathered once; each condition
     is compiled once per process (:func:`compile_condition`, a bounded LRU by its text)."""
-    values = {name: item.value for name, item in fields.items()}
+    return find_missing_in(
+        fields,
+        {name: item.value for name, item in fields.items()},
+        requirements,
+        definitions,
+        tenant_id=tenant_id,
+        profile_id=profile_id,
+        rules=rules,
+        required_level=required_level,
+        now=now,
+    )
+
+
+def find_missing_in(
+    fields: Mapping[str, ProfileField],
+    values: Mapping[str, Any],
+    requirements: Iterable[ScenarioFieldRequirement],
+    definitions: Mapping[str, ProfileFieldDefinition],
+    *,
+    tenant_id: UUID,
+    profile_id: UUID | None,
+    rules: StoreRules,
+    required_level: RequiredLevel | None,
+    now: datetime,
+) -> list[ScenarioFieldRequirement]:
+    """:func:`find_missing_fields` with the fields' ``values`` (name -> ``value``, the
+    names of ``fields``) already gathered: what ``get_missing_fields`` calls, having built
+    both in one pass. The loop reads each attribute once, into locals."""
+    stale_action = rules.stale_field_action
+    default_freshness = rules.default_freshness_seconds
+    field_of = fields.get
+    definition_of = definitions.get
     missing: list[ScenarioFieldRequirement] = []
+    append = missing.append
     for requirement in requirements:
         if required_level is not None and requirement.required_level is not required_level:
             continue
         condition = requirement.when_condition
-        if condition is not None and not condition_holds(condition, values):
+        if condition is not None and not _holds(condition, values):
             continue
         depends_on = requirement.depends_on_fields
         if depends_on and any(name not in fields for name in depends_on):
             continue
-        field = fields.get(requirement.field_name)
-        if field is None or field.is_expired(now):
-            missing.append(requirement)
+        name = requirement.field_name
+        field = field_of(name)
+        if field is None:
+            append(requirement)
             continue
-        definition = definitions.get(requirement.field_name)
-        if definition is not None and definition.required_verification and not field.verified:
-            missing.append(requirement)
+        expires = field.expires_at
+        if expires is not None and expires <= now:  # ProfileField.is_expired
+            append(requirement)
             continue
-        if rules.stale_field_action == "ignore":
+        definition = definition_of(name)
+        freshness = default_freshness
+        if definition is not None:
+            if definition.required_verification and not field.verified:
+                append(requirement)
+                continue
+            if definition.freshness_seconds is not None:
+                freshness = definition.freshness_seconds
+        if stale_action == "ignore":
             continue
-        freshness = rules.default_freshness_seconds
-        if definition is not None and definition.freshness_seconds is not None:
-            freshness = definition.freshness_seconds
         if freshness and (now - field.collected_at).total_seconds() > freshness:
-            if rules.stale_field_action == "block":
-                missing.append(requirement)
+            if stale_action == "block":
+                append(requirement)
             else:
-                metrics.STALE_FIELD_WARNINGS.labels(
-                    tenant_id=str(tenant_id),
-                    # a label value only from a stored definition
-                    field_name=field.name if definition is not None else metrics.UNDEFINED_FIELD,
-                ).inc()
-                # a hot path: WARNING once per (tenant, field) and process, then DEBUG
-                once = _STALE_LOGGED.first((tenant_id, field.name))
-                logger.log(
-                    logging.WARNING if once else logging.DEBUG,
-                    "field %s of profile %s is stale (collected %s, freshness %ss)%s",
-                    field.name,
-                    profile_id,
-                    field.collected_at.isoformat(),
-                    freshness,
-                    "; further stale fields of this name are logged at DEBUG" if once else "",
-                )
+                _warn_stale(field, definition, freshness, tenant_id, profile_id)
     return missing
+
+
+def _holds(expression: str, values: Mapping[str, Any]) -> bool:
+    """:func:`condition_holds` for a condition that is not None."""
+    if not expression or expression.isspace():  # as ``not expression.strip()``
+        return True
+    compiled = _stored(expression)
+    return False if compiled is None else compiled.holds(values)
+
+
+def _warn_stale(
+    field: ProfileField,
+    definition: ProfileFieldDefinition | None,
+    freshness: int,
+    tenant_id: UUID,
+    profile_id: UUID | None,
+) -> None:
+    metrics.STALE_FIELD_WARNINGS.labels(
+        tenant_id=str(tenant_id),
+        # a label value only from a stored definition
+        field_name=field.name if definition is not None else metrics.UNDEFINED_FIELD,
+    ).inc()
+    # a hot path: WARNING once per (tenant, field) and process, then DEBUG
+    once = _STALE_LOGGED.first((tenant_id, field.name))
+    logger.log(
+        logging.WARNING if once else logging.DEBUG,
+        "field %s of profile %s is stale (collected %s, freshness %ss)%s",
+        field.name,
+        profile_id,
+        field.collected_at.isoformat(),
+        freshness,
+        "; further stale fields of this name are logged at DEBUG" if once else "",
+    )

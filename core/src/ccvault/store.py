@@ -1103,7 +1103,7 @@ class ProfileStore(ABC):
         requirement is judged by the definition of its own agent (``requirement.agent_id``),
         enabled definitions only. ``required_level=None`` means every level.
         """
-        from ccvault.requirements import find_missing_fields
+        from ccvault.requirements import find_missing_in
 
         tenant_id = check_uuid(tenant_id, "tenant_id")
         # only the ACTIVE fields are read: checked below, neither copied nor validated whole
@@ -1128,9 +1128,15 @@ class ProfileStore(ABC):
                 own_of[req.agent_id] = [req]
             else:
                 own.append(req)
-        # no await from here on: the caller's fields are checked and read in one step
-        fields = check_read_fields(profile, "profile")
-        live = {name: item for name, item in fields.items() if not item.is_expired(now)}
+        # no await from here on: the caller's fields are checked and read in one step; the
+        # unexpired ones and their values gathered in one pass
+        live: dict[str, ProfileField] = {}
+        values: dict[str, Any] = {}
+        for name, item in check_read_fields(profile, "profile").items():
+            expires = item.__dict__.get("expires_at")  # as check_read_fields read it
+            if expires is None or expires > now:  # not ProfileField.is_expired(now)
+                live[name] = item
+                values[name] = item.__dict__.get("value")
         profile_id = profile.__dict__.get("id")
         found_missing: list[list[ScenarioFieldRequirement]] = []
         for agent_id, own in own_of.items():
@@ -1140,8 +1146,9 @@ class ProfileStore(ABC):
                 if definition.enabled
             }
             found_missing.append(
-                find_missing_fields(
+                find_missing_in(
                     live,
+                    values,
                     own,
                     definitions,
                     tenant_id=tenant_id,

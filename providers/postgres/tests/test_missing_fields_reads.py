@@ -153,3 +153,45 @@ async def test_combined_read_of_an_unknown_scenario_is_empty(
         [],
         {},
     )
+
+
+class _OwnUUID(uuid.UUID):
+    """A caller's UUID subclass: the models hold plain UUIDs all the same."""
+
+
+async def test_combined_read_fills_the_fixed_columns_from_its_parameters(
+    store: PostgresProfileStore,
+) -> None:
+    # the statement does not read tenant_id, scenario_id and step_id (its WHERE fixes them):
+    # the models have them, in the model's field order, as plain UUIDs
+    tenant, first, second, scenario, step = await two_agents(store)
+    for step_id in (None, step):
+        requirements, definitions = await store._get_requirements_with_definitions(
+            _OwnUUID(int=tenant.int),
+            _OwnUUID(int=scenario.int),
+            None if step_id is None else _OwnUUID(int=step_id.int),
+        )
+        assert len(requirements) == 2
+        items: list[Any] = [*requirements, *definitions[first], *definitions[second]]
+        for item in items:
+            assert list(item.__dict__) == list(type(item).model_fields)
+            assert item.tenant_id == tenant and type(item.tenant_id) is uuid.UUID
+        for requirement in requirements:
+            assert requirement.scenario_id == scenario
+            assert type(requirement.scenario_id) is uuid.UUID
+            assert requirement.step_id == step_id
+            assert step_id is None or type(requirement.step_id) is uuid.UUID
+
+
+def test_row_builder_refuses_keys_it_cannot_fill() -> None:
+    from ccvault_postgres import store as module
+
+    with pytest.raises(ValueError, match="one column or one fixed value"):
+        module._row_builder(("a", "b"), ("a",), 1, (), {})
+    with pytest.raises(ValueError, match="one column or one fixed value"):
+        module._row_builder(("a",), ("a",), 1, ("a",), {})
+    with pytest.raises(ValueError, match="identifier"):
+        module._row_builder(("a b",), ("a b",), 1, (), {})
+    build = module._row_builder(("a", "b", "c"), ("c", "a"), 2, ("b",), {"c": "[{0}]"})
+    assert build((None, None, 3, 1), "fixed") == {"a": 1, "b": "fixed", "c": [3]}
+    assert list(build((None, None, 3, 1), "fixed")) == ["a", "b", "c"]

@@ -479,6 +479,75 @@ def _requirement_of(values: dict[str, Any]) -> ScenarioFieldRequirement:
     return _trusted_flat(ScenarioFieldRequirement, values)
 
 
+def _row_builder(
+    keys: tuple[str, ...],
+    columns: tuple[str, ...],
+    start: int,
+    fixed: tuple[str, ...],
+    conversions: Mapping[str, str],
+) -> Callable[..., dict[str, Any]]:
+    """A function ``(row, *fixed values) -> {key: value}`` over ``keys`` (a model's fields,
+    in its order): a key of ``columns`` is read from the row by position (``columns`` start
+    at ``start``), a key of ``fixed`` is the argument of that name, all in one generated dict
+    display (about twice as cheap as ``dict(zip(keys, row[start:]))`` followed by a pass per
+    converted column). ``conversions`` maps a key to an expression over ``{0}`` (its column)
+    using the lookups below; the other columns are taken as asyncpg decodes them. Only model
+    field names (identifiers, checked) and these fixed expressions go into the source."""
+    if set(keys) != {*columns, *fixed} or len(keys) != len(columns) + len(fixed):
+        raise ValueError("every key must be one column or one fixed value")
+    if not all(key.isidentifier() for key in keys):
+        raise ValueError("a key must be an identifier")
+    parts = []
+    for key in keys:
+        if key in fixed:
+            parts.append(f"{key!r}: {key}")
+        else:
+            column = f"row[{start + columns.index(key)}]"
+            parts.append(f"{key!r}: {conversions.get(key, '{0}').format(column)}")
+    source = f"def build(row, {', '.join(fixed)}):\n    return {{{', '.join(parts)}}}\n"
+    namespace: dict[str, Any] = {
+        "_REQUIRED_LEVEL": _REQUIRED_LEVEL,
+        "_FALLBACK": _FALLBACK,
+        "_VALUE_TYPE": _VALUE_TYPE,
+        "_SURVIVORSHIP": _SURVIVORSHIP,
+        "_FIELD_SOURCE": _FIELD_SOURCE,
+    }
+    exec(source, namespace)
+    build: Callable[..., dict[str, Any]] = namespace["build"]
+    return build
+
+
+# the rows of sql.GET_REQUIREMENTS_WITH_DEFINITIONS: (kind, the requirement's columns, the
+# definition's columns), each kind converted as _requirement_of / _definition_of convert it
+# (test_missing_fields_reads checks that both agree); the columns the statement's WHERE
+# fixes come from its parameters
+_FRESH_LIST = "([] if {0} is None else {0})"
+_REQUIREMENT_ROW = _row_builder(
+    _REQUIREMENT_KEYS,
+    sql.REQUIREMENT_COLUMNS_READ,
+    1,
+    ("tenant_id", "scenario_id", "step_id"),
+    {
+        "required_level": "_REQUIRED_LEVEL[{0}]",
+        "fallback_action": "_FALLBACK[{0}]",
+        "depends_on_fields": _FRESH_LIST,
+    },
+)
+_DEFINITION_ROW = _row_builder(
+    _DEFINITION_KEYS,
+    sql.DEFINITION_COLUMNS_READ,
+    1 + len(sql.REQUIREMENT_COLUMNS_READ),
+    ("tenant_id",),
+    {
+        "value_type": "_VALUE_TYPE[{0}]",
+        "survivorship": "_SURVIVORSHIP[{0}]",
+        "source_priority": "([_FIELD_SOURCE[x] for x in {0}] if {0} else [])",
+        "verification_methods": _FRESH_LIST,
+        "extraction_examples": _FRESH_LIST,
+    },
+)
+
+
 # the keys of a ProfileField's __dict__, in the order _profile_fields() lays the values out
 _PROFILE_FIELD_KEYS = {
     history: (*cols, "value", "source_metadata")
@@ -1476,20 +1545,26 @@ class PostgresProfileStore(ProfileStore):
             rows = await conn.fetch(
                 sql.GET_REQUIREMENTS_WITH_DEFINITIONS, tenant_id, scenario_id, step_id
             )
-        req_end = 1 + len(_REQUIREMENT_KEYS)
-        requirements = _requirements_of(
-            [
-                dict(zip(_REQUIREMENT_KEYS, row[1:req_end], strict=True))
-                for row in rows
-                if not row[0]
-            ]
-        )
-        found = _definitions_of(
-            [dict(zip(_DEFINITION_KEYS, row[req_end:], strict=True)) for row in rows if row[0]]
-        )
+        # the statement's WHERE fixes these columns to the parameters (plain UUIDs in the
+        # models, whatever UUID subclass a caller handed in)
+        tenant = tenant_id if tenant_id.__class__ is UUID else UUID(int=tenant_id.int)
+        scenario = scenario_id if scenario_id.__class__ is UUID else UUID(int=scenario_id.int)
+        step = step_id if step_id is None or step_id.__class__ is UUID else UUID(int=step_id.int)
+        # every value out of the records first, then the records dropped before the models
+        # are built: fewer objects alive at once (a garbage collection pass per call less)
+        requirement_values = [
+            _REQUIREMENT_ROW(row, tenant, scenario, step) for row in rows if not row[0]
+        ]
+        definition_values = [_DEFINITION_ROW(row, tenant) for row in rows if row[0]]
+        del rows
+        requirements = _trusted_many(ScenarioFieldRequirement, requirement_values)
         definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
-        for definition in found:
-            definitions.setdefault(definition.agent_id, []).append(definition)
+        for definition in _trusted_many(ProfileFieldDefinition, definition_values):
+            own = definitions.get(definition.__dict__["agent_id"])
+            if own is None:
+                definitions[definition.__dict__["agent_id"]] = [definition]
+            else:
+                own.append(definition)
         return requirements, definitions
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
