@@ -84,20 +84,22 @@ the one taken *before* the read of that generation (so an invalidation processed
 the read and the store of the copy is never lost), the server's run tag is unchanged, the
 near TTL holds, the tenant is not poisoned and the cache not bypassed. Otherwise the read
 falls back to the GET of the generation above (and may then trust the copy again, with a
-counter snapshot taken before that GET). The tracking connection is checked by a PING every
-``retry_after`` seconds (answer within ``operation_timeout``); when it fails or breaks, it
-is marked unhealthy at once (every copy falls back to the GET) and reconnected in the
-background with a back-off from ``retry_after`` doubling up to ``max_retry_interval``;
-reads never wait for it. It needs a plain ``redis.asyncio.Redis`` client (with a cluster
-client, ``"push"`` acts as ``"check"``, with a warning).
+counter snapshot taken before that GET). The tracking connection is checked by a PING
+every ``retry_after`` seconds (at least 0.1 s; answer within ``operation_timeout``); when it
+fails or breaks, it is marked unhealthy at once (every copy falls back to the GET) and
+reconnected in the background with a back-off from ``retry_after`` doubling up to
+``max_retry_interval``; reads never wait for it. It needs a plain ``redis.asyncio.Redis``
+client (with a cluster client, ``"push"`` acts as ``"check"``, with a warning).
 
 *The trade-off, precisely:* writes of this process end its near copies synchronously (as in
 ``"check"``); a write on **another** instance becomes visible here once Redis has delivered
-its invalidation message and this process's event loop has read it — Redis queues the
-message before it sends the writer the reply to its ``DEL``, so this is normally well under
-a millisecond later, but it is not at the moment the writer's ``DEL`` returns. If Redis
-becomes unreachable silently (no error, no answer), copies may be served for at most
-``retry_after`` + ``operation_timeout`` before the heartbeat notices. ``"check"`` keeps the
+its invalidation message and this process's event loop has read it — Redis (6, 7) queues
+the broadcast message in the same event-loop pass as the ``DEL``, before it sends the writer
+its reply, so this is normally well under a millisecond later, but it is not at the moment
+the writer's ``DEL`` returns. A tracking connection that breaks is noticed the same way
+(when its end is read); if Redis becomes unreachable silently (no error, no answer), copies
+may be served for at most the heartbeat interval + ``operation_timeout`` before the
+heartbeat notices. ``"check"`` keeps the
 strict guarantee: a read after a completed write on any instance never sees old data.
 :meth:`CachedProfileStore.sync_invalidations` restores that guarantee on demand: it sends
 a PING on the tracking connection and waits for its answer, so every invalidation of a
@@ -413,7 +415,9 @@ class CachedProfileStore(ForwardingProfileStore):
     ``pointer_cache_size``: pointers kept in process memory; ``index_limit``: derivation
     chains one tenant may have cached at once; ``max_retry_interval``: the longest pause of
     the background retry of pending invalidations and erasures; ``close_timeout``: how long
-    :meth:`aclose` may spend flushing them.
+    :meth:`aclose` may spend flushing them. ``near_cache_invalidation``: ``"check"`` (one
+    GET of the tenant's generation per near hit) or ``"push"`` (Redis client tracking, no
+    round trip per near hit; see the module docstring and :meth:`sync_invalidations`).
     """
 
     def __init__(
@@ -522,6 +526,8 @@ class CachedProfileStore(ForwardingProfileStore):
         self._track_ok = False
         self._track_session = 0
         self._track_conn: Any = None
+        # the Redis client id of the tracking connection (for operators and tests)
+        self.tracking_client_id: int | None = None
         self._track_task: asyncio.Task[None] | None = None
         self._track_reader: asyncio.Task[None] | None = None
         self._track_lock: asyncio.Lock | None = None
@@ -768,6 +774,7 @@ class CachedProfileStore(ForwardingProfileStore):
                 await connection.connect()
                 await connection.send_command("CLIENT", "ID")
                 client_id = await connection.read_response()
+                self.tracking_client_id = int(client_id)
                 await connection.send_command(
                     "CLIENT",
                     "TRACKING",
@@ -827,6 +834,9 @@ class CachedProfileStore(ForwardingProfileStore):
         broken) if it does not answer within ``operation_timeout``."""
         connection, session, lock = self._track_conn, self._track_session, self._track_lock
         if not self._track_ok or connection is None or lock is None:
+            return False
+        if not connection.is_connected:  # never let the client reconnect it untracked
+            self._track_broken(session)
             return False
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:

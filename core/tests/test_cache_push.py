@@ -1,0 +1,416 @@
+"""The near tier with pushed invalidations (``[redis] near_cache_invalidation = "push"``).
+
+Redis client tracking (BCAST, one dedicated connection) tells the cache about every change of
+a tenant's generation key; a near copy is then served with no Redis command at all while
+that connection is healthy and nothing of the tenant was invalidated since the copy's
+generation was read. These tests check that a push-mode near hit really makes no command;
+that a write on another instance is seen once ``sync_invalidations()`` returned (no sleeps:
+it waits for the answer to a PING on the tracking connection); that this process's own
+writes end its copies at once; that an invalidation processed between the read of the
+generation and the store of the copy is not lost; that a killed tracking connection makes
+every read fall back to the GET check (never stale) and then recovers; that FLUSHALL ends
+every copy; that the setting is parsed and checked; and that closing leaves no task behind.
+Shared Redis on 6379 under a prefix of its own (only our own connection is ever killed); the
+FLUSHALL test runs a private redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+import ccvault
+from ccvault import errors
+from ccvault.cache import CachedProfileStore
+from ccvault.models import Channel, CustomerProfile, ItemType
+from ccvault_contract_tests.helpers import make_field, unique_user
+from ccvault_inmemory import InMemoryProfileStore
+
+
+def _helpers() -> ModuleType:
+    name = "ccvault_cache_test_redis_servers"  # the name the other cache tests use
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).with_name("redis_servers.py")
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+H = _helpers()
+REDIS_URL = "redis://127.0.0.1:6379/0"
+LOOKUPS = ("get_by_id", "get_by_customer_id", "get_by_channel_identity")
+
+Read = Callable[[CachedProfileStore], Awaitable[CustomerProfile | None]]
+
+
+def reader(lookup: str, profile: CustomerProfile) -> Read:
+    tenant = profile.tenant_id
+    identity = profile.channel_identities[0]
+
+    async def read(store: CachedProfileStore) -> CustomerProfile | None:
+        if lookup == "get_by_id":
+            return await store.get_by_id(tenant, profile.id)
+        if lookup == "get_by_customer_id":
+            return await store.get_by_customer_id(tenant, profile.customer_id)
+        return await store.get_by_channel_identity(
+            tenant, identity.channel, identity.channel_user_id
+        )
+
+    return read
+
+
+class Commands:
+    """Counts every command a store sends through its Redis client."""
+
+    def __init__(self, store: CachedProfileStore) -> None:
+        self.count = 0
+        real = store.redis.execute_command
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await real(*args, **kwargs)
+
+        store.redis.execute_command = counting
+
+
+def push_store(backend: Any, prefix: str, **options: Any) -> CachedProfileStore:
+    return CachedProfileStore(
+        backend,
+        Redis.from_url(REDIS_URL),
+        key_prefix=prefix,
+        near_cache_invalidation="push",
+        close_client=True,
+        **options,
+    )
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    value = f"ccvault-test:{uuid.uuid4().hex}:"
+    yield value
+    client = Redis.from_url(REDIS_URL)
+    keys = [key async for key in client.scan_iter(match=f"{value}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def backend() -> Any:
+    return H.CountingStore(InMemoryProfileStore())
+
+
+@pytest.fixture
+async def pair(backend: Any, prefix: str) -> AsyncIterator[tuple[Any, Any]]:
+    """Two push-mode instances (each its own Redis client) over one backend: two vault
+    processes."""
+    one = push_store(backend, prefix, retry_after=0.05)
+    two = push_store(backend, prefix, retry_after=0.05)
+    async with one, two:
+        yield one, two
+
+
+async def tracking(store: CachedProfileStore) -> None:
+    """Wait (polling, bounded) until the store's tracking connection is up."""
+    store._start_tracking()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while not store.tracking_healthy:
+        assert loop.time() < deadline, "the tracking connection never came up"
+        await asyncio.sleep(0.01)
+
+
+async def trusted(store: CachedProfileStore, read: Read) -> CustomerProfile:
+    """Read until the near copy is served without any Redis command; return it."""
+    await tracking(store)
+    for _ in range(3):
+        await read(store)
+    commands = Commands(store)
+    found = await read(store)
+    assert found is not None
+    assert commands.count == 0, "the near copy is not trusted"
+    return found
+
+
+async def profile_with_email(store: CachedProfileStore, value: str) -> CustomerProfile:
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WHATSAPP, unique_user())
+    await store.update_field(tenant, profile.id, make_field("email", value))
+    loaded = await store.get_by_id(tenant, profile.id)
+    assert loaded is not None
+    return loaded
+
+
+def email(found: CustomerProfile | None) -> Any:
+    assert found is not None
+    return found.fields["email"].value
+
+
+@pytest.mark.parametrize("lookup", LOOKUPS)
+async def test_a_push_mode_near_hit_makes_no_redis_command(
+    pair: tuple[Any, Any], backend: Any, lookup: str
+) -> None:
+    one, _ = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader(lookup, profile)
+    await trusted(one, read)
+    commands = Commands(one)
+    backend.reads.clear()
+    for _ in range(5):
+        assert await read(one) == profile
+    assert commands.count == 0
+    assert not backend.reads
+
+
+async def test_check_mode_still_checks_the_generation_on_every_near_hit(
+    backend: Any, prefix: str
+) -> None:
+    store = CachedProfileStore(backend, Redis.from_url(REDIS_URL), key_prefix=prefix)
+    async with store:
+        profile = await profile_with_email(store, "old@example.com")
+        read = reader("get_by_id", profile)
+        for _ in range(3):
+            await read(store)
+        await store.sync_invalidations()  # a no-op in check mode
+        commands = Commands(store)
+        assert await read(store) == profile
+        assert commands.count == 1  # the GET of the generation
+        assert store._track_task is None  # no tracking connection in check mode
+    await store.redis.aclose()
+
+
+@pytest.mark.parametrize("lookup", LOOKUPS)
+async def test_a_write_on_another_instance_is_seen_once_synced(
+    pair: tuple[Any, Any], lookup: str
+) -> None:
+    one, two = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader(lookup, profile)
+    await trusted(one, read)
+    await two.update_field(profile.tenant_id, profile.id, make_field("email", "new@example.com"))
+    await one.sync_invalidations()
+    assert email(await read(one)) == "new@example.com"
+
+
+async def test_a_tenant_wide_write_on_another_instance_is_seen_once_synced(
+    pair: tuple[Any, Any],
+) -> None:
+    one, two = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader("get_by_id", profile)
+    await trusted(one, read)
+    # delete_item does not name the profile: every body of the tenant goes
+    item = profile.fields["email"].id
+    assert await two.delete_item(profile.tenant_id, item, ItemType.PROFILE_FIELD)
+    await one.sync_invalidations()
+    found = await read(one)
+    assert found is not None and "email" not in found.fields
+
+
+@pytest.mark.parametrize("tenant_wide", [False, True])
+async def test_a_write_of_this_instance_ends_its_near_copy_at_once(
+    pair: tuple[Any, Any], tenant_wide: bool
+) -> None:
+    one, _ = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader("get_by_id", profile)
+    await trusted(one, read)
+    if tenant_wide:
+        item = profile.fields["email"].id
+        assert await one.delete_item(profile.tenant_id, item, ItemType.PROFILE_FIELD)
+        found = await read(one)  # no sync: this process's write is seen at once
+        assert found is not None and "email" not in found.fields
+    else:
+        await one.update_field(
+            profile.tenant_id, profile.id, make_field("email", "new@example.com")
+        )
+        assert email(await read(one)) == "new@example.com"
+
+
+async def test_a_read_racing_a_write_of_this_instance_keeps_no_trusted_copy(
+    pair: tuple[Any, Any],
+) -> None:
+    """A read of this process that reads the old generation while its own write is being
+    invalidated: once the write returned, that copy is not served, without waiting for the
+    pushed message (message handling is switched off here)."""
+    one, _ = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader("get_by_id", profile)
+    await trusted(one, read)
+    one._on_invalidate = lambda keys: None
+    real_delete = one.redis.delete
+    raced: list[CustomerProfile | None] = []
+
+    async def read_then_delete(*keys: Any) -> Any:
+        if not raced:
+            raced.append(await read(one))  # before the DEL: the old generation and body
+        return await real_delete(*keys)
+
+    one.redis.delete = read_then_delete
+    await one.update_field(profile.tenant_id, profile.id, make_field("email", "new@example.com"))
+    assert email(raced[0]) == "old@example.com" and one._near, "no copy was stored"
+    assert email(await read(one)) == "new@example.com"
+
+
+async def test_an_invalidation_between_the_generation_read_and_the_copy_is_not_lost(
+    pair: tuple[Any, Any],
+) -> None:
+    one, two = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader("get_by_id", profile)
+    assert email(await read(two)) == "old@example.com"  # the body is in Redis
+    one._near.clear()
+    await tracking(one)
+    real_mget = one.redis.mget
+    raced = False
+
+    async def mget_then_write(*args: Any, **kwargs: Any) -> Any:
+        nonlocal raced
+        answer = await real_mget(*args, **kwargs)  # the old generation and body
+        if not raced:
+            raced = True
+            # another instance writes, and its invalidation is processed here, after the
+            # generation was read and before the copy is stored
+            await two.update_field(
+                profile.tenant_id, profile.id, make_field("email", "new@example.com")
+            )
+            await one.sync_invalidations()
+        return answer
+
+    one.redis.mget = mget_then_write
+    # the read began before the write completed: the old value is a correct answer
+    assert email(await read(one)) == "old@example.com"
+    assert raced and one._near, "the copy was not stored"
+    one.redis.mget = real_mget
+    commands = Commands(one)
+    assert email(await read(one)) == "new@example.com"
+    assert commands.count > 0, "the copy read before the invalidation was trusted"
+
+
+async def test_a_killed_tracking_connection_falls_back_to_the_check_then_recovers(
+    pair: tuple[Any, Any],
+) -> None:
+    one, two = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader("get_by_id", profile)
+    await trusted(one, read)
+    killed = one.tracking_client_id
+    assert killed is not None
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        # only our own connection: the invalidation of the write below is never delivered
+        assert await admin.client_kill_filter(_id=str(killed)) == 1
+        await two.update_field(
+            profile.tenant_id, profile.id, make_field("email", "new@example.com")
+        )
+        await one.sync_invalidations()  # cannot be answered: the connection is marked lost
+        assert not one.tracking_healthy or one.tracking_client_id != killed
+        commands = Commands(one)
+        assert email(await read(one)) == "new@example.com"
+        assert commands.count > 0
+        # reconnected in the background: trusted again, and invalidations arrive again
+        await tracking(one)
+        assert one.tracking_client_id != killed
+        await trusted(one, read)
+        await two.update_field(
+            profile.tenant_id, profile.id, make_field("email", "newer@example.com")
+        )
+        await one.sync_invalidations()
+        assert email(await read(one)) == "newer@example.com"
+    finally:
+        await admin.aclose()
+
+
+async def test_reads_never_wait_for_a_tracking_connection_that_cannot_be_made(
+    backend: Any, prefix: str
+) -> None:
+    """The tracking connection cannot be opened (simulated: opening it fails, as when Redis
+    refuses CLIENT TRACKING): reads are served at once, near copies with the GET check."""
+    store = push_store(backend, prefix, retry_after=0.05)
+
+    async def refused() -> Any:
+        raise OSError("refused")
+
+    store._track_open = refused  # type: ignore[method-assign]
+    async with store:
+        profile = await profile_with_email(store, "old@example.com")
+        read = reader("get_by_id", profile)
+        for _ in range(3):
+            assert await read(store) == profile
+        await store.sync_invalidations()
+        assert not store.tracking_healthy
+        commands = Commands(store)
+        assert await read(store) == profile
+        assert commands.count == 1  # the GET of the generation: never trusted blindly
+        task = store._track_task
+        assert task is not None and not task.done()  # still retrying, in the background
+    assert task.done()
+
+
+async def test_flushall_ends_every_near_copy(tmp_path: Path, backend: Any) -> None:
+    server = H.RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        settings = ccvault.load_settings(
+            store_provider="inmemory",
+            redis={
+                "url": server.url,
+                "key_prefix": "t:",
+                "retry_after_seconds": 0.05,
+                "near_cache_invalidation": "push",
+            },
+        )
+        async with CachedProfileStore.from_settings(backend, settings) as store:
+            assert store.near_cache_invalidation == "push"
+            profile = await profile_with_email(store, "old@example.com")
+            read = reader("get_by_id", profile)
+            await trusted(store, read)
+            with server.client() as raw:
+                raw.flushall()
+            await store.sync_invalidations()
+            assert not store._near
+            backend.reads.clear()
+            assert await read(store) == profile
+            assert sum(backend.reads.values()) == 1, "a flushed near copy was served"
+    finally:
+        server.stop()
+
+
+async def test_closing_leaves_no_task_behind(backend: Any, prefix: str) -> None:
+    store = push_store(backend, prefix)
+    async with store:
+        profile = await profile_with_email(store, "old@example.com")
+        await trusted(store, reader("get_by_id", profile))
+        assert store._track_task is not None
+    assert store._track_task is None
+    assert not store.tracking_healthy
+    current = asyncio.current_task()
+    left = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not current and "_track" in repr(task.get_coro())
+    ]
+    assert not left
+
+
+def test_the_setting_is_parsed_and_checked() -> None:
+    assert ccvault.load_settings().redis.near_cache_invalidation == "check"
+    settings = ccvault.load_settings(redis={"near_cache_invalidation": "push"})
+    assert settings.redis.near_cache_invalidation == "push"
+    with pytest.raises(errors.ConfigurationError, match=r"redis\.near_cache_invalidation"):
+        ccvault.load_settings(redis={"near_cache_invalidation": "sometimes"})
+    with pytest.raises(errors.ConfigurationError, match="near_cache_invalidation"):
+        CachedProfileStore(InMemoryProfileStore(), Redis(), near_cache_invalidation="sometimes")
