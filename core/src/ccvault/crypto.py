@@ -268,7 +268,7 @@ _IMMUTABLE_JSON = (str, int, float, bool)
 #: an entry of the opened-envelope cache (see ``EncryptedProfileStore._open_into``)
 _Opened = tuple[
     bytes,
-    int,
+    UUID,
     str,
     bool,
     "str | None",
@@ -657,7 +657,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         #: see the module docstring, *Cost*.
         self.opened_cache_size = opened_cache_size
         self.opened_cache_ttl = opened_cache_ttl
-        # first envelope of a field version -> (tenant head, field id as int, name, value
+        # first envelope of a field version -> (tenant head, field version id, name, value
         # sealed?, metadata envelope, value kept, its copier, metadata kept, its copier,
         # profile bound as int): see _open_into and _kept
         self._opened: dict[str, _Opened] = {}
@@ -952,7 +952,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         if (
             hit is not None
             and hit[0] == head
-            and hit[1] == field_id.int
+            and hit[1] == field_id
             and hit[2] == name
             and hit[3] is sealed_value
             and hit[4] == envelope
@@ -995,7 +995,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 del cache[next(iter(cache))]  # the oldest entry
             cache[key] = (
                 head,
-                field_id.int,
+                field_id,
                 name,
                 sealed_value,
                 envelope,
@@ -1039,9 +1039,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 sealed_value = False
             if hit is not None:
                 h_head, h_id, h_name, h_sealed, h_envelope, kept, copy, m_kept, m_copy, bound = hit
+                field_id = values["id"]
                 if (
                     h_head == head
-                    and h_id == values["id"].int
+                    # (a provider's UUID subclass, asyncpg's, compares its bytes in C; the
+                    # standard UUID's __eq__ is Python, its int a slot)
+                    and (
+                        field_id.int == h_id.int if field_id.__class__ is UUID else field_id == h_id
+                    )
                     and h_name == values["name"]
                     and h_sealed is sealed_value
                     and h_envelope == envelope
