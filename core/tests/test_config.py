@@ -59,6 +59,8 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "redis.connect_timeout_seconds": ("ccvault.cache", "ccvault.worker"),
     "redis.retry_after_seconds": ("ccvault.cache",),
     "redis.operation_timeout_seconds": ("ccvault.cache",),
+    "redis.max_entry_bytes": ("ccvault.cache",),
+    "redis.near_cache_size": ("ccvault.cache",),
     "redis.near_cache_invalidation": ("ccvault.cache",),
     "metrics.host": ("ccvault.cli",),
     "metrics.port": ("ccvault.cli",),
