@@ -189,6 +189,7 @@ async def test_the_inner_store_sharing_one_model_between_fields_and_history() ->
         got = await store.get_by_id(TENANT, a, include_history=True)
         assert got is not None
         assert got.fields["email"].value == "a-email"
+        assert got.fields["email"].model_fields_set >= {"value", "source_metadata"}
         assert got.field_history["email"][0].value == "a-email"
         assert got.field_history["phone"][0].source_metadata == {"quote": "a phone"}
 

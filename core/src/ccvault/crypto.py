@@ -511,7 +511,6 @@ def _aads(tenant_head: bytes, field_id: UUID, name: str) -> tuple[bytes, bytes]:
 
 
 _SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_OPENED_PARTS = frozenset(("value", "source_metadata"))
 
 
 def _own_fields_set(model: BaseModel, written: Iterable[str]) -> None:
@@ -971,20 +970,18 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return True
         value_aad, metadata_aad = _aads(head, field_id, name)
         bound: set[bytes] = set()
-        value_payload: Any = None
-        value_copy: Callable[[Any], Any] | None = None
+        opened_value: Any = None
+        plaintext = b""
         if sealed_value:
             plaintext = self._open_part(value, value_aad, bound)
             opened_value = _loads(plaintext)
-            value_payload, value_copy = _kept(opened_value, plaintext)
-        metadata_payload: Any = None
-        metadata_copy: Callable[[Any], Any] = _loads  # (not used without metadata)
+        opened_metadata: dict[str, Any] = {}
+        metadata_json = b""
         if envelope is not None:
             metadata_json = self._open_part(envelope, metadata_aad, bound)
             opened_metadata = _loads(metadata_json)
             if opened_metadata.__class__ is not dict:
                 raise errors.EncryptionError("decrypted source_metadata is not an object")
-            metadata_payload, metadata_copy = _kept_container(opened_metadata, metadata_json)
         if len(bound) > 1:
             raise RowMovedError(
                 f"field version {field_id}: its value and metadata are sealed for different "
@@ -994,6 +991,15 @@ class EncryptedProfileStore(ForwardingProfileStore):
         if profile_id is not None and bound_int is not None and bound_int != profile_id.int:
             self._check_moved(field_id, UUID(int=bound_int), profile_id, moved)
         if self.opened_cache_size:
+            # kept before the caller gets the opened values (and may change them)
+            value_payload, value_copy = (
+                _kept(opened_value, plaintext) if sealed_value else (None, None)
+            )
+            metadata_payload, metadata_copy = (
+                _kept_container(opened_metadata, metadata_json)
+                if envelope is not None
+                else (None, _loads)  # (never called without metadata)
+            )
             cache = self._opened
             if len(cache) >= self.opened_cache_size:
                 del cache[next(iter(cache))]  # the oldest entry
@@ -1023,7 +1029,11 @@ class EncryptedProfileStore(ForwardingProfileStore):
         moved: dict[UUID, set[UUID]] | None,
     ) -> None:
         """:meth:`_open_into` each of ``items`` in place (models only this caller holds),
-        with the hit of the opened-envelope cache inlined: the same checks, no call."""
+        with the hit of the opened-envelope cache inlined: the same checks, no call.
+
+        The fields-set of a version stays as it is: a sealed part was set explicitly
+        (``value`` is required, a sealed ``source_metadata`` is never the default), so it
+        names both already, as the same version read from a plaintext store would."""
         cache = self._opened
         pid = profile_id.int
         for item in items:
@@ -1060,13 +1070,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
                         values["value"] = kept if copy is None else copy(kept)
                     if envelope is not None:
                         values["source_metadata"] = m_copy(m_kept)
-                    if not item.__pydantic_fields_set__ >= _OPENED_PARTS:
-                        _SET_FIELDS_SET(item, item.__pydantic_fields_set__ | _OPENED_PARTS)
                     continue
-            if self._open_into(head, values, profile_id, moved, values):
-                fields_set = item.__pydantic_fields_set__
-                if not fields_set >= _OPENED_PARTS:
-                    _SET_FIELDS_SET(item, fields_set | _OPENED_PARTS)
+            self._open_into(head, values, profile_id, moved, values)
 
     def _open_part(self, envelope: str, aad: bytes, bound: set[bytes]) -> bytes:
         """The JSON of one envelope; a v2 envelope's profile id is added to ``bound``."""
