@@ -1157,7 +1157,14 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 for name, versions in profile.field_history.items()
             }
         identities = profile.channel_identities
-        if identities:
+        if identities and in_place:
+            for identity in identities:
+                values = identity.__dict__
+                stored = values["channel_user_id"]
+                user_id = self._open_token(tenant_id, values["channel"], stored)
+                if user_id is not stored:
+                    values["channel_user_id"] = user_id
+        elif identities:
             update["channel_identities"] = self._open_identities(tenant_id, identities)
         if profile.assets:
             update["assets"] = [self._open_asset(tenant_id, a) for a in profile.assets]
