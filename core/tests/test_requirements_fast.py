@@ -1,21 +1,26 @@
 """``get_missing_fields`` and ``find_missing_fields`` take shortcuts on their hot path (issue
 13): attributes read once into locals, the unexpired fields and their values gathered in one
-pass, a condition's ``name <op> constant`` compiled to one closure. Whatever the requirements,
-definitions, fields and rules, they answer exactly what the plain reference evaluation below
-(the evaluation as first written) answers, in the same order."""
+pass, a condition's ``name <op> constant`` compiled to one closure, the profile's fields
+checked by subscripts in the common case. Whatever the requirements, definitions, fields and
+rules, they answer exactly what the plain reference evaluation below (the evaluation as
+first written) answers, in the same order, and refuse exactly what the full check refuses."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ccvault import errors
+from ccvault.arguments import _check_read_field, check_read_fields
 from ccvault.models import (
     CustomerProfile,
+    ItemStatus,
     ProfileField,
     ProfileFieldDefinition,
     RequiredLevel,
@@ -231,3 +236,81 @@ def test_get_missing_fields_agrees_with_the_reference(
         )
     ]
     assert [id(r) for r in found] == [id(r) for r in expected]
+
+
+# ---------------------------------------------------------------------------------------
+# check_read_fields: the common case by subscripts, everything else the full check
+# ---------------------------------------------------------------------------------------
+
+_ODD = object()
+ATTRIBUTE_VALUES: dict[str, list[Any]] = {
+    "name": ["email", "phone", None, 3],
+    "status": [ItemStatus.ACTIVE, ItemStatus.SUPERSEDED, "active", None],
+    "verified": [True, False, 1, None],
+    "collected_at": [
+        NOW,
+        NOW.astimezone(timezone(timedelta(hours=2))),
+        NOW.replace(tzinfo=None),
+        "2026-01-01",
+        None,
+    ],
+    "expires_at": [None, NOW, NOW.astimezone(timezone(timedelta(hours=-5))), 12],
+    "value": ["text", 1, 2.5, None, True, {"k": [1, "x"]}, float("nan"), _ODD, 2**80],
+}
+
+
+def _full_check(key: str, item: Any) -> str | None:
+    """What the full check of one version says: None (it passes) or its message."""
+    try:
+        _check_read_field(key, item, "profile")
+    except errors.ValidationError as exc:
+        return str(exc)
+    return None
+
+
+_DELETED = object()  # the attribute left out (model_construct, or an edit of __dict__)
+
+
+def test_read_fields_fast_path_agrees_with_the_full_check() -> None:
+    # every change of one or two attributes of a valid version, each to every listed value
+    # or left out: refused with the full check's message, or passed as it is
+    changes = [
+        (name, value) for name, values in ATTRIBUTE_VALUES.items() for value in [*values, _DELETED]
+    ]
+    cases = [[change] for change in changes] + [
+        [first, second]
+        for i, first in enumerate(changes)
+        for second in changes[i + 1 :]
+        if first[0] != second[0]
+    ]
+    refused = 0
+    for case in cases:
+        item = ProfileField(name="email", value="a@example.com", collected_at=NOW)
+        for name, value in case:
+            if value is _DELETED:
+                del item.__dict__[name]
+            else:
+                item.__dict__[name] = value
+        profile = CustomerProfile.model_construct(tenant_id=TENANT, fields={"email": item})
+        expected = _full_check("email", item)
+        try:
+            snapshot = check_read_fields(profile)
+        except errors.ValidationError as exc:
+            assert str(exc) == expected, case
+            refused += 1
+        else:
+            assert expected is None, case
+            assert snapshot == {"email": item} and snapshot["email"] is item
+    assert 0 < refused < len(cases)
+
+
+def test_read_fields_takes_a_subclass_through_the_full_check() -> None:
+    class Special(ProfileField):
+        pass
+
+    item = Special(name="email", value="a@example.com", collected_at=NOW)
+    profile = CustomerProfile.model_construct(tenant_id=TENANT, fields={"email": item})
+    assert check_read_fields(profile) == {"email": item}
+    item.__dict__["verified"] = "no"
+    with pytest.raises(errors.ValidationError, match="wrong type"):
+        check_read_fields(profile)

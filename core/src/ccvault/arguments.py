@@ -199,11 +199,6 @@ def _aware(value: object) -> bool:
     )
 
 
-def _utc_or_aware(value: object) -> bool:
-    # a model's timestamps are datetimes in UTC (UtcDatetime): that case without a call
-    return (value.__class__ is datetime and value.tzinfo is UTC) or _aware(value)
-
-
 def check_read_fields(profile: CustomerProfile, what: str = "profile") -> dict[str, ProfileField]:
     """A snapshot (a new dict, the same field models) of ``profile.fields``, each ACTIVE
     version checked for what a reader of it uses: its name matches its key, its status,
@@ -218,34 +213,58 @@ def check_read_fields(profile: CustomerProfile, what: str = "profile") -> dict[s
         raise errors.ValidationError(f"invalid {what}: fields is not a mapping")
     snapshot = dict(fields)
     for key, item in snapshot.items():
-        if item.__class__ is not ProfileField and not isinstance(item, ProfileField):
-            raise errors.ValidationError(f"invalid {what}: fields holds a {type(item).__name__}")
-        values = item.__dict__
-        if values.get("name") != key:
-            raise errors.ValidationError(f"invalid {what}: a field is filed under another name")
-        collected = values.get("collected_at")
-        expires = values.get("expires_at")
-        if (
-            values.get("status").__class__ is not ItemStatus
-            or values.get("verified").__class__ is not bool
-            or not (
-                (collected.__class__ is datetime and collected.tzinfo is UTC) or _aware(collected)
-            )
-            or not (expires is None or _utc_or_aware(expires))
-        ):
-            raise errors.ValidationError(
-                f"invalid {what}: field {_name(key)} has a status, verified flag or timestamp "
-                "of the wrong type"
-            )
-        value = values.get("value")
-        if value.__class__ is not str:  # the common case, JSON already
+        # the common case, all it reads as pydantic leaves it (a text value, UTC
+        # timestamps), checked by subscripts; anything else, a missing attribute included,
+        # goes through _check_read_field, which refuses it or lets it pass
+        if item.__class__ is ProfileField:
+            values = item.__dict__
             try:
-                check_json_value(value)
-            except ValueError:
-                raise errors.ValidationError(
-                    f"invalid {what}: the value of field {_name(key)} is not JSON"
-                ) from None
+                collected = values["collected_at"]
+                expires = values["expires_at"]
+                if not (
+                    values["name"] != key
+                    or values["status"].__class__ is not ItemStatus
+                    or values["verified"].__class__ is not bool
+                    or collected.__class__ is not datetime
+                    or collected.tzinfo is not UTC
+                    or not (
+                        expires is None or (expires.__class__ is datetime and expires.tzinfo is UTC)
+                    )
+                    or values["value"].__class__ is not str
+                ):
+                    continue
+            except KeyError:
+                pass
+        _check_read_field(key, item, what)
     return snapshot
+
+
+def _check_read_field(key: object, item: object, what: str) -> None:
+    """One version of :func:`check_read_fields`, every case."""
+    if not isinstance(item, ProfileField):
+        raise errors.ValidationError(f"invalid {what}: fields holds a {type(item).__name__}")
+    values = item.__dict__
+    if values.get("name") != key:
+        raise errors.ValidationError(f"invalid {what}: a field is filed under another name")
+    expires = values.get("expires_at")
+    if (
+        values.get("status").__class__ is not ItemStatus
+        or values.get("verified").__class__ is not bool
+        or not _aware(values.get("collected_at"))
+        or not (expires is None or _aware(expires))
+    ):
+        raise errors.ValidationError(
+            f"invalid {what}: field {_name(key)} has a status, verified flag or timestamp "
+            "of the wrong type"
+        )
+    value = values.get("value")
+    if value.__class__ is not str:  # the common case, JSON already
+        try:
+            check_json_value(value)
+        except ValueError:
+            raise errors.ValidationError(
+                f"invalid {what}: the value of field {_name(key)} is not JSON"
+            ) from None
 
 
 def _name(key: object) -> str:

@@ -195,3 +195,36 @@ def test_row_builder_refuses_keys_it_cannot_fill() -> None:
     build = module._row_builder(("a", "b", "c"), ("c", "a"), 2, ("b",), {"c": "[{0}]"})
     assert build((None, None, 3, 1), "fixed") == {"a": 1, "b": "fixed", "c": [3]}
     assert list(build((None, None, 3, 1), "fixed")) == ["a", "b", "c"]
+
+
+async def test_combined_read_returns_each_definition_once(store: PostgresProfileStore) -> None:
+    # the statement pairs each requirement with its field's definition: a definition named
+    # by two requirements (two rules), or by none, still comes back exactly once
+    tenant, agent, scenario = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for name in ("plan", "email", "phone"):
+        await store.save_field_definition(
+            ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name=name)
+        )
+    for rule_id in (None, uuid.uuid4(), uuid.uuid4()):
+        await store.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=tenant,
+                agent_id=agent,
+                scenario_id=scenario,
+                rule_id=rule_id,
+                field_name="plan",
+            )
+        )
+    await store.save_scenario_requirement(
+        ScenarioFieldRequirement(
+            tenant_id=tenant, agent_id=agent, scenario_id=scenario, field_name="nickname"
+        )
+    )
+    requirements, definitions = await store._get_requirements_with_definitions(
+        tenant, scenario, None
+    )
+    assert sorted(r.field_name for r in requirements) == ["nickname", "plan", "plan", "plan"]
+    assert len({r.id for r in requirements}) == 4
+    assert sorted(d.name for d in definitions[agent]) == ["email", "phone", "plan"]
+    alone = await store._get_field_definitions(tenant, agent, True)
+    assert sorted(definitions[agent], key=lambda d: d.name) == sorted(alone, key=lambda d: d.name)

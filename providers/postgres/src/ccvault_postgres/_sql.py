@@ -752,28 +752,29 @@ SELECT * FROM scenario_field_requirements
 WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
 """
 # get_missing_fields in one statement (one snapshot, one round trip): the requirements
-# (kind 0) and the enabled definitions of their agents (kind 1), each row padded with NULLs
-# where the other kind's columns are; both column lists in the models' field order, less
-# the columns whose value the WHERE clause fixes to a parameter (tenant_id, and a
-# requirement's scenario_id and step_id): the reader fills those in from the parameters
-# (fewer values to send and decode, and 100 to 200 fewer UUID objects per call)
+# and the enabled definitions of their agents side by side, each requirement next to its
+# own field's definition (a full join: a requirement without one, or a definition no
+# requirement names, has NULLs on the other side; a definition named by several
+# requirements comes once per requirement). Both column lists in the models' field order,
+# less the columns whose value the WHERE clause fixes to a parameter (tenant_id, and a
+# requirement's scenario_id and step_id): the reader fills those in from the parameters.
+# Against a UNION of both kinds padded with NULLs: half the rows, no NULL padding, and
+# 100 to 200 fewer UUID objects to decode per call of 50 requirements.
 REQUIREMENTS_WITH_DEFINITIONS_FIXED = ("tenant_id", "scenario_id", "step_id")
 REQUIREMENT_COLUMNS_READ = tuple(
     f for f in ScenarioFieldRequirement.model_fields if f not in REQUIREMENTS_WITH_DEFINITIONS_FIXED
 )
 DEFINITION_COLUMNS_READ = tuple(f for f in ProfileFieldDefinition.model_fields if f != "tenant_id")
-_NO_REQUIREMENT = ", ".join(["NULL"] * len(REQUIREMENT_COLUMNS_READ))
-_NO_DEFINITION = ", ".join(["NULL"] * len(DEFINITION_COLUMNS_READ))
 GET_REQUIREMENTS_WITH_DEFINITIONS = f"""
 WITH wanted AS (
   SELECT {", ".join(REQUIREMENT_COLUMNS_READ)} FROM scenario_field_requirements
   WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
+), enabled AS (
+  SELECT {", ".join(DEFINITION_COLUMNS_READ)} FROM profile_field_definitions
+  WHERE tenant_id = $1 AND enabled AND agent_id IN (SELECT agent_id FROM wanted)
 )
-SELECT 0 AS kind, wanted.*, {_NO_DEFINITION} FROM wanted
-UNION ALL
-SELECT 1, {_NO_REQUIREMENT}, {", ".join(DEFINITION_COLUMNS_READ)}
-FROM profile_field_definitions
-WHERE tenant_id = $1 AND enabled AND agent_id IN (SELECT agent_id FROM wanted)
+SELECT wanted.*, enabled.* FROM wanted FULL JOIN enabled
+  ON enabled.agent_id = wanted.agent_id AND enabled.name = wanted.field_name
 """
 DELETE_REQUIREMENTS_ALL = """
 DELETE FROM scenario_field_requirements WHERE tenant_id = $1 AND scenario_id = $2

@@ -517,15 +517,17 @@ def _row_builder(
     return build
 
 
-# the rows of sql.GET_REQUIREMENTS_WITH_DEFINITIONS: (kind, the requirement's columns, the
-# definition's columns), each kind converted as _requirement_of / _definition_of convert it
+# the rows of sql.GET_REQUIREMENTS_WITH_DEFINITIONS: (the requirement's columns, the
+# definition's columns), each side converted as _requirement_of / _definition_of convert it
 # (test_missing_fields_reads checks that both agree); the columns the statement's WHERE
-# fixes come from its parameters
+# fixes come from its parameters. A side whose id is NULL is absent from the row.
+_REQUIREMENT_ID = sql.REQUIREMENT_COLUMNS_READ.index("id")
+_DEFINITION_ID = len(sql.REQUIREMENT_COLUMNS_READ) + sql.DEFINITION_COLUMNS_READ.index("id")
 _FRESH_LIST = "([] if {0} is None else {0})"
 _REQUIREMENT_ROW = _row_builder(
     _REQUIREMENT_KEYS,
     sql.REQUIREMENT_COLUMNS_READ,
-    1,
+    0,
     ("tenant_id", "scenario_id", "step_id"),
     {
         "required_level": "_REQUIRED_LEVEL[{0}]",
@@ -536,7 +538,7 @@ _REQUIREMENT_ROW = _row_builder(
 _DEFINITION_ROW = _row_builder(
     _DEFINITION_KEYS,
     sql.DEFINITION_COLUMNS_READ,
-    1 + len(sql.REQUIREMENT_COLUMNS_READ),
+    len(sql.REQUIREMENT_COLUMNS_READ),
     ("tenant_id",),
     {
         "value_type": "_VALUE_TYPE[{0}]",
@@ -1540,7 +1542,7 @@ class PostgresProfileStore(ProfileStore):
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
         # one statement on one pooled connection: both lists of one snapshot; its columns:
-        # the row's kind, then the requirement's, then the definition's (model order)
+        # the requirement's, then the definition's (model order, less the fixed ones)
         async with self._conn() as conn:
             rows = await conn.fetch(
                 sql.GET_REQUIREMENTS_WITH_DEFINITIONS, tenant_id, scenario_id, step_id
@@ -1552,10 +1554,16 @@ class PostgresProfileStore(ProfileStore):
         step = step_id if step_id is None or step_id.__class__ is UUID else UUID(int=step_id.int)
         # every value out of the records first, then the records dropped before the models
         # are built: fewer objects alive at once (a garbage collection pass per call less)
-        requirement_values = [
-            _REQUIREMENT_ROW(row, tenant, scenario, step) for row in rows if not row[0]
-        ]
-        definition_values = [_DEFINITION_ROW(row, tenant) for row in rows if row[0]]
+        requirement_values: list[dict[str, Any]] = []
+        definition_values: list[dict[str, Any]] = []
+        seen: set[UUID] = set()  # a definition comes once per requirement naming it
+        for row in rows:
+            if row[_REQUIREMENT_ID] is not None:
+                requirement_values.append(_REQUIREMENT_ROW(row, tenant, scenario, step))
+            definition_id = row[_DEFINITION_ID]
+            if definition_id is not None and definition_id not in seen:
+                seen.add(definition_id)
+                definition_values.append(_DEFINITION_ROW(row, tenant))
         del rows
         requirements = _trusted_many(ScenarioFieldRequirement, requirement_values)
         definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
