@@ -170,6 +170,9 @@ Cost
     another process's copies age out within ``opened_cache_ttl`` and are unreachable (the
     store never returns an erased envelope again). A read of a profile read before (the
     common case in a conversation) then costs a dictionary lookup per field, not AES-GCM.
+    Opened channel identities are kept the same way, and so are the tokens a lookup by
+    channel identity computes (per keyring and ``legacy_identities``; AES-SIV is
+    deterministic, so a kept token is the one sealing would give).
 """
 
 from __future__ import annotations
