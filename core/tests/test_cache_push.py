@@ -414,3 +414,205 @@ def test_the_setting_is_parsed_and_checked() -> None:
         ccvault.load_settings(redis={"near_cache_invalidation": "sometimes"})
     with pytest.raises(errors.ConfigurationError, match="near_cache_invalidation"):
         CachedProfileStore(InMemoryProfileStore(), Redis(), near_cache_invalidation="sometimes")
+
+
+# =========================================================================================
+# review: ways a push-mode near hit could be stale, and resource problems
+# =========================================================================================
+
+
+def push_client_store(backend: Any, url: str, prefix: str, **options: Any) -> CachedProfileStore:
+    client_options = options.pop("client_options", {})
+    return CachedProfileStore(
+        backend,
+        Redis.from_url(url, **client_options),
+        key_prefix=prefix,
+        near_cache_invalidation="push",
+        close_client=True,
+        **options,
+    )
+
+
+async def failover(store: CachedProfileStore, to: Any) -> None:
+    """The address of Redis now leads to another server (a failover behind a DNS name, a
+    virtual IP or a proxy): the pool's connections are closed and reopen to ``to``; the
+    tracking connection stays open to the old server, which still answers its PINGs but
+    never hears of the new server's writes."""
+    pool = store.redis.connection_pool
+    pool.connection_kwargs["port"] = to.port
+    await pool.disconnect()
+    for connection in [*pool._available_connections, *pool._in_use_connections]:
+        connection.port = to.port
+
+
+@pytest.mark.parametrize("talks", [True, False])
+async def test_a_tracking_connection_left_on_another_server_is_never_trusted(
+    tmp_path: Path, backend: Any, talks: bool
+) -> None:
+    """Copies read from the new server are never trusted on the strength of a tracking
+    connection open to the old one; and the heartbeat notices that the pool now reaches
+    another server even when this process has no reason to talk to Redis (``talks``
+    False: every read is a trusted near copy), and moves the tracking connection."""
+    old, new = H.RedisServer(tmp_path / "old"), H.RedisServer(tmp_path / "new")
+    old.start()
+    new.start()
+    try:
+        one = push_client_store(backend, old.url, "t:", retry_after=0.05)
+        two = push_client_store(backend, new.url, "t:", retry_after=0.05)
+        async with one, two:
+            profile = await profile_with_email(one, "old@example.com")
+            read = reader("get_by_id", profile)
+            await trusted(one, read)
+            session = one._track_session
+            await failover(one, new)
+            if talks:
+                assert await one.get_by_id(uuid.uuid4(), uuid.uuid4()) is None  # via Redis
+                for _ in range(3):
+                    assert email(await read(one)) == "old@example.com"
+            else:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 15
+                while one._track_session == session or not one.tracking_healthy:
+                    assert loop.time() < deadline, "the heartbeat never noticed"
+                    await asyncio.sleep(0.01)
+            await two.update_field(
+                profile.tenant_id, profile.id, make_field("email", "new@example.com")
+            )
+            await one.sync_invalidations()
+            assert email(await read(one)) == "new@example.com"
+    finally:
+        old.stop()
+        new.stop()
+
+
+async def test_a_read_after_the_tracking_connection_end_was_read_trusts_no_copy(
+    pair: tuple[Any, Any],
+) -> None:
+    """Once the reader has read the end of the tracking connection (its invalidations are
+    lost from then on), no copy is served without the GET, even before the task keeping
+    the connection has noticed."""
+    one, two = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader("get_by_id", profile)
+    await trusted(one, read)
+    killed = one.tracking_client_id
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        # a write whose invalidation is lost with the connection
+        one._on_invalidate = lambda keys: None
+        await two.update_field(
+            profile.tenant_id, profile.id, make_field("email", "new@example.com")
+        )
+        assert await admin.client_kill_filter(_id=str(killed)) == 1
+        ended = one._track_reader
+        assert ended is not None
+        await asyncio.wait([ended])
+        assert not one.tracking_healthy
+        assert email(await read(one)) == "new@example.com"
+    finally:
+        await admin.aclose()
+
+
+async def test_clearing_every_epoch_works_with_a_glob_special_key_prefix(backend: Any) -> None:
+    """Recovery with too many poisoned tenants deletes every epoch key under the prefix by a
+    SCAN pattern: characters of the prefix that are special in a pattern must be escaped,
+    else it clears nothing (or another prefix's keys) and stale entries stay in use."""
+    prefix = f"ccvault-test:[{uuid.uuid4().hex}]*?\\:"
+    one = push_store(backend, prefix, retry_after=0.05, max_dirty_tenants=0)
+    two = push_store(backend, prefix, retry_after=0.05)
+    try:
+        async with one, two:
+            profile = await profile_with_email(two, "old@example.com")
+            read = reader("get_by_id", profile)
+            await trusted(two, read)
+            # a write whose invalidation was lost (Redis unreachable from its process):
+            # the backend changed, Redis was not told, the writer poisoned the tenant
+            await backend.update_field(
+                profile.tenant_id, profile.id, make_field("email", "new@example.com")
+            )
+            one._poison(profile.tenant_id)
+            assert one._dirty_all  # more than max_dirty_tenants: every epoch goes
+            assert await one._recover()
+            await two.sync_invalidations()
+            assert email(await read(two)) == "new@example.com"
+    finally:
+        client = Redis.from_url(REDIS_URL)
+        literal = "".join("\\" + c if c in "\\*?[]" else c for c in prefix)
+        keys = [k async for k in client.scan_iter(match=f"{literal}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_pushed_invalidations_match_keys_in_the_clients_encoding(
+    backend: Any, prefix: str
+) -> None:
+    """A client configured with another encoding than UTF-8 and a key prefix outside ASCII:
+    the generation keys pushed by Redis must still be recognised as the tenant's."""
+    latin = f"{prefix}\u00e9:"
+    options = {"client_options": {"encoding": "latin-1"}, "retry_after": 0.05}
+    one = push_client_store(backend, REDIS_URL, latin, **options)
+    two = push_client_store(backend, REDIS_URL, latin, **options)
+    async with one, two:
+        profile = await profile_with_email(one, "old@example.com")
+        read = reader("get_by_id", profile)
+        await trusted(one, read)
+        await two.update_field(
+            profile.tenant_id, profile.id, make_field("email", "new@example.com")
+        )
+        await one.sync_invalidations()
+        assert email(await read(one)) == "new@example.com"
+
+
+class Sleeps:
+    """Records the pauses one background task takes (the real sleep still runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, task: Callable[[], Any]) -> None:
+        self.delays: list[float] = []
+        real = asyncio.sleep
+
+        async def recording(delay: float, *args: Any, **kwargs: Any) -> Any:
+            if asyncio.current_task() is task():
+                self.delays.append(delay)
+            return await real(delay, *args, **kwargs)
+
+        monkeypatch.setattr(asyncio, "sleep", recording)
+
+    async def until(self, count: int) -> list[float]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while len(self.delays) < count:
+            assert loop.time() < deadline, f"only {len(self.delays)} pauses"
+            await asyncio.sleep(0.01)
+        return self.delays[:count]
+
+
+async def test_the_retry_of_pending_invalidations_never_spins(
+    backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """retry_after_seconds = 0 is a valid setting ("probe Redis on every call"): the
+    background retry must still pause between attempts while Redis is down, not loop on
+    connection attempts at full speed."""
+    dead = f"redis://127.0.0.1:{H.free_port()}/0"
+    store = push_client_store(backend, dead, "t:", retry_after=0.0)
+    sleeps = Sleeps(monkeypatch, lambda: store._retry_task)
+    async with store:
+        store._poison(uuid.uuid4())
+        delays = await sleeps.until(6)
+        assert all(delay > 0 for delay in delays), delays
+
+
+async def test_the_tracking_reconnect_never_spins(
+    backend: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = push_store(backend, prefix, retry_after=0.0, max_retry_interval=0.0)
+
+    async def refused() -> Any:
+        raise OSError("refused")
+
+    store._track_open = refused  # type: ignore[method-assign]
+    sleeps = Sleeps(monkeypatch, lambda: store._track_task)
+    async with store:
+        store._start_tracking()
+        delays = await sleeps.until(6)
+        assert all(delay > 0 for delay in delays), delays

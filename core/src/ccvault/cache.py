@@ -84,11 +84,17 @@ the one taken *before* the read of that generation (so an invalidation processed
 the read and the store of the copy is never lost), the server's run tag is unchanged, the
 near TTL holds, the tenant is not poisoned and the cache not bypassed. Otherwise the read
 falls back to the GET of the generation above (and may then trust the copy again, with a
-counter snapshot taken before that GET). The tracking connection is checked by a PING
-every ``retry_after`` seconds (at least 0.1 s; answer within ``operation_timeout``); when it
-fails or breaks, it is marked unhealthy at once (every copy falls back to the GET) and
-reconnected in the background with a back-off from ``retry_after`` doubling up to
-``max_retry_interval``; reads never wait for it. It needs a plain ``redis.asyncio.Redis``
+counter snapshot taken before that GET). A copy is trusted only if its generation came from
+the server the tracking connection is open to (the run tag of each, see Restarts): after a
+failover behind the same address, copies read from the new server are never trusted on the
+strength of a connection still open to the old one. The tracking connection is checked by
+a PING every ``retry_after`` seconds (at least 0.1 s; answer within ``operation_timeout``),
+followed by a PING through the pool, which learns the run tag of the server the pool
+reaches now: another server than the tracking connection's ends that connection. When it
+fails, breaks or its end is read, it is marked unhealthy at once (every copy falls back to
+the GET) and reconnected, to where the pool leads, in the background with a back-off from
+``retry_after`` (at least 10 ms) doubling up to ``max_retry_interval``; reads never wait
+for it. It needs a plain ``redis.asyncio.Redis``
 client (with a cluster client, ``"push"`` acts as ``"check"``, with a warning).
 
 *The trade-off, precisely:* writes of this process end its near copies synchronously (as in
@@ -137,10 +143,11 @@ write's outcome unknown) *poisons* its tenant: the tenant's cache is not read ag
 all its epoch keys have been deleted in Redis (more than ``max_dirty_tenants`` poisoned
 tenants: every epoch key under the prefix is deleted). That recovery is run by the first
 operation after ``retry_after``, by a background task that retries with a bounded back-off
-(``retry_after`` doubling up to ``max_retry_interval``) without waiting for another call, and
-once more, bounded by ``close_timeout``, by :meth:`aclose`. Entries that missed an
-invalidation while Redis was away, even ones restored from a snapshot, are therefore never
-served by this process; and after a Redis *restart* by no process at all (see Restarts).
+(``retry_after``, at least 10 ms, doubling up to ``max_retry_interval``) without waiting
+for another call, and once more, bounded by ``close_timeout``, by :meth:`aclose`. Entries
+that missed an invalidation while Redis was away, even ones restored from a snapshot, are
+therefore never served by this process; and after a Redis *restart* by no process at all
+(see Restarts).
 **Remaining window:** when Redis stays up but unreachable from one process only (its own
 connection broken, a partition), other processes sharing the Redis cannot know about that
 process's lost invalidations; they may serve such an entry (or a near copy) until that
@@ -339,6 +346,22 @@ _INVALIDATION_MEMORY = 100_000
 _INVALIDATE_CHANNEL = b"__redis__:invalidate"
 #: a near copy's stamp that push mode never trusts without a GET (session -1 never exists)
 _UNTRUSTED = (-1, 0)
+#: the shortest pause of a background retry loop (retry_after_seconds may be 0)
+_MIN_PAUSE = 0.01
+
+
+def _run_tag_of(info: Any) -> bytes | None:
+    """The run tag (start of the run_id) in an ``INFO server`` answer, None if absent."""
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:") :].strip()[:16].encode()
+    return None
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (SCAN MATCH)."""
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
 
 
 def _json_encoder(adapter: TypeAdapter[Any]) -> Callable[[Any], bytes]:
@@ -531,6 +554,14 @@ class CachedProfileStore(ForwardingProfileStore):
         self._track_task: asyncio.Task[None] | None = None
         self._track_reader: asyncio.Task[None] | None = None
         self._track_lock: asyncio.Lock | None = None
+        # the run tag of the server the tracking connection is open to: a copy is trusted
+        # only if its generation came from that very server (the pool may have moved to
+        # another one behind the same address, a failover, which that connection never
+        # hears of)
+        self._track_tag: bytes | None = None
+        # the client's encoding of key names: pushed key names are decoded with it
+        kwargs = getattr(getattr(redis_client, "connection_pool", None), "connection_kwargs", None)
+        self._key_encoding = str((kwargs or {}).get("encoding") or "utf-8")
         # one future per PING sent on the tracking connection, answered in order
         self._pongs: deque[asyncio.Future[None]] = deque()
         # generation key -> the sequence number of its last invalidation (least recent
@@ -581,14 +612,11 @@ class CachedProfileStore(ForwardingProfileStore):
         self._learn_run_tag(info)
 
     def _learn_run_tag(self, info: Any) -> None:
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        for line in text.splitlines():
-            if line.startswith("run_id:"):
-                tag = line[len("run_id:") :].strip()[:16].encode()
-                if tag != self._run_tag:
-                    self._near.clear()
-                self._run_tag = tag
-                return
+        tag = _run_tag_of(info)
+        if tag is not None:
+            if tag != self._run_tag:
+                self._near.clear()
+            self._run_tag = tag
 
     async def _probe_run_tag(self) -> None:
         """Learn the run tag through a command when no new connection has told it yet.
@@ -710,7 +738,7 @@ class CachedProfileStore(ForwardingProfileStore):
 
     def _start_tracking(self) -> None:
         """Start the task that keeps the tracking connection (once; never while closing)."""
-        if self._closing or self._track_task is not None:
+        if self._closing or (self._track_task is not None and not self._track_task.done()):
             return
         self._track_lock = asyncio.Lock()
         self._track_task = asyncio.get_running_loop().create_task(self._track())
@@ -724,17 +752,17 @@ class CachedProfileStore(ForwardingProfileStore):
 
     async def _track(self) -> None:
         """Keep the tracking connection: open it, read it, reconnect with a back-off."""
-        delay = self.retry_after
+        delay = max(self.retry_after, _MIN_PAUSE)
         warned = False
         while not self._closing:
             connection: Any = None
             try:
-                connection = await self._track_open()
-                delay = self.retry_after
+                connection, tag = await self._track_open()
+                delay = max(self.retry_after, _MIN_PAUSE)
                 if warned:
                     logger.info("near-cache invalidations pushed by Redis again")
                     warned = False
-                await self._track_serve(connection)
+                await self._track_serve(connection, tag)
             except (RedisError, OSError, TimeoutError) as exc:
                 if not warned:
                     logger.warning(
@@ -745,20 +773,25 @@ class CachedProfileStore(ForwardingProfileStore):
                     )
                     warned = True
             except Exception:  # never let the task die silently; keep reconnecting
-                logger.exception("near-cache invalidation connection failed")
-                warned = True
+                if not warned:
+                    logger.exception("near-cache invalidation connection failed")
+                    warned = True
             finally:
                 self._track_lost()
                 if connection is not None:
-                    await connection.disconnect(nowait=True)
+                    try:
+                        await connection.disconnect(nowait=True)
+                    except Exception:  # a failing close must not end the task
+                        logger.debug("closing the invalidation connection failed")
             if self._closing:
                 return
             await asyncio.sleep(delay)  # back-off between attempts, not a synchronisation
-            delay = min(max(delay, 0.01) * 2, self.max_retry_interval)
+            delay = max(min(delay * 2, self.max_retry_interval), _MIN_PAUSE)
 
-    async def _track_open(self) -> Any:
+    async def _track_open(self) -> tuple[Any, bytes | None]:
         """A new connection of our own (RESP2, never from the pool) that receives, as Pub/Sub
-        messages, the invalidations of every key under ``<key_prefix>epoch:``."""
+        messages, the invalidations of every key under ``<key_prefix>epoch:``; and the run
+        tag of the server it is open to (None: INFO refused, no copy is trusted)."""
         pool = self.redis.connection_pool
         options = dict(pool.connection_kwargs)
         options.pop("redis_connect_func", None)
@@ -775,6 +808,11 @@ class CachedProfileStore(ForwardingProfileStore):
                 await connection.send_command("CLIENT", "ID")
                 client_id = await connection.read_response()
                 self.tracking_client_id = int(client_id)
+                await connection.send_command("INFO", "server")
+                try:
+                    tag = _run_tag_of(await connection.read_response())
+                except ResponseError:  # an ACL without +info: copies are checked by a GET
+                    tag = None
                 await connection.send_command(
                     "CLIENT",
                     "TRACKING",
@@ -791,14 +829,17 @@ class CachedProfileStore(ForwardingProfileStore):
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
-        return connection
+        return connection, tag
 
-    async def _track_serve(self, connection: Any) -> None:
+    async def _track_serve(self, connection: Any, tag: bytes | None) -> None:
         """Read the connection (a task of its own) and check it by a PING now and then."""
         self._track_conn = connection
         self._track_session += 1
+        self._track_tag = tag
         self._track_ok = True
-        reader = asyncio.get_running_loop().create_task(self._track_read(connection))
+        reader = asyncio.get_running_loop().create_task(
+            self._track_read(connection, self._track_session)
+        )
         self._track_reader = reader
         try:
             while True:
@@ -810,23 +851,46 @@ class CachedProfileStore(ForwardingProfileStore):
                     raise RedisConnectionError("the tracking connection closed")
                 if not await self._ping_tracking():
                     raise RedisConnectionError("the tracking connection stopped answering")
+                await self._check_same_server()
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             self._track_reader = None
 
-    async def _track_read(self, connection: Any) -> None:
-        while True:
-            message = await connection.read_response(disable_decoding=True, timeout=math.inf)
-            if not isinstance(message, list) or not message:
-                continue
-            kind = message[0]
-            if kind == b"message" and len(message) == 3 and message[1] == _INVALIDATE_CHANNEL:
-                self._on_invalidate(message[2])
-            elif kind == b"pong" and self._pongs:
-                waiter = self._pongs.popleft()  # one per PING sent, answered in order
-                if not waiter.done():
-                    waiter.set_result(None)
+    async def _check_same_server(self) -> None:
+        """Part of the heartbeat: a PING through the pool, which (re)connects it if its
+        connections were closed, and so learns the run tag of the server the pool reaches
+        now. A server other than the tracking connection's (a failover behind the same
+        address, the old server still up) ends the tracking connection, which reopens to
+        where the pool leads: else a process whose every read is a trusted near copy would
+        never talk to the new server, nor hear of its writes."""
+        try:
+            await self._redis(lambda: self.redis.execute_command("PING"))
+        except (RedisError, OSError, TimeoutError):
+            return  # the pool's reads find out for themselves; copies stay judged as before
+        tag = self._run_tag
+        if tag is not None and self._track_tag is not None and tag != self._track_tag:
+            raise RedisConnectionError("the pool now reaches another Redis server")
+
+    async def _track_read(self, connection: Any, session: int) -> None:
+        try:
+            while True:
+                message = await connection.read_response(disable_decoding=True, timeout=math.inf)
+                if not isinstance(message, list) or not message:
+                    continue
+                kind = message[0]
+                if kind == b"message" and len(message) == 3 and message[1] == _INVALIDATE_CHANNEL:
+                    self._on_invalidate(message[2])
+                elif kind == b"pong" and self._pongs:
+                    waiter = self._pongs.popleft()  # one per PING sent, answered in order
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            # whatever ended the reading (the connection's end, an error, a bug): from now
+            # on invalidations are lost, so no copy is trusted, at once, not only when the
+            # task keeping the connection has noticed
+            if session == self._track_session:
+                self._track_lost()
 
     async def _ping_tracking(self) -> bool:
         """PING on the tracking connection: True once its answer has been read (every
@@ -835,14 +899,14 @@ class CachedProfileStore(ForwardingProfileStore):
         connection, session, lock = self._track_conn, self._track_session, self._track_lock
         if not self._track_ok or connection is None or lock is None:
             return False
-        if not connection.is_connected:  # never let the client reconnect it untracked
-            self._track_broken(session)
-            return False
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(self.operation_timeout):
                 async with lock:
                     if session != self._track_session:
+                        return False
+                    if not connection.is_connected:  # never let it reconnect untracked
+                        self._track_broken(session)
                         return False
                     self._pongs.append(waiter)
                     await connection.send_packed_command(
@@ -867,6 +931,7 @@ class CachedProfileStore(ForwardingProfileStore):
         self._track_ok = False
         self._track_session += 1
         self._track_conn = None
+        self._track_tag = None
         while self._pongs:
             waiter = self._pongs.popleft()
             if not waiter.done():
@@ -877,8 +942,9 @@ class CachedProfileStore(ForwardingProfileStore):
             self._invalidate_all_near()
             return
         suffix = f":{_GEN}"
+        encoding = self._key_encoding
         for key in keys:
-            name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+            name = key.decode(encoding, errors="replace") if isinstance(key, bytes) else str(key)
             if name.endswith(suffix):
                 self._bump(name)
 
@@ -903,6 +969,14 @@ class CachedProfileStore(ForwardingProfileStore):
         if not self._track_ok:
             return _UNTRUSTED
         return self._track_session, self._invalidated.get(gen_key, self._inval_floor)
+
+    def _trusted(self, stamp: tuple[int, int], gen: bytes) -> tuple[int, int]:
+        """``stamp`` if a copy of generation ``gen`` may be trusted by it: the generation
+        came from the server the tracking connection of the stamp's session is open to
+        (the pool may have moved to another server behind the same address)."""
+        if stamp[0] != self._track_session or gen[:16] != self._track_tag:
+            return _UNTRUSTED
+        return stamp
 
     # =====================================================================================
     # keys
@@ -1016,7 +1090,7 @@ class CachedProfileStore(ForwardingProfileStore):
         self._retry_task = loop.create_task(self._retry_pending())
 
     async def _retry_pending(self) -> None:
-        delay = self.retry_after
+        delay = max(self.retry_after, _MIN_PAUSE)
         while self._pending() and not self._closing:
             await asyncio.sleep(delay)  # back-off between attempts, not a synchronisation
             if self._recovering:
@@ -1026,7 +1100,7 @@ class CachedProfileStore(ForwardingProfileStore):
                     return
             except Exception:  # never let the retry die silently; keep trying
                 logger.exception("retrying pending Redis invalidations failed")
-            delay = min(delay * 2, self.max_retry_interval)
+            delay = max(min(delay * 2, self.max_retry_interval), _MIN_PAUSE)
 
     async def _redis(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run one Redis call, bounded by ``operation_timeout``."""
@@ -1098,7 +1172,8 @@ class CachedProfileStore(ForwardingProfileStore):
         await pipe.execute()
 
     async def _delete_all_epochs(self) -> None:
-        pattern = f"{self.key_prefix}epoch:*"
+        # the prefix taken literally: a "*", "?", "[" or "\\" of it is no pattern
+        pattern = f"{_glob_escape(self.key_prefix)}epoch:*"
         batch: list[str] = []
         async for key in self.redis.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -1387,6 +1462,7 @@ class CachedProfileStore(ForwardingProfileStore):
                         ):
                             cached = near[1].copy()
                             if matches(cached):
+                                stamp = self._trusted(stamp, gen)
                                 if stamp != _UNTRUSTED and self._near.get(entry_key) is near:
                                     # trusted from now on: stamped before the GET
                                     self._near[entry_key] = (*near[:3], *stamp)
@@ -1422,7 +1498,12 @@ class CachedProfileStore(ForwardingProfileStore):
                             if resolve and lookup.target:
                                 self._remember([key], lookup.target)
                             if lookup.gen is not None and not resolve:
-                                self._keep_near(entry_key, lookup.gen, cached, stamp)
+                                self._keep_near(
+                                    entry_key,
+                                    lookup.gen,
+                                    cached,
+                                    self._trusted(stamp, lookup.gen),
+                                )
                             return cached
                         self._pointers.pop(key, None)
                         lookup = _Lookup(0, epoch=lookup.epoch)
