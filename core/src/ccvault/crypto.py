@@ -1495,11 +1495,16 @@ class EncryptedProfileStore(ForwardingProfileStore):
     async def _open_versions(
         self, tenant_id: UUID, profile_id: UUID, items: list[ProfileField]
     ) -> list[ProfileField]:
+        """``items``, just read from the inner store for this caller alone, opened in place
+        (as a profile read's, :meth:`_decrypt_profile`)."""
+        self._expire_opened()
+        head = _tenant_head(tenant_id)
         try:
-            return [self.decrypt_field(tenant_id, item, profile_id) for item in items]
+            self._open_in_place(head, items, profile_id, None)
         except RowMovedError:
             moved = await self._moved_rows(tenant_id, profile_id)
-            return [self.decrypt_field(tenant_id, item, profile_id, moved) for item in items]
+            self._open_in_place(head, items, profile_id, moved)
+        return items
 
     async def _moved_rows(self, tenant_id: UUID, profile_id: UUID) -> dict[UUID, set[UUID]]:
         """Field version id -> the profiles a merge (per the merge log) moved it between,
