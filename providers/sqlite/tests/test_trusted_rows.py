@@ -8,8 +8,10 @@ form is validated (and reads correctly), an invalid one is refused with
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -23,6 +25,7 @@ from ccvault.models import (
     Consent,
     CustomerProfile,
     FieldValueType,
+    ItemStatus,
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
@@ -31,6 +34,7 @@ from ccvault.models import (
     ScenarioFieldRequirement,
     SourceType,
     SurvivorshipPolicy,
+    VerificationLevel,
 )
 from ccvault_sqlite import SqliteProfileStore, SqliteSettings, codec
 
@@ -369,3 +373,231 @@ async def test_superseded_by_id_reuses_parsed_ids_only_for_our_own_text(
     with pytest.raises(errors.StorageError, match="superseded_by_id") as caught:
         await store.get_by_id(tenant, profile.id, include_history=True)
     assert "not-a-uuid" not in str(caught.value)
+
+
+def refuse_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every per-row validating path raises: a read that succeeds took the trusted path."""
+    for name in (
+        "_field_validated",
+        "_asset_validated",
+        "_identity_validated",
+        "_definition_validated",
+        "_requirement_validated",
+    ):
+
+        def validated(row: object, name: str = name) -> Any:
+            raise AssertionError(f"a row in the vault's own form went through {name}")
+
+        monkeypatch.setattr(codec, name, validated)
+
+
+async def test_rows_in_our_own_form_are_never_revalidated(
+    store: SqliteProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Identities, assets with an empty analysis_field_ids (the default, refused by the
+    trusted path before), definitions and requirements with empty lists: all trusted."""
+    tenant, profile = await rich_profile(store)
+    await store.add_asset(
+        tenant,
+        profile.id,
+        ProfileAsset(
+            name="selfie", asset_type="image", storage_provider="s3", storage_path="s3://b/s"
+        ),
+    )
+    agent, other, scenario = uuid4(), uuid4(), uuid4()
+    for owner, name in ((agent, "email"), (other, "phone"), (agent, "f0")):
+        await store.save_field_definition(
+            ProfileFieldDefinition(tenant_id=tenant, agent_id=owner, name=name)
+        )
+        await store.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=tenant, agent_id=owner, scenario_id=scenario, field_name=name
+            )
+        )
+    expected_read = await store.get_by_id(tenant, profile.id, include_history=True)
+    refuse_validation(monkeypatch)
+    for include_history in (False, True):
+        read = await store.get_by_id(tenant, profile.id, include_history=include_history)
+        assert read is not None
+        assert read == revalidated(read)
+        assert [i.channel_user_id for i in read.channel_identities] == [
+            "+15550001",
+            "a@example.org",
+        ]
+        for identity in read.channel_identities:
+            assert identity == revalidated(identity)
+            assert identity.model_fields_set == revalidated(identity).model_fields_set
+        assert {a.name: a.analysis_field_ids for a in read.assets}["selfie"] == []
+    assert read is not None and read == expected_read
+    requirements, definitions = await store._get_requirements_with_definitions(
+        tenant, scenario, None
+    )
+    assert sorted(r.field_name for r in requirements) == ["email", "f0", "phone"]
+    assert {owner: sorted(d.name for d in found) for owner, found in definitions.items()} == {
+        agent: ["email", "f0"],
+        other: ["phone"],
+    }
+    for item in [*requirements, *definitions[agent], *definitions[other]]:
+        assert item == revalidated(item)
+        assert item.model_fields_set == revalidated(item).model_fields_set
+    assert await store.get_missing_fields(tenant, read, scenario) == [
+        r for r in requirements if r.field_name == "phone"
+    ]
+
+
+async def test_lists_read_from_one_text_are_not_shared(store: SqliteProfileStore) -> None:
+    """A list column's distinct texts are parsed once per read; each model gets its own
+    list all the same (a caller changing one changes no other model)."""
+    tenant, agent, scenario = uuid4(), uuid4(), uuid4()
+    for name in ("email", "phone"):
+        await store.save_field_definition(
+            ProfileFieldDefinition(
+                tenant_id=tenant,
+                agent_id=agent,
+                name=name,
+                verification_methods=["otp"],
+                extraction_examples=["x"],
+                source_priority=[ProfileFieldSource.USER_PROVIDED],
+            )
+        )
+        await store.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=tenant,
+                agent_id=agent,
+                scenario_id=scenario,
+                field_name=name,
+                depends_on_fields=["name"],
+            )
+        )
+    first, second = await store.get_field_definitions(tenant, agent)
+    for column in ("verification_methods", "extraction_examples", "source_priority"):
+        assert getattr(first, column) == getattr(second, column)
+        assert getattr(first, column) is not getattr(second, column)
+    assert first.source_priority == [ProfileFieldSource.USER_PROVIDED]
+    first.verification_methods.append("sms")
+    assert second.verification_methods == ["otp"]
+    one, two = await store.get_scenario_requirements(tenant, scenario)
+    assert one.depends_on_fields == two.depends_on_fields == ["name"]
+    one.depends_on_fields.append("more")
+    assert two.depends_on_fields == ["name"]
+    again = await store.get_field_definitions(tenant, agent)
+    assert [d.verification_methods for d in again] == [["otp"], ["otp"]]
+
+
+async def test_constants_memo_holds_no_personal_text(store: SqliteProfileStore) -> None:
+    """Constant columns (one value in every row) are converted through a memo: ids, times,
+    enumeration members, flags and numbers only, never a text column (personal data)."""
+    codec._CONSTANTS.clear()
+    tenant, profile = await rich_profile(store)
+    await store.get_by_id(tenant, profile.id, include_history=True)
+    await store.get_field_definitions(tenant, uuid4())
+    held = [key[2] for key in codec._CONSTANTS]
+    assert held  # the memo is in use (the profile's own ids at least)
+    enums: tuple[type[StrEnum], ...] = (ItemStatus, VerificationLevel, SourceType, Channel)
+    enums += (ProfileFieldSource, FieldValueType, SurvivorshipPolicy, RequiredLevel)
+    members = {m.value for enum in enums for m in enum}
+    for value in held:
+        assert (
+            value is None
+            or isinstance(value, (int, float))
+            or value in members
+            or re.fullmatch(r"[0-9a-f-]{36}|[0-9T:.+-]{32}", value)
+        ), value
+    assert not {"+15550001", "a@example.org", "s3://bucket/p.jpg", "otp", "agent"} & set(held)
+    # twice the same read: equal models, and the mutable values are not shared
+    first = await store.get_by_id(tenant, profile.id)
+    second = await store.get_by_id(tenant, profile.id)
+    assert first == second
+    assert first is not None and second is not None
+    first.fields["email"].source_metadata["changed"] = True
+    assert "changed" not in second.fields["email"].source_metadata
+
+
+IDENTITY_TAMPERING = {
+    "user-id-control-character": "channel_user_id = char(10) || channel_user_id",
+    "user-id-edge-blank": "channel_user_id = channel_user_id || ' '",
+    "user-id-empty": "channel_user_id = ''",
+    "channel-unknown": "channel = 'pigeon'",
+    "verified-out-of-range": "verified = 2",
+    "created-at-naive": "created_at = '2026-01-15T09:30:00'",
+}
+
+
+@pytest.mark.parametrize("tampering", sorted(IDENTITY_TAMPERING))
+async def test_a_tampered_identity_row_is_refused(
+    store: SqliteProfileStore, tampering: str
+) -> None:
+    tenant, profile = await rich_profile(store)
+    await store.connection.execute(
+        f"UPDATE channel_identities SET {IDENTITY_TAMPERING[tampering]} "
+        "WHERE tenant_id = ? AND channel = 'whatsapp'",
+        (str(tenant),),
+    )
+    with pytest.raises(errors.StorageError, match="stored channel identity row is corrupt") as e:
+        await store.get_by_id(tenant, profile.id)
+    assert "15550001" not in str(e.value)
+
+
+async def test_a_foreign_but_valid_identity_row_reads_correctly(
+    store: SqliteProfileStore,
+) -> None:
+    tenant, profile = await rich_profile(store)
+    await store.connection.execute(
+        "UPDATE channel_identities SET verified_at = '2026-01-15T11:30:00.123456+02:00' "
+        "WHERE tenant_id = ? AND channel = 'whatsapp'",
+        (str(tenant),),
+    )
+    read = await store.get_by_id(tenant, profile.id)
+    assert read is not None
+    assert read.channel_identities[0].verified_at == BASE
+    assert read.channel_identities[0].verified_at.tzinfo is UTC
+
+
+DEFINITION_TAMPERING = {
+    # valid JSON lists of the wrong items: the trusted path once let these through
+    "verification-methods-not-text": "verification_methods = '[1]'",
+    "extraction-examples-objects": "extraction_examples = '[{\"a\": 1}]'",
+    "source-priority-unknown": "source_priority = '[\"pigeon\"]'",
+    "source-priority-nested": "source_priority = '[[\"user_provided\"]]'",
+    "verification-methods-not-a-list": "verification_methods = '\"otp\"'",
+    "value-type-unknown": "value_type = 'quantum'",
+    "id-not-a-uuid": "id = 'nobody'",
+}
+
+
+@pytest.mark.parametrize("tampering", sorted(DEFINITION_TAMPERING))
+async def test_a_tampered_definition_row_is_refused(
+    store: SqliteProfileStore, tampering: str
+) -> None:
+    tenant, agent, scenario = uuid4(), uuid4(), uuid4()
+    for name in ("email", "phone"):
+        await store.save_field_definition(
+            ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name=name)
+        )
+        await store.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=tenant, agent_id=agent, scenario_id=scenario, field_name=name
+            )
+        )
+    await store.connection.execute(
+        f"UPDATE field_definitions SET {DEFINITION_TAMPERING[tampering]} "
+        "WHERE tenant_id = ? AND name = 'email'",
+        (str(tenant),),
+    )
+    for read in (
+        lambda: store._get_field_definitions(tenant, agent, True),
+        lambda: store._get_requirements_with_definitions(tenant, scenario, None),
+    ):
+        with pytest.raises(errors.StorageError, match="stored field definition row is corrupt"):
+            await read()
+
+
+async def test_an_analysis_id_list_of_the_wrong_items_is_refused(
+    store: SqliteProfileStore,
+) -> None:
+    tenant, profile = await rich_profile(store)
+    await store.connection.execute(
+        "UPDATE assets SET analysis_field_ids = '[[1]]' WHERE tenant_id = ?", (str(tenant),)
+    )
+    with pytest.raises(errors.StorageError, match="stored asset row is corrupt"):
+        await store.get_by_id(tenant, profile.id)

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from ccvault import errors
 from ccvault.models import (
+    Channel,
     ChannelIdentity,
     Consent,
     CustomerProfile,
@@ -287,12 +288,39 @@ def _members(enum: type[StrEnum]) -> Convert:
         except (KeyError, TypeError):
             raise _NotOurs from None
 
-    return convert
+    return _memoizable(convert)
 
 
-def _uuid_lists(column: Column) -> list[Any]:
-    lists = _json_of(list)(column)
-    return [_uuids(ids) for ids in lists]
+def _lists_of(convert: Convert) -> Convert:
+    """JSON lists whose items ``convert`` checks (and converts). A column repeats a few
+    texts (``[]`` mostly): each distinct text is parsed and converted once, and every row
+    gets its own copy of the list (lists are mutable)."""
+
+    def lists(column: Column) -> list[Any]:
+        try:
+            parsed = {text: orjson.loads(text) for text in set(column)}
+        except (orjson.JSONDecodeError, TypeError):  # not JSON, not text (NULL...)
+            raise _NotOurs from None
+        if not set(map(type, parsed.values())) <= {list}:
+            raise _NotOurs
+        try:
+            for text, items in parsed.items():
+                if items:
+                    parsed[text] = convert(items)
+        except TypeError:  # an item that is a list or an object
+            raise _NotOurs from None
+        return list(map(list, map(parsed.__getitem__, column)))
+
+    return lists
+
+
+def _strings(column: Column) -> list[Any]:
+    if not set(map(type, column)) <= {str}:
+        raise _NotOurs
+    return list(column)
+
+
+_uuid_lists = _lists_of(_uuids)
 
 
 def _optional(convert: Convert) -> Convert:
@@ -329,6 +357,39 @@ _MUTABLE_COLUMNS = frozenset(
 )
 
 
+# converters whose values are immutable and not personal (ids, times, enumeration members,
+# flags, numbers): a column holding one value in every row converts it through this memo,
+# so the constant columns of a read (a status, a timestamp, a tenant's id...) cost a lookup
+_MEMOIZABLE: set[Convert] = set()
+_CONSTANTS: dict[tuple[Convert, type, Any], Any] = {}
+_CONSTANTS_MAX = 4096
+_UNKNOWN = object()
+
+
+def _memoizable(convert: Convert) -> Convert:
+    _MEMOIZABLE.add(convert)
+    return convert
+
+
+def _constant(convert: Convert, value: Any) -> Any:
+    """``convert((value,))[0]``, memoized for the converters of ``_MEMOIZABLE`` (keyed by
+    the value's type too: 1 and 1.0 and True are one dict key)."""
+    if convert not in _MEMOIZABLE:
+        return convert((value,))[0]
+    key = (convert, type(value), value)
+    try:
+        return _CONSTANTS[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable: not a value this module writes
+        raise _NotOurs from None
+    converted = convert((value,))[0]  # _NotOurs for a value not in our form: not stored
+    if len(_CONSTANTS) >= _CONSTANTS_MAX:
+        _CONSTANTS.clear()
+    _CONSTANTS[key] = converted
+    return converted
+
+
 def _trusted_models(
     model: type[_M],
     cols: Sequence[str],
@@ -357,14 +418,18 @@ def _trusted_models(
             first = column[0]
             convert = converters[name]
             if name not in _MUTABLE_COLUMNS and column.count(first) == count:
-                template[name] = convert((first,))[0]
+                # _constant(), its memo looked up inline (most columns of a read)
+                known = _CONSTANTS.get((convert, type(first), first), _UNKNOWN)
+                template[name] = _constant(convert, first) if known is _UNKNOWN else known
                 continue
             varying.append(name)
             if parsed and convert is _UUID_OPT:
-                # text already checked and parsed in the id column (None stays None)
-                known = list(map(parsed.get, column))
-                if known.count(None) == column.count(None):
-                    data.append(known)
+                # text already checked and parsed in the id column (None stays None); the
+                # check compares texts (a UUID compared with None costs a Python call)
+                texts = set(column)
+                texts.discard(None)
+                if texts <= parsed.keys():
+                    data.append(list(map(parsed.get, column)))
                     continue
             values = convert(column)
             if name == "id" and convert is _UUID:
@@ -420,11 +485,14 @@ def _from_rows(
     return [one(row[offset:]) for row in rows]
 
 
-_UUID = _uuids
-_UUID_OPT = _optional(_uuids)
-_TS = _timestamps
-_TS_OPT = _optional(_timestamps)
+_UUID = _memoizable(_uuids)
+_UUID_OPT = _memoizable(_optional(_uuids))
+_TS = _memoizable(_timestamps)
+_TS_OPT = _memoizable(_optional(_timestamps))
 _TEXT_OPT = _optional(_text())
+_BOOLS = _memoizable(_bools)
+_UNIT_FLOATS = _memoizable(_unit_floats)
+_SOURCE_TYPE_OPT = _memoizable(_optional(_members(SourceType)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -472,17 +540,17 @@ _FIELD_CONVERTERS: dict[str, Convert] = {
     "source_scenario_id": _UUID_OPT,
     "source_step_id": _UUID_OPT,
     "source_item_id": _UUID_OPT,
-    "source_item_type": _optional(_members(SourceType)),
+    "source_item_type": _SOURCE_TYPE_OPT,
     "source_metadata": _json_of(dict),
     "status": _members(ItemStatus),
     "superseded_by_id": _UUID_OPT,
     "superseded_at": _TS_OPT,
-    "verified": _bools,
+    "verified": _BOOLS,
     "verification_method": _TEXT_OPT,
     "verified_at": _TS_OPT,
     "verified_by": _TEXT_OPT,
-    "confidence": _unit_floats,
-    "requires_confirmation": _bools,
+    "confidence": _UNIT_FLOATS,
+    "requires_confirmation": _BOOLS,
     "collected_at": _TS,
     "updated_at": _TS,
     "expires_at": _TS_OPT,
@@ -559,12 +627,12 @@ _ASSET_CONVERTERS: dict[str, Convert] = {
     "uploaded_in_session_id": _UUID_OPT,
     "uploaded_in_scenario_id": _UUID_OPT,
     "source_item_id": _UUID_OPT,
-    "source_item_type": _optional(_members(SourceType)),
+    "source_item_type": _SOURCE_TYPE_OPT,
     "derived_from_tool": _TEXT_OPT,
     "status": _members(ItemStatus),
     "superseded_by_id": _UUID_OPT,
     "superseded_at": _TS_OPT,
-    "verified": _bools,
+    "verified": _BOOLS,
     "verification_result": _optional(_json_of(dict)),
     "retention_policy": _TEXT_OPT,
     "expires_at": _TS_OPT,
@@ -611,7 +679,45 @@ def identity_params(item: ChannelIdentity) -> tuple[Any, ...]:
     )
 
 
+# the model's names of IDENTITY_SELECT's columns, in the same order
+IDENTITY_FIELDS = tuple(ChannelIdentity.model_fields)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f]")
+
+
+def _user_ids(column: Column) -> list[Any]:
+    """channel_user_id: 1-255 characters, no control character, no edge blanks."""
+    values = _text(1, 255)(column)
+    if _CONTROL_CHARACTERS.search("".join(values)) or list(map(str.strip, values)) != values:
+        raise _NotOurs
+    return values
+
+
+_IDENTITY_CONVERTERS: dict[str, Convert] = {
+    "channel": _members(Channel),
+    "channel_user_id": _user_ids,
+    "verified": _BOOLS,
+    "verified_at": _TS_OPT,
+    "primary": _BOOLS,
+    "created_at": _TS,
+}
+
+
+def identities_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ChannelIdentity]:
+    """The channel identities of ``rows`` (``IDENTITY_SELECT`` from position ``offset``
+    on); StorageError for a row that is not a valid identity."""
+    return _from_rows(
+        "channel identity",
+        ChannelIdentity,
+        IDENTITY_FIELDS,
+        _IDENTITY_CONVERTERS,
+        identity_from_row,
+        rows,
+        offset,
+    )
+
+
 def identity_from_row(row: Row) -> ChannelIdentity:
+    """One row through validation (the path of rows not in our own form)."""
     return _validated("channel identity", lambda: _identity_validated(row))
 
 
@@ -701,26 +807,26 @@ _DEFINITION_CONVERTERS: dict[str, Convert] = {
     "validation_regex": _TEXT_OPT,
     "validation_tool_id": _TEXT_OPT,
     "allowed_values": _optional(_json_of(list)),
-    "required_verification": _bools,
-    "verification_methods": _json_of(list),
+    "required_verification": _BOOLS,
+    "verification_methods": _lists_of(_strings),
     "collection_prompt": _TEXT_OPT,
-    "extraction_examples": _json_of(list),
+    "extraction_examples": _lists_of(_strings),
     "extraction_prompt_hint": _TEXT_OPT,
-    "is_pii": _bools,
-    "encryption_required": _bools,
+    "is_pii": _BOOLS,
+    "encryption_required": _BOOLS,
     "retention_days": _optional(_ints(0)),
     "freshness_seconds": _optional(_ints(0)),
     "created_at": _TS,
     "updated_at": _TS,
-    "enabled": _bools,
+    "enabled": _BOOLS,
     "survivorship": _members(SurvivorshipPolicy),
-    "source_priority": lambda column: [_SOURCES(items) for items in _json_of(list)(column)],
+    "source_priority": _lists_of(_SOURCES),
 }
 
 
-def definitions_from_rows(rows: Sequence[Row]) -> list[ProfileFieldDefinition]:
-    """The field definitions of ``rows`` (``DEFINITION_SELECT``); StorageError for a row
-    that is not a valid definition."""
+def definitions_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ProfileFieldDefinition]:
+    """The field definitions of ``rows`` (``DEFINITION_SELECT`` from position ``offset``
+    on); StorageError for a row that is not a valid definition."""
     return _from_rows(
         "field definition",
         ProfileFieldDefinition,
@@ -728,6 +834,7 @@ def definitions_from_rows(rows: Sequence[Row]) -> list[ProfileFieldDefinition]:
         _DEFINITION_CONVERTERS,
         definition_from_row,
         rows,
+        offset,
     )
 
 
@@ -771,9 +878,7 @@ def requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
     )
 
 
-def _field_names(column: Column) -> list[Any]:
-    lists = _json_of(list)(column)
-    return [_matching(_FIELD_NAME_LINES)(names) for names in lists]
+_field_names = _lists_of(_matching(_FIELD_NAME_LINES))
 
 
 _REQUIREMENT_CONVERTERS: dict[str, Convert] = {
@@ -794,9 +899,9 @@ _REQUIREMENT_CONVERTERS: dict[str, Convert] = {
 }
 
 
-def requirements_from_rows(rows: Sequence[Row]) -> list[ScenarioFieldRequirement]:
-    """The scenario requirements of ``rows`` (``REQUIREMENT_SELECT``); StorageError for a
-    row that is not a valid requirement."""
+def requirements_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ScenarioFieldRequirement]:
+    """The scenario requirements of ``rows`` (``REQUIREMENT_SELECT`` from position
+    ``offset`` on); StorageError for a row that is not a valid requirement."""
     return _from_rows(
         "scenario requirement",
         ScenarioFieldRequirement,
@@ -804,6 +909,7 @@ def requirements_from_rows(rows: Sequence[Row]) -> list[ScenarioFieldRequirement
         _REQUIREMENT_CONVERTERS,
         requirement_from_row,
         rows,
+        offset,
     )
 
 
@@ -840,23 +946,31 @@ _PROFILE_CONVERTERS: dict[str, Convert] = {
 }
 
 
+_PROFILE_FIELDS = tuple(CustomerProfile.model_fields)
+
+
 def profile_from_parts(tenant_id: UUID, head: Row, **parts: Any) -> CustomerProfile:
     """The profile of the row ``head`` (``PROFILE_COLUMNS``) holding ``parts`` (its
     identities, consents, fields, field_history, assets, asset_history: models built
     here, keyed by their names)."""
-    built = _trusted_models(CustomerProfile, PROFILE_COLUMNS, _PROFILE_CONVERTERS, [head])
-    if built is None:
+    try:
+        # each value converted on its own (ids and times memoized: a profile read again)
+        values = dict(
+            zip(PROFILE_COLUMNS, map(_constant, _PROFILE_CONVERTERS.values(), head), strict=False)
+        )
+    except _NotOurs:
         return _validated(
             "profile",
             lambda: CustomerProfile.model_validate(
                 {"tenant_id": tenant_id, **_zip(PROFILE_COLUMNS, head), **parts}
             ),
         )
-    profile = built[0]
-    values = profile.__dict__
     values["tenant_id"] = tenant_id
     values.update(parts)
+    profile = _new(CustomerProfile)
     # declaration order, as validation would leave it
-    _SET_DICT(profile, {name: values[name] for name in CustomerProfile.model_fields})
-    _SET_FIELDS_SET(profile, set(CustomerProfile.model_fields))
+    _SET_DICT(profile, {name: values[name] for name in _PROFILE_FIELDS})
+    _SET_FIELDS_SET(profile, set(_PROFILE_FIELDS))
+    _SET_EXTRA(profile, None)
+    _SET_PRIVATE(profile, None)
     return profile

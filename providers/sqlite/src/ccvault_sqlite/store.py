@@ -1556,14 +1556,25 @@ class SqliteProfileStore(ProfileStore):
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
         # ONE statement (one snapshot, one trip to the connection's thread): requirement
         # rows (kind 0) and their agents' enabled definitions (kind 1) in shared columns
-        req_end, def_end = 1 + len(REQUIREMENT_COLUMNS), 1 + len(DEFINITION_COLUMNS)
         tenant, scenario, step = str(tenant_id), str(scenario_id), codec.uid(step_id)
         rows = await self._fetch(_REQUIREMENTS_WITH_DEFINITIONS, (tenant, scenario, step))
-        requirements = codec.requirements_from_rows([row[1:req_end] for row in rows if row[0] == 0])
+        kinds = list(map(itemgetter(0), rows))
+        if kinds == sorted(kinds):  # UNION ALL's order: each kind one slice, no copy
+            split = kinds.count(0)
+            requirement_rows, definition_rows = rows[:split], rows[split:]
+        else:
+            requirement_rows = [row for row in rows if row[0] == 0]
+            definition_rows = [row for row in rows if row[0] == 1]
+        requirements = codec.requirements_from_rows(requirement_rows, 1)
         definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
-        found = codec.definitions_from_rows([row[1:def_end] for row in rows if row[0] == 1])
-        for definition in found:
-            definitions.setdefault(definition.agent_id, []).append(definition)
+        found = codec.definitions_from_rows(definition_rows, 1)
+        agents = list(map(_AGENT_OF, found))
+        if agents and agents.count(agents[0]) == len(agents):
+            # one agent (the usual case): no grouping loop (UUID hashes in Python)
+            definitions[agents[0]] = found
+        else:
+            for agent, definition in zip(agents, found, strict=True):
+                definitions.setdefault(agent, []).append(definition)
         return requirements, definitions
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
@@ -1868,6 +1879,7 @@ _LIVE_BY_IDENTITY = (
 _PROFILE, _IDENTITY, _CONSENT, _FIELD, _ASSET = range(5)
 _DATA = 4  # where a row's own columns start (after the kind and 3 sort keys)
 _STATUS_OF = attrgetter("status")
+_AGENT_OF = attrgetter("agent_id")
 _WIDTH = max(len(FIELD_COLUMNS), len(ASSET_COLUMNS))
 _PROFILE_COLUMNS = _PROFILE_SELECT.split(", ")
 _IDENTITY_COLUMNS = IDENTITY_SELECT.split(", ")
@@ -1973,9 +1985,9 @@ def _assemble_profile(
     return codec.profile_from_parts(
         tenant_id,
         rows[0][_DATA:],
-        channel_identities=[
-            codec.identity_from_row(row[_DATA:]) for row in rows[start[_IDENTITY] : start[_CONSENT]]
-        ],
+        channel_identities=codec.identities_from_rows(
+            rows[start[_IDENTITY] : start[_CONSENT]], _DATA
+        ),
         consents=[
             codec.consent_from_row(row[_DATA:]) for row in rows[start[_CONSENT] : start[_FIELD]]
         ],
