@@ -216,3 +216,27 @@ async def test_a_merge_left_unsealed_reads_in_place_through_the_merge_log() -> N
         }
         assert got.fields["email"].source_metadata == {"quote": "b email"}
         assert got.field_history["iban"][0].value == "DE-SOURCE"
+
+
+async def test_single_field_reads_refuse_envelopes_copied_after_they_were_opened() -> None:
+    inner = InMemoryProfileStore()
+    store = _store(inner)
+    a, b = await _profiles(store)
+    got = await store.get_field(TENANT, a, "email")  # opened and cached
+    assert got is not None and got.value == "a-email"
+    a_raw = await inner.get_field(TENANT, a, "email")
+    b_raw = await inner.get_field(TENANT, b, "email")
+    assert a_raw is not None and b_raw is not None
+    # both of a's envelopes onto b's row of the same name
+    await inner._rewrite_field_payloads(
+        TENANT, b, {b_raw.id: (a_raw.value, dict(a_raw.source_metadata))}
+    )
+    with pytest.raises(errors.EncryptionError, match="does not decrypt"):
+        await store.get_field(TENANT, b, "email")
+    with pytest.raises(errors.EncryptionError, match="does not decrypt"):
+        await store.get_field_history(TENANT, b, "email")
+    history = await store.get_field_history(TENANT, a, "email")
+    assert [v.value for v in history] == ["a-email"]
+    history[0].source_metadata["quote"] = "changed"
+    again = await store.get_field(TENANT, a, "email")
+    assert again is not None and again.source_metadata == {"quote": "a email"}
