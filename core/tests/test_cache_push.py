@@ -616,3 +616,74 @@ async def test_the_tracking_reconnect_never_spins(
         store._start_tracking()
         delays = await sleeps.until(6)
         assert all(delay > 0 for delay in delays), delays
+
+
+async def test_a_profile_purged_on_another_instance_is_never_served_once_synced(
+    pair: tuple[Any, Any],
+) -> None:
+    one, two = pair
+    profile = await profile_with_email(one, "old@example.com")
+    reads = [reader(lookup, profile) for lookup in LOOKUPS]
+    for read in reads:
+        await trusted(one, read)
+    await two.purge_profile(profile.tenant_id, profile.id)
+    await one.sync_invalidations()
+    for read in reads:
+        assert await read(one) is None
+
+
+async def test_forgotten_invalidations_never_make_an_old_copy_trusted(
+    pair: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the memory of per-tenant invalidations, a forgotten tenant reports the common
+    floor, which is never below its own last invalidation."""
+    monkeypatch.setattr("ccvault.cache._INVALIDATION_MEMORY", 2)
+    one, two = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader("get_by_id", profile)
+    gen_key = one._gen_key(profile.tenant_id)
+
+    def forget() -> None:
+        for _ in range(3):  # other tenants' invalidations push this one out of memory
+            one._bump(one._gen_key(uuid.uuid4()))
+        assert gen_key not in one._invalidated
+
+    await trusted(one, read)
+    forget()  # nothing of the tenant happened: the copy may stay trusted (by the floor)
+    await trusted(one, read)
+    await two.update_field(profile.tenant_id, profile.id, make_field("email", "new@example.com"))
+    await one.sync_invalidations()
+    forget()
+    assert email(await read(one)) == "new@example.com"
+
+
+async def test_a_copy_from_before_a_redis_restart_is_never_trusted(
+    tmp_path: Path, backend: Any
+) -> None:
+    """Redis restarts from a snapshot taken before a write whose invalidation was lost (its
+    writer could not reach Redis): the restored generation equals the one a near copy
+    holds, but carries the old server's run tag."""
+    server = H.RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        one = push_client_store(backend, server.url, "t:", retry_after=0.05)
+        async with one:
+            profile = await profile_with_email(one, "old@example.com")
+            read = reader("get_by_id", profile)
+            await trusted(one, read)
+            session = one._track_session
+            server.shutdown_save()
+            await backend.update_field(
+                profile.tenant_id, profile.id, make_field("email", "new@example.com")
+            )
+            server.start()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            while one._track_session == session or not one.tracking_healthy:
+                assert loop.time() < deadline, "the tracking connection never came back"
+                await asyncio.sleep(0.01)
+            await one.sync_invalidations()
+            for _ in range(3):
+                assert email(await read(one)) == "new@example.com"
+    finally:
+        server.stop()
