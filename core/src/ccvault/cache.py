@@ -103,10 +103,11 @@ its invalidation message and this process's event loop has read it — Redis (6,
 the broadcast message in the same event-loop pass as the ``DEL``, before it sends the writer
 its reply, so this is normally well under a millisecond later, but it is not at the moment
 the writer's ``DEL`` returns. A tracking connection that breaks is noticed the same way
-(when its end is read); if Redis becomes unreachable silently (no error, no answer), copies
-may be served for at most the heartbeat interval + ``operation_timeout`` before the
-heartbeat notices. ``"check"`` keeps the
-strict guarantee: a read after a completed write on any instance never sees old data.
+(when its end is read); if Redis becomes unreachable silently (no error, no answer), or the
+pool's connections now lead to another server while the tracking connection is still open
+to the old one, copies may be served for at most the heartbeat interval + twice
+``operation_timeout`` before the heartbeat notices. ``"check"`` keeps the strict
+guarantee: a read after a completed write on any instance never sees old data.
 :meth:`CachedProfileStore.sync_invalidations` restores that guarantee on demand: it sends
 a PING on the tracking connection and waits for its answer, so every invalidation of a
 write completed before the call has been processed when it returns.
@@ -865,7 +866,9 @@ class CachedProfileStore(ForwardingProfileStore):
         where the pool leads: else a process whose every read is a trusted near copy would
         never talk to the new server, nor hear of its writes."""
         try:
-            await self._redis(lambda: self.redis.execute_command("PING"))
+            # not through _redis: a heartbeat must not end a bypass the reads started
+            async with asyncio.timeout(self.operation_timeout):
+                await self.redis.execute_command("PING")
         except (RedisError, OSError, TimeoutError):
             return  # the pool's reads find out for themselves; copies stay judged as before
         tag = self._run_tag
