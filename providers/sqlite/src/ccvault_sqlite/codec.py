@@ -166,7 +166,28 @@ def _at(text: str, width: int, marks: dict[int, str], count: int) -> None:
 _UUID_HYPHENS = {8: "-", 13: "-", 18: "-", 23: "-"}
 
 
-def _uuids(column: Column) -> list[Any]:
+def _memoized(parse: Convert, memo: dict[Any, Any], size: int) -> Convert:
+    """``parse`` through ``memo`` (text in our own form -> its value), for the ids and
+    times read again and again (a profile read at every turn of a conversation): bounded
+    to ``size`` entries, emptied when full. Only immutable values (UUIDs, datetimes), so
+    one object can serve every model that holds it; only text ``parse`` accepted."""
+
+    def convert(column: Column) -> list[Any]:
+        try:
+            if memo.keys() >= set(column):
+                return list(map(memo.__getitem__, column))
+        except (KeyError, TypeError):  # emptied meanwhile (another thread); not hashable
+            pass
+        values = parse(column)
+        if len(memo) + len(values) > size:
+            memo.clear()
+        memo.update(zip(column, values, strict=True))
+        return values
+
+    return convert
+
+
+def _parsed_uuids(column: Column) -> list[Any]:
     """UUIDs from their text (what ``str(uuid)`` writes): checked and parsed a column at a
     time in C (slices, ``bytes.fromhex``), as a regex or ``UUID()`` per value costs more than
     reading the row."""
@@ -201,6 +222,9 @@ def _uuids(column: Column) -> list[Any]:
     return values
 
 
+_UUID_MEMO: dict[str, UUID] = {}
+_uuids = _memoized(_parsed_uuids, _UUID_MEMO, 4096)
+
 # what ts() writes: 2024-01-31T12:00:00.000000+00:00
 _TS_MARKS = {
     4: "-", 7: "-", 10: "T", 13: ":", 16: ":", 19: ".",
@@ -208,7 +232,7 @@ _TS_MARKS = {
 }  # fmt: skip
 
 
-def _timestamps(column: Column) -> list[Any]:
+def _parsed_timestamps(column: Column) -> list[Any]:
     """UTC datetimes from the fixed-width text ``ts()`` writes (``fromisoformat`` checks
     the digits; the marks checked here make its timezone UTC itself)."""
     _at(_joined(column, 32), 32, _TS_MARKS, len(column))
@@ -216,6 +240,10 @@ def _timestamps(column: Column) -> list[Any]:
         return list(map(datetime.fromisoformat, column))
     except ValueError:  # the right form, not a date (month 13...)
         raise _NotOurs from None
+
+
+_TIMESTAMP_MEMO: dict[str, datetime] = {}
+_timestamps = _memoized(_parsed_timestamps, _TIMESTAMP_MEMO, 4096)
 
 
 def _json(column: Column) -> list[Any]:
@@ -323,6 +351,10 @@ def _strings(column: Column) -> list[Any]:
 _uuid_lists = _lists_of(_uuids)
 
 
+# the converters of optional columns (NULL stays None)
+_NULLABLE: set[Convert] = set()
+
+
 def _optional(convert: Convert) -> Convert:
     """``convert`` for the non-NULL values; NULL stays None."""
 
@@ -338,6 +370,7 @@ def _optional(convert: Convert) -> Convert:
         deque(map(values.__setitem__, where, convert(list(map(values.__getitem__, where)))), 0)
         return values
 
+    _NULLABLE.add(optional)
     return optional
 
 
@@ -417,6 +450,11 @@ def _trusted_models(
         ):
             first = column[0]
             convert = converters[name]
+            if first is None and column.count(None) == count:
+                # NULL in every row: None, mutable column or not (NULL is never refused by
+                # an optional column's converter, and always by the others')
+                template[name] = convert((None,))[0] if convert not in _NULLABLE else None
+                continue
             if name not in _MUTABLE_COLUMNS and column.count(first) == count:
                 # _constant(), its memo looked up inline (most columns of a read)
                 known = _CONSTANTS.get((convert, type(first), first), _UNKNOWN)

@@ -1880,6 +1880,7 @@ _PROFILE, _IDENTITY, _CONSENT, _FIELD, _ASSET = range(5)
 _DATA = 4  # where a row's own columns start (after the kind and 3 sort keys)
 _STATUS_OF = attrgetter("status")
 _AGENT_OF = attrgetter("agent_id")
+_NAME_OF = attrgetter("name")
 _WIDTH = max(len(FIELD_COLUMNS), len(ASSET_COLUMNS))
 _PROFILE_COLUMNS = _PROFILE_SELECT.split(", ")
 _IDENTITY_COLUMNS = IDENTITY_SELECT.split(", ")
@@ -1982,6 +1983,7 @@ def _assemble_profile(
             history[versions[at].name] = versions[at:end]
             at = end
     active = ItemStatus.ACTIVE
+    active_versions = list(compress(versions, map(is_, map(_STATUS_OF, versions), repeat(active))))
     return codec.profile_from_parts(
         tenant_id,
         rows[0][_DATA:],
@@ -1991,10 +1993,7 @@ def _assemble_profile(
         consents=[
             codec.consent_from_row(row[_DATA:]) for row in rows[start[_CONSENT] : start[_FIELD]]
         ],
-        fields={
-            item.name: item
-            for item in compress(versions, map(is_, map(_STATUS_OF, versions), repeat(active)))
-        },
+        fields=dict(zip(map(_NAME_OF, active_versions), active_versions, strict=True)),
         field_history=history,
         assets=[asset for asset in stored_assets if asset.status is active],
         asset_history=stored_assets if include_history else [],
