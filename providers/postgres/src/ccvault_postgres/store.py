@@ -488,24 +488,32 @@ def _row_builder(
 ) -> Callable[..., dict[str, Any]]:
     """A function ``(row, *fixed values) -> {key: value}`` over ``keys`` (a model's fields,
     in its order): a key of ``columns`` is read from the row by position (``columns`` start
-    at ``start``), a key of ``fixed`` is the argument of that name, all in one generated dict
-    display (about twice as cheap as ``dict(zip(keys, row[start:]))`` followed by a pass per
-    converted column). ``conversions`` maps a key to an expression over ``{0}`` (its column)
-    using the lookups below; the other columns are taken as asyncpg decodes them. Only model
-    field names (identifiers, checked) and these fixed expressions go into the source."""
+    at ``start``), a key of ``fixed`` is the argument in that place. Generated source: a
+    copy of a dict of ``keys`` (in order, all None), then one store per key (about twice
+    as cheap as ``dict(zip(keys, row[start:]))`` followed by a pass per converted column,
+    and a third cheaper than a dict display of as many keys). ``conversions`` maps a key to
+    an expression over ``{0}`` (its column) using the lookups below; the other columns are
+    taken as asyncpg decodes them. Only model field names (identifiers, checked, and only
+    inside string literals and parameter names ``fixed_<key>``) and these fixed
+    expressions go into the source."""
     if set(keys) != {*columns, *fixed} or len(keys) != len(columns) + len(fixed):
         raise ValueError("every key must be one column or one fixed value")
     if not all(key.isidentifier() for key in keys):
         raise ValueError("a key must be an identifier")
-    parts = []
+    lines = [
+        f"def build(row, {''.join(f'fixed_{key}, ' for key in fixed)}):",
+        "    values = _TEMPLATE.copy()",
+    ]
     for key in keys:
         if key in fixed:
-            parts.append(f"{key!r}: {key}")
+            lines.append(f"    values[{key!r}] = fixed_{key}")
         else:
             column = f"row[{start + columns.index(key)}]"
-            parts.append(f"{key!r}: {conversions.get(key, '{0}').format(column)}")
-    source = f"def build(row, {', '.join(fixed)}):\n    return {{{', '.join(parts)}}}\n"
+            lines.append(f"    values[{key!r}] = {conversions.get(key, '{0}').format(column)}")
+    lines.append("    return values\n")
+    source = "\n".join(lines)
     namespace: dict[str, Any] = {
+        "_TEMPLATE": dict.fromkeys(keys),
         "_REQUIRED_LEVEL": _REQUIRED_LEVEL,
         "_FALLBACK": _FALLBACK,
         "_VALUE_TYPE": _VALUE_TYPE,
