@@ -476,9 +476,11 @@ def _trusted_models(
     except _NotOurs:
         return None
     dicts = list(map(dict.copy, repeat(template, count)))
-    if varying:
-        for one, changed in zip(dicts, zip(*data, strict=True), strict=True):
-            one.update(zip(varying, changed, strict=True))
+    # column by column: a plain item assignment is the cheapest way in (cheaper than an
+    # update() of each row's pairs, or setitem through map)
+    for name, values in zip(varying, data, strict=True):
+        for one, value in zip(dicts, values, strict=True):
+            one[name] = value
     models: list[_M] = list(map(_new, repeat(model, count)))
     # every field is set, so one set serves every model of the call: pydantic only ever
     # adds a field's name to it (an assignment), which changes nothing here, and copies it
