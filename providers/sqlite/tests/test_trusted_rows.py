@@ -608,18 +608,18 @@ def test_the_id_and_time_memos_are_bounded_and_hold_only_accepted_text() -> None
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         assert codec._uuids(chunk) == [UUID(text) for text in chunk]
-        assert len(codec._UUID_MEMO) <= 4096
+        assert len(codec._UUID_MEMO.entries) <= 4096
     again = codec._uuids(ids[-3:])
     assert again == [UUID(text) for text in ids[-3:]]
-    assert again[0] is codec._UUID_MEMO[ids[-3]]  # served from the memo
+    assert again[0] is codec._UUID_MEMO.entries[ids[-3]]  # served from the memo
     for garbage in (["not-a-uuid-" + SECRET], [ids[0][:-1] + "g"], [ids[0], None]):
         with pytest.raises(codec._NotOurs):
             codec._uuids(garbage)
-        assert not set(garbage) - {ids[0]} & set(codec._UUID_MEMO)
+        assert not set(garbage) - {ids[0]} & set(codec._UUID_MEMO.entries)
     times = [codec.ts(BASE + timedelta(seconds=n)) for n in range(3)]
     assert codec._timestamps(times) == [BASE + timedelta(seconds=n) for n in range(3)]
-    assert codec._timestamps(times)[0] is codec._TIMESTAMP_MEMO[times[0]]
+    assert codec._timestamps(times)[0] is codec._TIMESTAMP_MEMO.entries[times[0]]
     for garbage in (["2026-01-15T09:30:00"], ["2026-13-15T09:30:00.000000+00:00"]):
         with pytest.raises(codec._NotOurs):
             codec._timestamps(garbage)
-        assert garbage[0] not in codec._TIMESTAMP_MEMO
+        assert garbage[0] not in codec._TIMESTAMP_MEMO.entries

@@ -166,25 +166,53 @@ def _at(text: str, width: int, marks: dict[int, str], count: int) -> None:
 _UUID_HYPHENS = {8: "-", 13: "-", 18: "-", 23: "-"}
 
 
-def _memoized(parse: Convert, memo: dict[Any, Any], size: int) -> Convert:
-    """``parse`` through ``memo`` (text in our own form -> its value), for the ids and
-    times read again and again (a profile read at every turn of a conversation): bounded
-    to ``size`` entries, emptied when full. Only immutable values (UUIDs, datetimes), so
-    one object can serve every model that holds it; only text ``parse`` accepted."""
+class _Memo:
+    """Text in our own form -> its value (a UUID, a datetime: immutable, so one object can
+    serve every model that holds it), for the ids and times read again and again (a
+    profile read at every turn of a conversation). Bounded: when full, ``entries`` is
+    replaced by an empty dict, never emptied in place, so a reader holding the previous
+    one (another thread) still finds every text it checked there. Holds only text that
+    ``parse`` accepted."""
 
-    def convert(column: Column) -> list[Any]:
+    __slots__ = ("entries", "parse", "size")
+
+    def __init__(self, parse: Convert, size: int) -> None:
+        self.entries: dict[Any, Any] = {}
+        self.parse = parse
+        self.size = size
+
+    def __call__(self, column: Column) -> list[Any]:
+        entries = self.entries
         try:
-            if memo.keys() >= set(column):
-                return list(map(memo.__getitem__, column))
-        except (KeyError, TypeError):  # emptied meanwhile (another thread); not hashable
+            if entries.keys() >= set(column):
+                return list(map(entries.__getitem__, column))
+        except TypeError:  # a value that is not hashable: not ours (parse refuses it)
             pass
-        values = parse(column)
-        if len(memo) + len(values) > size:
-            memo.clear()
-        memo.update(zip(column, values, strict=True))
+        return self._parsed(column)
+
+    def _parsed(self, column: Column) -> list[Any]:
+        values = self.parse(column)
+        entries = self.entries
+        if len(entries) + len(values) > self.size:
+            self.entries = entries = {}
+        entries.update(zip(column, values, strict=True))
         return values
 
-    return convert
+    def optional(self, column: Column) -> list[Any]:
+        """The same for an optional column: NULL stays None."""
+        entries = self.entries
+        try:
+            texts = set(column)
+        except TypeError:
+            raise _NotOurs from None
+        texts.discard(None)
+        if texts <= entries.keys():  # entries.get(None) is None
+            return list(map(entries.get, column))
+        values = list(column)
+        where = [at for at, value in enumerate(values) if value is not None]
+        for at, value in zip(where, self(list(map(values.__getitem__, where))), strict=True):
+            values[at] = value
+        return values
 
 
 def _parsed_uuids(column: Column) -> list[Any]:
@@ -222,8 +250,8 @@ def _parsed_uuids(column: Column) -> list[Any]:
     return values
 
 
-_UUID_MEMO: dict[str, UUID] = {}
-_uuids = _memoized(_parsed_uuids, _UUID_MEMO, 4096)
+_UUID_MEMO = _Memo(_parsed_uuids, 4096)
+_uuids: Convert = _UUID_MEMO
 
 # what ts() writes: 2024-01-31T12:00:00.000000+00:00
 _TS_MARKS = {
@@ -242,8 +270,8 @@ def _parsed_timestamps(column: Column) -> list[Any]:
         raise _NotOurs from None
 
 
-_TIMESTAMP_MEMO: dict[str, datetime] = {}
-_timestamps = _memoized(_parsed_timestamps, _TIMESTAMP_MEMO, 4096)
+_TIMESTAMP_MEMO = _Memo(_parsed_timestamps, 4096)
+_timestamps: Convert = _TIMESTAMP_MEMO
 
 
 def _json(column: Column) -> list[Any]:
@@ -370,8 +398,12 @@ def _optional(convert: Convert) -> Convert:
         deque(map(values.__setitem__, where, convert(list(map(values.__getitem__, where)))), 0)
         return values
 
-    _NULLABLE.add(optional)
-    return optional
+    return _nullable(optional)
+
+
+def _nullable(convert: Convert) -> Convert:
+    _NULLABLE.add(convert)
+    return convert
 
 
 # columns whose values are mutable (JSON objects and lists): never shared between models
@@ -441,9 +473,6 @@ def _trusted_models(
     template: dict[str, Any] = dict.fromkeys(cols)
     varying: list[str] = []
     data: list[list[Any]] = []
-    # the UUIDs of the ``id`` column by their text: another UUID column naming rows of this
-    # same result (``superseded_by_id`` in a history) reuses them instead of parsing again
-    parsed: dict[Any, Any] = {}
     try:
         for name, column in zip(
             cols, islice(zip(*rows, strict=True), offset, offset + len(cols)), strict=True
@@ -461,18 +490,9 @@ def _trusted_models(
                 template[name] = _constant(convert, first) if known is _UNKNOWN else known
                 continue
             varying.append(name)
-            if parsed and convert is _UUID_OPT:
-                # text already checked and parsed in the id column (None stays None); the
-                # check compares texts (a UUID compared with None costs a Python call)
-                texts = set(column)
-                texts.discard(None)
-                if texts <= parsed.keys():
-                    data.append(list(map(parsed.get, column)))
-                    continue
-            values = convert(column)
-            if name == "id" and convert is _UUID:
-                parsed = dict(zip(column, values, strict=True))
-            data.append(values)
+            # (a UUID column naming rows of this same result, ``superseded_by_id`` in a
+            # history, finds the ids of the ``id`` column in the memo: one object each)
+            data.append(convert(column))
     except _NotOurs:
         return None
     dicts = list(map(dict.copy, repeat(template, count)))
@@ -526,9 +546,9 @@ def _from_rows(
 
 
 _UUID = _memoizable(_uuids)
-_UUID_OPT = _memoizable(_optional(_uuids))
+_UUID_OPT = _memoizable(_nullable(_UUID_MEMO.optional))
 _TS = _memoizable(_timestamps)
-_TS_OPT = _memoizable(_optional(_timestamps))
+_TS_OPT = _memoizable(_nullable(_TIMESTAMP_MEMO.optional))
 _TEXT_OPT = _optional(_text())
 _BOOLS = _memoizable(_bools)
 _UNIT_FLOATS = _memoizable(_unit_floats)
