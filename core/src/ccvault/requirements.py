@@ -27,7 +27,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from ccvault import errors, metrics
@@ -46,11 +46,15 @@ __all__ = [
     "MAX_CONDITION_LENGTH",
     "MAX_CONDITION_NODES",
     "CompiledCondition",
+    "FieldCheck",
     "check_condition",
     "check_requirement",
+    "checks_of",
     "compile_condition",
     "condition_holds",
+    "field_check",
     "find_missing",
+    "find_missing_checked",
     "find_missing_fields",
     "find_missing_in",
 ]
@@ -497,6 +501,65 @@ def _stored(expression: str) -> CompiledCondition | None:
         return None
 
 
+class FieldCheck(NamedTuple):
+    """All ``get_missing_fields`` reads of an *enabled* field definition: whether the field
+    must be verified, and its own freshness (None: the rules' default). Immutable and small
+    (a tuple of a bool and an int or None); :func:`field_check` hands out shared instances.
+    A field with a ``FieldCheck`` is judged as with its definition; one without, as a field
+    without a definition."""
+
+    required_verification: bool
+    freshness_seconds: int | None
+
+
+_PLAIN_CHECKS = (FieldCheck(False, None), FieldCheck(True, None))
+_FRESHNESS_CHECKS: tuple[dict[int, FieldCheck], dict[int, FieldCheck]] = ({}, {})
+_MAX_SHARED_CHECKS = 1024  # per flag: emptied when full (a bound, never a correctness matter)
+
+
+def field_check(required_verification: bool, freshness_seconds: int | None) -> FieldCheck:
+    """The :class:`FieldCheck` of these values, shared: the same instance for the same values
+    (a bounded memo), so reading 50 definitions allocates next to nothing."""
+    flag = 1 if required_verification else 0
+    if freshness_seconds is None:
+        return _PLAIN_CHECKS[flag]
+    memo = _FRESHNESS_CHECKS[flag]
+    check = memo.get(freshness_seconds)
+    if check is None:
+        if len(memo) >= _MAX_SHARED_CHECKS:
+            memo.clear()
+        check = memo[freshness_seconds] = FieldCheck(bool(flag), freshness_seconds)
+    return check
+
+
+def checks_of(
+    definitions_by_agent: Mapping[UUID, Iterable[ProfileFieldDefinition]],
+) -> dict[UUID, dict[str, FieldCheck]]:
+    """``{agent_id: {name: FieldCheck}}`` of the *enabled* definitions among
+    ``definitions_by_agent`` (what ``_get_requirements_with_definitions`` returns): the
+    default ``_get_requirement_checks`` derives its answer with this."""
+    checks: dict[UUID, dict[str, FieldCheck]] = {}
+    for agent_id, definitions in definitions_by_agent.items():
+        own = {
+            definition.name: field_check(
+                definition.required_verification, definition.freshness_seconds
+            )
+            for definition in definitions
+            if definition.enabled
+        }
+        if own:
+            checks[agent_id] = own
+    return checks
+
+
+def _checks_by_name(definitions: Mapping[str, ProfileFieldDefinition]) -> dict[str, FieldCheck]:
+    # every definition given judges (enabled or not: the callers chose them)
+    return {
+        name: field_check(definition.required_verification, definition.freshness_seconds)
+        for name, definition in definitions.items()
+    }
+
+
 def find_missing(
     profile: CustomerProfile,
     requirements: Iterable[ScenarioFieldRequirement],
@@ -565,12 +628,41 @@ def find_missing_in(
     now: datetime,
 ) -> list[ScenarioFieldRequirement]:
     """:func:`find_missing_fields` with the fields' ``values`` (name -> ``value``, the
-    names of ``fields``) already gathered: what ``get_missing_fields`` calls, having built
-    both in one pass. The loop reads each attribute once, into locals."""
+    names of ``fields``) already gathered: :func:`find_missing_checked` over the
+    definitions' :class:`FieldCheck`."""
+    return find_missing_checked(
+        fields,
+        values,
+        requirements,
+        _checks_by_name(definitions),
+        tenant_id=tenant_id,
+        profile_id=profile_id,
+        rules=rules,
+        required_level=required_level,
+        now=now,
+    )
+
+
+def find_missing_checked(
+    fields: Mapping[str, ProfileField],
+    values: Mapping[str, Any],
+    requirements: Iterable[ScenarioFieldRequirement],
+    checks: Mapping[str, FieldCheck],
+    *,
+    tenant_id: UUID,
+    profile_id: UUID | None,
+    rules: StoreRules,
+    required_level: RequiredLevel | None,
+    now: datetime,
+) -> list[ScenarioFieldRequirement]:
+    """The evaluation itself, what ``get_missing_fields`` calls: :func:`find_missing_in` with
+    each field's definition reduced to its :class:`FieldCheck` (``checks``: field name ->
+    check, of the definitions that judge, i.e. the enabled ones of the requirements'
+    agent). The loop reads each attribute once, into locals."""
     stale_action = rules.stale_field_action
     default_freshness = rules.default_freshness_seconds
     field_of = fields.get
-    definition_of = definitions.get
+    check_of = checks.get
     missing: list[ScenarioFieldRequirement] = []
     append = missing.append
     for requirement in requirements:
@@ -591,21 +683,21 @@ def find_missing_in(
         if expires is not None and expires <= now:  # ProfileField.is_expired
             append(requirement)
             continue
-        definition = definition_of(name)
+        check = check_of(name)
         freshness = default_freshness
-        if definition is not None:
-            if definition.required_verification and not field.verified:
+        if check is not None:
+            if check[0] and not field.verified:  # required_verification
                 append(requirement)
                 continue
-            if definition.freshness_seconds is not None:
-                freshness = definition.freshness_seconds
+            if check[1] is not None:  # freshness_seconds
+                freshness = check[1]
         if stale_action == "ignore":
             continue
         if freshness and (now - field.collected_at).total_seconds() > freshness:
             if stale_action == "block":
                 append(requirement)
             else:
-                _warn_stale(field, definition, freshness, tenant_id, profile_id)
+                _warn_stale(field, check is not None, freshness, tenant_id, profile_id)
     return missing
 
 
@@ -619,7 +711,7 @@ def _holds(expression: str, values: Mapping[str, Any]) -> bool:
 
 def _warn_stale(
     field: ProfileField,
-    definition: ProfileFieldDefinition | None,
+    defined: bool,
     freshness: int,
     tenant_id: UUID,
     profile_id: UUID | None,
@@ -627,7 +719,7 @@ def _warn_stale(
     metrics.STALE_FIELD_WARNINGS.labels(
         tenant_id=str(tenant_id),
         # a label value only from a stored definition
-        field_name=field.name if definition is not None else metrics.UNDEFINED_FIELD,
+        field_name=field.name if defined else metrics.UNDEFINED_FIELD,
     ).inc()
     # a hot path: WARNING once per (tenant, field) and process, then DEBUG
     once = _STALE_LOGGED.first((tenant_id, field.name))

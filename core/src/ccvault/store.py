@@ -62,6 +62,9 @@ hook                                 contract
 ``_get_scenario_requirements``       exactly that ``step_id``'s, any order
 ``_get_requirements_with_definitions``  optional: those requirements and their agents'
                                      enabled definitions, read together (one round trip)
+``_get_requirement_checks``          optional: those requirements and, per agent and field
+                                     name, the FieldCheck of its enabled definition (what
+                                     get_missing_fields reads; default derived from the above)
 ``_save_scenario_requirement``       atomic upsert by (tenant, scenario, step, rule, name)
 ``_delete_scenario_requirements``    the count
 ``_purge_profile``                   atomic hard delete of the profile and all it owns
@@ -144,6 +147,7 @@ from ccvault.models import (
     UnmergeResult,
     utcnow,
 )
+from ccvault.requirements import FieldCheck, checks_of, find_missing_checked
 from ccvault.rules.erasure import (
     ErasurePlan,
     ErasureReport,
@@ -420,6 +424,7 @@ def final_methods() -> frozenset[str]:
 
 #: get_missing_fields' order of requirements (a C key function: 50 requirements per call)
 _COLLECTION_ORDER = operator.attrgetter("collection_order", "field_name")
+_NO_CHECKS: dict[str, FieldCheck] = {}  # an agent without enabled definitions (never written)
 
 
 class ProfileStore(ABC):
@@ -1103,8 +1108,6 @@ class ProfileStore(ABC):
         requirement is judged by the definition of its own agent (``requirement.agent_id``),
         enabled definitions only. ``required_level=None`` means every level.
         """
-        from ccvault.requirements import find_missing_in
-
         tenant_id = check_uuid(tenant_id, "tenant_id")
         # only the ACTIVE fields are read: checked below, neither copied nor validated whole
         # (a profile handed in with its history costs no more than one without)
@@ -1115,9 +1118,7 @@ class ProfileStore(ABC):
         if profile.__dict__["tenant_id"] != tenant_id:
             return []
         now = self.now()
-        found, definitions_by_agent = await self._get_requirements_with_definitions(
-            tenant_id, scenario_id, step_id
-        )
+        found, checks_by_agent = await self._get_requirement_checks(tenant_id, scenario_id, step_id)
         requirements = sorted(found, key=_COLLECTION_ORDER)
         # each requirement is judged by its own agent's (enabled) definitions: grouped by
         # agent in one pass (usually there is one agent)
@@ -1140,17 +1141,12 @@ class ProfileStore(ABC):
         profile_id = profile.__dict__.get("id")
         found_missing: list[list[ScenarioFieldRequirement]] = []
         for agent_id, own in own_of.items():
-            definitions = {
-                definition.name: definition
-                for definition in definitions_by_agent.get(agent_id, ())
-                if definition.enabled
-            }
             found_missing.append(
-                find_missing_in(
+                find_missing_checked(
                     live,
                     values,
                     own,
-                    definitions,
+                    checks_by_agent.get(agent_id, _NO_CHECKS),
                     tenant_id=tenant_id,
                     profile_id=profile_id if isinstance(profile_id, UUID) else None,
                     rules=self.rules,
@@ -1841,6 +1837,34 @@ class ProfileStore(ABC):
             definitions[agent_id] = await self._get_field_definitions(tenant_id, agent_id, True)
         return requirements, definitions
 
+    async def _get_requirement_checks(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, dict[str, FieldCheck]]]:
+        """All ``get_missing_fields`` reads, narrowed: the requirements
+        :meth:`_get_scenario_requirements` returns (any order), and ``{agent_id: {name:
+        FieldCheck}}``: for each requirement whose agent has an *enabled* definition of the
+        requirement's ``field_name``, ``checks[agent_id][field_name]`` is
+        ``FieldCheck(definition.required_verification, definition.freshness_seconds)``
+        (:func:`ccvault.requirements.field_check` shares instances); for one without, no
+        entry (the agent absent, or the name absent from its dict). Entries for other names
+        or agents may be present and are ignored. The dicts are the caller's (not kept or
+        shared by the provider, except the FieldCheck values, which are immutable).
+
+        Optional: this default derives the answer from
+        :meth:`_get_requirements_with_definitions` (:func:`ccvault.requirements.checks_of`),
+        so a provider overriding only that hook, or neither, is served. A provider overrides
+        this one to read only what is needed, ideally in one statement (the requirements
+        joined to their own field's enabled definition), without building definition
+        models. It must agree with :meth:`_get_requirements_with_definitions` (the contract
+        suite checks both). In :class:`ForwardingProfileStore` it is forwarded to the inner
+        store, except in a wrapper that overrides ``_get_requirements_with_definitions``
+        (a cache): there this default runs over the wrapper's own hook.
+        """
+        requirements, definitions = await self._get_requirements_with_definitions(
+            tenant_id, scenario_id, step_id
+        )
+        return requirements, checks_of(definitions)
+
     @abstractmethod
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         """Upsert by (tenant, scenario, step, rule, field name), keeping a stored id.
@@ -2269,6 +2293,15 @@ class ForwardingProfileStore(ProfileStore):
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
         return await self.inner._get_requirements_with_definitions(tenant_id, scenario_id, step_id)
 
+    async def _get_requirement_checks(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, dict[str, FieldCheck]]]:
+        # a wrapper that serves the wide hook itself (a cache) answers the narrow one from
+        # it: forwarding would go around it to the inner store
+        if _serves_requirements_itself(self):
+            return await ProfileStore._get_requirement_checks(self, tenant_id, scenario_id, step_id)
+        return await self.inner._get_requirement_checks(tenant_id, scenario_id, step_id)
+
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         return await self.inner._save_scenario_requirement(requirement)
 
@@ -2334,6 +2367,15 @@ class ForwardingProfileStore(ProfileStore):
         return await self.inner._rewrite_field_payloads(tenant_id, profile_id, payloads)
 
 
+def _serves_requirements_itself(store: ForwardingProfileStore) -> bool:
+    """True when ``store``'s ``_get_requirements_with_definitions`` is not the forwarding one:
+    its class (or the instance) overrides it, so ``_get_requirement_checks`` derives from it."""
+    return (
+        type(store)._get_requirements_with_definitions is not _FORWARDED_WIDE
+        or "_get_requirements_with_definitions" in store.__dict__
+    )
+
+
 def _forwarding_hook(name: str) -> Callable[..., Any]:
     async def forward(self: ForwardingProfileStore, *args: Any, **kwargs: Any) -> Any:
         return await getattr(self.inner, name)(*args, **kwargs)
@@ -2355,6 +2397,7 @@ for _name, _member in list(vars(ProfileStore).items()):
     ):
         setattr(ForwardingProfileStore, _name, _forwarding_hook(_name))
 abc.update_abstractmethods(ForwardingProfileStore)
+_FORWARDED_WIDE = ForwardingProfileStore._get_requirements_with_definitions
 
 
 # Observability at the one public layer: every public operation is timed into

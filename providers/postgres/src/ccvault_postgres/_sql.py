@@ -776,6 +776,28 @@ WITH wanted AS (
 SELECT wanted.*, enabled.* FROM wanted FULL JOIN enabled
   ON enabled.agent_id = wanted.agent_id AND enabled.name = wanted.field_name
 """
+# get_missing_fields' narrow read (_get_requirement_checks): each requirement (its columns as
+# above, less the fixed ones) next to the two check columns of its own field's enabled
+# definition (unique by tenant, agent and name: at most one; NULLs when there is none,
+# required_verification being NOT NULL tells so). No other definition column is read. The
+# shape of GET_REQUIREMENTS_WITH_DEFINITIONS: a FULL JOIN is always a hash (or merge) join
+# of the step's requirements and their agents' enabled definitions, where a LEFT JOIN on
+# tables without statistics is planned as a nested loop rescanning every definition of the
+# tenant per requirement (about twice the server time); the rows of definitions no
+# requirement names (the requirement's id NULL) are skipped by the reader.
+CHECK_COLUMNS_READ = ("required_verification", "freshness_seconds")
+GET_REQUIREMENT_CHECKS = f"""
+WITH wanted AS (
+  SELECT {", ".join(REQUIREMENT_COLUMNS_READ)} FROM scenario_field_requirements
+  WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
+), enabled AS (
+  SELECT agent_id, name, {", ".join(CHECK_COLUMNS_READ)} FROM profile_field_definitions
+  WHERE tenant_id = $1 AND enabled AND agent_id IN (SELECT agent_id FROM wanted)
+)
+SELECT wanted.*, {", ".join(f"enabled.{c}" for c in CHECK_COLUMNS_READ)}
+FROM wanted FULL JOIN enabled
+  ON enabled.agent_id = wanted.agent_id AND enabled.name = wanted.field_name
+"""
 DELETE_REQUIREMENTS_ALL = """
 DELETE FROM scenario_field_requirements WHERE tenant_id = $1 AND scenario_id = $2
 """

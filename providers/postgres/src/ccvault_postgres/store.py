@@ -73,6 +73,7 @@ from ccvault.models import (
     UnmergeResult,
     VerificationLevel,
 )
+from ccvault.requirements import FieldCheck, field_check
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import channel_eviction, link_outcome
 from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_merge
@@ -532,6 +533,12 @@ def _row_builder(
 _REQUIREMENT_ID = sql.REQUIREMENT_COLUMNS_READ.index("id")
 _DEFINITION_ID = len(sql.REQUIREMENT_COLUMNS_READ) + sql.DEFINITION_COLUMNS_READ.index("id")
 _FRESH_LIST = "([] if {0} is None else {0})"
+# the rows of sql.GET_REQUIREMENT_CHECKS: the requirement's columns (as above, read by
+# _REQUIREMENT_ROW), then the definition's two check columns
+_CHECK_AGENT = sql.REQUIREMENT_COLUMNS_READ.index("agent_id")
+_CHECK_NAME = sql.REQUIREMENT_COLUMNS_READ.index("field_name")
+_CHECK_VERIFICATION = len(sql.REQUIREMENT_COLUMNS_READ)
+_CHECK_FRESHNESS = _CHECK_VERIFICATION + 1
 _REQUIREMENT_ROW = _row_builder(
     _REQUIREMENT_KEYS,
     sql.REQUIREMENT_COLUMNS_READ,
@@ -1582,6 +1589,33 @@ class PostgresProfileStore(ProfileStore):
             else:
                 own.append(definition)
         return requirements, definitions
+
+    async def _get_requirement_checks(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, dict[str, FieldCheck]]]:
+        # one statement on one pooled connection: each requirement with the two check
+        # columns of its own field's enabled definition (NULL: none); no definition model
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.GET_REQUIREMENT_CHECKS, tenant_id, scenario_id, step_id)
+        tenant = tenant_id if tenant_id.__class__ is UUID else UUID(int=tenant_id.int)
+        scenario = scenario_id if scenario_id.__class__ is UUID else UUID(int=scenario_id.int)
+        step = step_id if step_id is None or step_id.__class__ is UUID else UUID(int=step_id.int)
+        requirement_values: list[dict[str, Any]] = []
+        append = requirement_values.append
+        checks: dict[UUID, dict[str, FieldCheck]] = {}
+        for row in rows:
+            if row[_REQUIREMENT_ID] is None:  # a definition no requirement names
+                continue
+            append(_REQUIREMENT_ROW(row, tenant, scenario, step))
+            verification = row[_CHECK_VERIFICATION]
+            if verification is not None:  # NOT NULL in the table: NULL means no definition
+                agent = row[_CHECK_AGENT]
+                own = checks.get(agent)
+                if own is None:
+                    own = checks[agent] = {}
+                own[row[_CHECK_NAME]] = field_check(verification, row[_CHECK_FRESHNESS])
+        del rows
+        return _trusted_many(ScenarioFieldRequirement, requirement_values), checks
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         def plan(rows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
