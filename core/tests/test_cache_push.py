@@ -687,3 +687,58 @@ async def test_a_copy_from_before_a_redis_restart_is_never_trusted(
                 assert email(await read(one)) == "new@example.com"
     finally:
         server.stop()
+
+
+def test_a_store_used_on_another_event_loop_never_trusts_the_old_loops_copies(
+    prefix: str,
+) -> None:
+    """The tracking task runs on the loop that started it: once that loop has ended (a
+    process running one loop per job with one store), nobody reads the pushed
+    invalidations any more (a loop stopped, or closed, without cancelling its tasks: the
+    task is never told). A read on a new loop must not trust a copy on their strength:
+    it checks the generation (and, like ``"check"`` mode, fails loudly when the client
+    cannot be used on this loop) — never the old data."""
+    backend = H.CountingStore(InMemoryProfileStore())
+    one = push_store(backend, prefix, retry_after=0.05)
+    state: dict[str, Any] = {}
+
+    async def first_job() -> None:
+        profile = await profile_with_email(one, "old@example.com")
+        await trusted(one, reader("get_by_id", profile))
+        state["profile"] = profile
+
+    async def second_job() -> None:
+        profile = state["profile"]
+        two = push_store(backend, prefix, retry_after=0.05)
+        async with two:
+            await two.update_field(
+                profile.tenant_id, profile.id, make_field("email", "new@example.com")
+            )
+        try:
+            found = await reader("get_by_id", profile)(one)
+        except RuntimeError:  # the client's connections belong to the ended loop
+            found = None
+        assert found is None or email(found) == "new@example.com"
+        task = one._track_task
+        assert task is not None and task.get_loop() is asyncio.get_running_loop()
+        try:
+            await one.aclose()
+        except RuntimeError:
+            pass
+
+    # the first loop stops without cancelling its tasks (asyncio.run would cancel them)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(first_job())
+        asyncio.run(second_job())
+    finally:
+
+        async def end_first_loop() -> None:
+            current = asyncio.current_task()
+            left = [task for task in asyncio.all_tasks() if task is not current]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+
+        loop.run_until_complete(end_first_loop())
+        loop.close()

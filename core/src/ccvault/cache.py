@@ -553,6 +553,7 @@ class CachedProfileStore(ForwardingProfileStore):
         # the Redis client id of the tracking connection (for operators and tests)
         self.tracking_client_id: int | None = None
         self._track_task: asyncio.Task[None] | None = None
+        self._track_loop: asyncio.AbstractEventLoop | None = None
         self._track_reader: asyncio.Task[None] | None = None
         self._track_lock: asyncio.Lock | None = None
         # the run tag of the server the tracking connection is open to: a copy is trusted
@@ -738,15 +739,25 @@ class CachedProfileStore(ForwardingProfileStore):
         return self._track_ok
 
     def _start_tracking(self) -> None:
-        """Start the task that keeps the tracking connection (once; never while closing)."""
-        if self._closing or (self._track_task is not None and not self._track_task.done()):
+        """Start the task that keeps the tracking connection (once per event loop; again if
+        it died; never while closing)."""
+        if self._closing:
             return
+        loop = asyncio.get_running_loop()
+        task = self._track_task
+        if task is not None and not task.done() and self._track_loop is loop:
+            return
+        if task is not None and self._track_loop is not loop:
+            # its loop has ended (closed without cancelling it) or is another thread's: it
+            # reads nothing for this loop, so nothing it stamped is trusted any more
+            self._track_lost()
+        self._track_loop = loop
         self._track_lock = asyncio.Lock()
-        self._track_task = asyncio.get_running_loop().create_task(self._track())
+        self._track_task = loop.create_task(self._track())
 
     async def _stop_tracking(self) -> None:
         task, self._track_task = self._track_task, None
-        if task is not None and not task.done():
+        if task is not None and not task.done() and self._track_loop is asyncio.get_running_loop():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._track_lost()
@@ -1429,7 +1440,9 @@ class CachedProfileStore(ForwardingProfileStore):
                 entry_key = body_prefix + known
             else:
                 resolve = body_prefix
-        if self._push and self._track_task is None:
+        if self._push and (
+            self._track_task is None or self._track_loop is not asyncio.get_running_loop()
+        ):
             self._start_tracking()
         if await self._ready(tenant):
             generation = self._poison_gen
