@@ -623,3 +623,35 @@ def test_the_id_and_time_memos_are_bounded_and_hold_only_accepted_text() -> None
         with pytest.raises(codec._NotOurs):
             codec._timestamps(garbage)
         assert garbage[0] not in codec._TIMESTAMP_MEMO.entries
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        "when_condition = printf('%.2001c', 'x')",  # over the 2,000 characters allowed
+        "depends_on_fields = '[[\"name\"]]'",
+        "required_level = 'maybe'",
+        "rule_id = 'nowhere'",
+    ],
+)
+async def test_a_tampered_requirement_column_is_refused(
+    store: SqliteProfileStore, tampering: str
+) -> None:
+    tenant, agent, scenario = uuid4(), uuid4(), uuid4()
+    for name, condition in (("email", "x == 1"), ("phone", None)):
+        await store.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=tenant,
+                agent_id=agent,
+                scenario_id=scenario,
+                field_name=name,
+                when_condition=condition,
+            )
+        )
+    await store.connection.execute(
+        f"UPDATE scenario_requirements SET {tampering} "
+        "WHERE tenant_id = ? AND field_name = 'email'",
+        (str(tenant),),
+    )
+    with pytest.raises(errors.StorageError, match="scenario requirement row is corrupt"):
+        await store._get_scenario_requirements(tenant, scenario, None)

@@ -304,6 +304,22 @@ def _text(low: int = 0, high: int | None = None) -> Convert:
     return convert
 
 
+_TEXT_OR_NULL = {str, type(None)}
+
+
+def _optional_text(high: int | None = None) -> Convert:
+    """``_optional(_text(0, high))`` in C: text or NULL, at most ``high`` characters."""
+
+    def convert(column: Column) -> list[Any]:
+        if not set(map(type, column)) <= _TEXT_OR_NULL:
+            raise _NotOurs
+        if high is not None and max(map(len, filter(None, column)), default=0) > high:
+            raise _NotOurs
+        return list(column)
+
+    return _nullable(convert)
+
+
 def _matching(pattern: re.Pattern[str]) -> Convert:
     def convert(column: Column) -> list[Any]:
         _lines(pattern, list(set(column)))  # names repeat: each distinct one once
@@ -549,7 +565,7 @@ _UUID = _memoizable(_uuids)
 _UUID_OPT = _memoizable(_nullable(_UUID_MEMO.optional))
 _TS = _memoizable(_timestamps)
 _TS_OPT = _memoizable(_nullable(_TIMESTAMP_MEMO.optional))
-_TEXT_OPT = _optional(_text())
+_TEXT_OPT = _optional_text()
 _BOOLS = _memoizable(_bools)
 _UNIT_FLOATS = _memoizable(_unit_floats)
 _SOURCE_TYPE_OPT = _memoizable(_optional(_members(SourceType)))
@@ -951,7 +967,7 @@ _REQUIREMENT_CONVERTERS: dict[str, Convert] = {
     "field_name": _matching(_FIELD_NAME_LINES),
     "required_level": _members(RequiredLevel),
     "fallback_action": _members(FallbackAction),
-    "when_condition": _optional(_text(0, 2000)),
+    "when_condition": _optional_text(2000),
     "depends_on_fields": _field_names,
     "collection_order": _ints(),
     "created_at": _TS,
