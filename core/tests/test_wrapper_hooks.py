@@ -251,3 +251,129 @@ async def test_a_hook_without_a_typed_forward_is_forwarded_to_the_same_hook() ->
     forward = store_module._forwarding_hook("_extra_hook")
     wrapper = ForwardingProfileStore(Inner())
     assert await forward(wrapper, 3, twice=True) == ("inner", 6)
+
+
+# ---------------------------------------------------------------------------------------
+# get_missing_fields' narrow hook (_get_requirement_checks) through wrappers
+# ---------------------------------------------------------------------------------------
+
+
+async def _email_requirement(store: ProfileStore) -> tuple[UUID, UUID, UUID, Any]:
+    """A tenant whose scenario requires an unverified ``email`` the profile holds; no
+    definition is stored. Returns (tenant, agent, scenario, profile)."""
+    tenant, agent, scenario = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await store.save_scenario_requirement(
+        ScenarioFieldRequirement(
+            tenant_id=tenant, agent_id=agent, scenario_id=scenario, field_name="email"
+        )
+    )
+    profile = await store.get_or_create(tenant, Channel.WEB, "narrow-hook")
+    await store.update_field(
+        tenant, profile.id, ProfileField(name="email", value="a@example.com", verified=False)
+    )
+    found = await store.get_by_id(tenant, profile.id)
+    assert found is not None
+    return tenant, agent, scenario, found
+
+
+class _NarrowSpy(InMemoryProfileStore):
+    """A provider recording which of the two requirement hooks get_missing_fields asks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    async def _get_requirement_checks(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> Any:
+        self.asked.append("narrow")
+        requirements = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
+        # its own answer: every requirement's field must be verified
+        from ccvault.requirements import field_check
+
+        forced = {r.agent_id: {r.field_name: field_check(True, None)} for r in requirements}
+        return requirements, forced
+
+    async def _get_requirements_with_definitions(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> Any:
+        self.asked.append("wide")
+        return await super()._get_requirements_with_definitions(tenant_id, scenario_id, step_id)
+
+
+async def test_a_plain_forwarding_wrapper_forwards_the_narrow_hook() -> None:
+    inner = _NarrowSpy()
+    wrapper = ForwardingProfileStore(inner)
+    tenant, _, scenario, profile = await _email_requirement(wrapper)
+    inner.asked.clear()
+    missing = await wrapper.get_missing_fields(tenant, profile, scenario)
+    # the inner provider's narrow answer judged (verification required: email is missing),
+    # its wide hook never asked
+    assert [r.field_name for r in missing] == ["email"]
+    assert inner.asked == ["narrow"]
+
+
+async def test_a_wrapper_serving_the_wide_hook_answers_get_missing_fields_from_it() -> None:
+    inner = _NarrowSpy()
+
+    class Serving(ForwardingProfileStore):
+        """Overrides the wide hook only (as the cache does): its own definitions judge."""
+
+        async def _get_requirements_with_definitions(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            requirements = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
+            own = {
+                r.agent_id: [
+                    ProfileFieldDefinition(
+                        tenant_id=tenant_id,
+                        agent_id=r.agent_id,
+                        name=r.field_name,
+                        required_verification=False,
+                        freshness_seconds=None,
+                    )
+                ]
+                for r in requirements
+            }
+            return requirements, own
+
+    wrapper = Serving(inner)
+    tenant, _, scenario, profile = await _email_requirement(wrapper)
+    inner.asked.clear()
+    # the wrapper's definition (no verification required) judges, not the inner provider's
+    # narrow answer (which would require it): nothing missing, and the inner store's
+    # requirement hooks were not asked beyond its requirements
+    assert await wrapper.get_missing_fields(tenant, profile, scenario) == []
+    assert inner.asked == []
+    # an instance whose wide hook is replaced is served from it too
+    plain = ForwardingProfileStore(inner)
+    answer = await wrapper._get_requirements_with_definitions(tenant, scenario, None)
+
+    async def replaced(*args: Any) -> Any:
+        return answer
+
+    plain._get_requirements_with_definitions = replaced  # type: ignore[method-assign,assignment]
+    assert await plain.get_missing_fields(tenant, profile, scenario) == []
+    assert inner.asked == []
+
+
+async def test_the_cache_serves_get_missing_fields_from_its_own_hooks(
+    stack: tuple[EncryptedProfileStore, HookCounter],
+) -> None:
+    store, counter = stack
+    tenant, agent, scenario, profile = await _email_requirement(store)
+    await store.save_field_definition(
+        ProfileFieldDefinition(
+            tenant_id=tenant, agent_id=agent, name="email", required_verification=True
+        )
+    )
+    assert [r.field_name for r in await store.get_missing_fields(tenant, profile, scenario)] == [
+        "email"
+    ]
+    counter.calls.clear()
+    # warm: the cache answers; neither requirement hook reaches the provider
+    assert [r.field_name for r in await store.get_missing_fields(tenant, profile, scenario)] == [
+        "email"
+    ]
+    reached = {name for name in counter.calls if "requirement" in name or "definition" in name}
+    assert reached == set()

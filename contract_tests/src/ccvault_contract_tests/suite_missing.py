@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from ccvault.models import CustomerProfile, RequiredLevel
+from ccvault.requirements import FieldCheck
 from ccvault.store import ProfileStore, StoreRules
 from ccvault_contract_tests.base import ContractBase
 from ccvault_contract_tests.helpers import (
@@ -346,3 +347,59 @@ class MissingFieldsContract(ContractBase):
             assert [(r.agent_id, r.field_name, r.step_id) for r in missing] == [
                 (agent, "email", step_id)
             ]
+
+    async def test_requirement_checks_agree_with_requirements_and_definitions(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        # _get_requirement_checks (what get_missing_fields reads; a provider may override it
+        # alone) answers what _get_requirements_with_definitions answers: the same
+        # requirements, and for each one the FieldCheck of its own agent's enabled definition
+        # of its field (none for a field without one, or with only a disabled one)
+        other, step = uuid4(), uuid4()
+        definitions = [
+            make_definition(tenant, agent, "email", required_verification=True),
+            make_definition(tenant, agent, "phone", freshness_seconds=3_600),
+            make_definition(tenant, agent, "plan", enabled=False, required_verification=True),
+            make_definition(tenant, agent, "unused", freshness_seconds=60),
+            make_definition(tenant, other, "email", freshness_seconds=0),
+        ]
+        for definition in definitions:
+            await store.save_field_definition(definition)
+        for step_id in (None, step):
+            for owner, name in (
+                (agent, "email"),
+                (agent, "phone"),
+                (agent, "plan"),
+                (agent, "nickname"),
+                (other, "email"),
+                (other, "phone"),
+            ):
+                await store.save_scenario_requirement(
+                    make_requirement(tenant, owner, scenario, name, step_id=step_id, rule_id=owner)
+                )
+        expected_checks = {
+            (agent, "email"): FieldCheck(True, None),
+            (agent, "phone"): FieldCheck(False, 3_600),
+            (other, "email"): FieldCheck(False, 0),
+        }
+        for step_id in (None, step, uuid4()):
+            found, checks = await store._get_requirement_checks(tenant, scenario, step_id)
+            wide, by_agent = await store._get_requirements_with_definitions(
+                tenant, scenario, step_id
+            )
+            assert sorted(r.id.int for r in found) == sorted(r.id.int for r in wide)
+            by_id = {r.id: r for r in wide}
+            assert all(r == by_id[r.id] and r.step_id == step_id for r in found)
+            assert len(found) == (0 if step_id not in (None, step) else 6)
+            for requirement in found:
+                key = (requirement.agent_id, requirement.field_name)
+                got = checks.get(requirement.agent_id, {}).get(requirement.field_name)
+                enabled = [
+                    FieldCheck(d.required_verification, d.freshness_seconds)
+                    for d in by_agent.get(requirement.agent_id, ())
+                    if d.enabled and d.name == requirement.field_name
+                ]
+                assert got == (enabled[0] if enabled else None) == expected_checks.get(key), key
+                assert got is None or isinstance(got, FieldCheck), key
+        # another tenant sees none of it
+        assert await store._get_requirement_checks(uuid4(), scenario, None) == ([], {})
