@@ -228,3 +228,48 @@ async def test_combined_read_returns_each_definition_once(store: PostgresProfile
     assert sorted(d.name for d in definitions[agent]) == ["email", "phone", "plan"]
     alone = await store._get_field_definitions(tenant, agent, True)
     assert sorted(definitions[agent], key=lambda d: d.name) == sorted(alone, key=lambda d: d.name)
+
+
+async def test_narrow_read_agrees_with_the_combined_read(store: PostgresProfileStore) -> None:
+    # _get_requirement_checks: the same requirement models (fixed columns from its plain-UUID
+    # parameters), and the two check values of each requirement's own enabled definition
+    from ccvault.requirements import FieldCheck
+
+    tenant, first, _, scenario, step = await two_agents(store)
+    for step_id in (None, step):
+        requirements, checks = await store._get_requirement_checks(
+            _OwnUUID(int=tenant.int),
+            _OwnUUID(int=scenario.int),
+            None if step_id is None else _OwnUUID(int=step_id.int),
+        )
+        wide, _ = await store._get_requirements_with_definitions(tenant, scenario, step_id)
+        assert sorted(requirements, key=lambda r: r.id) == sorted(wide, key=lambda r: r.id)
+        for requirement in requirements:
+            assert list(requirement.__dict__) == list(type(requirement).model_fields)
+            for name in ("tenant_id", "scenario_id"):
+                assert type(requirement.__dict__[name]) is uuid.UUID
+            again = ScenarioFieldRequirement.model_validate(requirement.model_dump())
+            assert again == requirement
+        # first agent: "plan" needs verification; second: its "email" definition is disabled
+        # (its enabled "plan" is named by no requirement: not needed, not returned)
+        assert checks == {first: {"plan": FieldCheck(True, 3_600)}}
+        assert type(checks[first]["plan"]) is FieldCheck
+
+
+async def test_get_missing_fields_builds_no_definition_model(
+    store: PostgresProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccvault_postgres import store as module
+
+    tenant, first, _, scenario, _ = await two_agents(store)
+    profile = await store.get_or_create(tenant, Channel.WEB, "no-definition-models")
+
+    def refused(*args: Any) -> Any:
+        raise AssertionError("a definition model was built")
+
+    monkeypatch.setattr(module, "_DEFINITION_ROW", refused)
+    monkeypatch.setattr(module, "_definitions_of", refused)
+    missing = await store.get_missing_fields(tenant, profile, scenario)
+    # an empty profile: the first agent's plan is missing; the second agent's email depends
+    # on plan (and its condition names it), so it does not apply
+    assert [(r.agent_id, r.field_name) for r in missing] == [(first, "plan")]
