@@ -314,3 +314,27 @@ def test_read_fields_takes_a_subclass_through_the_full_check() -> None:
     item.__dict__["verified"] = "no"
     with pytest.raises(errors.ValidationError, match="wrong type"):
         check_read_fields(profile)
+
+
+# ---------------------------------------------------------------------------------------
+# FieldCheck: what get_missing_fields reads of a definition
+# ---------------------------------------------------------------------------------------
+
+
+def test_field_checks_are_shared_and_only_of_enabled_definitions() -> None:
+    from ccvault.requirements import FieldCheck, checks_of, field_check
+
+    assert field_check(True, None) is field_check(True, None) == FieldCheck(True, None)
+    assert field_check(False, 60) is field_check(False, 60) == FieldCheck(False, 60)
+    assert field_check(True, 60) == (True, 60) != field_check(False, 60)
+    assert type(field_check(1, 0).required_verification) is bool  # type: ignore[arg-type]
+    on = ProfileFieldDefinition(
+        tenant_id=TENANT, agent_id=AGENTS[0], name="a", required_verification=True
+    )
+    off = ProfileFieldDefinition(tenant_id=TENANT, agent_id=AGENTS[0], name="b", enabled=False)
+    idle = ProfileFieldDefinition(
+        tenant_id=TENANT, agent_id=AGENTS[1], name="a", enabled=False, freshness_seconds=5
+    )
+    assert checks_of({AGENTS[0]: [on, off], AGENTS[1]: [idle]}) == {
+        AGENTS[0]: {"a": FieldCheck(True, None)}
+    }
