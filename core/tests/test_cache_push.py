@@ -10,8 +10,14 @@ writes end its copies at once; that an invalidation processed between the read o
 generation and the store of the copy is not lost; that a killed tracking connection makes
 every read fall back to the GET check (never stale) and then recovers; that FLUSHALL ends
 every copy; that the setting is parsed and checked; and that closing leaves no task behind.
+Then the review's cases: a failover behind the same address (the tracking connection left on
+the old server), the end of the tracking connection read before its task noticed, a key
+prefix with glob characters (clearing every epoch), a client encoding other than UTF-8, the
+back-off of both background loops with retry_after = 0, a purge on another instance, the
+memory cap of per-tenant invalidations, a Redis restart from a snapshot, and a store used on
+a second event loop.
 Shared Redis on 6379 under a prefix of its own (only our own connection is ever killed); the
-FLUSHALL test runs a private redis-server.
+FLUSHALL, failover and restart tests run private redis-servers.
 """
 
 from __future__ import annotations

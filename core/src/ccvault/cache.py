@@ -94,8 +94,10 @@ reaches now: another server than the tracking connection's ends that connection.
 fails, breaks or its end is read, it is marked unhealthy at once (every copy falls back to
 the GET) and reconnected, to where the pool leads, in the background with a back-off from
 ``retry_after`` (at least 10 ms) doubling up to ``max_retry_interval``; reads never wait
-for it. It needs a plain ``redis.asyncio.Redis``
-client (with a cluster client, ``"push"`` acts as ``"check"``, with a warning).
+for it. The task keeping it runs on the event loop of the read that started it; a read on
+another loop (the first one stopped without cancelling it) starts it anew there, and copies
+stamped before are checked by a GET. It needs a plain ``redis.asyncio.Redis`` client (with
+a cluster client, ``"push"`` acts as ``"check"``, with a warning).
 
 *The trade-off, precisely:* writes of this process end its near copies synchronously (as in
 ``"check"``); a write on **another** instance becomes visible here once Redis has delivered
