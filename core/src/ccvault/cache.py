@@ -112,7 +112,10 @@ to the old one, copies may be served for at most the heartbeat interval + twice
 guarantee: a read after a completed write on any instance never sees old data.
 :meth:`CachedProfileStore.sync_invalidations` restores that guarantee on demand: it sends
 a PING on the tracking connection and waits for its answer, so every invalidation of a
-write completed before the call has been processed when it returns.
+write completed before the call has been processed when it returns. Redis pushes nothing
+for ``SWAPDB`` (Redis 7): swapping the cache's database for another leaves push-mode copies
+trusted until ``near_cache_ttl``; empty it with ``FLUSHDB``/``FLUSHALL`` instead (or
+restart the processes).
 
 **Restarts.** Epoch and generation tokens begin with the Redis server's *run tag* (the
 start of its ``run_id``, which changes on every restart). The read script reads it with
