@@ -748,3 +748,38 @@ def test_a_store_used_on_another_event_loop_never_trusts_the_old_loops_copies(
 
         loop.run_until_complete(end_first_loop())
         loop.close()
+
+
+@pytest.mark.parametrize("synced", [True, False])
+async def test_swapping_the_cache_database_is_noticed(
+    tmp_path: Path, backend: Any, synced: bool
+) -> None:
+    """Redis pushes nothing for SWAPDB: the database this process reads is another one from
+    then on, whose writes it was never told about. ``sync_invalidations`` (``synced``) and
+    the heartbeat (else) notice it (a marker of the tracking session, kept in the database,
+    is gone) and copies are checked again."""
+    server = H.RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        one = push_client_store(backend, server.url, "t:", retry_after=0.05)
+        two = push_client_store(backend, server.url, "t:", retry_after=0.05)
+        async with one, two:
+            profile = await profile_with_email(one, "old@example.com")
+            read = reader("get_by_id", profile)
+            await trusted(one, read)
+            session = one._track_session
+            with server.client() as raw:
+                raw.swapdb(0, 1)
+            await two.update_field(
+                profile.tenant_id, profile.id, make_field("email", "new@example.com")
+            )
+            if not synced:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 15
+                while one._track_session == session:
+                    assert loop.time() < deadline, "the heartbeat never noticed the swap"
+                    await asyncio.sleep(0.01)
+            await one.sync_invalidations()
+            assert email(await read(one)) == "new@example.com"
+    finally:
+        server.stop()

@@ -107,15 +107,15 @@ its reply, so this is normally well under a millisecond later, but it is not at 
 the writer's ``DEL`` returns. A tracking connection that breaks is noticed the same way
 (when its end is read); if Redis becomes unreachable silently (no error, no answer), or the
 pool's connections now lead to another server while the tracking connection is still open
-to the old one, copies may be served for at most the heartbeat interval + twice
-``operation_timeout`` before the heartbeat notices. ``"check"`` keeps the strict
-guarantee: a read after a completed write on any instance never sees old data.
-:meth:`CachedProfileStore.sync_invalidations` restores that guarantee on demand: it sends
-a PING on the tracking connection and waits for its answer, so every invalidation of a
-write completed before the call has been processed when it returns. Redis pushes nothing
-for ``SWAPDB`` (Redis 7): swapping the cache's database for another leaves push-mode copies
-trusted until ``near_cache_ttl``; empty it with ``FLUSHDB``/``FLUSHALL`` instead (or
-restart the processes).
+to the old one, or the cache's database was swapped (``SWAPDB``, for which Redis pushes
+nothing: the tracking session keeps a marker key of its own, ``<P>near-session:<random>``,
+refreshed and checked with ``SET ... GET``, Redis 6.2+), copies may be served for at most
+the heartbeat interval + twice ``operation_timeout`` before the heartbeat notices.
+``"check"`` keeps the strict guarantee: a read after a completed write on any instance
+never sees old data. :meth:`CachedProfileStore.sync_invalidations` restores that guarantee
+on demand: it sends a PING on the tracking connection and waits for its answer, so every
+invalidation of a write completed before the call has been processed when it returns, and
+then runs the heartbeat's server and marker check.
 
 **Restarts.** Epoch and generation tokens begin with the Redis server's *run tag* (the
 start of its ``run_id``, which changes on every restart). The read script reads it with
@@ -566,6 +566,10 @@ class CachedProfileStore(ForwardingProfileStore):
         # another one behind the same address, a failover, which that connection never
         # hears of)
         self._track_tag: bytes | None = None
+        # a key of this store's own (outside the tracked prefix) holding the current
+        # session's random marker: the heartbeat checks it is still there (SWAPDB)
+        self._marker_key = f"{key_prefix}near-session:{_token()}"
+        self._track_mark = ""
         # the client's encoding of key names: pushed key names are decoded with it
         kwargs = getattr(getattr(redis_client, "connection_pool", None), "connection_kwargs", None)
         self._key_encoding = str((kwargs or {}).get("encoding") or "utf-8")
@@ -730,13 +734,20 @@ class CachedProfileStore(ForwardingProfileStore):
         order, so when the PONG has been read every such invalidation has been processed.
         If the tracking connection fails meanwhile (or is not up) it is marked unhealthy,
         and then no near copy is served without a GET: either way, a read after this call
-        sees every write completed before it. Never raises for Redis failures. A no-op in
-        ``"check"`` mode, where every near hit checks the generation anyway.
+        sees every write completed before it. Then the heartbeat's check runs too: a pool
+        that now reaches another server, or another database (``SWAPDB``), ends the tracking
+        session the same way. Never raises for Redis failures. A no-op in ``"check"`` mode,
+        where every near hit checks the generation anyway.
         """
         if not self._push:
             return
         self._start_tracking()
-        await self._ping_tracking()
+        session = self._track_session
+        if await self._ping_tracking():
+            try:
+                await self._check_same_server()
+            except RedisConnectionError:  # another server or database: copies checked again
+                self._track_broken(session)
 
     @property
     def tracking_healthy(self) -> bool:
@@ -843,10 +854,18 @@ class CachedProfileStore(ForwardingProfileStore):
                 await connection.read_response()
                 await connection.send_command("SUBSCRIBE", _INVALIDATE_CHANNEL)
                 await connection.read_response(disable_decoding=True)
+                # the session's marker in the database the pool reads (see _check_same_server)
+                self._track_mark = _token()
+                await self.redis.set(self._marker_key, self._track_mark, px=self._marker_ttl())
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
         return connection, tag
+
+    def _marker_ttl(self) -> int:
+        """Milliseconds a session marker outlives its last heartbeat (a stall longer than
+        that only costs a reconnect)."""
+        return int(max(self.retry_after, 0.1) * 1000 * 20) + 10_000
 
     async def _track_serve(self, connection: Any, tag: bytes | None) -> None:
         """Read the connection (a task of its own) and check it by a PING now and then."""
@@ -875,21 +894,34 @@ class CachedProfileStore(ForwardingProfileStore):
             self._track_reader = None
 
     async def _check_same_server(self) -> None:
-        """Part of the heartbeat: a PING through the pool, which (re)connects it if its
+        """Part of the heartbeat: one command through the pool, which (re)connects it if its
         connections were closed, and so learns the run tag of the server the pool reaches
         now. A server other than the tracking connection's (a failover behind the same
         address, the old server still up) ends the tracking connection, which reopens to
         where the pool leads: else a process whose every read is a trusted near copy would
-        never talk to the new server, nor hear of its writes."""
+        never talk to the new server, nor hear of its writes.
+
+        That command refreshes the session's marker key (``SET ... GET``, Redis 6.2+) and
+        reads what it held: anything but this session's marker means the pool now reads
+        another database than the one the session started on (``SWAPDB``, for which Redis
+        pushes nothing), or the marker was lost: the tracking connection is ended too."""
+        mark = self._track_mark
+        found: Any = mark
         try:
             # not through _redis: a heartbeat must not end a bypass the reads started
             async with asyncio.timeout(self.operation_timeout):
-                await self.redis.execute_command("PING")
+                found = await self.redis.execute_command(
+                    "SET", self._marker_key, mark, "PX", self._marker_ttl(), "GET"
+                )
+        except ResponseError:
+            found = mark  # before Redis 6.2 (no SET ... GET): the server is still checked
         except (RedisError, OSError, TimeoutError):
             return  # the pool's reads find out for themselves; copies stay judged as before
         tag = self._run_tag
         if tag is not None and self._track_tag is not None and tag != self._track_tag:
             raise RedisConnectionError("the pool now reaches another Redis server")
+        if _text(found) != mark:
+            raise RedisConnectionError("the cache's database changed under the session")
 
     async def _track_read(self, connection: Any, session: int) -> None:
         try:
