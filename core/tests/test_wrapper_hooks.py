@@ -377,3 +377,22 @@ async def test_the_cache_serves_get_missing_fields_from_its_own_hooks(
     ]
     reached = {name for name in counter.calls if "requirement" in name or "definition" in name}
     assert reached == set()
+
+
+def test_which_wrappers_derive_the_narrow_hook() -> None:
+    # decided at class creation: overriding the wide hook (the cache) derives the narrow one;
+    # a plain wrapper (encryption) forwards it; a wrapper's own narrow hook is kept
+    assert CachedProfileStore._get_requirement_checks is ProfileStore._get_requirement_checks
+    assert (
+        EncryptedProfileStore._get_requirement_checks
+        is ForwardingProfileStore._get_requirement_checks
+    )
+
+    class Own(CachedProfileStore):
+        async def _get_requirement_checks(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], {}
+
+    assert "_get_requirement_checks" in vars(Own)
+    assert Own._get_requirement_checks is not ProfileStore._get_requirement_checks

@@ -2125,6 +2125,19 @@ class ForwardingProfileStore(ProfileStore):
     the whole stack. The stack shares one clock and one set of rules: the inner store's.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A wrapper that overrides ``_get_requirements_with_definitions`` (a cache serving
+        requirements and definitions itself) and inherits the forwarding
+        ``_get_requirement_checks`` gets the default instead (derived from its own wide
+        hook): forwarding the narrow hook would go around the wrapper to the inner store."""
+        super().__init_subclass__(**kwargs)
+        if (
+            cls._get_requirements_with_definitions
+            is not ForwardingProfileStore._get_requirements_with_definitions
+            and cls._get_requirement_checks is ForwardingProfileStore._get_requirement_checks
+        ):
+            cls._get_requirement_checks = ProfileStore._get_requirement_checks  # type: ignore[method-assign]
+
     def __init__(self, inner: ProfileStore) -> None:
         if not isinstance(inner, ProfileStore):
             raise TypeError(f"inner must be a ProfileStore, got {type(inner).__name__}")
@@ -2296,9 +2309,9 @@ class ForwardingProfileStore(ProfileStore):
     async def _get_requirement_checks(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, dict[str, FieldCheck]]]:
-        # a wrapper that serves the wide hook itself (a cache) answers the narrow one from
-        # it: forwarding would go around it to the inner store
-        if _serves_requirements_itself(self):
+        # a wrapper class overriding _get_requirements_with_definitions never gets here (see
+        # __init_subclass__); an instance given its own (a test double) is served from it too
+        if "_get_requirements_with_definitions" in self.__dict__:
             return await ProfileStore._get_requirement_checks(self, tenant_id, scenario_id, step_id)
         return await self.inner._get_requirement_checks(tenant_id, scenario_id, step_id)
 
@@ -2367,15 +2380,6 @@ class ForwardingProfileStore(ProfileStore):
         return await self.inner._rewrite_field_payloads(tenant_id, profile_id, payloads)
 
 
-def _serves_requirements_itself(store: ForwardingProfileStore) -> bool:
-    """True when ``store``'s ``_get_requirements_with_definitions`` is not the forwarding one:
-    its class (or the instance) overrides it, so ``_get_requirement_checks`` derives from it."""
-    return (
-        type(store)._get_requirements_with_definitions is not _FORWARDED_WIDE
-        or "_get_requirements_with_definitions" in store.__dict__
-    )
-
-
 def _forwarding_hook(name: str) -> Callable[..., Any]:
     async def forward(self: ForwardingProfileStore, *args: Any, **kwargs: Any) -> Any:
         return await getattr(self.inner, name)(*args, **kwargs)
@@ -2397,7 +2401,6 @@ for _name, _member in list(vars(ProfileStore).items()):
     ):
         setattr(ForwardingProfileStore, _name, _forwarding_hook(_name))
 abc.update_abstractmethods(ForwardingProfileStore)
-_FORWARDED_WIDE = ForwardingProfileStore._get_requirements_with_definitions
 
 
 # Observability at the one public layer: every public operation is timed into
