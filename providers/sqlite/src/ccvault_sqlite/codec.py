@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import compress, islice, repeat
-from operator import is_not
+from operator import attrgetter, is_not, itemgetter
 from typing import Any, TypeVar
 from uuid import UUID, SafeUUID
 
@@ -54,6 +54,7 @@ from ccvault.models import (
     SurvivorshipPolicy,
     VerificationLevel,
 )
+from ccvault.requirements import FieldCheck, field_check
 from ccvault.storage import columns, row_values
 
 Row = Sequence[Any]
@@ -987,6 +988,50 @@ def requirements_from_rows(rows: Sequence[Row], offset: int = 0) -> list[Scenari
         rows,
         offset,
     )
+
+
+_CHECKS_AT = len(REQUIREMENT_COLUMNS)
+
+
+def requirement_checks(
+    requirements: Sequence[ScenarioFieldRequirement], rows: Sequence[Row]
+) -> dict[UUID, dict[str, FieldCheck]]:
+    """``{agent_id: {field_name: FieldCheck}}`` of ``requirements`` (built from ``rows``,
+    in their order) from the two columns following each row's requirement:
+    ``required_verification`` and ``freshness_seconds`` of the requirement's own field's
+    enabled definition, both NULL without one. StorageError for values not in our form.
+    Column by column, in C: the distinct (flag, freshness) pairs are checked once."""
+    pairs = list(map(itemgetter(_CHECKS_AT, _CHECKS_AT + 1), rows))
+    checks_of_pair: dict[tuple[Any, Any], FieldCheck] = {}
+    for verification, freshness in set(pairs):
+        if verification is None:  # NOT NULL in the table: no enabled definition
+            continue
+        if (
+            type(verification) is not int
+            or verification not in (0, 1)
+            or (freshness is not None and (type(freshness) is not int or freshness < 0))
+        ):
+            raise errors.StorageError(
+                "a stored field definition row is corrupt "
+                "(required_verification or freshness_seconds)"
+            )
+        checks_of_pair[verification, freshness] = field_check(verification == 1, freshness)
+    present = list(map(checks_of_pair.__contains__, pairs))
+    found = list(map(checks_of_pair.__getitem__, compress(pairs, present)))
+    names = list(map(_FIELD_NAME_OF, compress(requirements, present)))
+    agents = list(map(_AGENT_OF, compress(requirements, present)))
+    if not agents:
+        return {}
+    if agents.count(agents[0]) == len(agents):  # one agent (its UUID shared): no loop
+        return {agents[0]: dict(zip(names, found, strict=True))}
+    checks: dict[UUID, dict[str, FieldCheck]] = {}
+    for agent, name, check in zip(agents, names, found, strict=True):
+        checks.setdefault(agent, {})[name] = check
+    return checks
+
+
+_FIELD_NAME_OF = attrgetter("field_name")
+_AGENT_OF = attrgetter("agent_id")
 
 
 def requirement_from_row(row: Row) -> ScenarioFieldRequirement:

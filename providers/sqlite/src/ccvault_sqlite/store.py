@@ -62,6 +62,7 @@ from ccvault.models import (
     SourceType,
     UnmergeResult,
 )
+from ccvault.requirements import FieldCheck
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import channel_eviction, link_outcome
 from ccvault.rules.merge import (
@@ -119,6 +120,20 @@ _REQUIREMENTS_WITH_DEFINITIONS = (
     f"UNION ALL SELECT 1, {_in_shared_columns(DEFINITION_COLUMNS)} FROM field_definitions "
     "INDEXED BY sqlite_autoindex_field_definitions_2 WHERE tenant_id = ?1 AND enabled = 1 "
     f"AND agent_id IN (SELECT agent_id {_REQUIREMENTS_OF_STEP})"
+)
+
+# get_missing_fields' narrow read (see _get_requirement_checks): each requirement of the
+# step with the two check columns of its own field's enabled definition (NULL: none). The
+# LEFT JOIN keeps the requirements outermost; each definition is one search of the
+# (tenant, agent, name) key
+_REQUIREMENT_CHECKS = (
+    f"SELECT {', '.join(f'r.{column}' for column in REQUIREMENT_COLUMNS)}, "
+    "d.required_verification, d.freshness_seconds "
+    "FROM scenario_requirements AS r INDEXED BY scenario_requirements_key "
+    "LEFT JOIN field_definitions AS d INDEXED BY sqlite_autoindex_field_definitions_2 "
+    "ON d.tenant_id = ?1 AND d.agent_id = r.agent_id AND d.name = r.field_name "
+    "AND d.enabled = 1 "
+    "WHERE r.tenant_id = ?1 AND r.scenario_id = ?2 AND r.step_id IS ?3"
 )
 
 logger = logging.getLogger(__name__)
@@ -1576,6 +1591,17 @@ class SqliteProfileStore(ProfileStore):
             for agent, definition in zip(agents, found, strict=True):
                 definitions.setdefault(agent, []).append(definition)
         return requirements, definitions
+
+    async def _get_requirement_checks(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, dict[str, FieldCheck]]]:
+        # ONE statement, no definition model: the requirements and, per requirement, the
+        # two columns get_missing_fields reads of its own field's enabled definition
+        rows = await self._fetch(
+            _REQUIREMENT_CHECKS, (str(tenant_id), str(scenario_id), codec.uid(step_id))
+        )
+        requirements = codec.requirements_from_rows(rows)
+        return requirements, codec.requirement_checks(requirements, rows)
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         tenant = str(requirement.tenant_id)
