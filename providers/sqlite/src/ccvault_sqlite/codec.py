@@ -17,6 +17,10 @@ UTC timestamps, enumeration values, 0/1, JSON text...). Rows that are not in tha
 row edited in SQL, or written by something else) take the validating path, so a foreign
 row in a valid form still reads correctly; one that does not validate is refused with
 :class:`~ccvault.errors.StorageError` naming the table and column, never its value.
+Ids and timestamps already checked are served from bounded memos (text -> UUID/datetime,
+immutable values, 4,096 entries each), and a column holding one value in every row is
+converted once (enumeration members, flags and numbers through a memo too; never text):
+a profile read again costs no parsing of its ids and times.
 """
 
 from __future__ import annotations
