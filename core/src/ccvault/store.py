@@ -2123,6 +2123,11 @@ class ForwardingProfileStore(ProfileStore):
     nothing of it but its hooks and ``setup``, ``aclose``, ``now``, ``rules`` and
     ``capabilities``. Lifecycle is forwarded too, so entering the outermost store sets up
     the whole stack. The stack shares one clock and one set of rules: the inner store's.
+
+    One hook is not forwarded in every wrapper: ``_get_requirement_checks`` (derived from
+    ``_get_requirements_with_definitions``) is answered by the default over the wrapper's
+    own wide hook when its class overrides that hook (the cache), so that ``get_missing_fields``
+    keeps reading through the override (see :meth:`__init_subclass__`).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

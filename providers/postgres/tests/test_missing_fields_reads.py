@@ -92,9 +92,9 @@ async def test_get_missing_fields_takes_one_connection_and_one_statement(
 ) -> None:
     store: PostgresProfileStore = await make_store(min_pool_size=1, max_pool_size=1)
     tenant, first, second, scenario, step = await two_agents(store)
-    profile = await store.get_or_create(tenant, Channel.WEB, "one-connection")
-    await store.update_field(tenant, profile.id, ProfileField(name="plan", value={"t": "gold"}))
-    profile = await store.get_by_id(tenant, profile.id)
+    created = await store.get_or_create(tenant, Channel.WEB, "one-connection")
+    await store.update_field(tenant, created.id, ProfileField(name="plan", value={"t": "gold"}))
+    profile = await store.get_by_id(tenant, created.id)
     assert profile is not None
     # once first: preparing the statement (and asyncpg's one-time introspection of the row
     # types) happens once per connection, not per call
