@@ -24,6 +24,7 @@ from ccvault.models import (
     ChannelIdentity,
     Consent,
     CustomerProfile,
+    FallbackAction,
     FieldValueType,
     ItemStatus,
     ProfileAsset,
@@ -484,6 +485,27 @@ async def test_lists_read_from_one_text_are_not_shared(store: SqliteProfileStore
     assert [d.verification_methods for d in again] == [["otp"], ["otp"]]
 
 
+def test_row_plans_follow_which_columns_are_constant() -> None:
+    """The plan of a read (which columns are converted once) is reused only for rows whose
+    constant columns are the same: a text column (``name``) constant in one read and
+    varying in the next, every other column alike, is read from each row the second time."""
+    stamp = codec.ts(BASE)
+    base = ProfileField(name="a", value="x", collected_at=BASE, updated_at=BASE)
+    one = list(codec.field_params(base))
+    two = list(codec.field_params(base.model_copy(update={"name": "b"})))
+    fixed = {"id": str(uuid4()), "collected_at": stamp, "updated_at": stamp}
+    at = {name: codec.FIELD_COLUMNS.index(name) for name in fixed}
+    for row in (one, two):
+        for name, value in fixed.items():
+            row[at[name]] = value
+    same_name = [tuple(one), tuple(one)]
+    two_names = [tuple(one), tuple(two)]
+    for rows in (same_name, two_names, same_name):
+        read = codec.fields_from_rows(rows)
+        assert [f.name for f in read] == [codec.field_from_row(r).name for r in rows]
+        assert read == [codec.field_from_row(r) for r in rows]
+
+
 async def test_constants_memo_holds_no_personal_text(store: SqliteProfileStore) -> None:
     """Constant columns (one value in every row) are converted through a memo: ids, times,
     enumeration members, flags and numbers only, never a text column (personal data)."""
@@ -492,9 +514,12 @@ async def test_constants_memo_holds_no_personal_text(store: SqliteProfileStore) 
     await store.get_by_id(tenant, profile.id, include_history=True)
     await store.get_field_definitions(tenant, uuid4())
     held = [key[2] for key in codec._CONSTANTS]
+    # and the plans of the reads' shapes key on the same kind of values only
+    held += [v for shapes in codec._SHAPES.values() for key in shapes.plans for v in key[2]]
     assert held  # the memo is in use (the profile's own ids at least)
     enums: tuple[type[StrEnum], ...] = (ItemStatus, VerificationLevel, SourceType, Channel)
     enums += (ProfileFieldSource, FieldValueType, SurvivorshipPolicy, RequiredLevel)
+    enums += (FallbackAction,)
     members = {m.value for enum in enums for m in enum}
     for value in held:
         assert (

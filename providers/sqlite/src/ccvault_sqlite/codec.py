@@ -30,8 +30,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from itertools import compress, islice, repeat
-from operator import attrgetter, is_not, itemgetter
+from itertools import compress, repeat
+from operator import and_, attrgetter, is_, is_not, itemgetter, or_
 from typing import Any, TypeVar
 from uuid import UUID, SafeUUID
 
@@ -187,13 +187,13 @@ class _Memo:
         self.size = size
 
     def __call__(self, column: Column) -> list[Any]:
-        entries = self.entries
         try:
-            if entries.keys() >= set(column):
-                return list(map(entries.__getitem__, column))
+            values = list(map(self.entries.get, column))
         except TypeError:  # a value that is not hashable: not ours (parse refuses it)
-            pass
-        return self._parsed(column)
+            return self._parsed(column)
+        # every value parsed is true (a UUID, a datetime): a false one is a text not seen
+        # yet (or NULL), which only ``parse`` may accept
+        return values if all(values) else self._parsed(column)
 
     def _parsed(self, column: Column) -> list[Any]:
         values = self.parse(column)
@@ -476,6 +476,112 @@ def _constant(convert: Convert, value: Any) -> Any:
     return converted
 
 
+class _Plan:
+    """How rows of one shape become models: ``template`` holds the value of every column
+    that is the same in every row and kept converted (NULL, or a memoizable value: ids,
+    times, enumeration members, flags, numbers), None elsewhere; ``texts`` are the other
+    constant columns (text, never kept: converted once per read) and ``varying`` the
+    columns converted column by column. Each is (position in the columns, name, converter).
+    """
+
+    __slots__ = ("template", "texts", "varying")
+
+    def __init__(
+        self,
+        template: dict[str, Any],
+        texts: list[tuple[int, str, Convert]],
+        varying: list[tuple[int, str, Convert]],
+    ) -> None:
+        self.template = template
+        self.texts = texts
+        self.varying = varying
+
+
+class _Shapes:
+    """The plans of the rows selected as ``cols`` and converted by ``converters``, keyed by
+    what decides a plan: which columns are constant, which it keeps, and their values with
+    their types (1, 1.0 and True are one dict key). So a read like the last costs one lookup
+    instead of a decision per column. Holds only what ``_CONSTANTS`` would (never text);
+    bounded like ``_Memo``: replaced by an empty dict when full, never emptied in place."""
+
+    __slots__ = ("cols", "converters", "converts", "keepable", "plans", "size")
+
+    def __init__(self, cols: Sequence[str], converters: dict[str, Convert], size: int) -> None:
+        self.cols = cols
+        self.converters = converters
+        self.converts = tuple(converters[name] for name in cols)
+        # a constant column whose converted value a plan may keep: immutable, memoizable
+        self.keepable = tuple(
+            convert in _MEMOIZABLE and name not in _MUTABLE_COLUMNS
+            for name, convert in zip(cols, self.converts, strict=True)
+        )
+        self.plans: dict[Any, _Plan] = {}
+        self.size = size
+
+    def plan(self, firsts: tuple[Any, ...], same: Sequence[bool]) -> _Plan:
+        """The plan of rows whose first values are ``firsts`` and whose columns ``same``
+        hold one value in every row; _NotOurs for a constant column not in our form."""
+        # kept: a column NULL in every row (whatever its converter), or constant and keepable
+        kept = tuple(map(and_, same, map(or_, self.keepable, map(is_, firsts, repeat(None)))))
+        values = tuple(compress(firsts, kept))
+        # (``same`` too: a text column constant in one read, varying in the next)
+        key = (tuple(same), kept, values, tuple(map(type, values)))
+        try:
+            return self.plans[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable: not a value this module writes
+            raise _NotOurs from None
+        plan = self._new_plan(firsts, same, kept)  # _NotOurs: nothing stored
+        plans = self.plans
+        if len(plans) >= self.size:
+            self.plans = plans = {}
+        plans[key] = plan
+        return plan
+
+    def _new_plan(
+        self, firsts: tuple[Any, ...], same: Sequence[bool], kept: tuple[bool, ...]
+    ) -> _Plan:
+        template: dict[str, Any] = dict.fromkeys(self.cols)
+        texts: list[tuple[int, str, Convert]] = []
+        varying: list[tuple[int, str, Convert]] = []
+        for at, (name, convert) in enumerate(zip(self.cols, self.converts, strict=True)):
+            first = firsts[at]
+            if kept[at] and first is None:
+                # NULL in every row: None, mutable column or not (NULL is never refused by
+                # an optional column's converter, and always by the others')
+                template[name] = convert((None,))[0] if convert not in _NULLABLE else None
+            elif kept[at]:
+                template[name] = _constant(convert, first)
+            elif same[at] and name not in _MUTABLE_COLUMNS:
+                texts.append((at, name, convert))
+            else:
+                varying.append((at, name, convert))
+        return _Plan(template, texts, varying)
+
+
+_SHAPES: dict[tuple[int, int], _Shapes] = {}
+
+
+def _shapes(cols: Sequence[str], converters: dict[str, Convert]) -> _Shapes:
+    """The plans of ``cols`` converted by ``converters`` (module constants: one
+    ``_Shapes`` per pair, found by their identities)."""
+    shapes = _SHAPES.get((id(cols), id(converters)))
+    if shapes is None or shapes.cols is not cols or shapes.converters is not converters:
+        shapes = _SHAPES[id(cols), id(converters)] = _Shapes(cols, converters, 1024)
+    return shapes
+
+
+def _same(columns: Sequence[tuple[Any, ...]], firsts: tuple[Any, ...]) -> list[bool]:
+    """Which of ``columns`` hold their first value in every row (a column whose last value
+    differs, as most varying ones do, is not counted through)."""
+    count = len(columns[0])
+    return [
+        column[-1] == first and column.count(first) == count
+        for column, first in zip(columns, firsts, strict=True)
+    ]
+
+
 def _trusted_models(
     model: type[_M],
     cols: Sequence[str],
@@ -485,41 +591,43 @@ def _trusted_models(
 ) -> list[_M] | None:
     """Instances of ``model`` from ``rows`` (selected as ``cols`` from position ``offset``
     on, maybe followed by more values), None when a column is not in our own form."""
-    count = len(rows)
-    if not count:
+    if not rows:
         return []
-    # a column holding one value in every row (NULLs, a status, a flag...) is converted
-    # once and copied with the other constants from a template; only the others are zipped
-    # into each model's dict (the template's copy keeps the declaration order)
-    template: dict[str, Any] = dict.fromkeys(cols)
-    varying: list[str] = []
-    data: list[list[Any]] = []
+    return _trusted_columns(model, cols, converters, list(zip(*rows, strict=True)), offset)
+
+
+def _trusted_columns(
+    model: type[_M],
+    cols: Sequence[str],
+    converters: dict[str, Convert],
+    all_columns: Sequence[tuple[Any, ...]],
+    offset: int = 0,
+) -> list[_M] | None:
+    """``_trusted_models`` of rows given as their columns (``zip(*rows)``, not empty)."""
+    columns = all_columns[offset : offset + len(cols)]
+    if len(columns) != len(cols):
+        raise ValueError(f"rows of {len(all_columns)} values; {offset + len(cols)} expected")
+    count = len(columns[0])
+    # the values that are the same in every row are converted once, through the plan of
+    # this shape (which keeps the memoizable ones converted), and copied with the others
+    # from a template; only the varying columns are converted column by column
+    firsts = tuple(map(itemgetter(0), columns))
     try:
-        for name, column in zip(
-            cols, islice(zip(*rows, strict=True), offset, offset + len(cols)), strict=True
-        ):
-            first = column[0]
-            convert = converters[name]
-            if first is None and column.count(None) == count:
-                # NULL in every row: None, mutable column or not (NULL is never refused by
-                # an optional column's converter, and always by the others')
-                template[name] = convert((None,))[0] if convert not in _NULLABLE else None
-                continue
-            if name not in _MUTABLE_COLUMNS and column.count(first) == count:
-                # _constant(), its memo looked up inline (most columns of a read)
-                known = _CONSTANTS.get((convert, type(first), first), _UNKNOWN)
-                template[name] = _constant(convert, first) if known is _UNKNOWN else known
-                continue
-            varying.append(name)
-            # (a UUID column naming rows of this same result, ``superseded_by_id`` in a
-            # history, finds the ids of the ``id`` column in the memo: one object each)
-            data.append(convert(column))
+        plan = _shapes(cols, converters).plan(firsts, _same(columns, firsts))
+        template = plan.template
+        if plan.texts:
+            template = template.copy()
+            for at, name, convert in plan.texts:
+                template[name] = convert((firsts[at],))[0]
+        # (a UUID column naming rows of this same result, ``superseded_by_id`` in a
+        # history, finds the ids of the ``id`` column in the memo: one object each)
+        data = [(name, convert(columns[at])) for at, name, convert in plan.varying]
     except _NotOurs:
         return None
     dicts = list(map(dict.copy, repeat(template, count)))
     # column by column: a plain item assignment is the cheapest way in (cheaper than an
     # update() of each row's pairs, or setitem through map)
-    for name, values in zip(varying, data, strict=True):
+    for name, values in data:
         for one, value in zip(dicts, values, strict=True):
             one[name] = value
     models: list[_M] = list(map(_new, repeat(model, count)))
@@ -645,6 +753,17 @@ def fields_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ProfileField]
     return _from_rows(
         "field", ProfileField, FIELD_COLUMNS, _FIELD_CONVERTERS, field_from_row, rows, offset
     )
+
+
+def fields_from_columns(columns: Sequence[tuple[Any, ...]], offset: int = 0) -> list[ProfileField]:
+    """``fields_from_rows`` of rows given as their columns (``list(zip(*rows))``), so that
+    the caller can let the rows go before the models are built."""
+    if not columns:
+        return []
+    trusted = _trusted_columns(ProfileField, FIELD_COLUMNS, _FIELD_CONVERTERS, columns, offset)
+    if trusted is not None:
+        return trusted
+    return [field_from_row(row[offset:]) for row in zip(*columns, strict=True)]
 
 
 def field_from_row(row: Row) -> ProfileField:
