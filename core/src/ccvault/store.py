@@ -98,6 +98,7 @@ import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
+from itertools import chain, repeat
 from types import TracebackType
 from typing import Any, Self, final
 from uuid import UUID, uuid4
@@ -233,8 +234,21 @@ def present_field(item: ProfileField, now: datetime) -> ProfileField:
     return item
 
 
+_EXPIRES_AT = operator.attrgetter("expires_at")
+
+
 def present_profile(profile: CustomerProfile, now: datetime) -> CustomerProfile:
     """``profile`` as it must be served at ``now``: expired fields leave ``fields``."""
+    if not any(map(operator.is_not, map(_EXPIRES_AT, profile.fields.values()), repeat(None))):
+        if not any(
+            map(
+                operator.is_not,
+                map(_EXPIRES_AT, chain.from_iterable(profile.field_history.values())),
+                repeat(None),
+            )
+        ):
+            # no expiry anywhere (most profiles): one scan in C, nothing to change
+            return profile
     expired = [name for name, item in profile.fields.items() if item.is_expired(now)]
     active = ItemStatus.ACTIVE
     if not expired and not any(
