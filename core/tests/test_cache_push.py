@@ -181,6 +181,28 @@ async def test_a_push_mode_near_hit_makes_no_redis_command(
     assert not backend.reads
 
 
+async def test_a_healthy_session_survives_its_own_heartbeats_and_syncs(
+    pair: tuple[Any, Any],
+) -> None:
+    """The heartbeat's server check (SET of the session marker, reading the old value back)
+    and sync_invalidations() keep a healthy session: before, redis-py's SET callback turned
+    the old value into True, every check read "the database changed", and push mode fell
+    back to the GET check about once a second."""
+    one, _ = pair
+    profile = await profile_with_email(one, "old@example.com")
+    read = reader("get_by_id", profile)
+    await trusted(one, read)
+    session = one._track_session
+    for _ in range(3):
+        await one._check_same_server()
+        await one.sync_invalidations()
+    assert one.tracking_healthy
+    assert one._track_session == session
+    commands = Commands(one)
+    assert await read(one) == profile
+    assert commands.count == 0
+
+
 async def test_check_mode_still_checks_the_generation_on_every_near_hit(
     backend: Any, prefix: str
 ) -> None:

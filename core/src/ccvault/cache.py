@@ -910,8 +910,10 @@ class CachedProfileStore(ForwardingProfileStore):
         try:
             # not through _redis: a heartbeat must not end a bypass the reads started
             async with asyncio.timeout(self.operation_timeout):
-                found = await self.redis.execute_command(
-                    "SET", self._marker_key, mark, "PX", self._marker_ttl(), "GET"
+                # set(get=True), not execute_command("SET", ..., "GET"): redis-py's SET
+                # response callback would turn the old value into True
+                found = await self.redis.set(
+                    self._marker_key, mark, px=self._marker_ttl(), get=True
                 )
         except ResponseError:
             found = mark  # before Redis 6.2 (no SET ... GET): the server is still checked
