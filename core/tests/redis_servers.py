@@ -266,3 +266,26 @@ class CountingStore(ForwardingProfileStore):
 
     async def _get_derivation_chain(self, *args: Any) -> Any:
         return await self._count("get_derivation_chain", super()._get_derivation_chain(*args))
+
+
+#: the three profile lookups the near tier serves
+LOOKUPS = ("get_by_id", "get_by_customer_id", "get_by_channel_identity")
+
+Read = Callable[[Any], Awaitable[Any]]
+
+
+def reader(lookup: str, profile: Any) -> Read:
+    """A read of ``profile`` through ``lookup`` (one of :data:`LOOKUPS`), for any store."""
+    tenant = profile.tenant_id
+    identity = profile.channel_identities[0]
+
+    async def read(store: Any) -> Any:
+        if lookup == "get_by_id":
+            return await store.get_by_id(tenant, profile.id)
+        if lookup == "get_by_customer_id":
+            return await store.get_by_customer_id(tenant, profile.customer_id)
+        return await store.get_by_channel_identity(
+            tenant, identity.channel, identity.channel_user_id
+        )
+
+    return read

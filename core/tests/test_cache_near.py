@@ -50,7 +50,7 @@ def _helpers() -> ModuleType:
 H = _helpers()
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HEAD = 33  # "D" + the 32-character epoch
-LOOKUPS = ("get_by_id", "get_by_customer_id", "get_by_channel_identity")
+LOOKUPS = H.LOOKUPS
 
 Read = Callable[[CachedProfileStore], Awaitable[CustomerProfile | None]]
 
@@ -60,20 +60,7 @@ def hits(tenant: UUID) -> float:
     return metrics.REGISTRY.get_sample_value(name, {"tenant_id": str(tenant)}) or 0.0
 
 
-def reader(lookup: str, profile: CustomerProfile) -> Read:
-    tenant = profile.tenant_id
-    identity = profile.channel_identities[0]
-
-    async def read(store: CachedProfileStore) -> CustomerProfile | None:
-        if lookup == "get_by_id":
-            return await store.get_by_id(tenant, profile.id)
-        if lookup == "get_by_customer_id":
-            return await store.get_by_customer_id(tenant, profile.customer_id)
-        return await store.get_by_channel_identity(
-            tenant, identity.channel, identity.channel_user_id
-        )
-
-    return read
+reader = H.reader
 
 
 @pytest.fixture

@@ -57,25 +57,12 @@ def _helpers() -> ModuleType:
 
 H = _helpers()
 REDIS_URL = "redis://127.0.0.1:6379/0"
-LOOKUPS = ("get_by_id", "get_by_customer_id", "get_by_channel_identity")
+LOOKUPS = H.LOOKUPS
 
 Read = Callable[[CachedProfileStore], Awaitable[CustomerProfile | None]]
 
 
-def reader(lookup: str, profile: CustomerProfile) -> Read:
-    tenant = profile.tenant_id
-    identity = profile.channel_identities[0]
-
-    async def read(store: CachedProfileStore) -> CustomerProfile | None:
-        if lookup == "get_by_id":
-            return await store.get_by_id(tenant, profile.id)
-        if lookup == "get_by_customer_id":
-            return await store.get_by_customer_id(tenant, profile.customer_id)
-        return await store.get_by_channel_identity(
-            tenant, identity.channel, identity.channel_user_id
-        )
-
-    return read
+reader = H.reader
 
 
 class Commands:
