@@ -182,7 +182,7 @@ import math
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -780,13 +780,13 @@ class CachedProfileStore(ForwardingProfileStore):
 
     async def _track(self) -> None:
         """Keep the tracking connection: open it, read it, reconnect with a back-off."""
-        delay = max(self.retry_after, _MIN_PAUSE)
+        pauses = self._backoff()
         warned = False
         while not self._closing:
             connection: Any = None
             try:
                 connection, tag = await self._track_open()
-                delay = max(self.retry_after, _MIN_PAUSE)
+                pauses = self._backoff()  # connected: the next failure starts over
                 if warned:
                     logger.info("near-cache invalidations pushed by Redis again")
                     warned = False
@@ -813,8 +813,7 @@ class CachedProfileStore(ForwardingProfileStore):
                         logger.debug("closing the invalidation connection failed")
             if self._closing:
                 return
-            await asyncio.sleep(delay)  # back-off between attempts, not a synchronisation
-            delay = max(min(delay * 2, self.max_retry_interval), _MIN_PAUSE)
+            await asyncio.sleep(next(pauses))  # back-off, not a synchronisation
 
     async def _track_open(self) -> tuple[Any, bytes | None]:
         """A new connection of our own (RESP2, never from the pool) that receives, as Pub/Sub
@@ -1142,10 +1141,19 @@ class CachedProfileStore(ForwardingProfileStore):
             return
         self._retry_task = loop.create_task(self._retry_pending())
 
-    async def _retry_pending(self) -> None:
+    def _backoff(self) -> Iterator[float]:
+        """The pauses of a background retry loop: ``retry_after`` (at least 10 ms), doubling
+        up to ``max_retry_interval``."""
         delay = max(self.retry_after, _MIN_PAUSE)
+        while True:
+            yield delay
+            delay = max(min(delay * 2, self.max_retry_interval), _MIN_PAUSE)
+
+    async def _retry_pending(self) -> None:
+        pauses = self._backoff()
+        pause = next(pauses)
         while self._pending() and not self._closing:
-            await asyncio.sleep(delay)  # back-off between attempts, not a synchronisation
+            await asyncio.sleep(pause)  # back-off between attempts, not a synchronisation
             if self._recovering:
                 continue  # a caller is clearing it right now
             try:
@@ -1153,7 +1161,7 @@ class CachedProfileStore(ForwardingProfileStore):
                     return
             except Exception:  # never let the retry die silently; keep trying
                 logger.exception("retrying pending Redis invalidations failed")
-            delay = max(min(delay * 2, self.max_retry_interval), _MIN_PAUSE)
+            pause = next(pauses)
 
     async def _redis(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run one Redis call, bounded by ``operation_timeout``."""
