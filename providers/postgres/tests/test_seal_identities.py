@@ -23,6 +23,22 @@ HOLDER = "Holder Ana Sealtest"
 VISIBLE = "plainmarker-seal-4242"
 
 
+async def _dump_schema(connection: asyncpg.Connection, schema: str) -> tuple[list[str], str]:
+    """The schema's table names and every row of every table as text, one string."""
+    tables = [
+        row["table_name"]
+        for row in await connection.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+            schema,
+        )
+    ]
+    dump = ""
+    for table in tables:
+        rows = await connection.fetch(f'SELECT t::text AS row FROM "{schema}"."{table}" t')
+        dump += "\n".join(row["row"] for row in rows)
+    return tables, dump
+
+
 async def test_no_channel_id_path_or_result_in_any_table(
     make_store: Callable[..., Awaitable[Any]], pg_dsn: str
 ) -> None:
@@ -55,17 +71,7 @@ async def test_no_channel_id_path_or_result_in_any_table(
         assert found.assets[0].verification_result == {"holder": HOLDER}
     connection = await asyncpg.connect(pg_dsn)
     try:
-        tables = [
-            row["table_name"]
-            for row in await connection.fetch(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-                schema,
-            )
-        ]
-        dump = ""
-        for table in tables:
-            rows = await connection.fetch(f'SELECT t::text AS row FROM "{schema}"."{table}" t')
-            dump += "\n".join(row["row"] for row in rows)
+        tables, dump = await _dump_schema(connection, schema)
     finally:
         await connection.close()
     assert "channel_identities" in tables and "profile_assets" in tables
@@ -193,17 +199,7 @@ async def test_consent_ips_are_sealed_and_a_copied_one_is_refused(
     assert back is not None and [str(c.ip_address) for c in back.consents] == [ipv4, ipv6]
     connection = await asyncpg.connect(pg_dsn)
     try:
-        tables = [
-            row["table_name"]
-            for row in await connection.fetch(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-                schema,
-            )
-        ]
-        dump = ""
-        for table in tables:
-            rows = await connection.fetch(f'SELECT t::text AS row FROM "{schema}"."{table}" t')
-            dump += "\n".join(row["row"] for row in rows)
+        tables, dump = await _dump_schema(connection, schema)
         assert "consents" in tables and VISIBLE in dump and "ccvault:pii:v1:k1:" in dump
         for secret in (ipv4, ipv6, other_ip):
             assert secret not in dump, secret
