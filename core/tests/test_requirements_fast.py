@@ -26,7 +26,12 @@ from ccvault.models import (
     RequiredLevel,
     ScenarioFieldRequirement,
 )
-from ccvault.requirements import condition_holds, find_missing_fields, find_missing_in
+from ccvault.requirements import (
+    condition_holds,
+    field_check,
+    find_missing_checked,
+    find_missing_fields,
+)
 from ccvault.store import StoreRules
 from ccvault_inmemory import InMemoryProfileStore
 
@@ -161,29 +166,23 @@ def test_find_missing_fields_agrees_with_the_reference(
 ) -> None:
     by_name = {d.name: d for d in definitions[AGENTS[0]]}
     expected = _reference(fields, requirements, by_name, rules, level, NOW)
-    found = find_missing_fields(
-        fields,
-        requirements,
-        by_name,
-        tenant_id=TENANT,
-        profile_id=None,
-        rules=rules,
-        required_level=level,
-        now=NOW,
-    )
+    context: dict[str, Any] = {
+        "tenant_id": TENANT,
+        "profile_id": None,
+        "rules": rules,
+        "required_level": level,
+        "now": NOW,
+    }
+    found = find_missing_fields(fields, requirements, by_name, **context)
     assert [id(r) for r in found] == [id(r) for r in expected]
+    # what get_missing_fields calls: the values gathered and the definitions reduced to
+    # their checks by the caller
     values = {name: item.value for name, item in fields.items()}
-    again = find_missing_in(
-        fields,
-        values,
-        requirements,
-        by_name,
-        tenant_id=TENANT,
-        profile_id=None,
-        rules=rules,
-        required_level=level,
-        now=NOW,
-    )
+    checks = {
+        name: field_check(d.required_verification, d.freshness_seconds)
+        for name, d in by_name.items()
+    }
+    again = find_missing_checked(fields, values, requirements, checks, **context)
     assert [id(r) for r in again] == [id(r) for r in expected]
 
 
@@ -322,7 +321,7 @@ def test_read_fields_takes_a_subclass_through_the_full_check() -> None:
 
 
 def test_field_checks_are_shared_and_only_of_enabled_definitions() -> None:
-    from ccvault.requirements import FieldCheck, checks_of, field_check
+    from ccvault.requirements import FieldCheck, checks_of
 
     assert field_check(True, None) is field_check(True, None) == FieldCheck(True, None)
     assert field_check(False, 60) is field_check(False, 60) == FieldCheck(False, 60)

@@ -56,7 +56,6 @@ __all__ = [
     "find_missing",
     "find_missing_checked",
     "find_missing_fields",
-    "find_missing_in",
 ]
 
 logger = logging.getLogger(__name__)
@@ -552,14 +551,6 @@ def checks_of(
     return checks
 
 
-def _checks_by_name(definitions: Mapping[str, ProfileFieldDefinition]) -> dict[str, FieldCheck]:
-    # every definition given judges (enabled or not: the callers chose them)
-    return {
-        name: field_check(definition.required_verification, definition.freshness_seconds)
-        for name, definition in definitions.items()
-    }
-
-
 def find_missing(
     profile: CustomerProfile,
     requirements: Iterable[ScenarioFieldRequirement],
@@ -602,39 +593,15 @@ def find_missing_fields(
     """:func:`find_missing` over a profile's ACTIVE ``fields`` (name -> version) alone: all
     it reads of a profile. The values every condition sees are gathered once; each condition
     is compiled once per process (:func:`compile_condition`, a bounded LRU by its text)."""
-    return find_missing_in(
+    return find_missing_checked(
         fields,
         {name: item.value for name, item in fields.items()},
         requirements,
-        definitions,
-        tenant_id=tenant_id,
-        profile_id=profile_id,
-        rules=rules,
-        required_level=required_level,
-        now=now,
-    )
-
-
-def find_missing_in(
-    fields: Mapping[str, ProfileField],
-    values: Mapping[str, Any],
-    requirements: Iterable[ScenarioFieldRequirement],
-    definitions: Mapping[str, ProfileFieldDefinition],
-    *,
-    tenant_id: UUID,
-    profile_id: UUID | None,
-    rules: StoreRules,
-    required_level: RequiredLevel | None,
-    now: datetime,
-) -> list[ScenarioFieldRequirement]:
-    """:func:`find_missing_fields` with the fields' ``values`` (name -> ``value``, the
-    names of ``fields``) already gathered: :func:`find_missing_checked` over the
-    definitions' :class:`FieldCheck`."""
-    return find_missing_checked(
-        fields,
-        values,
-        requirements,
-        _checks_by_name(definitions),
+        # every definition given judges (enabled or not: the callers chose them)
+        {
+            name: field_check(definition.required_verification, definition.freshness_seconds)
+            for name, definition in definitions.items()
+        },
         tenant_id=tenant_id,
         profile_id=profile_id,
         rules=rules,
@@ -655,8 +622,9 @@ def find_missing_checked(
     required_level: RequiredLevel | None,
     now: datetime,
 ) -> list[ScenarioFieldRequirement]:
-    """The evaluation itself, what ``get_missing_fields`` calls: :func:`find_missing_in` with
-    each field's definition reduced to its :class:`FieldCheck` (``checks``: field name ->
+    """The evaluation itself, what ``get_missing_fields`` calls: :func:`find_missing_fields`
+    (``values``: each of ``fields``' ``value`` by name, gathered by the caller) with each
+    field's definition reduced to its :class:`FieldCheck` (``checks``: field name ->
     check, of the definitions that judge, i.e. the enabled ones of the requirements'
     agent). The loop reads each attribute once, into locals."""
     stale_action = rules.stale_field_action
