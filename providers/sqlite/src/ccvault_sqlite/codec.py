@@ -300,7 +300,7 @@ def _text(low: int = 0, high: int | None = None) -> Convert:
     def convert(column: Column) -> list[Any]:
         if column and (
             not set(map(type, column)) <= {str}
-            or min(map(len, column)) < low
+            or (low and min(map(len, column)) < low)  # (no pass for low 0)
             or (high is not None and max(map(len, column)) > high)
         ):
             raise _NotOurs
@@ -391,12 +391,6 @@ def _lists_of(convert: Convert) -> Convert:
     return lists
 
 
-def _strings(column: Column) -> list[Any]:
-    if not set(map(type, column)) <= {str}:
-        raise _NotOurs
-    return list(column)
-
-
 _uuid_lists = _lists_of(_uuids)
 
 
@@ -449,7 +443,6 @@ _MUTABLE_COLUMNS = frozenset(
 _MEMOIZABLE: set[Convert] = set()
 _CONSTANTS: dict[tuple[Convert, type, Any], Any] = {}
 _CONSTANTS_MAX = 4096
-_UNKNOWN = object()
 
 
 def _memoizable(convert: Convert) -> Convert:
@@ -1008,9 +1001,9 @@ _DEFINITION_CONVERTERS: dict[str, Convert] = {
     "validation_tool_id": _TEXT_OPT,
     "allowed_values": _optional(_json_of(list)),
     "required_verification": _BOOLS,
-    "verification_methods": _lists_of(_strings),
+    "verification_methods": _lists_of(_text()),
     "collection_prompt": _TEXT_OPT,
-    "extraction_examples": _lists_of(_strings),
+    "extraction_examples": _lists_of(_text()),
     "extraction_prompt_hint": _TEXT_OPT,
     "is_pii": _BOOLS,
     "encryption_required": _BOOLS,
