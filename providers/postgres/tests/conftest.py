@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 
 from ccvault.store import StoreRules
@@ -24,6 +26,9 @@ from ccvault_postgres.testing import (
 )
 
 StoreFactory = Callable[..., Awaitable[PostgresProfileStore]]
+
+#: the clock of a ``timed_store``: the bulk-job tests generate their rows relative to it
+TIMED_NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +75,31 @@ async def make_store(pg_dsn: str) -> AsyncIterator[StoreFactory]:
 @pytest.fixture
 async def store(make_store: StoreFactory) -> PostgresProfileStore:
     return await make_store()
+
+
+@pytest.fixture
+async def timed_store(make_store: StoreFactory) -> PostgresProfileStore:
+    """A store whose connections run with ``statement_timeout = 3s`` (issue 17's bulk jobs)
+    and whose clock stands still at :data:`TIMED_NOW`."""
+    store = await make_store(statement_timeout_seconds=3)
+    store.now = lambda: TIMED_NOW  # type: ignore[method-assign]
+    async with store.connection() as conn:
+        assert await conn.fetchval("SHOW statement_timeout") == "3s"
+    return store
+
+
+async def insert_profiles(
+    conn: asyncpg.Connection, tenant: uuid.UUID, created_at: datetime, count: int
+) -> None:
+    """``count`` empty unverified profiles of ``tenant``, generated on the server."""
+    await conn.execute(
+        """
+        INSERT INTO customer_profiles
+            (tenant_id, id, customer_id, verification_level, created_at, updated_at)
+        SELECT $1, gen_random_uuid(), gen_random_uuid(), 'unverified', $2, $2
+        FROM generate_series(1, $3)
+        """,
+        tenant,
+        created_at,
+        count,
+    )

@@ -14,7 +14,7 @@ it is free).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -22,13 +22,13 @@ import pytest
 from ccvault.batches import BatchProgress
 from ccvault_postgres import PostgresProfileStore
 
-from .conftest import StoreFactory
+from .conftest import TIMED_NOW, insert_profiles
 
 _PROFILES = 250
 _FIELDS_PER_PROFILE = 80
 _ROWS = _PROFILES * _FIELDS_PER_PROFILE  # 20,000 due versions in one tenant
 _BATCH = 1_500
-_BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+_BASE = TIMED_NOW  # the clock of the timed_store fixture
 
 # the former implementation: one UPDATE over every due row of the tenant
 _SINGLE_UPDATE = """
@@ -42,17 +42,7 @@ async def _load_due_tenant(store: PostgresProfileStore, tenant: uuid.UUID) -> No
     server (generate_series), all collected two hours and expired one hour before _BASE."""
     collected, expires = _BASE - timedelta(hours=2), _BASE - timedelta(hours=1)
     async with store.connection() as conn:
-        await conn.execute(
-            """
-            INSERT INTO customer_profiles
-                (tenant_id, id, customer_id, verification_level, created_at, updated_at)
-            SELECT $1, gen_random_uuid(), gen_random_uuid(), 'unverified', $2, $2
-            FROM generate_series(1, $3)
-            """,
-            tenant,
-            collected,
-            _PROFILES,
-        )
+        await insert_profiles(conn, tenant, collected, _PROFILES)
         await conn.execute(
             """
             INSERT INTO profile_fields
@@ -79,15 +69,6 @@ async def _statuses(store: PostgresProfileStore, tenant: uuid.UUID) -> dict[str,
             tenant,
         )
     return {row["status"]: int(row["n"]) for row in rows}
-
-
-@pytest.fixture
-async def timed_store(make_store: StoreFactory) -> PostgresProfileStore:
-    store = await make_store(statement_timeout_seconds=3)
-    store.now = lambda: _BASE  # type: ignore[method-assign]
-    async with store.connection() as conn:
-        assert await conn.fetchval("SHOW statement_timeout") == "3s"
-    return store
 
 
 async def test_expire_covers_a_large_tenant_in_batches_each_of_at_most_batch_size_rows(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from ccvault.batches import BatchProgress
 from ccvault_postgres import PostgresProfileStore
 from ccvault_postgres import _sql as sql
 
-from .conftest import StoreFactory
+from .conftest import TIMED_NOW, insert_profiles
 
 _PROFILES = 100
 _DERIVED_PER_PROFILE = 80
@@ -32,7 +32,7 @@ _DERIVED = _PROFILES * _DERIVED_PER_PROFILE  # 8,000 derived fields in one tenan
 _PLAIN_PER_PROFILE = 300  # and 30,000 fields derived from nothing
 _ORPHAN_EVERY = 97  # one derived field in 97 names a source that does not exist
 _BATCH = 700
-_BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+_BASE = TIMED_NOW  # the clock of the timed_store fixture
 
 
 async def _load_tenant(store: PostgresProfileStore, tenant: uuid.UUID) -> int:
@@ -42,17 +42,7 @@ async def _load_tenant(store: PostgresProfileStore, tenant: uuid.UUID) -> int:
     number of orphans."""
     collected = _BASE - timedelta(hours=1)
     async with store.connection() as conn:
-        await conn.execute(
-            """
-            INSERT INTO customer_profiles
-                (tenant_id, id, customer_id, verification_level, created_at, updated_at)
-            SELECT $1, gen_random_uuid(), gen_random_uuid(), 'unverified', $2, $2
-            FROM generate_series(1, $3)
-            """,
-            tenant,
-            collected,
-            _PROFILES,
-        )
+        await insert_profiles(conn, tenant, collected, _PROFILES)
         columns = """
             (tenant_id, id, profile_id, name, value, value_type, source, source_metadata,
              status, verified, confidence, requires_confirmation, collected_at, updated_at,
@@ -115,15 +105,6 @@ async def _load_tenant(store: PostgresProfileStore, tenant: uuid.UUID) -> int:
             tenant,
         )
     return orphans
-
-
-@pytest.fixture
-async def timed_store(make_store: StoreFactory) -> PostgresProfileStore:
-    store = await make_store(statement_timeout_seconds=3)
-    store.now = lambda: _BASE  # type: ignore[method-assign]
-    async with store.connection() as conn:
-        assert await conn.fetchval("SHOW statement_timeout") == "3s"
-    return store
 
 
 async def test_each_batch_examines_at_most_batch_size_items_each_item_once(
