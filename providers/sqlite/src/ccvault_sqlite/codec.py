@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from itertools import compress, repeat
 from operator import and_, attrgetter, is_, is_not, itemgetter, or_
 from typing import Any, TypeVar
@@ -213,11 +214,7 @@ class _Memo:
         texts.discard(None)
         if texts <= entries.keys():  # entries.get(None) is None
             return list(map(entries.get, column))
-        values = list(column)
-        where = [at for at, value in enumerate(values) if value is not None]
-        for at, value in zip(where, self(list(map(values.__getitem__, where))), strict=True):
-            values[at] = value
-        return values
+        return _apart_from_nulls(self, column)
 
 
 def _parsed_uuids(column: Column) -> list[Any]:
@@ -398,22 +395,23 @@ _uuid_lists = _lists_of(_uuids)
 _NULLABLE: set[Convert] = set()
 
 
+def _apart_from_nulls(convert: Convert, column: Column) -> list[Any]:
+    """``convert`` for the non-NULL values of ``column``; NULL stays None."""
+    nones = column.count(None)
+    if not nones:
+        return convert(column)
+    if nones == len(column):
+        return list(column)
+    # in C: where the values are, their conversion, put back in place
+    where = list(compress(range(len(column)), map(is_not, column, repeat(None))))
+    values = list(column)
+    deque(map(values.__setitem__, where, convert(list(map(values.__getitem__, where)))), 0)
+    return values
+
+
 def _optional(convert: Convert) -> Convert:
     """``convert`` for the non-NULL values; NULL stays None."""
-
-    def optional(column: Column) -> list[Any]:
-        nones = column.count(None)
-        if not nones:
-            return convert(column)
-        if nones == len(column):
-            return list(column)
-        # in C: where the values are, their conversion, put back in place
-        where = list(compress(range(len(column)), map(is_not, column, repeat(None))))
-        values = list(column)
-        deque(map(values.__setitem__, where, convert(list(map(values.__getitem__, where)))), 0)
-        return values
-
-    return _nullable(optional)
+    return _nullable(partial(_apart_from_nulls, convert))
 
 
 def _nullable(convert: Convert) -> Convert:
