@@ -14,16 +14,20 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ccvault.store import ForwardingProfileStore, ProfileStore
+from ccvault_inmemory import InMemoryProfileStore
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -289,3 +293,29 @@ def reader(lookup: str, profile: Any) -> Read:
         )
 
     return read
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures for tests on the shared Redis (a module takes them as ``prefix = H.prefix``)
+# ---------------------------------------------------------------------------------------
+
+#: the shared Redis server the tests use under prefixes of their own
+SHARED_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A key prefix of the test's own on the shared Redis; its keys are deleted after."""
+    value = f"ccvault-test:{uuid.uuid4().hex}:"
+    yield value
+    client = redis.asyncio.Redis.from_url(SHARED_URL)
+    keys = [key async for key in client.scan_iter(match=f"{value}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def backend() -> CountingStore:
+    """An in-memory backend counting the reads that reach it."""
+    return CountingStore(InMemoryProfileStore())

@@ -31,7 +31,6 @@ from ccvault.cache import CachedProfileStore
 from ccvault.cache_codec import FORMAT_VERSION, KIND_PROFILE, open_envelope, seal_envelope
 from ccvault.models import Channel, CustomerProfile, ItemType
 from ccvault_contract_tests.helpers import make_field, unique_user
-from ccvault_inmemory import InMemoryProfileStore
 
 
 def _helpers() -> ModuleType:
@@ -48,7 +47,7 @@ def _helpers() -> ModuleType:
 
 
 H = _helpers()
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = H.SHARED_URL
 HEAD = 33  # "D" + the 32-character epoch
 LOOKUPS = H.LOOKUPS
 
@@ -63,20 +62,8 @@ def hits(tenant: UUID) -> float:
 reader = H.reader
 
 
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    value = f"ccvault-test:{uuid.uuid4().hex}:"
-    yield value
-    client = Redis.from_url(REDIS_URL)
-    keys = [key async for key in client.scan_iter(match=f"{value}*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-@pytest.fixture
-def backend() -> Any:
-    return H.CountingStore(InMemoryProfileStore())
+prefix = H.prefix
+backend = H.backend
 
 
 @pytest.fixture

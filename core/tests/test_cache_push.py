@@ -56,7 +56,7 @@ def _helpers() -> ModuleType:
 
 
 H = _helpers()
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = H.SHARED_URL
 LOOKUPS = H.LOOKUPS
 
 Read = Callable[[CachedProfileStore], Awaitable[CustomerProfile | None]]
@@ -80,9 +80,17 @@ class Commands:
 
 
 def push_store(backend: Any, prefix: str, **options: Any) -> CachedProfileStore:
+    """A push-mode store on the shared Redis."""
+    return push_client_store(backend, REDIS_URL, prefix, **options)
+
+
+def push_client_store(backend: Any, url: str, prefix: str, **options: Any) -> CachedProfileStore:
+    """A push-mode store with a client of its own on ``url`` (``client_options``: the
+    client's)."""
+    client_options = options.pop("client_options", {})
     return CachedProfileStore(
         backend,
-        Redis.from_url(REDIS_URL),
+        Redis.from_url(url, **client_options),
         key_prefix=prefix,
         near_cache_invalidation="push",
         close_client=True,
@@ -90,20 +98,8 @@ def push_store(backend: Any, prefix: str, **options: Any) -> CachedProfileStore:
     )
 
 
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    value = f"ccvault-test:{uuid.uuid4().hex}:"
-    yield value
-    client = Redis.from_url(REDIS_URL)
-    keys = [key async for key in client.scan_iter(match=f"{value}*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-@pytest.fixture
-def backend() -> Any:
-    return H.CountingStore(InMemoryProfileStore())
+prefix = H.prefix
+backend = H.backend
 
 
 @pytest.fixture
@@ -116,14 +112,24 @@ async def pair(backend: Any, prefix: str) -> AsyncIterator[tuple[Any, Any]]:
         yield one, two
 
 
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` (bounded) until it holds; fail with ``what`` after 15 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while not condition():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def moved(store: CachedProfileStore, session: int) -> bool:
+    """Whether ``store`` runs a healthy tracking session newer than ``session``."""
+    return store._track_session != session and store.tracking_healthy
+
+
 async def tracking(store: CachedProfileStore) -> None:
     """Wait (polling, bounded) until the store's tracking connection is up."""
     store._start_tracking()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while not store.tracking_healthy:
-        assert loop.time() < deadline, "the tracking connection never came up"
-        await asyncio.sleep(0.01)
+    await until(lambda: store.tracking_healthy, "the tracking connection never came up")
 
 
 async def trusted(store: CachedProfileStore, read: Read) -> CustomerProfile:
@@ -152,14 +158,23 @@ def email(found: CustomerProfile | None) -> Any:
     return found.fields["email"].value
 
 
+async def trusted_profile(
+    store: CachedProfileStore, lookup: str = "get_by_id"
+) -> tuple[CustomerProfile, Read]:
+    """A new profile (email old@example.com) and its read through ``lookup``, whose near
+    copy ``store`` now serves without any Redis command."""
+    profile = await profile_with_email(store, "old@example.com")
+    read = reader(lookup, profile)
+    await trusted(store, read)
+    return profile, read
+
+
 @pytest.mark.parametrize("lookup", LOOKUPS)
 async def test_a_push_mode_near_hit_makes_no_redis_command(
     pair: tuple[Any, Any], backend: Any, lookup: str
 ) -> None:
     one, _ = pair
-    profile = await profile_with_email(one, "old@example.com")
-    read = reader(lookup, profile)
-    await trusted(one, read)
+    profile, read = await trusted_profile(one, lookup)
     commands = Commands(one)
     backend.reads.clear()
     for _ in range(5):
@@ -176,9 +191,7 @@ async def test_a_healthy_session_survives_its_own_heartbeats_and_syncs(
     the old value into True, every check read "the database changed", and push mode fell
     back to the GET check about once a second."""
     one, _ = pair
-    profile = await profile_with_email(one, "old@example.com")
-    read = reader("get_by_id", profile)
-    await trusted(one, read)
+    profile, read = await trusted_profile(one)
     session = one._track_session
     for _ in range(3):
         await one._check_same_server()
@@ -212,9 +225,7 @@ async def test_a_write_on_another_instance_is_seen_once_synced(
     pair: tuple[Any, Any], lookup: str
 ) -> None:
     one, two = pair
-    profile = await profile_with_email(one, "old@example.com")
-    read = reader(lookup, profile)
-    await trusted(one, read)
+    profile, read = await trusted_profile(one, lookup)
     await two.update_field(profile.tenant_id, profile.id, make_field("email", "new@example.com"))
     await one.sync_invalidations()
     assert email(await read(one)) == "new@example.com"
@@ -224,9 +235,7 @@ async def test_a_tenant_wide_write_on_another_instance_is_seen_once_synced(
     pair: tuple[Any, Any],
 ) -> None:
     one, two = pair
-    profile = await profile_with_email(one, "old@example.com")
-    read = reader("get_by_id", profile)
-    await trusted(one, read)
+    profile, read = await trusted_profile(one)
     # delete_item does not name the profile: every body of the tenant goes
     item = profile.fields["email"].id
     assert await two.delete_item(profile.tenant_id, item, ItemType.PROFILE_FIELD)
@@ -240,9 +249,7 @@ async def test_a_write_of_this_instance_ends_its_near_copy_at_once(
     pair: tuple[Any, Any], tenant_wide: bool
 ) -> None:
     one, _ = pair
-    profile = await profile_with_email(one, "old@example.com")
-    read = reader("get_by_id", profile)
-    await trusted(one, read)
+    profile, read = await trusted_profile(one)
     if tenant_wide:
         item = profile.fields["email"].id
         assert await one.delete_item(profile.tenant_id, item, ItemType.PROFILE_FIELD)
@@ -262,9 +269,7 @@ async def test_a_read_racing_a_write_of_this_instance_keeps_no_trusted_copy(
     invalidated: once the write returned, that copy is not served, without waiting for the
     pushed message (message handling is switched off here)."""
     one, _ = pair
-    profile = await profile_with_email(one, "old@example.com")
-    read = reader("get_by_id", profile)
-    await trusted(one, read)
+    profile, read = await trusted_profile(one)
     one._on_invalidate = lambda keys: None
     real_delete = one.redis.delete
     raced: list[CustomerProfile | None] = []
@@ -319,9 +324,7 @@ async def test_a_killed_tracking_connection_falls_back_to_the_check_then_recover
     pair: tuple[Any, Any],
 ) -> None:
     one, two = pair
-    profile = await profile_with_email(one, "old@example.com")
-    read = reader("get_by_id", profile)
-    await trusted(one, read)
+    profile, read = await trusted_profile(one)
     killed = one.tracking_client_id
     assert killed is not None
     admin = Redis.from_url(REDIS_URL)
@@ -390,9 +393,7 @@ async def test_flushall_ends_every_near_copy(tmp_path: Path, backend: Any) -> No
         )
         async with CachedProfileStore.from_settings(backend, settings) as store:
             assert store.near_cache_invalidation == "push"
-            profile = await profile_with_email(store, "old@example.com")
-            read = reader("get_by_id", profile)
-            await trusted(store, read)
+            profile, read = await trusted_profile(store)
             with server.client() as raw:
                 raw.flushall()
             await store.sync_invalidations()
@@ -436,18 +437,6 @@ def test_the_setting_is_parsed_and_checked() -> None:
 # =========================================================================================
 
 
-def push_client_store(backend: Any, url: str, prefix: str, **options: Any) -> CachedProfileStore:
-    client_options = options.pop("client_options", {})
-    return CachedProfileStore(
-        backend,
-        Redis.from_url(url, **client_options),
-        key_prefix=prefix,
-        near_cache_invalidation="push",
-        close_client=True,
-        **options,
-    )
-
-
 async def failover(store: CachedProfileStore, to: Any) -> None:
     """The address of Redis now leads to another server (a failover behind a DNS name, a
     virtual IP or a proxy): the pool's connections are closed and reopen to ``to``; the
@@ -475,9 +464,7 @@ async def test_a_tracking_connection_left_on_another_server_is_never_trusted(
         one = push_client_store(backend, old.url, "t:", retry_after=0.05)
         two = push_client_store(backend, new.url, "t:", retry_after=0.05)
         async with one, two:
-            profile = await profile_with_email(one, "old@example.com")
-            read = reader("get_by_id", profile)
-            await trusted(one, read)
+            profile, read = await trusted_profile(one)
             session = one._track_session
             await failover(one, new)
             if talks:
@@ -485,11 +472,7 @@ async def test_a_tracking_connection_left_on_another_server_is_never_trusted(
                 for _ in range(3):
                     assert email(await read(one)) == "old@example.com"
             else:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 15
-                while one._track_session == session or not one.tracking_healthy:
-                    assert loop.time() < deadline, "the heartbeat never noticed"
-                    await asyncio.sleep(0.01)
+                await until(lambda: moved(one, session), "the heartbeat never noticed")
             await two.update_field(
                 profile.tenant_id, profile.id, make_field("email", "new@example.com")
             )
@@ -507,9 +490,7 @@ async def test_a_read_after_the_tracking_connection_end_was_read_trusts_no_copy(
     lost from then on), no copy is served without the GET, even before the task keeping
     the connection has noticed."""
     one, two = pair
-    profile = await profile_with_email(one, "old@example.com")
-    read = reader("get_by_id", profile)
-    await trusted(one, read)
+    profile, read = await trusted_profile(one)
     killed = one.tracking_client_id
     admin = Redis.from_url(REDIS_URL)
     try:
@@ -537,9 +518,7 @@ async def test_clearing_every_epoch_works_with_a_glob_special_key_prefix(backend
     two = push_store(backend, prefix, retry_after=0.05)
     try:
         async with one, two:
-            profile = await profile_with_email(two, "old@example.com")
-            read = reader("get_by_id", profile)
-            await trusted(two, read)
+            profile, read = await trusted_profile(two)
             # a write whose invalidation was lost (Redis unreachable from its process):
             # the backend changed, Redis was not told, the writer poisoned the tenant
             await backend.update_field(
@@ -569,9 +548,7 @@ async def test_pushed_invalidations_match_keys_in_the_clients_encoding(
     one = push_client_store(backend, REDIS_URL, latin, **options)
     two = push_client_store(backend, REDIS_URL, latin, **options)
     async with one, two:
-        profile = await profile_with_email(one, "old@example.com")
-        read = reader("get_by_id", profile)
-        await trusted(one, read)
+        profile, read = await trusted_profile(one)
         await two.update_field(
             profile.tenant_id, profile.id, make_field("email", "new@example.com")
         )
@@ -594,11 +571,7 @@ class Sleeps:
         monkeypatch.setattr(asyncio, "sleep", recording)
 
     async def until(self, count: int) -> list[float]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while len(self.delays) < count:
-            assert loop.time() < deadline, f"only {len(self.delays)} pauses"
-            await asyncio.sleep(0.01)
+        await until(lambda: len(self.delays) >= count, f"fewer than {count} pauses")
         return self.delays[:count]
 
 
@@ -683,20 +656,14 @@ async def test_a_copy_from_before_a_redis_restart_is_never_trusted(
     try:
         one = push_client_store(backend, server.url, "t:", retry_after=0.05)
         async with one:
-            profile = await profile_with_email(one, "old@example.com")
-            read = reader("get_by_id", profile)
-            await trusted(one, read)
+            profile, read = await trusted_profile(one)
             session = one._track_session
             server.shutdown_save()
             await backend.update_field(
                 profile.tenant_id, profile.id, make_field("email", "new@example.com")
             )
             server.start()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 15
-            while one._track_session == session or not one.tracking_healthy:
-                assert loop.time() < deadline, "the tracking connection never came back"
-                await asyncio.sleep(0.01)
+            await until(lambda: moved(one, session), "the tracking connection never came back")
             await one.sync_invalidations()
             for _ in range(3):
                 assert email(await read(one)) == "new@example.com"
@@ -705,7 +672,7 @@ async def test_a_copy_from_before_a_redis_restart_is_never_trusted(
 
 
 def test_a_store_used_on_another_event_loop_never_trusts_the_old_loops_copies(
-    prefix: str,
+    backend: Any, prefix: str
 ) -> None:
     """The tracking task runs on the loop that started it: once that loop has ended (a
     process running one loop per job with one store), nobody reads the pushed
@@ -713,7 +680,6 @@ def test_a_store_used_on_another_event_loop_never_trusts_the_old_loops_copies(
     task is never told). A read on a new loop must not trust a copy on their strength:
     it checks the generation (and, like ``"check"`` mode, fails loudly when the client
     cannot be used on this loop) — never the old data."""
-    backend = H.CountingStore(InMemoryProfileStore())
     one = push_store(backend, prefix, retry_after=0.05)
     state: dict[str, Any] = {}
 
@@ -773,9 +739,7 @@ async def test_swapping_the_cache_database_is_noticed(
         one = push_client_store(backend, server.url, "t:", retry_after=0.05)
         two = push_client_store(backend, server.url, "t:", retry_after=0.05)
         async with one, two:
-            profile = await profile_with_email(one, "old@example.com")
-            read = reader("get_by_id", profile)
-            await trusted(one, read)
+            profile, read = await trusted_profile(one)
             session = one._track_session
             with server.client() as raw:
                 raw.swapdb(0, 1)
@@ -783,11 +747,9 @@ async def test_swapping_the_cache_database_is_noticed(
                 profile.tenant_id, profile.id, make_field("email", "new@example.com")
             )
             if not synced:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 15
-                while one._track_session == session:
-                    assert loop.time() < deadline, "the heartbeat never noticed the swap"
-                    await asyncio.sleep(0.01)
+                await until(
+                    lambda: one._track_session != session, "the heartbeat never noticed the swap"
+                )
             await one.sync_invalidations()
             assert email(await read(one)) == "new@example.com"
     finally:
