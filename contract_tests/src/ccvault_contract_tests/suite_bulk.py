@@ -159,32 +159,55 @@ class BulkJobsContract(ContractBase):
 
     # ---------------------------------------------------------------- mark_orphans
 
-    async def _orphans(self, store: ProfileStore, tenant: UUID, base: datetime) -> UUID:
-        """One profile with 7 fields and 5 assets derived from sources that never existed."""
-        profile = await new_profile(store, tenant)
-        for number in range(7):
+    async def _derived(
+        self,
+        store: ProfileStore,
+        tenant: UUID,
+        profile_id: UUID,
+        base: datetime,
+        *,
+        fields_from: list[UUID],
+        assets_from: list[UUID],
+        asset_source_type: SourceType,
+    ) -> None:
+        """Fields ``derived_<n>`` (value n, from profile field ``fields_from[n]``) and assets
+        ``derived_doc_<n>`` (from ``assets_from[n]``, of ``asset_source_type``)."""
+        for number, source in enumerate(fields_from):
             await store.update_field(
                 tenant,
-                profile.id,
+                profile_id,
                 make_field(
                     f"derived_{number}",
                     number,
                     collected_at=base,
-                    source_item_id=uuid4(),
+                    source_item_id=source,
                     source_item_type=SourceType.PROFILE_FIELD,
                 ),
             )
-        for number in range(5):
+        for number, source in enumerate(assets_from):
             await store.add_asset(
                 tenant,
-                profile.id,
+                profile_id,
                 make_asset(
                     f"derived_doc_{number}",
                     uploaded_at=base,
-                    source_item_id=uuid4(),
-                    source_item_type=SourceType.PROFILE_ASSET,
+                    source_item_id=source,
+                    source_item_type=asset_source_type,
                 ),
             )
+
+    async def _orphans(self, store: ProfileStore, tenant: UUID, base: datetime) -> UUID:
+        """One profile with 7 fields and 5 assets derived from sources that never existed."""
+        profile = await new_profile(store, tenant)
+        await self._derived(
+            store,
+            tenant,
+            profile.id,
+            base,
+            fields_from=[uuid4() for _ in range(7)],
+            assets_from=[uuid4() for _ in range(5)],
+            asset_source_type=SourceType.PROFILE_ASSET,
+        )
         await store.update_field(tenant, profile.id, make_field("plain", 1, collected_at=base))
         return profile.id
 
@@ -259,29 +282,15 @@ class BulkJobsContract(ContractBase):
             tenant, profile.id, make_field("source", 1, collected_at=base)
         )
         orphans = {3, 8, 9, 17}  # of 19 derived fields; item ids are random: spread anyhow
-        for number in range(19):
-            await store.update_field(
-                tenant,
-                profile.id,
-                make_field(
-                    f"derived_{number}",
-                    number,
-                    collected_at=base,
-                    source_item_id=uuid4() if number in orphans else source,
-                    source_item_type=SourceType.PROFILE_FIELD,
-                ),
-            )
-        for number in range(6):
-            await store.add_asset(
-                tenant,
-                profile.id,
-                make_asset(
-                    f"derived_doc_{number}",
-                    uploaded_at=base,
-                    source_item_id=uuid4() if number == 4 else source,
-                    source_item_type=SourceType.PROFILE_FIELD,
-                ),
-            )
+        await self._derived(
+            store,
+            tenant,
+            profile.id,
+            base,
+            fields_from=[uuid4() if number in orphans else source for number in range(19)],
+            assets_from=[uuid4() if number == 4 else source for number in range(6)],
+            asset_source_type=SourceType.PROFILE_FIELD,
+        )
         reports: list[BatchProgress] = []
         assert (
             await store.mark_orphans(tenant, batch_size=_BATCH, progress=_recorder(reports))
