@@ -765,17 +765,23 @@ REQUIREMENT_COLUMNS_READ = tuple(
     f for f in ScenarioFieldRequirement.model_fields if f not in REQUIREMENTS_WITH_DEFINITIONS_FIXED
 )
 DEFINITION_COLUMNS_READ = tuple(f for f in ProfileFieldDefinition.model_fields if f != "tenant_id")
-GET_REQUIREMENTS_WITH_DEFINITIONS = f"""
+# the step's requirements and the enabled definitions of their agents (each read below
+# names its definition columns and joins the two)
+_WANTED_AND_ENABLED = f"""
 WITH wanted AS (
   SELECT {", ".join(REQUIREMENT_COLUMNS_READ)} FROM scenario_field_requirements
   WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
 ), enabled AS (
-  SELECT {", ".join(DEFINITION_COLUMNS_READ)} FROM profile_field_definitions
+  SELECT {{columns}} FROM profile_field_definitions
   WHERE tenant_id = $1 AND enabled AND agent_id IN (SELECT agent_id FROM wanted)
-)
+)"""
+GET_REQUIREMENTS_WITH_DEFINITIONS = (
+    _WANTED_AND_ENABLED.format(columns=", ".join(DEFINITION_COLUMNS_READ))
+    + """
 SELECT wanted.*, enabled.* FROM wanted FULL JOIN enabled
   ON enabled.agent_id = wanted.agent_id AND enabled.name = wanted.field_name
 """
+)
 # get_missing_fields' narrow read (_get_requirement_checks): each requirement (its columns as
 # above, less the fixed ones) next to the two check columns of its own field's enabled
 # definition (unique by tenant, agent and name: at most one; NULLs when there is none,
@@ -786,18 +792,14 @@ SELECT wanted.*, enabled.* FROM wanted FULL JOIN enabled
 # tenant per requirement (about twice the server time); the rows of definitions no
 # requirement names (the requirement's id NULL) are skipped by the reader.
 CHECK_COLUMNS_READ = ("required_verification", "freshness_seconds")
-GET_REQUIREMENT_CHECKS = f"""
-WITH wanted AS (
-  SELECT {", ".join(REQUIREMENT_COLUMNS_READ)} FROM scenario_field_requirements
-  WHERE tenant_id = $1 AND scenario_id = $2 AND step_id IS NOT DISTINCT FROM $3::uuid
-), enabled AS (
-  SELECT agent_id, name, {", ".join(CHECK_COLUMNS_READ)} FROM profile_field_definitions
-  WHERE tenant_id = $1 AND enabled AND agent_id IN (SELECT agent_id FROM wanted)
-)
+GET_REQUIREMENT_CHECKS = (
+    _WANTED_AND_ENABLED.format(columns=", ".join(("agent_id", "name", *CHECK_COLUMNS_READ)))
+    + f"""
 SELECT wanted.*, {", ".join(f"enabled.{c}" for c in CHECK_COLUMNS_READ)}
 FROM wanted FULL JOIN enabled
   ON enabled.agent_id = wanted.agent_id AND enabled.name = wanted.field_name
 """
+)
 DELETE_REQUIREMENTS_ALL = """
 DELETE FROM scenario_field_requirements WHERE tenant_id = $1 AND scenario_id = $2
 """

@@ -526,6 +526,18 @@ def _row_builder(
     return build
 
 
+def _fixed_ids(
+    tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+) -> tuple[UUID, UUID, UUID | None]:
+    """The values of the columns the requirement reads' WHERE fixes to their parameters:
+    plain UUIDs in the models, whatever UUID subclass a caller handed in."""
+    return (
+        tenant_id if tenant_id.__class__ is UUID else UUID(int=tenant_id.int),
+        scenario_id if scenario_id.__class__ is UUID else UUID(int=scenario_id.int),
+        step_id if step_id is None or step_id.__class__ is UUID else UUID(int=step_id.int),
+    )
+
+
 # the rows of sql.GET_REQUIREMENTS_WITH_DEFINITIONS: (the requirement's columns, the
 # definition's columns), each side converted as _requirement_of / _definition_of convert it
 # (test_missing_fields_reads checks that both agree); the columns the statement's WHERE
@@ -1562,11 +1574,7 @@ class PostgresProfileStore(ProfileStore):
             rows = await conn.fetch(
                 sql.GET_REQUIREMENTS_WITH_DEFINITIONS, tenant_id, scenario_id, step_id
             )
-        # the statement's WHERE fixes these columns to the parameters (plain UUIDs in the
-        # models, whatever UUID subclass a caller handed in)
-        tenant = tenant_id if tenant_id.__class__ is UUID else UUID(int=tenant_id.int)
-        scenario = scenario_id if scenario_id.__class__ is UUID else UUID(int=scenario_id.int)
-        step = step_id if step_id is None or step_id.__class__ is UUID else UUID(int=step_id.int)
+        tenant, scenario, step = _fixed_ids(tenant_id, scenario_id, step_id)
         # every value out of the records first, then the records dropped before the models
         # are built: fewer objects alive at once (a garbage collection pass per call less)
         requirement_values: list[dict[str, Any]] = []
@@ -1597,9 +1605,7 @@ class PostgresProfileStore(ProfileStore):
         # columns of its own field's enabled definition (NULL: none); no definition model
         async with self._conn() as conn:
             rows = await conn.fetch(sql.GET_REQUIREMENT_CHECKS, tenant_id, scenario_id, step_id)
-        tenant = tenant_id if tenant_id.__class__ is UUID else UUID(int=tenant_id.int)
-        scenario = scenario_id if scenario_id.__class__ is UUID else UUID(int=scenario_id.int)
-        step = step_id if step_id is None or step_id.__class__ is UUID else UUID(int=step_id.int)
+        tenant, scenario, step = _fixed_ids(tenant_id, scenario_id, step_id)
         requirement_values: list[dict[str, Any]] = []
         append = requirement_values.append
         checks: dict[UUID, dict[str, FieldCheck]] = {}
