@@ -9,17 +9,10 @@ its own for ``ccvault worker``). Core never names a provider; it asks these hook
 The store a provider builds implements the *store hooks*: the ``_``-prefixed methods of
 :class:`~ccvault.store.ProfileStore`, each documented there with its contract (the module
 docstring of :mod:`ccvault.store` lists them all). Some are optional extension points with a
-default derived from others; a provider overrides one only to answer it cheaper. For
-example ``_get_requirement_checks(tenant_id, scenario_id, step_id)``, what
-``get_missing_fields`` reads: the requirements of that step (any order) and ``{agent_id:
-{field_name: FieldCheck(required_verification, freshness_seconds)}}``
-(:class:`~ccvault.requirements.FieldCheck`, an immutable NamedTuple) for each requirement
-whose own agent has an *enabled* definition of its field, no entry for one without. Its
-default derives the answer from ``_get_requirements_with_definitions``; an override must
-agree with it (the contract suite checks both), and reads only what is needed (ideally one
-statement, no definition models). A wrapper (:class:`~ccvault.store.ForwardingProfileStore`)
-forwards it, unless it overrides ``_get_requirements_with_definitions`` itself (the cache):
-then it is derived from that override, so the wrapper keeps answering.
+default derived from others (for example ``_get_requirement_checks``, what
+``get_missing_fields`` reads, derived from ``_get_requirements_with_definitions``); a
+provider overrides one only to answer it cheaper, and the override must agree with the
+default. contract_tests/README.md tables every hook with its contract.
 """
 
 from __future__ import annotations
