@@ -725,6 +725,39 @@ def test_a_store_used_on_another_event_loop_never_trusts_the_old_loops_copies(
         loop.close()
 
 
+def test_the_retry_of_pending_invalidations_follows_the_store_to_another_event_loop(
+    backend: Any,
+) -> None:
+    """The background retry shares the tracking task's lifecycle: a retry task left on a
+    loop that stopped without cancelling it never runs again, so a new one is started on
+    the running loop, and closing there does not wait on the old loop's task."""
+    dead = f"redis://127.0.0.1:{H.free_port()}/0"
+    store = push_client_store(backend, dead, "t:", retry_after=0.05)
+
+    async def first_job() -> asyncio.Task[None] | None:
+        store._poison(uuid.uuid4())  # Redis unreachable: retried in the background
+        return store._retry_task
+
+    async def second_job() -> None:
+        store._poison(uuid.uuid4())
+        task = store._retry_task
+        assert task is not None and task.get_loop() is asyncio.get_running_loop()
+        await store.aclose()
+        assert task.done()
+
+    loop = asyncio.new_event_loop()
+    old: asyncio.Task[None] | None = None
+    try:
+        old = loop.run_until_complete(first_job())
+        assert old is not None and not old.done()
+        asyncio.run(second_job())
+    finally:
+        if old is not None:
+            old.cancel()
+            loop.run_until_complete(asyncio.gather(old, return_exceptions=True))
+        loop.close()
+
+
 @pytest.mark.parametrize("synced", [True, False])
 async def test_swapping_the_cache_database_is_noticed(
     tmp_path: Path, backend: Any, synced: bool

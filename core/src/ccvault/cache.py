@@ -365,6 +365,20 @@ def _run_tag_of(info: Any) -> bytes | None:
     return None
 
 
+def _running_on(task: asyncio.Task[None] | None, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether background ``task`` still runs on ``loop``: a task of another loop (one that
+    stopped without cancelling it) never runs for this one, it is started anew instead."""
+    return task is not None and not task.done() and task.get_loop() is loop
+
+
+async def _cancel_here(task: asyncio.Task[None] | None) -> None:
+    """Cancel background ``task`` and wait for its end, if it runs on this loop (one of an
+    ended loop is never awaited from another)."""
+    if task is not None and _running_on(task, asyncio.get_running_loop()):
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def _glob_escape(text: str) -> str:
     """``text`` as a literal in a Redis glob pattern (SCAN MATCH)."""
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
@@ -703,9 +717,7 @@ class CachedProfileStore(ForwardingProfileStore):
         self._closing = True
         await self._stop_tracking()
         task, self._retry_task = self._retry_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _cancel_here(task)
         if not self._pending() or self._recovering:
             return
         done = False
@@ -761,7 +773,7 @@ class CachedProfileStore(ForwardingProfileStore):
             return
         loop = asyncio.get_running_loop()
         task = self._track_task
-        if task is not None and not task.done() and self._track_loop is loop:
+        if _running_on(task, loop):
             return
         if task is not None and self._track_loop is not loop:
             # its loop has ended (closed without cancelling it) or is another thread's: it
@@ -773,9 +785,7 @@ class CachedProfileStore(ForwardingProfileStore):
 
     async def _stop_tracking(self) -> None:
         task, self._track_task = self._track_task, None
-        if task is not None and not task.done() and self._track_loop is asyncio.get_running_loop():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _cancel_here(task)
         self._track_lost()
 
     async def _track(self) -> None:
@@ -1133,11 +1143,13 @@ class CachedProfileStore(ForwardingProfileStore):
         retry clears them as soon as Redis answers again (back-off from ``retry_after``
         doubling up to ``max_retry_interval``).
         """
-        if self._closing or (self._retry_task is not None and not self._retry_task.done()):
+        if self._closing:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (never the case in an async call): next call clears
+            return
+        if _running_on(self._retry_task, loop):
             return
         self._retry_task = loop.create_task(self._retry_pending())
 
