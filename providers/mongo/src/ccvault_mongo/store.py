@@ -91,6 +91,8 @@ _FIELD_JSON = ("value", "source_metadata")
 _ASSET_JSON = ("verification_result",)
 _DEFINITION_JSON = ("allowed_values",)
 _LINEAGE_SOURCES = [SourceType.PROFILE_FIELD.value, SourceType.PROFILE_ASSET.value]
+#: the statuses mark_orphans may change
+_NOT_ORPHANED = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
 
 
 def _to_model(cls: type[_M], document: dict[str, Any], json_keys: Iterable[str] = ()) -> _M:
@@ -2033,46 +2035,20 @@ class MongoProfileStore(ProfileStore):
         collection (re-checking the status). Items already ORPHANED leave the query, so the
         next batch starts over and finds only what is left."""
         t = uid(tenant_id)
-        live = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
         page_size = self.orphan_batch_size
         marked = 0
         for collection in ("fields", "assets"):
             found: list[Any] = []
             after: Any = None
             while marked + len(found) < limit:
-                query: dict[str, Any] = {
-                    "tenant_id": t,
-                    "status": {"$in": live},
-                    "source_item_type": {"$in": _LINEAGE_SOURCES},
-                }
-                if after is not None:
-                    query["id"] = {"$gt": after}
-                page = (
-                    await self._c(collection)
-                    .find(
-                        query,
-                        projection={"id": 1, "source_item_id": 1, "source_item_type": 1},
-                        sort=[("id", 1)],
-                        limit=page_size,
-                    )
-                    .to_list(None)
-                )
+                page = await self._derived_items(collection, t, _NOT_ORPHANED, after, page_size)
                 if not page:
                     break
                 after = page[-1]["id"]
                 found.extend(await self._orphans_of_page(t, page))
                 if len(page) < page_size:
                     break
-            found = found[: limit - marked]
-            if found:
-                update: dict[str, Any] = {"status": ItemStatus.ORPHANED.value}
-                if collection == "fields":
-                    update["updated_at"] = dt(now)
-                result = await self._c(collection).update_many(
-                    {"tenant_id": t, "id": {"$in": found}, "status": {"$in": live}},
-                    {"$set": update},
-                )
-                marked += int(result.modified_count)
+            marked += await self._mark_orphaned(collection, t, found[: limit - marked], now)
             if marked >= limit:
                 break
         return marked
@@ -2088,45 +2064,59 @@ class MongoProfileStore(ProfileStore):
         collection) marked by one ``update_many`` per collection, re-checking the status."""
         kind, last = parse_orphans_position(after)
         t = uid(tenant_id)
-        live = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
         examined = marked = 0
         for table_kind, collection in (("field", "fields"), ("asset", "assets")):
             if kind == "asset" and table_kind == "field":
                 continue
             # orphan_batch_size also caps the page: it bounds each $in sent
             budget = min(limit - examined, self.orphan_batch_size)
-            query: dict[str, Any] = {
-                "tenant_id": t,
-                "status": {"$in": _STATUSES},
-                "source_item_type": {"$in": _LINEAGE_SOURCES},
-            }
-            start = last if table_kind == kind else None
-            if start is not None:
-                query["id"] = {"$gt": uid(start)}
-            page = (
-                await self._c(collection)
-                .find(
-                    query,
-                    projection={"id": 1, "source_item_id": 1, "source_item_type": 1},
-                    sort=[("id", 1)],
-                    limit=budget,
-                )
-                .to_list(None)
-            )
+            start = uid(last) if last is not None and table_kind == kind else None
+            page = await self._derived_items(collection, t, _STATUSES, start, budget)
             examined += len(page)
             found = await self._orphans_of_page(t, page) if page else []
-            if found:
-                update: dict[str, Any] = {"status": ItemStatus.ORPHANED.value}
-                if collection == "fields":
-                    update["updated_at"] = dt(now)
-                result = await self._c(collection).update_many(
-                    {"tenant_id": t, "id": {"$in": found}, "status": {"$in": live}},
-                    {"$set": update},
-                )
-                marked += int(result.modified_count)
+            marked += await self._mark_orphaned(collection, t, found, now)
             if len(page) == budget:
                 return KeysetBatch(marked, examined, f"{table_kind}:{_as_uuid(page[-1]['id'])}")
         return KeysetBatch(marked, examined, None)
+
+    async def _derived_items(
+        self, collection: str, t: Any, statuses: list[str], after: Any, limit: int
+    ) -> list[dict[str, Any]]:
+        """At most ``limit`` derived items (lineage sources) of ``collection`` in a status of
+        ``statuses``, in ``id`` order after the stored id ``after`` (None: from the first),
+        read on the ``(tenant_id, id)`` index: their id, source_item_id, source_item_type."""
+        query: dict[str, Any] = {
+            "tenant_id": t,
+            "status": {"$in": statuses},
+            "source_item_type": {"$in": _LINEAGE_SOURCES},
+        }
+        if after is not None:
+            query["id"] = {"$gt": after}
+        page: list[dict[str, Any]] = (
+            await self._c(collection)
+            .find(
+                query,
+                projection={"id": 1, "source_item_id": 1, "source_item_type": 1},
+                sort=[("id", 1)],
+                limit=limit,
+            )
+            .to_list(None)
+        )
+        return page
+
+    async def _mark_orphaned(self, collection: str, t: Any, ids: list[Any], now: datetime) -> int:
+        """Mark the items ``ids`` of ``collection`` ORPHANED by one ``update_many`` that
+        re-checks the status (fields also get ``updated_at = now``); return how many."""
+        if not ids:
+            return 0
+        update: dict[str, Any] = {"status": ItemStatus.ORPHANED.value}
+        if collection == "fields":
+            update["updated_at"] = dt(now)
+        result = await self._c(collection).update_many(
+            {"tenant_id": t, "id": {"$in": ids}, "status": {"$in": _NOT_ORPHANED}},
+            {"$set": update},
+        )
+        return int(result.modified_count)
 
     async def _orphans_of_page(self, t: Any, page: list[dict[str, Any]]) -> list[Any]:
         """The ids of the page's items whose source no longer exists."""
