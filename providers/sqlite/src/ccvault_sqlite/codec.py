@@ -10,7 +10,7 @@ losslessly (an integer beyond 64 bits, a string with lone surrogates) is refused
 :class:`~ccvault.errors.ValidationError` before any statement runs.
 
 Reading: rows are the vault's own, written from validated models, so ``*s_from_rows`` build
-models column by column without pydantic validation (``_trusted_models``: the conversions
+models column by column without pydantic validation (``_trusted_columns``: the conversions
 run in C through ``map``), as the PostgreSQL provider does. Trust is checked, not assumed:
 every column is checked for exactly the form this module writes (UUID text, fixed-width
 UTC timestamps, enumeration values, 0/1, JSON text...). Rows that are not in that form (a
@@ -573,20 +573,6 @@ def _same(columns: Sequence[tuple[Any, ...]], firsts: tuple[Any, ...]) -> list[b
     ]
 
 
-def _trusted_models(
-    model: type[_M],
-    cols: Sequence[str],
-    converters: dict[str, Convert],
-    rows: Sequence[Row],
-    offset: int = 0,
-) -> list[_M] | None:
-    """Instances of ``model`` from ``rows`` (selected as ``cols`` from position ``offset``
-    on, maybe followed by more values), None when a column is not in our own form."""
-    if not rows:
-        return []
-    return _trusted_columns(model, cols, converters, list(zip(*rows, strict=True)), offset)
-
-
 def _trusted_columns(
     model: type[_M],
     cols: Sequence[str],
@@ -594,7 +580,9 @@ def _trusted_columns(
     all_columns: Sequence[tuple[Any, ...]],
     offset: int = 0,
 ) -> list[_M] | None:
-    """``_trusted_models`` of rows given as their columns (``zip(*rows)``, not empty)."""
+    """Instances of ``model`` from rows given as their columns (``zip(*rows)``, not empty;
+    selected as ``cols`` from position ``offset`` on, maybe followed by more values), None
+    when a column is not in our own form."""
     columns = all_columns[offset : offset + len(cols)]
     if len(columns) != len(cols):
         raise ValueError(f"rows of {len(all_columns)} values; {offset + len(cols)} expected")
@@ -650,6 +638,24 @@ def _validated(what: str, build: Callable[[], _M]) -> _M:
         ) from None
 
 
+def _from_columns(
+    model: type[_M],
+    cols: Sequence[str],
+    converters: dict[str, Convert],
+    one: Callable[[Row], _M],
+    columns: Sequence[tuple[Any, ...]],
+    offset: int = 0,
+) -> list[_M]:
+    """The models of rows given as their columns: trusted when every column is in our own
+    form, else each row through ``one`` (validation)."""
+    if not columns:
+        return []
+    trusted = _trusted_columns(model, cols, converters, columns, offset)
+    if trusted is not None:
+        return trusted
+    return [one(row[offset:]) for row in zip(*columns, strict=True)]
+
+
 def _from_rows(
     what: str,
     model: type[_M],
@@ -659,10 +665,7 @@ def _from_rows(
     rows: Sequence[Row],
     offset: int = 0,
 ) -> list[_M]:
-    trusted = _trusted_models(model, cols, converters, rows, offset)
-    if trusted is not None:
-        return trusted
-    return [one(row[offset:]) for row in rows]
+    return _from_columns(model, cols, converters, one, list(zip(*rows, strict=True)), offset)
 
 
 _UUID = _memoizable(_uuids)
@@ -749,12 +752,9 @@ def fields_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ProfileField]
 def fields_from_columns(columns: Sequence[tuple[Any, ...]], offset: int = 0) -> list[ProfileField]:
     """``fields_from_rows`` of rows given as their columns (``list(zip(*rows))``), so that
     the caller can let the rows go before the models are built."""
-    if not columns:
-        return []
-    trusted = _trusted_columns(ProfileField, FIELD_COLUMNS, _FIELD_CONVERTERS, columns, offset)
-    if trusted is not None:
-        return trusted
-    return [field_from_row(row[offset:]) for row in zip(*columns, strict=True)]
+    return _from_columns(
+        ProfileField, FIELD_COLUMNS, _FIELD_CONVERTERS, field_from_row, columns, offset
+    )
 
 
 def field_from_row(row: Row) -> ProfileField:
