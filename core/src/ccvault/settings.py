@@ -260,8 +260,8 @@ class RedisSettings(_Section):
     #: one is served from the store and never cached (``ccvault_cache_oversized_total``), so
     #: one big profile cannot make cache fills time out for every tenant. Default 4 MiB.
     max_entry_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    #: Profiles kept decoded in process memory per vault process (0: off); each is served
-    #: after one small GET that proves no write of its tenant completed since.
+    #: Profiles kept decoded in process memory per vault process (0: off); how a kept copy
+    #: is judged current is ``near_cache_invalidation``.
     near_cache_size: int = Field(default=1000, ge=0)
     #: How a near copy learns that its tenant changed. "check": one small GET per read
     #: proves no write of the tenant completed on any instance since (strict: a read after
