@@ -37,7 +37,6 @@ from typing import Any, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
 import pydantic
-from bson.binary import UUID_SUBTYPE, Binary, UuidRepresentation
 from pymongo import ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
@@ -2076,7 +2075,7 @@ class MongoProfileStore(ProfileStore):
             found = await self._orphans_of_page(t, page) if page else []
             marked += await self._mark_orphaned(collection, t, found, now)
             if len(page) == budget:
-                return KeysetBatch(marked, examined, f"{table_kind}:{_as_uuid(page[-1]['id'])}")
+                return KeysetBatch(marked, examined, f"{table_kind}:{decode(page[-1]['id'])}")
         return KeysetBatch(marked, examined, None)
 
     async def _derived_items(
@@ -2220,13 +2219,3 @@ def _versions(profile: CustomerProfile | None) -> tuple[ProfileField, ...]:
     if profile is None:
         return ()
     return tuple(v for versions in profile.field_history.values() for v in versions)
-
-
-def _as_uuid(value: Any) -> UUID:
-    """A stored id (BSON binary subtype 4, or a UUID when the driver decodes it) as a UUID."""
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, Binary) and value.subtype == UUID_SUBTYPE:
-        decoded: UUID = value.as_uuid(UuidRepresentation.STANDARD)
-        return decoded
-    return UUID(bytes=bytes(value))
