@@ -36,8 +36,9 @@ from redis.asyncio import Redis
 
 import ccvault
 from ccvault import errors
-from ccvault.cache import CachedProfileStore
+from ccvault.cache import CachedProfileStore, sync_invalidations
 from ccvault.models import Channel, CustomerProfile, ItemType
+from ccvault.store import ForwardingProfileStore
 from ccvault_contract_tests.helpers import make_field, unique_user
 from ccvault_inmemory import InMemoryProfileStore
 
@@ -229,6 +230,18 @@ async def test_a_write_on_another_instance_is_seen_once_synced(
     await two.update_field(profile.tenant_id, profile.id, make_field("email", "new@example.com"))
     await one.sync_invalidations()
     assert email(await read(one)) == "new@example.com"
+
+
+async def test_sync_invalidations_reaches_the_cache_under_wrappers(pair: tuple[Any, Any]) -> None:
+    """open_store yields encryption over the cache: ccvault.cache.sync_invalidations(store)
+    finds the cache through the wrappers' ``inner`` (and is a no-op without a cache)."""
+    one, two = pair
+    profile, read = await trusted_profile(one)
+    outer = ForwardingProfileStore(ForwardingProfileStore(one))
+    await two.update_field(profile.tenant_id, profile.id, make_field("email", "new@example.com"))
+    await sync_invalidations(outer)
+    assert email(await read(outer)) == "new@example.com"
+    await sync_invalidations(InMemoryProfileStore())  # nothing to sync: no error
 
 
 async def test_a_tenant_wide_write_on_another_instance_is_seen_once_synced(

@@ -225,7 +225,7 @@ with requires_extra("cache", "The Redis profile cache (ccvault.cache)"):
 if TYPE_CHECKING:
     from ccvault.settings import VaultSettings
 
-__all__ = ["CachedProfileStore"]
+__all__ = ["CachedProfileStore", "sync_invalidations"]
 
 logger = logging.getLogger(__name__)
 
@@ -763,8 +763,10 @@ class CachedProfileStore(ForwardingProfileStore):
 
     @property
     def tracking_healthy(self) -> bool:
-        """Whether pushed invalidations arrive now (push mode, tracking connection up)."""
-        return self._track_ok
+        """Whether near copies are trusted on pushed invalidations now (push mode, tracking
+        connection up, and its server known: without ``INFO`` every copy is checked by a
+        GET)."""
+        return self._track_ok and self._track_tag is not None
 
     def _start_tracking(self) -> None:
         """Start the task that keeps the tracking connection (once per event loop; again if
@@ -850,6 +852,11 @@ class CachedProfileStore(ForwardingProfileStore):
                     tag = _run_tag_of(await connection.read_response())
                 except ResponseError:  # an ACL without +info: copies are checked by a GET
                     tag = None
+                    logger.warning(
+                        "near-cache invalidation connection: INFO is refused (an ACL without "
+                        "+info), so the server of a near copy cannot be told: every near copy "
+                        "is checked by a GET, as in check mode"
+                    )
                 await connection.send_command(
                     "CLIENT",
                     "TRACKING",
@@ -2196,6 +2203,25 @@ def _owns(channel: Channel, channel_user_id: str) -> Callable[[CustomerProfile],
         )
 
     return matches
+
+
+async def sync_invalidations(store: ProfileStore) -> None:
+    """:meth:`CachedProfileStore.sync_invalidations` of every cache in the stack ``store``
+    (the store ``open_store`` yields: encryption over the cache over the provider, or any
+    wrappers with an ``inner`` store); a no-op when there is no cache. After it, a read
+    through ``store`` sees every write completed (on any instance) before the call, in
+    push mode too."""
+    current: Any = store
+    for _ in range(_MAX_WRAPPERS):
+        if current is None:
+            return
+        if isinstance(current, CachedProfileStore):
+            await current.sync_invalidations()
+        current = getattr(current, "inner", None)
+
+
+#: how deep sync_invalidations looks through wrappers (a guard against a cycle of inners)
+_MAX_WRAPPERS = 32
 
 
 def _text(value: bytes | str | None) -> str | None:
