@@ -12,7 +12,7 @@ from uuid import UUID
 import pytest
 
 from ccvault import errors
-from ccvault.crypto import METADATA_KEY, EncryptedProfileStore, Keyring
+from ccvault.crypto import METADATA_KEY, EncryptedProfileStore, Keyring, RowMovedError
 from ccvault.models import Channel, ProfileField
 from ccvault_inmemory import InMemoryProfileStore
 
@@ -134,3 +134,27 @@ async def test_the_cache_is_bounded() -> None:
         f"f{n}": n for n in range(10)
     }
     assert len(store._opened) == 3
+
+
+async def test_the_copying_path_checks_a_hit_as_the_profile_reads_do() -> None:
+    """decrypt_field (lineage reads, rotation, merge re-seal) serves the opened-envelope
+    cache through the same checks as the in-place profile reads: a hit is refused under
+    a profile the envelopes are not bound to, accepted when no profile is given (the
+    binding is not checked there), and the stored model is never changed."""
+    inner = InMemoryProfileStore()
+    store = _store(inner)
+    a, b = await _two_profiles(store)
+    assert (await store.get_by_id(TENANT, a)) is not None  # a's envelopes cached
+    raw = await inner.get_field(TENANT, a, "email")
+    assert raw is not None and isinstance(raw.value, str)
+    sealed_value, sealed_metadata = raw.value, dict(raw.source_metadata)
+    with pytest.raises(RowMovedError):
+        store.decrypt_field(TENANT, raw, b)
+    with pytest.raises(RowMovedError):
+        store.decrypt_field(TENANT, raw, b, {raw.id: {a, UUID(int=1)}})  # another merge
+    assert store.decrypt_field(TENANT, raw, b, {raw.id: {a, b}}).value == "a@example.com"
+    opened = store.decrypt_field(TENANT, raw)
+    assert opened is not raw and opened.value == "a@example.com"
+    assert opened.source_metadata == {"q": 1}
+    assert store.decrypt_field(TENANT, raw, a).value == "a@example.com"
+    assert raw.value == sealed_value and raw.source_metadata == sealed_metadata

@@ -268,7 +268,7 @@ _SETTING = "profile.pii_encryption_key_id"
 _IMMUTABLE_JSON = (str, int, float, bool)
 
 
-#: an entry of the opened-envelope cache (see ``EncryptedProfileStore._open_into``)
+#: an entry of the opened-envelope cache (see ``EncryptedProfileStore._open_in_place``)
 _Opened = tuple[
     bytes,
     UUID,
@@ -661,7 +661,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
         self.opened_cache_ttl = opened_cache_ttl
         # first envelope of a field version -> (tenant head, field version id, name, value
         # sealed?, metadata envelope, value kept, its copier, metadata kept, its copier,
-        # profile bound as int): see _open_into and _kept
+        # profile bound as int): see _open_in_place and _kept
         self._opened: dict[str, _Opened] = {}
         self._opened_since = self.clock()
         # token -> (tenant, channel, channel user id)
@@ -919,58 +919,88 @@ class EncryptedProfileStore(ForwardingProfileStore):
         profile_id: UUID | None = None,
         moved: dict[UUID, set[UUID]] | None = None,
     ) -> ProfileField:
-        update: dict[str, Any] = {}
-        if not self._open_into(head, item.__dict__, profile_id, moved, update):
-            return item
-        # authenticated plaintext this wrapper sealed from validated JSON: no re-validation
-        return trusted_replace(item, update)
+        # a copy of the caller's own, opened where the profile reads open theirs (one
+        # cache check for both); no re-validation: authenticated plaintext of valid JSON
+        opened = trusted_replace(item, {})
+        self._open_in_place(head, (opened,), profile_id, moved)
+        return opened
 
-    def _open_into(
+    def _open_in_place(
+        self,
+        head: bytes,
+        items: Iterable[ProfileField],
+        profile_id: UUID | None,
+        moved: dict[UUID, set[UUID]] | None,
+    ) -> None:
+        """Open the sealed value and metadata of each of ``items`` in place (models only
+        this caller holds); a version is changed only once every check passed. The one
+        place that serves a hit of the opened-envelope cache (module docstring, *Cost*):
+        keyed by the first envelope, valid only for the same tenant, field version, name
+        and both envelopes (the check the associated data makes: a copied envelope misses,
+        then fails); a miss is opened by :meth:`_open_sealed`. ``profile_id``: as
+        :meth:`decrypt_field`'s.
+
+        The fields-set of a version stays as it is: a sealed part was set explicitly
+        (``value`` is required, a sealed ``source_metadata`` is never the default), so it
+        names both already, as the same version read from a plaintext store would."""
+        cache = self._opened
+        pid = None if profile_id is None else profile_id.int
+        for item in items:
+            values = item.__dict__
+            value = values["value"]
+            metadata = values["source_metadata"]
+            envelope = metadata.get(METADATA_KEY) if len(metadata) == 1 else None
+            if envelope.__class__ is not str:
+                envelope = None
+            if value.__class__ is str and value.startswith(ENVELOPE_PREFIX):
+                key = value
+                sealed_value = True
+            elif envelope is None:
+                continue  # nothing sealed
+            else:
+                key = envelope
+                sealed_value = False
+            hit = cache.get(key)
+            if hit is not None:
+                h_head, h_id, h_name, h_sealed, h_envelope, kept, copy, m_kept, m_copy, bound = hit
+                field_id = values["id"]
+                if (
+                    h_head == head
+                    # (a provider's UUID subclass, asyncpg's, compares its bytes in C; the
+                    # standard UUID's __eq__ is Python, its int a slot)
+                    and (
+                        field_id.int == h_id.int if field_id.__class__ is UUID else field_id == h_id
+                    )
+                    and h_name == values["name"]
+                    and h_sealed is sealed_value
+                    and h_envelope == envelope
+                ):
+                    if bound is not None and bound != pid and profile_id is not None:
+                        self._check_moved(field_id, UUID(int=bound), profile_id, moved)
+                    if sealed_value:
+                        values["value"] = kept if copy is None else copy(kept)
+                    if envelope is not None:
+                        values["source_metadata"] = m_copy(m_kept)
+                    continue
+            self._open_sealed(head, values, key, sealed_value, envelope, profile_id, moved)
+
+    def _open_sealed(
         self,
         head: bytes,
         values: dict[str, Any],
+        key: str,
+        sealed_value: bool,
+        envelope: str | None,
         profile_id: UUID | None,
         moved: dict[UUID, set[UUID]] | None,
-        target: dict[str, Any],
-    ) -> bool:
-        """Open the sealed value and metadata of the field version whose attributes are
-        ``values`` and write them into ``target`` (``values`` itself: in place, for a
-        model the caller owns), only once every check passed. False: nothing is sealed."""
+    ) -> None:
+        """A miss of :meth:`_open_in_place`: decrypt the field version whose attributes
+        are ``values`` (its value when ``sealed_value``, its metadata ``envelope``), check
+        its binding, keep it in the cache under ``key`` (its first envelope) and write the
+        opened parts into ``values``."""
         value = values["value"]
-        metadata = values["source_metadata"]
-        envelope = metadata.get(METADATA_KEY) if len(metadata) == 1 else None
-        if envelope.__class__ is not str:
-            envelope = None
-        if value.__class__ is str and value.startswith(ENVELOPE_PREFIX):
-            key = value
-            sealed_value = True
-        elif envelope is None:
-            return False
-        else:
-            key = envelope
-            sealed_value = False
         field_id = values["id"]
         name = values["name"]
-        # the opened-field cache (module docstring, *Cost*): keyed by the first envelope,
-        # valid only for the same tenant, field version, name and both envelopes (the
-        # check the associated data makes: a copied envelope misses, then fails)
-        hit = self._opened.get(key)
-        if (
-            hit is not None
-            and hit[0] == head
-            and hit[1] == field_id
-            and hit[2] == name
-            and hit[3] is sealed_value
-            and hit[4] == envelope
-        ):
-            if profile_id is not None and hit[9] is not None and hit[9] != profile_id.int:
-                self._check_moved(field_id, UUID(int=hit[9]), profile_id, moved)
-            if sealed_value:
-                copy = hit[6]
-                target["value"] = hit[5] if copy is None else copy(hit[5])
-            if envelope is not None:
-                target["source_metadata"] = hit[8](hit[7])
-            return True
         value_aad, metadata_aad = _aads(head, field_id, name)
         bound: set[bytes] = set()
         opened_value: Any = None
@@ -1019,62 +1049,9 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 bound_int,
             )
         if sealed_value:
-            target["value"] = opened_value
+            values["value"] = opened_value
         if envelope is not None:
-            target["source_metadata"] = opened_metadata
-        return True
-
-    def _open_in_place(
-        self,
-        head: bytes,
-        items: Iterable[ProfileField],
-        profile_id: UUID,
-        moved: dict[UUID, set[UUID]] | None,
-    ) -> None:
-        """:meth:`_open_into` each of ``items`` in place (models only this caller holds),
-        with the hit of the opened-envelope cache inlined: the same checks, no call.
-
-        The fields-set of a version stays as it is: a sealed part was set explicitly
-        (``value`` is required, a sealed ``source_metadata`` is never the default), so it
-        names both already, as the same version read from a plaintext store would."""
-        cache = self._opened
-        pid = profile_id.int
-        for item in items:
-            values = item.__dict__
-            value = values["value"]
-            metadata = values["source_metadata"]
-            envelope = metadata.get(METADATA_KEY) if len(metadata) == 1 else None
-            if envelope.__class__ is not str:
-                envelope = None
-            if value.__class__ is str and value.startswith(ENVELOPE_PREFIX):
-                hit = cache.get(value)
-                sealed_value = True
-            elif envelope is None:
-                continue  # nothing sealed
-            else:
-                hit = cache.get(envelope)
-                sealed_value = False
-            if hit is not None:
-                h_head, h_id, h_name, h_sealed, h_envelope, kept, copy, m_kept, m_copy, bound = hit
-                field_id = values["id"]
-                if (
-                    h_head == head
-                    # (a provider's UUID subclass, asyncpg's, compares its bytes in C; the
-                    # standard UUID's __eq__ is Python, its int a slot)
-                    and (
-                        field_id.int == h_id.int if field_id.__class__ is UUID else field_id == h_id
-                    )
-                    and h_name == values["name"]
-                    and h_sealed is sealed_value
-                    and h_envelope == envelope
-                    and (bound is None or bound == pid)
-                ):
-                    if sealed_value:
-                        values["value"] = kept if copy is None else copy(kept)
-                    if envelope is not None:
-                        values["source_metadata"] = m_copy(m_kept)
-                    continue
-            self._open_into(head, values, profile_id, moved, values)
+            values["source_metadata"] = opened_metadata
 
     def _open_part(self, envelope: str, aad: bytes, bound: set[bytes]) -> bytes:
         """The JSON of one envelope; a v2 envelope's profile id is added to ``bound``."""
