@@ -111,31 +111,22 @@ async def run_batches(
     transaction and returns its row count. An exception from a batch (or from ``progress``)
     propagates: the batches before it are committed, the job is resumable by running it
     again."""
-    started = clock()
-    done = 0
-    last = min(max_batches or MAX_BATCHES, MAX_BATCHES)
-    for number in range(1, last + 1):
-        rows = await batch(batch_size)
-        done += rows
-        finished = rows < batch_size or number == last
-        if progress is not None:
-            report = BatchProgress(
-                job=job,
-                tenant_id=tenant_id,
-                batch=number,
-                rows=rows,
-                done=done,
-                elapsed_seconds=clock() - started,
-                batch_size=batch_size,
-                estimated_total=estimated_total,
-                finished=finished,
-            )
-            pending = progress(report)
-            if pending is not None:
-                await pending
-        if finished:
-            break
-    return done
+
+    async def counted(size: int, _cursor: str | None) -> KeysetBatch:
+        return KeysetBatch(await batch(size), None, None)
+
+    return await _run(
+        job,
+        tenant_id,
+        counted,
+        lambda result: result.marked < batch_size,
+        batch_size=batch_size,
+        start_after=None,
+        progress=progress,
+        estimated_total=estimated_total,
+        max_batches=max_batches,
+        clock=clock,
+    )
 
 
 #: the longest resume position a provider may return or a caller may pass back
@@ -173,6 +164,36 @@ async def run_keyset_batches(
     changes, and the next batch starts after them: the total work is linear in the tenant's
     size however few rows are due. Marking is idempotent, so a crashed job rerun from the
     beginning (or from the last reported ``resume_after``) stays correct."""
+    return await _run(
+        job,
+        tenant_id,
+        batch,
+        lambda result: result.resume_after is None,
+        batch_size=batch_size,
+        start_after=start_after,
+        progress=progress,
+        estimated_total=estimated_total,
+        max_batches=max_batches,
+        clock=clock,
+    )
+
+
+async def _run(
+    job: str,
+    tenant_id: UUID,
+    batch: Callable[[int, str | None], Awaitable[KeysetBatch]],
+    done_after: Callable[[KeysetBatch], bool],
+    *,
+    batch_size: int,
+    start_after: str | None,
+    progress: ProgressCallback | None,
+    estimated_total: int | None,
+    max_batches: int | None,
+    clock: Callable[[], float],
+) -> int:
+    """The loop of both runners: ``batch(batch_size, cursor)`` until ``done_after`` says a
+    batch was the last (or ``max_batches`` batches ran), each time with the position the
+    previous batch returned, a progress report after every batch; the rows marked in total."""
     started = clock()
     done = 0
     cursor = start_after
@@ -181,7 +202,7 @@ async def run_keyset_batches(
         result = await batch(batch_size, cursor)
         cursor = result.resume_after
         done += result.marked
-        finished = cursor is None or number == last
+        finished = done_after(result) or number == last
         if progress is not None:
             pending = progress(
                 BatchProgress(
