@@ -377,11 +377,54 @@ class MissingFieldsContract(ContractBase):
                 await store.save_scenario_requirement(
                     make_requirement(tenant, owner, scenario, name, step_id=step_id, rule_id=owner)
                 )
+        # a neighbour tenant with the same agent ids, scenario and field names, but other
+        # definitions: a join that does not pin the definitions to the tenant reads them
+        neighbour = uuid4()
+        for definition in (
+            make_definition(neighbour, agent, "email", freshness_seconds=7),
+            make_definition(neighbour, agent, "nickname", required_verification=True),
+            make_definition(neighbour, other, "phone", freshness_seconds=9),
+        ):
+            await store.save_field_definition(definition)
+        for owner, name in ((agent, "email"), (agent, "nickname"), (other, "phone")):
+            await store.save_scenario_requirement(
+                make_requirement(neighbour, owner, scenario, name, rule_id=owner)
+            )
         expected_checks = {
             (agent, "email"): FieldCheck(True, None),
             (agent, "phone"): FieldCheck(False, 3_600),
             (other, "email"): FieldCheck(False, 0),
         }
+        await self._checks_agree(store, tenant, scenario, step, expected_checks, 6)
+        found, checks = await store._get_requirement_checks(neighbour, scenario, None)
+        assert sorted((r.agent_id, r.field_name) for r in found) == sorted(
+            [(agent, "email"), (agent, "nickname"), (other, "phone")]
+        )
+        assert checks == {
+            agent: {"email": FieldCheck(False, 7), "nickname": FieldCheck(True, None)},
+            other: {"phone": FieldCheck(False, 9)},
+        }
+        # every completed write is read back (no answer kept from before it): email
+        # disabled, plan enabled
+        await store.save_field_definition(definitions[0].model_copy(update={"enabled": False}))
+        await store.save_field_definition(definitions[2].model_copy(update={"enabled": True}))
+        expected_checks.pop((agent, "email"))
+        expected_checks[(agent, "plan")] = FieldCheck(True, None)
+        await self._checks_agree(store, tenant, scenario, step, expected_checks, 6)
+        # another tenant sees none of it
+        assert await store._get_requirement_checks(uuid4(), scenario, None) == ([], {})
+
+    @staticmethod
+    async def _checks_agree(
+        store: ProfileStore,
+        tenant: UUID,
+        scenario: UUID,
+        step: UUID,
+        expected_checks: dict[tuple[UUID, str], FieldCheck],
+        count: int,
+    ) -> None:
+        """The narrow hook's answer equals the wide one's and ``expected_checks``, for the
+        scenario-wide requirements, the step's and an unknown step's."""
         for step_id in (None, step, uuid4()):
             found, checks = await store._get_requirement_checks(tenant, scenario, step_id)
             wide, by_agent = await store._get_requirements_with_definitions(
@@ -390,7 +433,7 @@ class MissingFieldsContract(ContractBase):
             assert sorted(r.id.int for r in found) == sorted(r.id.int for r in wide)
             by_id = {r.id: r for r in wide}
             assert all(r == by_id[r.id] and r.step_id == step_id for r in found)
-            assert len(found) == (0 if step_id not in (None, step) else 6)
+            assert len(found) == (0 if step_id not in (None, step) else count)
             for requirement in found:
                 key = (requirement.agent_id, requirement.field_name)
                 got = checks.get(requirement.agent_id, {}).get(requirement.field_name)
@@ -401,5 +444,3 @@ class MissingFieldsContract(ContractBase):
                 ]
                 assert got == (enabled[0] if enabled else None) == expected_checks.get(key), key
                 assert got is None or isinstance(got, FieldCheck), key
-        # another tenant sees none of it
-        assert await store._get_requirement_checks(uuid4(), scenario, None) == ([], {})
