@@ -218,6 +218,34 @@ async def test_a_merge_left_unsealed_reads_in_place_through_the_merge_log() -> N
         assert got.field_history["iban"][0].value == "DE-SOURCE"
 
 
+class MergeLogCounted(ForwardingProfileStore):
+    """The inner store, counting reads of its merge log."""
+
+    def __init__(self, inner: InMemoryProfileStore) -> None:
+        super().__init__(inner)
+        self.merge_log_reads = 0
+
+    async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> Any:
+        self.merge_log_reads += 1
+        return await super()._get_merge_log(tenant_id, profile_id)
+
+
+async def test_a_read_again_with_the_merge_log_reads_it_once() -> None:
+    """The second pass of a profile read (a row sealed for a merge partner) takes both the
+    moved field versions and the merge partners (consent IPs) from one merge-log read."""
+    inner = InMemoryProfileStore()
+    counted = MergeLogCounted(inner)
+    store = _store(counted)
+    _, target = await _profiles(store)
+    source = (await store.get_or_create(TENANT, Channel.WEB, "inplace-once")).id
+    await store.update_field(TENANT, source, ProfileField(name="iban", value="DE-ONCE"))
+    await inner.merge_profiles(TENANT, source, target)  # the wrapper's re-seal never ran
+    counted.merge_log_reads = 0
+    got = await store.get_by_id(TENANT, target)
+    assert got is not None and got.fields["iban"].value == "DE-ONCE"
+    assert counted.merge_log_reads == 1
+
+
 async def test_single_field_reads_refuse_envelopes_copied_after_they_were_opened() -> None:
     inner = InMemoryProfileStore()
     store = _store(inner)

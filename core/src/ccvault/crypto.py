@@ -1293,19 +1293,6 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return consent.ip_address is not None
         return key_id_of(consent.ip_address_sealed) != self.keyring.current
 
-    async def _merge_partners(self, tenant_id: UUID, profile_id: UUID) -> tuple[UUID, ...]:
-        """The profiles a merge of the merge log names together with ``profile_id``."""
-        try:
-            records = await super()._get_merge_log(tenant_id, profile_id)
-        except NotImplementedError:
-            return ()
-        found: dict[UUID, None] = {}
-        for record in records:
-            for other in (record.source_profile_id, record.target_profile_id):
-                if other != profile_id:
-                    found[other] = None
-        return tuple(found)
-
     async def _reseal_consents(self, raw: CustomerProfile) -> int:
         """Re-seal, for ``raw``'s profile and under the current key, each consent IP that is
         plaintext, under an older key or sealed for a merge partner (through a save of the
@@ -1350,7 +1337,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                     continue
             except _ConsentMovedError:
                 if partners is None:
-                    partners = await self._merge_partners(tenant_id, profile_id)
+                    _, partners = await self._merge_log(tenant_id, profile_id)
                 try:
                     opened = self._open_consent(tenant_id, profile_id, consent, partners)
                 except errors.EncryptionError:
@@ -1458,8 +1445,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
 
     async def _reopen(self, profile: CustomerProfile, in_place: bool) -> CustomerProfile:
         """:meth:`_decrypt_profile` with the merge log, after it raised RowMovedError."""
-        moved = await self._moved_rows(profile.tenant_id, profile.id)
-        partners = await self._merge_partners(profile.tenant_id, profile.id)
+        moved, partners = await self._merge_log(profile.tenant_id, profile.id)
         return self._decrypt_profile(profile, moved, partners, in_place=in_place)
 
     async def _open_profile(
@@ -1486,17 +1472,28 @@ class EncryptedProfileStore(ForwardingProfileStore):
     async def _moved_rows(self, tenant_id: UUID, profile_id: UUID) -> dict[UUID, set[UUID]]:
         """Field version id -> the profiles a merge (per the merge log) moved it between,
         for the merges touching ``profile_id``."""
+        moved, _ = await self._merge_log(tenant_id, profile_id)
+        return moved
+
+    async def _merge_log(
+        self, tenant_id: UUID, profile_id: UUID
+    ) -> tuple[dict[UUID, set[UUID]], tuple[UUID, ...]]:
+        """From one read of the merge log: :meth:`_moved_rows`, and the profiles a merge
+        names together with ``profile_id`` (merge partners)."""
         try:
             records = await super()._get_merge_log(tenant_id, profile_id)
         except NotImplementedError:
-            return {}
+            return {}, ()
         moved: dict[UUID, set[UUID]] = {}
+        partners: dict[UUID, None] = {}
         for record in records:
+            pair = (record.source_profile_id, record.target_profile_id)
             for field_id in record.moved_field_ids:
-                moved.setdefault(field_id, set()).update(
-                    (record.source_profile_id, record.target_profile_id)
-                )
-        return moved
+                moved.setdefault(field_id, set()).update(pair)
+            for other in pair:
+                if other != profile_id:
+                    partners[other] = None
+        return moved, tuple(partners)
 
     async def _sealer(
         self, tenant_id: UUID, profile_id: UUID, plaintext: list[str] | None = None
