@@ -161,15 +161,17 @@ Cost
     shared, a list or object of immutable values is kept as a copy of its own and served
     as a shallow copy, anything nested is kept as JSON and parsed for each caller. Profile
     reads (``get_by_id``, ``get_by_customer_id``, ``get_by_channel_identity``, export)
-    open the models the inner store just built for this caller in place instead of copying
-    them (every provider and the cache build new models per read; an inner store must
-    not hand out models it keeps), checking the cache hit inline; a field version is
-    changed only after all its checks passed. This process holds the keys, so plaintext
-    in its memory adds no exposure beyond the moment of a read; every erasure through this
-    wrapper (``purge_profile``, subject erasure, ``delete_item``) drops the whole cache, and
-    another process's copies age out within ``opened_cache_ttl`` and are unreachable (the
-    store never returns an erased envelope again). A read of a profile read before (the
-    common case in a conversation) then costs a dictionary lookup per field, not AES-GCM.
+    and ``get_field``/``get_field_history`` open the models the inner store just built
+    for this caller in place instead of copying them (every provider and the cache build
+    new models per read; an inner store must not hand out models it keeps); every other
+    read opens a copy of its own the same way, so one function checks every cache hit. A
+    field version is changed only after all its checks passed. This process holds the
+    keys, so plaintext in its memory adds no exposure beyond the moment of a read; every
+    erasure through this wrapper (``purge_profile``, subject erasure, ``delete_item``)
+    drops the whole cache, and another process's copies age out within
+    ``opened_cache_ttl`` and are unreachable (the store never returns an erased envelope
+    again). A read of a profile read before (the common case in a conversation) then
+    costs a dictionary lookup per field, not AES-GCM.
     Opened channel identities are kept the same way, and so are the tokens a lookup by
     channel identity computes (per keyring and ``legacy_identities``; AES-SIV is
     deterministic, so a kept token is the one sealing would give).
