@@ -680,3 +680,46 @@ async def test_a_tampered_requirement_column_is_refused(
     )
     with pytest.raises(errors.StorageError, match="scenario requirement row is corrupt"):
         await store._get_scenario_requirements(tenant, scenario, None)
+
+
+@pytest.mark.parametrize("tampering", sorted(IDENTITY_TAMPERING))
+async def test_a_tampered_lone_identity_row_is_refused(
+    store: SqliteProfileStore, tampering: str
+) -> None:
+    # one identity: the one-row path (each value on its own), not the column plans
+    tenant = uuid4()
+    profile = await store.get_or_create(tenant, Channel.WHATSAPP, "+15550001")
+    assert (await store.get_by_id(tenant, profile.id)) == profile  # memos warmed
+    await store.connection.execute(
+        f"UPDATE channel_identities SET {IDENTITY_TAMPERING[tampering]} WHERE tenant_id = ?",
+        (str(tenant),),
+    )
+    with pytest.raises(errors.StorageError, match="stored channel identity row is corrupt") as e:
+        await store.get_by_id(tenant, profile.id)
+    assert "15550001" not in str(e.value)
+
+
+def test_one_row_builds_the_model_validation_builds() -> None:
+    identity = ChannelIdentity(
+        channel=Channel.EMAIL, channel_user_id="a@example.org", verified=True, verified_at=BASE
+    )
+    row = codec.identity_params(identity)
+    [built] = codec.identities_from_rows([row])
+    assert built == identity == revalidated(built)
+    assert built.model_fields_set == set(ChannelIdentity.model_fields)
+    assert codec.identities_from_rows([row])[0].verified_at is built.verified_at  # memoized
+
+
+def test_the_names_memo_holds_only_accepted_names() -> None:
+    names = codec._FIELD_CONVERTERS["name"]
+    assert names(["email", "email", "phone"]) == ["email", "email", "phone"]
+    # a known name beside one that is not a name: the column is refused, the memo unchanged
+    for garbage in (["email", "Not A Name"], ["email", "a\nb"], ["email", None], ["email", b"x"]):
+        with pytest.raises(codec._NotOurs):
+            names(garbage)
+    assert names(["phone"]) == ["phone"]
+    many = [f"name_{n}" for n in range(5000)]
+    for start in range(0, len(many), 1000):
+        assert names(many[start : start + 1000]) == many[start : start + 1000]
+    with pytest.raises(codec._NotOurs):
+        names(["Not A Name"])

@@ -322,9 +322,24 @@ def _optional_text(high: int | None = None) -> Convert:
     return _nullable(convert)
 
 
-def _matching(pattern: re.Pattern[str]) -> Convert:
+def _matching(pattern: re.Pattern[str], size: int = 4096) -> Convert:
+    """Text of ``pattern``'s line form (names): the names a store reads again and again are
+    kept in a bounded set once checked, so a read of names seen before checks none of them.
+    Like ``_Memo``, the set is replaced when full, never emptied in place."""
+    seen: list[set[Any]] = [set()]
+
     def convert(column: Column) -> list[Any]:
-        _lines(pattern, list(set(column)))  # names repeat: each distinct one once
+        known = seen[0]
+        try:
+            distinct = set(column)  # names repeat: each distinct one checked once
+        except TypeError:  # a value that is not hashable: not ours
+            raise _NotOurs from None
+        if not distinct <= known:
+            # (only text passes: a name is never None, a number or bytes)
+            _lines(pattern, list(distinct))
+            if len(known) + len(distinct) > size:
+                seen[0] = known = set()
+            known |= distinct
         return list(column)
 
     return convert
@@ -587,12 +602,26 @@ def _trusted_columns(
     if len(columns) != len(cols):
         raise ValueError(f"rows of {len(all_columns)} values; {offset + len(cols)} expected")
     count = len(columns[0])
+    firsts = tuple(map(itemgetter(0), columns))
+    shapes = _shapes(cols, converters)
+    if count == 1:
+        # one row (a profile's identity, one consent): each value on its own, memoized
+        # where immutable, costs less than deciding a plan
+        try:
+            values = list(map(_constant, shapes.converts, firsts))
+        except _NotOurs:
+            return None
+        single = _new(model)
+        _SET_DICT(single, dict(zip(cols, values, strict=True)))
+        _SET_FIELDS_SET(single, set(cols))
+        _SET_EXTRA(single, None)
+        _SET_PRIVATE(single, None)
+        return [single]
     # the values that are the same in every row are converted once, through the plan of
     # this shape (which keeps the memoizable ones converted), and copied with the others
     # from a template; only the varying columns are converted column by column
-    firsts = tuple(map(itemgetter(0), columns))
     try:
-        plan = _shapes(cols, converters).plan(firsts, _same(columns, firsts))
+        plan = shapes.plan(firsts, _same(columns, firsts))
         template = plan.template
         if plan.texts:
             template = template.copy()
