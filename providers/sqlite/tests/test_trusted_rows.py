@@ -634,6 +634,9 @@ def test_the_id_and_time_memos_are_bounded_and_hold_only_accepted_text() -> None
         chunk = ids[start : start + 500]
         assert codec._uuids(chunk) == [UUID(text) for text in chunk]
         assert len(codec._UUID_MEMO.entries) <= 4096
+    # one read bigger than the memo (a long history) is parsed, not kept
+    assert codec._uuids(ids) == [UUID(text) for text in ids]
+    assert len(codec._UUID_MEMO.entries) <= 4096
     again = codec._uuids(ids[-3:])
     assert again == [UUID(text) for text in ids[-3:]]
     assert again[0] is codec._UUID_MEMO.entries[ids[-3]]  # served from the memo
@@ -723,3 +726,6 @@ def test_the_names_memo_holds_only_accepted_names() -> None:
         assert names(many[start : start + 1000]) == many[start : start + 1000]
     with pytest.raises(codec._NotOurs):
         names(["Not A Name"])
+    assert names(many) == many  # more names than the memo holds: checked, not kept
+    with pytest.raises(codec._NotOurs):
+        names([*many, "Not A Name"])

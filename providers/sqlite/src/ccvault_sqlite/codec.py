@@ -198,6 +198,8 @@ class _Memo:
 
     def _parsed(self, column: Column) -> list[Any]:
         values = self.parse(column)
+        if len(values) > self.size:  # a read bigger than the memo (a long history): not kept
+            return values
         entries = self.entries
         if len(entries) + len(values) > self.size:
             self.entries = entries = {}
@@ -337,6 +339,8 @@ def _matching(pattern: re.Pattern[str], size: int = 4096) -> Convert:
         if not distinct <= known:
             # (only text passes: a name is never None, a number or bytes)
             _lines(pattern, list(distinct))
+            if len(distinct) > size:  # more names than the memo holds: not kept
+                return list(column)
             if len(known) + len(distinct) > size:
                 seen[0] = known = set()
             known |= distinct
