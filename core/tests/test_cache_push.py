@@ -800,3 +800,50 @@ async def test_swapping_the_cache_database_is_noticed(
             assert email(await read(one)) == "new@example.com"
     finally:
         server.stop()
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """The current value of one series of ccvault's registry (0 before its first use)."""
+    return ccvault.metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_metrics_follow_the_tracking_health_and_count_near_hits(
+    backend: Any, prefix: str
+) -> None:
+    """ccvault_cache_tracking_up counts open caches whose pushed invalidations are healthy;
+    a lost session (here a killed connection) counts in ccvault_cache_tracking_lost_total,
+    closing does not; near hits are counted by how they were trusted."""
+    up, lost = sample("ccvault_cache_tracking_up"), sample("ccvault_cache_tracking_lost_total")
+    pushed = {"check": "pushed"}
+    store = push_store(backend, prefix, retry_after=0.05)
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        async with store:
+            profile, read = await trusted_profile(store)
+            assert sample("ccvault_cache_tracking_up") == up + 1
+            hits = sample("ccvault_cache_near_hits_total", pushed)
+            await read(store)
+            assert sample("ccvault_cache_near_hits_total", pushed) == hits + 1
+            killed = store.tracking_client_id
+            assert await admin.client_kill_filter(_id=str(killed)) == 1
+            await store.sync_invalidations()  # cannot be answered: the session is lost
+            await until(
+                lambda: sample("ccvault_cache_tracking_lost_total") == lost + 1,
+                "the lost session was never counted",
+            )
+            await tracking(store)  # back: counted as up once more, not twice
+            assert sample("ccvault_cache_tracking_up") == up + 1
+        assert sample("ccvault_cache_tracking_up") == up  # closed: not up, and not lost
+        assert sample("ccvault_cache_tracking_lost_total") == lost + 1
+    finally:
+        await admin.aclose()
+    checked = {"check": "checked"}
+    plain = CachedProfileStore(backend, Redis.from_url(REDIS_URL), key_prefix=prefix)
+    async with plain:
+        read = reader("get_by_id", profile)
+        for _ in range(2):
+            await read(plain)
+        hits = sample("ccvault_cache_near_hits_total", checked)
+        await read(plain)
+        assert sample("ccvault_cache_near_hits_total", checked) == hits + 1
+    await plain.redis.aclose()

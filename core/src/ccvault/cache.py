@@ -115,7 +115,10 @@ the heartbeat interval + twice ``operation_timeout`` before the heartbeat notice
 never sees old data. :meth:`CachedProfileStore.sync_invalidations` restores that guarantee
 on demand: it sends a PING on the tracking connection and waits for its answer, so every
 invalidation of a write completed before the call has been processed when it returns, and
-then runs the heartbeat's server and marker check.
+then runs the heartbeat's server and marker check. Watch it with
+``ccvault_cache_tracking_up`` (open caches whose session is healthy),
+``ccvault_cache_tracking_lost_total`` and ``ccvault_cache_near_hits_total{check}``
+(``pushed``: served with no round trip; ``checked``: after a GET).
 
 **Restarts.** Epoch and generation tokens begin with the Redis server's *run tag* (the
 start of its ``run_id``, which changes on every restart). The read script reads it with
@@ -352,6 +355,9 @@ _INVALIDATION_MEMORY = 100_000
 _INVALIDATE_CHANNEL = b"__redis__:invalidate"
 #: a near copy's stamp that push mode never trusts without a GET (session -1 never exists)
 _UNTRUSTED = (-1, 0)
+# near hits by how the copy was trusted (ccvault_cache_near_hits_total{check})
+_NEAR_PUSHED = metrics.CACHE_NEAR_HITS.labels("pushed")
+_NEAR_CHECKED = metrics.CACHE_NEAR_HITS.labels("checked")
 #: the shortest pause of a background retry loop (retry_after_seconds may be 0)
 _MIN_PAUSE = 0.01
 
@@ -567,6 +573,8 @@ class CachedProfileStore(ForwardingProfileStore):
         # health of the tracking connection: copies are trusted only while _track_ok and
         # their session is the current one (moved on every connect and every failure)
         self._track_ok = False
+        # whether this store counts in ccvault_cache_tracking_up (healthy, as last counted)
+        self._track_counted = False
         self._track_session = 0
         self._track_conn: Any = None
         # the Redis client id of the tracking connection (for operators and tests)
@@ -889,6 +897,7 @@ class CachedProfileStore(ForwardingProfileStore):
         self._track_session += 1
         self._track_tag = tag
         self._track_ok = True
+        self._count_tracking(self.tracking_healthy)
         reader = asyncio.get_running_loop().create_task(
             self._track_read(connection, self._track_session)
         )
@@ -996,7 +1005,21 @@ class CachedProfileStore(ForwardingProfileStore):
         if reader is not None:
             reader.cancel()
 
+    def _count_tracking(self, healthy: bool) -> None:
+        """Keep ``ccvault_cache_tracking_up`` (and the count of lost sessions) in step with
+        this store's tracking health: counted once per change, whichever path changed it."""
+        if healthy == self._track_counted:
+            return
+        self._track_counted = healthy
+        if healthy:
+            metrics.CACHE_TRACKING_UP.inc()
+            return
+        metrics.CACHE_TRACKING_UP.dec()
+        if not self._closing:
+            metrics.CACHE_TRACKING_LOST.inc()
+
     def _track_lost(self) -> None:
+        self._count_tracking(False)
         self._track_ok = False
         self._track_session += 1
         self._track_conn = None
@@ -1532,6 +1555,7 @@ class CachedProfileStore(ForwardingProfileStore):
                             cached = near[1].copy()
                             if matches(cached):
                                 self._hit(tenant)
+                                _NEAR_PUSHED.inc()
                                 return cached
                         if self._push:
                             stamp = self._stamp(gen_key)
@@ -1549,6 +1573,7 @@ class CachedProfileStore(ForwardingProfileStore):
                                     # trusted from now on: stamped before the GET
                                     self._near[entry_key] = (*near[:3], *stamp)
                                 self._hit(tenant)
+                                _NEAR_CHECKED.inc()
                                 return cached
                         self._near.pop(entry_key, None)
                 if self._push and not resolve:

@@ -196,6 +196,27 @@ CACHE_OVERSIZED = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+CACHE_NEAR_HITS = Counter(
+    "ccvault_cache_near_hits_total",
+    "Profile cache hits served from the process's near tier, by how the copy was trusted: "
+    "pushed (no Redis round trip, near_cache_invalidation = push) or checked (one GET of the "
+    "tenant's generation)",
+    ["check"],
+    registry=REGISTRY,
+)
+CACHE_TRACKING_UP = Gauge(
+    "ccvault_cache_tracking_up",
+    "Open caches of this process whose pushed invalidations are healthy "
+    "(near_cache_invalidation = push): their near copies are served without a GET",
+    registry=REGISTRY,
+)
+CACHE_TRACKING_LOST = Counter(
+    "ccvault_cache_tracking_lost_total",
+    "Healthy pushed-invalidation sessions that ended other than by closing the cache (a "
+    "dropped connection, a failover, SWAPDB): near copies are checked by a GET until one "
+    "is back",
+    registry=REGISTRY,
+)
 REDIS_ERRORS = Counter(
     "ccvault_redis_errors_total",
     "Redis calls of the cache that failed, by error type (AuthenticationError: wrong password)",
