@@ -24,6 +24,10 @@ Every round runs each of these for a moment, the order rotating round by round:
   the body), for information;
 * the same three reads from the PostgreSQL store with no cache in front.
 
+Then, for information, how long after another instance's ``update_field`` returned a
+push-mode instance has processed its invalidation (median, p90, max over 500 writes), the
+window in which push mode may still serve the old copy.
+
 Per round, each push-mode hit is divided by GET + orjson (goal >= 0.8x), by GET + pydantic
 (info) and by the uncached read of the same lookup (goal >= 3x); the check-mode hits get the
 same two ratios as information rows. The medians, spreads and pair counts are printed and
@@ -201,6 +205,52 @@ async def bench_mix(store: CachedProfileStore, report: Report, args: argparse.Na
     report.notes.append(line)
 
 
+async def bench_push_delivery(
+    writer: CachedProfileStore, backend: PostgresProfileStore, report: Report, rounds: int
+) -> None:
+    """How long after another instance's write returns this instance has its invalidation
+    (push mode's window: until then its near copy may still be served). Two push-mode
+    stores with clients of their own over one backend, in one process and event loop: the
+    reader holds a trusted near copy, the writer updates a field, and the reader's event
+    loop is polled (yielding, bounded at 1 s) until the pushed invalidation was processed."""
+    reader = CachedProfileStore(
+        backend,
+        Redis.from_url(REDIS_URL),
+        key_prefix=writer.key_prefix,
+        close_client=True,
+        near_cache_invalidation="push",
+    )
+    tenant = uuid.uuid4()
+    profile = await writer.get_or_create(tenant, Channel.WHATSAPP, "+15550000009")
+    delays: list[float] = []
+    late = 0
+    async with reader:
+        for n in range(rounds):
+            await reader.sync_invalidations()
+            for _ in range(2):  # the second read stores the copy the tracking session trusts
+                await reader.get_by_id(tenant, profile.id)
+            seen = reader._inval_seq
+            await writer.update_field(tenant, profile.id, bench_field(0, n))
+            returned = time.perf_counter()
+            # polled: the measured thing is when the reader's tracking task has read the
+            # push, and nothing signals that but its invalidation counter
+            while reader._inval_seq == seen and time.perf_counter() - returned < 1.0:  # noqa: ASYNC110
+                await asyncio.sleep(0)
+            if reader._inval_seq == seen:
+                late += 1
+            else:
+                delays.append(time.perf_counter() - returned)
+    delays.sort()
+    line = (
+        f"push mode: another instance's write reached this instance's near tier "
+        f"{delays[len(delays) // 2] * 1e6:,.0f} us (median; p90 "
+        f"{delays[len(delays) * 9 // 10] * 1e6:,.0f} us, max {delays[-1] * 1e6:,.0f} us, "
+        f"n={len(delays)}) after the writer's update_field returned; {late} not within 1 s"
+    )
+    print(line)
+    report.notes.append(line)
+
+
 async def main(args: argparse.Namespace) -> int:
     report = Report("cache_bench.py")
     server = admin_dsn()
@@ -225,6 +275,8 @@ async def main(args: argparse.Namespace) -> int:
     try:
         async with store:  # check and far need no closing: no background work, shared backend
             await bench_hits(store, check, far, backend, client, prefix, report, args)
+            if args.delivery_rounds:
+                await bench_push_delivery(store, backend, report, args.delivery_rounds)
             if args.mix_operations:
                 await bench_mix(store, report, args)
     finally:
@@ -245,5 +297,8 @@ if __name__ == "__main__":
     parser.add_argument("--pairs", type=int, default=30, help="interleaved rounds")
     parser.add_argument("--profiles", type=int, default=200)
     parser.add_argument("--mix-operations", type=int, default=20_000, help="0: skip the mix")
+    parser.add_argument(
+        "--delivery-rounds", type=int, default=500, help="push-mode delivery delay (0: skip)"
+    )
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     sys.exit(asyncio.run(main(parser.parse_args())))

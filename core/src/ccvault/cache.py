@@ -102,23 +102,25 @@ a cluster client, ``"push"`` acts as ``"check"``, with a warning).
 *The trade-off, precisely:* writes of this process end its near copies synchronously (as in
 ``"check"``); a write on **another** instance becomes visible here once Redis has delivered
 its invalidation message and this process's event loop has read it — Redis (6, 7) queues
-the broadcast message in the same event-loop pass as the ``DEL``, before it sends the writer
-its reply, so this is normally well under a millisecond later, but it is not at the moment
-the writer's ``DEL`` returns. A tracking connection that breaks is noticed the same way
-(when its end is read); if Redis becomes unreachable silently (no error, no answer), or the
-pool's connections now lead to another server while the tracking connection is still open
-to the old one, or the cache's database was swapped (``SWAPDB``, for which Redis pushes
-nothing: the tracking session keeps a marker key of its own, ``<P>near-session:<random>``,
-refreshed and checked with ``SET ... GET``, Redis 6.2+), copies may be served for at most
-the heartbeat interval + twice ``operation_timeout`` before the heartbeat notices.
-``"check"`` keeps the strict guarantee: a read after a completed write on any instance
-never sees old data. :meth:`CachedProfileStore.sync_invalidations` restores that guarantee
-on demand: it sends a PING on the tracking connection and waits for its answer, so every
-invalidation of a write completed before the call has been processed when it returns, and
-then runs the heartbeat's server and marker check. Watch it with
-``ccvault_cache_tracking_up`` (open caches whose session is healthy),
-``ccvault_cache_tracking_lost_total`` and ``ccvault_cache_near_hits_total{check}``
-(``pushed``: served with no round trip; ``checked``: after a GET).
+the broadcast message in the same event-loop pass as the ``DEL``, before it sends the
+writer its reply, so this is normally well under a millisecond later
+(``benchmarks/cache_bench.py`` measures it: median 0.14 ms, p90 0.17 ms after the writer's
+call returned, 2 cores, local Redis), but it is not at the moment the writer's ``DEL``
+returns. A tracking connection that breaks is noticed the same way (when its end is read);
+if Redis becomes unreachable silently (no error, no answer), or the pool's connections now
+lead to another server while the tracking connection is still open to the old one, or the
+cache's database was swapped (``SWAPDB``, for which Redis pushes nothing: the tracking
+session keeps a marker key of its own, ``<P>near-session:<random>``, refreshed and checked
+with ``SET ... GET``, Redis 6.2+), copies may be served for at most the heartbeat interval
+plus twice ``operation_timeout`` before the heartbeat notices. ``"check"`` keeps the strict
+guarantee: a read after a completed write on any instance never sees old data.
+:meth:`CachedProfileStore.sync_invalidations` restores that guarantee on demand: it sends a
+PING on the tracking connection and waits for its answer, so every invalidation of a write
+completed before the call has been processed when it returns, and then runs the heartbeat's
+server and marker check. Watch it with ``ccvault_cache_tracking_up`` (open caches whose
+session is healthy), ``ccvault_cache_tracking_lost_total`` and
+``ccvault_cache_near_hits_total{check}`` (``pushed``: served with no round trip;
+``checked``: after a GET).
 
 **Restarts.** Epoch and generation tokens begin with the Redis server's *run tag* (the
 start of its ``run_id``, which changes on every restart). The read script reads it with
