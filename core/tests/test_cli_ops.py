@@ -457,3 +457,60 @@ def test_an_unexpected_error_is_one_line_without_its_message(
     assert result.stderr.startswith("ccvault: error: unexpected RuntimeError")
     assert result.stderr.count("\n") == 1 and "ana@example.com" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class _AclRedis(RedisServer):  # type: ignore[misc,valid-type]
+    """A private Redis whose user ``nopush`` may do everything but ``CLIENT TRACKING``."""
+
+    def start(self) -> None:
+        super().start()
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2) as admin:
+            admin.execute_command(
+                "ACL", "SETUSER", "nopush", "on", f">{PASSWORD}", "~*", "&*", "+@all",
+                "-client|tracking",
+            )  # fmt: skip
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[_AclRedis]:
+    server = _AclRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_config_check_tries_push_mode_tracking_session(
+    tmp_path: Path, fakeprod: InMemoryProfileStore, acl_redis: _AclRedis
+) -> None:
+    """near_cache_invalidation = "push" silently acts as "check" when the ACL refuses the
+    tracking session's commands: config check opens one and says which step was refused."""
+    body = (
+        '[profile]\nstore_provider = "fakeprod"\nauto_encrypt_pii = false\n'
+        '[redis]\nnear_cache_invalidation = "push"\nkey_prefix = "vault:"\n'
+    )
+    refused = _config(
+        tmp_path, body + f'url = "redis://nopush:{PASSWORD}@127.0.0.1:{acl_redis.port}/0"\n'
+    )
+    check = _invoke("-c", str(refused), "config", "check")
+    assert check.exit_code == 6, check.output
+    assert (
+        "FAIL redis push" in check.stdout
+        and "refused CLIENT TRACKING (NoPermissionError)" in check.stdout
+    )
+    assert PASSWORD not in check.output
+    allowed = _config(
+        tmp_path, body + f'url = "redis://127.0.0.1:{acl_redis.port}/0"\n', name="ok.toml"
+    )
+    ok = _invoke("--json", "-c", str(allowed), "config", "check")
+    assert ok.exit_code == 0, ok.output
+    checks = {c["check"]: c for c in json.loads(ok.stdout)["checks"]}
+    assert checks["redis push"]["ok"] is True
+    # check mode does not try tracking at all
+    plain = _config(
+        tmp_path,
+        body.replace('"push"', '"check"') + f'url = "redis://127.0.0.1:{acl_redis.port}/0"\n',
+        name="check.toml",
+    )
+    assert "redis push" not in _invoke("-c", str(plain), "config", "check").stdout

@@ -545,6 +545,62 @@ async def redis_problem(settings: VaultSettings) -> tuple[str, str] | None:
     return None
 
 
+async def push_tracking_problem(settings: VaultSettings) -> str | None:
+    """Why ``[redis] near_cache_invalidation = "push"`` would act as ``"check"`` on the
+    configured Redis — a cluster, or a refused step of the cache's tracking session (``CLIENT
+    ID``, ``INFO``, ``CLIENT TRACKING ... BCAST PREFIX <key_prefix>epoch:``, ``SUBSCRIBE`` to
+    the invalidation channel: an ACL without them, a Redis older than 6) — or None when such
+    a session opens. Runs those steps on a connection of its own, closed after. Reasons name
+    the masked URL, the step and the error's code, never a password or a user name."""
+    with requires_extra("cache", "Checking the Redis cache"):
+        from redis import exceptions as redis_errors
+        from redis.asyncio import Redis
+
+    config = settings.redis
+    where = config.url.masked()
+    if config.cluster:
+        return "near_cache_invalidation = 'push' needs a plain Redis: with a cluster it is 'check'"
+    client = Redis.from_url(
+        config.connection_url(),
+        socket_timeout=config.socket_timeout_seconds,
+        socket_connect_timeout=config.connect_timeout_seconds,
+        protocol=2,
+    )
+    pool = client.connection_pool
+    connection: Any = pool.connection_class(**pool.connection_kwargs)
+    prefix = f"{config.key_prefix}epoch:"
+    step = "connecting"
+    try:
+        async with asyncio.timeout(config.operation_timeout_seconds * 8):
+            await connection.connect()
+            step = "CLIENT ID"
+            await connection.send_command("CLIENT", "ID")
+            client_id = await connection.read_response()
+            tracking = ("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX")
+            for name, command in (
+                ("INFO", ("INFO", "server")),
+                ("CLIENT TRACKING", (*tracking, prefix)),
+                ("SUBSCRIBE", ("SUBSCRIBE", "__redis__:invalidate")),
+            ):
+                step = name  # named in the message if refused
+                await connection.send_command(*command)
+                await connection.read_response()
+    except redis_errors.ResponseError as exc:
+        return (
+            f"Redis at {where} refused {step} ({type(exc).__name__}): "
+            "near_cache_invalidation = 'push' "
+            "acts as 'check' (one GET per near hit); see docs/operations.md (Redis, ACL)"
+        )
+    except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+        return f"cannot open a tracking session on Redis at {where} ({type(exc).__name__})"
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.disconnect(nowait=True)
+        with contextlib.suppress(Exception):
+            await client.aclose()
+    return None
+
+
 async def _with_store(settings: VaultSettings, work: Callable[[ProfileStore], Awaitable[_T]]) -> _T:
     from ccvault.registry import open_store
 
@@ -1452,6 +1508,12 @@ def config_check(ctx: click.Context) -> None:
             problem = _run(redis_problem(settings))
             if problem is None:
                 record("redis", True, f"{settings.redis.url.masked()} answers PING")
+                if settings.redis.near_cache_invalidation == "push":
+                    refused = _run(push_tracking_problem(settings))
+                    if refused is None:
+                        record("redis push", True, "a tracking session opens (CLIENT TRACKING)")
+                    else:
+                        record("redis push", False, refused, EXIT_CONFIGURATION)
             else:
                 code = EXIT_CONFIGURATION if problem[0] == "auth" else EXIT_UNAVAILABLE
                 record("redis", False, problem[1], code)
