@@ -413,6 +413,8 @@ class MissingFieldsContract(ContractBase):
         await self._checks_agree(store, tenant, scenario, step, expected_checks, 6)
         # another tenant sees none of it
         assert await store._get_requirement_checks(uuid4(), scenario, None) == ([], {})
+        records, _build = await store._get_requirement_records(uuid4(), scenario, None)
+        assert list(records) == []
 
     @staticmethod
     async def _checks_agree(
@@ -444,3 +446,30 @@ class MissingFieldsContract(ContractBase):
                 ]
                 assert got == (enabled[0] if enabled else None) == expected_checks.get(key), key
                 assert got is None or isinstance(got, FieldCheck), key
+            # _get_requirement_records (what get_missing_fields reads) agrees too: one record
+            # per requirement, holding what the requirement holds and its check, and its
+            # builder makes the same requirements of the sources, in the order asked
+            records, build = await store._get_requirement_records(tenant, scenario, step_id)
+            records = list(records)
+            assert len(records) == len(found)
+            built = build([record[5] for record in reversed(records)])
+            built.reverse()
+            assert sorted(r.id.int for r in built) == sorted(r.id.int for r in found)
+            assert all(r == by_id[r.id] and type(r) is type(by_id[r.id]) for r in built)
+            assert build([]) == []
+            for record, requirement in zip(records, built, strict=True):
+                name, level, condition, depends_on, check, _source = record
+                assert (name, level, condition, list(depends_on)) == (
+                    requirement.field_name,
+                    requirement.required_level,
+                    requirement.when_condition,
+                    requirement.depends_on_fields,
+                )
+                assert check == checks.get(requirement.agent_id, {}).get(name), name
+                assert check is None or isinstance(check, FieldCheck), name
+            # the models built are the caller's: another answer's are other objects
+            if records:
+                more, build_more = await store._get_requirement_records(tenant, scenario, step_id)
+                again = build_more([next(iter(more))[5]])[0]
+                assert again in built and all(again is not r for r in built)
+                assert all(again.depends_on_fields is not r.depends_on_fields for r in built)

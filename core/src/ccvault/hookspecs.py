@@ -9,8 +9,9 @@ its own for ``ccvault worker``). Core never names a provider; it asks these hook
 The store a provider builds implements the *store hooks*: the ``_``-prefixed methods of
 :class:`~ccvault.store.ProfileStore`, each documented there with its contract (the module
 docstring of :mod:`ccvault.store` lists them all). Some are optional extension points with a
-default derived from others (for example ``_get_requirement_checks``, what
-``get_missing_fields`` reads, derived from ``_get_requirements_with_definitions``); a
+default derived from others (for example ``_get_requirement_records``, what
+``get_missing_fields`` reads, derived from ``_get_requirement_checks``, itself derived from
+``_get_requirements_with_definitions``); a
 provider overrides one only to answer it cheaper, and the override must agree with the
 default. contract_tests/README.md tables every hook with its contract.
 """

@@ -24,9 +24,9 @@ import functools
 import logging
 import math
 import operator
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -47,6 +47,9 @@ __all__ = [
     "MAX_CONDITION_NODES",
     "CompiledCondition",
     "FieldCheck",
+    "RecordValues",
+    "RequirementRecord",
+    "RequirementRecords",
     "check_condition",
     "check_requirement",
     "checks_of",
@@ -56,6 +59,8 @@ __all__ = [
     "find_missing",
     "find_missing_checked",
     "find_missing_fields",
+    "find_missing_records",
+    "records_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -308,6 +313,13 @@ def _compile(node: ast.AST) -> _Run:
 
         return lookup
     if isinstance(node, ast.BoolOp):
+        simple = [_simple_comparison(value) for value in node.values]
+        if all(simple):
+            # ``a != "x" and b >= 18``: every part a name against a constant, run in one
+            # closure (no call per part)
+            return _comparisons(
+                [part for part in simple if part is not None], isinstance(node.op, ast.And)
+            )
         parts = [_compile(value) for value in node.values]
         if isinstance(node.op, ast.And):
 
@@ -409,6 +421,53 @@ def _name_against_constant(name: str, compare: Callable[[Any, Any], Any], consta
     return name_against_constant
 
 
+_Comparison = tuple[str, Callable[[Any, Any], Any], Any]
+
+
+def _simple_comparison(node: ast.AST) -> _Comparison | None:
+    """(name, comparison, constant) of ``name <op> constant`` (one operator, not ``in``):
+    the shape :func:`_name_against_constant` compiles; None for any other node."""
+    if (
+        isinstance(node, ast.Compare)
+        and len(node.ops) == 1
+        and isinstance(node.left, ast.Name)
+        and isinstance(node.comparators[0], ast.Constant)
+        and not isinstance(node.ops[0], ast.In | ast.NotIn)
+    ):
+        return node.left.id, _COMPARE[type(node.ops[0])], node.comparators[0].value
+    return None
+
+
+def _comparisons(parts: list[_Comparison], conjunction: bool) -> _Run:
+    """``and`` (``conjunction``) or ``or`` of ``name <op> constant`` parts, as
+    :func:`_compile` builds it in general (``all_of``/``any_of`` over
+    :func:`_name_against_constant` closures), in one closure: same lookups in the same
+    order, same short-circuit, same result (each part is a bool)."""
+    steps = tuple(parts)
+
+    def all_hold(names: Mapping[str, Any]) -> bool:
+        for name, compare, constant in steps:
+            try:
+                left = names[name]
+            except KeyError:
+                raise _Undefined("a name the profile lacks") from None
+            if not compare(left, constant):
+                return False
+        return True
+
+    def any_holds(names: Mapping[str, Any]) -> bool:
+        for name, compare, constant in steps:
+            try:
+                left = names[name]
+            except KeyError:
+                raise _Undefined("a name the profile lacks") from None
+            if compare(left, constant):
+                return True
+        return False
+
+    return all_hold if conjunction else any_holds
+
+
 def _not_contained(needle: Any, haystack: Any) -> bool:
     return not _contained(needle, haystack)
 
@@ -426,21 +485,89 @@ class CompiledCondition:
     """
 
     tree: ast.Expression
+    #: :meth:`holds` as a plain function (what the evaluation loop calls)
+    test: Callable[[Mapping[str, Any]], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_run", _compile(self.tree))
+        run = _compile(self.tree)
+        object.__setattr__(self, "_run", run)
+        object.__setattr__(self, "test", _test(self.tree, run))
 
     def holds(self, values: Mapping[str, Any]) -> bool:
         """True when the condition is truthy over ``values``; false when it is undefined
         for them (a missing name, values of the wrong type or size)."""
+        return self.test(values)
+
+
+def _test(tree: ast.Expression, run: _Run) -> Callable[[Mapping[str, Any]], bool]:
+    """:meth:`CompiledCondition.holds` of ``tree`` compiled to ``run``, as one function
+    (what the evaluation loop calls: no method call in between). The commonest conditions,
+    ``name <op> constant`` parts joined by ``and`` or ``or`` (or one alone), are one
+    function with no call per part (:func:`_comparisons_test`)."""
+    body = tree.body
+    if isinstance(body, ast.BoolOp):
+        parts = [_simple_comparison(value) for value in body.values]
+        if all(parts):
+            return _comparisons_test(
+                [part for part in parts if part is not None], isinstance(body.op, ast.And)
+            )
+    else:
+        only = _simple_comparison(body)
+        if only is not None:
+            return _comparisons_test([only], True)
+
+    def holds(values: Mapping[str, Any]) -> bool:
         try:
-            return bool(self._run(values))  # type: ignore[attr-defined]
+            return bool(run(values))
         except _Undefined:
             return False
         except (TypeError, ValueError, ArithmeticError, RecursionError):
             # comparing values that do not order (``None < 1``), dividing by zero, or
             # comparing deeply nested stored JSON: undefined, so false
             return False
+
+    return holds
+
+
+def _comparisons_test(
+    parts: list[_Comparison], conjunction: bool
+) -> Callable[[Mapping[str, Any]], bool]:
+    """The ``holds`` of :func:`_comparisons` (``_test`` over it), in one function: a name
+    the values lack makes the whole condition false (undefined), as does a comparison that
+    raises what ``holds`` catches; otherwise ``and``/``or`` of the parts, in order,
+    short-circuited."""
+    steps = tuple(parts)
+    # a comparison's failures that make a condition undefined (holds' list, less
+    # _Undefined, which no comparison raises)
+    undefined = (TypeError, ValueError, ArithmeticError, RecursionError)
+
+    def all_hold(values: Mapping[str, Any]) -> bool:
+        for name, compare, constant in steps:
+            try:
+                left = values[name]
+            except KeyError:
+                return False
+            try:
+                if not compare(left, constant):
+                    return False
+            except undefined:
+                return False
+        return True
+
+    def any_holds(values: Mapping[str, Any]) -> bool:
+        for name, compare, constant in steps:
+            try:
+                left = values[name]
+            except KeyError:
+                return False
+            try:
+                if compare(left, constant):
+                    return True
+            except undefined:
+                return False
+        return False
+
+    return all_hold if conjunction else any_holds
 
 
 @functools.lru_cache(maxsize=1024)
@@ -622,59 +749,223 @@ def find_missing_checked(
     required_level: RequiredLevel | None,
     now: datetime,
 ) -> list[ScenarioFieldRequirement]:
-    """The evaluation itself, what ``get_missing_fields`` calls: :func:`find_missing_fields`
-    (``values``: each of ``fields``' ``value`` by name, gathered by the caller) with each
-    field's definition reduced to its :class:`FieldCheck` (``checks``: field name ->
-    check, of the definitions that judge, i.e. the enabled ones of the requirements'
-    agent). The loop reads each attribute once, into locals."""
+    """:func:`find_missing_fields` (``values``: each of ``fields``' ``value`` by name,
+    gathered by the caller) with each field's definition reduced to its
+    :class:`FieldCheck` (``checks``: field name -> check, of the definitions that judge,
+    i.e. the enabled ones of the requirements' agent): :func:`find_missing_records` over
+    the requirements' records."""
+    check_of = checks.get
+    return find_missing_records(
+        fields,
+        values,
+        [
+            RequirementRecord(
+                requirement.field_name,
+                requirement.required_level,
+                requirement.when_condition,
+                requirement.depends_on_fields,
+                check_of(requirement.field_name),
+                requirement,
+            )
+            for requirement in requirements
+        ],
+        tenant_id=tenant_id,
+        profile_id=profile_id,
+        rules=rules,
+        required_level=required_level,
+        now=now,
+    )
+
+
+class RequirementRecord(NamedTuple):
+    """One requirement as ``get_missing_fields`` judges it: what the evaluation reads of it,
+    the :class:`FieldCheck` of its own agent's *enabled* definition of its field (None
+    without one), and ``source``, what the hook's ``build`` makes the requirement model of
+    (a provider's row; the model itself for :func:`records_of`). Immutable and small: a
+    provider hands out one per requirement and a model is built only for the missing ones.
+    """
+
+    field_name: str
+    required_level: RequiredLevel
+    when_condition: str | None
+    depends_on_fields: Sequence[str]
+    check: FieldCheck | None
+    source: Any
+
+
+#: a record's values, in :class:`RequirementRecord`'s order: a provider may hand out plain
+#: tuples (the evaluation unpacks them by position)
+RecordValues = tuple[str, RequiredLevel, str | None, Sequence[str], FieldCheck | None, Any]
+
+
+class RequirementRecords(NamedTuple):
+    """What ``_get_requirement_records`` answers: ``records`` (one per requirement, any
+    order; each a :class:`RequirementRecord` or a plain tuple of its values in its order)
+    and ``build``, which turns the ``source`` of some of them (a list, in any order) into
+    their requirement models, in that order (refusing a source that is not a valid
+    requirement with :class:`~ccvault.errors.StorageError`)."""
+
+    records: Sequence[RecordValues]
+    build: Callable[[list[Any]], list[ScenarioFieldRequirement]]
+
+
+def _as_built(sources: list[Any]) -> list[ScenarioFieldRequirement]:
+    return list(sources)
+
+
+def records_of(
+    requirements: Iterable[ScenarioFieldRequirement],
+    checks_by_agent: Mapping[UUID, Mapping[str, FieldCheck]],
+) -> RequirementRecords:
+    """The records of ``requirements`` (models, their own sources) and ``checks_by_agent``
+    (what ``_get_requirement_checks`` returns): the default ``_get_requirement_records``
+    derives its answer with this."""
+    records: list[RequirementRecord] = []
+    append = records.append
+    no_checks: Mapping[str, FieldCheck] = {}
+    checks_get = checks_by_agent.get
+    last_agent: object = None
+    own: Mapping[str, FieldCheck] = no_checks
+    for requirement in requirements:
+        agent = requirement.agent_id
+        if agent is not last_agent:  # requirements of one agent share its UUID (mostly)
+            own, last_agent = checks_get(agent, no_checks), agent
+        name = requirement.field_name
+        append(
+            RequirementRecord(
+                name,
+                requirement.required_level,
+                requirement.when_condition,
+                requirement.depends_on_fields,
+                own.get(name),
+                requirement,
+            )
+        )
+    return RequirementRecords(records, _as_built)
+
+
+def find_missing_records(
+    fields: Mapping[str, ProfileField],
+    values: Mapping[str, Any],
+    records: Iterable[RecordValues],
+    *,
+    tenant_id: UUID,
+    profile_id: UUID | None,
+    rules: StoreRules,
+    required_level: RequiredLevel | None,
+    now: datetime,
+) -> list[Any]:
+    """The evaluation itself, what ``get_missing_fields`` calls: the ``source`` of each
+    record (in their order) that applies to the profile (``fields``: its ACTIVE fields
+    by name, unexpired; ``values``: their values) and that it does not meet, each judged
+    by its record's ``check``, as :func:`find_missing` describes. The loop reads each
+    record once, into locals; each condition is looked up once by its text."""
     stale_action = rules.stale_field_action
     default_freshness = rules.default_freshness_seconds
     field_of = fields.get
-    check_of = checks.get
-    missing: list[ScenarioFieldRequirement] = []
+    test_of = _TESTS.get
+    missing: list[Any] = []
     append = missing.append
-    for requirement in requirements:
-        if required_level is not None and requirement.required_level is not required_level:
+    # freshness -> the collection time before which a field is stale (_cutoff)
+    cutoffs: dict[int, Any] = {}
+    for name, level, condition, depends_on, check, source in records:
+        if required_level is not None and level is not required_level:
             continue
-        condition = requirement.when_condition
-        if condition is not None and not _holds(condition, values):
+        if condition is not None:
+            test = test_of(condition)
+            if test is None:
+                test = _test_of(condition)
+            if not test(values):
+                continue
+        if depends_on and any(depended not in fields for depended in depends_on):
             continue
-        depends_on = requirement.depends_on_fields
-        if depends_on and any(name not in fields for name in depends_on):
+        version = field_of(name)
+        if version is None:
+            append(source)
             continue
-        name = requirement.field_name
-        field = field_of(name)
-        if field is None:
-            append(requirement)
-            continue
-        expires = field.expires_at
+        expires = version.expires_at
         if expires is not None and expires <= now:  # ProfileField.is_expired
-            append(requirement)
+            append(source)
             continue
-        check = check_of(name)
         freshness = default_freshness
         if check is not None:
-            if check[0] and not field.verified:  # required_verification
-                append(requirement)
+            if check[0] and not version.verified:  # required_verification
+                append(source)
                 continue
             if check[1] is not None:  # freshness_seconds
                 freshness = check[1]
         if stale_action == "ignore":
             continue
-        if freshness and (now - field.collected_at).total_seconds() > freshness:
+        if not freshness:
+            continue
+        cutoff = cutoffs.get(freshness)
+        if cutoff is None:
+            cutoff = cutoffs[freshness] = _cutoff(now, freshness)
+        if (
+            version.collected_at < cutoff
+            if cutoff is not _EXACT
+            else (now - version.collected_at).total_seconds() > freshness
+        ):
             if stale_action == "block":
-                append(requirement)
+                append(source)
             else:
-                _warn_stale(field, check is not None, freshness, tenant_id, profile_id)
+                _warn_stale(version, check is not None, freshness, tenant_id, profile_id)
     return missing
+
+
+_EXACT = object()  # no cutoff: the age computed in seconds, as always
+# below 2**33 seconds (272 years) a second and a microsecond apart as floats: the float age
+# ``(now - collected).total_seconds()`` exceeds an integer ``freshness`` exactly when the
+# timedelta exceeds ``freshness`` seconds, i.e. when collected < now - freshness
+_EXACT_CUTOFF_BELOW = 2**33
+
+
+def _cutoff(now: datetime, freshness: int) -> Any:
+    """``now - freshness`` seconds: a field collected before it is stale (exactly as
+    ``(now - collected).total_seconds() > freshness``), or _EXACT when that equivalence is
+    not proven (a float, a huge freshness) or the time is out of range."""
+    if type(freshness) is not int or not 0 < freshness < _EXACT_CUTOFF_BELOW:
+        return _EXACT
+    try:
+        return now - timedelta(seconds=freshness)
+    except OverflowError:
+        return _EXACT
+
+
+def _always(values: Mapping[str, Any]) -> bool:
+    return True
+
+
+def _never(values: Mapping[str, Any]) -> bool:
+    return False
+
+
+# a condition's text -> the function telling whether it holds (what _holds decides for it)
+_TESTS: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
+_MAX_TESTS = 1024  # emptied when full (a bound, never a correctness matter)
+
+
+def _test_of(expression: str) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether ``expression`` holds, as a function of the values (:func:`_holds` for it):
+    decided once per text and kept (bounded)."""
+    test: Callable[[Mapping[str, Any]], bool]
+    if not expression or expression.isspace():  # as ``not expression.strip()``
+        test = _always
+    else:
+        compiled = _stored(expression)
+        test = _never if compiled is None else compiled.test
+    if len(_TESTS) >= _MAX_TESTS:
+        _TESTS.clear()
+    _TESTS[expression] = test
+    return test
 
 
 def _holds(expression: str, values: Mapping[str, Any]) -> bool:
     """:func:`condition_holds` for a condition that is not None."""
-    if not expression or expression.isspace():  # as ``not expression.strip()``
-        return True
-    compiled = _stored(expression)
-    return False if compiled is None else compiled.holds(values)
+    test = _TESTS.get(expression)
+    if test is None:
+        test = _test_of(expression)
+    return test(values)
 
 
 def _warn_stale(

@@ -63,8 +63,12 @@ hook                                 contract
 ``_get_requirements_with_definitions``  optional: those requirements and their agents'
                                      enabled definitions, read together (one round trip)
 ``_get_requirement_checks``          optional: those requirements and, per agent and field
-                                     name, the FieldCheck of its enabled definition (what
-                                     get_missing_fields reads; default derived from the above)
+                                     name, the FieldCheck of its enabled definition
+                                     (default derived from the above)
+``_get_requirement_records``         optional: what get_missing_fields reads, one record
+                                     per requirement (what it judges, its FieldCheck, a
+                                     source) and a builder of the models of some sources
+                                     (default derived from the above)
 ``_save_scenario_requirement``       atomic upsert by (tenant, scenario, step, rule, name)
 ``_delete_scenario_requirements``    the count
 ``_purge_profile``                   atomic hard delete of the profile and all it owns
@@ -148,7 +152,13 @@ from ccvault.models import (
     UnmergeResult,
     utcnow,
 )
-from ccvault.requirements import FieldCheck, checks_of, find_missing_checked
+from ccvault.requirements import (
+    FieldCheck,
+    RequirementRecords,
+    checks_of,
+    find_missing_records,
+    records_of,
+)
 from ccvault.rules.erasure import (
     ErasurePlan,
     ErasureReport,
@@ -436,9 +446,18 @@ def final_methods() -> frozenset[str]:
     )
 
 
+def _owner(cls: type, name: str) -> type:
+    """The class of ``cls``' MRO whose body defines ``name`` (ProfileStore's subclasses)."""
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), ProfileStore)
+
+
+# get_missing_fields' reads of a field version's attributes (its __dict__, as
+# check_read_fields reads them)
+_VARS = operator.attrgetter("__dict__")
+_VALUE_OF = operator.methodcaller("get", "value")
+_EXPIRES_AT_OF = operator.methodcaller("get", "expires_at")
 #: get_missing_fields' order of requirements (a C key function: 50 requirements per call)
 _COLLECTION_ORDER = operator.attrgetter("collection_order", "field_name")
-_NO_CHECKS: dict[str, FieldCheck] = {}  # an agent without enabled definitions (never written)
 
 
 class ProfileStore(ABC):
@@ -475,6 +494,16 @@ class ProfileStore(ABC):
                     f"final (it checks arguments, applies the vault's rules and presents the "
                     f"result once for the whole stack); {instead}"
                 )
+        # get_missing_fields reads the narrowest requirement hook: one defined above an
+        # override of a wider one (which it would go around) gives way to the default,
+        # derived from that override
+        mro = cls.__mro__
+        records = mro.index(_owner(cls, "_get_requirement_records"))
+        if mro[records] is not ProfileStore and any(
+            mro.index(_owner(cls, wider)) < records
+            for wider in ("_get_requirement_checks", "_get_requirements_with_definitions")
+        ):
+            cls._get_requirement_records = ProfileStore._get_requirement_records  # type: ignore[method-assign]
 
     def now(self) -> datetime:
         """The store's clock (UTC). Tests may replace it."""
@@ -1132,48 +1161,40 @@ class ProfileStore(ABC):
         if profile.__dict__["tenant_id"] != tenant_id:
             return []
         now = self.now()
-        found, checks_by_agent = await self._get_requirement_checks(tenant_id, scenario_id, step_id)
-        requirements = sorted(found, key=_COLLECTION_ORDER)
-        # each requirement is judged by its own agent's (enabled) definitions: grouped by
-        # agent in one pass (usually there is one agent)
-        own_of: dict[UUID, list[ScenarioFieldRequirement]] = {}
-        for req in requirements:
-            own = own_of.get(req.agent_id)
-            if own is None:
-                own_of[req.agent_id] = [req]
-            else:
-                own.append(req)
+        records, build = await self._get_requirement_records(tenant_id, scenario_id, step_id)
         # no await from here on: the caller's fields are checked and read in one step; the
         # unexpired ones and their values gathered in one pass
-        live: dict[str, ProfileField] = {}
-        values: dict[str, Any] = {}
-        for name, item in check_read_fields(profile, "profile").items():
-            expires = item.__dict__.get("expires_at")  # as check_read_fields read it
-            if expires is None or expires > now:  # not ProfileField.is_expired(now)
-                live[name] = item
-                values[name] = item.__dict__.get("value")
+        live = check_read_fields(profile, "profile")
+        # as check_read_fields read them: each version's own attributes (in C, a pass each)
+        attributes = list(map(_VARS, live.values()))
+        values: dict[str, Any] = dict(zip(live, map(_VALUE_OF, attributes), strict=True))
+        expiries = list(map(_EXPIRES_AT_OF, attributes))
+        if expiries.count(None) != len(expiries):
+            # some version expires: only the unexpired ones are read
+            for name, expires in zip(list(live), expiries, strict=True):
+                if expires is not None and expires <= now:  # ProfileField.is_expired(now)
+                    del live[name], values[name]
         profile_id = profile.__dict__.get("id")
-        found_missing: list[list[ScenarioFieldRequirement]] = []
-        for agent_id, own in own_of.items():
-            found_missing.append(
-                find_missing_checked(
-                    live,
-                    values,
-                    own,
-                    checks_by_agent.get(agent_id, _NO_CHECKS),
-                    tenant_id=tenant_id,
-                    profile_id=profile_id if isinstance(profile_id, UUID) else None,
-                    rules=self.rules,
-                    required_level=level,
-                    now=now,
-                )
-            )
-        if len(found_missing) == 1:  # one agent: already in the requirements' order
-            return found_missing[0]
-        # several agents: the result keeps the requirements' order (by identity: ids of
-        # requirements read from storage are not compared)
-        missing = {id(req) for group in found_missing for req in group}
-        return [req for req in requirements if id(req) in missing]
+        # each requirement judged by its record's check (its own agent's enabled definition
+        # of its field), in the records' order; a model is built for the missing ones only
+        sources = find_missing_records(
+            live,
+            values,
+            records,
+            tenant_id=tenant_id,
+            profile_id=profile_id if isinstance(profile_id, UUID) else None,
+            rules=self.rules,
+            required_level=level,
+            now=now,
+        )
+        if not sources:
+            return []
+        missing = build(sources)
+        # the requirements' order (collection_order, field_name); a stable sort of the
+        # missing ones keeps ties as sorting all of them first would
+        if len(missing) > 1:
+            missing.sort(key=_COLLECTION_ORDER)
+        return missing
 
     # =====================================================================================
     # beyond the seed: erasure, portability, hard delete, orphans, operations
@@ -1854,7 +1875,8 @@ class ProfileStore(ABC):
     async def _get_requirement_checks(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, dict[str, FieldCheck]]]:
-        """All ``get_missing_fields`` reads, narrowed: the requirements
+        """What ``get_missing_fields`` reads (through :meth:`_get_requirement_records`),
+        narrowed: the requirements
         :meth:`_get_scenario_requirements` returns (any order), and ``{agent_id: {name:
         FieldCheck}}``: for each requirement whose agent has an *enabled* definition of the
         requirement's ``field_name``, ``checks[agent_id][field_name]`` is
@@ -1878,6 +1900,35 @@ class ProfileStore(ABC):
             tenant_id, scenario_id, step_id
         )
         return requirements, checks_of(definitions)
+
+    async def _get_requirement_records(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> RequirementRecords:
+        """All ``get_missing_fields`` reads, as records: ``RequirementRecords(records,
+        build)`` (:mod:`ccvault.requirements`). ``records`` holds one
+        :class:`~ccvault.requirements.RequirementRecord` per requirement
+        :meth:`_get_scenario_requirements` returns (any order): its ``field_name``,
+        ``required_level``, ``when_condition`` and ``depends_on_fields``, its ``check`` (the
+        FieldCheck :meth:`_get_requirement_checks` gives it, None without one) and a
+        ``source``; ``build(sources)`` returns the requirement models of the sources given
+        (some of the records', in any order), in that order, each equal to the one
+        :meth:`_get_scenario_requirements` returns, as a new model of the caller's (or
+        raises :class:`~ccvault.errors.StorageError` for a source that is not a valid
+        requirement). ``get_missing_fields`` builds models of the missing requirements
+        only.
+
+        Optional: this default derives the answer from :meth:`_get_requirement_checks`
+        (:func:`ccvault.requirements.records_of`: the sources are the models). A provider
+        overrides it to read the records from its rows and build models for the few
+        sources asked; it must agree with :meth:`_get_requirement_checks` (the contract
+        suite checks both). A class overriding :meth:`_get_requirement_checks` or
+        :meth:`_get_requirements_with_definitions` below the class that defines this hook
+        (a wrapper serving them, a provider's subclass answering them its own way) gets
+        this default again (see :meth:`__init_subclass__`), so that ``get_missing_fields``
+        reads through the override.
+        """
+        requirements, checks = await self._get_requirement_checks(tenant_id, scenario_id, step_id)
+        return records_of(requirements, checks)
 
     @abstractmethod
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
@@ -2138,10 +2189,12 @@ class ForwardingProfileStore(ProfileStore):
     ``capabilities``. Lifecycle is forwarded too, so entering the outermost store sets up
     the whole stack. The stack shares one clock and one set of rules: the inner store's.
 
-    One hook is not forwarded in every wrapper: ``_get_requirement_checks`` (derived from
+    Two hooks are not forwarded in every wrapper: ``_get_requirement_checks`` (derived from
     ``_get_requirements_with_definitions``) is answered by the default over the wrapper's
     own wide hook when its class overrides that hook (the cache), so that ``get_missing_fields``
-    keeps reading through the override (see :meth:`__init_subclass__`).
+    keeps reading through the override (see :meth:`__init_subclass__`); and
+    ``_get_requirement_records`` (derived from ``_get_requirement_checks``) likewise, by
+    ``ProfileStore.__init_subclass__``'s rule for every class.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -2333,6 +2386,20 @@ class ForwardingProfileStore(ProfileStore):
         if "_get_requirements_with_definitions" in self.__dict__:
             return await ProfileStore._get_requirement_checks(self, tenant_id, scenario_id, step_id)
         return await self.inner._get_requirement_checks(tenant_id, scenario_id, step_id)
+
+    async def _get_requirement_records(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> RequirementRecords:
+        # a wrapper class overriding a wider hook never gets here (see
+        # ProfileStore.__init_subclass__); an instance given its own is served from it too
+        if (
+            "_get_requirements_with_definitions" in self.__dict__
+            or "_get_requirement_checks" in self.__dict__
+        ):
+            return await ProfileStore._get_requirement_records(
+                self, tenant_id, scenario_id, step_id
+            )
+        return await self.inner._get_requirement_records(tenant_id, scenario_id, step_id)
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         return await self.inner._save_scenario_requirement(requirement)

@@ -30,12 +30,13 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import stat
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import compress, repeat
 from operator import attrgetter, is_, itemgetter
 from pathlib import Path
@@ -43,6 +44,8 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import aiosqlite
+import orjson
+from pydantic import BaseModel
 
 from ccvault import errors
 from ccvault.batches import KeysetBatch, parse_orphans_position
@@ -51,6 +54,7 @@ from ccvault.models import (
     Channel,
     ChannelIdentity,
     CustomerProfile,
+    FallbackAction,
     ItemStatus,
     ItemType,
     LineageEntry,
@@ -58,11 +62,18 @@ from ccvault.models import (
     ProfileAsset,
     ProfileField,
     ProfileFieldDefinition,
+    RequiredLevel,
     ScenarioFieldRequirement,
     SourceType,
     UnmergeResult,
 )
-from ccvault.requirements import FieldCheck
+from ccvault.requirements import (
+    FieldCheck,
+    RecordValues,
+    RequirementRecords,
+    field_check,
+    records_of,
+)
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import channel_eviction, link_outcome
 from ccvault.rules.merge import (
@@ -135,6 +146,261 @@ _REQUIREMENT_CHECKS = (
     "AND d.enabled = 1 "
     "WHERE r.tenant_id = ?1 AND r.scenario_id = ?2 AND r.step_id IS ?3"
 )
+
+
+class _NotOurRecord(Exception):
+    """A column _requirement_records reads is not in the form this provider writes."""
+
+
+_RECORD_AT = tuple(
+    REQUIREMENT_COLUMNS.index(name)
+    for name in ("field_name", "required_level", "when_condition", "depends_on_fields")
+)
+_CHECK_AT = len(REQUIREMENT_COLUMNS)  # required_verification, then freshness_seconds
+_RECORD_COLUMNS = tuple(map(itemgetter, (*_RECORD_AT, _CHECK_AT, _CHECK_AT + 1)))
+# field names as the models allow them (FieldName), one per line: checked in one match
+_FIELD_NAME_LINES = re.compile(r"(?:[a-z_][a-z0-9_]{0,49}\n)*")
+_LEVELS = {level.value: level for level in RequiredLevel}
+_CONDITION_TYPES = {str, type(None)}
+_MAX_CONDITION = 2000  # ScenarioFieldRequirement.when_condition's max_length
+
+
+# field names found valid (not personal data: a tenant's schema), so that the names of a
+# scenario read again cost a set lookup each; bounded, replaced by an empty set when full
+_VALID_NAMES: set[str] = set()
+_MAX_VALID_NAMES = 4096
+
+
+def _field_names(names: set[Any]) -> None:
+    """Every one of ``names`` is a field name, or _NotOurRecord."""
+    global _VALID_NAMES
+    known = _VALID_NAMES
+    try:
+        if names <= known:
+            return
+        new = names - known
+    except TypeError:  # not hashable (not text)
+        raise _NotOurRecord from None
+    distinct = [name for name in new if type(name) is str]
+    if len(distinct) != len(new):
+        raise _NotOurRecord
+    text = "\n".join(distinct)
+    # one line per name: a name holding a line break cannot pass for two
+    if text.count("\n") != len(distinct) - 1 or not _FIELD_NAME_LINES.fullmatch(text + "\n"):
+        raise _NotOurRecord
+    if len(known) + len(distinct) > _MAX_VALID_NAMES:
+        _VALID_NAMES = known = set()
+    known.update(distinct)
+
+
+def _depends_on(column: Sequence[Any]) -> list[tuple[str, ...]]:
+    """``depends_on_fields`` (JSON lists of field names) of each row, as tuples (records
+    are read, never handed out): each distinct text parsed once."""
+    parsed: dict[Any, tuple[str, ...]] = {}
+    try:
+        for text in set(column):
+            items = orjson.loads(text)
+            if type(items) is not list:
+                raise _NotOurRecord
+            _field_names(set(items))
+            parsed[text] = tuple(items)
+    except (orjson.JSONDecodeError, TypeError):  # not JSON, not text, an item not hashable
+        raise _NotOurRecord from None
+    return list(map(parsed.__getitem__, column))
+
+
+def _field_checks(verifications: Sequence[Any], freshnesses: Sequence[Any]) -> list[Any]:
+    """The FieldCheck of each row's own enabled definition (None: NULL, no definition);
+    StorageError for values not in our form (as ``codec.requirement_checks``). Each
+    distinct pair is checked once; all rows alike (the same pair), no pair is built."""
+    flags, periods = set(verifications), set(freshnesses)  # SQLite values: hashable
+    if len(flags) == 1 and len(periods) == 1:
+        return [_field_check_of(*flags, *periods)] * len(verifications)
+    pairs = list(zip(verifications, freshnesses, strict=True))
+    check_of = {pair: _field_check_of(*pair) for pair in set(pairs)}
+    return list(map(check_of.__getitem__, pairs))
+
+
+def _field_check_of(verification: Any, freshness: Any) -> FieldCheck | None:
+    if verification is None:  # NOT NULL in the table: no enabled definition
+        return None
+    if (
+        type(verification) is not int
+        or verification not in (0, 1)
+        or (freshness is not None and (type(freshness) is not int or freshness < 0))
+    ):
+        raise errors.StorageError(
+            "a stored field definition row is corrupt (required_verification or freshness_seconds)"
+        )
+    return field_check(verification == 1, freshness)
+
+
+# the requirement models of a few rows (get_missing_fields' missing ones), row by row: for
+# a handful of rows the codec's column-by-column build costs more in fixed overhead per
+# column than this costs per row. Every value is checked to be in the form this provider
+# writes (codec.ts, str(UUID), enumeration values, JSON lists of field names), or the rows
+# go through the codec instead (validation: StorageError for a row that is not valid)
+_REQUIREMENT_FIELDS = tuple(ScenarioFieldRequirement.model_fields)
+_FIELDS_SET = set(_REQUIREMENT_FIELDS)
+_FALLBACKS = {action.value: action for action in FallbackAction}
+_MAX_INT64 = 2**63 - 1
+_new_model = object.__new__
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+# text -> value of ids and times found in our form (immutable values, shared by models);
+# bounded: replaced by an empty dict when full
+_PARSED: dict[str, Any] = {}
+_MAX_PARSED = 4096
+
+
+def _our_uuid(text: Any) -> UUID:
+    value = _PARSED.get(text) if type(text) is str else None
+    if value is None:
+        if type(text) is not str or len(text) != 36:
+            raise _NotOurRecord
+        try:
+            value = UUID(text)
+        except ValueError:
+            raise _NotOurRecord from None
+        if str(value) != text:
+            raise _NotOurRecord
+        _keep(text, value)
+    elif type(value) is not UUID:  # a time's text cannot be an id's
+        raise _NotOurRecord
+    return value
+
+
+def _our_time(text: Any) -> datetime:
+    value = _PARSED.get(text) if type(text) is str else None
+    if value is None:
+        if type(text) is not str or len(text) != 32:
+            raise _NotOurRecord
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise _NotOurRecord from None
+        if value.tzinfo is not UTC or ts(value) != text:
+            raise _NotOurRecord
+        _keep(text, value)
+    elif type(value) is not datetime:
+        raise _NotOurRecord
+    return value
+
+
+def _keep(text: str, value: Any) -> None:
+    global _PARSED
+    if len(_PARSED) >= _MAX_PARSED:
+        _PARSED = {}
+    _PARSED[text] = value
+
+
+def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
+    """One row's model, every value checked (_NotOurRecord for one not in our form)."""
+    (
+        id_,
+        tenant_id,
+        agent_id,
+        scenario_id,
+        step_id,
+        rule_id,
+        name,
+        level,
+        fallback,
+        condition,
+        depends_on,
+        order,
+        created_at,
+        updated_at,
+    ) = row[: len(REQUIREMENT_COLUMNS)]
+    if name not in _VALID_NAMES:
+        _field_names({name})
+    if condition is not None and (type(condition) is not str or len(condition) > _MAX_CONDITION):
+        raise _NotOurRecord
+    if type(order) is not int or not -_MAX_INT64 <= order <= _MAX_INT64:
+        raise _NotOurRecord
+    try:
+        items = orjson.loads(depends_on)
+        required_level, fallback_action = _LEVELS[level], _FALLBACKS[fallback]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise _NotOurRecord from None
+    if type(items) is not list:
+        raise _NotOurRecord
+    if items:
+        try:
+            _field_names(set(items))
+        except TypeError:
+            raise _NotOurRecord from None
+    # a dict display, in the fields' declaration order (as validation leaves it)
+    values = {
+        "id": _our_uuid(id_),
+        "tenant_id": _our_uuid(tenant_id),
+        "agent_id": _our_uuid(agent_id),
+        "scenario_id": _our_uuid(scenario_id),
+        "step_id": None if step_id is None else _our_uuid(step_id),
+        "rule_id": None if rule_id is None else _our_uuid(rule_id),
+        "field_name": name,
+        "required_level": required_level,
+        "fallback_action": fallback_action,
+        "when_condition": condition,
+        "depends_on_fields": items,
+        "collection_order": order,
+        "created_at": _our_time(created_at),
+        "updated_at": _our_time(updated_at),
+    }
+    model = _new_model(ScenarioFieldRequirement)
+    _SET_DICT(model, values)
+    _SET_FIELDS_SET(model, _FIELDS_SET.copy())
+    _SET_EXTRA(model, None)
+    _SET_PRIVATE(model, None)
+    return model
+
+
+def _requirements_of(rows: list[Any]) -> list[ScenarioFieldRequirement]:
+    """The requirement models of ``rows`` (``_REQUIREMENT_CHECKS``), in their order:
+    :func:`_requirement_of` each, or, if one is not in our form, every one through the
+    codec (validated; StorageError for a row that is not a valid requirement)."""
+    try:
+        return list(map(_requirement_of, rows))
+    except _NotOurRecord:
+        return codec.requirements_from_rows(rows)
+
+
+def _requirement_records(rows: Sequence[Any]) -> RequirementRecords:
+    """The records of ``rows`` (``_REQUIREMENT_CHECKS``), their sources the rows, built
+    into models by the codec (``codec.requirements_from_rows``: StorageError for a row
+    that is not a valid requirement). Each column a record holds is checked here, column
+    by column, as the models allow it (a field name, a level, a condition of at most 2,000
+    characters, a JSON list of field names); a row not in our form anywhere there is
+    judged as before, every requirement a model (validated) with its checks."""
+    if not rows:
+        return RequirementRecords([], _requirements_of)
+    # the columns read, each in one pass (in C)
+    names, levels, conditions, depends_on, verifications, freshnesses = (
+        list(map(column, rows)) for column in _RECORD_COLUMNS
+    )
+    checks = _field_checks(verifications, freshnesses)
+    try:
+        _field_names(set(names))
+        try:
+            level_of = list(map(_LEVELS.__getitem__, levels))
+        except (KeyError, TypeError):
+            raise _NotOurRecord from None
+        if not set(map(type, conditions)) <= _CONDITION_TYPES or (
+            max(map(len, filter(None, conditions)), default=0) > _MAX_CONDITION
+        ):
+            raise _NotOurRecord
+        depended = _depends_on(depends_on)
+    except _NotOurRecord:
+        requirements = codec.requirements_from_rows(rows)  # StorageError if corrupt
+        return records_of(requirements, codec.requirement_checks(requirements, rows))
+    # each record a plain tuple of RequirementRecord's values, in its order (no class call)
+    records: list[RecordValues] = list(
+        zip(names, level_of, conditions, depended, checks, rows, strict=True)
+    )
+    return RequirementRecords(records, _requirements_of)
+
 
 logger = logging.getLogger(__name__)
 
@@ -1606,6 +1872,17 @@ class SqliteProfileStore(ProfileStore):
         )
         requirements = codec.requirements_from_rows(rows)
         return requirements, codec.requirement_checks(requirements, rows)
+
+    async def _get_requirement_records(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> RequirementRecords:
+        # the same ONE statement as _get_requirement_checks; a record per row (what the
+        # evaluation reads, checked column by column) and a model only for the sources
+        # get_missing_fields asks for (the missing requirements' rows)
+        rows = await self._fetch(
+            _REQUIREMENT_CHECKS, (str(tenant_id), str(scenario_id), codec.uid(step_id))
+        )
+        return _requirement_records(rows)
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         tenant = str(requirement.tenant_id)

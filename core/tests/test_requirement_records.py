@@ -1,0 +1,393 @@
+"""``get_missing_fields`` reads requirement *records* (``_get_requirement_records``): what the
+evaluation reads of each requirement, its own FieldCheck, and a source a model is built of
+only when the requirement is missing. The records and the models built of them agree with
+the model path; the SQLite provider reads them from its rows, checks every value it reads
+and refuses a tampered row (StorageError); the freshness cutoff and the fused conditions
+answer exactly what the plain computations answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from ccvault import errors, requirements
+from ccvault.models import (
+    Channel,
+    ProfileField,
+    ProfileFieldDefinition,
+    RequiredLevel,
+    ScenarioFieldRequirement,
+)
+from ccvault.requirements import (
+    RequirementRecord,
+    compile_condition,
+    field_check,
+    find_missing_checked,
+    find_missing_records,
+    records_of,
+)
+from ccvault.store import ForwardingProfileStore, ProfileStore, StoreRules
+from ccvault_inmemory import InMemoryProfileStore
+from ccvault_sqlite import SqliteProfileStore, SqliteSettings, codec
+from ccvault_sqlite import store as sqlite_store
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+TENANT = uuid4()
+
+# ---------------------------------------------------------------------------------------
+# the evaluation
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("freshness", [1, 59, 60, 3_600, 2**33 - 1, 2**33, 2**40])
+@pytest.mark.parametrize("offset_us", [-1, 0, 1])
+@pytest.mark.parametrize("action", ["block", "warn"])
+def test_the_freshness_cutoff_is_the_age_in_seconds(
+    freshness: int, offset_us: int, action: str
+) -> None:
+    # a field exactly ``freshness`` seconds old, one microsecond either side
+    try:
+        collected = NOW - timedelta(seconds=freshness, microseconds=offset_us)
+    except OverflowError:
+        pytest.skip("before year 1")
+    field = ProfileField(name="a", value="x", collected_at=collected)
+    rules = StoreRules(default_freshness_seconds=freshness, stale_field_action=action)  # type: ignore[arg-type]
+    record = RequirementRecord("a", RequiredLevel.HARD, None, (), None, "source")
+    found = find_missing_records(
+        {"a": field},
+        {"a": "x"},
+        [record],
+        tenant_id=TENANT,
+        profile_id=None,
+        rules=rules,
+        required_level=None,
+        now=NOW,
+    )
+    stale = (NOW - collected).total_seconds() > freshness
+    assert found == (["source"] if stale and action == "block" else [])
+
+
+def test_the_cutoff_is_exact_or_not_taken() -> None:
+    assert requirements._cutoff(NOW, 60) == NOW - timedelta(seconds=60)
+    for freshness in (2**33, 10**12, 1.5, True):
+        assert requirements._cutoff(NOW, freshness) is requirements._EXACT  # type: ignore[arg-type]
+    early = datetime(1, 1, 1, tzinfo=UTC)
+    assert requirements._cutoff(early, 60) is requirements._EXACT
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        'x == 1 or y != "a"',
+        "x < 1 or unknown == 3",
+        "unknown == 1 or x == 1",
+        "x == 1 and unknown == 1",
+        "x is None and y is not None",
+        "x == 1 or y == 2 or z == 3",
+        "x < 2",
+        "x > y and z == 1",  # not every part a name against a constant
+    ],
+)
+def test_fused_conditions_agree_with_the_reference_walk(expression: str) -> None:
+    compiled = compile_condition(expression)
+    small: list[Any] = [None, True, 0, 1, 2, -1, 3.5, "", "a", [1, 2], {"k": "v"}]
+    for x in small:
+        for y in small:
+            for z in (None, 1, "a"):
+                values = {"x": x, "y": y, "z": z}
+                try:
+                    expected = bool(requirements._evaluate(compiled.tree, values))
+                except (requirements._Undefined, TypeError, ValueError, ArithmeticError):
+                    expected = False
+                assert compiled.holds(values) is expected, values
+                assert requirements.condition_holds(expression, values) is expected
+
+
+def _requirement(name: str, agent: UUID, **values: Any) -> ScenarioFieldRequirement:
+    return ScenarioFieldRequirement(
+        tenant_id=TENANT, agent_id=agent, scenario_id=uuid4(), field_name=name, **values
+    )
+
+
+def test_records_of_carry_each_requirement_and_its_own_check() -> None:
+    first, second = uuid4(), uuid4()
+    found = [
+        _requirement("a", first, when_condition="x == 1", depends_on_fields=["b"]),
+        _requirement("a", second, required_level=RequiredLevel.SOFT),
+        _requirement("b", first),
+    ]
+    checks = {first: {"a": field_check(True, None)}, second: {"b": field_check(False, 9)}}
+    records, build = records_of(found, checks)
+    assert list(records) == [
+        ("a", RequiredLevel.HARD, "x == 1", ["b"], field_check(True, None), found[0]),
+        ("a", RequiredLevel.SOFT, None, [], None, found[1]),
+        ("b", RequiredLevel.HARD, None, [], None, found[2]),
+    ]
+    assert build([found[2], found[0]]) == [found[2], found[0]]
+    # the model path (find_missing_checked) answers through the records
+    fields = {"b": ProfileField(name="b", value="v", collected_at=NOW)}
+    missing = find_missing_checked(
+        fields,
+        {"b": "v"},
+        found,
+        {},
+        tenant_id=TENANT,
+        profile_id=None,
+        rules=StoreRules(),
+        required_level=None,
+        now=NOW,
+    )
+    assert missing == [found[1]]  # found[0]'s condition names x, absent: it does not apply
+
+
+# ---------------------------------------------------------------------------------------
+# which class answers the records hook
+# ---------------------------------------------------------------------------------------
+
+
+def test_an_override_of_a_wider_hook_below_the_records_hook_gets_the_default() -> None:
+    default = ProfileStore._get_requirement_records
+    assert SqliteProfileStore._get_requirement_records is not default
+
+    class Narrowed(SqliteProfileStore):
+        async def _get_requirement_checks(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], {}
+
+    class Widened(SqliteProfileStore):
+        async def _get_requirements_with_definitions(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], {}
+
+    class Own(Narrowed):
+        async def _get_requirement_records(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], list
+
+    assert Narrowed._get_requirement_records is default
+    assert Widened._get_requirement_records is default
+    assert "_get_requirement_records" in vars(Own) and Own._get_requirement_records is not default
+    # wrappers: the cache serves the wide hook (default), encryption forwards
+    from ccvault.cache import CachedProfileStore
+    from ccvault.crypto import EncryptedProfileStore
+
+    assert CachedProfileStore._get_requirement_records is default
+    assert (
+        EncryptedProfileStore._get_requirement_records
+        is ForwardingProfileStore._get_requirement_records
+    )
+
+
+async def test_a_forwarding_instance_given_its_own_checks_is_served_from_them() -> None:
+    inner = InMemoryProfileStore()
+    wrapper = ForwardingProfileStore(inner)
+    agent, scenario = uuid4(), uuid4()
+    await wrapper.save_scenario_requirement(
+        ScenarioFieldRequirement(
+            tenant_id=TENANT, agent_id=agent, scenario_id=scenario, field_name="email"
+        )
+    )
+    profile = await wrapper.get_or_create(TENANT, Channel.WEB, "records")
+    await wrapper.update_field(
+        TENANT, profile.id, ProfileField(name="email", value="a@example.com", verified=False)
+    )
+    found = await wrapper.get_by_id(TENANT, profile.id)
+    assert found is not None
+    assert await wrapper.get_missing_fields(TENANT, found, scenario) == []
+
+    async def forced(tenant_id: UUID, scenario_id: UUID, step_id: UUID | None) -> Any:
+        reqs = await inner._get_scenario_requirements(tenant_id, scenario_id, step_id)
+        return reqs, {agent: {"email": field_check(True, None)}}
+
+    wrapper._get_requirement_checks = forced  # type: ignore[method-assign]
+    missing = await wrapper.get_missing_fields(TENANT, found, scenario)
+    assert [r.field_name for r in missing] == ["email"]
+
+
+# ---------------------------------------------------------------------------------------
+# SQLite: records from rows, models built for the sources asked
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> AsyncIterator[SqliteProfileStore]:
+    store = SqliteProfileStore(SqliteSettings(path=str(tmp_path / "r.db"), migrate_on_start=True))
+    async with store:
+        yield store
+
+
+async def _scenario(store: SqliteProfileStore) -> tuple[UUID, UUID, UUID]:
+    """Six requirements of two agents (conditions, dependencies, levels, a rule), with
+    definitions for some. Returns (agent, other agent, scenario)."""
+    agent, other, scenario = uuid4(), uuid4(), uuid4()
+    for owner, name, verification, freshness in (
+        (agent, "email", True, None),
+        (agent, "phone", False, 60),
+        (other, "email", False, 0),
+    ):
+        await store.save_field_definition(
+            ProfileFieldDefinition(
+                tenant_id=TENANT,
+                agent_id=owner,
+                name=name,
+                required_verification=verification,
+                freshness_seconds=freshness,
+            )
+        )
+    shapes: list[tuple[UUID, str, dict[str, Any]]] = [
+        (agent, "email", {"when_condition": 'plan != "free"'}),
+        (agent, "phone", {"depends_on_fields": ["email", "plan"]}),
+        (agent, "city", {"required_level": RequiredLevel.SOFT}),
+        (other, "email", {"rule_id": uuid4()}),
+        (other, "phone", {"when_condition": "   ", "rule_id": uuid4()}),
+        (agent, "zip", {"collection_order": -5}),
+    ]
+    for order, (owner, name, extra) in enumerate(shapes):
+        await store.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=TENANT,
+                agent_id=owner,
+                scenario_id=scenario,
+                field_name=name,
+                collection_order=extra.pop("collection_order", order),
+                **extra,
+            )
+        )
+    return agent, other, scenario
+
+
+async def test_sqlite_records_agree_with_the_model_path(sqlite: SqliteProfileStore) -> None:
+    agent, other, scenario = await _scenario(sqlite)
+    found, checks = await sqlite._get_requirement_checks(TENANT, scenario, None)
+    records, build = await sqlite._get_requirement_records(TENANT, scenario, None)
+    expected = records_of(found, checks).records
+    by_id = {r.id: r for r in found}
+    built = build([record[5] for record in records])
+    assert len(built) == len(found) == 6
+    for record, model in zip(records, built, strict=True):
+        assert model == by_id[model.id]
+        # the model as the codec builds it: the same attributes in the same order
+        (reference,) = codec.requirements_from_rows([record[5]])
+        assert list(model.__dict__.items()) == list(reference.__dict__.items())
+        assert model.model_fields_set == reference.model_fields_set
+        assert model.__pydantic_extra__ is None and model.__pydantic_private__ is None
+        (same,) = [r for r in expected if r[5].id == model.id]
+        assert tuple(record[:5]) == (same[0], same[1], same[2], tuple(same[3]), same[4])
+    # get_missing_fields over them: as the model path orders and judges them
+    profile = await sqlite.get_or_create(TENANT, Channel.WEB, "sqlite-records")
+    await sqlite.update_field(TENANT, profile.id, ProfileField(name="email", value="a@x.org"))
+    read = await sqlite.get_by_id(TENANT, profile.id)
+    assert read is not None
+    missing = await sqlite.get_missing_fields(TENANT, read, scenario, required_level=None)
+    # email's condition names plan (absent: it does not apply), phone of agent depends on
+    # plan; other's email is held (its definition asks no verification); the rest are absent
+    assert [(r.agent_id, r.field_name) for r in missing] == [
+        (agent, "zip"),
+        (agent, "city"),
+        (other, "phone"),
+    ]
+    assert [r.field_name for r in await sqlite.get_missing_fields(TENANT, read, scenario)] == [
+        "zip",
+        "phone",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tampering", "missing"),
+    [
+        ("field_name = 'Bad Name'", False),
+        ("field_name = 7", False),
+        ("required_level = 'maybe'", False),
+        ("when_condition = printf('%.2001c', 'x')", False),
+        ("depends_on_fields = '[\"Bad Name\"]'", False),
+        ("depends_on_fields = '{\"a\": 1}'", False),
+        ("depends_on_fields = 'not json'", False),
+        ("id = 'nowhere'", True),
+        ("agent_id = 'nowhere'", True),
+        ("fallback_action = 'shrug'", True),
+        ("created_at = 'yesterday'", True),
+        ("collection_order = 'first'", True),
+        ("rule_id = 'nowhere'", True),
+    ],
+)
+async def test_a_tampered_requirement_row_is_refused_by_get_missing_fields(
+    sqlite: SqliteProfileStore, tampering: str, missing: bool
+) -> None:
+    # a column the evaluation reads is refused whether or not the requirement is missing;
+    # one only its model holds, when it is (its model is built)
+    agent, scenario = uuid4(), uuid4()
+    for name in ("email", "phone"):
+        await sqlite.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=TENANT, agent_id=agent, scenario_id=scenario, field_name=name
+            )
+        )
+    profile = await sqlite.get_or_create(TENANT, Channel.WEB, f"tampered-{uuid4()}")
+    if not missing:  # the tampered requirement's field is held: it is not missing
+        await sqlite.update_field(TENANT, profile.id, ProfileField(name="email", value="a@x"))
+    read = await sqlite.get_by_id(TENANT, profile.id)
+    assert read is not None
+    await sqlite.connection.execute(
+        f"UPDATE scenario_requirements SET {tampering} "
+        "WHERE tenant_id = ? AND scenario_id = ? AND field_name = 'email'",
+        (str(TENANT), str(scenario)),
+    )
+    with pytest.raises(errors.StorageError, match="scenario requirement row is corrupt") as caught:
+        await sqlite.get_missing_fields(TENANT, read, scenario)
+    assert "a@x" not in str(caught.value)
+
+
+async def test_a_tampered_definition_check_is_refused(sqlite: SqliteProfileStore) -> None:
+    _agent, _other, scenario = await _scenario(sqlite)
+    await sqlite.connection.execute(
+        "UPDATE field_definitions SET freshness_seconds = -1 WHERE tenant_id = ? AND name = ?",
+        (str(TENANT), "phone"),
+    )
+    with pytest.raises(errors.StorageError, match="field definition row is corrupt"):
+        await sqlite._get_requirement_records(TENANT, scenario, None)
+
+
+async def test_a_foreign_but_valid_row_is_built_through_validation(
+    sqlite: SqliteProfileStore,
+) -> None:
+    agent, scenario = uuid4(), uuid4()
+    await sqlite.save_scenario_requirement(
+        ScenarioFieldRequirement(
+            tenant_id=TENANT, agent_id=agent, scenario_id=scenario, field_name="email"
+        )
+    )
+    # another writer's forms: an upper-case id, a time with another offset
+    await sqlite.connection.execute(
+        "UPDATE scenario_requirements SET id = upper(id), "
+        "created_at = '2026-01-15T11:30:00.123456+02:00' WHERE tenant_id = ?",
+        (str(TENANT),),
+    )
+    profile = await sqlite.get_or_create(TENANT, Channel.WEB, "foreign")
+    (requirement,) = await sqlite.get_missing_fields(TENANT, profile, scenario)
+    (expected,) = await sqlite.get_scenario_requirements(TENANT, scenario)
+    assert requirement == expected
+    assert requirement.created_at == datetime(2026, 1, 15, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+def test_the_row_builder_keeps_only_its_own_forms() -> None:
+    # ids and times found in our form are kept (bounded); anything else is not ours
+    text = str(uuid4())
+    assert sqlite_store._our_uuid(text) == UUID(text)
+    assert sqlite_store._our_uuid(text) is sqlite_store._our_uuid(text)
+    for odd in (text.upper(), text[:-1], "x" * 36, None, 36):
+        with pytest.raises(sqlite_store._NotOurRecord):
+            sqlite_store._our_uuid(odd)
+    moment = codec.ts(NOW)
+    assert sqlite_store._our_time(moment) == NOW
+    for odd in ("2026-06-01T12:00:00.000000+02:00", "2026-06-01T12:00:00+00:00", moment[:-1]):
+        with pytest.raises(sqlite_store._NotOurRecord):
+            sqlite_store._our_time(odd)
+    assert all(isinstance(v, UUID | datetime) for v in sqlite_store._PARSED.values())
