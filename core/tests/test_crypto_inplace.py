@@ -18,7 +18,7 @@ import pytest
 from ccvault import errors
 from ccvault.cache_codec import trusted_replace
 from ccvault.crypto import EncryptedProfileStore, Keyring, RowMovedError
-from ccvault.models import Channel, CustomerProfile, ProfileField
+from ccvault.models import Channel, Consent, CustomerProfile, ProfileField
 from ccvault.store import ForwardingProfileStore
 from ccvault_inmemory import InMemoryProfileStore
 
@@ -268,3 +268,40 @@ async def test_single_field_reads_refuse_envelopes_copied_after_they_were_opened
     history[0].source_metadata["quote"] = "changed"
     again = await store.get_field(TENANT, a, "email")
     assert again is not None and again.source_metadata == {"quote": "a email"}
+
+
+async def _moved_field_and_consent() -> tuple[MergeLogCounted, UUID]:
+    """A field version and a consent IP sealed for a source profile, moved to the target by
+    a merge the encrypting wrapper never saw (so neither was re-sealed)."""
+    inner = InMemoryProfileStore()
+    counted = MergeLogCounted(inner)
+    store = _store(counted)
+    _, target = await _profiles(store)
+    source = await store.get_or_create(TENANT, Channel.WEB, "once-both")
+    source.consents = [Consent(consent_type="marketing", granted=True, ip_address="203.0.113.9")]
+    await store.save(source)
+    await store.update_field(TENANT, source.id, ProfileField(name="iban", value="DE-BOTH"))
+    await inner.merge_profiles(TENANT, source.id, target)
+    counted.merge_log_reads = 0
+    return counted, target
+
+
+async def test_a_rebind_reads_the_merge_log_once_for_consents_and_fields() -> None:
+    counted, target = await _moved_field_and_consent()
+    store = _store(counted)
+    assert await store._rebind(TENANT, target) == 1  # the iban version, re-sealed here
+    assert counted.merge_log_reads == 1  # 2 before: once for the consent, once for fields
+    got = await store.get_by_id(TENANT, target)
+    assert got is not None and got.fields["iban"].value == "DE-BOTH"
+    assert [str(c.ip_address) for c in got.consents] == ["203.0.113.9"]
+
+
+async def test_a_rotation_reads_the_merge_log_once_for_consents_and_fields() -> None:
+    counted, target = await _moved_field_and_consent()
+    k2 = "k2:" + base64.b64encode(bytes(range(64, 96))).decode()
+    rotating = EncryptedProfileStore(counted, Keyring.parse(f"{KEY},{k2}"), encrypt_all=True)
+    assert await rotating.rotate_profile(TENANT, target) > 0
+    assert counted.merge_log_reads == 1
+    got = await rotating.get_by_id(TENANT, target)
+    assert got is not None and got.fields["iban"].value == "DE-BOTH"
+    assert [str(c.ip_address) for c in got.consents] == ["203.0.113.9"]

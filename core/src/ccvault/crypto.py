@@ -182,11 +182,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any
@@ -615,6 +616,26 @@ class RotationProgress:
     elapsed_seconds: float
     rate: float
     eta_seconds: float | None
+
+
+_MovedAndPartners = tuple[dict[UUID, set[UUID]], tuple[UUID, ...]]
+
+
+class _MergeLogOnce:
+    """One profile's merge log as :meth:`EncryptedProfileStore._merge_log` gives it, read on
+    first need and at most once for a whole rebind or rotation (its consents and its field
+    versions may both need it)."""
+
+    __slots__ = ("_found", "_read")
+
+    def __init__(self, read: Callable[[], Awaitable[_MovedAndPartners]]) -> None:
+        self._read = read
+        self._found: _MovedAndPartners | None = None
+
+    async def get(self) -> _MovedAndPartners:
+        if self._found is None:
+            self._found = await self._read()
+        return self._found
 
 
 class EncryptedProfileStore(ForwardingProfileStore):
@@ -1295,12 +1316,12 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return consent.ip_address is not None
         return key_id_of(consent.ip_address_sealed) != self.keyring.current
 
-    async def _reseal_consents(self, raw: CustomerProfile) -> int:
+    async def _reseal_consents(self, raw: CustomerProfile, log: _MergeLogOnce | None = None) -> int:
         """Re-seal, for ``raw``'s profile and under the current key, each consent IP that is
         plaintext, under an older key or sealed for a merge partner (through a save of the
         consents only: no field, no asset). Returns how many changed; one that opens nowhere
         is left as it is (reads refuse it)."""
-        consents, changed = await self._resealed_consents(raw)
+        consents, changed = await self._resealed_consents(raw, log)
         if not changed:
             return 0
         try:
@@ -1320,9 +1341,11 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return 0  # soft-deleted: erased with the subject
         return changed
 
-    async def _resealed_consents(self, raw: CustomerProfile) -> tuple[list[Consent], int]:
+    async def _resealed_consents(
+        self, raw: CustomerProfile, log: _MergeLogOnce | None = None
+    ) -> tuple[list[Consent], int]:
         """``raw``'s consents as :meth:`_reseal_consents` would store them, and how many
-        of them changed."""
+        of them changed (the merge log from ``log`` when one is given)."""
         if not any(
             c.ip_address_sealed is not None or c.ip_address is not None for c in raw.consents
         ):
@@ -1339,7 +1362,9 @@ class EncryptedProfileStore(ForwardingProfileStore):
                     continue
             except _ConsentMovedError:
                 if partners is None:
-                    _, partners = await self._merge_log(tenant_id, profile_id)
+                    if log is None:
+                        log = self._merge_log_once(tenant_id, profile_id)
+                    _, partners = await log.get()
                 try:
                     opened = self._open_consent(tenant_id, profile_id, consent, partners)
                 except errors.EncryptionError:
@@ -1477,9 +1502,10 @@ class EncryptedProfileStore(ForwardingProfileStore):
         moved, _ = await self._merge_log(tenant_id, profile_id)
         return moved
 
-    async def _merge_log(
-        self, tenant_id: UUID, profile_id: UUID
-    ) -> tuple[dict[UUID, set[UUID]], tuple[UUID, ...]]:
+    def _merge_log_once(self, tenant_id: UUID, profile_id: UUID) -> _MergeLogOnce:
+        return _MergeLogOnce(functools.partial(self._merge_log, tenant_id, profile_id))
+
+    async def _merge_log(self, tenant_id: UUID, profile_id: UUID) -> _MovedAndPartners:
         """From one read of the merge log: :meth:`_moved_rows`, and the profiles a merge
         names together with ``profile_id`` (merge partners)."""
         try:
@@ -1809,7 +1835,8 @@ class EncryptedProfileStore(ForwardingProfileStore):
         if raw is None:
             return 0
         # the consents moved here: re-sealed for this profile (a save of consents only)
-        await self._reseal_consents(raw)  # not counted: the count is of field versions
+        log = self._merge_log_once(tenant_id, profile_id)
+        await self._reseal_consents(raw, log)  # not counted: the count is of field versions
         moved: dict[UUID, set[UUID]] | None = None
         head = _tenant_head(tenant_id)
         payloads: dict[UUID, tuple[Any, dict[str, Any]]] = {}
@@ -1823,7 +1850,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                 except errors.EncryptionError:
                     continue  # undecryptable: rotate-keys names it, reads refuse it
                 if moved is None:
-                    moved = await self._moved_rows(tenant_id, profile_id)
+                    moved, _ = await log.get()
                 try:
                     opened = self._decrypt_field(head, item, profile_id, moved)
                 except RowMovedError:
@@ -2054,6 +2081,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
             return 0, []
         payloads: dict[UUID, tuple[Any, dict[str, Any]]] = {}
         failures: list[RotationFailure] = []
+        log = self._merge_log_once(tenant_id, profile_id)
         moved: dict[UUID, set[UUID]] | None = None
         for versions in raw.field_history.values():
             for item in versions:
@@ -2065,7 +2093,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                     except RowMovedError:
                         if moved is not None:
                             raise
-                        moved = await self._moved_rows(tenant_id, profile_id)
+                        moved, _ = await log.get()
                         sealed = self._reseal(tenant_id, profile_id, item, names, moved)
                 except errors.EncryptionError as exc:
                     failures.append(
@@ -2083,13 +2111,17 @@ class EncryptedProfileStore(ForwardingProfileStore):
         if failures and not skip_failures:
             return 0, failures
         # identities first: the save carries no field, so it cannot undo the rewrite below
-        await self._rotate_identities(tenant_id, raw, failures)
+        await self._rotate_identities(tenant_id, raw, failures, log)
         if not payloads:
             return 0, failures
         return await super()._rewrite_field_payloads(tenant_id, profile_id, payloads), failures
 
     async def _rotate_identities(
-        self, tenant_id: UUID, raw: CustomerProfile, failures: list[RotationFailure]
+        self,
+        tenant_id: UUID,
+        raw: CustomerProfile,
+        failures: list[RotationFailure],
+        log: _MergeLogOnce | None = None,
     ) -> int:
         """Re-seal the live profile's channel identities stored under an older key or in
         plaintext (a save of the profile's identities only: no field, no asset). Released
@@ -2113,7 +2145,7 @@ class EncryptedProfileStore(ForwardingProfileStore):
                         reason=f"asset: {type(exc).__name__}: {exc}",
                     )
                 )
-        consents, consents_changed = await self._resealed_consents(raw)
+        consents, consents_changed = await self._resealed_consents(raw, log)
         if (
             all(i.channel_user_id.startswith(current) for i in identities)
             and not assets
