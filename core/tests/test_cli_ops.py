@@ -309,14 +309,18 @@ class _PasswordRedis(RedisServer):  # type: ignore[misc,valid-type]
         return redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, socket_timeout=2)
 
 
-@pytest.fixture
-def password_redis(tmp_path: Path) -> Iterator[_PasswordRedis]:
-    server = _PasswordRedis(tmp_path / "redis", None, "--requirepass", PASSWORD)
+def _serving(server: Any) -> Iterator[Any]:
+    """``server`` (a private redis-server) started, and stopped after the test."""
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[_PasswordRedis]:
+    yield from _serving(_PasswordRedis(tmp_path / "redis", None, "--requirepass", PASSWORD))
 
 
 def test_a_wrong_redis_password_fails_config_check_and_warns_elsewhere(
@@ -459,30 +463,15 @@ def test_an_unexpected_error_is_one_line_without_its_message(
     assert "Traceback" not in result.stderr
 
 
-class _AclRedis(RedisServer):  # type: ignore[misc,valid-type]
-    """A private Redis whose user ``nopush`` may do everything but ``CLIENT TRACKING``."""
-
-    def start(self) -> None:
-        super().start()
-        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2) as admin:
-            admin.execute_command(
-                "ACL", "SETUSER", "nopush", "on", f">{PASSWORD}", "~*", "&*", "+@all",
-                "-client|tracking",
-            )  # fmt: skip
-
-
 @pytest.fixture
-def acl_redis(tmp_path: Path) -> Iterator[_AclRedis]:
-    server = _AclRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def acl_redis(tmp_path: Path) -> Iterator[Any]:
+    """A private Redis whose user ``nopush`` may do everything but ``CLIENT TRACKING``."""
+    acl = ("nopush", "on", f">{PASSWORD}", "~*", "&*", "+@all", "-client|tracking")
+    yield from _serving(RedisServer(tmp_path / "redis", None, "--user", *acl))
 
 
 def test_config_check_tries_push_mode_tracking_session(
-    tmp_path: Path, fakeprod: InMemoryProfileStore, acl_redis: _AclRedis
+    tmp_path: Path, fakeprod: InMemoryProfileStore, acl_redis: Any
 ) -> None:
     """near_cache_invalidation = "push" silently acts as "check" when the ACL refuses the
     tracking session's commands: config check opens one and says which step was refused."""
