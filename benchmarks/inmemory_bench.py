@@ -402,8 +402,8 @@ async def main(args: argparse.Namespace) -> int:
     if "chain" in wanted:
         await bench_chain(report, args)
     report.summary()
-    plot(report, Path(__file__).with_name("inmemory_scale.png"))
-    if not (args.no_results or args.only):
+    if not (args.no_results or args.only):  # a partial run replaces neither
+        plot(report, Path(__file__).with_name("inmemory_scale.png"))
         write_results(report)
     return 0
 

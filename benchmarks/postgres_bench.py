@@ -916,8 +916,8 @@ async def main() -> int:
     finally:
         await drop_database(server, name)
     report.summary()
-    plot(report, Path(__file__).with_name("postgres_scale.png"))
-    if not (args.no_results or args.only):
+    if not (args.no_results or args.only):  # a partial run replaces neither
+        plot(report, Path(__file__).with_name("postgres_scale.png"))
         write_results(report)
     return 0
 
