@@ -267,8 +267,9 @@ async def _scenario(store: SqliteProfileStore) -> tuple[UUID, UUID, UUID]:
 async def test_sqlite_records_agree_with_the_model_path(sqlite: SqliteProfileStore) -> None:
     agent, other, scenario = await _scenario(sqlite)
     found, checks = await sqlite._get_requirement_checks(TENANT, scenario, None)
-    records, build = await sqlite._get_requirement_records(TENANT, scenario, None)
-    expected = records_of(found, checks).records
+    answer, build = await sqlite._get_requirement_records(TENANT, scenario, None)
+    records = list(answer)
+    expected = list(records_of(found, checks).records)
     by_id = {r.id: r for r in found}
     built = build([record[5] for record in records])
     assert len(built) == len(found) == 6
@@ -316,6 +317,10 @@ async def test_sqlite_records_agree_with_the_model_path(sqlite: SqliteProfileSto
         ("created_at = 'yesterday'", True),
         ("collection_order = 'first'", True),
         ("rule_id = 'nowhere'", True),
+        # texts of our form, in the wrong column (a time's text as an id, an id's as a time)
+        ("agent_id = created_at", True),
+        ("rule_id = updated_at", True),
+        ("created_at = id", True),
     ],
 )
 async def test_a_tampered_requirement_row_is_refused_by_get_missing_fields(

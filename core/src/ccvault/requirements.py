@@ -800,12 +800,13 @@ RecordValues = tuple[str, RequiredLevel, str | None, Sequence[str], FieldCheck |
 
 class RequirementRecords(NamedTuple):
     """What ``_get_requirement_records`` answers: ``records`` (one per requirement, any
-    order; each a :class:`RequirementRecord` or a plain tuple of its values in its order)
-    and ``build``, which turns the ``source`` of some of them (a list, in any order) into
-    their requirement models, in that order (refusing a source that is not a valid
-    requirement with :class:`~ccvault.errors.StorageError`)."""
+    order; each a :class:`RequirementRecord` or a plain tuple of its values in its order;
+    an iterable read once, maybe an iterator) and ``build``, which turns the ``source`` of
+    some of them (a list, in any order) into their requirement models, in that order
+    (refusing a source that is not a valid requirement with
+    :class:`~ccvault.errors.StorageError`)."""
 
-    records: Sequence[RecordValues]
+    records: Iterable[RecordValues]
     build: Callable[[list[Any]], list[ScenarioFieldRequirement]]
 
 
@@ -861,6 +862,7 @@ def find_missing_records(
     by its record's ``check``, as :func:`find_missing` describes. The loop reads each
     record once, into locals; each condition is looked up once by its text."""
     stale_action = rules.stale_field_action
+    judge_age = stale_action != "ignore"
     default_freshness = rules.default_freshness_seconds
     field_of = fields.get
     test_of = _TESTS.get
@@ -868,6 +870,7 @@ def find_missing_records(
     append = missing.append
     # freshness -> the collection time before which a field is stale (_cutoff)
     cutoffs: dict[int, Any] = {}
+    cutoff_of = cutoffs.get
     for name, level, condition, depends_on, check, source in records:
         if required_level is not None and level is not required_level:
             continue
@@ -889,16 +892,15 @@ def find_missing_records(
             continue
         freshness = default_freshness
         if check is not None:
-            if check[0] and not version.verified:  # required_verification
+            verify, own_freshness = check  # required_verification, freshness_seconds
+            if verify and not version.verified:
                 append(source)
                 continue
-            if check[1] is not None:  # freshness_seconds
-                freshness = check[1]
-        if stale_action == "ignore":
+            if own_freshness is not None:
+                freshness = own_freshness
+        if not judge_age or not freshness:
             continue
-        if not freshness:
-            continue
-        cutoff = cutoffs.get(freshness)
+        cutoff = cutoff_of(freshness)
         if cutoff is None:
             cutoff = cutoffs[freshness] = _cutoff(now, freshness)
         if (

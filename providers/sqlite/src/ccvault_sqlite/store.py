@@ -332,23 +332,34 @@ def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
             _field_names(set(items))
         except TypeError:
             raise _NotOurRecord from None
-    # a dict display, in the fields' declaration order (as validation leaves it)
+    # a dict display, in the fields' declaration order (as validation leaves it); ids and
+    # times found in the memo first (only texts of our form are in it: a 36-character text
+    # is kept as a UUID only, a 32-character one as a time only)
+    known = _PARSED.get
     values = {
-        "id": _our_uuid(id_),
-        "tenant_id": _our_uuid(tenant_id),
-        "agent_id": _our_uuid(agent_id),
-        "scenario_id": _our_uuid(scenario_id),
-        "step_id": None if step_id is None else _our_uuid(step_id),
-        "rule_id": None if rule_id is None else _our_uuid(rule_id),
+        "id": known(id_) or _our_uuid(id_),
+        "tenant_id": known(tenant_id) or _our_uuid(tenant_id),
+        "agent_id": known(agent_id) or _our_uuid(agent_id),
+        "scenario_id": known(scenario_id) or _our_uuid(scenario_id),
+        "step_id": None if step_id is None else known(step_id) or _our_uuid(step_id),
+        "rule_id": None if rule_id is None else known(rule_id) or _our_uuid(rule_id),
         "field_name": name,
         "required_level": required_level,
         "fallback_action": fallback_action,
         "when_condition": condition,
         "depends_on_fields": items,
         "collection_order": order,
-        "created_at": _our_time(created_at),
-        "updated_at": _our_time(updated_at),
+        "created_at": known(created_at) or _our_time(created_at),
+        "updated_at": known(updated_at) or _our_time(updated_at),
     }
+    # (every text is one of ours now, so each is a UUID or a time by its length alone)
+    if not (
+        len(id_) == len(tenant_id) == len(agent_id) == len(scenario_id) == 36
+        and (step_id is None or len(step_id) == 36)
+        and (rule_id is None or len(rule_id) == 36)
+        and len(created_at) == len(updated_at) == 32
+    ):
+        raise _NotOurRecord
     model = _new_model(ScenarioFieldRequirement)
     _SET_DICT(model, values)
     _SET_FIELDS_SET(model, _FIELDS_SET.copy())
@@ -396,8 +407,9 @@ def _requirement_records(rows: Sequence[Any]) -> RequirementRecords:
         requirements = codec.requirements_from_rows(rows)  # StorageError if corrupt
         return records_of(requirements, codec.requirement_checks(requirements, rows))
     # each record a plain tuple of RequirementRecord's values, in its order (no class call)
-    records: list[RecordValues] = list(
-        zip(names, level_of, conditions, depended, checks, rows, strict=True)
+    # read once, as they are made (no list of them)
+    records: Iterable[RecordValues] = zip(
+        names, level_of, conditions, depended, checks, rows, strict=True
     )
     return RequirementRecords(records, _requirements_of)
 
