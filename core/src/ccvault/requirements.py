@@ -540,6 +540,30 @@ def _comparisons_test(
     # a comparison's failures that make a condition undefined (holds' list, less
     # _Undefined, which no comparison raises)
     undefined = (TypeError, ValueError, ArithmeticError, RecursionError)
+    if conjunction and len(steps) == 2:
+        # ``a <op> x and b <op> y``, the commonest shape, without the loop: the same steps
+        (first, first_compare, first_constant), (second, second_compare, second_constant) = steps
+
+        def both_hold(values: Mapping[str, Any]) -> bool:
+            try:
+                left = values[first]
+            except KeyError:
+                return False
+            try:
+                if not first_compare(left, first_constant):
+                    return False
+            except undefined:
+                return False
+            try:
+                left = values[second]
+            except KeyError:
+                return False
+            try:
+                return bool(second_compare(left, second_constant))
+            except undefined:
+                return False
+
+        return both_hold
 
     def all_hold(values: Mapping[str, Any]) -> bool:
         for name, compare, constant in steps:
