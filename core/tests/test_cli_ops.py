@@ -8,8 +8,10 @@ import asyncio
 import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -503,3 +505,44 @@ def test_config_check_tries_push_mode_tracking_session(
         name="check.toml",
     )
     assert "redis push" not in _invoke("-c", str(plain), "config", "check").stdout
+
+
+class _SilentOnClientId(socketserver.BaseRequestHandler):
+    """A server answering like Redis (PONG, OK) until a CLIENT ID, which it never answers."""
+
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            if b"CLIENT\r\n$2\r\nID" in data:
+                while self.request.recv(65536):  # silent until the client hangs up
+                    pass
+                return
+            commands = sum(1 for line in data.split(b"\r\n") if line.startswith(b"*"))
+            self.request.sendall(b"+PONG\r\n" if b"PING" in data else b"+OK\r\n" * commands)
+
+
+def test_config_check_says_which_tracking_step_got_no_answer(
+    tmp_path: Path, fakeprod: InMemoryProfileStore, acl_redis: Any
+) -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SilentOnClientId)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = (
+            '[profile]\nstore_provider = "fakeprod"\nauto_encrypt_pii = false\n'
+            '[redis]\nnear_cache_invalidation = "push"\n'
+        )
+        silent = _config(
+            tmp_path, body + f'url = "redis://127.0.0.1:{server.server_address[1]}/0"\n'
+        )
+        check = _invoke("-c", str(silent), "config", "check")
+        assert check.exit_code == 7, check.output  # unavailable, not a configuration error
+        assert "FAIL redis push" in check.stdout and "CLIENT ID got no answer" in check.stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+    # no near tier: push mode has nothing to do, even where the ACL refuses tracking
+    url = f"redis://nopush:{PASSWORD}@127.0.0.1:{acl_redis.port}/0"
+    off = _config(tmp_path, body + f'url = "{url}"\nnear_cache_size = 0\n', name="off.toml")
+    ok = _invoke("-c", str(off), "config", "check")
+    assert ok.exit_code == 0, ok.output
+    assert "ok   redis push: near_cache_size = 0" in ok.stdout

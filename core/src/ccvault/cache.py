@@ -104,15 +104,15 @@ a cluster client, ``"push"`` acts as ``"check"``, with a warning).
 its invalidation message and this process's event loop has read it — Redis (6, 7) queues
 the broadcast message in the same event-loop pass as the ``DEL``, before it sends the
 writer its reply, so this is normally well under a millisecond later
-(``benchmarks/cache_bench.py`` measures it: median 0.14 ms, p90 0.17 ms after the writer's
-call returned, 2 cores, local Redis), but it is not at the moment the writer's ``DEL``
-returns. A tracking connection that breaks is noticed the same way (when its end is read);
-if Redis becomes unreachable silently (no error, no answer), or the pool's connections now
-lead to another server while the tracking connection is still open to the old one, or the
-cache's database was swapped (``SWAPDB``, for which Redis pushes nothing: the tracking
-session keeps a marker key of its own, ``<P>near-session:<random>``, refreshed and checked
-with ``SET ... GET``, Redis 6.2+), copies may be served for at most the heartbeat interval
-plus twice ``operation_timeout`` before the heartbeat notices. ``"check"`` keeps the strict
+(``benchmarks/cache_bench.py`` measures it between two processes: see
+``benchmarks/RESULTS.md``), but it is not at the moment the writer's ``DEL`` returns. A
+tracking connection that breaks is noticed the same way (when its end is read); if Redis
+becomes unreachable silently (no error, no answer), or the pool's connections now lead to
+another server while the tracking connection is still open to the old one, or the cache's
+database was swapped (``SWAPDB``, for which Redis pushes nothing: the tracking session
+keeps a marker key of its own, ``<P>near-session:<random>``, refreshed and checked with
+``SET ... GET``, Redis 6.2+), copies may be served for at most the heartbeat interval plus
+twice ``operation_timeout`` before the heartbeat notices. ``"check"`` keeps the strict
 guarantee: a read after a completed write on any instance never sees old data.
 :meth:`CachedProfileStore.sync_invalidations` restores that guarantee on demand: it sends a
 PING on the tracking connection and waits for its answer, so every invalidation of a write
@@ -854,32 +854,13 @@ class CachedProfileStore(ForwardingProfileStore):
         try:
             async with asyncio.timeout(self.operation_timeout):
                 await connection.connect()
-                await connection.send_command("CLIENT", "ID")
-                client_id = await connection.read_response()
-                self.tracking_client_id = int(client_id)
-                await connection.send_command("INFO", "server")
-                try:
-                    tag = _run_tag_of(await connection.read_response())
-                except ResponseError:  # an ACL without +info: copies are checked by a GET
-                    tag = None
+                self.tracking_client_id, tag = await tracking_handshake(connection, self.key_prefix)
+                if tag is None:
                     logger.warning(
                         "near-cache invalidation connection: INFO is refused (an ACL without "
                         "+info), so the server of a near copy cannot be told: every near copy "
                         "is checked by a GET, as in check mode"
                     )
-                await connection.send_command(
-                    "CLIENT",
-                    "TRACKING",
-                    "ON",
-                    "REDIRECT",
-                    client_id,
-                    "BCAST",
-                    "PREFIX",
-                    f"{self.key_prefix}epoch:",
-                )
-                await connection.read_response()
-                await connection.send_command("SUBSCRIBE", _INVALIDATE_CHANNEL)
-                await connection.read_response(disable_decoding=True)
                 # the session's marker in the database the pool reads (see _check_same_server)
                 self._track_mark = _token()
                 await self.redis.set(self._marker_key, self._track_mark, px=self._marker_ttl())
@@ -993,7 +974,9 @@ class CachedProfileStore(ForwardingProfileStore):
                         connection.pack_command("PING"), check_health=False
                     )
                 await waiter
-        except (RedisError, OSError, TimeoutError):
+        # AttributeError: redis-py writing on a connection that its reader closed between
+        # the is_connected check and the write (the send runs in a task of its own)
+        except (RedisError, OSError, TimeoutError, AttributeError):
             self._track_broken(session)
             return False
         return self._track_ok and session == self._track_session
@@ -2230,6 +2213,37 @@ def _owns(channel: Channel, channel_user_id: str) -> Callable[[CustomerProfile],
         )
 
     return matches
+
+
+async def tracking_handshake(
+    connection: Any, key_prefix: str, steps: list[str] | None = None
+) -> tuple[int, bytes | None]:
+    """Turn ``connection`` (a new RESP2 connection, connected) into push mode's tracking
+    session: ``CLIENT ID``, ``INFO server``, ``CLIENT TRACKING ON REDIRECT <own id> BCAST
+    PREFIX <key_prefix>epoch:`` and ``SUBSCRIBE __redis__:invalidate``. Returns the client
+    id and the server's run tag (None when ``INFO`` is refused: then no near copy can be
+    trusted without a GET). The other refusals raise redis-py's ``ResponseError``; each
+    step's name is appended to ``steps`` before it is sent, so a caller (``ccvault config
+    check``) can name the refused one."""
+    steps = [] if steps is None else steps
+    steps.append("CLIENT ID")
+    await connection.send_command("CLIENT", "ID")
+    client_id = int(await connection.read_response())
+    steps.append("INFO")
+    await connection.send_command("INFO", "server")
+    try:
+        tag = _run_tag_of(await connection.read_response())
+    except ResponseError:  # an ACL without +info
+        tag = None
+    steps.append("CLIENT TRACKING")
+    await connection.send_command(
+        "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", f"{key_prefix}epoch:"
+    )
+    await connection.read_response()
+    steps.append("SUBSCRIBE")
+    await connection.send_command("SUBSCRIBE", _INVALIDATE_CHANNEL)
+    await connection.read_response(disable_decoding=True)
+    return client_id, tag
 
 
 async def sync_invalidations(store: ProfileStore) -> None:

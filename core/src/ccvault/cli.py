@@ -545,21 +545,26 @@ async def redis_problem(settings: VaultSettings) -> tuple[str, str] | None:
     return None
 
 
-async def push_tracking_problem(settings: VaultSettings) -> str | None:
+async def push_tracking_problem(settings: VaultSettings) -> tuple[str, str] | None:
     """Why ``[redis] near_cache_invalidation = "push"`` would act as ``"check"`` on the
-    configured Redis — a cluster, or a refused step of the cache's tracking session (``CLIENT
-    ID``, ``INFO``, ``CLIENT TRACKING ... BCAST PREFIX <key_prefix>epoch:``, ``SUBSCRIBE`` to
-    the invalidation channel: an ACL without them, a Redis older than 6) — or None when such
-    a session opens. Runs those steps on a connection of its own, closed after. Reasons name
-    the masked URL, the step and the error's code, never a password or a user name."""
+    configured Redis — ``("refused", reason)``: a cluster, ``INFO`` refused, or a refused step
+    of the cache's own tracking handshake (:func:`ccvault.cache.tracking_handshake`: an ACL
+    without them, a Redis older than 6); ``("unavailable", reason)``: no answer in time — or
+    None when such a session opens (or push mode is off: no near tier). Runs the handshake on
+    a connection of its own, closed after. Reasons name the masked URL (its user name, never
+    its password), the step and the error's class."""
     with requires_extra("cache", "Checking the Redis cache"):
         from redis import exceptions as redis_errors
         from redis.asyncio import Redis
 
+        from ccvault.cache import tracking_handshake
+
     config = settings.redis
     where = config.url.masked()
+    if config.near_cache_invalidation != "push" or config.near_cache_size <= 0:
+        return None  # no near tier in push mode: nothing to check
     if config.cluster:
-        return "near_cache_invalidation = 'push' needs a plain Redis: with a cluster it is 'check'"
+        return "refused", "near_cache_invalidation = 'push' needs a plain Redis, not a cluster"
     client = Redis.from_url(
         config.connection_url(),
         socket_timeout=config.socket_timeout_seconds,
@@ -568,36 +573,33 @@ async def push_tracking_problem(settings: VaultSettings) -> str | None:
     )
     pool = client.connection_pool
     connection: Any = pool.connection_class(**pool.connection_kwargs)
-    prefix = f"{config.key_prefix}epoch:"
-    step = "connecting"
+    steps = ["connecting"]
     try:
-        async with asyncio.timeout(config.operation_timeout_seconds * 8):
+        # the budget redis_problem gives its PING, once per command of the handshake
+        async with asyncio.timeout(config.operation_timeout_seconds * 4):
             await connection.connect()
-            step = "CLIENT ID"
-            await connection.send_command("CLIENT", "ID")
-            client_id = await connection.read_response()
-            tracking = ("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX")
-            for name, command in (
-                ("INFO", ("INFO", "server")),
-                ("CLIENT TRACKING", (*tracking, prefix)),
-                ("SUBSCRIBE", ("SUBSCRIBE", "__redis__:invalidate")),
-            ):
-                step = name  # named in the message if refused
-                await connection.send_command(*command)
-                await connection.read_response()
+            _, tag = await tracking_handshake(connection, config.key_prefix, steps)
     except redis_errors.ResponseError as exc:
-        return (
-            f"Redis at {where} refused {step} ({type(exc).__name__}): "
-            "near_cache_invalidation = 'push' "
-            "acts as 'check' (one GET per near hit); see docs/operations.md (Redis, ACL)"
+        return "refused", (
+            f"Redis at {where} refused {steps[-1]} ({type(exc).__name__}): "
+            "near_cache_invalidation = 'push' acts as 'check' (one GET per near hit); see "
+            "docs/operations.md (Redis, ACL)"
         )
     except (redis_errors.RedisError, OSError, TimeoutError) as exc:
-        return f"cannot open a tracking session on Redis at {where} ({type(exc).__name__})"
+        return "unavailable", (
+            f"no tracking session on Redis at {where}: {steps[-1]} got no answer "
+            f"({type(exc).__name__})"
+        )
     finally:
         with contextlib.suppress(Exception):
             await connection.disconnect(nowait=True)
         with contextlib.suppress(Exception):
             await client.aclose()
+    if tag is None:
+        return "refused", (
+            f"Redis at {where} refused INFO: near_cache_invalidation = 'push' acts as 'check' "
+            "(one GET per near hit); see docs/operations.md (Redis, ACL)"
+        )
     return None
 
 
@@ -1471,6 +1473,19 @@ async def _check_store(settings: VaultSettings) -> str:
         return await work(store)
 
 
+def _record_push_check(settings: VaultSettings, record: Callable[..., None]) -> None:
+    """config check's ``redis push`` line (push mode only)."""
+    if settings.redis.near_cache_size <= 0:
+        record("redis push", True, "near_cache_size = 0: no near tier, nothing pushed")
+        return
+    refused = _run(push_tracking_problem(settings))
+    if refused is None:
+        record("redis push", True, "a tracking session opens (CLIENT TRACKING)")
+    else:
+        code = EXIT_CONFIGURATION if refused[0] == "refused" else EXIT_UNAVAILABLE
+        record("redis push", False, refused[1], code)
+
+
 @config_group.command("check")
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
@@ -1509,11 +1524,7 @@ def config_check(ctx: click.Context) -> None:
             if problem is None:
                 record("redis", True, f"{settings.redis.url.masked()} answers PING")
                 if settings.redis.near_cache_invalidation == "push":
-                    refused = _run(push_tracking_problem(settings))
-                    if refused is None:
-                        record("redis push", True, "a tracking session opens (CLIENT TRACKING)")
-                    else:
-                        record("redis push", False, refused, EXIT_CONFIGURATION)
+                    _record_push_check(settings, record)
             else:
                 code = EXIT_CONFIGURATION if problem[0] == "auth" else EXIT_UNAVAILABLE
                 record("redis", False, problem[1], code)

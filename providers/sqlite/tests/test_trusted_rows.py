@@ -714,18 +714,23 @@ def test_one_row_builds_the_model_validation_builds() -> None:
 
 
 def test_the_names_memo_holds_only_accepted_names() -> None:
-    names = codec._FIELD_CONVERTERS["name"]
+    names = codec._Names(codec._FIELD_NAME_LINES, size=4096)
     assert names(["email", "email", "phone"]) == ["email", "email", "phone"]
+    assert names.known == {"email", "phone"}
     # a known name beside one that is not a name: the column is refused, the memo unchanged
     for garbage in (["email", "Not A Name"], ["email", "a\nb"], ["email", None], ["email", b"x"]):
+        with pytest.raises(codec._NotOurs):
+            names(garbage)
+        assert names.known == {"email", "phone"}
+    for garbage in (["Not A Name"], ["a\nb"]):  # refused again: never served from the memo
         with pytest.raises(codec._NotOurs):
             names(garbage)
     assert names(["phone"]) == ["phone"]
     many = [f"name_{n}" for n in range(5000)]
     for start in range(0, len(many), 1000):
         assert names(many[start : start + 1000]) == many[start : start + 1000]
-    with pytest.raises(codec._NotOurs):
-        names(["Not A Name"])
+        assert len(names.known) <= 4096
     assert names(many) == many  # more names than the memo holds: checked, not kept
+    assert len(names.known) <= 4096
     with pytest.raises(codec._NotOurs):
         names([*many, "Not A Name"])

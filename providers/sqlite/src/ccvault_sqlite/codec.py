@@ -198,8 +198,8 @@ class _Memo:
 
     def _parsed(self, column: Column) -> list[Any]:
         values = self.parse(column)
-        if len(values) > self.size:  # a read bigger than the memo (a long history): not kept
-            return values
+        if len(values) > self.size and len(set(column)) > self.size:
+            return values  # more distinct texts than the memo holds (a long history): not kept
         entries = self.entries
         if len(entries) + len(values) > self.size:
             self.entries = entries = {}
@@ -324,29 +324,38 @@ def _optional_text(high: int | None = None) -> Convert:
     return _nullable(convert)
 
 
-def _matching(pattern: re.Pattern[str], size: int = 4096) -> Convert:
+class _Names:
     """Text of ``pattern``'s line form (names): the names a store reads again and again are
-    kept in a bounded set once checked, so a read of names seen before checks none of them.
-    Like ``_Memo``, the set is replaced when full, never emptied in place."""
-    seen: list[set[Any]] = [set()]
+    kept in a bounded set (``known``) once checked, so a read of names seen before checks
+    none of them. Holds only names that passed; like ``_Memo``, the set is replaced when
+    full, never emptied in place."""
 
-    def convert(column: Column) -> list[Any]:
-        known = seen[0]
+    __slots__ = ("known", "pattern", "size")
+
+    def __init__(self, pattern: re.Pattern[str], size: int = 4096) -> None:
+        self.known: set[Any] = set()
+        self.pattern = pattern
+        self.size = size
+
+    def __call__(self, column: Column) -> list[Any]:
+        known = self.known
         try:
             distinct = set(column)  # names repeat: each distinct one checked once
         except TypeError:  # a value that is not hashable: not ours
             raise _NotOurs from None
         if not distinct <= known:
             # (only text passes: a name is never None, a number or bytes)
-            _lines(pattern, list(distinct))
-            if len(distinct) > size:  # more names than the memo holds: not kept
+            _lines(self.pattern, list(distinct))
+            if len(distinct) > self.size:  # more names than the memo holds: not kept
                 return list(column)
-            if len(known) + len(distinct) > size:
-                seen[0] = known = set()
+            if len(known) + len(distinct) > self.size:
+                self.known = known = set()
             known |= distinct
         return list(column)
 
-    return convert
+
+def _matching(pattern: re.Pattern[str]) -> Convert:
+    return _Names(pattern)
 
 
 def _bools(column: Column) -> list[Any]:
@@ -609,10 +618,12 @@ def _trusted_columns(
     firsts = tuple(map(itemgetter(0), columns))
     shapes = _shapes(cols, converters)
     if count == 1:
-        # one row (a profile's identity, one consent): each value on its own, memoized
-        # where immutable, costs less than deciding a plan
+        # one row (a profile's only identity, a single field, asset, definition or
+        # requirement): each value through its converter (ids and times from their own
+        # memos) costs less than deciding a plan
         try:
-            values = list(map(_constant, shapes.converts, firsts))
+            converted = zip(shapes.converts, firsts, strict=True)
+            values = [convert((first,))[0] for convert, first in converted]
         except _NotOurs:
             return None
         single = _new(model)
