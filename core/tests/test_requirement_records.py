@@ -396,3 +396,24 @@ def test_the_row_builder_keeps_only_its_own_forms() -> None:
         with pytest.raises(sqlite_store._NotOurRecord):
             sqlite_store._our_time(odd)
     assert all(isinstance(v, UUID | datetime) for v in sqlite_store._PARSED.values())
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        "required_level = 'maybe'",
+        "depends_on_fields = 'not json'",
+        "field_name = '9' || field_name",
+    ],
+)
+async def test_a_column_tampered_in_every_row_is_refused(
+    sqlite: SqliteProfileStore, tampering: str
+) -> None:
+    # every row alike: the one-value shortcuts (a level looked up once, no dependencies)
+    # check that value too
+    _agent, _other, scenario = await _scenario(sqlite)
+    await sqlite.connection.execute(
+        f"UPDATE scenario_requirements SET {tampering} WHERE tenant_id = ?", (str(TENANT),)
+    )
+    with pytest.raises(errors.StorageError, match="scenario requirement row is corrupt"):
+        await sqlite._get_requirement_records(TENANT, scenario, None)
