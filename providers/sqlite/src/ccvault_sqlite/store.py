@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import random
-import re
 import sqlite3
 import stat
 import time
@@ -157,39 +156,20 @@ _RECORD_AT = tuple(
     for name in ("field_name", "required_level", "when_condition", "depends_on_fields")
 )
 _CHECK_AT = len(REQUIREMENT_COLUMNS)  # required_verification, then freshness_seconds
-# field names as the models allow them (FieldName), one per line: checked in one match
-_FIELD_NAME_LINES = re.compile(r"(?:[a-z_][a-z0-9_]{0,49}\n)*")
 _LEVELS = {level.value: level for level in RequiredLevel}
 _CONDITION_TYPES = {str, type(None)}
 _MAX_CONDITION = 2000  # ScenarioFieldRequirement.when_condition's max_length
-
-
-# field names found valid (not personal data: a tenant's schema), so that the names of a
-# scenario read again cost a set lookup each; bounded, replaced by an empty set when full
-_VALID_NAMES: set[str] = set()
-_MAX_VALID_NAMES = 4096
+# field names as the models allow them (FieldName): the codec's check, which keeps the names
+# it accepted in a bounded set, so that the names of a scenario read again cost a set lookup
+_FIELD_NAMES = codec._FIELD_CONVERTERS["name"]
 
 
 def _field_names(names: set[Any]) -> None:
     """Every one of ``names`` is a field name, or _NotOurRecord."""
-    global _VALID_NAMES
-    known = _VALID_NAMES
     try:
-        if names <= known:
-            return
-        new = names - known
-    except TypeError:  # not hashable (not text)
+        _FIELD_NAMES(list(names))
+    except codec._NotOurs:
         raise _NotOurRecord from None
-    distinct = [name for name in new if type(name) is str]
-    if len(distinct) != len(new):
-        raise _NotOurRecord
-    text = "\n".join(distinct)
-    # one line per name: a name holding a line break cannot pass for two
-    if text.count("\n") != len(distinct) - 1 or not _FIELD_NAME_LINES.fullmatch(text + "\n"):
-        raise _NotOurRecord
-    if len(known) + len(distinct) > _MAX_VALID_NAMES:
-        _VALID_NAMES = known = set()
-    known.update(distinct)
 
 
 def _depends_on(column: Sequence[Any]) -> list[tuple[str, ...]]:
@@ -315,8 +295,7 @@ def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
         created_at,
         updated_at,
     ) = row[: len(REQUIREMENT_COLUMNS)]
-    if name not in _VALID_NAMES:
-        _field_names({name})
+    _field_names({name})
     if condition is not None and (type(condition) is not str or len(condition) > _MAX_CONDITION):
         raise _NotOurRecord
     if type(order) is not int or not -_MAX_INT64 <= order <= _MAX_INT64:
