@@ -358,6 +358,10 @@ def _matching(pattern: re.Pattern[str]) -> Convert:
     return _Names(pattern)
 
 
+#: field names: one check, and one set of accepted names, for every column holding them
+FIELD_NAMES = _Names(_FIELD_NAME_LINES)
+
+
 def _bools(column: Column) -> list[Any]:
     if not set(map(type, column)) <= {int} or not set(column) <= {0, 1}:
         raise _NotOurs
@@ -759,7 +763,7 @@ def field_params(item: ProfileField) -> tuple[Any, ...]:
 
 _FIELD_CONVERTERS: dict[str, Convert] = {
     "id": _UUID,
-    "name": _matching(_FIELD_NAME_LINES),
+    "name": FIELD_NAMES,
     "value": _json,
     "value_type": _text(),
     "source": _members(ProfileFieldSource),
@@ -1035,7 +1039,7 @@ _DEFINITION_CONVERTERS: dict[str, Convert] = {
     "id": _UUID,
     "tenant_id": _UUID,
     "agent_id": _UUID,
-    "name": _matching(_FIELD_NAME_LINES),
+    "name": FIELD_NAMES,
     "display_name": _text(),
     "description": _TEXT_OPT,
     "value_type": _members(FieldValueType),
@@ -1113,7 +1117,7 @@ def requirement_params(item: ScenarioFieldRequirement) -> tuple[Any, ...]:
     )
 
 
-_field_names = _lists_of(_matching(_FIELD_NAME_LINES))
+_field_names = _lists_of(FIELD_NAMES)
 
 
 _REQUIREMENT_CONVERTERS: dict[str, Convert] = {
@@ -1123,7 +1127,7 @@ _REQUIREMENT_CONVERTERS: dict[str, Convert] = {
     "scenario_id": _UUID,
     "step_id": _UUID_OPT,
     "rule_id": _UUID_OPT,
-    "field_name": _matching(_FIELD_NAME_LINES),
+    "field_name": FIELD_NAMES,
     "required_level": _members(RequiredLevel),
     "fallback_action": _members(FallbackAction),
     "when_condition": _optional_text(2000),

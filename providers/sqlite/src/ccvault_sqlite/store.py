@@ -161,7 +161,7 @@ _CONDITION_TYPES = {str, type(None)}
 _MAX_CONDITION = 2000  # ScenarioFieldRequirement.when_condition's max_length
 # field names as the models allow them (FieldName): the codec's check, which keeps the names
 # it accepted in a bounded set, so that the names of a scenario read again cost a set lookup
-_FIELD_NAMES = codec._FIELD_CONVERTERS["name"]
+_FIELD_NAMES = codec.FIELD_NAMES
 
 
 def _field_names(names: set[Any]) -> None:
@@ -295,7 +295,8 @@ def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
         created_at,
         updated_at,
     ) = row[: len(REQUIREMENT_COLUMNS)]
-    _field_names({name})
+    if name not in _FIELD_NAMES.known:  # a name accepted before: one set lookup
+        _field_names({name})
     if condition is not None and (type(condition) is not str or len(condition) > _MAX_CONDITION):
         raise _NotOurRecord
     if type(order) is not int or not -_MAX_INT64 <= order <= _MAX_INT64:
