@@ -54,10 +54,16 @@ def test_the_freshness_cutoff_is_the_age_in_seconds(
 ) -> None:
     # a field exactly ``freshness`` seconds old, one microsecond either side
     collected = NOW - timedelta(seconds=freshness, microseconds=offset_us)
-    field = ProfileField(name="a", value="x", collected_at=collected)
     rules = StoreRules(default_freshness_seconds=freshness, stale_field_action=action)  # type: ignore[arg-type]
+    stale = (NOW - collected).total_seconds() > freshness
+    assert _missing_one(collected, rules) == (["source"] if stale and action == "block" else [])
+
+
+def _missing_one(collected: datetime, rules: StoreRules) -> list[Any]:
+    """find_missing_records of one hard requirement on field "a", collected then."""
+    field = ProfileField(name="a", value="x", collected_at=collected)
     record = RequirementRecord("a", RequiredLevel.HARD, None, (), None, "source")
-    found = find_missing_records(
+    return find_missing_records(
         {"a": field},
         {"a": "x"},
         [record],
@@ -67,25 +73,11 @@ def test_the_freshness_cutoff_is_the_age_in_seconds(
         required_level=None,
         now=NOW,
     )
-    stale = (NOW - collected).total_seconds() > freshness
-    assert found == (["source"] if stale and action == "block" else [])
 
 
 def test_a_period_longer_than_the_calendar_never_makes_a_field_stale() -> None:
-    field = ProfileField(name="a", value="x", collected_at=datetime(1, 1, 1, tzinfo=UTC))
     rules = StoreRules(default_freshness_seconds=2**40, stale_field_action="block")
-    record = RequirementRecord("a", RequiredLevel.HARD, None, (), None, "source")
-    found = find_missing_records(
-        {"a": field},
-        {"a": "x"},
-        [record],
-        tenant_id=TENANT,
-        profile_id=None,
-        rules=rules,
-        required_level=None,
-        now=NOW,
-    )
-    assert found == []
+    assert _missing_one(datetime(1, 1, 1, tzinfo=UTC), rules) == []
 
 
 def test_the_cutoff_is_exact_or_not_taken() -> None:
