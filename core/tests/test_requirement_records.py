@@ -312,21 +312,23 @@ async def test_sqlite_records_agree_with_the_model_path(sqlite: SqliteProfileSto
 @pytest.mark.parametrize(
     ("tampering", "missing"),
     [
-        ("field_name = 'Bad Name'", False),
+        ("field_name = 'SECRET Bad Name'", False),
         ("field_name = 7", False),
         ("required_level = 'maybe'", False),
         ("when_condition = printf('%.2001c', 'x')", False),
         ("depends_on_fields = '[\"Bad Name\"]'", False),
         ("depends_on_fields = '{\"a\": 1}'", False),
         ("depends_on_fields = 'not json'", False),
-        ("id = 'nowhere'", True),
-        ("agent_id = 'nowhere'", True),
-        ("fallback_action = 'shrug'", True),
-        ("created_at = 'yesterday'", True),
+        # the agent picks the requirement's check: refused even where the field is held
+        ("agent_id = 'SECRET-nowhere'", False),
+        ("agent_id = 7", False),
+        ("agent_id = created_at", False),
+        ("id = 'SECRET-nowhere'", True),
+        ("fallback_action = 'SECRET-shrug'", True),
+        ("created_at = 'SECRET-yesterday'", True),
         ("collection_order = 'first'", True),
-        ("rule_id = 'nowhere'", True),
+        ("rule_id = 'SECRET-nowhere'", True),
         # texts of our form, in the wrong column (a time's text as an id, an id's as a time)
-        ("agent_id = created_at", True),
         ("rule_id = updated_at", True),
         ("created_at = id", True),
     ],
@@ -355,7 +357,7 @@ async def test_a_tampered_requirement_row_is_refused_by_get_missing_fields(
     )
     with pytest.raises(errors.StorageError, match="scenario requirement row is corrupt") as caught:
         await sqlite.get_missing_fields(TENANT, read, scenario)
-    assert "a@x" not in str(caught.value)
+    assert "SECRET" not in str(caught.value)  # the tampered text is never echoed
 
 
 async def test_a_tampered_definition_check_is_refused(sqlite: SqliteProfileStore) -> None:

@@ -22,6 +22,9 @@ from ccvault_inmemory import InMemoryProfileStore
 
 EXPRESSIONS = [
     "x == y",
+    # two names against constants, ordered: the fused two-part path, which raises inside
+    "x < 2 and y >= 1",
+    'x > "a" and y <= 3',
     "x != y and y != z",
     "x or y or z",
     "x and y and z",

@@ -467,6 +467,11 @@ class MissingFieldsContract(ContractBase):
                 )
                 assert check == checks.get(requirement.agent_id, {}).get(name), name
                 assert check is None or isinstance(check, FieldCheck), name
+                # the evaluation compares levels by identity: text "hard" would equal
+                # RequiredLevel.HARD above yet never be judged "hard"
+                assert type(level) is RequiredLevel, f"{name}: level {type(level).__name__}"
+                assert type(name) is str and not isinstance(depends_on, str | bytes), name
+                assert len(build([record[5]])) == 1, name
             # the models built are the caller's: another answer's are other objects
             if records:
                 more, build_more = await store._get_requirement_records(tenant, scenario, step_id)

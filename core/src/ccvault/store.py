@@ -1190,6 +1190,11 @@ class ProfileStore(ABC):
         if not sources:
             return []
         missing = build(sources)
+        if len(missing) != len(sources):
+            raise errors.StorageError(
+                f"the store's requirement builder made {len(missing)} requirement(s) of "
+                f"{len(sources)} missing"
+            )
         # the requirements' order (collection_order, field_name); a stable sort of the
         # missing ones keeps ties as sorting all of them first would
         if len(missing) > 1:
@@ -1907,15 +1912,20 @@ class ProfileStore(ABC):
         """All ``get_missing_fields`` reads, as records: ``RequirementRecords(records,
         build)`` (:mod:`ccvault.requirements`). ``records`` holds one
         :class:`~ccvault.requirements.RequirementRecord` per requirement
-        :meth:`_get_scenario_requirements` returns (any order): its ``field_name``,
-        ``required_level``, ``when_condition`` and ``depends_on_fields``, its ``check`` (the
-        FieldCheck :meth:`_get_requirement_checks` gives it, None without one) and a
-        ``source``; ``build(sources)`` returns the requirement models of the sources given
-        (some of the records', in any order), in that order, each equal to the one
+        :meth:`_get_scenario_requirements` returns (any order; an iterable read once, read
+        fresh on every call): its ``field_name`` (text), ``required_level`` (a
+        :class:`~ccvault.models.RequiredLevel` member: the evaluation compares levels by
+        identity, so the text ``"hard"`` is never judged hard), ``when_condition`` and
+        ``depends_on_fields`` (a tuple or list of names), its ``check`` (the FieldCheck
+        :meth:`_get_requirement_checks` gives it, None without one) and a ``source``;
+        ``build(sources)``, synchronous (a source carries what it needs: no I/O), returns a
+        new list of exactly one requirement model per source given (some of the records',
+        in any order), in that order, each equal to the one
         :meth:`_get_scenario_requirements` returns, as a new model of the caller's (or
         raises :class:`~ccvault.errors.StorageError` for a source that is not a valid
         requirement). ``get_missing_fields`` builds models of the missing requirements
-        only.
+        only, so a corrupt column that only a model holds is refused only when its
+        requirement is missing.
 
         Optional: this default derives the answer from :meth:`_get_requirement_checks`
         (:func:`ccvault.requirements.records_of`: the sources are the models). A provider

@@ -156,6 +156,7 @@ _RECORD_AT = tuple(
     for name in ("field_name", "required_level", "when_condition", "depends_on_fields")
 )
 _CHECK_AT = len(REQUIREMENT_COLUMNS)  # required_verification, then freshness_seconds
+_AGENT_AT = REQUIREMENT_COLUMNS.index("agent_id")
 _LEVELS = {level.value: level for level in RequiredLevel}
 _CONDITION_TYPES = {str, type(None)}
 _MAX_CONDITION = 2000  # ScenarioFieldRequirement.when_condition's max_length
@@ -364,7 +365,8 @@ def _requirement_records(rows: Sequence[Any]) -> RequirementRecords:
     into models by the codec (``codec.requirements_from_rows``: StorageError for a row
     that is not a valid requirement). Each column a record holds is checked here, column
     by column, as the models allow it (a field name, a level, a condition of at most 2,000
-    characters, a JSON list of field names); a row not in our form anywhere there is
+    characters, a JSON list of field names), and so is the agent id that chose its check;
+    a row not in our form anywhere there is
     judged as before, every requirement a model (validated) with its checks."""
     if not rows:
         return RequirementRecords([], _requirements_of)
@@ -374,6 +376,12 @@ def _requirement_records(rows: Sequence[Any]) -> RequirementRecords:
     checks = _field_checks(columns[_CHECK_AT], columns[_CHECK_AT + 1])
     try:
         _field_names(set(names))
+        # the agent picks the definition (the statement's join): an id not of our form
+        # would leave its requirement without its check, silently
+        try:
+            codec._uuids(list(set(columns[_AGENT_AT])))
+        except codec._NotOurs:
+            raise _NotOurRecord from None
         count, first = len(levels), levels[0]
         try:
             if levels.count(first) == count:  # one level (the usual case): looked up once
