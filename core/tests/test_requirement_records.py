@@ -405,7 +405,8 @@ def test_the_row_builder_keeps_only_its_own_forms() -> None:
     for odd in ("2026-06-01T12:00:00.000000+02:00", "2026-06-01T12:00:00+00:00", moment[:-1]):
         with pytest.raises(sqlite_store._NotOurRecord):
             sqlite_store._our_time(odd)
-    assert all(isinstance(v, UUID | datetime) for v in sqlite_store._PARSED.values())
+    assert all(type(v) is UUID for v in codec._UUID_MEMO.entries.values())
+    assert all(type(v) is datetime for v in codec._TIMESTAMP_MEMO.entries.values())
 
 
 @pytest.mark.parametrize(

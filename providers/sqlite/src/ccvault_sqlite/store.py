@@ -35,16 +35,15 @@ import stat
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import compress, repeat
 from operator import attrgetter, is_, itemgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import aiosqlite
 import orjson
-from pydantic import BaseModel
 
 from ccvault import errors
 from ccvault.batches import KeysetBatch, parse_orphans_position
@@ -226,56 +225,23 @@ _REQUIREMENT_FIELDS = tuple(ScenarioFieldRequirement.model_fields)
 _FIELDS_SET = set(_REQUIREMENT_FIELDS)
 _FALLBACKS = {action.value: action for action in FallbackAction}
 _MAX_INT64 = 2**63 - 1
-_new_model = object.__new__
-_SET_DICT = BaseModel.__dict__["__dict__"].__set__
-_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
-_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
-# text -> value of ids and times found in our form (immutable values, shared by models);
-# bounded: replaced by an empty dict when full
-_PARSED: dict[str, Any] = {}
-_MAX_PARSED = 4096
+# ids and times: the codec's memos of texts found in our form (one per kind, bounded)
+_UUIDS = codec._UUID_MEMO
+_TIMES = codec._TIMESTAMP_MEMO
 
 
 def _our_uuid(text: Any) -> UUID:
-    value = _PARSED.get(text) if type(text) is str else None
-    if value is None:
-        if type(text) is not str or len(text) != 36:
-            raise _NotOurRecord
-        try:
-            value = UUID(text)
-        except ValueError:
-            raise _NotOurRecord from None
-        if str(value) != text:
-            raise _NotOurRecord
-        _keep(text, value)
-    elif type(value) is not UUID:  # a time's text cannot be an id's
-        raise _NotOurRecord
-    return value
+    try:
+        return cast(UUID, _UUIDS((text,))[0])
+    except codec._NotOurs:
+        raise _NotOurRecord from None
 
 
 def _our_time(text: Any) -> datetime:
-    value = _PARSED.get(text) if type(text) is str else None
-    if value is None:
-        if type(text) is not str or len(text) != 32:
-            raise _NotOurRecord
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            raise _NotOurRecord from None
-        if value.tzinfo is not UTC or ts(value) != text:
-            raise _NotOurRecord
-        _keep(text, value)
-    elif type(value) is not datetime:
-        raise _NotOurRecord
-    return value
-
-
-def _keep(text: str, value: Any) -> None:
-    global _PARSED
-    if len(_PARSED) >= _MAX_PARSED:
-        _PARSED = {}
-    _PARSED[text] = value
+    try:
+        return cast(datetime, _TIMES((text,))[0])
+    except codec._NotOurs:
+        raise _NotOurRecord from None
 
 
 def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
@@ -315,9 +281,9 @@ def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
         except TypeError:
             raise _NotOurRecord from None
     # a dict display, in the fields' declaration order (as validation leaves it); ids and
-    # times found in the memo first (only texts of our form are in it: a 36-character text
-    # is kept as a UUID only, a 32-character one as a time only)
-    known = _PARSED.get
+    # times found in their memo first (each holds only texts of our form, of its own kind)
+    known = _UUIDS.entries.get
+    known_time = _TIMES.entries.get
     values = {
         "id": known(id_) or _our_uuid(id_),
         "tenant_id": known(tenant_id) or _our_uuid(tenant_id),
@@ -331,22 +297,14 @@ def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
         "when_condition": condition,
         "depends_on_fields": items,
         "collection_order": order,
-        "created_at": known(created_at) or _our_time(created_at),
-        "updated_at": known(updated_at) or _our_time(updated_at),
+        "created_at": known_time(created_at) or _our_time(created_at),
+        "updated_at": known_time(updated_at) or _our_time(updated_at),
     }
-    # (every text is one of ours now, so each is a UUID or a time by its length alone)
-    if not (
-        len(id_) == len(tenant_id) == len(agent_id) == len(scenario_id) == 36
-        and (step_id is None or len(step_id) == 36)
-        and (rule_id is None or len(rule_id) == 36)
-        and len(created_at) == len(updated_at) == 32
-    ):
-        raise _NotOurRecord
-    model = _new_model(ScenarioFieldRequirement)
-    _SET_DICT(model, values)
-    _SET_FIELDS_SET(model, _FIELDS_SET.copy())
-    _SET_EXTRA(model, None)
-    _SET_PRIVATE(model, None)
+    model = codec._new(ScenarioFieldRequirement)
+    codec._SET_DICT(model, values)
+    codec._SET_FIELDS_SET(model, _FIELDS_SET.copy())
+    codec._SET_EXTRA(model, None)
+    codec._SET_PRIVATE(model, None)
     return model
 
 
