@@ -180,8 +180,36 @@ def test_an_override_of_a_wider_hook_below_the_records_hook_gets_the_default() -
         ) -> Any:
             return [], list
 
+    class Widest(SqliteProfileStore):
+        async def _get_scenario_requirements(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return []
+
+    class Defined(SqliteProfileStore):
+        async def _get_field_definitions(
+            self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+        ) -> Any:
+            return []
+
     assert Narrowed._get_requirement_records is default
     assert Widened._get_requirement_records is default
+    # each derived hook above an override it derives from gives way, down the chain
+    assert Widened._get_requirement_checks is ProfileStore._get_requirement_checks
+    for widest in (Widest, Defined):
+        assert (
+            widest._get_requirements_with_definitions
+            is ProfileStore._get_requirements_with_definitions
+        )
+        assert widest._get_requirement_checks is ProfileStore._get_requirement_checks
+        assert widest._get_requirement_records is default
+
+    # a subclass overriding nothing keeps what its parent has
+    class Plain(Widest):
+        pass
+
+    assert Plain._get_requirement_records is default
+    assert SqliteProfileStore._get_requirement_checks is not ProfileStore._get_requirement_checks
     assert "_get_requirement_records" in vars(Own) and Own._get_requirement_records is not default
     # wrappers: the cache serves the wide hook (default), encryption forwards
     from ccvault.cache import CachedProfileStore
@@ -218,6 +246,54 @@ async def test_a_forwarding_instance_given_its_own_checks_is_served_from_them() 
     wrapper._get_requirement_checks = forced  # type: ignore[method-assign]
     missing = await wrapper.get_missing_fields(TENANT, found, scenario)
     assert [r.field_name for r in missing] == ["email"]
+
+
+async def test_a_provider_subclass_filtering_requirements_is_read_through(
+    tmp_path: Path,
+) -> None:
+    """A provider's subclass overriding only the widest hook (requirements of a kind left
+    out): get_missing_fields reads through it, not around it through the provider's own
+    one-statement hooks."""
+
+    class NoPhone(SqliteProfileStore):
+        async def _get_scenario_requirements(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> list[ScenarioFieldRequirement]:
+            found = await super()._get_scenario_requirements(tenant_id, scenario_id, step_id)
+            return [r for r in found if r.field_name != "phone"]
+
+    class StrictEmail(SqliteProfileStore):
+        async def _get_field_definitions(
+            self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+        ) -> list[ProfileFieldDefinition]:
+            found = await super()._get_field_definitions(tenant_id, agent_id, enabled_only)
+            return [d.model_copy(update={"required_verification": True}) for d in found]
+
+    path = str(tmp_path / "s.db")
+    agent, scenario = uuid4(), uuid4()
+    async with SqliteProfileStore(SqliteSettings(path=path, migrate_on_start=True)) as store:
+        await store.save_field_definition(
+            ProfileFieldDefinition(tenant_id=TENANT, agent_id=agent, name="email")
+        )
+        for name in ("email", "phone"):
+            await store.save_scenario_requirement(
+                ScenarioFieldRequirement(
+                    tenant_id=TENANT, agent_id=agent, scenario_id=scenario, field_name=name
+                )
+            )
+        person = await store.get_or_create(TENANT, Channel.WEB, "subclass")
+        await store.update_field(
+            TENANT, person.id, ProfileField(name="email", value="a@example.com")
+        )
+        profile = await store.get_by_id(TENANT, person.id)
+        assert profile is not None
+        missing = await store.get_missing_fields(TENANT, profile, scenario)
+        assert [r.field_name for r in missing] == ["phone"]
+    async with NoPhone(SqliteSettings(path=path)) as no_phone:
+        assert await no_phone.get_missing_fields(TENANT, profile, scenario) == []
+    async with StrictEmail(SqliteSettings(path=path)) as strict:
+        missing = await strict.get_missing_fields(TENANT, profile, scenario)
+        assert [r.field_name for r in missing] == ["email", "phone"]
 
 
 # ---------------------------------------------------------------------------------------

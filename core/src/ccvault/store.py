@@ -460,6 +460,18 @@ _EXPIRES_AT_OF = operator.methodcaller("get", "expires_at")
 _COLLECTION_ORDER = operator.attrgetter("collection_order", "field_name")
 
 
+#: get_missing_fields' optional requirement hooks, widest first, each with the hooks its
+#: default derives from (ProfileStore.__init_subclass__ keeps them in step)
+_DERIVED_REQUIREMENT_HOOKS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "_get_requirements_with_definitions",
+        ("_get_scenario_requirements", "_get_field_definitions"),
+    ),
+    ("_get_requirement_checks", ("_get_requirements_with_definitions",)),
+    ("_get_requirement_records", ("_get_requirement_checks",)),
+)
+
+
 class ProfileStore(ABC):
     """Abstract, async, multi-tenant storage of customer profiles. See the module docstring.
 
@@ -494,16 +506,17 @@ class ProfileStore(ABC):
                     f"final (it checks arguments, applies the vault's rules and presents the "
                     f"result once for the whole stack); {instead}"
                 )
-        # get_missing_fields reads the narrowest requirement hook: one defined above an
-        # override of a wider one (which it would go around) gives way to the default,
-        # derived from that override
+        # get_missing_fields reads the narrowest requirement hook, each derived from the
+        # wider ones: a derived hook defined above an override of one it derives from
+        # (which it would go around) gives way to its default, derived from that
+        # override. Widest first, so the reset of one carries on to those narrower
         mro = cls.__mro__
-        records = mro.index(_owner(cls, "_get_requirement_records"))
-        if mro[records] is not ProfileStore and any(
-            mro.index(_owner(cls, wider)) < records
-            for wider in ("_get_requirement_checks", "_get_requirements_with_definitions")
-        ):
-            cls._get_requirement_records = ProfileStore._get_requirement_records  # type: ignore[method-assign]
+        for derived, sources in _DERIVED_REQUIREMENT_HOOKS:
+            at = mro.index(_owner(cls, derived))
+            if mro[at] is not ProfileStore and any(
+                mro.index(_owner(cls, source)) < at for source in sources
+            ):
+                setattr(cls, derived, vars(ProfileStore)[derived])
 
     def now(self) -> datetime:
         """The store's clock (UTC). Tests may replace it."""
@@ -1869,7 +1882,8 @@ class ProfileStore(ABC):
         overrides it to read both in one round trip on one connection (ideally one
         statement, or one transaction), so the two lists are of one moment. A wrapper
         that serves either hook itself (a cache) keeps this default, so its own hooks
-        answer.
+        answer; so does a class overriding either below the class defining this one (a
+        provider's subclass filtering requirements: see :meth:`__init_subclass__`).
         """
         requirements = await self._get_scenario_requirements(tenant_id, scenario_id, step_id)
         definitions: dict[UUID, list[ProfileFieldDefinition]] = {}
@@ -1899,7 +1913,9 @@ class ProfileStore(ABC):
         models. It must agree with :meth:`_get_requirements_with_definitions` (the contract
         suite checks both). In :class:`ForwardingProfileStore` it is forwarded to the inner
         store, except in a wrapper that overrides ``_get_requirements_with_definitions``
-        (a cache): there this default runs over the wrapper's own hook.
+        (a cache): there this default runs over the wrapper's own hook. Likewise in any
+        class overriding that hook, or one it derives from, below the class defining this
+        one (see :meth:`__init_subclass__`).
         """
         requirements, definitions = await self._get_requirements_with_definitions(
             tenant_id, scenario_id, step_id
@@ -1931,11 +1947,13 @@ class ProfileStore(ABC):
         (:func:`ccvault.requirements.records_of`: the sources are the models). A provider
         overrides it to read the records from its rows and build models for the few
         sources asked; it must agree with :meth:`_get_requirement_checks` (the contract
-        suite checks both). A class overriding :meth:`_get_requirement_checks` or
-        :meth:`_get_requirements_with_definitions` below the class that defines this hook
-        (a wrapper serving them, a provider's subclass answering them its own way) gets
-        this default again (see :meth:`__init_subclass__`), so that ``get_missing_fields``
-        reads through the override.
+        suite checks both). A class overriding a hook this one derives from
+        (:meth:`_get_requirement_checks`, or a hook that one derives from, down to
+        :meth:`_get_scenario_requirements` and :meth:`_get_field_definitions`) below the
+        class that defines this hook (a wrapper serving them, a provider's subclass
+        answering them its own way) gets this default again (see
+        :meth:`__init_subclass__`), so that ``get_missing_fields`` reads through the
+        override.
         """
         requirements, checks = await self._get_requirement_checks(tenant_id, scenario_id, step_id)
         return records_of(requirements, checks)
