@@ -1165,19 +1165,10 @@ def requirement_checks(
     Column by column, in C: the distinct (flag, freshness) pairs are checked once."""
     pairs = list(map(itemgetter(_CHECKS_AT, _CHECKS_AT + 1), rows))
     checks_of_pair: dict[tuple[Any, Any], FieldCheck] = {}
-    for verification, freshness in set(pairs):
-        if verification is None:  # NOT NULL in the table: no enabled definition
-            continue
-        if (
-            type(verification) is not int
-            or verification not in (0, 1)
-            or (freshness is not None and (type(freshness) is not int or freshness < 0))
-        ):
-            raise errors.StorageError(
-                "a stored field definition row is corrupt "
-                "(required_verification or freshness_seconds)"
-            )
-        checks_of_pair[verification, freshness] = field_check(verification == 1, freshness)
+    for pair in set(pairs):
+        check = field_check_of(*pair)
+        if check is not None:
+            checks_of_pair[pair] = check
     present = list(map(checks_of_pair.__contains__, pairs))
     found = list(map(checks_of_pair.__getitem__, compress(pairs, present)))
     names = list(map(_FIELD_NAME_OF, compress(requirements, present)))
@@ -1190,6 +1181,23 @@ def requirement_checks(
     for agent, name, check in zip(agents, names, found, strict=True):
         checks.setdefault(agent, {})[name] = check
     return checks
+
+
+def field_check_of(verification: Any, freshness: Any) -> FieldCheck | None:
+    """The FieldCheck of a definition's stored ``required_verification`` and
+    ``freshness_seconds`` (None: both NULL, no enabled definition); StorageError for
+    values not in our form."""
+    if verification is None:  # NOT NULL in the table: no enabled definition
+        return None
+    if (
+        type(verification) is not int
+        or verification not in (0, 1)
+        or (freshness is not None and (type(freshness) is not int or freshness < 0))
+    ):
+        raise errors.StorageError(
+            "a stored field definition row is corrupt (required_verification or freshness_seconds)"
+        )
+    return field_check(verification == 1, freshness)
 
 
 _FIELD_NAME_OF = attrgetter("field_name")

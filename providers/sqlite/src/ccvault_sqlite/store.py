@@ -69,7 +69,6 @@ from ccvault.requirements import (
     FieldCheck,
     RecordValues,
     RequirementRecords,
-    field_check,
     records_of,
 )
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
@@ -196,24 +195,10 @@ def _field_checks(verifications: Sequence[Any], freshnesses: Sequence[Any]) -> l
     distinct pair is checked once; all rows alike (the same pair), no pair is built."""
     flags, periods = set(verifications), set(freshnesses)  # SQLite values: hashable
     if len(flags) == 1 and len(periods) == 1:
-        return [_field_check_of(*flags, *periods)] * len(verifications)
+        return [codec.field_check_of(*flags, *periods)] * len(verifications)
     pairs = list(zip(verifications, freshnesses, strict=True))
-    check_of = {pair: _field_check_of(*pair) for pair in set(pairs)}
+    check_of = {pair: codec.field_check_of(*pair) for pair in set(pairs)}
     return list(map(check_of.__getitem__, pairs))
-
-
-def _field_check_of(verification: Any, freshness: Any) -> FieldCheck | None:
-    if verification is None:  # NOT NULL in the table: no enabled definition
-        return None
-    if (
-        type(verification) is not int
-        or verification not in (0, 1)
-        or (freshness is not None and (type(freshness) is not int or freshness < 0))
-    ):
-        raise errors.StorageError(
-            "a stored field definition row is corrupt (required_verification or freshness_seconds)"
-        )
-    return field_check(verification == 1, freshness)
 
 
 # the requirement models of a few rows (get_missing_fields' missing ones), row by row: for
