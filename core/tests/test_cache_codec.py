@@ -181,6 +181,13 @@ def test_trusted_models_behave_like_validated_ones() -> None:
     assert isinstance(built.id, UUID) and built.id.is_safe is not None
     assert hash(built.id) == hash(UUID(str(built.id)))
     assert built.consents[0].ip_address == ip_address("10.0.0.1")
+    # a caller editing one model's fields-set reaches no model of another decode
+    item.model_fields_set.discard("source_metadata")
+    built.model_fields_set.discard("fields")
+    again = decode_profile(encode_profile(full_profile()) or b"")
+    assert again.fields["field_1"].model_fields_set == set(ProfileField.model_fields)
+    assert again.model_fields_set == set(CustomerProfile.model_fields)
+    assert "source_metadata" in again.fields["field_1"].model_dump(exclude_unset=True)
 
 
 def test_what_cannot_be_cached_is_not_encoded() -> None:

@@ -158,12 +158,14 @@ def _construct_many(cls: type[_M], keys: tuple[str, ...], dicts: list[dict[str, 
     count = len(dicts)
     items: list[_M] = list(map(_new, repeat(cls, count)))
     deque(map(_SET_DICT, items, dicts), maxlen=0)
-    # one set of every field name, shared: pydantic only ever adds to a model's fields-set
-    # (an assignment adds a name already there; model_copy copies the set first)
-    shared = _ALL_FIELDS.get(keys)
-    if shared is None:
-        shared = _ALL_FIELDS.setdefault(keys, set(keys))
-    deque(map(_SET_FIELDS_SET, items, repeat(shared, count)), maxlen=0)
+    # one set of every field name per call, shared by its models: pydantic only ever adds
+    # to a model's fields-set (an assignment adds a name already there; model_copy copies
+    # the set first). A copy, never the kept set, so a caller editing one model's
+    # ``model_fields_set`` reaches no model of another read
+    every = _ALL_FIELDS.get(keys)
+    if every is None:
+        every = _ALL_FIELDS.setdefault(keys, set(keys))
+    deque(map(_SET_FIELDS_SET, items, repeat(every.copy(), count)), maxlen=0)
     deque(map(_SET_EXTRA, items, repeat(None, count)), maxlen=0)
     deque(map(_SET_PRIVATE, items, repeat(None, count)), maxlen=0)
     return items

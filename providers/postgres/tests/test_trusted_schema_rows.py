@@ -96,3 +96,33 @@ async def test_trusted_definitions_and_requirements_equal_validated_models(
     assert [r.model_dump(exclude={"created_at", "updated_at"}) for r in stored] == [
         requirements[0].model_dump(exclude={"created_at", "updated_at"})
     ]
+
+
+async def test_a_models_fields_set_is_not_shared_with_another_read(
+    store: PostgresProfileStore,
+) -> None:
+    """The fields-set of every model read back is one copy per read: a caller editing one
+    model's ``model_fields_set`` changes no model of another read (it was one set for the
+    whole process, so a ``model_dump(exclude_unset=True)`` of every later read lost it)."""
+    tenant, agent, scenario = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await store.save_field_definition(
+        ProfileFieldDefinition(tenant_id=tenant, agent_id=agent, name="plan")
+    )
+    await store.save_scenario_requirement(
+        ScenarioFieldRequirement(
+            tenant_id=tenant, agent_id=agent, scenario_id=scenario, field_name="plan"
+        )
+    )
+    first = await store.get_field_definition(tenant, agent, "plan")
+    [listed] = await store.get_field_definitions(tenant, agent)
+    [requirement] = await store.get_scenario_requirements(tenant, scenario)
+    assert first is not None
+    for model in (first, listed, requirement):
+        model.model_fields_set.discard("tenant_id")
+    again = await store.get_field_definition(tenant, agent, "plan")
+    [listed_again] = await store.get_field_definitions(tenant, agent)
+    [requirement_again] = await store.get_scenario_requirements(tenant, scenario)
+    assert again is not None
+    for model in (again, listed_again, requirement_again):
+        assert "tenant_id" in model.model_fields_set
+        assert "tenant_id" in model.model_dump(exclude_unset=True)

@@ -374,7 +374,10 @@ _REQUIRED_LEVEL = _EnumLookup(RequiredLevel)
 _FALLBACK = _EnumLookup(FallbackAction)
 _DEFINITION_KEYS = tuple(ProfileFieldDefinition.model_fields)
 _REQUIREMENT_KEYS = tuple(ScenarioFieldRequirement.model_fields)
-# one fields-set per model, shared: pydantic only ever adds to it (every name is in already)
+# every field of the model: the fields-set of a model read back (every name is present).
+# Never handed out itself: each call copies it once and its models share the copy
+# (pydantic only ever adds a name to it, which changes nothing here), so a caller editing
+# one model's ``model_fields_set`` reaches no other read
 _SHARED_FIELDS_SET = {
     ProfileFieldDefinition: set(_DEFINITION_KEYS),
     ScenarioFieldRequirement: set(_REQUIREMENT_KEYS),
@@ -382,10 +385,10 @@ _SHARED_FIELDS_SET = {
 
 
 def _trusted_flat(cls: type[_M], values: dict[str, Any]) -> _M:
-    """:func:`_trusted` with the model's shared fields-set (every field is present)."""
+    """:func:`_trusted` with a copy of the model's whole fields-set (every field is present)."""
     item = _new(cls)
     _SET_DICT(item, values)
-    _SET_FIELDS_SET(item, _SHARED_FIELDS_SET[cls])
+    _SET_FIELDS_SET(item, _SHARED_FIELDS_SET[cls].copy())
     _SET_EXTRA(item, None)
     _SET_PRIVATE(item, None)
     return item
@@ -417,10 +420,11 @@ def _sources(value: list[str] | None) -> list[ProfileFieldSource]:
 
 
 def _trusted_many(cls: type[_M], dicts: list[dict[str, Any]]) -> list[_M]:
-    """:func:`_trusted_flat` over many rows, the loops in C."""
+    """:func:`_trusted_flat` over many rows, the loops in C; the models of the call share
+    one copy of the fields-set."""
     items: list[_M] = list(map(_new, repeat(cls, len(dicts))))
     deque(map(_SET_DICT, items, dicts), maxlen=0)
-    deque(map(_SET_FIELDS_SET, items, repeat(_SHARED_FIELDS_SET[cls])), maxlen=0)
+    deque(map(_SET_FIELDS_SET, items, repeat(_SHARED_FIELDS_SET[cls].copy())), maxlen=0)
     deque(map(_SET_EXTRA, items, repeat(None)), maxlen=0)
     deque(map(_SET_PRIVATE, items, repeat(None)), maxlen=0)
     return items
