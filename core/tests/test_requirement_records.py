@@ -222,6 +222,120 @@ def test_an_override_of_a_wider_hook_below_the_records_hook_gets_the_default() -
     )
 
 
+def test_a_base_writing_the_fast_paths_keeps_them_over_primitives_below_it() -> None:
+    """A layered provider: a base class writes the one-statement hooks, its subclasses the
+    abstract primitives those agree with. Implementing an abstract hook goes around
+    nothing: the base's hooks stay."""
+
+    class SqlBase(ProfileStore):
+        async def _get_requirements_with_definitions(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], {}
+
+        async def _get_requirement_checks(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], {}
+
+        async def _get_requirement_records(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], list
+
+    class Dialect(SqlBase):
+        async def _get_scenario_requirements(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return []
+
+        async def _get_field_definitions(
+            self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+        ) -> Any:
+            return []
+
+    for hook in (
+        "_get_requirements_with_definitions",
+        "_get_requirement_checks",
+        "_get_requirement_records",
+    ):
+        assert getattr(Dialect, hook) is vars(SqlBase)[hook], hook
+
+
+def test_a_narrow_hook_nearer_than_the_override_is_kept_through_mixins() -> None:
+    """Records written by a mixin listed before a filtering one: the records stand nearer
+    than the override, as they would through single inheritance."""
+
+    class FastRecords:
+        async def _get_requirement_records(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], list
+
+    class NoPhone:
+        async def _get_scenario_requirements(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return []
+
+    class Mixed(FastRecords, NoPhone, SqliteProfileStore):
+        pass
+
+    class Filtered(NoPhone, SqliteProfileStore):
+        pass
+
+    class Single(FastRecords, Filtered):
+        pass
+
+    for cls in (Mixed, Single):
+        assert cls._get_requirement_records is vars(FastRecords)["_get_requirement_records"]
+        # the wider hooks between gave way to their defaults, derived from the filter
+        assert cls._get_requirement_checks is ProfileStore._get_requirement_checks
+        assert (
+            cls._get_requirements_with_definitions
+            is ProfileStore._get_requirements_with_definitions
+        )
+
+
+@pytest.mark.parametrize("hook", ["_get_scenario_requirements", "_get_field_definitions"])
+async def test_a_forwarding_instance_given_its_own_wide_hook_is_read_through(hook: str) -> None:
+    inner = InMemoryProfileStore()
+    wrapper = ForwardingProfileStore(inner)
+    agent, scenario = uuid4(), uuid4()
+    await wrapper.save_field_definition(
+        ProfileFieldDefinition(tenant_id=TENANT, agent_id=agent, name="email")
+    )
+    for name in ("email", "phone"):
+        await wrapper.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=TENANT, agent_id=agent, scenario_id=scenario, field_name=name
+            )
+        )
+    profile = await wrapper.get_or_create(TENANT, Channel.WEB, "instance-hook")
+    await wrapper.update_field(
+        TENANT, profile.id, ProfileField(name="email", value="a@example.com", verified=False)
+    )
+    found = await wrapper.get_by_id(TENANT, profile.id)
+    assert found is not None
+    missing = await wrapper.get_missing_fields(TENANT, found, scenario)
+    assert [r.field_name for r in missing] == ["phone"]
+
+    async def no_requirements(*args: Any) -> Any:
+        return []
+
+    async def strict_definitions(tenant_id: UUID, agent_id: UUID, enabled_only: bool) -> Any:
+        found = await inner._get_field_definitions(tenant_id, agent_id, enabled_only)
+        return [d.model_copy(update={"required_verification": True}) for d in found]
+
+    if hook == "_get_scenario_requirements":
+        wrapper._get_scenario_requirements = no_requirements  # type: ignore[method-assign]
+        assert await wrapper.get_missing_fields(TENANT, found, scenario) == []
+    else:
+        wrapper._get_field_definitions = strict_definitions  # type: ignore[method-assign]
+        missing = await wrapper.get_missing_fields(TENANT, found, scenario)
+        assert sorted(r.field_name for r in missing) == ["email", "phone"]
+
+
 async def test_a_forwarding_instance_given_its_own_checks_is_served_from_them() -> None:
     inner = InMemoryProfileStore()
     wrapper = ForwardingProfileStore(inner)

@@ -472,6 +472,38 @@ _DERIVED_REQUIREMENT_HOOKS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def _derive_requirement_hooks(cls: type[ProfileStore]) -> None:
+    """get_missing_fields reads the narrowest requirement hook, each derived from wider
+    ones: a derived hook defined above an override of one it derives from (which it would
+    go around) gives way, on ``cls``, to its default, derived from that override.
+
+    Widest first, so a reset carries on to the narrower hooks; a reset hook stands where
+    the override that caused it stands (not at ``cls``), so a narrower hook defined between
+    the two is kept. A source the derived hook's class saw abstract (a base class writing
+    the one-statement hooks, its subclasses the primitives they agree with) is not one it
+    goes around."""
+    mro = cls.__mro__
+    standing: dict[str, int] = {}  # a reset hook -> the position of its cause
+
+    def position(name: str) -> int:
+        return standing.get(name, mro.index(_owner(cls, name)))
+
+    for derived, sources in _DERIVED_REQUIREMENT_HOOKS:
+        at = position(derived)
+        if mro[at] is ProfileStore:
+            continue
+        seen_from = mro[at]
+        nearer = [
+            position(source)
+            for source in sources
+            if position(source) < at
+            and not getattr(getattr(seen_from, source, None), "__isabstractmethod__", False)
+        ]
+        if nearer:
+            setattr(cls, derived, vars(ProfileStore)[derived])
+            standing[derived] = min(nearer)
+
+
 class ProfileStore(ABC):
     """Abstract, async, multi-tenant storage of customer profiles. See the module docstring.
 
@@ -506,17 +538,7 @@ class ProfileStore(ABC):
                     f"final (it checks arguments, applies the vault's rules and presents the "
                     f"result once for the whole stack); {instead}"
                 )
-        # get_missing_fields reads the narrowest requirement hook, each derived from the
-        # wider ones: a derived hook defined above an override of one it derives from
-        # (which it would go around) gives way to its default, derived from that
-        # override. Widest first, so the reset of one carries on to those narrower
-        mro = cls.__mro__
-        for derived, sources in _DERIVED_REQUIREMENT_HOOKS:
-            at = mro.index(_owner(cls, derived))
-            if mro[at] is not ProfileStore and any(
-                mro.index(_owner(cls, source)) < at for source in sources
-            ):
-                setattr(cls, derived, vars(ProfileStore)[derived])
+        _derive_requirement_hooks(cls)
 
     def now(self) -> datetime:
         """The store's clock (UTC). Tests may replace it."""
@@ -2401,28 +2423,41 @@ class ForwardingProfileStore(ProfileStore):
     ) -> list[ScenarioFieldRequirement]:
         return await self.inner._get_scenario_requirements(tenant_id, scenario_id, step_id)
 
+    # a wrapper class overriding a wider requirement hook never gets to the three below (see
+    # ProfileStore.__init_subclass__); an instance given its own (a test double) is served
+    # from it too: each asks whether the instance holds a hook it derives from
+    def _holds_own(self, *names: str) -> bool:
+        own = self.__dict__
+        return any(name in own for name in names)
+
     async def _get_requirements_with_definitions(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
+        if self._holds_own("_get_scenario_requirements", "_get_field_definitions"):
+            return await ProfileStore._get_requirements_with_definitions(
+                self, tenant_id, scenario_id, step_id
+            )
         return await self.inner._get_requirements_with_definitions(tenant_id, scenario_id, step_id)
 
     async def _get_requirement_checks(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, dict[str, FieldCheck]]]:
-        # a wrapper class overriding _get_requirements_with_definitions never gets here (see
-        # __init_subclass__); an instance given its own (a test double) is served from it too
-        if "_get_requirements_with_definitions" in self.__dict__:
+        if self._holds_own(
+            "_get_requirements_with_definitions",
+            "_get_scenario_requirements",
+            "_get_field_definitions",
+        ):
             return await ProfileStore._get_requirement_checks(self, tenant_id, scenario_id, step_id)
         return await self.inner._get_requirement_checks(tenant_id, scenario_id, step_id)
 
     async def _get_requirement_records(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> RequirementRecords:
-        # a wrapper class overriding a wider hook never gets here (see
-        # ProfileStore.__init_subclass__); an instance given its own is served from it too
-        if (
-            "_get_requirements_with_definitions" in self.__dict__
-            or "_get_requirement_checks" in self.__dict__
+        if self._holds_own(
+            "_get_requirement_checks",
+            "_get_requirements_with_definitions",
+            "_get_scenario_requirements",
+            "_get_field_definitions",
         ):
             return await ProfileStore._get_requirement_records(
                 self, tenant_id, scenario_id, step_id
