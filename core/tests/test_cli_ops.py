@@ -472,15 +472,19 @@ def acl_redis(tmp_path: Path) -> Iterator[Any]:
     yield from _serving(RedisServer(tmp_path / "redis", None, "--user", *acl))
 
 
+# a configuration in push mode, its [redis] table open for a url and more
+_PUSH_CONFIG = (
+    '[profile]\nstore_provider = "fakeprod"\nauto_encrypt_pii = false\n'
+    '[redis]\nnear_cache_invalidation = "push"\n'
+)
+
+
 def test_config_check_tries_push_mode_tracking_session(
     tmp_path: Path, fakeprod: InMemoryProfileStore, acl_redis: Any
 ) -> None:
     """near_cache_invalidation = "push" silently acts as "check" when the ACL refuses the
     tracking session's commands: config check opens one and says which step was refused."""
-    body = (
-        '[profile]\nstore_provider = "fakeprod"\nauto_encrypt_pii = false\n'
-        '[redis]\nnear_cache_invalidation = "push"\nkey_prefix = "vault:"\n'
-    )
+    body = _PUSH_CONFIG + 'key_prefix = "vault:"\n'
     refused = _config(
         tmp_path, body + f'url = "redis://nopush:{PASSWORD}@127.0.0.1:{acl_redis.port}/0"\n'
     )
@@ -527,10 +531,7 @@ def test_config_check_says_which_tracking_step_got_no_answer(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        body = (
-            '[profile]\nstore_provider = "fakeprod"\nauto_encrypt_pii = false\n'
-            '[redis]\nnear_cache_invalidation = "push"\n'
-        )
+        body = _PUSH_CONFIG
         silent = _config(
             tmp_path, body + f'url = "redis://127.0.0.1:{server.server_address[1]}/0"\n'
         )

@@ -445,27 +445,19 @@ def _comparisons(parts: list[_Comparison], conjunction: bool) -> _Run:
     order, same short-circuit, same result (each part is a bool)."""
     steps = tuple(parts)
 
-    def all_hold(names: Mapping[str, Any]) -> bool:
+    def joined(names: Mapping[str, Any]) -> bool:
+        # ``and`` stops at the first false part, ``or`` at the first true one: a part whose
+        # falsity *is* ``conjunction`` decides, as ``not conjunction``
         for name, compare, constant in steps:
             try:
                 left = names[name]
             except KeyError:
                 raise _Undefined("a name the profile lacks") from None
-            if not compare(left, constant):
-                return False
-        return True
+            if (not compare(left, constant)) is conjunction:
+                return not conjunction
+        return conjunction
 
-    def any_holds(names: Mapping[str, Any]) -> bool:
-        for name, compare, constant in steps:
-            try:
-                left = names[name]
-            except KeyError:
-                raise _Undefined("a name the profile lacks") from None
-            if compare(left, constant):
-                return True
-        return False
-
-    return all_hold if conjunction else any_holds
+    return joined
 
 
 def _not_contained(needle: Any, haystack: Any) -> bool:
@@ -565,33 +557,21 @@ def _comparisons_test(
 
         return both_hold
 
-    def all_hold(values: Mapping[str, Any]) -> bool:
+    def joined_holds(values: Mapping[str, Any]) -> bool:
+        # as _comparisons' ``joined``, a missing name or a failing comparison false
         for name, compare, constant in steps:
             try:
                 left = values[name]
             except KeyError:
                 return False
             try:
-                if not compare(left, constant):
-                    return False
+                if (not compare(left, constant)) is conjunction:
+                    return not conjunction
             except undefined:
                 return False
-        return True
+        return conjunction
 
-    def any_holds(values: Mapping[str, Any]) -> bool:
-        for name, compare, constant in steps:
-            try:
-                left = values[name]
-            except KeyError:
-                return False
-            try:
-                if compare(left, constant):
-                    return True
-            except undefined:
-                return False
-        return False
-
-    return all_hold if conjunction else any_holds
+    return joined_holds
 
 
 @functools.lru_cache(maxsize=1024)
