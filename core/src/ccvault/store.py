@@ -472,6 +472,17 @@ _DERIVED_REQUIREMENT_HOOKS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def _wider_requirement_hooks() -> dict[str, frozenset[str]]:
+    """Each derived requirement hook -> every hook it derives from, directly or not."""
+    wider: dict[str, frozenset[str]] = {}
+    for derived, sources in _DERIVED_REQUIREMENT_HOOKS:
+        wider[derived] = frozenset(sources).union(*(wider.get(s, ()) for s in sources))
+    return wider
+
+
+_WIDER_REQUIREMENT_HOOKS = _wider_requirement_hooks()
+
+
 def _derive_requirement_hooks(cls: type[ProfileStore]) -> None:
     """get_missing_fields reads the narrowest requirement hook, each derived from wider
     ones: a derived hook defined above an override of one it derives from (which it would
@@ -2426,14 +2437,13 @@ class ForwardingProfileStore(ProfileStore):
     # a wrapper class overriding a wider requirement hook never gets to the three below (see
     # ProfileStore.__init_subclass__); an instance given its own (a test double) is served
     # from it too: each asks whether the instance holds a hook it derives from
-    def _holds_own(self, *names: str) -> bool:
-        own = self.__dict__
-        return any(name in own for name in names)
+    def _holds_own_wider(self, derived: str) -> bool:
+        return not self.__dict__.keys().isdisjoint(_WIDER_REQUIREMENT_HOOKS[derived])
 
     async def _get_requirements_with_definitions(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, list[ProfileFieldDefinition]]]:
-        if self._holds_own("_get_scenario_requirements", "_get_field_definitions"):
+        if self._holds_own_wider("_get_requirements_with_definitions"):
             return await ProfileStore._get_requirements_with_definitions(
                 self, tenant_id, scenario_id, step_id
             )
@@ -2442,23 +2452,14 @@ class ForwardingProfileStore(ProfileStore):
     async def _get_requirement_checks(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> tuple[list[ScenarioFieldRequirement], dict[UUID, dict[str, FieldCheck]]]:
-        if self._holds_own(
-            "_get_requirements_with_definitions",
-            "_get_scenario_requirements",
-            "_get_field_definitions",
-        ):
+        if self._holds_own_wider("_get_requirement_checks"):
             return await ProfileStore._get_requirement_checks(self, tenant_id, scenario_id, step_id)
         return await self.inner._get_requirement_checks(tenant_id, scenario_id, step_id)
 
     async def _get_requirement_records(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
     ) -> RequirementRecords:
-        if self._holds_own(
-            "_get_requirement_checks",
-            "_get_requirements_with_definitions",
-            "_get_scenario_requirements",
-            "_get_field_definitions",
-        ):
+        if self._holds_own_wider("_get_requirement_records"):
             return await ProfileStore._get_requirement_records(
                 self, tenant_id, scenario_id, step_id
             )
