@@ -491,6 +491,11 @@ class CompiledCondition:
         return self.test(values)
 
 
+# what makes a condition undefined for the values, besides _Undefined (a missing name):
+# values that do not order (``None < 1``), dividing by zero, deeply nested stored JSON
+_UNDEFINED_ERRORS = (TypeError, ValueError, ArithmeticError, RecursionError)
+
+
 def _test(tree: ast.Expression, run: _Run) -> Callable[[Mapping[str, Any]], bool]:
     """:meth:`CompiledCondition.holds` of ``tree`` compiled to ``run``, as one function
     (what the evaluation loop calls: no method call in between). The commonest conditions,
@@ -513,9 +518,7 @@ def _test(tree: ast.Expression, run: _Run) -> Callable[[Mapping[str, Any]], bool
             return bool(run(values))
         except _Undefined:
             return False
-        except (TypeError, ValueError, ArithmeticError, RecursionError):
-            # comparing values that do not order (``None < 1``), dividing by zero, or
-            # comparing deeply nested stored JSON: undefined, so false
+        except _UNDEFINED_ERRORS:
             return False
 
     return holds
@@ -529,9 +532,7 @@ def _comparisons_test(
     raises what ``holds`` catches; otherwise ``and``/``or`` of the parts, in order,
     short-circuited."""
     steps = tuple(parts)
-    # a comparison's failures that make a condition undefined (holds' list, less
-    # _Undefined, which no comparison raises)
-    undefined = (TypeError, ValueError, ArithmeticError, RecursionError)
+    undefined = _UNDEFINED_ERRORS  # (no comparison raises _Undefined)
     if conjunction and len(steps) == 2:
         # ``a <op> x and b <op> y``, the commonest shape, without the loop: the same steps
         (first, first_compare, first_constant), (second, second_compare, second_constant) = steps
