@@ -814,6 +814,7 @@ async def test_metrics_follow_the_tracking_health_and_count_near_hits(
     a lost session (here a killed connection) counts in ccvault_cache_tracking_lost_total,
     closing does not; near hits are counted by how they were trusted."""
     up, lost = sample("ccvault_cache_tracking_up"), sample("ccvault_cache_tracking_lost_total")
+    wanted = sample("ccvault_cache_tracking_wanted")
     pushed = {"check": "pushed"}
     store = push_store(backend, prefix, retry_after=0.05)
     admin = Redis.from_url(REDIS_URL)
@@ -821,6 +822,7 @@ async def test_metrics_follow_the_tracking_health_and_count_near_hits(
         async with store:
             profile, read = await trusted_profile(store)
             assert sample("ccvault_cache_tracking_up") == up + 1
+            assert sample("ccvault_cache_tracking_wanted") == wanted + 1
             hits = sample("ccvault_cache_near_hits_total", pushed)
             await read(store)
             assert sample("ccvault_cache_near_hits_total", pushed) == hits + 1
@@ -833,13 +835,16 @@ async def test_metrics_follow_the_tracking_health_and_count_near_hits(
             )
             await tracking(store)  # back: counted as up once more, not twice
             assert sample("ccvault_cache_tracking_up") == up + 1
+            assert sample("ccvault_cache_tracking_wanted") == wanted + 1  # all along
         assert sample("ccvault_cache_tracking_up") == up  # closed: not up, and not lost
+        assert sample("ccvault_cache_tracking_wanted") == wanted
         assert sample("ccvault_cache_tracking_lost_total") == lost + 1
     finally:
         await admin.aclose()
     checked = {"check": "checked"}
     plain = CachedProfileStore(backend, Redis.from_url(REDIS_URL), key_prefix=prefix)
     async with plain:
+        assert sample("ccvault_cache_tracking_wanted") == wanted  # check mode: not wanted
         read = reader("get_by_id", profile)
         for _ in range(2):
             await read(plain)

@@ -467,9 +467,11 @@ def test_an_unexpected_error_is_one_line_without_its_message(
 
 @pytest.fixture
 def acl_redis(tmp_path: Path) -> Iterator[Any]:
-    """A private Redis whose user ``nopush`` may do everything but ``CLIENT TRACKING``."""
+    """A private Redis whose user ``nopush`` may do everything but ``CLIENT TRACKING``, and
+    user ``nomark`` everything but ``SET``."""
     acl = ("nopush", "on", f">{PASSWORD}", "~*", "&*", "+@all", "-client|tracking")
-    yield from _serving(RedisServer(tmp_path / "redis", None, "--user", *acl))
+    no_set = ("nomark", "on", f">{PASSWORD}", "~*", "&*", "+@all", "-set")
+    yield from _serving(RedisServer(tmp_path / "redis", None, "--user", *acl, "--user", *no_set))
 
 
 # a configuration in push mode, its [redis] table open for a url and more
@@ -509,6 +511,17 @@ def test_config_check_tries_push_mode_tracking_session(
         name="check.toml",
     )
     assert "redis push" not in _invoke("-c", str(plain), "config", "check").stdout
+    # the handshake passes, the session marker's SET (the cache's last step) is refused:
+    # the cache's session never opens, so the check fails too
+    no_marker = _config(
+        tmp_path,
+        body + f'url = "redis://nomark:{PASSWORD}@127.0.0.1:{acl_redis.port}/0"\n',
+        name="nomark.toml",
+    )
+    check = _invoke("-c", str(no_marker), "config", "check")
+    assert check.exit_code == 6, check.output
+    assert "FAIL redis push" in check.stdout and "refused SET (the session marker)" in check.stdout
+    assert PASSWORD not in check.output
 
 
 class _SilentOnClientId(socketserver.BaseRequestHandler):

@@ -577,6 +577,8 @@ class CachedProfileStore(ForwardingProfileStore):
         self._track_ok = False
         # whether this store counts in ccvault_cache_tracking_up (healthy, as last counted)
         self._track_counted = False
+        # whether it counts in ccvault_cache_tracking_wanted (its tracking task started)
+        self._track_wanted = False
         self._track_session = 0
         self._track_conn: Any = None
         # the Redis client id of the tracking connection (for operators and tests)
@@ -783,6 +785,9 @@ class CachedProfileStore(ForwardingProfileStore):
         it died; never while closing)."""
         if self._closing:
             return
+        if not self._track_wanted:
+            self._track_wanted = True
+            metrics.CACHE_TRACKING_WANTED.inc()
         loop = asyncio.get_running_loop()
         task = self._track_task
         if _running_on(task, loop):
@@ -799,6 +804,9 @@ class CachedProfileStore(ForwardingProfileStore):
         task, self._track_task = self._track_task, None
         await _cancel_here(task)
         self._track_lost()
+        if self._track_wanted:
+            self._track_wanted = False
+            metrics.CACHE_TRACKING_WANTED.dec()
 
     async def _track(self) -> None:
         """Keep the tracking connection: open it, read it, reconnect with a back-off."""
@@ -852,7 +860,7 @@ class CachedProfileStore(ForwardingProfileStore):
         options["maint_notifications_config"] = None
         connection = pool.connection_class(**options)
         try:
-            async with asyncio.timeout(self.operation_timeout):
+            async with asyncio.timeout(tracking_open_budget(self.operation_timeout)):
                 await connection.connect()
                 self.tracking_client_id, tag = await tracking_handshake(connection, self.key_prefix)
                 if tag is None:
@@ -2213,6 +2221,19 @@ def _owns(channel: Channel, channel_user_id: str) -> Callable[[CustomerProfile],
         )
 
     return matches
+
+
+#: the round trips of opening push mode's tracking session: connecting (and
+#: authenticating), CLIENT ID, INFO, CLIENT TRACKING, SUBSCRIBE, the session marker's SET
+#: through the pool (which may connect too)
+_TRACKING_OPEN_ROUND_TRIPS = 8
+
+
+def tracking_open_budget(operation_timeout: float) -> float:
+    """Seconds the cache gives the opening of its tracking session (a background task, so
+    no read waits on it): ``operation_timeout`` per round trip. ``ccvault config check``
+    gives its own attempt the same budget, so it passes only where the cache's would."""
+    return operation_timeout * _TRACKING_OPEN_ROUND_TRIPS
 
 
 async def tracking_handshake(

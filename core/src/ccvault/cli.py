@@ -551,13 +551,15 @@ async def push_tracking_problem(settings: VaultSettings) -> tuple[str, str] | No
     of the cache's own tracking handshake (:func:`ccvault.cache.tracking_handshake`: an ACL
     without them, a Redis older than 6); ``("unavailable", reason)``: no answer in time — or
     None when such a session opens (or push mode is off: no near tier). Runs the handshake on
-    a connection of its own, closed after. Reasons name the masked URL (its user name, never
+    a connection of its own, closed after, with the cache's budget
+    (:func:`ccvault.cache.tracking_open_budget`), then the SET of a session marker as the
+    cache writes one. Reasons name the masked URL (its user name, never
     its password), the step and the error's class."""
     with requires_extra("cache", "Checking the Redis cache"):
         from redis import exceptions as redis_errors
         from redis.asyncio import Redis
 
-        from ccvault.cache import tracking_handshake
+        from ccvault.cache import tracking_handshake, tracking_open_budget
 
     config = settings.redis
     where = config.url.masked()
@@ -575,10 +577,12 @@ async def push_tracking_problem(settings: VaultSettings) -> tuple[str, str] | No
     connection: Any = pool.connection_class(**pool.connection_kwargs)
     steps = ["connecting"]
     try:
-        # the budget redis_problem gives its PING, once per command of the handshake
-        async with asyncio.timeout(config.operation_timeout_seconds * 4):
+        # the cache's own budget and steps, its session marker's SET included
+        async with asyncio.timeout(tracking_open_budget(config.operation_timeout_seconds)):
             await connection.connect()
             _, tag = await tracking_handshake(connection, config.key_prefix, steps)
+            steps.append("SET (the session marker)")
+            await client.set(f"{config.key_prefix}near-session:config-check", "1", px=10_000)
     except redis_errors.ResponseError as exc:
         return "refused", (
             f"Redis at {where} refused {steps[-1]} ({type(exc).__name__}): "

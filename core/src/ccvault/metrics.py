@@ -210,6 +210,12 @@ CACHE_TRACKING_UP = Gauge(
     "(near_cache_invalidation = push): their near copies are served without a GET",
     registry=REGISTRY,
 )
+CACHE_TRACKING_WANTED = Gauge(
+    "ccvault_cache_tracking_wanted",
+    "Open caches of this process in push mode (near_cache_invalidation = push, a near "
+    "tier): ccvault_cache_tracking_up below it means near copies are checked by a GET",
+    registry=REGISTRY,
+)
 CACHE_TRACKING_LOST = Counter(
     "ccvault_cache_tracking_lost_total",
     "Healthy pushed-invalidation sessions that ended other than by closing the cache (a "
