@@ -262,6 +262,55 @@ def test_a_base_writing_the_fast_paths_keeps_them_over_primitives_below_it() -> 
         assert getattr(Dialect, hook) is vars(SqlBase)[hook], hook
 
 
+def test_an_override_is_read_through_defaults_between() -> None:
+    """A provider overriding only a narrow hook (the wider ones its defaults): a subclass
+    overriding the widest is read through all the same, the defaults between carrying the
+    override up; a base writing only the narrow hook over abstract primitives keeps it."""
+
+    class FastChecks(InMemoryProfileStore):
+        async def _get_requirement_checks(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], {}
+
+    class FastRecords(InMemoryProfileStore):
+        async def _get_requirement_records(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], list
+
+    class NoPhoneChecks(FastChecks):
+        async def _get_scenario_requirements(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return []
+
+    class NoPhoneRecords(FastRecords):
+        async def _get_field_definitions(
+            self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
+        ) -> Any:
+            return []
+
+    assert FastChecks._get_requirement_checks is vars(FastChecks)["_get_requirement_checks"]
+    assert NoPhoneChecks._get_requirement_checks is ProfileStore._get_requirement_checks
+    assert FastRecords._get_requirement_records is vars(FastRecords)["_get_requirement_records"]
+    assert NoPhoneRecords._get_requirement_records is ProfileStore._get_requirement_records
+
+    class ChecksBase(ProfileStore):
+        async def _get_requirement_checks(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return [], {}
+
+    class ChecksDialect(ChecksBase):
+        async def _get_scenario_requirements(
+            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+        ) -> Any:
+            return []
+
+    assert ChecksDialect._get_requirement_checks is vars(ChecksBase)["_get_requirement_checks"]
+
+
 def test_a_narrow_hook_nearer_than_the_override_is_kept_through_mixins() -> None:
     """Records written by a mixin listed before a filtering one: the records stand nearer
     than the override, as they would through single inheritance."""

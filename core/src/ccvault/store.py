@@ -481,20 +481,22 @@ def _wider_requirement_hooks() -> dict[str, frozenset[str]]:
 
 
 _WIDER_REQUIREMENT_HOOKS = _wider_requirement_hooks()
+_SOURCES_OF = dict(_DERIVED_REQUIREMENT_HOOKS)
 
 
 def _derive_requirement_hooks(cls: type[ProfileStore]) -> None:
     """get_missing_fields reads the narrowest requirement hook, each derived from wider
-    ones: a derived hook defined above an override of one it derives from (which it would
-    go around) gives way, on ``cls``, to its default, derived from that override.
+    ones: a derived hook defined above an override of one it derives from, directly or
+    through defaults between (which it would go around), gives way, on ``cls``, to its
+    default, derived from that override.
 
-    Widest first, so a reset carries on to the narrower hooks; a reset hook stands where
-    the override that caused it stands (not at ``cls``), so a narrower hook defined between
-    the two is kept. A source the derived hook's class saw abstract (a base class writing
-    the one-statement hooks, its subclasses the primitives they agree with) is not one it
-    goes around."""
+    Widest first, so a reset carries on to the narrower hooks. A hook that is its default
+    (never overridden, or reset) stands where the nearest of its sources stands, so a
+    narrower hook defined between the two is kept. A source the derived hook's class saw
+    abstract, itself or all it derives from (a base class writing the one-statement hooks,
+    its subclasses the primitives they agree with), is not one it goes around."""
     mro = cls.__mro__
-    standing: dict[str, int] = {}  # a reset hook -> the position of its cause
+    standing: dict[str, int] = {}  # a default -> the position of its nearest source
 
     def position(name: str) -> int:
         return standing.get(name, mro.index(_owner(cls, name)))
@@ -502,17 +504,29 @@ def _derive_requirement_hooks(cls: type[ProfileStore]) -> None:
     for derived, sources in _DERIVED_REQUIREMENT_HOOKS:
         at = position(derived)
         if mro[at] is ProfileStore:
+            standing[derived] = min(map(position, sources))
             continue
         seen_from = mro[at]
         nearer = [
             position(source)
             for source in sources
-            if position(source) < at
-            and not getattr(getattr(seen_from, source, None), "__isabstractmethod__", False)
+            if position(source) < at and _concrete_in(seen_from, source)
         ]
         if nearer:
             setattr(cls, derived, vars(ProfileStore)[derived])
             standing[derived] = min(nearer)
+
+
+def _concrete_in(klass: type, name: str) -> bool:
+    """Whether ``klass`` has a working ``name``: not abstract, and if it is a requirement
+    hook's default, derived from at least one hook that works there."""
+    found = getattr(klass, name, None)
+    if getattr(found, "__isabstractmethod__", False):
+        return False
+    sources = _SOURCES_OF.get(name)
+    if sources is not None and found is vars(ProfileStore).get(name):
+        return any(_concrete_in(klass, source) for source in sources)
+    return True
 
 
 class ProfileStore(ABC):
