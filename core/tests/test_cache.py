@@ -173,15 +173,22 @@ async def test_history_reads_bypass_the_cache(
 
 
 async def test_cached_profile_never_serves_an_expired_field(
-    store: CachedProfileStore, tenant: UUID
+    store: CachedProfileStore, backend: Any, tenant: UUID
 ) -> None:
+    # the store's clock, moved past the expiry (a wall-clock window of 0.3 s failed
+    # whenever the machine stalled that long between the write and the first read)
+    clock = [ts()]
+    backend.inner.now = lambda: clock[0]
+    assert store.now() == clock[0]
     profile = await store.get_or_create(tenant, Channel.SMS, unique_user())
-    await store.update_field(tenant, profile.id, make_field("otp", "1234", expires_at=ts(0.3)))
+    await store.update_field(tenant, profile.id, make_field("otp", "1234", expires_at=ts(60)))
     cached = await store.get_by_id(tenant, profile.id)
     assert cached is not None and "otp" in cached.fields
-    _helpers().wait_for(lambda: ts() > cached.fields["otp"].expires_at, "the field to expire")
+    reads = backend.reads["get_by_id"]
+    clock[0] = ts(120)
     again = await store.get_by_id(tenant, profile.id)
     assert again is not None and "otp" not in again.fields
+    assert backend.reads["get_by_id"] == reads  # served by the cache
 
 
 async def test_definitions_requirements_and_chains_are_cached(
