@@ -3,6 +3,11 @@ loopback ports in temporary directories, owned and stopped by the test that star
 
 The shared server on 6379 is never touched here. Waiting is always polling for a condition
 with a bounded deadline.
+
+A port picked as free is not reserved: another process (say the other pytest-xdist worker's
+private server) may bind it before our server does. So a server counts as started only when
+the process answering on its port is our own child (``INFO server`` ``process_id``), and a
+first start whose child could not bind its port picks another port and tries again.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +49,41 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def free_port(*, cluster: bool = False) -> int:
-    """A loopback TCP port nobody listens on right now.
+#: a cluster node's bus port is its port + this
+CLUSTER_BUS_OFFSET = 10000
+_LOWEST_PORT = 10000
 
-    For a cluster node the bus port (port + 10000) must be free too, and the port at most
-    55535, so both are picked from 20000-45000.
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections and ``bind(0)``
+    take their ports from it)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(*, cluster: bool = False, avoid: Collection[int] = ()) -> int:
+    """A loopback TCP port nobody listens on right now, not in ``avoid``.
+
+    Picked at random below the kernel's ephemeral range, so no outgoing connection takes it
+    between now and the moment a server binds it (or binds it again on a restart). For a
+    cluster node the bus port (port + 10000) must be free, outside ``avoid`` and below the
+    ephemeral range too. Nothing is reserved: :meth:`RedisServer.start` checks that it
+    got the port.
     """
-    if not cluster:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+    bus = CLUSTER_BUS_OFFSET if cluster else 0
+    low, high = _LOWEST_PORT, _ephemeral_low() - bus
+    if high - low < 1000:  # an ephemeral range starting very low: pick from above 20000
+        low, high = 20000, 65536 - bus - 10000
     rng = random.SystemRandom()
     for _ in range(200):
-        port = rng.randrange(20000, 45000)
-        if _bindable(port) and _bindable(port + 10000):
+        port = rng.randrange(low, high)
+        wanted = {port, port + bus}
+        if wanted.isdisjoint(avoid) and all(_bindable(p) for p in wanted):
             return port
-    raise RuntimeError("no free port pair for a cluster node")
+    raise RuntimeError(f"no free {'port pair for a cluster node' if cluster else 'port'}")
 
 
 def wait_for(condition: Callable[[], bool], what: str, deadline: float = 15.0) -> None:
@@ -80,31 +104,62 @@ class RedisServer:
 
     Started with ``--save "" --appendonly no``: nothing persists unless the test asks for
     it with :meth:`shutdown_save` (which writes dump.rdb for the next :meth:`start`).
+
+    With no ``port`` given the server picks one (:func:`free_port`), and picks another if
+    its first start finds it taken. A restart keeps the port: clients hold the URL.
     """
+
+    #: how many ports a first start tries when the server cannot bind the one it has
+    START_ATTEMPTS = 5
+    #: how long a start waits for the server to answer (a bound, not a timing assertion)
+    START_DEADLINE_SECONDS = 15.0
 
     def __init__(self, directory: Path, port: int | None = None, *extra: str) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
+        #: the port may change on a failed first start (a port given by the caller does not)
+        self.movable = port is None
+        self.started_once = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
 
     def client(self) -> redis.Redis:
         return redis.Redis(
             host="127.0.0.1", port=self.port, socket_timeout=2, retry=Retry(NoBackoff(), 0)
         )
 
-    def _ping(self) -> bool:
+    def _answering_pid(self) -> int:
+        """The process id of the server answering on our port."""
         with self.client() as client:
-            return bool(client.ping())
+            return int(client.info("server")["process_id"])
 
-    def start(self) -> None:
-        """Start (or restart) the server and wait until it answers PING."""
-        assert self.process is None, "already running"
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def _new_port(self) -> int:
+        """A port for the next attempt of a first start."""
+        return free_port(avoid={self.port})
+
+    def _before_retry(self) -> None:
+        """Clean up what a failed first start left in ``directory``."""
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _launch(self) -> bool:
+        """Start the process and poll until it answers on ``port`` as itself (True) or exits
+        (False, ``process`` reset). A server of another process answering there does not
+        count: our child then fails to bind and exits."""
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
@@ -121,13 +176,49 @@ class RedisServer:
                 "--daemonize",
                 "no",
                 "--logfile",
-                str(self.directory / "redis.log"),
+                str(self.log_path),
                 *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(self._ping, f"redis-server on port {self.port}")
+        end = time.monotonic() + self.START_DEADLINE_SECONDS
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                self.process = None
+                return False
+            try:
+                if self._answering_pid() == self.process.pid:
+                    return True
+            except (redis.RedisError, OSError, KeyError, ValueError):
+                pass
+            time.sleep(0.02)  # polling interval of a bounded readiness loop
+        self.stop()
+        raise TimeoutError(f"timed out waiting for redis-server on port {self.port}")
+
+    def start(self) -> None:
+        """Start (or restart) the server; wait until it answers on ``port`` as this process.
+
+        If the process exits instead (its port taken by another process meanwhile: address
+        already in use), a first start of a server that chose its own port tries a new port,
+        up to :attr:`START_ATTEMPTS` times; otherwise it fails with the server's log.
+        """
+        assert self.process is None, "already running"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        attempts = self.START_ATTEMPTS if self.movable and not self.started_once else 1
+        for attempt in range(1, attempts + 1):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            if self._launch():
+                self.started_once = True
+                return
+            log = self._log_since(offset)
+            if "Address already in use" not in log or attempt == attempts:
+                raise RuntimeError(
+                    f"redis-server exited instead of serving on port {self.port} "
+                    f"(attempt {attempt} of {attempts}); its log:\n{log}"
+                )
+            self._before_retry()
+            self.port = self._new_port()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, without saving) and wait for it to exit."""
@@ -146,6 +237,8 @@ class RedisServer:
     def shutdown_save(self) -> None:
         """Stop the server after it wrote its data to dump.rdb (restored by :meth:`start`)."""
         assert self.process is not None
+        # our child still runs, so the server on the port is ours (checked at start)
+        assert self.process.poll() is None, "redis-server exited"
         subprocess.run(
             [REDIS_CLI, "-p", str(self.port), "shutdown", "save"],
             stdout=subprocess.DEVNULL,
@@ -170,23 +263,46 @@ class RedisServer:
         self.paused = False
 
 
+class _ClusterNode(RedisServer):
+    """A cluster node: its port and bus port stay clear of its siblings' ports."""
+
+    def __init__(self, directory: Path, port: int, siblings: list[RedisServer]) -> None:
+        super().__init__(
+            directory,
+            port,
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        )
+        self.movable = True
+        self.siblings = siblings
+
+    def _new_port(self) -> int:
+        taken = {self.port, self.port + CLUSTER_BUS_OFFSET}
+        for node in self.siblings:
+            if node is not self:
+                taken |= {node.port, node.port + CLUSTER_BUS_OFFSET}
+        return free_port(cluster=True, avoid=taken)
+
+    def _before_retry(self) -> None:
+        (self.directory / "nodes.conf").unlink(missing_ok=True)
+
+
 class RedisClusterServers:
     """A three-master Redis Cluster on loopback ports, created with ``redis-cli --cluster``."""
 
     def __init__(self, directory: Path, masters: int = 3) -> None:
-        self.nodes = [
-            RedisServer(
-                directory / f"node{i}",
-                free_port(cluster=True),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-            )
-            for i in range(masters)
-        ]
+        # distinct ports and bus ports, all below the ephemeral range; a node whose port is
+        # taken by the time it starts moves to another (see RedisServer.start)
+        self.nodes: list[RedisServer] = []
+        taken: set[int] = set()
+        for i in range(masters):
+            port = free_port(cluster=True, avoid=taken)
+            taken |= {port, port + CLUSTER_BUS_OFFSET}
+            self.nodes.append(_ClusterNode(directory / f"node{i}", port, self.nodes))
 
     @property
     def url(self) -> str:

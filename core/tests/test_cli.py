@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -339,12 +339,6 @@ def test_rotate_keys_needs_encryption_on(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _inmemory_config(tmp_path: Path, port: int, prefix: str) -> Path:
     path = tmp_path / "worker.toml"
     path.write_text(
@@ -376,6 +370,17 @@ def _wait_for(predicate: Any, what: str, timeout: float = 60.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _metrics_port(process: subprocess.Popen[str], err: Path) -> int | None:
+    """The port a child given ``[metrics] port = 0`` reports it serves on (the one it bound,
+    so nobody else can be answering there); None until it does."""
+    text = err.read_text(encoding="utf-8", errors="replace")
+    match = re.search(r"serving Prometheus metrics on http://127\.0\.0\.1:(\d+)/metrics", text)
+    if match is not None:
+        return int(match.group(1))
+    assert process.poll() is None, f"exited before serving metrics:\n{text}"
+    return None
+
+
 def _scrape(port: int) -> str | None:
     try:
         response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
@@ -395,24 +400,28 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_long_running_commands_serve_metrics_and_stop_on_sigterm(
     tmp_path: Path, command: str
 ) -> None:
-    port = _free_port()
-    config = _inmemory_config(tmp_path, port, f"test-cli-{uuid4().hex}:")
-    process = subprocess.Popen(
-        [PYTHON, "-m", "ccvault", "-c", str(config), command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    # port 0: the child binds a port of its own and logs it (no race for a port picked here)
+    config = _inmemory_config(tmp_path, 0, f"test-cli-{uuid4().hex}:")
+    err_path = tmp_path / f"{command}.stderr"
+    with err_path.open("wb") as err_file:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "ccvault", "-c", str(config), command],
+            stdout=subprocess.PIPE,
+            stderr=err_file,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
+        port = _wait_for(lambda: _metrics_port(process, err_path), f"{command} to bind metrics")
         text = _wait_for(lambda: _scrape(port), f"{command} to serve metrics")
         assert "# TYPE profile_fields_by_status gauge" in text
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
+        process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
+    err = err_path.read_text(encoding="utf-8", errors="replace")
     assert process.returncode == 0, err
     if command == "worker":
         assert "worker started" in err and "worker stopped" in err

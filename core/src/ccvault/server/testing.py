@@ -1,4 +1,5 @@
-"""Test and benchmark helpers: a real ``ccvault serve`` process on a free loopback port.
+"""Test and benchmark helpers: a real ``ccvault serve`` process on a free loopback port
+(the server binds port 0 and reports the port it got, so no other process can hold it).
 
 Used by the server tests, the remote client's contract run and ``benchmarks/server_bench.py``.
 """
@@ -7,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,9 +26,11 @@ from ccvault.server.auth import ApiKeyStore
 with requires_extra("testing", "The test server helpers (ccvault.server.testing)"):
     import httpx
 
-__all__ = ["ServerProcess", "embedded_config", "free_port", "running_server"]
+__all__ = ["ServerProcess", "embedded_config", "free_port", "running_server", "wait_until_ok"]
 
 _START_TIMEOUT_SECONDS = 60.0
+# uvicorn's start line, with the port it bound (the real one when asked for port 0)
+_LISTENING = re.compile(rb"Uvicorn running on (https?://\S+:\d+)")
 
 
 def free_port() -> int:
@@ -86,17 +91,41 @@ class ServerProcess:
             return self.process.wait()
 
 
-def _wait_healthy(server: ServerProcess) -> None:
+def _wait_listening(server: ServerProcess) -> str:
+    """The base URL the server's start line in its log reports (polled, bounded)."""
     deadline = time.monotonic() + _START_TIMEOUT_SECONDS
-    with httpx.Client(timeout=2.0) as client:
+    while time.monotonic() < deadline:
+        match = _LISTENING.search(server.log_path.read_bytes())
+        if match is not None:
+            return match.group(1).decode()
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.log()}")
+        time.sleep(0.05)  # polling interval of a bounded readiness loop
+    raise RuntimeError(f"server did not start listening:\n{server.log()}")
+
+
+def wait_until_ok(
+    server: ServerProcess, path: str = "/healthz", *, timeout: float = _START_TIMEOUT_SECONDS
+) -> httpx.Response:
+    """GET ``path`` of ``server`` until it answers 200 (polled, for at most ``timeout``
+    seconds); that response. RuntimeError with the server's log if the process exits or
+    the time runs out."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(timeout=30.0) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{server.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{server.base_url}/healthz").status_code == 200:
-                    return
+            try:
+                response = client.get(f"{server.base_url}{path}")
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    return response
+                last = f"{response.status_code} {response.text}"
             time.sleep(0.05)  # polling interval of a bounded readiness loop
-    raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+    raise RuntimeError(f"{path} did not answer 200 (last: {last}):\n{server.log()}")
 
 
 @contextlib.contextmanager
@@ -121,9 +150,8 @@ def running_server(
         )
         if migrated.returncode != 0:
             raise RuntimeError(f"ccvault migrate failed: {migrated.stderr.strip()}")
-    port = free_port()
     keys_path = directory / "api-keys.db"
-    log_path = directory / f"server-{port}.log"
+    handle, name = tempfile.mkstemp(prefix="server-", suffix=".log", dir=directory)
     command = [
         sys.executable,
         "-m",
@@ -134,21 +162,22 @@ def running_server(
         "--host",
         "127.0.0.1",
         "--port",
-        str(port),
+        "0",
         "--api-keys",
         str(keys_path),
         *args,
     ]
-    with log_path.open("wb") as log:
+    with os.fdopen(handle, "wb") as log:
         process = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", keys_path, log_path)
+    server = ServerProcess(process, "", keys_path, Path(name))
     try:
-        _wait_healthy(server)
+        server.base_url = _wait_listening(server)
+        wait_until_ok(server, "/healthz")
         yield server
     finally:
         server.terminate()
