@@ -50,7 +50,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         token = server.mint(tenant)
         agent, scenario = str(uuid4()), str(uuid4())
         with httpx.Client(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         ) as http:
             for order, (name, kind, pii) in enumerate(
                 (("email", "email", True), ("city", "string", False))
@@ -264,7 +264,7 @@ def test_http_refuses_a_foreign_host_header_on_loopback(setup: Setup) -> None:
         "Host": "evil.example",
         "Origin": "http://evil.example",
     }
-    with httpx.Client(base_url=setup.server.base_url) as http:
+    with httpx.Client(base_url=setup.server.base_url, timeout=30) as http:
         response = http.post("/mcp/", json=body, headers=headers)
     assert 400 <= response.status_code < 500
     assert "find_customer" not in response.text

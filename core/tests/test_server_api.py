@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from ccvault.crypto import generate_key_entry
-from ccvault.server.testing import ServerProcess, embedded_config, running_server
+from ccvault.server.testing import ServerProcess, embedded_config, running_server, wait_until_ok
 
 PHONE = "+4915112345678"
 EMAIL = "ana.private@example.com"
@@ -42,9 +42,10 @@ def _ok(response: httpx.Response) -> Any:
 
 
 def test_operations_endpoints(server: ServerProcess) -> None:
-    with httpx.Client(base_url=server.base_url) as http:
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
         assert http.get("/healthz").json() == {"status": "ok", "checks": {}}
-        ready = http.get("/readyz")
+        # /readyz gives the store 2 s: poll (bounded) past a slow first query on a busy host
+        ready = wait_until_ok(server, "/readyz")
         assert ready.status_code == 200
         assert ready.json()["checks"] == {"store": "ok"}
         assert http.get("/openapi.json").json()["info"]["title"] == "ccvault"
@@ -494,7 +495,7 @@ def test_readyz_reports_an_unreachable_cache(tmp_path: Path) -> None:
     text = config.read_text().replace("cache_enabled = false", "cache_enabled = true")
     config.write_text(text)
     env = {"PROFILE_PII_ENCRYPTION_KEY": generate_key_entry("k1")}
-    with running_server(config, tmp_path, env=env) as running, httpx.Client() as http:
+    with running_server(config, tmp_path, env=env) as running, httpx.Client(timeout=30) as http:
         ready = http.get(f"{running.base_url}/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["cache"].startswith("unreachable")
@@ -536,8 +537,8 @@ def test_production_stack_postgres_and_redis(tmp_path: Path, pg_dsn: str) -> Non
     env = {"PROFILE_PII_ENCRYPTION_KEY": generate_key_entry("k1")}
     with running_server(config, tmp_path, env=env) as running:
         tenant, other = uuid4(), uuid4()
-        with httpx.Client(base_url=running.base_url) as http:
-            ready = http.get("/readyz")
+        with httpx.Client(base_url=running.base_url, timeout=30) as http:
+            ready = wait_until_ok(running, "/readyz")  # polled: the store's first query
             assert ready.status_code == 200
             assert ready.json()["checks"] == {"store": "ok", "cache": "ok"}
         with _client(running, running.mint(tenant)) as http:

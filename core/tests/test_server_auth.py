@@ -62,7 +62,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         token_a = server.mint(tenant_a)
         token_b = server.mint(tenant_b)
         agent, scenario = str(uuid4()), str(uuid4())
-        with httpx.Client(base_url=server.base_url, headers=_headers(token_a)) as http:
+        with httpx.Client(base_url=server.base_url, headers=_headers(token_a), timeout=30) as http:
             profile = http.post(
                 "/v1/profiles/get-or-create", json={"channel": "whatsapp", "channel_user_id": PHONE}
             ).json()
@@ -377,7 +377,7 @@ def test_missing_scope(world: World, method: str, path: str, scope: str) -> None
 
 def _snapshot(w: World) -> dict[str, Any]:
     """Everything of tenant A the routes could touch, read with A's key."""
-    with httpx.Client(base_url=w.server.base_url, headers=_headers(w.token_a)) as http:
+    with httpx.Client(base_url=w.server.base_url, headers=_headers(w.token_a), timeout=30) as http:
         profile = http.get(f"/v1/profiles/{w.profile_id}", params={"include_history": True})
         return {
             "profile": profile.json(),

@@ -80,7 +80,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         token = server.mint(tenant)
         # some data, so generated ids sometimes hit nothing and reads run the full path
         with httpx.Client(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         ) as http:
             http.post(
                 "/v1/profiles/get-or-create", json={"channel": "web", "channel_user_id": "u1"}
