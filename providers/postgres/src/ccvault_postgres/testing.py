@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -134,11 +135,35 @@ def chain_problems(versions: Sequence[ProfileField]) -> list[str]:
     return problems
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where ``bind(0)`` and outgoing
+    connections take their local ports)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nobody listens on now, picked below the ephemeral range: a port from
+    ``bind(0)`` could be taken as the local port of any outgoing connection before the
+    server binds it (or binds it again on a restart). Not reserved: a server that cannot
+    bind it fails to start with "Address already in use" in its log."""
+    low, high = 10000, _ephemeral_low()
+    if high - low < 1000:  # an ephemeral range starting very low: the kernel's choice
+        high = low = 0
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(low, high) if high else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen: int = sock.getsockname()[1]
+            return chosen
+    raise RuntimeError("no free loopback port")
 
 
 class PrivateServer:
@@ -154,6 +179,7 @@ class PrivateServer:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self._owner = "postgres" if os.geteuid() == 0 else None
+        self._started = False
         if self._owner is not None:
             entry = pwd.getpwnam(self._owner)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -212,7 +238,19 @@ class PrivateServer:
                 "-E",
                 "UTF8",
             )
-        self._run(*self._pg_ctl("start"))
+        for attempt in range(1, 6):
+            try:
+                self._run(*self._pg_ctl("start"))
+            except RuntimeError as exc:
+                # the port taken between its choice and the first start: another port (a
+                # later start keeps it: clients hold the DSN)
+                if self._started or "Address already in use" not in str(exc) or attempt == 5:
+                    raise
+                self.log.unlink(missing_ok=True)
+                self.port = _free_port()
+            else:
+                self._started = True
+                return
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(PG_BIN / "pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w")
