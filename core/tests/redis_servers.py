@@ -13,10 +13,8 @@ first start whose child could not bind its port picks another port and tries aga
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -32,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ccvault.store import ForwardingProfileStore, ProfileStore
+from ccvault.testing import free_loopback_port
 from ccvault_inmemory import InMemoryProfileStore
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -40,50 +39,16 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 __all__ = ["CountingStore", "RedisClusterServers", "RedisServer", "free_port", "wait_for"]
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 #: a cluster node's bus port is its port + this
 CLUSTER_BUS_OFFSET = 10000
-_LOWEST_PORT = 10000
-
-
-def _ephemeral_low() -> int:
-    """The first port of the kernel's ephemeral range (outgoing connections and ``bind(0)``
-    take their ports from it)."""
-    try:
-        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
-        return int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
 
 
 def free_port(*, cluster: bool = False, avoid: Collection[int] = ()) -> int:
-    """A loopback TCP port nobody listens on right now, not in ``avoid``.
-
-    Picked at random below the kernel's ephemeral range, so no outgoing connection takes it
-    between now and the moment a server binds it (or binds it again on a restart). For a
-    cluster node the bus port (port + 10000) must be free, outside ``avoid`` and below the
-    ephemeral range too. Nothing is reserved: :meth:`RedisServer.start` checks that it
-    got the port.
-    """
-    bus = CLUSTER_BUS_OFFSET if cluster else 0
-    low, high = _LOWEST_PORT, _ephemeral_low() - bus
-    if high - low < 1000:  # an ephemeral range starting very low: pick from above 20000
-        low, high = 20000, 65536 - bus - 10000
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(low, high)
-        wanted = {port, port + bus}
-        if wanted.isdisjoint(avoid) and all(_bindable(p) for p in wanted):
-            return port
-    raise RuntimeError(f"no free {'port pair for a cluster node' if cluster else 'port'}")
+    """A loopback TCP port nobody listens on right now, not in ``avoid``, below the
+    kernel's ephemeral range (:func:`ccvault.testing.free_loopback_port`); for a cluster
+    node its bus port (port + 10000) too. Nothing is reserved: :meth:`RedisServer.start`
+    checks that it got the port."""
+    return free_loopback_port(paired_offset=CLUSTER_BUS_OFFSET if cluster else 0, avoid=avoid)
 
 
 def wait_for(condition: Callable[[], bool], what: str, deadline: float = 15.0) -> None:

@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from uuid import UUID
 
 from ccvault.extras import requires_extra
 from ccvault.server.auth import ApiKeyStore
+from ccvault.testing import free_loopback_port
 
 with requires_extra("testing", "The test server helpers (ccvault.server.testing)"):
     import httpx
@@ -34,11 +34,9 @@ _LISTENING = re.compile(rb"Uvicorn running on (https?://\S+:\d+)")
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port free on 127.0.0.1 right now, below the ephemeral range
+    (:func:`ccvault.testing.free_loopback_port`)."""
+    return free_loopback_port()
 
 
 def embedded_config(directory: Path, *, provider: str = "sqlite", extra: str = "") -> Path:

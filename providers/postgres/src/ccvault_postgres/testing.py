@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import pwd
-import random
 import shutil
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ccvault.models import ItemStatus, ProfileField
+from ccvault.testing import free_loopback_port
 
 __all__ = [
     "PGBOUNCER_BIN",
@@ -135,37 +135,6 @@ def chain_problems(versions: Sequence[ProfileField]) -> list[str]:
     return problems
 
 
-def _ephemeral_low() -> int:
-    """The first port of the kernel's ephemeral range (where ``bind(0)`` and outgoing
-    connections take their local ports)."""
-    try:
-        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
-        return int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _free_port() -> int:
-    """A loopback port nobody listens on now, picked below the ephemeral range: a port from
-    ``bind(0)`` could be taken as the local port of any outgoing connection before the
-    server binds it (or binds it again on a restart). Not reserved: a server that cannot
-    bind it fails to start with "Address already in use" in its log."""
-    low, high = 10000, _ephemeral_low()
-    if high - low < 1000:  # an ephemeral range starting very low: the kernel's choice
-        high = low = 0
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(low, high) if high else 0
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            chosen: int = sock.getsockname()[1]
-            return chosen
-    raise RuntimeError("no free loopback port")
-
-
 class PrivateServer:
     """A PostgreSQL cluster of our own: ``initdb`` in a temp dir, loopback, free port.
 
@@ -174,7 +143,7 @@ class PrivateServer:
     """
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_loopback_port()
         self.root = Path(tempfile.mkdtemp(prefix="ccvault-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -247,7 +216,7 @@ class PrivateServer:
                 if self._started or "Address already in use" not in str(exc) or attempt == 5:
                     raise
                 self.log.unlink(missing_ok=True)
-                self.port = _free_port()
+                self.port = free_loopback_port()
             else:
                 self._started = True
                 return
@@ -301,7 +270,7 @@ class PgBouncer:
     ) -> None:
         if not PGBOUNCER_BIN:
             raise RuntimeError("pgbouncer is not installed")
-        self.port = _free_port()
+        self.port = free_loopback_port()
         self.root = Path(tempfile.mkdtemp(prefix="ccvault-pgbouncer-"))
         self._owner = "postgres" if os.geteuid() == 0 else None
         self.config = self.root / "pgbouncer.ini"
