@@ -275,12 +275,12 @@ class PgBouncer:
         self._owner = "postgres" if os.geteuid() == 0 else None
         self.config = self.root / "pgbouncer.ini"
         self.log = self.root / "pgbouncer.log"
-        self.config.write_text(
+        self._settings = (
             "[databases]\n"
             f"* = host={upstream_host} port={upstream_port} user={user}\n"
             "[pgbouncer]\n"
             "listen_addr = 127.0.0.1\n"
-            f"listen_port = {self.port}\n"
+            "listen_port = {port}\n"
             "unix_socket_dir =\n"
             "auth_type = any\n"
             f"pool_mode = {pool_mode}\n"
@@ -291,32 +291,54 @@ class PgBouncer:
             # asyncpg sends no other startup parameter in transaction-pooler mode
             "ignore_startup_parameters = extra_float_digits\n"
         )
+        self._write_config()
         if self._owner is not None:
             entry = pwd.getpwnam(self._owner)
-            for path in (self.root, self.config):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> None:
+        self.config.write_text(self._settings.replace("{port}", str(self.port)))
+        if self._owner is not None:
+            entry = pwd.getpwnam(self._owner)
+            os.chown(self.config, entry.pw_uid, entry.pw_gid)
 
     def dsn(self, database: str, user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        """Start and wait (bounded) until the port accepts connections."""
+        """Start and wait (bounded) until our process listens on the port: its log says so
+        (something else accepting connections there does not count). A port taken
+        between its choice and the start: another port, up to 5 tries."""
         command = [PGBOUNCER_BIN, str(self.config)]
         if self._owner is not None:
             command = ["runuser", "-u", self._owner, "--", *command]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(200):  # up to ~10 s
-            if self.process.poll() is not None:
-                _, err = self.process.communicate()
+        for attempt in range(1, 6):
+            self.process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            listening = f"listening on 127.0.0.1:{self.port}"
+            for _ in range(200):  # up to ~10 s
+                if self.process.poll() is not None:
+                    _, err = self.process.communicate()
+                    log = self.log.read_text() if self.log.exists() else ""
+                    output = f"{err.decode(errors='replace')}{log}"
+                    if "Address already in use" in output and attempt < 5:
+                        self.log.unlink(missing_ok=True)
+                        self.port = free_loopback_port(avoid={self.port})
+                        self._write_config()
+                        break
+                    raise RuntimeError(f"pgbouncer exited: {output}")
                 log = self.log.read_text() if self.log.exists() else ""
-                raise RuntimeError(f"pgbouncer exited: {err.decode(errors='replace')}{log}")
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.settimeout(0.05)
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)  # a bounded wait for a child process to listen, not a test
-        raise RuntimeError("pgbouncer did not start listening within 10 s")
+                if listening in log:
+                    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                        sock.settimeout(0.05)
+                        if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                            return
+                time.sleep(0.05)  # a bounded wait for a child process to listen, not a test
+            else:
+                raise RuntimeError("pgbouncer did not start listening within 10 s")
+        raise RuntimeError("pgbouncer found no free port in 5 tries")
 
     def destroy(self) -> None:
         if self.process is not None and self.process.poll() is None:
