@@ -238,6 +238,7 @@ async def test_many_concurrent_readers_and_writers_never_read_stale(client: Redi
     writer_count = len(profiles) * len(names) + 1
     paused = 0
     quiet_reads = 0
+    quiet_hit = False
     hits_at_quiet = 0.0
     resume = asyncio.Event()
 
@@ -274,10 +275,11 @@ async def test_many_concurrent_readers_and_writers_never_read_stale(client: Redi
 
     def after_read() -> None:
         # ends the quiet moment: bounded by a count of reads, never by time
-        nonlocal quiet_reads
+        nonlocal quiet_reads, quiet_hit
         if paused == writer_count and not resume.is_set():
             quiet_reads += 1
-            if hits_so_far() > hits_at_quiet or quiet_reads >= 2000:
+            quiet_hit = hits_so_far() > hits_at_quiet
+            if quiet_hit or quiet_reads >= 2000:
                 resume.set()
 
     async def reader(worker: int) -> None:
@@ -315,7 +317,7 @@ async def test_many_concurrent_readers_and_writers_never_read_stale(client: Redi
     await asyncio.wait_for(asyncio.gather(*writers, *(reader(i) for i in range(16))), timeout=120)
     assert not violations, violations[:10]
     assert reads > 200
-    assert quiet_reads < 2000, "the quiet moment never hit the cache, so it proved nothing"
+    assert quiet_hit, "the quiet moment never hit the cache, so it proved nothing"
     # and after the dust settles, every lookup serves the last value
     for profile in profiles:
         for kind in LOOKUPS:

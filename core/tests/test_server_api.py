@@ -45,8 +45,7 @@ def test_operations_endpoints(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.base_url, timeout=30) as http:
         assert http.get("/healthz").json() == {"status": "ok", "checks": {}}
         # /readyz gives the store 2 s: poll (bounded) past a slow first query on a busy host
-        ready = wait_until_ok(server, "/readyz")
-        assert ready.status_code == 200
+        ready = wait_until_ok(server, "/readyz", timeout=10)
         assert ready.json()["checks"] == {"store": "ok"}
         assert http.get("/openapi.json").json()["info"]["title"] == "ccvault"
         http.get("/v1/profiles/" + str(uuid4()))  # one 401, counted
@@ -538,8 +537,8 @@ def test_production_stack_postgres_and_redis(tmp_path: Path, pg_dsn: str) -> Non
     with running_server(config, tmp_path, env=env) as running:
         tenant, other = uuid4(), uuid4()
         with httpx.Client(base_url=running.base_url, timeout=30) as http:
-            ready = wait_until_ok(running, "/readyz")  # polled: the store's first query
-            assert ready.status_code == 200
+            # polled (a 200 within 10 s): the store's first query
+            ready = wait_until_ok(running, "/readyz", timeout=10)
             assert ready.json()["checks"] == {"store": "ok", "cache": "ok"}
         with _client(running, running.mint(tenant)) as http:
             pid = _ok(

@@ -4,8 +4,10 @@
 A port from ``bind(0)`` comes from the kernel's ephemeral range, where every outgoing
 connection also takes its local port: one could take it between the moment it was picked
 and the moment a server binds it (or binds it again on a restart). So ports are picked
-below that range. Nothing is reserved: a server that cannot bind its port must fail to
-start ("Address already in use"), and its starter may pick another.
+below that range (where the range starts below about 11,000, too low to leave room, they
+are picked from 20,000 up instead, and that protection is lost). Nothing is reserved: a
+server that cannot bind its port must fail to start ("Address already in use"), and its
+starter may pick another.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def free_loopback_port(*, paired_offset: int = 0, avoid: Collection[int] = ()) -
 
     ``paired_offset``: the port ``port + paired_offset`` must be free, outside ``avoid`` and
     below the range too (a Redis Cluster node's bus port is its port + 10000). When the
-    range starts too low to leave room, ports are picked above 20000 instead.
+    range starts too low to leave 1,000 ports, they are picked from 20,000 up instead
+    (inside the range: the race this avoids is possible again there).
     RuntimeError if none is found in 200 tries.
     """
     low, high = _LOWEST_PORT, _ephemeral_low() - paired_offset

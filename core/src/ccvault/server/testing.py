@@ -30,7 +30,7 @@ __all__ = ["ServerProcess", "embedded_config", "free_port", "running_server", "w
 
 _START_TIMEOUT_SECONDS = 60.0
 # uvicorn's start line, with the port it bound (the real one when asked for port 0)
-_LISTENING = re.compile(rb"Uvicorn running on (https?://\S+:\d+)")
+_LISTENING = re.compile(rb"Uvicorn running on (https?://\S+:\d+) \(")  # a whole line
 
 
 def free_port() -> int:
@@ -115,7 +115,9 @@ def wait_until_ok(
             if server.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{server.log()}")
             try:
-                response = client.get(f"{server.base_url}{path}")
+                # no request outlives the deadline by more than a second
+                wait = max(1.0, min(30.0, deadline - time.monotonic()))
+                response = client.get(f"{server.base_url}{path}", timeout=wait)
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             else:
