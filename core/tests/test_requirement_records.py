@@ -7,6 +7,7 @@ answer exactly what the plain computations answer."""
 
 from __future__ import annotations
 
+import types
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from ccvault import errors, requirements
 from ccvault.models import (
     Channel,
+    CustomerProfile,
     ProfileField,
     ProfileFieldDefinition,
     RequiredLevel,
@@ -158,59 +160,71 @@ def test_records_of_carry_each_requirement_and_its_own_check() -> None:
 # ---------------------------------------------------------------------------------------
 
 
+# which hook a class ends up with (ProfileStore.__init_subclass__): classes that define
+# stub hooks, whose results nothing reads
+
+
+async def _requirements(self: Any, tenant_id: UUID, scenario_id: UUID, step_id: Any) -> Any:
+    return []
+
+
+async def _definitions(self: Any, tenant_id: UUID, agent_id: UUID, enabled_only: bool) -> Any:
+    return []
+
+
+async def _pairs(self: Any, tenant_id: UUID, scenario_id: UUID, step_id: Any) -> Any:
+    return [], {}
+
+
+async def _records(self: Any, tenant_id: UUID, scenario_id: UUID, step_id: Any) -> Any:
+    return [], list
+
+
+_STUB_HOOKS = {
+    "_get_scenario_requirements": _requirements,
+    "_get_field_definitions": _definitions,
+    "_get_requirements_with_definitions": _pairs,
+    "_get_requirement_checks": _pairs,
+    "_get_requirement_records": _records,
+}
+
+
+def overriding(name: str, bases: tuple[type, ...], *hooks: str) -> Any:
+    """A class ``name`` over ``bases`` defining ``hooks``, each its own function object
+    (so identity tells whose hook a class ends up with)."""
+    stubs = {
+        hook: types.FunctionType(_STUB_HOOKS[hook].__code__, globals(), hook) for hook in hooks
+    }
+    return type(name, bases, stubs)
+
+
 def test_an_override_of_a_wider_hook_below_the_records_hook_gets_the_default() -> None:
     default = ProfileStore._get_requirement_records
     assert SqliteProfileStore._get_requirement_records is not default
+    sqlite = (SqliteProfileStore,)
+    narrowed = overriding("Narrowed", sqlite, "_get_requirement_checks")
+    widened = overriding("Widened", sqlite, "_get_requirements_with_definitions")
+    own = overriding("Own", (narrowed,), "_get_requirement_records")
+    widest = overriding("Widest", sqlite, "_get_scenario_requirements")
+    defined = overriding("Defined", sqlite, "_get_field_definitions")
 
-    class Narrowed(SqliteProfileStore):
-        async def _get_requirement_checks(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], {}
-
-    class Widened(SqliteProfileStore):
-        async def _get_requirements_with_definitions(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], {}
-
-    class Own(Narrowed):
-        async def _get_requirement_records(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], list
-
-    class Widest(SqliteProfileStore):
-        async def _get_scenario_requirements(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return []
-
-    class Defined(SqliteProfileStore):
-        async def _get_field_definitions(
-            self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
-        ) -> Any:
-            return []
-
-    assert Narrowed._get_requirement_records is default
-    assert Widened._get_requirement_records is default
+    assert narrowed._get_requirement_records is default
+    assert widened._get_requirement_records is default
     # each derived hook above an override it derives from gives way, down the chain
-    assert Widened._get_requirement_checks is ProfileStore._get_requirement_checks
-    for widest in (Widest, Defined):
+    assert widened._get_requirement_checks is ProfileStore._get_requirement_checks
+    for cls in (widest, defined):
         assert (
-            widest._get_requirements_with_definitions
+            cls._get_requirements_with_definitions
             is ProfileStore._get_requirements_with_definitions
         )
-        assert widest._get_requirement_checks is ProfileStore._get_requirement_checks
-        assert widest._get_requirement_records is default
+        assert cls._get_requirement_checks is ProfileStore._get_requirement_checks
+        assert cls._get_requirement_records is default
 
     # a subclass overriding nothing keeps what its parent has
-    class Plain(Widest):
-        pass
-
-    assert Plain._get_requirement_records is default
+    plain = overriding("Plain", (widest,))
+    assert plain._get_requirement_records is default
     assert SqliteProfileStore._get_requirement_checks is not ProfileStore._get_requirement_checks
-    assert "_get_requirement_records" in vars(Own) and Own._get_requirement_records is not default
+    assert "_get_requirement_records" in vars(own) and own._get_requirement_records is not default
     # wrappers: the cache serves the wide hook (default), encryption forwards
     from ccvault.cache import CachedProfileStore
     from ccvault.crypto import EncryptedProfileStore
@@ -226,118 +240,50 @@ def test_a_base_writing_the_fast_paths_keeps_them_over_primitives_below_it() -> 
     """A layered provider: a base class writes the one-statement hooks, its subclasses the
     abstract primitives those agree with. Implementing an abstract hook goes around
     nothing: the base's hooks stay."""
-
-    class SqlBase(ProfileStore):
-        async def _get_requirements_with_definitions(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], {}
-
-        async def _get_requirement_checks(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], {}
-
-        async def _get_requirement_records(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], list
-
-    class Dialect(SqlBase):
-        async def _get_scenario_requirements(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return []
-
-        async def _get_field_definitions(
-            self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
-        ) -> Any:
-            return []
-
-    for hook in (
+    fast = (
         "_get_requirements_with_definitions",
         "_get_requirement_checks",
         "_get_requirement_records",
-    ):
-        assert getattr(Dialect, hook) is vars(SqlBase)[hook], hook
+    )
+    sql_base = overriding("SqlBase", (ProfileStore,), *fast)
+    dialect = overriding(
+        "Dialect", (sql_base,), "_get_scenario_requirements", "_get_field_definitions"
+    )
+    for hook in fast:
+        assert getattr(dialect, hook) is vars(sql_base)[hook], hook
 
 
 def test_an_override_is_read_through_defaults_between() -> None:
     """A provider overriding only a narrow hook (the wider ones its defaults): a subclass
     overriding the widest is read through all the same, the defaults between carrying the
     override up; a base writing only the narrow hook over abstract primitives keeps it."""
+    memory = (InMemoryProfileStore,)
+    fast_checks = overriding("FastChecks", memory, "_get_requirement_checks")
+    fast_records = overriding("FastRecords", memory, "_get_requirement_records")
+    no_phone_checks = overriding("NoPhoneChecks", (fast_checks,), "_get_scenario_requirements")
+    no_phone_records = overriding("NoPhoneRecords", (fast_records,), "_get_field_definitions")
 
-    class FastChecks(InMemoryProfileStore):
-        async def _get_requirement_checks(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], {}
+    assert fast_checks._get_requirement_checks is vars(fast_checks)["_get_requirement_checks"]
+    assert no_phone_checks._get_requirement_checks is ProfileStore._get_requirement_checks
+    assert fast_records._get_requirement_records is vars(fast_records)["_get_requirement_records"]
+    assert no_phone_records._get_requirement_records is ProfileStore._get_requirement_records
 
-    class FastRecords(InMemoryProfileStore):
-        async def _get_requirement_records(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], list
-
-    class NoPhoneChecks(FastChecks):
-        async def _get_scenario_requirements(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return []
-
-    class NoPhoneRecords(FastRecords):
-        async def _get_field_definitions(
-            self, tenant_id: UUID, agent_id: UUID, enabled_only: bool
-        ) -> Any:
-            return []
-
-    assert FastChecks._get_requirement_checks is vars(FastChecks)["_get_requirement_checks"]
-    assert NoPhoneChecks._get_requirement_checks is ProfileStore._get_requirement_checks
-    assert FastRecords._get_requirement_records is vars(FastRecords)["_get_requirement_records"]
-    assert NoPhoneRecords._get_requirement_records is ProfileStore._get_requirement_records
-
-    class ChecksBase(ProfileStore):
-        async def _get_requirement_checks(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], {}
-
-    class ChecksDialect(ChecksBase):
-        async def _get_scenario_requirements(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return []
-
-    assert ChecksDialect._get_requirement_checks is vars(ChecksBase)["_get_requirement_checks"]
+    checks_base = overriding("ChecksBase", (ProfileStore,), "_get_requirement_checks")
+    checks_dialect = overriding("ChecksDialect", (checks_base,), "_get_scenario_requirements")
+    assert checks_dialect._get_requirement_checks is vars(checks_base)["_get_requirement_checks"]
 
 
 def test_a_narrow_hook_nearer_than_the_override_is_kept_through_mixins() -> None:
     """Records written by a mixin listed before a filtering one: the records stand nearer
     than the override, as they would through single inheritance."""
+    fast_records = overriding("FastRecords", (), "_get_requirement_records")
+    no_phone = overriding("NoPhone", (), "_get_scenario_requirements")
+    mixed = overriding("Mixed", (fast_records, no_phone, SqliteProfileStore))
+    filtered = overriding("Filtered", (no_phone, SqliteProfileStore))
+    single = overriding("Single", (fast_records, filtered))
 
-    class FastRecords:
-        async def _get_requirement_records(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return [], list
-
-    class NoPhone:
-        async def _get_scenario_requirements(
-            self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
-        ) -> Any:
-            return []
-
-    class Mixed(FastRecords, NoPhone, SqliteProfileStore):
-        pass
-
-    class Filtered(NoPhone, SqliteProfileStore):
-        pass
-
-    class Single(FastRecords, Filtered):
-        pass
-
-    for cls in (Mixed, Single):
-        assert cls._get_requirement_records is vars(FastRecords)["_get_requirement_records"]
+    for cls in (mixed, single):
+        assert cls._get_requirement_records is vars(fast_records)["_get_requirement_records"]
         # the wider hooks between gave way to their defaults, derived from the filter
         assert cls._get_requirement_checks is ProfileStore._get_requirement_checks
         assert (
@@ -346,26 +292,33 @@ def test_a_narrow_hook_nearer_than_the_override_is_kept_through_mixins() -> None
         )
 
 
-@pytest.mark.parametrize("hook", ["_get_scenario_requirements", "_get_field_definitions"])
-async def test_a_forwarding_instance_given_its_own_wide_hook_is_read_through(hook: str) -> None:
-    inner = InMemoryProfileStore()
-    wrapper = ForwardingProfileStore(inner)
+async def email_and_phone_scenario(store: ProfileStore) -> tuple[UUID, CustomerProfile]:
+    """A scenario requiring email and phone (an agent's definition of email), and a profile
+    holding an unverified email: (the scenario's id, the profile as read back)."""
     agent, scenario = uuid4(), uuid4()
-    await wrapper.save_field_definition(
+    await store.save_field_definition(
         ProfileFieldDefinition(tenant_id=TENANT, agent_id=agent, name="email")
     )
     for name in ("email", "phone"):
-        await wrapper.save_scenario_requirement(
+        await store.save_scenario_requirement(
             ScenarioFieldRequirement(
                 tenant_id=TENANT, agent_id=agent, scenario_id=scenario, field_name=name
             )
         )
-    profile = await wrapper.get_or_create(TENANT, Channel.WEB, "instance-hook")
-    await wrapper.update_field(
-        TENANT, profile.id, ProfileField(name="email", value="a@example.com", verified=False)
+    person = await store.get_or_create(TENANT, Channel.WEB, f"scenario-{uuid4().hex[:8]}")
+    await store.update_field(
+        TENANT, person.id, ProfileField(name="email", value="a@example.com", verified=False)
     )
-    found = await wrapper.get_by_id(TENANT, profile.id)
-    assert found is not None
+    profile = await store.get_by_id(TENANT, person.id)
+    assert profile is not None
+    return scenario, profile
+
+
+@pytest.mark.parametrize("hook", ["_get_scenario_requirements", "_get_field_definitions"])
+async def test_a_forwarding_instance_given_its_own_wide_hook_is_read_through(hook: str) -> None:
+    inner = InMemoryProfileStore()
+    wrapper = ForwardingProfileStore(inner)
+    scenario, found = await email_and_phone_scenario(wrapper)
     missing = await wrapper.get_missing_fields(TENANT, found, scenario)
     assert [r.field_name for r in missing] == ["phone"]
 
@@ -433,23 +386,8 @@ async def test_a_provider_subclass_filtering_requirements_is_read_through(
             return [d.model_copy(update={"required_verification": True}) for d in found]
 
     path = str(tmp_path / "s.db")
-    agent, scenario = uuid4(), uuid4()
     async with SqliteProfileStore(SqliteSettings(path=path, migrate_on_start=True)) as store:
-        await store.save_field_definition(
-            ProfileFieldDefinition(tenant_id=TENANT, agent_id=agent, name="email")
-        )
-        for name in ("email", "phone"):
-            await store.save_scenario_requirement(
-                ScenarioFieldRequirement(
-                    tenant_id=TENANT, agent_id=agent, scenario_id=scenario, field_name=name
-                )
-            )
-        person = await store.get_or_create(TENANT, Channel.WEB, "subclass")
-        await store.update_field(
-            TENANT, person.id, ProfileField(name="email", value="a@example.com")
-        )
-        profile = await store.get_by_id(TENANT, person.id)
-        assert profile is not None
+        scenario, profile = await email_and_phone_scenario(store)
         missing = await store.get_missing_fields(TENANT, profile, scenario)
         assert [r.field_name for r in missing] == ["phone"]
     async with NoPhone(SqliteSettings(path=path)) as no_phone:
