@@ -4,8 +4,9 @@
 A port from ``bind(0)`` comes from the kernel's ephemeral range, where every outgoing
 connection also takes its local port: one could take it between the moment it was picked
 and the moment a server binds it (or binds it again on a restart). So ports are picked
-below that range (where the range starts below about 11,000, too low to leave room, they
-are picked from 20,000 up instead, and that protection is lost). Nothing is reserved: a
+below that range. Where the range starts too low to leave room (below about 11,000, or
+21,000 with a paired port), they are picked from 20,000 up instead, and that protection is
+lost; without ``/proc`` (not Linux) the range is taken to start at 32,768. Nothing is reserved: a
 server that cannot bind its port must fail to start ("Address already in use"), and its
 starter may pick another.
 """
