@@ -13,7 +13,14 @@ import asyncpg
 import pytest
 
 from ccvault import errors
-from ccvault.models import Channel, ItemStatus, ProfileAsset, ProfileField, SourceType
+from ccvault.models import (
+    Channel,
+    ItemStatus,
+    ProfileAsset,
+    ProfileField,
+    ProfileFieldSource,
+    SourceType,
+)
 from ccvault.registry import create_store, load_provider
 from ccvault.settings import load_settings
 from ccvault.store import StoreRules
@@ -572,3 +579,34 @@ async def test_trusted_rows_equal_validated_models(store: PostgresProfileStore) 
     assert found.assets[0].model_dump() == asset.model_dump()
     copy = stored.model_copy(update={"status": ItemStatus.EXPIRED})
     assert copy.status is ItemStatus.EXPIRED and stored.status is ItemStatus.ACTIVE
+
+
+@pytest.mark.parametrize("include_history", [False, True])
+async def test_trusted_versions_share_no_mutable_value(
+    store: PostgresProfileStore, include_history: bool
+) -> None:
+    """Versions of one read are built from one template of the columns that are the same
+    in every row: each still equals what was written, and none shares a value it could
+    change in place (its JSON values, its own attributes) with another."""
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WEB, "template")
+    written = [
+        ProfileField(name="a", value=[1], source_metadata={"k": 1}),
+        ProfileField(name="b", value=[1], source_metadata={"k": 1}),
+        ProfileField(name="c", value="x", source=ProfileFieldSource.TOOL_RESULT, verified=True),
+    ]
+    for item in written:
+        await store.update_field(tenant, profile.id, item)
+    found = await store.get_by_id(tenant, profile.id, include_history=include_history)
+    assert found is not None
+    for item in written:
+        stored = found.fields[item.name]
+        assert stored.model_dump(exclude={"updated_at"}) == item.model_dump(exclude={"updated_at"})
+        again = ProfileField.model_validate(stored.model_dump())
+        assert again == stored and again.model_fields_set == stored.model_fields_set
+    a, b = found.fields["a"], found.fields["b"]
+    assert isinstance(a.value, list) and isinstance(b.value, list)
+    a.value.append(2)
+    a.source_metadata["k"] = 2
+    a.verified = True
+    assert b.value == [1] and b.source_metadata == {"k": 1} and b.verified is False

@@ -588,9 +588,21 @@ _PROFILE_FIELD_KEYS = {
     else (*cols, "value", "source_metadata", "status", "superseded_by_id", "superseded_at")
     for history, cols in sql.FIELD_ROW_COLS.items()
 }
-# a ProfileField's fields-set is every field: copying a set is cheaper than building one
+# a ProfileField's fields-set is every field (copied once per read)
 _ALL_FIELDS_SET = {history: set(keys) for history, keys in _PROFILE_FIELD_KEYS.items()}
 _FIELD_WIDTH = {history: sql.field_row_width(history) for history in (False, True)}
+# what every version of a read starts from: a read without history fetches ACTIVE rows only,
+# whose status and superseded_* columns are not sent
+_FIELD_TEMPLATE = {
+    True: dict.fromkeys(_PROFILE_FIELD_KEYS[True]),
+    False: dict.fromkeys(_PROFILE_FIELD_KEYS[False]) | {"status": ItemStatus.ACTIVE},
+}
+# the field columns read as enumeration values, and their lookups (value -> member)
+_FIELD_MEMBERS: dict[str, _EnumLookup] = {
+    "source": _FIELD_SOURCE,
+    "source_item_type": _SOURCE_TYPE,
+    "status": _STATUS,
+}
 
 
 def _profile_fields(rows: Sequence[Sequence[Any]], include_history: bool) -> list[ProfileField]:
@@ -601,7 +613,6 @@ def _profile_fields(rows: Sequence[Sequence[Any]], include_history: bool) -> lis
     count = len(rows)
     if not count:
         return []
-    names = sql.FIELD_ROW_COLS[include_history]
     # the rows turned into columns (in C), keeping only the field's leading columns
     columns: list[Any] = list(islice(zip(*rows, strict=True), _FIELD_WIDTH[include_history]))
     metadata_json = columns.pop()
@@ -611,30 +622,34 @@ def _profile_fields(rows: Sequence[Sequence[Any]], include_history: bool) -> lis
     values, metadata = _loads(
         ("[[" + ",".join(value_json) + "],[" + ",".join(metadata_json) + "]]").encode()
     )
-    at = names.index
-    columns[at("source")] = [_FIELD_SOURCE[x] for x in columns[at("source")]]
-    columns[at("source_item_type")] = [_SOURCE_TYPE[x] for x in columns[at("source_item_type")]]
-    columns.append(values)
-    columns.append(metadata)
-    if include_history:
-        columns[at("status")] = [_STATUS[x] for x in columns[at("status")]]
-    else:
-        columns.append(repeat(ItemStatus.ACTIVE, count))
-        columns.append(repeat(None, count))
-        columns.append(repeat(None, count))
-    # the loop of _trusted(), spelled with map() so it runs in C: this is the hot path
-    dicts = list(
-        map(
-            dict,
-            map(
-                zip, repeat(_PROFILE_FIELD_KEYS[include_history], count), zip(*columns, strict=True)
-            ),
-        )
-    )
+    # Each version's values start as a copy of one template holding every column that is
+    # the same in every row (most are: NULL columns, flags, often the times), so only the
+    # columns that differ are set row by row. The shared values are immutable (ids, times,
+    # text, members); the JSON values, which are not, are always set row by row.
+    template = _FIELD_TEMPLATE[include_history].copy()
+    varying: list[tuple[str, Sequence[Any]]] = [("value", values), ("source_metadata", metadata)]
+    for name, column in zip(sql.FIELD_ROW_COLS[include_history], columns, strict=True):
+        first = column[0]
+        members = _FIELD_MEMBERS.get(name)
+        # (a column of one type: its values compare as the database compares them)
+        if column[-1] == first and column.count(first) == count:
+            template[name] = first if members is None else members[first]
+        else:
+            varying.append(
+                (name, column if members is None else list(map(members.__getitem__, column)))
+            )
+    dicts = list(map(dict.copy, repeat(template, count)))
+    # column by column: a plain item assignment is the cheapest way in
+    for name, column in varying:
+        for one, value in zip(dicts, column, strict=True):
+            one[name] = value
     versions: list[ProfileField] = list(map(_new, repeat(ProfileField, count)))
-    fields_set = _ALL_FIELDS_SET[include_history]
+    # every field is set, so one set serves every version of the read (as in the SQLite
+    # provider): pydantic only ever adds a field's name to it (an assignment), which
+    # changes nothing here, and copies it for model_copy
+    fields_set = _ALL_FIELDS_SET[include_history].copy()
     deque(map(_SET_DICT, versions, dicts), maxlen=0)
-    deque(map(_SET_FIELDS_SET, versions, map(set.copy, repeat(fields_set, count))), maxlen=0)
+    deque(map(_SET_FIELDS_SET, versions, repeat(fields_set, count)), maxlen=0)
     deque(map(_SET_EXTRA, versions, repeat(None, count)), maxlen=0)
     deque(map(_SET_PRIVATE, versions, repeat(None, count)), maxlen=0)
     if include_history:
