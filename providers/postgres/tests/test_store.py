@@ -502,6 +502,38 @@ async def test_numbers_round_trip_exactly_with_their_type(store: PostgresProfile
     numbers: list[Any] = value["list"]  # type: ignore[assignment]
     assert [type(x) for x in stored.value["list"]] == [type(x) for x in numbers]
     assert isinstance(stored.value["big"], int)
+    # a whole-profile read parses every value of the profile in one call
+    for history in (False, True):
+        found = await store.get_by_id(tenant, profile.id, include_history=history)
+        assert found is not None and found.fields["n"].value == value
+        assert isinstance(found.fields["n"].value["big"], int)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'["x",123456789012345678901]',  # a huge integer after a string
+        b'[{"k":"a\\"b"},123456789012345678901]',  # ... with an escaped quote before it
+        b'["a\\"",123456789012345678901,"b"]',  # ... an escaped quote that shifts the pieces
+        b'["a\\\\",123456789012345678901,"b"]',  # ... after a string ending in a backslash
+        b'["1234567890123456789012345",1]',  # a long run of digits inside a string only
+        b'[1234567890,"x",1234567890123]',  # runs either side of a string: not one run
+        b'[[-36893488147419103232],[{"q":"\\u0022","n":1e5}]]',
+    ],
+)
+def test_profile_json_parses_exactly(text: bytes) -> None:
+    """The huge-integer check of a profile read's JSON (``_loads``): whatever the strings
+    hold, every number comes back exactly, with its type."""
+    from ccvault_postgres.store import _loads
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, list):
+            return [typed(item) for item in value]
+        if isinstance(value, dict):
+            return {key: typed(item) for key, item in value.items()}
+        return (type(value), value)
+
+    assert typed(_loads(text)) == typed(json.loads(text))
 
 
 async def test_unencodable_text_is_refused_cleanly(store: PostgresProfileStore) -> None:
