@@ -273,3 +273,36 @@ async def test_get_missing_fields_builds_no_definition_model(
     # an empty profile: the first agent's plan is missing; the second agent's email depends
     # on plan (and its condition names it), so it does not apply
     assert [(r.agent_id, r.field_name) for r in missing] == [(first, "plan")]
+
+
+async def test_get_missing_fields_builds_models_of_the_missing_requirements_only(
+    store: PostgresProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records hook judges every requirement from its row; a requirement model is built
+    for the missing ones only, equal to what the requirements read returns."""
+    from ccvault_postgres import store as module
+
+    tenant, first, _, scenario, _ = await two_agents(store)
+    profile = await store.get_or_create(tenant, Channel.WEB, "missing-only")
+    built: list[int] = []
+    build = module._requirements_of_rows
+
+    def counting(fixed: Any, rows: list[Any]) -> Any:
+        built.append(len(rows))
+        return build(fixed, rows)
+
+    monkeypatch.setattr(module, "_requirements_of_rows", counting)
+    missing = await store.get_missing_fields(tenant, profile, scenario)
+    assert [(r.agent_id, r.field_name) for r in missing] == [(first, "plan")]
+    assert built == [1]  # of the scenario's two requirements
+    stored = await store.get_scenario_requirements(tenant, scenario)
+    assert missing == [r for r in stored if r.agent_id == first]
+    # every requirement met: nothing built at all
+    await store.update_field(
+        tenant, profile.id, ProfileField(name="plan", value="gold", verified=True)
+    )
+    await store.update_field(tenant, profile.id, ProfileField(name="email", value="a@b.example"))
+    met = await store.get_by_id(tenant, profile.id)
+    assert met is not None
+    assert await store.get_missing_fields(tenant, met, scenario) == []
+    assert built == [1]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -73,7 +74,7 @@ from ccvault.models import (
     UnmergeResult,
     VerificationLevel,
 )
-from ccvault.requirements import FieldCheck, field_check
+from ccvault.requirements import FieldCheck, RecordValues, RequirementRecords, field_check
 from ccvault.rules.definitions import plan_definition_save, plan_requirement_save
 from ccvault.rules.identity import channel_eviction, link_outcome
 from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_merge
@@ -555,6 +556,10 @@ _CHECK_AGENT = sql.REQUIREMENT_COLUMNS_READ.index("agent_id")
 _CHECK_NAME = sql.REQUIREMENT_COLUMNS_READ.index("field_name")
 _CHECK_VERIFICATION = len(sql.REQUIREMENT_COLUMNS_READ)
 _CHECK_FRESHNESS = _CHECK_VERIFICATION + 1
+# what a requirement's record reads of its row (the rest: _REQUIREMENT_ROW, for a model)
+_RECORD_LEVEL, _RECORD_CONDITION, _RECORD_DEPENDS_ON = map(
+    sql.REQUIREMENT_COLUMNS_READ.index, ("required_level", "when_condition", "depends_on_fields")
+)
 _REQUIREMENT_ROW = _row_builder(
     _REQUIREMENT_KEYS,
     sql.REQUIREMENT_COLUMNS_READ,
@@ -579,6 +584,14 @@ _DEFINITION_ROW = _row_builder(
         "extraction_examples": _FRESH_LIST,
     },
 )
+
+
+def _requirements_of_rows(
+    fixed: tuple[UUID, UUID, UUID | None], rows: list[Any]
+) -> list[ScenarioFieldRequirement]:
+    """The requirement models of ``rows`` of ``sql.GET_REQUIREMENT_CHECKS``, in their order
+    (``fixed``: the tenant, scenario and step ids the statement's WHERE fixes)."""
+    return _trusted_many(ScenarioFieldRequirement, [_REQUIREMENT_ROW(row, *fixed) for row in rows])
 
 
 # the keys of a ProfileField's __dict__, in the order _profile_fields() lays the values out
@@ -1641,6 +1654,36 @@ class PostgresProfileStore(ProfileStore):
                 own[row[_CHECK_NAME]] = field_check(verification, row[_CHECK_FRESHNESS])
         del rows
         return _trusted_many(ScenarioFieldRequirement, requirement_values), checks
+
+    async def _get_requirement_records(
+        self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
+    ) -> RequirementRecords:
+        # the same ONE statement as _get_requirement_checks; a record per requirement (what
+        # the evaluation reads: typed columns, as the models hold them) and a model only for
+        # the sources get_missing_fields asks for (the missing requirements' rows)
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.GET_REQUIREMENT_CHECKS, tenant_id, scenario_id, step_id)
+        records: list[RecordValues] = []
+        append = records.append
+        for row in rows:
+            if row[_REQUIREMENT_ID] is None:  # a definition no requirement names
+                continue
+            verification = row[_CHECK_VERIFICATION]
+            append(
+                (
+                    row[_CHECK_NAME],
+                    _REQUIRED_LEVEL[row[_RECORD_LEVEL]],
+                    row[_RECORD_CONDITION],
+                    row[_RECORD_DEPENDS_ON] or (),
+                    # NOT NULL in the table: NULL means no definition
+                    None
+                    if verification is None
+                    else field_check(verification, row[_CHECK_FRESHNESS]),
+                    row,
+                )
+            )
+        fixed = _fixed_ids(tenant_id, scenario_id, step_id)
+        return RequirementRecords(records, functools.partial(_requirements_of_rows, fixed))
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         def plan(rows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
