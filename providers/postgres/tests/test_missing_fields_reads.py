@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ccvault import errors
 from ccvault.models import (
     Channel,
     FallbackAction,
@@ -306,3 +307,22 @@ async def test_get_missing_fields_builds_models_of_the_missing_requirements_only
     assert met is not None
     assert await store.get_missing_fields(tenant, met, scenario) == []
     assert built == [1]
+
+
+@pytest.mark.parametrize("column", ["required_level", "fallback_action"])
+async def test_a_requirement_row_written_outside_the_vault_is_refused(
+    store: PostgresProfileStore, column: str
+) -> None:
+    """A level or fallback no member has (an UPDATE outside the vault: the column is text)
+    is refused with StorageError naming the column, never its value."""
+    tenant, _, _, scenario, _ = await two_agents(store)
+    profile = await store.get_or_create(tenant, Channel.WEB, "corrupt-requirement")
+    async with store.connection() as conn:
+        await conn.execute(
+            f"UPDATE scenario_field_requirements SET {column} = 'secret-ish' "
+            "WHERE tenant_id = $1 AND field_name = 'plan'",
+            tenant,
+        )
+    with pytest.raises(errors.StorageError, match=column) as caught:
+        await store.get_missing_fields(tenant, profile, scenario)
+    assert "secret-ish" not in str(caught.value)

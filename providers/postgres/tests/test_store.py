@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import uuid
 from typing import Any
@@ -505,8 +506,16 @@ async def test_numbers_round_trip_exactly_with_their_type(store: PostgresProfile
     # a whole-profile read parses every value of the profile in one call
     for history in (False, True):
         found = await store.get_by_id(tenant, profile.id, include_history=history)
-        assert found is not None and found.fields["n"].value == value
-        assert isinstance(found.fields["n"].value["big"], int)
+        assert found is not None and typed(found.fields["n"].value) == typed(value)
+
+
+def typed(value: Any) -> Any:
+    """``value`` with the type of every item beside it (``==`` finds 1e16 equal to 10**16)."""
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    return (type(value), value)
 
 
 @pytest.mark.parametrize(
@@ -525,13 +534,6 @@ def test_profile_json_parses_exactly(text: bytes) -> None:
     """The huge-integer check of a profile read's JSON (``_loads``): whatever the strings
     hold, every number comes back exactly, with its type."""
     from ccvault_postgres.store import _loads
-
-    def typed(value: Any) -> Any:
-        if isinstance(value, list):
-            return [typed(item) for item in value]
-        if isinstance(value, dict):
-            return {key: typed(item) for key, item in value.items()}
-        return (type(value), value)
 
     assert typed(_loads(text)) == typed(json.loads(text))
 
@@ -642,3 +644,18 @@ async def test_trusted_versions_share_no_mutable_value(
     a.source_metadata["k"] = 2
     a.verified = True
     assert b.value == [1] and b.source_metadata == {"k": 1} and b.verified is False
+
+
+async def test_a_signed_zero_confidence_keeps_its_sign(store: PostgresProfileStore) -> None:
+    """float8 keeps the sign of zero and 0.0 == -0.0: a read that built versions from one
+    template of equal values would give every version the first one's sign."""
+    tenant = uuid.uuid4()
+    profile = await store.get_or_create(tenant, Channel.WEB, "signed-zero")
+    for name, confidence in (("a", 0.0), ("b", -0.0), ("c", 0.0)):
+        await store.update_field(
+            tenant, profile.id, ProfileField(name=name, value=1, confidence=confidence)
+        )
+    found = await store.get_by_id(tenant, profile.id)
+    assert found is not None
+    signs = {name: math.copysign(1.0, item.confidence) for name, item in found.fields.items()}
+    assert signs == {"a": 1.0, "b": -1.0, "c": 1.0}

@@ -549,7 +549,8 @@ def _fixed_ids(
 # fixes come from its parameters. A side whose id is NULL is absent from the row.
 _REQUIREMENT_ID = sql.REQUIREMENT_COLUMNS_READ.index("id")
 _DEFINITION_ID = len(sql.REQUIREMENT_COLUMNS_READ) + sql.DEFINITION_COLUMNS_READ.index("id")
-_FRESH_LIST = "([] if {0} is None else {0})"
+# a list of its own for each model, even two built from one row (a record's build, asked twice)
+_FRESH_LIST = "([] if {0} is None else list({0}))"
 # the rows of sql.GET_REQUIREMENT_CHECKS: the requirement's columns (as above, read by
 # _REQUIREMENT_ROW), then the definition's two check columns
 _CHECK_AGENT = sql.REQUIREMENT_COLUMNS_READ.index("agent_id")
@@ -591,7 +592,13 @@ def _requirements_of_rows(
 ) -> list[ScenarioFieldRequirement]:
     """The requirement models of ``rows`` of ``sql.GET_REQUIREMENT_CHECKS``, in their order
     (``fixed``: the tenant, scenario and step ids the statement's WHERE fixes)."""
-    return _trusted_many(ScenarioFieldRequirement, [_REQUIREMENT_ROW(row, *fixed) for row in rows])
+    try:
+        values = [_REQUIREMENT_ROW(row, *fixed) for row in rows]
+    except ValueError:  # an enumeration value no member has: written outside the vault
+        raise errors.StorageError(
+            "a stored scenario requirement row is corrupt (required_level or fallback_action)"
+        ) from None
+    return _trusted_many(ScenarioFieldRequirement, values)
 
 
 # the keys of a ProfileField's __dict__, in the order _profile_fields() lays the values out
@@ -644,8 +651,9 @@ def _profile_fields(rows: Sequence[Sequence[Any]], include_history: bool) -> lis
     for name, column in zip(sql.FIELD_ROW_COLS[include_history], columns, strict=True):
         first = column[0]
         members = _FIELD_MEMBERS.get(name)
-        # (a column of one type: its values compare as the database compares them)
-        if column[-1] == first and column.count(first) == count:
+        # (a column of one type: its values compare as the database compares them; a float
+        # is always set row by row, as 0.0 == -0.0 and the database keeps the sign)
+        if first.__class__ is not float and column[-1] == first and column.count(first) == count:
             template[name] = first if members is None else members[first]
         else:
             varying.append(
@@ -1669,10 +1677,15 @@ class PostgresProfileStore(ProfileStore):
             if row[_REQUIREMENT_ID] is None:  # a definition no requirement names
                 continue
             verification = row[_CHECK_VERIFICATION]
+            level = _REQUIRED_LEVEL.get(row[_RECORD_LEVEL])
+            if level is None:  # a value no member has: written outside the vault
+                raise errors.StorageError(
+                    "a stored scenario requirement row is corrupt (required_level)"
+                )
             append(
                 (
                     row[_CHECK_NAME],
-                    _REQUIRED_LEVEL[row[_RECORD_LEVEL]],
+                    level,
                     row[_RECORD_CONDITION],
                     row[_RECORD_DEPENDS_ON] or (),
                     # NOT NULL in the table: NULL means no definition

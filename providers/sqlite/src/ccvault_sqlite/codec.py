@@ -595,11 +595,6 @@ def _shapes(cols: Sequence[str], converters: dict[str, Convert]) -> _Shapes:
     return shapes
 
 
-def _single(convert: Convert, keepable: bool, value: Any) -> Any:
-    """The converted ``value`` of a column of one row (``keepable``: see ``_Shapes``)."""
-    return _constant(convert, value) if keepable else convert((value,))[0]
-
-
 def _same(columns: Sequence[tuple[Any, ...]], firsts: tuple[Any, ...]) -> list[bool]:
     """Which of ``columns`` hold their first value in every row (a column whose last value
     differs, as most varying ones do, is not counted through)."""
@@ -630,10 +625,9 @@ def _trusted_columns(
         # one row (a profile's only identity, a single field, asset, definition or
         # requirement): each value through its converter (ids and times from their own
         # memos) costs less than deciding a plan
-        # (an immutable value of a memoizable converter through the memo of constants: a
-        # lookup, as for a column that is the same in every row)
         try:
-            values = list(map(_single, shapes.converts, shapes.keepable, firsts))
+            converted = zip(shapes.converts, firsts, strict=True)
+            values = [convert((first,))[0] for convert, first in converted]
         except _NotOurs:
             return None
         single = _new(model)
