@@ -617,11 +617,16 @@ _FIELD_TEMPLATE = {
     True: dict.fromkeys(_PROFILE_FIELD_KEYS[True]),
     False: dict.fromkeys(_PROFILE_FIELD_KEYS[False]) | {"status": ItemStatus.ACTIVE},
 }
-# the field columns read as enumeration values, and their lookups (value -> member)
+# the field columns of a read, each with its lookup (value -> member) if it holds an
+# enumeration value, else None
 _FIELD_MEMBERS: dict[str, _EnumLookup] = {
     "source": _FIELD_SOURCE,
     "source_item_type": _SOURCE_TYPE,
     "status": _STATUS,
+}
+_FIELD_ROW_MEMBERS = {
+    history: tuple((name, _FIELD_MEMBERS.get(name)) for name in cols)
+    for history, cols in sql.FIELD_ROW_COLS.items()
 }
 
 
@@ -648,9 +653,8 @@ def _profile_fields(rows: Sequence[Sequence[Any]], include_history: bool) -> lis
     # text, members); the JSON values, which are not, are always set row by row.
     template = _FIELD_TEMPLATE[include_history].copy()
     varying: list[tuple[str, Sequence[Any]]] = [("value", values), ("source_metadata", metadata)]
-    for name, column in zip(sql.FIELD_ROW_COLS[include_history], columns, strict=True):
+    for (name, members), column in zip(_FIELD_ROW_MEMBERS[include_history], columns, strict=True):
         first = column[0]
-        members = _FIELD_MEMBERS.get(name)
         # (a column of one type: its values compare as the database compares them; a float
         # is always set row by row, as 0.0 == -0.0 and the database keeps the sign)
         if first.__class__ is not float and column[-1] == first and column.count(first) == count:
@@ -1645,14 +1649,13 @@ class PostgresProfileStore(ProfileStore):
         # columns of its own field's enabled definition (NULL: none); no definition model
         async with self._conn() as conn:
             rows = await conn.fetch(sql.GET_REQUIREMENT_CHECKS, tenant_id, scenario_id, step_id)
-        tenant, scenario, step = _fixed_ids(tenant_id, scenario_id, step_id)
-        requirement_values: list[dict[str, Any]] = []
-        append = requirement_values.append
+        requirement_rows: list[Any] = []
+        append = requirement_rows.append
         checks: dict[UUID, dict[str, FieldCheck]] = {}
         for row in rows:
             if row[_REQUIREMENT_ID] is None:  # a definition no requirement names
                 continue
-            append(_REQUIREMENT_ROW(row, tenant, scenario, step))
+            append(row)
             verification = row[_CHECK_VERIFICATION]
             if verification is not None:  # NOT NULL in the table: NULL means no definition
                 agent = row[_CHECK_AGENT]
@@ -1660,8 +1663,8 @@ class PostgresProfileStore(ProfileStore):
                 if own is None:
                     own = checks[agent] = {}
                 own[row[_CHECK_NAME]] = field_check(verification, row[_CHECK_FRESHNESS])
-        del rows
-        return _trusted_many(ScenarioFieldRequirement, requirement_values), checks
+        fixed = _fixed_ids(tenant_id, scenario_id, step_id)
+        return _requirements_of_rows(fixed, requirement_rows), checks
 
     async def _get_requirement_records(
         self, tenant_id: UUID, scenario_id: UUID, step_id: UUID | None
