@@ -326,3 +326,44 @@ async def test_a_requirement_row_written_outside_the_vault_is_refused(
     with pytest.raises(errors.StorageError, match=column) as caught:
         await store.get_missing_fields(tenant, profile, scenario)
     assert "secret-ish" not in str(caught.value)
+
+
+async def test_records_agree_with_the_checks_hook_for_varied_requirements(
+    store: PostgresProfileStore,
+) -> None:
+    """The records hook reads level, condition, depends-on and check from its own columns:
+    for requirements of both levels, with and without a condition and dependencies, of two
+    agents, each record is what core derives from the checks hook, and its build is the
+    requirement model."""
+    from ccvault.requirements import records_of
+
+    tenant, first, second, scenario, step = await two_agents(store)
+    for level, name in ((RequiredLevel.SOFT, "nickname"), (RequiredLevel.HARD, "age")):
+        await store.save_scenario_requirement(
+            ScenarioFieldRequirement(
+                tenant_id=tenant,
+                agent_id=second,
+                scenario_id=scenario,
+                field_name=name,
+                required_level=level,
+                depends_on_fields=["plan", "email"],
+                when_condition=f'{name} != "x"',
+            )
+        )
+    for step_id in (None, step):
+        records, build = await store._get_requirement_records(tenant, scenario, step_id)
+        ours = list(records)
+        requirements, checks = await store._get_requirement_checks(tenant, scenario, step_id)
+        expected, _ = records_of(requirements, checks)
+
+        def key(record: Any) -> tuple[Any, ...]:
+            return (record[0], record[1], record[2], tuple(record[3]), record[4])
+
+        assert sorted(map(key, ours), key=repr) == sorted(map(key, expected), key=repr)
+        assert {r[1] for r in ours} >= ({RequiredLevel.HARD} if step_id else set(RequiredLevel))
+        assert all(r[1].__class__ is RequiredLevel for r in ours)
+        built = build([r[5] for r in ours])
+        by_key = {(r.agent_id, r.field_name): r for r in requirements}
+        assert built == [by_key[(m.agent_id, m.field_name)] for m in built]
+        assert [m.field_name for m in built] == [r[0] for r in ours]
+    assert first != second

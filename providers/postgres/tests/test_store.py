@@ -621,7 +621,8 @@ async def test_trusted_versions_share_no_mutable_value(
 ) -> None:
     """Versions of one read are built from one template of the columns that are the same
     in every row: each still equals what was written, and none shares a value it could
-    change in place (its JSON values, its own attributes) with another."""
+    change in place (its JSON values, its own attributes) with another. (They share one
+    fields-set on purpose: it names every field, and pydantic only adds names to it.)"""
     tenant = uuid.uuid4()
     profile = await store.get_or_create(tenant, Channel.WEB, "template")
     written = [
