@@ -7,7 +7,12 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from ccvault.models import CustomerProfile, RequiredLevel
+from ccvault.models import (
+    CustomerProfile,
+    FallbackAction,
+    RequiredLevel,
+    ScenarioFieldRequirement,
+)
 from ccvault.requirements import FieldCheck
 from ccvault.store import ProfileStore, StoreRules
 from ccvault_contract_tests.base import ContractBase
@@ -415,6 +420,85 @@ class MissingFieldsContract(ContractBase):
         assert await store._get_requirement_checks(uuid4(), scenario, None) == ([], {})
         records, _build = await store._get_requirement_records(uuid4(), scenario, None)
         assert list(records) == []
+
+    async def test_records_agree_with_the_checks_hook_for_varied_requirements(
+        self, store: ProfileStore, tenant: UUID, agent: UUID, scenario: UUID
+    ) -> None:
+        # _get_requirement_records reads each requirement's level, condition and
+        # dependencies of its own (a provider may override it alone): requirements of both
+        # levels, with and without a condition and dependencies, of two agents, the step's
+        # levels the other way round and dependencies in the other order. A records hook
+        # that hard-codes the level, or drops the condition or the dependencies, disagrees
+        # with the checks hook and with what was saved, and misses other fields.
+        other, step = uuid4(), uuid4()
+        for definition in (
+            make_definition(tenant, agent, "email", required_verification=True),
+            make_definition(tenant, agent, "plan", enabled=False, required_verification=True),
+            make_definition(tenant, other, "phone", freshness_seconds=3_600),
+        ):
+            await store.save_field_definition(definition)
+        hard, soft = RequiredLevel.HARD, RequiredLevel.SOFT
+        # (agent, field, scenario-wide level, condition, depends_on); with email "a@x.org"
+        # (unverified) and plan "gold" set, the missing ones are marked
+        specs: list[tuple[UUID, str, RequiredLevel, str | None, list[str]]] = [
+            (agent, "email", hard, None, []),  # missing: not verified
+            (agent, "phone", soft, 'plan == "gold"', ["email"]),  # missing
+            (other, "phone", hard, 'plan == "basic"', []),  # condition false
+            (other, "nickname", soft, None, ["email", "plan"]),  # missing
+            (other, "age", hard, None, ["phone"]),  # a dependency absent
+            (agent, "plan", soft, 'email == "a@x.org"', ["email"]),  # set, no enabled rule
+        ]
+        missing = {(agent, "email"): hard, (agent, "phone"): soft, (other, "nickname"): soft}
+        flipped = {hard: soft, soft: hard}
+        saved: dict[UUID, ScenarioFieldRequirement] = {}
+        for step_id in (None, step):
+            for order, (owner, name, level, condition, depends_on) in enumerate(specs):
+                requirement = make_requirement(
+                    tenant,
+                    owner,
+                    scenario,
+                    name,
+                    step_id=step_id,
+                    rule_id=owner,
+                    required_level=level if step_id is None else flipped[level],
+                    when_condition=condition,
+                    depends_on_fields=depends_on if step_id is None else depends_on[::-1],
+                    fallback_action=list(FallbackAction)[order % len(FallbackAction)],
+                    collection_order=order,
+                )
+                await store.save_scenario_requirement(requirement)
+                saved[requirement.id] = requirement
+        expected_checks = {
+            (agent, "email"): FieldCheck(True, None),
+            (other, "phone"): FieldCheck(False, 3_600),
+        }
+        await self._checks_agree(store, tenant, scenario, step, expected_checks, len(specs))
+        for step_id in (None, step):
+            # each record holds what its requirement was saved with
+            records, build = await store._get_requirement_records(tenant, scenario, step_id)
+            records = list(records)
+            built = build([record[5] for record in records])
+            assert sorted(
+                (r.id.int, record[0], record[1], record[2], list(record[3]))
+                for record, r in zip(records, built, strict=True)
+            ) == sorted(
+                (s.id.int, s.field_name, s.required_level, s.when_condition, s.depends_on_fields)
+                for s in saved.values()
+                if s.step_id == step_id
+            )
+            assert {record[1] for record in records} == {hard, soft}
+        # and get_missing_fields judges each by its own level, condition and dependencies
+        profile = await self._profile(store, tenant, email="a@x.org", plan="gold")
+        for step_id in (None, step):
+            for wanted in (hard, soft, None):
+                found = await store.get_missing_fields(
+                    tenant, profile, scenario, step_id=step_id, required_level=wanted
+                )
+                assert sorted((r.agent_id.int, r.field_name) for r in found) == sorted(
+                    (owner.int, name)
+                    for (owner, name), wide in missing.items()
+                    if wanted is None or (wide if step_id is None else flipped[wide]) is wanted
+                ), (step_id, wanted)
 
     @staticmethod
     async def _checks_agree(

@@ -41,7 +41,7 @@ from enum import StrEnum
 from itertools import islice, repeat
 from operator import itemgetter
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -289,23 +289,43 @@ _SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 class _EnumLookup(dict[str | None, Any]):
-    """value -> member, a dict lookup on the hot path; None maps to None; anything else
-    goes through the enum itself (so a stored value the enum does not know fails loudly)."""
+    """value -> member of one column, a dict lookup on the hot path; None maps to None.
 
-    def __init__(self, enum: type[StrEnum]) -> None:
+    A value no member has (a row written outside the vault) raises StorageError naming the
+    row's kind, table and column, never the value: stored text may be personal data. One
+    lookup per column, so the message says which; a hit costs what a plain dict's does.
+    """
+
+    def __init__(self, enum: type[StrEnum], row: str, table: str, column: str) -> None:
         super().__init__({member.value: member for member in enum})
         self[None] = None
-        self._enum = enum
+        self._message = (
+            f"a stored {row} row is corrupt: {table}.{column} holds a value that is "
+            f"no {enum.__name__} (written outside the vault?)"
+        )
 
-    def __missing__(self, key: str | None) -> Any:
-        return self._enum(str(key))
+    def corrupt(self) -> errors.StorageError:
+        """The error for a value of this column that no member has."""
+        return errors.StorageError(self._message)
+
+    def __missing__(self, key: object) -> NoReturn:
+        raise self.corrupt()
 
 
-_STATUS = _EnumLookup(ItemStatus)
-_FIELD_SOURCE = _EnumLookup(ProfileFieldSource)
-_SOURCE_TYPE = _EnumLookup(SourceType)
-_CHANNEL = _EnumLookup(Channel)
-_VERIFICATION_LEVEL = _EnumLookup(VerificationLevel)
+_FIELD_STATUS = _EnumLookup(ItemStatus, "field", "profile_fields", "status")
+_ASSET_STATUS = _EnumLookup(ItemStatus, "asset", "profile_assets", "status")
+_FIELD_SOURCE = _EnumLookup(ProfileFieldSource, "field", "profile_fields", "source")
+_FIELD_SOURCE_TYPE = _EnumLookup(SourceType, "field", "profile_fields", "source_item_type")
+_ASSET_SOURCE_TYPE = _EnumLookup(SourceType, "asset", "profile_assets", "source_item_type")
+_CHANNEL = _EnumLookup(Channel, "channel identity", "channel_identities", "channel")
+_VERIFICATION_LEVEL = _EnumLookup(
+    VerificationLevel, "profile", "customer_profiles", "verification_level"
+)
+# a lineage entry's source type, by the kind of item the entry is
+_LINEAGE_SOURCE_TYPE = {
+    ItemType.PROFILE_FIELD.value: _FIELD_SOURCE_TYPE,
+    ItemType.PROFILE_ASSET.value: _ASSET_SOURCE_TYPE,
+}
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -329,15 +349,15 @@ def _trusted(cls: type[_M], values: dict[str, Any]) -> _M:
 def _field(row: Mapping[str, Any]) -> ProfileField:
     values = {col: row[col] for col in sql.FIELD_COLS}
     values["source"] = _FIELD_SOURCE[values["source"]]
-    values["source_item_type"] = _SOURCE_TYPE[values["source_item_type"]]
-    values["status"] = _STATUS[values["status"]]
+    values["source_item_type"] = _FIELD_SOURCE_TYPE[values["source_item_type"]]
+    values["status"] = _FIELD_STATUS[values["status"]]
     return _trusted(ProfileField, values)
 
 
 def _asset(row: Mapping[str, Any]) -> ProfileAsset:
     values = {col: row[col] for col in sql.ASSET_COLS}
-    values["source_item_type"] = _SOURCE_TYPE[values["source_item_type"]]
-    values["status"] = _STATUS[values["status"]]
+    values["source_item_type"] = _ASSET_SOURCE_TYPE[values["source_item_type"]]
+    values["status"] = _ASSET_STATUS[values["status"]]
     return _trusted(ProfileAsset, values)
 
 
@@ -369,10 +389,17 @@ def _consent(row: Mapping[str, Any]) -> Consent:
     )
 
 
-_VALUE_TYPE = _EnumLookup(FieldValueType)
-_SURVIVORSHIP = _EnumLookup(SurvivorshipPolicy)
-_REQUIRED_LEVEL = _EnumLookup(RequiredLevel)
-_FALLBACK = _EnumLookup(FallbackAction)
+_DEFINITIONS = "profile_field_definitions"
+_VALUE_TYPE = _EnumLookup(FieldValueType, "field definition", _DEFINITIONS, "value_type")
+_SURVIVORSHIP = _EnumLookup(SurvivorshipPolicy, "field definition", _DEFINITIONS, "survivorship")
+_SOURCE_PRIORITY = _EnumLookup(
+    ProfileFieldSource, "field definition", _DEFINITIONS, "source_priority"
+)
+_REQUIREMENTS = "scenario_field_requirements"
+_REQUIRED_LEVEL = _EnumLookup(
+    RequiredLevel, "scenario requirement", _REQUIREMENTS, "required_level"
+)
+_FALLBACK = _EnumLookup(FallbackAction, "scenario requirement", _REQUIREMENTS, "fallback_action")
 _DEFINITION_KEYS = tuple(ProfileFieldDefinition.model_fields)
 _REQUIREMENT_KEYS = tuple(ScenarioFieldRequirement.model_fields)
 # every field of the model: the fields-set of a model read back (every name is present).
@@ -417,7 +444,7 @@ def _fresh_list(value: list[Any] | None) -> list[Any]:
 
 
 def _sources(value: list[str] | None) -> list[ProfileFieldSource]:
-    return [_FIELD_SOURCE[x] for x in value] if value else []
+    return [_SOURCE_PRIORITY[x] for x in value] if value else []
 
 
 def _trusted_many(cls: type[_M], dicts: list[dict[str, Any]]) -> list[_M]:
@@ -468,7 +495,7 @@ def _definition_of(values: dict[str, Any]) -> ProfileFieldDefinition:
     # per call): enumerations mapped back, arrays copied into lists, in the model's order
     values["value_type"] = _VALUE_TYPE[values["value_type"]]
     values["survivorship"] = _SURVIVORSHIP[values["survivorship"]]
-    values["source_priority"] = [_FIELD_SOURCE[x] for x in values["source_priority"] or ()]
+    values["source_priority"] = [_SOURCE_PRIORITY[x] for x in values["source_priority"] or ()]
     values["verification_methods"] = list(values["verification_methods"] or ())
     values["extraction_examples"] = list(values["extraction_examples"] or ())
     return _trusted_flat(ProfileFieldDefinition, values)
@@ -524,7 +551,7 @@ def _row_builder(
         "_FALLBACK": _FALLBACK,
         "_VALUE_TYPE": _VALUE_TYPE,
         "_SURVIVORSHIP": _SURVIVORSHIP,
-        "_FIELD_SOURCE": _FIELD_SOURCE,
+        "_SOURCE_PRIORITY": _SOURCE_PRIORITY,
     }
     exec(source, namespace)
     build: Callable[..., dict[str, Any]] = namespace["build"]
@@ -580,7 +607,7 @@ _DEFINITION_ROW = _row_builder(
     {
         "value_type": "_VALUE_TYPE[{0}]",
         "survivorship": "_SURVIVORSHIP[{0}]",
-        "source_priority": "([_FIELD_SOURCE[x] for x in {0}] if {0} else [])",
+        "source_priority": "([_SOURCE_PRIORITY[x] for x in {0}] if {0} else [])",
         "verification_methods": _FRESH_LIST,
         "extraction_examples": _FRESH_LIST,
     },
@@ -591,13 +618,9 @@ def _requirements_of_rows(
     fixed: tuple[UUID, UUID, UUID | None], rows: list[Any]
 ) -> list[ScenarioFieldRequirement]:
     """The requirement models of ``rows`` of ``sql.GET_REQUIREMENT_CHECKS``, in their order
-    (``fixed``: the tenant, scenario and step ids the statement's WHERE fixes)."""
-    try:
-        values = [_REQUIREMENT_ROW(row, *fixed) for row in rows]
-    except ValueError:  # an enumeration value no member has: written outside the vault
-        raise errors.StorageError(
-            "a stored scenario requirement row is corrupt (required_level or fallback_action)"
-        ) from None
+    (``fixed``: the tenant, scenario and step ids the statement's WHERE fixes). A level or
+    fallback no member has (written outside the vault) raises StorageError (its lookup's)."""
+    values = [_REQUIREMENT_ROW(row, *fixed) for row in rows]
     return _trusted_many(ScenarioFieldRequirement, values)
 
 
@@ -621,8 +644,8 @@ _FIELD_TEMPLATE = {
 # enumeration value, else None
 _FIELD_MEMBERS: dict[str, _EnumLookup] = {
     "source": _FIELD_SOURCE,
-    "source_item_type": _SOURCE_TYPE,
-    "status": _STATUS,
+    "source_item_type": _FIELD_SOURCE_TYPE,
+    "status": _FIELD_STATUS,
 }
 _FIELD_ROW_MEMBERS = {
     history: tuple((name, _FIELD_MEMBERS.get(name)) for name in cols)
@@ -1077,9 +1100,9 @@ class PostgresProfileStore(ProfileStore):
                     "profile_id"
                 ]
         items: list[dict[UUID, StoredItem]] = []
-        for query, ids in (
-            (sql.FIND_FIELD_STATE, [f.id for f in profile.fields.values()]),
-            (sql.FIND_ASSET_STATE, [a.id for a in profile.assets]),
+        for query, ids, statuses in (
+            (sql.FIND_FIELD_STATE, [f.id for f in profile.fields.values()], _FIELD_STATUS),
+            (sql.FIND_ASSET_STATE, [a.id for a in profile.assets], _ASSET_STATUS),
         ):
             rows = await conn.fetch(query, tenant_id, ids) if ids else []
             items.append(
@@ -1087,7 +1110,7 @@ class PostgresProfileStore(ProfileStore):
                     r["id"]: StoredItem(
                         r["profile_id"],
                         r["name"],
-                        _STATUS[r["status"]],
+                        statuses[r["status"]],
                         r["superseded_by_id"],
                         r["superseded_at"],
                     )
@@ -1263,7 +1286,14 @@ class PostgresProfileStore(ProfileStore):
             rows = await conn.fetch(
                 sql.DERIVATION_CHAIN, tenant_id, item_id, item_type.value, max_depth
             )
-        return [LineageEntry.model_validate(dict(r)) for r in rows]
+        # a source type no member has is refused by its lookup (StorageError without the
+        # value), not by validation (whose message would quote the stored text)
+        return [
+            LineageEntry.model_validate(
+                dict(r, source_item_type=_LINEAGE_SOURCE_TYPE[r["type"]][r["source_item_type"]])
+            )
+            for r in rows
+        ]
 
     async def _get_derived_items(
         self, tenant_id: UUID, source_item_id: UUID
@@ -1682,9 +1712,7 @@ class PostgresProfileStore(ProfileStore):
             verification = row[_CHECK_VERIFICATION]
             level = _REQUIRED_LEVEL.get(row[_RECORD_LEVEL])
             if level is None:  # a value no member has: written outside the vault
-                raise errors.StorageError(
-                    "a stored scenario requirement row is corrupt (required_level)"
-                )
+                raise _REQUIRED_LEVEL.corrupt()
             append(
                 (
                     row[_CHECK_NAME],
