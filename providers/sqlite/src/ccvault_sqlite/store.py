@@ -229,8 +229,9 @@ def _our_time(text: Any) -> datetime:
         raise _NotOurRecord from None
 
 
-def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
-    """One row's model, every value checked (_NotOurRecord for one not in our form)."""
+def _requirement_of(row: Sequence[Any], fields_set: set[str]) -> ScenarioFieldRequirement:
+    """One row's model, every value checked (_NotOurRecord for one not in our form), its
+    fields-set ``fields_set`` (every field: the models of one build share one)."""
     (
         id_,
         tenant_id,
@@ -287,7 +288,7 @@ def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
     }
     model = codec._new(ScenarioFieldRequirement)
     codec._SET_DICT(model, values)
-    codec._SET_FIELDS_SET(model, _FIELDS_SET.copy())
+    codec._SET_FIELDS_SET(model, fields_set)
     codec._SET_EXTRA(model, None)
     codec._SET_PRIVATE(model, None)
     return model
@@ -296,9 +297,11 @@ def _requirement_of(row: Sequence[Any]) -> ScenarioFieldRequirement:
 def _requirements_of(rows: list[Any]) -> list[ScenarioFieldRequirement]:
     """The requirement models of ``rows`` (``_REQUIREMENT_CHECKS``), in their order:
     :func:`_requirement_of` each, or, if one is not in our form, every one through the
-    codec (validated; StorageError for a row that is not a valid requirement)."""
+    codec (validated; StorageError for a row that is not a valid requirement). The models
+    share one fields-set, as the versions of one profile read do: pydantic only adds a
+    name to it (every name is in it already) and copies it for ``model_copy``."""
     try:
-        return list(map(_requirement_of, rows))
+        return list(map(_requirement_of, rows, repeat(set(_FIELDS_SET))))
     except _NotOurRecord:
         return codec.requirements_from_rows(rows)
 
