@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
+import pydantic
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -67,6 +68,7 @@ from ccvault_example_redis.settings import RedisExampleSettings
 __all__ = ["RedisExampleProfileStore"]
 
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=pydantic.BaseModel)
 _IdentityKey = tuple[Channel, str]
 _RequirementKey = tuple[UUID, UUID | None, UUID | None, str]
 #: the profile's aggregate parts are stored as their own rows, not inside the profile
@@ -156,37 +158,74 @@ class _Tenant:
 
     @classmethod
     def load(cls, raw: bytes | str | None) -> _Tenant:
+        """The tenant's document, decoded. One the vault did not write (or a corrupted
+        one) raises StorageError naming the part and attribute that is wrong, never the
+        stored value: it may be personal data."""
         tenant = cls()
         if raw is None:
             return tenant
+        part = "the JSON text"  # what is being read, for the error message
         try:
             doc = orjson.loads(raw)
+            part = "seq"
             tenant.seq = int(doc["seq"])
+            part = "profiles"
             for row in doc["profiles"]:
-                profile = CustomerProfile.model_validate(row["profile"])
+                profile = _model(CustomerProfile, row["profile"], part)
                 tenant.profiles[profile.id] = _Profile(profile=profile, deleted=row["deleted"])
+            part = "fields"
             for row in doc["fields"]:
-                item = ProfileField.model_validate(row["item"])
+                item = _model(ProfileField, row["item"], part)
                 tenant.fields[item.id] = _Field(UUID(row["profile_id"]), row["seq"], item)
+            part = "assets"
             for row in doc["assets"]:
-                asset = ProfileAsset.model_validate(row["item"])
+                asset = _model(ProfileAsset, row["item"], part)
                 tenant.assets[asset.id] = _Asset(UUID(row["profile_id"]), row["seq"], asset)
+            part = "identities"
             for channel, user_id, owner in doc["identities"]:
                 tenant.identities[(Channel(channel), user_id)] = UUID(owner)
+            part = "customers"
             for customer, owner in doc["customers"]:
                 tenant.customers[UUID(customer)] = UUID(owner)
+            part = "definitions"
             for raw_definition in doc["definitions"]:
-                d = ProfileFieldDefinition.model_validate(raw_definition)
+                d = _model(ProfileFieldDefinition, raw_definition, part)
                 tenant.definitions[(d.agent_id, d.name)] = d
+            part = "requirements"
             for raw_requirement in doc["requirements"]:
-                r = ScenarioFieldRequirement.model_validate(raw_requirement)
+                r = _model(ScenarioFieldRequirement, raw_requirement, part)
                 tenant.requirements[(r.scenario_id, r.step_id, r.rule_id, r.field_name)] = r
+            part = "merges"
             for raw_merge in doc["merges"]:
-                m = MergeRecord.model_validate(raw_merge)
+                m = _model(MergeRecord, raw_merge, part)
                 tenant.merges[m.id] = m
-        except (ValueError, KeyError, TypeError) as exc:  # pydantic's error is a ValueError
-            raise errors.StorageError(f"tenant document is not one of ours: {exc}") from exc
-        return tenant
+            return tenant
+        except (ValueError, KeyError, TypeError) as exc:  # orjson's error is a ValueError
+            problem = type(exc).__name__  # its message may quote the value: not used
+        raise _corrupt(f"{part} ({problem})")
+
+
+def _model(model: type[_M], data: Any, part: str) -> _M:
+    """``model`` validated from ``data``, a part of a tenant document. A failure names the
+    part, the model's attributes and the kinds of error: pydantic's own message (and the
+    error's ``input``) quote the stored value, and a location below an attribute may be a
+    key of stored JSON, so neither is used."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        found = {
+            f"{model.__name__}.{e['loc'][0]} ({e['type']})"
+            if e["loc"] and e["loc"][0] in model.model_fields
+            else f"{model.__name__} ({e['type']})"
+            for e in exc.errors(include_input=False, include_url=False)
+        }
+    raise _corrupt(f"{part}: {'; '.join(sorted(found))}")
+
+
+def _corrupt(where: str) -> errors.StorageError:
+    # its callers raise it after their except block: the original error, whose text
+    # quotes the stored value, is then neither its cause nor its context
+    return errors.StorageError(f"a stored tenant document is corrupt, not one of ours: {where}")
 
 
 def _stored(profile_id: UUID, item: ProfileField | ProfileAsset) -> StoredItem:

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import operator
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,7 @@ from uuid import UUID, uuid4
 
 import pydantic
 from pymongo import ReturnDocument
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -68,7 +69,17 @@ from ccvault.rules.merge import MergeLogRequest, MergePlan, MergeSide, merge_rec
 from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
 from ccvault.rules.unmerge import UnmergeState, plan_unmerge
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
-from ccvault_mongo.codec import JSON_SUFFIX, decode, dt, encode, pack_json, uid, unpack_json
+from ccvault_mongo.codec import (
+    JSON_SUFFIX,
+    decode,
+    decode_document,
+    dt,
+    encode,
+    pack_json,
+    read_back,
+    uid,
+    unpack_json,
+)
 from ccvault_mongo.schema import LATEST_VERSION, MIGRATIONS, PENDING, VERSION_COLLECTION
 from ccvault_mongo.settings import MongoSettings
 
@@ -94,28 +105,86 @@ _LINEAGE_SOURCES = [SourceType.PROFILE_FIELD.value, SourceType.PROFILE_ASSET.val
 _NOT_ORPHANED = [s for s in _STATUSES if s != ItemStatus.ORPHANED.value]
 
 
-def _to_model(cls: type[_M], document: dict[str, Any], json_keys: Iterable[str] = ()) -> _M:
-    """The model stored in ``document``: internal keys (``_id``, ``tenant_id``...) dropped."""
-    data = decode(dict(document))
+def _to_model(
+    collection: str,
+    cls: type[_M],
+    document: dict[str, Any],
+    json_keys: Iterable[str] = (),
+    *,
+    attribute: str | None = None,
+) -> _M:
+    """The model stored in ``document`` of ``collection`` (or in its ``attribute``):
+    internal keys (``_id``, ``tenant_id``...) dropped. A document the vault did not write
+    raises StorageError naming the collection and attribute, never the value."""
+    data = decode_document(collection, document)
     for key in json_keys:
-        unpack_json(data, key)
-    return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+        if key + JSON_SUFFIX in data:
+            read_back(collection, key + JSON_SUFFIX, unpack_json, data, key)
+    fields = cls.model_fields
+    return read_back(
+        collection, attribute, cls.model_validate, {k: v for k, v in data.items() if k in fields}
+    )
+
+
+def _merge_record(doc: dict[str, Any]) -> MergeRecord:
+    """The merge log entry a ``merge_log`` document holds (as JSON text under ``record``)."""
+    return read_back("merge_log", "record", MergeRecord.model_validate_json, doc.get("record"))
+
+
+def _stored_id(collection: str, doc: dict[str, Any]) -> UUID:
+    """The ``id`` of a stored document."""
+    return read_back(collection, "id", _uuid, doc.get("id"))
+
+
+def _uuid(stored: Any) -> UUID:
+    return UUID(str(decode(stored)))
 
 
 #: what save's in-place update never writes: the id, the write order and the lifecycle
 _IN_PLACE_KEEPS = ("id", "seq", "status", "superseded_by_id", "superseded_at")
 
 
-def _stored_item(doc: dict[str, Any]) -> StoredItem:
+def _stored_item(collection: str, doc: dict[str, Any]) -> StoredItem:
     """A stored field/asset document as :func:`plan_save` sees it; a ``pending`` version
-    (a standalone write in flight) is not ACTIVE yet, so a save leaves it alone."""
-    status, at = str(doc["status"]), doc.get("superseded_at")
+    (a standalone write in flight) is not ACTIVE yet, so a save leaves it alone. A value
+    the vault did not write raises StorageError naming the attribute."""
+    data = decode_document(collection, doc)
+    profile_id, name = read_back(collection, None, _OWNER_AND_NAME, data)
+    status, at = data.get("status"), data.get("superseded_at")
     return StoredItem(
-        profile_id=decode(doc["profile_id"]),
-        name=doc["name"],
-        status=ItemStatus.SUPERSEDED if status == PENDING else ItemStatus(status),
-        superseded_by_id=decode(doc.get("superseded_by_id")),
-        superseded_at=None if at is None else datetime.fromisoformat(at),
+        profile_id=profile_id,
+        name=name,
+        status=(
+            ItemStatus.SUPERSEDED
+            if status == PENDING
+            else read_back(collection, "status", ItemStatus, status)
+        ),
+        superseded_by_id=data.get("superseded_by_id"),
+        superseded_at=(
+            None
+            if at is None
+            else read_back(collection, "superseded_at", datetime.fromisoformat, at)
+        ),
+    )
+
+
+_OWNER_AND_NAME = operator.itemgetter("profile_id", "name")
+
+
+def _profile(
+    data: dict[str, Any], identities: list[ChannelIdentity], consents: list[Consent]
+) -> CustomerProfile:
+    """A profile from its decoded document, without its fields and assets."""
+    return CustomerProfile(
+        id=data["id"],
+        tenant_id=data["tenant_id"],
+        customer_id=data["customer_id"],
+        verification_level=data.get("verification_level", VerificationLevel.UNVERIFIED),
+        created_at=data["created_at"],
+        updated_at=data["updated_at"],
+        last_interaction_at=data.get("last_interaction_at"),
+        channel_identities=identities,
+        consents=consents,
     )
 
 
@@ -129,18 +198,46 @@ def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, A
 
     @functools.wraps(fn)
     async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        # the text of a server's refusal quotes its full error document, which may hold
+        # stored values (a duplicate key's, a refused document): those errors are replaced
+        # by one naming the index or the error code, raised outside the except block so
+        # that no chained error carries the text either
         try:
             return await fn(*args, **kwargs)
         except errors.VaultError:
             raise
         except DuplicateKeyError as exc:
-            raise errors.ConflictError(f"MongoDB refused a duplicate: {exc}") from exc
+            error: errors.VaultError = errors.ConflictError(
+                f"MongoDB refused a duplicate ({_unique_index(exc)})"
+            )
         except ConnectionFailure as exc:
             raise errors.ProviderUnavailableError(f"MongoDB is unreachable: {exc}") from exc
+        except OperationFailure as exc:
+            error = errors.StorageError(f"MongoDB refused an operation: {_failure(exc)}")
         except PyMongoError as exc:
             raise errors.StorageError(f"MongoDB error: {exc}") from exc
+        raise error from None
 
     return wrapper
+
+
+def _unique_index(exc: DuplicateKeyError) -> str:
+    """The unique index that refused a write, by its attributes (never the key's values)."""
+    pattern = (exc.details or {}).get("keyPattern")
+    if isinstance(pattern, dict) and pattern:
+        return "unique index on " + ", ".join(str(name) for name in pattern)
+    return "a unique index"
+
+
+def _failure(exc: OperationFailure) -> str:
+    """A server error by its class and code only; an error without a server reply (raised
+    by the client or the emulation) by its own text, which quotes no document."""
+    if not exc.details:
+        return f"{type(exc).__name__}: {exc}"
+    name = exc.details.get("codeName")
+    return f"{type(exc).__name__}, code {exc.code}" + (
+        f" ({name})" if isinstance(name, str) else ""
+    )
 
 
 class MongoProfileStore(ProfileStore):
@@ -437,25 +534,28 @@ class MongoProfileStore(ProfileStore):
         else:
             results = [await run(*q) for q in queries]
         identities, fields, assets, consents = results
-        data = decode(doc)
-        identity_docs = identities if data.get("live") else data.get("released_identities") or []
-        profile = CustomerProfile(
-            id=data["id"],
-            tenant_id=data["tenant_id"],
-            customer_id=data["customer_id"],
-            verification_level=data.get("verification_level", VerificationLevel.UNVERIFIED),
-            created_at=data["created_at"],
-            updated_at=data["updated_at"],
-            last_interaction_at=data.get("last_interaction_at"),
-            channel_identities=[_to_model(ChannelIdentity, d) for d in identity_docs],
-            consents=[_to_model(Consent, d) for d in consents],
+        data = decode_document("profiles", doc)
+        if data.get("live"):
+            held = [_to_model("identities", ChannelIdentity, d) for d in identities]
+        else:  # a soft-deleted profile keeps its released identities in its own document
+            held = [
+                _to_model("profiles", ChannelIdentity, d, attribute="released_identities")
+                for d in data.get("released_identities") or []
+            ]
+        profile = read_back(
+            "profiles",
+            None,
+            _profile,
+            data,
+            held,
+            [_to_model("consents", Consent, d) for d in consents],
         )
-        for item in (_to_model(ProfileField, d, _FIELD_JSON) for d in fields):
+        for item in (_to_model("fields", ProfileField, d, _FIELD_JSON) for d in fields):
             if item.status is ItemStatus.ACTIVE:
                 profile.fields.setdefault(item.name, item)  # newest first: first one wins
             if include_history:
                 profile.field_history.setdefault(item.name, []).append(item)
-        for asset in (_to_model(ProfileAsset, d, _ASSET_JSON) for d in assets):
+        for asset in (_to_model("assets", ProfileAsset, d, _ASSET_JSON) for d in assets):
             if asset.status is ItemStatus.ACTIVE:
                 profile.assets.append(asset)
             if include_history:
@@ -640,7 +740,7 @@ class MongoProfileStore(ProfileStore):
                 if ids
                 else []
             )
-            items.append({decode(d["id"]): _stored_item(d) for d in docs})
+            items.append({_stored_id(name, d): _stored_item(name, d) for d in docs})
         return SaveState(
             exists=stored is not None,
             gone=stored is not None and _gone(stored),
@@ -1131,7 +1231,7 @@ class MongoProfileStore(ProfileStore):
             },
             sort=_NEWEST_FIELD_FIRST,
         )
-        return None if doc is None else _to_model(ProfileField, doc, _FIELD_JSON)
+        return None if doc is None else _to_model("fields", ProfileField, doc, _FIELD_JSON)
 
     async def _get_field_history(
         self, tenant_id: UUID, profile_id: UUID, field_name: str
@@ -1149,7 +1249,7 @@ class MongoProfileStore(ProfileStore):
             )
             .to_list(None)
         )
-        return [_to_model(ProfileField, d, _FIELD_JSON) for d in docs]
+        return [_to_model("fields", ProfileField, d, _FIELD_JSON) for d in docs]
 
     async def _expire_stale_fields_batch(
         self, tenant_id: UUID, profile_id: UUID | None, now: datetime, limit: int
@@ -1227,7 +1327,7 @@ class MongoProfileStore(ProfileStore):
         doc = await self._c("assets").find_one(
             {"tenant_id": uid(tenant_id), "profile_id": uid(profile_id), "id": uid(asset_id)}
         )
-        return None if doc is None else _to_model(ProfileAsset, doc, _ASSET_JSON)
+        return None if doc is None else _to_model("assets", ProfileAsset, doc, _ASSET_JSON)
 
     async def _get_asset_by_name(
         self, tenant_id: UUID, profile_id: UUID, asset_name: str, status: ItemStatus | None
@@ -1241,7 +1341,7 @@ class MongoProfileStore(ProfileStore):
             },
             sort=_NEWEST_ASSET_FIRST,
         )
-        return None if doc is None else _to_model(ProfileAsset, doc, _ASSET_JSON)
+        return None if doc is None else _to_model("assets", ProfileAsset, doc, _ASSET_JSON)
 
     # =====================================================================================
     # lineage: the core's bounded, cycle-guarded walk over _get_lineage_node. $graphLookup
@@ -1265,16 +1365,12 @@ class MongoProfileStore(ProfileStore):
         )
         if doc is None:
             return None
-        data = decode(doc)
-        unpack_json(data, "source_metadata")
-        return LineageEntry(
-            id=data["id"],
-            type=item_type,
-            name=data["name"],
-            source_metadata=data.get("source_metadata") or {},
-            source_item_id=data.get("source_item_id"),
-            source_item_type=data.get("source_item_type"),
-        )
+        data = {
+            "type": item_type,
+            "source_metadata": {},
+            **{k: v for k, v in doc.items() if v is not None},
+        }
+        return _to_model(collection, LineageEntry, data, ("source_metadata",))
 
     async def _get_derived_items(
         self, tenant_id: UUID, source_item_id: UUID
@@ -1289,8 +1385,8 @@ class MongoProfileStore(ProfileStore):
             self._c("assets").find(query, sort=_OLDEST_ASSET_FIRST).to_list(None),
         )
         return (
-            [_to_model(ProfileField, d, _FIELD_JSON) for d in fields],
-            [_to_model(ProfileAsset, d, _ASSET_JSON) for d in assets],
+            [_to_model("fields", ProfileField, d, _FIELD_JSON) for d in fields],
+            [_to_model("assets", ProfileAsset, d, _ASSET_JSON) for d in assets],
         )
 
     async def _check_has_dependents(
@@ -1372,7 +1468,7 @@ class MongoProfileStore(ProfileStore):
             if not link_outcome(profile_id, owner_id, identity.channel):
                 return False
             held = [
-                _to_model(ChannelIdentity, d)
+                _to_model("identities", ChannelIdentity, d)
                 for d in await self._c("identities")
                 .find({"tenant_id": t, "profile_id": p, "channel": channel}, session=session)
                 .to_list(None)
@@ -1512,9 +1608,9 @@ class MongoProfileStore(ProfileStore):
                 tenant_id,
                 plan,
                 request,
-                moved_field_ids=[UUID(str(decode(d)["id"])) for d in moved_fields],
-                moved_asset_ids=[UUID(str(decode(d)["id"])) for d in moved_assets],
-                moved_consents=[_to_model(Consent, d) for d in moved_consents],
+                moved_field_ids=[_stored_id("fields", d) for d in moved_fields],
+                moved_asset_ids=[_stored_id("assets", d) for d in moved_assets],
+                moved_consents=[_to_model("consents", Consent, d) for d in moved_consents],
                 source_identities=source_side.identities,
                 target_identities=target_side.identities,
             )
@@ -1575,7 +1671,7 @@ class MongoProfileStore(ProfileStore):
             doc = await entries.find_one({"tenant_id": t, "id": uid(merge_id)}, session=session)
             if doc is None:
                 raise errors.NotFoundError(f"merge {merge_id} not found")
-            return MergeRecord.model_validate_json(doc["record"])
+            return _merge_record(doc)
 
         async def work(session: Any) -> UnmergeResult:
             record = await read_entry(session)
@@ -1609,7 +1705,7 @@ class MongoProfileStore(ProfileStore):
             ).to_list(None)
             state = UnmergeState(
                 record=record,
-                open_merges=tuple(MergeRecord.model_validate_json(d["record"]) for d in others),
+                open_merges=tuple(_merge_record(d) for d in others),
                 target_live=live[record.target_profile_id],
                 source_live=live[record.source_profile_id],
                 target_fields=_versions(t_side),
@@ -1715,11 +1811,11 @@ class MongoProfileStore(ProfileStore):
             )
             .to_list(None)
         )
-        return [MergeRecord.model_validate_json(d["record"]) for d in docs]
+        return [_merge_record(d) for d in docs]
 
     async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
         docs = await self._c("definitions").find({"tenant_id": uid(tenant_id)}).to_list(None)
-        return [_to_model(ProfileFieldDefinition, d, _DEFINITION_JSON) for d in docs]
+        return [_to_model("definitions", ProfileFieldDefinition, d, _DEFINITION_JSON) for d in docs]
 
     async def _merge_sides(
         self, tenant_id: UUID, profile_ids: tuple[UUID, UUID], session: Any
@@ -1797,7 +1893,7 @@ class MongoProfileStore(ProfileStore):
         if enabled_only:
             query["enabled"] = True
         docs = await self._c("definitions").find(query, sort=[("name", 1)]).to_list(None)
-        return [_to_model(ProfileFieldDefinition, d, _DEFINITION_JSON) for d in docs]
+        return [_to_model("definitions", ProfileFieldDefinition, d, _DEFINITION_JSON) for d in docs]
 
     async def _get_field_definition(
         self, tenant_id: UUID, agent_id: UUID, field_name: str
@@ -1805,7 +1901,11 @@ class MongoProfileStore(ProfileStore):
         doc = await self._c("definitions").find_one(
             {"tenant_id": uid(tenant_id), "agent_id": uid(agent_id), "name": field_name}
         )
-        return None if doc is None else _to_model(ProfileFieldDefinition, doc, _DEFINITION_JSON)
+        return (
+            None
+            if doc is None
+            else _to_model("definitions", ProfileFieldDefinition, doc, _DEFINITION_JSON)
+        )
 
     async def _save_field_definition(self, definition: ProfileFieldDefinition) -> UUID:
         doc: dict[str, Any] = encode(definition.model_dump(mode="python"))
@@ -1819,7 +1919,9 @@ class MongoProfileStore(ProfileStore):
 
         def plan(by_id: dict[str, Any] | None, by_key: dict[str, Any] | None) -> SchemaUpsert:
             stored = [
-                None if d is None else _to_model(ProfileFieldDefinition, d, _DEFINITION_JSON)
+                None
+                if d is None
+                else _to_model("definitions", ProfileFieldDefinition, d, _DEFINITION_JSON)
                 for d in (by_id, by_key)
             ]
             return plan_definition_save(definition, *stored)
@@ -1849,7 +1951,7 @@ class MongoProfileStore(ProfileStore):
             )
             .to_list(None)
         )
-        return [_to_model(ScenarioFieldRequirement, d) for d in docs]
+        return [_to_model("requirements", ScenarioFieldRequirement, d) for d in docs]
 
     async def _save_scenario_requirement(self, requirement: ScenarioFieldRequirement) -> UUID:
         doc: dict[str, Any] = encode(requirement.model_dump(mode="python"))
@@ -1860,7 +1962,7 @@ class MongoProfileStore(ProfileStore):
 
         def plan(by_id: dict[str, Any] | None, by_key: dict[str, Any] | None) -> SchemaUpsert:
             stored = [
-                None if d is None else _to_model(ScenarioFieldRequirement, d)
+                None if d is None else _to_model("requirements", ScenarioFieldRequirement, d)
                 for d in (by_id, by_key)
             ]
             return plan_requirement_save(requirement, *stored)

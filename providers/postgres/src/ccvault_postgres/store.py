@@ -47,9 +47,10 @@ from uuid import UUID
 import asyncpg
 import asyncpg.exceptions as pgerr
 import orjson
+import pydantic
 from pydantic import BaseModel
 
-from ccvault import errors
+from ccvault import errors, models
 from ccvault.batches import KeysetBatch, parse_orphans_position
 from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
@@ -201,22 +202,53 @@ def _translate(exc: BaseException) -> BaseException | None:
     if isinstance(exc, asyncpg.InterfaceError | pgerr.InternalClientError):
         # the connection was closed or left mid-protocol by a server going away
         return errors.ProviderUnavailableError(f"PostgreSQL connection lost: {exc!r}")
-    if isinstance(exc, pgerr.DataError | UnicodeError):
+    # the text of the next errors may quote values (asyncpg's str() appends the server's
+    # DETAIL: "Key (...)=(...) already exists", "Failing row contains (...)"; "invalid
+    # input syntax for type ...: <value>"): their messages name the error class, SQLSTATE
+    # and constraint only, and _cause keeps them out of the chain
+    if isinstance(exc, pgerr.DataError):
         # e.g. a NUL character, which PostgreSQL text and jsonb cannot hold
-        return errors.ValidationError(f"value cannot be stored in PostgreSQL: {exc}")
+        return errors.ValidationError(
+            f"value cannot be stored in PostgreSQL ({type(exc).__name__}, SQLSTATE {exc.sqlstate})"
+        )
+    if isinstance(exc, UnicodeError):
+        return errors.ValidationError(
+            f"value cannot be stored in PostgreSQL ({type(exc).__name__})"
+        )
     if isinstance(exc, pgerr.UniqueViolationError):
         if exc.constraint_name in (_IDENTITY_INDEX, _CUSTOMER_INDEX):
             return errors.IdentityConflictError(
                 "channel identity or customer id already belongs to another live profile"
             )
-        return errors.ConflictError(f"already stored ({exc.constraint_name}): {exc.detail}")
+        return errors.ConflictError(f"already stored ({_refused_by(exc)})")
     if isinstance(exc, pgerr.IntegrityConstraintViolationError):
-        return errors.ConflictError(f"write contradicts stored data: {exc}")
+        return errors.ConflictError(
+            f"write contradicts stored data ({type(exc).__name__}: {_refused_by(exc)})"
+        )
     if isinstance(exc, pgerr.UndefinedTableError | pgerr.UndefinedObjectError):
         return errors.StorageError(f"the vault schema is missing; run setup() first: {exc}")
     if isinstance(exc, pgerr.PostgresError):
         return errors.StorageError(f"PostgreSQL error: {exc!r}")
     return None
+
+
+def _refused_by(exc: pgerr.PostgresError) -> str:
+    """What refused a write, by identifiers only (table, column, constraint)."""
+    names = {
+        "table": exc.table_name,
+        "column": exc.column_name,
+        "constraint": exc.constraint_name,
+    }
+    return ", ".join(f"{kind} {name}" for kind, name in names.items() if name) or "a constraint"
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """What the error raised for ``exc`` is chained to: ``exc`` itself, or nothing when its
+    text may quote the values written or stored (see :func:`_translate`), so a logged
+    traceback does not print it."""
+    if isinstance(exc, pgerr.DataError | pgerr.IntegrityConstraintViolationError | UnicodeError):
+        return None
+    return exc
 
 
 def _breaks_connection(exc: BaseException) -> bool:
@@ -321,10 +353,15 @@ _CHANNEL = _EnumLookup(Channel, "channel identity", "channel_identities", "chann
 _VERIFICATION_LEVEL = _EnumLookup(
     VerificationLevel, "profile", "customer_profiles", "verification_level"
 )
-# a lineage entry's source type, by the kind of item the entry is
+# a lineage entry's source type, row kind and table, by the kind of item the entry is
 _LINEAGE_SOURCE_TYPE = {
     ItemType.PROFILE_FIELD.value: _FIELD_SOURCE_TYPE,
     ItemType.PROFILE_ASSET.value: _ASSET_SOURCE_TYPE,
+}
+_LINEAGE_ROW = {ItemType.PROFILE_FIELD.value: "field", ItemType.PROFILE_ASSET.value: "asset"}
+_LINEAGE_TABLE = {
+    ItemType.PROFILE_FIELD.value: "profile_fields",
+    ItemType.PROFILE_ASSET.value: "profile_assets",
 }
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -375,8 +412,56 @@ def _identity(row: Mapping[str, Any]) -> ChannelIdentity:
     )
 
 
+#: every attribute name of a vault model: the only parts of a validation error's location
+#: a message may name (below them may come a key of stored JSON, itself personal data)
+_ATTRIBUTES = frozenset(
+    name
+    for model in vars(models).values()
+    if isinstance(model, type) and issubclass(model, BaseModel)
+    for name in model.model_fields
+)
+
+
+def _validated(
+    row: str, table: str, column: str | None, build: Callable[[Any], _M], data: Any
+) -> _M:
+    """``build(data)``, the validation of (a column of) a row read back; a row the vault did
+    not write raises StorageError naming the row's kind, table and column(s) and the kind
+    of error, never the value: pydantic's messages (a custom validator's too) quote the
+    input. One try around the whole build: nothing is done per attribute unless it fails.
+
+    The StorageError is raised after the ``except`` block, so the original error is
+    neither its cause nor its context."""
+    try:
+        return build(data)
+    except pydantic.ValidationError as exc:
+        problems = dict.fromkeys(
+            f"{_location(table, column, e['loc'])} ({e['type']})"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+    raise errors.StorageError(
+        f"a stored {row} row is corrupt (written outside the vault?): "
+        + "; ".join(list(problems)[:5])
+    )
+
+
+def _location(table: str, column: str | None, loc: Sequence[int | str]) -> str:
+    """``table.column``, then the location inside the column (a JSON value's), up to the
+    first part that is no model attribute."""
+    parts = [table] if column is None else [table, column]
+    for part in loc:
+        if not isinstance(part, int) and part not in _ATTRIBUTES:
+            break
+        parts.append(str(part))
+    return ".".join(parts)
+
+
 def _consent(row: Mapping[str, Any]) -> Consent:
-    return Consent.model_validate(
+    return _validated(
+        "consent",
+        "consents",
+        None,  # the model's attributes are the table's columns
+        Consent.model_validate,
         {
             "consent_type": row["consent_type"],
             "granted": row["granted"],
@@ -385,8 +470,13 @@ def _consent(row: Mapping[str, Any]) -> Consent:
             "source_session_id": row["source_session_id"],
             "ip_address": row["ip_address"],
             "ip_address_sealed": row["ip_address_sealed"],
-        }
+        },
     )
+
+
+def _merge_record(text: str) -> MergeRecord:
+    """A merge log entry from its ``record`` column (JSON text)."""
+    return _validated("merge log", "merge_log", "record", MergeRecord.model_validate_json, text)
 
 
 _DEFINITIONS = "profile_field_definitions"
@@ -824,7 +914,7 @@ class PostgresProfileStore(ProfileStore):
             try:
                 await pool.start()
             except BaseException as exc:
-                raise (_translate(exc) or exc) from exc
+                raise (_translate(exc) or exc) from _cause(exc)
             try:
                 conn = await pool.acquire(options.pool_acquire_timeout_seconds)
                 try:
@@ -839,7 +929,7 @@ class PostgresProfileStore(ProfileStore):
                     pool.release(conn)
             except BaseException as exc:
                 pool.terminate()
-                raise (_translate(exc) or exc) from exc
+                raise (_translate(exc) or exc) from _cause(exc)
             self._pool = pool
 
     async def _migrate(self, conn: asyncpg.Connection) -> list[int]:
@@ -860,11 +950,11 @@ class PostgresProfileStore(ProfileStore):
         try:
             conn = await self._connect()
         except BaseException as exc:
-            raise (_translate(exc) or exc) from exc
+            raise (_translate(exc) or exc) from _cause(exc)
         try:
             yield conn
         except BaseException as exc:
-            raise (_translate(exc) or exc) from exc
+            raise (_translate(exc) or exc) from _cause(exc)
         finally:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await asyncio.wait_for(conn.close(), timeout=10)
@@ -1287,10 +1377,14 @@ class PostgresProfileStore(ProfileStore):
                 sql.DERIVATION_CHAIN, tenant_id, item_id, item_type.value, max_depth
             )
         # a source type no member has is refused by its lookup (StorageError without the
-        # value), not by validation (whose message would quote the stored text)
+        # value), any other column by _validated (no value either)
         return [
-            LineageEntry.model_validate(
-                dict(r, source_item_type=_LINEAGE_SOURCE_TYPE[r["type"]][r["source_item_type"]])
+            _validated(
+                _LINEAGE_ROW[r["type"]],
+                _LINEAGE_TABLE[r["type"]],
+                None,
+                LineageEntry.model_validate,
+                dict(r, source_item_type=_LINEAGE_SOURCE_TYPE[r["type"]][r["source_item_type"]]),
             )
             for r in rows
         ]
@@ -1485,7 +1579,7 @@ class PostgresProfileStore(ProfileStore):
                 found = await conn.fetchval(sql.LOCK_MERGE_LOG, tenant_id, merge_id)
                 if found is None:
                     raise errors.NotFoundError(f"merge {merge_id} not found")
-                record = MergeRecord.model_validate_json(found)
+                record = _merge_record(found)
                 source_id, target_id = record.source_profile_id, record.target_profile_id
                 live = {
                     r["id"]: r["live"]
@@ -1503,7 +1597,7 @@ class PostgresProfileStore(ProfileStore):
                 s_side, t_side = sides[source_id], sides[target_id]
                 state = UnmergeState.from_profiles(
                     record,
-                    tuple(MergeRecord.model_validate_json(r[0]) for r in others),
+                    tuple(_merge_record(r[0]) for r in others),
                     target_live=live.get(target_id, False),
                     source_live=live[source_id],
                     target=t_side,
@@ -1562,7 +1656,7 @@ class PostgresProfileStore(ProfileStore):
     async def _get_merge_log(self, tenant_id: UUID, profile_id: UUID) -> list[MergeRecord]:
         async with self._conn() as conn:
             rows = await conn.fetch(sql.GET_MERGE_LOG, tenant_id, profile_id)
-        return [MergeRecord.model_validate_json(r[0]) for r in rows]
+        return [_merge_record(r[0]) for r in rows]
 
     async def _get_tenant_field_definitions(self, tenant_id: UUID) -> list[ProfileFieldDefinition]:
         async with self._conn() as conn:
@@ -1938,7 +2032,7 @@ class _Lease:
         try:
             self._conn = await self._pool.acquire(self._timeout)
         except BaseException as exc:
-            raise (_translate(exc) or exc) from exc
+            raise (_translate(exc) or exc) from _cause(exc)
         return self._conn
 
     async def __aexit__(
@@ -1957,7 +2051,7 @@ class _Lease:
         if exc is not None:
             translated = _translate(exc)
             if translated is not None:
-                raise translated from exc
+                raise translated from _cause(exc)
 
 
 class _LinkRace(errors.VaultError):
