@@ -379,6 +379,27 @@ async def test_adapter_failures_raise_extraction_error(
             await extractor.extract(DOB, CONVERSATION)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"found": true, "value": 1, "confidence": "Ana Lopez, 12 March 1990"}',
+        "Ana Lopez, 12 March 1990 (not JSON)",
+    ],
+)
+async def test_an_unreadable_answer_is_neither_quoted_nor_chained(
+    llm: FakeLLM, content: str
+) -> None:
+    # the model's answer may quote the customer: float()'s and the decoder's errors quote it
+    llm.content = content
+    async with OpenAICompatibleExtractor(llm.url, "m") as extractor:
+        with pytest.raises(ExtractionError, match="unreadable") as raised:
+            await extractor.extract(DOB, CONVERSATION)
+    error: BaseException | None = raised.value
+    while error is not None:
+        assert "Ana Lopez" not in str(error), str(error)
+        error = error.__cause__ or error.__context__
+
+
 async def test_adapter_unreachable_endpoint_raises_extraction_error(llm: FakeLLM) -> None:
     # a port nobody listens on: take one from a server we just closed
     probe = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)

@@ -170,12 +170,16 @@ def check_model(cls: type[_M], value: object, what: str) -> _M:
         # below reports it as a ValidationError instead of a serializer warning
         checked = cls.model_validate(value.model_dump(warnings=False))
     except pydantic.ValidationError as exc:
-        raise errors.ValidationError(f"invalid {what}: {_describe(exc)}") from exc
+        problem = _describe(exc)
     except (OverflowError, UnicodeError):
         # a timestamp whose conversion to UTC overflows, a string the serializer refuses
-        raise errors.ValidationError(f"invalid {what}: a value is out of range") from None
-    check_written(checked, what)
-    return checked
+        problem = "a value is out of range"
+    else:
+        check_written(checked, what)
+        return checked
+    # raised outside the except block: pydantic's error, whose text quotes the input, is
+    # neither the cause nor the context of ours
+    raise errors.ValidationError(f"invalid {what}: {problem}")
 
 
 def check_read_profile(value: object, what: str = "profile") -> CustomerProfile:
@@ -382,9 +386,15 @@ def _shown(value: object) -> str:
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
-    """pydantic's problems without the offending input (it may be personal data)."""
+    """pydantic's problems without the offending input (it may be personal data): a
+    location's parts are shown when they are positions or names (attributes, field names;
+    a key of the caller's dict may be anything), and the error raised from here is never
+    chained to ``exc``, whose text quotes the input."""
     problems = []
     for problem in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(part) for part in problem["loc"])
+        where = ".".join(
+            str(part) if isinstance(part, int) or is_valid_field_name(part) else "(a key)"
+            for part in problem["loc"]
+        )
         problems.append(f"{where}: {problem['msg']}" if where else problem["msg"])
     return "; ".join(problems)

@@ -405,7 +405,7 @@ class Keyring:
         key = self.identity_keys.get(kid)
         if not sep or key is None:
             raise errors.EncryptionError(
-                f"sealed channel identity under key id {kid[:32]!r}, which is not configured "
+                f"sealed channel identity under key id {_shown_kid(kid)}, which is not configured "
                 f"in {_SETTING} (configured: {sorted(self.identity_keys)})"
             )
         try:
@@ -549,11 +549,19 @@ def _kept_container(opened: Any, json: bytes) -> tuple[Any, Callable[[Any], Any]
     return json, _loads
 
 
+def _shown_kid(kid: str) -> str:
+    """``kid`` quoted for a message if it is a key id's form; a malformed token's "key id"
+    may be the stored identity itself (personal data), so it is not shown."""
+    return repr(kid) if _KID.match(kid) else "(malformed)"
+
+
 def _identity_kid(stored: str) -> str | None:
     """The key id of a sealed channel user id, None for a plaintext one."""
     if not stored.startswith(IDENTITY_PREFIX):
         return None
-    return stored[len(IDENTITY_PREFIX) :].partition(":")[0][:32] or None
+    kid = stored[len(IDENTITY_PREFIX) :].partition(":")[0]
+    # a malformed token's "key id" may be the stored identity itself: never shown
+    return kid if _KID.match(kid) else None
 
 
 def _identity_aad(tenant_id: UUID, channel: Channel) -> bytes:

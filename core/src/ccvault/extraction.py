@@ -1467,18 +1467,25 @@ class OpenAICompatibleExtractor:
             raise ExtractionError(
                 f"extraction endpoint {self.url} answered HTTP {response.status_code}"
             )
+        # a decoder's error and float()'s hold (and quote) the answer, which may quote the
+        # customer: they are neither shown nor chained (raised outside the except blocks)
+        unreadable = ""
         try:
             content = response.json()["choices"][0]["message"]["content"]
             answer = _parse_answer(content)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise ExtractionError(f"unreadable answer from {self.url}: {exc}") from exc
+            unreadable = type(exc).__name__
+        if unreadable:
+            raise ExtractionError(f"unreadable answer from {self.url} ({unreadable})")
         if not answer.get("found") or answer.get("value") is None:
             return None
         try:
             confidence = min(1.0, max(0.0, float(answer.get("confidence", 0.5))))
             value = check_json_value(answer["value"])
         except (TypeError, ValueError) as exc:
-            raise ExtractionError(f"unreadable answer from {self.url}: {exc}") from exc
+            unreadable = type(exc).__name__
+        if unreadable:
+            raise ExtractionError(f"unreadable answer from {self.url} ({unreadable})")
         quote = str(answer.get("quote") or "")
         # only the customer's own words vouch for a value: a quote from an agent turn (or
         # spanning two turns) does not pass

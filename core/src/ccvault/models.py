@@ -480,11 +480,13 @@ class CustomerProfile(VaultModel):
     def _keys_match_names(self) -> CustomerProfile:
         for key, item in self.fields.items():
             if key != item.name:
-                raise ValueError(f"fields[{key!r}] holds a field named {item.name!r}")
+                raise ValueError(f"fields holds field {item.name!r} under another key")
         for key, versions in self.field_history.items():
             for version in versions:
                 if key != version.name:
-                    raise ValueError(f"field_history[{key!r}] holds a field named {version.name!r}")
+                    raise ValueError(
+                        f"field_history holds field {version.name!r} under another key"
+                    )
         return self
 
     def active_values(self) -> dict[str, JsonValue]:

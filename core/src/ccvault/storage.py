@@ -1,4 +1,5 @@
-"""Helpers for provider authors: table columns and row values derived from the models.
+"""Helpers for provider authors: table columns and row values derived from the models,
+and the error for a stored row that cannot be read back.
 
 A table that stores one model as one column per attribute (same names) takes its column
 list from the model, so adding an attribute to the model cannot leave a provider's
@@ -7,12 +8,25 @@ statements and its parameter builders disagreeing about the columns or their ord
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+import pydantic
 from pydantic import BaseModel
 
-__all__ = ["columns", "row_values"]
+from ccvault import errors, models
+
+__all__ = ["MODEL_ATTRIBUTES", "columns", "corrupt_row", "row_values"]
+
+#: every attribute name of a vault model: the names a message about a stored row may
+#: quote from a validation error's location (below them may come a key of stored JSON, or
+#: one the vault never writes, which may itself be personal data)
+MODEL_ATTRIBUTES = frozenset(
+    name
+    for model in vars(models).values()
+    if isinstance(model, type) and issubclass(model, BaseModel)
+    for name in model.model_fields
+)
 
 
 def columns(
@@ -36,3 +50,42 @@ def row_values(item: BaseModel, cols: Sequence[str], **encoded: Any) -> tuple[An
         raise ValueError(f"encoded values for no column: {sorted(stray)}")
     data = item.__dict__
     return tuple(encoded[col] if col in encoded else data[col] for col in cols)
+
+
+def corrupt_row(
+    what: str, where: str, exc: BaseException, *, names: Collection[str] = ()
+) -> errors.StorageError:
+    """The StorageError for a stored ``what`` (a row, a document) read back from ``where``
+    (``table`` or ``table.column``) that the vault did not write, or that was corrupted,
+    whose reading raised ``exc``.
+
+    It names places and kinds of error, never a value or a message: pydantic's messages, a
+    custom validator's and a decoder's may quote the stored input (personal data). For a
+    pydantic ValidationError, each problem is ``where`` followed by the error's location
+    up to the first part that is neither a position, a vault model's attribute nor one of
+    ``names`` (the provider's own keys), and its error type; for any other error,
+    ``where`` and the error's class.
+
+    Raise it after the ``except`` block that caught ``exc`` (or ``from None``), so that
+    ``exc``, whose text may quote the value, is neither its cause nor its context.
+    """
+    if isinstance(exc, pydantic.ValidationError):
+        found = dict.fromkeys(
+            f"{_location(where, problem['loc'], names)} ({problem['type']})"
+            for problem in exc.errors(include_input=False, include_url=False)
+        )
+        problems = "; ".join(list(found)[:5])
+    else:
+        problems = f"{where} ({type(exc).__name__})"
+    return errors.StorageError(
+        f"a stored {what} is corrupt (written outside the vault?): {problems}"
+    )
+
+
+def _location(where: str, loc: Sequence[int | str], names: Collection[str]) -> str:
+    parts = [where]
+    for part in loc:
+        if not (isinstance(part, int) or part in MODEL_ATTRIBUTES or part in names):
+            break
+        parts.append(str(part))
+    return ".".join(parts)

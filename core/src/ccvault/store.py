@@ -727,7 +727,7 @@ class ProfileStore(ABC):
         for identity in profile.channel_identities:
             key = (identity.channel, identity.channel_user_id)
             if key in seen:
-                raise errors.ValidationError(f"identity {key} is listed twice")
+                raise errors.ValidationError(f"a {identity.channel.value} identity is listed twice")
             seen.add(key)
         if sum(identity.primary for identity in profile.channel_identities) > 1:
             raise errors.ValidationError("at most one channel identity may be primary")

@@ -201,7 +201,7 @@ class HeldIdentity:
     """One channel identity a profile holds, as the merge rule needs it."""
 
     channel: Channel
-    channel_user_id: str
+    channel_user_id: str = field(repr=False)  # personal data: never in the repr
     primary: bool
 
     @classmethod
@@ -258,7 +258,7 @@ class IdentityPlacement:
     """Where one identity ends up: on the target, with this ``primary`` flag."""
 
     channel: Channel
-    channel_user_id: str
+    channel_user_id: str = field(repr=False)  # personal data: never in the repr
     primary: bool
     #: True when the identity comes from the source (it moves to the target)
     from_source: bool

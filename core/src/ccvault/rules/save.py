@@ -109,7 +109,8 @@ class SaveState:
     exists: bool = False
     gone: bool = False
     customer_owner: UUID | None = None
-    identity_owners: Mapping[IdentityKey, UUID] = field(default_factory=_no_identities)
+    # keyed by (channel, channel user id): personal data, never in the repr
+    identity_owners: Mapping[IdentityKey, UUID] = field(default_factory=_no_identities, repr=False)
     fields: Mapping[UUID, StoredItem] = field(default_factory=_no_items)
     assets: Mapping[UUID, StoredItem] = field(default_factory=_no_items)
 

@@ -44,7 +44,7 @@ Nothing here performs I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -128,7 +128,7 @@ class IdentityUpdate:
     """The identity belongs to ``profile_id`` with this ``primary`` flag."""
 
     channel: Channel
-    channel_user_id: str
+    channel_user_id: str = field(repr=False)  # personal data: never in the repr
     profile_id: UUID
     primary: bool
     #: True when it moves from the target to the source

@@ -106,7 +106,7 @@ class IdentityLookup(_Body):
     """A channel identity, sent in the body so it never appears in a URL or an access log."""
 
     channel: Channel
-    channel_user_id: ShortText
+    channel_user_id: ShortText = Field(repr=False)  # personal data
     include_history: bool = False
     #: statuses as stored (expiry not applied at read time)
     as_stored: bool = False
@@ -117,7 +117,7 @@ class SubjectRequest(_Body):
     (sent in the body so an identity never appears in a URL or an access log)."""
 
     channel: Channel | None = None
-    channel_user_id: ShortText | None = None
+    channel_user_id: ShortText | None = Field(default=None, repr=False)  # personal data
     customer_id: UUID | None = None
     profile_id: UUID | None = None
 
@@ -127,7 +127,7 @@ class SubjectProfilesRequest(_Body):
     (``channel`` None) a customer id."""
 
     channel: Channel | None = None
-    channel_user_id: ShortText | None = None
+    channel_user_id: ShortText | None = Field(default=None, repr=False)  # personal data
     customer_id: UUID | None = None
 
 
@@ -202,7 +202,7 @@ class LineageStep(_Body):
     id: UUID
     type: ItemType
     name: str
-    source_metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    source_metadata: dict[str, JsonValue] = Field(default_factory=dict, repr=False)
 
 
 class DerivedItems(_Body):
@@ -216,9 +216,10 @@ class ItemCounts(_Body):
 
 
 class PayloadRewrite(_Body):
+    # personal data: never in the repr
     field_id: UUID
-    value: JsonValue
-    source_metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    value: JsonValue = Field(repr=False)
+    source_metadata: dict[str, JsonValue] = Field(default_factory=dict, repr=False)
 
 
 class RewriteRequest(_Body):

@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
-import pydantic
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -62,13 +61,13 @@ from ccvault.rules.identity import link_outcome
 from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_merge
 from ccvault.rules.save import SaveState, StoredItem, identity_key, plan_save
 from ccvault.rules.unmerge import UnmergeState, plan_unmerge
+from ccvault.storage import corrupt_row
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_example_redis.settings import RedisExampleSettings
 
 __all__ = ["RedisExampleProfileStore"]
 
 _T = TypeVar("_T")
-_M = TypeVar("_M", bound=pydantic.BaseModel)
 _IdentityKey = tuple[Channel, str]
 _RequirementKey = tuple[UUID, UUID | None, UUID | None, str]
 #: the profile's aggregate parts are stored as their own rows, not inside the profile
@@ -104,8 +103,9 @@ class _Tenant:
     profiles: dict[UUID, _Profile] = field(default_factory=dict)
     fields: dict[UUID, _Field] = field(default_factory=dict)
     assets: dict[UUID, _Asset] = field(default_factory=dict)
-    # identities and customer ids owned by LIVE profiles only
-    identities: dict[_IdentityKey, UUID] = field(default_factory=dict)
+    # identities and customer ids owned by LIVE profiles only (an identity key holds the
+    # channel user id, personal data: never in the repr)
+    identities: dict[_IdentityKey, UUID] = field(default_factory=dict, repr=False)
     customers: dict[UUID, UUID] = field(default_factory=dict)
     definitions: dict[tuple[UUID, str], ProfileFieldDefinition] = field(default_factory=dict)
     requirements: dict[_RequirementKey, ScenarioFieldRequirement] = field(default_factory=dict)
@@ -171,15 +171,15 @@ class _Tenant:
             tenant.seq = int(doc["seq"])
             part = "profiles"
             for row in doc["profiles"]:
-                profile = _model(CustomerProfile, row["profile"], part)
+                profile = CustomerProfile.model_validate(row["profile"])
                 tenant.profiles[profile.id] = _Profile(profile=profile, deleted=row["deleted"])
             part = "fields"
             for row in doc["fields"]:
-                item = _model(ProfileField, row["item"], part)
+                item = ProfileField.model_validate(row["item"])
                 tenant.fields[item.id] = _Field(UUID(row["profile_id"]), row["seq"], item)
             part = "assets"
             for row in doc["assets"]:
-                asset = _model(ProfileAsset, row["item"], part)
+                asset = ProfileAsset.model_validate(row["item"])
                 tenant.assets[asset.id] = _Asset(UUID(row["profile_id"]), row["seq"], asset)
             part = "identities"
             for channel, user_id, owner in doc["identities"]:
@@ -189,43 +189,21 @@ class _Tenant:
                 tenant.customers[UUID(customer)] = UUID(owner)
             part = "definitions"
             for raw_definition in doc["definitions"]:
-                d = _model(ProfileFieldDefinition, raw_definition, part)
+                d = ProfileFieldDefinition.model_validate(raw_definition)
                 tenant.definitions[(d.agent_id, d.name)] = d
             part = "requirements"
             for raw_requirement in doc["requirements"]:
-                r = _model(ScenarioFieldRequirement, raw_requirement, part)
+                r = ScenarioFieldRequirement.model_validate(raw_requirement)
                 tenant.requirements[(r.scenario_id, r.step_id, r.rule_id, r.field_name)] = r
             part = "merges"
             for raw_merge in doc["merges"]:
-                m = _model(MergeRecord, raw_merge, part)
+                m = MergeRecord.model_validate(raw_merge)
                 tenant.merges[m.id] = m
             return tenant
-        except (ValueError, KeyError, TypeError) as exc:  # orjson's error is a ValueError
-            problem = type(exc).__name__  # its message may quote the value: not used
-        raise _corrupt(f"{part} ({problem})")
-
-
-def _model(model: type[_M], data: Any, part: str) -> _M:
-    """``model`` validated from ``data``, a part of a tenant document. A failure names the
-    part, the model's attributes and the kinds of error: pydantic's own message (and the
-    error's ``input``) quote the stored value, and a location below an attribute may be a
-    key of stored JSON, so neither is used."""
-    try:
-        return model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        found = {
-            f"{model.__name__}.{e['loc'][0]} ({e['type']})"
-            if e["loc"] and e["loc"][0] in model.model_fields
-            else f"{model.__name__} ({e['type']})"
-            for e in exc.errors(include_input=False, include_url=False)
-        }
-    raise _corrupt(f"{part}: {'; '.join(sorted(found))}")
-
-
-def _corrupt(where: str) -> errors.StorageError:
-    # its callers raise it after their except block: the original error, whose text
-    # quotes the stored value, is then neither its cause nor its context
-    return errors.StorageError(f"a stored tenant document is corrupt, not one of ours: {where}")
+        except (ValueError, KeyError, TypeError) as exc:  # pydantic's error is a ValueError
+            # named by part, attribute and kind of error: never a value (personal data)
+            error = corrupt_row("tenant document", part, exc)
+        raise error  # outside the except block: not chained to the error (its text quotes)
 
 
 def _stored(profile_id: UUID, item: ProfileField | ProfileAsset) -> StoredItem:

@@ -211,8 +211,9 @@ class Tenant:
     profiles: dict[UUID, TenantProfile] = field(default_factory=dict)
     fields: ItemTable[ProfileField] = field(default_factory=lambda: ItemTable(FIELD))
     assets: ItemTable[ProfileAsset] = field(default_factory=lambda: ItemTable(ASSET))
-    # identities and customer ids owned by LIVE profiles only
-    identities: dict[IdentityKey, UUID] = field(default_factory=dict)
+    # identities and customer ids owned by LIVE profiles only (an identity key holds the
+    # channel user id, personal data: never in the repr)
+    identities: dict[IdentityKey, UUID] = field(default_factory=dict, repr=False)
     customers: dict[UUID, UUID] = field(default_factory=dict)
     definitions: dict[tuple[UUID, str], ProfileFieldDefinition] = field(default_factory=dict)
     requirements: dict[RequirementKey, ScenarioFieldRequirement] = field(default_factory=dict)

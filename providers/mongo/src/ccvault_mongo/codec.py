@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
 from uuid import UUID
 
-import pydantic
 from bson.binary import Binary, UuidRepresentation
 from bson.int64 import Int64
 
-from ccvault import errors, models
+from ccvault import errors
+from ccvault.storage import MODEL_ATTRIBUTES, corrupt_row
 
 __all__ = [
     "JSON_SUFFIX",
@@ -143,72 +143,49 @@ _KINDS = {
     "requirements": "scenario requirement",
     "merge_log": "merge log",
 }
-#: the names a message may quote from a stored document or a validation error's location:
-#: the vault models' attributes and the provider's own keys. Any other key (of a stored
-#: JSON object, or one the vault never writes) may itself be personal data.
-_ATTRIBUTES = frozenset(
-    name
-    for model in vars(models).values()
-    if isinstance(model, type) and issubclass(model, pydantic.BaseModel)
-    for name in model.model_fields
-) | {
-    "profile_id",
-    "seq",
-    "position",
-    "live",
-    "merging_into",
-    "purging",
-    "released_identities",
-    "record",
-    "write_seq",
-}
+#: the provider's own keys of a stored document: with the vault models' attributes
+#: (``ccvault.storage.MODEL_ATTRIBUTES``), the names a message may quote from a document
+#: or a validation error's location. Any other key (of a stored JSON object, or one the
+#: vault never writes) may itself be personal data.
+_OWN_KEYS = frozenset(
+    {
+        "profile_id",
+        "seq",
+        "position",
+        "live",
+        "merging_into",
+        "purging",
+        "released_identities",
+        "record",
+        "write_seq",
+    }
+)
 #: what decoding a stored value may raise (json.JSONDecodeError is a ValueError)
 _DECODING_ERRORS = (ValueError, TypeError, LookupError, AttributeError, OverflowError)
 
 
-def _path(collection: str, attribute: str | None, loc: Sequence[int | str] = ()) -> str:
-    """``collection.attribute.loc...``, up to the first part that is not a known name."""
-    parts = [collection] if attribute is None else [collection, attribute]
-    for part in loc:
-        if not isinstance(part, int) and part not in _ATTRIBUTES:
-            break  # a key of a stored JSON object, or one the vault never writes
-        parts.append(str(part))
-    return ".".join(parts)
-
-
-def _problems(collection: str, attribute: str | None, exc: Exception) -> str:
-    """What is wrong, as attribute paths and error kinds only: never a value, nor a message
-    (pydantic's messages, and those of custom validators, may quote the input)."""
-    if isinstance(exc, pydantic.ValidationError):
-        found = dict.fromkeys(
-            f"{_path(collection, attribute, e['loc'])} ({e['type']})"
-            for e in exc.errors(include_input=False, include_url=False)
-        )
-        return "; ".join(list(found)[:5])
-    key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
-    if attribute is None and isinstance(key, str) and key in _ATTRIBUTES:
-        return f"{collection}.{key} (missing)"
-    return f"{_path(collection, attribute)} ({type(exc).__name__})"
+def _known(key: object) -> bool:
+    return key in MODEL_ATTRIBUTES or key in _OWN_KEYS
 
 
 def read_back(collection: str, attribute: str | None, build: Callable[..., _T], *args: Any) -> _T:
     """``build(*args)``, which turns (part of) a document read from ``collection`` into
     what the store returns; a document the vault did not write (or a corrupted one)
     raises :class:`~ccvault.errors.StorageError` naming the collection and the attribute
-    (``attribute``, when the call reads one), never the stored value.
-
-    The StorageError is raised outside the ``except`` block, so neither its cause nor its
-    context holds the original error, whose text may quote the value."""
+    (``attribute``, when the call reads one; a key the vault writes that is missing),
+    never the stored value (:func:`ccvault.storage.corrupt_row`)."""
     try:
         return build(*args)
     except errors.VaultError:  # already ours (errors.ValidationError is a ValueError)
         raise
     except _DECODING_ERRORS as exc:  # pydantic's ValidationError is a ValueError
-        problems = _problems(collection, attribute, exc)
-    kind = _KINDS.get(collection, "")
-    raise errors.StorageError(
-        f"a stored {kind} document is corrupt (written outside the vault?): {problems}"
-    ) from None
+        key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+        if attribute is None and _known(key):
+            attribute = str(key)  # a key the vault writes is missing
+        where = collection if attribute is None else f"{collection}.{attribute}"
+        error = corrupt_row(f"{_KINDS.get(collection, '')} document", where, exc, names=_OWN_KEYS)
+    # outside the except block: not chained to the original error, whose text may quote
+    raise error
 
 
 def decode_document(collection: str, document: dict[str, Any]) -> dict[str, Any]:
@@ -221,5 +198,5 @@ def decode_document(collection: str, document: dict[str, Any]) -> dict[str, Any]
     except _DECODING_ERRORS:
         pass
     for key, value in document.items():
-        read_back(collection, key if key in _ATTRIBUTES else "?", decode, value)
+        read_back(collection, key if _known(key) else "?", decode, value)
     raise AssertionError("unreachable: decode failed on a document, not on any value")

@@ -653,11 +653,14 @@ class MongoProfileStore(ProfileStore):
                     self._identity_doc(tenant_id, candidate.id, identity, 1)
                 )
             except DuplicateKeyError:
-                await self._c("profiles").delete_one(
-                    {"tenant_id": uid(tenant_id), "id": uid(candidate.id)}
-                )
-                continue
-            return candidate
+                pass  # lost the race: the profile is removed below
+            else:
+                return candidate
+            # outside the except block, so that a failure here is not chained to the
+            # duplicate key's error, whose text quotes the identity (personal data)
+            await self._c("profiles").delete_one(
+                {"tenant_id": uid(tenant_id), "id": uid(candidate.id)}
+            )
         raise errors.ConflictError("get_or_create lost too many races; retry")
 
     async def _save(self, profile: CustomerProfile) -> UUID:
@@ -767,6 +770,9 @@ class MongoProfileStore(ProfileStore):
             + len(plan.updated_assets)
             + 1
         )
+        # (the reads and writes after a refusal run outside its except block: what they
+        # raise is then not chained to the duplicate key's error, whose text quotes the key)
+        refused = False
         try:
             # only a live profile matches; a new one is inserted with the filter's
             # equalities (live, no merge), so nothing here can revive a deleted one: if it
@@ -780,6 +786,8 @@ class MongoProfileStore(ProfileStore):
                 session=session,
             )
         except DuplicateKeyError:
+            refused = True
+        if refused:
             if session is None:  # standalone: which unique index refused it?
                 raced = await self._c("profiles").find_one(
                     {"tenant_id": t, "id": p}, projection={"live": 1, "merging_into": 1}
@@ -812,6 +820,8 @@ class MongoProfileStore(ProfileStore):
                     session=session,
                 )
             except DuplicateKeyError:
+                result = None  # refused: another live profile holds the identity
+            if result is None:
                 if session is None:  # standalone: undo this call's writes, then refuse
                     await self._undo_profile_write(t, p, before, claimed)
                 raise errors.IdentityConflictError(
@@ -1431,7 +1441,10 @@ class MongoProfileStore(ProfileStore):
                 )
                 return True
             except DuplicateKeyError:
-                owner = await self._c("identities").find_one(key)
+                pass  # held: by whom is read below
+            # outside the except block: a failure of this read is not chained to the
+            # duplicate key's error, whose text quotes the identity (personal data)
+            owner = await self._c("identities").find_one(key)
             if owner is None:
                 continue  # released in between: try again
             if owner["profile_id"] != uid(profile_id) and await self._release_if_stale(

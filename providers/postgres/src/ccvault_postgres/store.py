@@ -50,7 +50,7 @@ import orjson
 import pydantic
 from pydantic import BaseModel
 
-from ccvault import errors, models
+from ccvault import errors
 from ccvault.batches import KeysetBatch, parse_orphans_position
 from ccvault.migration import MigrationReport, SchemaStatus, require_ready
 from ccvault.models import (
@@ -81,7 +81,7 @@ from ccvault.rules.identity import channel_eviction, link_outcome
 from ccvault.rules.merge import MergeLogRequest, MergeSide, merge_record, plan_merge
 from ccvault.rules.save import SavePlan, SaveState, StoredItem, plan_save
 from ccvault.rules.unmerge import UnmergeState, plan_unmerge
-from ccvault.storage import row_values
+from ccvault.storage import corrupt_row, row_values
 from ccvault.store import MergeWinner, ProfileStore, StoreRules
 from ccvault_postgres import _sql as sql
 from ccvault_postgres.pool import ConnectionPool
@@ -412,48 +412,18 @@ def _identity(row: Mapping[str, Any]) -> ChannelIdentity:
     )
 
 
-#: every attribute name of a vault model: the only parts of a validation error's location
-#: a message may name (below them may come a key of stored JSON, itself personal data)
-_ATTRIBUTES = frozenset(
-    name
-    for model in vars(models).values()
-    if isinstance(model, type) and issubclass(model, BaseModel)
-    for name in model.model_fields
-)
-
-
 def _validated(
     row: str, table: str, column: str | None, build: Callable[[Any], _M], data: Any
 ) -> _M:
     """``build(data)``, the validation of (a column of) a row read back; a row the vault did
     not write raises StorageError naming the row's kind, table and column(s) and the kind
-    of error, never the value: pydantic's messages (a custom validator's too) quote the
-    input. One try around the whole build: nothing is done per attribute unless it fails.
-
-    The StorageError is raised after the ``except`` block, so the original error is
-    neither its cause nor its context."""
+    of error, never the value (:func:`ccvault.storage.corrupt_row`). One try around the
+    whole build: nothing is done per attribute unless it fails."""
     try:
         return build(data)
     except pydantic.ValidationError as exc:
-        problems = dict.fromkeys(
-            f"{_location(table, column, e['loc'])} ({e['type']})"
-            for e in exc.errors(include_input=False, include_url=False)
-        )
-    raise errors.StorageError(
-        f"a stored {row} row is corrupt (written outside the vault?): "
-        + "; ".join(list(problems)[:5])
-    )
-
-
-def _location(table: str, column: str | None, loc: Sequence[int | str]) -> str:
-    """``table.column``, then the location inside the column (a JSON value's), up to the
-    first part that is no model attribute."""
-    parts = [table] if column is None else [table, column]
-    for part in loc:
-        if not isinstance(part, int) and part not in _ATTRIBUTES:
-            break
-        parts.append(str(part))
-    return ".".join(parts)
+        error = corrupt_row(f"{row} row", table if column is None else f"{table}.{column}", exc)
+    raise error  # outside the except block: not chained to pydantic's error (it quotes)
 
 
 def _consent(row: Mapping[str, Any]) -> Consent:
@@ -1044,7 +1014,7 @@ class PostgresProfileStore(ProfileStore):
                         raise errors.ConflictError(
                             f"the write lost {number} races in a row to concurrent writers; "
                             "nothing was written"
-                        ) from exc
+                        ) from _cause(exc)
                 # back off a little, with jitter, so racing writers spread out
                 await asyncio.sleep(random.uniform(0, 0.002 * min(number, 10)))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -1265,7 +1235,7 @@ class PostgresProfileStore(ProfileStore):
                 if exc.constraint_name == _ACTIVE_FIELD_INDEX and not supersede_existing:
                     raise errors.ActiveFieldConflictError(
                         f"field {field.name!r} already has an ACTIVE version"
-                    ) from exc
+                    ) from _cause(exc)
                 raise
             assert row is not None
             if not row["found"]:

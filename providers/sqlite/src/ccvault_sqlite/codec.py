@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 from uuid import UUID, SafeUUID
 
 import orjson
-import pydantic
 from pydantic import BaseModel
 
 from ccvault import errors
@@ -60,7 +59,7 @@ from ccvault.models import (
     VerificationLevel,
 )
 from ccvault.requirements import FieldCheck, field_check
-from ccvault.storage import columns, row_values
+from ccvault.storage import columns, corrupt_row, row_values
 
 Row = Sequence[Any]
 _M = TypeVar("_M", bound=BaseModel)
@@ -669,21 +668,16 @@ def _trusted_columns(
     return models
 
 
-def _validated(what: str, build: Callable[[], _M]) -> _M:
-    """``build()`` (a model_validate of a row), its failure as StorageError: the row is not
-    one the vault wrote. The message names columns, never values (personal data)."""
+def _validated(what: str, table: str, build: Callable[[], _M]) -> _M:
+    """``build()`` (a model_validate of a row of ``table``), its failure as StorageError:
+    the row is not one the vault wrote. The message names columns and kinds of error,
+    never values (personal data): :func:`ccvault.storage.corrupt_row`."""
     try:
         return build()
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}"
-            for e in exc.errors(include_input=False, include_url=False)[:5]
-        )
-        raise errors.StorageError(f"a stored {what} row is corrupt ({problems})") from None
     except (orjson.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise errors.StorageError(
-            f"a stored {what} row is corrupt ({type(exc).__name__})"
-        ) from None
+        # (pydantic's ValidationError is a ValueError)
+        error = corrupt_row(f"{what} row", table, exc)
+    raise error  # outside the except block: not chained to the original error (it quotes)
 
 
 def _from_columns(
@@ -807,7 +801,7 @@ def fields_from_columns(columns: Sequence[tuple[Any, ...]], offset: int = 0) -> 
 
 def field_from_row(row: Row) -> ProfileField:
     """One row through validation (the path of rows not in our own form)."""
-    return _validated("field", lambda: _field_validated(row))
+    return _validated("field", "fields", lambda: _field_validated(row))
 
 
 def _field_validated(row: Row) -> ProfileField:
@@ -889,7 +883,7 @@ def assets_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ProfileAsset]
 
 def asset_from_row(row: Row) -> ProfileAsset:
     """One row through validation (the path of rows not in our own form)."""
-    return _validated("asset", lambda: _asset_validated(row))
+    return _validated("asset", "assets", lambda: _asset_validated(row))
 
 
 def _asset_validated(row: Row) -> ProfileAsset:
@@ -960,7 +954,7 @@ def identities_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ChannelId
 
 def identity_from_row(row: Row) -> ChannelIdentity:
     """One row through validation (the path of rows not in our own form)."""
-    return _validated("channel identity", lambda: _identity_validated(row))
+    return _validated("channel identity", "channel_identities", lambda: _identity_validated(row))
 
 
 def _identity_validated(row: Row) -> ChannelIdentity:
@@ -993,7 +987,7 @@ def consent_params(item: Consent) -> tuple[Any, ...]:
 
 
 def consent_from_row(row: Row) -> Consent:
-    return _validated("consent", lambda: _consent_validated(row))
+    return _validated("consent", "consents", lambda: _consent_validated(row))
 
 
 def _consent_validated(row: Row) -> Consent:
@@ -1082,7 +1076,7 @@ def definitions_from_rows(rows: Sequence[Row], offset: int = 0) -> list[ProfileF
 
 def definition_from_row(row: Row) -> ProfileFieldDefinition:
     """One row through validation (the path of rows not in our own form)."""
-    return _validated("field definition", lambda: _definition_validated(row))
+    return _validated("field definition", "field_definitions", lambda: _definition_validated(row))
 
 
 def _definition_validated(row: Row) -> ProfileFieldDefinition:
@@ -1209,7 +1203,9 @@ _AGENT_OF = attrgetter("agent_id")
 
 def requirement_from_row(row: Row) -> ScenarioFieldRequirement:
     """One row through validation (the path of rows not in our own form)."""
-    return _validated("scenario requirement", lambda: _requirement_validated(row))
+    return _validated(
+        "scenario requirement", "scenario_requirements", lambda: _requirement_validated(row)
+    )
 
 
 def _requirement_validated(row: Row) -> ScenarioFieldRequirement:
@@ -1255,6 +1251,7 @@ def profile_from_parts(tenant_id: UUID, head: Row, **parts: Any) -> CustomerProf
     except _NotOurs:
         return _validated(
             "profile",
+            "profiles",
             lambda: CustomerProfile.model_validate(
                 {"tenant_id": tenant_id, **_zip(PROFILE_COLUMNS, head), **parts}
             ),
