@@ -1,3 +1,85 @@
 """Self-tests of the contract suite: they run pytest on small generated provider projects."""
 
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = ["pytester"]
+
+STRICT_INI = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+"""
+
+
+class MutantProject:
+    """A generated project of mutant providers, run by pytest once (the mutation tests).
+
+    :meth:`run` writes ``header``, then a store class and a test class for the unbroken
+    reference (``TestUnbroken``, the in-memory store) and for each mutant, and runs the
+    tests that must tell them apart: on the reference, every mutant's killer (it passes);
+    on each mutant, its own killer (it fails).
+    """
+
+    @staticmethod
+    def class_name(mutant: str) -> str:
+        """The test class of ``mutant`` (``a_b`` -> ``TestAB``)."""
+        return "Test" + "".join(part.title() for part in mutant.split("_"))
+
+    def run(
+        self,
+        root: Path,
+        header: str,
+        mutants: Mapping[str, tuple[str, str]],
+        contract_class: str,
+    ) -> str:
+        """pytest's output (``-rfp``: a PASSED or FAILED line per test) for ``mutants``
+        (name -> (code defining ``class Mutant(...)``, its killer: a ``-k`` expression)),
+        each store tested by ``contract_class`` (a template of ``{cls}``, the test class,
+        and ``{store_class}``)."""
+        (root / "pytest.ini").write_text(STRICT_INI)
+        parts = [header]
+        killers = sorted({killer for _, killer in mutants.values()})
+        selections = [f"(TestUnbroken and ({' or '.join(killers)}))"]
+        cases = [("TestUnbroken", "InMemoryProfileStore", "")]
+        for mutant, (code, killer) in sorted(mutants.items()):
+            cls = self.class_name(mutant)
+            store_class = f"{cls}Store"
+            renamed = textwrap.dedent(code).replace("class Mutant(", f"class {store_class}(")
+            cases.append((cls, store_class, renamed))
+            selections.append(f"({cls} and {killer})")
+        template = textwrap.dedent(contract_class)
+        for cls, store_class, code in cases:
+            parts.append(code)
+            parts.append(template.format(cls=cls, store_class=store_class))
+        (root / "test_mutants.py").write_text("\n".join(parts))
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "-rfp",
+                "-k",
+                " or ".join(selections),
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def mutant_project() -> MutantProject:
+    return MutantProject()

@@ -6,20 +6,15 @@ session in a subprocess over every mutant, each limited to the test that must ki
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
+from typing import TYPE_CHECKING
 
 import pytest
 
 # one mutant session (the module fixture) on one pytest-xdist worker
 pytestmark = pytest.mark.xdist_group("contract-mutants-merge")
 
-STRICT_INI = """
-[pytest]
-asyncio_mode = strict
-asyncio_default_fixture_loop_scope = function
-"""
+if TYPE_CHECKING:
+    from conftest import MutantProject
 
 HEADER = """
 from collections.abc import AsyncIterator
@@ -152,72 +147,32 @@ MUTANTS = {
 }
 
 
-def _class_name(mutant: str) -> str:
-    return "Test" + "".join(part.title() for part in mutant.split("_"))
+# the test class of each store ({cls}, {store_class}: MutantProject.run)
+CONTRACT_CLASS = """
+class {cls}(ProfileStoreContract):
+    single_instance = "an in-process mutant"
+
+    @pytest.fixture
+    async def store(self):
+        async with {store_class}() as store:
+            yield store
+"""
 
 
 @pytest.fixture(scope="module")
-def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One pytest session over every mutant, each limited to the test that must kill it,
-    plus the unbroken in-memory store on the same tests (which must pass them all)."""
-    root = tmp_path_factory.mktemp("merge_mutants")
-    (root / "pytest.ini").write_text(STRICT_INI)
-    parts = [HEADER]
-    killers = sorted({killer for _, killer in MUTANTS.values()})
-    selections = [f"(TestUnbroken and ({' or '.join(killers)}))"]
-    cases = [("TestUnbroken", "InMemoryProfileStore", "")]
-    for mutant, (code, killer) in sorted(MUTANTS.items()):
-        cls = _class_name(mutant)
-        cases.append(
-            (
-                cls,
-                f"{cls}Store",
-                textwrap.dedent(code).replace("class Mutant(", f"class {cls}Store("),
-            )
-        )
-        selections.append(f"({cls} and {killer})")
-    for cls, store_class, code in cases:
-        parts.append(code)
-        parts.append(
-            textwrap.dedent(
-                f"""
-                class {cls}(ProfileStoreContract):
-                    single_instance = "an in-process mutant"
-
-                    @pytest.fixture
-                    async def store(self):
-                        async with {store_class}() as store:
-                            yield store
-                """
-            )
-        )
-    (root / "test_mutants.py").write_text("\n".join(parts))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-rfp",
-            "-k",
-            " or ".join(selections),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+def mutant_run(tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject) -> str:
+    return mutant_project.run(
+        tmp_path_factory.mktemp("merge_mutants"), HEADER, MUTANTS, CONTRACT_CLASS
     )
-    return result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
-def test_the_merge_rules_suite_catches_a_drifted_store(mutant_run: str, mutant: str) -> None:
+def test_the_merge_rules_suite_catches_a_drifted_store(
+    mutant_run: str, mutant: str, mutant_project: MutantProject
+) -> None:
     _, killer = MUTANTS[mutant]
-    assert f"FAILED test_mutants.py::{_class_name(mutant)}::{killer}" in mutant_run, mutant_run[
-        -5000:
-    ]
+    cls = mutant_project.class_name(mutant)
+    assert f"FAILED test_mutants.py::{cls}::{killer}" in mutant_run, mutant_run[-5000:]
 
 
 def test_the_unbroken_reference_store_passes_every_killer(mutant_run: str) -> None:

@@ -8,20 +8,15 @@ tests (which must pass them all).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
+from typing import TYPE_CHECKING
 
 import pytest
 
 # one mutant session (the module fixture) on one pytest-xdist worker
 pytestmark = pytest.mark.xdist_group("contract-mutants-save")
 
-STRICT_INI = """
-[pytest]
-asyncio_mode = strict
-asyncio_default_fixture_loop_scope = function
-"""
+if TYPE_CHECKING:
+    from conftest import MutantProject
 
 HEADER = """
 import pytest
@@ -162,74 +157,41 @@ MUTANTS: dict[str, tuple[str, str, str | None]] = {
 }
 
 
-def _class_name(mutant: str) -> str:
-    return "Test" + "".join(part.title() for part in mutant.split("_"))
-
-
 def _node(test: str, param: str | None) -> str:
     return test if param is None else f"{test}[{param}]"
 
 
-@pytest.fixture(scope="module")
-def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One pytest session over every mutant, each limited to the test that must kill it,
-    plus the unbroken in-memory store on the same tests (which must pass them all)."""
-    root = tmp_path_factory.mktemp("save_mutants")
-    (root / "pytest.ini").write_text(STRICT_INI)
-    parts = [HEADER]
-    killers = sorted({test for _, test, _ in MUTANTS.values()})
-    selections = [f"(TestUnbroken and ({' or '.join(killers)}))"]
-    cases = [("TestUnbroken", "InMemoryProfileStore", "")]
-    for mutant, (code, test, _) in sorted(MUTANTS.items()):
-        cls = _class_name(mutant)
-        cases.append(
-            (
-                cls,
-                f"{cls}Store",
-                textwrap.dedent(code).replace("class Mutant(", f"class {cls}Store("),
-            )
-        )
-        selections.append(f"({cls} and {test})")
-    for cls, store_class, code in cases:
-        parts.append(code)
-        parts.append(
-            textwrap.dedent(
-                f"""
-                class {cls}(ProfileStoreContract):
-                    single_instance = "an in-process mutant"
+# each mutant: (its code, the test that must kill it)
+KILLERS = {mutant: (code, test) for mutant, (code, test, _) in MUTANTS.items()}
+# the test class of each store ({cls}, {store_class}: MutantProject.run)
+CONTRACT_CLASS = """
+class {cls}(ProfileStoreContract):
+    single_instance = "an in-process mutant"
 
-                    @pytest.fixture
-                    async def store(self):
-                        async with {store_class}() as store:
-                            yield store
-                """
-            )
-        )
-    (root / "test_mutants.py").write_text("\n".join(parts))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-rfp",
-            "-k",
-            " or ".join(selections),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    @pytest.fixture
+    async def store(self):
+        async with {store_class}() as store:
+            yield store
+"""
+
+
+@pytest.fixture(scope="module")
+def mutant_run(tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject) -> str:
+    return mutant_project.run(
+        tmp_path_factory.mktemp("save_mutants"),
+        HEADER,
+        KILLERS,
+        CONTRACT_CLASS,
     )
-    return result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
-def test_the_suite_catches_a_broken_save_or_timestamp(mutant_run: str, mutant: str) -> None:
+def test_the_suite_catches_a_broken_save_or_timestamp(
+    mutant_run: str, mutant: str, mutant_project: MutantProject
+) -> None:
     _, test, param = MUTANTS[mutant]
-    failed = f"FAILED test_mutants.py::{_class_name(mutant)}::{_node(test, param)}"
+    cls = mutant_project.class_name(mutant)
+    failed = f"FAILED test_mutants.py::{cls}::{_node(test, param)}"
     assert failed in mutant_run, mutant_run[-5000:]
 
 
