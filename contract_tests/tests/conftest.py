@@ -39,8 +39,8 @@ class MutantProject:
         header: str,
         mutants: Mapping[str, tuple[str, str]],
         contract_class: str,
-    ) -> str:
-        """pytest's output (``-rfp``: a PASSED or FAILED line per test) for ``mutants``
+    ) -> MutantRun:
+        """The run of pytest (``-rfp``: a PASSED or FAILED line per test) over ``mutants``
         (name -> (code defining ``class Mutant(...)``, its killer: a ``-k`` expression)),
         each store tested by ``contract_class`` (a template of ``{cls}``, the test class,
         and ``{store_class}``)."""
@@ -77,7 +77,25 @@ class MutantProject:
             timeout=300,
             check=False,
         )
-        return result.stdout + result.stderr
+        return MutantRun(self, result.stdout + result.stderr)
+
+
+class MutantRun:
+    """What a :meth:`MutantProject.run` printed, and the two checks of a mutation test."""
+
+    def __init__(self, project: MutantProject, output: str) -> None:
+        self.project = project
+        self.output = output
+
+    def assert_killed(self, mutant: str, killer: str) -> None:
+        """``killer`` (a test id in the class) failed on ``mutant``'s store."""
+        cls = self.project.class_name(mutant)
+        assert f"FAILED test_mutants.py::{cls}::{killer}" in self.output, self.output[-5000:]
+
+    def assert_reference_passes(self, killer: str) -> None:
+        """``killer`` passed on the unbroken reference store."""
+        assert f"PASSED test_mutants.py::TestUnbroken::{killer}" in self.output, self.output[-5000:]
+        assert f"FAILED test_mutants.py::TestUnbroken::{killer}" not in self.output
 
 
 @pytest.fixture(scope="session")

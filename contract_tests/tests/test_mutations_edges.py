@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.xdist_group("contract-mutants-edges")
 
 if TYPE_CHECKING:
-    from conftest import MutantProject
+    from conftest import MutantProject, MutantRun
 
 HEADER = """
 from datetime import datetime
@@ -177,21 +177,19 @@ class {cls}(ProfileStoreContract):
 
 
 @pytest.fixture(scope="module")
-def mutant_run(tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject) -> str:
+def mutant_run(
+    tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject
+) -> MutantRun:
     return mutant_project.run(
         tmp_path_factory.mktemp("edge_mutants"), HEADER, MUTANTS, CONTRACT_CLASS
     )
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
-def test_the_edge_suite_catches_a_broken_store(
-    mutant_run: str, mutant: str, mutant_project: MutantProject
-) -> None:
-    _, killer = MUTANTS[mutant]
-    cls = mutant_project.class_name(mutant)
-    assert f"FAILED test_mutants.py::{cls}::{killer}" in mutant_run, mutant_run[-5000:]
+def test_the_edge_suite_catches_a_broken_store(mutant_run: MutantRun, mutant: str) -> None:
+    mutant_run.assert_killed(mutant, MUTANTS[mutant][1])
 
 
-def test_the_unbroken_reference_store_passes_every_killer(mutant_run: str) -> None:
-    for killer in {killer for _, killer in MUTANTS.values()}:
-        assert f"PASSED test_mutants.py::TestUnbroken::{killer}" in mutant_run, mutant_run[-5000:]
+def test_the_unbroken_reference_store_passes_every_killer(mutant_run: MutantRun) -> None:
+    for _, killer in MUTANTS.values():
+        mutant_run.assert_reference_passes(killer)

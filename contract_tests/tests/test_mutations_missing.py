@@ -19,7 +19,7 @@ from ccvault_contract_tests.scope import CORE_RULE_TESTS
 pytestmark = pytest.mark.xdist_group("contract-mutants-missing")
 
 if TYPE_CHECKING:
-    from conftest import MutantProject
+    from conftest import MutantProject, MutantRun
 
 HEADER = """
 import pytest
@@ -91,7 +91,9 @@ class {cls}(ProfileStoreContract):
 
 
 @pytest.fixture(scope="module")
-def mutant_run(tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject) -> str:
+def mutant_run(
+    tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject
+) -> MutantRun:
     return mutant_project.run(
         tmp_path_factory.mktemp("missing_mutants"), HEADER, MUTANTS, CONTRACT_CLASS
     )
@@ -104,13 +106,11 @@ def test_the_killers_are_storage_facing() -> None:
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_the_missing_fields_suite_catches_a_broken_records_hook(
-    mutant_run: str, mutant: str, mutant_project: MutantProject
+    mutant_run: MutantRun, mutant: str
 ) -> None:
-    _, killer = MUTANTS[mutant]
-    cls = mutant_project.class_name(mutant)
-    assert f"FAILED test_mutants.py::{cls}::{killer}" in mutant_run, mutant_run[-5000:]
+    mutant_run.assert_killed(mutant, MUTANTS[mutant][1])
 
 
-def test_the_unbroken_reference_store_passes_every_killer(mutant_run: str) -> None:
-    for killer in {killer for _, killer in MUTANTS.values()}:
-        assert f"PASSED test_mutants.py::TestUnbroken::{killer}" in mutant_run, mutant_run[-5000:]
+def test_the_unbroken_reference_store_passes_every_killer(mutant_run: MutantRun) -> None:
+    for _, killer in MUTANTS.values():
+        mutant_run.assert_reference_passes(killer)

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.xdist_group("contract-mutants-save")
 
 if TYPE_CHECKING:
-    from conftest import MutantProject
+    from conftest import MutantProject, MutantRun
 
 HEADER = """
 import pytest
@@ -176,7 +176,9 @@ class {cls}(ProfileStoreContract):
 
 
 @pytest.fixture(scope="module")
-def mutant_run(tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject) -> str:
+def mutant_run(
+    tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject
+) -> MutantRun:
     return mutant_project.run(
         tmp_path_factory.mktemp("save_mutants"),
         HEADER,
@@ -186,17 +188,11 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantP
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
-def test_the_suite_catches_a_broken_save_or_timestamp(
-    mutant_run: str, mutant: str, mutant_project: MutantProject
-) -> None:
+def test_the_suite_catches_a_broken_save_or_timestamp(mutant_run: MutantRun, mutant: str) -> None:
     _, test, param = MUTANTS[mutant]
-    cls = mutant_project.class_name(mutant)
-    failed = f"FAILED test_mutants.py::{cls}::{_node(test, param)}"
-    assert failed in mutant_run, mutant_run[-5000:]
+    mutant_run.assert_killed(mutant, _node(test, param))
 
 
-def test_the_unbroken_reference_store_passes_every_killer(mutant_run: str) -> None:
+def test_the_unbroken_reference_store_passes_every_killer(mutant_run: MutantRun) -> None:
     for _, test, param in MUTANTS.values():
-        node = _node(test, param)
-        assert f"PASSED test_mutants.py::TestUnbroken::{node}" in mutant_run, mutant_run[-5000:]
-        assert f"FAILED test_mutants.py::TestUnbroken::{node}" not in mutant_run
+        mutant_run.assert_reference_passes(_node(test, param))
