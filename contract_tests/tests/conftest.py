@@ -19,6 +19,20 @@ asyncio_default_fixture_loop_scope = function
 """
 
 
+#: the test class of each store, unless a mutation test gives its own: ``{cls}`` the
+#: test class, ``{store_class}`` the store's, ``{attributes}`` more class attributes
+CONTRACT_CLASS = """
+class {cls}(ProfileStoreContract):
+    single_instance = "an in-process mutant"
+    {attributes}
+
+    @pytest.fixture
+    async def store(self):
+        async with {store_class}() as store:
+            yield store
+"""
+
+
 class MutantProject:
     """A generated project of mutant providers, run by pytest once (the mutation tests).
 
@@ -38,12 +52,13 @@ class MutantProject:
         root: Path,
         header: str,
         mutants: Mapping[str, tuple[str, str]],
-        contract_class: str,
+        contract_class: str = CONTRACT_CLASS,
+        attributes: str = "",
     ) -> MutantRun:
         """The run of pytest (``-rfp``: a PASSED or FAILED line per test) over ``mutants``
         (name -> (code defining ``class Mutant(...)``, its killer: a ``-k`` expression)),
         each store tested by ``contract_class`` (a template of ``{cls}``, the test class,
-        and ``{store_class}``)."""
+        ``{store_class}`` and ``{attributes}``, here ``attributes``)."""
         (root / "pytest.ini").write_text(STRICT_INI)
         parts = [header]
         killers = sorted({killer for _, killer in mutants.values()})
@@ -58,7 +73,7 @@ class MutantProject:
         template = textwrap.dedent(contract_class)
         for cls, store_class, code in cases:
             parts.append(code)
-            parts.append(template.format(cls=cls, store_class=store_class))
+            parts.append(template.format(cls=cls, store_class=store_class, attributes=attributes))
         (root / "test_mutants.py").write_text("\n".join(parts))
         result = subprocess.run(
             [

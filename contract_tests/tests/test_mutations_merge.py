@@ -147,25 +147,11 @@ MUTANTS = {
 }
 
 
-# the test class of each store ({cls}, {store_class}: MutantProject.run)
-CONTRACT_CLASS = """
-class {cls}(ProfileStoreContract):
-    single_instance = "an in-process mutant"
-
-    @pytest.fixture
-    async def store(self):
-        async with {store_class}() as store:
-            yield store
-"""
-
-
 @pytest.fixture(scope="module")
 def mutant_run(
     tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject
 ) -> MutantRun:
-    return mutant_project.run(
-        tmp_path_factory.mktemp("merge_mutants"), HEADER, MUTANTS, CONTRACT_CLASS
-    )
+    return mutant_project.run(tmp_path_factory.mktemp("merge_mutants"), HEADER, MUTANTS)
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))

@@ -76,26 +76,15 @@ MUTANTS = {
 }
 
 
-# the test class of each store ({cls}, {store_class}: MutantProject.run)
-CONTRACT_CLASS = """
-class {cls}(ProfileStoreContract):
-    provider_name = "inmemory"
-    single_instance = "an in-process mutant"
-    core_rule_tests = False
-
-    @pytest.fixture
-    async def store(self):
-        async with {store_class}() as store:
-            yield store
-"""
-
-
 @pytest.fixture(scope="module")
 def mutant_run(
     tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject
 ) -> MutantRun:
     return mutant_project.run(
-        tmp_path_factory.mktemp("missing_mutants"), HEADER, MUTANTS, CONTRACT_CLASS
+        tmp_path_factory.mktemp("missing_mutants"),
+        HEADER,
+        MUTANTS,
+        attributes='provider_name = "inmemory"; core_rule_tests = False',
     )
 
 

@@ -163,16 +163,6 @@ def _node(test: str, param: str | None) -> str:
 
 # each mutant: (its code, the test that must kill it)
 KILLERS = {mutant: (code, test) for mutant, (code, test, _) in MUTANTS.items()}
-# the test class of each store ({cls}, {store_class}: MutantProject.run)
-CONTRACT_CLASS = """
-class {cls}(ProfileStoreContract):
-    single_instance = "an in-process mutant"
-
-    @pytest.fixture
-    async def store(self):
-        async with {store_class}() as store:
-            yield store
-"""
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +173,6 @@ def mutant_run(
         tmp_path_factory.mktemp("save_mutants"),
         HEADER,
         KILLERS,
-        CONTRACT_CLASS,
     )
 
 
