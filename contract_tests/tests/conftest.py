@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["pytester"]
+
+#: a generated project's pytest needs neither a cache nor these plugins (faster start-up)
+LEAN = ("-p", "no:cacheprovider", "-p", "no:schemathesis", "-p", "no:hypothesispytest")
 
 STRICT_INI = """
 [pytest]
@@ -59,7 +62,6 @@ class MutantProject:
         (name -> (code defining ``class Mutant(...)``, its killer: a ``-k`` expression)),
         each store tested by ``contract_class`` (a template of ``{cls}``, the test class,
         ``{store_class}`` and ``{attributes}``, here ``attributes``)."""
-        (root / "pytest.ini").write_text(STRICT_INI)
         parts = [header]
         killers = sorted({killer for _, killer in mutants.values()})
         selections = [f"(TestUnbroken and ({' or '.join(killers)}))"]
@@ -74,25 +76,24 @@ class MutantProject:
         for cls, store_class, code in cases:
             parts.append(code)
             parts.append(template.format(cls=cls, store_class=store_class, attributes=attributes))
+        return MutantRun(self, self.pytest(root, parts, selections))
+
+    @staticmethod
+    def pytest(root: Path, parts: Sequence[str], selections: Sequence[str]) -> str:
+        """pytest's output (``-rfp``) for ``parts`` written as ``root/test_mutants.py``
+        (next to a strict-asyncio ``pytest.ini``), run on the tests ``selections`` pick
+        (``-k`` expressions, or-ed) in one session, without the plugins it does not need."""
+        (root / "pytest.ini").write_text(STRICT_INI)
         (root / "test_mutants.py").write_text("\n".join(parts))
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-p",
-                "no:cacheprovider",
-                "-rfp",
-                "-k",
-                " or ".join(selections),
-            ],
+            [sys.executable, "-m", "pytest", *LEAN, "-rfp", "-k", " or ".join(selections)],
             cwd=root,
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
-        return MutantRun(self, result.stdout + result.stderr)
+        return result.stdout + result.stderr
 
 
 class MutantRun:

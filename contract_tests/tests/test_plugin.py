@@ -11,13 +11,14 @@ folder next to the module, exactly what ``pip install`` leaves behind.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from conftest import MutantProject
 
 #: plugins of this environment the generated projects do not use: not loading them halves
 #: the start-up time of every subprocess run
@@ -840,19 +841,13 @@ MUTANTS = {
 SHARED_DATA_MUTANTS = frozenset({"instance_local_lock", "merge_moves_a_snapshot"})
 
 
-def _mutant_class_name(mutant: str) -> str:
-    return "Test" + "".join(part.title() for part in mutant.split("_"))
-
-
 @pytest.fixture(scope="module")
-def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
+def mutant_run(tmp_path_factory: pytest.TempPathFactory, mutant_project: MutantProject) -> str:
     """One pytest session over every mutant, each limited to the test that must kill it."""
-    root = tmp_path_factory.mktemp("mutants")
-    (root / "pytest.ini").write_text(STRICT_INI)
     parts = [HEADER]
     selections = []
     for mutant, (code, killer) in sorted(MUTANTS.items()):
-        cls = _mutant_class_name(mutant)
+        cls = mutant_project.class_name(mutant)
         body = textwrap.dedent(code).replace("class Mutant(", f"class {cls}Store(")
         parts.append(body)
         parts.append(
@@ -887,31 +882,16 @@ def mutant_run(tmp_path_factory: pytest.TempPathFactory) -> str:
                 )
             )
             selections.append(f"({cls}SharedData and {killer})")
-    (root / "test_mutants.py").write_text("\n".join(parts))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            *LEAN,
-            "-rfp",
-            "-k",
-            " or ".join(selections),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    return result.stdout + result.stderr
+    return mutant_project.pytest(tmp_path_factory.mktemp("mutants"), parts, selections)
 
 
 @pytest.mark.xdist_group("contract-mutants")  # one mutant session, on one worker
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
-def test_the_suite_catches_a_broken_store(mutant_run: str, mutant: str) -> None:
+def test_the_suite_catches_a_broken_store(
+    mutant_run: str, mutant: str, mutant_project: MutantProject
+) -> None:
     _, killer = MUTANTS[mutant]
-    cls = _mutant_class_name(mutant)
+    cls = mutant_project.class_name(mutant)
     if mutant in SHARED_DATA_MUTANTS:
         # one instance serialises the race away; the second instance over the data exposes it
         assert f"PASSED test_mutants.py::{cls}::{killer}" in mutant_run, mutant_run[-5000:]
