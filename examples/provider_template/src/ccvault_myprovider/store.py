@@ -10,6 +10,12 @@ suite's README ("Provider author's guide"); ``ccvault/store.py`` is the source o
 Start with ``setup``/``aclose`` and the reads and writes of a profile (``_get_or_create``,
 ``_get_by_id``, ``_save``): almost every contract test needs them. The contract test in
 ``tests/test_contract.py`` lists, after every run, the hooks its failing tests hit first.
+
+A row your backend hands back that is not one the vault wrote (edited by hand, corrupted)
+must raise ``ccvault.errors.StorageError`` without quoting it: build the models of what you
+read with ``model_validate`` and turn its failure into ``ccvault.storage.corrupt_row(...)``
+(raised after the ``except`` block), as the contract suite's README says ("A stored row
+that cannot be read back").
 """
 
 from __future__ import annotations
