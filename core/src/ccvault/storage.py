@@ -8,6 +8,7 @@ statements and its parameter builders disagreeing about the columns or their ord
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -52,6 +53,13 @@ def row_values(item: BaseModel, cols: Sequence[str], **encoded: Any) -> tuple[An
     return tuple(encoded[col] if col in encoded else data[col] for col in cols)
 
 
+#: the form of a place a message may name: identifiers joined by dots (a table, a column,
+#: a provider's own key), or ``?`` for one it does not know
+_PLACE = re.compile(r"[A-Za-z_?][A-Za-z0-9_?]*(?:\.[A-Za-z_?][A-Za-z0-9_?]*)*")
+#: how many problems one message lists (then how many more there are)
+_MAX_PROBLEMS = 5
+
+
 def corrupt_row(
     what: str, where: str, exc: BaseException, *, names: Collection[str] = ()
 ) -> errors.StorageError:
@@ -61,22 +69,32 @@ def corrupt_row(
 
     It names places and kinds of error, never a value or a message: pydantic's messages, a
     custom validator's and a decoder's may quote the stored input (personal data). For a
-    pydantic ValidationError, each problem is ``where`` followed by the error's location
-    up to the first part that is neither a position, a vault model's attribute nor one of
-    ``names`` (the provider's own keys), and its error type; for any other error,
-    ``where`` and the error's class.
+    pydantic ValidationError, each problem (at most five, then how many more) is ``where``
+    followed by the error's location up to the first part that is neither a position, a
+    vault model's attribute nor one of ``names`` (the provider's own keys: a collection of
+    names, not a string), and its error type; for any other error, ``where`` and the
+    error's class. ``what`` and ``where`` are the provider's constants, never stored text:
+    a ``where`` not of identifiers joined by dots is shown as ``?``.
 
-    Raise it after the ``except`` block that caught ``exc`` (or ``from None``), so that
-    ``exc``, whose text may quote the value, is neither its cause nor its context.
+    Raise it after the ``except`` block that caught ``exc``: ``raise ... from None`` only
+    hides ``exc`` from a printed traceback, it stays the error's ``__context__``.
     """
+    if isinstance(names, str):
+        raise TypeError("names must be a collection of names, not a string")
+    known = frozenset(names)
+    place = where if _PLACE.fullmatch(where) else "?"
     if isinstance(exc, pydantic.ValidationError):
-        found = dict.fromkeys(
-            f"{_location(where, problem['loc'], names)} ({problem['type']})"
-            for problem in exc.errors(include_input=False, include_url=False)
+        found = list(
+            dict.fromkeys(
+                f"{_location(place, problem['loc'], known)} ({problem['type']})"
+                for problem in exc.errors(include_input=False, include_url=False)
+            )
         )
-        problems = "; ".join(list(found)[:5])
+        problems = "; ".join(found[:_MAX_PROBLEMS])
+        if len(found) > _MAX_PROBLEMS:
+            problems += f" (+{len(found) - _MAX_PROBLEMS} more)"
     else:
-        problems = f"{where} ({type(exc).__name__})"
+        problems = f"{place} ({type(exc).__name__})"
     return errors.StorageError(
         f"a stored {what} is corrupt (written outside the vault?): {problems}"
     )

@@ -101,7 +101,7 @@ async def test_a_tenant_document_that_is_not_json_is_refused(
 ) -> None:
     tenant = uuid.uuid4()
     await store._client().set(store._key(tenant), f"{SECRET} is not JSON")
-    with pytest.raises(errors.StorageError, match=r"the JSON text \(JSONDecodeError\)") as caught:
+    with pytest.raises(errors.StorageError, match=r": document \(JSONDecodeError\)") as caught:
         await store.list_profile_ids(tenant)
     error: BaseException | None = caught.value
     while error is not None:

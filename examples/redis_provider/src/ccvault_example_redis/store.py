@@ -164,7 +164,7 @@ class _Tenant:
         tenant = cls()
         if raw is None:
             return tenant
-        part = "the JSON text"  # what is being read, for the error message
+        part = "document"  # what is being read, for the error message (the whole JSON text)
         try:
             doc = orjson.loads(raw)
             part = "seq"
