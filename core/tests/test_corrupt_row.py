@@ -33,10 +33,11 @@ def test_values_and_keys_of_stored_text_are_never_named() -> None:
             _profile(consents=[{"consent_type": "m", "granted": True, "ip_address": SECRET}]),
             "profiles.consents.0.ip_address (ip_any_address)",
         ),
-        # a dict key of stored data (a field name that is not one): the path stops above it
-        (_profile(fields={SECRET: field}), "profiles.fields ("),
+        # a dict key of stored data (a field name that is not one): shown as ?, the
+        # attributes below it still named
+        (_profile(fields={SECRET: field}), "profiles.fields.?.status (enum)"),
         # a key the vault never writes: the row itself
-        (_profile(**{SECRET: 1}), "profiles (extra_forbidden)"),
+        (_profile(**{SECRET: 1}), "profiles.? (extra_forbidden)"),
     ]
     for data, named in cases:
         error = corrupt_row("profile row", "profiles", _failure(data, CustomerProfile))

@@ -70,9 +70,9 @@ def corrupt_row(
     It names places and kinds of error, never a value or a message: pydantic's messages, a
     custom validator's and a decoder's may quote the stored input (personal data). For a
     pydantic ValidationError, each problem (at most five, then how many more) is ``where``
-    followed by the error's location up to the first part that is neither a position, a
-    vault model's attribute nor one of ``names`` (the provider's own keys: a collection of
-    names, not a string), and its error type; for any other error, ``where`` and the
+    followed by the error's location, each part that is neither a position, a vault
+    model's attribute nor one of ``names`` (the provider's own keys: a collection of names,
+    not a string) shown as ``?``, and its error type; for any other error, ``where`` and the
     error's class. ``what`` and ``where`` are the provider's constants, never stored text:
     a ``where`` not of identifiers joined by dots is shown as ``?``.
 
@@ -100,10 +100,12 @@ def corrupt_row(
     )
 
 
-def _location(where: str, loc: Sequence[int | str], names: Collection[str]) -> str:
+def _location(where: str, loc: Sequence[int | str], names: frozenset[str]) -> str:
+    """``where``, then each part of ``loc`` that is a position, a model attribute or one of
+    ``names``; any other part (a key of stored data, or one the vault never writes) is
+    shown as ``?``, so the attributes below it are still named."""
     parts = [where]
     for part in loc:
-        if not (isinstance(part, int) or part in MODEL_ATTRIBUTES or part in names):
-            break
-        parts.append(str(part))
+        known = isinstance(part, int) or part in MODEL_ATTRIBUTES or part in names
+        parts.append(str(part) if known else "?")
     return ".".join(parts)

@@ -67,7 +67,7 @@ _CASES: list[tuple[Callable[[dict[str, Any]], None], str]] = [
     (set_consent_ip, "profiles.consents.0.ip_address (ip_any_address)"),
     (set_collected_at, "fields.collected_at (datetime_from_date_parsing)"),
     (set_status, "fields.status (enum)"),
-    (set_metadata_key, "fields (extra_forbidden)"),
+    (set_metadata_key, "fields.? (extra_forbidden)"),
     (set_channel, "identities (ValueError)"),
     (set_seq, "seq (ValueError)"),
 ]

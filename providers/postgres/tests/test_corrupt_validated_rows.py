@@ -84,7 +84,7 @@ def merged_at(record: dict[str, Any]) -> tuple[str, str]:
 
 def unknown_key(record: dict[str, Any]) -> tuple[str, str]:
     # a key the vault never writes may itself be personal data: it is not named either
-    return json.dumps({**record, SECRET: 1}), "record (extra_forbidden)"
+    return json.dumps({**record, SECRET: 1}), "record.? (extra_forbidden)"
 
 
 def not_json(record: dict[str, Any]) -> tuple[str, str]:
