@@ -16,6 +16,13 @@ See the README for capabilities, known gaps and ``CONTRACT_VERSION``.
 
 from ccvault_contract_tests.capabilities import OPTIONAL_CAPABILITIES, requires
 from ccvault_contract_tests.contract import ProfileStoreContract
+from ccvault_contract_tests.helpers import assert_not_quoted
 from ccvault_contract_tests.version import CONTRACT_VERSION
 
-__all__ = ["CONTRACT_VERSION", "OPTIONAL_CAPABILITIES", "ProfileStoreContract", "requires"]
+__all__ = [
+    "CONTRACT_VERSION",
+    "OPTIONAL_CAPABILITIES",
+    "ProfileStoreContract",
+    "assert_not_quoted",
+    "requires",
+]

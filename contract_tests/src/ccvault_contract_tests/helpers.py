@@ -22,6 +22,7 @@ from ccvault.models import (
 from ccvault.store import ProfileStore
 
 __all__ = [
+    "assert_not_quoted",
     "assert_unbroken_chain",
     "field_view",
     "make_asset",
@@ -166,3 +167,25 @@ def assert_unbroken_chain(history: list[ProfileField]) -> None:
         if current is None:
             break
     assert seen == len(history), f"chain visits {seen} of {len(history)} versions"
+
+
+def assert_not_quoted(error: BaseException, text: str, *, printed_only: bool = False) -> None:
+    """No error along ``error``'s chain quotes ``text`` (stored or customer data) in its
+    message, its repr or the repr of an argument: ``error`` and each error it was raised
+    from or while handling (``__cause__``, else ``__context__``). ``printed_only``: follow
+    the chain as a printed traceback does (a context hidden by ``raise ... from None``
+    left out); by default a hidden context must not quote it either (code that keeps the
+    error, or walks the chain, finds it there).
+
+    For a provider's own tests of rows that cannot be read back (see the README).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        assert text not in str(current), f"{type(current).__name__} quotes it: {current}"
+        assert text not in repr(current), f"the repr of {type(current).__name__} quotes it"
+        for arg in current.args:
+            assert text not in repr(arg), f"an argument of {type(current).__name__} quotes it"
+        hidden = printed_only and current.__suppress_context__
+        current = current.__cause__ or (None if hidden else current.__context__)

@@ -18,6 +18,7 @@ import pytest
 
 from ccvault import errors
 from ccvault.models import Channel, Consent, ProfileField
+from ccvault_contract_tests import assert_not_quoted
 from ccvault_example_redis import RedisExampleProfileStore, RedisExampleSettings
 
 REDIS_URL = os.environ.get("CCVAULT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -90,10 +91,7 @@ async def test_a_corrupt_tenant_document_is_refused_without_its_values(
     with pytest.raises(errors.StorageError, match="tenant document is corrupt") as caught:
         await store.get_by_id(tenant, profile.id)
     assert named in str(caught.value), str(caught.value)
-    error: BaseException | None = caught.value
-    while error is not None:
-        assert SECRET not in str(error) and SECRET not in repr(error)
-        error = error.__cause__ or error.__context__
+    assert_not_quoted(caught.value, SECRET)
 
 
 async def test_a_tenant_document_that_is_not_json_is_refused(
@@ -103,7 +101,4 @@ async def test_a_tenant_document_that_is_not_json_is_refused(
     await store._client().set(store._key(tenant), f"{SECRET} is not JSON")
     with pytest.raises(errors.StorageError, match=r": document \(JSONDecodeError\)") as caught:
         await store.list_profile_ids(tenant)
-    error: BaseException | None = caught.value
-    while error is not None:
-        assert SECRET not in str(error) and SECRET not in repr(error)
-        error = error.__cause__ or error.__context__
+    assert_not_quoted(caught.value, SECRET)

@@ -31,6 +31,7 @@ from ccvault.models import (
     ScenarioFieldRequirement,
     SourceType,
 )
+from ccvault_contract_tests import assert_not_quoted
 from ccvault_mongo import MongoProfileStore
 from ccvault_mongo.codec import JSON_SUFFIX, uid
 from ccvault_mongo.store import _translate
@@ -53,12 +54,7 @@ def assert_refused(caught: pytest.ExceptionInfo[errors.StorageError], where: str
     """StorageError naming ``where`` (``collection.attribute``); the stored text in no
     message or repr along its chain, cause or context."""
     assert where in str(caught.value), str(caught.value)
-    error: BaseException | None = caught.value
-    while error is not None:
-        assert SECRET not in str(error) and SECRET not in repr(error)
-        for arg in error.args:
-            assert SECRET not in repr(arg)
-        error = error.__cause__ or error.__context__
+    assert_not_quoted(caught.value, SECRET)
 
 
 async def corrupt(
@@ -302,7 +298,4 @@ async def test_a_server_refusal_is_translated_without_its_text(
     with pytest.raises(raised) as caught:
         await _translate(hook)()
     assert named in str(caught.value)
-    error: BaseException | None = caught.value
-    while error is not None:
-        assert SECRET not in str(error) and SECRET not in repr(error)
-        error = error.__cause__ or error.__context__
+    assert_not_quoted(caught.value, SECRET)

@@ -23,6 +23,7 @@ from ccvault.models import (
     ScenarioFieldRequirement,
     SourceType,
 )
+from ccvault_contract_tests import assert_not_quoted
 from ccvault_postgres import PostgresProfileStore
 
 #: the text written outside the vault: what a message must never quote
@@ -36,10 +37,7 @@ def assert_refused(
 ) -> None:
     """StorageError naming ``table.column``; the stored text in no message along its chain."""
     assert f"{table}.{column}" in str(caught.value)
-    error: BaseException | None = caught.value
-    while error is not None:
-        assert SECRET not in str(error) and SECRET not in repr(error)
-        error = error.__cause__ or error.__context__
+    assert_not_quoted(caught.value, SECRET)
 
 
 async def corrupt(store: PostgresProfileStore, statement: str, *args: Any) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from ccvault import errors
 from ccvault.models import Channel, Consent, ItemType, ProfileField, SourceType
+from ccvault_contract_tests import assert_not_quoted
 from ccvault_postgres import PostgresProfileStore
 
 from .test_corrupt_enum_rows import SECRET, Read, assert_refused, corrupt
@@ -162,7 +163,4 @@ async def test_a_refused_write_quotes_no_value_of_the_row(store: PostgresProfile
                 SECRET,
             )
     assert "NotNullViolationError" in str(caught.value)
-    error: BaseException | None = caught.value
-    while error is not None:
-        assert SECRET not in str(error) and SECRET not in repr(error)
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    assert_not_quoted(caught.value, SECRET, printed_only=True)

@@ -1,0 +1,40 @@
+"""``assert_not_quoted``: the check a provider's own tests use on a refused row's error."""
+
+from __future__ import annotations
+
+import pytest
+
+from ccvault import errors
+from ccvault_contract_tests import assert_not_quoted
+
+SECRET = "ana.lopez@example.com"
+
+
+def _raised(build: type[BaseException], *, hide: bool) -> BaseException:
+    """A StorageError raised while handling an error that quotes SECRET: ``from None``
+    (hidden from a printed traceback) or plainly (printed)."""
+    try:
+        try:
+            raise ValueError(f"bad value {SECRET!r}")
+        except ValueError:
+            if hide:
+                raise build("a stored row is corrupt") from None
+            raise build("a stored row is corrupt")  # noqa: B904 - the case under test
+    except build as exc:
+        return exc
+
+
+def test_a_quoting_error_anywhere_along_the_chain_fails_it() -> None:
+    with pytest.raises(AssertionError):
+        assert_not_quoted(_raised(errors.StorageError, hide=False), SECRET)
+    # a hidden context still holds it: found unless only the printed chain is asked for
+    hidden = _raised(errors.StorageError, hide=True)
+    with pytest.raises(AssertionError):
+        assert_not_quoted(hidden, SECRET)
+    assert_not_quoted(hidden, SECRET, printed_only=True)
+    with pytest.raises(AssertionError):
+        assert_not_quoted(errors.StorageError("x", {"ip": SECRET}), SECRET)
+
+
+def test_an_error_that_quotes_nothing_passes() -> None:
+    assert_not_quoted(errors.StorageError("a stored consent row is corrupt"), SECRET)
