@@ -49,6 +49,8 @@ def test_values_and_keys_of_stored_text_are_never_named() -> None:
 def test_an_error_not_from_validation_is_named_by_its_class_only() -> None:
     error = corrupt_row("field row", "fields.value", ValueError(f"{SECRET} is not JSON"))
     assert str(error).endswith("fields.value (ValueError)")
+    # a problem the provider found itself, by its kind
+    assert str(corrupt_row("field row", "fields.status", "enum")).endswith("fields.status (enum)")
 
 
 def test_the_provider_keys_it_is_given_are_named_and_places_are_identifiers() -> None:

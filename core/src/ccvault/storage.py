@@ -61,11 +61,12 @@ _MAX_PROBLEMS = 5
 
 
 def corrupt_row(
-    what: str, where: str, exc: BaseException, *, names: Collection[str] = ()
+    what: str, where: str, exc: BaseException | str, *, names: Collection[str] = ()
 ) -> errors.StorageError:
     """The StorageError for a stored ``what`` (a row, a document) read back from ``where``
     (``table`` or ``table.column``) that the vault did not write, or that was corrupted,
-    whose reading raised ``exc``.
+    whose reading raised ``exc`` (or, a string, the kind of problem a provider found itself:
+    ``"enum"`` for a value no member has, as pydantic names it).
 
     It names places and kinds of error, never a value or a message: pydantic's messages, a
     custom validator's and a decoder's may quote the stored input (personal data). For a
@@ -94,7 +95,7 @@ def corrupt_row(
         if len(found) > _MAX_PROBLEMS:
             problems += f" (+{len(found) - _MAX_PROBLEMS} more)"
     else:
-        problems = f"{place} ({type(exc).__name__})"
+        problems = f"{place} ({exc if isinstance(exc, str) else type(exc).__name__})"
     return errors.StorageError(
         f"a stored {what} is corrupt (written outside the vault?): {problems}"
     )

@@ -144,14 +144,15 @@ def _uuid(stored: Any) -> UUID:
 _IN_PLACE_KEEPS = ("id", "seq", "status", "superseded_by_id", "superseded_at")
 
 
-def _stored_item(collection: str, doc: dict[str, Any]) -> StoredItem:
-    """A stored field/asset document as :func:`plan_save` sees it; a ``pending`` version
-    (a standalone write in flight) is not ACTIVE yet, so a save leaves it alone. A value
-    the vault did not write raises StorageError naming the attribute."""
+def _stored_item(collection: str, doc: dict[str, Any]) -> tuple[UUID, StoredItem]:
+    """A stored field/asset document's id, and the document as :func:`plan_save` sees it
+    (decoded once); a ``pending`` version (a standalone write in flight) is not ACTIVE
+    yet, so a save leaves it alone. A value the vault did not write raises StorageError
+    naming the attribute."""
     data = decode_document(collection, doc)
-    profile_id, name = read_back(collection, None, _OWNER_AND_NAME, data)
+    item_id, profile_id, name = read_back(collection, None, _ID_OWNER_AND_NAME, data)
     status, at = data.get("status"), data.get("superseded_at")
-    return StoredItem(
+    return item_id, StoredItem(
         profile_id=profile_id,
         name=name,
         status=(
@@ -168,7 +169,7 @@ def _stored_item(collection: str, doc: dict[str, Any]) -> StoredItem:
     )
 
 
-_OWNER_AND_NAME = operator.itemgetter("profile_id", "name")
+_ID_OWNER_AND_NAME = operator.itemgetter("id", "profile_id", "name")
 
 
 def _profile(
@@ -743,7 +744,7 @@ class MongoProfileStore(ProfileStore):
                 if ids
                 else []
             )
-            items.append({_stored_id(name, d): _stored_item(name, d) for d in docs})
+            items.append(dict(_stored_item(name, d) for d in docs))
         return SaveState(
             exists=stored is not None,
             gone=stored is not None and _gone(stored),

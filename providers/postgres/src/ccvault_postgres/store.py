@@ -324,21 +324,19 @@ class _EnumLookup(dict[str | None, Any]):
     """value -> member of one column, a dict lookup on the hot path; None maps to None.
 
     A value no member has (a row written outside the vault) raises StorageError naming the
-    row's kind, table and column, never the value: stored text may be personal data. One
+    row's kind, table and column, never the value: stored text may be personal data. It is
+    :func:`~ccvault.storage.corrupt_row`'s, as validation would raise it (``enum``). One
     lookup per column, so the message says which; a hit costs what a plain dict's does.
     """
 
     def __init__(self, enum: type[StrEnum], row: str, table: str, column: str) -> None:
         super().__init__({member.value: member for member in enum})
         self[None] = None
-        self._message = (
-            f"a stored {row} row is corrupt: {table}.{column} holds a value that is "
-            f"no {enum.__name__} (written outside the vault?)"
-        )
+        self._row, self._where = f"{row} row", f"{table}.{column}"
 
     def corrupt(self) -> errors.StorageError:
         """The error for a value of this column that no member has."""
-        return errors.StorageError(self._message)
+        return corrupt_row(self._row, self._where, "enum")
 
     def __missing__(self, key: object) -> NoReturn:
         raise self.corrupt()
@@ -353,15 +351,10 @@ _CHANNEL = _EnumLookup(Channel, "channel identity", "channel_identities", "chann
 _VERIFICATION_LEVEL = _EnumLookup(
     VerificationLevel, "profile", "customer_profiles", "verification_level"
 )
-# a lineage entry's source type, row kind and table, by the kind of item the entry is
-_LINEAGE_SOURCE_TYPE = {
-    ItemType.PROFILE_FIELD.value: _FIELD_SOURCE_TYPE,
-    ItemType.PROFILE_ASSET.value: _ASSET_SOURCE_TYPE,
-}
-_LINEAGE_ROW = {ItemType.PROFILE_FIELD.value: "field", ItemType.PROFILE_ASSET.value: "asset"}
-_LINEAGE_TABLE = {
-    ItemType.PROFILE_FIELD.value: "profile_fields",
-    ItemType.PROFILE_ASSET.value: "profile_assets",
+# a lineage entry's row kind, table and source type lookup, by the kind of item it is
+_LINEAGE = {
+    ItemType.PROFILE_FIELD.value: ("field", "profile_fields", _FIELD_SOURCE_TYPE),
+    ItemType.PROFILE_ASSET.value: ("asset", "profile_assets", _ASSET_SOURCE_TYPE),
 }
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -1348,16 +1341,12 @@ class PostgresProfileStore(ProfileStore):
             )
         # a source type no member has is refused by its lookup (StorageError without the
         # value), any other column by _validated (no value either)
-        return [
-            _validated(
-                _LINEAGE_ROW[r["type"]],
-                _LINEAGE_TABLE[r["type"]],
-                None,
-                LineageEntry.model_validate,
-                dict(r, source_item_type=_LINEAGE_SOURCE_TYPE[r["type"]][r["source_item_type"]]),
-            )
-            for r in rows
-        ]
+        entries = []
+        for r in rows:
+            row, table, source_types = _LINEAGE[r["type"]]
+            data = dict(r, source_item_type=source_types[r["source_item_type"]])
+            entries.append(_validated(row, table, None, LineageEntry.model_validate, data))
+        return entries
 
     async def _get_derived_items(
         self, tenant_id: UUID, source_item_id: UUID
