@@ -262,12 +262,14 @@ _REFUSALS = [
             11000,
             {
                 "code": 11000,
+                "errmsg": "E11000 duplicate key error collection: vault.ccv_identities "
+                f'index: identity_unique dup key: {{ channel_user_id: "{SECRET}" }}',
                 "keyPattern": {"tenant_id": 1, "channel": 1, "channel_user_id": 1},
                 "keyValue": {"channel_user_id": SECRET},
             },
         ),
         errors.ConflictError,
-        "unique index on tenant_id, channel, channel_user_id",
+        "vault.ccv_identities index identity_unique, unique index on tenant_id, channel,",
     ),
     (
         BulkWriteError(

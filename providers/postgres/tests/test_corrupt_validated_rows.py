@@ -13,12 +13,14 @@ import json
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 
 from ccvault import errors
 from ccvault.models import Channel, Consent, ItemType, ProfileField, SourceType
 from ccvault_contract_tests import assert_not_quoted
 from ccvault_postgres import PostgresProfileStore
+from ccvault_postgres.store import _translate
 
 from .test_corrupt_enum_rows import SECRET, Read, assert_refused, corrupt
 
@@ -164,3 +166,24 @@ async def test_a_refused_write_quotes_no_value_of_the_row(store: PostgresProfile
             )
     assert "NotNullViolationError" in str(caught.value)
     assert_not_quoted(caught.value, SECRET, printed_only=True)
+
+
+def test_a_conflict_names_the_ids_it_collides_with_and_no_other_detail() -> None:
+    # the server's DETAIL of a unique violation: the ids are passed on (a 409's ``ids``),
+    # the rest of the key (here a value) is not
+    tenant, item = uuid.uuid4(), uuid.uuid4()
+    refused = asyncpg.exceptions.UniqueViolationError.new(
+        {
+            "S": "ERROR",
+            "C": "23505",
+            "M": "duplicate key value violates unique constraint",
+            "D": f"Key (tenant_id, id, name)=({tenant}, {item}, {SECRET}) already exists.",
+            "t": "profile_fields",
+            "n": "profile_fields_pkey",
+        }
+    )
+    conflict = _translate(refused)
+    assert isinstance(conflict, errors.ConflictError)
+    shown = str(conflict)
+    assert str(tenant) in shown and str(item) in shown and "profile_fields_pkey" in shown
+    assert_not_quoted(conflict, SECRET)

@@ -32,6 +32,7 @@ import functools
 import logging
 import operator
 import random
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -223,11 +224,20 @@ def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, A
 
 
 def _unique_index(exc: DuplicateKeyError) -> str:
-    """The unique index that refused a write, by its attributes (never the key's values)."""
-    pattern = (exc.details or {}).get("keyPattern")
+    """The unique index that refused a write: its collection and name (from the server's
+    message, whose ``dup key`` part, the values, is not read) and its attributes."""
+    details = exc.details or {}
+    named = _DUPLICATE_IN.search(str(details.get("errmsg", "")))
+    where = f"{named['collection']} index {named['index']}, " if named else ""
+    pattern = details.get("keyPattern")
     if isinstance(pattern, dict) and pattern:
-        return "unique index on " + ", ".join(str(name) for name in pattern)
-    return "a unique index"
+        return f"{where}unique index on " + ", ".join(str(name) for name in pattern)
+    return f"{where}a unique index"
+
+
+#: the collection and index of a duplicate key error's message ("E11000 duplicate key error
+#: collection: DB.COLL index: NAME dup key: {...}"): names only, never the key
+_DUPLICATE_IN = re.compile(r"collection: (?P<collection>[\w.$-]+) index: (?P<index>[\w.$-]+)")
 
 
 def _failure(exc: OperationFailure) -> str:

@@ -233,13 +233,22 @@ def _translate(exc: BaseException) -> BaseException | None:
 
 
 def _refused_by(exc: pgerr.PostgresError) -> str:
-    """What refused a write, by identifiers only (table, column, constraint)."""
+    """What refused a write, by identifiers only: table, column, constraint, and the ids
+    (UUIDs) the server's DETAIL names, the stored item a write collides with (ids are
+    random, never personal data; the rest of DETAIL may be: it is not quoted)."""
     names = {
         "table": exc.table_name,
         "column": exc.column_name,
         "constraint": exc.constraint_name,
     }
-    return ", ".join(f"{kind} {name}" for kind, name in names.items() if name) or "a constraint"
+    refused = ", ".join(f"{kind} {name}" for kind, name in names.items() if name)
+    ids = list(dict.fromkeys(_UUID_TEXT.findall(exc.detail or "")))
+    if ids:
+        refused += f"; ids {', '.join(ids)}"
+    return refused or "a constraint"
+
+
+_UUID_TEXT = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
 
 def _cause(exc: BaseException) -> BaseException | None:

@@ -1249,6 +1249,8 @@ def profile_from_parts(tenant_id: UUID, head: Row, **parts: Any) -> CustomerProf
             zip(PROFILE_COLUMNS, map(_constant, _PROFILE_CONVERTERS.values(), head), strict=False)
         )
     except _NotOurs:
+        values = None
+    if values is None:  # validated outside the except block: its error is not chained to it
         return _validated(
             "profile",
             "profiles",
