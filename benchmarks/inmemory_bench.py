@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/inmemory_bench.py [--seconds 5] [--pairs 30]
         [--sizes 1000,10000,100000] [--load-sizes 250,2000,20000] [--load-pairs 3]
+        [--load-beyond 100000]
         [--no-results] [--only lookup|load|memory|depth|chain]
 
 Every profile of a tenant is built through the public API (``get_or_create`` and
@@ -15,7 +16,10 @@ interleaved rounds, see ``_common``):
    dicts (a dict lookup and a copy of the profile's records; a dict-of-lists append and
    the supersede of the previous record), information only;
 2. loading: time per profile for tenants of 250 / 2,000 / 20,000 profiles (fresh store per
-   run), the biggest over the smallest, goal <= 1.25x cost (linear);
+   run), the biggest over the smallest, goal <= 1.25x cost (linear); for information, the
+   same pair with CPython's cyclic garbage collector paused (the provider's own work: its
+   full collections walk every live object, and none runs at 250 profiles), and 100,000
+   over 20,000 profiles (whether the time per profile keeps growing past that onset);
 3. memory per field version (``tracemalloc``: everything the store keeps, the versions
    created inside the traced region) over the version's JSON size, goal <= 2;
 4. scale curves: reads and ``get_field`` against the history depth of one field
@@ -216,12 +220,20 @@ async def bench_lookup(report: Report, args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-async def load_seconds_per_profile(profiles: int) -> float:
+async def load_seconds_per_profile(profiles: int, *, collector: bool = True) -> float:
+    """Seconds per profile to load a fresh tenant of ``profiles``; ``collector`` False:
+    with CPython's cyclic garbage collector paused meanwhile (a diagnosis: the provider's
+    own work alone)."""
     store = InMemoryProfileStore()
     gc.collect()
-    started = time.perf_counter()
-    await load_tenant(store, uuid4(), profiles)
-    return (time.perf_counter() - started) / profiles
+    if not collector:
+        gc.disable()
+    try:
+        started = time.perf_counter()
+        await load_tenant(store, uuid4(), profiles)
+        return (time.perf_counter() - started) / profiles
+    finally:
+        gc.enable()
 
 
 async def bench_load(report: Report, args: argparse.Namespace) -> None:
@@ -249,6 +261,33 @@ async def bench_load(report: Report, args: argparse.Namespace) -> None:
             "<= 1.25",
             cost=True,
             detail=f"{cand.median * 1e3:.3f} vs {base.median * 1e3:.3f} ms per profile",
+        )
+    # where the excess of the biggest size comes from: the same pair with the collector
+    # paused (full collections walk every live object; at the smallest size none runs),
+    # and the per-profile time further on (flat: linear past the collector's onset)
+    big = sizes[-1]
+    base, cand, cost = await paired_runs(
+        lambda: load_seconds_per_profile(small, collector=False),
+        lambda: load_seconds_per_profile(big, collector=False),
+        args.load_pairs,
+    )
+    report.figure(
+        f"inmemory load time per profile, {big:,} vs {small:,} profiles, collector paused",
+        cost,
+        detail=f"{cand.median * 1e3:.3f} vs {base.median * 1e3:.3f} ms per profile",
+        cost=True,
+    )
+    if args.load_beyond:
+        base, cand, cost = await paired_runs(
+            lambda: load_seconds_per_profile(big),
+            lambda: load_seconds_per_profile(args.load_beyond),
+            args.load_pairs,
+        )
+        report.figure(
+            f"inmemory load time per profile, {args.load_beyond:,} vs {big:,} profiles",
+            cost,
+            detail=f"{cand.median * 1e3:.3f} vs {base.median * 1e3:.3f} ms per profile",
+            cost=True,
         )
 
 
@@ -415,6 +454,12 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", default="1000,10000,100000", help="tenant sizes, profiles")
     parser.add_argument("--load-sizes", default="250,2000,20000", help="profiles per load run")
     parser.add_argument("--load-pairs", type=int, default=3, help="paired load runs per size")
+    parser.add_argument(
+        "--load-beyond",
+        type=int,
+        default=100_000,
+        help="profiles of a last load compared with the biggest --load-sizes (0: none)",
+    )
     parser.add_argument("--memory-versions", type=int, default=5_000)
     parser.add_argument("--memory-runs", type=int, default=3)
     parser.add_argument(
