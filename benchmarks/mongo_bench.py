@@ -74,9 +74,13 @@ async def tenant_curve(report: Report, args: argparse.Namespace) -> None:
     # (size, seconds) of the last tenant loaded: the next one's load time is estimated
     # from it, quadratically (every get_or_create of the emulation scans the tenant)
     last: tuple[int, float] | None = None
+    stopped = 0  # the size whose load was stopped: every bigger one is skipped
     try:
         for size in sizes:
             estimate = None if last is None else last[1] * (size / last[0]) ** 2
+            if stopped:
+                skipped(report, size, f"is bigger than {stopped:,}, stopped", args)
+                continue
             if estimate is not None and estimate > args.max_load_seconds:
                 skipped(report, size, f"would take about {estimate:,.0f}s", args)
                 continue
@@ -84,20 +88,20 @@ async def tenant_curve(report: Report, args: argparse.Namespace) -> None:
             tenant = uuid.uuid4()
             started = time.perf_counter()
             deadline = started + args.max_load_seconds
-            for n in range(size - 1):
-                await store.get_or_create(tenant, Channel.SMS, f"+1777{n:08d}")
-                if time.perf_counter() > deadline:
-                    break
-            else:
-                measured = await store.get_or_create(tenant, Channel.WEB, "measured")
-                seconds = time.perf_counter() - started
-                last = (size, seconds)
-                print(f"  emulation: {size:,} profiles loaded at {size / seconds:,.0f} profiles/s")
-                stores[size] = (store, tenant, measured.customer_id)
+            loaded = 0
+            while loaded < size - 1 and time.perf_counter() <= deadline:
+                await store.get_or_create(tenant, Channel.SMS, f"+1777{loaded:08d}")
+                loaded += 1
+            if loaded < size - 1:
+                await store.aclose()
+                skipped(report, size, f"was stopped after {loaded:,} profiles", args)
+                stopped = size
                 continue
-            await store.aclose()
-            skipped(report, size, f"was stopped after {n + 1:,} profiles", args)
-            last = (size, float("inf"))
+            measured = await store.get_or_create(tenant, Channel.WEB, "measured")
+            seconds = time.perf_counter() - started
+            last = (size, seconds)
+            print(f"  emulation: {size:,} profiles loaded at {size / seconds:,.0f} profiles/s")
+            stores[size] = (store, tenant, measured.customer_id)
         rates = await interleaved(
             {
                 str(size): (lambda s=s, t=t, c=c: s.get_by_customer_id(t, c))
