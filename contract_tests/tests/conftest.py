@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -117,3 +118,27 @@ class MutantRun:
 @pytest.fixture(scope="session")
 def mutant_project() -> MutantProject:
     return MutantProject()
+
+
+class LeanPytester:
+    """``pytester`` runs of a generated project the way ``MutantProject`` runs them: strict
+    asyncio mode (``STRICT_INI``, written at once) and the ``LEAN`` plugin set, in a
+    subprocess (the way a third party runs the suite)."""
+
+    def __init__(self, pytester: pytest.Pytester) -> None:
+        self.pytester = pytester
+        pytester.makeini(STRICT_INI)
+
+    def run(self, *args: str | os.PathLike[str]) -> pytest.RunResult:
+        """pytest on the files written so far."""
+        return self.pytester.runpytest_subprocess(*LEAN, *args)
+
+    def run_module(self, source: str, *args: str | os.PathLike[str]) -> pytest.RunResult:
+        """pytest on ``source`` written as ``test_provider.py``."""
+        self.pytester.makepyfile(test_provider=source)
+        return self.run(*args)
+
+
+@pytest.fixture
+def lean(pytester: pytest.Pytester) -> LeanPytester:
+    return LeanPytester(pytester)

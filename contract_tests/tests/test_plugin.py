@@ -18,17 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import MutantProject
+    from conftest import LeanPytester, MutantProject
 
-#: plugins of this environment the generated projects do not use: not loading them halves
-#: the start-up time of every subprocess run
-LEAN = ("-p", "no:cacheprovider", "-p", "no:schemathesis", "-p", "no:hypothesispytest")
-
-STRICT_INI = """
-[pytest]
-asyncio_mode = strict
-asyncio_default_fixture_loop_scope = function
-"""
 
 HEADER = """
 from collections.abc import AsyncIterator
@@ -168,12 +159,6 @@ def _module(
     return "\n".join(lines)
 
 
-def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makeini(STRICT_INI)
-    pytester.makepyfile(test_provider=source)
-    return pytester.runpytest_subprocess(*LEAN, *args)
-
-
 def _plain(pytester: pytest.Pytester, capabilities: str = "()") -> None:
     register_provider(pytester.path, "plain", f"CAPABILITIES = {capabilities}\n{PLAIN_PROVIDER}")
 
@@ -183,9 +168,8 @@ def _plain(pytester: pytest.Pytester, capabilities: str = "()") -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_suite_runs_in_strict_asyncio_mode(pytester: pytest.Pytester) -> None:
-    result = _run(
-        pytester,
+def test_suite_runs_in_strict_asyncio_mode(lean: LeanPytester) -> None:
+    result = lean.run_module(
         _module(),
         "-k",
         "get_or_create or 50_concurrent or isolation and get_by_id",
@@ -199,10 +183,11 @@ def test_suite_runs_in_strict_asyncio_mode(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*TestProviderContract: INCOMPLETE*"])
 
 
-def test_capabilities_come_from_the_provider_spec(pytester: pytest.Pytester) -> None:
+def test_capabilities_come_from_the_provider_spec(
+    lean: LeanPytester, pytester: pytest.Pytester
+) -> None:
     _plain(pytester)  # a provider that declares none
-    result = _run(
-        pytester,
+    result = lean.run_module(
         _module(provider="plain"),
         "-k",
         "mebibyte or nul_",
@@ -219,10 +204,11 @@ def test_capabilities_come_from_the_provider_spec(pytester: pytest.Pytester) -> 
     )
 
 
-def test_declared_capabilities_run_their_tests(pytester: pytest.Pytester) -> None:
+def test_declared_capabilities_run_their_tests(
+    lean: LeanPytester, pytester: pytest.Pytester
+) -> None:
     _plain(pytester, '{"large_values", "nul_characters"}')
-    result = _run(
-        pytester,
+    result = lean.run_module(
         _module(provider="plain"),
         "-k",
         "mebibyte or nul_",
@@ -231,36 +217,37 @@ def test_declared_capabilities_run_their_tests(pytester: pytest.Pytester) -> Non
     result.assert_outcomes(passed=3)
 
 
-def test_capabilities_on_the_test_class_are_an_error(pytester: pytest.Pytester) -> None:
-    result = _run(pytester, _module('capabilities = frozenset({"large_values"})'))
+def test_capabilities_on_the_test_class_are_an_error(lean: LeanPytester) -> None:
+    result = lean.run_module(_module('capabilities = frozenset({"large_values"})'))
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*capabilities are declared once, on the provider*"])
 
 
-def test_an_unknown_capability_in_the_spec_fails_every_test(pytester: pytest.Pytester) -> None:
+def test_an_unknown_capability_in_the_spec_fails_every_test(
+    lean: LeanPytester, pytester: pytest.Pytester
+) -> None:
     _plain(pytester, '{"time_travel"}')
-    result = _run(pytester, _module(provider="plain"), "-k", "test_delete_unknown_is_false")
+    result = lean.run_module(_module(provider="plain"), "-k", "test_delete_unknown_is_false")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         ["*declares unknown capabilities*time_travel*", "*TestProviderContract: NOT CONFORMANT*"]
     )
 
 
-def test_an_uninstalled_provider_fails_every_test(pytester: pytest.Pytester) -> None:
-    result = _run(pytester, _module(provider="nosuchdb"), "-k", "test_delete_unknown_is_false")
+def test_an_uninstalled_provider_fails_every_test(lean: LeanPytester) -> None:
+    result = lean.run_module(_module(provider="nosuchdb"), "-k", "test_delete_unknown_is_false")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*provider 'nosuchdb' cannot be loaded*"])
 
 
-def test_known_gap_naming_no_test_is_an_error(pytester: pytest.Pytester) -> None:
-    result = _run(pytester, _module('known_gaps = {"test_does_not_exist": "typo"}'))
+def test_known_gap_naming_no_test_is_an_error(lean: LeanPytester) -> None:
+    result = lean.run_module(_module('known_gaps = {"test_does_not_exist": "typo"}'))
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*known_gaps names no test*test_does_not_exist*"])
 
 
-def test_a_known_gap_can_name_one_parametrized_case(pytester: pytest.Pytester) -> None:
-    result = _run(
-        pytester,
+def test_a_known_gap_can_name_one_parametrized_case(lean: LeanPytester) -> None:
+    result = lean.run_module(
         _module(
             'known_gaps = {"test_json_values_round_trip[float]": "floats come back as text"}',
             store_class="FloatsAsTextStore",
@@ -282,9 +269,8 @@ def test_a_known_gap_can_name_one_parametrized_case(pytester: pytest.Pytester) -
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
-def test_a_known_gap_that_passes_fails_the_run(pytester: pytest.Pytester) -> None:
-    result = _run(
-        pytester,
+def test_a_known_gap_that_passes_fails_the_run(lean: LeanPytester) -> None:
+    result = lean.run_module(
         _module('known_gaps = {"test_delete_unknown_is_false": "we thought it was broken"}'),
         "-k",
         "test_delete_unknown_is_false",
@@ -301,10 +287,9 @@ class BrokenDeleteStore(InMemoryProfileStore):
 
 
 def test_a_required_known_gap_is_xfail_but_not_conformant_and_fails_the_run(
-    pytester: pytest.Pytester,
+    lean: LeanPytester,
 ) -> None:
-    result = _run(
-        pytester,
+    result = lean.run_module(
         _module(
             'known_gaps = {"test_delete_is_true_once_then_false": "soft delete not built yet"}',
             store_class="BrokenDeleteStore",
@@ -325,9 +310,8 @@ def test_a_required_known_gap_is_xfail_but_not_conformant_and_fails_the_run(
     )
 
 
-def test_allow_nonconformant_reports_without_gating(pytester: pytest.Pytester) -> None:
-    result = _run(
-        pytester,
+def test_allow_nonconformant_reports_without_gating(lean: LeanPytester) -> None:
+    result = lean.run_module(
         _module(
             'known_gaps = {"test_delete_is_true_once_then_false": "soft delete not built yet"}',
             store_class="BrokenDeleteStore",
@@ -341,7 +325,7 @@ def test_allow_nonconformant_reports_without_gating(pytester: pytest.Pytester) -
     result.stdout.fnmatch_lines(["*TestProviderContract: NOT CONFORMANT*"])
 
 
-def test_required_tests_skipped_by_the_fixture_are_incomplete(pytester: pytest.Pytester) -> None:
+def test_required_tests_skipped_by_the_fixture_are_incomplete(lean: LeanPytester) -> None:
     source = HEADER + textwrap.dedent(
         """
         class TestNoServer(ProfileStoreContract):
@@ -353,7 +337,7 @@ def test_required_tests_skipped_by_the_fixture_are_incomplete(pytester: pytest.P
                 yield None
         """
     )
-    result = _run(pytester, source)
+    result = lean.run_module(source)
     assert result.ret == pytest.ExitCode.TESTS_FAILED  # all skipped, none passed: not a pass
     result.stdout.fnmatch_lines(
         [
@@ -365,14 +349,14 @@ def test_required_tests_skipped_by_the_fixture_are_incomplete(pytester: pytest.P
     result.stdout.no_fnmatch_line("*TestNoServer: CONFORMANT*")
 
 
-def test_forgetting_the_store_fixture_fails_clearly(pytester: pytest.Pytester) -> None:
+def test_forgetting_the_store_fixture_fails_clearly(lean: LeanPytester) -> None:
     source = HEADER + textwrap.dedent(
         """
         class TestNoStore(ProfileStoreContract):
             provider_name = "inmemory"
         """
     )
-    result = _run(pytester, source, "-k", "test_delete_unknown_is_false")
+    result = lean.run_module(source, "-k", "test_delete_unknown_is_false")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*must override the `store` fixture*"])
 
@@ -382,8 +366,8 @@ def test_forgetting_the_store_fixture_fails_clearly(pytester: pytest.Pytester) -
 # ------------------------------------------------------------------------------------------
 
 
-def test_forgetting_other_store_fails_the_cross_instance_tests(pytester: pytest.Pytester) -> None:
-    result = _run(pytester, _module(other_store=False), "-k", "concurrent_get_or_create")
+def test_forgetting_other_store_fails_the_cross_instance_tests(lean: LeanPytester) -> None:
+    result = lean.run_module(_module(other_store=False), "-k", "concurrent_get_or_create")
     outcomes = result.parseoutcomes()
     assert outcomes.get("errors", 0) >= 1 and "passed" not in outcomes, outcomes
     result.stdout.fnmatch_lines(
@@ -392,21 +376,21 @@ def test_forgetting_other_store_fails_the_cross_instance_tests(pytester: pytest.
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
-def test_other_store_may_not_be_the_store_itself(pytester: pytest.Pytester) -> None:
+def test_other_store_may_not_be_the_store_itself(lean: LeanPytester) -> None:
     body = """
     @pytest.fixture
     async def other_store(self, store):
         yield store
     """
-    result = _run(pytester, _module(body, other_store=False), "-k", LOCKSTEP_KILLER)
+    result = lean.run_module(_module(body, other_store=False), "-k", LOCKSTEP_KILLER)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*other_store returned the `store` object itself*"])
 
 
-def test_single_instance_is_declared_and_reported(pytester: pytest.Pytester) -> None:
+def test_single_instance_is_declared_and_reported(lean: LeanPytester) -> None:
     body = 'single_instance = "data lives in this process only"'
-    result = _run(
-        pytester, _module(body, other_store=False), "-k", "concurrent_get_or_create or isolation"
+    result = lean.run_module(
+        _module(body, other_store=False), "-k", "concurrent_get_or_create or isolation"
     )
     result.stdout.fnmatch_lines(
         [
@@ -416,7 +400,9 @@ def test_single_instance_is_declared_and_reported(pytester: pytest.Pytester) -> 
     )
 
 
-def test_a_per_process_lock_is_not_conformant_in_class_mode(pytester: pytest.Pytester) -> None:
+def test_a_per_process_lock_is_not_conformant_in_class_mode(
+    lean: LeanPytester, pytester: pytest.Pytester
+) -> None:
     """The per-process lock passes the race with one instance, and fails it with two."""
     register_provider(pytester.path, "lockstep", LOCKSTEP_PROVIDER)
     source = HEADER + textwrap.dedent(
@@ -448,7 +434,7 @@ def test_a_per_process_lock_is_not_conformant_in_class_mode(pytester: pytest.Pyt
                     yield other
         """
     )
-    result = _run(pytester, source, "-rfp", "-k", LOCKSTEP_KILLER)
+    result = lean.run_module(source, "-rfp", "-k", LOCKSTEP_KILLER)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [f"PASSED test_provider.py::TestLockstepOneInstance::{LOCKSTEP_KILLER}"]
@@ -496,12 +482,12 @@ acme_vault_store.AcmeProfileStore = PerProcessLockAcme
 
 
 def test_a_per_process_lock_is_not_conformant_in_the_examples_own_test(
+    lean: LeanPytester,
     pytester: pytest.Pytester,
 ) -> None:
-    pytester.makeini(STRICT_INI)
     pytester.makeconftest(PER_PROCESS_ACME)
     pytester.makepyfile(test_contract=(EXAMPLE_TESTS / "test_contract.py").read_text())
-    result = pytester.runpytest_subprocess(*LEAN, "-k", LOCKSTEP_KILLER)
+    result = lean.run("-k", LOCKSTEP_KILLER)
     result.assert_outcomes(failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*TestAcmeContract: NOT CONFORMANT*"])
@@ -522,15 +508,14 @@ def test_a_per_process_lock_is_not_conformant_in_the_examples_own_test(
     ids=["keyword", "deselect", "node-id"],
 )
 def test_a_narrowed_run_is_incomplete_and_fails_the_gate(
-    pytester: pytest.Pytester, narrowing: tuple[str, ...]
+    lean: LeanPytester, pytester: pytest.Pytester, narrowing: tuple[str, ...]
 ) -> None:
-    pytester.makeini(STRICT_INI)
     pytester.makepyfile(test_provider=_module())
-    args = (*LEAN, *narrowing)
+    args = narrowing
     if narrowing[0] == "--deselect":
         # everything but one test: still not the whole suite
         args = (*args, "-k", "test_delete")
-    result = pytester.runpytest_subprocess(*args)
+    result = lean.run(*args)
     assert "failed" not in result.parseoutcomes()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
@@ -545,8 +530,8 @@ def test_a_narrowed_run_is_incomplete_and_fails_the_gate(
     result.stdout.no_fnmatch_line("*TestProviderContract: CONFORMANT*")
 
 
-def test_allow_incomplete_keeps_a_narrowed_run_green(pytester: pytest.Pytester) -> None:
-    result = _run(pytester, _module(), "-k", "test_delete", "--ccvault-allow-incomplete")
+def test_allow_incomplete_keeps_a_narrowed_run_green(lean: LeanPytester) -> None:
+    result = lean.run_module(_module(), "-k", "test_delete", "--ccvault-allow-incomplete")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*TestProviderContract: INCOMPLETE*"])
 
@@ -565,12 +550,11 @@ def _report(path: Path) -> dict[str, Any]:
     return document
 
 
-def test_the_json_report_is_written(pytester: pytest.Pytester) -> None:
+def test_the_json_report_is_written(lean: LeanPytester, pytester: pytest.Pytester) -> None:
     """Narrowed (the full CONFORMANT report is checked by the zero-code full run)."""
     _plain(pytester, '{"large_values"}')
     report = pytester.path / "out" / "conformance.json"
-    result = _run(
-        pytester,
+    result = lean.run_module(
         _module(provider="plain"),
         "-k",
         "get_or_create or mebibyte or nul_",
@@ -599,9 +583,8 @@ def test_the_json_report_is_written(pytester: pytest.Pytester) -> None:
     assert all("lacks optional capability" in t["reason"] for t in skipped)
 
 
-def test_verdicts_and_report_under_xdist(pytester: pytest.Pytester) -> None:
+def test_verdicts_and_report_under_xdist(lean: LeanPytester, pytester: pytest.Pytester) -> None:
     """The workers collect and run; the controller's verdict and report cover the whole run."""
-    pytester.makeini(STRICT_INI)
     pytester.makepyfile(
         test_provider=_module(
             'known_gaps = {"test_delete_is_true_once_then_false": "not built yet"}',
@@ -611,11 +594,8 @@ def test_verdicts_and_report_under_xdist(pytester: pytest.Pytester) -> None:
     )
     serial = pytester.path / "serial.json"
     parallel = pytester.path / "parallel.json"
-    first = pytester.runpytest_subprocess(
-        *LEAN, "-k", "test_delete or get_or_create", "--ccvault-report", serial
-    )
-    second = pytester.runpytest_subprocess(
-        *LEAN,
+    first = lean.run("-k", "test_delete or get_or_create", "--ccvault-report", serial)
+    second = lean.run(
         "-n",
         "2",
         "-k",
@@ -634,11 +614,10 @@ def test_verdicts_and_report_under_xdist(pytester: pytest.Pytester) -> None:
     )
 
 
-def test_suite_test_ids_are_deterministic(pytester: pytest.Pytester) -> None:
+def test_suite_test_ids_are_deterministic(lean: LeanPytester, pytester: pytest.Pytester) -> None:
     """pytest-xdist requires every worker to collect the same ids in the same order."""
-    pytester.makeini(STRICT_INI)
     pytester.makepyfile(test_provider=_module())
-    runs = [pytester.runpytest_subprocess(*LEAN, "--collect-only", "-q") for _ in range(2)]
+    runs = [lean.run("--collect-only", "-q") for _ in range(2)]
     ids = [[line for line in run.outlines if "::" in line] for run in runs]
     assert len(ids[0]) > 300 and ids[0] == ids[1]
     assert runs[0].ret == pytest.ExitCode.OK  # collecting is not a verdict
