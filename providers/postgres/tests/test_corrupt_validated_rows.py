@@ -165,7 +165,8 @@ async def test_a_refused_write_quotes_no_value_of_the_row(store: PostgresProfile
                 SECRET,
             )
     assert "NotNullViolationError" in str(caught.value)
-    assert_not_quoted(caught.value, SECRET, printed_only=True)
+    # the whole chain, the driver's error kept as the context included: it is scrubbed
+    assert_not_quoted(caught.value, SECRET)
 
 
 def test_a_conflict_names_the_ids_it_collides_with_and_no_other_detail() -> None:
@@ -187,3 +188,33 @@ def test_a_conflict_names_the_ids_it_collides_with_and_no_other_detail() -> None
     shown = str(conflict)
     assert str(tenant) in shown and str(item) in shown and "profile_fields_pkey" in shown
     assert_not_quoted(conflict, SECRET)
+
+
+def _violation(kind: type[asyncpg.PostgresError], detail: str) -> BaseException | None:
+    return _translate(
+        kind.new({"S": "ERROR", "C": "23505", "M": "refused", "D": detail, "t": "a_table"})
+    )
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        # a not-null or check violation's DETAIL is the whole row: none of it is read
+        "Failing row contains ({tenant}, {item}, {secret}, null).",
+        # a key of an id column beside a personal one: only the id columns are named
+        "Key (tenant_id, channel, channel_user_id)=({tenant}, web, {secret}) already exists.",
+        # values that do not split one per column: none is named
+        "Key (tenant_id, id, name)=({tenant}, {item}, a, {secret}) already exists.",
+    ],
+    ids=["failing-row", "personal-column", "unaligned"],
+)
+def test_a_uuid_shaped_value_in_detail_is_not_taken_for_an_id(detail: str) -> None:
+    tenant, item, secret = uuid.uuid4(), uuid.uuid4(), str(uuid.uuid4())
+    refused = detail.format(tenant=tenant, item=item, secret=secret)
+    for kind in (asyncpg.exceptions.UniqueViolationError, asyncpg.exceptions.NotNullViolationError):
+        conflict = _violation(kind, refused)
+        assert isinstance(conflict, errors.ConflictError)
+        assert "a_table" in str(conflict)
+        assert_not_quoted(conflict, secret)
+        if "channel_user_id" in detail:
+            assert str(tenant) in str(conflict)

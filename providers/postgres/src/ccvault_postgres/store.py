@@ -234,30 +234,81 @@ def _translate(exc: BaseException) -> BaseException | None:
 
 def _refused_by(exc: pgerr.PostgresError) -> str:
     """What refused a write, by identifiers only: table, column, constraint, and the ids
-    (UUIDs) the server's DETAIL names, the stored item a write collides with (ids are
-    random, never personal data; the rest of DETAIL may be: it is not quoted)."""
+    of the key the server's DETAIL names (``Key (columns)=(values) ...`` of a unique or
+    foreign key violation): the stored item a write collides with. Only values of the id
+    columns (random UUIDs, never personal data) are passed on; the rest of DETAIL may quote
+    a value (``Failing row contains (...)``: the whole row) and is never read."""
     names = {
         "table": exc.table_name,
         "column": exc.column_name,
         "constraint": exc.constraint_name,
     }
-    refused = ", ".join(f"{kind} {name}" for kind, name in names.items() if name)
-    ids = list(dict.fromkeys(_UUID_TEXT.findall(exc.detail or "")))
+    parts = [", ".join(f"{kind} {name}" for kind, name in names.items() if name)]
+    ids = _key_ids(exc.detail)
     if ids:
-        refused += f"; ids {', '.join(ids)}"
-    return refused or "a constraint"
+        parts.append(f"ids {', '.join(ids)}")
+    return "; ".join(part for part in parts if part) or "a constraint"
 
 
-_UUID_TEXT = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+#: the schema's uuid columns: the only ones whose values a conflict names (never
+#: ``channel_user_id``, which ends in ``_id`` and may hold a UUID-shaped personal id)
+_ID_COLUMNS = frozenset(
+    {
+        "agent_id", "customer_id", "field_definition_id", "id", "merged_into_id",
+        "profile_id", "rule_id", "scenario_id", "source_item_id", "source_profile_id",
+        "source_scenario_id", "source_session_id", "source_step_id", "step_id",
+        "superseded_by_id", "target_profile_id", "tenant_id", "uploaded_in_scenario_id",
+        "uploaded_in_session_id",
+    }
+)  # fmt: skip
+_KEY_DETAIL = re.compile(
+    r"Key \(([a-z_, ]+)\)=\((.*)\) (?:already exists|is not present in table|is still referenced)",
+    re.DOTALL,
+)
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _key_ids(detail: str | None) -> list[str]:
+    """The values of the id columns of DETAIL's key, in key order: none when DETAIL is not
+    a key, or when its values do not split one per column (a value holding ", ")."""
+    found = _KEY_DETAIL.match(detail or "")
+    if found is None:
+        return []
+    columns = [column.strip() for column in found.group(1).split(",")]
+    values = found.group(2).split(", ")
+    if len(values) != len(columns):
+        return []
+    return list(
+        dict.fromkeys(
+            value
+            for column, value in zip(columns, values, strict=True)
+            if column in _ID_COLUMNS and _UUID_TEXT.fullmatch(value)
+        )
+    )
 
 
 def _cause(exc: BaseException) -> BaseException | None:
     """What the error raised for ``exc`` is chained to: ``exc`` itself, or nothing when its
     text may quote the values written or stored (see :func:`_translate`), so a logged
-    traceback does not print it."""
+    traceback does not print it. Such an ``exc`` is also scrubbed of that text: raised
+    inside the ``except`` block that caught it, the new error keeps it as its context."""
     if isinstance(exc, pgerr.DataError | pgerr.IntegrityConstraintViolationError | UnicodeError):
+        _scrub(exc)
         return None
     return exc
+
+
+def _scrub(exc: BaseException) -> None:
+    """``exc`` with its class name for its text, and no attribute that may quote a value
+    (asyncpg's message, DETAIL, hint, context and query; a codec error's input)."""
+    exc.args = (type(exc).__name__,)
+    if isinstance(exc, pgerr.PostgresError):
+        for attribute in ("message", "detail", "hint", "context", "internal_query"):
+            if getattr(exc, attribute, None) is not None:
+                setattr(exc, attribute, None)
+    if isinstance(exc, UnicodeEncodeError | UnicodeDecodeError | UnicodeTranslateError):
+        exc.object = exc.object[:0]
+        exc.start = exc.end = 0
 
 
 def _breaks_connection(exc: BaseException) -> bool:
