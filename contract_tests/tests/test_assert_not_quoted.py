@@ -36,5 +36,30 @@ def test_a_quoting_error_anywhere_along_the_chain_fails_it() -> None:
         assert_not_quoted(errors.StorageError("x", {"ip": SECRET}), SECRET)
 
 
+def test_a_context_beside_a_cause_is_checked_too() -> None:
+    # ``raise X from clean`` while handling an error that quotes it: the cause is clean,
+    # the context (hidden from a printed traceback) is not
+    try:
+        try:
+            raise ValueError(f"bad value {SECRET!r}")
+        except ValueError:
+            raise errors.StorageError("a stored row is corrupt") from KeyError("column")
+    except errors.StorageError as exc:
+        raised = exc
+    with pytest.raises(AssertionError):
+        assert_not_quoted(raised, SECRET)
+    assert_not_quoted(raised, SECRET, printed_only=True)
+
+
+def test_group_members_and_notes_are_checked() -> None:
+    group = ExceptionGroup("two writes failed", [errors.StorageError(f"bad {SECRET}")])
+    with pytest.raises(AssertionError):
+        assert_not_quoted(group, SECRET)
+    noted = errors.StorageError("a stored row is corrupt")
+    noted.add_note(f"while reading {SECRET}")
+    with pytest.raises(AssertionError):
+        assert_not_quoted(noted, SECRET)
+
+
 def test_an_error_that_quotes_nothing_passes() -> None:
     assert_not_quoted(errors.StorageError("a stored consent row is corrupt"), SECRET)

@@ -170,22 +170,33 @@ def assert_unbroken_chain(history: list[ProfileField]) -> None:
 
 
 def assert_not_quoted(error: BaseException, text: str, *, printed_only: bool = False) -> None:
-    """No error along ``error``'s chain quotes ``text`` (stored or customer data) in its
-    message, its repr or the repr of an argument: ``error`` and each error it was raised
-    from or while handling (``__cause__``, else ``__context__``). ``printed_only``: follow
-    the chain as a printed traceback does (a context hidden by ``raise ... from None``
-    left out); by default a hidden context must not quote it either (code that keeps the
-    error, or walks the chain, finds it there).
+    """No error reachable from ``error`` quotes ``text`` (stored or customer data) in its
+    message, its repr, the repr of an argument or a note: ``error``, each error it was
+    raised from and while handling (``__cause__`` and ``__context__``, both followed), and
+    the members of an exception group. ``printed_only``: follow them as a printed
+    traceback does (a context hidden by ``raise ... from``, left out); by default a hidden
+    context must not quote it either (code that keeps the error, or walks the chain, finds
+    it there).
 
     For a provider's own tests of rows that cannot be read back (see the README).
     """
     seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
-        assert text not in str(current), f"{type(current).__name__} quotes it: {current}"
-        assert text not in repr(current), f"the repr of {type(current).__name__} quotes it"
+        name = type(current).__name__
+        assert text not in str(current), f"{name} quotes it: {current}"
+        assert text not in repr(current), f"the repr of {name} quotes it"
         for arg in current.args:
-            assert text not in repr(arg), f"an argument of {type(current).__name__} quotes it"
-        hidden = printed_only and current.__suppress_context__
-        current = current.__cause__ or (None if hidden else current.__context__)
+            assert text not in repr(arg), f"an argument of {name} quotes it"
+        for note in getattr(current, "__notes__", ()):
+            assert text not in str(note), f"a note of {name} quotes it"
+        linked = [current.__cause__]
+        if not (printed_only and current.__suppress_context__):
+            linked.append(current.__context__)
+        if isinstance(current, BaseExceptionGroup):
+            linked.extend(current.exceptions)
+        pending.extend(link for link in linked if link is not None)
