@@ -227,7 +227,8 @@ def _unique_index(exc: DuplicateKeyError) -> str:
     """The unique index that refused a write: its collection and name (from the server's
     message, whose ``dup key`` part, the values, is not read) and its attributes."""
     details = exc.details or {}
-    named = _DUPLICATE_IN.search(str(details.get("errmsg", "")))
+    # only the text before the key is read: a value in the key cannot pass for a name
+    named = _DUPLICATE_IN.match(str(details.get("errmsg", "")).partition(" dup key:")[0])
     where = f"{named['collection']} index {named['index']}, " if named else ""
     pattern = details.get("keyPattern")
     if isinstance(pattern, dict) and pattern:
@@ -237,7 +238,9 @@ def _unique_index(exc: DuplicateKeyError) -> str:
 
 #: the collection and index of a duplicate key error's message ("E11000 duplicate key error
 #: collection: DB.COLL index: NAME dup key: {...}"): names only, never the key
-_DUPLICATE_IN = re.compile(r"collection: (?P<collection>[\w.$-]+) index: (?P<index>[\w.$-]+)")
+_DUPLICATE_IN = re.compile(
+    r"E11000 duplicate key error collection: (?P<collection>[\w.$-]+) index: (?P<index>[\w.$-]+)$"
+)
 
 
 def _failure(exc: OperationFailure) -> str:
