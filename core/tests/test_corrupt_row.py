@@ -48,9 +48,19 @@ def test_values_and_keys_of_stored_text_are_never_named() -> None:
 
 def test_an_error_not_from_validation_is_named_by_its_class_only() -> None:
     error = corrupt_row("field row", "fields.value", ValueError(f"{SECRET} is not JSON"))
+    assert isinstance(error, errors.CorruptRowError) and isinstance(error, errors.StorageError)
     assert str(error).endswith("fields.value (ValueError)")
     # a problem the provider found itself, by its kind
     assert str(corrupt_row("field row", "fields.status", "enum")).endswith("fields.status (enum)")
+
+
+def test_a_kind_the_provider_names_is_shown_only_when_it_is_an_identifier() -> None:
+    assert "consents.consent_type (enum)" in str(
+        corrupt_row("row", "consents.consent_type", "enum")
+    )
+    # str(exc) by mistake: the caught error's text may quote the value
+    mistaken = corrupt_row("row", "consents", f"invalid input {SECRET!r}")
+    assert SECRET not in str(mistaken) and "consents (?)" in str(mistaken)
 
 
 def test_the_provider_keys_it_is_given_are_named_and_places_are_identifiers() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -553,3 +554,32 @@ def test_production_stack_postgres_and_redis(tmp_path: Path, pg_dsn: str) -> Non
         with _client(running, running.mint(other)) as http:
             assert http.get(f"/v1/profiles/{pid}").status_code == 404
             assert http.get(f"/v1/profiles/{pid}/fields/email").status_code == 404
+
+
+def test_a_corrupt_row_is_a_500_whose_log_line_names_table_and_column(
+    tmp_path: Path,
+) -> None:
+    """A row the vault cannot read back is not "retry later": a 500, and one ERROR line in
+    the server's log naming its table and column (never the stored value)."""
+    tenant, visitor = uuid4(), f"visitor-{uuid4()}"
+    env = {"PROFILE_PII_ENCRYPTION_KEY": generate_key_entry("k1")}
+    with running_server(embedded_config(tmp_path), tmp_path, env=env) as running:
+        with _client(running, running.mint(tenant)) as http:
+            profile = _ok(
+                http.post(
+                    "/v1/profiles/get-or-create",
+                    json={"channel": "web", "channel_user_id": visitor},
+                )
+            )
+            with sqlite3.connect(tmp_path / "vault.db") as db:
+                db.execute(
+                    "UPDATE profiles SET verification_level = ? WHERE id = ?",
+                    (f"level of {visitor}", profile["id"]),
+                )
+            refused = http.get(f"/v1/profiles/by-customer/{profile['customer_id']}")
+        log = running.log()
+    assert refused.status_code == 500, refused.text
+    assert refused.json()["code"] == "corrupt_row"
+    assert "Retry-After" not in refused.headers
+    assert "profiles.verification_level" in log
+    assert visitor not in log and visitor not in refused.text

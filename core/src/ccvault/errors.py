@@ -12,6 +12,7 @@ __all__ = [
     "ActiveFieldConflictError",
     "ConfigurationError",
     "ConflictError",
+    "CorruptRowError",
     "DependentsError",
     "EncryptionError",
     "IdentityConflictError",
@@ -117,6 +118,13 @@ class ProviderUnavailableError(VaultError):
 
 class StorageError(VaultError):
     """The storage itself is unusable: not a database of ours, read-only, corrupt."""
+
+
+class CorruptRowError(StorageError):
+    """A stored row (or document) the vault cannot read back: written outside the vault,
+    or corrupted. Built by :func:`ccvault.storage.corrupt_row`, its message names places
+    and kinds of error only, never stored text, so it may be logged as it is; retrying does
+    not help (the HTTP service answers 500 and logs the message)."""
 
 
 class PartialWriteError(StorageError):

@@ -56,17 +56,22 @@ def row_values(item: BaseModel, cols: Sequence[str], **encoded: Any) -> tuple[An
 #: the form of a place a message may name: identifiers joined by dots (a table, a column,
 #: a provider's own key), or ``?`` for one it does not know
 _PLACE = re.compile(r"[A-Za-z_?][A-Za-z0-9_?]*(?:\.[A-Za-z_?][A-Za-z0-9_?]*)*")
+#: the form of a kind of problem a provider names itself (``enum``), or of an error class:
+#: any other text (say a caught error's message, by mistake) is shown as ``?``
+_KIND = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 #: how many problems one message lists (then how many more there are)
 _MAX_PROBLEMS = 5
 
 
 def corrupt_row(
     what: str, where: str, exc: BaseException | str, *, names: Collection[str] = ()
-) -> errors.StorageError:
-    """The StorageError for a stored ``what`` (a row, a document) read back from ``where``
-    (``table`` or ``table.column``) that the vault did not write, or that was corrupted,
+) -> errors.CorruptRowError:
+    """The :class:`~ccvault.errors.CorruptRowError` (a StorageError) for a stored ``what``
+    (a row, a document) read back from ``where`` (``table`` or ``table.column``) that the
+    vault did not write, or that was corrupted,
     whose reading raised ``exc`` (or, a string, the kind of problem a provider found itself:
-    ``"enum"`` for a value no member has, as pydantic names it).
+    ``"enum"`` for a value no member has, as pydantic names it; a string that is not one
+    identifier, such as ``str(exc)`` by mistake, is shown as ``?``).
 
     It names places and kinds of error, never a value or a message: pydantic's messages, a
     custom validator's and a decoder's may quote the stored input (personal data). For a
@@ -95,8 +100,9 @@ def corrupt_row(
         if len(found) > _MAX_PROBLEMS:
             problems += f" (+{len(found) - _MAX_PROBLEMS} more)"
     else:
-        problems = f"{place} ({exc if isinstance(exc, str) else type(exc).__name__})"
-    return errors.StorageError(
+        kind = type(exc).__name__ if not isinstance(exc, str) else exc
+        problems = f"{place} ({kind if _KIND.fullmatch(kind) else '?'})"
+    return errors.CorruptRowError(
         f"a stored {what} is corrupt (written outside the vault?): {problems}"
     )
 

@@ -129,11 +129,21 @@ _VAULT_ERRORS: list[tuple[type[errors.VaultError], int, str, str]] = [
         "unavailable",
         "the store cannot be reached right now; retry later",
     ),
+    (
+        errors.CorruptRowError,
+        500,
+        "corrupt_row",
+        "a stored row cannot be read back; the server's log names its table and column",
+    ),
     (errors.StorageError, 503, "unavailable", "the store is not usable right now"),
 ]
 
 
 def _vault_error(exc: errors.VaultError) -> JSONResponse:
+    if isinstance(exc, errors.CorruptRowError):
+        # its message names the table, column and kind of error, never stored text (built
+        # by ccvault.storage.corrupt_row): what an operator needs to find the row
+        logger.error("%s", exc)
     for cls, status, code, message in _VAULT_ERRORS:
         if isinstance(exc, cls):
             details: list[ErrorDetail] = []
