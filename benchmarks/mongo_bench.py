@@ -61,15 +61,15 @@ async def new_store() -> MongoProfileStore:
 
 def skipped(report: Report, size: int, why: str, args: argparse.Namespace) -> None:
     line = (
-        f"emulation: tenant of {size:,} profiles skipped — loading it through get_or_create "
-        f"{why} (> --max-load-seconds {args.max_load_seconds:g})"
+        f"emulation: tenant of {size:,} profiles skipped — {why} "
+        f"(--max-load-seconds {args.max_load_seconds:g})"
     )
     print(f"  {line}")
     report.notes.append(line)
 
 
 async def tenant_curve(report: Report, args: argparse.Namespace) -> None:
-    sizes = [int(x) for x in args.tenant_sizes.split(",")]
+    sizes = sorted(int(x) for x in args.tenant_sizes.split(","))
     stores: dict[int, tuple[MongoProfileStore, uuid.UUID, uuid.UUID]] = {}
     # (size, seconds) of the last tenant loaded: the next one's load time is estimated
     # from it, quadratically (every get_or_create of the emulation scans the tenant)
@@ -79,10 +79,10 @@ async def tenant_curve(report: Report, args: argparse.Namespace) -> None:
         for size in sizes:
             estimate = None if last is None else last[1] * (size / last[0]) ** 2
             if stopped:
-                skipped(report, size, f"is bigger than {stopped:,}, stopped", args)
+                skipped(report, size, f"the load of {stopped:,} profiles was stopped", args)
                 continue
             if estimate is not None and estimate > args.max_load_seconds:
-                skipped(report, size, f"would take about {estimate:,.0f}s", args)
+                skipped(report, size, f"loading it would take about {estimate:,.0f}s", args)
                 continue
             store = await new_store()
             tenant = uuid.uuid4()
@@ -94,7 +94,7 @@ async def tenant_curve(report: Report, args: argparse.Namespace) -> None:
                 loaded += 1
             if loaded < size - 1:
                 await store.aclose()
-                skipped(report, size, f"was stopped after {loaded:,} profiles", args)
+                skipped(report, size, f"its load was stopped after {loaded:,} profiles", args)
                 stopped = size
                 continue
             measured = await store.get_or_create(tenant, Channel.WEB, "measured")
